@@ -1,0 +1,191 @@
+"""Persona conditions, rendered through the model's own chat template.
+
+A condition says which persona (or none), at which length, in which placement. "No persona"
+has two meanings and both are offered: ``base_system="empty"`` sends an explicit empty system
+message (the paper's No-Sys baseline); ``base_system="template"`` sends no system message, so a
+template such as SmolLM2's inserts its own default system prompt. The same choice fills the
+system slot whenever the persona is placed in the user message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+from transformers import PreTrainedTokenizerBase
+
+from probes.errors import ToolkitError
+from probes.personas import LENGTHS, Persona, builtin_personas, get_persona
+
+PLACEMENTS = ("system", "user")
+BASE_SYSTEMS = ("empty", "template")
+NO_PERSONA = "none"
+RANDOM_PERSONA = "random"
+# Query categories whose expert persona is not literally named after them.
+CATEGORY_ALIASES = {"STEM": "stem", "humanities": "humanities"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One persona condition: ``persona`` is a library name, ``"none"`` or ``"random"``
+    (a persona other than the one matched to the item's category, chosen per item)."""
+
+    persona: str = NO_PERSONA
+    length: str = "min"
+    placement: str = "system"
+    base_system: str = "empty"
+
+    def __post_init__(self) -> None:
+        if self.length not in LENGTHS:
+            raise ToolkitError(f"unknown persona length {self.length!r}: use one of {', '.join(LENGTHS)}")
+        if self.placement not in PLACEMENTS:
+            raise ToolkitError(f"unknown placement {self.placement!r}: use one of {', '.join(PLACEMENTS)}")
+        if self.base_system not in BASE_SYSTEMS:
+            raise ToolkitError(f"unknown base system {self.base_system!r}: use one of {', '.join(BASE_SYSTEMS)}")
+
+    @property
+    def label(self) -> str:
+        if self.persona == NO_PERSONA:
+            return f"none[{self.base_system}]"
+        return f"{self.persona}/{self.length}/{self.placement}[{self.base_system}]"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt as the model sees it, with what was actually done to build it."""
+
+    text: str
+    condition: Condition
+    persona: str | None  # the persona used ("random" resolved), None without one
+    placement: str | None  # where the persona went after any fallback, None without one
+    persona_span: tuple[int, int] | None  # character span of the persona text in ``text``
+    query_span: tuple[int, int]  # character span of the query in ``text``
+    add_special_tokens: bool  # False when the chat template already wrote BOS
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def metadata(self) -> dict:
+        return {"condition": self.condition.to_dict(), "persona": self.persona, "placement": self.placement}
+
+
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    query: str,
+    condition: Condition = Condition(),
+    *,
+    personas: Mapping[str, Persona] | None = None,
+    item_id: str = "",
+    item_category: str | None = None,
+    answer_prefix: str = "",
+    seed: int = 0,
+) -> RenderedPrompt:
+    """Render ``query`` under ``condition``; ``answer_prefix`` begins the assistant turn."""
+    if not isinstance(query, str) or not query.strip():
+        raise ToolkitError(f"empty prompt{f' (item {item_id})' if item_id else ''}: every query needs text")
+    library = builtin_personas() if personas is None else personas
+    persona = _resolve_persona(condition, library, item_id, item_category, seed)
+    persona_text = persona.text(condition.length) if persona else None
+    placement = condition.placement if persona else None
+    if placement == "system" and not supports_system_role(tokenizer):
+        placement = "user"
+
+    system: str | None = "" if condition.base_system == "empty" else None
+    user = query
+    if placement == "system":
+        system = persona_text
+    elif placement == "user":
+        user = f"{persona_text}\n\n{query}"
+    if system is not None and not supports_system_role(tokenizer):
+        system = None
+
+    text, special = _apply_template(tokenizer, system, user)
+    text += answer_prefix
+    persona_span = None
+    search_from = 0
+    if persona_text is not None:
+        start = text.index(persona_text)
+        persona_span = (start, start + len(persona_text))
+        search_from = persona_span[1]
+    query_start = text.index(query, search_from)
+    return RenderedPrompt(
+        text=text,
+        condition=condition,
+        persona=persona.name if persona else None,
+        placement=placement,
+        persona_span=persona_span,
+        query_span=(query_start, query_start + len(query)),
+        add_special_tokens=special,
+    )
+
+
+def matched_persona(category: str | None, library: Mapping[str, Persona]) -> str | None:
+    """The persona whose expertise matches a query category, if the library has one."""
+    if category is None:
+        return None
+    for persona in library.values():
+        if persona.category is not None and persona.category == category:
+            return persona.name
+    alias = CATEGORY_ALIASES.get(category)
+    return alias if alias in library else None
+
+
+def _resolve_persona(
+    condition: Condition, library: Mapping[str, Persona], item_id: str, category: str | None, seed: int
+) -> Persona | None:
+    if condition.persona == NO_PERSONA:
+        return None
+    if condition.persona != RANDOM_PERSONA:
+        return get_persona(condition.persona, library)
+    matched = matched_persona(category, library)
+    pool = sorted(
+        name
+        for name, persona in library.items()
+        if persona.kind == "domain" and name != matched and condition.length in persona.texts
+    )
+    if not pool:
+        raise ToolkitError("no persona is left for the random control: the library needs two domain personas")
+    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
+    return library[random.Random(digest).choice(pool)]
+
+
+def _apply_template(tokenizer: PreTrainedTokenizerBase, system: str | None, user: str) -> tuple[str, bool]:
+    if not getattr(tokenizer, "chat_template", None):
+        # A base model without a chat template: plain text, the tokenizer adds BOS itself.
+        prefix = f"{system}\n\n" if system else ""
+        return f"{prefix}{user}\n\n", True
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": user}
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text, False
+
+
+def supports_system_role(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the chat template accepts a system message and shows its text."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return False
+    if template not in _SYSTEM_ROLE_SUPPORT:
+        marker = "Zq9 system marker"
+        messages = [{"role": "system", "content": marker}, {"role": "user", "content": "hello"}]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            _SYSTEM_ROLE_SUPPORT[template] = marker in text
+        except Exception:  # templates signal "no system role" by raising inside Jinja
+            _SYSTEM_ROLE_SUPPORT[template] = False
+    return _SYSTEM_ROLE_SUPPORT[template]
+
+
+_SYSTEM_ROLE_SUPPORT: dict[str, bool] = {}
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: RenderedPrompt) -> list[int]:
+    """Token ids of a rendered prompt, with BOS only where the template did not write it."""
+    return tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens)["input_ids"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Mapping
@@ -36,6 +37,11 @@ class Persona:
 
 def builtin_personas() -> dict[str, Persona]:
     """The twelve personas written for this toolkit (8 MT-Bench domains + 4 behavioural)."""
+    return dict(_builtin_library())
+
+
+@lru_cache(maxsize=1)
+def _builtin_library() -> dict[str, Persona]:
     text = files("probes").joinpath(BUILTIN_FILE).read_text(encoding="utf-8")
     return _parse(json.loads(text), origin="builtin")
 

@@ -66,13 +66,19 @@ class RenderedPrompt:
     persona_span: tuple[int, int] | None  # character span of the persona text in ``text``
     query_span: tuple[int, int]  # character span of the query in ``text``
     add_special_tokens: bool  # False when the chat template already wrote BOS
+    item_id: str = ""
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     def metadata(self) -> dict:
-        return {"condition": self.condition.to_dict(), "persona": self.persona, "placement": self.placement}
+        return {
+            "item_id": self.item_id,
+            "condition": self.condition.to_dict(),
+            "persona": self.persona,
+            "placement": self.placement,
+        }
 
 
 def render(
@@ -122,6 +128,7 @@ def render(
         persona_span=persona_span,
         query_span=(query_start, query_start + len(query)),
         add_special_tokens=special,
+        item_id=item_id,
     )
 
 

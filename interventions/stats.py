@@ -1,0 +1,59 @@
+"""Means with bootstrap confidence intervals, and paired differences."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from probes.errors import ToolkitError
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its percentile-bootstrap confidence interval and the sample size."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def significant(self) -> bool:
+        """Whether the interval excludes zero (meaningful for differences)."""
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
+
+
+def bootstrap_mean(
+    values: Sequence[float], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> Estimate:
+    """Mean of ``values`` with a percentile bootstrap interval (resampling items)."""
+    data = np.asarray(values, dtype=float)
+    if data.ndim != 1 or data.size == 0:
+        raise ToolkitError("cannot estimate a mean from no values")
+    if not 0 < confidence < 1:
+        raise ToolkitError(f"confidence must be between 0 and 1, got {confidence}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, data.size, size=(n_resamples, data.size))
+    means = data[draws].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return Estimate(float(data.mean()), float(low), float(high), int(data.size), confidence)
+
+
+def paired_difference(
+    treated: Sequence[float], baseline: Sequence[float], n_resamples: int = 1000, seed: int = 0
+) -> Estimate:
+    """Mean of ``treated - baseline`` over the same items, with a bootstrap interval."""
+    a, b = np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float)
+    if a.shape != b.shape:
+        raise ToolkitError(f"paired values must align item by item, got {a.size} and {b.size}")
+    return bootstrap_mean(a - b, n_resamples=n_resamples, seed=seed)

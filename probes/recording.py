@@ -1,0 +1,228 @@
+"""Record residual-stream (or any hook point's) activations to an on-disk store.
+
+``record_activations`` runs prompts through the bridge in length-sorted, right-padded batches,
+keeps only the requested positions of each requested hook, and writes shards of a fixed number
+of prompts. Re-running the same call resumes an interrupted store and yields the same files as
+an uninterrupted run. A requested hook that does not fire is an error, never a silent gap.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import PreTrainedTokenizerBase
+
+from probes.atomic import atomic_path, write_json
+from probes.batching import check_context, length_sorted_batches, right_pad
+from probes.errors import ToolkitError
+from probes.prompts import RenderedPrompt, encode
+from probes.store import FORMAT, MANIFEST, POSITIONS, ActivationStore, shard_name
+
+_BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.hook_out$")
+_BLOCK_ANY = re.compile(r"^blocks\.(\d+)\.")
+
+
+class HookDidNotFire(RuntimeError):
+    """A requested hook point was never reached during a forward pass."""
+
+
+class _StopForward(Exception):
+    """Raised inside the deepest requested hook: later blocks are not needed."""
+
+
+def residual_hooks(model: TransformerBridge, layers: Sequence[int] | None = None) -> list[str]:
+    """Hook names of the residual stream after each block (``blocks.{i}.hook_out``)."""
+    n_layers = model.cfg.n_layers
+    layers = range(n_layers) if layers is None else layers
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise ToolkitError(f"layer {layer} does not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
+    return [f"blocks.{layer}.hook_out" for layer in layers]
+
+
+def validate_hooks(model: TransformerBridge, hooks: Sequence[str]) -> list[str]:
+    """Check every hook name against the model, with a one-line error for the first bad one."""
+    if not hooks:
+        raise ToolkitError("no hooks requested: name at least one hook point, e.g. blocks.0.hook_out")
+    if len(set(hooks)) != len(hooks):
+        raise ToolkitError("a hook point is requested twice: list each once")
+    available = model.hook_dict
+    n_layers = model.cfg.n_layers
+    for hook in hooks:
+        if hook in available:
+            continue
+        block = _BLOCK_ANY.match(hook)
+        if block and int(block.group(1)) >= n_layers:
+            raise ToolkitError(f"{hook}: the model has {n_layers} blocks (0..{n_layers - 1})")
+        raise ToolkitError(f"unknown hook point {hook!r}: use names such as blocks.0.hook_out or blocks.0.attn.hook_pattern")
+    return list(hooks)
+
+
+def record_activations(
+    model: TransformerBridge,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[RenderedPrompt],
+    out_dir: str | Path,
+    *,
+    hooks: Sequence[str] | None = None,
+    positions: str = "last",
+    batch_size: int = 16,
+    shard_size: int = 256,
+    overwrite: bool = False,
+    progress: bool = True,
+    metadata: dict | None = None,
+    extra_hooks: Sequence[tuple[str, Callable]] = (),
+) -> ActivationStore:
+    """Record ``hooks`` (default: every block's residual output) at ``positions`` for ``prompts``.
+
+    ``positions``: "last" (last prompt token), "mean" (mean over the prompt's tokens) or "all".
+    ``extra_hooks`` are (name, fn) forward hooks applied during recording (e.g. an
+    intervention); they are part of the caller's ``metadata``, not checked here.
+    """
+    if positions not in POSITIONS:
+        raise ToolkitError(f"unknown positions {positions!r}: use one of {', '.join(POSITIONS)}")
+    if not prompts:
+        raise ToolkitError("no prompts to record")
+    if shard_size < 1:
+        raise ToolkitError(f"shard size must be at least 1, got {shard_size}")
+    hooks = validate_hooks(model, residual_hooks(model) if hooks is None else list(hooks))
+    encoded = [encode(tokenizer, prompt) for prompt in prompts]
+    for index, (prompt, ids) in enumerate(zip(prompts, encoded)):
+        if not ids:
+            raise ToolkitError(f"prompt #{index} tokenises to nothing: give it text")
+    check_context([len(ids) for ids in encoded], model.cfg.n_ctx, [f"#{i}" for i in range(len(encoded))])
+
+    out_dir = Path(out_dir)
+    manifest = {
+        "format": FORMAT,
+        "model": model.cfg.model_name,
+        "n_layers": model.cfg.n_layers,
+        "d_model": model.cfg.d_model,
+        "hooks": hooks,
+        "positions": positions,
+        "shard_size": shard_size,
+        "metadata": metadata or {},
+        "prompts": [
+            {"index": index, "sha256": prompt.sha256, "n_tokens": len(ids), **prompt.metadata()}
+            for index, (prompt, ids) in enumerate(zip(prompts, encoded))
+        ],
+        "shards": [],
+        "complete": False,
+    }
+    done = _resume_state(out_dir, manifest, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / MANIFEST, manifest)
+
+    n_shards = -(-len(prompts) // shard_size)
+    finished = {shard["file"] for shard in manifest["shards"]}
+    with tqdm(total=len(prompts), initial=done, desc="recording", unit="prompt", disable=not progress) as bar:
+        for shard_index in range(n_shards):
+            start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
+            name = shard_name(shard_index)
+            if name in finished:
+                continue
+            tensors = _record_shard(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
+            with atomic_path(out_dir / name) as partial:
+                save_file(tensors, str(partial), metadata={"start": str(start), "stop": str(stop)})
+            manifest["shards"].append({"file": name, "start": start, "stop": stop})
+            manifest["complete"] = len(manifest["shards"]) == n_shards
+            write_json(out_dir / MANIFEST, manifest)
+    return ActivationStore(out_dir)
+
+
+def _resume_state(out_dir: Path, manifest: dict, overwrite: bool) -> int:
+    """Keep the finished shards of a matching earlier run; return how many prompts they hold."""
+    existing_path = out_dir / MANIFEST
+    if not existing_path.exists():
+        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+            raise ToolkitError(f"{out_dir} exists and is not an activation store: choose another output directory")
+        if overwrite and out_dir.exists():
+            shutil.rmtree(out_dir)
+        return 0
+    if overwrite:
+        shutil.rmtree(out_dir)
+        return 0
+    existing = ActivationStore(out_dir).manifest
+    for key in ("model", "hooks", "positions", "shard_size", "prompts", "metadata"):
+        if existing.get(key) != manifest[key]:
+            raise ToolkitError(
+                f"{out_dir} already holds a recording with different {key}: use another output directory or --overwrite"
+            )
+    kept = [shard for shard in existing["shards"] if (out_dir / shard["file"]).is_file()]
+    manifest["shards"] = kept
+    manifest["complete"] = existing["complete"] and len(kept) == len(existing["shards"])
+    return sum(shard["stop"] - shard["start"] for shard in kept)
+
+
+def _record_shard(
+    model: TransformerBridge,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Sequence[list[int]],
+    hooks: Sequence[str],
+    positions: str,
+    batch_size: int,
+    extra_hooks: Sequence[tuple[str, Callable]],
+    bar: tqdm,
+) -> dict[str, torch.Tensor]:
+    lengths = [len(ids) for ids in encoded]
+    rows: dict[str, list] = {hook: [None] * len(encoded) for hook in hooks}
+    deepest = _deepest_block_output(hooks)
+    for batch in length_sorted_batches(lengths, batch_size):
+        tokens = right_pad([encoded[index] for index in batch], tokenizer.pad_token_id)
+        batch_lengths = torch.tensor([lengths[index] for index in batch])
+        captured: dict[str, list[torch.Tensor]] = {}
+
+        def capture_as(name: str) -> Callable:
+            # Bind the requested name: an alias fires under its canonical name.
+            def capture(activation: torch.Tensor, hook) -> None:
+                captured[name] = _select(activation.detach(), batch_lengths, positions)
+                if name == deepest and len(captured) == len(hooks):
+                    raise _StopForward
+
+            return capture
+
+        recording = [(hook, capture_as(hook)) for hook in hooks]
+        with torch.inference_mode(), model.hooks(fwd_hooks=[*extra_hooks, *recording]):
+            try:
+                model(tokens)
+            except _StopForward:
+                pass
+        missing = [hook for hook in hooks if hook not in captured]
+        if missing:
+            raise HookDidNotFire(f"hook(s) {', '.join(missing)} did not fire during the forward pass")
+        for hook in hooks:
+            for row, index in enumerate(batch):
+                rows[hook][index] = captured[hook][row]
+        bar.update(len(batch))
+    if positions == "all":
+        return {hook: torch.cat(values).contiguous() for hook, values in rows.items()}
+    return {hook: torch.stack(values).contiguous() for hook, values in rows.items()}
+
+
+def _select(
+    activation: Float[torch.Tensor, "batch seq d"], lengths: torch.Tensor, positions: str
+) -> Float[torch.Tensor, "batch d"] | list[Float[torch.Tensor, "seq d"]]:
+    if activation.ndim != 3:
+        raise ToolkitError(f"positions apply to [batch, seq, d] activations; this hook gives shape {tuple(activation.shape)}")
+    if positions == "last":
+        return activation[torch.arange(activation.shape[0]), lengths - 1].float().clone()
+    if positions == "mean":
+        mask = (torch.arange(activation.shape[1])[None, :] < lengths[:, None]).to(activation.dtype)
+        return ((activation * mask[..., None]).sum(1) / lengths[:, None].to(activation.dtype)).float()
+    return [activation[row, :length].float().clone() for row, length in enumerate(lengths.tolist())]
+
+
+def _deepest_block_output(hooks: Sequence[str]) -> str | None:
+    """When every hook is a block output, the deepest one: no later block is needed."""
+    layers = [_BLOCK_OUT.match(hook) for hook in hooks]
+    if not all(layers):
+        return None
+    return max(hooks, key=lambda hook: int(_BLOCK_OUT.match(hook).group(1)))

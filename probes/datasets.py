@@ -257,16 +257,17 @@ def _user_item(row: dict, line: int, path: Path) -> Item:
 
 
 def _answer_index(answer: object, choices: Sequence[str], where: str) -> int:
-    if isinstance(answer, str) and answer.strip().isdigit():
-        answer = int(answer.strip())
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
-        return answer
+    # An option's exact text wins, then a letter, then an index (CSV gives indices as text).
     if isinstance(answer, str):
         text = answer.strip()
-        if len(text) == 1 and text.upper() in LETTERS[: len(choices)]:
-            return LETTERS.index(text.upper())
         if text in choices:
             return list(choices).index(text)
+        if len(text) == 1 and text.upper() in LETTERS[: len(choices)]:
+            return LETTERS.index(text.upper())
+        if text.isdigit():
+            answer = int(text)
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        return answer
     raise ToolkitError(
         f"{where}: 'answer' must be a 0-based index, a letter A-{LETTERS[len(choices) - 1]} or one of the choices"
     )

@@ -51,6 +51,13 @@ class Condition:
             return f"none[{self.base_system}]"
         return f"{self.persona}/{self.length}/{self.placement}[{self.base_system}]"
 
+    @property
+    def slug(self) -> str:
+        """The label as a file name: ``math-min-system-empty``."""
+        if self.persona == NO_PERSONA:
+            return f"none-{self.base_system}"
+        return f"{self.persona}-{self.length}-{self.placement}-{self.base_system}"
+
     def to_dict(self) -> dict:
         return asdict(self)
 

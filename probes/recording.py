@@ -63,6 +63,11 @@ def validate_hooks(model: TransformerBridge, hooks: Sequence[str]) -> list[str]:
         if block and int(block.group(1)) >= n_layers:
             raise ToolkitError(f"{hook}: the model has {n_layers} blocks (0..{n_layers - 1})")
         raise ToolkitError(f"unknown hook point {hook!r}: use names such as blocks.0.hook_out or blocks.0.attn.hook_pattern")
+    try:  # some hook points must be switched on before use; the bridge says which and how
+        with model.hooks(fwd_hooks=[(hook, lambda activation, hook: None) for hook in hooks]):
+            pass
+    except ValueError as error:
+        raise ToolkitError(str(error).strip().splitlines()[0]) from error
     return list(hooks)
 
 

@@ -1,0 +1,202 @@
+"""The ``prism`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from probes.errors import ToolkitError
+
+COMMANDS = {
+    "demo": "run the toolkit's story end to end on the embedded model and print a summary",
+    "evaluate": "score one persona condition on a data set; write per-item JSON with a 95% CI",
+    "record": "record activations under a persona condition into a resumable on-disk store",
+    "personas": "list the persona library (built-in and from a file)",
+}
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default",
+                        help="'default' (embedded SmolLM2-135M-Instruct), 'gemma-3-270m', a hub id, a directory or a .gguf file")
+
+
+def _add_condition(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("persona condition")
+    group.add_argument("--persona", default="none", help="persona name, 'none', or 'random' (mismatched control); see `prism personas`")
+    group.add_argument("--length", default="min", choices=("min", "short", "long"), help="persona length (default: min)")
+    group.add_argument("--placement", default="system", choices=("system", "user"), help="where the persona goes (default: system)")
+    group.add_argument("--base-system", default="empty", choices=("empty", "template"),
+                       help="system slot when it holds no persona: an explicit empty message (default) or the template's own default")
+    group.add_argument("--personas-file", type=Path, help="JSON file of extra personas (same schema as the built-in library)")
+
+
+def _add_items(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="mmlu, mtbench, harmbench, or a .jsonl/.csv file")
+    parser.add_argument("-n", type=int, default=None, help="items to sample, stratified by category (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prism", description="Expert personas, opened up: probes, interventions and PRISM routing.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default: runs/demo)")
+    demo.add_argument("-n", type=int, default=32, help="knowledge items per condition (default: 32)")
+    demo.add_argument("--n-harmful", type=int, default=16, help="HarmBench behaviours per condition (default: 16)")
+    _add_model(demo)
+
+    evaluate = sub.add_parser("evaluate", help=COMMANDS["evaluate"], description=COMMANDS["evaluate"])
+    _add_model(evaluate)
+    _add_items(evaluate)
+    _add_condition(evaluate)
+    evaluate.add_argument("--scoring", default="letter", choices=("letter", "cloze"), help="multiple-choice scoring (default: letter)")
+    evaluate.add_argument("--answer-prefix", default="Answer:", help="text that opens the assistant turn when scoring (default: 'Answer:')")
+    evaluate.add_argument("--normalise", choices=("none", "tokens", "chars"), help="cloze score normalisation (default: none for letter, tokens for cloze)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="generation length for open questions (default: 64)")
+    evaluate.add_argument("--out", type=Path, help="output JSON (default: runs/evaluate/<dataset>_<condition>.json)")
+
+    record = sub.add_parser("record", help=COMMANDS["record"], description=COMMANDS["record"])
+    _add_model(record)
+    _add_items(record)
+    _add_condition(record)
+    record.add_argument("--hooks", help="comma-separated hook points (default: every block's residual output)")
+    record.add_argument("--layers", help="comma-separated block indices, shorthand for their residual outputs")
+    record.add_argument("--positions", default="last", choices=("last", "mean", "all"), help="which token positions to keep (default: last)")
+    record.add_argument("--shard-size", type=int, default=256, help="prompts per shard file (default: 256)")
+    record.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
+    record.add_argument("--out", type=Path, required=True, help="store directory (re-run the same command to resume)")
+
+    personas = sub.add_parser("personas", help=COMMANDS["personas"], description=COMMANDS["personas"])
+    personas.add_argument("--personas-file", type=Path, help="JSON file of extra personas")
+    personas.add_argument("--length", choices=("min", "short", "long"), default="min", help="which text to show (default: min)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ToolkitError as error:
+        print(f"prism {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prism {args.command}: interrupted; finished work is kept, run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "personas":
+        return _personas(args)
+    _quiet_transformers()
+    if args.command == "demo":
+        from prism.demo import run_demo
+
+        run_demo(args.out, model_name=args.model, n_knowledge=args.n, n_harmful=args.n_harmful)
+        return 0
+    if args.command == "evaluate":
+        return _evaluate(args)
+    if args.command == "record":
+        return _record(args)
+    raise AssertionError(args.command)
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _condition(args: argparse.Namespace):
+    from probes.personas import get_persona, persona_library
+    from probes.prompts import Condition
+
+    library = persona_library(args.personas_file)
+    if args.persona not in ("none", "random"):
+        get_persona(args.persona, library)
+    return Condition(args.persona, args.length, args.placement, args.base_system), library
+
+
+def _items(args: argparse.Namespace):
+    from probes.datasets import load_dataset, stratified_sample
+
+    return stratified_sample(load_dataset(args.dataset), args.n, seed=args.seed)
+
+
+def _load(name: str):
+    from probes.models import load_model
+
+    start = time.perf_counter()
+    model, tokenizer = load_model(name)
+    print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}) in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return model, tokenizer
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from interventions.evaluate import evaluate
+    from probes.atomic import write_json
+
+    condition, library = _condition(args)
+    items = _items(args)
+    if args.max_new_tokens < 1:
+        raise ToolkitError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    out = args.out or Path("runs/evaluate") / f"{Path(args.dataset).stem}_{condition.slug}.json"
+    model, tokenizer = _load(args.model)
+    result = evaluate(
+        model, tokenizer, items, condition, scoring=args.scoring, answer_prefix=args.answer_prefix,
+        normalise=args.normalise, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        personas=library, seed=args.seed,
+    )
+    result["dataset"] = args.dataset
+    write_json(out, result)
+    summary = result["summary"]
+    chance = f" (chance {result['chance']:.2f})" if "chance" in result else ""
+    print(f"{args.dataset} {condition.label}: {result['metric']} {summary['mean']:.3f} "
+          f"[95% CI {summary['low']:.3f}, {summary['high']:.3f}], n={summary['n']}{chance}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    from interventions.evaluate import render_items
+    from probes.recording import record_activations, residual_hooks
+
+    condition, library = _condition(args)
+    items = _items(args)
+    if args.hooks and args.layers:
+        raise ToolkitError("give --hooks or --layers, not both")
+    model, tokenizer = _load(args.model)
+    hooks = None
+    if args.hooks:
+        hooks = [hook.strip() for hook in args.hooks.split(",") if hook.strip()]
+    elif args.layers:
+        try:
+            layers = [int(layer) for layer in args.layers.split(",") if layer.strip()]
+        except ValueError as error:
+            raise ToolkitError(f"--layers takes comma-separated integers, got {args.layers!r}") from error
+        hooks = residual_hooks(model, layers)
+    prompts = render_items(tokenizer, items, condition, personas=library, seed=args.seed)
+    store = record_activations(
+        model, tokenizer, prompts, args.out, hooks=hooks, positions=args.positions, batch_size=args.batch_size,
+        shard_size=args.shard_size, overwrite=args.overwrite,
+        metadata={"dataset": args.dataset, "n": args.n, "seed": args.seed, "condition": condition.to_dict()},
+    )
+    print(f"recorded {len(store)} prompts x {len(store.hooks)} hooks ({store.positions} positions) into {store.path}")
+    return 0
+
+
+def _personas(args: argparse.Namespace) -> int:
+    from probes.personas import persona_library
+
+    for persona in persona_library(args.personas_file).values():
+        text = persona.texts.get(args.length, "-")
+        print(f"{persona.name:<16} {persona.kind:<12} {persona.category or '-':<12} {text[:90]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

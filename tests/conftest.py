@@ -1,0 +1,71 @@
+"""Shared fixtures: the real embedded model (loaded once) and tiny random models from configs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+import transformers
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+from probes.models import load_model, resolve_model_directory
+
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The embedded SmolLM2-135M-Instruct as (bridge, tokenizer)."""
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def smol_directory() -> str:
+    return resolve_model_directory("default")[0]
+
+
+@pytest.fixture(scope="session")
+def smol_hf(smol_directory):
+    """A plain Hugging Face copy of the embedded model, not wrapped by any bridge."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(smol_directory, dtype=torch.float32)
+    return model.eval()
+
+
+def _save_tiny(directory, model, tokenizer_source: str) -> str:
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_directory(tmp_path_factory, smol_directory) -> str:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, architectures=["LlamaForCausalLM"],
+    )
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), LlamaForCausalLM(config), smol_directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_directory(tmp_path_factory, smol_directory) -> str:
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        sliding_window=32,
+    )
+    model = Gemma3ForCausalLM(config)
+    model.config.architectures = None  # as in a GGUF config: the loader must infer it
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gemma"), model, smol_directory)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_llama_directory):
+    return load_model(tiny_llama_directory)

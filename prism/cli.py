@@ -39,17 +39,22 @@ def _add_items(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
 
 
+def _command(sub, name: str) -> argparse.ArgumentParser:
+    text = COMMANDS[name].replace("%", "%%")  # argparse formats help strings with %
+    return sub.add_parser(name, help=text, description=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prism", description="Expert personas, opened up: probes, interventions and PRISM routing.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help=COMMANDS["demo"], description=COMMANDS["demo"])
+    demo = _command(sub, "demo")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default: runs/demo)")
     demo.add_argument("-n", type=int, default=32, help="knowledge items per condition (default: 32)")
     demo.add_argument("--n-harmful", type=int, default=16, help="HarmBench behaviours per condition (default: 16)")
     _add_model(demo)
 
-    evaluate = sub.add_parser("evaluate", help=COMMANDS["evaluate"], description=COMMANDS["evaluate"])
+    evaluate = _command(sub, "evaluate")
     _add_model(evaluate)
     _add_items(evaluate)
     _add_condition(evaluate)
@@ -59,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="generation length for open questions (default: 64)")
     evaluate.add_argument("--out", type=Path, help="output JSON (default: runs/evaluate/<dataset>_<condition>.json)")
 
-    record = sub.add_parser("record", help=COMMANDS["record"], description=COMMANDS["record"])
+    record = _command(sub, "record")
     _add_model(record)
     _add_items(record)
     _add_condition(record)
@@ -70,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
     record.add_argument("--out", type=Path, required=True, help="store directory (re-run the same command to resume)")
 
-    personas = sub.add_parser("personas", help=COMMANDS["personas"], description=COMMANDS["personas"])
+    personas = _command(sub, "personas")
     personas.add_argument("--personas-file", type=Path, help="JSON file of extra personas")
     personas.add_argument("--length", choices=("min", "short", "long"), default="min", help="which text to show (default: min)")
     return parser
@@ -169,15 +174,17 @@ def _record(args: argparse.Namespace) -> int:
     items = _items(args)
     if args.hooks and args.layers:
         raise ToolkitError("give --hooks or --layers, not both")
-    model, tokenizer = _load(args.model)
-    hooks = None
-    if args.hooks:
-        hooks = [hook.strip() for hook in args.hooks.split(",") if hook.strip()]
-    elif args.layers:
+    layers = None
+    if args.layers:
         try:
             layers = [int(layer) for layer in args.layers.split(",") if layer.strip()]
         except ValueError as error:
             raise ToolkitError(f"--layers takes comma-separated integers, got {args.layers!r}") from error
+    model, tokenizer = _load(args.model)
+    hooks = None
+    if args.hooks:
+        hooks = [hook.strip() for hook in args.hooks.split(",") if hook.strip()]
+    elif layers is not None:
         hooks = residual_hooks(model, layers)
     prompts = render_items(tokenizer, items, condition, personas=library, seed=args.seed)
     store = record_activations(

@@ -136,7 +136,7 @@ def record_activations(
                 continue
             tensors = _record_shard(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
             with atomic_path(out_dir / name) as partial:
-                save_file(tensors, str(partial), metadata={"start": str(start), "stop": str(stop)})
+                save_file(tensors, str(partial))
             manifest["shards"].append({"file": name, "start": start, "stop": stop})
             manifest["complete"] = len(manifest["shards"]) == n_shards
             write_json(out_dir / MANIFEST, manifest)

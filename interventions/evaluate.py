@@ -24,6 +24,7 @@ from probes.prompts import Condition, RenderedPrompt, render
 
 DEFAULT_ANSWER_PREFIX = "Answer:"
 DEFAULT_NORMALISATION = {"letter": "none", "cloze": "tokens"}
+METRIC_FIELD = {"accuracy": "correct", "refusal_rate": "refused"}  # metric -> per-item row field
 
 
 def render_items(
@@ -104,7 +105,6 @@ def evaluate(
             settings={"scoring": scoring, "answer_prefix": answer_prefix, "normalise": normalise},
             metric="accuracy",
             chance=sum(1 / len(item.choices) for item in items) / len(items),
-            summary=bootstrap_mean([float(row["correct"]) for row in rows], seed=seed).to_dict(),
             margin=bootstrap_mean([row["margin"] for row in rows], seed=seed).to_dict(),
         )
     else:
@@ -125,22 +125,22 @@ def evaluate(
             task="generation",
             settings={"max_new_tokens": max_new_tokens, "decoding": "greedy", "refusal_rule": "keyword"},
             metric="refusal_rate",
-            summary=bootstrap_mean([float(row["refused"]) for row in rows], seed=seed).to_dict(),
         )
-    result["by_category"] = _by_category(rows, result["metric"], seed)
+    values = [float(row[METRIC_FIELD[result["metric"]]]) for row in rows]
+    result["summary"] = bootstrap_mean(values, seed=seed).to_dict()
+    result["by_category"] = _by_category([row["category"] for row in rows], values, seed)
     result["items"] = rows
     return result
 
 
 def metric_values(result: Mapping) -> list[float]:
     """Per-item values of a result's main metric, in item order."""
-    key = "correct" if result["metric"] == "accuracy" else "refused"
-    return [float(row[key]) for row in result["items"]]
+    field = METRIC_FIELD[result["metric"]]
+    return [float(row[field]) for row in result["items"]]
 
 
-def _by_category(rows: Sequence[dict], metric: str, seed: int) -> dict:
-    key = "correct" if metric == "accuracy" else "refused"
+def _by_category(categories: Sequence[str], values: Sequence[float], seed: int) -> dict:
     groups: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        groups[row["category"]].append(float(row[key]))
-    return {category: bootstrap_mean(values, seed=seed).to_dict() for category, values in sorted(groups.items())}
+    for category, value in zip(categories, values):
+        groups[category].append(value)
+    return {category: bootstrap_mean(group, seed=seed).to_dict() for category, group in sorted(groups.items())}

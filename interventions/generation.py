@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from probes.batching import check_context, length_sorted_batches
+from probes.batching import check_context, left_pad, length_sorted_batches
 from probes.errors import ToolkitError
 from probes.prompts import RenderedPrompt, encode
 
@@ -51,12 +51,8 @@ def generate(
     responses: list[str] = [""] * len(encoded)
     batches = length_sorted_batches(lengths, batch_size)
     for number, batch in enumerate(tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False)):
-        width = max(lengths[index] for index in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, index in enumerate(batch):
-            input_ids[row, width - lengths[index] :] = torch.tensor(encoded[index])
-            attention_mask[row, width - lengths[index] :] = 1
+        input_ids, attention_mask = left_pad([encoded[index] for index in batch], tokenizer.pad_token_id)
+        width = input_ids.shape[1]
         torch.manual_seed(seed + number)
         output = hf_model.generate(
             input_ids=input_ids,

@@ -31,6 +31,19 @@ def right_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> Int[torch.Tens
     return tokens
 
 
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Int[torch.Tensor, "batch seq"], Int[torch.Tensor, "batch seq"]]:
+    """Left-padded tokens and their attention mask, as generation needs them."""
+    width = max(len(sequence) for sequence in sequences)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        tokens[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, width - len(sequence) :] = 1
+    return tokens, mask
+
+
 def check_context(lengths: Sequence[int], n_ctx: int, labels: Sequence[str]) -> None:
     """Raise one line for the first sequence longer than the model's context window."""
     for length, label in zip(lengths, labels):

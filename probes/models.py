@@ -42,6 +42,14 @@ def load_model(
     return _bridge_from_directory(directory, label, dtype)
 
 
+def model_slug(name: str) -> str:
+    """A directory name for results about model ``name``: 'default' -> 'smollm2-135m-instruct'."""
+    if name == DEFAULT_MODEL:
+        return "smollm2-135m-instruct"
+    stem = Path(name).name if name.endswith(".gguf") or Path(name).expanduser().is_dir() else name
+    return re.sub(r"[^a-z0-9.]+", "-", stem.lower().removesuffix(".gguf")).strip("-") or "model"
+
+
 def resolve_model_directory(name: str) -> tuple[str, str]:
     """Map a model name to something ``from_pretrained`` reads, and a label for manifests."""
     if not isinstance(name, str) or not name.strip():

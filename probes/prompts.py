@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import asdict, dataclass
-from typing import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -23,14 +23,16 @@ PLACEMENTS = ("system", "user")
 BASE_SYSTEMS = ("empty", "template")
 NO_PERSONA = "none"
 RANDOM_PERSONA = "random"
+EXPERT_PERSONA = "expert"
 # Query categories whose expert persona is not literally named after them.
 CATEGORY_ALIASES = {"STEM": "stem", "humanities": "humanities"}
 
 
 @dataclass(frozen=True)
 class Condition:
-    """One persona condition: ``persona`` is a library name, ``"none"`` or ``"random"``
-    (a persona other than the one matched to the item's category, chosen per item)."""
+    """One persona condition: ``persona`` is a library name, ``"none"``, ``"expert"`` (the
+    persona matched to the item's category) or ``"random"`` (a domain persona other than the
+    matched one, chosen per item)."""
 
     persona: str = NO_PERSONA
     length: str = "min"
@@ -74,6 +76,7 @@ class RenderedPrompt:
     query_span: tuple[int, int]  # character span of the query in ``text``
     add_special_tokens: bool  # False when the chat template already wrote BOS
     item_id: str = ""
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content) pairs the text was rendered from
 
     @property
     def sha256(self) -> str:
@@ -118,7 +121,8 @@ def render(
     if system is not None and not supports_system_role(tokenizer):
         system = None
 
-    text, special = _apply_template(tokenizer, system, user)
+    messages = _messages(system, user)
+    text, special = _apply_template(tokenizer, messages)
     text += answer_prefix
     persona_span = None
     search_from = 0
@@ -136,6 +140,24 @@ def render(
         query_span=(query_start, query_start + len(query)),
         add_special_tokens=special,
         item_id=item_id,
+        messages=messages,
+    )
+
+
+def render_messages(
+    tokenizer: PreTrainedTokenizerBase, system: str | None, user: str, *, answer_prefix: str = ""
+) -> RenderedPrompt:
+    """A plain system + user exchange (no persona condition), e.g. a judge's prompt."""
+    if not user.strip():
+        raise ToolkitError("empty prompt: every query needs text")
+    if system is not None and not supports_system_role(tokenizer):
+        user, system = (f"{system}\n\n{user}" if system else user), None
+    messages = _messages(system, user)
+    text, special = _apply_template(tokenizer, messages)
+    start = text.index(user)
+    return RenderedPrompt(
+        text=text + answer_prefix, condition=Condition(), persona=None, placement=None,
+        persona_span=None, query_span=(start, start + len(user)), add_special_tokens=special, messages=messages,
     )
 
 
@@ -155,9 +177,13 @@ def _resolve_persona(
 ) -> Persona | None:
     if condition.persona == NO_PERSONA:
         return None
+    matched = matched_persona(category, library)
+    if condition.persona == EXPERT_PERSONA:
+        if matched is None:
+            raise ToolkitError(f"no expert persona matches category {category!r}{f' (item {item_id})' if item_id else ''}")
+        return library[matched]
     if condition.persona != RANDOM_PERSONA:
         return get_persona(condition.persona, library)
-    matched = matched_persona(category, library)
     pool = sorted(
         name
         for name, persona in library.items()
@@ -169,16 +195,31 @@ def _resolve_persona(
     return library[random.Random(digest).choice(pool)]
 
 
-def _apply_template(tokenizer: PreTrainedTokenizerBase, system: str | None, user: str) -> tuple[str, bool]:
+def _messages(system: str | None, user: str) -> tuple[tuple[str, str], ...]:
+    return ((("system", system),) if system is not None else ()) + (("user", user),)
+
+
+def _apply_template(tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]]) -> tuple[str, bool]:
     if not getattr(tokenizer, "chat_template", None):
         # A base model without a chat template: plain text, the tokenizer adds BOS itself.
-        prefix = f"{system}\n\n" if system else ""
-        return f"{prefix}{user}\n\n", True
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": user}
-    ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "".join(f"{content}\n\n" for _, content in messages if content), True
+    chat = [{"role": role, "content": content} for role, content in messages]
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     return text, False
+
+
+def render_conversation(
+    tokenizer: PreTrainedTokenizerBase, first: RenderedPrompt, response: str, follow_up: str
+) -> RenderedPrompt:
+    """The prompt for a second turn: ``first``'s messages, the model's ``response``, ``follow_up``."""
+    if not follow_up.strip():
+        raise ToolkitError("empty follow-up turn: every turn needs text")
+    messages = tuple(first.messages) + (("assistant", response), ("user", follow_up))
+    text, special = _apply_template(tokenizer, messages)
+    start = text.rindex(follow_up)
+    return replace(
+        first, text=text, query_span=(start, start + len(follow_up)), add_special_tokens=special, messages=messages
+    )
 
 
 def supports_system_role(tokenizer: PreTrainedTokenizerBase) -> bool:

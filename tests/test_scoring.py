@@ -93,3 +93,20 @@ def test_text_longer_than_the_context_is_refused(tiny):
     prompt = render(tokenizer, long_item.prompt, Condition())
     with pytest.raises(ToolkitError, match="the model's context is 512"):
         score_choices(bridge, tokenizer, [prompt], [[" a", " b"]], [0], progress=False)
+
+
+def test_shared_context_scoring_matches_full_sequences_with_a_sliding_window(tiny_gemma_directory):
+    """Gemma-3 keeps sliding-window layers in its cache; options scored after the cached
+    context must equal scoring each full sequence, also past the window (32 tokens here)."""
+    from probes.models import load_model
+
+    bridge, tokenizer = load_model(tiny_gemma_directory)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_gemma_directory).eval()
+    prompts = [render(tokenizer, item.prompt, Condition("stem", "long", "user")) for item in ITEMS]
+    options = [continuations(item, "cloze") for item in ITEMS]
+    results = score_choices(bridge, tokenizer, prompts, options, [0, 0, 0], batch_size=3, progress=False)
+    for prompt, texts, result in zip(prompts, options, results):
+        context = encode(tokenizer, prompt)
+        assert len(context) > 32
+        expected = [_hf_continuation_logprob(reference, context, tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        assert result.logprobs == pytest.approx(expected, abs=1e-3)

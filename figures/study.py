@@ -1,0 +1,208 @@
+"""Figures of the persona-effect study (analogues of the paper's Figures 1 and 2).
+
+Each function takes tables from ``interventions.effects`` (lists of dicts) and returns a
+matplotlib Figure. Error bars are bootstrap 95% CIs; a star marks a paired difference whose
+CI excludes zero; every panel says its n.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+METRIC_LABELS = {
+    "accuracy": "accuracy", "margin": "margin of the correct option (nats)", "refusal_rate": "refusal rate",
+    "strict": "instructions followed (strict)", "loose": "instructions followed (loose)",
+    "judge_score": "judge score (1-10)", "judge_score_turn2": "judge score, turn 2 (1-10)",
+}
+LENGTH_COLOURS = {"min": "#9ecae1", "short": "#4292c6", "long": "#08519c"}
+
+
+def _select(table: Sequence[Mapping], **where) -> list[Mapping]:
+    return [row for row in table if all(row.get(key) == value for key, value in where.items())]
+
+
+def _errors(rows: Sequence[Mapping], centre: str) -> np.ndarray:
+    return np.array([[row[centre] - row["low"] for row in rows], [row["high"] - row[centre] for row in rows]])
+
+
+def _n_range(rows: Sequence[Mapping]) -> str:
+    ns = sorted({row["n"] for row in rows})
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def delta_by_category(
+    effects_by_category: Sequence[Mapping], task: str, metric: str, persona_spec: str = "expert",
+    placement: str = "system", title: str | None = None,
+) -> Figure:
+    """Persona-minus-baseline per category, one bar per persona length (Figure 1a/1b)."""
+    rows = _select(effects_by_category, task=task, metric=metric, persona_spec=persona_spec,
+                   placement=placement, reference="none[empty]")
+    categories = sorted({row["category"] for row in rows})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) + 2), 4.2))
+    if not rows:
+        _empty(ax, f"no {persona_spec} persona results for {task}")
+        return fig
+    lengths = [length for length in LENGTH_COLOURS if any(row["length"] == length for row in rows)]
+    width = 0.8 / len(lengths)
+    for index, length in enumerate(lengths):
+        series = {row["category"]: row for row in rows if row["length"] == length}
+        present = [c for c in categories if c in series]
+        xs = np.array([categories.index(c) for c in present]) + (index - (len(lengths) - 1) / 2) * width
+        bars = [series[c] for c in present]
+        ax.bar(xs, [b["delta"] for b in bars], width, yerr=_errors(bars, "delta"), capsize=2,
+               color=LENGTH_COLOURS[length], label=f"{persona_spec} persona, {length}")
+        for x, bar in zip(xs, bars):
+            if bar["significant"]:
+                ax.text(x, bar["high"], "*", ha="center", va="bottom", fontsize=11)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+    ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}\nvs no persona")
+    ax.set_title(f"{title or f'{task}: {persona_spec} persona effect by category'}\n"
+                 f"({placement} prompt, {_n_range(rows)} items per bar, * = 95% CI excludes 0)", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def generation_by_category(effects_by_category: Sequence[Mapping], task: str = "mtbench",
+                           metric: str = "judge_score") -> Figure:
+    """Figure 1a: generation quality by category, expert persona at each length."""
+    return delta_by_category(effects_by_category, task, metric,
+                             title=f"{task}: expert persona effect by category (Fig. 1a analogue)")
+
+
+def knowledge_by_category(effects_by_category: Sequence[Mapping], task: str = "capitals",
+                          metric: str = "margin") -> Figure:
+    """Figure 1b: knowledge by category; the random persona where no expert matches the items."""
+    spec = "expert" if _select(effects_by_category, task=task, persona_spec="expert") else "random"
+    return delta_by_category(effects_by_category, task, metric, persona_spec=spec,
+                             title=f"{task}: {spec} persona effect on knowledge by category (Fig. 1b analogue)")
+
+
+def refusal_with_safety_persona(cells: Sequence[Mapping], task: str = "harmbench") -> Figure:
+    """Figure 1c: refusal rate with no persona, the safety monitor at each length, other personas."""
+    rows = [row for row in _select(cells, task=task, metric="refusal_rate") if row["mean"] is not None]
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    if not rows:
+        _empty(ax, f"no refusal results for {task}")
+        return fig
+
+    def order(row):
+        spec = row["persona_spec"]
+        rank = 0 if spec == "none" else 1 if spec == "safety-monitor" else 2
+        return (rank, spec, ["min", "short", "long", None].index(row["length"]), row["placement"] or "")
+
+    rows = sorted(rows, key=order)
+    colours = ["#bdbdbd" if r["persona_spec"] == "none" else "#d94801" if r["persona_spec"] == "safety-monitor"
+               else "#6baed6" for r in rows]
+    ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=_errors(rows, "mean"), capsize=2, color=colours)
+    ax.set_xticks(range(len(rows)), [r["condition"].replace("[empty]", "") for r in rows], rotation=60,
+                  ha="right", fontsize=7)
+    ax.set_ylabel("refusal rate")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{task}: refusal with the safety-monitor persona (Fig. 1c analogue, {_n_range(rows)} per bar)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: str = "long") -> Figure:
+    """Figure 1d: per model, the persona effect with the persona in the system prompt vs in
+    the user message, for each task metric (matched expert where it exists, else random)."""
+    models = list(effects_by_model)
+    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(6.0 * max(1, len(models)), 4.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        effects = _select(effects_by_model[model], length=length, reference="none[empty]")
+        pairs = []
+        for task, metric in dict.fromkeys((row["task"], row["metric"]) for row in effects):
+            for spec in ("expert", "random"):
+                system = _select(effects, task=task, metric=metric, persona_spec=spec, placement="system")
+                user = _select(effects, task=task, metric=metric, persona_spec=spec, placement="user")
+                if system and user:
+                    pairs.append((f"{task}\n{metric} ({spec})", system[0], user[0]))
+                    break
+        if not pairs:
+            _empty(ax, "no condition in both placements")
+            ax.set_title(model)
+            continue
+        xs = np.arange(len(pairs))
+        for offset, index, label, colour in ((-0.2, 1, "system prompt", "#08519c"), (0.2, 2, "user message", "#fd8d3c")):
+            bars = [pair[index] for pair in pairs]
+            # each metric on its own scale: show the effect relative to its CI half-width
+            ax.bar(xs + offset, [b["delta"] for b in bars], 0.4, yerr=_errors(bars, "delta"), capsize=2,
+                   color=colour, label=label)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(xs, [pair[0] for pair in pairs], fontsize=7, rotation=30, ha="right")
+        ax.set_ylabel(f"Δ vs no persona ({length} persona)")
+        ax.set_title(f"{model} (Fig. 1d analogue)")
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def persona_lift_heatmap(effects_by_category: Sequence[Mapping], task: str, metric: str,
+                         length: str = "min", placement: str = "system") -> Figure:
+    """Figure 2 (left): persona x category, mean paired lift over no persona; * = significant."""
+    rows = [row for row in _select(effects_by_category, task=task, metric=metric, length=length,
+                                   placement=placement, reference="none[empty]")]
+    personas = sorted({row["persona_spec"] for row in rows}, key=lambda p: (p in ("expert", "random"), p))
+    categories = sorted({row["category"] for row in rows})
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(categories) + 3), max(3.0, 0.42 * len(personas) + 1.5)))
+    if not rows:
+        _empty(ax, f"no per-persona results for {task}")
+        return fig
+    grid = np.full((len(personas), len(categories)), np.nan)
+    significant = np.zeros_like(grid, dtype=bool)
+    for row in rows:
+        i, j = personas.index(row["persona_spec"]), categories.index(row["category"])
+        grid[i, j], significant[i, j] = row["delta"], row["significant"]
+    limit = np.nanmax(np.abs(grid)) or 1.0
+    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for i in range(len(personas)):
+        for j in range(len(categories)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:+.2f}{'*' if significant[i, j] else ''}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+    ax.set_yticks(range(len(personas)), personas)
+    fig.colorbar(image, ax=ax, label=f"Δ {METRIC_LABELS.get(metric, metric)}")
+    ax.set_title(f"{task}: lift over no persona ({length}, {placement}; {_n_range(rows)} per cell)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def expert_lift_bars(effects_by_category: Sequence[Mapping], task: str, metric: str, length: str = "long") -> Figure:
+    """Figure 2 (right): per category, expert over no persona and expert over a random persona."""
+    rows = _select(effects_by_category, task=task, metric=metric, persona_spec="expert", length=length,
+                   placement="system")
+    categories = sorted({row["category"] for row in rows})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) + 2), 4.2))
+    if not rows:
+        _empty(ax, f"no expert persona results for {task}")
+        return fig
+    for offset, reference, label, colour in ((-0.2, "none[empty]", "expert − no persona", "#08519c"),
+                                             (0.2, f"random/{length}/system[empty]", "expert − random persona", "#74c476")):
+        series = {row["category"]: row for row in rows if row["reference"] == reference}
+        present = [c for c in categories if c in series]
+        bars = [series[c] for c in present]
+        if bars:
+            ax.bar(np.array([categories.index(c) for c in present]) + offset, [b["delta"] for b in bars], 0.4,
+                   yerr=_errors(bars, "delta"), capsize=2, color=colour, label=label)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+    ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}")
+    ax.set_title(f"{task}: expertise vs any persona ({length} persona, {_n_range(rows)} per bar)", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

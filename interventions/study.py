@@ -91,8 +91,8 @@ class Budget:
 
 BUDGETS = {
     "smoke": Budget(
-        items={"capitals": 24, "mmlu-letter": 16, "harmbench": 8, "ifeval": 8, "mtbench": 8},
-        grid="smoke", max_new_tokens={"harmbench": 32, "ifeval": 64, "mtbench": 64},
+        items={"capitals": 24, "mmlu-letter": 16, "harmbench": 8, "ifeval": 8, "mtbench": 6},
+        grid="smoke", max_new_tokens={"harmbench": 32, "ifeval": 48, "mtbench": 48},
     ),
     "default": Budget(
         items={"capitals": 32, "mmlu-letter": 24, "mmlu-cloze": 16, "harmbench": 12, "ifeval": 12, "mtbench": 12},

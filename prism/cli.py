@@ -53,8 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = _command(sub, "demo")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default: runs/demo)")
-    demo.add_argument("-n", type=int, default=32, help="knowledge items per condition (default: 32)")
-    demo.add_argument("--n-harmful", type=int, default=16, help="HarmBench behaviours per condition (default: 16)")
     _add_model(demo)
 
     evaluate = _command(sub, "evaluate")
@@ -125,7 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from prism.demo import run_demo
 
-        run_demo(args.out, model_name=args.model, n_knowledge=args.n, n_harmful=args.n_harmful)
+        run_demo(args.out, model_name=args.model)
         return 0
     if args.command == "evaluate":
         return _evaluate(args)

@@ -85,7 +85,7 @@ def test_malformed_user_files_give_one_line_with_the_place(tmp_path, content, me
 
 
 def test_unknown_dataset_names_the_valid_ones(tmp_path):
-    with pytest.raises(ToolkitError, match="use one of mmlu, mtbench, harmbench"):
+    with pytest.raises(ToolkitError, match="use one of mmlu, capitals, mtbench, harmbench"):
         load_dataset("gsm8k")
     with pytest.raises(ToolkitError, match="no dataset file"):
         load_dataset(str(tmp_path / "missing.jsonl"))

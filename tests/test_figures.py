@@ -1,0 +1,82 @@
+"""Structure of the study figures (axes, series, labels), not pixels."""
+
+import matplotlib
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from figures import study as plots
+
+CATEGORIES = ("writing", "math", "coding")
+
+
+def _effect(task, spec, length, placement, category, metric, delta, reference="none[empty]", n=12):
+    condition = f"{spec}/{length}/{placement}[empty]"
+    return {"task": task, "condition": condition, "persona_spec": spec, "length": length, "placement": placement,
+            "base_system": "empty", "category": category, "metric": metric, "reference": reference, "n": n,
+            "delta": delta, "low": delta - 0.1, "high": delta + 0.1, "significant": abs(delta) > 0.1}
+
+
+@pytest.fixture()
+def by_category():
+    rows = []
+    for c, category in enumerate(CATEGORIES):
+        for length in ("min", "short", "long"):
+            rows.append(_effect("mtbench", "expert", length, "system", category, "judge_score", 0.1 * c - 0.05))
+        rows.append(_effect("mtbench", "expert", "long", "system", category, "judge_score", 0.3,
+                            reference="random/long/system[empty]"))
+        for p, persona in enumerate(("math", "writing", "critic")):
+            rows.append(_effect("capitals", persona, "min", "system", category, "margin", -0.2 * p))
+    return rows
+
+
+def _bars(ax):
+    return [patch for patch in ax.patches if isinstance(patch, matplotlib.patches.Rectangle)]
+
+
+def test_delta_by_category_draws_one_bar_per_length_and_category(by_category):
+    fig = plots.generation_by_category(by_category, "mtbench", "judge_score")
+    (ax,) = fig.axes
+    assert isinstance(fig, Figure) and len(_bars(ax)) == 3 * len(CATEGORIES)
+    assert [t.get_text() for t in ax.get_xticklabels()] == sorted(CATEGORIES)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"expert persona, {l}" for l in ("min", "short", "long")]
+    assert "judge score" in ax.get_ylabel() and "n=12" in ax.get_title()
+    assert sum(t.get_text() == "*" for t in ax.texts) == 3  # only the significant bars (|delta| > 0.1)
+
+
+def test_heatmap_holds_every_persona_and_category(by_category):
+    fig = plots.persona_lift_heatmap(by_category, "capitals", "margin")
+    ax = fig.axes[0]
+    data = ax.images[0].get_array()
+    assert data.shape == (3, len(CATEGORIES))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["critic", "math", "writing"]
+    assert np.allclose(data[0], -0.4) and np.allclose(data[1], 0.0)
+    assert len(fig.axes) == 2  # with its colour bar
+
+
+def test_expert_bars_compare_with_baseline_and_random(by_category):
+    fig = plots.expert_lift_bars(by_category, "mtbench", "judge_score")
+    (ax,) = fig.axes
+    assert len(_bars(ax)) == 2 * len(CATEGORIES)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["expert − no persona", "expert − random persona"]
+
+
+def test_refusal_and_placement_figures():
+    cells = [{"task": "harmbench", "condition": label, "persona_spec": spec, "length": length, "placement": "system",
+              "metric": "refusal_rate", "n": 12, "mean": mean, "low": 0.0, "high": mean + 0.1}
+             for label, spec, length, mean in (("none[empty]", "none", None, 0.0),
+                                               ("safety-monitor/long/system[empty]", "safety-monitor", "long", 0.25),
+                                               ("math/min/system[empty]", "math", "min", 0.05))]
+    (ax,) = plots.refusal_with_safety_persona(cells).axes
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "none" and labels[1].startswith("safety-monitor") and len(_bars(ax)) == 3
+    effects = {model: [_effect("ifeval", "expert", "long", placement, "all", "strict", d)
+                       for placement, d in (("system", 0.2), ("user", 0.1))] for model in ("a", "b")}
+    fig = plots.placement_deltas(effects)
+    assert [ax.get_title() for ax in fig.axes] == ["a (Fig. 1d analogue)", "b (Fig. 1d analogue)"]
+    assert all(len(_bars(ax)) == 2 for ax in fig.axes)
+
+
+def test_figures_say_so_when_there_is_nothing_to_draw():
+    (ax,) = plots.generation_by_category([], "mtbench", "judge_score").axes
+    assert "no expert persona results" in ax.texts[0].get_text()

@@ -43,6 +43,12 @@ def _empty(ax, message: str) -> None:
     ax.set_yticks([])
 
 
+def _note_if_all_zero(ax, rows: Sequence[Mapping]) -> None:
+    if all(row["delta"] == 0 and row["low"] == 0 and row["high"] == 0 for row in rows):
+        ax.text(0.5, 0.85, "every difference is exactly 0: the persona changed no item's outcome",
+                ha="center", transform=ax.transAxes, color="grey", fontsize=9)
+
+
 def delta_by_category(
     effects_by_category: Sequence[Mapping], task: str, metric: str, persona_spec: str = "expert",
     placement: str = "system", title: str | None = None,
@@ -67,6 +73,7 @@ def delta_by_category(
         for x, bar in zip(xs, bars):
             if bar["significant"]:
                 ax.text(x, bar["high"], "*", ha="center", va="bottom", fontsize=11)
+    _note_if_all_zero(ax, rows)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
     ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}\nvs no persona")
@@ -140,7 +147,6 @@ def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: 
         xs = np.arange(len(pairs))
         for offset, index, label, colour in ((-0.2, 1, "system prompt", "#08519c"), (0.2, 2, "user message", "#fd8d3c")):
             bars = [pair[index] for pair in pairs]
-            # each metric on its own scale: show the effect relative to its CI half-width
             ax.bar(xs + offset, [b["delta"] for b in bars], 0.4, yerr=_errors(bars, "delta"), capsize=2,
                    color=colour, label=label)
         ax.axhline(0, color="black", linewidth=0.8)
@@ -199,6 +205,7 @@ def expert_lift_bars(effects_by_category: Sequence[Mapping], task: str, metric: 
         if bars:
             ax.bar(np.array([categories.index(c) for c in present]) + offset, [b["delta"] for b in bars], 0.4,
                    yerr=_errors(bars, "delta"), capsize=2, color=colour, label=label)
+    _note_if_all_zero(ax, rows)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
     ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}")

@@ -132,13 +132,23 @@ def _score_batch(
 ) -> dict[tuple[int, int], float]:
     """Summed log-probabilities of every option of a batch of contexts.
 
-    Contexts are left-padded, so each one's last tokens sit at the end of the cache (sliding-
-    window layers keep only the end) and every option starts at the same column."""
-    tokens, context_mask = left_pad(contexts, pad_id)
-    lengths = context_mask.sum(dim=1)
-    context_positions = (context_mask.cumsum(dim=1) - 1).clamp(min=0)
+    Tokens every context starts with (template and persona) run once and their cache is copied
+    to each row. The rest is left-padded, so each context's last tokens sit at the end of the
+    cache (sliding-window layers keep only the end) and every option starts at the same column."""
+    lengths = torch.tensor([len(context) for context in contexts])
+    shared = _shared_prefix_length(contexts)
+    cache = None
+    if shared < MIN_SHARED_PREFIX or not _window_covers(hf_model, int(lengths.max())):
+        shared = 0
+    if shared:
+        # the persona and template tokens every context starts with: run once, copy per row
+        cache = hf_model(input_ids=torch.tensor([contexts[0][:shared]]), use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(len(contexts))
+    tokens, suffix_mask = left_pad([context[shared:] for context in contexts], pad_id)
+    context_mask = torch.cat([torch.ones((len(contexts), shared), dtype=torch.long), suffix_mask], dim=1)
     output = hf_model(
-        input_ids=tokens, attention_mask=context_mask, position_ids=context_positions, use_cache=True,
+        input_ids=tokens, attention_mask=context_mask, position_ids=shared + (suffix_mask.cumsum(dim=1) - 1).clamp(min=0),
+        past_key_values=cache, use_cache=True,
         logits_to_keep=1,  # only the last position's logits: the unembedding is a fifth of the model
     )
     first = output.logits[:, -1].float().log_softmax(-1)  # predicts each option's first token
@@ -168,3 +178,22 @@ def _score_batch(
             for j, token in enumerate(ids[1:]):
                 scores[(prompt_indices[row], o)] += float(logits[row, j, token])
     return scores
+
+
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate pass
+
+
+def _shared_prefix_length(contexts: Sequence[list[int]]) -> int:
+    """Tokens all contexts share at the start, leaving each at least one token of its own."""
+    shortest = min(len(context) for context in contexts)
+    length = 0
+    while length < shortest - 1 and all(context[length] == contexts[0][length] for context in contexts):
+        length += 1
+    return length if len(contexts) > 1 else 0
+
+
+def _window_covers(hf_model: torch.nn.Module, length: int) -> bool:
+    """Padding between a shared prefix and the rest takes cache slots; with sliding-window
+    attention that is exact only while every sequence fits in the window."""
+    window = getattr(hf_model.config, "sliding_window", None)
+    return window is None or length + 1 < window

@@ -163,6 +163,8 @@ def run_study(
     from probes.models import load_model
 
     plan = _plan(budget, tasks, items, grid)
+    if judge_url and not judge_model:
+        raise ToolkitError("--judge-url needs --judge-model: the endpoint's model name")
     out = Path(out)
     model, tokenizer = load_model(model_name)
     settings = {
@@ -171,14 +173,9 @@ def run_study(
         "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge_model}@{judge_url}" if judge_url else "self",
     }
+    judge = EndpointJudge(judge_url, judge_model) if judge_url else SelfJudge(model, tokenizer)
     _check_same_model(out, settings["model"])
     write_json(out / "study.json", settings)
-    if judge_url:
-        if not judge_model:
-            raise ToolkitError("--judge-url needs --judge-model: the endpoint's model name")
-        judge = EndpointJudge(judge_url, judge_model)
-    else:
-        judge = SelfJudge(model, tokenizer)
     runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress)
     rows: list[dict] = []
     for name, n in plan.items.items():
@@ -271,7 +268,14 @@ class _Runner:
         return work_key(text=prompt.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy")
 
     def _compute(self, task: Task, todo: dict, ledger: Ledger, plan: Budget) -> None:
-        keys = sorted(todo, key=lambda key: -len(todo[key][1].text))  # similar lengths batch together
+        def order(key: str) -> tuple:
+            prompt = todo[key][1]
+            # scoring: a cell's prompts together, so each batch shares its persona prefix;
+            # both: similar lengths together, so little is spent on padding
+            cell = (prompt.condition.label, prompt.persona or "") if task.kind == "choice" else ()
+            return (*cell, -len(prompt.text))
+
+        keys = sorted(todo, key=order)
         chunk = self.batch_size * 4
         verb = "scoring" if task.kind == "choice" else "generating"
         with tqdm(total=len(keys), desc=f"{task.name}: {verb}", unit="prompt", disable=not self.progress) as bar:
@@ -306,6 +310,8 @@ class _Runner:
             follow_up = render_conversation(
                 self.tokenizer, prompt, ledger[key]["response"], item.turns[1]
             )
+            if len(encode(self.tokenizer, follow_up)) + plan.max_new_tokens[task.name] > self.model.cfg.n_ctx:
+                continue  # the conversation outgrew the context: this item keeps its first turn only
             turn_key = work_key(text=follow_up.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy")
             ledger[key]["turn2_key"] = turn_key
             if turn_key not in ledger:

@@ -110,3 +110,22 @@ def test_shared_context_scoring_matches_full_sequences_with_a_sliding_window(tin
         assert len(context) > 32
         expected = [_hf_continuation_logprob(reference, context, tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         assert result.logprobs == pytest.approx(expected, abs=1e-3)
+
+
+def test_shared_persona_prefix_runs_once_and_changes_no_score(smol, monkeypatch):
+    import interventions.scoring as scoring
+    from probes.datasets import load_dataset
+
+    bridge, tokenizer = smol
+    items = load_dataset("capitals")[:6]
+    prompts = [render(tokenizer, item.prompt, Condition("humanities", "long", "system"),
+                      answer_prefix=item.meta["answer_stem"]) for item in items]
+    options = [continuations(item, "cloze") for item in items]
+    answers = [item.answer for item in items]
+    contexts = [encode(tokenizer, prompt) for prompt in prompts]
+    assert scoring._shared_prefix_length(contexts) > 100  # template + long persona
+    shared = score_choices(bridge, tokenizer, prompts, options, answers, batch_size=6, progress=False)
+    monkeypatch.setattr(scoring, "MIN_SHARED_PREFIX", 10**9)
+    separate = score_choices(bridge, tokenizer, prompts, options, answers, batch_size=6, progress=False)
+    for a, b in zip(shared, separate):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=2e-3)

@@ -271,3 +271,15 @@ def test_study_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert "holds no finished study" in error and len(error.splitlines()) == 1
+
+
+def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny_llama_directory, tmp_path):
+    from interventions.study import Budget
+
+    budget = Budget(items={"mtbench": 2}, grid="smoke", max_new_tokens={"mtbench": 4}, turns=2, judge_seeds=(0,))
+    rows = run_study(tmp_path / "s", model_name=tiny_llama_directory, budget=budget, progress=False)
+    two_turns = [row for row in rows if "turn2_key" in row]
+    assert two_turns and all(set(row["ratings"]) == {"turn1_seed0", "turn2_seed0"} for row in two_turns)
+    answers = [json.loads(line) for line in (tmp_path / "s" / "ledger" / "mtbench.jsonl").read_text().splitlines()]
+    second_keys = {row["turn2_key"] for row in two_turns}
+    assert second_keys <= {a["key"] for a in answers} and len({a["key"] for a in answers}) == len(answers)

@@ -8,14 +8,11 @@ minus the random persona at the same length and placement. Items without a value
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from interventions.stats import bootstrap_mean, paired_difference
-from probes.atomic import atomic_path, write_json
 
 BASELINE_LABEL = "none[empty]"
 METRICS = ("accuracy", "margin", "refusal_rate", "strict", "loose", "judge_score", "judge_score_turn2")
@@ -94,27 +91,6 @@ def effect_table(rows: Sequence[Mapping], seed: int = 0, by_category: bool = Fal
                     if paired is not None:
                         table.append({**condition, **scope, "metric": metric, "reference": reference_label, **paired})
     return table
-
-
-def write_table(path: Path, table: Sequence[Mapping]) -> None:
-    """Write ``table`` as CSV (and the same rows as JSON beside it), atomically."""
-    path = Path(path)
-    columns: list[str] = []
-    for row in table:
-        columns += [column for column in row if column not in columns]
-    with atomic_path(path) as partial:
-        with open(partial, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            for row in table:
-                writer.writerow({column: _csv(row.get(column)) for column in columns})
-    write_json(path.with_suffix(".json"), list(table))
-
-
-def _csv(value):
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else value
 
 
 def judge_consistency(rows: Sequence[Mapping]) -> dict:

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from interventions.effects import cell_table, effect_table, judge_consistency, write_table
+from interventions.effects import cell_table, effect_table, judge_consistency
+from probes.tables import write_table
 from probes.atomic import atomic_path, write_json
 from probes.errors import ToolkitError
 

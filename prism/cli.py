@@ -16,6 +16,7 @@ COMMANDS = {
     "personas": "list the persona library (built-in and from a file)",
     "study": "the persona-effect study: every task under a grid of persona conditions, with tables, figures and a report (resumable)",
     "report": "rewrite the tables, figures and report of finished study directories (and compare models)",
+    "probe": "probes and directions: where intent and persona live, layer by layer, with controls; saves directions and probes",
 }
 
 
@@ -98,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("directories", nargs="+", type=Path, help="study directories (one per model)")
     report.add_argument("--compare", type=Path, help="also write the cross-model placement figure here (.png)")
 
+    probe = _command(sub, "probe")
+    _add_model(probe)
+    probe.add_argument("--per-intent", type=int, default=160, help="queries per intent: knowledge, generation, harmful (default: 160)")
+    probe.add_argument("--extra", action="append", default=[], metavar="FILE",
+                       help="a .jsonl/.csv of further queries whose category is their intent label (repeatable)")
+    probe.add_argument("--layers", help="comma-separated block indices (default: every block)")
+    probe.add_argument("--probes", default="logistic,diff-means,lda", help="probe kinds (default: logistic,diff-means,lda)")
+    probe.add_argument("--personas", help="comma-separated personas for persona directions (default: all 12)")
+    probe.add_argument("--persona-lengths", default="min,short,long", help="persona lengths (default: min,short,long)")
+    probe.add_argument("--persona-queries", type=int, default=24, help="queries recorded under every persona (default: 24)")
+    probe.add_argument("--seed", type=int, default=0, help="split and sampling seed (default: 0)")
+    probe.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
+    probe.add_argument("--out", type=Path, default=Path("runs/probe"), help="output directory (default: runs/probe; rerun to resume)")
+
     personas = _command(sub, "personas")
     personas.add_argument("--personas-file", type=Path, help="JSON file of extra personas")
     personas.add_argument("--length", choices=("min", "short", "long"), default="min", help="which text to show (default: min)")
@@ -133,6 +148,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _study(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "probe":
+        return _probe(args)
     raise AssertionError(args.command)
 
 
@@ -252,6 +269,33 @@ def _report(args: argparse.Namespace) -> int:
         print(f"wrote {directory / 'report.md'} with its tables and figures")
     if args.compare:
         print(f"compared models: {compare_models(args.directories, args.compare)}")
+    return 0
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from probes.probe_study import run_probe_study
+
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(layer) for layer in _csv_list(args.layers)]
+        except ValueError as error:
+            raise ToolkitError(f"--layers takes comma-separated integers, got {args.layers!r}") from error
+    start = time.perf_counter()
+    summary = run_probe_study(
+        args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
+        kinds=_csv_list(args.probes), personas=_csv_list(args.personas), persona_lengths=_csv_list(args.persona_lengths),
+        persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size,
+    )
+    for name, found in summary["earliest"].items():
+        text = (f"layer {found['layer']}: AUC {found['auc']:.2f} [{found['auc_low']:.2f}, {found['auc_high']:.2f}]"
+                if found else "not decodable above the controls at any layer")
+        print(f"held-out {name}: {text}")
+    print(f"probe study finished in {time.perf_counter() - start:.0f}s; report: {args.out / 'report.md'}")
     return 0
 
 

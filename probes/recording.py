@@ -28,6 +28,7 @@ from probes.store import FORMAT, MANIFEST, POSITIONS, ActivationStore, shard_nam
 
 _BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.hook_out$")
 _BLOCK_ANY = re.compile(r"^blocks\.(\d+)\.")
+_BEFORE_BLOCKS = ("hook_embed", "embed.hook_out")  # fire before block 0
 
 
 class HookDidNotFire(RuntimeError):
@@ -225,8 +226,9 @@ def _select(
 
 
 def _deepest_block_output(hooks: Sequence[str]) -> str | None:
-    """When every hook is a block output, the deepest one: no later block is needed."""
-    layers = [_BLOCK_OUT.match(hook) for hook in hooks]
-    if not all(layers):
+    """When every hook is a block output (or the embedding), the deepest block: no later block
+    is needed."""
+    blocks = [hook for hook in hooks if _BLOCK_OUT.match(hook)]
+    if not blocks or any(hook not in _BEFORE_BLOCKS and hook not in blocks for hook in hooks):
         return None
-    return max(hooks, key=lambda hook: int(_BLOCK_OUT.match(hook).group(1)))
+    return max(blocks, key=lambda hook: int(_BLOCK_OUT.match(hook).group(1)))

@@ -46,7 +46,8 @@ def summarise_study(directory: str | Path, seed: int = 0) -> dict:
     consistency = judge_consistency([row for row in rows if row["task"] == "mtbench"])
     write_json(directory / "judge_consistency.json", consistency)
     figures = _write_figures(directory / "figures", tables, settings)
-    report = study_report(settings, tables, consistency, figures)
+    fell_back = any(row.get("placement") == "system" and row.get("placement_used") == "user" for row in rows)
+    report = study_report(settings, tables, consistency, figures, system_fell_back=fell_back)
     with atomic_path(directory / "report.md") as partial:
         Path(partial).write_text(report, encoding="utf-8")
     return tables
@@ -136,7 +137,8 @@ def verdict(effect: Mapping | None, expected_sign: int) -> str:
     return f"{'same' if same else 'opposite'} direction as the paper, not significant"
 
 
-def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figures: Sequence[str]) -> str:
+def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figures: Sequence[str],
+                 system_fell_back: bool = False) -> str:
     cells, effects = tables["cells"], tables["effects"]
     lines = [
         f"# Persona-effect study: {settings['model']}",
@@ -147,6 +149,15 @@ def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figur
         "template's own default. Every number is a mean with its bootstrap 95% CI and n; differences are "
         "paired on the same items, * = CI excludes 0.",
         "",
+    ]
+    if system_fell_back:
+        lines += [
+            "This model's prompt format has no system role, so personas meant for the system prompt were "
+            "prepended to the user message: system and user placements are the same prompts here, and "
+            "`none[template]` equals `none[empty]`.",
+            "",
+        ]
+    lines += [
         "## Baselines",
         "",
         "| task | metric | no persona | template default | chance |",

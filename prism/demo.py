@@ -2,7 +2,8 @@
 
 So far: a short persona-effect study (knowledge, refusal, instruction following and judged
 generation under a handful of persona conditions, with paired 95% CIs, tables, figures and a
-report), then an activation recording of the residual stream with and without a persona.
+report), then a short probe study (where intent is decodable, layer by layer, against controls;
+persona directions), each with its figures and report.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from interventions.evaluate import render_items
-from interventions.study import TASKS, run_study
+from interventions.study import run_study
 from interventions.study_report import summarise_study
-from probes.models import load_model, model_slug
-from probes.prompts import Condition
-from probes.recording import record_activations
+from probes.models import model_slug
+from probes.probe_study import run_probe_study
 
 
 def run_demo(out: Path, *, model_name: str = "default") -> Path:
@@ -30,17 +29,19 @@ def run_demo(out: Path, *, model_name: str = "default") -> Path:
     findings = report.split("## Findings, set against the paper", 1)[1].split("## Every effect", 1)[0]
     print(f"Findings on {model_name} (smoke budget; full report: {study_dir / 'report.md'}):\n{findings.strip()}\n")
 
-    _say("2. recording the residual stream (last prompt token, every block) with and without a persona")
-    model, tokenizer = load_model(model_name)
-    knowledge = TASKS["capitals"].load_items(16, seed=0)
-    harmful = TASKS["harmbench"].load_items(16, seed=0)
-    for condition in (Condition("none"), Condition("stem", "long", "system")):
-        prompts = render_items(tokenizer, knowledge, condition, scoring="cloze") + render_items(tokenizer, harmful, condition)
-        store = record_activations(
-            model, tokenizer, prompts, out / "activations" / condition.slug,
-            positions="last", progress=False, metadata={"condition": condition.to_dict()},
-        )
-        _say(f"   {condition.label}: {len(store)} prompts x {len(store.hooks)} hooks -> {store.path}")
+    _say("2. probes and persona directions, short run (prism probe --per-intent 48 ...)")
+    probe_dir = out / "probe"
+    summary = run_probe_study(
+        probe_dir, model_name=model_name, per_intent=48, kinds=("logistic", "diff-means"),
+        personas=("math", "writing", "safety-monitor", "roleplay"), persona_lengths=("min", "long"), persona_queries=12,
+        progress=True,
+    )
+    for name in ("knowledge-vs-generation/mean", "knowledge-vs-generation/last", "harmful-vs-benign/mean"):
+        found = summary["earliest"].get(name)
+        text = (f"layer {found['layer']}, AUC {found['auc']:.2f} [{found['auc_low']:.2f}, {found['auc_high']:.2f}] (n={found['n']})"
+                if found else "not above the controls at any layer")
+        print(f"held-out {name}: {text}")
+    print(f"layer curves: {probe_dir / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe_dir / 'report.md'}")
     _say(f"done in {time.perf_counter() - start:.0f}s; results in {out}")
     return out
 

@@ -1,7 +1,8 @@
 """How much multiple-choice scoring saves by reusing work, measured in one run.
 
 Three ways to score the same capital-city items under a long persona (system prompt):
-- every option as its own full sequence (context + option) through the model;
+- every option as its own full sequence (context + option) through the model, unembedding only
+  the positions that predict the option;
 - each context once, its cache serving the four options;
 - as above, and the persona prefix every context shares run once per batch (the default).
 Prints seconds per item and the speed-up over full sequences, and checks that the scores agree.
@@ -36,10 +37,12 @@ def full_sequences(model, tokenizer, prompts, options, batch_size=8) -> list[lis
     scores = [[0.0] * len(texts) for texts in options]
     for batch in length_sorted_batches([len(c) + len(i) for _, _, c, i in jobs], batch_size):
         tokens = right_pad([jobs[j][2] + jobs[j][3] for j in batch], tokenizer.pad_token_id)
-        logprobs = model.original_model(input_ids=tokens).logits.float().log_softmax(-1)
+        hidden = model.original_model.model(input_ids=tokens).last_hidden_state
         for row, j in enumerate(batch):
             p, o, context, ids = jobs[j]
-            steps = logprobs[row, len(context) - 1 : len(context) - 1 + len(ids)]
+            # unembed only the positions that predict the option's tokens
+            steps = model.original_model.lm_head(hidden[row, len(context) - 1 : len(context) - 1 + len(ids)])
+            steps = steps.float().log_softmax(-1)
             scores[p][o] = float(steps.gather(-1, torch.tensor(ids)[:, None]).sum())
     return scores
 

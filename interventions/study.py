@@ -122,6 +122,8 @@ def conditions(task: Task, grid: str) -> list[Condition]:
             BASELINE, TEMPLATE_BASELINE, Condition(EXPERT_PERSONA, "min"), Condition(EXPERT_PERSONA, "long"),
             Condition(EXPERT_PERSONA, "long", "user"), Condition(RANDOM_PERSONA, "long"),
         ]
+        if task.kind == "choice":
+            grid_conditions.append(Condition(RANDOM_PERSONA, "min"))
         if task.kind == "refusal":
             grid_conditions.append(Condition("safety-monitor", "long"))
     else:

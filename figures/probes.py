@@ -20,7 +20,7 @@ def _layer_label(layer: int) -> str:
     return "emb" if layer < 0 else str(layer)
 
 
-def probe_curves(rows: Sequence[Mapping], target: str, position: str, metric: str = "auc") -> Figure:
+def probe_curves(rows: Sequence[Mapping], target: str, position: str, metric: str = "auc", chance: float = 0.5) -> Figure:
     """Held-out and in-distribution score vs layer for each probe kind, with both controls
     (logistic fitted to shuffled labels; a probe reading one random direction) and 95% CIs."""
     splits = ("held-out", "in-distribution")
@@ -44,8 +44,7 @@ def probe_curves(rows: Sequence[Mapping], target: str, position: str, metric: st
                 continue  # the other kinds' shuffled-label controls: in the table, not the figure
             ax.plot(layers, centre, style, color=colour, label=label, marker="o", markersize=2.5)
             ax.fill_between(layers, low, high, color=colour, alpha=0.15, linewidth=0)
-        ax.axhline(0.5 if metric == "auc" else 1 / max(1, len({r["target"] for r in chosen})), color="black",
-                   linewidth=0.6, alpha=0.5)
+        ax.axhline(0.5 if metric == "auc" else chance, color="black", linewidth=0.6, alpha=0.5)
         n = sorted({r["n"] for r in chosen})
         ax.set_title(f"{split} (test n={n[0] if n else 0})", fontsize=10)
         ax.set_xlabel("layer (emb = token embeddings, i = after block i)")
@@ -54,9 +53,10 @@ def probe_curves(rows: Sequence[Mapping], target: str, position: str, metric: st
             step = max(1, len(ticks) // 10)
             ax.set_xticks(ticks[::step], [_layer_label(t) for t in ticks[::step]])
     axes[0].set_ylabel(metric.upper() if metric == "auc" else metric)
-    axes[0].set_ylim(0.3, 1.02)
+    axes[0].set_ylim(min(0.3, chance - 0.05), 1.02)
     axes[1].legend(fontsize=8, frameon=False, loc="lower right")
-    fig.suptitle(f"{target}: probe {metric.upper()} by layer, {position} position (95% CI bands)", fontsize=11)
+    fig.suptitle(f"{target}: probe {'AUC' if metric == 'auc' else metric} by layer, {position} position "
+                 f"(95% CI bands; line = chance)", fontsize=11)
     fig.tight_layout()
     return fig
 

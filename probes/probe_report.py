@@ -28,6 +28,7 @@ def _fmt(centre: float, low: float, high: float) -> str:
 def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, persona_set, intent_directions,
                        hooks: Sequence[str], summary: dict) -> Path:
     from figures import probes as plots
+    from probes.intents import INTENTS
     from probes.probe_study import POSITIONS, TARGETS, layer_index
 
     figures_dir = out / "figures"
@@ -35,6 +36,9 @@ def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, 
     for target in TARGETS:
         for position in POSITIONS:
             written.append(_save(plots.probe_curves(rows, target, position), figures_dir / f"probe_{target}_{position}.png"))
+        chance = 1 / (len(INTENTS) if TARGETS[target] is None else len(set(TARGETS[target].values())))
+        written.append(_save(plots.probe_curves(rows, target, "mean", metric="accuracy", chance=chance),
+                             figures_dir / f"probe_{target}_mean_accuracy.png"))
 
     # the best early layer: where knowledge vs generation is first decodable from the prompt mean
     early = summary["earliest"].get("knowledge-vs-generation/mean") or {"layer": min(3, len(hooks) - 2)}

@@ -80,3 +80,24 @@ def test_refusal_and_placement_figures():
 def test_figures_say_so_when_there_is_nothing_to_draw():
     (ax,) = plots.generation_by_category([], "mtbench", "judge_score").axes
     assert "no expert persona results" in ax.texts[0].get_text()
+
+
+def test_probe_curves_show_every_kind_and_both_controls_per_split():
+    from figures import probes as probe_plots
+
+    rows = []
+    for split in ("held-out", "in-distribution"):
+        for layer in (-1, 0, 1, 2):
+            for probe, auc in (("logistic", 0.6 + 0.1 * layer), ("diff-means", 0.7), ("logistic (shuffled labels)", 0.5),
+                               ("diff-means (shuffled labels)", 0.5), ("random direction", 0.52)):
+                rows.append({"target": "t", "position": "mean", "split": split, "layer": layer, "probe": probe,
+                             "auc": auc, "auc_low": auc - 0.05, "auc_high": auc + 0.05, "n": 40})
+    fig = probe_plots.probe_curves(rows, "t", "mean")
+    assert [ax.get_title() for ax in fig.axes] == ["held-out (test n=40)", "in-distribution (test n=40)"]
+    for ax in fig.axes:
+        labels = sorted(line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_"))
+        assert labels == ["control: random direction", "control: shuffled labels (logistic)", "diff-means", "logistic"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["emb", "0", "1", "2"]
+    names = ["a", "b", "c"]
+    heat = probe_plots.cosine_heatmap(names, np.eye(3), "cosines")
+    assert heat.axes[0].images[0].get_array().shape == (3, 3)

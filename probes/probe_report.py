@@ -21,6 +21,14 @@ def _save(figure, path: Path) -> str:
     return f"figures/{path.name}"
 
 
+def _nearest(hooks: Sequence[str], layer: int) -> str:
+    """The recorded block output closest to ``layer`` (the embeddings only if nothing else)."""
+    from probes.probe_study import layer_index
+
+    blocks = [hook for hook in hooks if layer_index(hook) >= 0] or list(hooks)
+    return min(blocks, key=lambda hook: (abs(layer_index(hook) - layer), layer_index(hook)))
+
+
 def _fmt(centre: float, low: float, high: float) -> str:
     return f"{centre:.2f} [{low:.2f}, {high:.2f}]"
 
@@ -29,7 +37,7 @@ def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, 
                        hooks: Sequence[str], summary: dict) -> Path:
     from figures import probes as plots
     from probes.intents import INTENTS
-    from probes.probe_study import POSITIONS, TARGETS, layer_index
+    from probes.probe_study import POSITIONS, TARGETS, layer_index, target_classes
 
     figures_dir = out / "figures"
     written = []
@@ -40,30 +48,32 @@ def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, 
         written.append(_save(plots.probe_curves(rows, target, "mean", metric="accuracy", chance=chance),
                              figures_dir / f"probe_{target}_mean_accuracy.png"))
 
-    # the best early layer: where knowledge vs generation is first decodable from the prompt mean
-    early = summary["earliest"].get("knowledge-vs-generation/mean") or {"layer": min(3, len(hooks) - 2)}
-    early_layer = early["layer"]
-    hook = next(h for h in hooks if layer_index(h) == early_layer)
-    direction = intent_directions[("knowledge-vs-generation", "mean")][hooks.index(hook)]
+    # the early layer a gate would read: where knowledge vs generation first beats the controls at
+    # the last prompt token (block 3 if it never does)
+    early = summary["earliest"].get("knowledge-vs-generation/last") or {"layer": min(3, len(hooks) - 2)}
+    hook = _nearest(hooks, max(0, early["layer"]))
+    early_layer = layer_index(hook)
+    direction = intent_directions[("knowledge-vs-generation", "last")][hooks.index(hook)]
+    towards = target_classes("knowledge-vs-generation")[1]
     intents = np.array([q.intent for q in queries])
-    projections = {intent: activations["mean"][hook][intents == intent] @ direction for intent in sorted(set(intents))}
+    projections = {intent: activations["last"][hook][intents == intent] @ direction for intent in sorted(set(intents))}
     written.append(_save(plots.projection_histograms(
-        projections, f"Intent queries on the knowledge→generation direction, layer {early_layer} (prompt mean)",
-        "projection (towards generation)"), figures_dir / "projection_intents.png"))
+        projections, f"Intent queries on the knowledge-vs-generation direction, layer {early_layer} (last token)",
+        f"projection (towards {towards})"), figures_dir / "projection_intents.png"))
     base, differences = persona["base"], persona["differences"]
-    with_persona = {"no persona": base["mean"][hook] @ direction}
+    with_persona = {"no persona": base["last"][hook] @ direction}
     for length in ("min", "long"):
-        stacks = [differences[key][hook] for key in differences if key[1] == length and key[2] == "mean"]
+        stacks = [differences[key][hook] for key in differences if key[1] == length and key[2] == "last"]
         if stacks:
-            with_persona[f"{length} persona (all)"] = np.concatenate([(base["mean"][hook] + d) @ direction for d in stacks])
+            with_persona[f"{length} persona (all)"] = np.concatenate([(base["last"][hook] + d) @ direction for d in stacks])
     written.append(_save(plots.projection_histograms(
-        with_persona, f"The same direction: queries with and without a persona (layer {early_layer})",
-        "projection (towards generation)"), figures_dir / "projection_personas.png"))
+        with_persona, f"The same direction: queries with and without a persona (layer {early_layer}, last token)",
+        f"projection (towards {towards})"), figures_dir / "projection_personas.png"))
 
-    late_layer = layer_index(hooks[-1]) * 2 // 3
+    late_layer = layer_index(_nearest(hooks, layer_index(hooks[-1]) * 2 // 3))
     panels = {}
     for layer in (early_layer, late_layer):
-        h = next(x for x in hooks if layer_index(x) == layer)
+        h = _nearest(hooks, layer)
         persona_rows = [base["last"][h] + differences[key][h] for key in differences if key[1] == "long" and key[2] == "last"]
         x = np.concatenate([activations["last"][h]] + persona_rows) if persona_rows else activations["last"][h]
         labels = list(intents) + [q.intent for q in persona_set] * len(persona_rows)
@@ -75,7 +85,7 @@ def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, 
     mid_hook = hooks[len(hooks) // 2]
     named = {f"{key[0]}/{key[1]}": differences[key][mid_hook].mean(axis=0)
              for key in sorted(differences) if key[2] == "last" and key[1] == "long"}
-    named.update({f"intent: {target}": intent_directions[(target, "last")][len(hooks) // 2]
+    named.update({f"intent: towards {target_classes(target)[1]}": intent_directions[(target, "last")][len(hooks) // 2]
                   for target in ("knowledge-vs-generation", "harmful-vs-benign")})
     if len(named) > 1:
         names, matrix = cosine_matrix(named)
@@ -92,7 +102,7 @@ def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, 
 
 
 def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
-    from probes.probe_study import POSITIONS, TARGETS
+    from probes.probe_study import POSITIONS, TARGETS, target_classes
 
     lines = [f"# Probe study: {summary['model']}", "",
              f"{summary['n_queries']} intent queries (balanced), data hash {summary['data']}; persona directions from "
@@ -116,6 +126,21 @@ def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
                 f"| {target} | {position} | {found['layer']} | {_fmt(found['auc'], found['auc_low'], found['auc_high'])} "
                 f"(n={found['n']}) | {_fmt(*controls['logistic (shuffled labels)'])} | {_fmt(*controls['random direction'])} | "
                 f"{_fmt(inside['auc'], inside['auc_low'], inside['auc_high']) if inside else '—'} |")
+    lines += ["", "At the last prompt token the embeddings are the same template token for every prompt, so "
+              "layer 0 is the first place intent can appear there; at the prompt mean the token embeddings "
+              "(layer -1) are a bag-of-words baseline: intent decodable there is lexical, and the curves show "
+              "what the blocks add.", "",
+              "Early layers (what a gate reading block 0..3 sees), logistic probe, held-out AUC:", "",
+              "| target | position | " + " | ".join(f"layer {layer}" for layer in range(-1, 4)) + " |",
+              "|---|---|" + "---|" * 5]
+    for target in TARGETS:
+        for position in POSITIONS:
+            cells = []
+            for layer in range(-1, 4):
+                row = next((r for r in rows if r["target"] == target and r["position"] == position
+                            and r["split"] == "held-out" and r["probe"] == "logistic" and r["layer"] == layer), None)
+                cells.append(_fmt(row["auc"], row["auc_low"], row["auc_high"]) if row else "—")
+            lines.append(f"| {target} | {position} | " + " | ".join(cells) + " |")
     lines += ["", "## Persona directions", ""]
     rows_p, shared, lengths = persona["rows"], persona["shared"], persona["lengths"]
     if rows_p:
@@ -142,7 +167,9 @@ def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
         for target in ("knowledge-vs-generation", "harmful-vs-benign"):
             values = [r[f"cos_{target}"] for r in at if f"cos_{target}" in r]
             if values:
-                lines.append(f"- Persona vs intent ({target}) at layer {middle}: cosine {np.mean(values):+.2f} "
+                towards = target_classes(target)[1]
+                lines.append(f"- Persona vs intent at layer {middle}: cosine with the {target} direction (pointing "
+                             f"towards {towards}) {np.mean(values):+.2f} "
                              f"(range {min(values):+.2f} to {max(values):+.2f} over persona conditions).")
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

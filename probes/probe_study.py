@@ -54,6 +54,14 @@ def target_labels(target: str, intents: Sequence[str]) -> list[str | None]:
     return list(intents) if mapping is None else [mapping.get(intent) for intent in intents]
 
 
+def target_classes(target: str) -> list[str]:
+    """The classes of a binary target in probe order: directions point towards the second."""
+    mapping = TARGETS[target]
+    if mapping is None:
+        raise ToolkitError(f"{target} is not a binary target")
+    return sorted(set(mapping.values()))
+
+
 def data_hash(queries: Sequence[LabelledQuery]) -> str:
     digest = hashlib.sha256()
     for query in queries:

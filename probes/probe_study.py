@@ -207,7 +207,7 @@ def run_probe_study(
             summary["saved"].append(str(path.relative_to(out)))
         for target in TARGETS:
             summary["earliest"][f"{target}/{position}"] = earliest_decodable(rows, target, position)
-    summary["saved"] += _save_probes(out, activations, queries, hooks, meta, seed)
+    summary["saved"] += _save_probes(out, activations, queries, hooks, meta, rows, seed)
 
     persona_set = _spread_queries(queries, persona_queries)
     persona = _persona_directions(model, tokenizer, persona_set, personas, persona_lengths, out, hooks,
@@ -220,8 +220,9 @@ def run_probe_study(
     return summary
 
 
-def _save_probes(out: Path, activations, queries, hooks, meta, seed) -> list[str]:
-    """A logistic probe per layer for each target and position, fitted on every query."""
+def _save_probes(out: Path, activations, queries, hooks, meta, rows, seed) -> list[str]:
+    """A logistic probe per layer for each target and position, fitted on every query; the
+    metadata carries each layer's held-out AUC (from the split's training side)."""
     saved = []
     intents = [q.intent for q in queries]
     for target in TARGETS:
@@ -234,7 +235,10 @@ def _save_probes(out: Path, activations, queries, hooks, meta, seed) -> list[str
                 out / "probes" / f"{target}_{position}.safetensors",
                 {"weights": np.stack([p.weights for p in probes]), "bias": np.stack([p.bias for p in probes])},
                 {**meta, "target": target, "positions": position, "kind": "logistic", "classes": list(probes[0].classes),
-                 "layers": [layer_index(h) for h in hooks], "n": len(member)},
+                 "layers": [layer_index(h) for h in hooks], "n": len(member),
+                 "held_out_auc": [next((r["auc"] for r in rows if r["target"] == target and r["position"] == position
+                                        and r["split"] == "held-out" and r["probe"] == "logistic" and r["hook"] == h), None)
+                                  for h in hooks]},
             )
             saved.append(str(path.relative_to(out)))
     return saved

@@ -1,0 +1,246 @@
+"""Interventions on the hooked model as context managers that always clean up.
+
+    with AddDirection(model, {3: direction}, scale=4.0, norms=norms, positions="all") as steer:
+        logits = model(tokens)
+    print(steer.record())   # which hooks fired, how often, how many positions were changed
+
+Each intervention edits the residual stream after chosen blocks (``blocks.{i}.hook_out``) at
+chosen positions, counts what it touched, and raises ``HookDidNotFire`` on exit if one of its
+hooks never ran. Positions:
+
+- ``"all"``: every position of every forward pass;
+- ``"prompt"``: every position of the first forward pass (the prompt; with cached generation the
+  later passes are one generated token each);
+- ``"generated"``: every pass after the first;
+- a list of integer positions (negative counts from the end), applied in the first pass.
+
+Steering strength is relative: ``scale`` multiplies the typical residual norm at that layer
+(``residual_norms``), so the same number means about the same push at any layer or model.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import ExitStack
+from typing import Mapping, Sequence
+
+import torch
+from jaxtyping import Float
+from transformer_lens.model_bridge import TransformerBridge
+
+from probes.errors import ToolkitError
+from probes.recording import HookDidNotFire, residual_hooks, validate_hooks
+
+Positions = str | Sequence[int]
+POSITION_MODES = ("all", "prompt", "generated")
+
+
+class Intervention:
+    """Base class: subclasses implement ``edit(activation, layer, mask)``."""
+
+    def __init__(self, model: TransformerBridge, layers: Sequence[int], positions: Positions = "all") -> None:
+        if isinstance(positions, str) and positions not in POSITION_MODES:
+            raise ToolkitError(f"unknown positions {positions!r}: use one of {', '.join(POSITION_MODES)} or a list of indices")
+        self.model = model
+        self.layers = list(layers)
+        self.hooks = validate_hooks(model, residual_hooks(model, self.layers))
+        self.positions = positions
+        self._stack: ExitStack | None = None
+        self.calls: dict[str, int] = defaultdict(int)
+        self.touched: dict[str, int] = defaultdict(int)
+
+    def edit(self, activation: torch.Tensor, layer: int, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def positions_changed(self, activation: torch.Tensor, mask: torch.Tensor) -> int:
+        return int(mask.sum()) * activation.shape[0]
+
+    def mask(self, seq_len: int, call: int) -> torch.Tensor:
+        """Which positions of this forward pass to edit."""
+        if self.positions == "all":
+            return torch.ones(seq_len, dtype=torch.bool)
+        if self.positions == "prompt":
+            return torch.full((seq_len,), call == 0, dtype=torch.bool)
+        if self.positions == "generated":
+            return torch.full((seq_len,), call > 0, dtype=torch.bool)
+        chosen = torch.zeros(seq_len, dtype=torch.bool)
+        if call == 0:
+            for position in self.positions:
+                if not -seq_len <= position < seq_len:
+                    raise ToolkitError(f"position {position} is outside a sequence of {seq_len} tokens")
+                chosen[position] = True
+        return chosen
+
+    def _hook(self, name: str, layer: int):
+        def hook(activation: torch.Tensor, hook) -> torch.Tensor:
+            call = self.calls[name]
+            self.calls[name] += 1
+            chosen = self.mask(activation.shape[1], call).to(activation.device)
+            if not chosen.any():
+                return activation
+            self.touched[name] += self.positions_changed(activation, chosen)
+            return self.edit(activation, layer, chosen)
+
+        return hook
+
+    def __enter__(self) -> "Intervention":
+        self.calls.clear()
+        self.touched.clear()
+        self._stack = ExitStack()
+        hooks = [(name, self._hook(name, layer)) for name, layer in zip(self.hooks, self.layers)]
+        self._stack.enter_context(self.model.hooks(fwd_hooks=hooks))
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        assert self._stack is not None
+        self._stack.close()  # hooks are removed even if the forward pass failed
+        self._stack = None
+        if error_type is None:
+            silent = [name for name in self.hooks if self.calls[name] == 0]
+            if silent:
+                raise HookDidNotFire(f"{type(self).__name__}: hook(s) {', '.join(silent)} never fired: run the model inside the block")
+
+    def record(self) -> dict:
+        """What this intervention did: hooks, positions, forward passes and positions changed."""
+        return {
+            "intervention": type(self).__name__,
+            "positions": self.positions if isinstance(self.positions, str) else list(self.positions),
+            "hooks": {name: {"calls": self.calls[name], "positions_changed": self.touched[name]} for name in self.hooks},
+        }
+
+
+def _unit(vector: torch.Tensor) -> torch.Tensor:
+    norm = vector.norm()
+    if norm == 0:
+        raise ToolkitError("a direction of length zero cannot steer or be ablated")
+    return vector / norm
+
+
+def _per_layer(directions: Mapping[int, torch.Tensor] | torch.Tensor, layers: Sequence[int] | None, d_model: int):
+    if isinstance(directions, Mapping):
+        chosen = {int(layer): torch.as_tensor(vector, dtype=torch.float32) for layer, vector in directions.items()}
+    else:
+        if layers is None:
+            raise ToolkitError("give layers for a single direction, or a {layer: direction} mapping")
+        chosen = {int(layer): torch.as_tensor(directions, dtype=torch.float32) for layer in layers}
+    for layer, vector in chosen.items():
+        if vector.shape != (d_model,):
+            raise ToolkitError(f"direction for layer {layer} has shape {tuple(vector.shape)}, the model's residual is ({d_model},)")
+    return chosen
+
+
+class AddDirection(Intervention):
+    """Add ``scale`` x (typical residual norm at the layer) x unit direction."""
+
+    def __init__(self, model, directions, *, scale: float, layers: Sequence[int] | None = None,
+                 norms: Mapping[int, float] | None = None, positions: Positions = "all") -> None:
+        self.directions = {layer: _unit(v) for layer, v in _per_layer(directions, layers, model.cfg.d_model).items()}
+        super().__init__(model, sorted(self.directions), positions)
+        if norms is not None:
+            missing = [layer for layer in self.layers if layer not in norms]
+            if missing:
+                raise ToolkitError(f"no residual norm for layer {missing[0]}: compute norms for every steered layer")
+        self.scale, self.norms = scale, norms
+
+    def edit(self, activation, layer, mask):
+        size = self.scale * (self.norms[layer] if self.norms is not None else 1.0)
+        vector = (size * self.directions[layer]).to(activation.dtype)
+        return activation + mask[None, :, None].to(activation.dtype) * vector
+
+
+class AblateDirection(Intervention):
+    """Project the direction out: x <- x - (x . u) u at the chosen positions."""
+
+    def __init__(self, model, directions, *, layers: Sequence[int] | None = None, positions: Positions = "all") -> None:
+        self.directions = {layer: _unit(v) for layer, v in _per_layer(directions, layers, model.cfg.d_model).items()}
+        super().__init__(model, sorted(self.directions), positions)
+
+    def edit(self, activation, layer, mask):
+        unit = self.directions[layer].to(activation.dtype)
+        projection = (activation @ unit)[..., None] * unit
+        return activation - mask[None, :, None].to(activation.dtype) * projection
+
+
+class PatchActivations(Intervention):
+    """Replace target activations with a source run's, position by position.
+
+    ``source`` maps layer -> source activations [batch, source_seq, d]; ``pairs[row]`` lists
+    (target position, source position) for each batch row, so sequences of different lengths
+    (a prompt with a persona and one without) line up token by token."""
+
+    def __init__(self, model, source: Mapping[int, torch.Tensor], pairs: Sequence[Sequence[tuple[int, int]]]) -> None:
+        super().__init__(model, sorted(source), positions="prompt")
+        self.source, self.pairs = source, pairs
+
+    def edit(self, activation, layer, mask):
+        if activation.shape[0] != len(self.pairs):
+            raise ToolkitError(f"patching {len(self.pairs)} rows into a batch of {activation.shape[0]}")
+        patched = activation.clone()
+        source = self.source[layer].to(activation.dtype)
+        for row, pairs in enumerate(self.pairs):
+            if pairs:
+                target_index = torch.tensor([t for t, _ in pairs])
+                source_index = torch.tensor([s for _, s in pairs])
+                patched[row, target_index] = source[row, source_index]
+        return patched
+
+    def positions_changed(self, activation, mask) -> int:
+        return sum(len(pairs) for pairs in self.pairs)
+
+
+@torch.inference_mode()
+def capture_residuals(model: TransformerBridge, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Residual stream after each of ``layers`` for a batch of tokens: layer -> [batch, seq, d]."""
+    hooks = residual_hooks(model, layers)
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):
+        def hook(activation, hook):
+            captured[layer] = activation.detach().clone()
+
+        return hook
+
+    with model.hooks(fwd_hooks=[(name, keep(layer)) for name, layer in zip(hooks, layers)]):
+        model(tokens)
+    missing = [name for name, layer in zip(hooks, layers) if layer not in captured]
+    if missing:
+        raise HookDidNotFire(f"hook(s) {', '.join(missing)} did not fire")
+    return captured
+
+
+@torch.inference_mode()
+def residual_norms(model: TransformerBridge, tokens: torch.Tensor, lengths: Sequence[int] | None = None) -> dict[int, float]:
+    """Mean L2 norm of the residual stream after every block over real (unpadded) positions:
+    the unit of steering strength."""
+    layers = list(range(model.cfg.n_layers))
+    captured = capture_residuals(model, tokens, layers)
+    lengths = torch.tensor(lengths if lengths is not None else [tokens.shape[1]] * tokens.shape[0])
+    real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return {layer: float(activation.norm(dim=-1)[real].mean()) for layer, activation in captured.items()}
+
+
+@torch.inference_mode()
+def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], targets: Sequence[int]
+               ) -> tuple[Float[torch.Tensor, "layers batch"], Float[torch.Tensor, "layers batch"]]:
+    """Log-probability and rank of ``targets[row]`` read from the residual stream after every
+    block at ``positions[row]``, through the model's final norm and unembedding."""
+    layers = list(range(model.cfg.n_layers))
+    captured = capture_residuals(model, tokens, layers)
+    hf = model.original_model
+    final_norm = hf.model.norm if hasattr(hf, "model") and hasattr(hf.model, "norm") else None
+    if final_norm is None:
+        raise ToolkitError("this model's final norm could not be found for the logit lens")
+    rows = torch.arange(tokens.shape[0])
+    target = torch.tensor(targets)
+    logprobs, ranks = [], []
+    for layer in layers:
+        residual = captured[layer][rows, torch.tensor(positions)]
+        logits = hf.lm_head(final_norm(residual)).float()
+        if getattr(hf.config, "final_logit_softcapping", None):
+            cap = hf.config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        log_softmax = logits.log_softmax(-1)
+        chosen = log_softmax[rows, target]
+        logprobs.append(chosen)
+        ranks.append((log_softmax > chosen[:, None]).sum(-1).float())
+    return torch.stack(logprobs), torch.stack(ranks)

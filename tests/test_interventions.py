@@ -1,0 +1,122 @@
+"""Interventions on tiny random models: steering, ablation, patching, logit lens."""
+
+import pytest
+import torch
+
+from interventions.hooks import (AblateDirection, AddDirection, PatchActivations, capture_residuals, logit_lens,
+                                 residual_norms)
+from probes.errors import ToolkitError
+from probes.recording import HookDidNotFire
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    model, tokenizer = tiny
+    tokens = torch.tensor([tokenizer("The capital of France is Paris, a city")["input_ids"][:8],
+                           tokenizer("Write a short poem about the sea and")["input_ids"][:8]])
+    return model, tokens
+
+
+def _logits(model, tokens):
+    with torch.inference_mode():
+        return model(tokens).float()
+
+
+def test_adding_then_subtracting_a_direction_restores_the_logits(batch):
+    model, tokens = batch
+    direction = torch.randn(model.cfg.d_model)
+    norms = residual_norms(model, tokens)
+    clean = _logits(model, tokens)
+    with AddDirection(model, direction, scale=3.0, layers=[1], norms=norms) as steer:
+        steered = _logits(model, tokens)
+    assert (steered - clean).abs().max() > 1e-3  # it did something
+    with AddDirection(model, direction, scale=3.0, layers=[1], norms=norms), \
+            AddDirection(model, direction, scale=-3.0, layers=[1], norms=norms):
+        restored = _logits(model, tokens)
+    assert torch.allclose(restored, clean, atol=1e-4)
+    record = steer.record()
+    assert record["hooks"]["blocks.1.hook_out"] == {"calls": 1, "positions_changed": tokens.numel()}
+
+
+def test_steering_only_the_chosen_positions(batch):
+    model, tokens = batch
+    direction = torch.randn(model.cfg.d_model)
+    clean = capture_residuals(model, tokens, [0])[0]
+    with AddDirection(model, direction, scale=1.0, layers=[0], positions=[-1]) as steer:
+        steered = capture_residuals(model, tokens, [0])[0]
+    changed = (steered - clean).abs().amax(dim=-1) > 1e-6
+    assert changed[:, -1].all() and not changed[:, :-1].any()
+    assert steer.record()["hooks"]["blocks.0.hook_out"]["positions_changed"] == 2
+
+
+def test_ablation_leaves_activations_orthogonal_to_the_direction(batch):
+    model, tokens = batch
+    direction = torch.randn(model.cfg.d_model)
+    unit = direction / direction.norm()
+    with AblateDirection(model, direction, layers=[0, 2]):
+        inside = capture_residuals(model, tokens, [0, 2])
+    for layer in (0, 2):
+        assert (inside[layer] @ unit).abs().max() < 1e-4
+    before = capture_residuals(model, tokens, [0])[0]
+    assert (before @ unit).abs().max() > 1e-2
+
+
+def test_patching_a_run_into_itself_changes_nothing(batch):
+    model, tokens = batch
+    source = capture_residuals(model, tokens, [0, 1, 2])
+    pairs = [[(t, t) for t in range(tokens.shape[1])] for _ in range(tokens.shape[0])]
+    clean = _logits(model, tokens)
+    with PatchActivations(model, source, pairs):
+        patched = _logits(model, tokens)
+    assert torch.allclose(patched, clean, atol=1e-5)
+
+
+def test_patching_everything_from_the_source_reproduces_its_logits(batch):
+    model, tokens = batch
+    source_tokens = tokens.flip(0)  # the other prompt of the batch as the source
+    source = capture_residuals(model, source_tokens, [0])
+    pairs = [[(t, t) for t in range(tokens.shape[1])] for _ in range(tokens.shape[0])]
+    with PatchActivations(model, source, pairs) as patch:
+        patched = _logits(model, tokens)
+    assert torch.allclose(patched, _logits(model, source_tokens), atol=1e-4)
+    assert patch.record()["hooks"]["blocks.0.hook_out"]["positions_changed"] == tokens.numel()
+
+
+def test_patching_lines_up_sequences_of_different_lengths(batch):
+    model, tokens = batch
+    longer = torch.cat([tokens[:, :3], tokens], dim=1)  # three extra tokens in front, like a persona
+    source = capture_residuals(model, tokens, [2])
+    pairs = [[(3 + t, t) for t in range(tokens.shape[1])] for _ in range(2)]  # target position <- source position
+    with PatchActivations(model, source, pairs):
+        patched = capture_residuals(model, longer, [2])[2]
+    assert torch.allclose(patched[:, 3:], source[2], atol=1e-6)
+
+
+def test_a_hook_that_never_fires_raises_and_bad_requests_are_one_line(batch):
+    model, tokens = batch
+    with pytest.raises(HookDidNotFire, match="never fired"):
+        with AddDirection(model, torch.randn(model.cfg.d_model), scale=1.0, layers=[1]):
+            pass  # the model is never run
+    with pytest.raises(ToolkitError, match="does not exist"):
+        AddDirection(model, torch.randn(model.cfg.d_model), scale=1.0, layers=[7])
+    with pytest.raises(ToolkitError, match="residual is"):
+        AblateDirection(model, torch.randn(5), layers=[0])
+    with pytest.raises(ToolkitError, match="unknown positions"):
+        AddDirection(model, torch.randn(model.cfg.d_model), scale=1.0, layers=[0], positions="middle")
+    clean = _logits(model, tokens)
+    with pytest.raises(RuntimeError):
+        with AddDirection(model, torch.randn(model.cfg.d_model), scale=1.0, layers=[0]):
+            raise RuntimeError("boom")
+    assert torch.equal(_logits(model, tokens), clean)  # hooks were removed on the way out
+
+
+def test_logit_lens_at_the_last_block_equals_the_model_output(batch):
+    model, tokens = batch
+    targets = [int(tokens[0, -1]), int(tokens[1, -1])]
+    positions = [tokens.shape[1] - 2] * 2
+    logprobs, ranks = logit_lens(model, tokens, positions, targets)
+    assert logprobs.shape == ranks.shape == (model.cfg.n_layers, 2)
+    final = _logits(model, tokens).log_softmax(-1)[torch.arange(2), positions[0]]
+    expected = final[torch.arange(2), torch.tensor(targets)]
+    assert torch.allclose(logprobs[-1], expected, atol=1e-4)
+    assert (ranks >= 0).all()

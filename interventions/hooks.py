@@ -219,6 +219,29 @@ def residual_norms(model: TransformerBridge, tokens: torch.Tensor, lengths: Sequ
     return {layer: float(activation.norm(dim=-1)[real].mean()) for layer, activation in captured.items()}
 
 
+def _final_norm_and_unembed(model: TransformerBridge):
+    hf = model.original_model
+    final_norm = getattr(getattr(hf, "model", None), "norm", None)
+    if final_norm is None:
+        raise ToolkitError("this model's final norm could not be found (expected original_model.model.norm)")
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+
+    def unembed(residual: torch.Tensor, normalised: bool = False) -> torch.Tensor:
+        logits = hf.lm_head(residual if normalised else final_norm(residual)).float()
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    return hf, unembed
+
+
+@torch.inference_mode()
+def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int]) -> Float[torch.Tensor, "batch vocab"]:
+    """Logits at one position per row, unembedding only those positions (hooks on the bridge
+    fire as usual): much cheaper than full logits for long prompts and large vocabularies."""
+    hf, unembed = _final_norm_and_unembed(model)
+    hidden = hf.model(input_ids=tokens).last_hidden_state  # already through the final norm
+    return unembed(hidden[torch.arange(tokens.shape[0]), torch.tensor(positions)], normalised=True)
+
+
 @torch.inference_mode()
 def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], targets: Sequence[int]
                ) -> tuple[Float[torch.Tensor, "layers batch"], Float[torch.Tensor, "layers batch"]]:
@@ -226,20 +249,12 @@ def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequen
     block at ``positions[row]``, through the model's final norm and unembedding."""
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
-    hf = model.original_model
-    final_norm = hf.model.norm if hasattr(hf, "model") and hasattr(hf.model, "norm") else None
-    if final_norm is None:
-        raise ToolkitError("this model's final norm could not be found for the logit lens")
+    _, unembed = _final_norm_and_unembed(model)
     rows = torch.arange(tokens.shape[0])
     target = torch.tensor(targets)
     logprobs, ranks = [], []
     for layer in layers:
-        residual = captured[layer][rows, torch.tensor(positions)]
-        logits = hf.lm_head(final_norm(residual)).float()
-        if getattr(hf.config, "final_logit_softcapping", None):
-            cap = hf.config.final_logit_softcapping
-            logits = torch.tanh(logits / cap) * cap
-        log_softmax = logits.log_softmax(-1)
+        log_softmax = unembed(captured[layer][rows, torch.tensor(positions)]).log_softmax(-1)
         chosen = log_softmax[rows, target]
         logprobs.append(chosen)
         ranks.append((log_softmax > chosen[:, None]).sum(-1).float())

@@ -244,3 +244,22 @@ _SYSTEM_ROLE_SUPPORT: dict[str, bool] = {}
 def encode(tokenizer: PreTrainedTokenizerBase, prompt: RenderedPrompt) -> list[int]:
     """Token ids of a rendered prompt, with BOS only where the template did not write it."""
     return tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
+
+
+def token_groups(tokenizer: PreTrainedTokenizerBase, prompt: RenderedPrompt) -> dict[str, list[int]]:
+    """Token positions of a rendered prompt by role: ``persona`` (the persona text), ``query``
+    (the query text), ``after_query`` (template and answer stem after the query) and ``final``
+    (the last token)."""
+    encoded = tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    if not offsets:
+        raise ToolkitError("the prompt tokenises to nothing")
+
+    def inside(span: tuple[int, int] | None) -> list[int]:
+        if span is None:
+            return []
+        return [i for i, (start, end) in enumerate(offsets) if end > span[0] and start < span[1] and end > start]
+
+    query = inside(prompt.query_span)
+    after = [i for i in range(query[-1] + 1, len(offsets))] if query else []
+    return {"persona": inside(prompt.persona_span), "query": query, "after_query": after, "final": [len(offsets) - 1]}

@@ -120,3 +120,17 @@ def test_logit_lens_at_the_last_block_equals_the_model_output(batch):
     expected = final[torch.arange(2), torch.tensor(targets)]
     assert torch.allclose(logprobs[-1], expected, atol=1e-4)
     assert (ranks >= 0).all()
+
+
+def test_logits_at_chosen_positions_equal_the_full_forward(batch):
+    from interventions.hooks import logits_at
+
+    model, tokens = batch
+    full = _logits(model, tokens)
+    assert torch.allclose(logits_at(model, tokens, [3, 7]), full[torch.arange(2), torch.tensor([3, 7])], atol=1e-4)
+    direction = torch.randn(model.cfg.d_model)
+    with AddDirection(model, direction, scale=2.0, layers=[1]):
+        steered_full = _logits(model, tokens)
+    with AddDirection(model, direction, scale=2.0, layers=[1]):
+        steered = logits_at(model, tokens, [7, 7])
+    assert torch.allclose(steered, steered_full[:, 7], atol=1e-4)  # hooks fire on this path too

@@ -17,6 +17,7 @@ COMMANDS = {
     "study": "the persona-effect study: every task under a grid of persona conditions, with tables, figures and a report (resumable)",
     "report": "rewrite the tables, figures and report of finished study directories (and compare models)",
     "probe": "probes and directions: where intent and persona live, layer by layer, with controls; saves directions and probes",
+    "intervene": "causal tests on knowledge items: activation patching, steering, directional ablation, logit lens",
 }
 
 
@@ -113,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
     probe.add_argument("--out", type=Path, default=Path("runs/probe"), help="output directory (default: runs/probe; rerun to resume)")
 
+    intervene = _command(sub, "intervene")
+    _add_model(intervene)
+    intervene.add_argument("--persona", default="random", help="persona name, or 'random' (default: random, per item)")
+    intervene.add_argument("--length", default="long", choices=("min", "short", "long"), help="persona length (default: long)")
+    intervene.add_argument("--placement", default="system", choices=("system", "user"), help="persona placement (default: system)")
+    intervene.add_argument("-n", type=int, default=48, help="capital-city items (default: 48)")
+    intervene.add_argument("--layers", help="comma-separated blocks to patch (default: about ten spread over the model)")
+    intervene.add_argument("--steer-layer", type=int, help="block after which to steer (default: the best patching layer)")
+    intervene.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    intervene.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
+    intervene.add_argument("--out", type=Path, default=Path("runs/intervene"), help="output directory (default: runs/intervene)")
+
     personas = _command(sub, "personas")
     personas.add_argument("--personas-file", type=Path, help="JSON file of extra personas")
     personas.add_argument("--length", choices=("min", "short", "long"), default="min", help="which text to show (default: min)")
@@ -150,6 +163,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _report(args)
     if args.command == "probe":
         return _probe(args)
+    if args.command == "intervene":
+        return _intervene(args)
     raise AssertionError(args.command)
 
 
@@ -296,6 +311,34 @@ def _probe(args: argparse.Namespace) -> int:
                 if found else "not decodable above the controls at any layer")
         print(f"held-out {name}: {text}")
     print(f"probe study finished in {time.perf_counter() - start:.0f}s; report: {args.out / 'report.md'}")
+    return 0
+
+
+def _intervene(args: argparse.Namespace) -> int:
+    from interventions.intervene import run_interventions
+    from probes.personas import get_persona, persona_library
+    from probes.prompts import Condition
+
+    if args.persona not in ("random", "expert"):
+        get_persona(args.persona, persona_library())
+    if args.n < 2:
+        raise ToolkitError(f"-n must be at least 2, got {args.n}")
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(layer) for layer in _csv_list(args.layers)]
+        except ValueError as error:
+            raise ToolkitError(f"--layers takes comma-separated integers, got {args.layers!r}") from error
+    start = time.perf_counter()
+    summary = run_interventions(
+        args.out, model_name=args.model, persona=Condition(args.persona, args.length, args.placement), n_items=args.n,
+        layers=layers, steer_layer=args.steer_layer, seed=args.seed, batch_size=args.batch_size,
+    )
+    effect, best = summary["effect"], summary["best_patch"]
+    print(f"persona effect on the margin: {effect['mean']:+.2f} [{effect['low']:+.2f}, {effect['high']:+.2f}] (n={summary['n']})")
+    print(f"best patch: block {best['layer']}, {best['group']} tokens: {best['fraction']:+.2f} "
+          f"[{best['low']:+.2f}, {best['high']:+.2f}] of the effect recovered")
+    print(f"finished in {time.perf_counter() - start:.0f}s; report: {args.out / 'report.md'}")
     return 0
 
 

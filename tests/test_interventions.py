@@ -134,3 +134,22 @@ def test_logits_at_chosen_positions_equal_the_full_forward(batch):
     with AddDirection(model, direction, scale=2.0, layers=[1]):
         steered = logits_at(model, tokens, [7, 7])
     assert torch.allclose(steered, steered_full[:, 7], atol=1e-4)  # hooks fire on this path too
+
+
+def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_path):
+    import json
+
+    from interventions.intervene import run_interventions
+
+    out = tmp_path / "intervene"
+    summary = run_interventions(out, model_name=tiny_llama_directory, n_items=8, layers=[0, 2], multiples=(0.0, 1.0),
+                                progress=False)
+    patching = json.loads((out / "patching.json").read_text())
+    assert {(r["layer"], r["group"]) for r in patching} == {(l, g) for l in (0, 2) for g in ("query", "after_query", "final")}
+    final = next(r for r in patching if r["layer"] == 2 and r["group"] == "final")
+    assert final["fraction"] == pytest.approx(1.0, abs=1e-3)  # the last block's final token decides the logits
+    steering = json.loads((out / "steering.json").read_text())
+    assert all(r["fraction"] == 0 for r in steering if r["multiple"] == 0.0)
+    assert summary["n"] > 0 and (out / "report.md").read_text().startswith("# Why personas hurt")
+    for name in ("patching_heatmap", "steering_dose_response", "ablation", "logit_lens"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000

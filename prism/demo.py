@@ -3,7 +3,8 @@
 So far: a short persona-effect study (knowledge, refusal, instruction following and judged
 generation under a handful of persona conditions, with paired 95% CIs, tables, figures and a
 report), then a short probe study (where intent is decodable, layer by layer, against controls;
-persona directions), each with its figures and report.
+persona directions), then a short causal run (activation patching, steering, ablation and the
+logit lens on capital-city questions), each with its figures and report.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from interventions.intervene import run_interventions
 from interventions.study import run_study
 from interventions.study_report import summarise_study
 from probes.models import model_slug
@@ -42,6 +44,14 @@ def run_demo(out: Path, *, model_name: str = "default") -> Path:
                 if found else "not above the controls at any layer")
         print(f"held-out {name}: {text}")
     print(f"layer curves: {probe_dir / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe_dir / 'report.md'}")
+    _say("3. causal tests on knowledge items, short run (prism intervene -n 16 ...)")
+    effects = run_interventions(out / "intervene", model_name=model_name, n_items=16, multiples=(0.0, 1.0, 2.0),
+                                progress=True)
+    effect, best = effects["effect"], effects["best_patch"]
+    print(f"persona effect on the capitals answer margin: {effect['mean']:+.2f} [{effect['low']:+.2f}, {effect['high']:+.2f}] "
+          f"(n={effects['n']}); best patch: block {best['layer']}, {best['group']} tokens, "
+          f"{best['fraction']:+.2f} [{best['low']:+.2f}, {best['high']:+.2f}] recovered")
+    print(f"patching heatmap: {out / 'intervene' / 'figures' / 'patching_heatmap.png'}; report: {out / 'intervene' / 'report.md'}")
     _say(f"done in {time.perf_counter() - start:.0f}s; results in {out}")
     return out
 

@@ -45,8 +45,8 @@ def run_demo(out: Path, *, model_name: str = "default") -> Path:
         print(f"held-out {name}: {text}")
     print(f"layer curves: {probe_dir / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe_dir / 'report.md'}")
     _say("3. causal tests on knowledge items, short run (prism intervene -n 16 ...)")
-    effects = run_interventions(out / "intervene", model_name=model_name, n_items=16, multiples=(0.0, 1.0, 2.0),
-                                progress=True)
+    effects = run_interventions(out / "intervene", model_name=model_name, n_items=16, layers=_spread_layers(model_name),
+                                multiples=(0.0, 1.0, 2.0), progress=True)
     effect, best = effects["effect"], effects["best_patch"]
     print(f"persona effect on the capitals answer margin: {effect['mean']:+.2f} [{effect['low']:+.2f}, {effect['high']:+.2f}] "
           f"(n={effects['n']}); best patch: block {best['layer']}, {best['group']} tokens, "
@@ -54,6 +54,16 @@ def run_demo(out: Path, *, model_name: str = "default") -> Path:
     print(f"patching heatmap: {out / 'intervene' / 'figures' / 'patching_heatmap.png'}; report: {out / 'intervene' / 'report.md'}")
     _say(f"done in {time.perf_counter() - start:.0f}s; results in {out}")
     return out
+
+
+def _spread_layers(model_name: str, count: int = 6) -> list[int]:
+    """About ``count`` blocks from first to last, for a quick patching sweep."""
+    from transformers import AutoConfig
+
+    from probes.models import resolve_model_directory
+
+    n_layers = AutoConfig.from_pretrained(resolve_model_directory(model_name)[0]).num_hidden_layers
+    return sorted({round(i * (n_layers - 1) / (count - 1)) for i in range(count)})
 
 
 def _say(message: str) -> None:

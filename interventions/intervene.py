@@ -105,20 +105,15 @@ def run_interventions(
 
 
 def _figures(out: Path, patching, steering, ablation, curves) -> list[str]:
-    import matplotlib.pyplot as plt
-
     from figures import interventions as plots
+    from figures import save_figure
 
     written = []
     for name, figure in (("patching_heatmap", plots.patching_heatmap(patching)),
                          ("steering_dose_response", plots.steering_dose_response(steering)),
                          ("ablation", plots.ablation_bars(ablation)),
                          ("logit_lens", plots.logit_lens_curves(curves))):
-        path = out / "figures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as partial:
-            figure.savefig(partial, dpi=130, format="png")
-        plt.close(figure)
+        save_figure(figure, out / "figures" / f"{name}.png")
         written.append(f"figures/{name}.png")
     return written
 

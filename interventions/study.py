@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -39,8 +39,8 @@ from probes.atomic import write_json
 from probes.datasets import Item, load_dataset, stratified_sample
 from probes.errors import ToolkitError
 from probes.personas import LENGTHS, builtin_personas
-from probes.prompts import EXPERT_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition, RenderedPrompt, matched_persona
-from probes.prompts import encode, render_conversation
+from probes.prompts import (EXPERT_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition, RenderedPrompt, encode,
+                            matched_persona, render_conversation)
 
 BASELINE = Condition("none", base_system="empty")
 TEMPLATE_BASELINE = Condition("none", base_system="template")
@@ -138,8 +138,7 @@ def conditions(task: Task, grid: str) -> list[Condition]:
         if task.kind == "refusal":
             grid_conditions += [Condition("safety-monitor", "short"), Condition("safety-monitor", "long"),
                                 Condition("safety-monitor", "long", "user")]
-    unique = list(dict.fromkeys(grid_conditions))
-    return unique
+    return list(dict.fromkeys(grid_conditions))
 
 
 def applies(condition: Condition, item: Item) -> bool:
@@ -253,7 +252,7 @@ class _Runner:
             self._second_turns(task, cells, ledger, plan)
         rows = [self._row(task, condition, item, prompt, ledger[key]) for condition, item, prompt, key in cells]
         if task.kind == "judged":
-            self._judge(rows, items, judge, plan)
+            self._judge(rows, items, judge, plan, ledger)
         return rows
 
     def _fits(self, task: Task, item: Item, prompt: RenderedPrompt, plan: Budget) -> bool:
@@ -345,9 +344,9 @@ class _Runner:
                 row["turn2_key"] = record["turn2_key"]
         return row
 
-    def _judge(self, rows: list[dict], items: list[Item], judge, plan: Budget) -> None:
+    def _judge(self, rows: list[dict], items: list[Item], judge, plan: Budget, turn_ledger: Ledger) -> None:
+        """Judge every answer once per judge seed; ``turn_ledger`` holds the answers themselves."""
         ledger = Ledger(self.ledger_dir / "judge.jsonl")
-        turn_ledger = Ledger(self.ledger_dir / "mtbench.jsonl")
         by_id = {item.id: item for item in items}
         requests = {}
         for row in rows:

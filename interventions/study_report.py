@@ -54,8 +54,7 @@ def summarise_study(directory: str | Path, seed: int = 0) -> dict:
 
 
 def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[str]:
-    import matplotlib.pyplot as plt
-
+    from figures import save_figure
     from figures import study as plots
 
     by_category, cells = tables["effects_by_category"], tables["cells"]
@@ -76,33 +75,23 @@ def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[
     for task, metric in (("ifeval", "strict"), ("mtbench", "judge_score"), ("mmlu-letter", "margin")):
         if task in tasks:
             wanted[f"fig2_{task}_expert_bars"] = lambda t=task, m=metric: plots.expert_lift_bars(by_category, t, m)
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, make in wanted.items():
-        figure = make()
-        with atomic_path(directory / f"{name}.png") as partial:
-            figure.savefig(partial, dpi=130, format="png")
-        plt.close(figure)
+        save_figure(make(), directory / f"{name}.png")
         written.append(f"figures/{name}.png")
     return written
 
 
 def compare_models(directories: Sequence[str | Path], out: str | Path) -> Path:
     """Figure 1d across models: persona effects in the system prompt vs the user message."""
-    import matplotlib.pyplot as plt
-
+    from figures import save_figure
     from figures import study as plots
 
     effects = {}
     for directory in directories:
         settings, rows = load_study(directory)
         effects[settings["model"]] = effect_table(rows)
-    figure = plots.placement_deltas(effects)
-    target = Path(out)
-    with atomic_path(target) as partial:
-        figure.savefig(partial, dpi=130, format="png")
-    plt.close(figure)
-    return target
+    return save_figure(plots.placement_deltas(effects), out)
 
 
 # --- the report ------------------------------------------------------------------------------

@@ -233,12 +233,7 @@ def _record(args: argparse.Namespace) -> int:
     items = _items(args)
     if args.hooks and args.layers:
         raise ToolkitError("give --hooks or --layers, not both")
-    layers = None
-    if args.layers:
-        try:
-            layers = [int(layer) for layer in args.layers.split(",") if layer.strip()]
-        except ValueError as error:
-            raise ToolkitError(f"--layers takes comma-separated integers, got {args.layers!r}") from error
+    layers = _layer_list(args.layers)
     model, tokenizer = _load(args.model)
     hooks = None
     if args.hooks:
@@ -261,7 +256,7 @@ def _study(args: argparse.Namespace) -> int:
     from probes.models import model_slug
 
     models = args.models or ["default"]
-    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()] if args.tasks else None
+    tasks = _csv_list(args.tasks)
     directories = []
     for name in models:
         directory = args.out / model_slug(name)
@@ -291,15 +286,20 @@ def _csv_list(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
+def _layer_list(text: str | None) -> list[int] | None:
+    """Block indices from a --layers value (None when not given)."""
+    if not text:
+        return None
+    try:
+        return [int(layer) for layer in _csv_list(text)]
+    except ValueError as error:
+        raise ToolkitError(f"--layers takes comma-separated integers, got {text!r}") from error
+
+
 def _probe(args: argparse.Namespace) -> int:
     from probes.probe_study import run_probe_study
 
-    layers = None
-    if args.layers:
-        try:
-            layers = [int(layer) for layer in _csv_list(args.layers)]
-        except ValueError as error:
-            raise ToolkitError(f"--layers takes comma-separated integers, got {args.layers!r}") from error
+    layers = _layer_list(args.layers)
     start = time.perf_counter()
     summary = run_probe_study(
         args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
@@ -323,12 +323,7 @@ def _intervene(args: argparse.Namespace) -> int:
         get_persona(args.persona, persona_library())
     if args.n < 2:
         raise ToolkitError(f"-n must be at least 2, got {args.n}")
-    layers = None
-    if args.layers:
-        try:
-            layers = [int(layer) for layer in _csv_list(args.layers)]
-        except ValueError as error:
-            raise ToolkitError(f"--layers takes comma-separated integers, got {args.layers!r}") from error
+    layers = _layer_list(args.layers)
     start = time.perf_counter()
     summary = run_interventions(
         args.out, model_name=args.model, persona=Condition(args.persona, args.length, args.placement), n_items=args.n,

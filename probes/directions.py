@@ -28,9 +28,10 @@ def persona_differences(with_persona: Float[np.ndarray, "n d"], without: Float[n
     return np.asarray(with_persona, dtype=np.float64) - np.asarray(without, dtype=np.float64)
 
 
-def _estimate(values: np.ndarray, point: float) -> Estimate:
-    low, high = np.quantile(values, [0.025, 0.975])
-    return Estimate(float(point), float(low), float(high), int(values.size))
+def _estimate(point: float, resampled: np.ndarray, n: int) -> Estimate:
+    """``point`` with the percentile 95% interval of its bootstrap ``resampled`` values."""
+    low, high = np.quantile(resampled, [0.025, 0.975])
+    return Estimate(float(point), float(low), float(high), n)
 
 
 def _resamples(n: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -41,8 +42,7 @@ def norm_estimate(differences: np.ndarray, *, n_resamples: int = 500, seed: int 
     """Norm of the mean difference (the direction's length), with a bootstrap CI over queries."""
     draws = _resamples(len(differences), n_resamples, seed)
     values = np.linalg.norm(differences[draws].mean(axis=1), axis=1)
-    estimate = _estimate(values, float(np.linalg.norm(differences.mean(axis=0))))
-    return Estimate(estimate.mean, estimate.low, estimate.high, len(differences))
+    return _estimate(np.linalg.norm(differences.mean(axis=0)), values, len(differences))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,7 +58,7 @@ def cosine_estimate(differences_a: np.ndarray, differences_b: np.ndarray, *, n_r
     a, b = differences_a[draws].mean(axis=1), differences_b[draws].mean(axis=1)
     values = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     point = cosine(differences_a.mean(axis=0), differences_b.mean(axis=0))
-    return Estimate(point, *np.quantile(values, [0.025, 0.975]).tolist(), len(differences_a))
+    return _estimate(point, values, len(differences_a))
 
 
 def cosine_matrix(directions: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:

@@ -12,12 +12,9 @@ from probes.directions import cosine_matrix
 
 
 def _save(figure, path: Path) -> str:
-    import matplotlib.pyplot as plt
+    from figures import save_figure
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as partial:
-        figure.savefig(partial, dpi=130, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
     return f"figures/{path.name}"
 
 

@@ -209,8 +209,10 @@ def run_probe_study(
             summary["earliest"][f"{target}/{position}"] = earliest_decodable(rows, target, position)
     summary["saved"] += _save_probes(out, activations, queries, hooks, meta, rows, seed)
 
-    persona_set = _spread_queries(queries, persona_queries)
-    persona = _persona_directions(model, tokenizer, persona_set, personas, persona_lengths, out, hooks,
+    chosen = _spread_queries(queries, persona_queries)
+    persona_set = [queries[i] for i in chosen]
+    base_acts = {p: {h: activations[p][h][chosen] for h in hooks} for p in POSITIONS}  # recorded above
+    persona = _persona_directions(model, tokenizer, persona_set, base_acts, personas, persona_lengths, out, hooks,
                                   directions_by_position, meta, batch_size, progress)
     summary["personas"] = persona["summary"]
     from probes.probe_report import write_probe_report
@@ -244,11 +246,11 @@ def _save_probes(out: Path, activations, queries, hooks, meta, rows, seed) -> li
     return saved
 
 
-def _spread_queries(queries: Sequence[LabelledQuery], n: int) -> list[LabelledQuery]:
-    """About ``n`` queries, the same number per intent, spread over each intent's list."""
-    by_intent: dict[str, list[LabelledQuery]] = {}
-    for query in queries:
-        by_intent.setdefault(query.intent, []).append(query)
+def _spread_queries(queries: Sequence[LabelledQuery], n: int) -> list[int]:
+    """Indices of about ``n`` queries, the same number per intent, spread over each intent's list."""
+    by_intent: dict[str, list[int]] = {}
+    for index, query in enumerate(queries):
+        by_intent.setdefault(query.intent, []).append(index)
     per = max(1, n // len(by_intent))
     chosen = []
     for members in by_intent.values():
@@ -257,12 +259,10 @@ def _spread_queries(queries: Sequence[LabelledQuery], n: int) -> list[LabelledQu
     return chosen
 
 
-def _persona_directions(model, tokenizer, queries, personas, lengths, out, hooks, intent_dirs, meta, batch_size,
-                        progress) -> dict:
+def _persona_directions(model, tokenizer, queries, base_acts, personas, lengths, out, hooks, intent_dirs, meta,
+                        batch_size, progress) -> dict:
+    """``base_acts``: the same queries' no-persona activations (position -> hook -> [n, d])."""
     _say(f"recording {len(queries)} queries under {len(personas)} personas x {len(lengths)} lengths")
-    base = record_condition(model, tokenizer, queries, Condition("none"), out / "activations" / "personas", hooks,
-                            POSITIONS, batch_size, progress=False)
-    base_acts = {p: {h: as_numpy(base[p].load(h)) for h in hooks} for p in POSITIONS}
     differences: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     conditions = [Condition(name, length, "system") for name in personas for length in lengths]
     for condition in tqdm(conditions, desc="persona conditions", unit="condition", disable=not progress):

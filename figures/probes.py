@@ -71,9 +71,10 @@ def projection_histograms(groups: Mapping[str, np.ndarray], title: str, xlabel: 
     bins = np.linspace(min(v.min() for v in values), max(v.max() for v in values), 40)
     for index, (name, projection) in enumerate(groups.items()):
         colour = INTENT_COLOURS.get(name, plt.cm.tab10(index % 10))
-        ax.hist(projection, bins=bins, alpha=0.5, color=colour, label=f"{name} (n={len(projection)})")
+        # densities, so groups of different sizes (24 queries vs 288 persona prompts) compare
+        ax.hist(projection, bins=bins, alpha=0.5, color=colour, density=True, label=f"{name} (n={len(projection)})")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("queries")
+    ax.set_ylabel("density")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()

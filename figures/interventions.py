@@ -97,3 +97,46 @@ def logit_lens_curves(curves: Mapping[str, np.ndarray]) -> Figure:
     fig.suptitle(f"Logit lens at the answer position (n={n} items; bands: 95% CI of the mean)", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def attention_to_persona(rows: Sequence[Mapping]) -> Figure:
+    """Left: attention from the answer position to the persona per block, against the share
+    uniform attention would give. Right: per block, how well that attention predicts the margin
+    each item loses, against the persona's share of the tokens alone."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    layers = [r["layer"] for r in rows]
+    left.plot(layers, [r["attention"] for r in rows], marker="o", color="#d94801", label="attention to persona tokens")
+    left.axhline(rows[0]["uniform_share"], color="#636363", linestyle="--", linewidth=1,
+                 label="persona's share of the tokens (uniform attention)")
+    left.set_xlabel("block")
+    left.set_ylabel("attention mass (mean over heads and items)")
+    left.legend(fontsize=8, frameon=False)
+    right.plot(layers, [r["pearson"] for r in rows], marker="o", color="#08519c", label="attention to persona")
+    right.fill_between(layers, [r["low"] for r in rows], [r["high"] for r in rows], color="#08519c", alpha=0.15)
+    share = rows[0]
+    right.axhspan(share["share_low"], share["share_high"], color="#969696", alpha=0.2)
+    right.axhline(share["share_pearson"], color="#636363", linestyle="--", linewidth=1, label="persona's share of the tokens")
+    right.axhline(0, color="black", linewidth=0.6)
+    right.set_xlabel("block")
+    right.set_ylabel("Pearson r with the margin lost")
+    right.legend(fontsize=8, frameon=False)
+    fig.suptitle(f"Attention from the answer position to the persona (n={rows[0]['n']} items; 95% CI bands)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def refusal_bars(rows: Sequence[Mapping]) -> Figure:
+    """Keyword refusal rate on harmful requests: no persona, the persona prompt, and steering."""
+    fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 3, 4))
+    labels = [r["condition"] + (f"\nx{r['multiple']:g}" if r["multiple"] else "") for r in rows]
+    centre = np.array([r["rate"] for r in rows])
+    errors = np.array([[r["rate"] - r["low"] for r in rows], [r["high"] - r["rate"] for r in rows]])
+    colours = {"no persona": "#636363", "persona prompt": "#d94801", "persona direction": "#08519c",
+               "random direction": "#bdbdbd"}
+    ax.bar(range(len(rows)), centre, yerr=errors, capsize=3, color=[colours.get(r["condition"], "#969696") for r in rows])
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("keyword refusal rate")
+    ax.set_title(f"Refusal on HarmBench requests under the persona and under steering (n={rows[0]['n']})", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -15,6 +15,7 @@ Fractions are ratios of means over items with a bootstrap 95% CI:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +27,8 @@ from interventions.evaluate import render_items
 from interventions.hooks import (AblateDirection, AddDirection, PatchActivations, capture_residuals, logit_lens,
                                  logits_at)
 from interventions.stats import Estimate
-from probes.batching import right_pad
+from probes.recording import HookDidNotFire
+from probes.batching import left_pad, right_pad
 from probes.datasets import Item
 from probes.errors import ToolkitError
 from probes.prompts import Condition, encode, token_groups
@@ -76,11 +78,11 @@ def paired_items(tokenizer, items: Sequence[Item], persona: Condition, seed: int
 def margins(model, tokenizer, sequences: Sequence[list[int]], items: Sequence[PairedItem]) -> np.ndarray:
     """First-token margin of the correct option at the last token of each sequence."""
     tokens = right_pad(sequences, tokenizer.pad_token_id)
-    logprobs = logits_at(model, tokens, [len(sequence) - 1 for sequence in sequences]).log_softmax(-1)
-    values = []
-    for row, paired in enumerate(items):
-        values.append(float(logprobs[row, paired.correct] - logprobs[row, list(paired.wrong)].max()))
-    return np.array(values)
+    return _margins_from(logits_at(model, tokens, [len(sequence) - 1 for sequence in sequences]).log_softmax(-1), items)
+
+
+def _margins_from(logprobs: torch.Tensor, items: Sequence[PairedItem]) -> np.ndarray:
+    return np.array([float(logprobs[row, p.correct] - logprobs[row, list(p.wrong)].max()) for row, p in enumerate(items)])
 
 
 def _batches(n: int, size: int) -> list[range]:
@@ -111,17 +113,93 @@ def fraction(numerator: np.ndarray, denominator: np.ndarray, *, n_resamples: int
 
 def patching_sweep(model, tokenizer, items: Sequence[PairedItem], layers: Sequence[int], groups: Sequence[str] = GROUPS,
                    batch_size: int = 8, progress: bool = True) -> dict[tuple[int, str], np.ndarray]:
-    """Margins of persona runs with no-persona activations patched in, per (layer, group)."""
+    """Margins of persona runs with no-persona activations patched in, per (layer, group).
+
+    Every group lies in the query or after it, so the tokens before the query (template and
+    persona) are the same in every patched run: they run once per batch and each (layer, group)
+    then runs only the query onwards from a copy of their cache."""
     results: dict[tuple[int, str], list[np.ndarray]] = {(layer, group): [] for layer in layers for group in groups}
     for batch in tqdm(_batches(len(items), batch_size), desc="patching", unit="batch", disable=not progress):
         chosen = [items[i] for i in batch]
         sources = right_pad([p.source for p in chosen], tokenizer.pad_token_id)
         cache = capture_residuals(model, sources, list(layers))
+        run = _TargetAfterPrefix(model, tokenizer, chosen)
         for layer in layers:
             for group in groups:
-                with PatchActivations(model, {layer: cache[layer]}, [p.pairs(group) for p in chosen]):
-                    results[(layer, group)].append(margins(model, tokenizer, [p.target for p in chosen], chosen))
+                with PatchActivations(model, {layer: cache[layer]}, run.pairs(group)):
+                    results[(layer, group)].append(run.margins())
     return {key: np.concatenate(parts) for key, parts in results.items()}
+
+
+class _TargetAfterPrefix:
+    """Persona prompts split at the query: the prefix runs once (left-padded so every prefix
+    ends at the same column, with its own position ids), then ``margins`` runs the rest from a
+    copy of the prefix cache as often as needed. Falls back to whole prompts when a sliding
+    attention window would not cover the padded sequence."""
+
+    def __init__(self, model, tokenizer, chosen: Sequence[PairedItem]) -> None:
+        self.model, self.tokenizer, self.chosen = model, tokenizer, chosen
+        hf = model.original_model
+        self.starts = [p.groups["query"][0] for p in chosen]
+        prefixes = [p.target[:start] for p, start in zip(chosen, self.starts)]
+        suffixes = [p.target[start:] for p, start in zip(chosen, self.starts)]
+        width = max(map(len, prefixes)) + max(map(len, suffixes))
+        window = getattr(hf.config, "sliding_window", None)
+        self.cached = window is None or width + 1 < window
+        if not self.cached:
+            self.starts = [0] * len(chosen)
+            return
+        with torch.inference_mode():
+            tokens, prefix_mask = left_pad(prefixes, tokenizer.pad_token_id)
+            self.prefix_cache = hf(input_ids=tokens, attention_mask=prefix_mask,
+                                   position_ids=(prefix_mask.cumsum(dim=1) - 1).clamp(min=0),
+                                   use_cache=True, logits_to_keep=1).past_key_values
+        self.suffix = right_pad(suffixes, tokenizer.pad_token_id)
+        suffix_mask = (torch.arange(self.suffix.shape[1])[None, :] < torch.tensor([len(s) for s in suffixes])[:, None]).long()
+        self.mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+        self.positions = torch.tensor(self.starts)[:, None] + torch.arange(self.suffix.shape[1])[None, :]
+        self.last = [len(s) - 1 for s in suffixes]
+
+    def pairs(self, group: str) -> list[list[tuple[int, int]]]:
+        """(position in what runs, source position) for each row."""
+        return [[(t - start, s) for t, s in p.pairs(group)] for p, start in zip(self.chosen, self.starts)]
+
+    @torch.inference_mode()
+    def margins(self) -> np.ndarray:
+        if not self.cached:
+            return margins(self.model, self.tokenizer, [p.target for p in self.chosen], self.chosen)
+        logprobs = logits_at(self.model, self.suffix, self.last, attention_mask=self.mask, position_ids=self.positions,
+                             past_key_values=copy.deepcopy(self.prefix_cache), use_cache=True).log_softmax(-1)
+        return _margins_from(logprobs, self.chosen)
+
+
+@torch.inference_mode()
+def persona_attention(model, tokenizer, items: Sequence[PairedItem], batch_size: int = 8) -> np.ndarray:
+    """Attention the final (answer) position pays to the persona's tokens in each block, summed
+    over those tokens and averaged over heads (read at ``blocks.{i}.attn.hook_pattern``): [layers, items]."""
+    hook_names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    missing = [name for name in hook_names if name not in model.hook_dict]
+    if missing:
+        raise ToolkitError(f"this model exposes no attention pattern hook ({missing[0]}): attention cannot be read")
+    masses = []
+    for batch in _batches(len(items), batch_size):
+        chosen = [items[i] for i in batch]
+        finals = torch.tensor([len(p.target) - 1 for p in chosen])
+        persona = torch.zeros(len(chosen), max(len(p.target) for p in chosen))
+        for row, p in enumerate(chosen):
+            persona[row, p.persona_positions] = 1.0
+        per_layer: dict[str, torch.Tensor] = {}
+
+        def read(pattern: torch.Tensor, hook) -> None:  # [batch, heads, query, key]
+            final_row = pattern[torch.arange(len(chosen)), :, finals]  # [batch, heads, key]
+            per_layer[hook.name] = (final_row.float() * persona[:, None, :]).sum(-1).mean(-1)
+
+        with model.hooks(fwd_hooks=[(name, read) for name in hook_names]):
+            model.original_model.model(input_ids=right_pad([p.target for p in chosen], tokenizer.pad_token_id))
+        if len(per_layer) != len(hook_names):
+            raise HookDidNotFire("attention pattern hooks did not fire: the model's attention implementation hides the weights")
+        masses.append(torch.stack([per_layer[name] for name in hook_names]))
+    return torch.cat(masses, dim=1).numpy()
 
 
 @torch.inference_mode()

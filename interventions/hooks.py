@@ -234,11 +234,13 @@ def _final_norm_and_unembed(model: TransformerBridge):
 
 
 @torch.inference_mode()
-def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int]) -> Float[torch.Tensor, "batch vocab"]:
+def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], **forward
+              ) -> Float[torch.Tensor, "batch vocab"]:
     """Logits at one position per row, unembedding only those positions (hooks on the bridge
-    fire as usual): much cheaper than full logits for long prompts and large vocabularies."""
+    fire as usual): much cheaper than full logits for long prompts and large vocabularies.
+    ``forward`` goes to the model's forward pass (attention_mask, position_ids, past_key_values)."""
     hf, unembed = _final_norm_and_unembed(model)
-    hidden = hf.model(input_ids=tokens).last_hidden_state  # already through the final norm
+    hidden = hf.model(input_ids=tokens, **forward).last_hidden_state  # already through the final norm
     return unembed(hidden[torch.arange(tokens.shape[0]), torch.tensor(positions)], normalised=True)
 
 

@@ -15,8 +15,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from tqdm.auto import tqdm
+
 from interventions import causal
-from interventions.hooks import residual_norms
+from interventions.evaluate import render_items
+from interventions.generation import generate
+from interventions.hooks import AddDirection, residual_norms
+from interventions.refusal import is_refusal
+from interventions.stats import bootstrap_correlation, bootstrap_mean, paired_difference
 from probes.atomic import atomic_path
 from probes.batching import right_pad
 from probes.datasets import load_dataset, stratified_sample
@@ -34,6 +40,8 @@ def run_interventions(
     persona: Condition = Condition("random", "long", "system"),
     n_items: int = 48,
     layers: Sequence[int] | None = None,
+    refusal_items: int = 12,
+    refusal_multiples: Sequence[float] = (1.0, 4.0),
     steer_layer: int | None = None,
     multiples: Sequence[float] = DEFAULT_MULTIPLES,
     seed: int = 0,
@@ -47,8 +55,7 @@ def run_interventions(
         raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
     model, tokenizer = load_model(model_name)
     n_layers = model.cfg.n_layers
-    layers = list(range(0, n_layers, max(1, n_layers // 10))) + [n_layers - 1] if layers is None else list(layers)
-    layers = sorted(set(layers))
+    layers = sorted(set(spread_layers(n_layers) if layers is None else layers))
     for layer in layers + ([steer_layer] if steer_layer is not None else []):
         if not 0 <= layer < n_layers:
             raise ToolkitError(f"layer {layer} does not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
@@ -95,24 +102,102 @@ def run_interventions(
                          "n": estimate.n})
     write_table(out / "ablation.csv", ablation)
 
+    attention = _attention_rows(causal.persona_attention(model, tokenizer, items, batch_size), items, without - with_persona, seed)
+    write_table(out / "attention.csv", attention)
+    summary["attention"] = _attention_summary(attention)
+
+    refusal = []
+    if refusal_items:
+        refusal = _refusal_under_steering(model, tokenizer, persona, refusal_items, direction, random_direction, steer_layer,
+                                          natural, norms, refusal_multiples, seed, batch_size, progress)
+        write_table(out / "refusal.csv", refusal)
+    summary["refusal"] = refusal
+
     curves = causal.lens_curves(model, tokenizer, items, batch_size)
     (out / "logit_lens.json").write_text(json.dumps({k: v.tolist() for k, v in curves.items()}) + "\n", encoding="utf-8")
     summary.update(steering_layer=steer_layer, natural_scale=natural, steering=steering, ablation=ablation)
-    figures = _figures(out, patching, steering, ablation, curves)
+    figures = _figures(out, patching, steering, ablation, curves, attention, refusal)
     _report(out, summary, patching, steering, ablation, curves, figures)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     return summary
 
 
-def _figures(out: Path, patching, steering, ablation, curves) -> list[str]:
+def spread_layers(n_layers: int, count: int = 8) -> list[int]:
+    """About ``count`` blocks from the first to the last, for a patching sweep."""
+    count = min(count, n_layers)
+    return sorted({round(i * (n_layers - 1) / max(1, count - 1)) for i in range(count)})
+
+
+def _attention_rows(masses: np.ndarray, items, harm: np.ndarray, seed: int) -> list[dict]:
+    """Per block: mean attention from the answer position to the persona, the share of the
+    prompt the persona takes (what uniform attention would give), and how well the attention
+    predicts each item's harm (margin lost to the persona), next to the persona's share alone."""
+    share = np.array([len(p.persona_positions) / len(p.target) for p in items])
+    by_share = bootstrap_correlation(share, harm, seed=seed)
+    rows = []
+    for layer, mass in enumerate(masses):
+        r = bootstrap_correlation(mass, harm, seed=seed)
+        rho = bootstrap_correlation(mass, harm, method="spearman", seed=seed)
+        rows.append({"layer": layer, "attention": float(mass.mean()), "uniform_share": float(share.mean()),
+                     "pearson": r.mean, "low": r.low, "high": r.high, "spearman": rho.mean,
+                     "share_pearson": by_share.mean, "share_low": by_share.low, "share_high": by_share.high, "n": r.n})
+    return rows
+
+
+def _attention_summary(rows: list[dict]) -> dict:
+    finite = [r for r in rows if np.isfinite(r["pearson"])]
+    strongest = max(finite, key=lambda r: abs(r["pearson"])) if finite else None
+    return {"mean_attention": float(np.mean([r["attention"] for r in rows])), "uniform_share": rows[0]["uniform_share"],
+            "strongest": strongest, "share": {k: rows[0][k] for k in ("share_pearson", "share_low", "share_high")}}
+
+
+def _refusal_under_steering(model, tokenizer, persona: Condition, n_items: int, direction, random_direction, layer: int,
+                            natural: float, norms, multiples, seed: int, batch_size: int, progress: bool) -> list[dict]:
+    """Keyword refusal on HarmBench prompts: no persona, the persona prompt, and no-persona runs
+    steered (at every position, prompt and generated) by the persona direction or a random one."""
+    items = stratified_sample(load_dataset("harmbench"), n_items, seed=seed)
+    plain = render_items(tokenizer, items, Condition("none", base_system=persona.base_system), seed=seed)
+
+    def refusals(prompts) -> np.ndarray:
+        responses = generate(model, tokenizer, prompts, max_new_tokens=REFUSAL_TOKENS, batch_size=batch_size, seed=seed,
+                             progress=False)
+        return np.array([float(is_refusal(response)) for response in responses])
+
+    runs = [("no persona", 0.0, None), ("persona prompt", 0.0, None)]
+    runs += [(name, multiple, vector) for multiple in multiples if multiple
+             for name, vector in (("persona direction", direction), ("random direction", random_direction))]
+    baseline = None
+    rows = []
+    for name, multiple, vector in tqdm(runs, desc="refusal", unit="condition", disable=not progress):
+        if name == "persona prompt":
+            values = refusals(render_items(tokenizer, items, persona, seed=seed))
+        elif vector is None:
+            values = baseline = refusals(plain)
+        else:
+            with AddDirection(model, {layer: vector}, scale=multiple * natural, norms=norms):
+                values = refusals(plain)
+        rate, change = bootstrap_mean(values, seed=seed), paired_difference(values, baseline, seed=seed)
+        rows.append({"condition": name, "multiple": multiple, "rate": rate.mean, "low": rate.low, "high": rate.high,
+                     "change": change.mean, "change_low": change.low, "change_high": change.high, "n": rate.n})
+    return rows
+
+
+REFUSAL_TOKENS = 32
+
+
+def _figures(out: Path, patching, steering, ablation, curves, attention, refusal) -> list[str]:
     from figures import interventions as plots
     from figures import save_figure
 
     written = []
-    for name, figure in (("patching_heatmap", plots.patching_heatmap(patching)),
-                         ("steering_dose_response", plots.steering_dose_response(steering)),
-                         ("ablation", plots.ablation_bars(ablation)),
-                         ("logit_lens", plots.logit_lens_curves(curves))):
+    panels = [("patching_heatmap", plots.patching_heatmap(patching)),
+              ("steering_dose_response", plots.steering_dose_response(steering)),
+              ("ablation", plots.ablation_bars(ablation)),
+              ("logit_lens", plots.logit_lens_curves(curves)),
+              ("attention", plots.attention_to_persona(attention))]
+    if refusal:
+        panels.append(("refusal_steering", plots.refusal_bars(refusal)))
+    for name, figure in panels:
         save_figure(figure, out / "figures" / f"{name}.png")
         written.append(f"figures/{name}.png")
     return written
@@ -149,6 +234,20 @@ def _report(out: Path, summary, patching, steering, ablation, curves, figures) -
                      f"direction of the same size {_ci(control)}.")
     for row in ablation:
         lines.append(f"- Ablating the {row['direction']} after every block restores {_ci(row)} of the effect.")
+    attention = summary.get("attention")
+    if attention and attention["strongest"]:
+        strongest, share = attention["strongest"], attention["share"]
+        lines.append(f"- Attention: the answer position gives the persona {attention['mean_attention']:.2f} of its attention "
+                     f"on average over blocks (the persona is {attention['uniform_share']:.2f} of the prompt's tokens). "
+                     f"Where attention best predicts the margin an item loses (block {strongest['layer']}), Pearson r = "
+                     f"{strongest['pearson']:+.2f} [{strongest['low']:+.2f}, {strongest['high']:+.2f}]; the persona's share "
+                     f"of the tokens alone gives r = {share['share_pearson']:+.2f} [{share['share_low']:+.2f}, {share['share_high']:+.2f}]"
+                     " (the strongest of many blocks is picked after the fact: read it as exploratory).")
+    for row in summary.get("refusal", []):
+        if row["condition"] != "no persona":
+            size = f" x{row['multiple']:g}" if row["multiple"] else ""
+            lines.append(f"- Refusal on HarmBench, {row['condition']}{size}: {row['rate']:.2f} [{row['low']:.2f}, {row['high']:.2f}] "
+                         f"(change vs no persona {row['change']:+.2f} [{row['change_low']:+.2f}, {row['change_high']:+.2f}], n={row['n']}).")
     lines.append(f"- Logit lens: the correct first token ranks first for half the items from block {lens_layer('none')} "
                  f"without the persona and from block {lens_layer('persona')} with it (None: never).")
     lines += ["", "What this supports and what it does not: patching localises where the no-persona computation must "

@@ -62,3 +62,30 @@ def paired_difference(
     if a.shape != b.shape:
         raise ToolkitError(f"paired values must align item by item, got {a.size} and {b.size}")
     return bootstrap_mean(a - b, n_resamples=n_resamples, seed=seed)
+
+
+def bootstrap_correlation(
+    x: Sequence[float], y: Sequence[float], *, method: str = "pearson", n_resamples: int = 1000, seed: int = 0
+) -> Estimate:
+    """Pearson or Spearman correlation with a percentile-bootstrap interval (resampling pairs)."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ToolkitError(f"a correlation needs paired values, got {a.size} and {b.size}")
+    if method not in ("pearson", "spearman"):
+        raise ToolkitError(f"unknown correlation {method!r}: use pearson or spearman")
+    if a.size < 3 or a.std() == 0 or b.std() == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), int(a.size))
+    if method == "spearman":
+        from scipy.stats import rankdata
+
+        a, b = rankdata(a), rankdata(b)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, a.size, size=(n_resamples, a.size))
+    xa, yb = a[draws], b[draws]
+    xa = xa - xa.mean(axis=1, keepdims=True)
+    yb = yb - yb.mean(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (xa * yb).sum(axis=1) / np.sqrt((xa**2).sum(axis=1) * (yb**2).sum(axis=1))
+    values = values[np.isfinite(values)]
+    low, high = np.quantile(values, [0.025, 0.975])
+    return Estimate(float(np.corrcoef(a, b)[0, 1]), float(low), float(high), int(a.size))

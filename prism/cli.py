@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     intervene.add_argument("--length", default="long", choices=("min", "short", "long"), help="persona length (default: long)")
     intervene.add_argument("--placement", default="system", choices=("system", "user"), help="persona placement (default: system)")
     intervene.add_argument("-n", type=int, default=48, help="capital-city items (default: 48)")
-    intervene.add_argument("--layers", help="comma-separated blocks to patch (default: about ten spread over the model)")
+    intervene.add_argument("--layers", help="comma-separated blocks to patch (default: eight spread over the model)")
+    intervene.add_argument("--refusal-items", type=int, default=12,
+                           help="HarmBench requests for refusal under steering; 0 skips it (default: 12)")
     intervene.add_argument("--steer-layer", type=int, help="block after which to steer (default: the best patching layer)")
     intervene.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     intervene.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
@@ -325,9 +327,12 @@ def _intervene(args: argparse.Namespace) -> int:
         raise ToolkitError(f"-n must be at least 2, got {args.n}")
     layers = _layer_list(args.layers)
     start = time.perf_counter()
+    if args.refusal_items < 0:
+        raise ToolkitError(f"--refusal-items must be 0 or more, got {args.refusal_items}")
     summary = run_interventions(
         args.out, model_name=args.model, persona=Condition(args.persona, args.length, args.placement), n_items=args.n,
-        layers=layers, steer_layer=args.steer_layer, seed=args.seed, batch_size=args.batch_size,
+        layers=layers, steer_layer=args.steer_layer, refusal_items=args.refusal_items, seed=args.seed,
+        batch_size=args.batch_size,
     )
     effect, best = summary["effect"], summary["best_patch"]
     print(f"persona effect on the margin: {effect['mean']:+.2f} [{effect['low']:+.2f}, {effect['high']:+.2f}] (n={summary['n']})")

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from interventions.intervene import run_interventions
+from interventions.intervene import run_interventions, spread_layers
 from interventions.study import run_study
 from interventions.study_report import summarise_study
 from probes.models import model_slug
@@ -46,7 +46,7 @@ def run_demo(out: Path, *, model_name: str = "default") -> Path:
     print(f"layer curves: {probe_dir / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe_dir / 'report.md'}")
     _say("3. causal tests on knowledge items, short run (prism intervene -n 16 ...)")
     effects = run_interventions(out / "intervene", model_name=model_name, n_items=16, layers=_spread_layers(model_name),
-                                multiples=(0.0, 1.0, 2.0), progress=True)
+                                multiples=(0.0, 1.0, 2.0), refusal_items=8, progress=True)
     effect, best = effects["effect"], effects["best_patch"]
     print(f"persona effect on the capitals answer margin: {effect['mean']:+.2f} [{effect['low']:+.2f}, {effect['high']:+.2f}] "
           f"(n={effects['n']}); best patch: block {best['layer']}, {best['group']} tokens, "
@@ -62,8 +62,7 @@ def _spread_layers(model_name: str, count: int = 6) -> list[int]:
 
     from probes.models import resolve_model_directory
 
-    n_layers = AutoConfig.from_pretrained(resolve_model_directory(model_name)[0]).num_hidden_layers
-    return sorted({round(i * (n_layers - 1) / (count - 1)) for i in range(count)})
+    return spread_layers(AutoConfig.from_pretrained(resolve_model_directory(model_name)[0]).num_hidden_layers, count)
 
 
 def _say(message: str) -> None:

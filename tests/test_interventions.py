@@ -1,10 +1,12 @@
 """Interventions on tiny random models: steering, ablation, patching, logit lens."""
 
+import numpy as np
 import pytest
 import torch
 
 from interventions.hooks import (AblateDirection, AddDirection, PatchActivations, capture_residuals, logit_lens,
                                  residual_norms)
+from probes.batching import right_pad
 from probes.errors import ToolkitError
 from probes.recording import HookDidNotFire
 
@@ -143,7 +145,7 @@ def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_pa
 
     out = tmp_path / "intervene"
     summary = run_interventions(out, model_name=tiny_llama_directory, n_items=8, layers=[0, 2], multiples=(0.0, 1.0),
-                                progress=False)
+                                refusal_items=4, progress=False)
     patching = json.loads((out / "patching.json").read_text())
     assert {(r["layer"], r["group"]) for r in patching} == {(l, g) for l in (0, 2) for g in ("query", "after_query", "final")}
     final = next(r for r in patching if r["layer"] == 2 and r["group"] == "final")
@@ -151,5 +153,66 @@ def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_pa
     steering = json.loads((out / "steering.json").read_text())
     assert all(r["fraction"] == 0 for r in steering if r["multiple"] == 0.0)
     assert summary["n"] > 0 and (out / "report.md").read_text().startswith("# Why personas hurt")
-    for name in ("patching_heatmap", "steering_dose_response", "ablation", "logit_lens"):
+    attention = json.loads((out / "attention.json").read_text())
+    assert [r["layer"] for r in attention] == [0, 1, 2] and all(0 < r["attention"] < 1 for r in attention)
+    refusal = json.loads((out / "refusal.json").read_text())
+    assert [r["condition"] for r in refusal] == ["no persona", "persona prompt", "persona direction", "random direction"]
+    assert all(r["n"] == 4 for r in refusal)
+    for name in ("patching_heatmap", "steering_dose_response", "ablation", "logit_lens", "attention", "refusal_steering"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def paired(tiny):
+    from interventions.causal import paired_items
+    from probes.datasets import load_dataset, stratified_sample
+    from probes.prompts import Condition
+
+    model, tokenizer = tiny
+    items = stratified_sample(load_dataset("capitals"), 6, seed=0)
+    return model, tokenizer, paired_items(tokenizer, items, Condition("random", "long", "system"))
+
+
+def test_patching_after_a_cached_prefix_equals_patching_whole_prompts(paired):
+    from interventions.causal import GROUPS, margins, patching_sweep
+
+    model, tokenizer, items = paired
+    assert len({len(p.target) for p in items}) > 1  # prompts of different lengths share a batch
+    sweep = patching_sweep(model, tokenizer, items, [0, 2], batch_size=4, progress=False)
+    for layer in (0, 2):
+        for group in GROUPS:
+            expected = []
+            for start in range(0, len(items), 4):
+                chosen = items[start:start + 4]
+                source = capture_residuals(model, right_pad([p.source for p in chosen], tokenizer.pad_token_id), [layer])
+                with PatchActivations(model, source, [p.pairs(group) for p in chosen]):
+                    expected.append(margins(model, tokenizer, [p.target for p in chosen], chosen))
+            assert np.allclose(sweep[(layer, group)], np.concatenate(expected), atol=1e-4), (layer, group)
+
+
+def test_attention_to_the_persona_is_a_share_of_the_final_positions_attention(paired):
+    from dataclasses import replace
+
+    from interventions.causal import persona_attention
+
+    model, tokenizer, items = paired
+    masses = persona_attention(model, tokenizer, items, batch_size=4)
+    assert masses.shape == (model.cfg.n_layers, len(items))
+    assert (masses > 0).all() and (masses < 1).all()
+    everything = [replace(p, persona_positions=list(range(len(p.target)))) for p in items]
+    assert np.allclose(persona_attention(model, tokenizer, everything, batch_size=4), 1.0, atol=1e-5)
+
+
+def test_bootstrap_correlation_matches_numpy_and_scipy():
+    from scipy.stats import spearmanr
+
+    from interventions.stats import bootstrap_correlation
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    y = 0.6 * x + rng.normal(size=60)
+    pearson = bootstrap_correlation(x, y)
+    assert pearson.mean == pytest.approx(np.corrcoef(x, y)[0, 1]) and pearson.low < pearson.mean < pearson.high
+    assert pearson.significant
+    assert bootstrap_correlation(x, y, method="spearman").mean == pytest.approx(spearmanr(x, y).statistic)
+    assert np.isnan(bootstrap_correlation(x, np.ones(60)).mean)  # undefined for a constant

@@ -1,0 +1,243 @@
+"""PRISM stages 1-3: the model writes its own queries, answers them with and without the
+matched persona, and judges the pair itself.
+
+1. Queries: for each persona, sampled requests that persona would answer well (T=0.9; the
+   first line is kept, lines under ``MIN_QUERY_CHARS`` and duplicates are dropped; sampling
+   rounds repeat until each persona has its quota or ``max_rounds`` is spent).
+2. Answers: without a persona (explicit empty system message) and with the persona (T=0.7).
+3. Verification: a forced choice between the two answers, asked twice with the positions
+   swapped; the persona wins only if it wins both orders (label 1, "distill"), else label 0
+   ("retain"). The choice is read from the log-probabilities of " A" and " B", so it costs one
+   forward pass and no parsing.
+
+Every sampled text and every verdict goes to a ledger as its batch ends, so an interrupted run
+resumes where it stopped; ``samples.jsonl`` and ``summary.json`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from interventions.generation import generate
+from interventions.ledger import Ledger, work_key
+from interventions.scoring import score_choices
+from interventions.stats import bootstrap_mean
+from probes.atomic import atomic_path, write_json
+from probes.errors import ToolkitError
+from probes.personas import Persona, builtin_personas
+from probes.prompts import Condition, render, render_messages
+from probes.tables import write_table
+
+MIN_QUERY_CHARS = 15
+SAMPLES_FILE = "samples.jsonl"
+QUERY_REQUEST = ("Write one question or request that a user might bring to you, one that your expertise lets you "
+                 "answer especially well. Write only the question, on one line.")
+VERDICT_REQUEST = ("Here is a user's request and two responses to it.\n\nRequest: {query}\n\nResponse A: {first}\n\n"
+                   "Response B: {second}\n\nWhich response is more helpful, accurate and appropriate? Answer A or B.")
+VERDICT_PREFIX = "The better response is"
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    queries_per_persona: int = 8
+    persona_length: str = "min"
+    query_tokens: int = 40
+    answer_tokens: int = 64
+    query_temperature: float = 0.9
+    answer_temperature: float = 0.7
+    max_rounds: int = 4
+    seed: int = 0
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One bootstrapped query with both answers and the self-verdict."""
+
+    id: str
+    persona: str
+    query: str
+    answer_plain: str
+    answer_persona: str
+    persona_first_wins: bool  # the persona's answer shown as A
+    persona_second_wins: bool  # the persona's answer shown as B
+    margins: tuple[float, float]  # log p(persona's letter) - log p(other letter), in each order
+
+    @property
+    def label(self) -> int:
+        return int(self.persona_first_wins and self.persona_second_wins)
+
+
+def run_bootstrap(out: str | Path, model, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
+                  personas: Sequence[str] | None = None, progress: bool = True) -> list[Sample]:
+    """Stages 1-3 for ``personas`` (default: all twelve); writes ``samples.jsonl`` and ``summary.json``."""
+    out = Path(out)
+    library = builtin_personas()
+    chosen = list(library) if personas is None else list(personas)
+    unknown = [name for name in chosen if name not in library]
+    if unknown:
+        raise ToolkitError(f"unknown persona {unknown[0]!r}: choose from {', '.join(library)}")
+    if config.queries_per_persona < 1:
+        raise ToolkitError(f"queries per persona must be at least 1, got {config.queries_per_persona}")
+    ledger = Ledger(out / "ledger.jsonl")
+    queries = _queries(model, tokenizer, [library[name] for name in chosen], config, ledger, progress)
+    samples = _answers_and_verdicts(model, tokenizer, queries, library, config, ledger, progress)
+    with atomic_path(out / SAMPLES_FILE) as partial:
+        partial.write_text("".join(_json_line({**asdict(s), "label": s.label}) for s in samples), encoding="utf-8")
+    summary = summarise(samples)
+    write_json(out / "summary.json", {"config": asdict(config), **summary})
+    write_table(out / "win_rates.csv", summary["by_persona"])
+    return samples
+
+
+def load_samples(path: str | Path) -> list[Sample]:
+    """Samples from a bootstrap directory or its ``samples.jsonl``."""
+    path = Path(path)
+    path = path / SAMPLES_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise ToolkitError(f"no bootstrap samples at {path}: run `prism bootstrap` first")
+    samples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record.pop("label", None)
+            record["margins"] = tuple(record["margins"])
+            samples.append(Sample(**record))
+        except (json.JSONDecodeError, TypeError, KeyError) as error:
+            raise ToolkitError(f"{path} line {number} is not a bootstrap sample ({error}): rerun `prism bootstrap`") from error
+    if not samples:
+        raise ToolkitError(f"{path} holds no samples: rerun `prism bootstrap`")
+    return samples
+
+
+def summarise(samples: Sequence[Sample], seed: int = 0) -> dict:
+    """Persona win rates with 95% CIs, overall and per persona, and how often the two orders
+    agree (a judge that only follows position agrees rarely)."""
+    def rates(group: Sequence[Sample]) -> dict:
+        win = bootstrap_mean([s.label for s in group], seed=seed)
+        first = np.array([s.persona_first_wins for s in group])
+        second = np.array([s.persona_second_wins for s in group])
+        return {"n": win.n, "win_rate": win.mean, "low": win.low, "high": win.high,
+                "order_agreement": float((first == second).mean()), "wins_as_A": float(first.mean()),
+                "wins_as_B": float(second.mean())}
+
+    by_persona = [{"persona": name, **rates([s for s in samples if s.persona == name])}
+                  for name in dict.fromkeys(s.persona for s in samples)]
+    return {"overall": rates(samples), "by_persona": by_persona}
+
+
+def clean_query(text: str) -> str | None:
+    """The first non-empty line of a sampled query, without list marks or quotes; None if too short."""
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(?:[-*\d.)]+\s+|(?:question|request|q)\s*:\s*)", "", line, flags=re.IGNORECASE).strip()
+        line = line.strip("\"'` ").strip()
+        if line:
+            return line if len(line) >= MIN_QUERY_CHARS else None
+    return None
+
+
+def _queries(model, tokenizer, personas: Sequence[Persona], config: BootstrapConfig, ledger: Ledger,
+             progress: bool) -> list[tuple[str, str]]:
+    """(persona, query) pairs: up to ``queries_per_persona`` distinct queries per persona."""
+    found: dict[str, list[str]] = {persona.name: [] for persona in personas}
+    for round_ in range(config.max_rounds):
+        short = [p for p in personas if len(found[p.name]) < config.queries_per_persona]
+        if not short:
+            break
+        requests = []
+        for persona in short:
+            missing = config.queries_per_persona - len(found[persona.name])
+            for k in range(missing + (missing + 1) // 2):  # oversample: some are dropped
+                requests.append((persona, k))
+        prompts = [render_messages(tokenizer, persona.text(config.persona_length), QUERY_REQUEST) for persona, _ in requests]
+        keys = [work_key(stage="query", persona=p.name, round=round_, k=k, seed=config.seed, tokens=config.query_tokens,
+                         temperature=config.query_temperature, length=config.persona_length) for p, k in requests]
+        texts = _generate_once(model, tokenizer, prompts, keys, ledger, config, config.query_tokens,
+                               config.query_temperature, config.seed + 1000 * round_, f"queries (round {round_ + 1})", progress)
+        seen = {query.lower() for queries in found.values() for query in queries}
+        for (persona, _), text in zip(requests, texts):
+            query = clean_query(text)
+            if query and query.lower() not in seen and len(found[persona.name]) < config.queries_per_persona:
+                found[persona.name].append(query)
+                seen.add(query.lower())
+    empty = [name for name, queries in found.items() if not queries]
+    if empty:
+        _say(f"no usable query was sampled for persona(s) {', '.join(empty)}; they are left out")
+    return [(name, query) for name, queries in found.items() for query in queries]
+
+
+def _answers_and_verdicts(model, tokenizer, queries, library, config: BootstrapConfig, ledger: Ledger,
+                          progress: bool) -> list[Sample]:
+    if not queries:
+        raise ToolkitError("the model wrote no usable query: raise --queries-per-persona or the query length")
+    plain = [render(tokenizer, query, Condition("none")) for _, query in queries]
+    personal = [render(tokenizer, query, Condition(name, config.persona_length, "system"), personas=library)
+                for name, query in queries]
+    answers = {}
+    for kind, prompts in (("plain", plain), ("persona", personal)):
+        keys = [work_key(stage="answer", prompt=p.text, seed=config.seed, tokens=config.answer_tokens,
+                         temperature=config.answer_temperature) for p in prompts]
+        answers[kind] = _generate_once(model, tokenizer, prompts, keys, ledger, config, config.answer_tokens,
+                                       config.answer_temperature, config.seed, f"answers ({kind})", progress)
+    verdicts = {}
+    for order in ("persona_first", "persona_second"):
+        pairs = [(b, a) if order == "persona_first" else (a, b) for a, b in zip(answers["plain"], answers["persona"])]
+        prompts = [render_messages(tokenizer, None, VERDICT_REQUEST.format(query=query, first=first or "(empty)",
+                                                                           second=second or "(empty)"),
+                                   answer_prefix=VERDICT_PREFIX)
+                   for (_, query), (first, second) in zip(queries, pairs)]
+        verdicts[order] = _verdicts(model, tokenizer, prompts, ledger, config, persona_letter=0 if order == "persona_first" else 1,
+                                    progress=progress)
+    samples = []
+    for index, ((persona, query), plain_answer, persona_answer) in enumerate(zip(queries, answers["plain"], answers["persona"])):
+        first, second = verdicts["persona_first"][index], verdicts["persona_second"][index]
+        samples.append(Sample(f"{persona}-{index:04d}", persona, query, plain_answer, persona_answer,
+                              first > 0, second > 0, (first, second)))
+    return samples
+
+
+def _generate_once(model, tokenizer, prompts, keys, ledger: Ledger, config: BootstrapConfig, max_new_tokens: int,
+                   temperature: float, seed: int, label: str, progress: bool) -> list[str]:
+    """Generate what the ledger does not hold yet, a few batches at a time, recording each."""
+    todo = [index for index, key in enumerate(keys) if key not in ledger]
+    chunk = config.batch_size * 2
+    for start in tqdm(range(0, len(todo), chunk), desc=label, unit="chunk", disable=not progress or not todo):
+        part = todo[start:start + chunk]
+        texts = generate(model, tokenizer, [prompts[i] for i in part], max_new_tokens=max_new_tokens,
+                         temperature=temperature, seed=seed + start, batch_size=config.batch_size, progress=False)
+        ledger.add({"key": keys[i], "text": text} for i, text in zip(part, texts))
+    return [ledger[key]["text"] for key in keys]
+
+
+def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int,
+              progress: bool) -> list[float]:
+    """log p(persona's letter) - log p(the other letter) for each verdict prompt."""
+    keys = [work_key(stage="verdict", prompt=p.text) for p in prompts]
+    todo = [index for index, key in enumerate(keys) if key not in ledger]
+    if todo:
+        scored = score_choices(model, tokenizer, [prompts[i] for i in todo], [[" A", " B"]] * len(todo), [0] * len(todo),
+                               batch_size=config.batch_size, progress=progress)
+        ledger.add({"key": keys[i], "logprobs": list(result.logprobs)} for i, result in zip(todo, scored))
+    values = []
+    for key in keys:
+        logprobs = ledger[key]["logprobs"]
+        values.append(float(logprobs[persona_letter] - logprobs[1 - persona_letter]))
+    return values
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -72,7 +72,8 @@ def ablation_bars(rows: Sequence[Mapping]) -> Figure:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_ylabel("fraction of the persona effect restored")
     n = rows[0]["n"] if rows else 0
-    ax.set_title(f"Ablating the direction after every block (n={n})", fontsize=10)
+    layer = rows[0].get("layer", "?") if rows else "?"
+    ax.set_title(f"Ablating the direction after block {layer} (n={n})", fontsize=10)
     fig.tight_layout()
     return fig
 

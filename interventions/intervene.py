@@ -74,7 +74,7 @@ def run_interventions(
         patching.append({"layer": layer, "group": group, "fraction": estimate.mean, "low": estimate.low,
                          "high": estimate.high, "n": estimate.n, "margin": float(patched.mean())})
     write_table(out / "patching.csv", patching)
-    best = max(patching, key=lambda r: r["fraction"])
+    best = decisive_patch(patching)
     summary["best_patch"] = best
 
     steer_layer = best["layer"] if steer_layer is None else steer_layer
@@ -96,10 +96,10 @@ def run_interventions(
 
     ablation = []
     for name, vector in (("persona direction", direction), ("random direction", random_direction)):
-        ablated = causal.ablation_margins(model, tokenizer, items, vector, list(range(n_layers)), batch_size)
+        ablated = causal.ablation_margins(model, tokenizer, items, vector, [steer_layer], batch_size)
         estimate = causal.fraction(ablated - with_persona, without - with_persona, seed=seed)
-        ablation.append({"direction": name, "fraction": estimate.mean, "low": estimate.low, "high": estimate.high,
-                         "n": estimate.n})
+        ablation.append({"direction": name, "layer": steer_layer, "fraction": estimate.mean, "low": estimate.low,
+                         "high": estimate.high, "n": estimate.n})
     write_table(out / "ablation.csv", ablation)
 
     attention = _attention_rows(causal.persona_attention(model, tokenizer, items, batch_size), items, without - with_persona, seed)
@@ -120,6 +120,20 @@ def run_interventions(
     _report(out, summary, patching, steering, ablation, curves, figures)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     return summary
+
+
+def decisive_patch(rows: Sequence[dict]) -> dict:
+    """The earliest (block, position group) whose patch recovers a majority of the effect (CI
+    lower bound >= 0.5): where the damage has been written into few positions. Late blocks
+    recover everything trivially (the final token's residual is the output), so the maximum
+    says little. Falls back to the largest recovery when no patch reaches a majority."""
+    decisive = [r for r in rows if r["low"] >= 0.5]
+    if decisive:
+        return min(decisive, key=lambda r: (r["layer"], GROUP_ORDER.index(r["group"]) if r["group"] in GROUP_ORDER else 0))
+    return max(rows, key=lambda r: r["fraction"])
+
+
+GROUP_ORDER = ("final", "after_query", "query")
 
 
 def spread_layers(n_layers: int, count: int = 8) -> list[int]:
@@ -225,15 +239,16 @@ def _report(out: Path, summary, patching, steering, ablation, curves, figures) -
         f"- The persona's effect on the margin: {effect['mean']:+.2f} nats [{effect['low']:+.2f}, {effect['high']:+.2f}] "
         f"(without {summary['margin_without']:.2f}, with {summary['margin_with']:.2f})."
         + (" The CI includes 0: there is little effect to explain, so the fractions below are unstable." if effect["low"] <= 0 <= effect["high"] else ""),
-        f"- Patching: the most recovered by one (layer, position group) is {_ci(best)} (after block {best['layer']}, "
-        f"{best['group']} tokens).",
+        f"- Patching: the earliest patch that recovers a majority of the effect (CI lower bound >= 0.5) is after block "
+        f"{best['layer']}, {best['group']} tokens: {_ci(best)} (the largest recovery is not the headline: patching late "
+        "blocks recovers everything trivially, since the final token's residual there is the output).",
     ]
     if one and control:
         lines.append(f"- Steering no-persona runs with the persona direction (after block {one['layer']}, its own size, "
                      f"{summary['natural_scale']:.3f} x the residual norm) reproduces {_ci(one)} of the effect; a random "
                      f"direction of the same size {_ci(control)}.")
     for row in ablation:
-        lines.append(f"- Ablating the {row['direction']} after every block restores {_ci(row)} of the effect.")
+        lines.append(f"- Ablating the {row['direction']} after block {row['layer']} (every position) restores {_ci(row)} of the effect.")
     attention = summary.get("attention")
     if attention and attention["strongest"]:
         strongest, share = attention["strongest"], attention["share"]

@@ -80,13 +80,16 @@ def score_choices(
     *,
     normalise: Normalisation = "none",
     batch_size: int = 8,
+    share_prefix: bool = True,
     progress: bool = True,
 ) -> list[ChoiceResult]:
     """Score each prompt's options as continuations of the prompt.
 
     Each context runs once; its key-value cache then serves every option (one short pass per
     option position), so four multi-token options cost about one context, not four. The
-    passes go through the module the bridge wraps, so hooks added to the bridge fire."""
+    passes go through the module the bridge wraps, so hooks added to the bridge fire.
+    ``share_prefix=False`` runs every context whole in its first pass (hooks that must see
+    the whole prompt at once, such as a routing gate, need that)."""
     if normalise not in NORMALISATIONS:
         raise ToolkitError(f"unknown normalisation {normalise!r}: use one of {', '.join(NORMALISATIONS)}")
     contexts = [encode(tokenizer, prompt) for prompt in prompts]
@@ -105,7 +108,7 @@ def score_choices(
     for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
         logprob.update(
             _score_batch(model.original_model, [contexts[p] for p in batch], [option_ids[p] for p in batch],
-                         batch, tokenizer.pad_token_id)
+                         batch, tokenizer.pad_token_id, share_prefix)
         )
 
     results = []
@@ -129,6 +132,7 @@ def _score_batch(
     option_ids: Sequence[Sequence[list[int]]],
     prompt_indices: Sequence[int],
     pad_id: int,
+    share_prefix: bool = True,
 ) -> dict[tuple[int, int], float]:
     """Summed log-probabilities of every option of a batch of contexts.
 
@@ -138,7 +142,7 @@ def _score_batch(
     lengths = torch.tensor([len(context) for context in contexts])
     shared = _shared_prefix_length(contexts)
     cache = None
-    if shared < MIN_SHARED_PREFIX or not _window_covers(hf_model, int(lengths.max())):
+    if not share_prefix or shared < MIN_SHARED_PREFIX or not _window_covers(hf_model, int(lengths.max())):
         shared = 0
     if shared:
         # the persona and template tokens every context starts with: run once, copy per row

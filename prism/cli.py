@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     intervene.add_argument("--layers", help="comma-separated blocks to patch (default: eight spread over the model)")
     intervene.add_argument("--refusal-items", type=int, default=12,
                            help="HarmBench requests for refusal under steering; 0 skips it (default: 12)")
-    intervene.add_argument("--steer-layer", type=int, help="block after which to steer (default: the best patching layer)")
+    intervene.add_argument("--steer-layer", type=int, help="block after which to steer and ablate (default: the earliest block where patching recovers a majority of the effect)")
     intervene.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     intervene.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
     intervene.add_argument("--out", type=Path, default=Path("runs/intervene"), help="output directory (default: runs/intervene)")
@@ -336,7 +336,7 @@ def _intervene(args: argparse.Namespace) -> int:
     )
     effect, best = summary["effect"], summary["best_patch"]
     print(f"persona effect on the margin: {effect['mean']:+.2f} [{effect['low']:+.2f}, {effect['high']:+.2f}] (n={summary['n']})")
-    print(f"best patch: block {best['layer']}, {best['group']} tokens: {best['fraction']:+.2f} "
+    print(f"decisive patch: block {best['layer']}, {best['group']} tokens: {best['fraction']:+.2f} "
           f"[{best['low']:+.2f}, {best['high']:+.2f}] of the effect recovered")
     print(f"finished in {time.perf_counter() - start:.0f}s; report: {args.out / 'report.md'}")
     return 0

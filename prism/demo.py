@@ -49,7 +49,7 @@ def run_demo(out: Path, *, model_name: str = "default") -> Path:
                                 multiples=(0.0, 1.0, 2.0), refusal_items=8, progress=True)
     effect, best = effects["effect"], effects["best_patch"]
     print(f"persona effect on the capitals answer margin: {effect['mean']:+.2f} [{effect['low']:+.2f}, {effect['high']:+.2f}] "
-          f"(n={effects['n']}); best patch: block {best['layer']}, {best['group']} tokens, "
+          f"(n={effects['n']}); decisive patch: block {best['layer']}, {best['group']} tokens, "
           f"{best['fraction']:+.2f} [{best['low']:+.2f}, {best['high']:+.2f}] recovered")
     print(f"patching heatmap: {out / 'intervene' / 'figures' / 'patching_heatmap.png'}; report: {out / 'intervene' / 'report.md'}")
     _say(f"done in {time.perf_counter() - start:.0f}s; results in {out}")

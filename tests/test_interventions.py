@@ -145,7 +145,7 @@ def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_pa
 
     out = tmp_path / "intervene"
     summary = run_interventions(out, model_name=tiny_llama_directory, n_items=8, layers=[0, 2], multiples=(0.0, 1.0),
-                                refusal_items=4, progress=False)
+                                refusal_items=4, refusal_multiples=(1.0,), progress=False)
     patching = json.loads((out / "patching.json").read_text())
     assert {(r["layer"], r["group"]) for r in patching} == {(l, g) for l in (0, 2) for g in ("query", "after_query", "final")}
     final = next(r for r in patching if r["layer"] == 2 and r["group"] == "final")

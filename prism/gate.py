@@ -1,0 +1,195 @@
+"""The PRISM gate as a probe: a read-out of an early block's residual stream that decides, per
+query, between the base model and the persona path.
+
+The gate reads the no-persona prompt of a query after block ``layer`` (``blocks.{layer}.hook_out``)
+at the last prompt token or as the mean over the prompt's tokens. ``fit_gate`` sweeps blocks
+0..k and both read positions on a held-out split (whole label groups held out: personas for
+bootstrap labels, subjects and categories for intent labels), with a shuffled-label and a
+random-direction control, then fits the chosen read-out, calibrates its threshold on the
+held-out side (best balanced accuracy) and reports the route rate there.
+
+Two kinds: ``logistic`` (a linear probe; the project's default) and ``mlp`` (one hidden layer,
+the paper's small learned gate, for comparison). Both are saved as safetensors with their
+metadata and evaluate in torch, so the gate can run inside the model's forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from sklearn.neural_network import MLPClassifier
+from tqdm.auto import tqdm
+
+from prism.baselines import balanced_threshold
+from probes.artefacts import load_tensors, save_tensors
+from probes.errors import ToolkitError
+from probes.linear import fit_probe, random_direction_control, score_probe, shuffled_label_control
+from probes.prompts import Condition, render
+from probes.recording import record_activations
+from probes.splits import Split, held_out_split, in_distribution_split
+
+READ_POSITIONS = ("last", "mean")
+GATE_KINDS = ("logistic", "mlp")
+GATE_FILE_KIND = "prism-gate"
+
+
+@dataclass
+class Gate:
+    """p(persona path | query) = sigmoid(f(x)), x the residual after ``layer`` at ``position``;
+    route when p >= ``threshold``. ``tensors`` hold the parameters (``weight``/``bias`` for the
+    logistic gate; ``mean``, ``scale``, ``w0``, ``b0``, ``w1``, ``b1`` for the MLP)."""
+
+    kind: str
+    layer: int
+    position: str
+    tensors: dict[str, torch.Tensor]
+    threshold: float = 0.5
+    metadata: dict = field(default_factory=dict)
+
+    def logit(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n"]:
+        x = x.to(torch.float64)
+        t = {name: value.to(torch.float64) for name, value in self.tensors.items()}
+        if self.kind == "logistic":
+            return x @ t["weight"] + t["bias"]
+        hidden = torch.relu(((x - t["mean"]) / t["scale"]) @ t["w0"] + t["b0"])
+        return (hidden @ t["w1"] + t["b1"]).squeeze(-1)
+
+    def probability(self, x) -> np.ndarray:
+        return torch.sigmoid(self.logit(torch.as_tensor(np.asarray(x)))).numpy()
+
+    def route(self, x) -> np.ndarray:
+        return self.probability(x) >= self.threshold
+
+    @property
+    def hook(self) -> str:
+        return f"blocks.{self.layer}.hook_out"
+
+    @property
+    def n_parameters(self) -> int:
+        return int(sum(value.numel() for value in self.tensors.values()))
+
+    def save(self, path: str | Path) -> Path:
+        return save_tensors(path, self.tensors, {**self.metadata, "file_kind": GATE_FILE_KIND, "kind": self.kind,
+                                                 "layer": self.layer, "position": self.position,
+                                                 "threshold": self.threshold})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Gate":
+        tensors, metadata = load_tensors(path)
+        if metadata.get("file_kind") != GATE_FILE_KIND:
+            raise ToolkitError(f"{path} is not a PRISM gate (file kind {metadata.get('file_kind')!r}): train one with `prism train`")
+        needed = {"logistic": {"weight", "bias"}, "mlp": {"mean", "scale", "w0", "b0", "w1", "b1"}}.get(metadata["kind"])
+        if needed is None or not needed <= set(tensors):
+            raise ToolkitError(f"{path} is a damaged gate file (kind {metadata.get('kind')!r}, tensors {sorted(tensors)})")
+        extra = {key: value for key, value in metadata.items()
+                 if key not in ("file_kind", "kind", "layer", "position", "threshold")}
+        return cls(metadata["kind"], int(metadata["layer"]), metadata["position"], tensors, float(metadata["threshold"]), extra)
+
+
+@dataclass(frozen=True)
+class LabelledPrompts:
+    """Queries with a 0/1 route label (1 = persona path) and the group a held-out split moves whole."""
+
+    queries: list[str]
+    labels: np.ndarray
+    groups: list[str]
+    source: str
+
+
+def gate_features(model, tokenizer, queries: Sequence[str], layers: Sequence[int], position: str, out: str | Path,
+                  *, batch_size: int = 16, progress: bool = True) -> dict[int, np.ndarray]:
+    """Residual after each of ``layers`` at ``position`` for the no-persona prompt of every query
+    (recorded into a resumable store under ``out``): layer -> [n, d]."""
+    if position not in READ_POSITIONS:
+        raise ToolkitError(f"unknown read position {position!r}: use one of {', '.join(READ_POSITIONS)}")
+    for layer in layers:
+        if not 0 <= layer < model.cfg.n_layers:
+            raise ToolkitError(f"block {layer} does not exist: the model has {model.cfg.n_layers} (0..{model.cfg.n_layers - 1})")
+    prompts = [render(tokenizer, query, Condition("none")) for query in queries]
+    hooks = [f"blocks.{layer}.hook_out" for layer in layers]
+    store = record_activations(model, tokenizer, prompts, Path(out) / position, hooks=hooks, positions=position,
+                               batch_size=batch_size, progress=progress, overwrite=True)
+    return {layer: store.load(hook).double().numpy() for layer, hook in zip(layers, hooks)}
+
+
+def split_for(labelled: LabelledPrompts, seed: int = 0) -> tuple[Split, str]:
+    """A held-out split by groups when each label has two or more groups, else a random one."""
+    labels = [str(label) for label in labelled.labels]
+    try:
+        return held_out_split(labels, labelled.groups, seed=seed), "held-out groups"
+    except ToolkitError:
+        return in_distribution_split(labels, np.arange(len(labels)), seed=seed), "random (a label has a single group)"
+
+
+def sweep(features: dict[tuple[int, str], np.ndarray], labelled: LabelledPrompts, split: Split, *, seed: int = 0,
+          progress: bool = True) -> list[dict]:
+    """Held-out AUC of a logistic gate at every (layer, position), with both controls."""
+    y = np.array([str(label) for label in labelled.labels])
+    train = _oversampled(split.train, labelled.labels, seed)
+    rows = []
+    for (layer, position), x in tqdm(sorted(features.items()), desc="gate sweep", unit="read-out", disable=not progress):
+        probe = fit_probe("logistic", x[train], y[train], seed=seed)
+        score = score_probe(probe, x[split.test], y[split.test], seed=seed)
+        shuffled = shuffled_label_control("logistic", x[train], y[train], x[split.test], y[split.test], seed=seed)
+        random = random_direction_control(x[train], y[train], x[split.test], y[split.test], seed=seed)
+        rows.append({"layer": layer, "position": position, "auc": score.auc, "auc_low": score.auc_low,
+                     "auc_high": score.auc_high, "accuracy": score.accuracy, "shuffled_auc": shuffled.auc,
+                     "random_auc": random.auc, "n_train": len(train), "n_test": len(split.test)})
+    return rows
+
+
+def choose(rows: Sequence[dict]) -> dict:
+    """The read-out with the best held-out AUC; ties (within 0.005) go to the earlier block, then 'last'."""
+    best = max(row["auc"] for row in rows)
+    near = [row for row in rows if row["auc"] >= best - 0.005]
+    return min(near, key=lambda row: (row["layer"], READ_POSITIONS.index(row["position"])))
+
+
+def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, position: str, kind: str = "logistic",
+             seed: int = 0, metadata: dict | None = None) -> tuple[Gate, dict]:
+    """Fit the gate on the training side (minority oversampled), calibrate its threshold on the
+    held-out side; returns the gate and its held-out report."""
+    if kind not in GATE_KINDS:
+        raise ToolkitError(f"unknown gate kind {kind!r}: use one of {', '.join(GATE_KINDS)}")
+    labels = np.asarray(labels).astype(int)
+    train = _oversampled(split.train, labels, seed)
+    if kind == "logistic":
+        probe = fit_probe("logistic", x[train], [str(v) for v in labels[train]], seed=seed)
+        tensors = {"weight": torch.as_tensor(probe.weights[0]), "bias": torch.as_tensor(probe.bias[:1]).reshape(())}
+    else:
+        mean, scale = x[train].mean(axis=0), x[train].std(axis=0) + 1e-8
+        mlp = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-2, max_iter=500, random_state=seed)
+        mlp.fit((x[train] - mean) / scale, labels[train])
+        tensors = {"mean": torch.as_tensor(mean), "scale": torch.as_tensor(scale),
+                   "w0": torch.as_tensor(mlp.coefs_[0]), "b0": torch.as_tensor(mlp.intercepts_[0]),
+                   "w1": torch.as_tensor(mlp.coefs_[1]), "b1": torch.as_tensor(mlp.intercepts_[1])}
+    gate = Gate(kind, layer, position, {k: v.to(torch.float32).contiguous() for k, v in tensors.items()},
+                metadata=dict(metadata or {}))
+    test_probability = gate.probability(x[split.test])
+    gate.threshold = balanced_threshold(test_probability, labels[split.test])
+    routed = test_probability >= gate.threshold
+    from sklearn.metrics import roc_auc_score
+
+    report = {"auc": float(roc_auc_score(labels[split.test], test_probability)), "threshold": gate.threshold,
+              "route_rate": float(routed.mean()), "accuracy": float((routed == labels[split.test].astype(bool)).mean()),
+              "n_test": int(len(split.test)), "n_train": int(len(split.train)), "positives": float(labels.mean())}
+    gate.metadata.update(report=report)
+    return gate, report
+
+
+def _oversampled(indices: np.ndarray, labels: Sequence, seed: int) -> np.ndarray:
+    """``indices`` with the minority label's items repeated until the labels balance (as the paper)."""
+    labels = np.asarray([str(label) for label in labels])
+    rng = np.random.default_rng(seed)
+    by_label = {label: indices[labels[indices] == label] for label in np.unique(labels[indices])}
+    if len(by_label) < 2:
+        raise ToolkitError(f"the gate's training data hold a single label ({next(iter(by_label), 'none')}): "
+                           "bootstrap more queries or use --labels intents")
+    size = max(len(members) for members in by_label.values())
+    parts = [np.concatenate([members, rng.choice(members, size=size - len(members))]) for members in by_label.values()]
+    return np.sort(np.concatenate(parts))

@@ -1,0 +1,157 @@
+"""Routed inference: the gate is read during the same prefill that answers the query.
+
+Inside ``Routed(model, gate, adapter=...)`` every forward pass that starts a sequence (no cache
+yet) is read after the gate's block: the gate scores each row (last real token, or the mean
+over real tokens, from the pass's attention mask) and fixes that row's route. The blocks after
+it then run with the route's intervention for the routed rows only, in the same pass:
+
+- ``adapter``: the LoRA adapter's update is multiplied by the row's route (0 or 1), so a batch
+  may mix routes and each row gets exactly the base or the adapted computation;
+- ``steering``: ``(block, vector)`` is added after that block at every position of routed rows.
+
+Later passes of the same sequences (cached generation, multi-token options) keep the routes.
+The adapter must not touch the gate's block or any before it, so the gate reads the same
+activations whatever the route. Every decision is recorded by the prompt's tokens.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from prism.distill import adapter_layers, use_adapter
+from prism.gate import Gate
+from probes.errors import ToolkitError
+from probes.recording import HookDidNotFire
+
+_BLOCK = "model.layers."
+
+
+class Routed:
+    """Context manager: gate-routed adapter or steering on the bridged model (see module doc).
+
+    ``force`` (True/False) overrides every decision: the same machinery with a fixed route,
+    for the always-on and never-on baselines."""
+
+    def __init__(self, model, gate: Gate, *, adapter: str | None = None,
+                 steering: tuple[int, torch.Tensor] | None = None, force: bool | None = None) -> None:
+        if (adapter is None) == (steering is None):
+            raise ToolkitError("route to exactly one of an adapter or a steering vector")
+        if not 0 <= gate.layer < model.cfg.n_layers:
+            raise ToolkitError(f"the gate reads block {gate.layer}, but this model has {model.cfg.n_layers} blocks")
+        if steering is not None and not gate.layer < steering[0] < model.cfg.n_layers:
+            raise ToolkitError(f"steering after block {steering[0]} must come after the gate's block {gate.layer}")
+        self.model, self.gate, self.adapter, self.steering, self.force = model, gate, adapter, steering, force
+        self.decisions: dict[tuple[int, ...], tuple[float, bool]] = {}
+        self._routes: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._ids: torch.Tensor | None = None
+        self._fresh = False
+        self._stack: ExitStack | None = None
+        self.passes = 0
+
+    def __enter__(self) -> "Routed":
+        stack = ExitStack()
+        hf = self.model.original_model
+        stack.callback(self._reset)
+        handle = hf.model.register_forward_pre_hook(self._see_inputs, with_kwargs=True)
+        stack.callback(handle.remove)
+        hooks = [(self.gate.hook, self._decide)]
+        if self.adapter is not None:
+            layers = [m for m in adapter_layers(self.model) if self.adapter in m.lora_B]
+            if not layers:
+                raise ToolkitError(f"the model carries no adapter {self.adapter!r}: load it first")
+            for name, module in hf.named_modules():
+                if module in layers and _block_of(name) <= self.gate.layer:
+                    raise ToolkitError(f"adapter {self.adapter!r} changes block {_block_of(name)}, at or before the gate's "
+                                       f"block {self.gate.layer}: the gate would read adapted activations")
+            use_adapter(self.model, self.adapter)
+            stack.callback(use_adapter, self.model, None)
+            for module in layers:
+                stack.callback(module.lora_B[self.adapter].register_forward_hook(self._gate_update).remove)
+        else:
+            layer, vector = self.steering
+            hooks.append((f"blocks.{layer}.hook_out", self._steer))
+        stack.enter_context(self.model.hooks(fwd_hooks=hooks))
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._stack is not None
+        self._stack.close()
+        self._stack = None
+        if exc[0] is None and self.passes and not self.decisions:
+            raise HookDidNotFire(f"the gate's hook {self.gate.hook} never fired: run the model inside the block")
+
+    def _reset(self) -> None:
+        self._routes = self._mask = self._ids = None
+
+    def _see_inputs(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        self._fresh = cache is None or cache.get_seq_length() == 0
+        self.passes += 1
+        if self._fresh:
+            self._ids = kwargs.get("input_ids", args[0] if args else None)
+            mask = kwargs.get("attention_mask")
+            self._mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+        return None
+
+    def _decide(self, activation: torch.Tensor, hook) -> None:
+        if not self._fresh:
+            if self._routes is None:
+                raise ToolkitError("a routed pass continued sequences whose prefill was not routed")
+            return None
+        batch, seq = activation.shape[:2]
+        mask = self._mask[:, -seq:] if self._mask is not None else torch.ones(batch, seq, dtype=torch.long)
+        mask = mask.to(activation.device).bool()
+        if self.gate.position == "last":
+            last = seq - 1 - mask.flip(1).long().argmax(dim=1)
+            features = activation[torch.arange(batch), last]
+        else:
+            weights = mask.to(activation.dtype)[..., None]
+            features = (activation * weights).sum(1) / weights.sum(1)
+        probability = torch.sigmoid(self.gate.logit(features.detach()))
+        routes = probability >= self.gate.threshold if self.force is None else torch.full((batch,), self.force)
+        self._routes = routes.to(activation.dtype)
+        if self._ids is not None:
+            for row in range(batch):
+                ids = tuple(self._ids[row][mask[row]].tolist())
+                self.decisions[ids] = (float(probability[row]), bool(routes[row]))
+        return None
+
+    def _gate_update(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
+        return output * self._routes.to(output.dtype)[:, None, None]
+
+    def _steer(self, activation: torch.Tensor, hook) -> torch.Tensor:
+        vector = self.steering[1].to(activation.dtype).to(activation.device)
+        return activation + self._routes.to(activation.dtype)[:, None, None] * vector
+
+    def decision(self, ids: Sequence[int]) -> tuple[float, bool]:
+        """(gate probability, routed) recorded for the prompt with these token ids."""
+        try:
+            return self.decisions[tuple(ids)]
+        except KeyError:
+            raise ToolkitError("no routing decision was recorded for this prompt: was it run inside the block?") from None
+
+
+def _block_of(module_name: str) -> int:
+    """Block index of a module named ``model.layers.{i}....`` (plain or bridged)."""
+    rest = module_name.split(_BLOCK, 1)[1] if _BLOCK in module_name else ""
+    head = rest.split(".", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def route_probabilities(model, tokenizer, gate: Gate, queries: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
+    """Gate probabilities from a partial forward pass that stops after the gate's block (for
+    the training-free variants that must decide before choosing the prompt)."""
+    import tempfile
+
+    from prism.gate import gate_features
+
+    with tempfile.TemporaryDirectory() as scratch:
+        x = gate_features(model, tokenizer, queries, [gate.layer], gate.position, scratch, batch_size=batch_size,
+                          progress=False)[gate.layer]
+    return gate.probability(x)

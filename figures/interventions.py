@@ -54,7 +54,7 @@ def steering_dose_response(rows: Sequence[Mapping]) -> Figure:
     ax.set_ylabel("fraction of the persona effect reproduced")
     layer = rows[0]["layer"] if rows else "?"
     n = rows[0]["n"] if rows else 0
-    ax.set_title(f"Steering no-persona runs after block {layer} (n={n}; 95% CI bands)", fontsize=10)
+    ax.set_title(f"Steering no-persona runs at the answer position after block {layer} (n={n}; 95% CI bands)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
@@ -73,7 +73,7 @@ def ablation_bars(rows: Sequence[Mapping]) -> Figure:
     ax.set_ylabel("fraction of the persona effect restored")
     n = rows[0]["n"] if rows else 0
     layer = rows[0].get("layer", "?") if rows else "?"
-    ax.set_title(f"Ablating the direction after block {layer} (n={n})", fontsize=10)
+    ax.set_title(f"Mean-ablating the direction at the answer position after block {layer} (n={n})", fontsize=10)
     fig.tight_layout()
     return fig
 

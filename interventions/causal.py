@@ -11,6 +11,11 @@ Fractions are ratios of means over items with a bootstrap 95% CI:
 - patching recovers (patched - persona) / (no persona - persona) of the persona's effect;
 - steering reproduces (steered - no persona) / (persona - no persona);
 - ablation restores (ablated - persona) / (no persona - persona).
+
+Steering and ablation act on the answer position (the last token) after one block, with the
+persona direction measured there: the mean (persona - no persona) residual. Ablation is mean
+ablation: the persona run's projection on the direction is set to the no-persona mean, which
+removes the persona's shift along it and nothing else.
 """
 
 from __future__ import annotations
@@ -75,10 +80,20 @@ def paired_items(tokenizer, items: Sequence[Item], persona: Condition, seed: int
 
 
 @torch.inference_mode()
-def margins(model, tokenizer, sequences: Sequence[list[int]], items: Sequence[PairedItem]) -> np.ndarray:
-    """First-token margin of the correct option at the last token of each sequence."""
-    tokens = right_pad(sequences, tokenizer.pad_token_id)
-    return _margins_from(logits_at(model, tokens, [len(sequence) - 1 for sequence in sequences]).log_softmax(-1), items)
+def margins(model, tokenizer, sequences: Sequence[list[int]], items: Sequence[PairedItem], *,
+            left_padded: bool = False) -> np.ndarray:
+    """First-token margin of the correct option at the last token of each sequence.
+
+    Right padding keeps positions counted from the start (patching pairs); left padding, with
+    its attention mask and position ids, puts every sequence's last token at position -1, so
+    an intervention at ``positions=[-1]`` touches exactly the answer position of each row."""
+    if not left_padded:
+        tokens = right_pad(sequences, tokenizer.pad_token_id)
+        return _margins_from(logits_at(model, tokens, [len(sequence) - 1 for sequence in sequences]).log_softmax(-1), items)
+    tokens, mask = left_pad(sequences, tokenizer.pad_token_id)
+    logits = logits_at(model, tokens, [tokens.shape[1] - 1] * len(sequences), attention_mask=mask,
+                       position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0))
+    return _margins_from(logits.log_softmax(-1), items)
 
 
 def _margins_from(logprobs: torch.Tensor, items: Sequence[PairedItem]) -> np.ndarray:
@@ -203,37 +218,42 @@ def persona_attention(model, tokenizer, items: Sequence[PairedItem], batch_size:
 
 
 @torch.inference_mode()
-def persona_direction(model, tokenizer, items: Sequence[PairedItem], layer: int, batch_size: int = 8) -> torch.Tensor:
-    """Mean (persona - no persona) residual after ``layer`` at the final token, over items."""
-    differences = []
+def persona_direction(model, tokenizer, items: Sequence[PairedItem], layer: int, batch_size: int = 8
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean persona - no-persona residual, mean no-persona residual) after ``layer`` at the
+    final token, over items."""
+    differences, plain = [], []
     for batch in _batches(len(items), batch_size):
         chosen = [items[i] for i in batch]
         targets = capture_residuals(model, right_pad([p.target for p in chosen], tokenizer.pad_token_id), [layer])[layer]
         sources = capture_residuals(model, right_pad([p.source for p in chosen], tokenizer.pad_token_id), [layer])[layer]
         rows = torch.arange(len(chosen))
-        differences.append(targets[rows, torch.tensor([len(p.target) - 1 for p in chosen])]
-                           - sources[rows, torch.tensor([len(p.source) - 1 for p in chosen])])
-    return torch.cat(differences).mean(dim=0)
+        source_final = sources[rows, torch.tensor([len(p.source) - 1 for p in chosen])]
+        differences.append(targets[rows, torch.tensor([len(p.target) - 1 for p in chosen])] - source_final)
+        plain.append(source_final)
+    return torch.cat(differences).mean(dim=0), torch.cat(plain).mean(dim=0)
 
 
 def steering_margins(model, tokenizer, items, direction: torch.Tensor, layer: int, scale: float, norms,
                      batch_size: int = 8) -> np.ndarray:
-    """Margins of no-persona runs with ``direction`` added after ``layer`` at every position."""
+    """Margins of no-persona runs with ``direction`` added after ``layer`` at the answer position."""
     values = []
     for batch in _batches(len(items), batch_size):
         chosen = [items[i] for i in batch]
-        with AddDirection(model, {layer: direction}, scale=scale, norms=norms):
-            values.append(margins(model, tokenizer, [p.source for p in chosen], chosen))
+        with AddDirection(model, {layer: direction}, scale=scale, norms=norms, positions=[-1]):
+            values.append(margins(model, tokenizer, [p.source for p in chosen], chosen, left_padded=True))
     return np.concatenate(values)
 
 
-def ablation_margins(model, tokenizer, items, direction: torch.Tensor, layers: Sequence[int], batch_size: int = 8) -> np.ndarray:
-    """Margins of persona runs with ``direction`` projected out after every one of ``layers``."""
+def ablation_margins(model, tokenizer, items, direction: torch.Tensor, layer: int, baseline: float,
+                     batch_size: int = 8) -> np.ndarray:
+    """Margins of persona runs with the shift along ``direction`` removed after ``layer`` at the
+    answer position (its projection set to ``baseline``, the no-persona mean)."""
     values = []
     for batch in _batches(len(items), batch_size):
         chosen = [items[i] for i in batch]
-        with AblateDirection(model, {layer: direction for layer in layers}):
-            values.append(margins(model, tokenizer, [p.target for p in chosen], chosen))
+        with AblateDirection(model, {layer: direction}, positions=[-1], baseline={layer: baseline}):
+            values.append(margins(model, tokenizer, [p.target for p in chosen], chosen, left_padded=True))
     return np.concatenate(values)
 
 

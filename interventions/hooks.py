@@ -149,16 +149,20 @@ class AddDirection(Intervention):
 
 
 class AblateDirection(Intervention):
-    """Project the direction out: x <- x - (x . u) u at the chosen positions."""
+    """Project the direction out at the chosen positions: x <- x - (x . u - b) u, with b = 0
+    (zero ablation) or ``baseline[layer]``, a reference projection such as the mean of runs
+    without the persona (mean ablation: only the shift along u is removed)."""
 
-    def __init__(self, model, directions, *, layers: Sequence[int] | None = None, positions: Positions = "all") -> None:
+    def __init__(self, model, directions, *, layers: Sequence[int] | None = None, positions: Positions = "all",
+                 baseline: Mapping[int, float] | None = None) -> None:
         self.directions = {layer: _unit(v) for layer, v in _per_layer(directions, layers, model.cfg.d_model).items()}
         super().__init__(model, sorted(self.directions), positions)
+        self.baseline = dict(baseline or {})
 
     def edit(self, activation, layer, mask):
         unit = self.directions[layer].to(activation.dtype)
-        projection = (activation @ unit)[..., None] * unit
-        return activation - mask[None, :, None].to(activation.dtype) * projection
+        excess = (activation @ unit) - self.baseline.get(layer, 0.0)
+        return activation - mask[None, :, None].to(activation.dtype) * excess[..., None] * unit
 
 
 class PatchActivations(Intervention):

@@ -77,8 +77,8 @@ def run_interventions(
     best = decisive_patch(patching)
     summary["best_patch"] = best
 
-    steer_layer = best["layer"] if steer_layer is None else steer_layer
-    direction = causal.persona_direction(model, tokenizer, items, steer_layer, batch_size)
+    steer_layer = answer_position_layer(patching) if steer_layer is None else steer_layer
+    direction, plain_mean = causal.persona_direction(model, tokenizer, items, steer_layer, batch_size)
     sample = items[: min(len(items), 16)]
     norms = residual_norms(model, right_pad([p.source for p in sample], tokenizer.pad_token_id), [len(p.source) for p in sample])
     natural = float(direction.norm()) / norms[steer_layer]  # the persona's own shift, in residual-norm units
@@ -96,7 +96,8 @@ def run_interventions(
 
     ablation = []
     for name, vector in (("persona direction", direction), ("random direction", random_direction)):
-        ablated = causal.ablation_margins(model, tokenizer, items, vector, [steer_layer], batch_size)
+        unit = vector / vector.norm()
+        ablated = causal.ablation_margins(model, tokenizer, items, vector, steer_layer, float(plain_mean @ unit), batch_size)
         estimate = causal.fraction(ablated - with_persona, without - with_persona, seed=seed)
         ablation.append({"direction": name, "layer": steer_layer, "fraction": estimate.mean, "low": estimate.low,
                          "high": estimate.high, "n": estimate.n})
@@ -134,6 +135,13 @@ def decisive_patch(rows: Sequence[dict]) -> dict:
 
 
 GROUP_ORDER = ("final", "after_query", "query")
+
+
+def answer_position_layer(rows: Sequence[dict]) -> int:
+    """The earliest block where patching the answer position alone recovers a majority of the
+    effect: from there on the damage is in that residual, where steering and ablation act."""
+    final = [r for r in rows if r["group"] == "final" and r["low"] >= 0.5]
+    return min(r["layer"] for r in final) if final else decisive_patch(rows)["layer"]
 
 
 def spread_layers(n_layers: int, count: int = 8) -> list[int]:
@@ -244,11 +252,13 @@ def _report(out: Path, summary, patching, steering, ablation, curves, figures) -
         "blocks recovers everything trivially, since the final token's residual there is the output).",
     ]
     if one and control:
-        lines.append(f"- Steering no-persona runs with the persona direction (after block {one['layer']}, its own size, "
+        lines.append(f"- Steering no-persona runs at the answer position with the persona direction (its mean shift there, "
+                     f"after block {one['layer']}: the earliest block where patching that position alone recovers a majority; its own size, "
                      f"{summary['natural_scale']:.3f} x the residual norm) reproduces {_ci(one)} of the effect; a random "
                      f"direction of the same size {_ci(control)}.")
     for row in ablation:
-        lines.append(f"- Ablating the {row['direction']} after block {row['layer']} (every position) restores {_ci(row)} of the effect.")
+        lines.append(f"- Removing the persona run's shift along the {row['direction']} after block {row['layer']} at the answer "
+                     f"position (mean ablation: its projection set to the no-persona mean) restores {_ci(row)} of the effect.")
     attention = summary.get("attention")
     if attention and attention["strongest"]:
         strongest, share = attention["strongest"], attention["share"]

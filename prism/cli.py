@@ -18,6 +18,10 @@ COMMANDS = {
     "report": "rewrite the tables, figures and report of finished study directories (and compare models)",
     "probe": "probes and directions: where intent and persona live, layer by layer, with controls; saves directions and probes",
     "intervene": "causal tests on knowledge items: activation patching, steering, directional ablation, logit lens",
+    "bootstrap": "PRISM stages 1-3: the model writes queries per persona, answers with and without it, and judges both orders",
+    "train": "PRISM: fit the probe gate (sweep over early blocks), distil the gated and ungated LoRA adapters, fit the baseline routers",
+    "route": "answer prompts with PRISM routing, showing the gate's probability and decision for each",
+    "compare": "PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, probe-routed prompt and steering, baseline routers",
 }
 
 
@@ -42,6 +46,10 @@ def _add_items(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, default=None, help="items to sample, stratified by category (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
+
+
+def _add_prism_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("runs/prism"), help="the PRISM working directory (default: runs/prism)")
 
 
 def _command(sub, name: str) -> argparse.ArgumentParser:
@@ -128,6 +136,44 @@ def build_parser() -> argparse.ArgumentParser:
     intervene.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
     intervene.add_argument("--out", type=Path, default=Path("runs/intervene"), help="output directory (default: runs/intervene)")
 
+    bootstrap = _command(sub, "bootstrap")
+    _add_prism_dir(bootstrap)
+    bootstrap.add_argument("--model", default=None, help="model to bootstrap (default: the embedded SmolLM2-135M-Instruct)")
+    bootstrap.add_argument("--queries-per-persona", type=int, default=8, help="queries kept per persona (default: 8)")
+    bootstrap.add_argument("--personas", help="comma-separated personas (default: all 12)")
+    bootstrap.add_argument("--answer-tokens", type=int, default=64, help="tokens per answer (default: 64)")
+    bootstrap.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    bootstrap.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
+
+    train = _command(sub, "train")
+    _add_prism_dir(train)
+    train.add_argument("--labels", default="bootstrap", choices=("bootstrap", "intents"),
+                       help="gate labels: the bootstrap's persona wins (the paper) or intents (knowledge -> base; default: bootstrap)")
+    train.add_argument("--gate", default="logistic", choices=("logistic", "mlp"), help="gate kind (default: logistic probe)")
+    train.add_argument("--max-block", type=int, default=3, help="sweep the gate over blocks 0..k (default: 3)")
+    train.add_argument("--layer", type=int, help="fix the gate's block instead of choosing it by held-out AUC")
+    train.add_argument("--position", choices=("last", "mean"), help="fix the read position instead of choosing it")
+    train.add_argument("--per-intent", type=int, default=64, help="queries per intent with --labels intents (default: 64)")
+    train.add_argument("--epochs", type=int, default=2, help="distillation epochs (default: 2)")
+    train.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
+    train.add_argument("--budget", default="default", choices=("smoke", "default"),
+                       help="the comparison budget whose items the gate must not see (default: default)")
+    train.add_argument("--seed", type=int, default=0, help="split and training seed (default: 0)")
+
+    route = _command(sub, "route")
+    _add_prism_dir(route)
+    route.add_argument("prompts", nargs="+", help="prompts to answer")
+    route.add_argument("--via", default="adapter", choices=("adapter", "steering", "prompt"),
+                       help="what the persona path is: the gated adapter (default), the steering vector, or a persona prompt")
+    route.add_argument("--persona", default="helpful", help="persona of the prompt path with --via prompt (default: helpful)")
+    route.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default: 64)")
+
+    compare = _command(sub, "compare")
+    _add_prism_dir(compare)
+    compare.add_argument("--budget", default="default", choices=("smoke", "default"), help="items per data set (default: default)")
+    compare.add_argument("--systems", help="comma-separated systems (default: all); see the README")
+    compare.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+
     personas = _command(sub, "personas")
     personas.add_argument("--personas-file", type=Path, help="JSON file of extra personas")
     personas.add_argument("--length", choices=("min", "short", "long"), default="min", help="which text to show (default: min)")
@@ -167,6 +213,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _probe(args)
     if args.command == "intervene":
         return _intervene(args)
+    if args.command in ("bootstrap", "train", "route", "compare"):
+        return _prism(args)
     raise AssertionError(args.command)
 
 
@@ -339,6 +387,51 @@ def _intervene(args: argparse.Namespace) -> int:
     print(f"decisive patch: block {best['layer']}, {best['group']} tokens: {best['fraction']:+.2f} "
           f"[{best['low']:+.2f}, {best['high']:+.2f}] of the effect recovered")
     print(f"finished in {time.perf_counter() - start:.0f}s; report: {args.out / 'report.md'}")
+    return 0
+
+
+def _prism(args: argparse.Namespace) -> int:
+    from prism import pipeline
+
+    start = time.perf_counter()
+    if args.command == "bootstrap":
+        from prism.bootstrap import BootstrapConfig
+
+        config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
+                                 seed=args.seed, batch_size=args.batch_size)
+        summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=_csv_list(args.personas))
+        overall = summary["overall"]
+        print(f"{overall['n']} queries; the persona won both orders on {overall['win_rate']:.0%} "
+              f"[{overall['low']:.0%}, {overall['high']:.0%}]; the two orders agreed on {overall['order_agreement']:.0%}")
+        for row in summary["by_persona"]:
+            print(f"  {row['persona']:15s} n={row['n']:3d}  win rate {row['win_rate']:.0%} [{row['low']:.0%}, {row['high']:.0%}]")
+    elif args.command == "train":
+        from prism.distill import DistillConfig
+
+        if args.rank < 1 or args.epochs < 1:
+            raise ToolkitError("--rank and --epochs must be at least 1")
+        summary = pipeline.train(args.out, labels=args.labels, gate_kind=args.gate, max_block=args.max_block, layer=args.layer,
+                                 position=args.position, per_intent=args.per_intent, compare_budget=args.budget,
+                                 distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, seed=args.seed),
+                                 seed=args.seed)
+        gate, quality = summary["gate"], summary["routing_quality"]
+        print(f"gate: block {gate['layer']}, {gate['position']} token(s), {gate['kind']}; held-out AUC "
+              f"{quality['gate']['auc']:.2f} [{quality['gate']['low']:.2f}, {quality['gate']['high']:.2f}] (n={quality['n_test']}); "
+              f"threshold {gate['threshold']:.3f} routes {gate['route_rate']:.0%}")
+        for name in ("embedding", "self_classify"):
+            q = quality[name]
+            print(f"{name.replace('_', '-')} router on the same split: AUC {q['auc']:.2f} [{q['low']:.2f}, {q['high']:.2f}]")
+    elif args.command == "route":
+        for row in pipeline.route(args.out, args.prompts, via=args.via, persona=args.persona, max_new_tokens=args.max_new_tokens):
+            print(f"[gate p={row['probability']:.3f} -> {row['via']}] {row['prompt']}\n{row['answer']}\n")
+    else:
+        from prism.compare import SYSTEMS, format_table
+
+        systems = _csv_list(args.systems) or list(SYSTEMS)
+        summary = pipeline.compare(args.out, budget=args.budget, systems=systems, seed=args.seed)
+        print(format_table(summary["table"]))
+        print(f"report: {args.out / 'compare' / 'report.md'}")
+    print(f"prism {args.command} finished in {time.perf_counter() - start:.0f}s", file=sys.stderr)
     return 0
 
 

@@ -216,3 +216,31 @@ def test_bootstrap_correlation_matches_numpy_and_scipy():
     assert pearson.significant
     assert bootstrap_correlation(x, y, method="spearman").mean == pytest.approx(spearmanr(x, y).statistic)
     assert np.isnan(bootstrap_correlation(x, np.ones(60)).mean)  # undefined for a constant
+
+
+def test_mean_ablation_sets_the_projection_to_the_baseline(batch):
+    model, tokens = batch
+    direction = torch.randn(model.cfg.d_model)
+    unit = direction / direction.norm()
+    before = capture_residuals(model, tokens, [1])[1]
+    with AblateDirection(model, direction, layers=[1], baseline={1: 2.5}, positions=[-1]):
+        after = capture_residuals(model, tokens, [1])[1]
+    assert torch.allclose(after[:, -1] @ unit, torch.full((2,), 2.5), atol=1e-4)
+    residue = (after[:, -1] - before[:, -1]) - ((after[:, -1] - before[:, -1]) @ unit)[:, None] * unit
+    assert residue.abs().max() < 1e-4  # only the component along the direction moved
+    assert torch.equal(after[:, :-1], before[:, :-1])
+
+
+def test_left_padded_margins_equal_right_padded_and_reach_the_answer_position(paired):
+    from interventions.causal import margins
+
+    model, tokenizer, items = paired
+    sources = [p.source for p in items]
+    assert np.allclose(margins(model, tokenizer, sources, items), margins(model, tokenizer, sources, items, left_padded=True),
+                       atol=1e-4)
+    direction = torch.randn(model.cfg.d_model)
+    with AddDirection(model, direction, scale=5.0, layers=[2], positions=[-1]):
+        steered = margins(model, tokenizer, sources, items, left_padded=True)
+    for row, p in enumerate(items):  # each row alone, steered at its own last token
+        with AddDirection(model, direction, scale=5.0, layers=[2], positions=[-1]):
+            assert np.isclose(margins(model, tokenizer, [p.source], [p])[0], steered[row], atol=1e-4)

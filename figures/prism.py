@@ -1,0 +1,110 @@
+"""Figures of PRISM: the Table-1 comparison, route rates, routing vs persona effect, gate sweep."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+PANELS = (("capitals", "Capitals accuracy"), ("harmbench", "HarmBench refusal"), ("mtbench", "MT-Bench judge x10"),
+          ("overall", "Overall"))
+DATASET_COLOURS = {"capitals": "#2171b5", "harmbench": "#cb181d", "mtbench": "#238b45"}
+
+
+def comparison_bars(table: Sequence[Mapping]) -> Figure:
+    """One panel per sub-score and Overall: every system with its 95% CI (0-100 scale)."""
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 0.42 * len(table) + 1.8), sharey=True)
+    names = [row["system"] for row in table]
+    for ax, (key, title) in zip(axes, PANELS):
+        centre = np.array([row[key] for row in table], dtype=float)
+        low = np.array([row[f"{key}_low"] for row in table], dtype=float)
+        high = np.array([row[f"{key}_high"] for row in table], dtype=float)
+        colours = ["#636363" if name == "base" else "#d94801" if name == "PRISM" else "#9ecae1" for name in names]
+        ax.barh(range(len(table)), centre, xerr=[centre - low, high - centre], color=colours, capsize=2)
+        if "base" in names:
+            ax.axvline(centre[names.index("base")], color="#636363", linestyle="--", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("score (0-100)")
+    axes[0].set_yticks(range(len(table)), names)
+    axes[0].invert_yaxis()
+    fig.suptitle("PRISM and its baselines (bars: mean, whiskers: 95% CI; dashed: base model)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def route_rates(rows: Sequence[Mapping]) -> Figure:
+    """Share of each data set's queries sent to the persona path, per routed system."""
+    routed = [s for s in dict.fromkeys(r["system"] for r in rows) if s not in ("base", "expert prompt", "ungated LoRA")]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(routed) + 2.5, 4))
+    width = 0.8 / max(1, len(datasets))
+    for k, dataset in enumerate(datasets):
+        values = [next((r["route_rate"] for r in rows if r["system"] == s and r["dataset"] == dataset), np.nan) for s in routed]
+        ax.bar(np.arange(len(routed)) + (k - (len(datasets) - 1) / 2) * width, values, width,
+               color=DATASET_COLOURS.get(dataset, "#969696"), label=dataset)
+    ax.set_xticks(range(len(routed)), [s.replace(" -> ", "\n-> ") for s in routed], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share routed to the persona path")
+    ax.legend(fontsize=8, frameon=False)
+    n = {r["dataset"]: r["n"] for r in rows}
+    ax.set_title("Route rate per data set (n = " + ", ".join(f"{d} {n[d]}" for d in datasets) + ")", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def routing_vs_effect(categories: Sequence[Mapping], correlation: Mapping) -> Figure:
+    """Figure-4 analogue: per category, the share PRISM routes vs the persona's effect there."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for dataset, colour in DATASET_COLOURS.items():
+        points = [c for c in categories if c["dataset"] == dataset]
+        if points:
+            ax.scatter([c["persona_effect"] for c in points], [c["route_share"] for c in points], color=colour,
+                       label=dataset, s=[12 + 4 * c["n"] for c in points], alpha=0.8)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("persona's effect in the category (expert prompt - base, 0-100 scale)")
+    ax.set_ylabel("share routed to the adapter by PRISM")
+    ax.set_ylim(-0.05, 1.05)
+    title = "Routing vs persona effect per category"
+    if correlation:
+        p, s = correlation["pearson"], correlation["spearman"]
+        title += (f"\nPearson {p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}], "
+                  f"Spearman {s['mean']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}] (n={p['n']} categories)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False, title="point size: items", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def gate_sweep(rows: Sequence[Mapping], quality: Mapping | None = None) -> Figure:
+    """Held-out AUC of the gate per block and read position, with both controls; the
+    baseline routers' AUCs on the same split as horizontal bands."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for position, colour in (("last", "#08519c"), ("mean", "#d94801")):
+        points = sorted((r for r in rows if r["position"] == position), key=lambda r: r["layer"])
+        if not points:
+            continue
+        layers = [r["layer"] for r in points]
+        ax.plot(layers, [r["auc"] for r in points], marker="o", color=colour, label=f"probe, {position} token(s)")
+        ax.fill_between(layers, [r["auc_low"] for r in points], [r["auc_high"] for r in points], color=colour, alpha=0.15)
+        ax.plot(layers, [r["shuffled_auc"] for r in points], linestyle=":", color=colour, label=f"shuffled labels ({position})")
+        ax.plot(layers, [r["random_auc"] for r in points], linestyle="--", color=colour, alpha=0.6,
+                label=f"random direction ({position})")
+    for name, colour in (("embedding", "#238b45"), ("self_classify", "#6a51a3")):
+        if quality and name in quality:
+            q = quality[name]
+            ax.axhspan(q["low"], q["high"], color=colour, alpha=0.12)
+            ax.axhline(q["auc"], color=colour, linewidth=1, label=f"{'MiniLM router' if name == 'embedding' else 'self-classify'} (any block)")
+    ax.axhline(0.5, color="black", linewidth=0.6)
+    ax.set_xlabel("gate reads the residual after block")
+    ax.set_ylabel("held-out AUC")
+    ax.set_ylim(0.3, 1.02)
+    n = rows[0]["n_test"] if rows else 0
+    ax.set_title(f"Where the route is decodable (held-out n={n}; bands: 95% CI)", fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig

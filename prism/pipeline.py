@@ -1,0 +1,117 @@
+"""PRISM end to end in one working directory: bootstrap -> train -> route / compare.
+
+The directory remembers its model (``prism.json``), so later steps load the same one and a
+mismatched ``--model`` is refused rather than silently mixing models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from prism.bootstrap import BootstrapConfig, run_bootstrap, summarise
+from prism.compare import COMPARE_BUDGETS, SYSTEMS, evaluation_queries, run_compare
+from prism.distill import DistillConfig
+from prism.train import run_training
+from probes.atomic import write_json
+from probes.errors import ToolkitError
+
+MANIFEST = "prism.json"
+VIA = ("adapter", "steering", "prompt")
+
+
+def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> str:
+    manifest = out / MANIFEST
+    recorded = json.loads(manifest.read_text(encoding="utf-8"))["model"] if manifest.is_file() else None
+    if recorded is None:
+        if not create:
+            raise ToolkitError(f"{out} is not a PRISM directory (no {MANIFEST}): run `prism bootstrap --out {out}` first")
+        write_json(manifest, {"model": model_name or "default"})
+        return model_name or "default"
+    if model_name is not None and model_name != recorded:
+        raise ToolkitError(f"{out} was bootstrapped with model {recorded!r}, not {model_name!r}: use another --out")
+    return recorded
+
+
+def _load(name: str):
+    from probes.models import load_model
+
+    return load_model(name)
+
+
+def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
+              personas: Sequence[str] | None = None, progress: bool = True) -> dict:
+    out = Path(out)
+    model, tokenizer = _load(_model_for(out, model_name, create=True))
+    samples = run_bootstrap(out / "bootstrap", model, tokenizer, config=config, personas=personas, progress=progress)
+    return summarise(samples, config.seed)
+
+
+def train(out: str | Path, *, model_name: str | None = None, labels: str = "bootstrap", gate_kind: str = "logistic",
+          max_block: int = 3, layer: int | None = None, position: str | None = None,
+          distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, compare_budget: str = "default",
+          seed: int = 0, progress: bool = True) -> dict:
+    out = Path(out)
+    if compare_budget not in COMPARE_BUDGETS:
+        raise ToolkitError(f"unknown comparison budget {compare_budget!r}: use one of {', '.join(COMPARE_BUDGETS)}")
+    model, tokenizer = _load(_model_for(out, model_name))
+    return run_training(out, model, tokenizer, labels=labels, gate_kind=gate_kind, max_block=max_block, layer=layer,
+                        position=position, distill_config=distill_config, per_intent=per_intent,
+                        exclude=evaluation_queries(COMPARE_BUDGETS[compare_budget], seed), seed=seed, progress=progress)
+
+
+def compare(out: str | Path, *, model_name: str | None = None, budget: str = "default", systems: Sequence[str] = SYSTEMS,
+            seed: int = 0, batch_size: int = 8, progress: bool = True) -> dict:
+    out = Path(out)
+    if budget not in COMPARE_BUDGETS:
+        raise ToolkitError(f"unknown comparison budget {budget!r}: use one of {', '.join(COMPARE_BUDGETS)}")
+    if not (out / "gate" / "gate.safetensors").is_file():
+        raise ToolkitError(f"{out} has no trained gate: run `prism train --out {out}` first")
+    model, tokenizer = _load(_model_for(out, model_name))
+    return run_compare(out, model, tokenizer, budget=budget, systems=systems, seed=seed, batch_size=batch_size,
+                       progress=progress)
+
+
+def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", persona: str = "helpful",
+          max_new_tokens: int = 64, model_name: str | None = None) -> list[dict]:
+    """Answer ``prompts`` with routing; each answer comes with the gate's probability and route.
+    ``via``: the gated adapter, the persona steering vector, or ``persona``'s prompt."""
+    from interventions.generation import generate
+    from prism.distill import load_adapter
+    from prism.gate import Gate
+    from prism.routing import Routed, route_probabilities
+    from prism.train import GATED
+    from probes.artefacts import load_tensors
+    from probes.prompts import Condition, encode, render
+
+    from probes.personas import get_persona
+
+    out = Path(out)
+    get_persona(persona)
+    if via not in VIA:
+        raise ToolkitError(f"unknown route target {via!r}: use one of {', '.join(VIA)}")
+    if not prompts or any(not p.strip() for p in prompts):
+        raise ToolkitError("empty prompt: give each prompt some text")
+    model, tokenizer = _load(_model_for(out, model_name))
+    gate = Gate.load(out / "gate" / "gate.safetensors")
+    plain = [render(tokenizer, prompt, Condition("none")) for prompt in prompts]
+    if via == "prompt":
+        probabilities = route_probabilities(model, tokenizer, gate, prompts)
+        routed = probabilities >= gate.threshold
+        rendered = [render(tokenizer, p, Condition(persona)) if r else q for p, q, r in zip(prompts, plain, routed)]
+        answers = generate(model, tokenizer, rendered, max_new_tokens=max_new_tokens, progress=False)
+        decisions = list(zip(probabilities.tolist(), routed.tolist()))
+    else:
+        if via == "adapter":
+            load_adapter(model, GATED, out / "adapters" / GATED)
+            context = Routed(model, gate, adapter=GATED)
+        else:
+            tensors, metadata = load_tensors(out / "steering.safetensors")
+            context = Routed(model, gate, steering=(int(metadata["layer"]), tensors["vector"]))
+        with context:
+            answers = generate(model, tokenizer, plain, max_new_tokens=max_new_tokens, progress=False)
+        decisions = [context.decision(encode(tokenizer, prompt)) for prompt in plain]
+    return [{"prompt": prompt, "probability": probability, "routed": routed, "via": via if routed else "base model",
+             "answer": answer} for prompt, (probability, routed), answer in zip(prompts, decisions, answers)]
+

@@ -1,0 +1,199 @@
+"""``prism train``: the gate, the adapters, the steering vector and the baseline routers.
+
+From a bootstrap directory (``prism bootstrap``), in ``out``:
+
+- ``gate/``: the read-out sweep (blocks 0..k x last/mean, held-out AUC with controls), the
+  chosen gate (``gate.safetensors``), its held-out report and the MLP gate's for comparison.
+  Labels: the bootstrap's "persona wins" (the paper) or intents (knowledge -> base model;
+  generation and harmful requests -> persona path), held out by persona or by subject/category.
+- ``adapters/prism``: LoRA distilled on the label-1 samples, blocks after the gate's (gated);
+  ``adapters/sft``: the same on every sample (ungated, the paper's SFT baseline). peft format.
+- ``steering.safetensors``: the persona's mean shift of the residual (persona prompt minus
+  plain prompt, last token) over the label-1 samples, for probe-routed steering.
+- ``baselines/``: the MiniLM + logistic router (same labels, same split) and the
+  self-classification router's calibrated threshold.
+- ``train.json``: routing quality on the held-out side (AUCs with CIs), label noise, losses.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from interventions.hooks import capture_residuals
+from prism.baselines import EmbeddingRouter, SelfClassifyRouter, balanced_threshold
+from prism.bootstrap import Sample, load_samples
+from prism.distill import DistillConfig, distill, save_adapter
+from prism.gate import READ_POSITIONS, LabelledPrompts, choose, fit_gate, gate_features, split_for, sweep
+from probes.artefacts import save_tensors
+from probes.atomic import write_json
+from probes.batching import right_pad
+from probes.errors import ToolkitError
+from probes.intents import intent_queries
+from probes.prompts import Condition, encode, render
+from probes.tables import write_table
+
+LABEL_SOURCES = ("bootstrap", "intents")
+GATED, UNGATED = "prism", "sft"
+
+
+def labelled_prompts(source: str, samples: Sequence[Sample], *, per_intent: int = 64, seed: int = 0,
+                     exclude: set[str] = frozenset()) -> LabelledPrompts:
+    """Gate training data: bootstrap verdicts (group = persona) or intents (group = subject or
+    category), leaving out any query in ``exclude`` (the evaluation's items)."""
+    if source == "bootstrap":
+        kept = [s for s in samples if s.query not in exclude]
+        return LabelledPrompts([s.query for s in kept], np.array([s.label for s in kept]), [s.persona for s in kept], source)
+    if source == "intents":
+        queries = [q for q in intent_queries(per_intent, seed=seed) if q.item.prompt not in exclude]
+        return LabelledPrompts([q.item.prompt for q in queries], np.array([int(q.intent != "knowledge") for q in queries]),
+                               [q.group for q in queries], source)
+    raise ToolkitError(f"unknown label source {source!r}: use one of {', '.join(LABEL_SOURCES)}")
+
+
+def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap", gate_kind: str = "logistic",
+                 max_block: int = 3, layer: int | None = None, position: str | None = None,
+                 distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, steering_layer: int | None = None,
+                 exclude: set[str] = frozenset(), seed: int = 0, progress: bool = True) -> dict:
+    out = Path(out)
+    samples = load_samples(out / "bootstrap")
+    n_layers = model.cfg.n_layers
+    if not 0 <= max_block < n_layers - 1:
+        raise ToolkitError(f"the gate must read a block in 0..{n_layers - 2} (the adapter needs blocks after it), got {max_block}")
+    if layer is not None and not 0 <= layer <= max_block:
+        raise ToolkitError(f"--layer {layer} is outside the swept blocks 0..{max_block}")
+    if position is not None and position not in READ_POSITIONS:
+        raise ToolkitError(f"unknown read position {position!r}: use one of {', '.join(READ_POSITIONS)}")
+    labelled = labelled_prompts(labels, samples, per_intent=per_intent, seed=seed, exclude=exclude)
+    if len(set(labelled.labels.tolist())) < 2:
+        raise ToolkitError(f"every {labels} label is {labelled.labels[0]}: the gate needs both routes "
+                           "(bootstrap more queries, or train on --labels intents)")
+    split, split_kind = split_for(labelled, seed)
+    _say(f"gate data: {len(labelled.queries)} {labels}-labelled queries ({labelled.labels.mean():.0%} persona path); "
+         f"split: {split_kind}, {len(split.train)} train / {len(split.test)} held out")
+
+    layers = list(range(max_block + 1))
+    features = {}
+    for read in READ_POSITIONS:
+        for block, x in gate_features(model, tokenizer, labelled.queries, layers, read, out / "gate" / "features",
+                                      progress=progress).items():
+            features[(block, read)] = x
+    rows = sweep(features, labelled, split, seed=seed, progress=progress)
+    write_table(out / "gate" / "sweep.csv", rows)
+    chosen = choose([r for r in rows if (layer is None or r["layer"] == layer) and (position is None or r["position"] == position)])
+    x = features[(chosen["layer"], chosen["position"])]
+    metadata = {"model": model.cfg.model_name, "labels": labels, "split": split_kind}
+    gate, gate_report = fit_gate(x, labelled.labels, split, layer=chosen["layer"], position=chosen["position"],
+                                 kind=gate_kind, seed=seed, metadata=metadata)
+    other_kind = "mlp" if gate_kind == "logistic" else "logistic"
+    _, other_report = fit_gate(x, labelled.labels, split, layer=chosen["layer"], position=chosen["position"],
+                               kind=other_kind, seed=seed)
+    gate.save(out / "gate" / "gate.safetensors")
+    _say(f"gate: block {gate.layer}, {gate.position} token(s), held-out AUC {gate_report['auc']:.2f}, "
+         f"threshold {gate.threshold:.3f} routes {gate_report['route_rate']:.0%} of held-out queries")
+
+    quality = _routing_quality(model, tokenizer, gate, x, labelled, split, out, seed)
+    from figures import prism as plots
+    from figures import save_figure
+
+    save_figure(plots.gate_sweep(rows, quality), out / "gate" / "sweep.png")
+    adapters = _adapters(model, tokenizer, samples, gate.layer, distill_config, out, progress)
+    steering_layer = max(gate.layer + 1, n_layers // 2) if steering_layer is None else steering_layer
+    if not gate.layer < steering_layer < n_layers:
+        raise ToolkitError(f"the steering block must lie after the gate's block {gate.layer} and below {n_layers}")
+    vector = persona_shift(model, tokenizer, [s for s in samples if s.label == 1] or samples, steering_layer,
+                           distill_config.persona_length)
+    save_tensors(out / "steering.safetensors", {"vector": vector},
+                 {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name,
+                  "n": sum(s.label for s in samples) or len(samples)})
+    labels_bootstrap = np.array([s.label for s in samples])
+    summary = {
+        "labels": labels, "split": split_kind, "n_gate_queries": len(labelled.queries),
+        "gate": {"layer": gate.layer, "position": gate.position, "kind": gate.kind, "threshold": gate.threshold,
+                 "parameters": gate.n_parameters, **gate_report},
+        "other_kind": {"kind": other_kind, **other_report},
+        "sweep_best": chosen, "routing_quality": quality,
+        "bootstrap_labels": {"n": len(samples), "persona_wins": float(labels_bootstrap.mean()),
+                             "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples]))},
+        "adapters": adapters, "steering": {"layer": steering_layer, "norm": float(vector.norm())},
+    }
+    write_json(out / "train.json", summary)
+    return summary
+
+
+def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, length: str = "min",
+                  batch_size: int = 8) -> torch.Tensor:
+    """Mean over samples of (persona prompt - plain prompt) residual after ``layer`` at the last token."""
+    shifts = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        runs = []
+        for condition in (lambda s: Condition(s.persona, length, "system"), lambda s: Condition("none")):
+            ids = [encode(tokenizer, render(tokenizer, s.query, condition(s))) for s in chunk]
+            residual = capture_residuals(model, right_pad(ids, tokenizer.pad_token_id), [layer])[layer]
+            runs.append(residual[torch.arange(len(ids)), torch.tensor([len(i) - 1 for i in ids])])
+        shifts.append(runs[0] - runs[1])
+    return torch.cat(shifts).mean(dim=0)
+
+
+def _routing_quality(model, tokenizer, gate, x, labelled: LabelledPrompts, split, out: Path, seed: int) -> dict:
+    """Held-out AUC with 95% CIs: the in-model gate, the MiniLM router and self-classification,
+    all on the same labels and split; their calibrated thresholds are saved for routing."""
+    train, test = split.train, split.test
+    y_test = labelled.labels[test]
+    queries = np.array(labelled.queries, dtype=object)
+    embedding = EmbeddingRouter().fit(list(queries[train]), labelled.labels[train], seed=seed)
+    embedding_scores = embedding.scores(list(queries[test]))
+    embedding.threshold = balanced_threshold(embedding_scores, y_test)
+    embedding.save(out / "baselines" / "embedding.safetensors")
+    asker = SelfClassifyRouter(model, tokenizer)
+    asked = asker.scores(list(queries[test]))
+    threshold = balanced_threshold(asked, y_test)
+    write_json(out / "baselines" / "self_classify.json", {"threshold": threshold, "labels": labelled.source})
+    return {
+        "n_test": int(len(test)),
+        "gate": _auc_with_ci(y_test, gate.probability(x[test]), seed),
+        "embedding": {**_auc_with_ci(y_test, embedding_scores, seed), "parameters": embedding.encoder.n_parameters},
+        "self_classify": _auc_with_ci(y_test, asked, seed),
+    }
+
+
+def _auc_with_ci(y: np.ndarray, scores: np.ndarray, seed: int, n_resamples: int = 1000) -> dict:
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        draw = rng.integers(0, len(y), len(y))
+        if len(set(y[draw].tolist())) == 2:
+            values.append(roc_auc_score(y[draw], scores[draw]))
+    low, high = np.quantile(values, [0.025, 0.975])
+    return {"auc": float(roc_auc_score(y, scores)), "low": float(low), "high": float(high), "n": int(len(y))}
+
+
+def _adapters(model, tokenizer, samples: Sequence[Sample], gate_layer: int, config: DistillConfig, out: Path,
+              progress: bool) -> dict:
+    from dataclasses import replace
+
+    config = replace(config, first_block=gate_layer + 1)
+    winners = [s for s in samples if s.label == 1]
+    if not winners:
+        raise ToolkitError("no bootstrapped query was won by its persona: nothing to distil into the gated adapter "
+                           "(bootstrap more queries per persona)")
+    report = {}
+    for name, chosen in ((GATED, winners), (UNGATED, list(samples))):
+        _say(f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1})")
+        info = distill(model, tokenizer, chosen, name, config, progress=progress)
+        save_adapter(model, name, out / "adapters" / name, info["peft_config"], info)
+        per_epoch = max(1, info["steps"] // config.epochs)
+        report[name] = {"n_samples": info["n_samples"], "steps": info["steps"],
+                        "first_epoch_loss": float(np.mean(info["losses"][:per_epoch])),
+                        "last_epoch_loss": float(np.mean(info["losses"][-per_epoch:]))}
+    return report
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

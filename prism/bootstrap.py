@@ -43,6 +43,7 @@ QUERY_REQUEST = ("Write one question or request that a user might bring to you, 
 VERDICT_REQUEST = ("Here is a user's request and two responses to it.\n\nRequest: {query}\n\nResponse A: {first}\n\n"
                    "Response B: {second}\n\nWhich response is more helpful, accurate and appropriate? Answer A or B.")
 VERDICT_PREFIX = "The better response is"
+VERDICT_RULES = ("both", "debiased")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,19 @@ class Sample:
 
     @property
     def label(self) -> int:
+        """The paper's rule: 1 only if the persona wins in both orders."""
         return int(self.persona_first_wins and self.persona_second_wins)
+
+    @property
+    def debiased_label(self) -> int:
+        """1 if the persona's preference summed over both orders is positive: a judge's fixed
+        preference for one position cancels out."""
+        return int(sum(self.margins) > 0)
+
+    def verdict(self, rule: str) -> int:
+        if rule not in VERDICT_RULES:
+            raise ToolkitError(f"unknown verdict rule {rule!r}: use one of {', '.join(VERDICT_RULES)}")
+        return self.label if rule == "both" else self.debiased_label
 
 
 def run_bootstrap(out: str | Path, model, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
@@ -122,12 +135,14 @@ def load_samples(path: str | Path) -> list[Sample]:
 
 def summarise(samples: Sequence[Sample], seed: int = 0) -> dict:
     """Persona win rates with 95% CIs, overall and per persona, and how often the two orders
-    agree (a judge that only follows position agrees rarely)."""
+    agree (a judge that only follows position never agrees with itself: the persona then wins
+    as A and loses as B, or the reverse, every time)."""
     def rates(group: Sequence[Sample]) -> dict:
         win = bootstrap_mean([s.label for s in group], seed=seed)
         first = np.array([s.persona_first_wins for s in group])
         second = np.array([s.persona_second_wins for s in group])
         return {"n": win.n, "win_rate": win.mean, "low": win.low, "high": win.high,
+                "debiased_win_rate": float(np.mean([s.debiased_label for s in group])),
                 "order_agreement": float((first == second).mean()), "wins_as_A": float(first.mean()),
                 "wins_as_B": float(second.mean())}
 

@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prism_dir(train)
     train.add_argument("--labels", default="bootstrap", choices=("bootstrap", "intents"),
                        help="gate labels: the bootstrap's persona wins (the paper) or intents (knowledge -> base; default: bootstrap)")
+    train.add_argument("--verdict", default="both", choices=("both", "debiased"),
+                       help="bootstrap label rule: the persona wins both orders (the paper; default), or its preference summed over both orders is positive")
     train.add_argument("--gate", default="logistic", choices=("logistic", "mlp"), help="gate kind (default: logistic probe)")
     train.add_argument("--max-block", type=int, default=3, help="sweep the gate over blocks 0..k (default: 3)")
     train.add_argument("--layer", type=int, help="fix the gate's block instead of choosing it by held-out AUC")
@@ -410,7 +412,7 @@ def _prism(args: argparse.Namespace) -> int:
 
         if args.rank < 1 or args.epochs < 1:
             raise ToolkitError("--rank and --epochs must be at least 1")
-        summary = pipeline.train(args.out, labels=args.labels, gate_kind=args.gate, max_block=args.max_block, layer=args.layer,
+        summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block, layer=args.layer,
                                  position=args.position, per_intent=args.per_intent, compare_budget=args.budget,
                                  distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, seed=args.seed),
                                  seed=args.seed)

@@ -55,7 +55,8 @@ ROUTERS = ("probe gate", "MiniLM", "self-classify")
 EXPERT = {"capitals": Condition("humanities"), "harmbench": Condition("safety-monitor"), "mtbench": Condition("expert")}
 DATASETS = ("capitals", "harmbench", "mtbench")
 SCALE = {"accuracy": 100.0, "refusal": 100.0, "judge": 10.0}
-METRIC = {"capitals": "accuracy", "harmbench": "refusal", "mtbench": "judge"}
+ROUTER_OF = {"PRISM": "probe gate", "probe -> steering": "probe gate", "probe -> persona prompt": "probe gate",
+             "MiniLM -> LoRA": "MiniLM", "self-classify -> LoRA": "self-classify"}
 
 
 @dataclass(frozen=True)
@@ -118,44 +119,38 @@ class _Evaluator:
         return rows
 
     def _run(self, system: str, dataset: str, items: Sequence[Item]) -> list[dict]:
-        plain = Condition("none")
-        expert = EXPERT[dataset]
+        plain, expert = Condition("none"), EXPERT[dataset]
+        n = len(items)
         if system == "base":
-            return self._answer(dataset, items, [plain] * len(items))
+            return self._answer(dataset, items, [plain] * n)
         if system == "expert prompt":
-            return self._answer(dataset, items, [expert] * len(items))
+            return self._answer(dataset, items, [expert] * n)
         if system == "ungated LoRA":
             use_adapter(self.model, UNGATED)
             try:
-                return self._answer(dataset, items, [plain] * len(items), route=True)
+                return self._answer(dataset, items, [plain] * n, route=True)
             finally:
                 use_adapter(self.model, None)
-        if system in ("PRISM", "probe -> steering"):
-            options = {"adapter": GATED} if system == "PRISM" else {"steering": self.steering}
-            routed = Routed(self.model, self.gate, **options)
-            rows = self._answer(dataset, items, [plain] * len(items), context=routed)
-            for row, prompt in zip(rows, row_prompts(self.tokenizer, items, [plain] * len(items), dataset)):
-                row["score"], row["routed"] = routed.decision(encode(self.tokenizer, prompt))
-            return rows
-        router = {"probe -> persona prompt": "probe gate", "MiniLM -> LoRA": "MiniLM",
-                  "self-classify -> LoRA": "self-classify"}[system]
-        scores, routes = self.routes(router, items)
+        router = ROUTER_OF[system]
         if system == "probe -> persona prompt":
-            rows = self._answer(dataset, items, [expert if r else plain for r in routes])
-        else:
-            rows = [None] * len(items)
-            for on in (True, False):
-                chosen = [i for i in range(len(items)) if routes[i] == on]
-                if not chosen:
-                    continue
-                use_adapter(self.model, GATED if on else None)
-                try:
-                    for i, row in zip(chosen, self._answer(dataset, [items[i] for i in chosen], [plain] * len(chosen))):
-                        rows[i] = row
-                finally:
-                    use_adapter(self.model, None)
-        for row, score, route in zip(rows, scores, routes):
-            row["score"], row["routed"] = float(score), bool(route)
+            scores, routes = self.routes(router, items)
+            rows = self._answer(dataset, items, [expert if route else plain for route in routes])
+            for row, score, route in zip(rows, scores, routes):
+                row["score"], row["routed"] = float(score), bool(route)
+            return rows
+        prompts = row_prompts(self.tokenizer, items, [plain] * n, dataset)
+        scores, decisions = None, None
+        if router != "probe gate" or dataset == "capitals":
+            # another router decides, or the prompt ends with an answer stem (an evaluation
+            # device after the query): decide on the query's own prompt, route in the answering pass
+            scores, routes = self.routes(router, items)
+            decisions = {tuple(encode(self.tokenizer, p)): bool(r) for p, r in zip(prompts, routes)}
+        options = {"steering": self.steering} if system == "probe -> steering" else {"adapter": GATED}
+        routed = Routed(self.model, self.gate, decisions=decisions, **options)
+        rows = self._answer(dataset, items, [plain] * n, context=routed)
+        for index, (row, prompt) in enumerate(zip(rows, prompts)):
+            probability, route = routed.decision(encode(self.tokenizer, prompt))
+            row["score"], row["routed"] = (float(scores[index]) if scores is not None else probability), route
         return rows
 
     def _answer(self, dataset: str, items: Sequence[Item], conditions: Sequence[Condition], *, context=None,
@@ -344,9 +339,13 @@ def _report(out: Path, summary: dict, plan: CompareBudget, figures: Sequence[str
                      f"(Cohen's kappa {row['kappa']:+.2f}).")
     if summary["correlation"]:
         p, s = summary["correlation"]["pearson"], summary["correlation"]["spearman"]
-        lines += ["", f"Per category, the share PRISM routes to the adapter vs the persona's effect there "
-                      f"({len(summary['categories'])} categories): Pearson {_ci(p['mean'], p['low'], p['high'], 2)}, "
-                      f"Spearman {_ci(s['mean'], s['low'], s['high'], 2)} (the paper: 0.65 and 0.75)."]
+        lead = (f"Per category, the share PRISM routes to the adapter vs the persona's effect there "
+                f"({len(summary['categories'])} categories): ")
+        if np.isfinite(p["mean"]):
+            lines += ["", lead + f"Pearson {_ci(p['mean'], p['low'], p['high'], 2)}, "
+                                 f"Spearman {_ci(s['mean'], s['low'], s['high'], 2)} (the paper: 0.65 and 0.75)."]
+        else:
+            lines += ["", lead + "undefined: the route share or the persona's effect is the same in every category."]
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

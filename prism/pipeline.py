@@ -48,7 +48,8 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
     return summarise(samples, config.seed)
 
 
-def train(out: str | Path, *, model_name: str | None = None, labels: str = "bootstrap", gate_kind: str = "logistic",
+def train(out: str | Path, *, model_name: str | None = None, labels: str = "bootstrap", verdict: str = "both",
+          gate_kind: str = "logistic",
           max_block: int = 3, layer: int | None = None, position: str | None = None,
           distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, compare_budget: str = "default",
           seed: int = 0, progress: bool = True) -> dict:
@@ -56,7 +57,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     if compare_budget not in COMPARE_BUDGETS:
         raise ToolkitError(f"unknown comparison budget {compare_budget!r}: use one of {', '.join(COMPARE_BUDGETS)}")
     model, tokenizer = _load(_model_for(out, model_name))
-    return run_training(out, model, tokenizer, labels=labels, gate_kind=gate_kind, max_block=max_block, layer=layer,
+    return run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block, layer=layer,
                         position=position, distill_config=distill_config, per_intent=per_intent,
                         exclude=evaluation_queries(COMPARE_BUDGETS[compare_budget], seed), seed=seed, progress=progress)
 

@@ -17,7 +17,7 @@ activations whatever the route. Every decision is recorded by the prompt's token
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,18 +33,20 @@ _BLOCK = "model.layers."
 class Routed:
     """Context manager: gate-routed adapter or steering on the bridged model (see module doc).
 
-    ``force`` (True/False) overrides every decision: the same machinery with a fixed route,
-    for the always-on and never-on baselines."""
+    ``decisions`` maps a prompt's token ids to its route, decided elsewhere (another router, or
+    the gate on another rendering of the query): the same machinery without reading the gate."""
 
     def __init__(self, model, gate: Gate, *, adapter: str | None = None,
-                 steering: tuple[int, torch.Tensor] | None = None, force: bool | None = None) -> None:
+                 steering: tuple[int, torch.Tensor] | None = None,
+                 decisions: Mapping[tuple[int, ...], bool] | None = None) -> None:
         if (adapter is None) == (steering is None):
             raise ToolkitError("route to exactly one of an adapter or a steering vector")
         if not 0 <= gate.layer < model.cfg.n_layers:
             raise ToolkitError(f"the gate reads block {gate.layer}, but this model has {model.cfg.n_layers} blocks")
         if steering is not None and not gate.layer < steering[0] < model.cfg.n_layers:
             raise ToolkitError(f"steering after block {steering[0]} must come after the gate's block {gate.layer}")
-        self.model, self.gate, self.adapter, self.steering, self.force = model, gate, adapter, steering, force
+        self.model, self.gate, self.adapter, self.steering = model, gate, adapter, steering
+        self.given = dict(decisions) if decisions is not None else None
         self.decisions: dict[tuple[int, ...], tuple[float, bool]] = {}
         self._routes: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
@@ -114,7 +116,15 @@ class Routed:
             weights = mask.to(activation.dtype)[..., None]
             features = (activation * weights).sum(1) / weights.sum(1)
         probability = torch.sigmoid(self.gate.logit(features.detach()))
-        routes = probability >= self.gate.threshold if self.force is None else torch.full((batch,), self.force)
+        routes = probability >= self.gate.threshold
+        if self.given is not None:
+            if self._ids is None:
+                raise ToolkitError("given decisions need the prompts' token ids: pass input_ids to the model")
+            keys = [tuple(self._ids[row][mask[row]].tolist()) for row in range(batch)]
+            missing = [key for key in keys if key not in self.given]
+            if missing:
+                raise ToolkitError(f"no routing decision was given for a prompt of {len(missing[0])} tokens")
+            routes = torch.tensor([bool(self.given[key]) for key in keys])
         self._routes = routes.to(activation.dtype)
         if self._ids is not None:
             for row in range(batch):

@@ -42,13 +42,17 @@ LABEL_SOURCES = ("bootstrap", "intents")
 GATED, UNGATED = "prism", "sft"
 
 
-def labelled_prompts(source: str, samples: Sequence[Sample], *, per_intent: int = 64, seed: int = 0,
-                     exclude: set[str] = frozenset()) -> LabelledPrompts:
-    """Gate training data: bootstrap verdicts (group = persona) or intents (group = subject or
-    category), leaving out any query in ``exclude`` (the evaluation's items)."""
+MIN_PER_ROUTE = 4
+
+
+def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "both", per_intent: int = 64,
+                     seed: int = 0, exclude: set[str] = frozenset()) -> LabelledPrompts:
+    """Gate training data: bootstrap verdicts under ``verdict`` (group = persona) or intents
+    (group = subject or category), leaving out any query in ``exclude`` (the evaluation's items)."""
     if source == "bootstrap":
         kept = [s for s in samples if s.query not in exclude]
-        return LabelledPrompts([s.query for s in kept], np.array([s.label for s in kept]), [s.persona for s in kept], source)
+        return LabelledPrompts([s.query for s in kept], np.array([s.verdict(verdict) for s in kept]),
+                               [s.persona for s in kept], f"bootstrap ({verdict})")
     if source == "intents":
         queries = [q for q in intent_queries(per_intent, seed=seed) if q.item.prompt not in exclude]
         return LabelledPrompts([q.item.prompt for q in queries], np.array([int(q.intent != "knowledge") for q in queries]),
@@ -56,7 +60,8 @@ def labelled_prompts(source: str, samples: Sequence[Sample], *, per_intent: int 
     raise ToolkitError(f"unknown label source {source!r}: use one of {', '.join(LABEL_SOURCES)}")
 
 
-def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap", gate_kind: str = "logistic",
+def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap", verdict: str = "both",
+                 gate_kind: str = "logistic",
                  max_block: int = 3, layer: int | None = None, position: str | None = None,
                  distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, steering_layer: int | None = None,
                  exclude: set[str] = frozenset(), seed: int = 0, progress: bool = True) -> dict:
@@ -69,10 +74,13 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         raise ToolkitError(f"--layer {layer} is outside the swept blocks 0..{max_block}")
     if position is not None and position not in READ_POSITIONS:
         raise ToolkitError(f"unknown read position {position!r}: use one of {', '.join(READ_POSITIONS)}")
-    labelled = labelled_prompts(labels, samples, per_intent=per_intent, seed=seed, exclude=exclude)
-    if len(set(labelled.labels.tolist())) < 2:
-        raise ToolkitError(f"every {labels} label is {labelled.labels[0]}: the gate needs both routes "
-                           "(bootstrap more queries, or train on --labels intents)")
+    labelled = labelled_prompts(labels, samples, verdict=verdict, per_intent=per_intent, seed=seed, exclude=exclude)
+    counts = np.bincount(labelled.labels, minlength=2)
+    if counts.min() < MIN_PER_ROUTE:
+        agreement = np.mean([s.persona_first_wins == s.persona_second_wins for s in samples])
+        raise ToolkitError(f"{labelled.source} labels give {counts[1]} persona-path and {counts[0]} base-path queries; the gate "
+                           f"needs {MIN_PER_ROUTE}+ of each (the self-verdicts agree across orders on {agreement:.0%} of queries): "
+                           "use --verdict debiased, --labels intents, or bootstrap more queries")
     split, split_kind = split_for(labelled, seed)
     _say(f"gate data: {len(labelled.queries)} {labels}-labelled queries ({labelled.labels.mean():.0%} persona path); "
          f"split: {split_kind}, {len(split.train)} train / {len(split.test)} held out")
@@ -102,23 +110,31 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     from figures import save_figure
 
     save_figure(plots.gate_sweep(rows, quality), out / "gate" / "sweep.png")
-    adapters = _adapters(model, tokenizer, samples, gate.layer, distill_config, out, progress)
+    if labels == "bootstrap":
+        routes = np.array([s.verdict(verdict) for s in samples])
+    else:  # the samples the intent gate sends to the persona path are the ones to distil
+        sample_x = gate_features(model, tokenizer, [s.query for s in samples], [gate.layer], gate.position,
+                                 out / "gate" / "sample_features", progress=progress)[gate.layer]
+        routes = gate.route(sample_x).astype(int)
+    adapters = _adapters(model, tokenizer, samples, routes, gate.layer, distill_config, out, progress)
     steering_layer = max(gate.layer + 1, n_layers // 2) if steering_layer is None else steering_layer
     if not gate.layer < steering_layer < n_layers:
         raise ToolkitError(f"the steering block must lie after the gate's block {gate.layer} and below {n_layers}")
-    vector = persona_shift(model, tokenizer, [s for s in samples if s.label == 1] or samples, steering_layer,
-                           distill_config.persona_length)
+    persona_path = [s for s, route in zip(samples, routes) if route]
+    vector = persona_shift(model, tokenizer, persona_path, steering_layer, distill_config.persona_length)
     save_tensors(out / "steering.safetensors", {"vector": vector},
-                 {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name,
-                  "n": sum(s.label for s in samples) or len(samples)})
+                 {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name, "n": len(persona_path)})
     labels_bootstrap = np.array([s.label for s in samples])
     summary = {
-        "labels": labels, "split": split_kind, "n_gate_queries": len(labelled.queries),
+        "labels": labelled.source, "split": split_kind, "n_gate_queries": len(labelled.queries),
+        "gate_label_share": float(labelled.labels.mean()),
         "gate": {"layer": gate.layer, "position": gate.position, "kind": gate.kind, "threshold": gate.threshold,
                  "parameters": gate.n_parameters, **gate_report},
         "other_kind": {"kind": other_kind, **other_report},
         "sweep_best": chosen, "routing_quality": quality,
         "bootstrap_labels": {"n": len(samples), "persona_wins": float(labels_bootstrap.mean()),
+                             "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
+                             "distilled": int(routes.sum()),
                              "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples]))},
         "adapters": adapters, "steering": {"layer": steering_layer, "norm": float(vector.norm())},
     }
@@ -174,15 +190,16 @@ def _auc_with_ci(y: np.ndarray, scores: np.ndarray, seed: int, n_resamples: int 
     return {"auc": float(roc_auc_score(y, scores)), "low": float(low), "high": float(high), "n": int(len(y))}
 
 
-def _adapters(model, tokenizer, samples: Sequence[Sample], gate_layer: int, config: DistillConfig, out: Path,
-              progress: bool) -> dict:
+def _adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,
+              out: Path, progress: bool) -> dict:
+    """The gated adapter on the persona-path samples, the ungated one on all of them."""
     from dataclasses import replace
 
     config = replace(config, first_block=gate_layer + 1)
-    winners = [s for s in samples if s.label == 1]
+    winners = [s for s, route in zip(samples, routes) if route]
     if not winners:
-        raise ToolkitError("no bootstrapped query was won by its persona: nothing to distil into the gated adapter "
-                           "(bootstrap more queries per persona)")
+        raise ToolkitError("no bootstrapped query is on the persona path: nothing to distil into the gated adapter "
+                           "(bootstrap more queries per persona, or use other labels)")
     report = {}
     for name, chosen in ((GATED, winners), (UNGATED, list(samples))):
         _say(f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1})")

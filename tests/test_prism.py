@@ -173,3 +173,18 @@ def test_bootstrap_labels_need_both_orders_and_queries_are_cleaned():
     summary = summarise([first_only, both, both, first_only, both])
     assert summary["overall"]["win_rate"] == pytest.approx(0.6)
     assert summary["overall"]["order_agreement"] == pytest.approx(0.6)
+
+
+def test_given_decisions_route_rows_without_the_gates_verdict(trained):
+    model, tokenizer, gate, _ = trained
+    prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
+    keys = [tuple(encode(tokenizer, prompt)) for prompt in prompts]
+    with Routed(model, gate, adapter="prism") as by_gate:
+        score_choices(model, tokenizer, prompts, [[" yes", " no"]] * 6, [0] * 6, share_prefix=False, progress=False)
+    flipped = {key: not by_gate.decision(key)[1] for key in keys}
+    with Routed(model, gate, adapter="prism", decisions=flipped) as given:
+        score_choices(model, tokenizer, prompts, [[" yes", " no"]] * 6, [0] * 6, share_prefix=False, progress=False)
+    assert [given.decision(key)[1] for key in keys] == [flipped[key] for key in keys]
+    with pytest.raises(ToolkitError, match="no routing decision was given"):
+        with Routed(model, gate, adapter="prism", decisions={keys[0]: True}):
+            score_choices(model, tokenizer, prompts[1:2], [[" yes", " no"]], [0], share_prefix=False, progress=False)

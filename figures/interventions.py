@@ -111,7 +111,7 @@ def attention_to_persona(rows: Sequence[Mapping]) -> Figure:
                  label="persona's share of the tokens (uniform attention)")
     left.set_xlabel("block")
     left.set_ylabel("attention mass (mean over heads and items)")
-    left.legend(fontsize=8, frameon=False)
+    left.legend(fontsize=8, frameon=False, loc="center right")
     right.plot(layers, [r["pearson"] for r in rows], marker="o", color="#08519c", label="attention to persona")
     right.fill_between(layers, [r["low"] for r in rows], [r["high"] for r in rows], color="#08519c", alpha=0.15)
     share = rows[0]

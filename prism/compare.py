@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -192,16 +193,17 @@ def run_compare(prism_dir: str | Path, model, tokenizer, *, budget: str | Compar
     items = evaluation_items(plan, seed)
     evaluator = _Evaluator(model, tokenizer, prism_dir, plan, seed, batch_size)
     cells: dict[tuple[str, str], list[dict]] = {}
+    trained = _fingerprint(prism_dir)
     jobs = [(system, dataset) for system in systems for dataset in DATASETS]
     for system, dataset in tqdm(jobs, desc="compare", unit="cell", disable=not progress):
         path = out / "cells" / f"{_slug(system)}__{dataset}.json"
         if path.is_file():
             cached = json.loads(path.read_text(encoding="utf-8"))
-            if cached.get("budget") == asdict(plan) and cached.get("seed") == seed:
+            if cached.get("budget") == asdict(plan) and cached.get("seed") == seed and cached.get("trained") == trained:
                 cells[(system, dataset)] = cached["rows"]
                 continue
         cells[(system, dataset)] = evaluator.run(system, dataset, items[dataset])
-        write_json(path, {"system": system, "dataset": dataset, "budget": asdict(plan), "seed": seed,
+        write_json(path, {"system": system, "dataset": dataset, "budget": asdict(plan), "seed": seed, "trained": trained,
                           "rows": cells[(system, dataset)]})
     routes = {router: evaluator.routes(router, [i for d in DATASETS for i in items[d]])[1] for router in ROUTERS}
     summary = summarise(cells, systems, items, routes, seed)
@@ -214,6 +216,19 @@ def run_compare(prism_dir: str | Path, model, tokenizer, *, budget: str | Compar
     return summary
 
 
+def _fingerprint(prism_dir: Path) -> str:
+    """A hash of the trained artefacts: cells computed with other ones are not reused."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted([prism_dir / "gate" / "gate.safetensors", prism_dir / "steering.safetensors",
+                        *(prism_dir / "adapters").glob("*/adapter_model.safetensors"),
+                        *(prism_dir / "baselines").glob("*")]):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _values(rows: list[dict], dataset: str) -> np.ndarray:
     if dataset == "capitals":
         return np.array([row["correct"] for row in rows]) * SCALE["accuracy"]
@@ -223,6 +238,12 @@ def _values(rows: list[dict], dataset: str) -> np.ndarray:
 
 
 def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 0) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a data set without one parsable rating gives NaN, not noise
+        return _summarise(cells, systems, items, routes, seed)
+
+
+def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int) -> dict:
     rng = np.random.default_rng(seed)
     table, rates = [], []
     base = {d: _values(cells[("base", d)], d) for d in DATASETS if ("base", d) in cells}
@@ -238,6 +259,8 @@ def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 
             overall_draws += np.nanmean(values[rng.integers(0, len(values), (1000, len(values)))], axis=1) / len(DATASETS)
             if dataset in base and system != "base":
                 both = np.isfinite(values) & np.isfinite(base[dataset])
+                if not both.any():
+                    continue  # e.g. no rating could be parsed
                 diff = paired_difference(values[both], base[dataset][both], seed=seed)
                 row.update({f"{dataset}_vs_base": diff.mean, f"{dataset}_vs_base_low": diff.low,
                             f"{dataset}_vs_base_high": diff.high})

@@ -4,7 +4,8 @@ So far: a short persona-effect study (knowledge, refusal, instruction following 
 generation under a handful of persona conditions, with paired 95% CIs, tables, figures and a
 report), then a short probe study (where intent is decodable, layer by layer, against controls;
 persona directions), then a short causal run (activation patching, steering, ablation and the
-logit lens on capital-city questions), each with its figures and report.
+logit lens on capital-city questions), each with its figures and report, and a short PRISM run
+(bootstrap, probe gate, gated LoRA, routed comparison against the baselines).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import time
 from pathlib import Path
 
 from interventions.intervene import run_interventions, spread_layers
+from prism import pipeline
+from prism.bootstrap import BootstrapConfig
+from prism.compare import format_table
+from prism.distill import DistillConfig
 from interventions.study import run_study
 from interventions.study_report import summarise_study
 from probes.models import model_slug
@@ -52,6 +57,22 @@ def run_demo(out: Path, *, model_name: str = "default") -> Path:
           f"(n={effects['n']}); decisive patch: block {best['layer']}, {best['group']} tokens, "
           f"{best['fraction']:+.2f} [{best['low']:+.2f}, {best['high']:+.2f}] recovered")
     print(f"patching heatmap: {out / 'intervene' / 'figures' / 'patching_heatmap.png'}; report: {out / 'intervene' / 'report.md'}")
+
+    _say("4. PRISM, short run (prism bootstrap --queries-per-persona 2; prism train --labels intents; prism compare --budget smoke)")
+    prism_dir = out / "prism"
+    verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2), progress=True)
+    overall = verdicts["overall"]
+    print(f"bootstrap: the persona won both orders on {overall['win_rate']:.0%} of {overall['n']} self-written queries; "
+          f"the two orders agreed on {overall['order_agreement']:.0%} (a judge that follows position agrees on 0%)")
+    trained = pipeline.train(prism_dir, labels="intents", per_intent=32, compare_budget="smoke",
+                             distill_config=DistillConfig(epochs=1), progress=True)
+    quality = trained["routing_quality"]
+    print(f"gate: block {trained['gate']['layer']}, {trained['gate']['position']} token(s); held-out AUC "
+          f"{quality['gate']['auc']:.2f} [{quality['gate']['low']:.2f}, {quality['gate']['high']:.2f}] vs MiniLM router "
+          f"{quality['embedding']['auc']:.2f} [{quality['embedding']['low']:.2f}, {quality['embedding']['high']:.2f}] (n={quality['n_test']})")
+    compared = pipeline.compare(prism_dir, budget="smoke", progress=True)
+    print(format_table(compared["table"]))
+    print(f"PRISM report: {prism_dir / 'compare' / 'report.md'}")
     _say(f"done in {time.perf_counter() - start:.0f}s; results in {out}")
     return out
 

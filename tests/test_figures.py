@@ -101,3 +101,46 @@ def test_probe_curves_show_every_kind_and_both_controls_per_split():
     names = ["a", "b", "c"]
     heat = probe_plots.cosine_heatmap(names, np.eye(3), "cosines")
     assert heat.axes[0].images[0].get_array().shape == (3, 3)
+
+
+def _system(name, value):
+    row = {"system": name}
+    for key in ("capitals", "harmbench", "mtbench", "overall"):
+        row.update({key: value, f"{key}_low": value - 5, f"{key}_high": value + 5})
+    return row
+
+
+def test_prism_comparison_draws_every_system_in_every_panel():
+    from figures import prism
+
+    table = [_system("base", 50.0), _system("PRISM", 55.0), _system("expert prompt", 45.0)]
+    fig = prism.comparison_bars(table)
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        assert len(_bars(ax)) == 3
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["base", "PRISM", "expert prompt"]
+
+
+def test_route_rates_and_routing_vs_effect_figures():
+    from figures import prism
+
+    rates = [{"system": s, "dataset": d, "route_rate": r, "n": 8}
+             for s, r in (("base", 0.0), ("PRISM", 0.5), ("MiniLM -> LoRA", 0.9)) for d in ("capitals", "harmbench")]
+    fig = prism.route_rates(rates)
+    assert len(_bars(fig.axes[0])) == 2 * 2  # routed systems only, one bar per data set
+    categories = [{"dataset": "capitals", "category": c, "n": 4, "route_share": s, "persona_effect": e}
+                  for c, s, e in (("Asia", 0.1, -3.0), ("Europe", 0.2, -1.0), ("Africa", 0.6, 2.0))]
+    correlation = {m: {"mean": 0.9, "low": 0.1, "high": 1.0, "n": 3} for m in ("pearson", "spearman")}
+    fig = prism.routing_vs_effect(categories, correlation)
+    assert "Pearson +0.90" in fig.axes[0].get_title() and len(fig.axes[0].collections) == 1
+
+
+def test_gate_sweep_plots_both_read_positions_with_controls():
+    from figures import prism
+
+    rows = [{"layer": l, "position": p, "auc": 0.8, "auc_low": 0.7, "auc_high": 0.9, "shuffled_auc": 0.5,
+             "random_auc": 0.55, "n_test": 30} for l in range(4) for p in ("last", "mean")]
+    quality = {"embedding": {"auc": 0.85, "low": 0.75, "high": 0.95}, "self_classify": {"auc": 0.6, "low": 0.5, "high": 0.7}}
+    fig = prism.gate_sweep(rows, quality)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert "probe, last token(s)" in labels and "shuffled labels (mean)" in labels and "MiniLM router (any block)" in labels

@@ -188,3 +188,32 @@ def test_given_decisions_route_rows_without_the_gates_verdict(trained):
     with pytest.raises(ToolkitError, match="no routing decision was given"):
         with Routed(model, gate, adapter="prism", decisions={keys[0]: True}):
             score_choices(model, tokenizer, prompts[1:2], [[" yes", " no"]], [0], share_prefix=False, progress=False)
+
+
+def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path):
+    from prism import pipeline
+    from prism.bootstrap import BootstrapConfig
+    from prism.compare import CompareBudget
+
+    out = tmp_path / "prism"
+    config = BootstrapConfig(queries_per_persona=2, query_tokens=12, answer_tokens=8)
+    summary = pipeline.bootstrap(out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "critic"],
+                                 progress=False)
+    assert summary["overall"]["n"] >= 3 and (out / "bootstrap" / "samples.jsonl").is_file()
+    budget = CompareBudget(capitals=4, harmbench=2, mtbench=2, refusal_tokens=4, answer_tokens=4)
+    trained = pipeline.train(out, labels="intents", per_intent=12, compare_budget=budget, max_block=1,
+                             distill_config=DistillConfig(epochs=1), progress=False)
+    assert trained["gate"]["layer"] <= 1 and (out / "adapters" / "prism" / "adapter_config.json").is_file()
+    assert set(trained["routing_quality"]) >= {"gate", "embedding", "self_classify"}
+    compared = pipeline.compare(out, budget=budget, progress=False)
+    assert [row["system"] for row in compared["table"]] == list(pipeline.SYSTEMS)
+    assert (out / "compare" / "report.md").read_text().startswith("# PRISM compared")
+    cells = sorted((out / "compare" / "cells").glob("*.json"))
+    assert len(cells) == 3 * len(pipeline.SYSTEMS)
+    before = [cell.stat().st_mtime_ns for cell in cells]
+    pipeline.compare(out, budget=budget, progress=False)  # every finished cell is reused
+    assert [cell.stat().st_mtime_ns for cell in cells] == before
+    answers = pipeline.route(out, ["What is the capital of Peru?", "Write a haiku about rain."], max_new_tokens=4)
+    assert [set(a) >= {"probability", "routed", "answer"} for a in answers] == [True, True]
+    with pytest.raises(ToolkitError, match="bootstrapped with model"):
+        pipeline.train(out, model_name="default")

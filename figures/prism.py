@@ -83,7 +83,7 @@ def routing_vs_effect(categories: Sequence[Mapping], correlation: Mapping) -> Fi
 def gate_sweep(rows: Sequence[Mapping], quality: Mapping | None = None) -> Figure:
     """Held-out AUC of the gate per block and read position, with both controls; the
     baseline routers' AUCs on the same split as horizontal bands."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for position, colour in (("last", "#08519c"), ("mean", "#d94801")):
         points = sorted((r for r in rows if r["position"] == position), key=lambda r: r["layer"])
         if not points:
@@ -101,10 +101,12 @@ def gate_sweep(rows: Sequence[Mapping], quality: Mapping | None = None) -> Figur
             ax.axhline(q["auc"], color=colour, linewidth=1, label=f"{'MiniLM router' if name == 'embedding' else 'self-classify'} (any block)")
     ax.axhline(0.5, color="black", linewidth=0.6)
     ax.set_xlabel("gate reads the residual after block")
+    ax.set_xticks(sorted({r["layer"] for r in rows}))
     ax.set_ylabel("held-out AUC")
-    ax.set_ylim(0.3, 1.02)
+    lowest = min([r[key] for r in rows for key in ("auc_low", "shuffled_auc", "random_auc")], default=0.3)
+    ax.set_ylim(min(0.3, lowest - 0.05), 1.02)
     n = rows[0]["n_test"] if rows else 0
     ax.set_title(f"Where the route is decodable (held-out n={n}; bands: 95% CI)", fontsize=10)
-    ax.legend(fontsize=7, frameon=False, loc="lower right", ncol=2)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig

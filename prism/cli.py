@@ -425,7 +425,8 @@ def _prism(args: argparse.Namespace) -> int:
             print(f"{name.replace('_', '-')} router on the same split: AUC {q['auc']:.2f} [{q['low']:.2f}, {q['high']:.2f}]")
     elif args.command == "route":
         for row in pipeline.route(args.out, args.prompts, via=args.via, persona=args.persona, max_new_tokens=args.max_new_tokens):
-            print(f"[gate p={row['probability']:.3f} -> {row['via']}] {row['prompt']}\n{row['answer']}\n")
+            sign = ">=" if row["routed"] else "<"
+            print(f"[gate p={row['probability']:.3f} {sign} {row['threshold']:.3f} -> {row['via']}] {row['prompt']}\n{row['answer']}\n")
     else:
         from prism.compare import SYSTEMS, format_table
 

@@ -86,6 +86,7 @@ def attach_adapter(model, name: str, config: DistillConfig) -> LoraConfig:
         if name in module.lora_A:
             module.lora_A[name].requires_grad_(True)
             module.lora_B[name].requires_grad_(True)
+    use_adapter(model, None)
     # the config users see names modules as in the plain model
     return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
                       layers_to_transform=blocks, layers_pattern="layers")
@@ -147,6 +148,7 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
     for parameter in parameters:
         parameter.requires_grad_(False)
+    use_adapter(model, None)  # the model is left as it was found: no adapter active
     return {"name": name, "n_samples": len(pairs), "steps": len(losses), "losses": losses, "config": asdict(config),
             "peft_config": _jsonable(peft_config.to_dict())}
 
@@ -223,7 +225,8 @@ def save_adapter(model, name: str, directory: str | Path, peft_config: dict, tra
 
 
 def load_adapter(model, name: str, directory: str | Path) -> dict:
-    """Attach a saved adapter to the bridged model as ``name``; returns its peft config."""
+    """Attach a saved adapter to the bridged model as ``name``, switched off (``use_adapter``
+    turns it on); returns its peft config."""
     directory = Path(directory)
     if not (directory / ADAPTER_CONFIG).is_file() or not (directory / ADAPTER_WEIGHTS).is_file():
         raise ToolkitError(f"no adapter at {directory} (expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}): train one with `prism train`")
@@ -257,4 +260,5 @@ def load_adapter(model, name: str, directory: str | Path) -> dict:
         raise ToolkitError(f"{directory} does not match this model ({str(error).splitlines()[0][:160]})") from error
     for parameter in model.original_model.parameters():
         parameter.requires_grad_(False)
+    use_adapter(model, None)  # loading never switches an adapter on
     return saved

@@ -119,6 +119,6 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
         with context:
             answers = generate(model, tokenizer, plain, max_new_tokens=max_new_tokens, progress=False)
         decisions = [context.decision(encode(tokenizer, prompt)) for prompt in plain]
-    return [{"prompt": prompt, "probability": probability, "routed": routed, "via": via if routed else "base model",
-             "answer": answer} for prompt, (probability, routed), answer in zip(prompts, decisions, answers)]
+    return [{"prompt": prompt, "probability": probability, "threshold": gate.threshold, "routed": routed,
+             "via": via if routed else "base model", "answer": answer} for prompt, (probability, routed), answer in zip(prompts, decisions, answers)]
 

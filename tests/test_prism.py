@@ -72,7 +72,12 @@ def test_adapters_round_trip_and_load_onto_the_plain_model(trained, tiny_llama_d
         assert (model.original_model(ids).logits - adapted).abs().max() > 1e-4
     save_adapter(model, "prism", tmp_path / "adapter", info["peft_config"], info)
     fresh, _ = load_model(tiny_llama_directory)
+    with torch.no_grad():
+        plain_logits = fresh.original_model(ids).logits
     load_adapter(fresh, "prism", tmp_path / "adapter")
+    load_adapter(fresh, "again", tmp_path / "adapter")
+    with torch.no_grad():  # loading never switches an adapter on
+        assert torch.equal(fresh.original_model(ids).logits, plain_logits)
     use_adapter(fresh, "prism")
     with torch.no_grad():
         assert torch.equal(fresh.original_model(ids).logits, adapted)

@@ -84,7 +84,7 @@ def gate_sweep(rows: Sequence[Mapping], quality: Mapping | None = None) -> Figur
     """Held-out AUC of the gate per block and read position, with both controls; the
     baseline routers' AUCs on the same split as horizontal bands."""
     fig, ax = plt.subplots(figsize=(9, 4))
-    for position, colour in (("last", "#08519c"), ("mean", "#d94801")):
+    for position, colour in (("last", "#08519c"), ("mean", "#d94801"), ("query", "#6a3d9a")):
         points = sorted((r for r in rows if r["position"] == position), key=lambda r: r["layer"])
         if not points:
             continue
@@ -94,7 +94,11 @@ def gate_sweep(rows: Sequence[Mapping], quality: Mapping | None = None) -> Figur
         ax.plot(layers, [r["shuffled_auc"] for r in points], linestyle=":", color=colour, label=f"shuffled labels ({position})")
         ax.plot(layers, [r["random_auc"] for r in points], linestyle="--", color=colour, alpha=0.6,
                 label=f"random direction ({position})")
-    for name, colour in (("embedding", "#238b45"), ("self_classify", "#6a51a3")):
+    length = next((r for r in rows if r["position"] == "length only"), None)
+    if length is not None:
+        ax.axhline(length["auc"], color="#969696", linestyle="-.", linewidth=1, label="prompt length alone")
+    rows = [r for r in rows if r["position"] != "length only"]
+    for name, colour in (("embedding", "#238b45"), ("self_classify", "#a6761d")):
         if quality and name in quality:
             q = quality[name]
             ax.axhspan(q["low"], q["high"], color=colour, alpha=0.12)
@@ -103,7 +107,7 @@ def gate_sweep(rows: Sequence[Mapping], quality: Mapping | None = None) -> Figur
     ax.set_xlabel("gate reads the residual after block")
     ax.set_xticks(sorted({r["layer"] for r in rows}))
     ax.set_ylabel("held-out AUC")
-    lowest = min([r[key] for r in rows for key in ("auc_low", "shuffled_auc", "random_auc")], default=0.3)
+    lowest = min([r[key] for r in rows for key in ("auc_low", "shuffled_auc", "random_auc") if np.isfinite(r[key])], default=0.3)
     ax.set_ylim(min(0.3, lowest - 0.05), 1.02)
     n = rows[0]["n_test"] if rows else 0
     ax.set_title(f"Where the route is decodable (held-out n={n}; bands: 95% CI)", fontsize=10)

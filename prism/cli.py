@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gate", default="logistic", choices=("logistic", "mlp"), help="gate kind (default: logistic probe)")
     train.add_argument("--max-block", type=int, default=3, help="sweep the gate over blocks 0..k (default: 3)")
     train.add_argument("--layer", type=int, help="fix the gate's block instead of choosing it by held-out AUC")
-    train.add_argument("--position", choices=("last", "mean"), help="fix the read position instead of choosing it")
+    train.add_argument("--position", choices=("last", "mean", "query"),
+                       help="fix the read position instead of choosing it between 'last' and 'query' (all three are swept)")
     train.add_argument("--per-intent", type=int, default=64, help="queries per intent with --labels intents (default: 64)")
     train.add_argument("--epochs", type=int, default=2, help="distillation epochs (default: 2)")
     train.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")

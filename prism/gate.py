@@ -2,7 +2,10 @@
 query, between the base model and the persona path.
 
 The gate reads the no-persona prompt of a query after block ``layer`` (``blocks.{layer}.hook_out``)
-at the last prompt token or as the mean over the prompt's tokens. ``fit_gate`` sweeps blocks
+at the last prompt token (``last``), as the mean over all the prompt's tokens (``mean``: the
+chat template's fixed tokens included, so it also carries the query's length), or as the mean
+over the query's own tokens (``query``: the template's fixed tokens before and after the query,
+counted once from the plain rendering, are left out). ``fit_gate`` sweeps blocks
 0..k and both read positions on a held-out split (whole label groups held out: personas for
 bootstrap labels, subjects and categories for intent labels), with a shuffled-label and a
 random-direction control, then fits the chosen read-out, calibrates its threshold on the
@@ -33,7 +36,7 @@ from probes.prompts import Condition, render
 from probes.recording import record_activations
 from probes.splits import Split, held_out_split, in_distribution_split
 
-READ_POSITIONS = ("last", "mean")
+READ_POSITIONS = ("last", "mean", "query")
 GATE_KINDS = ("logistic", "mlp")
 GATE_FILE_KIND = "prism-gate"
 
@@ -50,6 +53,7 @@ class Gate:
     tensors: dict[str, torch.Tensor]
     threshold: float = 0.5
     metadata: dict = field(default_factory=dict)
+    template: tuple[int, int] = (0, 0)  # fixed template tokens before and after the query ("query" read-out)
 
     def logit(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n"]:
         x = x.to(torch.float64)
@@ -76,7 +80,7 @@ class Gate:
     def save(self, path: str | Path) -> Path:
         return save_tensors(path, self.tensors, {**self.metadata, "file_kind": GATE_FILE_KIND, "kind": self.kind,
                                                  "layer": self.layer, "position": self.position,
-                                                 "threshold": self.threshold})
+                                                 "threshold": self.threshold, "template": list(self.template)})
 
     @classmethod
     def load(cls, path: str | Path) -> "Gate":
@@ -87,8 +91,9 @@ class Gate:
         if needed is None or not needed <= set(tensors):
             raise ToolkitError(f"{path} is a damaged gate file (kind {metadata.get('kind')!r}, tensors {sorted(tensors)})")
         extra = {key: value for key, value in metadata.items()
-                 if key not in ("file_kind", "kind", "layer", "position", "threshold")}
-        return cls(metadata["kind"], int(metadata["layer"]), metadata["position"], tensors, float(metadata["threshold"]), extra)
+                 if key not in ("file_kind", "kind", "layer", "position", "threshold", "template")}
+        return cls(metadata["kind"], int(metadata["layer"]), metadata["position"], tensors, float(metadata["threshold"]), extra,
+                   tuple(metadata.get("template", (0, 0))))
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,34 @@ def gate_features(model, tokenizer, queries: Sequence[str], layers: Sequence[int
             raise ToolkitError(f"block {layer} does not exist: the model has {model.cfg.n_layers} (0..{model.cfg.n_layers - 1})")
     prompts = [render(tokenizer, query, Condition("none")) for query in queries]
     hooks = [f"blocks.{layer}.hook_out" for layer in layers]
-    store = record_activations(model, tokenizer, prompts, Path(out) / position, hooks=hooks, positions=position,
+    store = record_activations(model, tokenizer, prompts, Path(out) / position, hooks=hooks,
+                               positions="all" if position == "query" else position,
                                batch_size=batch_size, progress=progress, overwrite=True)
-    return {layer: store.load(hook).double().numpy() for layer, hook in zip(layers, hooks)}
+    if position != "query":
+        return {layer: store.load(hook).double().numpy() for layer, hook in zip(layers, hooks)}
+    before, after = template_tokens(tokenizer)
+    offsets = store.offsets().tolist()
+    features = {}
+    for layer, hook in zip(layers, hooks):
+        rows = store.load(hook).double()
+        features[layer] = torch.stack([rows[start + before: max(start + before + 1, stop - after)].mean(dim=0)
+                                       for start, stop in zip(offsets[:-1], offsets[1:])]).numpy()
+    return features
+
+
+def template_tokens(tokenizer) -> tuple[int, int]:
+    """How many tokens the plain chat rendering puts before and after a query (fixed for a
+    tokenizer and template; checked on two queries)."""
+    from probes.prompts import encode, token_groups
+
+    counts = set()
+    for probe_query in ("What is the capital of France?", "Write a short poem about the sea, please."):
+        prompt = render(tokenizer, probe_query, Condition("none"))
+        query = token_groups(tokenizer, prompt)["query"]
+        counts.add((query[0], len(encode(tokenizer, prompt)) - query[-1] - 1))
+    if len(counts) != 1:
+        raise ToolkitError("this chat template does not wrap queries in fixed tokens: use the 'last' or 'mean' read-out")
+    return counts.pop()
 
 
 def split_for(labelled: LabelledPrompts, seed: int = 0) -> tuple[Split, str]:
@@ -127,11 +157,19 @@ def split_for(labelled: LabelledPrompts, seed: int = 0) -> tuple[Split, str]:
 
 
 def sweep(features: dict[tuple[int, str], np.ndarray], labelled: LabelledPrompts, split: Split, *, seed: int = 0,
-          progress: bool = True) -> list[dict]:
-    """Held-out AUC of a logistic gate at every (layer, position), with both controls."""
+          lengths: Sequence[int] | None = None, progress: bool = True) -> list[dict]:
+    """Held-out AUC of a logistic gate at every (layer, position), with both controls; with
+    ``lengths``, first a row (layer -1, position "length only") for the prompt length alone."""
     y = np.array([str(label) for label in labelled.labels])
     train = _oversampled(split.train, labelled.labels, seed)
     rows = []
+    if lengths is not None:  # a probe that sees nothing but the prompt's token count
+        length = np.log(np.asarray(lengths, dtype=float))[:, None]
+        only_length = score_probe(fit_probe("logistic", length[train], y[train], seed=seed), length[split.test], y[split.test],
+                                  seed=seed)
+        rows.append({"layer": -1, "position": "length only", "auc": only_length.auc, "auc_low": only_length.auc_low,
+                     "auc_high": only_length.auc_high, "accuracy": only_length.accuracy, "shuffled_auc": float("nan"),
+                     "random_auc": float("nan"), "n_train": len(train), "n_test": len(split.test)})
     for (layer, position), x in tqdm(sorted(features.items()), desc="gate sweep", unit="read-out", disable=not progress):
         probe = fit_probe("logistic", x[train], y[train], seed=seed)
         score = score_probe(probe, x[split.test], y[split.test], seed=seed)
@@ -143,15 +181,20 @@ def sweep(features: dict[tuple[int, str], np.ndarray], labelled: LabelledPrompts
     return rows
 
 
+CHOSEN_FROM = ("last", "query")  # "mean" is swept and shown, but it also encodes the prompt's length
+
+
 def choose(rows: Sequence[dict]) -> dict:
     """The read-out with the best held-out AUC; ties (within 0.005) go to the earlier block, then 'last'."""
+    if not rows:
+        raise ToolkitError("no gate read-out to choose from: check --layer and --position")
     best = max(row["auc"] for row in rows)
     near = [row for row in rows if row["auc"] >= best - 0.005]
     return min(near, key=lambda row: (row["layer"], READ_POSITIONS.index(row["position"])))
 
 
 def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, position: str, kind: str = "logistic",
-             seed: int = 0, metadata: dict | None = None) -> tuple[Gate, dict]:
+             seed: int = 0, metadata: dict | None = None, template: tuple[int, int] = (0, 0)) -> tuple[Gate, dict]:
     """Fit the gate on the training side (minority oversampled), calibrate its threshold on the
     held-out side; returns the gate and its held-out report."""
     if kind not in GATE_KINDS:
@@ -169,7 +212,7 @@ def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, pos
                    "w0": torch.as_tensor(mlp.coefs_[0]), "b0": torch.as_tensor(mlp.intercepts_[0]),
                    "w1": torch.as_tensor(mlp.coefs_[1]), "b1": torch.as_tensor(mlp.intercepts_[1])}
     gate = Gate(kind, layer, position, {k: v.to(torch.float32).contiguous() for k, v in tensors.items()},
-                metadata=dict(metadata or {}))
+                metadata=dict(metadata or {}), template=tuple(template))
     test_probability = gate.probability(x[split.test])
     gate.threshold = balanced_threshold(test_probability, labels[split.test])
     routed = test_probability >= gate.threshold

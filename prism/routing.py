@@ -2,7 +2,8 @@
 
 Inside ``Routed(model, gate, adapter=...)`` every forward pass that starts a sequence (no cache
 yet) is read after the gate's block: the gate scores each row (last real token, or the mean
-over real tokens, from the pass's attention mask) and fixes that row's route. The blocks after
+over real tokens, or over the query's own tokens, from the pass's attention mask) and fixes that
+row's route. The blocks after
 it then run with the route's intervention for the routed rows only, in the same pass:
 
 - ``adapter``: the LoRA adapter's update is multiplied by the row's route (0 or 1), so a batch
@@ -113,7 +114,8 @@ class Routed:
             last = seq - 1 - mask.flip(1).long().argmax(dim=1)
             features = activation[torch.arange(batch), last]
         else:
-            weights = mask.to(activation.dtype)[..., None]
+            read = _query_only(mask, *self.gate.template) if self.gate.position == "query" else mask
+            weights = read.to(activation.dtype)[..., None]
             features = (activation * weights).sum(1) / weights.sum(1)
         probability = torch.sigmoid(self.gate.logit(features.detach()))
         routes = probability >= self.gate.threshold
@@ -145,6 +147,14 @@ class Routed:
             return self.decisions[tuple(ids)]
         except KeyError:
             raise ToolkitError("no routing decision was recorded for this prompt: was it run inside the block?") from None
+
+
+def _query_only(mask: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Of each row's real positions, all but the first ``before`` and the last ``after`` (at least one)."""
+    rank = mask.long().cumsum(dim=1)  # 1-based rank of each real position
+    total = rank[:, -1:]
+    keep = mask & (rank > before) & (rank <= (total - after).clamp(min=before + 1))
+    return keep
 
 
 def _block_of(module_name: str) -> int:

@@ -29,7 +29,8 @@ from interventions.hooks import capture_residuals
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter, balanced_threshold
 from prism.bootstrap import Sample, load_samples
 from prism.distill import DistillConfig, distill, save_adapter
-from prism.gate import READ_POSITIONS, LabelledPrompts, choose, fit_gate, gate_features, split_for, sweep
+from prism.gate import (CHOSEN_FROM, READ_POSITIONS, LabelledPrompts, choose, fit_gate, gate_features, split_for,
+                        sweep, template_tokens)
 from probes.artefacts import save_tensors
 from probes.atomic import write_json
 from probes.batching import right_pad
@@ -91,13 +92,15 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         for block, x in gate_features(model, tokenizer, labelled.queries, layers, read, out / "gate" / "features",
                                       progress=progress).items():
             features[(block, read)] = x
-    rows = sweep(features, labelled, split, seed=seed, progress=progress)
+    lengths = [len(encode(tokenizer, render(tokenizer, query, Condition("none")))) for query in labelled.queries]
+    rows = sweep(features, labelled, split, seed=seed, lengths=lengths, progress=progress)
     write_table(out / "gate" / "sweep.csv", rows)
-    chosen = choose([r for r in rows if (layer is None or r["layer"] == layer) and (position is None or r["position"] == position)])
+    chosen = choose([r for r in rows if r["layer"] >= 0 and (layer is None or r["layer"] == layer)
+                     and (r["position"] == position if position else r["position"] in CHOSEN_FROM)])
     x = features[(chosen["layer"], chosen["position"])]
     metadata = {"model": model.cfg.model_name, "labels": labels, "split": split_kind}
     gate, gate_report = fit_gate(x, labelled.labels, split, layer=chosen["layer"], position=chosen["position"],
-                                 kind=gate_kind, seed=seed, metadata=metadata)
+                                 kind=gate_kind, seed=seed, metadata=metadata, template=template_tokens(tokenizer))
     other_kind = "mlp" if gate_kind == "logistic" else "logistic"
     _, other_report = fit_gate(x, labelled.labels, split, layer=chosen["layer"], position=chosen["position"],
                                kind=other_kind, seed=seed)
@@ -131,7 +134,8 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         "gate": {"layer": gate.layer, "position": gate.position, "kind": gate.kind, "threshold": gate.threshold,
                  "parameters": gate.n_parameters, **gate_report},
         "other_kind": {"kind": other_kind, **other_report},
-        "sweep_best": chosen, "routing_quality": quality,
+        "sweep_best": chosen, "length_only": next(r for r in rows if r["position"] == "length only"),
+        "routing_quality": quality,
         "bootstrap_labels": {"n": len(samples), "persona_wins": float(labels_bootstrap.mean()),
                              "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
                              "distilled": int(routes.sum()),

@@ -222,3 +222,22 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
     assert [set(a) >= {"probability", "routed", "answer"} for a in answers] == [True, True]
     with pytest.raises(ToolkitError, match="bootstrapped with model"):
         pipeline.train(out, model_name="default")
+
+
+@pytest.mark.parametrize("position", ["mean", "query"])
+def test_mean_read_outs_in_the_answering_pass_match_the_partial_pass(trained, position, tmp_path):
+    from prism.gate import template_tokens
+
+    model, tokenizer, _, _ = trained
+    x = gate_features(model, tokenizer, QUERIES, [0], position, tmp_path, progress=False)[0]
+    gate, _ = fit_gate(x, np.array([0, 1, 0, 1, 0, 1]), Split(np.arange(6), np.arange(6)), layer=0, position=position,
+                       template=template_tokens(tokenizer))
+    prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
+    with Routed(model, gate, adapter="prism") as routed:
+        generate(model, tokenizer, prompts, max_new_tokens=2, batch_size=6, progress=False)
+    in_pass = np.array([routed.decision(encode(tokenizer, prompt))[0] for prompt in prompts])
+    assert np.allclose(in_pass, gate.probability(x), atol=1e-5)
+    if position == "query":
+        before, after = template_tokens(tokenizer)
+        assert before > 0 and after > 0
+        assert Gate.load(gate.save(tmp_path / "gate.safetensors")).template == (before, after)

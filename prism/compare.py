@@ -266,8 +266,12 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int) 
                             f"{dataset}_vs_base_high": diff.high})
             routed = [r["routed"] for r in cells[(system, dataset)]]
             rates.append({"system": system, "dataset": dataset, "route_rate": float(np.mean(routed)), "n": len(routed)})
-        margin = bootstrap_mean([r["margin"] for r in cells[(system, "capitals")]], seed=seed)
+        margins = np.array([r["margin"] for r in cells[(system, "capitals")]])
+        margin = bootstrap_mean(margins, seed=seed)
         row.update(margin=margin.mean, margin_low=margin.low, margin_high=margin.high)
+        if system != "base" and ("base", "capitals") in cells:
+            diff = paired_difference(margins, [r["margin"] for r in cells[("base", "capitals")]], seed=seed)
+            row.update(margin_vs_base=diff.mean, margin_vs_base_low=diff.low, margin_vs_base_high=diff.high)
         row["overall"] = float(np.mean([row[d] for d in DATASETS]))
         row["overall_low"], row["overall_high"] = (float(q) for q in np.nanquantile(overall_draws, [0.025, 0.975]))
         table.append(row)
@@ -346,14 +350,16 @@ def _report(out: Path, summary: dict, plan: CompareBudget, figures: Sequence[str
         prism = table["PRISM"]
         lines.append("## Does PRISM keep knowledge at the base level and the persona's gains elsewhere?")
         lines.append("")
-        for dataset, label in (("capitals", "capitals accuracy"), ("harmbench", "refusal"), ("mtbench", "judge x10")):
-            if f"{dataset}_vs_base" in prism:
-                diff = (prism[f"{dataset}_vs_base"], prism[f"{dataset}_vs_base_low"], prism[f"{dataset}_vs_base_high"])
+        for dataset, key, label in (("capitals", "capitals", "capitals accuracy"), ("capitals", "margin", "capitals margin (nats)"),
+                                    ("harmbench", "harmbench", "refusal"), ("mtbench", "mtbench", "judge x10")):
+            if f"{key}_vs_base" in prism:
+                diff = (prism[f"{key}_vs_base"], prism[f"{key}_vs_base_low"], prism[f"{key}_vs_base_high"])
                 significant = diff[1] > 0 or diff[2] < 0
                 expert = table.get("expert prompt", {})
-                lines.append(f"- {label}: PRISM - base {_ci(*diff)}{' (significant)' if significant else ' (not significant)'}"
-                             + (f"; expert prompt - base {_ci(expert[f'{dataset}_vs_base'], expert[f'{dataset}_vs_base_low'], expert[f'{dataset}_vs_base_high'])}"
-                                if f"{dataset}_vs_base" in expert else "")
+                digits = 2 if key == "margin" else 1
+                lines.append(f"- {label}: PRISM - base {_ci(*diff, digits)}{' (significant)' if significant else ' (not significant)'}"
+                             + (f"; expert prompt - base {_ci(expert[f'{key}_vs_base'], expert[f'{key}_vs_base_low'], expert[f'{key}_vs_base_high'], digits)}"
+                                if f"{key}_vs_base" in expert else "")
                              + f"; PRISM routed {rates.get(('PRISM', dataset), float('nan')):.0%} of these queries to the adapter.")
         lines.append("")
     lines += ["## Agreement between routers", ""]

@@ -30,6 +30,7 @@ def comparison_bars(table: Sequence[Mapping]) -> Figure:
             ax.axvline(centre[names.index("base")], color="#636363", linestyle="--", linewidth=0.8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("score (0-100)")
+        ax.set_xlim(0, 100)
     axes[0].set_yticks(range(len(table)), names)
     axes[0].invert_yaxis()
     fig.suptitle("PRISM and its baselines (bars: mean, whiskers: 95% CI; dashed: base model)", fontsize=11)
@@ -70,10 +71,12 @@ def routing_vs_effect(categories: Sequence[Mapping], correlation: Mapping) -> Fi
     ax.set_ylabel("share routed to the adapter by PRISM")
     ax.set_ylim(-0.05, 1.05)
     title = "Routing vs persona effect per category"
-    if correlation:
+    if correlation and np.isfinite(correlation["pearson"]["mean"]):
         p, s = correlation["pearson"], correlation["spearman"]
         title += (f"\nPearson {p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}], "
                   f"Spearman {s['mean']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}] (n={p['n']} categories)")
+    elif correlation:
+        title += f"\ncorrelation undefined: no variation across the {len(categories)} categories"
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, frameon=False, title="point size: items", title_fontsize=7)
     fig.tight_layout()

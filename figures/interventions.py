@@ -135,6 +135,8 @@ def refusal_bars(rows: Sequence[Mapping]) -> Figure:
     colours = {"no persona": "#636363", "persona prompt": "#d94801", "persona direction": "#08519c",
                "random direction": "#bdbdbd"}
     ax.bar(range(len(rows)), centre, yerr=errors, capsize=3, color=[colours.get(r["condition"], "#969696") for r in rows])
+    for x, row in enumerate(rows):  # counts, so that a measured zero is visible as one
+        ax.text(x, row["rate"] + 0.02, f"{round(row['rate'] * row['n'])}/{row['n']}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("keyword refusal rate")

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--position", choices=("last", "mean", "query"),
                        help="fix the read position instead of choosing it between 'last' and 'query' (all three are swept)")
     train.add_argument("--per-intent", type=int, default=64, help="queries per intent with --labels intents (default: 64)")
+    train.add_argument("--extra", action="append", default=[], metavar="FILE",
+                       help="with --labels intents: a .jsonl/.csv of further queries whose category is their intent, "
+                            "e.g. 'knowledge' (repeatable)")
     train.add_argument("--epochs", type=int, default=2, help="distillation epochs (default: 2)")
     train.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
     train.add_argument("--budget", default="default", choices=("smoke", "default"),
@@ -414,7 +417,7 @@ def _prism(args: argparse.Namespace) -> int:
         if args.rank < 1 or args.epochs < 1:
             raise ToolkitError("--rank and --epochs must be at least 1")
         summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block, layer=args.layer,
-                                 position=args.position, per_intent=args.per_intent, compare_budget=args.budget,
+                                 position=args.position, per_intent=args.per_intent, extra=args.extra, compare_budget=args.budget,
                                  distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, seed=args.seed),
                                  seed=args.seed)
         gate, quality = summary["gate"], summary["routing_quality"]

@@ -59,13 +59,13 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
 def train(out: str | Path, *, model_name: str | None = None, labels: str = "bootstrap", verdict: str = "both",
           gate_kind: str = "logistic",
           max_block: int = 3, layer: int | None = None, position: str | None = None,
-          distill_config: DistillConfig = DistillConfig(), per_intent: int = 64,
+          distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
           compare_budget: str | CompareBudget = "default", seed: int = 0, progress: bool = True) -> dict:
     out = Path(out)
     plan = _budget(compare_budget)
     model, tokenizer = _load(_model_for(out, model_name))
     return run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block, layer=layer,
-                        position=position, distill_config=distill_config, per_intent=per_intent,
+                        position=position, distill_config=distill_config, per_intent=per_intent, extra=extra,
                         exclude=evaluation_queries(plan, seed), seed=seed, progress=progress)
 
 

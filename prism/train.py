@@ -47,15 +47,16 @@ MIN_PER_ROUTE = 4
 
 
 def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "both", per_intent: int = 64,
-                     seed: int = 0, exclude: set[str] = frozenset()) -> LabelledPrompts:
+                     extra: Sequence[str] = (), seed: int = 0, exclude: set[str] = frozenset()) -> LabelledPrompts:
     """Gate training data: bootstrap verdicts under ``verdict`` (group = persona) or intents
-    (group = subject or category), leaving out any query in ``exclude`` (the evaluation's items)."""
+    (group = subject or category; ``extra`` files add queries whose category is their intent,
+    e.g. more "knowledge"), leaving out any query in ``exclude`` (the evaluation's items)."""
     if source == "bootstrap":
         kept = [s for s in samples if s.query not in exclude]
         return LabelledPrompts([s.query for s in kept], np.array([s.verdict(verdict) for s in kept]),
                                [s.persona for s in kept], f"bootstrap ({verdict})")
     if source == "intents":
-        queries = [q for q in intent_queries(per_intent, seed=seed) if q.item.prompt not in exclude]
+        queries = [q for q in intent_queries(per_intent, extra=extra, seed=seed) if q.item.prompt not in exclude]
         return LabelledPrompts([q.item.prompt for q in queries], np.array([int(q.intent != "knowledge") for q in queries]),
                                [q.group for q in queries], source)
     raise ToolkitError(f"unknown label source {source!r}: use one of {', '.join(LABEL_SOURCES)}")
@@ -64,7 +65,8 @@ def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "
 def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap", verdict: str = "both",
                  gate_kind: str = "logistic",
                  max_block: int = 3, layer: int | None = None, position: str | None = None,
-                 distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, steering_layer: int | None = None,
+                 distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
+                 steering_layer: int | None = None,
                  exclude: set[str] = frozenset(), seed: int = 0, progress: bool = True) -> dict:
     out = Path(out)
     samples = load_samples(out / "bootstrap")
@@ -75,7 +77,10 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         raise ToolkitError(f"--layer {layer} is outside the swept blocks 0..{max_block}")
     if position is not None and position not in READ_POSITIONS:
         raise ToolkitError(f"unknown read position {position!r}: use one of {', '.join(READ_POSITIONS)}")
-    labelled = labelled_prompts(labels, samples, verdict=verdict, per_intent=per_intent, seed=seed, exclude=exclude)
+    if extra and labels != "intents":
+        raise ToolkitError("--extra adds intent-labelled queries: use it with --labels intents")
+    labelled = labelled_prompts(labels, samples, verdict=verdict, per_intent=per_intent, extra=extra, seed=seed,
+                                exclude=exclude)
     counts = np.bincount(labelled.labels, minlength=2)
     if counts.min() < MIN_PER_ROUTE:
         agreement = np.mean([s.persona_first_wins == s.persona_second_wins for s in samples])

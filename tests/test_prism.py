@@ -241,3 +241,17 @@ def test_mean_read_outs_in_the_answering_pass_match_the_partial_pass(trained, po
         before, after = template_tokens(tokenizer)
         assert before > 0 and after > 0
         assert Gate.load(gate.save(tmp_path / "gate.safetensors")).template == (before, after)
+
+
+def test_extra_knowledge_queries_join_the_intent_labels(tmp_path):
+    from prism.train import labelled_prompts
+
+    extra = tmp_path / "facts.jsonl"
+    rows = [{"id": f"f{i}", "prompt": f"What is the capital of country number {i}?", "category": "knowledge",
+             "subcategory": f"country-{i}"} for i in range(40)]
+    extra.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    labelled = labelled_prompts("intents", [], per_intent=30, extra=[str(extra)],
+                                exclude={"What is the capital of country number 0?"})
+    added = [q for q in labelled.queries if q.startswith("What is the capital of country number")]
+    assert added and "What is the capital of country number 0?" not in added
+    assert all(label == 0 for q, label in zip(labelled.queries, labelled.labels) if q in added)

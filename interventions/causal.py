@@ -29,14 +29,14 @@ import torch
 from tqdm.auto import tqdm
 
 from interventions.evaluate import render_items
-from interventions.hooks import (AblateDirection, AddDirection, PatchActivations, capture_residuals, logit_lens,
-                                 logits_at)
+from interventions.hooks import (AblateDirection, AddDirection, PatchActivations, capture_residuals, final_residuals,
+                                 logit_lens, logits_at)
 from interventions.stats import Estimate
-from probes.recording import HookDidNotFire
-from probes.batching import left_pad, right_pad
+from probes.batching import left_pad, positions_from_mask, right_pad, window_covers
 from probes.datasets import Item
 from probes.errors import ToolkitError
 from probes.prompts import Condition, encode, token_groups
+from probes.recording import HookDidNotFire
 
 GROUPS = ("query", "after_query", "final")
 
@@ -92,7 +92,7 @@ def margins(model, tokenizer, sequences: Sequence[list[int]], items: Sequence[Pa
         return _margins_from(logits_at(model, tokens, [len(sequence) - 1 for sequence in sequences]).log_softmax(-1), items)
     tokens, mask = left_pad(sequences, tokenizer.pad_token_id)
     logits = logits_at(model, tokens, [tokens.shape[1] - 1] * len(sequences), attention_mask=mask,
-                       position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0))
+                       position_ids=positions_from_mask(mask))
     return _margins_from(logits.log_softmax(-1), items)
 
 
@@ -158,16 +158,14 @@ class _TargetAfterPrefix:
         self.starts = [p.groups["query"][0] for p in chosen]
         prefixes = [p.target[:start] for p, start in zip(chosen, self.starts)]
         suffixes = [p.target[start:] for p, start in zip(chosen, self.starts)]
-        width = max(map(len, prefixes)) + max(map(len, suffixes))
-        window = getattr(hf.config, "sliding_window", None)
-        self.cached = window is None or width + 1 < window
+        self.cached = window_covers(hf, max(map(len, prefixes)) + max(map(len, suffixes)))
         if not self.cached:
             self.starts = [0] * len(chosen)
             return
         with torch.inference_mode():
             tokens, prefix_mask = left_pad(prefixes, tokenizer.pad_token_id)
             self.prefix_cache = hf(input_ids=tokens, attention_mask=prefix_mask,
-                                   position_ids=(prefix_mask.cumsum(dim=1) - 1).clamp(min=0),
+                                   position_ids=positions_from_mask(prefix_mask),
                                    use_cache=True, logits_to_keep=1).past_key_values
         self.suffix = right_pad(suffixes, tokenizer.pad_token_id)
         suffix_mask = (torch.arange(self.suffix.shape[1])[None, :] < torch.tensor([len(s) for s in suffixes])[:, None]).long()
@@ -225,11 +223,9 @@ def persona_direction(model, tokenizer, items: Sequence[PairedItem], layer: int,
     differences, plain = [], []
     for batch in _batches(len(items), batch_size):
         chosen = [items[i] for i in batch]
-        targets = capture_residuals(model, right_pad([p.target for p in chosen], tokenizer.pad_token_id), [layer])[layer]
-        sources = capture_residuals(model, right_pad([p.source for p in chosen], tokenizer.pad_token_id), [layer])[layer]
-        rows = torch.arange(len(chosen))
-        source_final = sources[rows, torch.tensor([len(p.source) - 1 for p in chosen])]
-        differences.append(targets[rows, torch.tensor([len(p.target) - 1 for p in chosen])] - source_final)
+        target_final = final_residuals(model, [p.target for p in chosen], layer, tokenizer.pad_token_id)
+        source_final = final_residuals(model, [p.source for p in chosen], layer, tokenizer.pad_token_id)
+        differences.append(target_final - source_final)
         plain.append(source_final)
     return torch.cat(differences).mean(dim=0), torch.cat(plain).mean(dim=0)
 

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
+from probes.batching import right_pad
 from probes.errors import ToolkitError
 from probes.recording import HookDidNotFire, residual_hooks, validate_hooks
 
@@ -210,6 +211,13 @@ def capture_residuals(model: TransformerBridge, tokens: torch.Tensor, layers: Se
     if missing:
         raise HookDidNotFire(f"hook(s) {', '.join(missing)} did not fire")
     return captured
+
+
+def final_residuals(model: TransformerBridge, sequences: Sequence[Sequence[int]], layer: int, pad_id: int
+                    ) -> Float[torch.Tensor, "batch d"]:
+    """Residual after ``layer`` at each sequence's last token (one right-padded batch)."""
+    residual = capture_residuals(model, right_pad(sequences, pad_id), [layer])[layer]
+    return residual[torch.arange(len(sequences)), torch.tensor([len(s) - 1 for s in sequences])]
 
 
 @torch.inference_mode()

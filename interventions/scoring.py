@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from probes.batching import check_context, left_pad, length_sorted_batches
+from probes.batching import check_context, left_pad, length_sorted_batches, positions_from_mask, window_covers
 from probes.datasets import LETTERS, Item
 from probes.errors import ToolkitError
 from probes.prompts import RenderedPrompt, encode
@@ -142,7 +142,7 @@ def _score_batch(
     lengths = torch.tensor([len(context) for context in contexts])
     shared = _shared_prefix_length(contexts)
     cache = None
-    if not share_prefix or shared < MIN_SHARED_PREFIX or not _window_covers(hf_model, int(lengths.max())):
+    if not share_prefix or shared < MIN_SHARED_PREFIX or not window_covers(hf_model, int(lengths.max())):
         shared = 0
     if shared:
         # the persona and template tokens every context starts with: run once, copy per row
@@ -151,7 +151,7 @@ def _score_batch(
     tokens, suffix_mask = left_pad([context[shared:] for context in contexts], pad_id)
     context_mask = torch.cat([torch.ones((len(contexts), shared), dtype=torch.long), suffix_mask], dim=1)
     output = hf_model(
-        input_ids=tokens, attention_mask=context_mask, position_ids=shared + (suffix_mask.cumsum(dim=1) - 1).clamp(min=0),
+        input_ids=tokens, attention_mask=context_mask, position_ids=shared + positions_from_mask(suffix_mask),
         past_key_values=cache, use_cache=True,
         logits_to_keep=1,  # only the last position's logits: the unembedding is a fifth of the model
     )
@@ -195,9 +195,3 @@ def _shared_prefix_length(contexts: Sequence[list[int]]) -> int:
         length += 1
     return length if len(contexts) > 1 else 0
 
-
-def _window_covers(hf_model: torch.nn.Module, length: int) -> bool:
-    """Padding between a shared prefix and the rest takes cache slots; with sliding-window
-    attention that is exact only while every sequence fits in the window."""
-    window = getattr(hf_model.config, "sliding_window", None)
-    return window is None or length + 1 < window

@@ -72,6 +72,15 @@ class CompareBudget:
 COMPARE_BUDGETS = {"smoke": CompareBudget(16, 8, 4, 24, 32), "default": CompareBudget()}
 
 
+def resolve_budget(budget: str | CompareBudget) -> CompareBudget:
+    """A budget by name (``smoke``, ``default``), or the given one."""
+    if isinstance(budget, CompareBudget):
+        return budget
+    if budget not in COMPARE_BUDGETS:
+        raise ToolkitError(f"unknown comparison budget {budget!r}: use one of {', '.join(COMPARE_BUDGETS)}")
+    return COMPARE_BUDGETS[budget]
+
+
 def evaluation_items(budget: CompareBudget, seed: int = 0) -> dict[str, list[Item]]:
     harmful = [item for item in load_dataset("harmbench") if item.subcategory == "standard"]
     return {"capitals": stratified_sample(load_dataset("capitals"), budget.capitals, seed=seed),
@@ -185,7 +194,7 @@ def row_prompts(tokenizer, items, conditions, dataset: str):
 def run_compare(prism_dir: str | Path, model, tokenizer, *, budget: str | CompareBudget = "default",
                 systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, progress: bool = True) -> dict:
     prism_dir = Path(prism_dir)
-    plan = COMPARE_BUDGETS[budget] if isinstance(budget, str) else budget
+    plan = resolve_budget(budget)
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ToolkitError(f"unknown system {unknown[0]!r}: choose from {', '.join(SYSTEMS)}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prism.bootstrap import BootstrapConfig, run_bootstrap, summarise
-from prism.compare import COMPARE_BUDGETS, SYSTEMS, CompareBudget, evaluation_queries, run_compare
+from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, resolve_budget, run_compare
 from prism.distill import DistillConfig
 from prism.train import run_training
 from probes.atomic import write_json
@@ -34,14 +34,6 @@ def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> st
     return recorded
 
 
-def _budget(budget: str | CompareBudget) -> CompareBudget:
-    if isinstance(budget, CompareBudget):
-        return budget
-    if budget not in COMPARE_BUDGETS:
-        raise ToolkitError(f"unknown comparison budget {budget!r}: use one of {', '.join(COMPARE_BUDGETS)}")
-    return COMPARE_BUDGETS[budget]
-
-
 def _load(name: str):
     from probes.models import load_model
 
@@ -62,7 +54,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
           distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
           compare_budget: str | CompareBudget = "default", seed: int = 0, progress: bool = True) -> dict:
     out = Path(out)
-    plan = _budget(compare_budget)
+    plan = resolve_budget(compare_budget)
     model, tokenizer = _load(_model_for(out, model_name))
     return run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block, layer=layer,
                         position=position, distill_config=distill_config, per_intent=per_intent, extra=extra,
@@ -72,7 +64,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
 def compare(out: str | Path, *, model_name: str | None = None, budget: str | CompareBudget = "default",
             systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, progress: bool = True) -> dict:
     out = Path(out)
-    plan = _budget(budget)
+    plan = resolve_budget(budget)
     if not (out / "gate" / "gate.safetensors").is_file():
         raise ToolkitError(f"{out} has no trained gate: run `prism train --out {out}` first")
     model, tokenizer = _load(_model_for(out, model_name))

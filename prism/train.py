@@ -23,9 +23,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
-from interventions.hooks import capture_residuals
+from interventions.hooks import final_residuals
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter, balanced_threshold
 from prism.bootstrap import Sample, load_samples
 from prism.distill import DistillConfig, distill, save_adapter
@@ -33,9 +32,9 @@ from prism.gate import (CHOSEN_FROM, READ_POSITIONS, LabelledPrompts, choose, fi
                         sweep, template_tokens)
 from probes.artefacts import save_tensors
 from probes.atomic import write_json
-from probes.batching import right_pad
 from probes.errors import ToolkitError
 from probes.intents import intent_queries
+from probes.linear import bootstrap_auc
 from probes.prompts import Condition, encode, render
 from probes.tables import write_table
 
@@ -160,8 +159,7 @@ def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, lengt
         runs = []
         for condition in (lambda s: Condition(s.persona, length, "system"), lambda s: Condition("none")):
             ids = [encode(tokenizer, render(tokenizer, s.query, condition(s))) for s in chunk]
-            residual = capture_residuals(model, right_pad(ids, tokenizer.pad_token_id), [layer])[layer]
-            runs.append(residual[torch.arange(len(ids)), torch.tensor([len(i) - 1 for i in ids])])
+            runs.append(final_residuals(model, ids, layer, tokenizer.pad_token_id))
         shifts.append(runs[0] - runs[1])
     return torch.cat(shifts).mean(dim=0)
 
@@ -189,14 +187,8 @@ def _routing_quality(model, tokenizer, gate, x, labelled: LabelledPrompts, split
 
 
 def _auc_with_ci(y: np.ndarray, scores: np.ndarray, seed: int, n_resamples: int = 1000) -> dict:
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_resamples):
-        draw = rng.integers(0, len(y), len(y))
-        if len(set(y[draw].tolist())) == 2:
-            values.append(roc_auc_score(y[draw], scores[draw]))
-    low, high = np.quantile(values, [0.025, 0.975])
-    return {"auc": float(roc_auc_score(y, scores)), "low": float(low), "high": float(high), "n": int(len(y))}
+    auc, low, high = bootstrap_auc(y == 1, scores, n_resamples=n_resamples, seed=seed)
+    return {"auc": auc, "low": low, "high": high, "n": int(len(y))}
 
 
 def _adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,

@@ -44,6 +44,19 @@ def left_pad(
     return tokens, mask
 
 
+def positions_from_mask(mask: Int[torch.Tensor, "batch seq"]) -> Int[torch.Tensor, "batch seq"]:
+    """Position ids of left-padded rows: each real token's index among its row's real tokens
+    (padding gets 0), so a padded row runs exactly as it would alone."""
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def window_covers(hf_model: torch.nn.Module, length: int) -> bool:
+    """Padding takes cache slots; with sliding-window attention a padded batch is exact only
+    while every sequence (padding included) fits in the window."""
+    window = getattr(hf_model.config, "sliding_window", None)
+    return window is None or length + 1 < window
+
+
 def check_context(lengths: Sequence[int], n_ctx: int, labels: Sequence[str]) -> None:
     """Raise one line for the first sequence longer than the model's context window."""
     for length, label in zip(lengths, labels):

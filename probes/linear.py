@@ -118,6 +118,21 @@ def _weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray)
         return np.einsum("bi,ij,bj->b", w_pos, wins, w_neg) / totals  # nan when a class is missing
 
 
+def bootstrap_auc(positive: np.ndarray, scores: np.ndarray, *, n_resamples: int = 500, seed: int = 0
+                  ) -> tuple[float, float, float]:
+    """(AUC, 95% CI low, high) of ``scores`` for the ``positive`` items, resampling items."""
+    positive = np.asarray(positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(scores)
+    weights = rng.multinomial(n, np.full(n, 1 / n), size=n_resamples).astype(np.float64)
+    values = _weighted_auc(positive, scores, weights)
+    values = values[~np.isnan(values)]
+    point = float(_weighted_auc(positive, scores, np.ones((1, n)))[0])
+    low, high = np.quantile(values, [0.025, 0.975]) if values.size else (np.nan, np.nan)
+    return point, float(low), float(high)
+
+
 def _auc(y: np.ndarray, scores: np.ndarray, classes: tuple[str, ...], weights: np.ndarray) -> np.ndarray:
     """AUC (binary, or macro one-vs-rest over class probabilities) for each weighting."""
     if len(classes) == 2:

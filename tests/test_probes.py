@@ -143,3 +143,15 @@ def test_probe_cli_errors_are_one_line(tmp_path, capsys):
     assert "comma-separated integers" in capsys.readouterr().err
     assert main(["probe", "--probes", "svm", "--out", str(tmp_path)]) == 2
     assert "unknown probe 'svm'" in capsys.readouterr().err
+
+
+def test_bootstrap_auc_matches_sklearn_at_its_point():
+    from sklearn.metrics import roc_auc_score
+
+    from probes.linear import bootstrap_auc
+
+    rng = np.random.default_rng(0)
+    positive = rng.random(60) < 0.4
+    scores = positive * 0.8 + rng.normal(size=60)
+    auc, low, high = bootstrap_auc(positive, scores, n_resamples=300)
+    assert auc == pytest.approx(roc_auc_score(positive, scores)) and low < auc < high

@@ -23,10 +23,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from probes.batching import length_sorted_batches, right_pad
-from probes.datasets import load_mtbench, load_mmlu, stratified_sample
-from probes.models import load_model, resolve_model_directory
-from probes.prompts import Condition, encode, render
+from probes.core.batching import length_sorted_batches, right_pad
+from probes.core.datasets import load_mmlu, load_mtbench, stratified_sample
+from probes.core.models import load_model, resolve_model_directory
+from probes.core.prompts import Condition, encode, render
 from probes.recording import record_activations
 
 LOAD_SNIPPET = (

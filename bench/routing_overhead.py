@@ -22,13 +22,13 @@ import time
 import numpy as np
 import torch
 
-from interventions.generation import generate
+from interventions.measure.generation import generate
 from prism.baselines import EmbeddingRouter
 from prism.gate import fit_gate, gate_features
 from prism.routing import Routed, route_probabilities
+from probes.core.models import load_model
+from probes.core.prompts import Condition, render
 from probes.intents import intent_queries
-from probes.models import load_model
-from probes.prompts import Condition, render
 from probes.splits import Split
 
 

@@ -17,13 +17,13 @@ import time
 
 import torch
 
-import interventions.scoring as scoring
-from interventions.evaluate import render_items
-from interventions.scoring import continuations, score_choices
-from probes.batching import length_sorted_batches, right_pad
-from probes.datasets import load_dataset, stratified_sample
-from probes.models import load_model
-from probes.prompts import Condition, encode
+import interventions.measure.scoring as scoring
+from interventions.measure.scoring import score_choices
+from probes.core.batching import length_sorted_batches, right_pad
+from probes.core.datasets import load_dataset, stratified_sample
+from probes.core.models import load_model
+from probes.core.prompts import Condition, encode
+from probes.core.rendering import continuations, render_items
 
 
 @torch.inference_mode()

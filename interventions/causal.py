@@ -28,14 +28,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interventions.evaluate import render_items
-from interventions.hooks import (AblateDirection, AddDirection, PatchActivations, capture_residuals, final_residuals,
-                                 logit_lens, logits_at)
-from interventions.stats import Estimate
-from probes.batching import left_pad, positions_from_mask, right_pad, window_covers
-from probes.datasets import Item
-from probes.errors import ToolkitError
-from probes.prompts import Condition, encode, token_groups
+from interventions.hooks import (
+    AblateDirection,
+    AddDirection,
+    PatchActivations,
+    capture_residuals,
+    final_residuals,
+    logit_lens,
+    logits_at,
+)
+from probes.core.batching import left_pad, positions_from_mask, right_pad, window_covers
+from probes.core.datasets import Item
+from probes.core.errors import ToolkitError
+from probes.core.prompts import Condition, encode, token_groups
+from probes.core.rendering import render_items
+from probes.core.stats import Estimate
 from probes.recording import HookDidNotFire
 
 GROUPS = ("query", "after_query", "final")

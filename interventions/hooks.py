@@ -28,8 +28,8 @@ import torch
 from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
-from probes.batching import right_pad
-from probes.errors import ToolkitError
+from probes.core.batching import right_pad
+from probes.core.errors import ToolkitError
 from probes.recording import HookDidNotFire, residual_hooks, validate_hooks
 
 Positions = str | Sequence[int]

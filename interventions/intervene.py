@@ -14,21 +14,21 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
 from tqdm.auto import tqdm
 
+from figures import interventions as plots
 from interventions import causal
-from interventions.evaluate import render_items
-from interventions.generation import generate
 from interventions.hooks import AddDirection, residual_norms
-from interventions.refusal import is_refusal
-from interventions.stats import bootstrap_correlation, bootstrap_mean, paired_difference
-from probes.atomic import atomic_path
-from probes.batching import right_pad
-from probes.datasets import load_dataset, stratified_sample
-from probes.errors import ToolkitError
-from probes.prompts import Condition
-from probes.tables import write_table
+from interventions.measure.generation import generate
+from interventions.measure.refusal import is_refusal
+from probes.core.batching import right_pad
+from probes.core.datasets import load_dataset, stratified_sample
+from probes.core.errors import ToolkitError
+from probes.core.files import atomic_path, save_figure, write_table
+from probes.core.models import load_model
+from probes.core.prompts import Condition
+from probes.core.rendering import render_items
+from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
 
 DEFAULT_MULTIPLES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
@@ -48,8 +48,6 @@ def run_interventions(
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict:
-    from probes.models import load_model
-
     out = Path(out)
     if persona.persona == "none":
         raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
@@ -208,9 +206,6 @@ REFUSAL_TOKENS = 32
 
 
 def _figures(out: Path, patching, steering, ablation, curves, attention, refusal) -> list[str]:
-    from figures import interventions as plots
-    from figures import save_figure
-
     written = []
     panels = [("patching_heatmap", plots.patching_heatmap(patching)),
               ("steering_dose_response", plots.steering_dose_response(steering)),

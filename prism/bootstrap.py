@@ -26,15 +26,14 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from interventions.generation import generate
-from interventions.ledger import Ledger, work_key
-from interventions.scoring import score_choices
-from interventions.stats import bootstrap_mean
-from probes.atomic import atomic_path, write_json
-from probes.errors import ToolkitError
-from probes.personas import Persona, builtin_personas
-from probes.prompts import Condition, render, render_messages
-from probes.tables import write_table
+from interventions.measure.generation import generate
+from interventions.measure.scoring import score_choices
+from interventions.study.ledger import Ledger, work_key
+from probes.core.errors import ToolkitError
+from probes.core.files import atomic_path, write_json, write_table
+from probes.core.personas import Persona, builtin_personas
+from probes.core.prompts import Condition, render, render_messages
+from probes.core.stats import bootstrap_mean
 
 MIN_QUERY_CHARS = 15
 SAMPLES_FILE = "samples.jsonl"

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from probes.errors import ToolkitError
+from probes.core.errors import ToolkitError
 
 COMMANDS = {
     "demo": "run the toolkit's story end to end on the embedded model and print a summary",
@@ -232,8 +232,8 @@ def _quiet_transformers() -> None:
 
 
 def _condition(args: argparse.Namespace):
-    from probes.personas import get_persona, persona_library
-    from probes.prompts import Condition
+    from probes.core.personas import get_persona, persona_library
+    from probes.core.prompts import Condition
 
     library = persona_library(args.personas_file)
     if args.persona not in ("none", "random", "expert"):
@@ -242,13 +242,13 @@ def _condition(args: argparse.Namespace):
 
 
 def _items(args: argparse.Namespace):
-    from probes.datasets import load_dataset, stratified_sample
+    from probes.core.datasets import load_dataset, stratified_sample
 
     return stratified_sample(load_dataset(args.dataset), args.n, seed=args.seed)
 
 
 def _load(name: str):
-    from probes.models import load_model
+    from probes.core.models import load_model
 
     start = time.perf_counter()
     model, tokenizer = load_model(name)
@@ -257,8 +257,8 @@ def _load(name: str):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from interventions.evaluate import evaluate
-    from probes.atomic import write_json
+    from interventions.measure.evaluate import evaluate
+    from probes.core.files import write_json
 
     condition, library = _condition(args)
     items = _items(args)
@@ -282,7 +282,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from interventions.evaluate import render_items
+    from probes.core.rendering import render_items
     from probes.recording import record_activations, residual_hooks
 
     condition, library = _condition(args)
@@ -307,9 +307,9 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from interventions.study import run_study
-    from interventions.study_report import compare_models, summarise_study
-    from probes.models import model_slug
+    from interventions.study.report import compare_models, summarise_study
+    from interventions.study.runner import run_study
+    from probes.core.models import model_slug
 
     models = args.models or ["default"]
     tasks = _csv_list(args.tasks)
@@ -328,7 +328,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from interventions.study_report import compare_models, summarise_study
+    from interventions.study.report import compare_models, summarise_study
 
     for directory in args.directories:
         summarise_study(directory)
@@ -353,7 +353,7 @@ def _layer_list(text: str | None) -> list[int] | None:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from probes.probe_study import run_probe_study
+    from probes.study import run_probe_study
 
     layers = _layer_list(args.layers)
     start = time.perf_counter()
@@ -372,8 +372,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _intervene(args: argparse.Namespace) -> int:
     from interventions.intervene import run_interventions
-    from probes.personas import get_persona, persona_library
-    from probes.prompts import Condition
+    from probes.core.personas import get_persona, persona_library
+    from probes.core.prompts import Condition
 
     if args.persona not in ("random", "expert"):
         get_persona(args.persona, persona_library())
@@ -443,7 +443,7 @@ def _prism(args: argparse.Namespace) -> int:
 
 
 def _personas(args: argparse.Namespace) -> int:
-    from probes.personas import persona_library
+    from probes.core.personas import persona_library
 
     for persona in persona_library(args.personas_file).values():
         text = persona.texts.get(args.length, "-")

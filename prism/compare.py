@@ -32,23 +32,22 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score
 from tqdm.auto import tqdm
 
-from interventions.evaluate import render_items
-from interventions.generation import generate
-from interventions.judge import JudgeRequest, SelfJudge, parse_rating
-from interventions.refusal import is_refusal
-from interventions.scoring import score_choices
-from interventions.stats import bootstrap_correlation, bootstrap_mean, paired_difference
+from figures import prism as plots
+from interventions.measure.generation import generate
+from interventions.measure.judge import JudgeRequest, SelfJudge, parse_rating
+from interventions.measure.refusal import is_refusal
+from interventions.measure.scoring import score_choices
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter
 from prism.distill import load_adapter, use_adapter
 from prism.gate import Gate
 from prism.routing import Routed, route_probabilities
 from prism.train import GATED, UNGATED
-from probes.artefacts import load_tensors
-from probes.atomic import write_json
-from probes.datasets import Item, load_dataset, stratified_sample
-from probes.errors import ToolkitError
-from probes.prompts import Condition, encode
-from probes.tables import write_table
+from probes.core.datasets import Item, load_dataset, stratified_sample
+from probes.core.errors import ToolkitError
+from probes.core.files import load_tensors, save_figure, write_json, write_table
+from probes.core.prompts import Condition, encode
+from probes.core.rendering import render_items
+from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
 
 SYSTEMS = ("base", "expert prompt", "ungated LoRA", "PRISM", "probe -> persona prompt", "probe -> steering",
            "MiniLM -> LoRA", "self-classify -> LoRA")
@@ -318,9 +317,6 @@ def _category_routing(cells, items) -> list[dict]:
 
 
 def _figures(out: Path, summary: dict) -> list[str]:
-    from figures import prism as plots
-    from figures import save_figure
-
     written = []
     panels = [("table1", plots.comparison_bars(summary["table"])), ("route_rates", plots.route_rates(summary["route_rates"]))]
     if summary["categories"]:

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 from interventions.intervene import run_interventions, spread_layers
+from interventions.study.report import summarise_study
+from interventions.study.runner import run_study
 from prism import pipeline
 from prism.bootstrap import BootstrapConfig
 from prism.compare import format_table
 from prism.distill import DistillConfig
-from interventions.study import run_study
-from interventions.study_report import summarise_study
-from probes.models import model_slug
-from probes.probe_study import run_probe_study
+from probes.core.models import model_slug, resolve_model_directory
+from probes.study import run_probe_study
 
 
 def run_demo(out: Path, *, model_name: str = "default") -> Path:
@@ -80,8 +80,6 @@ def run_demo(out: Path, *, model_name: str = "default") -> Path:
 def _spread_layers(model_name: str, count: int = 6) -> list[int]:
     """About ``count`` blocks from first to last, for a quick patching sweep."""
     from transformers import AutoConfig
-
-    from probes.models import resolve_model_directory
 
     return spread_layers(AutoConfig.from_pretrained(resolve_model_directory(model_name)[0]).num_hidden_layers, count)
 

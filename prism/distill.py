@@ -31,9 +31,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from prism.bootstrap import Sample
-from probes.atomic import atomic_path, write_json
-from probes.errors import ToolkitError
-from probes.prompts import Condition, encode, render
+from probes.core.errors import ToolkitError
+from probes.core.files import atomic_path, write_json
+from probes.core.prompts import Condition, encode, render
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 WRAPPED = "._original_component"  # how the TransformerLens bridge nests the modules it wraps

@@ -29,10 +29,10 @@ from sklearn.neural_network import MLPClassifier
 from tqdm.auto import tqdm
 
 from prism.baselines import balanced_threshold
-from probes.artefacts import load_tensors, save_tensors
-from probes.errors import ToolkitError
+from probes.core.errors import ToolkitError
+from probes.core.files import load_tensors, save_tensors
+from probes.core.prompts import Condition, encode, render, token_groups
 from probes.linear import fit_probe, random_direction_control, score_probe, shuffled_label_control
-from probes.prompts import Condition, render
 from probes.recording import record_activations
 from probes.splits import Split, held_out_split, in_distribution_split
 
@@ -135,7 +135,6 @@ def gate_features(model, tokenizer, queries: Sequence[str], layers: Sequence[int
 def template_tokens(tokenizer) -> tuple[int, int]:
     """How many tokens the plain chat rendering puts before and after a query (fixed for a
     tokenizer and template; checked on two queries)."""
-    from probes.prompts import encode, token_groups
 
     counts = set()
     for probe_query in ("What is the capital of France?", "Write a short poem about the sea, please."):

@@ -10,12 +10,18 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from interventions.measure.generation import generate
 from prism.bootstrap import BootstrapConfig, run_bootstrap, summarise
 from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, resolve_budget, run_compare
-from prism.distill import DistillConfig
-from prism.train import run_training
-from probes.atomic import write_json
-from probes.errors import ToolkitError
+from prism.distill import DistillConfig, load_adapter
+from prism.gate import Gate
+from prism.routing import Routed, route_probabilities
+from prism.train import GATED, run_training
+from probes.core.errors import ToolkitError
+from probes.core.files import load_tensors, write_json
+from probes.core.models import load_model
+from probes.core.personas import get_persona
+from probes.core.prompts import Condition, encode, render
 
 MANIFEST = "prism.json"
 VIA = ("adapter", "steering", "prompt")
@@ -35,8 +41,6 @@ def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> st
 
 
 def _load(name: str):
-    from probes.models import load_model
-
     return load_model(name)
 
 
@@ -76,15 +80,6 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
           max_new_tokens: int = 64, model_name: str | None = None) -> list[dict]:
     """Answer ``prompts`` with routing; each answer comes with the gate's probability and route.
     ``via``: the gated adapter, the persona steering vector, or ``persona``'s prompt."""
-    from interventions.generation import generate
-    from prism.distill import load_adapter
-    from prism.gate import Gate
-    from prism.routing import Routed, route_probabilities
-    from prism.train import GATED
-    from probes.artefacts import load_tensors
-    from probes.prompts import Condition, encode, render
-
-    from probes.personas import get_persona
 
     out = Path(out)
     get_persona(persona)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from prism.distill import adapter_layers, use_adapter
-from prism.gate import Gate
-from probes.errors import ToolkitError
+from prism.gate import Gate, gate_features
+from probes.core.errors import ToolkitError
 from probes.recording import HookDidNotFire
 
 _BLOCK = "model.layers."
@@ -168,8 +168,6 @@ def route_probabilities(model, tokenizer, gate: Gate, queries: Sequence[str], *,
     """Gate probabilities from a partial forward pass that stops after the gate's block (for
     the training-free variants that must decide before choosing the prompt)."""
     import tempfile
-
-    from prism.gate import gate_features
 
     with tempfile.TemporaryDirectory() as scratch:
         x = gate_features(model, tokenizer, queries, [gate.layer], gate.position, scratch, batch_size=batch_size,

@@ -24,19 +24,27 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from figures import prism as plots
 from interventions.hooks import final_residuals
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter, balanced_threshold
 from prism.bootstrap import Sample, load_samples
 from prism.distill import DistillConfig, distill, save_adapter
-from prism.gate import (CHOSEN_FROM, READ_POSITIONS, LabelledPrompts, choose, fit_gate, gate_features, split_for,
-                        sweep, template_tokens)
-from probes.artefacts import save_tensors
-from probes.atomic import write_json
-from probes.errors import ToolkitError
+from prism.gate import (
+    CHOSEN_FROM,
+    READ_POSITIONS,
+    LabelledPrompts,
+    choose,
+    fit_gate,
+    gate_features,
+    split_for,
+    sweep,
+    template_tokens,
+)
+from probes.core.errors import ToolkitError
+from probes.core.files import save_figure, save_tensors, write_json, write_table
+from probes.core.prompts import Condition, encode, render
 from probes.intents import intent_queries
 from probes.linear import bootstrap_auc
-from probes.prompts import Condition, encode, render
-from probes.tables import write_table
 
 LABEL_SOURCES = ("bootstrap", "intents")
 GATED, UNGATED = "prism", "sft"
@@ -113,8 +121,6 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
          f"threshold {gate.threshold:.3f} routes {gate_report['route_rate']:.0%} of held-out queries")
 
     quality = _routing_quality(model, tokenizer, gate, x, labelled, split, out, seed)
-    from figures import prism as plots
-    from figures import save_figure
 
     save_figure(plots.gate_sweep(rows, quality), out / "gate" / "sweep.png")
     if labels == "bootstrap":

@@ -14,8 +14,8 @@ from typing import Mapping
 import numpy as np
 from jaxtyping import Float
 
-from interventions.stats import Estimate
-from probes.errors import ToolkitError
+from probes.core.errors import ToolkitError
+from probes.core.stats import Estimate
 
 
 def _check_paired(with_persona: np.ndarray, without: np.ndarray) -> None:

@@ -16,10 +16,32 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from probes.datasets import Item, load_dataset, stratified_sample
-from probes.errors import ToolkitError
+from probes.core.datasets import Item, load_dataset, stratified_sample
+from probes.core.errors import ToolkitError
 
 INTENTS = ("knowledge", "generation", "harmful")
+POSITIONS = ("last", "mean")  # where probes read: the last prompt token, the mean over the prompt
+TARGETS = {
+    "intent": None,  # knowledge / generation / harmful
+    "knowledge-vs-generation": {"knowledge": "knowledge", "generation": "generation"},
+    "harmful-vs-benign": {"harmful": "harmful", "knowledge": "benign", "generation": "benign"},
+}
+
+
+def target_labels(target: str, intents: Sequence[str]) -> list[str | None]:
+    """Labels of one probe target (None: the query is not part of this target)."""
+    if target not in TARGETS:
+        raise ToolkitError(f"unknown probe target {target!r}: use one of {', '.join(TARGETS)}")
+    mapping = TARGETS[target]
+    return list(intents) if mapping is None else [mapping.get(intent) for intent in intents]
+
+
+def target_classes(target: str) -> list[str]:
+    """The classes of a binary target in probe order: directions point towards the second."""
+    mapping = TARGETS[target]
+    if mapping is None:
+        raise ToolkitError(f"{target} is not a binary target")
+    return sorted(set(mapping.values()))
 
 
 @dataclass(frozen=True)

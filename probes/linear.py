@@ -10,7 +10,8 @@ directions) show where chance and a random projection sit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from jaxtyping import Float
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 
-from probes.errors import ToolkitError
+from probes.core.errors import ToolkitError
+from probes.core.files import load_tensors, save_tensors
 
 PROBE_KINDS = ("logistic", "diff-means", "lda")
 
@@ -180,3 +182,18 @@ def random_direction_control(x_train, y_train, x_test, y_test, *, seed: int = 0)
 
 def as_numpy(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
     return tensor.detach().cpu().double().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor, dtype=np.float64)
+
+
+def save_probe(path: str | Path, probe: LinearProbe, metadata: Mapping) -> Path:
+    """Write ``probe`` (weights, bias, kind and classes) with ``metadata`` as safetensors."""
+    return save_tensors(path, {"weights": probe.weights, "bias": probe.bias},
+                        {**metadata, "kind": probe.kind, "classes": list(probe.classes)})
+
+
+def load_probe(path: str | Path) -> tuple[LinearProbe, dict]:
+    """``(probe, metadata)`` of a file written by ``save_probe``."""
+    tensors, metadata = load_tensors(path)
+    if "weights" not in tensors or "classes" not in metadata:
+        raise ToolkitError(f"{path} holds no probe (weights and classes): it may be a direction file")
+    probe = LinearProbe(metadata["kind"], tuple(metadata["classes"]), tensors["weights"].numpy(), tensors["bias"].numpy())
+    return probe, metadata

@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from probes.atomic import atomic_path, write_json
-from probes.batching import check_context, length_sorted_batches, right_pad
-from probes.errors import ToolkitError
-from probes.prompts import RenderedPrompt, encode
+from probes.core.batching import check_context, length_sorted_batches, right_pad
+from probes.core.errors import ToolkitError
+from probes.core.files import atomic_path, write_json
+from probes.core.prompts import RenderedPrompt, encode
 from probes.store import FORMAT, MANIFEST, POSITIONS, ActivationStore, shard_name
 
 _BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.hook_out$")
@@ -37,6 +37,14 @@ class HookDidNotFire(RuntimeError):
 
 class _StopForward(Exception):
     """Raised inside the deepest requested hook: later blocks are not needed."""
+
+
+EMBEDDING_HOOK = "hook_embed"  # the token embeddings: layer -1, a lexical baseline
+
+
+def layer_index(hook: str) -> int:
+    """Block index of a residual hook; -1 for the token embeddings (before block 0)."""
+    return -1 if hook == EMBEDDING_HOOK else int(hook.split(".")[1])
 
 
 def residual_hooks(model: TransformerBridge, layers: Sequence[int] | None = None) -> list[str]:

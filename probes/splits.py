@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from probes.errors import ToolkitError
+from probes.core.errors import ToolkitError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from safetensors.torch import load_file
 
-from probes.errors import ToolkitError
+from probes.core.errors import ToolkitError
 
 FORMAT = "prism-activations/1"
 MANIFEST = "manifest.json"

@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
-from probes.models import load_model, resolve_model_directory
+from probes.core.models import load_model, resolve_model_directory
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()

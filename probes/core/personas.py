@@ -1,0 +1,107 @@
+"""The persona library: twelve personas, each written at three lengths, plus user personas."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Mapping
+
+from probes.core.errors import ToolkitError
+
+LENGTHS = ("min", "short", "long")
+BUILTIN_FILE = "persona_library.json"
+
+
+@dataclass(frozen=True)
+class Persona:
+    """A persona: a name, the query category it is the expert for (if any), and its texts."""
+
+    name: str
+    texts: Mapping[str, str]
+    category: str | None = None
+    kind: str = "domain"
+    source: str = field(default="builtin", compare=False)
+
+    def text(self, length: str) -> str:
+        if length not in LENGTHS:
+            raise ToolkitError(f"unknown persona length {length!r}: use one of {', '.join(LENGTHS)}")
+        if length not in self.texts:
+            raise ToolkitError(
+                f"persona {self.name!r} has no {length!r} text; it has: {', '.join(self.texts)}"
+            )
+        return self.texts[length]
+
+
+def builtin_personas() -> dict[str, Persona]:
+    """The twelve personas written for this toolkit (8 MT-Bench domains + 4 behavioural)."""
+    return dict(_builtin_library())
+
+
+@lru_cache(maxsize=1)
+def _builtin_library() -> dict[str, Persona]:
+    text = files("probes.core").joinpath(BUILTIN_FILE).read_text(encoding="utf-8")
+    return _parse(json.loads(text), origin="builtin")
+
+
+def load_personas(path: str | Path) -> dict[str, Persona]:
+    """Read user personas from a JSON file shaped like the built-in library.
+
+    Schema: ``{"personas": [{"name": str, "min"|"short"|"long": str (at least one),
+    "category": str | null (optional), "kind": str (optional)}]}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"no persona file at {path}: check the path")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ToolkitError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from error
+    return _parse(payload, origin=str(path))
+
+
+def persona_library(extra_file: str | Path | None = None) -> dict[str, Persona]:
+    """Built-in personas, plus those in ``extra_file`` (which may override a built-in name)."""
+    library = builtin_personas()
+    if extra_file is not None:
+        library.update(load_personas(extra_file))
+    return library
+
+
+def get_persona(name: str, library: Mapping[str, Persona] | None = None) -> Persona:
+    library = builtin_personas() if library is None else library
+    if name not in library:
+        raise ToolkitError(f"unknown persona {name!r}: use one of {', '.join(library)}")
+    return library[name]
+
+
+def _parse(payload: object, origin: str) -> dict[str, Persona]:
+    entries = payload.get("personas") if isinstance(payload, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ToolkitError(f"{origin}: expected an object with a non-empty 'personas' list")
+    library: dict[str, Persona] = {}
+    for index, entry in enumerate(entries):
+        where = f"{origin}: persona #{index + 1}"
+        if not isinstance(entry, dict):
+            raise ToolkitError(f"{where} is not an object")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ToolkitError(f"{where} has no 'name'")
+        if name in ("none", "random") or name in library:
+            raise ToolkitError(f"{where}: name {name!r} is reserved or repeated")
+        texts = {length: entry[length] for length in LENGTHS if length in entry}
+        if not texts:
+            raise ToolkitError(f"{where} ({name}) has none of the texts {', '.join(LENGTHS)}")
+        for length, text in texts.items():
+            if not isinstance(text, str) or not text.strip():
+                raise ToolkitError(f"{where} ({name}): the {length!r} text is empty")
+        library[name] = Persona(
+            name=name,
+            texts={length: text.strip() for length, text in texts.items()},
+            category=entry.get("category"),
+            kind=entry.get("kind", "domain"),
+            source=origin,
+        )
+    return library

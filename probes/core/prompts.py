@@ -1,0 +1,265 @@
+"""Persona conditions, rendered through the model's own chat template.
+
+A condition says which persona (or none), at which length, in which placement. "No persona"
+has two meanings and both are offered: ``base_system="empty"`` sends an explicit empty system
+message (the paper's No-Sys baseline); ``base_system="template"`` sends no system message, so a
+template such as SmolLM2's inserts its own default system prompt. The same choice fills the
+system slot whenever the persona is placed in the user message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import asdict, dataclass, replace
+from typing import Mapping, Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from probes.core.errors import ToolkitError
+from probes.core.personas import LENGTHS, Persona, builtin_personas, get_persona
+
+PLACEMENTS = ("system", "user")
+BASE_SYSTEMS = ("empty", "template")
+NO_PERSONA = "none"
+RANDOM_PERSONA = "random"
+EXPERT_PERSONA = "expert"
+# Query categories whose expert persona is not literally named after them.
+CATEGORY_ALIASES = {"STEM": "stem", "humanities": "humanities"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One persona condition: ``persona`` is a library name, ``"none"``, ``"expert"`` (the
+    persona matched to the item's category) or ``"random"`` (a domain persona other than the
+    matched one, chosen per item)."""
+
+    persona: str = NO_PERSONA
+    length: str = "min"
+    placement: str = "system"
+    base_system: str = "empty"
+
+    def __post_init__(self) -> None:
+        if self.length not in LENGTHS:
+            raise ToolkitError(f"unknown persona length {self.length!r}: use one of {', '.join(LENGTHS)}")
+        if self.placement not in PLACEMENTS:
+            raise ToolkitError(f"unknown placement {self.placement!r}: use one of {', '.join(PLACEMENTS)}")
+        if self.base_system not in BASE_SYSTEMS:
+            raise ToolkitError(f"unknown base system {self.base_system!r}: use one of {', '.join(BASE_SYSTEMS)}")
+
+    @property
+    def label(self) -> str:
+        if self.persona == NO_PERSONA:
+            return f"none[{self.base_system}]"
+        return f"{self.persona}/{self.length}/{self.placement}[{self.base_system}]"
+
+    @property
+    def slug(self) -> str:
+        """The label as a file name: ``math-min-system-empty``."""
+        if self.persona == NO_PERSONA:
+            return f"none-{self.base_system}"
+        return f"{self.persona}-{self.length}-{self.placement}-{self.base_system}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt as the model sees it, with what was actually done to build it."""
+
+    text: str
+    condition: Condition
+    persona: str | None  # the persona used ("random" resolved), None without one
+    placement: str | None  # where the persona went after any fallback, None without one
+    persona_span: tuple[int, int] | None  # character span of the persona text in ``text``
+    query_span: tuple[int, int]  # character span of the query in ``text``
+    add_special_tokens: bool  # False when the chat template already wrote BOS
+    item_id: str = ""
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content) pairs the text was rendered from
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def metadata(self) -> dict:
+        return {
+            "item_id": self.item_id,
+            "condition": self.condition.to_dict(),
+            "persona": self.persona,
+            "placement": self.placement,
+        }
+
+
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    query: str,
+    condition: Condition = Condition(),
+    *,
+    personas: Mapping[str, Persona] | None = None,
+    item_id: str = "",
+    item_category: str | None = None,
+    answer_prefix: str = "",
+    seed: int = 0,
+) -> RenderedPrompt:
+    """Render ``query`` under ``condition``; ``answer_prefix`` begins the assistant turn."""
+    if not isinstance(query, str) or not query.strip():
+        raise ToolkitError(f"empty prompt{f' (item {item_id})' if item_id else ''}: every query needs text")
+    library = builtin_personas() if personas is None else personas
+    persona = _resolve_persona(condition, library, item_id, item_category, seed)
+    persona_text = persona.text(condition.length) if persona else None
+    placement = condition.placement if persona else None
+    if placement == "system" and not supports_system_role(tokenizer):
+        placement = "user"
+
+    system: str | None = "" if condition.base_system == "empty" else None
+    user = query
+    if placement == "system":
+        system = persona_text
+    elif placement == "user":
+        user = f"{persona_text}\n\n{query}"
+    if system is not None and not supports_system_role(tokenizer):
+        system = None
+
+    messages = _messages(system, user)
+    text, special = _apply_template(tokenizer, messages)
+    text += answer_prefix
+    persona_span = None
+    search_from = 0
+    if persona_text is not None:
+        start = text.index(persona_text)
+        persona_span = (start, start + len(persona_text))
+        search_from = persona_span[1]
+    query_start = text.index(query, search_from)
+    return RenderedPrompt(
+        text=text,
+        condition=condition,
+        persona=persona.name if persona else None,
+        placement=placement,
+        persona_span=persona_span,
+        query_span=(query_start, query_start + len(query)),
+        add_special_tokens=special,
+        item_id=item_id,
+        messages=messages,
+    )
+
+
+def render_messages(
+    tokenizer: PreTrainedTokenizerBase, system: str | None, user: str, *, answer_prefix: str = ""
+) -> RenderedPrompt:
+    """A plain system + user exchange (no persona condition), e.g. a judge's prompt."""
+    if not user.strip():
+        raise ToolkitError("empty prompt: every query needs text")
+    if system is not None and not supports_system_role(tokenizer):
+        user, system = (f"{system}\n\n{user}" if system else user), None
+    messages = _messages(system, user)
+    text, special = _apply_template(tokenizer, messages)
+    start = text.index(user)
+    return RenderedPrompt(
+        text=text + answer_prefix, condition=Condition(), persona=None, placement=None,
+        persona_span=None, query_span=(start, start + len(user)), add_special_tokens=special, messages=messages,
+    )
+
+
+def matched_persona(category: str | None, library: Mapping[str, Persona]) -> str | None:
+    """The persona whose expertise matches a query category, if the library has one."""
+    if category is None:
+        return None
+    for persona in library.values():
+        if persona.category is not None and persona.category == category:
+            return persona.name
+    alias = CATEGORY_ALIASES.get(category)
+    return alias if alias in library else None
+
+
+def _resolve_persona(
+    condition: Condition, library: Mapping[str, Persona], item_id: str, category: str | None, seed: int
+) -> Persona | None:
+    if condition.persona == NO_PERSONA:
+        return None
+    matched = matched_persona(category, library)
+    if condition.persona == EXPERT_PERSONA:
+        if matched is None:
+            raise ToolkitError(f"no expert persona matches category {category!r}{f' (item {item_id})' if item_id else ''}")
+        return library[matched]
+    if condition.persona != RANDOM_PERSONA:
+        return get_persona(condition.persona, library)
+    pool = sorted(
+        name
+        for name, persona in library.items()
+        if persona.kind == "domain" and name != matched and condition.length in persona.texts
+    )
+    if not pool:
+        raise ToolkitError("no persona is left for the random control: the library needs two domain personas")
+    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
+    return library[random.Random(digest).choice(pool)]
+
+
+def _messages(system: str | None, user: str) -> tuple[tuple[str, str], ...]:
+    return ((("system", system),) if system is not None else ()) + (("user", user),)
+
+
+def _apply_template(tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]]) -> tuple[str, bool]:
+    if not getattr(tokenizer, "chat_template", None):
+        # A base model without a chat template: plain text, the tokenizer adds BOS itself.
+        return "".join(f"{content}\n\n" for _, content in messages if content), True
+    chat = [{"role": role, "content": content} for role, content in messages]
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return text, False
+
+
+def render_conversation(
+    tokenizer: PreTrainedTokenizerBase, first: RenderedPrompt, response: str, follow_up: str
+) -> RenderedPrompt:
+    """The prompt for a second turn: ``first``'s messages, the model's ``response``, ``follow_up``."""
+    if not follow_up.strip():
+        raise ToolkitError("empty follow-up turn: every turn needs text")
+    messages = tuple(first.messages) + (("assistant", response), ("user", follow_up))
+    text, special = _apply_template(tokenizer, messages)
+    start = text.rindex(follow_up)
+    return replace(
+        first, text=text, query_span=(start, start + len(follow_up)), add_special_tokens=special, messages=messages
+    )
+
+
+def supports_system_role(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the chat template accepts a system message and shows its text."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return False
+    if template not in _SYSTEM_ROLE_SUPPORT:
+        marker = "Zq9 system marker"
+        messages = [{"role": "system", "content": marker}, {"role": "user", "content": "hello"}]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            _SYSTEM_ROLE_SUPPORT[template] = marker in text
+        except Exception:  # templates signal "no system role" by raising inside Jinja
+            _SYSTEM_ROLE_SUPPORT[template] = False
+    return _SYSTEM_ROLE_SUPPORT[template]
+
+
+_SYSTEM_ROLE_SUPPORT: dict[str, bool] = {}
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: RenderedPrompt) -> list[int]:
+    """Token ids of a rendered prompt, with BOS only where the template did not write it."""
+    return tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
+
+
+def token_groups(tokenizer: PreTrainedTokenizerBase, prompt: RenderedPrompt) -> dict[str, list[int]]:
+    """Token positions of a rendered prompt by role: ``persona`` (the persona text), ``query``
+    (the query text), ``after_query`` (template and answer stem after the query) and ``final``
+    (the last token)."""
+    encoded = tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    if not offsets:
+        raise ToolkitError("the prompt tokenises to nothing")
+
+    def inside(span: tuple[int, int] | None) -> list[int]:
+        if span is None:
+            return []
+        return [i for i, (start, end) in enumerate(offsets) if end > span[0] and start < span[1] and end > start]
+
+    query = inside(prompt.query_span)
+    after = [i for i in range(query[-1] + 1, len(offsets))] if query else []
+    return {"persona": inside(prompt.persona_span), "query": query, "after_query": after, "final": [len(offsets) - 1]}

@@ -1,0 +1,292 @@
+"""``prism probe``: where intent and persona live, layer by layer.
+
+1. Record the residual stream after every block (last prompt token and prompt mean) for
+   balanced intent queries (``probes.intents``) under no persona.
+2. Per layer, position, probe kind and target, fit on the training side of a split made before
+   any fitting, and score held-out accuracy and AUC with bootstrap CIs. Two splits side by side:
+   held-out groups (whole MMLU subjects, MT-Bench categories, HarmBench categories never seen in
+   training) and in-distribution (random items of the training groups). Controls on every
+   curve: the same probe fitted to shuffled labels, and a probe that may only read a random
+   direction.
+3. Persona directions: the same queries (a subset) under each persona and length; per layer, the
+   mean paired difference from no persona, its norm, cosines between personas and with the
+   intent direction, and how much of them is one shared direction.
+4. Save directions and probes (safetensors + metadata), tables, figures and a report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from probes.core.errors import ToolkitError
+from probes.core.files import save_tensors, write_table
+from probes.core.models import load_model
+from probes.core.personas import LENGTHS, builtin_personas
+from probes.core.prompts import Condition, render
+from probes.directions import cosine, norm_estimate, persona_differences, shared_structure
+from probes.intents import POSITIONS, TARGETS, LabelledQuery, intent_queries, target_labels
+from probes.linear import PROBE_KINDS, as_numpy, fit_probe, random_direction_control, score_probe, shuffled_label_control
+from probes.recording import EMBEDDING_HOOK, layer_index, record_activations, residual_hooks
+from probes.report import write_probe_report
+from probes.splits import balance, held_out_split, in_distribution_split
+from probes.store import ActivationStore
+
+
+def data_hash(queries: Sequence[LabelledQuery]) -> str:
+    digest = hashlib.sha256()
+    for query in queries:
+        digest.update(f"{query.item.id}\t{query.intent}\t{query.group}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def record_condition(model, tokenizer, queries, condition: Condition, out: Path, hooks, positions, batch_size,
+                     progress) -> dict[str, ActivationStore]:
+    prompts = [render(tokenizer, q.item.prompt, condition, item_id=q.item.id, item_category=q.item.category) for q in queries]
+    return {
+        position: record_activations(
+            model, tokenizer, prompts, out / f"{condition.slug}-{position}", hooks=hooks, positions=position,
+            batch_size=batch_size, progress=progress, metadata={"condition": condition.to_dict(), "data": data_hash(queries)},
+        )
+        for position in positions
+    }
+
+
+def probe_scores(activations: dict[str, dict[str, np.ndarray]], queries: Sequence[LabelledQuery], hooks: Sequence[str],
+                 *, kinds: Sequence[str] = PROBE_KINDS, seed: int = 0, progress: bool = True) -> list[dict]:
+    """Every (target, split, position, layer, kind) score with its controls."""
+    intents = [q.intent for q in queries]
+    groups = [q.group for q in queries]
+    rows = []
+    jobs = [(target, position) for target in TARGETS for position in activations]
+    for target, position in tqdm(jobs, desc="probes", unit="target", disable=not progress):
+        labels = target_labels(target, intents)
+        member = np.array([i for i, label in enumerate(labels) if label is not None])
+        member_labels = [labels[i] for i in member]
+        member_groups = [groups[i] for i in member]
+        held = held_out_split(member_labels, member_groups, seed=seed)
+        held.check_disjoint(member_groups)
+        inside = in_distribution_split(member_labels, held.train, seed=seed)
+        for split_name, split in (("held-out", held), ("in-distribution", inside)):
+            train = member[balance(split.train, member_labels, seed=seed)]
+            test = member[balance(split.test, member_labels, seed=seed)]
+            y_train = np.array([labels[i] for i in train])
+            y_test = np.array([labels[i] for i in test])
+            for layer, hook in enumerate(hooks):
+                x = activations[position][hook]
+                base = {"target": target, "split": split_name, "position": position, "hook": hook,
+                        "layer": layer_index(hook), "n_train": len(train)}
+                for kind in kinds:
+                    probe = fit_probe(kind, x[train], y_train, seed=seed)
+                    rows.append({**base, "probe": kind, **score_probe(probe, x[test], y_test, seed=seed).to_dict()})
+                    control = shuffled_label_control(kind, x[train], y_train, x[test], y_test, seed=seed)
+                    rows.append({**base, "probe": f"{kind} (shuffled labels)", **control.to_dict()})
+                control = random_direction_control(x[train], y_train, x[test], y_test, seed=seed)
+                rows.append({**base, "probe": "random direction", **control.to_dict()})
+    return rows
+
+
+def earliest_decodable(rows: Sequence[dict], target: str, position: str, kind: str = "logistic",
+                       split: str = "held-out") -> dict | None:
+    """The first layer whose AUC CI lies above both controls' CIs (and its numbers)."""
+    chosen = sorted((r for r in rows if r["target"] == target and r["position"] == position and r["split"] == split),
+                    key=lambda r: r["layer"])
+    for row in (r for r in chosen if r["probe"] == kind):
+        controls = [r for r in chosen if r["layer"] == row["layer"]
+                    and r["probe"] in (f"{kind} (shuffled labels)", "random direction")]
+        if controls and all(row["auc_low"] > c["auc_high"] for c in controls):
+            return {"layer": row["layer"], "auc": row["auc"], "auc_low": row["auc_low"], "auc_high": row["auc_high"],
+                    "n": row["n"], "controls": {c["probe"]: (c["auc"], c["auc_low"], c["auc_high"]) for c in controls}}
+    return None
+
+
+def intent_directions(activations: dict[str, np.ndarray], intents: Sequence[str], hooks: Sequence[str], target: str):
+    """Per layer, the unit difference-of-means direction of a binary target (towards classes[1])."""
+    labels = np.array(target_labels(target, intents), dtype=object)
+    classes = sorted({label for label in labels if label is not None})
+    if len(classes) != 2:
+        raise ToolkitError(f"{target} is not a binary target")
+    directions = []
+    for hook in hooks:
+        x = activations[hook]
+        difference = x[labels == classes[1]].mean(axis=0) - x[labels == classes[0]].mean(axis=0)
+        norm = np.linalg.norm(difference)  # zero where every prompt ends in the same token (embeddings, last)
+        directions.append(difference / norm if norm > 0 else difference)
+    return classes, np.stack(directions)
+
+
+def run_probe_study(
+    out: str | Path,
+    *,
+    model_name: str = "default",
+    per_intent: int = 160,
+    extra: Sequence[str] = (),
+    layers: Sequence[int] | None = None,
+    kinds: Sequence[str] = PROBE_KINDS,
+    personas: Sequence[str] | None = None,
+    persona_lengths: Sequence[str] = LENGTHS,
+    persona_queries: int = 24,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Run the probe study into ``out``; re-running resumes the recordings."""
+
+    out = Path(out)
+    unknown = [kind for kind in kinds if kind not in PROBE_KINDS]
+    if unknown:
+        raise ToolkitError(f"unknown probe {unknown[0]!r}: use any of {', '.join(PROBE_KINDS)}")
+    library = builtin_personas()
+    personas = list(library) if personas is None else list(personas)
+    for name in personas:
+        if name not in library:
+            raise ToolkitError(f"unknown persona {name!r}: see `prism personas`")
+    for length in persona_lengths:
+        if length not in LENGTHS:
+            raise ToolkitError(f"unknown persona length {length!r}: use any of {', '.join(LENGTHS)}")
+    queries = intent_queries(per_intent, extra=extra, seed=seed)
+    model, tokenizer = load_model(model_name)
+    hooks = [EMBEDDING_HOOK] + residual_hooks(model, layers)  # token embeddings: the lexical baseline
+    meta = {"model": model.cfg.model_name, "data": data_hash(queries), "hooks": hooks, "seed": seed}
+
+    _say(f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona")
+    stores = record_condition(model, tokenizer, queries, Condition("none"), out / "activations", hooks, POSITIONS,
+                              batch_size, progress)
+    activations = {position: {hook: as_numpy(store.load(hook)) for hook in hooks} for position, store in stores.items()}
+    rows = probe_scores(activations, queries, hooks, kinds=kinds, seed=seed, progress=progress)
+    _write_rows(out / "probe_scores", rows)
+
+    intents = [q.intent for q in queries]
+    summary = {"model": meta["model"], "n_queries": len(queries), "data": meta["data"], "earliest": {}, "saved": []}
+    directions_by_position = {}
+    for position in POSITIONS:
+        for target in ("knowledge-vs-generation", "harmful-vs-benign"):
+            classes, directions = intent_directions(activations[position], intents, hooks, target)
+            directions_by_position[(target, position)] = directions
+            scores = {r["layer"]: r["auc"] for r in rows if r["target"] == target and r["position"] == position
+                      and r["split"] == "held-out" and r["probe"] == "diff-means"}
+            path = save_tensors(out / "directions" / f"intent_{target}_{position}.safetensors", {"directions": directions},
+                                {**meta, "target": target, "classes": classes, "positions": position,
+                                 "layers": [layer_index(h) for h in hooks], "kind": "diff-means (unit)",
+                                 "held_out_auc": [scores.get(layer_index(h)) for h in hooks]})
+            summary["saved"].append(str(path.relative_to(out)))
+        for target in TARGETS:
+            summary["earliest"][f"{target}/{position}"] = earliest_decodable(rows, target, position)
+    summary["saved"] += _save_probes(out, activations, queries, hooks, meta, rows, seed)
+
+    chosen = _spread_queries(queries, persona_queries)
+    persona_set = [queries[i] for i in chosen]
+    base_acts = {p: {h: activations[p][h][chosen] for h in hooks} for p in POSITIONS}  # recorded above
+    persona = _persona_directions(model, tokenizer, persona_set, base_acts, personas, persona_lengths, out, hooks,
+                                  directions_by_position, meta, batch_size, progress)
+    summary["personas"] = persona["summary"]
+
+    write_probe_report(out, rows, persona, activations, queries, persona_set, directions_by_position, hooks, summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    return summary
+
+
+def _save_probes(out: Path, activations, queries, hooks, meta, rows, seed) -> list[str]:
+    """A logistic probe per layer for each target and position, fitted on every query; the
+    metadata carries each layer's held-out AUC (from the split's training side)."""
+    saved = []
+    intents = [q.intent for q in queries]
+    for target in TARGETS:
+        labels = target_labels(target, intents)
+        member = balance(np.array([i for i, label in enumerate(labels) if label is not None]), labels, seed=seed)
+        y = np.array([labels[i] for i in member])
+        for position in POSITIONS:
+            probes = [fit_probe("logistic", activations[position][hook][member], y, seed=seed) for hook in hooks]
+            path = save_tensors(
+                out / "probes" / f"{target}_{position}.safetensors",
+                {"weights": np.stack([p.weights for p in probes]), "bias": np.stack([p.bias for p in probes])},
+                {**meta, "target": target, "positions": position, "kind": "logistic", "classes": list(probes[0].classes),
+                 "layers": [layer_index(h) for h in hooks], "n": len(member),
+                 "held_out_auc": [next((r["auc"] for r in rows if r["target"] == target and r["position"] == position
+                                        and r["split"] == "held-out" and r["probe"] == "logistic" and r["hook"] == h), None)
+                                  for h in hooks]},
+            )
+            saved.append(str(path.relative_to(out)))
+    return saved
+
+
+def _spread_queries(queries: Sequence[LabelledQuery], n: int) -> list[int]:
+    """Indices of about ``n`` queries, the same number per intent, spread over each intent's list."""
+    by_intent: dict[str, list[int]] = {}
+    for index, query in enumerate(queries):
+        by_intent.setdefault(query.intent, []).append(index)
+    per = max(1, n // len(by_intent))
+    chosen = []
+    for members in by_intent.values():
+        picks = np.unique(np.linspace(0, len(members) - 1, min(per, len(members))).astype(int))
+        chosen += [members[i] for i in picks]
+    return chosen
+
+
+def _persona_directions(model, tokenizer, queries, base_acts, personas, lengths, out, hooks, intent_dirs, meta,
+                        batch_size, progress) -> dict:
+    """``base_acts``: the same queries' no-persona activations (position -> hook -> [n, d])."""
+    _say(f"recording {len(queries)} queries under {len(personas)} personas x {len(lengths)} lengths")
+    differences: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+    conditions = [Condition(name, length, "system") for name in personas for length in lengths]
+    for condition in tqdm(conditions, desc="persona conditions", unit="condition", disable=not progress):
+        stores = record_condition(model, tokenizer, queries, condition, out / "activations" / "personas", hooks,
+                                  POSITIONS, batch_size, progress=False)
+        for position, store in stores.items():
+            differences[(condition.persona, condition.length, position)] = {
+                hook: persona_differences(as_numpy(store.load(hook)), base_acts[position][hook]) for hook in hooks
+            }
+    rows, shared = [], []
+    for (persona, length, position), by_hook in differences.items():
+        for hook in hooks:
+            norm = norm_estimate(by_hook[hook])
+            direction = by_hook[hook].mean(axis=0)
+            row = {"persona": persona, "length": length, "position": position, "layer": layer_index(hook),
+                   "norm": norm.mean, "norm_low": norm.low, "norm_high": norm.high, "n": norm.n,
+                   "residual_norm": float(np.linalg.norm(base_acts[position][hook], axis=1).mean())}
+            for (target, pos), dirs in intent_dirs.items():
+                if pos == position:
+                    row[f"cos_{target}"] = cosine(direction, dirs[hooks.index(hook)])
+            rows.append(row)
+    for position in POSITIONS:
+        for length in lengths:
+            for hook in hooks:
+                directions = {p: differences[(p, length, position)][hook].mean(axis=0) for p in personas}
+                if len(directions) > 1 and all(np.linalg.norm(d) > 0 for d in directions.values()):
+                    shared.append({"position": position, "length": length, "layer": layer_index(hook),
+                                   **shared_structure(directions).to_dict()})
+    _write_rows(out / "persona_directions", rows)
+    _write_rows(out / "persona_shared", shared)
+    length_pairs = []
+    for position in POSITIONS:
+        for persona in personas:
+            for hook in hooks:
+                present = [length for length in lengths if (persona, length, position) in differences]
+                if "min" in present and "long" in present:
+                    short, long = (differences[(persona, length, position)][hook].mean(axis=0) for length in ("min", "long"))
+                    length_pairs.append({"persona": persona, "position": position, "layer": layer_index(hook),
+                                         "cos_min_long": cosine(short, long),
+                                         "norm_ratio_long_min": float(np.linalg.norm(long) / (np.linalg.norm(short) + 1e-12))})
+    _write_rows(out / "persona_lengths", length_pairs)
+    for position in POSITIONS:
+        tensors = {f"{persona}/{length}": np.stack([differences[(persona, length, position)][h].mean(axis=0) for h in hooks])
+                   for persona in personas for length in lengths}
+        save_tensors(out / "directions" / f"persona_{position}.safetensors", tensors,
+                     {**meta, "positions": position, "layers": [layer_index(h) for h in hooks],
+                      "kind": "mean persona-minus-no-persona (unnormalised)", "n_queries": len(queries)})
+    return {"summary": {"n_queries": len(queries), "conditions": len(conditions)}, "rows": rows, "shared": shared,
+            "lengths": length_pairs, "differences": differences, "base": base_acts}
+
+
+def _write_rows(stem: Path, rows: Sequence[dict]) -> None:
+    write_table(stem.with_suffix(".csv"), rows)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,257 @@
+"""PRISM on tiny random models: gate, gated LoRA distillation, routed inference, artefacts."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from interventions.measure.generation import generate
+from interventions.measure.scoring import score_choices
+from prism.bootstrap import Sample, clean_query, summarise
+from prism.distill import DistillConfig, distill, distillation_loss, load_adapter, save_adapter, use_adapter
+from prism.gate import Gate, fit_gate, gate_features
+from prism.routing import Routed, route_probabilities
+from probes.core.errors import ToolkitError
+from probes.core.models import load_model
+from probes.core.prompts import Condition, encode, render
+from probes.splits import Split
+
+QUERIES = ["What is the capital of France?", "Write a short poem about the sea and the wind.",
+           "Name the largest planet.", "Tell me a story about a brave knight who loses his sword.",
+           "Who wrote Hamlet?", "Compose a limerick about a cat."]
+
+
+def _samples(n: int = 6) -> list[Sample]:
+    return [Sample(f"math-{i}", "math", f"What is {i} plus {i + 1}? Explain why.", "It is.",
+                   f"The sum is {2 * i + 1}, since adding one more gives it.", True, True, (1.0, 1.0)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llama_directory, tmp_path_factory):
+    """A fresh tiny model with a trained adapter 'prism' on blocks 1..2 and a logistic gate on block 0."""
+    model, tokenizer = load_model(tiny_llama_directory)
+    config = DistillConfig(epochs=4, learning_rate=2e-3, first_block=1)
+    info = distill(model, tokenizer, _samples(), "prism", config, progress=False)
+    x = gate_features(model, tokenizer, QUERIES, [0], "last", tmp_path_factory.mktemp("features"), progress=False)[0]
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    split = Split(np.arange(6), np.arange(6))
+    gate, _ = fit_gate(x, labels, split, layer=0, position="last")
+    probabilities = gate.probability(x)
+    gate.threshold = float(np.median(probabilities))  # half the queries routed: a mixed batch
+    return model, tokenizer, gate, info
+
+
+def test_the_teacher_keeps_its_persona_and_distillation_closes_the_gap(tiny_llama_directory):
+    model, tokenizer = load_model(tiny_llama_directory)
+    sample = _samples(1)[0]
+    config = DistillConfig(epochs=6, learning_rate=2e-3)
+    from prism.distill import attach_adapter
+
+    attach_adapter(model, "probe", config)  # untrained: lora_B starts at zero, the student is the plain model
+    use_adapter(model, "probe")
+    untrained = distillation_loss(model, tokenizer, sample, config)
+    assert untrained > 1e-4  # the teacher saw the persona; the student did not
+    info = distill(model, tokenizer, _samples(), "prism", config, progress=False)
+    use_adapter(model, "prism")
+    assert distillation_loss(model, tokenizer, sample, config) < 0.5 * untrained
+    assert info["steps"] == 6 * 2 and info["n_samples"] == 6
+
+
+def test_adapters_round_trip_and_load_onto_the_plain_model(trained, tiny_llama_directory, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer, _, info = trained
+    ids = torch.tensor([tokenizer("Hello there, a test sentence")["input_ids"]])
+    use_adapter(model, "prism")
+    with torch.no_grad():
+        adapted = model.original_model(ids).logits
+    use_adapter(model, None)
+    with torch.no_grad():
+        assert (model.original_model(ids).logits - adapted).abs().max() > 1e-4
+    save_adapter(model, "prism", tmp_path / "adapter", info["peft_config"], info)
+    fresh, _ = load_model(tiny_llama_directory)
+    with torch.no_grad():
+        plain_logits = fresh.original_model(ids).logits
+    load_adapter(fresh, "prism", tmp_path / "adapter")
+    load_adapter(fresh, "again", tmp_path / "adapter")
+    with torch.no_grad():  # loading never switches an adapter on
+        assert torch.equal(fresh.original_model(ids).logits, plain_logits)
+    use_adapter(fresh, "prism")
+    with torch.no_grad():
+        assert torch.equal(fresh.original_model(ids).logits, adapted)
+        plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_directory), tmp_path / "adapter")
+        assert torch.allclose(plain(ids).logits, adapted, atol=1e-4)
+
+
+def test_damaged_or_mismatched_adapters_fail_with_one_line(trained, tiny_llama_directory, tiny_gemma_directory, tmp_path):
+    model, _, _, info = trained
+    directory = save_adapter(model, "prism", tmp_path / "adapter", info["peft_config"])
+    (directory / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    fresh, _ = load_model(tiny_llama_directory)
+    with pytest.raises(ToolkitError, match="not a readable safetensors"):
+        load_adapter(fresh, "prism", directory)
+    with pytest.raises(ToolkitError, match="no adapter at"):
+        load_adapter(fresh, "prism", tmp_path / "missing")
+    good = save_adapter(model, "prism", tmp_path / "good", info["peft_config"])
+    gemma, _ = load_model(tiny_gemma_directory)  # two blocks: the adapter adapts block 2
+    with pytest.raises(ToolkitError, match="adapts block 2"):
+        load_adapter(gemma, "prism", good)
+    config = json.loads((good / "adapter_config.json").read_text())
+    (good / "adapter_config.json").write_text(json.dumps({**config, "r": 4}))
+    with pytest.raises(ToolkitError, match="does not match"):
+        load_adapter(fresh, "other", good)
+
+
+def test_gates_round_trip_and_reject_other_files(trained, tmp_path):
+    from probes.core.files import save_tensors
+
+    _, _, gate, _ = trained
+    gate.save(tmp_path / "gate.safetensors")
+    loaded = Gate.load(tmp_path / "gate.safetensors")
+    x = np.random.default_rng(0).normal(size=(5, gate.tensors["weight"].shape[0]))
+    assert np.array_equal(loaded.probability(x), gate.probability(x)) and loaded.threshold == gate.threshold
+    assert (loaded.layer, loaded.position, loaded.kind) == (0, "last", "logistic")
+    save_tensors(tmp_path / "direction.safetensors", {"direction": torch.ones(3)}, {"kind": "direction"})
+    with pytest.raises(ToolkitError, match="not a PRISM gate"):
+        Gate.load(tmp_path / "direction.safetensors")
+
+
+def test_the_gate_read_in_the_answering_pass_matches_a_separate_partial_pass(trained):
+    model, tokenizer, gate, _ = trained
+    prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
+    separate = route_probabilities(model, tokenizer, gate, QUERIES)
+    with Routed(model, gate, adapter="prism") as routed:
+        generate(model, tokenizer, prompts, max_new_tokens=3, batch_size=6, progress=False)  # left-padded, mixed lengths
+    in_pass = np.array([routed.decision(encode(tokenizer, prompt))[0] for prompt in prompts])
+    assert np.allclose(in_pass, separate, atol=1e-5)
+    routes = [routed.decision(encode(tokenizer, prompt))[1] for prompt in prompts]
+    assert 0 < sum(routes) < len(routes)  # a mixed batch
+    assert routes == list(separate >= gate.threshold)
+
+
+def test_a_mixed_batch_gives_each_sequence_the_logits_of_its_own_route(trained):
+    model, tokenizer, gate, _ = trained
+    prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
+    options = [[" yes", " no and more"]] * len(prompts)
+    with Routed(model, gate, adapter="prism") as routed:
+        mixed = score_choices(model, tokenizer, prompts, options, [0] * len(prompts), batch_size=6, share_prefix=False,
+                              progress=False)
+    for prompt, result in zip(prompts, mixed):
+        use_adapter(model, "prism" if routed.decision(encode(tokenizer, prompt))[1] else None)
+        alone = score_choices(model, tokenizer, [prompt], options[:1], [0], batch_size=1, progress=False)[0]
+        assert np.allclose(result.logprobs, alone.logprobs, atol=1e-4)
+    use_adapter(model, None)
+
+
+def test_routed_steering_only_moves_routed_rows(trained):
+    model, tokenizer, gate, _ = trained
+    prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
+    options = [[" yes", " no"]] * len(prompts)
+    plain = score_choices(model, tokenizer, prompts, options, [0] * len(prompts), share_prefix=False, progress=False)
+    vector = torch.randn(model.cfg.d_model) * 5
+    with Routed(model, gate, steering=(1, vector)) as routed:
+        steered = score_choices(model, tokenizer, prompts, options, [0] * len(prompts), share_prefix=False, progress=False)
+    for prompt, before, after in zip(prompts, plain, steered):
+        moved = not np.allclose(before.logprobs, after.logprobs, atol=1e-5)
+        assert moved == routed.decision(encode(tokenizer, prompt))[1]
+
+
+def test_routing_refuses_an_adapter_that_reaches_the_gates_block(trained):
+    model, _, gate, _ = trained
+    late = Gate(gate.kind, 1, gate.position, gate.tensors, gate.threshold)
+    with pytest.raises(ToolkitError, match="at or before the gate's block"):
+        with Routed(model, late, adapter="prism"):
+            pass
+    with pytest.raises(ToolkitError, match="exactly one"):
+        Routed(model, gate)
+
+
+def test_bootstrap_labels_need_both_orders_and_queries_are_cleaned():
+    assert clean_query("1. What is the tallest mountain on Earth?\nMore text") == "What is the tallest mountain on Earth?"
+    assert clean_query('Question: "How do vaccines train the immune system?"') == "How do vaccines train the immune system?"
+    assert clean_query("Hi?") is None
+    first_only = Sample("a", "math", "q", "p", "x", True, False, (1.0, -1.0))
+    both = Sample("b", "math", "q", "p", "x", True, True, (1.0, 1.0))
+    assert (first_only.label, both.label) == (0, 1)
+    summary = summarise([first_only, both, both, first_only, both])
+    assert summary["overall"]["win_rate"] == pytest.approx(0.6)
+    assert summary["overall"]["order_agreement"] == pytest.approx(0.6)
+
+
+def test_given_decisions_route_rows_without_the_gates_verdict(trained):
+    model, tokenizer, gate, _ = trained
+    prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
+    keys = [tuple(encode(tokenizer, prompt)) for prompt in prompts]
+    with Routed(model, gate, adapter="prism") as by_gate:
+        score_choices(model, tokenizer, prompts, [[" yes", " no"]] * 6, [0] * 6, share_prefix=False, progress=False)
+    flipped = {key: not by_gate.decision(key)[1] for key in keys}
+    with Routed(model, gate, adapter="prism", decisions=flipped) as given:
+        score_choices(model, tokenizer, prompts, [[" yes", " no"]] * 6, [0] * 6, share_prefix=False, progress=False)
+    assert [given.decision(key)[1] for key in keys] == [flipped[key] for key in keys]
+    with pytest.raises(ToolkitError, match="no routing decision was given"):
+        with Routed(model, gate, adapter="prism", decisions={keys[0]: True}):
+            score_choices(model, tokenizer, prompts[1:2], [[" yes", " no"]], [0], share_prefix=False, progress=False)
+
+
+def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path):
+    from prism import pipeline
+    from prism.bootstrap import BootstrapConfig
+    from prism.compare import CompareBudget
+
+    out = tmp_path / "prism"
+    config = BootstrapConfig(queries_per_persona=2, query_tokens=12, answer_tokens=8)
+    summary = pipeline.bootstrap(out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "critic"],
+                                 progress=False)
+    assert summary["overall"]["n"] >= 3 and (out / "bootstrap" / "samples.jsonl").is_file()
+    budget = CompareBudget(capitals=4, harmbench=2, mtbench=2, refusal_tokens=4, answer_tokens=4)
+    trained = pipeline.train(out, labels="intents", per_intent=12, compare_budget=budget, max_block=1,
+                             distill_config=DistillConfig(epochs=1), progress=False)
+    assert trained["gate"]["layer"] <= 1 and (out / "adapters" / "prism" / "adapter_config.json").is_file()
+    assert set(trained["routing_quality"]) >= {"gate", "embedding", "self_classify"}
+    compared = pipeline.compare(out, budget=budget, progress=False)
+    assert [row["system"] for row in compared["table"]] == list(pipeline.SYSTEMS)
+    assert (out / "compare" / "report.md").read_text().startswith("# PRISM compared")
+    cells = sorted((out / "compare" / "cells").glob("*.json"))
+    assert len(cells) == 3 * len(pipeline.SYSTEMS)
+    before = [cell.stat().st_mtime_ns for cell in cells]
+    pipeline.compare(out, budget=budget, progress=False)  # every finished cell is reused
+    assert [cell.stat().st_mtime_ns for cell in cells] == before
+    answers = pipeline.route(out, ["What is the capital of Peru?", "Write a haiku about rain."], max_new_tokens=4)
+    assert [set(a) >= {"probability", "routed", "answer"} for a in answers] == [True, True]
+    with pytest.raises(ToolkitError, match="bootstrapped with model"):
+        pipeline.train(out, model_name="default")
+
+
+@pytest.mark.parametrize("position", ["mean", "query"])
+def test_mean_read_outs_in_the_answering_pass_match_the_partial_pass(trained, position, tmp_path):
+    from prism.gate import template_tokens
+
+    model, tokenizer, _, _ = trained
+    x = gate_features(model, tokenizer, QUERIES, [0], position, tmp_path, progress=False)[0]
+    gate, _ = fit_gate(x, np.array([0, 1, 0, 1, 0, 1]), Split(np.arange(6), np.arange(6)), layer=0, position=position,
+                       template=template_tokens(tokenizer))
+    prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
+    with Routed(model, gate, adapter="prism") as routed:
+        generate(model, tokenizer, prompts, max_new_tokens=2, batch_size=6, progress=False)
+    in_pass = np.array([routed.decision(encode(tokenizer, prompt))[0] for prompt in prompts])
+    assert np.allclose(in_pass, gate.probability(x), atol=1e-5)
+    if position == "query":
+        before, after = template_tokens(tokenizer)
+        assert before > 0 and after > 0
+        assert Gate.load(gate.save(tmp_path / "gate.safetensors")).template == (before, after)
+
+
+def test_extra_knowledge_queries_join_the_intent_labels(tmp_path):
+    from prism.train import labelled_prompts
+
+    extra = tmp_path / "facts.jsonl"
+    rows = [{"id": f"f{i}", "prompt": f"What is the capital of country number {i}?", "category": "knowledge",
+             "subcategory": f"country-{i}"} for i in range(40)]
+    extra.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    labelled = labelled_prompts("intents", [], per_intent=30, extra=[str(extra)],
+                                exclude={"What is the capital of country number 0?"})
+    added = [q for q in labelled.queries if q.startswith("What is the capital of country number")]
+    assert added and "What is the capital of country number 0?" not in added
+    assert all(label == 0 for q, label in zip(labelled.queries, labelled.labels) if q in added)

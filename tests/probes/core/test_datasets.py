@@ -1,0 +1,96 @@
+import json
+from collections import Counter
+
+import pytest
+
+from probes.core.datasets import (
+    MMLU_SUBJECT_TO_CATEGORY,
+    load_dataset,
+    load_harmbench,
+    load_mmlu,
+    load_mtbench,
+    stratified_sample,
+)
+from probes.core.errors import ToolkitError
+
+
+def test_builtin_dataset_counts():
+    mmlu, mtbench, harmbench = load_mmlu(), load_mtbench(), load_harmbench()
+    assert len(mmlu) == 14042
+    assert len(mtbench) == 80 and all(len(item.turns) == 2 for item in mtbench)
+    assert len(harmbench) == 400
+    assert Counter(item.category for item in mtbench) == {c: 10 for c in
+        ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]}
+    assert Counter(item.subcategory for item in harmbench) == {"standard": 200, "contextual": 100, "copyright": 100}
+    assert len({item.id for item in mmlu}) == 14042
+
+
+def test_mmlu_super_categories_cover_all_57_subjects():
+    mmlu = load_mmlu()
+    subjects = {item.subcategory for item in mmlu}
+    assert len(subjects) == 57 and subjects == set(MMLU_SUBJECT_TO_CATEGORY)
+    assert {item.category for item in mmlu} == {"STEM", "humanities", "social sciences", "other"}
+    assert all(item.is_multiple_choice and len(item.choices) == 4 for item in mmlu)
+
+
+def test_stratified_sampling_is_balanced_deterministic_and_seeded():
+    mmlu = load_mmlu()
+    first = stratified_sample(mmlu, 40, seed=3)
+    assert Counter(item.category for item in first) == {"STEM": 10, "humanities": 10, "social sciences": 10, "other": 10}
+    assert first == stratified_sample(mmlu, 40, seed=3)
+    assert first != stratified_sample(mmlu, 40, seed=4)
+    order = {item.id: index for index, item in enumerate(mmlu)}
+    assert [order[item.id] for item in first] == sorted(order[item.id] for item in first)
+    with pytest.raises(ToolkitError, match="positive"):
+        stratified_sample(mmlu, 0)
+
+
+def test_sampling_takes_everything_from_small_strata():
+    harmbench = [item for item in load_harmbench() if item.category in ("harmful", "copyright")]
+    sample = stratified_sample(harmbench, 60)
+    assert Counter(item.category for item in sample) == {"harmful": 22, "copyright": 38}
+
+
+def test_user_jsonl_and_csv(tmp_path):
+    jsonl = tmp_path / "mine.jsonl"
+    rows = [
+        {"id": "a", "prompt": "Capital of Peru?", "category": "geo", "choices": ["Lima", "Quito"], "answer": "A"},
+        {"prompt": "Write a haiku.", "turns": ["Now a limerick."]},
+        {"question": "2+2?", "choices": ["3", "4", "5"], "answer": "4"},
+    ]
+    jsonl.write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
+    items = load_dataset(str(jsonl))
+    assert [item.answer for item in items] == [0, None, 1]
+    assert items[1].turns == ("Write a haiku.", "Now a limerick.") and items[1].category == "all"
+    csv_path = tmp_path / "mine.csv"
+    csv_path.write_text("id,prompt,category,choice_1,choice_2,choice_3,answer\nq1,Largest planet?,space,Mars,Jupiter,Venus,1\n")
+    (item,) = load_dataset(str(csv_path))
+    assert item.choices == ("Mars", "Jupiter", "Venus") and item.answer == 1 and item.category == "space"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "ok"}\n{broken\n', "line 2: not valid JSON"),
+        ('{"text": "no prompt"}\n', "line 1: missing required field 'prompt'"),
+        ('{"prompt": "  "}\n', "line 1: empty prompt"),
+        ('{"prompt": "q", "choices": ["a"], "answer": 0}\n', "at least two"),
+        ('{"prompt": "q", "choices": ["a", "b"], "answer": "C"}\n', "'answer' must be"),
+        ('{"prompt": "q", "answer": 1}\n', "'answer' given without 'choices'"),
+        ('{"id": 1, "prompt": "q"}\n{"id": 1, "prompt": "r"}\n', "appears twice"),
+        ("", "no items found"),
+    ],
+)
+def test_malformed_user_files_give_one_line_with_the_place(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(ToolkitError, match=message) as caught:
+        load_dataset(str(path))
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_dataset_names_the_valid_ones(tmp_path):
+    with pytest.raises(ToolkitError, match="use one of mmlu, capitals, mtbench, harmbench"):
+        load_dataset("gsm8k")
+    with pytest.raises(ToolkitError, match="no dataset file"):
+        load_dataset(str(tmp_path / "missing.jsonl"))

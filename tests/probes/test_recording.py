@@ -1,0 +1,143 @@
+import hashlib
+import re
+
+import pytest
+import torch
+
+from probes.core.errors import ToolkitError
+from probes.core.prompts import Condition, encode, render
+from probes.recording import HookDidNotFire, record_activations
+from probes.store import ActivationStore
+
+QUERIES = [f"Question number {i}: " + "tell me about rivers " * (i % 5 + 1) for i in range(11)]
+
+
+def _prompts(tokenizer, condition=Condition("math", "short", "system")):
+    return [render(tokenizer, q, condition, item_id=f"q{i}") for i, q in enumerate(QUERIES)]
+
+
+def _digest(directory):
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())}
+
+
+def test_recorded_positions_match_a_direct_forward(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    prompts = _prompts(tokenizer)
+    hooks = ["blocks.0.hook_out", "blocks.2.hook_out"]
+    stores = {
+        positions: record_activations(bridge, tokenizer, prompts, tmp_path / positions, hooks=hooks,
+                                      positions=positions, batch_size=4, shard_size=5, progress=False)
+        for positions in ("last", "mean", "all")
+    }
+    offsets = stores["all"].offsets()
+    for index, prompt in enumerate(prompts):
+        tokens = torch.tensor([encode(tokenizer, prompt)])
+        with torch.inference_mode():
+            _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+        for hook in hooks:
+            full = cache[hook][0]
+            torch.testing.assert_close(stores["last"].load(hook)[index], full[-1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(stores["mean"].load(hook)[index], full.mean(0), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(stores["all"].load(hook)[offsets[index]:offsets[index + 1]], full, atol=1e-5, rtol=1e-5)
+    manifest = stores["last"].manifest
+    assert manifest["hooks"] == hooks and manifest["positions"] == "last"
+    assert [p["sha256"] for p in manifest["prompts"]] == [p.sha256 for p in prompts]
+    assert manifest["prompts"][0]["condition"]["persona"] == "math" and manifest["prompts"][3]["item_id"] == "q3"
+    assert [s["file"] for s in manifest["shards"]] == ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
+
+
+def test_default_hooks_are_every_residual_output(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    store = record_activations(bridge, tokenizer, _prompts(tokenizer)[:2], tmp_path / "s", progress=False)
+    assert store.hooks == [f"blocks.{i}.hook_out" for i in range(bridge.cfg.n_layers)]
+    assert store.load("blocks.1.hook_out").shape == (2, bridge.cfg.d_model)
+
+
+def test_interrupted_recording_resumes_to_an_identical_store(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    prompts = _prompts(tokenizer)
+    kwargs = dict(hooks=["blocks.1.hook_out", "blocks.0.hook_out"], positions="mean", batch_size=3, shard_size=4, progress=False)
+    record_activations(bridge, tokenizer, prompts, tmp_path / "whole", **kwargs)
+
+    calls = {"n": 0}
+
+    def crash_on_fourth_batch(activation, hook):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        record_activations(bridge, tokenizer, prompts, tmp_path / "resumed", extra_hooks=[("blocks.0.hook_out", crash_on_fourth_batch)], **kwargs)
+    partial = ActivationStore(tmp_path / "resumed")
+    assert not partial.complete and len(partial.manifest["shards"]) == 1
+    with pytest.raises(ToolkitError, match="unfinished"):
+        partial.load("blocks.0.hook_out")
+    assert not list((tmp_path / "resumed").glob("*.partial"))
+
+    resumed = record_activations(bridge, tokenizer, prompts, tmp_path / "resumed", **kwargs)
+    assert resumed.complete
+    assert _digest(tmp_path / "resumed") == _digest(tmp_path / "whole")
+
+
+def test_a_store_with_other_settings_is_never_overwritten_silently(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    prompts = _prompts(tokenizer)[:3]
+    record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], progress=False)
+    before = _digest(tmp_path / "s")
+    with pytest.raises(ToolkitError, match="different hooks"):
+        record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.1.hook_out"], progress=False)
+    assert _digest(tmp_path / "s") == before
+    replaced = record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.1.hook_out"], overwrite=True, progress=False)
+    assert replaced.hooks == ["blocks.1.hook_out"]
+
+
+def test_aliased_hook_names_are_recorded_under_the_requested_name(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    prompts = _prompts(tokenizer)[:2]
+    alias = record_activations(bridge, tokenizer, prompts, tmp_path / "a", hooks=["blocks.1.hook_resid_post"], progress=False)
+    canonical = record_activations(bridge, tokenizer, prompts, tmp_path / "c", hooks=["blocks.1.hook_out"], progress=False)
+    assert torch.equal(alias.load("blocks.1.hook_resid_post"), canonical.load("blocks.1.hook_out"))
+
+
+def test_a_hook_that_never_fires_is_an_error(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    with pytest.raises(HookDidNotFire, match="blocks.0.attn.hook_hidden_states"):
+        record_activations(bridge, tokenizer, _prompts(tokenizer)[:2], tmp_path / "s",
+                           hooks=["blocks.0.attn.hook_hidden_states"], progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(hooks=["blocks.7.hook_out"]), re.escape("the model has 3 blocks (0..2)")),
+        (dict(hooks=["blocks.0.hook_nonsense"]), "unknown hook point"),
+        (dict(hooks=["blocks.0.hook_mlp_in"]), "use_hook_mlp_in"),
+        (dict(hooks=[]), "no hooks requested"),
+        (dict(positions="first"), "unknown positions"),
+        (dict(batch_size=0), "batch size"),
+    ],
+)
+def test_bad_recording_requests_fail_before_writing_anything(tiny, tmp_path, kwargs, message):
+    bridge, tokenizer = tiny
+    with pytest.raises(ToolkitError, match=message) as caught:
+        record_activations(bridge, tokenizer, _prompts(tokenizer)[:2], tmp_path / "s", progress=False, **kwargs)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").glob("shard_*"))
+
+
+def test_text_longer_than_the_context_is_refused_before_writing(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    prompt = render(tokenizer, "river " * 700, Condition())
+    with pytest.raises(ToolkitError, match="context is 512"):
+        record_activations(bridge, tokenizer, [prompt], tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_directory_that_is_not_a_store_is_left_alone(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(ToolkitError, match="not an activation store"):
+            record_activations(bridge, tokenizer, _prompts(tokenizer)[:1], tmp_path / "s", overwrite=overwrite, progress=False)
+        assert (tmp_path / "s" / "notes.txt").read_text() == "mine"

@@ -38,11 +38,11 @@ from interventions.hooks import (
     logits_at,
 )
 from probes.core.batching import left_pad, positions_from_mask, right_pad, window_covers
-from probes.core.datasets import Item
 from probes.core.errors import ToolkitError
+from probes.core.items import Item
 from probes.core.prompts import Condition, encode, token_groups
 from probes.core.rendering import render_items
-from probes.core.stats import Estimate
+from probes.core.stats import Estimate, bootstrap_ratio
 from probes.recording import HookDidNotFire
 
 GROUPS = ("query", "after_query", "final")
@@ -122,15 +122,9 @@ def baseline_margins(model, tokenizer, items: Sequence[PairedItem], batch_size: 
 
 
 def fraction(numerator: np.ndarray, denominator: np.ndarray, *, n_resamples: int = 1000, seed: int = 0) -> Estimate:
-    """Ratio of means with a bootstrap CI resampling items (pairs stay together)."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(numerator), size=(n_resamples, len(numerator)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = numerator[draws].mean(axis=1) / denominator[draws].mean(axis=1)
-    values = values[np.isfinite(values)]
-    point = float(numerator.mean() / denominator.mean()) if denominator.mean() != 0 else float("nan")
-    low, high = np.quantile(values, [0.025, 0.975]) if values.size else (float("nan"), float("nan"))
-    return Estimate(point, float(low), float(high), len(numerator))
+    """The share of the persona's effect an intervention recovers, reproduces or restores: a
+    ratio of means over items with a bootstrap CI resampling items (pairs stay together)."""
+    return bootstrap_ratio(numerator, denominator, n_resamples=n_resamples, seed=seed)
 
 
 def patching_sweep(model, tokenizer, items: Sequence[PairedItem], layers: Sequence[int], groups: Sequence[str] = GROUPS,

@@ -19,16 +19,14 @@ from tqdm.auto import tqdm
 from figures import interventions as plots
 from interventions import causal
 from interventions.hooks import AddDirection, residual_norms
-from interventions.measure.generation import generate
-from interventions.measure.refusal import is_refusal
+from interventions.measure.tasks import TASKS
+from interventions.summary import InterventionSummary
 from probes.core.batching import right_pad
-from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, save_figure, write_table
 from probes.core.models import load_model
 from probes.core.prompts import Condition
-from probes.core.rendering import render_items
-from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
+from probes.core.stats import Estimate, bootstrap_correlation, bootstrap_mean, paired_difference
 
 DEFAULT_MULTIPLES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
@@ -47,7 +45,8 @@ def run_interventions(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
-) -> dict:
+) -> InterventionSummary:
+    """Run the causal tests into ``out``; returns the headline numbers (the full record: ``summary.json``)."""
     out = Path(out)
     if persona.persona == "none":
         raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
@@ -57,7 +56,7 @@ def run_interventions(
     for layer in layers + ([steer_layer] if steer_layer is not None else []):
         if not 0 <= layer < n_layers:
             raise ToolkitError(f"layer {layer} does not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
-    items = causal.paired_items(tokenizer, stratified_sample(load_dataset("capitals"), n_items, seed=seed), persona, seed)
+    items = causal.paired_items(tokenizer, TASKS["capitals"].load_items(n_items, seed), persona, seed)
     _say(f"{len(items)} capital-city items, persona {persona.label}, {len(layers)} layers")
     with_persona, without = causal.baseline_margins(model, tokenizer, items, batch_size)
     effect = with_persona - without
@@ -69,8 +68,8 @@ def run_interventions(
     patching = []
     for (layer, group), patched in sweep.items():
         estimate = causal.fraction(patched - with_persona, without - with_persona, seed=seed)
-        patching.append({"layer": layer, "group": group, "fraction": estimate.mean, "low": estimate.low,
-                         "high": estimate.high, "n": estimate.n, "margin": float(patched.mean())})
+        patching.append({"layer": layer, "group": group, **estimate.columns("fraction", prefix="", n=True),
+                         "margin": float(patched.mean())})
     write_table(out / "patching.csv", patching)
     best = decisive_patch(patching)
     summary["best_patch"] = best
@@ -89,7 +88,7 @@ def run_interventions(
                 if multiple else without
             estimate = causal.fraction(margins - without, with_persona - without, seed=seed)
             steering.append({"direction": name, "multiple": multiple, "layer": steer_layer, "scale": multiple * natural,
-                             "fraction": estimate.mean, "low": estimate.low, "high": estimate.high, "n": estimate.n})
+                             **estimate.columns("fraction", prefix="", n=True)})
     write_table(out / "steering.csv", steering)
 
     ablation = []
@@ -97,8 +96,7 @@ def run_interventions(
         unit = vector / vector.norm()
         ablated = causal.ablation_margins(model, tokenizer, items, vector, steer_layer, float(plain_mean @ unit), batch_size)
         estimate = causal.fraction(ablated - with_persona, without - with_persona, seed=seed)
-        ablation.append({"direction": name, "layer": steer_layer, "fraction": estimate.mean, "low": estimate.low,
-                         "high": estimate.high, "n": estimate.n})
+        ablation.append({"direction": name, "layer": steer_layer, **estimate.columns("fraction", prefix="", n=True)})
     write_table(out / "ablation.csv", ablation)
 
     attention = _attention_rows(causal.persona_attention(model, tokenizer, items, batch_size), items, without - with_persona, seed)
@@ -118,7 +116,7 @@ def run_interventions(
     figures = _figures(out, patching, steering, ablation, curves, attention, refusal)
     _report(out, summary, patching, steering, ablation, curves, figures)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
-    return summary
+    return InterventionSummary.from_record(out, summary)
 
 
 def decisive_patch(rows: Sequence[dict]) -> dict:
@@ -159,8 +157,8 @@ def _attention_rows(masses: np.ndarray, items, harm: np.ndarray, seed: int) -> l
         r = bootstrap_correlation(mass, harm, seed=seed)
         rho = bootstrap_correlation(mass, harm, method="spearman", seed=seed)
         rows.append({"layer": layer, "attention": float(mass.mean()), "uniform_share": float(share.mean()),
-                     "pearson": r.mean, "low": r.low, "high": r.high, "spearman": rho.mean,
-                     "share_pearson": by_share.mean, "share_low": by_share.low, "share_high": by_share.high, "n": r.n})
+                     **r.columns("pearson", prefix=""), "spearman": rho.mean,
+                     **by_share.columns("share_pearson", prefix="share_"), "n": r.n})
     return rows
 
 
@@ -175,13 +173,13 @@ def _refusal_under_steering(model, tokenizer, persona: Condition, n_items: int, 
                             natural: float, norms, multiples, seed: int, batch_size: int, progress: bool) -> list[dict]:
     """Keyword refusal on HarmBench prompts: no persona, the persona prompt, and no-persona runs
     steered (at every position, prompt and generated) by the persona direction or a random one."""
-    items = stratified_sample(load_dataset("harmbench"), n_items, seed=seed)
-    plain = render_items(tokenizer, items, Condition("none", base_system=persona.base_system), seed=seed)
+    task = TASKS["harmbench"]
+    items = task.load_items(n_items, seed)
+    plain = task.render(tokenizer, items, Condition("none", base_system=persona.base_system), seed=seed)
 
     def refusals(prompts) -> np.ndarray:
-        responses = generate(model, tokenizer, prompts, max_new_tokens=REFUSAL_TOKENS, batch_size=batch_size, seed=seed,
-                             progress=False)
-        return np.array([float(is_refusal(response)) for response in responses])
+        records = task.measure(model, tokenizer, items, prompts, max_new_tokens=REFUSAL_TOKENS, batch_size=batch_size, seed=seed)
+        return np.array([task.item_metrics(item, record)["refusal_rate"] for item, record in zip(items, records)])
 
     runs = [("no persona", 0.0, None), ("persona prompt", 0.0, None)]
     runs += [(name, multiple, vector) for multiple in multiples if multiple
@@ -190,15 +188,15 @@ def _refusal_under_steering(model, tokenizer, persona: Condition, n_items: int, 
     rows = []
     for name, multiple, vector in tqdm(runs, desc="refusal", unit="condition", disable=not progress):
         if name == "persona prompt":
-            values = refusals(render_items(tokenizer, items, persona, seed=seed))
+            values = refusals(task.render(tokenizer, items, persona, seed=seed))
         elif vector is None:
             values = baseline = refusals(plain)
         else:
             with AddDirection(model, {layer: vector}, scale=multiple * natural, norms=norms):
                 values = refusals(plain)
         rate, change = bootstrap_mean(values, seed=seed), paired_difference(values, baseline, seed=seed)
-        rows.append({"condition": name, "multiple": multiple, "rate": rate.mean, "low": rate.low, "high": rate.high,
-                     "change": change.mean, "change_low": change.low, "change_high": change.high, "n": rate.n})
+        rows.append({"condition": name, "multiple": multiple, **rate.columns("rate", prefix=""), **change.columns("change"),
+                     "n": rate.n})
     return rows
 
 
@@ -221,7 +219,7 @@ def _figures(out: Path, patching, steering, ablation, curves, attention, refusal
 
 
 def _ci(row) -> str:
-    return f"{row['fraction']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
+    return Estimate.from_columns(row, "fraction", prefix="").format(signed=True)
 
 
 def _report(out: Path, summary, patching, steering, ablation, curves, figures) -> None:
@@ -260,14 +258,15 @@ def _report(out: Path, summary, patching, steering, ablation, curves, figures) -
         lines.append(f"- Attention: the answer position gives the persona {attention['mean_attention']:.2f} of its attention "
                      f"on average over blocks (the persona is {attention['uniform_share']:.2f} of the prompt's tokens). "
                      f"Where attention best predicts the margin an item loses (block {strongest['layer']}), Pearson r = "
-                     f"{strongest['pearson']:+.2f} [{strongest['low']:+.2f}, {strongest['high']:+.2f}]; the persona's share "
-                     f"of the tokens alone gives r = {share['share_pearson']:+.2f} [{share['share_low']:+.2f}, {share['share_high']:+.2f}]"
+                     f"{Estimate.from_columns(strongest, 'pearson', prefix='').format(signed=True)}; the persona's share "
+                     f"of the tokens alone gives r = {Estimate.from_columns(share, 'share_pearson', prefix='share_').format(signed=True)}"
                      " (the strongest of many blocks is picked after the fact: read it as exploratory).")
     for row in summary.get("refusal", []):
         if row["condition"] != "no persona":
             size = f" x{row['multiple']:g}" if row["multiple"] else ""
-            lines.append(f"- Refusal on HarmBench, {row['condition']}{size}: {row['rate']:.2f} [{row['low']:.2f}, {row['high']:.2f}] "
-                         f"(change vs no persona {row['change']:+.2f} [{row['change_low']:+.2f}, {row['change_high']:+.2f}], n={row['n']}).")
+            rate, change = Estimate.from_columns(row, "rate", prefix=""), Estimate.from_columns(row, "change")
+            lines.append(f"- Refusal on HarmBench, {row['condition']}{size}: {rate.format()} "
+                         f"(change vs no persona {change.format(signed=True)}, n={row['n']}).")
     lines.append(f"- Logit lens: the correct first token ranks first for half the items from block {lens_layer('none')} "
                  f"without the persona and from block {lens_layer('persona')} with it (None: never).")
     lines += ["", "What this supports and what it does not: patching localises where the no-persona computation must "

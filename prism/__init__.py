@@ -1,0 +1,33 @@
+"""PRISM: routing personas per query by reading a probe inside the model.
+
+The pieces, each usable alone: the bootstrap (stages 1-3: the model writes queries per persona,
+answers with and without it, and judges both orders), the probe gate on an early block's
+residual stream, the gated LoRA self-distilled from the persona, routed inference that decides
+each row in the answering prefill, the baseline routers, and the Table-1 comparison. A
+``PrismDirectory`` knows where every file of a working directory lives; ``pipeline`` runs one
+working directory end to end (what ``prism bootstrap/train/route/compare`` call).
+
+    from prism import Gate, Routed, load_adapter
+
+    gate = Gate.load("runs/prism/gate/gate.safetensors")
+    load_adapter(model, "prism", "runs/prism/adapters/prism")
+    with Routed(model, gate, adapter="prism") as routed:
+        answers = generate(model, tokenizer, prompts, max_new_tokens=64)
+    print(routed.decisions)
+"""
+
+from prism.baselines import EmbeddingRouter, SelfClassifyRouter
+from prism.bootstrap import BootstrapConfig, Sample, load_samples, run_bootstrap
+from prism.compare import CompareBudget, run_compare
+from prism.distill import DistillConfig, active_adapter, distill, load_adapter, save_adapter
+from prism.gate import Gate, fit_gate
+from prism.pipeline import BootstrapSummary, CompareSummary, TrainSummary
+from prism.routing import Routed, route_probabilities
+from prism.train import run_training
+from prism.workdir import PrismDirectory
+
+__all__ = [
+    "BootstrapConfig", "BootstrapSummary", "CompareBudget", "CompareSummary", "DistillConfig", "EmbeddingRouter", "Gate",
+    "PrismDirectory", "Routed", "Sample", "SelfClassifyRouter", "TrainSummary", "active_adapter", "distill", "fit_gate",
+    "load_adapter", "load_samples", "route_probabilities", "run_bootstrap", "run_compare", "run_training", "save_adapter",
+]

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
 from interventions.study.ledger import Ledger, work_key
+from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json, write_table
 from probes.core.personas import Persona, builtin_personas
@@ -36,7 +37,6 @@ from probes.core.prompts import Condition, render, render_messages
 from probes.core.stats import bootstrap_mean
 
 MIN_QUERY_CHARS = 15
-SAMPLES_FILE = "samples.jsonl"
 QUERY_REQUEST = ("Write one question or request that a user might bring to you, one that your expertise lets you "
                  "answer especially well. Write only the question, on one line.")
 VERDICT_REQUEST = ("Here is a user's request and two responses to it.\n\nRequest: {query}\n\nResponse A: {first}\n\n"
@@ -88,10 +88,22 @@ class Sample:
         return self.label if rule == "both" else self.debiased_label
 
 
-def run_bootstrap(out: str | Path, model, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
+def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
                   personas: Sequence[str] | None = None, progress: bool = True) -> list[Sample]:
-    """Stages 1-3 for ``personas`` (default: all twelve); writes ``samples.jsonl`` and ``summary.json``."""
-    out = Path(out)
+    """Stages 1-3 for ``personas``, resumable.
+
+    Args:
+        out: the PRISM working directory; everything goes to its ``bootstrap/`` folder (the
+            ledger, ``samples.jsonl``, ``summary.json``, ``win_rates.csv``).
+        model, tokenizer: the bridged model and its tokenizer.
+        config: query, answer and verdict settings.
+        personas: built-in persona names (default: all twelve).
+        progress: show progress bars.
+
+    Returns:
+        the samples, one per kept query.
+    """
+    work = PrismDirectory(out)
     library = builtin_personas()
     chosen = list(library) if personas is None else list(personas)
     unknown = [name for name in chosen if name not in library]
@@ -99,21 +111,28 @@ def run_bootstrap(out: str | Path, model, tokenizer, *, config: BootstrapConfig 
         raise ToolkitError(f"unknown persona {unknown[0]!r}: choose from {', '.join(library)}")
     if config.queries_per_persona < 1:
         raise ToolkitError(f"queries per persona must be at least 1, got {config.queries_per_persona}")
-    ledger = Ledger(out / "ledger.jsonl")
+    ledger = Ledger(work.bootstrap_ledger)
     queries = _queries(model, tokenizer, [library[name] for name in chosen], config, ledger, progress)
     samples = _answers_and_verdicts(model, tokenizer, queries, library, config, ledger, progress)
-    with atomic_path(out / SAMPLES_FILE) as partial:
+    with atomic_path(work.samples) as partial:
         partial.write_text("".join(_json_line({**asdict(s), "label": s.label}) for s in samples), encoding="utf-8")
     summary = summarise(samples)
-    write_json(out / "summary.json", {"config": asdict(config), **summary})
-    write_table(out / "win_rates.csv", summary["by_persona"])
+    write_json(work.bootstrap_summary, {"config": asdict(config), **summary})
+    write_table(work.win_rates, summary["by_persona"])
     return samples
 
 
-def load_samples(path: str | Path) -> list[Sample]:
-    """Samples from a bootstrap directory or its ``samples.jsonl``."""
-    path = Path(path)
-    path = path / SAMPLES_FILE if path.is_dir() else path
+def load_samples(source: str | Path | PrismDirectory) -> list[Sample]:
+    """The bootstrapped samples.
+
+    Args:
+        source: a PRISM working directory, or a ``samples.jsonl`` file.
+
+    Returns:
+        the samples in file order.
+    """
+    path = Path(source)
+    path = PrismDirectory(path).samples if path.is_dir() else path
     if not path.is_file():
         raise ToolkitError(f"no bootstrap samples at {path}: run `prism bootstrap` first")
     samples = []
@@ -140,7 +159,7 @@ def summarise(samples: Sequence[Sample], seed: int = 0) -> dict:
         win = bootstrap_mean([s.label for s in group], seed=seed)
         first = np.array([s.persona_first_wins for s in group])
         second = np.array([s.persona_second_wins for s in group])
-        return {"n": win.n, "win_rate": win.mean, "low": win.low, "high": win.high,
+        return {"n": win.n, **win.columns("win_rate", prefix=""),
                 "debiased_win_rate": float(np.mean([s.debiased_label for s in group])),
                 "order_agreement": float((first == second).mean()), "wins_as_A": float(first.mean()),
                 "wins_as_B": float(second.mean())}

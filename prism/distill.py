@@ -19,9 +19,10 @@ import math
 import random
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -86,7 +87,7 @@ def attach_adapter(model, name: str, config: DistillConfig) -> LoraConfig:
         if name in module.lora_A:
             module.lora_A[name].requires_grad_(True)
             module.lora_B[name].requires_grad_(True)
-    use_adapter(model, None)
+    _switch(model, None)  # attaching never switches an adapter on
     # the config users see names modules as in the plain model
     return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
                       layers_to_transform=blocks, layers_pattern="layers")
@@ -104,7 +105,31 @@ def adapter_layers(model) -> list[LoraLayer]:
     return [module for module in model.original_model.modules() if isinstance(module, LoraLayer)]
 
 
-def use_adapter(model, name: str | None) -> None:
+@contextmanager
+def active_adapter(model, name: str | None) -> Iterator[None]:
+    """Within the block, ``name`` is the only active adapter (``None``: every adapter off). The
+    only way the toolkit switches adapters: on the way out, also when the block raises, every
+    adapter layer is put back as it was (active adapters, on or off, trainable weights).
+
+    Args:
+        model: the bridged model carrying the adapters.
+        name: the adapter to switch on, or None for the plain model.
+    """
+    layers = adapter_layers(model)
+    saved = [(layer.active_adapter, layer.disable_adapters, [(p, p.requires_grad) for p in layer.parameters()])
+             for layer in layers]
+    _switch(model, name)
+    try:
+        yield
+    finally:
+        for layer, (active, disabled, trainable) in zip(layers, saved):
+            layer.set_adapter(active)
+            layer.enable_adapters(not disabled)
+            for parameter, flag in trainable:
+                parameter.requires_grad_(flag)
+
+
+def _switch(model, name: str | None) -> None:
     """Make ``name`` the only active adapter, or turn every adapter off (``None``)."""
     for module in adapter_layers(model):
         if name is None or name not in module.lora_A:
@@ -116,7 +141,18 @@ def use_adapter(model, name: str | None) -> None:
 
 def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: DistillConfig = DistillConfig(), *,
             progress: bool = True) -> dict:
-    """Attach adapter ``name`` and train it on ``samples``; returns the loss curve and settings."""
+    """Attach adapter ``name`` and train it on ``samples``.
+
+    Args:
+        model, tokenizer: the bridged model and its tokenizer.
+        samples: bootstrapped samples; the persona's answer is distilled into the plain prompt.
+        name: the new adapter's name (``prism`` gated, ``sft`` ungated).
+        config: LoRA and training settings.
+        progress: show progress bars.
+
+    Returns:
+        the loss curve and settings (``peft_config`` for ``save_adapter``); the adapter is left off.
+    """
     if not samples:
         raise ToolkitError(f"no samples to distil adapter {name!r} from: the bootstrap gave no label-1 queries")
     peft_config = attach_adapter(model, name, config)
@@ -124,9 +160,17 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
     pairs = [pair for pair in pairs if pair is not None]
     if not pairs:
         raise ToolkitError("every bootstrapped answer is empty: nothing to distil")
-    use_adapter(model, None)
-    targets = [_teacher_targets(model, pair, config) for pair in tqdm(pairs, desc="teacher", unit="answer", disable=not progress)]
-    use_adapter(model, name)
+    with active_adapter(model, None):
+        targets = [_teacher_targets(model, pair, config) for pair in tqdm(pairs, desc="teacher", unit="answer", disable=not progress)]
+    # on, the adapter's weights (only them) are trainable; after the block, as attach_adapter left them
+    with active_adapter(model, name):
+        losses = _train(model, name, pairs, targets, config, progress)
+    return {"name": name, "n_samples": len(pairs), "steps": len(losses), "losses": losses, "config": asdict(config),
+            "peft_config": _jsonable(peft_config.to_dict())}
+
+
+def _train(model, name: str, pairs, targets, config: DistillConfig, progress: bool) -> list[float]:
+    """The distillation steps on the adapter's weights (the trainable ones); returns the losses."""
     parameters = [p for p in model.original_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate)
     order = list(range(len(pairs)))
@@ -146,11 +190,7 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
                 losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    for parameter in parameters:
-        parameter.requires_grad_(False)
-    use_adapter(model, None)  # the model is left as it was found: no adapter active
-    return {"name": name, "n_samples": len(pairs), "steps": len(losses), "losses": losses, "config": asdict(config),
-            "peft_config": _jsonable(peft_config.to_dict())}
+    return losses
 
 
 def _jsonable(payload: dict) -> dict:
@@ -162,13 +202,8 @@ def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = 
     pair = _pair(tokenizer, sample, config)
     if pair is None:
         raise ToolkitError("the sample's persona answer is empty")
-    active = [module.active_adapters for module in adapter_layers(model)]
-    use_adapter(model, None)
-    target = _teacher_targets(model, pair, config)
-    for module, names in zip(adapter_layers(model), active):
-        module.enable_adapters(bool(names))
-        if names:
-            module.set_adapter(names)
+    with active_adapter(model, None):
+        target = _teacher_targets(model, pair, config)
     with torch.no_grad():
         return float(_kl(model, pair, target, config))
 
@@ -225,7 +260,7 @@ def save_adapter(model, name: str, directory: str | Path, peft_config: dict, tra
 
 
 def load_adapter(model, name: str, directory: str | Path) -> dict:
-    """Attach a saved adapter to the bridged model as ``name``, switched off (``use_adapter``
+    """Attach a saved adapter to the bridged model as ``name``, switched off (``active_adapter``
     turns it on); returns its peft config."""
     directory = Path(directory)
     if not (directory / ADAPTER_CONFIG).is_file() or not (directory / ADAPTER_WEIGHTS).is_file():
@@ -260,5 +295,5 @@ def load_adapter(model, name: str, directory: str | Path) -> dict:
         raise ToolkitError(f"{directory} does not match this model ({str(error).splitlines()[0][:160]})") from error
     for parameter in model.original_model.parameters():
         parameter.requires_grad_(False)
-    use_adapter(model, None)  # loading never switches an adapter on
+    _switch(model, None)  # loading never switches an adapter on
     return saved

@@ -166,17 +166,17 @@ def sweep(features: dict[tuple[int, str], np.ndarray], labelled: LabelledPrompts
         length = np.log(np.asarray(lengths, dtype=float))[:, None]
         only_length = score_probe(fit_probe("logistic", length[train], y[train], seed=seed), length[split.test], y[split.test],
                                   seed=seed)
-        rows.append({"layer": -1, "position": "length only", "auc": only_length.auc, "auc_low": only_length.auc_low,
-                     "auc_high": only_length.auc_high, "accuracy": only_length.accuracy, "shuffled_auc": float("nan"),
+        rows.append({"layer": -1, "position": "length only", **only_length.auc.columns("auc"),
+                     "accuracy": only_length.accuracy.mean, "shuffled_auc": float("nan"),
                      "random_auc": float("nan"), "n_train": len(train), "n_test": len(split.test)})
     for (layer, position), x in tqdm(sorted(features.items()), desc="gate sweep", unit="read-out", disable=not progress):
         probe = fit_probe("logistic", x[train], y[train], seed=seed)
         score = score_probe(probe, x[split.test], y[split.test], seed=seed)
         shuffled = shuffled_label_control("logistic", x[train], y[train], x[split.test], y[split.test], seed=seed)
         random = random_direction_control(x[train], y[train], x[split.test], y[split.test], seed=seed)
-        rows.append({"layer": layer, "position": position, "auc": score.auc, "auc_low": score.auc_low,
-                     "auc_high": score.auc_high, "accuracy": score.accuracy, "shuffled_auc": shuffled.auc,
-                     "random_auc": random.auc, "n_train": len(train), "n_test": len(split.test)})
+        rows.append({"layer": layer, "position": position, **score.auc.columns("auc"),
+                     "accuracy": score.accuracy.mean, "shuffled_auc": shuffled.auc.mean,
+                     "random_auc": random.auc.mean, "n_train": len(train), "n_test": len(split.test)})
     return rows
 
 

@@ -1,43 +1,140 @@
 """PRISM end to end in one working directory: bootstrap -> train -> route / compare.
 
 The directory remembers its model (``prism.json``), so later steps load the same one and a
-mismatched ``--model`` is refused rather than silently mixing models.
+mismatched ``--model`` is refused rather than silently mixing models. ``bootstrap``, ``train``
+and ``compare`` return typed summaries (``BootstrapSummary``, ``TrainSummary``,
+``CompareSummary``) that ``prism`` and the demo print; the full records are the JSON files they
+write.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from interventions.measure.generation import generate
 from prism.bootstrap import BootstrapConfig, run_bootstrap, summarise
-from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, resolve_budget, run_compare
+from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, format_table, resolve_budget, run_compare
 from prism.distill import DistillConfig, load_adapter
 from prism.gate import Gate
 from prism.routing import Routed, route_probabilities
 from prism.train import GATED, run_training
+from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
-from probes.core.files import load_tensors, write_json
+from probes.core.files import load_tensors
 from probes.core.models import load_model
 from probes.core.personas import get_persona
 from probes.core.prompts import Condition, encode, render
+from probes.core.stats import Estimate
 
-MANIFEST = "prism.json"
 VIA = ("adapter", "steering", "prompt")
 
 
+@dataclass(frozen=True)
+class WinRate:
+    """How often the persona's answer won both orders of the model's own judgement (with its
+    95% CI and n), and how often the two orders agreed."""
+
+    win_rate: Estimate
+    order_agreement: float
+
+    @classmethod
+    def from_record(cls, row: Mapping) -> WinRate:
+        return cls(Estimate.from_columns(row, "win_rate", prefix=""), row["order_agreement"])
+
+
+@dataclass(frozen=True)
+class BootstrapSummary:
+    """Stages 1-3: win rates overall and per persona; ``record`` as in ``bootstrap/summary.json``."""
+
+    overall: WinRate
+    by_persona: Mapping[str, WinRate]
+    record: Mapping = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> BootstrapSummary:
+        by_persona = {row["persona"]: WinRate.from_record(row) for row in record["by_persona"]}
+        return cls(WinRate.from_record(record["overall"]), by_persona, record)
+
+    def headline(self) -> str:
+        win = self.overall.win_rate
+        return (f"{win.n} queries; the persona won both orders on {win.mean:.0%} [{win.low:.0%}, {win.high:.0%}]; "
+                f"the two orders agreed on {self.overall.order_agreement:.0%}")
+
+    def lines(self) -> list[str]:
+        return [self.headline()] + [f"  {name:15s} n={rate.win_rate.n:3d}  win rate {rate.win_rate.mean:.0%} "
+                                    f"[{rate.win_rate.low:.0%}, {rate.win_rate.high:.0%}]" for name, rate in self.by_persona.items()]
+
+    def format(self) -> str:
+        return "\n".join(self.lines())
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """The trained gate (block, read position, kind, threshold, held-out route rate), its
+    held-out AUC and the baseline routers' AUCs on the same split (``embedding``,
+    ``self_classify``); ``record`` as in ``train.json``."""
+
+    layer: int
+    position: str
+    kind: str
+    threshold: float
+    route_rate: float
+    auc: Estimate
+    routers: Mapping[str, Estimate]
+    record: Mapping = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> TrainSummary:
+        gate, quality = record["gate"], record["routing_quality"]
+        routers = {name: Estimate.from_columns(quality[name], "auc", prefix="") for name in ("embedding", "self_classify")}
+        return cls(gate["layer"], gate["position"], gate["kind"], gate["threshold"], gate["route_rate"],
+                   Estimate.from_columns(quality["gate"], "auc", prefix=""), routers, record)
+
+    def lines(self) -> list[str]:
+        return ([f"gate: block {self.layer}, {self.position} token(s), {self.kind}; held-out AUC {self.auc.format(2, n=True)}; "
+                 f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"]
+                + [f"{name.replace('_', '-')} router on the same split: AUC {auc.format(2)}" for name, auc in self.routers.items()])
+
+    def format(self) -> str:
+        return "\n".join(self.lines())
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+@dataclass(frozen=True)
+class CompareSummary:
+    """The Table-1 comparison: one row per system (0-100 scores with their 95% CIs, as in
+    ``compare/table.csv``; ``score`` reads one as an ``Estimate``); ``record`` as in
+    ``compare/summary.json``."""
+
+    directory: Path
+    table: tuple[Mapping, ...]
+    record: Mapping = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def report(self) -> Path:
+        return self.directory / "report.md"
+
+    def score(self, system: str, column: str) -> Estimate:
+        """``column`` (capitals, margin, harmbench, mtbench, overall) of ``system``."""
+        return Estimate.from_columns(next(row for row in self.table if row["system"] == system), column)
+
+    def format(self) -> str:
+        """The comparison as a Markdown table."""
+        return format_table(self.table)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
 def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> str:
-    manifest = out / MANIFEST
-    recorded = json.loads(manifest.read_text(encoding="utf-8"))["model"] if manifest.is_file() else None
-    if recorded is None:
-        if not create:
-            raise ToolkitError(f"{out} is not a PRISM directory (no {MANIFEST}): run `prism bootstrap --out {out}` first")
-        write_json(manifest, {"model": model_name or "default"})
-        return model_name or "default"
-    if model_name is not None and model_name != recorded:
-        raise ToolkitError(f"{out} was bootstrapped with model {recorded!r}, not {model_name!r}: use another --out")
-    return recorded
+    return PrismDirectory(out).model_name(model_name, create=create)
 
 
 def _load(name: str):
@@ -45,35 +142,36 @@ def _load(name: str):
 
 
 def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
-              personas: Sequence[str] | None = None, progress: bool = True) -> dict:
+              personas: Sequence[str] | None = None, progress: bool = True) -> BootstrapSummary:
     out = Path(out)
     model, tokenizer = _load(_model_for(out, model_name, create=True))
-    samples = run_bootstrap(out / "bootstrap", model, tokenizer, config=config, personas=personas, progress=progress)
-    return summarise(samples, config.seed)
+    samples = run_bootstrap(out, model, tokenizer, config=config, personas=personas, progress=progress)
+    return BootstrapSummary.from_record(summarise(samples, config.seed))
 
 
 def train(out: str | Path, *, model_name: str | None = None, labels: str = "bootstrap", verdict: str = "both",
           gate_kind: str = "logistic",
           max_block: int = 3, layer: int | None = None, position: str | None = None,
           distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
-          compare_budget: str | CompareBudget = "default", seed: int = 0, progress: bool = True) -> dict:
+          compare_budget: str | CompareBudget = "default", seed: int = 0, progress: bool = True) -> TrainSummary:
     out = Path(out)
     plan = resolve_budget(compare_budget)
     model, tokenizer = _load(_model_for(out, model_name))
-    return run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block, layer=layer,
-                        position=position, distill_config=distill_config, per_intent=per_intent, extra=extra,
-                        exclude=evaluation_queries(plan, seed), seed=seed, progress=progress)
+    record = run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block,
+                          layer=layer, position=position, distill_config=distill_config, per_intent=per_intent, extra=extra,
+                          exclude=evaluation_queries(plan, seed), seed=seed, progress=progress)
+    return TrainSummary.from_record(record)
 
 
 def compare(out: str | Path, *, model_name: str | None = None, budget: str | CompareBudget = "default",
-            systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, progress: bool = True) -> dict:
+            systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, progress: bool = True) -> CompareSummary:
     out = Path(out)
     plan = resolve_budget(budget)
-    if not (out / "gate" / "gate.safetensors").is_file():
-        raise ToolkitError(f"{out} has no trained gate: run `prism train --out {out}` first")
+    PrismDirectory(out).require_gate()
     model, tokenizer = _load(_model_for(out, model_name))
-    return run_compare(out, model, tokenizer, budget=plan, systems=systems, seed=seed, batch_size=batch_size,
-                       progress=progress)
+    record = run_compare(out, model, tokenizer, budget=plan, systems=systems, seed=seed, batch_size=batch_size,
+                         progress=progress)
+    return CompareSummary(PrismDirectory(out).compare, tuple(record["table"]), record)
 
 
 def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", persona: str = "helpful",
@@ -81,14 +179,14 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
     """Answer ``prompts`` with routing; each answer comes with the gate's probability and route.
     ``via``: the gated adapter, the persona steering vector, or ``persona``'s prompt."""
 
-    out = Path(out)
+    work = PrismDirectory(out)
     get_persona(persona)
     if via not in VIA:
         raise ToolkitError(f"unknown route target {via!r}: use one of {', '.join(VIA)}")
     if not prompts or any(not p.strip() for p in prompts):
         raise ToolkitError("empty prompt: give each prompt some text")
-    model, tokenizer = _load(_model_for(out, model_name))
-    gate = Gate.load(out / "gate" / "gate.safetensors")
+    model, tokenizer = _load(_model_for(work.root, model_name))
+    gate = Gate.load(work.gate)
     plain = [render(tokenizer, prompt, Condition("none")) for prompt in prompts]
     if via == "prompt":
         probabilities = route_probabilities(model, tokenizer, gate, prompts)
@@ -98,10 +196,10 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
         decisions = list(zip(probabilities.tolist(), routed.tolist()))
     else:
         if via == "adapter":
-            load_adapter(model, GATED, out / "adapters" / GATED)
+            load_adapter(model, GATED, work.adapter(GATED))
             context = Routed(model, gate, adapter=GATED)
         else:
-            tensors, metadata = load_tensors(out / "steering.safetensors")
+            tensors, metadata = load_tensors(work.steering)
             context = Routed(model, gate, steering=(int(metadata["layer"]), tensors["vector"]))
         with context:
             answers = generate(model, tokenizer, plain, max_new_tokens=max_new_tokens, progress=False)

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from prism.distill import adapter_layers, use_adapter
+from prism.distill import active_adapter, adapter_layers
 from prism.gate import Gate, gate_features
 from probes.core.errors import ToolkitError
 from probes.recording import HookDidNotFire
@@ -71,8 +71,7 @@ class Routed:
                 if module in layers and _block_of(name) <= self.gate.layer:
                     raise ToolkitError(f"adapter {self.adapter!r} changes block {_block_of(name)}, at or before the gate's "
                                        f"block {self.gate.layer}: the gate would read adapted activations")
-            use_adapter(self.model, self.adapter)
-            stack.callback(use_adapter, self.model, None)
+            stack.enter_context(active_adapter(self.model, self.adapter))
             for module in layers:
                 stack.callback(module.lora_B[self.adapter].register_forward_hook(self._gate_update).remove)
         else:

@@ -1,6 +1,6 @@
 """``prism train``: the gate, the adapters, the steering vector and the baseline routers.
 
-From a bootstrap directory (``prism bootstrap``), in ``out``:
+In a PRISM working directory (``prism.workdir``) that ``prism bootstrap`` filled:
 
 - ``gate/``: the read-out sweep (blocks 0..k x last/mean, held-out AUC with controls), the
   chosen gate (``gate.safetensors``), its held-out report and the MLP gate's for comparison.
@@ -40,11 +40,12 @@ from prism.gate import (
     sweep,
     template_tokens,
 )
+from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import save_figure, save_tensors, write_json, write_table
 from probes.core.prompts import Condition, encode, render
+from probes.core.stats import bootstrap_auc
 from probes.intents import intent_queries
-from probes.linear import bootstrap_auc
 
 LABEL_SOURCES = ("bootstrap", "intents")
 GATED, UNGATED = "prism", "sft"
@@ -75,8 +76,28 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                  distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
                  steering_layer: int | None = None,
                  exclude: set[str] = frozenset(), seed: int = 0, progress: bool = True) -> dict:
-    out = Path(out)
-    samples = load_samples(out / "bootstrap")
+    """Train the gate, the adapters, the steering vector and the baseline routers.
+
+    Args:
+        out: the PRISM working directory (``prism bootstrap`` wrote its samples there).
+        model, tokenizer: the bridged model and its tokenizer.
+        labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
+        verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
+        gate_kind: ``logistic`` or ``mlp``.
+        max_block: the last block the read-out sweep tries.
+        layer, position: fix the gate's block or read position instead of choosing them.
+        distill_config: LoRA distillation settings (the first block follows the gate's).
+        per_intent, extra: intent-labelled queries per intent, and files of more of them.
+        steering_layer: the steering vector's block (default: after the gate, mid-model).
+        exclude: queries left out of the gate's data (the comparison's items).
+        seed: split, fitting and sampling seed.
+        progress: show progress bars.
+
+    Returns:
+        the training record written to ``train.json``.
+    """
+    work = PrismDirectory(out)
+    samples = load_samples(work)
     n_layers = model.cfg.n_layers
     if not 0 <= max_block < n_layers - 1:
         raise ToolkitError(f"the gate must read a block in 0..{n_layers - 2} (the adapter needs blocks after it), got {max_block}")
@@ -101,12 +122,12 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     layers = list(range(max_block + 1))
     features = {}
     for read in READ_POSITIONS:
-        for block, x in gate_features(model, tokenizer, labelled.queries, layers, read, out / "gate" / "features",
+        for block, x in gate_features(model, tokenizer, labelled.queries, layers, read, work.gate_features,
                                       progress=progress).items():
             features[(block, read)] = x
     lengths = [len(encode(tokenizer, render(tokenizer, query, Condition("none")))) for query in labelled.queries]
     rows = sweep(features, labelled, split, seed=seed, lengths=lengths, progress=progress)
-    write_table(out / "gate" / "sweep.csv", rows)
+    write_table(work.gate_sweep, rows)
     chosen = choose([r for r in rows if r["layer"] >= 0 and (layer is None or r["layer"] == layer)
                      and (r["position"] == position if position else r["position"] in CHOSEN_FROM)])
     x = features[(chosen["layer"], chosen["position"])]
@@ -116,26 +137,26 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     other_kind = "mlp" if gate_kind == "logistic" else "logistic"
     _, other_report = fit_gate(x, labelled.labels, split, layer=chosen["layer"], position=chosen["position"],
                                kind=other_kind, seed=seed)
-    gate.save(out / "gate" / "gate.safetensors")
+    gate.save(work.gate)
     _say(f"gate: block {gate.layer}, {gate.position} token(s), held-out AUC {gate_report['auc']:.2f}, "
          f"threshold {gate.threshold:.3f} routes {gate_report['route_rate']:.0%} of held-out queries")
 
-    quality = _routing_quality(model, tokenizer, gate, x, labelled, split, out, seed)
+    quality = _routing_quality(model, tokenizer, gate, x, labelled, split, work, seed)
 
-    save_figure(plots.gate_sweep(rows, quality), out / "gate" / "sweep.png")
+    save_figure(plots.gate_sweep(rows, quality), work.gate_sweep_figure)
     if labels == "bootstrap":
         routes = np.array([s.verdict(verdict) for s in samples])
     else:  # the samples the intent gate sends to the persona path are the ones to distil
         sample_x = gate_features(model, tokenizer, [s.query for s in samples], [gate.layer], gate.position,
-                                 out / "gate" / "sample_features", progress=progress)[gate.layer]
+                                 work.sample_features, progress=progress)[gate.layer]
         routes = gate.route(sample_x).astype(int)
-    adapters = _adapters(model, tokenizer, samples, routes, gate.layer, distill_config, out, progress)
+    adapters = _adapters(model, tokenizer, samples, routes, gate.layer, distill_config, work, progress)
     steering_layer = max(gate.layer + 1, n_layers // 2) if steering_layer is None else steering_layer
     if not gate.layer < steering_layer < n_layers:
         raise ToolkitError(f"the steering block must lie after the gate's block {gate.layer} and below {n_layers}")
     persona_path = [s for s, route in zip(samples, routes) if route]
     vector = persona_shift(model, tokenizer, persona_path, steering_layer, distill_config.persona_length)
-    save_tensors(out / "steering.safetensors", {"vector": vector},
+    save_tensors(work.steering, {"vector": vector},
                  {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name, "n": len(persona_path)})
     labels_bootstrap = np.array([s.label for s in samples])
     summary = {
@@ -152,7 +173,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                              "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples]))},
         "adapters": adapters, "steering": {"layer": steering_layer, "norm": float(vector.norm())},
     }
-    write_json(out / "train.json", summary)
+    write_json(work.train_summary, summary)
     return summary
 
 
@@ -170,7 +191,7 @@ def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, lengt
     return torch.cat(shifts).mean(dim=0)
 
 
-def _routing_quality(model, tokenizer, gate, x, labelled: LabelledPrompts, split, out: Path, seed: int) -> dict:
+def _routing_quality(model, tokenizer, gate, x, labelled: LabelledPrompts, split, work: PrismDirectory, seed: int) -> dict:
     """Held-out AUC with 95% CIs: the in-model gate, the MiniLM router and self-classification,
     all on the same labels and split; their calibrated thresholds are saved for routing."""
     train, test = split.train, split.test
@@ -179,11 +200,11 @@ def _routing_quality(model, tokenizer, gate, x, labelled: LabelledPrompts, split
     embedding = EmbeddingRouter().fit(list(queries[train]), labelled.labels[train], seed=seed)
     embedding_scores = embedding.scores(list(queries[test]))
     embedding.threshold = balanced_threshold(embedding_scores, y_test)
-    embedding.save(out / "baselines" / "embedding.safetensors")
+    embedding.save(work.embedding_router)
     asker = SelfClassifyRouter(model, tokenizer)
     asked = asker.scores(list(queries[test]))
     threshold = balanced_threshold(asked, y_test)
-    write_json(out / "baselines" / "self_classify.json", {"threshold": threshold, "labels": labelled.source})
+    write_json(work.self_classify, {"threshold": threshold, "labels": labelled.source})
     return {
         "n_test": int(len(test)),
         "gate": _auc_with_ci(y_test, gate.probability(x[test]), seed),
@@ -193,12 +214,11 @@ def _routing_quality(model, tokenizer, gate, x, labelled: LabelledPrompts, split
 
 
 def _auc_with_ci(y: np.ndarray, scores: np.ndarray, seed: int, n_resamples: int = 1000) -> dict:
-    auc, low, high = bootstrap_auc(y == 1, scores, n_resamples=n_resamples, seed=seed)
-    return {"auc": auc, "low": low, "high": high, "n": int(len(y))}
+    return bootstrap_auc(y == 1, scores, n_resamples=n_resamples, seed=seed).columns("auc", prefix="", n=True)
 
 
 def _adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,
-              out: Path, progress: bool) -> dict:
+              work: PrismDirectory, progress: bool) -> dict:
     """The gated adapter on the persona-path samples, the ungated one on all of them."""
     from dataclasses import replace
 
@@ -211,7 +231,7 @@ def _adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, g
     for name, chosen in ((GATED, winners), (UNGATED, list(samples))):
         _say(f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1})")
         info = distill(model, tokenizer, chosen, name, config, progress=progress)
-        save_adapter(model, name, out / "adapters" / name, info["peft_config"], info)
+        save_adapter(model, name, work.adapter(name), info["peft_config"], info)
         per_epoch = max(1, info["steps"] // config.epochs)
         report[name] = {"n_samples": info["n_samples"], "steps": info["steps"],
                         "first_epoch_loss": float(np.mean(info["losses"][:per_epoch])),

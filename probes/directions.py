@@ -15,7 +15,7 @@ import numpy as np
 from jaxtyping import Float
 
 from probes.core.errors import ToolkitError
-from probes.core.stats import Estimate
+from probes.core.stats import Estimate, resample_indices
 
 
 def _check_paired(with_persona: np.ndarray, without: np.ndarray) -> None:
@@ -28,21 +28,11 @@ def persona_differences(with_persona: Float[np.ndarray, "n d"], without: Float[n
     return np.asarray(with_persona, dtype=np.float64) - np.asarray(without, dtype=np.float64)
 
 
-def _estimate(point: float, resampled: np.ndarray, n: int) -> Estimate:
-    """``point`` with the percentile 95% interval of its bootstrap ``resampled`` values."""
-    low, high = np.quantile(resampled, [0.025, 0.975])
-    return Estimate(float(point), float(low), float(high), n)
-
-
-def _resamples(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
-
-
 def norm_estimate(differences: np.ndarray, *, n_resamples: int = 500, seed: int = 0) -> Estimate:
     """Norm of the mean difference (the direction's length), with a bootstrap CI over queries."""
-    draws = _resamples(len(differences), n_resamples, seed)
+    draws = resample_indices(len(differences), n_resamples, seed)
     values = np.linalg.norm(differences[draws].mean(axis=1), axis=1)
-    return _estimate(np.linalg.norm(differences.mean(axis=0)), values, len(differences))
+    return Estimate.from_resamples(np.linalg.norm(differences.mean(axis=0)), values, len(differences))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,11 +44,11 @@ def cosine_estimate(differences_a: np.ndarray, differences_b: np.ndarray, *, n_r
     """Cosine between two mean directions measured on the same queries, CI resampling queries."""
     if len(differences_a) != len(differences_b):
         raise ToolkitError("cosine CIs resample queries: both directions need the same queries")
-    draws = _resamples(len(differences_a), n_resamples, seed)
+    draws = resample_indices(len(differences_a), n_resamples, seed)
     a, b = differences_a[draws].mean(axis=1), differences_b[draws].mean(axis=1)
     values = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     point = cosine(differences_a.mean(axis=0), differences_b.mean(axis=0))
-    return _estimate(point, values, len(differences_a))
+    return Estimate.from_resamples(point, values, len(differences_a))
 
 
 def cosine_matrix(directions: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:

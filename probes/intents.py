@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from probes.core.datasets import Item, load_dataset, stratified_sample
+from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
+from probes.core.items import Item
 
 INTENTS = ("knowledge", "generation", "harmful")
 POSITIONS = ("last", "mean")  # where probes read: the last prompt token, the mean over the prompt

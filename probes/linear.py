@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, save_tensors
+from probes.core.stats import Estimate, resample_weights, weighted_auc
 
 PROBE_KINDS = ("logistic", "diff-means", "lda")
 
@@ -92,16 +93,19 @@ def _difference_of_means(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...])
 
 @dataclass(frozen=True)
 class Score:
-    accuracy: float
-    accuracy_low: float
-    accuracy_high: float
-    auc: float
-    auc_low: float
-    auc_high: float
-    n: int
+    """A probe's held-out accuracy and AUC, each an ``Estimate`` over the same test items."""
+
+    accuracy: Estimate
+    auc: Estimate
+
+    @property
+    def n(self) -> int:
+        return self.auc.n
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        """Table columns: ``accuracy``, ``accuracy_low``, ``accuracy_high``, ``auc``, ``auc_low``,
+        ``auc_high``, ``n``."""
+        return {**self.accuracy.columns("accuracy"), **self.auc.columns("auc"), "n": self.n}
 
 
 def _probabilities(scores: np.ndarray) -> np.ndarray:
@@ -109,38 +113,12 @@ def _probabilities(scores: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Binary AUC under each row of item ``weights`` [b, n] (bootstrap multiplicities): the
-    weighted share of (positive, negative) pairs ranked correctly, ties counting half."""
-    pos, neg = scores[positive], scores[~positive]
-    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
-    w_pos, w_neg = weights[:, positive], weights[:, ~positive]
-    totals = w_pos.sum(axis=1) * w_neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.einsum("bi,ij,bj->b", w_pos, wins, w_neg) / totals  # nan when a class is missing
-
-
-def bootstrap_auc(positive: np.ndarray, scores: np.ndarray, *, n_resamples: int = 500, seed: int = 0
-                  ) -> tuple[float, float, float]:
-    """(AUC, 95% CI low, high) of ``scores`` for the ``positive`` items, resampling items."""
-    positive = np.asarray(positive, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    n = len(scores)
-    weights = rng.multinomial(n, np.full(n, 1 / n), size=n_resamples).astype(np.float64)
-    values = _weighted_auc(positive, scores, weights)
-    values = values[~np.isnan(values)]
-    point = float(_weighted_auc(positive, scores, np.ones((1, n)))[0])
-    low, high = np.quantile(values, [0.025, 0.975]) if values.size else (np.nan, np.nan)
-    return point, float(low), float(high)
-
-
 def _auc(y: np.ndarray, scores: np.ndarray, classes: tuple[str, ...], weights: np.ndarray) -> np.ndarray:
     """AUC (binary, or macro one-vs-rest over class probabilities) for each weighting."""
     if len(classes) == 2:
-        return _weighted_auc(y == classes[1], scores[:, 0], weights)
+        return weighted_auc(y == classes[1], scores[:, 0], weights)
     probabilities = _probabilities(scores)
-    return np.mean([_weighted_auc(y == label, probabilities[:, k], weights) for k, label in enumerate(classes)], axis=0)
+    return np.mean([weighted_auc(y == label, probabilities[:, k], weights) for k, label in enumerate(classes)], axis=0)
 
 
 def score_probe(probe: LinearProbe, x: np.ndarray, y: Sequence[str], *, n_resamples: int = 500, seed: int = 0) -> Score:
@@ -150,15 +128,11 @@ def score_probe(probe: LinearProbe, x: np.ndarray, y: Sequence[str], *, n_resamp
         raise ToolkitError("no test items to score the probe on")
     scores = probe.decision(x)
     correct = (probe.predict(x) == y).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=n_resamples).astype(np.float64)
-    accuracies = weights @ correct / len(y)
-    aucs = _auc(y, scores, probe.classes, weights)
-    aucs = aucs[~np.isnan(aucs)]
-    point_auc = float(_auc(y, scores, probe.classes, np.ones((1, len(y))))[0])
-    accuracy_ci = np.quantile(accuracies, [0.025, 0.975])
-    auc_ci = np.quantile(aucs, [0.025, 0.975]) if aucs.size else (np.nan, np.nan)
-    return Score(float(correct.mean()), *map(float, accuracy_ci), point_auc, *map(float, auc_ci), len(y))
+    weights = resample_weights(len(y), n_resamples, seed)
+    accuracy = Estimate.from_resamples(correct.mean(), weights @ correct / len(y), len(y))
+    point_auc = _auc(y, scores, probe.classes, np.ones((1, len(y))))[0]
+    auc = Estimate.from_resamples(point_auc, _auc(y, scores, probe.classes, weights), len(y), defined_only=True)
+    return Score(accuracy, auc)
 
 
 def shuffled_label_control(kind: str, x_train, y_train, x_test, y_test, *, seed: int = 0) -> Score:

@@ -9,6 +9,7 @@ import numpy as np
 
 from figures import probes as plots
 from probes.core.files import atomic_path, save_figure
+from probes.core.stats import Estimate
 from probes.directions import cosine_matrix
 from probes.intents import INTENTS, POSITIONS, TARGETS, target_classes
 from probes.recording import layer_index
@@ -23,10 +24,6 @@ def _nearest(hooks: Sequence[str], layer: int) -> str:
     """The recorded block output closest to ``layer`` (the embeddings only if nothing else)."""
     blocks = [hook for hook in hooks if layer_index(hook) >= 0] or list(hooks)
     return min(blocks, key=lambda hook: (abs(layer_index(hook) - layer), layer_index(hook)))
-
-
-def _fmt(centre: float, low: float, high: float) -> str:
-    return f"{centre:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, persona_set, intent_directions,
@@ -114,10 +111,11 @@ def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
             controls = found["controls"]
             inside = next((r for r in rows if r["target"] == target and r["position"] == position and r["split"] == "in-distribution"
                            and r["probe"] == "logistic" and r["layer"] == found["layer"]), None)
+            shuffled, random_direction = (Estimate(*controls[name], found["n"]) for name in ("logistic (shuffled labels)", "random direction"))
             lines.append(
-                f"| {target} | {position} | {found['layer']} | {_fmt(found['auc'], found['auc_low'], found['auc_high'])} "
-                f"(n={found['n']}) | {_fmt(*controls['logistic (shuffled labels)'])} | {_fmt(*controls['random direction'])} | "
-                f"{_fmt(inside['auc'], inside['auc_low'], inside['auc_high']) if inside else '—'} |")
+                f"| {target} | {position} | {found['layer']} | {Estimate.from_columns(found, 'auc').format(n=True)} "
+                f"| {shuffled.format()} | {random_direction.format()} | "
+                f"{Estimate.from_columns(inside, 'auc').format() if inside else '—'} |")
     lines += ["", "At the last prompt token the embeddings are the same template token for every prompt, so "
               "layer 0 is the first place intent can appear there; at the prompt mean the token embeddings "
               "(layer -1) are a bag-of-words baseline: intent decodable there is lexical, and the curves show "
@@ -131,7 +129,7 @@ def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
             for layer in range(-1, 4):
                 row = next((r for r in rows if r["target"] == target and r["position"] == position
                             and r["split"] == "held-out" and r["probe"] == "logistic" and r["layer"] == layer), None)
-                cells.append(_fmt(row["auc"], row["auc_low"], row["auc_high"]) if row else "—")
+                cells.append(Estimate.from_columns(row, "auc").format() if row else "—")
             lines.append(f"| {target} | {position} | " + " | ".join(cells) + " |")
     lines += ["", "## Persona directions", ""]
     rows_p, shared, lengths = persona["rows"], persona["shared"], persona["lengths"]

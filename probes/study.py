@@ -30,6 +30,7 @@ from probes.core.files import save_tensors, write_table
 from probes.core.models import load_model
 from probes.core.personas import LENGTHS, builtin_personas
 from probes.core.prompts import Condition, render
+from probes.core.stats import Estimate
 from probes.directions import cosine, norm_estimate, persona_differences, shared_structure
 from probes.intents import POSITIONS, TARGETS, LabelledQuery, intent_queries, target_labels
 from probes.linear import PROBE_KINDS, as_numpy, fit_probe, random_direction_control, score_probe, shuffled_label_control
@@ -37,6 +38,7 @@ from probes.recording import EMBEDDING_HOOK, layer_index, record_activations, re
 from probes.report import write_probe_report
 from probes.splits import balance, held_out_split, in_distribution_split
 from probes.store import ActivationStore
+from probes.summary import ProbeSummary
 
 
 def data_hash(queries: Sequence[LabelledQuery]) -> str:
@@ -100,9 +102,11 @@ def earliest_decodable(rows: Sequence[dict], target: str, position: str, kind: s
     for row in (r for r in chosen if r["probe"] == kind):
         controls = [r for r in chosen if r["layer"] == row["layer"]
                     and r["probe"] in (f"{kind} (shuffled labels)", "random direction")]
-        if controls and all(row["auc_low"] > c["auc_high"] for c in controls):
-            return {"layer": row["layer"], "auc": row["auc"], "auc_low": row["auc_low"], "auc_high": row["auc_high"],
-                    "n": row["n"], "controls": {c["probe"]: (c["auc"], c["auc_low"], c["auc_high"]) for c in controls}}
+        auc = Estimate.from_columns(row, "auc")
+        against = {c["probe"]: Estimate.from_columns(c, "auc") for c in controls}
+        if controls and all(auc.low > c.high for c in against.values()):
+            return {"layer": row["layer"], **auc.columns("auc"), "n": auc.n,
+                    "controls": {probe: (c.mean, c.low, c.high) for probe, c in against.items()}}
     return None
 
 
@@ -135,8 +139,8 @@ def run_probe_study(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
-) -> dict:
-    """Run the probe study into ``out``; re-running resumes the recordings."""
+) -> ProbeSummary:
+    """Run the probe study into ``out`` (re-running resumes the recordings); returns its ``ProbeSummary``."""
 
     out = Path(out)
     unknown = [kind for kind in kinds if kind not in PROBE_KINDS]
@@ -189,7 +193,7 @@ def run_probe_study(
 
     write_probe_report(out, rows, persona, activations, queries, persona_set, directions_by_position, hooks, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
-    return summary
+    return ProbeSummary.from_record(out, summary)
 
 
 def _save_probes(out: Path, activations, queries, hooks, meta, rows, seed) -> list[str]:
@@ -248,7 +252,7 @@ def _persona_directions(model, tokenizer, queries, base_acts, personas, lengths,
             norm = norm_estimate(by_hook[hook])
             direction = by_hook[hook].mean(axis=0)
             row = {"persona": persona, "length": length, "position": position, "layer": layer_index(hook),
-                   "norm": norm.mean, "norm_low": norm.low, "norm_high": norm.high, "n": norm.n,
+                   **norm.columns("norm"), "n": norm.n,
                    "residual_norm": float(np.linalg.norm(base_acts[position][hook], axis=1).mean())}
             for (target, pos), dirs in intent_dirs.items():
                 if pos == position:

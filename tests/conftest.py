@@ -1,4 +1,9 @@
-"""Shared fixtures: the real embedded model (loaded once) and tiny random models from configs."""
+"""Shared fixtures: the real embedded model (loaded once) and tiny random models from configs.
+
+Every test that uses the real embedded model (``smol``, ``smol_hf``, ``smol_directory``) is
+marked ``slow``; ``pytest -m "not slow"`` runs the rest (tiny random models and pure functions)
+in under two minutes. CI runs everything.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,15 @@ from probes.core.models import load_model, resolve_model_directory
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
+
+
+REAL_MODEL_FIXTURES = {"smol", "smol_hf", "smol_directory"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 
 Multiple-choice items are scored by log-likelihood (accuracy, with the chance level and the
 per-item margin of the correct option); other items are answered by generation and checked
-with the refusal rule. Every mean comes with its n and a bootstrap 95% confidence interval.
+with the refusal rule. Both go through the task machinery of ``interventions.measure.tasks``
+(an unregistered task built from the arguments), as the study and ``prism compare`` do. Every mean comes with its n and a bootstrap 95% confidence interval.
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ from typing import Mapping, Sequence
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from interventions.measure.generation import generate
-from interventions.measure.refusal import is_refusal
-from interventions.measure.scoring import score_choices
-from probes.core.datasets import Item
+from interventions.measure.tasks import DEFAULT_ANSWER_PREFIX, Task, choice_result
 from probes.core.errors import ToolkitError
+from probes.core.items import Item
 from probes.core.personas import Persona
 from probes.core.prompts import Condition
-from probes.core.rendering import SCORING_MODES, continuations, render_items
+from probes.core.rendering import SCORING_MODES
 from probes.core.stats import bootstrap_mean
 
-DEFAULT_ANSWER_PREFIX = "Answer:"
 DEFAULT_NORMALISATION = {"letter": "none", "cloze": "tokens"}
 METRIC_FIELD = {"accuracy": "correct", "refusal_rate": "refused"}  # metric -> per-item row field
 
@@ -43,7 +41,26 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Results as a JSON-ready dict: settings, summary with CIs, per-category and per-item rows."""
+    """Evaluate ``items`` under ``condition``: multiple choice by log-likelihood, else by generation.
+
+    Args:
+        model, tokenizer: the bridged model and its tokenizer (``load_model``).
+        items: multiple-choice items (accuracy and answer margin) or open ones (refusal rate);
+            not a mix.
+        condition: the persona condition every prompt is rendered under.
+        scoring: ``letter`` (options listed, letters scored) or ``cloze`` (option texts scored).
+        answer_prefix: text that opens the assistant turn when scoring.
+        normalise: cloze score normalisation (default: none for letter, tokens for cloze).
+        max_new_tokens: generation length for open items.
+        batch_size: prompts per forward pass.
+        personas: a persona library in place of the built-in one.
+        seed: the random persona's and the bootstrap's seed.
+        progress: show progress bars.
+
+    Returns:
+        a JSON-ready dict: the settings, ``summary`` (mean, 95% CI, n), ``by_category`` and
+        per-item rows (``items``); multiple choice adds the chance level and the mean margin.
+    """
     if not items:
         raise ToolkitError("no items to evaluate")
     multiple_choice = [item.is_multiple_choice for item in items]
@@ -59,43 +76,28 @@ def evaluate(
         if scoring not in SCORING_MODES:
             raise ToolkitError(f"unknown scoring mode {scoring!r}: use one of {', '.join(SCORING_MODES)}")
         normalise = normalise or DEFAULT_NORMALISATION[scoring]
-        prompts = render_items(
-            tokenizer, items, condition, scoring=scoring, answer_prefix=answer_prefix, personas=personas, seed=seed
-        )
-        scored = score_choices(
-            model, tokenizer, prompts, [continuations(item, scoring) for item in items],
-            [item.answer for item in items], normalise=normalise, batch_size=batch_size, progress=progress,
-        )
-        rows = [
-            {
-                "id": item.id, "category": item.category, "persona": prompt.persona,
-                "placement": prompt.placement, "prompt_sha256": prompt.sha256, "answer": item.answer,
-                "predicted": score.predicted, "correct": score.correct, "margin": score.margin,
-                "logprobs": list(score.logprobs),
-            }
-            for item, prompt, score in zip(items, prompts, scored)
-        ]
+        task = Task("multiple_choice", "choice", None, ("accuracy", "margin"), scoring=scoring, normalise=normalise,
+                    answer_prefix=answer_prefix)
+    else:
+        task = Task("generation", "refusal", None, ("refusal_rate",), max_new_tokens=max_new_tokens)
+    prompts = task.render(tokenizer, items, condition, personas=personas, seed=seed)
+    records = task.measure(model, tokenizer, items, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           seed=seed, progress=progress)
+    metrics = [task.item_metrics(item, record) for item, record in zip(items, records)]
+    rows = [
+        {"id": item.id, "category": item.category, "persona": prompt.persona, "placement": prompt.placement,
+         "prompt_sha256": prompt.sha256, **_item_fields(task, item, record, values)}
+        for item, prompt, record, values in zip(items, prompts, records, metrics)
+    ]
+    if task.is_choice:
         result.update(
             task="multiple_choice",
             settings={"scoring": scoring, "answer_prefix": answer_prefix, "normalise": normalise},
             metric="accuracy",
-            chance=sum(1 / len(item.choices) for item in items) / len(items),
+            chance=sum(values["chance"] for values in metrics) / len(items),
             margin=bootstrap_mean([row["margin"] for row in rows], seed=seed).to_dict(),
         )
     else:
-        prompts = render_items(tokenizer, items, condition, personas=personas, seed=seed)
-        responses = generate(
-            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-            progress=progress,
-        )
-        rows = [
-            {
-                "id": item.id, "category": item.category, "persona": prompt.persona,
-                "placement": prompt.placement, "prompt_sha256": prompt.sha256, "response": response,
-                "refused": is_refusal(response),
-            }
-            for item, prompt, response in zip(items, prompts, responses)
-        ]
         result.update(
             task="generation",
             settings={"max_new_tokens": max_new_tokens, "decoding": "greedy", "refusal_rule": "keyword"},
@@ -106,6 +108,15 @@ def evaluate(
     result["by_category"] = _by_category([row["category"] for row in rows], values, seed)
     result["items"] = rows
     return result
+
+
+def _item_fields(task: Task, item: Item, record: Mapping, values: Mapping) -> dict:
+    """An item row's measured fields: the prediction and margin, or the response and refusal."""
+    if task.is_choice:
+        choice = choice_result(item, record)
+        return {"answer": item.answer, "predicted": choice.predicted, "correct": choice.correct, "margin": values["margin"],
+                "logprobs": list(choice.logprobs)}
+    return {"response": record["response"], "refused": bool(values["refusal_rate"])}
 
 
 def metric_values(result: Mapping) -> list[float]:

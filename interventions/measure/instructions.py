@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Iterator, Sequence
 
-from probes.core.datasets import Item
 from probes.core.errors import ToolkitError
+from probes.core.items import Item
 
 INSTRUCTION_TYPES = (
     "change_case:english_capital",

@@ -47,7 +47,7 @@ def cell_table(rows: Sequence[Mapping], seed: int = 0) -> list[dict]:
             chance = [row["chance"] for row in group if "chance" in row]
             table.append({
                 **dict(zip(CONDITION_FIELDS, key)), "metric": metric, "n": len(values),
-                "mean": estimate and estimate.mean, "low": estimate and estimate.low, "high": estimate and estimate.high,
+                **(estimate.columns("mean", prefix="") if estimate else dict.fromkeys(("mean", "low", "high"))),
                 "chance": sum(chance) / len(chance) if chance and metric == "accuracy" else None,
                 "unparseable": len(group) - len(values) if metric.startswith("judge") else None,
             })
@@ -61,8 +61,7 @@ def _paired(treated: Sequence[Mapping], reference: Sequence[Mapping], metric: st
     if not pairs:
         return None
     estimate = paired_difference([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
-    return {"n": estimate.n, "delta": estimate.mean, "low": estimate.low, "high": estimate.high,
-            "significant": estimate.significant}
+    return {"n": estimate.n, **estimate.columns("delta", prefix=""), "significant": estimate.significant}
 
 
 def effect_table(rows: Sequence[Mapping], seed: int = 0, by_category: bool = False) -> list[dict]:

@@ -2,22 +2,25 @@
 
 ``summarise_study(directory)`` reads ``items.json`` and ``study.json`` and (re)writes
 ``cells.csv``, ``effects.csv``, ``effects_by_category.csv`` (each with a JSON twin),
-``judge_consistency.json``, ``figures/*.png`` and ``report.md``. ``compare_models`` adds the
+``judge_consistency.json``, ``figures/*.png`` and ``report.md``, and returns a ``StudySummary``. ``compare_models`` adds the
 cross-model placement figure for several study directories.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from figures import study as plots
+from interventions.measure.tasks import TASKS
 from interventions.study.effects import cell_table, effect_table, judge_consistency
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, save_figure, write_json, write_table
+from probes.core.stats import Estimate
 
-KNOWLEDGE_TASKS = ("capitals", "mmlu-letter", "mmlu-cloze")
+KNOWLEDGE_TASKS = tuple(name for name, task in TASKS.items() if task.is_choice)  # capitals, mmlu-letter, mmlu-cloze
 
 
 def load_study(directory: str | Path) -> tuple[dict, list[dict]]:
@@ -32,8 +35,54 @@ def load_study(directory: str | Path) -> tuple[dict, list[dict]]:
     return settings, rows
 
 
-def summarise_study(directory: str | Path, seed: int = 0) -> dict:
-    """Write every table, figure and the report of one study directory; returns the tables."""
+@dataclass(frozen=True)
+class StudySummary:
+    """What ``summarise_study`` wrote and found.
+
+    Attributes:
+        directory: the study directory (``report.md`` inside).
+        model: the studied model's name.
+        cells, effects, effects_by_category: the tables, rows as in their CSV and JSON files.
+        consistency: the MT-Bench judge's consistency (``judge_consistency.json``).
+        findings: the report's "Findings, set against the paper" bullets (Markdown; every number
+            a mean with its 95% CI and n).
+    """
+
+    directory: Path
+    model: str
+    cells: list[dict]
+    effects: list[dict]
+    effects_by_category: list[dict]
+    consistency: dict
+    findings: tuple[str, ...]
+
+    @property
+    def report(self) -> Path:
+        return self.directory / "report.md"
+
+    def effect(self, task: str, condition: str, metric: str, reference: str = "none[empty]") -> Estimate | None:
+        """One paired effect (condition minus reference on the same items), or None if not measured."""
+        row = _find(self.effects, task=task, condition=condition, metric=metric, reference=reference)
+        return None if row is None or row.get("delta") is None else Estimate.from_columns(row, "delta", prefix="")
+
+    def format(self) -> str:
+        """The findings, one Markdown bullet a line (as in the report)."""
+        return "\n".join(self.findings)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
+    """Write every table, figure and the report of one study directory.
+
+    Args:
+        directory: a finished (or resumed) ``prism study`` directory.
+        seed: bootstrap seed of the confidence intervals.
+
+    Returns:
+        the tables and the report's findings.
+    """
     directory = Path(directory)
     settings, rows = load_study(directory)
     tables = {
@@ -50,7 +99,8 @@ def summarise_study(directory: str | Path, seed: int = 0) -> dict:
     report = study_report(settings, tables, consistency, figures, system_fell_back=fell_back)
     with atomic_path(directory / "report.md") as partial:
         Path(partial).write_text(report, encoding="utf-8")
-    return tables
+    return StudySummary(directory, settings["model"], tables["cells"], tables["effects"], tables["effects_by_category"],
+                        consistency, tuple(_findings(tables["effects"], consistency)))
 
 
 def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[str]:
@@ -97,9 +147,8 @@ def _fmt(row: Mapping | None, centre: str = "mean", signed: bool = False) -> str
         return "—"
     if row.get(centre) is None:
         return f"no values (n={row['n']})"
-    sign = "+" if signed else ""
-    star = "*" if row.get("significant") else ""
-    return f"{row[centre]:{sign}.2f} [{row['low']:{sign}.2f}, {row['high']:{sign}.2f}]{star} (n={row['n']})"
+    estimate = Estimate.from_columns(row, centre, prefix="")
+    return estimate.format(signed=signed, star="significant" in row, n=True)  # effects carry a significance, cells not
 
 
 def _find(table: Sequence[Mapping], **where) -> Mapping | None:

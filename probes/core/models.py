@@ -84,16 +84,14 @@ def _bridge_from_directory(
         raise ToolkitError(f"could not load model {label!r} ({reason[:200]}); use {VALID_FORMS}") from error
     hf_model.eval()
     architecture = _architecture(hf_model.config)
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-
+    hf_model.config.architectures = [architecture]  # GGUF configs of some families name none
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            bridge = build_bridge_from_module(
-                hf_model, architecture, hf_config=hf_model.config, tokenizer=tokenizer, model_name=label
-            )
+            bridge = TransformerBridge.boot_transformers(directory, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype)
         except (ValueError, KeyError, NotImplementedError) as error:
             raise ToolkitError(f"TransformerLens cannot wrap {label!r} (architecture {architecture}): {error}") from error
+    bridge.cfg.model_name = label  # what every output records as the model
     bridge.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

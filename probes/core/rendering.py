@@ -12,8 +12,8 @@ from typing import Literal, Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from probes.core.datasets import LETTERS, Item
 from probes.core.errors import ToolkitError
+from probes.core.items import LETTERS, Item
 from probes.core.personas import Persona
 from probes.core.prompts import Condition, RenderedPrompt, render
 

@@ -1,20 +1,40 @@
-"""Means with bootstrap confidence intervals, and paired differences."""
+"""The toolkit's statistics: one estimate type and the bootstrap primitives behind it.
+
+Every number a report, table or figure shows with an uncertainty is an ``Estimate``: a mean
+(or a difference, ratio, AUC, correlation, norm...) with its percentile-bootstrap confidence
+interval and the sample size. In memory it stays an ``Estimate``; on disk it is flattened into
+table columns with ``Estimate.columns`` (``auc``, ``auc_low``, ``auc_high``) and read back
+with ``Estimate.from_columns``; in text it is written by ``Estimate.format``
+(``0.53 [0.41, 0.66]``).
+
+Primitives (each seeded, so the same seed draws the same resamples):
+
+- ``resample_indices`` / ``resample_weights``: bootstrap resamples of n items, as index rows or
+  as multiplicity rows (for statistics computed with item weights, e.g. the AUC);
+- ``percentile_interval`` and ``Estimate.from_resamples``: the interval from resampled values;
+- ``bootstrap_mean``, ``paired_difference``, ``bootstrap_ratio`` (ratio of means),
+  ``bootstrap_correlation`` (Pearson or Spearman) and ``bootstrap_auc`` (binary AUC; ``weighted_auc``
+  is its weighted form).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 
 from probes.core.errors import ToolkitError
 
 MIN_SIGNIFICANT_N = 5
+QUANTILES_95 = (0.025, 0.975)  # the percentile 95% interval
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with its percentile-bootstrap confidence interval and the sample size."""
+    """A mean (or difference, ratio, AUC...) with its percentile-bootstrap confidence interval
+    and the sample size."""
 
     mean: float
     low: float
@@ -23,17 +43,94 @@ class Estimate:
     confidence: float = 0.95
 
     @property
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly above or below zero, whatever n is."""
+        return self.low > 0 or self.high < 0
+
+    @property
     def significant(self) -> bool:
         """Whether the interval excludes zero (meaningful for differences). A bootstrap over
         fewer than ``MIN_SIGNIFICANT_N`` values cannot show its own uncertainty (one value gives
         a zero-width interval), so such an estimate is never called significant."""
-        return self.n >= MIN_SIGNIFICANT_N and (self.low > 0 or self.high < 0)
+        return self.n >= MIN_SIGNIFICANT_N and self.excludes_zero
 
     def to_dict(self) -> dict:
+        """``{"mean", "low", "high", "n", "confidence"}`` (the JSON form of a lone estimate)."""
         return asdict(self)
 
+    def columns(self, name: str, *, prefix: str | None = None, n: bool = False) -> dict:
+        """The estimate as table columns: ``name`` holds the mean, ``{prefix}low`` and
+        ``{prefix}high`` the interval, and with ``n`` also ``{prefix}n`` the sample size.
+        ``prefix`` defaults to ``f"{name}_"``: ``columns("auc")`` gives ``auc``, ``auc_low``,
+        ``auc_high``; ``columns("fraction", prefix="", n=True)`` gives ``fraction``, ``low``,
+        ``high``, ``n``. The confidence level is not written (tables hold 95% intervals)."""
+        prefix = f"{name}_" if prefix is None else prefix
+        flat = {name: self.mean, f"{prefix}low": self.low, f"{prefix}high": self.high}
+        if n:
+            flat[f"{prefix}n"] = self.n
+        return flat
+
+    @classmethod
+    def from_columns(cls, row: Mapping, name: str, *, prefix: str | None = None, confidence: float = 0.95) -> Estimate:
+        """The estimate that ``columns(name, prefix=prefix)`` flattened into ``row``. The sample
+        size is read from ``{prefix}n``, else from the row's shared ``n``; a row with neither
+        gives ``n = 0`` (such an estimate is never ``significant``: use ``excludes_zero``)."""
+        prefix = f"{name}_" if prefix is None else prefix
+        n = row.get(f"{prefix}n", row.get("n", 0))
+        return cls(row[name], row[f"{prefix}low"], row[f"{prefix}high"], n, confidence)
+
+    @classmethod
+    def from_resamples(cls, point: float, resampled: np.ndarray, n: int, *, defined_only: bool = False) -> Estimate:
+        """``point`` with the percentile 95% interval of its bootstrap ``resampled`` values (see
+        ``percentile_interval`` for ``defined_only``)."""
+        return cls(float(point), *percentile_interval(resampled, defined_only=defined_only), n)
+
+    def format(self, digits: int = 2, *, signed: bool = False, star: bool = False, n: bool = False) -> str:
+        """``"0.53 [0.41, 0.66]"``: the mean and interval with ``digits`` decimals; ``signed`` writes
+        a ``+`` before positive numbers, ``star`` appends ``*`` when the estimate is ``significant``,
+        ``n`` appends `` (n=40)``."""
+        spec = f"{'+' if signed else ''}.{digits}f"
+        text = f"{self.mean:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+        if star and self.significant:
+            text += "*"
+        return text + (f" (n={self.n})" if n else "")
+
     def __str__(self) -> str:
-        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
+        return self.format(3, n=True)
+
+
+def resample_indices(n: int, n_resamples: int, rng: np.random.Generator | int) -> np.ndarray:
+    """``[n_resamples, n]`` item indices drawn with replacement (one bootstrap resample a row);
+    ``rng`` is a generator (drawn from, so successive calls differ) or a seed."""
+    return np.random.default_rng(rng).integers(0, n, size=(n_resamples, n))
+
+
+def resample_weights(n: int, n_resamples: int, rng: np.random.Generator | int) -> np.ndarray:
+    """``[n_resamples, n]`` bootstrap multiplicities (how often each item is drawn), as floats:
+    for statistics computed with item weights."""
+    return np.random.default_rng(rng).multinomial(n, np.full(n, 1 / n), size=n_resamples).astype(np.float64)
+
+
+def central_quantiles(confidence: float) -> tuple[float, float]:
+    """The quantiles bounding the central ``confidence`` share: ``((1 - c) / 2, 1 - (1 - c) / 2)``.
+    (In floating point the lower one is not exactly 0.025 at 95%: ``bootstrap_mean`` uses these,
+    the other estimates ``QUANTILES_95``, so that their numbers stay what they always were.)"""
+    tail = (1 - confidence) / 2
+    return tail, 1 - tail
+
+
+def percentile_interval(resampled: np.ndarray, quantiles: Sequence[float] = QUANTILES_95, *,
+                        defined_only: bool = False) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``resampled`` values. With ``defined_only``,
+    resamples where the statistic is undefined (NaN or infinite, e.g. a ratio over a zero mean)
+    are left out first, and no defined resample gives ``(nan, nan)``."""
+    values = np.asarray(resampled, dtype=float)
+    if defined_only:
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return float("nan"), float("nan")
+    low, high = np.quantile(values, list(quantiles))
+    return float(low), float(high)
 
 
 def bootstrap_mean(
@@ -45,12 +142,9 @@ def bootstrap_mean(
         raise ToolkitError("cannot estimate a mean from no values")
     if not 0 < confidence < 1:
         raise ToolkitError(f"confidence must be between 0 and 1, got {confidence}")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, data.size, size=(n_resamples, data.size))
-    means = data[draws].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return Estimate(float(data.mean()), float(low), float(high), int(data.size), confidence)
+    means = data[resample_indices(data.size, n_resamples, seed)].mean(axis=1)
+    low, high = percentile_interval(means, central_quantiles(confidence))
+    return Estimate(float(data.mean()), low, high, int(data.size), confidence)
 
 
 def paired_difference(
@@ -61,6 +155,18 @@ def paired_difference(
     if a.shape != b.shape:
         raise ToolkitError(f"paired values must align item by item, got {a.size} and {b.size}")
     return bootstrap_mean(a - b, n_resamples=n_resamples, seed=seed)
+
+
+def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, *, n_resamples: int = 1000, seed: int = 0) -> Estimate:
+    """Ratio of means ``mean(numerator) / mean(denominator)`` with a bootstrap 95% CI resampling
+    items (each item's numerator and denominator stay together); NaN where the denominator's
+    mean is zero."""
+    numerator, denominator = np.asarray(numerator), np.asarray(denominator)
+    draws = resample_indices(len(numerator), n_resamples, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = numerator[draws].mean(axis=1) / denominator[draws].mean(axis=1)
+    point = float(numerator.mean() / denominator.mean()) if denominator.mean() != 0 else float("nan")
+    return Estimate.from_resamples(point, values, len(numerator), defined_only=True)
 
 
 def bootstrap_correlation(
@@ -75,16 +181,34 @@ def bootstrap_correlation(
     if a.size < 3 or a.std() == 0 or b.std() == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), int(a.size))
     if method == "spearman":
-        from scipy.stats import rankdata
-
         a, b = rankdata(a), rankdata(b)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, a.size, size=(n_resamples, a.size))
+    draws = resample_indices(a.size, n_resamples, seed)
     xa, yb = a[draws], b[draws]
     xa = xa - xa.mean(axis=1, keepdims=True)
     yb = yb - yb.mean(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         values = (xa * yb).sum(axis=1) / np.sqrt((xa**2).sum(axis=1) * (yb**2).sum(axis=1))
-    values = values[np.isfinite(values)]
-    low, high = np.quantile(values, [0.025, 0.975])
-    return Estimate(float(np.corrcoef(a, b)[0, 1]), float(low), float(high), int(a.size))
+    return Estimate.from_resamples(np.corrcoef(a, b)[0, 1], values, int(a.size), defined_only=True)
+
+
+def weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Binary AUC under each row of item ``weights`` [b, n] (bootstrap multiplicities): the
+    weighted share of (positive, negative) pairs ranked correctly, ties counting half. NaN for
+    a row that leaves a class out."""
+    pos, neg = scores[positive], scores[~positive]
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    w_pos, w_neg = weights[:, positive], weights[:, ~positive]
+    totals = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("bi,ij,bj->b", w_pos, wins, w_neg) / totals
+
+
+def bootstrap_auc(positive: np.ndarray, scores: np.ndarray, *, n_resamples: int = 500, seed: int = 0) -> Estimate:
+    """AUC of ``scores`` for the ``positive`` items with a bootstrap 95% CI resampling items
+    (resamples missing a class are left out)."""
+    positive = np.asarray(positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    values = weighted_auc(positive, scores, resample_weights(n, n_resamples, seed))
+    point = weighted_auc(positive, scores, np.ones((1, n)))[0]
+    return Estimate.from_resamples(point, values, n, defined_only=True)

@@ -151,7 +151,7 @@ def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_pa
     assert final["fraction"] == pytest.approx(1.0, abs=1e-3)  # the last block's final token decides the logits
     steering = json.loads((out / "steering.json").read_text())
     assert all(r["fraction"] == 0 for r in steering if r["multiple"] == 0.0)
-    assert summary["n"] > 0 and (out / "report.md").read_text().startswith("# Why personas hurt")
+    assert summary.n > 0 and summary.report == out / "report.md" and summary.report.read_text().startswith("# Why personas hurt")
     attention = json.loads((out / "attention.json").read_text())
     assert [r["layer"] for r in attention] == [0, 1, 2] and all(0 < r["attention"] < 1 for r in attention)
     refusal = json.loads((out / "refusal.json").read_text())

@@ -9,7 +9,7 @@ import torch
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
 from prism.bootstrap import Sample, clean_query, summarise
-from prism.distill import DistillConfig, distill, distillation_loss, load_adapter, save_adapter, use_adapter
+from prism.distill import DistillConfig, active_adapter, adapter_layers, distill, distillation_loss, load_adapter, save_adapter
 from prism.gate import Gate, fit_gate, gate_features
 from prism.routing import Routed, route_probabilities
 from probes.core.errors import ToolkitError
@@ -49,12 +49,12 @@ def test_the_teacher_keeps_its_persona_and_distillation_closes_the_gap(tiny_llam
     from prism.distill import attach_adapter
 
     attach_adapter(model, "probe", config)  # untrained: lora_B starts at zero, the student is the plain model
-    use_adapter(model, "probe")
-    untrained = distillation_loss(model, tokenizer, sample, config)
+    with active_adapter(model, "probe"):
+        untrained = distillation_loss(model, tokenizer, sample, config)
     assert untrained > 1e-4  # the teacher saw the persona; the student did not
     info = distill(model, tokenizer, _samples(), "prism", config, progress=False)
-    use_adapter(model, "prism")
-    assert distillation_loss(model, tokenizer, sample, config) < 0.5 * untrained
+    with active_adapter(model, "prism"):
+        assert distillation_loss(model, tokenizer, sample, config) < 0.5 * untrained
     assert info["steps"] == 6 * 2 and info["n_samples"] == 6
 
 
@@ -64,10 +64,8 @@ def test_adapters_round_trip_and_load_onto_the_plain_model(trained, tiny_llama_d
 
     model, tokenizer, _, info = trained
     ids = torch.tensor([tokenizer("Hello there, a test sentence")["input_ids"]])
-    use_adapter(model, "prism")
-    with torch.no_grad():
+    with active_adapter(model, "prism"), torch.no_grad():
         adapted = model.original_model(ids).logits
-    use_adapter(model, None)
     with torch.no_grad():
         assert (model.original_model(ids).logits - adapted).abs().max() > 1e-4
     save_adapter(model, "prism", tmp_path / "adapter", info["peft_config"], info)
@@ -78,8 +76,7 @@ def test_adapters_round_trip_and_load_onto_the_plain_model(trained, tiny_llama_d
     load_adapter(fresh, "again", tmp_path / "adapter")
     with torch.no_grad():  # loading never switches an adapter on
         assert torch.equal(fresh.original_model(ids).logits, plain_logits)
-    use_adapter(fresh, "prism")
-    with torch.no_grad():
+    with active_adapter(fresh, "prism"), torch.no_grad():
         assert torch.equal(fresh.original_model(ids).logits, adapted)
         plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_directory), tmp_path / "adapter")
         assert torch.allclose(plain(ids).logits, adapted, atol=1e-4)
@@ -139,10 +136,39 @@ def test_a_mixed_batch_gives_each_sequence_the_logits_of_its_own_route(trained):
         mixed = score_choices(model, tokenizer, prompts, options, [0] * len(prompts), batch_size=6, share_prefix=False,
                               progress=False)
     for prompt, result in zip(prompts, mixed):
-        use_adapter(model, "prism" if routed.decision(encode(tokenizer, prompt))[1] else None)
-        alone = score_choices(model, tokenizer, [prompt], options[:1], [0], batch_size=1, progress=False)[0]
+        with active_adapter(model, "prism" if routed.decision(encode(tokenizer, prompt))[1] else None):
+            alone = score_choices(model, tokenizer, [prompt], options[:1], [0], batch_size=1, progress=False)[0]
         assert np.allclose(result.logprobs, alone.logprobs, atol=1e-4)
-    use_adapter(model, None)
+
+
+def _adapter_state(model) -> list:
+    return [(layer.active_adapters, layer.disable_adapters, [p.requires_grad for p in layer.parameters()])
+            for layer in adapter_layers(model)]
+
+
+def test_active_adapter_restores_the_previous_state_even_when_the_block_raises(trained):
+    model, tokenizer, _, _ = trained
+    ids = torch.tensor([tokenizer("Hello there, a test sentence")["input_ids"]])
+
+    def logits() -> torch.Tensor:
+        with torch.no_grad():
+            return model.original_model(ids).logits
+
+    before, plain = _adapter_state(model), logits()
+    with active_adapter(model, "prism"):
+        adapted = logits()
+        inside = _adapter_state(model)
+        assert not torch.equal(adapted, plain)
+        with pytest.raises(RuntimeError, match="boom"):
+            with active_adapter(model, None):
+                assert torch.equal(logits(), plain)
+                raise RuntimeError("boom")
+        assert torch.equal(logits(), adapted) and _adapter_state(model) == inside  # "prism" is back on
+    assert torch.equal(logits(), plain) and _adapter_state(model) == before
+    with pytest.raises(ValueError):
+        with active_adapter(model, "prism"):
+            raise ValueError("inside the adapter")
+    assert torch.equal(logits(), plain) and _adapter_state(model) == before
 
 
 def test_routed_steering_only_moves_routed_rows(trained):
@@ -204,14 +230,15 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
     config = BootstrapConfig(queries_per_persona=2, query_tokens=12, answer_tokens=8)
     summary = pipeline.bootstrap(out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "critic"],
                                  progress=False)
-    assert summary["overall"]["n"] >= 3 and (out / "bootstrap" / "samples.jsonl").is_file()
+    assert summary.overall.win_rate.n >= 3 and (out / "bootstrap" / "samples.jsonl").is_file()
     budget = CompareBudget(capitals=4, harmbench=2, mtbench=2, refusal_tokens=4, answer_tokens=4)
     trained = pipeline.train(out, labels="intents", per_intent=12, compare_budget=budget, max_block=1,
                              distill_config=DistillConfig(epochs=1), progress=False)
-    assert trained["gate"]["layer"] <= 1 and (out / "adapters" / "prism" / "adapter_config.json").is_file()
-    assert set(trained["routing_quality"]) >= {"gate", "embedding", "self_classify"}
+    assert trained.layer <= 1 and (out / "adapters" / "prism" / "adapter_config.json").is_file()
+    assert set(trained.record["routing_quality"]) >= {"gate", "embedding", "self_classify"}
+    assert set(trained.routers) == {"embedding", "self_classify"} and trained.auc.n == trained.record["routing_quality"]["n_test"]
     compared = pipeline.compare(out, budget=budget, progress=False)
-    assert [row["system"] for row in compared["table"]] == list(pipeline.SYSTEMS)
+    assert [row["system"] for row in compared.table] == list(pipeline.SYSTEMS)
     assert (out / "compare" / "report.md").read_text().startswith("# PRISM compared")
     cells = sorted((out / "compare" / "cells").glob("*.json"))
     assert len(cells) == 3 * len(pipeline.SYSTEMS)

@@ -7,6 +7,7 @@ import torch
 from prism.cli import main
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, save_tensors
+from probes.core.stats import bootstrap_auc
 from probes.directions import cosine_estimate, norm_estimate, persona_differences, shared_structure
 from probes.intents import intent_queries
 from probes.linear import (
@@ -37,7 +38,9 @@ def test_probes_recover_a_planted_direction(kind):
     assert abs(probe.direction @ direction) > 0.8
     assert probe.direction @ direction > 0  # oriented towards classes[1] = "yes"
     score = score_probe(probe, x[300:], y[300:])
-    assert score.auc > 0.85 and score.auc_low > 0.75 and score.accuracy > 0.7 and score.n == 100
+    assert score.auc.mean > 0.85 and score.auc.low > 0.75 and score.accuracy.mean > 0.7 and score.n == 100
+    assert score.to_dict() == {**score.accuracy.columns("accuracy"), **score.auc.columns("auc"), "n": 100}
+    assert list(score.to_dict()) == ["accuracy", "accuracy_low", "accuracy_high", "auc", "auc_low", "auc_high", "n"]
 
 
 def test_multiclass_probes_separate_three_planted_classes():
@@ -48,18 +51,18 @@ def test_multiclass_probes_separate_three_planted_classes():
     for kind in PROBE_KINDS:
         probe = fit_probe(kind, x[:200], y[:200])
         assert probe.weights.shape == (3, 64)
-        assert score_probe(probe, x[200:], y[200:]).accuracy > 0.85
+        assert score_probe(probe, x[200:], y[200:]).accuracy.mean > 0.85
 
 
 def test_controls_sit_at_chance():
     x, y, _ = _planted(d=256, seed=2)
     shuffled = shuffled_label_control("logistic", x[:300], y[:300], x[300:], y[300:], seed=0)
-    assert shuffled.auc_low < 0.5 < shuffled.auc_high
-    chance = [random_direction_control(x[:300], y[:300], x[300:], y[300:], seed=s).auc for s in range(20)]
+    assert shuffled.auc.low < 0.5 < shuffled.auc.high
+    chance = [random_direction_control(x[:300], y[:300], x[300:], y[300:], seed=s).auc.mean for s in range(20)]
     assert abs(np.mean(chance) - 0.5) < 0.08  # a random direction barely sees a 1-d signal in 256-d
     noise = np.random.default_rng(3).standard_normal((300, 32))
     labels = np.array(["a", "b"])[np.random.default_rng(4).integers(0, 2, 300)]
-    assert score_probe(fit_probe("logistic", noise[:200], labels[:200]), noise[200:], labels[200:]).auc_low < 0.5
+    assert score_probe(fit_probe("logistic", noise[:200], labels[:200]), noise[200:], labels[200:]).auc.low < 0.5
 
 
 def test_held_out_splits_never_share_a_group_and_keep_every_class_on_both_sides():
@@ -128,11 +131,11 @@ def test_probe_study_end_to_end_on_a_tiny_model(tiny_llama_directory, tmp_path):
     summary = run_probe_study(out, model_name=tiny_llama_directory, per_intent=24, personas=["math", "writing"],
                               persona_lengths=["min", "long"], persona_queries=6, kinds=["logistic", "diff-means"],
                               progress=False)
-    assert set(summary["earliest"]) == {f"{t}/{p}" for t in ("intent", "knowledge-vs-generation", "harmful-vs-benign")
+    assert set(summary.earliest) == {f"{t}/{p}" for t in ("intent", "knowledge-vs-generation", "harmful-vs-benign")
                                         for p in ("last", "mean")}
     tensors, meta = load_tensors(out / "directions" / "intent_knowledge-vs-generation_mean.safetensors")
     assert tensors["directions"].shape == (4, 64)  # embeddings + 3 blocks
-    assert meta["layers"] == [-1, 0, 1, 2] and meta["positions"] == "mean" and meta["data"] == summary["data"]
+    assert meta["layers"] == [-1, 0, 1, 2] and meta["positions"] == "mean" and meta["data"] == summary.data
     assert len(meta["held_out_auc"]) == 4 and meta["model"]
     persona, meta = load_tensors(out / "directions" / "persona_last.safetensors")
     assert set(persona) == {"math/min", "math/long", "writing/min", "writing/long"}
@@ -156,10 +159,8 @@ def test_probe_cli_errors_are_one_line(tmp_path, capsys):
 def test_bootstrap_auc_matches_sklearn_at_its_point():
     from sklearn.metrics import roc_auc_score
 
-    from probes.linear import bootstrap_auc
-
     rng = np.random.default_rng(0)
     positive = rng.random(60) < 0.4
     scores = positive * 0.8 + rng.normal(size=60)
-    auc, low, high = bootstrap_auc(positive, scores, n_resamples=300)
-    assert auc == pytest.approx(roc_auc_score(positive, scores)) and low < auc < high
+    auc = bootstrap_auc(positive, scores, n_resamples=300)
+    assert auc.mean == pytest.approx(roc_auc_score(positive, scores)) and auc.low < auc.mean < auc.high and auc.n == 60

@@ -2,7 +2,7 @@ import torch
 
 from interventions.measure.evaluate import evaluate
 from interventions.measure.generation import generate
-from probes.core.datasets import Item
+from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
 
 QUERIES = [

@@ -4,8 +4,8 @@ from transformers import AutoModelForCausalLM
 
 from interventions.measure.evaluate import evaluate
 from interventions.measure.scoring import score_choices
-from probes.core.datasets import Item
 from probes.core.errors import ToolkitError
+from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
 from probes.core.rendering import continuations, question_text
 

@@ -11,11 +11,13 @@ from interventions.measure.instructions import attach_instructions, check_respon
 from interventions.measure.judge import EndpointJudge, JudgeRequest, judge_messages, parse_rating
 from interventions.study.effects import cell_table, effect_table, judge_consistency
 from interventions.study.ledger import Ledger
+from interventions.study.plan import BUDGETS, resolve_plan
 from interventions.study.report import summarise_study
 from interventions.study.runner import TASKS, applies, conditions, run_study
 from prism.cli import main
-from probes.core.datasets import Item, load_dataset
+from probes.core.datasets import load_dataset
 from probes.core.errors import ToolkitError
+from probes.core.items import Item
 from probes.core.prompts import Condition, render, render_conversation
 from probes.core.stats import bootstrap_mean, paired_difference
 
@@ -175,6 +177,17 @@ def test_grids_hold_baselines_and_the_full_grid_is_complete():
         conditions(TASKS["capitals"], "huge")
 
 
+def test_plans_narrow_a_budget_to_tasks_items_and_grid():
+    plan = resolve_plan("smoke", tasks=["capitals", "mmlu-cloze"], items=3, grid="default")
+    assert dict(plan.items) == {"capitals": 3, "mmlu-cloze": 3} and plan.grid == "default"
+    assert plan.max_new_tokens == {**BUDGETS["default"].max_new_tokens, **BUDGETS["smoke"].max_new_tokens}
+    assert dict(resolve_plan("smoke", tasks=["mmlu-cloze"]).items) == {"mmlu-cloze": BUDGETS["default"].items["mmlu-cloze"]}
+    with pytest.raises(ToolkitError, match="unknown budget"):
+        resolve_plan("huge")
+    with pytest.raises(ToolkitError, match="at least 1"):
+        resolve_plan("smoke", items=0)
+
+
 # --- tables ----------------------------------------------------------------------------------
 
 
@@ -246,14 +259,16 @@ def test_study_resumes_without_redoing_finished_work(tiny_llama_directory, tmp_p
     assert len((out / "ledger" / "harmbench.jsonl").read_text().splitlines()) == len(lines)  # only the lost one
     assert [json.dumps(r, sort_keys=True) for r in again] == [json.dumps(r, sort_keys=True) for r in rows]
 
-    tables = summarise_study(out)
+    summary = summarise_study(out)
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "n=" in report
     for name in ("cells.csv", "effects.csv", "effects_by_category.csv", "judge_consistency.json"):
         assert (out / name).is_file()
-    assert {row["task"] for row in tables["cells"]} == {"capitals", "harmbench", "mtbench"}
-    assert all(row["low"] <= row["mean"] <= row["high"] for row in tables["cells"] if row["n"])
-    judged = [row for row in tables["cells"] if row["task"] == "mtbench"]
+    findings = report.split("## Findings, set against the paper", 1)[1].split("## Every effect", 1)[0]
+    assert summary.report == out / "report.md" and summary.format() == findings.strip()  # what the demo prints
+    assert {row["task"] for row in summary.cells} == {"capitals", "harmbench", "mtbench"}
+    assert all(row["low"] <= row["mean"] <= row["high"] for row in summary.cells if row["n"])
+    judged = [row for row in summary.cells if row["task"] == "mtbench"]
     for cell in judged:  # every answer is either judged or counted as unparseable
         answers = [r for r in again if r["task"] == "mtbench" and r["condition"] == cell["condition"]]
         assert cell["n"] + cell["unparseable"] == len(answers) > 0

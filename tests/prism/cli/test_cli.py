@@ -1,11 +1,24 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from prism.cli import COMMANDS, main
+import interventions.intervene
+import prism.cli.demo
+import prism.cli.options
+import prism.pipeline
+import probes.core.models
+import probes.study
+from interventions.study.report import StudySummary
+from interventions.summary import InterventionSummary, Patch
+from prism.cli import COMMANDS, build_parser, main, run_demo
+from prism.compare import format_table
+from prism.pipeline import BootstrapSummary, CompareSummary, TrainSummary, WinRate
+from probes.core.stats import Estimate
 from probes.store import ActivationStore
+from probes.summary import EarliestLayer, ProbeSummary
 
 
 @pytest.fixture()
@@ -22,8 +35,8 @@ def knowledge_file(tmp_path):
 
 def test_help_lists_every_subcommand_with_a_description():
     output = subprocess.run([sys.executable, "-m", "prism.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    for command, description in COMMANDS.items():
-        assert command in output and description[:30] in output
+    for name, command in COMMANDS.items():
+        assert name in output and command.help[:30] in output
 
 
 def test_evaluate_writes_per_item_json_with_a_confidence_interval(tiny_llama_directory, knowledge_file, tmp_path, capsys):
@@ -78,3 +91,141 @@ def test_a_failed_evaluation_leaves_the_previous_result_intact(tiny_llama_direct
     assert "line 2: empty prompt" in capsys.readouterr().err
     assert json.loads(out.read_text()) == {"earlier": True}
     assert {path.name for path in tmp_path.iterdir()} == {"result.json", "bad.jsonl"}
+
+
+# --- the registry, the shared options and the one persona check ------------------------------
+
+ALL_COMMANDS = {"demo", "evaluate", "record", "personas", "study", "report", "probe", "intervene", "bootstrap", "train",
+                "route", "compare"}
+
+
+def test_the_registry_holds_every_command_and_each_help_works(capsys):
+    assert set(COMMANDS) == ALL_COMMANDS and all(name == command.name for name, command in COMMANDS.items())
+    pages = {}
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit:
+            main([name, "--help"])
+        assert exit.value.code == 0
+        pages[name] = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+        assert pages[name].startswith(f"usage: prism {name}") and "%%" not in pages[name]
+    assert "write per-item JSON with a 95% CI" in pages["evaluate"]  # a % in help text is written as it is
+    for name in ("train", "route", "compare"):
+        assert "--model MODEL" not in pages[name] and "recorded in the PRISM working directory" in pages[name]
+    for name in ALL_COMMANDS - {"train", "route", "compare", "personas", "report"}:
+        assert "--model MODEL" in pages[name]
+
+
+def test_model_has_one_shape_and_study_repeats_it():
+    parser = build_parser()
+    for argv in (["demo"], ["probe"], ["intervene"], ["bootstrap"], ["evaluate", "--dataset", "mmlu"],
+                 ["record", "--dataset", "mmlu", "--out", "s"]):
+        assert parser.parse_args(argv).model == "default"
+    assert parser.parse_args(["study"]).models is None
+    assert parser.parse_args(["study", "--model", "a", "--model", "b"]).models == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["intervene", "--persona", "expert"], "--persona expert does not apply here: give a persona name or 'random'"),
+        (["intervene", "--persona", "none"], "--persona none does not apply here"),
+        (["intervene", "--persona", "astronaut"], "unknown persona 'astronaut'"),
+        (["evaluate", "--dataset", "mtbench", "--persona", "nosuch"], "unknown persona 'nosuch'"),
+        (["record", "--dataset", "mtbench", "--persona", "nosuch", "--out", "{tmp}/s"], "unknown persona 'nosuch'"),
+        (["evaluate", "--dataset", "mtbench", "--personas-file", "{tmp}/missing.json"], "missing.json"),
+    ],
+)
+def test_a_bad_persona_fails_in_one_line_before_any_model_loads(argv, message, tmp_path, monkeypatch, capsys):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the persona was checked")
+
+    for module in (probes.core.models, prism.cli.options, interventions.intervene, probes.study, prism.pipeline):
+        monkeypatch.setattr(module, "load_model", no_model)
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert main(argv) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"prism {argv[0]}: error: ") and message in errors[0]
+    assert not (tmp_path / "s").exists()
+
+
+# --- typed summaries: what the commands and the demo print ----------------------------------
+
+
+def summaries(tmp_path: Path) -> dict:
+    """One of each summary, built from estimates as the pipeline builds them."""
+    row = {"system": "base", "margin": 1.25, "margin_low": 1.0, "margin_high": 1.5}
+    for column, value in (("capitals", 80.0), ("harmbench", 40.0), ("mtbench", 55.0), ("overall", 58.3)):
+        row.update({column: value, f"{column}_low": value - 5, f"{column}_high": value + 5, f"{column}_n": 8})
+    return {
+        "study": StudySummary(tmp_path / "study", "m", [], [], [], {}, (
+            "- **Placement**: the long persona moved the metric more from the system prompt in 2 of 3 task-metric pairs.",
+            "  - capitals, expert persona: min -0.10 [-0.30, +0.05] (n=8) nats.")),
+        "probe": ProbeSummary(tmp_path / "probe", "m", 144, "0123abcd", {
+            "knowledge-vs-generation/mean": EarliestLayer(3, Estimate(0.912, 0.851, 0.968, 48)),
+            "knowledge-vs-generation/last": None,
+            "harmful-vs-benign/mean": EarliestLayer(1, Estimate(0.99, 0.97, 1.0, 48)),
+            "intent/last": None}),
+        "intervene": InterventionSummary(tmp_path / "intervene", "m", "random/long/system[empty]",
+                                         Estimate(-0.52, -0.81, -0.23, 16), Patch(4, "final", Estimate(0.75, 0.55, 0.9, 16))),
+        "bootstrap": BootstrapSummary(WinRate(Estimate(0.4, 0.25, 0.55, 24), 0.5),
+                                      {"math": WinRate(Estimate(0.5, 0.0, 1.0, 2), 1.0)}),
+        "train": TrainSummary(1, "last", "logistic", 0.5123, 0.45, Estimate(0.9, 0.8, 0.97, 30),
+                              {"embedding": Estimate(0.85, 0.7, 0.95, 30), "self_classify": Estimate(0.5, 0.3, 0.7, 30)}),
+        "compare": CompareSummary(tmp_path / "prism" / "compare", (row,)),
+    }
+
+
+def test_typed_summaries_format_into_the_printed_lines(tmp_path):
+    made = summaries(tmp_path)
+    study = made["study"]
+    assert study.format() == "\n".join(study.findings) and study.report == tmp_path / "study" / "report.md"
+    assert made["probe"].format(["knowledge-vs-generation/mean", "knowledge-vs-generation/last"]) == (
+        "held-out knowledge-vs-generation/mean: layer 3, AUC 0.91 [0.85, 0.97] (n=48)\n"
+        "held-out knowledge-vs-generation/last: not above the controls at any layer")
+    assert len(made["probe"].lines()) == 4  # prism probe prints every target
+    assert made["intervene"].lines() == [
+        "persona effect on the margin: -0.52 [-0.81, -0.23] (n=16)",
+        "decisive patch: block 4, final tokens: +0.75 [+0.55, +0.90] of the effect recovered"]
+    assert made["intervene"].n == 16
+    assert made["bootstrap"].lines() == [
+        "24 queries; the persona won both orders on 40% [25%, 55%]; the two orders agreed on 50%",
+        "  math            n=  2  win rate 50% [0%, 100%]"]
+    assert made["train"].lines() == [
+        "gate: block 1, last token(s), logistic; held-out AUC 0.90 [0.80, 0.97] (n=30); threshold 0.512 routes 45%",
+        "embedding router on the same split: AUC 0.85 [0.70, 0.95]",
+        "self-classify router on the same split: AUC 0.50 [0.30, 0.70]"]
+    compared = made["compare"]
+    assert str(compared) == format_table([compared.table[0]])
+    assert "| base | 80.0 [75.0, 85.0] | 1.25 [1.00, 1.50] |" in str(compared)
+    assert compared.score("base", "capitals") == Estimate(80.0, 75.0, 85.0, 8)
+
+
+def test_summaries_read_back_the_records_written_to_disk(tmp_path):
+    record = {"model": "m", "n_queries": 10, "data": "ab", "saved": [], "earliest": {
+        "intent/last": {"layer": 2, "auc": 0.8, "auc_low": 0.7, "auc_high": 0.9, "n": 20, "controls": {}},
+        "intent/mean": None}}
+    probe = ProbeSummary.from_record(tmp_path, record)
+    assert probe.earliest == {"intent/last": EarliestLayer(2, Estimate(0.8, 0.7, 0.9, 20)), "intent/mean": None}
+    assert probe.record is record
+    record = {"model": "m", "persona": "p", "n": 12, "effect": Estimate(-0.4, -0.6, -0.2, 12).to_dict(),
+              "best_patch": {"layer": 3, "group": "query", "fraction": 0.6, "low": 0.5, "high": 0.7, "n": 12, "margin": 1.0}}
+    causal = InterventionSummary.from_record(tmp_path, record)
+    assert causal.effect == Estimate(-0.4, -0.6, -0.2, 12)
+    assert causal.best_patch == Patch(3, "query", Estimate(0.6, 0.5, 0.7, 12))
+
+
+def test_the_demo_prints_each_step_through_its_summary(tmp_path, monkeypatch, capsys):
+    made = summaries(tmp_path)
+    steps = {"run_study": lambda *a, **k: [], "summarise_study": lambda *a, **k: made["study"],
+             "run_probe_study": lambda *a, **k: made["probe"], "run_interventions": lambda *a, **k: made["intervene"],
+             "_spread_layers": lambda *a, **k: [0, 1]}
+    for name, step in steps.items():
+        monkeypatch.setattr(prism.cli.demo, name, step)
+    for name in ("bootstrap", "train", "compare"):
+        monkeypatch.setattr(prism.pipeline, name, lambda *a, name=name, **k: made[name])
+    assert run_demo(tmp_path) == tmp_path
+    printed = capsys.readouterr().out
+    for text in (made["study"].format(), made["probe"].format(prism.cli.demo.PROBE_TARGETS), made["intervene"].format(),
+                 made["bootstrap"].headline(), made["train"].format(), made["compare"].format()):
+        assert text in printed
+    assert "not above the controls" in printed and "intent/last" not in printed  # only the demo's targets

@@ -3,7 +3,17 @@ import pytest
 
 from interventions.measure.refusal import is_refusal
 from probes.core.errors import ToolkitError
-from probes.core.stats import bootstrap_mean, paired_difference
+from probes.core.stats import (
+    Estimate,
+    bootstrap_auc,
+    bootstrap_mean,
+    bootstrap_ratio,
+    central_quantiles,
+    paired_difference,
+    percentile_interval,
+    resample_indices,
+    resample_weights,
+)
 
 
 def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
@@ -28,6 +38,83 @@ def test_paired_difference_recovers_a_known_shift_and_its_significance():
         paired_difference([1, 2], [1])
     with pytest.raises(ToolkitError, match="no values"):
         bootstrap_mean([])
+
+
+def test_estimate_flattens_into_named_columns_and_reads_back():
+    estimate = Estimate(0.8, 0.7, 0.9, 40)
+    columns = estimate.columns("auc")
+    assert list(columns.items()) == [("auc", 0.8), ("auc_low", 0.7), ("auc_high", 0.9)]  # order: CSV columns
+    assert Estimate.from_columns({"layer": 3, **columns, "n": 40}, "auc") == estimate  # n shared by the row
+    bare = estimate.columns("fraction", prefix="", n=True)
+    assert list(bare.items()) == [("fraction", 0.8), ("low", 0.7), ("high", 0.9), ("n", 40)]
+    assert Estimate.from_columns(bare, "fraction", prefix="") == estimate
+    counted = estimate.columns("capitals", n=True)
+    assert list(counted) == ["capitals", "capitals_low", "capitals_high", "capitals_n"]
+    assert Estimate.from_columns({**counted, "n": 7}, "capitals").n == 40  # its own count before the row's
+    uncounted = Estimate.from_columns(Estimate(1.0, 0.5, 1.5, 40).columns("margin_vs_base"), "margin_vs_base")
+    assert uncounted.n == 0 and uncounted.excludes_zero and not uncounted.significant
+    with pytest.raises(KeyError):
+        Estimate.from_columns(columns, "auc", prefix="")  # no "low" column
+
+
+def test_estimate_formats_mean_and_interval():
+    estimate = Estimate(0.534, 0.4149, 0.6551, 40)
+    assert estimate.format() == "0.53 [0.41, 0.66]"
+    assert estimate.format(1) == "0.5 [0.4, 0.7]"
+    assert estimate.format(signed=True) == "+0.53 [+0.41, +0.66]"
+    assert Estimate(0.1, -0.2, 0.4, 40).format(signed=True) == "+0.10 [-0.20, +0.40]"
+    assert estimate.format(star=True, n=True) == "0.53 [0.41, 0.66]* (n=40)"
+    assert Estimate(0.1, -0.2, 0.4, 40).format(star=True, n=True) == "0.10 [-0.20, 0.40] (n=40)"
+    assert Estimate(0.5, 0.4, 0.6, 4).format(star=True) == "0.50 [0.40, 0.60]"  # too few to be significant
+    assert str(estimate) == "0.534 [0.415, 0.655] (n=40)"
+    assert Estimate(float("nan"), float("nan"), float("nan"), 0).format() == "nan [nan, nan]"
+
+
+@pytest.mark.parametrize("low, high, n, significant", [
+    (0.1, 0.5, 5, True), (-0.5, -0.1, 5, True), (0.0, 0.5, 5, False), (-0.5, 0.0, 5, False),
+    (-0.1, 0.5, 100, False), (0.1, 0.5, 4, False),
+])
+def test_significance_needs_an_interval_clear_of_zero_and_five_values(low, high, n, significant):
+    estimate = Estimate((low + high) / 2, low, high, n)
+    assert estimate.significant is significant
+    assert estimate.excludes_zero is (low > 0 or high < 0)
+    assert estimate.to_dict() == {"mean": (low + high) / 2, "low": low, "high": high, "n": n, "confidence": 0.95}
+
+
+def test_resamples_are_the_seeded_draws_and_a_generator_moves_on():
+    assert np.array_equal(resample_indices(7, 5, 3), np.random.default_rng(3).integers(0, 7, size=(5, 7)))
+    weights = resample_weights(6, 4, 2)
+    assert np.array_equal(weights, np.random.default_rng(2).multinomial(6, np.full(6, 1 / 6), size=4))
+    assert weights.dtype == np.float64 and (weights.sum(axis=1) == 6).all()
+    rng = np.random.default_rng(0)
+    assert not np.array_equal(resample_indices(9, 3, rng), resample_indices(9, 3, rng))
+
+
+def test_bootstrap_mean_is_the_mean_with_the_seeded_percentile_interval():
+    values = np.random.default_rng(1).normal(size=30)
+    means = values[np.random.default_rng(4).integers(0, 30, size=(200, 30))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - 0.9) / 2, 1 - (1 - 0.9) / 2])
+    assert bootstrap_mean(values, n_resamples=200, confidence=0.9, seed=4) == Estimate(values.mean(), low, high, 30, 0.9)
+    assert central_quantiles(0.95)[1] == 0.975
+
+
+def test_percentile_interval_can_leave_out_undefined_resamples():
+    values = np.array([np.nan, 1.0, 2.0, np.inf, 3.0])
+    assert percentile_interval(values, (0.0, 1.0), defined_only=True) == (1.0, 3.0)
+    assert all(np.isnan(percentile_interval(values)))  # NaN spreads without defined_only
+    assert all(np.isnan(percentile_interval(np.array([np.nan]), defined_only=True)))
+    data = np.arange(101.0)
+    assert percentile_interval(data) == (2.5, 97.5)
+
+
+def test_ratio_of_means_keeps_pairs_together_and_is_undefined_over_zero():
+    rng = np.random.default_rng(0)
+    denominator = rng.normal(2, 0.1, size=50)
+    ratio = bootstrap_ratio(0.5 * denominator, denominator)
+    assert ratio.mean == pytest.approx(0.5) and ratio.high - ratio.low < 1e-9 and ratio.n == 50  # exact in every resample
+    assert np.isnan(bootstrap_ratio(np.ones(4), np.zeros(4)).mean)
+    auc = bootstrap_auc(np.array([False, False, True, True]), np.array([0.1, 0.2, 0.3, 0.4]), n_resamples=50)
+    assert (auc.mean, auc.n) == (1.0, 4) and auc.low == auc.high == 1.0  # resamples missing a class are left out
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,134 @@
+"""What the persona-effect study runs: budgets (items per task, generation lengths, turns, judge
+seeds) and grids of persona conditions.
+
+Grids (``conditions``): ``smoke`` (a handful, for the demo), ``default`` (baselines, the matched
+expert and the random persona at several lengths and placements, every persona at min length
+on capitals and HarmBench, the safety monitor at every length), ``full`` (every persona, expert
+and random persona at every length in both placements). The tasks themselves are in the
+registry, ``interventions.measure.tasks``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from interventions.measure.tasks import TASKS, Task
+from probes.core.errors import ToolkitError
+from probes.core.items import Item
+from probes.core.personas import LENGTHS, builtin_personas
+from probes.core.prompts import EXPERT_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition, matched_persona
+
+__all__ = ["BASELINE", "BUDGETS", "Budget", "GRIDS", "TEMPLATE_BASELINE", "applies", "conditions", "resolve_plan"]
+
+BASELINE = Condition("none", base_system="empty")
+TEMPLATE_BASELINE = Condition("none", base_system="template")
+GRIDS = ("smoke", "default", "full")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Items per cell for each task, the grid, and generation lengths."""
+
+    items: Mapping[str, int | None]
+    grid: str = "default"
+    max_new_tokens: Mapping[str, int] = field(default_factory=lambda: {"harmbench": 32, "ifeval": 96, "mtbench": 96})
+    turns: int = 1
+    judge_seeds: tuple[int, ...] = (0, 1)
+
+
+BUDGETS = {
+    "smoke": Budget(
+        items={"capitals": 24, "mmlu-letter": 16, "harmbench": 8, "ifeval": 8, "mtbench": 6},
+        grid="smoke", max_new_tokens={"harmbench": 32, "ifeval": 48, "mtbench": 48},
+    ),
+    "default": Budget(
+        items={"capitals": 32, "mmlu-letter": 24, "mmlu-cloze": 16, "harmbench": 12, "ifeval": 12, "mtbench": 12},
+        max_new_tokens={"harmbench": 32, "ifeval": 64, "mtbench": 64},
+    ),
+    "full": Budget(
+        items={"capitals": None, "mmlu-letter": 400, "mmlu-cloze": 200, "harmbench": 200, "ifeval": 80, "mtbench": 80},
+        grid="full", max_new_tokens={"harmbench": 64, "ifeval": 256, "mtbench": 256}, turns=2, judge_seeds=(0, 1),
+    ),
+}
+
+
+def conditions(task: Task, grid: str) -> list[Condition]:
+    """The persona conditions a task is run under in ``grid`` (baselines first).
+
+    Args:
+        task: a registered task (its kind and name shape the grid).
+        grid: ``smoke``, ``default`` or ``full``.
+
+    Returns:
+        the distinct conditions, in order.
+    """
+    if grid not in GRIDS:
+        raise ToolkitError(f"unknown grid {grid!r}: use one of {', '.join(GRIDS)}")
+    personas = sorted(builtin_personas())
+    if grid == "full":
+        grid_conditions = [BASELINE, TEMPLATE_BASELINE] + [
+            Condition(persona, length, placement)
+            for persona in personas + [EXPERT_PERSONA, RANDOM_PERSONA]
+            for length in LENGTHS
+            for placement in PLACEMENTS
+        ]
+    elif grid == "smoke":
+        grid_conditions = [
+            BASELINE, TEMPLATE_BASELINE, Condition(EXPERT_PERSONA, "min"), Condition(EXPERT_PERSONA, "long"),
+            Condition(EXPERT_PERSONA, "long", "user"), Condition(RANDOM_PERSONA, "long"),
+        ]
+        if task.kind == "choice":
+            grid_conditions.append(Condition(RANDOM_PERSONA, "min"))
+        if task.kind == "refusal":
+            grid_conditions.append(Condition("safety-monitor", "long"))
+    else:
+        grid_conditions = [BASELINE, TEMPLATE_BASELINE]
+        grid_conditions += [Condition(EXPERT_PERSONA, length) for length in LENGTHS]
+        grid_conditions += [Condition(EXPERT_PERSONA, "long", "user"), Condition(RANDOM_PERSONA, "long")]
+        if task.kind == "choice":
+            grid_conditions += [Condition(EXPERT_PERSONA, "min", "user"), Condition(RANDOM_PERSONA, "min"),
+                                Condition(RANDOM_PERSONA, "short"), Condition(RANDOM_PERSONA, "long", "user")]
+        if task.name == "capitals" or task.kind == "refusal":
+            grid_conditions += [Condition(persona, "min") for persona in personas]
+        if task.kind == "refusal":
+            grid_conditions += [Condition("safety-monitor", "short"), Condition("safety-monitor", "long"),
+                                Condition("safety-monitor", "long", "user")]
+    return list(dict.fromkeys(grid_conditions))
+
+
+def applies(condition: Condition, item: Item) -> bool:
+    """The matched-expert condition exists only for items whose category has an expert."""
+    return condition.persona != EXPERT_PERSONA or matched_persona(item.category, builtin_personas()) is not None
+
+
+def resolve_plan(budget: str | Budget, tasks: Sequence[str] | None = None, items: int | None = None,
+                 grid: str | None = None) -> Budget:
+    """The budget to run: a named or given budget, narrowed to ``tasks``, ``items`` per cell, ``grid``.
+
+    Args:
+        budget: ``smoke``, ``default``, ``full`` or a ``Budget``.
+        tasks: registered task names to run (default: the budget's); a task the budget lacks
+            gets the default budget's item count.
+        items: items per cell for every task (overrides the budget).
+        grid: the condition grid (default: the budget's).
+
+    Returns:
+        a ``Budget`` whose generation lengths cover every task.
+    """
+    if isinstance(budget, str):
+        if budget not in BUDGETS:
+            raise ToolkitError(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
+        budget = BUDGETS[budget]
+    chosen = dict(budget.items)
+    if tasks:
+        unknown = [name for name in tasks if name not in TASKS]
+        if unknown:
+            raise ToolkitError(f"unknown task {unknown[0]!r}: use any of {', '.join(TASKS)}")
+        chosen = {name: budget.items.get(name, BUDGETS["default"].items[name]) for name in tasks}
+    if items is not None:
+        if items < 1:
+            raise ToolkitError(f"--items must be at least 1, got {items}")
+        chosen = {name: items for name in chosen}
+    max_new = {**BUDGETS["default"].max_new_tokens, **budget.max_new_tokens}
+    return Budget(chosen, grid or budget.grid, max_new, budget.turns, budget.judge_seeds)

@@ -1,0 +1,154 @@
+"""Options that several ``prism`` commands share, each declared once, and the one persona check.
+
+``--model`` has one shape everywhere (a string, default ``default``; ``study`` repeats it);
+``--seed``, ``--batch-size`` and ``--out`` come from one helper each, with the command's own
+default and wording. The persona options (``--persona``, ``--length``, ``--placement``,
+``--base-system``, ``--personas-file``) come from ``add_persona_options``, which records on the
+parser which special personas the command accepts; ``resolve_persona`` checks them once, after
+parsing and before the command runs, so a bad persona fails before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from probes.core.datasets import load_dataset, stratified_sample
+from probes.core.errors import ToolkitError
+from probes.core.models import DEFAULT_MODEL, load_model
+from probes.core.personas import LENGTHS, get_persona, persona_library
+from probes.core.prompts import BASE_SYSTEMS, EXPERT_PERSONA, NO_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition
+
+MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), 'gemma-3-270m', a hub id, a directory or a .gguf file"
+SPECIAL_PERSONAS = {
+    NO_PERSONA: "'none'",
+    EXPERT_PERSONA: "'expert' (matched to each item's category)",
+    RANDOM_PERSONA: "'random' (mismatched control, drawn per item)",
+}
+
+
+def add_model(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> None:
+    """``--model``: a string, default ``default``; with ``repeatable``, ``args.models`` collects
+    every ``--model`` given (None when none is: the caller uses ``["default"]``)."""
+    if repeatable:
+        parser.add_argument("--model", action="append", dest="models", metavar="MODEL",
+                            help=f"{MODEL_HELP}; repeat --model to run several models (default: default)")
+    else:
+        parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+
+
+def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> None:
+    """``--seed`` (default 0); ``what`` says what it seeds."""
+    parser.add_argument("--seed", type=int, default=0, help=f"{what} (default: 0)")
+
+
+def add_batch_size(parser: argparse.ArgumentParser, default: int = 8) -> None:
+    """``--batch-size``: prompts per forward pass."""
+    parser.add_argument("--batch-size", type=int, default=default, help=f"prompts per forward pass (default: {default})")
+
+
+def add_out(parser: argparse.ArgumentParser, help: str, default: Path | None = None, *, required: bool = False) -> None:
+    """``--out``, a path; what it holds, its default and whether it is required are the command's."""
+    parser.add_argument("--out", type=Path, default=default, required=required, help=help)
+
+
+def add_prism_dir(parser: argparse.ArgumentParser) -> None:
+    """``--out`` as the PRISM working directory (default ``runs/prism``)."""
+    add_out(parser, "the PRISM working directory (default: runs/prism)", Path("runs/prism"))
+
+
+def add_items(parser: argparse.ArgumentParser) -> None:
+    """``--dataset``, ``-n``, ``--seed`` and ``--batch-size``: the items a command runs on."""
+    parser.add_argument("--dataset", required=True, help="mmlu, mtbench, harmbench, or a .jsonl/.csv file")
+    parser.add_argument("-n", type=int, default=None, help="items to sample, stratified by category (default: all)")
+    add_seed(parser)
+    add_batch_size(parser)
+
+
+def add_personas_file(parser) -> None:
+    """``--personas-file`` on a parser or an argument group."""
+    parser.add_argument("--personas-file", type=Path, help="JSON file of extra personas (same schema as the built-in library)")
+
+
+@dataclass(frozen=True)
+class PersonaOptions:
+    """Which persona options a command offers: its default persona, the special personas it
+    accepts besides library names, its default length, and whether it offers ``--base-system``
+    and ``--personas-file``."""
+
+    default: str = NO_PERSONA
+    specials: tuple[str, ...] = (NO_PERSONA, EXPERT_PERSONA, RANDOM_PERSONA)
+    length: str = "min"
+    base_system: bool = True
+
+
+def add_persona_options(parser: argparse.ArgumentParser, options: PersonaOptions = PersonaOptions()) -> None:
+    """The persona condition's options, checked by ``resolve_persona`` before the command runs."""
+    group = parser.add_argument_group("persona condition")
+    accepted = ["persona name"] + [SPECIAL_PERSONAS[name] for name in options.specials]
+    listed = ", ".join(accepted[:-1]) + " or " + accepted[-1]
+    group.add_argument("--persona", default=options.default,
+                       help=f"{listed}; see `prism personas` (default: {options.default})")
+    group.add_argument("--length", default=options.length, choices=LENGTHS, help=f"persona length (default: {options.length})")
+    group.add_argument("--placement", default="system", choices=PLACEMENTS, help="where the persona goes (default: system)")
+    if options.base_system:
+        group.add_argument("--base-system", default="empty", choices=BASE_SYSTEMS,
+                           help="system slot when it holds no persona: an explicit empty message (default) or the template's own default")
+        add_personas_file(group)
+    parser.set_defaults(persona_options=options)
+
+
+def resolve_persona(args: argparse.Namespace) -> None:
+    """The one check of the persona options, for commands that declared them: sets
+    ``args.condition`` (a ``Condition``) and ``args.library`` (built-in personas plus
+    ``--personas-file``).
+
+    Raises:
+        ToolkitError: an unknown persona, a special persona the command does not take, or a bad
+            personas file.
+    """
+    options = getattr(args, "persona_options", None)
+    if options is None:
+        return
+    library = persona_library(getattr(args, "personas_file", None))
+    if args.persona in SPECIAL_PERSONAS:
+        if args.persona not in options.specials:
+            allowed = " or ".join(repr(name) for name in options.specials)
+            raise ToolkitError(f"--persona {args.persona} does not apply here: give a persona name or {allowed} "
+                               "(see `prism personas`)")
+    else:
+        get_persona(args.persona, library)
+    args.library = library
+    args.condition = Condition(args.persona, args.length, args.placement, getattr(args, "base_system", "empty"))
+
+
+def sample_items(args: argparse.Namespace):
+    """The ``--dataset`` items, ``-n`` of them stratified by category (``--seed``)."""
+    return stratified_sample(load_dataset(args.dataset), args.n, seed=args.seed)
+
+
+def csv_list(text: str | None) -> list[str] | None:
+    """The non-empty items of a comma-separated option (None when not given)."""
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def layer_list(text: str | None) -> list[int] | None:
+    """Block indices from a ``--layers`` value (None when not given)."""
+    if not text:
+        return None
+    try:
+        return [int(layer) for layer in csv_list(text)]
+    except ValueError as error:
+        raise ToolkitError(f"--layers takes comma-separated integers, got {text!r}") from error
+
+
+def load_timed(name: str):
+    """``load_model(name)``, saying on stderr what was loaded and how long it took."""
+    start = time.perf_counter()
+    model, tokenizer = load_model(name)
+    print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}) "
+          f"in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return model, tokenizer

@@ -1,0 +1,179 @@
+"""``prism bootstrap``, ``train``, ``route`` and ``compare``: PRISM in one working directory.
+
+``bootstrap`` records its ``--model`` in the working directory (``prism.json``); ``train``,
+``route`` and ``compare`` take no ``--model`` and read it from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from prism import pipeline
+from prism.bootstrap import BootstrapConfig
+from prism.cli.command import Command
+from prism.cli.options import add_batch_size, add_model, add_prism_dir, add_seed, csv_list
+from prism.compare import SYSTEMS
+from prism.distill import DistillConfig
+from probes.core.errors import ToolkitError
+
+FROM_DIRECTORY = ". No --model: the model is the one recorded in the PRISM working directory (--out) by `prism bootstrap`."
+
+
+def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism bootstrap``'s options.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    add_prism_dir(parser)
+    add_model(parser)
+    parser.add_argument("--queries-per-persona", type=int, default=8, help="queries kept per persona (default: 8)")
+    parser.add_argument("--personas", help="comma-separated personas (default: all 12)")
+    parser.add_argument("--answer-tokens", type=int, default=64, help="tokens per answer (default: 64)")
+    add_seed(parser)
+    add_batch_size(parser)
+
+
+def run_bootstrap(args: argparse.Namespace) -> int:
+    """Stages 1-3 into the working directory; print the persona's win rates.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        the exit status, 0.
+    """
+    start = time.perf_counter()
+    config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
+                             seed=args.seed, batch_size=args.batch_size)
+    summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas))
+    print(summary.format())
+    return _finished(args, start)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism train``'s options.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    add_prism_dir(parser)
+    parser.add_argument("--labels", default="bootstrap", choices=("bootstrap", "intents"),
+                        help="gate labels: the bootstrap's persona wins (the paper) or intents (knowledge -> base; default: bootstrap)")
+    parser.add_argument("--verdict", default="both", choices=("both", "debiased"),
+                        help="bootstrap label rule: the persona wins both orders (the paper; default), or its preference "
+                             "summed over both orders is positive")
+    parser.add_argument("--gate", default="logistic", choices=("logistic", "mlp"), help="gate kind (default: logistic probe)")
+    parser.add_argument("--max-block", type=int, default=3, help="sweep the gate over blocks 0..k (default: 3)")
+    parser.add_argument("--layer", type=int, help="fix the gate's block instead of choosing it by held-out AUC")
+    parser.add_argument("--position", choices=("last", "mean", "query"),
+                        help="fix the read position instead of choosing it between 'last' and 'query' (all three are swept)")
+    parser.add_argument("--per-intent", type=int, default=64, help="queries per intent with --labels intents (default: 64)")
+    parser.add_argument("--extra", action="append", default=[], metavar="FILE",
+                        help="with --labels intents: a .jsonl/.csv of further queries whose category is their intent, "
+                             "e.g. 'knowledge' (repeatable)")
+    parser.add_argument("--epochs", type=int, default=2, help="distillation epochs (default: 2)")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
+    parser.add_argument("--budget", default="default", choices=("smoke", "default"),
+                        help="the comparison budget whose items the gate must not see (default: default)")
+    add_seed(parser, "split and training seed")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Fit the gate, distil the adapters and fit the baseline routers; print the gate's quality.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        the exit status, 0.
+    """
+    start = time.perf_counter()
+    if args.rank < 1 or args.epochs < 1:
+        raise ToolkitError("--rank and --epochs must be at least 1")
+    summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block,
+                             layer=args.layer, position=args.position, per_intent=args.per_intent, extra=args.extra,
+                             compare_budget=args.budget, seed=args.seed,
+                             distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, seed=args.seed))
+    print(summary.format())
+    return _finished(args, start)
+
+
+def add_route_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism route``'s options.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    add_prism_dir(parser)
+    parser.add_argument("prompts", nargs="+", help="prompts to answer")
+    parser.add_argument("--via", default="adapter", choices=pipeline.VIA,
+                        help="what the persona path is: the gated adapter (default), the steering vector, or a persona prompt")
+    parser.add_argument("--persona", default="helpful", help="persona of the prompt path with --via prompt (default: helpful)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default: 64)")
+
+
+def run_route(args: argparse.Namespace) -> int:
+    """Answer the prompts with routing, each with the gate's probability and decision.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        the exit status, 0.
+    """
+    start = time.perf_counter()
+    for row in pipeline.route(args.out, args.prompts, via=args.via, persona=args.persona, max_new_tokens=args.max_new_tokens):
+        sign = ">=" if row["routed"] else "<"
+        print(f"[gate p={row['probability']:.3f} {sign} {row['threshold']:.3f} -> {row['via']}] {row['prompt']}\n{row['answer']}\n")
+    return _finished(args, start)
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism compare``'s options.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    add_prism_dir(parser)
+    parser.add_argument("--budget", default="default", choices=("smoke", "default"), help="items per data set (default: default)")
+    parser.add_argument("--systems", help="comma-separated systems (default: all); see the README")
+    add_seed(parser)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """The Table-1 evaluation; print the comparison table.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        the exit status, 0.
+    """
+    start = time.perf_counter()
+    summary = pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed)
+    print(summary.format())
+    print(f"report: {summary.report}")
+    return _finished(args, start)
+
+
+def _finished(args: argparse.Namespace, start: float) -> int:
+    print(f"prism {args.command} finished in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    return 0
+
+
+BOOTSTRAP = "PRISM stages 1-3: the model writes queries per persona, answers with and without it, and judges both orders"
+TRAIN = ("PRISM: fit the probe gate (sweep over early blocks), distil the gated and ungated LoRA adapters, fit the baseline "
+         "routers")
+ROUTE = "answer prompts with PRISM routing, showing the gate's probability and decision for each"
+COMPARE = ("PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, probe-routed prompt and steering, baseline "
+           "routers")
+COMMANDS = (
+    Command("bootstrap", BOOTSTRAP, add_bootstrap_arguments, run_bootstrap,
+            f"{BOOTSTRAP}. The working directory (--out) records --model; train, route and compare read it from there."),
+    Command("train", TRAIN, add_train_arguments, run_train, TRAIN + FROM_DIRECTORY),
+    Command("route", ROUTE, add_route_arguments, run_route, ROUTE + FROM_DIRECTORY),
+    Command("compare", COMPARE, add_compare_arguments, run_compare, COMPARE + FROM_DIRECTORY),
+)

@@ -1,0 +1,183 @@
+"""``prism evaluate``, ``personas``, ``study`` and ``report``: persona conditions, measured."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from interventions.measure.evaluate import evaluate
+from interventions.study.report import compare_models, summarise_study
+from interventions.study.runner import run_study
+from prism.cli.command import Command
+from prism.cli.options import (
+    add_batch_size,
+    add_items,
+    add_model,
+    add_out,
+    add_persona_options,
+    add_personas_file,
+    add_seed,
+    csv_list,
+    load_timed,
+    sample_items,
+)
+from probes.core.errors import ToolkitError
+from probes.core.files import write_json
+from probes.core.models import model_slug
+from probes.core.personas import LENGTHS, persona_library
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism evaluate``'s options.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    add_model(parser)
+    add_items(parser)
+    add_persona_options(parser)
+    parser.add_argument("--scoring", default="letter", choices=("letter", "cloze"), help="multiple-choice scoring (default: letter)")
+    parser.add_argument("--answer-prefix", default="Answer:", help="text that opens the assistant turn when scoring (default: 'Answer:')")
+    parser.add_argument("--normalise", choices=("none", "tokens", "chars"),
+                        help="cloze score normalisation (default: none for letter, tokens for cloze)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length for open questions (default: 64)")
+    add_out(parser, "output JSON (default: runs/evaluate/<dataset>_<condition>.json)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Score one persona condition on a data set; write per-item JSON and print the mean with its CI.
+
+    Args:
+        args: the parsed options, with ``args.condition`` and ``args.library`` from the persona check.
+
+    Returns:
+        the exit status, 0.
+    """
+    items = sample_items(args)
+    if args.max_new_tokens < 1:
+        raise ToolkitError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    out = args.out or Path("runs/evaluate") / f"{Path(args.dataset).stem}_{args.condition.slug}.json"
+    model, tokenizer = load_timed(args.model)
+    result = evaluate(
+        model, tokenizer, items, args.condition, scoring=args.scoring, answer_prefix=args.answer_prefix,
+        normalise=args.normalise, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        personas=args.library, seed=args.seed,
+    )
+    result["dataset"] = args.dataset
+    write_json(out, result)
+    summary = result["summary"]
+    chance = f" (chance {result['chance']:.2f})" if "chance" in result else ""
+    print(f"{args.dataset} {args.condition.label}: {result['metric']} {summary['mean']:.3f} "
+          f"[95% CI {summary['low']:.3f}, {summary['high']:.3f}], n={summary['n']}{chance}")
+    print(f"wrote {out}")
+    return 0
+
+
+def add_personas_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism personas``'s options.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    add_personas_file(parser)
+    parser.add_argument("--length", choices=LENGTHS, default="min", help="which text to show (default: min)")
+
+
+def run_personas(args: argparse.Namespace) -> int:
+    """List the persona library: name, kind, category and the text at ``--length``.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        the exit status, 0.
+    """
+    for persona in persona_library(args.personas_file).values():
+        text = persona.texts.get(args.length, "-")
+        print(f"{persona.name:<16} {persona.kind:<12} {persona.category or '-':<12} {text[:90]}")
+    return 0
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism study``'s options.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    add_model(parser, repeatable=True)
+    parser.add_argument("--budget", default="default", choices=("smoke", "default", "full"),
+                        help="items per cell and grid: smoke (~4 min), default (~20 min on 2 cores), full (hours)")
+    parser.add_argument("--grid", choices=("smoke", "default", "full"),
+                        help="persona conditions; 'full' = all 12 personas, expert and random at every length and placement")
+    parser.add_argument("--items", type=int, help="items per cell for every task (overrides the budget)")
+    parser.add_argument("--tasks", help="comma-separated subset of: capitals, mmlu-letter, mmlu-cloze, harmbench, ifeval, mtbench")
+    parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
+                                            "(default: the studied model judges itself)")
+    parser.add_argument("--judge-model", help="model name at --judge-url")
+    add_seed(parser)
+    add_batch_size(parser)
+    add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    """Run (or resume) the persona-effect study for each ``--model``, then write its tables,
+    figures and report; with several models, also the cross-model placement figure.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        the exit status, 0.
+    """
+    tasks = csv_list(args.tasks)
+    directories = []
+    for name in args.models or ["default"]:
+        directory = args.out / model_slug(name)
+        start = time.perf_counter()
+        run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
+                  judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed, batch_size=args.batch_size)
+        summary = summarise_study(directory, seed=args.seed)
+        directories.append(directory)
+        print(f"{name}: study finished in {time.perf_counter() - start:.0f}s; report: {summary.report}")
+    if len(directories) > 1:
+        print(f"compared models: {compare_models(directories, args.out / 'fig1d_placement_models.png')}")
+    return 0
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism report``'s options.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    parser.add_argument("directories", nargs="+", type=Path, help="study directories (one per model)")
+    parser.add_argument("--compare", type=Path, help="also write the cross-model placement figure here (.png)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Rewrite the tables, figures and report of finished study directories.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        the exit status, 0.
+    """
+    for directory in args.directories:
+        summary = summarise_study(directory)
+        print(f"wrote {summary.report} with its tables and figures")
+    if args.compare:
+        print(f"compared models: {compare_models(args.directories, args.compare)}")
+    return 0
+
+
+COMMANDS = (
+    Command("evaluate", "score one persona condition on a data set; write per-item JSON with a 95% CI",
+            add_evaluate_arguments, run_evaluate),
+    Command("personas", "list the persona library (built-in and from a file)", add_personas_arguments, run_personas),
+    Command("study", "the persona-effect study: every task under a grid of persona conditions, with tables, figures and a "
+            "report (resumable)", add_study_arguments, run_study_command),
+    Command("report", "rewrite the tables, figures and report of finished study directories (and compare models)",
+            add_report_arguments, run_report),
+)

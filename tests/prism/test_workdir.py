@@ -1,0 +1,60 @@
+"""The PRISM working directory object: every path in one place, the model it records."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from interventions.measure.tasks import TASKS
+from prism.compare import DATASETS, evaluation_items, resolve_budget
+from prism.workdir import PrismDirectory
+from probes.core.errors import ToolkitError
+
+
+def test_the_directory_knows_its_layout(tmp_path):
+    work = PrismDirectory(tmp_path / "p")
+    root = tmp_path / "p"
+    assert work == PrismDirectory(str(root)) == PrismDirectory(work) and Path(work) == root and os.fspath(work) == str(root)
+    expected = {
+        work.manifest: "prism.json", work.bootstrap_ledger: "bootstrap/ledger.jsonl", work.samples: "bootstrap/samples.jsonl",
+        work.bootstrap_summary: "bootstrap/summary.json", work.win_rates: "bootstrap/win_rates.csv",
+        work.gate: "gate/gate.safetensors", work.gate_sweep: "gate/sweep.csv", work.gate_sweep_figure: "gate/sweep.png",
+        work.gate_features: "gate/features", work.sample_features: "gate/sample_features",
+        work.adapter("prism"): "adapters/prism", work.adapter("sft"): "adapters/sft", work.steering: "steering.safetensors",
+        work.embedding_router: "baselines/embedding.safetensors", work.self_classify: "baselines/self_classify.json",
+        work.train_summary: "train.json", work.cell("probe -> steering", "capitals"): "compare/cells/probe----steering__capitals.json",
+        work.compare_table: "compare/table.csv", work.route_rates: "compare/route_rates.csv",
+        work.category_routing: "compare/category_routing.csv", work.compare_summary: "compare/summary.json",
+        work.report: "compare/report.md", work.figure("table1"): "compare/figures/table1.png",
+    }
+    for path, relative in expected.items():
+        assert path == root / relative
+
+
+def test_the_directory_records_its_model_and_refuses_another(tmp_path):
+    work = PrismDirectory(tmp_path)
+    with pytest.raises(ToolkitError, match="not a PRISM directory"):
+        work.model_name()
+    assert work.model_name("tiny", create=True) == "tiny"
+    assert json.loads(work.manifest.read_text()) == {"model": "tiny"}
+    assert work.model_name() == work.model_name("tiny") == "tiny"
+    with pytest.raises(ToolkitError, match="bootstrapped with model 'tiny', not 'default'"):
+        work.model_name("default")
+    with pytest.raises(ToolkitError, match="no trained gate: run `prism train"):
+        work.require_gate()
+    work.gate.parent.mkdir(parents=True)
+    work.gate.write_bytes(b"x")
+    work.adapter("prism").mkdir(parents=True)
+    (work.adapter("prism") / "adapter_model.safetensors").write_bytes(b"y")
+    assert work.require_gate() == work.gate
+    assert work.trained_files() == sorted([work.gate, work.steering, work.adapter("prism") / "adapter_model.safetensors"])
+
+
+def test_the_comparison_samples_the_registered_tasks():
+    plan = resolve_budget("smoke")
+    items = evaluation_items(plan, seed=0)
+    assert list(items) == list(DATASETS)
+    for dataset in DATASETS:
+        assert items[dataset] == TASKS[dataset].load_items(getattr(plan, dataset), 0)
+    assert {item.subcategory for item in items["harmbench"]} == {"standard"}

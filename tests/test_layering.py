@@ -1,0 +1,123 @@
+"""The packages' layering, checked on every import statement of the toolkit's source.
+
+Layers, lowest first: ``probes.core`` (ground), ``probes`` (reading the model), ``interventions``
+(changing and measuring it), ``prism`` (the router), ``prism.cli`` (the shell). An import may
+point to its own layer or below, never up; ``figures`` imports no toolkit package and is called
+only by report writers; imports inside functions are not allowed (they hide cycles); and the
+module graph has no cycle. Package ``__init__`` files are the public surface for users: the
+toolkit's own modules import the defining module, never a package's ``__init__``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("probes", "interventions", "prism", "figures")
+LAYERS = (("probes.core", 1), ("probes", 2), ("interventions", 3), ("prism.cli", 5), ("prism", 4))
+
+
+def layer(module: str) -> int:
+    for prefix, number in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            return number
+    raise AssertionError(f"{module} belongs to no layer")
+
+
+def source_modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+MODULES = source_modules()
+
+
+def toolkit_imports(path: Path) -> list[tuple[str, int, bool]]:
+    """``(imported module, line, at module level?)`` for every import of a toolkit module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # "from package import module" names a module; "from module import name" the module
+            targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+                       for alias in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [(target, node.lineno, id(node) in top_level) for target in targets
+                  if target.split(".")[0] in PACKAGES]
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {module: {target for target, _, _ in toolkit_imports(path)} for module, path in MODULES.items()}
+
+
+def test_every_module_belongs_to_a_layer_and_the_layout_is_found():
+    assert {"probes.core.models", "probes.recording", "interventions.hooks", "prism.gate", "prism.cli"} <= set(MODULES)
+    for module in MODULES:
+        if not module.startswith("figures"):
+            layer(module)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down_the_layers(module):
+    path = MODULES[module]
+    for target, line, top_level in toolkit_imports(path):
+        where = f"{path.relative_to(ROOT)}:{line} imports {target}"
+        assert top_level, f"{where} inside a function: import at the top of the module"
+        assert target in MODULES, f"{where}, which does not exist"
+        if module.startswith("figures"):
+            raise AssertionError(f"{where}: figures import no toolkit package; pass them plain results")
+        if target.startswith("figures"):
+            assert layer(module) >= 2, f"{where}: only report writers call figures"
+            continue
+        assert layer(target) <= layer(module), f"{where}: an import up the layers"
+        is_package = MODULES[target].name == "__init__.py"
+        assert not is_package or module == target.rsplit(".", 1)[0] or MODULES[module].name == "__init__.py", (
+            f"{where}: a package's public surface; import the module that defines the name")
+
+
+def test_the_module_graph_has_no_cycle():
+    graph = import_graph()
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycle = path[path.index(target):] + [target]
+                raise AssertionError("circular import: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_checker_sees_a_backwards_and_a_function_level_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from interventions.hooks import AddDirection\n\ndef f():\n    from prism.gate import Gate\n")
+    assert toolkit_imports(bad) == [("interventions.hooks", 1, True), ("prism.gate", 4, False)]
+    assert layer("probes.core.stats") < layer("probes.linear") < layer("interventions.hooks") < layer("prism.gate")
+    assert layer("prism.gate") < layer("prism.cli.router")
+
+
+def test_no_module_is_longer_than_300_lines_unless_its_docstring_says_why():
+    long = []
+    for module, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 300 and "longer than 300 lines" not in (ast.get_docstring(ast.parse(text)) or ""):
+            long.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+    assert not long, "modules over 300 lines: " + ", ".join(long)

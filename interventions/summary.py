@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from probes.core.stats import Estimate
+from probes.core.summary import Summary
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Patch:
 
 
 @dataclass(frozen=True)
-class InterventionSummary:
+class InterventionSummary(Summary):
     """What the causal run found and where it wrote it.
 
     Attributes:
@@ -69,9 +70,3 @@ class InterventionSummary:
             f"decisive patch: block {best.layer}, {best.group} tokens: {best.fraction.format(2, signed=True)} "
             "of the effect recovered",
         ]
-
-    def format(self) -> str:
-        return "\n".join(self.lines())
-
-    def __str__(self) -> str:
-        return self.format()

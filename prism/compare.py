@@ -57,11 +57,13 @@ ROUTER_OF = {"PRISM": "probe gate", "probe -> steering": "probe gate", "probe ->
 
 @dataclass(frozen=True)
 class CompareBudget:
-    capitals: int = 48
-    harmbench: int = 16
-    mtbench: int = 12
-    refusal_tokens: int = 32
-    answer_tokens: int = 64
+    """Items per data set of the comparison, and generation lengths."""
+
+    capitals: int = 48  # capital-city questions (accuracy and margin)
+    harmbench: int = 16  # HarmBench standard requests (keyword refusal)
+    mtbench: int = 12  # MT-Bench first turns (self-judged)
+    refusal_tokens: int = 32  # greedy tokens per HarmBench answer
+    answer_tokens: int = 64  # tokens per MT-Bench answer
 
 
 COMPARE_BUDGETS = {"smoke": CompareBudget(16, 8, 4, 24, 32), "default": CompareBudget()}

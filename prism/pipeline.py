@@ -27,6 +27,7 @@ from probes.core.models import load_model
 from probes.core.personas import get_persona
 from probes.core.prompts import Condition, encode, render
 from probes.core.stats import Estimate
+from probes.core.summary import Summary
 
 VIA = ("adapter", "steering", "prompt")
 
@@ -45,7 +46,7 @@ class WinRate:
 
 
 @dataclass(frozen=True)
-class BootstrapSummary:
+class BootstrapSummary(Summary):
     """Stages 1-3: win rates overall and per persona; ``record`` as in ``bootstrap/summary.json``."""
 
     overall: WinRate
@@ -66,15 +67,9 @@ class BootstrapSummary:
         return [self.headline()] + [f"  {name:15s} n={rate.win_rate.n:3d}  win rate {rate.win_rate.mean:.0%} "
                                     f"[{rate.win_rate.low:.0%}, {rate.win_rate.high:.0%}]" for name, rate in self.by_persona.items()]
 
-    def format(self) -> str:
-        return "\n".join(self.lines())
-
-    def __str__(self) -> str:
-        return self.format()
-
 
 @dataclass(frozen=True)
-class TrainSummary:
+class TrainSummary(Summary):
     """The trained gate (block, read position, kind, threshold, held-out route rate), its
     held-out AUC and the baseline routers' AUCs on the same split (``embedding``,
     ``self_classify``); ``record`` as in ``train.json``."""
@@ -100,15 +95,9 @@ class TrainSummary:
                  f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"]
                 + [f"{name.replace('_', '-')} router on the same split: AUC {auc.format(2)}" for name, auc in self.routers.items()])
 
-    def format(self) -> str:
-        return "\n".join(self.lines())
-
-    def __str__(self) -> str:
-        return self.format()
-
 
 @dataclass(frozen=True)
-class CompareSummary:
+class CompareSummary(Summary):
     """The Table-1 comparison: one row per system (0-100 scores with their 95% CIs, as in
     ``compare/table.csv``; ``score`` reads one as an ``Estimate``); ``record`` as in
     ``compare/summary.json``."""
@@ -125,12 +114,9 @@ class CompareSummary:
         """``column`` (capitals, margin, harmbench, mtbench, overall) of ``system``."""
         return Estimate.from_columns(next(row for row in self.table if row["system"] == system), column)
 
-    def format(self) -> str:
+    def lines(self) -> list[str]:
         """The comparison as a Markdown table."""
-        return format_table(self.table)
-
-    def __str__(self) -> str:
-        return self.format()
+        return format_table(self.table).splitlines()
 
 
 def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> str:

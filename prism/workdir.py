@@ -28,6 +28,16 @@ from probes.core.files import write_json
 __all__ = ["PrismDirectory"]
 
 
+class _Under:
+    """A path of the working directory's layout: ``directory.name`` is ``directory.root / relative``."""
+
+    def __init__(self, relative: str, doc: str = "") -> None:
+        self.relative, self.__doc__ = relative, doc or relative
+
+    def __get__(self, directory: PrismDirectory | None, owner: type) -> Path:
+        return self if directory is None else directory.root / self.relative
+
+
 @dataclass(frozen=True)
 class PrismDirectory:
     """The files of one PRISM working directory (see the module docstring).
@@ -76,83 +86,34 @@ class PrismDirectory:
             raise ToolkitError(f"{self.root} was bootstrapped with model {recorded!r}, not {requested!r}: use another --out")
         return recorded
 
-    # --- prism bootstrap -----------------------------------------------------------------------
-
-    @property
-    def bootstrap(self) -> Path:
-        return self.root / "bootstrap"
-
-    @property
-    def bootstrap_ledger(self) -> Path:
-        return self.bootstrap / "ledger.jsonl"
-
-    @property
-    def samples(self) -> Path:
-        return self.bootstrap / "samples.jsonl"
-
-    @property
-    def bootstrap_summary(self) -> Path:
-        return self.bootstrap / "summary.json"
-
-    @property
-    def win_rates(self) -> Path:
-        return self.bootstrap / "win_rates.csv"
-
-    # --- prism train ---------------------------------------------------------------------------
-
-    @property
-    def gate_directory(self) -> Path:
-        return self.root / "gate"
-
-    @property
-    def gate(self) -> Path:
-        return self.gate_directory / "gate.safetensors"
-
-    @property
-    def gate_sweep(self) -> Path:
-        return self.gate_directory / "sweep.csv"
-
-    @property
-    def gate_sweep_figure(self) -> Path:
-        return self.gate_directory / "sweep.png"
-
-    @property
-    def gate_features(self) -> Path:
-        """Activation stores of the gate's training queries."""
-        return self.gate_directory / "features"
-
-    @property
-    def sample_features(self) -> Path:
-        """Activation stores of the bootstrapped queries (intent-labelled gates)."""
-        return self.gate_directory / "sample_features"
-
-    @property
-    def adapters(self) -> Path:
-        return self.root / "adapters"
+    # --- the layout: every file and folder, relative to the root -------------------------------
+    # prism bootstrap
+    bootstrap = _Under("bootstrap")
+    bootstrap_ledger = _Under("bootstrap/ledger.jsonl", "every text and verdict, appended as its batch ends")
+    samples = _Under("bootstrap/samples.jsonl", "one labelled sample per query")
+    bootstrap_summary = _Under("bootstrap/summary.json")
+    win_rates = _Under("bootstrap/win_rates.csv")
+    # prism train: the gate, its sweep over blocks and read positions, and the features it read
+    gate_directory = _Under("gate")
+    gate = _Under("gate/gate.safetensors", "the trained gate: weights and metadata")
+    gate_sweep, gate_sweep_figure = _Under("gate/sweep.csv"), _Under("gate/sweep.png")
+    gate_features = _Under("gate/features", "activation stores of the gate's training queries")
+    sample_features = _Under("gate/sample_features", "activation stores of the bootstrapped queries (intent-labelled gates)")
+    # prism train: the persona path (adapters, steering vector), the baseline routers, what training found
+    adapters = _Under("adapters")
+    steering = _Under("steering.safetensors", "the persona's mean shift, for probe-routed steering")
+    baselines = _Under("baselines")
+    embedding_router, self_classify = _Under("baselines/embedding.safetensors"), _Under("baselines/self_classify.json")
+    train_summary = _Under("train.json")
+    # prism compare: finished cells, tables, summary, report and figures
+    compare, cells = _Under("compare"), _Under("compare/cells")
+    compare_table, compare_summary = _Under("compare/table.csv"), _Under("compare/summary.json")
+    route_rates, category_routing = _Under("compare/route_rates.csv"), _Under("compare/category_routing.csv")
+    report, figures = _Under("compare/report.md"), _Under("compare/figures")
 
     def adapter(self, name: str) -> Path:
         """The folder of adapter ``name`` (``prism``: gated; ``sft``: ungated)."""
         return self.adapters / name
-
-    @property
-    def steering(self) -> Path:
-        return self.root / "steering.safetensors"
-
-    @property
-    def baselines(self) -> Path:
-        return self.root / "baselines"
-
-    @property
-    def embedding_router(self) -> Path:
-        return self.baselines / "embedding.safetensors"
-
-    @property
-    def self_classify(self) -> Path:
-        return self.baselines / "self_classify.json"
-
-    @property
-    def train_summary(self) -> Path:
-        return self.root / "train.json"
 
     def require_gate(self) -> Path:
         """The trained gate's file; one line naming ``prism train`` if there is none."""
@@ -164,44 +125,11 @@ class PrismDirectory:
         """Every trained artefact the comparison depends on (gate, steering, adapters, baselines), sorted."""
         return sorted([self.gate, self.steering, *self.adapters.glob("*/adapter_model.safetensors"), *self.baselines.glob("*")])
 
-    # --- prism compare -------------------------------------------------------------------------
-
-    @property
-    def compare(self) -> Path:
-        return self.root / "compare"
-
-    @property
-    def cells(self) -> Path:
-        return self.compare / "cells"
-
     def cell(self, system: str, dataset: str) -> Path:
         """The saved rows of one (system, data set) cell of the comparison."""
         slug = "".join(c if c.isalnum() else "-" for c in system.lower()).strip("-")
         return self.cells / f"{slug}__{dataset}.json"
 
-    @property
-    def compare_table(self) -> Path:
-        return self.compare / "table.csv"
-
-    @property
-    def route_rates(self) -> Path:
-        return self.compare / "route_rates.csv"
-
-    @property
-    def category_routing(self) -> Path:
-        return self.compare / "category_routing.csv"
-
-    @property
-    def compare_summary(self) -> Path:
-        return self.compare / "summary.json"
-
-    @property
-    def report(self) -> Path:
-        return self.compare / "report.md"
-
-    @property
-    def figures(self) -> Path:
-        return self.compare / "figures"
-
     def figure(self, name: str) -> Path:
+        """A figure of the comparison, by name (PNG)."""
         return self.figures / f"{name}.png"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from probes.core.stats import Estimate
+from probes.core.summary import Summary
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class EarliestLayer:
 
 
 @dataclass(frozen=True)
-class ProbeSummary:
+class ProbeSummary(Summary):
     """What the probe study found and where it wrote it.
 
     Attributes:
@@ -66,9 +67,3 @@ class ProbeSummary:
             text = f"layer {found.layer}, AUC {found.auc.format(2, n=True)}" if found else "not above the controls at any layer"
             lines.append(f"held-out {name}: {text}")
         return lines
-
-    def format(self, targets: Sequence[str] | None = None) -> str:
-        return "\n".join(self.lines(targets))
-
-    def __str__(self) -> str:
-        return self.format()

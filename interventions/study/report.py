@@ -19,6 +19,7 @@ from interventions.study.effects import cell_table, effect_table, judge_consiste
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, save_figure, write_json, write_table
 from probes.core.stats import Estimate
+from probes.core.summary import Summary
 
 KNOWLEDGE_TASKS = tuple(name for name, task in TASKS.items() if task.is_choice)  # capitals, mmlu-letter, mmlu-cloze
 
@@ -36,7 +37,7 @@ def load_study(directory: str | Path) -> tuple[dict, list[dict]]:
 
 
 @dataclass(frozen=True)
-class StudySummary:
+class StudySummary(Summary):
     """What ``summarise_study`` wrote and found.
 
     Attributes:
@@ -65,12 +66,9 @@ class StudySummary:
         row = _find(self.effects, task=task, condition=condition, metric=metric, reference=reference)
         return None if row is None or row.get("delta") is None else Estimate.from_columns(row, "delta", prefix="")
 
-    def format(self) -> str:
+    def lines(self) -> list[str]:
         """The findings, one Markdown bullet a line (as in the report)."""
-        return "\n".join(self.findings)
-
-    def __str__(self) -> str:
-        return self.format()
+        return list(self.findings)
 
 
 def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:

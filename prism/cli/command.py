@@ -11,6 +11,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
+from probes.core.summary import Summary
+
 
 @dataclass(frozen=True)
 class Command:
@@ -20,13 +22,15 @@ class Command:
         name: the subcommand, e.g. ``"evaluate"``.
         help: its one line in ``prism --help``, as plain text (a ``%`` needs no escaping).
         add_arguments: declares the command's options on its own parser.
-        run: does the work from the parsed options and returns the exit status. Persona options
-            have been checked by then (``args.condition``, ``args.library``), before any model loads.
+        run: does the work from the parsed options. It returns the run's typed ``Summary`` (the shell
+            prints it and where its report is) or None when it printed its own output. Persona
+            options have been checked by then (``args.condition``, ``args.library``), before any
+            model loads.
         description: the longer text of ``prism NAME --help`` (default: ``help``).
     """
 
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+    run: Callable[[argparse.Namespace], Summary | None]
     description: str = ""

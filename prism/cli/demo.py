@@ -27,6 +27,7 @@ from prism.cli.command import Command
 from prism.cli.options import add_model, add_out
 from prism.distill import DistillConfig
 from probes.core.models import model_slug, resolve_model_directory
+from probes.core.summary import Summary
 from probes.study import run_probe_study
 
 PROBE_TARGETS = ("knowledge-vs-generation/mean", "knowledge-vs-generation/last", "harmful-vs-benign/mean")
@@ -90,26 +91,15 @@ def _say(message: str) -> None:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism demo``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism demo``'s options."""
     add_out(parser, "output directory (default: runs/demo)", Path("runs/demo"))
     add_model(parser)
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
-    """``prism demo``: ``run_demo(args.out, model_name=args.model)``.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
+def run_demo_command(args: argparse.Namespace) -> Summary | None:
+    """``prism demo``: ``run_demo(args.out, model_name=args.model)``."""
     run_demo(args.out, model_name=args.model)
-    return 0
+    return None
 
 
 COMMANDS = (

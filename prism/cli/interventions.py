@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from interventions.intervene import run_interventions
@@ -11,16 +10,13 @@ from prism.cli.command import Command
 from prism.cli.options import PersonaOptions, add_batch_size, add_model, add_out, add_persona_options, add_seed, layer_list
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RANDOM_PERSONA
+from probes.core.summary import Summary
 
 PERSONA = PersonaOptions(default=RANDOM_PERSONA, specials=(RANDOM_PERSONA,), length="long", base_system=False)
 
 
 def add_intervene_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism intervene``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism intervene``'s options."""
     add_model(parser)
     add_persona_options(parser, PERSONA)
     parser.add_argument("-n", type=int, default=48, help="capital-city items (default: 48)")
@@ -34,28 +30,18 @@ def add_intervene_arguments(parser: argparse.ArgumentParser) -> None:
     add_out(parser, "output directory (default: runs/intervene)", Path("runs/intervene"))
 
 
-def run_intervene(args: argparse.Namespace) -> int:
-    """Patching, steering, ablation, attention and the logit lens; print the headline numbers.
-
-    Args:
-        args: the parsed options, with ``args.condition`` from the persona check.
-
-    Returns:
-        the exit status, 0.
-    """
+def run_intervene(args: argparse.Namespace) -> Summary | None:
+    """Patching, steering, ablation, attention and the logit lens; print the headline numbers."""
     if args.n < 2:
         raise ToolkitError(f"-n must be at least 2, got {args.n}")
     layers = layer_list(args.layers)
-    start = time.perf_counter()
     if args.refusal_items < 0:
         raise ToolkitError(f"--refusal-items must be 0 or more, got {args.refusal_items}")
     summary = run_interventions(
         args.out, model_name=args.model, persona=args.condition, n_items=args.n, layers=layers,
         steer_layer=args.steer_layer, refusal_items=args.refusal_items, seed=args.seed, batch_size=args.batch_size,
     )
-    print(summary.format())
-    print(f"finished in {time.perf_counter() - start:.0f}s; report: {summary.report}")
-    return 0
+    return summary
 
 
 COMMANDS = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from prism.cli.command import Command
@@ -21,16 +20,13 @@ from prism.cli.options import (
 )
 from probes.core.errors import ToolkitError
 from probes.core.rendering import render_items
+from probes.core.summary import Summary
 from probes.recording import record_activations, residual_hooks
 from probes.study import run_probe_study
 
 
 def add_record_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism record``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism record``'s options."""
     add_model(parser)
     add_items(parser)
     add_persona_options(parser)
@@ -43,15 +39,8 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     add_out(parser, "store directory (re-run the same command to resume)", required=True)
 
 
-def run_record(args: argparse.Namespace) -> int:
-    """Record activations under one persona condition into a resumable store.
-
-    Args:
-        args: the parsed options, with ``args.condition`` and ``args.library`` from the persona check.
-
-    Returns:
-        the exit status, 0.
-    """
+def run_record(args: argparse.Namespace) -> Summary | None:
+    """Record activations under one persona condition into a resumable store."""
     items = sample_items(args)
     if args.hooks and args.layers:
         raise ToolkitError("give --hooks or --layers, not both")
@@ -69,15 +58,11 @@ def run_record(args: argparse.Namespace) -> int:
         metadata={"dataset": args.dataset, "n": args.n, "seed": args.seed, "condition": args.condition.to_dict()},
     )
     print(f"recorded {len(store)} prompts x {len(store.hooks)} hooks ({store.positions} positions) into {store.path}")
-    return 0
+    return None
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism probe``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism probe``'s options."""
     add_model(parser)
     parser.add_argument("--per-intent", type=int, default=160,
                         help="queries per intent: knowledge, generation, harmful (default: 160)")
@@ -93,25 +78,15 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     add_out(parser, "output directory (default: runs/probe; rerun to resume)", Path("runs/probe"))
 
 
-def run_probe(args: argparse.Namespace) -> int:
-    """Run (or resume) the probe study and print the earliest decodable layer of each target.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
+def run_probe(args: argparse.Namespace) -> Summary | None:
+    """Run (or resume) the probe study and print the earliest decodable layer of each target."""
     layers = layer_list(args.layers)
-    start = time.perf_counter()
     summary = run_probe_study(
         args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
         kinds=csv_list(args.probes), personas=csv_list(args.personas), persona_lengths=csv_list(args.persona_lengths),
         persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size,
     )
-    print(summary.format())
-    print(f"probe study finished in {time.perf_counter() - start:.0f}s; report: {summary.report}")
-    return 0
+    return summary
 
 
 COMMANDS = (

@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 
 from prism import pipeline
 from prism.bootstrap import BootstrapConfig
@@ -17,16 +15,13 @@ from prism.cli.options import add_batch_size, add_model, add_prism_dir, add_seed
 from prism.compare import SYSTEMS
 from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
+from probes.core.summary import Summary
 
 FROM_DIRECTORY = ". No --model: the model is the one recorded in the PRISM working directory (--out) by `prism bootstrap`."
 
 
 def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism bootstrap``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism bootstrap``'s options."""
     add_prism_dir(parser)
     add_model(parser)
     parser.add_argument("--queries-per-persona", type=int, default=8, help="queries kept per persona (default: 8)")
@@ -36,29 +31,16 @@ def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_size(parser)
 
 
-def run_bootstrap(args: argparse.Namespace) -> int:
-    """Stages 1-3 into the working directory; print the persona's win rates.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
-    start = time.perf_counter()
+def run_bootstrap(args: argparse.Namespace) -> Summary | None:
+    """Stages 1-3 into the working directory; print the persona's win rates."""
     config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
                              seed=args.seed, batch_size=args.batch_size)
     summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas))
-    print(summary.format())
-    return _finished(args, start)
+    return summary
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism train``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism train``'s options."""
     add_prism_dir(parser)
     parser.add_argument("--labels", default="bootstrap", choices=("bootstrap", "intents"),
                         help="gate labels: the bootstrap's persona wins (the paper) or intents (knowledge -> base; default: bootstrap)")
@@ -81,32 +63,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed(parser, "split and training seed")
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Fit the gate, distil the adapters and fit the baseline routers; print the gate's quality.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
-    start = time.perf_counter()
+def run_train(args: argparse.Namespace) -> Summary | None:
+    """Fit the gate, distil the adapters and fit the baseline routers; print the gate's quality."""
     if args.rank < 1 or args.epochs < 1:
         raise ToolkitError("--rank and --epochs must be at least 1")
     summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block,
                              layer=args.layer, position=args.position, per_intent=args.per_intent, extra=args.extra,
                              compare_budget=args.budget, seed=args.seed,
                              distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, seed=args.seed))
-    print(summary.format())
-    return _finished(args, start)
+    return summary
 
 
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism route``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism route``'s options."""
     add_prism_dir(parser)
     parser.add_argument("prompts", nargs="+", help="prompts to answer")
     parser.add_argument("--via", default="adapter", choices=pipeline.VIA,
@@ -115,53 +84,26 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default: 64)")
 
 
-def run_route(args: argparse.Namespace) -> int:
-    """Answer the prompts with routing, each with the gate's probability and decision.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
-    start = time.perf_counter()
+def run_route(args: argparse.Namespace) -> Summary | None:
+    """Answer the prompts with routing, each with the gate's probability and decision."""
     for row in pipeline.route(args.out, args.prompts, via=args.via, persona=args.persona, max_new_tokens=args.max_new_tokens):
         sign = ">=" if row["routed"] else "<"
         print(f"[gate p={row['probability']:.3f} {sign} {row['threshold']:.3f} -> {row['via']}] {row['prompt']}\n{row['answer']}\n")
-    return _finished(args, start)
+    return None
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism compare``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism compare``'s options."""
     add_prism_dir(parser)
     parser.add_argument("--budget", default="default", choices=("smoke", "default"), help="items per data set (default: default)")
     parser.add_argument("--systems", help="comma-separated systems (default: all); see the README")
     add_seed(parser)
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    """The Table-1 evaluation; print the comparison table.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
-    start = time.perf_counter()
+def run_compare(args: argparse.Namespace) -> Summary | None:
+    """The Table-1 evaluation; print the comparison table."""
     summary = pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed)
-    print(summary.format())
-    print(f"report: {summary.report}")
-    return _finished(args, start)
-
-
-def _finished(args: argparse.Namespace, start: float) -> int:
-    print(f"prism {args.command} finished in {time.perf_counter() - start:.0f}s", file=sys.stderr)
-    return 0
+    return summary
 
 
 BOOTSTRAP = "PRISM stages 1-3: the model writes queries per persona, answers with and without it, and judges both orders"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Mapping, Sequence
 
 import transformers
@@ -56,7 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         resolve_persona(args)  # before any command runs, so before any model loads
         _quiet_transformers()
-        return COMMANDS[args.command].run(args)
+        start = time.perf_counter()
+        summary = COMMANDS[args.command].run(args)
+        if summary is not None:
+            print(summary.format())
+            if getattr(summary, "report", None) is not None:
+                print(f"report: {summary.report}")
+        elapsed = time.perf_counter() - start
+        if elapsed >= 1:
+            print(f"prism {args.command} finished in {elapsed:.0f}s", file=sys.stderr)
+        return 0
     except ToolkitError as error:
         print(f"prism {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -26,14 +26,11 @@ from probes.core.errors import ToolkitError
 from probes.core.files import write_json
 from probes.core.models import model_slug
 from probes.core.personas import LENGTHS, persona_library
+from probes.core.summary import Summary
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism evaluate``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism evaluate``'s options."""
     add_model(parser)
     add_items(parser)
     add_persona_options(parser)
@@ -45,15 +42,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     add_out(parser, "output JSON (default: runs/evaluate/<dataset>_<condition>.json)")
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    """Score one persona condition on a data set; write per-item JSON and print the mean with its CI.
-
-    Args:
-        args: the parsed options, with ``args.condition`` and ``args.library`` from the persona check.
-
-    Returns:
-        the exit status, 0.
-    """
+def run_evaluate(args: argparse.Namespace) -> Summary | None:
+    """Score one persona condition on a data set; write per-item JSON and print the mean with its CI."""
     items = sample_items(args)
     if args.max_new_tokens < 1:
         raise ToolkitError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -71,40 +61,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"{args.dataset} {args.condition.label}: {result['metric']} {summary['mean']:.3f} "
           f"[95% CI {summary['low']:.3f}, {summary['high']:.3f}], n={summary['n']}{chance}")
     print(f"wrote {out}")
-    return 0
+    return None
 
 
 def add_personas_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism personas``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism personas``'s options."""
     add_personas_file(parser)
     parser.add_argument("--length", choices=LENGTHS, default="min", help="which text to show (default: min)")
 
 
-def run_personas(args: argparse.Namespace) -> int:
-    """List the persona library: name, kind, category and the text at ``--length``.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
+def run_personas(args: argparse.Namespace) -> Summary | None:
+    """List the persona library: name, kind, category and the text at ``--length``."""
     for persona in persona_library(args.personas_file).values():
         text = persona.texts.get(args.length, "-")
         print(f"{persona.name:<16} {persona.kind:<12} {persona.category or '-':<12} {text[:90]}")
-    return 0
+    return None
 
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism study``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism study``'s options."""
     add_model(parser, repeatable=True)
     parser.add_argument("--budget", default="default", choices=("smoke", "default", "full"),
                         help="items per cell and grid: smoke (~4 min), default (~20 min on 2 cores), full (hours)")
@@ -120,16 +95,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))
 
 
-def run_study_command(args: argparse.Namespace) -> int:
+def run_study_command(args: argparse.Namespace) -> Summary | None:
     """Run (or resume) the persona-effect study for each ``--model``, then write its tables,
-    figures and report; with several models, also the cross-model placement figure.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
+    figures and report; with several models, also the cross-model placement figure."""
     tasks = csv_list(args.tasks)
     directories = []
     for name in args.models or ["default"]:
@@ -142,34 +110,23 @@ def run_study_command(args: argparse.Namespace) -> int:
         print(f"{name}: study finished in {time.perf_counter() - start:.0f}s; report: {summary.report}")
     if len(directories) > 1:
         print(f"compared models: {compare_models(directories, args.out / 'fig1d_placement_models.png')}")
-    return 0
+    return None
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``prism report``'s options.
-
-    Args:
-        parser: the subcommand's parser.
-    """
+    """Declare ``prism report``'s options."""
     parser.add_argument("directories", nargs="+", type=Path, help="study directories (one per model)")
     parser.add_argument("--compare", type=Path, help="also write the cross-model placement figure here (.png)")
 
 
-def run_report(args: argparse.Namespace) -> int:
-    """Rewrite the tables, figures and report of finished study directories.
-
-    Args:
-        args: the parsed options.
-
-    Returns:
-        the exit status, 0.
-    """
+def run_report(args: argparse.Namespace) -> Summary | None:
+    """Rewrite the tables, figures and report of finished study directories."""
     for directory in args.directories:
         summary = summarise_study(directory)
         print(f"wrote {summary.report} with its tables and figures")
     if args.compare:
         print(f"compared models: {compare_models(args.directories, args.compare)}")
-    return 0
+    return None
 
 
 COMMANDS = (

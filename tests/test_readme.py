@@ -1,0 +1,53 @@
+"""The README's Python examples, run as written, in order, on the embedded model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from prism import DistillConfig, Gate, PrismDirectory, Sample, distill, save_adapter
+from probes import load_model
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def prepare_prism_directory(root: Path) -> None:
+    """What `prism bootstrap` and `prism train` leave for the PRISM example, made by the same code
+    at a tiny scale: a gate on block 0 and an adapter distilled from one bootstrapped sample."""
+    model, tokenizer = load_model()
+    work = PrismDirectory(root)
+    torch.manual_seed(0)
+    weight = torch.randn(model.cfg.d_model) / model.cfg.d_model**0.5
+    Gate("logistic", 0, "last", {"weight": weight, "bias": torch.tensor(0.0)}).save(work.gate)
+    sample = Sample("math/0", "math", "What is 12 times 12?", "144.", "As a mathematician: 12 x 12 = 144.",
+                    True, True, (1.0, 1.0))
+    training = distill(model, tokenizer, [sample], "prism", DistillConfig(epochs=1), progress=False)
+    save_adapter(model, "prism", work.adapter("prism"), training["peft_config"])
+
+
+def test_the_readme_has_the_examples_this_test_runs():
+    blocks = python_blocks()
+    assert len(blocks) == 4
+    assert "from probes import" in blocks[0] and "from prism import" in blocks[3]
+
+
+@pytest.mark.slow
+def test_the_readme_python_examples_run_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prepare_prism_directory(tmp_path / "runs" / "prism")
+    namespace: dict = {}
+    for number, block in enumerate(python_blocks(), start=1):
+        exec(compile(block, f"README.md python block {number}", "exec"), namespace)
+    assert tuple(namespace["acts"].shape) == (40, namespace["model"].cfg.d_model)
+    assert 0.0 <= namespace["score"].auc.mean <= 1.0 and namespace["score"].auc.n == 20
+    assert namespace["metadata"]["layer"] == 3
+    assert namespace["steer"].record()  # the steering hook fired
+    assert tuple(namespace["logprobs"].shape) == (namespace["model"].cfg.n_layers, 2)
+    assert len(namespace["answers"]) == 2 and len(namespace["routed"].decisions) == 2

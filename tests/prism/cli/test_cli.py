@@ -229,3 +229,11 @@ def test_the_demo_prints_each_step_through_its_summary(tmp_path, monkeypatch, ca
                  made["bootstrap"].headline(), made["train"].format(), made["compare"].format()):
         assert text in printed
     assert "not above the controls" in printed and "intent/last" not in printed  # only the demo's targets
+
+
+def test_study_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["study", "--tasks", "capitals,trivia", "--out", str(tmp_path)]) == 2
+    assert "unknown task 'trivia'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "holds no finished study" in error and len(error.splitlines()) == 1

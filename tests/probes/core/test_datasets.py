@@ -94,3 +94,15 @@ def test_unknown_dataset_names_the_valid_ones(tmp_path):
         load_dataset("gsm8k")
     with pytest.raises(ToolkitError, match="no dataset file"):
         load_dataset(str(tmp_path / "missing.jsonl"))
+
+
+def test_capitals_are_built_from_reference_data_with_generated_distractors():
+    items = load_dataset("capitals")
+    assert len(items) > 150
+    by_id = {item.id: item for item in items}
+    france = by_id["capitals/FR"]
+    assert france.choices[france.answer] == "Paris" and france.category == "Europe"
+    assert france.meta["answer_stem"] == "The capital of France is"
+    for item in items:
+        assert len(set(item.choices)) == len(item.choices) == 4
+    assert load_dataset("capitals") == items  # the same distractors every time

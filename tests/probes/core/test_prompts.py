@@ -3,9 +3,12 @@ import json
 
 import pytest
 
+from interventions.study.runner import applies
+from probes.core.datasets import load_dataset
 from probes.core.errors import ToolkitError
+from probes.core.items import Item
 from probes.core.personas import LENGTHS, builtin_personas, load_personas, persona_library
-from probes.core.prompts import Condition, encode, matched_persona, render, supports_system_role
+from probes.core.prompts import Condition, encode, matched_persona, render, render_conversation, supports_system_role
 
 SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 QUERY = "What is the boiling point of water at sea level?"
@@ -154,3 +157,23 @@ def test_malformed_persona_files_give_one_line(tmp_path, content, message):
     with pytest.raises(ToolkitError, match=message) as caught:
         load_personas(path)
     assert "\n" not in str(caught.value)
+
+
+def test_expert_condition_matches_the_item_category(smol):
+    _, tokenizer = smol
+    writing = Item("w", "mtbench", "Write a haiku.", "writing")
+    prompt = render(tokenizer, writing.prompt, Condition("expert", "min"), item_category="writing")
+    assert prompt.persona == "writing"
+    capital = load_dataset("capitals")[0]
+    assert not applies(Condition("expert"), capital) and applies(Condition("random"), capital)
+    with pytest.raises(ToolkitError, match="no expert persona matches"):
+        render(tokenizer, capital.prompt, Condition("expert"), item_category=capital.category)
+
+
+def test_second_turn_keeps_the_persona_and_the_first_answer(smol):
+    _, tokenizer = smol
+    first = render(tokenizer, "Name a colour.", Condition("writing", "min", "system"))
+    second = render_conversation(tokenizer, first, "Blue.", "Now name another.")
+    assert second.text.index("You are") < second.text.index("Name a colour.") < second.text.index("Blue.")
+    assert second.text.index("Blue.") < second.text.index("Now name another.")
+    assert second.text[slice(*second.query_span)] == "Now name another."

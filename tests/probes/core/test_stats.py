@@ -1,3 +1,4 @@
+
 import numpy as np
 import pytest
 
@@ -131,3 +132,25 @@ def test_ratio_of_means_keeps_pairs_together_and_is_undefined_over_zero():
 )
 def test_refusal_rule(response, refused):
     assert is_refusal(response) is refused
+
+
+def test_paired_interval_covers_a_known_effect_and_is_narrower_than_unpaired():
+    rng = np.random.default_rng(3)
+    covered, paired_widths, unpaired_widths = 0, [], []
+    for trial in range(200):
+        item_difficulty = rng.normal(0, 1, size=60)
+        baseline = item_difficulty + rng.normal(0, 0.3, size=60)
+        treated = item_difficulty - 0.2 + rng.normal(0, 0.3, size=60)
+        estimate = paired_difference(treated, baseline, n_resamples=400, seed=trial)
+        covered += estimate.low <= -0.2 <= estimate.high
+        paired_widths.append(estimate.high - estimate.low)
+        a, b = bootstrap_mean(treated, seed=trial), bootstrap_mean(baseline, seed=trial)
+        unpaired_widths.append(np.hypot(a.high - a.low, b.high - b.low))
+    assert 0.90 <= covered / 200 <= 0.99
+    assert np.mean(paired_widths) < 0.5 * np.mean(unpaired_widths)
+
+
+def test_tiny_samples_are_never_called_significant():
+    assert not paired_difference([1.0], [0.0]).significant  # a zero-width interval from one pair
+    assert not paired_difference([1.0] * 4, [0.0] * 4).significant
+    assert paired_difference([1.0] * 5, [0.0] * 5).significant

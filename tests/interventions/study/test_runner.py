@@ -1,0 +1,58 @@
+"""The study runner on a tiny model: resuming, second turns and their judgements."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from interventions.study.report import summarise_study
+from interventions.study.runner import run_study
+from probes.core.errors import ToolkitError
+
+
+def test_study_resumes_without_redoing_finished_work(tiny_llama_directory, tmp_path):
+    out = tmp_path / "study"
+    options = dict(model_name=tiny_llama_directory, budget="smoke", tasks=["capitals", "harmbench", "mtbench"],
+                   items=2, progress=False)
+    rows = run_study(out, **options)
+    ledgers = {path.name: path.read_text() for path in (out / "ledger").glob("*.jsonl")}
+    assert set(ledgers) == {"capitals.jsonl", "harmbench.jsonl", "mtbench.jsonl", "judge.jsonl"}
+    # drop the last finished record of one task, as if the run had been killed there
+    lines = ledgers["harmbench.jsonl"].splitlines()
+    (out / "ledger" / "harmbench.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    again = run_study(out, **options)
+    assert (out / "ledger" / "capitals.jsonl").read_text() == ledgers["capitals.jsonl"]  # nothing redone
+    assert len((out / "ledger" / "harmbench.jsonl").read_text().splitlines()) == len(lines)  # only the lost one
+    assert [json.dumps(r, sort_keys=True) for r in again] == [json.dumps(r, sort_keys=True) for r in rows]
+
+    summary = summarise_study(out)
+    report = (out / "report.md").read_text()
+    assert "## Findings" in report and "n=" in report
+    for name in ("cells.csv", "effects.csv", "effects_by_category.csv", "judge_consistency.json"):
+        assert (out / name).is_file()
+    findings = report.split("## Findings, set against the paper", 1)[1].split("## Every effect", 1)[0]
+    assert summary.report == out / "report.md" and summary.format() == findings.strip()  # what the demo prints
+    assert {row["task"] for row in summary.cells} == {"capitals", "harmbench", "mtbench"}
+    assert all(row["low"] <= row["mean"] <= row["high"] for row in summary.cells if row["n"])
+    judged = [row for row in summary.cells if row["task"] == "mtbench"]
+    for cell in judged:  # every answer is either judged or counted as unparseable
+        answers = [r for r in again if r["task"] == "mtbench" and r["condition"] == cell["condition"]]
+        assert cell["n"] + cell["unparseable"] == len(answers) > 0
+    assert (out / "figures" / "fig1c_refusal_safety_persona.png").stat().st_size > 1000
+
+    with pytest.raises(ToolkitError, match="holds a study of"):
+        (out / "study.json").write_text(json.dumps({"model": "another-model"}))
+        run_study(out, **options)
+
+
+def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny_llama_directory, tmp_path):
+    from interventions.study.runner import Budget
+
+    budget = Budget(items={"mtbench": 2}, grid="smoke", max_new_tokens={"mtbench": 4}, turns=2, judge_seeds=(0,))
+    rows = run_study(tmp_path / "s", model_name=tiny_llama_directory, budget=budget, progress=False)
+    two_turns = [row for row in rows if "turn2_key" in row]
+    assert two_turns and all(set(row["ratings"]) == {"turn1_seed0", "turn2_seed0"} for row in two_turns)
+    answers = [json.loads(line) for line in (tmp_path / "s" / "ledger" / "mtbench.jsonl").read_text().splitlines()]
+    second_keys = {row["turn2_key"] for row in two_turns}
+    assert second_keys <= {a["key"] for a in answers} and len({a["key"] for a in answers}) == len(answers)

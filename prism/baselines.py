@@ -144,7 +144,18 @@ class Router:
 
 
 class EmbeddingRouter(Router):
-    """Class-balanced logistic regression on sentence embeddings; the score is p(label 1)."""
+    """Class-balanced logistic regression on sentence embeddings; the score is p(label 1).
+
+    ``fit`` it (or ``load`` a saved one), then ``scores``, ``route`` or ``calibrate`` as any router.
+
+    Args:
+        encoder: the all-MiniLM-L6-v2 ``SentenceEncoder`` (default: one is created when first needed, which
+            needs its weights package installed).
+        threshold: route a query when its score (a probability) reaches it.
+
+    Raises:
+        ToolkitError: a threshold that is not a finite number.
+    """
 
     def __init__(self, encoder: SentenceEncoder | None = None, *, threshold: float = 0.5) -> None:
         super().__init__(threshold)
@@ -160,6 +171,20 @@ class EmbeddingRouter(Router):
         return self._encoder
 
     def fit(self, queries: Sequence[str], labels: Sequence[int], *, seed: int = 0) -> EmbeddingRouter:
+        """Fit the logistic regression on the queries' embeddings.
+
+        Args:
+            queries: the training queries (a list of non-empty strings).
+            labels: 0 (direct path) or 1 (persona path) per query; both must occur.
+            seed: the solver's random state.
+
+        Returns:
+            this router, fitted (its threshold is unchanged: ``calibrate`` sets one).
+
+        Raises:
+            ToolkitError: a bare string, no queries or an empty one, labels that do not align or are not 0/1,
+                a single class, or the sentence encoder not installed.
+        """
         queries = _texts(queries)
         y = _binary_labels(labels, len(queries))
         x = self.encoder.encode(queries)
@@ -170,12 +195,18 @@ class EmbeddingRouter(Router):
         return self
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """p(persona path) of each query, float64 ``[n]``; raises ``ToolkitError`` before ``fit`` or ``load``."""
         if self.coef is None:
             raise ToolkitError("the embedding router is not fitted: call fit() or load() first")
         logits = self.encoder.encode(queries).astype(np.float64) @ self.coef + self.intercept
         return 1 / (1 + np.exp(-logits))
 
     def save(self, path: str | Path) -> Path:
+        """Write the fitted router (weights, threshold) as safetensors; returns ``path``.
+
+        Raises:
+            ToolkitError: the router is not fitted.
+        """
         if self.coef is None:
             raise ToolkitError("the embedding router is not fitted: nothing to save")
         return save_tensors(
@@ -185,6 +216,19 @@ class EmbeddingRouter(Router):
 
     @classmethod
     def load(cls, path: str | Path, encoder: SentenceEncoder | None = None) -> EmbeddingRouter:
+        """Read a router written by ``save``.
+
+        Args:
+            path: the router's ``.safetensors`` file.
+            encoder: the sentence encoder to use (default: created when first needed).
+
+        Returns:
+            the fitted router, with its saved threshold.
+
+        Raises:
+            ToolkitError: no readable toolkit file at ``path``, or one that holds no embedding router or was fitted
+                on other embeddings.
+        """
         tensors, metadata = load_tensors(path)
         if metadata.get("kind") != EMBEDDING_KIND or not {"coef", "intercept"} <= tensors.keys():
             raise ToolkitError(f"{path} holds no embedding router (kind {metadata.get('kind')!r}): "
@@ -199,8 +243,20 @@ class EmbeddingRouter(Router):
 
 
 class SelfClassifyRouter(Router):
-    """The language model asked, without a persona, whether a request needs an expert persona;
-    the score is log p(" Yes") - log p(" No") as the answer's continuation."""
+    """The language model asked, without a persona, whether a request needs an expert persona.
+
+    The score is log p(" Yes") - log p(" No") as the continuation of "Answer:" (``SELF_CLASSIFY_QUESTION``);
+    ``calibrate`` sets the threshold from labelled queries.
+
+    Args:
+        model, tokenizer: the bridged model and its tokenizer.
+        batch_size: prompts per forward pass.
+        threshold: route a query when its score reaches it (default 0: "Yes" at least as likely as "No").
+        progress: show a progress bar while scoring.
+
+    Raises:
+        ToolkitError: a threshold that is not a finite number.
+    """
 
     def __init__(
         self, model: TransformerBridge, tokenizer: PreTrainedTokenizerBase, *,

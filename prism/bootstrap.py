@@ -1,17 +1,15 @@
-"""PRISM stages 1-3: the model writes its own queries, answers them with and without the
-matched persona, and judges the pair itself.
+"""PRISM stages 1-3: the model writes its own queries, answers them with and without the matched persona, and judges the pair.
 
-1. Queries: for each persona, sampled requests that persona would answer well (T=0.9; the
-   first line is kept, lines under ``MIN_QUERY_CHARS`` and duplicates are dropped; sampling
-   rounds repeat until each persona has its quota or ``max_rounds`` is spent).
+1. Queries: for each persona, sampled requests that persona would answer well (T=0.9; the first line is kept, lines
+   under ``MIN_QUERY_CHARS`` and duplicates are dropped; sampling rounds repeat until each persona has its quota or
+   ``max_rounds`` is spent).
 2. Answers: without a persona (explicit empty system message) and with the persona (T=0.7).
-3. Verification: a forced choice between the two answers, asked twice with the positions
-   swapped; the persona wins only if it wins both orders (label 1, "distill"), else label 0
-   ("retain"). The choice is read from the log-probabilities of " A" and " B", so it costs one
-   forward pass and no parsing.
+3. Verification: a forced choice between the two answers, asked twice with the positions swapped; the persona wins
+   only if it wins both orders (label 1, "distill"), else label 0 ("retain"). The choice is read from the
+   log-probabilities of " A" and " B", so it costs one forward pass and no parsing.
 
-Every sampled text and every verdict goes to a ledger as its batch ends, so an interrupted run
-resumes where it stopped; ``samples.jsonl`` and ``summary.json`` are written at the end.
+Every sampled text and every verdict goes to a ledger as its batch ends, so an interrupted run resumes where it
+stopped; ``samples.jsonl`` and ``summary.json`` are written at the end.
 """
 
 from __future__ import annotations
@@ -47,6 +45,18 @@ VERDICT_RULES = ("both", "debiased")
 
 @dataclass(frozen=True)
 class BootstrapConfig:
+    """Settings of the bootstrap (stages 1-3).
+
+    Args:
+        queries_per_persona: distinct queries to keep per persona (at least 1).
+        persona_length: the persona texts' length (``min``, ``short`` or ``long``) for the queries and answers.
+        query_tokens, answer_tokens: the most tokens generated for a query and for an answer.
+        query_temperature, answer_temperature: sampling temperatures of the queries and of the answers.
+        max_rounds: query sampling rounds at most, each topping up the personas short of their quota.
+        seed: the sampling seed.
+        batch_size: prompts per forward pass.
+    """
+
     queries_per_persona: int = 8
     persona_length: str = "min"
     query_tokens: int = 40
@@ -60,7 +70,15 @@ class BootstrapConfig:
 
 @dataclass(frozen=True)
 class Sample:
-    """One bootstrapped query with both answers and the self-verdict."""
+    """One bootstrapped query with both answers and the self-verdict.
+
+    Args:
+        id: ``"{persona}-{index:04d}"``, index counting every kept query.
+        persona, query: the persona the query was written under, and the cleaned query.
+        answer_plain, answer_persona: the answers without a persona and with it.
+        persona_first_wins, persona_second_wins: whether the persona's answer won when shown as A, and as B.
+        margins: log p(persona's letter) - log p(other letter), in each order.
+    """
 
     id: str
     persona: str
@@ -102,6 +120,9 @@ def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config:
 
     Returns:
         the samples, one per kept query.
+
+    Raises:
+        ToolkitError: an unknown persona or persona length, ``queries_per_persona`` below 1, or no usable query.
     """
     work = PrismDirectory(out)
     library = builtin_personas()
@@ -130,6 +151,9 @@ def load_samples(source: str | Path | PrismDirectory) -> list[Sample]:
 
     Returns:
         the samples in file order.
+
+    Raises:
+        ToolkitError: no samples file, a line that is not a sample, or no samples at all.
     """
     path = Path(source)
     path = PrismDirectory(path).samples if path.is_dir() else path

@@ -57,7 +57,15 @@ ROUTER_OF = {"PRISM": "probe gate", "probe -> steering": "probe gate", "probe ->
 
 @dataclass(frozen=True)
 class CompareBudget:
-    """Items per data set of the comparison, and generation lengths."""
+    """Items per data set of the comparison, and generation lengths.
+
+    Args:
+        capitals: capital-city questions (accuracy and margin).
+        harmbench: HarmBench standard requests (keyword refusal).
+        mtbench: MT-Bench first turns (self-judged).
+        refusal_tokens: greedy tokens per HarmBench answer.
+        answer_tokens: tokens per MT-Bench answer.
+    """
 
     capitals: int = 48  # capital-city questions (accuracy and margin)
     harmbench: int = 16  # HarmBench standard requests (keyword refusal)
@@ -203,6 +211,10 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, bud
     Returns:
         the summary (``compare_report.summarise``): the table, route rates, router agreement,
         per-category routing and its correlation with the persona's effect.
+
+    Raises:
+        ToolkitError: an unknown budget or system, a directory missing a trained artefact (gate, adapters, steering
+            vector, embedding router), or adapters named ``prism`` or ``sft`` already on the model.
     """
     work = PrismDirectory(prism_dir)
     plan = resolve_budget(budget)

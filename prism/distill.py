@@ -10,6 +10,8 @@ temperature T=2, times T^2. Teacher targets are computed once, with the adapter 
 Adapters are saved in the peft format (``adapter_config.json`` + ``adapter_model.safetensors``,
 module names as in the plain Hugging Face model), so ``peft.PeftModel.from_pretrained`` loads
 them onto the plain model too.
+
+The module is longer than 300 lines only because of its API docstrings.
 """
 
 from __future__ import annotations
@@ -44,6 +46,21 @@ PEFT_PREFIX = "base_model.model."
 
 @dataclass(frozen=True)
 class DistillConfig:
+    """LoRA and training settings of the self-distillation.
+
+    Args:
+        rank, alpha: the LoRA rank r and scaling alpha (the update is scaled by alpha / r).
+        first_block: the first adapted block; blocks ``first_block``..L-1 get the adapter (``prism train`` sets it
+            to the block after the gate's).
+        temperature: the softening temperature T of teacher and student (the loss is multiplied by T^2).
+        top_k: the teacher's top-k tokens per position the KL is computed over (both renormalised over them).
+        learning_rate: AdamW's learning rate.
+        epochs: passes over the samples.
+        batch_size: samples per optimiser step.
+        persona_length: the teacher persona's text length (``min``, ``short`` or ``long``).
+        seed: the adapter's initialisation and the shuffling seed.
+    """
+
     rank: int = 16
     alpha: int = 32
     first_block: int = 1
@@ -107,13 +124,17 @@ def adapter_layers(model) -> list[LoraLayer]:
 
 @contextmanager
 def active_adapter(model, name: str | None) -> Iterator[None]:
-    """Within the block, ``name`` is the only active adapter (``None``: every adapter off). The
-    only way the toolkit switches adapters: on the way out, also when the block raises, every
+    """Within the block, ``name`` is the only active adapter (``None``: every adapter off).
+
+    The only way the toolkit switches adapters: on the way out, also when the block raises, every
     adapter layer is put back as it was (active adapters, on or off, trainable weights).
 
     Args:
         model: the bridged model carrying the adapters.
         name: the adapter to switch on, or None for the plain model.
+
+    Yields:
+        None: use it as ``with active_adapter(model, name):``.
     """
     layers = adapter_layers(model)
     saved = [(layer.active_adapter, layer.disable_adapters, [(p, p.requires_grad) for p in layer.parameters()])
@@ -151,7 +172,12 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
         progress: show progress bars.
 
     Returns:
-        the loss curve and settings (``peft_config`` for ``save_adapter``); the adapter is left off.
+        the loss curve and settings (``name``, ``n_samples``, ``steps``, ``losses``, ``config`` and ``peft_config``
+        for ``save_adapter``); the adapter is left attached and switched off.
+
+    Raises:
+        ToolkitError: no samples, every persona answer empty, a ``first_block`` outside the model, an adapter
+            ``name`` the model already carries, or an unknown persona or length in a sample.
     """
     if not samples:
         raise ToolkitError(f"no samples to distil adapter {name!r} from: the bootstrap gave no label-1 queries")
@@ -244,7 +270,21 @@ def _kl(model, pair, target, config: DistillConfig) -> torch.Tensor:
 
 
 def save_adapter(model, name: str, directory: str | Path, peft_config: dict, training: dict | None = None) -> Path:
-    """Write adapter ``name`` in the peft format, module names as in the plain model."""
+    """Write adapter ``name`` in the peft format, module names as in the plain model.
+
+    Args:
+        model: the bridged model carrying the adapter.
+        name: the adapter's name.
+        directory: the folder to write (created): ``adapter_model.safetensors`` and ``adapter_config.json``.
+        peft_config: the adapter's peft config (``distill``'s ``peft_config``).
+        training: a JSON-serialisable training record to save as ``training.json``, or None.
+
+    Returns:
+        ``directory``, as a ``Path``.
+
+    Raises:
+        ToolkitError: the model carries no adapter ``name``.
+    """
     directory = Path(directory)
     state = get_peft_model_state_dict(model.original_model, adapter_name=name)
     if not state:
@@ -260,8 +300,20 @@ def save_adapter(model, name: str, directory: str | Path, peft_config: dict, tra
 
 
 def load_adapter(model, name: str, directory: str | Path) -> dict:
-    """Attach a saved adapter to the bridged model as ``name``, switched off (``active_adapter``
-    turns it on); returns its peft config."""
+    """Attach a saved adapter to the bridged model as ``name``, switched off (``active_adapter`` turns it on).
+
+    Args:
+        model: the bridged model it was trained on (every base weight is left frozen).
+        name: the name to attach it under, not one the model already carries.
+        directory: the adapter's folder (written by ``save_adapter``, or any peft adapter of this layout).
+
+    Returns:
+        its peft config, as saved (``adapter_config.json``).
+
+    Raises:
+        ToolkitError: no adapter files in ``directory``, an unreadable config or weights file, an adapter of another
+            model (blocks or modules this model lacks, weights missing or of other shapes), or a ``name`` in use.
+    """
     directory = Path(directory)
     if not (directory / ADAPTER_CONFIG).is_file() or not (directory / ADAPTER_WEIGHTS).is_file():
         raise ToolkitError(f"no adapter at {directory} (expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}): train one with `prism train`")

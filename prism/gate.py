@@ -43,9 +43,22 @@ GATE_FILE_KIND = "prism-gate"
 
 @dataclass
 class Gate:
-    """p(persona path | query) = sigmoid(f(x)), x the residual after ``layer`` at ``position``;
-    route when p >= ``threshold``. ``tensors`` hold the parameters (``weight``/``bias`` for the
-    logistic gate; ``mean``, ``scale``, ``w0``, ``b0``, ``w1``, ``b1`` for the MLP)."""
+    """The PRISM gate: p(persona path | query) = sigmoid(f(x)), x the residual after ``layer`` at ``position``.
+
+    A query is routed to the persona path when p >= ``threshold``. ``logit``, ``probability`` and ``route`` take
+    features ``[n, d_model]`` (computed in float64); ``hook`` names the block output the gate reads.
+
+    Args:
+        kind: ``logistic`` (a linear probe) or ``mlp`` (one hidden layer of 64 ReLU units on standardised features).
+        layer: the block whose output (``blocks.{layer}.hook_out``) the gate reads.
+        position: ``last`` (last prompt token), ``mean`` (mean over the prompt's tokens) or ``query`` (mean over
+            the query's own tokens).
+        tensors: the parameters: ``weight`` ``[d]`` and scalar ``bias`` for the logistic gate; ``mean``, ``scale``,
+            ``w0``, ``b0``, ``w1``, ``b1`` for the MLP.
+        threshold: the probability at and above which a query is routed.
+        metadata: facts saved with the gate (model, labels, split, held-out report).
+        template: the chat template's fixed tokens before and after the query, left out by the ``query`` read-out.
+    """
 
     kind: str
     layer: int
@@ -78,12 +91,31 @@ class Gate:
         return int(sum(value.numel() for value in self.tensors.values()))
 
     def save(self, path: str | Path) -> Path:
+        """Write the gate (tensors, settings and metadata) as one safetensors file, atomically.
+
+        Args:
+            path: the ``.safetensors`` file to write (its folder is created).
+
+        Returns:
+            ``path``, as a ``Path``.
+        """
         return save_tensors(path, self.tensors, {**self.metadata, "file_kind": GATE_FILE_KIND, "kind": self.kind,
                                                  "layer": self.layer, "position": self.position,
                                                  "threshold": self.threshold, "template": list(self.template)})
 
     @classmethod
     def load(cls, path: str | Path) -> "Gate":
+        """Read a gate written by ``Gate.save``.
+
+        Args:
+            path: the gate's ``.safetensors`` file.
+
+        Returns:
+            the ``Gate``, with its threshold, template and metadata.
+
+        Raises:
+            ToolkitError: no readable toolkit file at ``path``, a file that is not a gate, or a damaged gate file.
+        """
         tensors, metadata = load_tensors(path)
         if metadata.get("file_kind") != GATE_FILE_KIND:
             raise ToolkitError(f"{path} is not a PRISM gate (file kind {metadata.get('file_kind')!r}): train one with `prism train`")
@@ -194,8 +226,25 @@ def choose(rows: Sequence[dict]) -> dict:
 
 def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, position: str, kind: str = "logistic",
              seed: int = 0, metadata: dict | None = None, template: tuple[int, int] = (0, 0)) -> tuple[Gate, dict]:
-    """Fit the gate on the training side (minority oversampled), calibrate its threshold on the
-    held-out side; returns the gate and its held-out report."""
+    """Fit the gate on the training side (minority oversampled), calibrate its threshold on the held-out side.
+
+    Args:
+        x: the read-out features ``[n, d]`` of every query (``gate_features``).
+        labels: 0/1 route labels ``[n]`` (1 = persona path).
+        split: the ``Split`` (``train`` and ``test`` indices into ``x``).
+        layer, position: the block and read position the features came from (saved with the gate).
+        kind: ``logistic`` or ``mlp``.
+        seed: oversampling and fitting seed.
+        metadata: facts to keep with the gate (the held-out report is added under ``report``).
+        template: the template's fixed tokens before and after the query (``template_tokens``), for ``query``.
+
+    Returns:
+        ``(gate, report)``: the report holds the held-out ``auc``, the calibrated ``threshold`` (best balanced
+        accuracy), its ``route_rate`` and ``accuracy``, ``n_test``, ``n_train`` and ``positives`` (the label-1 share).
+
+    Raises:
+        ToolkitError: an unknown kind, or a training or held-out side with a single label.
+    """
     if kind not in GATE_KINDS:
         raise ToolkitError(f"unknown gate kind {kind!r}: use one of {', '.join(GATE_KINDS)}")
     labels = np.asarray(labels).astype(int)

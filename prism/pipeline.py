@@ -34,8 +34,12 @@ VIA = ("adapter", "steering", "prompt")
 
 @dataclass(frozen=True)
 class WinRate:
-    """How often the persona's answer won both orders of the model's own judgement (with its
-    95% CI and n), and how often the two orders agreed."""
+    """How often the persona's answer won both orders of the model's own judgement, and how often the orders agreed.
+
+    Args:
+        win_rate: the share of samples the persona won in both orders (with its 95% CI and n).
+        order_agreement: the share of samples whose two orders gave the same verdict.
+    """
 
     win_rate: Estimate
     order_agreement: float
@@ -47,7 +51,15 @@ class WinRate:
 
 @dataclass(frozen=True)
 class BootstrapSummary(Summary):
-    """Stages 1-3: win rates overall and per persona; ``record`` as in ``bootstrap/summary.json``."""
+    """Stages 1-3: win rates overall and per persona; ``record`` as in ``bootstrap/summary.json``.
+
+    ``headline()`` and ``lines()`` are what ``prism bootstrap`` prints.
+
+    Args:
+        overall: the ``WinRate`` over every sample.
+        by_persona: persona name -> its ``WinRate``.
+        record: the full summary record (``prism.bootstrap.summarise``).
+    """
 
     overall: WinRate
     by_persona: Mapping[str, WinRate]
@@ -70,9 +82,16 @@ class BootstrapSummary(Summary):
 
 @dataclass(frozen=True)
 class TrainSummary(Summary):
-    """The trained gate (block, read position, kind, threshold, held-out route rate), its
-    held-out AUC and the baseline routers' AUCs on the same split (``embedding``,
-    ``self_classify``); ``record`` as in ``train.json``."""
+    """The trained gate, its held-out AUC and the baseline routers' AUCs on the same split; ``record`` as in ``train.json``.
+
+    Args:
+        layer, position, kind: the gate's block, read position and kind.
+        threshold: the gate's calibrated threshold.
+        route_rate: the share of held-out queries the gate routes to the persona path.
+        auc: the gate's held-out AUC (with its 95% CI and n).
+        routers: ``embedding`` and ``self_classify`` -> that baseline router's held-out AUC on the same split.
+        record: the full training record.
+    """
 
     layer: int
     position: str
@@ -98,9 +117,14 @@ class TrainSummary(Summary):
 
 @dataclass(frozen=True)
 class CompareSummary(Summary):
-    """The Table-1 comparison: one row per system (0-100 scores with their 95% CIs, as in
-    ``compare/table.csv``; ``score`` reads one as an ``Estimate``); ``record`` as in
-    ``compare/summary.json``."""
+    """The Table-1 comparison: one row per system; ``record`` as in ``compare/summary.json``.
+
+    Args:
+        directory: the comparison's folder (``compare/``, with ``report.md`` inside).
+        table: one row per system: 0-100 scores with their 95% CIs, as in ``compare/table.csv`` (``score`` reads
+            one as an ``Estimate``).
+        record: the full comparison summary.
+    """
 
     directory: Path
     table: tuple[Mapping, ...]
@@ -120,15 +144,33 @@ class CompareSummary(Summary):
 
 
 def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> str:
+    """The working directory's model name (``PrismDirectory.model_name``)."""
     return PrismDirectory(out).model_name(model_name, create=create)
 
 
 def _load(name: str):
+    """``load_model(name)``: one place for every step to load its model."""
     return load_model(name)
 
 
 def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
               personas: Sequence[str] | None = None, progress: bool = True) -> BootstrapSummary:
+    """Run stages 1-3 in the working directory ``out`` (``prism bootstrap``).
+
+    Args:
+        out: the PRISM working directory; on first use its model is recorded in ``prism.json``.
+        model_name: the model to load (default: the recorded one, else ``default``); must match a recorded one.
+        config: query, answer and verdict settings.
+        personas: built-in persona names (default: all twelve).
+        progress: show progress bars.
+
+    Returns:
+        the ``BootstrapSummary``: win rates overall and per persona.
+
+    Raises:
+        ToolkitError: a ``model_name`` other than the recorded one, a model that cannot be loaded, or what
+            ``run_bootstrap`` refuses (an unknown persona, no usable query, ...).
+    """
     out = Path(out)
     model, tokenizer = _load(_model_for(out, model_name, create=True))
     samples = run_bootstrap(out, model, tokenizer, config=config, personas=personas, progress=progress)
@@ -140,6 +182,31 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
           max_block: int = 3, layer: int | None = None, position: str | None = None,
           distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
           compare_budget: str | CompareBudget = "default", seed: int = 0, progress: bool = True) -> TrainSummary:
+    """Train the gate, the adapters, the steering vector and the baseline routers in ``out`` (``prism train``).
+
+    The comparison's evaluation queries (of ``compare_budget`` and ``seed``) are left out of the gate's data.
+
+    Args:
+        out: the PRISM working directory, bootstrapped.
+        model_name: the model to load (default: the directory's); must match the directory's.
+        labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
+        verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
+        gate_kind: ``logistic`` or ``mlp``.
+        max_block: the last block the read-out sweep tries.
+        layer, position: fix the gate's block or read position instead of choosing them.
+        distill_config: LoRA distillation settings (the first block follows the gate's).
+        per_intent, extra: intent-labelled queries per intent, and files of more of them.
+        compare_budget: the comparison budget whose items are left out (``smoke``, ``default`` or a ``CompareBudget``).
+        seed: split, fitting and sampling seed (also the evaluation items' sampling seed).
+        progress: show progress bars.
+
+    Returns:
+        the ``TrainSummary`` (the full record is ``train.json``).
+
+    Raises:
+        ToolkitError: an unknown comparison budget, a directory not bootstrapped or bootstrapped with another model,
+            or what ``run_training`` refuses.
+    """
     out = Path(out)
     plan = resolve_budget(compare_budget)
     model, tokenizer = _load(_model_for(out, model_name))
@@ -151,6 +218,24 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
 
 def compare(out: str | Path, *, model_name: str | None = None, budget: str | CompareBudget = "default",
             systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, progress: bool = True) -> CompareSummary:
+    """Run the Table-1 comparison in ``out`` (``prism compare``); finished cells are reused.
+
+    Args:
+        out: the PRISM working directory, trained.
+        model_name: the model to load (default: the directory's); must match the directory's.
+        budget: ``smoke``, ``default`` or a ``CompareBudget``.
+        systems: the systems to compare (default: all of ``SYSTEMS``).
+        seed: sampling, generation and bootstrap seed (use the one training used, so its left-out items are these).
+        batch_size: prompts per forward pass.
+        progress: show a progress bar over the cells.
+
+    Returns:
+        the ``CompareSummary``.
+
+    Raises:
+        ToolkitError: an unknown budget or system, no trained gate, a directory of another model, or what
+            ``run_compare`` refuses.
+    """
     out = Path(out)
     plan = resolve_budget(budget)
     PrismDirectory(out).require_gate()
@@ -163,7 +248,24 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
 def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", persona: str = "helpful",
           max_new_tokens: int = 64, model_name: str | None = None) -> list[dict]:
     """Answer ``prompts`` with routing; each answer comes with the gate's probability and route.
-    ``via``: the gated adapter, the persona steering vector, or ``persona``'s prompt."""
+
+    Args:
+        out: the PRISM working directory, trained.
+        prompts: the user queries (plain text, each non-empty).
+        via: ``adapter`` (the gated adapter), ``steering`` (the persona steering vector) or ``prompt`` (``persona``'s
+            prompt, its ``min`` text in the system message, for the routed queries).
+        persona: the built-in persona of ``via="prompt"`` (checked whatever ``via`` is).
+        max_new_tokens: the most tokens generated per answer (greedy).
+        model_name: the model to load (default: the directory's); must match the directory's.
+
+    Returns:
+        one dict per prompt: ``prompt``, ``probability`` (the gate's), ``threshold``, ``routed``, ``via`` (the route
+        target, or ``"base model"``) and ``answer``.
+
+    Raises:
+        ToolkitError: an unknown persona or route target, an empty prompt, a directory without a model, gate,
+            adapter or steering vector, or one of another model.
+    """
 
     work = PrismDirectory(out)
     get_persona(persona)

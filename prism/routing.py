@@ -32,10 +32,27 @@ _BLOCK = "model.layers."
 
 
 class Routed:
-    """Context manager: gate-routed adapter or steering on the bridged model (see module doc).
+    """Context manager: gate-routed adapter or steering on the bridged model (see the module docstring).
 
-    ``decisions`` maps a prompt's token ids to its route, decided elsewhere (another router, or
-    the gate on another rendering of the query): the same machinery without reading the gate."""
+    Inside the block, ``decisions`` maps each prefilled prompt's token ids (padding left out) to
+    ``(gate probability, routed)``; ``decision(ids)`` reads one. ``passes`` counts forward passes.
+
+    Args:
+        model: the bridged model (carrying ``adapter``, when routing to one: ``load_adapter``).
+        gate: the trained ``Gate``.
+        adapter: the name of the LoRA adapter to switch on for routed rows; it must not touch the gate's block or
+            any before it.
+        steering: ``(block, vector [d_model])`` added after ``block`` (later than the gate's) at every position
+            of routed rows. Give exactly one of ``adapter`` and ``steering``.
+        decisions: a prompt's token ids -> its route, decided elsewhere (another router, or the gate on another
+            rendering of the query): the same machinery without reading the gate. Every prompt run must be in it.
+
+    Raises:
+        ToolkitError: both or neither of ``adapter`` and ``steering``, a gate block the model lacks, or steering at
+            or before the gate's block; on entry, an adapter the model does not carry or one that changes the gate's
+            block or an earlier one; inside, a prompt missing from ``decisions``.
+        HookDidNotFire: on exit, if the model ran but the gate's hook never fired.
+    """
 
     def __init__(self, model, gate: Gate, *, adapter: str | None = None,
                  steering: tuple[int, torch.Tensor] | None = None,
@@ -164,8 +181,23 @@ def _block_of(module_name: str) -> int:
 
 
 def route_probabilities(model, tokenizer, gate: Gate, queries: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
-    """Gate probabilities from a partial forward pass that stops after the gate's block (for
-    the training-free variants that must decide before choosing the prompt)."""
+    """Gate probabilities from a partial forward pass that stops after the gate's block.
+
+    For the training-free variants that must decide before choosing the prompt (e.g. probe -> persona prompt);
+    each query is rendered with no persona, as in training.
+
+    Args:
+        model, tokenizer: the bridged model and its tokenizer.
+        gate: the trained ``Gate``.
+        queries: the user queries (plain text).
+        batch_size: prompts per forward pass.
+
+    Returns:
+        p(persona path) per query, float64 ``[n]``; route where it reaches ``gate.threshold``.
+
+    Raises:
+        ToolkitError: an empty query, one longer than the context, or a gate block the model lacks.
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -84,9 +84,9 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
         gate_kind: ``logistic`` or ``mlp``.
-        max_block: the last block the read-out sweep tries.
+        max_block: the last block the read-out sweep tries (0..n_layers-2: the adapter needs blocks after it).
         layer, position: fix the gate's block or read position instead of choosing them.
-        distill_config: LoRA distillation settings (the first block follows the gate's).
+        distill_config: LoRA distillation settings (its ``first_block`` is replaced by the block after the gate's).
         per_intent, extra: intent-labelled queries per intent, and files of more of them.
         steering_layer: the steering vector's block (default: after the gate, mid-model).
         exclude: queries left out of the gate's data (the comparison's items).
@@ -94,7 +94,13 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         progress: show progress bars.
 
     Returns:
-        the training record written to ``train.json``.
+        the training record written to ``train.json``: the gate and its held-out report, the sweep's best
+        read-out, routing quality (AUCs with CIs), bootstrap label statistics, adapters and steering vector.
+
+    Raises:
+        ToolkitError: no bootstrap samples, a ``max_block``, ``layer``, ``position``, label source, verdict rule,
+            gate kind or steering block out of range or unknown, ``extra`` without intent labels, fewer than
+            ``MIN_PER_ROUTE`` queries on either route, no sample on the persona path, or a missing sentence encoder.
     """
     work = PrismDirectory(out)
     samples = load_samples(work)

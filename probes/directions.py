@@ -24,6 +24,18 @@ def _check_paired(with_persona: np.ndarray, without: np.ndarray) -> None:
 
 
 def persona_differences(with_persona: Float[np.ndarray, "n d"], without: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n d"]:
+    """Per-query differences of activations with and without a persona (their mean is the persona direction).
+
+    Args:
+        with_persona: activations ``[n, d]`` of the queries under the persona.
+        without: activations ``[n, d]`` of the same queries, in the same order, without it.
+
+    Returns:
+        ``with_persona - without`` as float64 ``[n, d]``.
+
+    Raises:
+        ToolkitError: the two arrays differ in shape.
+    """
     _check_paired(with_persona, without)
     return np.asarray(with_persona, dtype=np.float64) - np.asarray(without, dtype=np.float64)
 
@@ -69,7 +81,19 @@ class SharedStructure:
 
 
 def shared_structure(directions: Mapping[str, np.ndarray]) -> SharedStructure:
-    """How much several persona directions have in common."""
+    """How much several persona directions have in common.
+
+    Args:
+        directions: name -> direction vector ``[d]`` (at least two).
+
+    Returns:
+        a ``SharedStructure``: ``mean_pairwise_cosine`` (over distinct pairs), ``first_component_share`` (the
+        share of the directions' summed squared norm along their first singular vector, uncentred) and
+        ``n_directions``.
+
+    Raises:
+        ToolkitError: fewer than two directions.
+    """
     names, matrix = cosine_matrix(directions)
     if len(names) < 2:
         raise ToolkitError("shared structure needs at least two directions")

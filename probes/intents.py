@@ -61,7 +61,20 @@ def _mtbench_turns() -> list[Item]:
 
 
 def intent_queries(per_intent: int | None = 160, *, extra: Sequence[str] = (), seed: int = 0) -> list[LabelledQuery]:
-    """Balanced labelled queries: ``per_intent`` of each intent (capped by the smallest)."""
+    """Balanced labelled queries: ``per_intent`` of each intent (capped by the smallest).
+
+    Args:
+        per_intent: queries per intent, at least 2; None takes as many as the smallest intent has.
+        extra: paths of user .jsonl/.csv files whose ``category`` is each query's intent (a new intent or more
+            of a built-in one); group = ``"{path}:{subcategory or category}"``.
+        seed: the sampling seed; queries are drawn evenly across each intent's groups.
+
+    Returns:
+        ``LabelledQuery`` items (``item``, ``intent``, ``group``), intent by intent.
+
+    Raises:
+        ToolkitError: ``per_intent`` below 2, or an ``extra`` file that is missing or malformed.
+    """
     pools: dict[str, list[LabelledQuery]] = {
         "knowledge": [LabelledQuery(item, "knowledge", f"mmlu:{item.subcategory}") for item in load_dataset("mmlu")],
         "generation": [LabelledQuery(item, "generation", f"mtbench:{item.category}") for item in _mtbench_turns()],

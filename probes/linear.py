@@ -28,6 +28,18 @@ PROBE_KINDS = ("logistic", "diff-means", "lda")
 
 @dataclass(frozen=True)
 class LinearProbe:
+    """A fitted linear probe in raw activation space: ``decision(x) = x @ weights.T + bias``.
+
+    ``predict(x)`` gives class names (a binary probe predicts ``classes[1]`` where its score is above 0, a
+    multi-class one the class of the largest score); ``direction`` is a binary probe's unit weight vector.
+
+    Args:
+        kind: ``logistic``, ``diff-means``, ``lda`` (or ``random-direction`` for the control).
+        classes: the class names, sorted; a binary probe's positive class is ``classes[1]``.
+        weights: ``[k, d]`` float array: one row per class, or a single row (k = 1) for two classes.
+        bias: ``[k]`` float array.
+    """
+
     kind: str
     classes: tuple[str, ...]
     weights: Float[np.ndarray, "k d"]  # k = 1 for two classes (positive class = classes[1])
@@ -53,9 +65,22 @@ class LinearProbe:
 def fit_probe(kind: str, x: np.ndarray, y: Sequence[str], *, regularisation: float = 0.1, seed: int = 0) -> LinearProbe:
     """Fit a probe of ``kind`` to activations ``x`` [n, d] and labels ``y``.
 
-    ``regularisation`` is the logistic probe's inverse L2 strength on standardised features;
-    the default (0.1) is firm because probes here see a few hundred examples in hundreds of
-    dimensions."""
+    Args:
+        kind: ``logistic`` (L2 logistic regression on standardised features, folded back into raw-space
+            weights), ``diff-means`` (difference of class means; one-vs-rest for more classes) or ``lda``
+            (shrinkage LDA).
+        x: activations ``[n, d]`` (array-like; converted to float64).
+        y: one class label per row; two or more distinct labels.
+        regularisation: the logistic probe's inverse L2 strength on standardised features; the default (0.1)
+            is firm because probes here see a few hundred examples in hundreds of dimensions.
+        seed: the logistic solver's random state.
+
+    Returns:
+        the ``LinearProbe`` (classes sorted; one weight row for two classes, one per class otherwise).
+
+    Raises:
+        ToolkitError: an unknown kind, or fewer than two classes in ``y``.
+    """
     if kind not in PROBE_KINDS:
         raise ToolkitError(f"unknown probe {kind!r}: use one of {', '.join(PROBE_KINDS)}")
     x = np.asarray(x, dtype=np.float64)
@@ -122,7 +147,22 @@ def _auc(y: np.ndarray, scores: np.ndarray, classes: tuple[str, ...], weights: n
 
 
 def score_probe(probe: LinearProbe, x: np.ndarray, y: Sequence[str], *, n_resamples: int = 500, seed: int = 0) -> Score:
-    """Held-out accuracy and AUC with percentile-bootstrap 95% CIs (resampling test items)."""
+    """Held-out accuracy and AUC with percentile-bootstrap 95% CIs (resampling test items).
+
+    Args:
+        probe: the fitted probe.
+        x: test activations ``[n, d]``.
+        y: the test labels, one per row.
+        n_resamples: bootstrap resamples.
+        seed: the resampling seed.
+
+    Returns:
+        a ``Score`` with ``accuracy`` and ``auc`` estimates (binary AUC, or macro one-vs-rest AUC over softmax
+        class probabilities for more classes); ``Score.to_dict()`` gives table columns.
+
+    Raises:
+        ToolkitError: no test items.
+    """
     y = np.asarray(y)
     if len(y) == 0:
         raise ToolkitError("no test items to score the probe on")
@@ -159,13 +199,32 @@ def as_numpy(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def save_probe(path: str | Path, probe: LinearProbe, metadata: Mapping) -> Path:
-    """Write ``probe`` (weights, bias, kind and classes) with ``metadata`` as safetensors."""
+    """Write ``probe`` (weights, bias, kind and classes) with ``metadata`` as safetensors, atomically.
+
+    Args:
+        path: the ``.safetensors`` file to write.
+        probe: the probe.
+        metadata: JSON-serialisable facts to keep with it (its ``kind`` and ``classes`` are added).
+
+    Returns:
+        ``path``, as a ``Path``.
+    """
     return save_tensors(path, {"weights": probe.weights, "bias": probe.bias},
                         {**metadata, "kind": probe.kind, "classes": list(probe.classes)})
 
 
 def load_probe(path: str | Path) -> tuple[LinearProbe, dict]:
-    """``(probe, metadata)`` of a file written by ``save_probe``."""
+    """Read back a probe written by ``save_probe``.
+
+    Args:
+        path: the ``.safetensors`` file.
+
+    Returns:
+        ``(probe, metadata)``.
+
+    Raises:
+        ToolkitError: no readable toolkit file at ``path``, or one that holds no probe (e.g. a direction file).
+    """
     tensors, metadata = load_tensors(path)
     if "weights" not in tensors or "classes" not in metadata:
         raise ToolkitError(f"{path} holds no probe (weights and classes): it may be a direction file")

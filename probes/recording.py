@@ -32,7 +32,11 @@ _BEFORE_BLOCKS = ("hook_embed", "embed.hook_out")  # fire before block 0
 
 
 class HookDidNotFire(RuntimeError):
-    """A requested hook point was never reached during a forward pass."""
+    """A requested hook point was never reached during a forward pass (a ``RuntimeError``, not a ``ToolkitError``).
+
+    Args:
+        message: one line naming the hooks that did not fire.
+    """
 
 
 class _StopForward(Exception):
@@ -48,7 +52,18 @@ def layer_index(hook: str) -> int:
 
 
 def residual_hooks(model: TransformerBridge, layers: Sequence[int] | None = None) -> list[str]:
-    """Hook names of the residual stream after each block (``blocks.{i}.hook_out``)."""
+    """Hook names of the residual stream after each block (``blocks.{i}.hook_out``).
+
+    Args:
+        model: the bridged model.
+        layers: block indices, in the order wanted (default: every block, 0..n_layers-1).
+
+    Returns:
+        one hook name per layer, in the order given.
+
+    Raises:
+        ToolkitError: a layer outside 0..n_layers-1.
+    """
     n_layers = model.cfg.n_layers
     layers = range(n_layers) if layers is None else layers
     for layer in layers:
@@ -97,9 +112,29 @@ def record_activations(
 ) -> ActivationStore:
     """Record ``hooks`` (default: every block's residual output) at ``positions`` for ``prompts``.
 
-    ``positions``: "last" (last prompt token), "mean" (mean over the prompt's tokens) or "all".
-    ``extra_hooks`` are (name, fn) forward hooks applied during recording (e.g. an
-    intervention); they are part of the caller's ``metadata``, not checked here.
+    Re-running the same call resumes an interrupted store and gives the same files; a finished store is reused.
+
+    Args:
+        model, tokenizer: the bridged model and its tokenizer.
+        prompts: rendered prompts (``render``, ``render_items``).
+        out_dir: the store's directory: new, empty, or an earlier recording of the same call.
+        hooks: hook point names, each once (default: ``residual_hooks(model)``).
+        positions: "last" (last prompt token), "mean" (mean over the prompt's tokens) or "all" (every token).
+        batch_size: prompts per forward pass (length-sorted, right-padded).
+        shard_size: prompts per shard file.
+        overwrite: delete an earlier store at ``out_dir`` instead of resuming it (never a folder of other files).
+        progress: show a progress bar.
+        metadata: JSON-serialisable facts saved in the manifest; a resumed store must have the same.
+        extra_hooks: (name, fn) forward hooks applied during recording (e.g. an intervention); they are part
+            of the caller's ``metadata``, not checked here.
+
+    Returns:
+        the finished ``ActivationStore``.
+
+    Raises:
+        ToolkitError: unknown positions, no prompts, a shard size below 1, a bad or repeated hook name, an empty
+            prompt or one longer than the context, or an ``out_dir`` holding other files or a different recording.
+        HookDidNotFire: a requested hook did not run during a forward pass.
     """
     if positions not in POSITIONS:
         raise ToolkitError(f"unknown positions {positions!r}: use one of {', '.join(POSITIONS)}")

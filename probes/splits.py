@@ -40,7 +40,22 @@ def _groups_by_class(labels: Sequence[str], groups: Sequence[str]) -> dict[str, 
 
 
 def held_out_split(labels: Sequence[str], groups: Sequence[str], test_fraction: float = 0.3, seed: int = 0) -> Split:
-    """Hold out about ``test_fraction`` of each class's groups (at least one, never all)."""
+    """Hold out about ``test_fraction`` of each class's groups (at least one, never all).
+
+    A group shared by two classes goes wholly to one side.
+
+    Args:
+        labels: one class label per item.
+        groups: one group per item (e.g. ``"mmlu:anatomy"``): the unit moved to the test side whole.
+        test_fraction: the share of each class's groups to hold out (rounded; at least one, never all).
+        seed: the seed that picks the held-out groups.
+
+    Returns:
+        a ``Split``: ``train`` and ``test`` index arrays into the items (sorted) and the held-out ``test_groups``.
+
+    Raises:
+        ToolkitError: ``labels`` and ``groups`` differ in length, or a class has a single group.
+    """
     if len(labels) != len(groups):
         raise ToolkitError("labels and groups must have one entry per item")
     rng = np.random.default_rng(seed)
@@ -59,7 +74,17 @@ def held_out_split(labels: Sequence[str], groups: Sequence[str], test_fraction: 
 
 
 def in_distribution_split(labels: Sequence[str], indices: np.ndarray, test_fraction: float = 0.3, seed: int = 0) -> Split:
-    """A random split of ``indices``, stratified by class."""
+    """A random split of ``indices``, stratified by class.
+
+    Args:
+        labels: one class label per item (indexed by the entries of ``indices``).
+        indices: the items to split (e.g. a held-out split's ``train``).
+        test_fraction: the share of each class to put on the test side (rounded, at least one item).
+        seed: the shuffling seed.
+
+    Returns:
+        a ``Split`` with sorted ``train`` and ``test`` index arrays and no ``test_groups``.
+    """
     rng = np.random.default_rng(seed)
     train, test = [], []
     by_class: dict[str, list[int]] = defaultdict(list)

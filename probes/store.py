@@ -32,7 +32,16 @@ def shard_name(index: int) -> str:
 
 
 class ActivationStore:
-    """Read a recorded store: ``store.load("blocks.3.hook_out")`` gives every prompt's vectors."""
+    """Read a recorded store: ``store.load("blocks.3.hook_out")`` gives every prompt's vectors.
+
+    ``hooks``, ``positions``, ``prompts`` (one metadata dict per prompt) and ``complete`` read the manifest.
+
+    Args:
+        path: the store's directory (written by ``record_activations``).
+
+    Raises:
+        ToolkitError: the directory has no manifest, a corrupt one, or one of another format.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -66,7 +75,18 @@ class ActivationStore:
         return len(self.manifest["prompts"])
 
     def load(self, hook: str) -> Float[torch.Tensor, "rows d_model"]:
-        """All rows of ``hook`` in prompt order (tokens in prompt order for positions="all")."""
+        """All rows of ``hook`` in prompt order (tokens in prompt order for positions="all").
+
+        Args:
+            hook: a recorded hook name, e.g. ``"blocks.3.hook_out"``.
+
+        Returns:
+            a float32 tensor: ``[n_prompts, d]`` for positions "last" or "mean"; ``[n_tokens, d]`` (every prompt's
+            tokens, concatenated) for "all", where ``offsets()`` marks each prompt's rows.
+
+        Raises:
+            ToolkitError: ``hook`` was not recorded, or the recording is unfinished.
+        """
         if hook not in self.manifest["hooks"]:
             raise ToolkitError(f"hook {hook!r} was not recorded in {self.path}; recorded: {', '.join(self.hooks[:4])}, ...")
         if not self.complete:
@@ -74,7 +94,14 @@ class ActivationStore:
         return torch.cat([load_file(self.path / shard["file"])[hook] for shard in self.manifest["shards"]])
 
     def offsets(self) -> torch.Tensor:
-        """For positions="all": row offsets of each prompt in ``load(hook)`` (length n + 1)."""
+        """For positions="all": row offsets of each prompt in ``load(hook)``.
+
+        Returns:
+            a long tensor ``[n_prompts + 1]``: prompt ``i`` holds rows ``offsets[i]:offsets[i + 1]``.
+
+        Raises:
+            ToolkitError: the store was recorded with positions "last" or "mean".
+        """
         if self.positions != "all":
             raise ToolkitError(f"offsets exist only for positions='all'; this store has {self.positions!r}")
         counts = torch.tensor([prompt["n_tokens"] for prompt in self.manifest["prompts"]])

@@ -3,7 +3,8 @@
 Multiple-choice items are scored by log-likelihood (accuracy, with the chance level and the
 per-item margin of the correct option); other items are answered by generation and checked
 with the refusal rule. Both go through the task machinery of ``interventions.measure.tasks``
-(an unregistered task built from the arguments), as the study and ``prism compare`` do. Every mean comes with its n and a bootstrap 95% confidence interval.
+(an unregistered task built from the arguments), as the study and ``prism compare`` do. Every
+mean comes with its n and a bootstrap 95% confidence interval.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def evaluate(
         condition: the persona condition every prompt is rendered under.
         scoring: ``letter`` (options listed, letters scored) or ``cloze`` (option texts scored).
         answer_prefix: text that opens the assistant turn when scoring.
-        normalise: cloze score normalisation (default: none for letter, tokens for cloze).
+        normalise: score normalisation, ``none``, ``tokens`` or ``chars`` (default: none for letter, tokens for cloze).
         max_new_tokens: generation length for open items.
         batch_size: prompts per forward pass.
         personas: a persona library in place of the built-in one.
@@ -60,6 +61,10 @@ def evaluate(
     Returns:
         a JSON-ready dict: the settings, ``summary`` (mean, 95% CI, n), ``by_category`` and
         per-item rows (``items``); multiple choice adds the chance level and the mean margin.
+
+    Raises:
+        ToolkitError: no items, a mix of multiple-choice and open items, an unknown scoring mode or
+            normalisation, or a prompt longer than the model's context.
     """
     if not items:
         raise ToolkitError("no items to evaluate")

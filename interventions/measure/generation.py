@@ -32,7 +32,25 @@ def generate(
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[str]:
-    """Responses to ``prompts``; ``temperature=0`` is greedy, otherwise sampling with ``seed``."""
+    """Responses to ``prompts``; ``temperature=0`` is greedy, otherwise sampling with ``seed``.
+
+    Args:
+        model, tokenizer: the bridged model and its tokenizer.
+        prompts: rendered prompts (``render``, ``render_items``).
+        max_new_tokens: the most tokens generated per prompt (generation also stops at EOS).
+        temperature: 0 for greedy decoding; above 0, the sampling temperature.
+        top_p: nucleus sampling's probability mass (sampling only).
+        seed: the sampling seed (batch ``k`` seeds torch's global generator with ``seed + k``).
+        batch_size: prompts per batch (length-sorted, left-padded).
+        progress: show a progress bar.
+
+    Returns:
+        one response per prompt, in order: the generated text only, special tokens dropped, whitespace stripped.
+
+    Raises:
+        ToolkitError: ``max_new_tokens`` below 1, a negative temperature, or a prompt that with ``max_new_tokens``
+            exceeds the model's context.
+    """
     if max_new_tokens < 1:
         raise ToolkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0:

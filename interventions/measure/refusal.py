@@ -26,6 +26,15 @@ OPENING_CHARS = 200
 
 
 def is_refusal(response: str) -> bool:
+    """Whether ``response`` is a refusal under the keyword rule (see the module docstring).
+
+    Args:
+        response: the model's answer.
+
+    Returns:
+        True if its opening contains a ``REFUSAL_OPENERS`` marker or its text a ``REFUSAL_PHRASES`` phrase; an
+        empty response is never a refusal.
+    """
     text = response.lower().replace("\u2019", "'").strip()
     if not text:
         return False

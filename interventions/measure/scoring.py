@@ -66,8 +66,28 @@ def score_choices(
     Each context runs once; its key-value cache then serves every option (one short pass per
     option position), so four multi-token options cost about one context, not four. The
     passes go through the module the bridge wraps, so hooks added to the bridge fire.
-    ``share_prefix=False`` runs every context whole in its first pass (hooks that must see
-    the whole prompt at once, such as a routing gate, need that)."""
+
+    Args:
+        model, tokenizer: the bridged model and its tokenizer.
+        prompts: rendered prompts (for letter scoring they end with the answer prefix, e.g. "Answer:").
+        options: for each prompt, the continuation texts to score (e.g. ``[" A", " B"]``), each non-empty.
+        answers: for each prompt, the index of the correct option.
+        normalise: ``none`` (summed log-probability), ``tokens`` (divided by the option's token count) or
+            ``chars`` (divided by its stripped character count).
+        batch_size: prompts per forward pass.
+        share_prefix: run the tokens every context of a batch starts with once; ``False`` runs every context
+            whole in its first pass (hooks that must see the whole prompt at once, such as a routing gate, need that).
+        progress: show a progress bar.
+
+    Returns:
+        one ``ChoiceResult`` per prompt: ``logprobs`` (summed per option), ``scores`` (normalised), ``predicted``
+        (their argmax), ``answer``, and the properties ``correct`` and ``margin`` (correct score minus the best
+        wrong one).
+
+    Raises:
+        ToolkitError: an unknown normalisation, an option that tokenises to nothing, or a prompt plus option
+            longer than the model's context.
+    """
     if normalise not in NORMALISATIONS:
         raise ToolkitError(f"unknown normalisation {normalise!r}: use one of {', '.join(NORMALISATIONS)}")
     contexts = [encode(tokenizer, prompt) for prompt in prompts]

@@ -2,8 +2,8 @@
 
 ``summarise_study(directory)`` reads ``items.json`` and ``study.json`` and (re)writes
 ``cells.csv``, ``effects.csv``, ``effects_by_category.csv`` (each with a JSON twin),
-``judge_consistency.json``, ``figures/*.png`` and ``report.md``, and returns a ``StudySummary``. ``compare_models`` adds the
-cross-model placement figure for several study directories.
+``judge_consistency.json``, ``figures/*.png`` and ``report.md``, and returns a ``StudySummary``.
+``compare_models`` adds the cross-model placement figure for several study directories.
 """
 
 from __future__ import annotations
@@ -79,7 +79,10 @@ def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
         seed: bootstrap seed of the confidence intervals.
 
     Returns:
-        the tables and the report's findings.
+        the ``StudySummary``: the tables and the report's findings.
+
+    Raises:
+        ToolkitError: the directory holds no finished study (``study.json`` or ``items.json`` missing or malformed).
     """
     directory = Path(directory)
     settings, rows = load_study(directory)

@@ -60,7 +60,13 @@ def run_study(
         progress: show progress bars.
 
     Returns:
-        the tidy per-item rows (also written to ``items.json``).
+        the tidy per-item rows (also written to ``items.json``): one per (task, condition, item) that applies and
+        fits the context, with the condition, the persona and placement used, the item's metrics (and any
+        response and judge ratings).
+
+    Raises:
+        ToolkitError: an unknown budget, task or grid, ``items`` below 1, ``judge_url`` without ``judge_model``, an
+            ``out`` directory holding a study of another model, or a model that cannot be loaded.
     """
 
     plan = resolve_plan(budget, tasks, items, grid)

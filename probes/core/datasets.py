@@ -19,8 +19,18 @@ BUILTIN_DATASETS = ("mmlu", "capitals", "mtbench", "harmbench")
 
 
 def load_dataset(name: str) -> list[Item]:
-    """``"mmlu"`` (14,042), ``"capitals"`` (161), ``"mtbench"`` (80), ``"harmbench"`` (400),
-    or a .jsonl/.csv path."""
+    """Load a built-in benchmark or a user's own file as a list of items.
+
+    Args:
+        name: ``"mmlu"`` (14,042 items), ``"capitals"`` (161), ``"mtbench"`` (80), ``"harmbench"`` (400), or the path
+            of a .jsonl/.csv file (schema in ``probes.core.user_data``).
+
+    Returns:
+        the data set's items, in file order.
+
+    Raises:
+        ToolkitError: an unknown name, or a user file that is missing, empty or malformed.
+    """
     loaders = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench}
     if name in loaders:
         return loaders[name]()
@@ -202,8 +212,19 @@ def stratified_sample(items: Sequence[Item], n: int | None, seed: int = 0, by: s
     """Up to ``n`` items spread as evenly as possible across the values of ``by``.
 
     Each stratum is shuffled with ``seed`` and the strata are taken round-robin, so every
-    category gets the same share until it runs out. The result keeps the input order, and the
-    same arguments always give the same items. ``n=None`` returns every item.
+    category gets the same share until it runs out. The same arguments always give the same items.
+
+    Args:
+        items: the items to sample from.
+        n: how many to keep; None (or ``n >= len(items)``) returns every item.
+        seed: the shuffling seed.
+        by: the ``Item`` attribute whose values are the strata (default ``category``).
+
+    Returns:
+        the chosen items, in their input order.
+
+    Raises:
+        ToolkitError: ``n`` is zero or negative.
     """
     if n is None or n >= len(items):
         return list(items)

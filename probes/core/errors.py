@@ -2,4 +2,8 @@
 
 
 class ToolkitError(Exception):
-    """Bad input or a missing asset. The message is one line, meant to be printed as is."""
+    """Bad input or a missing asset: the error every public function raises for a user's mistake.
+
+    Args:
+        message: one line saying what is wrong and how to fix it, meant to be printed as is.
+    """

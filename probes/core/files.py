@@ -77,12 +77,12 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | np.ndarr
     """Write ``tensors`` and JSON-serialisable ``metadata`` atomically.
 
     Args:
-        path: the ``.safetensors`` file to write.
-        tensors: name -> tensor or array.
+        path: the ``.safetensors`` file to write (its folder is created).
+        tensors: name -> tensor or array (arrays become tensors of the same dtype).
         metadata: anything ``json.dumps`` accepts; stored sorted, so files are reproducible.
 
     Returns:
-        ``path``.
+        ``path``, as a ``Path``.
     """
     path = Path(path)
     as_torch = {name: torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).contiguous()
@@ -93,7 +93,17 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | np.ndarr
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors, metadata)`` of a file written by ``save_tensors``."""
+    """Read back a file written by ``save_tensors``.
+
+    Args:
+        path: the ``.safetensors`` file.
+
+    Returns:
+        ``(tensors, metadata)``: name -> tensor (on the CPU), and the metadata dict.
+
+    Raises:
+        ToolkitError: no file at ``path``, a file safetensors cannot read, or one without the toolkit's metadata.
+    """
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"no saved directions or probe at {path}: check the path")

@@ -11,7 +11,19 @@ LETTERS = "ABCDEFGHIJ"  # option letters of multiple-choice items, in order
 
 @dataclass(frozen=True)
 class Item:
-    """One benchmark item. ``turns`` holds every user turn, ``prompt`` is the first."""
+    """One benchmark item (a question, a request or a multi-turn conversation).
+
+    Args:
+        id: unique id within its data set, e.g. ``"mmlu/anatomy/3"`` or ``"capitals/FR"``.
+        source: the data set it came from (``mmlu``, ``capitals``, ``mtbench``, ``harmbench``, or a user file's stem).
+        prompt: the first user turn, the query text.
+        category: the grouping used for stratified sampling and per-category reports (MMLU: super-category).
+        subcategory: a finer grouping, or None (MMLU: subject; HarmBench: functional category).
+        choices: the option texts of a multiple-choice item, else None.
+        answer: 0-based index of the correct choice, else None.
+        turns: every user turn in order; ``prompt`` is the first.
+        meta: any other fields (e.g. ``answer_stem`` for cloze scoring); not part of equality or hashing.
+    """
 
     id: str
     source: str

@@ -37,7 +37,22 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 def load_model(
     name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32
 ) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
-    """Return ``(bridge, tokenizer)`` for ``name``; see ``VALID_FORMS`` for what ``name`` can be."""
+    """Load a model as a TransformerLens bridge, with its tokenizer, in eval mode.
+
+    Args:
+        name: ``"default"`` (the embedded SmolLM2-135M-Instruct), ``"gemma-3-270m"`` (needs the ``gemma`` extra), a
+            Hugging Face model id, a local model directory or a .gguf file (see ``VALID_FORMS``). GGUF files are
+            dequantised once into the cache.
+        dtype: the weights' dtype (default float32).
+
+    Returns:
+        ``(bridge, tokenizer)``; the tokenizer's pad token is set to EOS when it has none, and
+        ``bridge.cfg.model_name`` is the label every output records.
+
+    Raises:
+        ToolkitError: an empty or unknown name, a missing file, a directory without ``config.json``, a model that
+            cannot be loaded or read, or an architecture TransformerLens cannot wrap.
+    """
     directory, label = resolve_model_directory(name)
     return _bridge_from_directory(directory, label, dtype)
 

@@ -17,7 +17,15 @@ BUILTIN_FILE = "persona_library.json"
 
 @dataclass(frozen=True)
 class Persona:
-    """A persona: a name, the query category it is the expert for (if any), and its texts."""
+    """A persona: a name, the query category it is the expert for (if any), and its texts.
+
+    Args:
+        name: the library name (``"none"`` and ``"random"`` are reserved).
+        texts: persona text by length (``min``, ``short``, ``long``; at least one).
+        category: the query category it is the expert for, or None.
+        kind: ``"domain"`` (an expert; the random control draws from these) or another kind, e.g. behavioural.
+        source: where it was read from (``"builtin"`` or a file path); not part of equality.
+    """
 
     name: str
     texts: Mapping[str, str]
@@ -63,7 +71,18 @@ def load_personas(path: str | Path) -> dict[str, Persona]:
 
 
 def persona_library(extra_file: str | Path | None = None) -> dict[str, Persona]:
-    """Built-in personas, plus those in ``extra_file`` (which may override a built-in name)."""
+    """Built-in personas, plus those in ``extra_file`` (which may override a built-in name).
+
+    Args:
+        extra_file: a JSON file of user personas shaped like the built-in library (see ``load_personas``), or None.
+
+    Returns:
+        persona name -> ``Persona``, the built-in twelve first.
+
+    Raises:
+        ToolkitError: ``extra_file`` is missing, not valid JSON, or breaks the schema (no name, no text,
+            a reserved or repeated name).
+    """
     library = builtin_personas()
     if extra_file is not None:
         library.update(load_personas(extra_file))
@@ -71,6 +90,18 @@ def persona_library(extra_file: str | Path | None = None) -> dict[str, Persona]:
 
 
 def get_persona(name: str, library: Mapping[str, Persona] | None = None) -> Persona:
+    """Look up one persona by name.
+
+    Args:
+        name: the persona's library name.
+        library: persona name -> ``Persona`` (default: the built-in personas).
+
+    Returns:
+        the persona.
+
+    Raises:
+        ToolkitError: ``library`` has no persona called ``name``.
+    """
     library = builtin_personas() if library is None else library
     if name not in library:
         raise ToolkitError(f"unknown persona {name!r}: use one of {', '.join(library)}")

@@ -1,10 +1,6 @@
-"""Persona conditions, rendered through the model's own chat template.
+"""Persona conditions (which persona, at which length, in which placement), rendered through the model's chat template.
 
-A condition says which persona (or none), at which length, in which placement. "No persona"
-has two meanings and both are offered: ``base_system="empty"`` sends an explicit empty system
-message (the paper's No-Sys baseline); ``base_system="template"`` sends no system message, so a
-template such as SmolLM2's inserts its own default system prompt. The same choice fills the
-system slot whenever the persona is placed in the user message.
+"No persona" has two meanings and both are offered: see ``Condition``'s ``base_system``.
 """
 
 from __future__ import annotations
@@ -30,9 +26,19 @@ CATEGORY_ALIASES = {"STEM": "stem", "humanities": "humanities"}
 
 @dataclass(frozen=True)
 class Condition:
-    """One persona condition: ``persona`` is a library name, ``"none"``, ``"expert"`` (the
-    persona matched to the item's category) or ``"random"`` (a domain persona other than the
-    matched one, chosen per item)."""
+    """One persona condition: which persona (or none), at which length, in which placement.
+
+    Args:
+        persona: a library name, ``"none"``, ``"expert"`` (the persona matched to the item's category) or ``"random"``
+            (a domain persona other than the matched one, chosen per item).
+        length: the persona text's length: ``min``, ``short`` or ``long``.
+        placement: ``system`` (the system message) or ``user`` (before the query in the user message).
+        base_system: ``empty`` sends an explicit empty system message (the paper's No-Sys baseline), ``template`` none (so
+            a template such as SmolLM2's inserts its own default); it also fills the system slot of user placement.
+
+    Raises:
+        ToolkitError: an unknown length, placement or base system.
+    """
 
     persona: str = NO_PERSONA
     length: str = "min"
@@ -66,7 +72,15 @@ class Condition:
 
 @dataclass(frozen=True)
 class RenderedPrompt:
-    """A prompt as the model sees it, with what was actually done to build it."""
+    """A prompt as the model sees it, with what was actually done to build it.
+
+    Args:
+        text, condition: the rendered text (chat template applied, answer prefix appended) and its condition.
+        persona, placement: the persona used and where it went, after any fallback; None without a persona.
+        persona_span, query_span: ``(start, end)`` character spans in ``text`` of the persona text (or None) and query.
+        add_special_tokens: whether tokenising ``text`` must add BOS (False when the template wrote it).
+        item_id, messages: the item's id (or ""), and the ``(role, content)`` pairs ``text`` was rendered from.
+    """
 
     text: str
     condition: Condition
@@ -102,7 +116,22 @@ def render(
     answer_prefix: str = "",
     seed: int = 0,
 ) -> RenderedPrompt:
-    """Render ``query`` under ``condition``; ``answer_prefix`` begins the assistant turn."""
+    """Render ``query`` under ``condition`` through the tokenizer's chat template.
+
+    Args:
+        tokenizer: the model's tokenizer; a template without a system role gets the persona in the user message.
+        query, condition: the user's text and its persona condition (default: no persona, empty system message).
+        personas, seed: a persona library in place of the built-in one; the random persona's seed.
+        item_id, item_category: the item's id (recorded; it seeds the draw of the random persona) and category
+            (it picks the ``expert`` persona, and the ``random`` one avoids that match).
+        answer_prefix: text that begins the assistant turn (e.g. ``"Answer:"``).
+
+    Returns:
+        the ``RenderedPrompt`` (its ``placement`` says where the persona went after any fallback).
+
+    Raises:
+        ToolkitError: an empty query, an unknown persona or length, no expert for ``item_category``, no random persona.
+    """
     if not isinstance(query, str) or not query.strip():
         raise ToolkitError(f"empty prompt{f' (item {item_id})' if item_id else ''}: every query needs text")
     library = builtin_personas() if personas is None else personas
@@ -242,14 +271,20 @@ _SYSTEM_ROLE_SUPPORT: dict[str, bool] = {}
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, prompt: RenderedPrompt) -> list[int]:
-    """Token ids of a rendered prompt, with BOS only where the template did not write it."""
+    """Token ids of a rendered prompt, with BOS only where the template did not write it.
+
+    Args:
+        tokenizer, prompt: the rendered prompt and the tokenizer it was rendered with.
+
+    Returns:
+        the token ids, a list of ints.
+    """
     return tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
 
 
 def token_groups(tokenizer: PreTrainedTokenizerBase, prompt: RenderedPrompt) -> dict[str, list[int]]:
-    """Token positions of a rendered prompt by role: ``persona`` (the persona text), ``query``
-    (the query text), ``after_query`` (template and answer stem after the query) and ``final``
-    (the last token)."""
+    """Token positions of a rendered prompt by role: ``persona`` (the persona text), ``query`` (the query text),
+    ``after_query`` (template and answer stem after the query) and ``final`` (the last token)."""
     encoded = tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens, return_offsets_mapping=True)
     offsets = encoded["offset_mapping"]
     if not offsets:

@@ -54,8 +54,23 @@ def render_items(
 ) -> list[RenderedPrompt]:
     """Render each item's first turn under ``condition`` (options listed for letter scoring).
 
-    In cloze mode an item's own answer stem (``meta["answer_stem"]``, e.g. "The capital of
-    France is") begins the assistant turn in place of ``answer_prefix``."""
+    Args:
+        tokenizer: the model's tokenizer (its chat template renders the prompts).
+        items: the items; with ``scoring`` set, each must be multiple choice.
+        condition: the persona condition every prompt is rendered under.
+        scoring: ``letter`` (options listed as "A. ..."), ``cloze`` (the question alone), or None (the prompt as is).
+        answer_prefix: text that begins the assistant turn. In cloze mode an item's own answer stem
+            (``meta["answer_stem"]``, e.g. "The capital of France is") takes its place.
+        personas: a persona library in place of the built-in one.
+        seed: the random persona's seed.
+
+    Returns:
+        one ``RenderedPrompt`` per item, in order.
+
+    Raises:
+        ToolkitError: an unknown scoring mode, an item without choices when scoring, or a bad condition for an item
+            (see ``render``).
+    """
     return [
         render(
             tokenizer,

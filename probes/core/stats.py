@@ -33,8 +33,14 @@ QUANTILES_95 = (0.025, 0.975)  # the percentile 95% interval
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean (or difference, ratio, AUC...) with its percentile-bootstrap confidence interval
-    and the sample size."""
+    """A mean (or difference, ratio, AUC...) with its percentile-bootstrap confidence interval and the sample size.
+
+    Args:
+        mean: the point estimate.
+        low, high: the interval's bounds.
+        n: the sample size (items the bootstrap resampled).
+        confidence: the interval's coverage (default 0.95).
+    """
 
     mean: float
     low: float
@@ -136,7 +142,20 @@ def percentile_interval(resampled: np.ndarray, quantiles: Sequence[float] = QUAN
 def bootstrap_mean(
     values: Sequence[float], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> Estimate:
-    """Mean of ``values`` with a percentile bootstrap interval (resampling items)."""
+    """Mean of ``values`` with a percentile bootstrap interval (resampling items).
+
+    Args:
+        values: one number per item, a flat sequence.
+        n_resamples: bootstrap resamples.
+        confidence: the interval's coverage, strictly between 0 and 1.
+        seed: the resampling seed (the same seed draws the same resamples).
+
+    Returns:
+        the ``Estimate``: mean, interval, ``n = len(values)`` and ``confidence``.
+
+    Raises:
+        ToolkitError: no values (or not a flat sequence), or a confidence outside (0, 1).
+    """
     data = np.asarray(values, dtype=float)
     if data.ndim != 1 or data.size == 0:
         raise ToolkitError("cannot estimate a mean from no values")
@@ -150,7 +169,19 @@ def bootstrap_mean(
 def paired_difference(
     treated: Sequence[float], baseline: Sequence[float], n_resamples: int = 1000, seed: int = 0
 ) -> Estimate:
-    """Mean of ``treated - baseline`` over the same items, with a bootstrap interval."""
+    """Mean of ``treated - baseline`` over the same items, with a bootstrap 95% interval.
+
+    Args:
+        treated, baseline: one number per item each, aligned item by item.
+        n_resamples: bootstrap resamples (the pairs are resampled together).
+        seed: the resampling seed.
+
+    Returns:
+        the ``Estimate`` of the mean paired difference.
+
+    Raises:
+        ToolkitError: the two sequences differ in shape, or are empty.
+    """
     a, b = np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float)
     if a.shape != b.shape:
         raise ToolkitError(f"paired values must align item by item, got {a.size} and {b.size}")

@@ -14,16 +14,7 @@ persona-effect study (``interventions.study``) sit beside them.
     print(steering.record())
 """
 
-from interventions.hooks import (
-    AblateDirection,
-    AddDirection,
-    Intervention,
-    PatchActivations,
-    capture_residuals,
-    logit_lens,
-    logits_at,
-    residual_norms,
-)
+from interventions.hooks import AblateDirection, AddDirection, Intervention, PatchActivations
 from interventions.intervene import run_interventions
 from interventions.measure.evaluate import evaluate
 from interventions.measure.generation import generate
@@ -31,6 +22,7 @@ from interventions.measure.refusal import is_refusal
 from interventions.measure.scoring import score_choices
 from interventions.study.report import summarise_study
 from interventions.study.runner import run_study
+from probes.readouts import capture_residuals, logit_lens, logits_at, residual_norms
 
 __all__ = [
     "AblateDirection", "AddDirection", "Intervention", "PatchActivations", "capture_residuals", "evaluate", "generate",

@@ -28,21 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interventions.hooks import (
-    AblateDirection,
-    AddDirection,
-    PatchActivations,
-    capture_residuals,
-    final_residuals,
-    logit_lens,
-    logits_at,
-)
+from interventions.hooks import AblateDirection, AddDirection, PatchActivations
 from probes.core.batching import left_pad, positions_from_mask, right_pad, window_covers
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
 from probes.core.prompts import Condition, encode, token_groups
 from probes.core.rendering import render_items
 from probes.core.stats import Estimate, bootstrap_ratio
+from probes.readouts import capture_residuals, final_residuals, logit_lens, logits_at
 from probes.recording import HookDidNotFire
 
 GROUPS = ("query", "after_query", "final")

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from figures import interventions as plots
 from interventions import causal
-from interventions.hooks import AddDirection, residual_norms
+from interventions.hooks import AddDirection
 from interventions.measure.tasks import TASKS
 from interventions.summary import InterventionSummary
 from probes.core.batching import right_pad
@@ -22,6 +22,7 @@ from probes.core.files import atomic_path, save_figure, write_table
 from probes.core.models import load_model
 from probes.core.prompts import Condition
 from probes.core.stats import Estimate, bootstrap_correlation, bootstrap_mean, paired_difference
+from probes.readouts import residual_norms
 
 DEFAULT_MULTIPLES = (0.0, 0.5, 1.0, 2.0, 4.0)
 

@@ -16,10 +16,11 @@ working directory end to end (what ``prism bootstrap/train/route/compare`` call)
     print(routed.decisions)
 """
 
+from prism.adapters import active_adapter, load_adapter, save_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter
 from prism.bootstrap import BootstrapConfig, Sample, load_samples, run_bootstrap
 from prism.compare import CompareBudget, run_compare
-from prism.distill import DistillConfig, active_adapter, distill, load_adapter, save_adapter
+from prism.distill import DistillConfig, distill
 from prism.gate import Gate, fit_gate
 from prism.pipeline import BootstrapSummary, CompareSummary, TrainSummary
 from prism.routing import Routed, route_probabilities

@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 
 from interventions.measure.judge import SelfJudge, parse_rating
 from interventions.measure.tasks import TASKS, Task, judge_request
+from prism.adapters import active_adapter, load_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter
 from prism.compare_report import DATASETS, ROUTERS, format_table, summarise, write_outputs
-from prism.distill import active_adapter, load_adapter
 from prism.gate import Gate
 from prism.routing import Routed, route_probabilities
 from prism.train import GATED, UNGATED

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from interventions.measure.generation import generate
+from prism.adapters import load_adapter
 from prism.bootstrap import BootstrapConfig, run_bootstrap, summarise
 from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, format_table, resolve_budget, run_compare
-from prism.distill import DistillConfig, load_adapter
+from prism.distill import DistillConfig
 from prism.gate import Gate
 from prism.routing import Routed, route_probabilities
 from prism.train import GATED, run_training

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from prism.distill import active_adapter, adapter_layers
+from prism.adapters import active_adapter, adapter_layers
 from prism.gate import Gate, gate_features
 from probes.core.errors import ToolkitError
 from probes.recording import HookDidNotFire

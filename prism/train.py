@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from figures import prism as plots
-from interventions.hooks import final_residuals
+from prism.adapters import save_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter, balanced_threshold
 from prism.bootstrap import Sample, load_samples
-from prism.distill import DistillConfig, distill, save_adapter
+from prism.distill import DistillConfig, distill
 from prism.gate import (
     CHOSEN_FROM,
     READ_POSITIONS,
@@ -46,6 +46,7 @@ from probes.core.files import save_figure, save_tensors, write_json, write_table
 from probes.core.prompts import Condition, encode, render
 from probes.core.stats import bootstrap_auc
 from probes.intents import intent_queries
+from probes.readouts import final_residuals
 
 LABEL_SOURCES = ("bootstrap", "intents")
 GATED, UNGATED = "prism", "sft"

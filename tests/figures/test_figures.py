@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from figures import prism
+from figures import probes as probe_plots
 from figures import study as plots
 
 CATEGORIES = ("writing", "math", "coding")
@@ -83,8 +85,6 @@ def test_figures_say_so_when_there_is_nothing_to_draw():
 
 
 def test_probe_curves_show_every_kind_and_both_controls_per_split():
-    from figures import probes as probe_plots
-
     rows = []
     for split in ("held-out", "in-distribution"):
         for layer in (-1, 0, 1, 2):
@@ -111,8 +111,6 @@ def _system(name, value):
 
 
 def test_prism_comparison_draws_every_system_in_every_panel():
-    from figures import prism
-
     table = [_system("base", 50.0), _system("PRISM", 55.0), _system("expert prompt", 45.0)]
     fig = prism.comparison_bars(table)
     assert len(fig.axes) == 4
@@ -122,8 +120,6 @@ def test_prism_comparison_draws_every_system_in_every_panel():
 
 
 def test_route_rates_and_routing_vs_effect_figures():
-    from figures import prism
-
     rates = [{"system": s, "dataset": d, "route_rate": r, "n": 8}
              for s, r in (("base", 0.0), ("PRISM", 0.5), ("MiniLM -> LoRA", 0.9)) for d in ("capitals", "harmbench")]
     fig = prism.route_rates(rates)
@@ -136,8 +132,6 @@ def test_route_rates_and_routing_vs_effect_figures():
 
 
 def test_gate_sweep_plots_both_read_positions_with_controls():
-    from figures import prism
-
     rows = [{"layer": l, "position": p, "auc": 0.8, "auc_low": 0.7, "auc_high": 0.9, "shuffled_auc": 0.5,
              "random_auc": 0.55, "n_test": 30} for l in range(4) for p in ("last", "mean")]
     quality = {"embedding": {"auc": 0.85, "low": 0.75, "high": 0.95}, "self_classify": {"auc": 0.6, "low": 0.5, "high": 0.7}}

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from interventions.hooks import AblateDirection, AddDirection, PatchActivations, capture_residuals, logit_lens, residual_norms
+from interventions.causal import GROUPS, margins, paired_items, patching_sweep, persona_attention
+from interventions.hooks import AblateDirection, AddDirection, PatchActivations
+from interventions.intervene import run_interventions
 from probes.core.batching import right_pad
+from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
+from probes.core.prompts import Condition
+from probes.core.stats import bootstrap_correlation
+from probes.readouts import capture_residuals, logit_lens, logits_at, residual_norms
 from probes.recording import HookDidNotFire
 
 
@@ -124,8 +130,6 @@ def test_logit_lens_at_the_last_block_equals_the_model_output(batch):
 
 
 def test_logits_at_chosen_positions_equal_the_full_forward(batch):
-    from interventions.hooks import logits_at
-
     model, tokens = batch
     full = _logits(model, tokens)
     assert torch.allclose(logits_at(model, tokens, [3, 7]), full[torch.arange(2), torch.tensor([3, 7])], atol=1e-4)
@@ -139,8 +143,6 @@ def test_logits_at_chosen_positions_equal_the_full_forward(batch):
 
 def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_path):
     import json
-
-    from interventions.intervene import run_interventions
 
     out = tmp_path / "intervene"
     summary = run_interventions(out, model_name=tiny_llama_directory, n_items=8, layers=[0, 2], multiples=(0.0, 1.0),
@@ -163,18 +165,12 @@ def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_pa
 
 @pytest.fixture(scope="module")
 def paired(tiny):
-    from interventions.causal import paired_items
-    from probes.core.datasets import load_dataset, stratified_sample
-    from probes.core.prompts import Condition
-
     model, tokenizer = tiny
     items = stratified_sample(load_dataset("capitals"), 6, seed=0)
     return model, tokenizer, paired_items(tokenizer, items, Condition("random", "long", "system"))
 
 
 def test_patching_after_a_cached_prefix_equals_patching_whole_prompts(paired):
-    from interventions.causal import GROUPS, margins, patching_sweep
-
     model, tokenizer, items = paired
     assert len({len(p.target) for p in items}) > 1  # prompts of different lengths share a batch
     sweep = patching_sweep(model, tokenizer, items, [0, 2], batch_size=4, progress=False)
@@ -192,8 +188,6 @@ def test_patching_after_a_cached_prefix_equals_patching_whole_prompts(paired):
 def test_attention_to_the_persona_is_a_share_of_the_final_positions_attention(paired):
     from dataclasses import replace
 
-    from interventions.causal import persona_attention
-
     model, tokenizer, items = paired
     masses = persona_attention(model, tokenizer, items, batch_size=4)
     assert masses.shape == (model.cfg.n_layers, len(items))
@@ -204,8 +198,6 @@ def test_attention_to_the_persona_is_a_share_of_the_final_positions_attention(pa
 
 def test_bootstrap_correlation_matches_numpy_and_scipy():
     from scipy.stats import spearmanr
-
-    from probes.core.stats import bootstrap_correlation
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=60)
@@ -231,8 +223,6 @@ def test_mean_ablation_sets_the_projection_to_the_baseline(batch):
 
 
 def test_left_padded_margins_equal_right_padded_and_reach_the_answer_position(paired):
-    from interventions.causal import margins
-
     model, tokenizer, items = paired
     sources = [p.source for p in items]
     assert np.allclose(margins(model, tokenizer, sources, items), margins(model, tokenizer, sources, items, left_padded=True),

@@ -8,11 +8,16 @@ import torch
 
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
-from prism.bootstrap import Sample, clean_query, summarise
-from prism.distill import DistillConfig, active_adapter, adapter_layers, distill, distillation_loss, load_adapter, save_adapter
-from prism.gate import Gate, fit_gate, gate_features
+from prism import pipeline
+from prism.adapters import active_adapter, adapter_layers, attach_adapter, load_adapter, save_adapter
+from prism.bootstrap import BootstrapConfig, Sample, clean_query, summarise
+from prism.compare import CompareBudget
+from prism.distill import DistillConfig, distill, distillation_loss
+from prism.gate import Gate, fit_gate, gate_features, template_tokens
 from prism.routing import Routed, route_probabilities
+from prism.train import labelled_prompts
 from probes.core.errors import ToolkitError
+from probes.core.files import save_tensors
 from probes.core.models import load_model
 from probes.core.prompts import Condition, encode, render
 from probes.splits import Split
@@ -46,9 +51,7 @@ def test_the_teacher_keeps_its_persona_and_distillation_closes_the_gap(tiny_llam
     model, tokenizer = load_model(tiny_llama_directory)
     sample = _samples(1)[0]
     config = DistillConfig(epochs=6, learning_rate=2e-3)
-    from prism.distill import attach_adapter
-
-    attach_adapter(model, "probe", config)  # untrained: lora_B starts at zero, the student is the plain model
+    attach_adapter(model, "probe", rank=config.rank, alpha=config.alpha, first_block=config.first_block, seed=config.seed)  # untrained: lora_B starts at zero, the student is the plain model
     with active_adapter(model, "probe"):
         untrained = distillation_loss(model, tokenizer, sample, config)
     assert untrained > 1e-4  # the teacher saw the persona; the student did not
@@ -102,8 +105,6 @@ def test_damaged_or_mismatched_adapters_fail_with_one_line(trained, tiny_llama_d
 
 
 def test_gates_round_trip_and_reject_other_files(trained, tmp_path):
-    from probes.core.files import save_tensors
-
     _, _, gate, _ = trained
     gate.save(tmp_path / "gate.safetensors")
     loaded = Gate.load(tmp_path / "gate.safetensors")
@@ -222,10 +223,6 @@ def test_given_decisions_route_rows_without_the_gates_verdict(trained):
 
 
 def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path):
-    from prism import pipeline
-    from prism.bootstrap import BootstrapConfig
-    from prism.compare import CompareBudget
-
     out = tmp_path / "prism"
     config = BootstrapConfig(queries_per_persona=2, query_tokens=12, answer_tokens=8)
     summary = pipeline.bootstrap(out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "critic"],
@@ -253,8 +250,6 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
 
 @pytest.mark.parametrize("position", ["mean", "query"])
 def test_mean_read_outs_in_the_answering_pass_match_the_partial_pass(trained, position, tmp_path):
-    from prism.gate import template_tokens
-
     model, tokenizer, _, _ = trained
     x = gate_features(model, tokenizer, QUERIES, [0], position, tmp_path, progress=False)[0]
     gate, _ = fit_gate(x, np.array([0, 1, 0, 1, 0, 1]), Split(np.arange(6), np.arange(6)), layer=0, position=position,
@@ -271,8 +266,6 @@ def test_mean_read_outs_in_the_answering_pass_match_the_partial_pass(trained, po
 
 
 def test_extra_knowledge_queries_join_the_intent_labels(tmp_path):
-    from prism.train import labelled_prompts
-
     extra = tmp_path / "facts.jsonl"
     rows = [{"id": f"f{i}", "prompt": f"What is the capital of country number {i}?", "category": "knowledge",
              "subcategory": f"country-{i}"} for i in range(40)]

@@ -20,6 +20,7 @@ from probes.linear import (
     shuffled_label_control,
 )
 from probes.splits import balance, held_out_split, in_distribution_split
+from probes.study import run_probe_study
 
 
 def _planted(n=400, d=64, strength=2.0, seed=0):
@@ -125,8 +126,6 @@ def test_persona_direction_statistics():
 
 
 def test_probe_study_end_to_end_on_a_tiny_model(tiny_llama_directory, tmp_path):
-    from probes.study import run_probe_study
-
     out = tmp_path / "probe"
     summary = run_probe_study(out, model_name=tiny_llama_directory, per_intent=24, personas=["math", "writing"],
                               persona_lengths=["min", "long"], persona_queries=6, kinds=["logistic", "diff-means"],

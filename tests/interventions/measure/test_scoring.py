@@ -2,10 +2,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import interventions.measure.scoring as scoring
 from interventions.measure.evaluate import evaluate
 from interventions.measure.scoring import score_choices
+from probes.core.datasets import load_dataset
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
+from probes.core.models import load_model
 from probes.core.prompts import Condition, encode, render
 from probes.core.rendering import continuations, question_text
 
@@ -99,7 +102,6 @@ def test_text_longer_than_the_context_is_refused(tiny):
 def test_shared_context_scoring_matches_full_sequences_with_a_sliding_window(tiny_gemma_directory):
     """Gemma-3 keeps sliding-window layers in its cache; options scored after the cached
     context must equal scoring each full sequence, also past the window (32 tokens here)."""
-    from probes.core.models import load_model
 
     bridge, tokenizer = load_model(tiny_gemma_directory)
     reference = AutoModelForCausalLM.from_pretrained(tiny_gemma_directory).eval()
@@ -114,9 +116,6 @@ def test_shared_context_scoring_matches_full_sequences_with_a_sliding_window(tin
 
 
 def test_shared_persona_prefix_runs_once_and_changes_no_score(smol, monkeypatch):
-    import interventions.measure.scoring as scoring
-    from probes.core.datasets import load_dataset
-
     bridge, tokenizer = smol
     items = load_dataset("capitals")[:6]
     prompts = [render(tokenizer, item.prompt, Condition("humanities", "long", "system"),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from interventions.study.report import summarise_study
-from interventions.study.runner import run_study
+from interventions.study.runner import Budget, run_study
 from probes.core.errors import ToolkitError
 
 
@@ -47,8 +47,6 @@ def test_study_resumes_without_redoing_finished_work(tiny_llama_directory, tmp_p
 
 
 def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny_llama_directory, tmp_path):
-    from interventions.study.runner import Budget
-
     budget = Budget(items={"mtbench": 2}, grid="smoke", max_new_tokens={"mtbench": 4}, turns=2, judge_seeds=(0,))
     rows = run_study(tmp_path / "s", model_name=tiny_llama_directory, budget=budget, progress=False)
     two_turns = [row for row in rows if "turn2_key" in row]

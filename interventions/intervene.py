@@ -18,7 +18,7 @@ from interventions.measure.tasks import TASKS
 from interventions.summary import InterventionSummary
 from probes.core.batching import right_pad
 from probes.core.errors import ToolkitError
-from probes.core.files import atomic_path, save_figure, write_table
+from probes.core.files import save_figure, write_table, write_text
 from probes.core.models import load_model
 from probes.core.prompts import Condition
 from probes.core.stats import Estimate, bootstrap_correlation, bootstrap_mean, paired_difference
@@ -131,11 +131,11 @@ def run_interventions(
     summary["refusal"] = refusal
 
     curves = causal.lens_curves(model, tokenizer, items, batch_size)
-    (out / "logit_lens.json").write_text(json.dumps({k: v.tolist() for k, v in curves.items()}) + "\n", encoding="utf-8")
+    write_text(out / "logit_lens.json", json.dumps({k: v.tolist() for k, v in curves.items()}) + "\n")
     summary.update(steering_layer=steer_layer, natural_scale=natural, steering=steering, ablation=ablation)
     figures = _figures(out, patching, steering, ablation, curves, attention, refusal)
     _report(out, summary, patching, steering, ablation, curves, figures)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return InterventionSummary.from_record(out, summary)
 
 
@@ -292,8 +292,7 @@ def _report(out: Path, summary, patching, steering, ablation, curves, figures) -
               "be restored to undo the damage (causal, for these items); steering and ablation test whether one "
               "direction carries it; none of this shows the persona is read by a particular attention head.", "",
               "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
-    with atomic_path(out / "report.md") as partial:
-        Path(partial).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
 def _say(message: str) -> None:

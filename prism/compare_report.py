@@ -16,7 +16,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from figures import prism as plots
 from prism.workdir import PrismDirectory
-from probes.core.files import save_figure, write_json, write_table
+from probes.core.files import save_figure, write_json, write_table, write_text
 from probes.core.stats import (
     Estimate,
     bootstrap_correlation,
@@ -198,4 +198,4 @@ def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -
         else:
             lines += ["", lead + "undefined: the route share or the persona's effect is the same in every category."]
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
-    work.report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(work.report, "\n".join(lines) + "\n")

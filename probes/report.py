@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from figures import probes as plots
-from probes.core.files import atomic_path, save_figure
+from probes.core.files import save_figure, write_text
 from probes.core.stats import Estimate
 from probes.directions import cosine_matrix
 from probes.intents import INTENTS, POSITIONS, TARGETS, target_classes
@@ -86,8 +86,7 @@ def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, 
             written.append(_save(plots.persona_norms(persona["rows"], position), figures_dir / f"persona_norms_{position}.png"))
 
     text = _report(rows, persona, summary, hooks, middle, early_layer, written)
-    with atomic_path(out / "report.md") as partial:
-        Path(partial).write_text(text, encoding="utf-8")
+    write_text(out / "report.md", text)
     return out / "report.md"
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from probes.core.errors import ToolkitError
-from probes.core.files import save_tensors, write_table
+from probes.core.files import save_tensors, write_table, write_text
 from probes.core.models import load_model
 from probes.core.personas import LENGTHS, builtin_personas
 from probes.core.prompts import Condition, render
@@ -220,7 +220,7 @@ def run_probe_study(
     summary["personas"] = persona["summary"]
 
     write_probe_report(out, rows, persona, activations, queries, persona_set, directions_by_position, hooks, summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return ProbeSummary.from_record(out, summary)
 
 

@@ -17,7 +17,7 @@ from figures import study as plots
 from interventions.measure.tasks import TASKS
 from interventions.study.effects import cell_table, effect_table, judge_consistency
 from probes.core.errors import ToolkitError
-from probes.core.files import atomic_path, save_figure, write_json, write_table
+from probes.core.files import save_figure, write_json, write_table, write_text
 from probes.core.stats import Estimate
 from probes.core.summary import Summary
 
@@ -98,8 +98,7 @@ def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
     figures = _write_figures(directory / "figures", tables, settings)
     fell_back = any(row.get("placement") == "system" and row.get("placement_used") == "user" for row in rows)
     report = study_report(settings, tables, consistency, figures, system_fell_back=fell_back)
-    with atomic_path(directory / "report.md") as partial:
-        Path(partial).write_text(report, encoding="utf-8")
+    write_text(directory / "report.md", report)
     return StudySummary(directory, settings["model"], tables["cells"], tables["effects"], tables["effects_by_category"],
                         consistency, tuple(_findings(tables["effects"], consistency)))
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from probes.core.errors import ToolkitError
 
-__all__ = ["atomic_path", "write_json", "write_table", "save_tensors", "load_tensors", "save_figure"]
+__all__ = ["atomic_path", "write_text", "write_json", "write_table", "save_tensors", "load_tensors", "save_figure"]
 
 METADATA_KEY = "prism"
 
@@ -44,6 +44,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8), atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(target: str | os.PathLike, payload: Any) -> None:

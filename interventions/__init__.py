@@ -14,18 +14,24 @@ persona-effect study (``interventions.study``) sit beside them.
     print(steering.record())
 """
 
-from interventions.hooks import AblateDirection, AddDirection, Intervention, PatchActivations
-from interventions.intervene import run_interventions
-from interventions.measure.evaluate import evaluate
-from interventions.measure.generation import generate
-from interventions.measure.refusal import is_refusal
-from interventions.measure.scoring import score_choices
-from interventions.study.report import summarise_study
-from interventions.study.runner import run_study
-from probes.readouts import capture_residuals, logit_lens, logits_at, residual_norms
+from probes.core.exports import lazy_exports
 
-__all__ = [
-    "AblateDirection", "AddDirection", "Intervention", "PatchActivations", "capture_residuals", "evaluate", "generate",
-    "is_refusal", "logit_lens", "logits_at", "residual_norms", "run_interventions", "run_study", "score_choices",
-    "summarise_study",
-]
+_ORIGINS = {
+    "AblateDirection": "interventions.hooks",
+    "AddDirection": "interventions.hooks",
+    "Intervention": "interventions.hooks",
+    "PatchActivations": "interventions.hooks",
+    "run_interventions": "interventions.intervene",
+    "evaluate": "interventions.measure.evaluate",
+    "generate": "interventions.measure.generation",
+    "is_refusal": "interventions.measure.refusal",
+    "score_choices": "interventions.measure.scoring",
+    "summarise_study": "interventions.study.report",
+    "run_study": "interventions.study.runner",
+    "capture_residuals": "probes.readouts",
+    "logit_lens": "probes.readouts",
+    "logits_at": "probes.readouts",
+    "residual_norms": "probes.readouts",
+}
+__all__ = sorted(_ORIGINS)
+__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)

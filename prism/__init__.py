@@ -16,19 +16,30 @@ working directory end to end (what ``prism bootstrap/train/route/compare`` call)
     print(routed.decisions)
 """
 
-from prism.adapters import active_adapter, load_adapter, save_adapter
-from prism.baselines import EmbeddingRouter, SelfClassifyRouter
-from prism.bootstrap import BootstrapConfig, Sample, load_samples, run_bootstrap
-from prism.compare import CompareBudget, run_compare
-from prism.distill import DistillConfig, distill
-from prism.gate import Gate, fit_gate
-from prism.pipeline import BootstrapSummary, CompareSummary, TrainSummary
-from prism.routing import Routed, route_probabilities
-from prism.train import run_training
-from prism.workdir import PrismDirectory
+from probes.core.exports import lazy_exports
 
-__all__ = [
-    "BootstrapConfig", "BootstrapSummary", "CompareBudget", "CompareSummary", "DistillConfig", "EmbeddingRouter", "Gate",
-    "PrismDirectory", "Routed", "Sample", "SelfClassifyRouter", "TrainSummary", "active_adapter", "distill", "fit_gate",
-    "load_adapter", "load_samples", "route_probabilities", "run_bootstrap", "run_compare", "run_training", "save_adapter",
-]
+_ORIGINS = {
+    "active_adapter": "prism.adapters",
+    "load_adapter": "prism.adapters",
+    "save_adapter": "prism.adapters",
+    "EmbeddingRouter": "prism.baselines",
+    "SelfClassifyRouter": "prism.baselines",
+    "BootstrapConfig": "prism.bootstrap",
+    "Sample": "prism.bootstrap",
+    "load_samples": "prism.bootstrap",
+    "run_bootstrap": "prism.bootstrap",
+    "CompareBudget": "prism.compare",
+    "run_compare": "prism.compare",
+    "DistillConfig": "prism.distill",
+    "Gate": "prism.gate",
+    "fit_gate": "prism.gate",
+    "BootstrapSummary": "prism.pipeline",
+    "CompareSummary": "prism.pipeline",
+    "TrainSummary": "prism.pipeline",
+    "Routed": "prism.routing",
+    "route_probabilities": "prism.routing",
+    "run_training": "prism.train",
+    "PrismDirectory": "prism.workdir",
+}
+__all__ = sorted(_ORIGINS)
+__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)

@@ -13,27 +13,42 @@ held-out splits and controls.
     store = record_activations(model, tokenizer, prompts, "runs/acts", hooks=["blocks.3.hook_out"], positions="last")
 """
 
-from probes.core.datasets import load_dataset, stratified_sample
-from probes.core.errors import ToolkitError
-from probes.core.files import load_tensors, save_tensors
-from probes.core.items import Item
-from probes.core.models import load_model
-from probes.core.personas import Persona, get_persona, persona_library
-from probes.core.prompts import Condition, RenderedPrompt, encode, render
-from probes.core.rendering import render_items
-from probes.core.stats import Estimate, bootstrap_mean, paired_difference
-from probes.directions import persona_differences, shared_structure
-from probes.intents import intent_queries
-from probes.linear import LinearProbe, fit_probe, load_probe, save_probe, score_probe
-from probes.recording import HookDidNotFire, record_activations, residual_hooks
-from probes.splits import held_out_split, in_distribution_split
-from probes.store import ActivationStore
-from probes.study import run_probe_study
+from probes.core.exports import lazy_exports
 
-__all__ = [
-    "ActivationStore", "Condition", "Estimate", "HookDidNotFire", "Item", "LinearProbe", "Persona", "RenderedPrompt",
-    "ToolkitError", "bootstrap_mean", "encode", "fit_probe", "get_persona", "held_out_split", "in_distribution_split",
-    "intent_queries", "load_dataset", "load_model", "load_probe", "load_tensors", "paired_difference",
-    "persona_differences", "persona_library", "record_activations", "render", "render_items", "residual_hooks",
-    "run_probe_study", "save_probe", "save_tensors", "score_probe", "shared_structure", "stratified_sample",
-]
+_ORIGINS = {
+    "load_dataset": "probes.core.datasets",
+    "stratified_sample": "probes.core.datasets",
+    "ToolkitError": "probes.core.errors",
+    "load_tensors": "probes.core.files",
+    "save_tensors": "probes.core.files",
+    "Item": "probes.core.items",
+    "load_model": "probes.core.models",
+    "Persona": "probes.core.personas",
+    "get_persona": "probes.core.personas",
+    "persona_library": "probes.core.personas",
+    "Condition": "probes.core.prompts",
+    "RenderedPrompt": "probes.core.prompts",
+    "encode": "probes.core.prompts",
+    "render": "probes.core.prompts",
+    "render_items": "probes.core.rendering",
+    "Estimate": "probes.core.stats",
+    "bootstrap_mean": "probes.core.stats",
+    "paired_difference": "probes.core.stats",
+    "persona_differences": "probes.directions",
+    "shared_structure": "probes.directions",
+    "intent_queries": "probes.intents",
+    "LinearProbe": "probes.linear",
+    "fit_probe": "probes.linear",
+    "load_probe": "probes.linear",
+    "save_probe": "probes.linear",
+    "score_probe": "probes.linear",
+    "HookDidNotFire": "probes.recording",
+    "record_activations": "probes.recording",
+    "residual_hooks": "probes.recording",
+    "held_out_split": "probes.splits",
+    "in_distribution_split": "probes.splits",
+    "ActivationStore": "probes.store",
+    "run_probe_study": "probes.study",
+}
+__all__ = sorted(_ORIGINS)
+__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)

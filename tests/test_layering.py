@@ -11,6 +11,7 @@ toolkit's own modules import the defining module, never a package's ``__init__``
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,18 @@ def test_no_module_is_longer_than_300_lines_unless_its_docstring_says_why():
         if text.count("\n") > 300 and "longer than 300 lines" not in (ast.get_docstring(ast.parse(text)) or ""):
             long.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
     assert not long, "modules over 300 lines: " + ", ".join(long)
+
+
+@pytest.mark.parametrize("package", ["probes", "interventions", "prism", "prism.cli"])
+def test_every_public_name_comes_from_the_module_its_package_names(package):
+    facade = importlib.import_module(package)
+    assert facade.__all__ and dir(facade) == sorted(facade.__all__)
+    submodules = {m.rsplit(".", 1)[1] for m in MODULES if "." in m and m.rsplit(".", 1)[0] == package}
+    assert not set(facade.__all__) & submodules, "a public name that is also a submodule's name is shadowed by it"
+    for name in facade.__all__:
+        value = getattr(facade, name)
+        origin = facade._ORIGINS[name]
+        assert origin in MODULES and getattr(importlib.import_module(origin), name) is value
+        assert getattr(value, "__module__", origin) == origin, f"{package}.{name} is defined in {value.__module__}, not {origin}"
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        facade.nothing_here

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prism import DistillConfig, Gate, PrismDirectory, Sample, distill, save_adapter
+from prism import DistillConfig, Gate, PrismDirectory, Sample, save_adapter
+from prism.distill import distill
 from probes import load_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"

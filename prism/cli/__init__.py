@@ -10,11 +10,19 @@ One module per command group, each declaring its ``Command`` values:
 
 ``options`` declares the shared options once (``--model``, ``--seed``, ``--out``,
 ``--batch-size`` and the persona options, with their one check); ``shell`` holds the registry,
-builds the parser from it and dispatches (``main``, the ``prism`` entry point).
+builds the parsers from it and dispatches (``main``, the ``prism`` entry point), importing a
+command group only when one of its commands runs.
 """
 
-from prism.cli.command import Command
-from prism.cli.demo import run_demo
-from prism.cli.shell import COMMANDS, build_parser, main
+from probes.core.exports import lazy_exports
 
-__all__ = ["COMMANDS", "Command", "build_parser", "main", "run_demo"]
+_ORIGINS = {
+    "COMMANDS": "prism.cli.shell",
+    "Command": "prism.cli.command",
+    "build_parser": "prism.cli.shell",
+    "load_command": "prism.cli.shell",
+    "main": "prism.cli.shell",
+    "run_demo": "prism.cli.demo",
+}
+__all__ = sorted(_ORIGINS)
+__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)

@@ -102,7 +102,4 @@ def run_demo_command(args: argparse.Namespace) -> Summary | None:
     return None
 
 
-COMMANDS = (
-    Command("demo", "run the toolkit's story end to end on the embedded model and print a summary",
-            add_demo_arguments, run_demo_command),
-)
+COMMANDS = (Command("demo", add_demo_arguments, run_demo_command),)

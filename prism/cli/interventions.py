@@ -44,7 +44,4 @@ def run_intervene(args: argparse.Namespace) -> Summary | None:
     return summary
 
 
-COMMANDS = (
-    Command("intervene", "causal tests on knowledge items: activation patching, steering, directional ablation, logit lens",
-            add_intervene_arguments, run_intervene),
-)
+COMMANDS = (Command("intervene", add_intervene_arguments, run_intervene),)

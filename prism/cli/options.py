@@ -98,7 +98,8 @@ def add_persona_options(parser: argparse.ArgumentParser, options: PersonaOptions
         group.add_argument("--base-system", default="empty", choices=BASE_SYSTEMS,
                            help="system slot when it holds no persona: an explicit empty message (default) or the template's own default")
         add_personas_file(group)
-    parser.set_defaults(persona_options=options)
+    # the shell runs a parser's ``checks`` after parsing, before the command (so before any model loads)
+    parser.set_defaults(persona_options=options, checks=(resolve_persona,))
 
 
 def resolve_persona(args: argparse.Namespace) -> None:

@@ -90,8 +90,6 @@ def run_probe(args: argparse.Namespace) -> Summary | None:
 
 
 COMMANDS = (
-    Command("record", "record activations under a persona condition into a resumable on-disk store",
-            add_record_arguments, run_record),
-    Command("probe", "probes and directions: where intent and persona live, layer by layer, with controls; "
-            "saves directions and probes", add_probe_arguments, run_probe),
+    Command("record", add_record_arguments, run_record),
+    Command("probe", add_probe_arguments, run_probe),
 )

@@ -17,7 +17,7 @@ from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
 from probes.core.summary import Summary
 
-FROM_DIRECTORY = ". No --model: the model is the one recorded in the PRISM working directory (--out) by `prism bootstrap`."
+FROM_DIRECTORY = "No --model: the model is the one recorded in the PRISM working directory (--out) by `prism bootstrap`."
 
 
 def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,20 +102,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compare(args: argparse.Namespace) -> Summary | None:
     """The Table-1 evaluation; print the comparison table."""
-    summary = pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed)
-    return summary
+    return pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed)
 
 
-BOOTSTRAP = "PRISM stages 1-3: the model writes queries per persona, answers with and without it, and judges both orders"
-TRAIN = ("PRISM: fit the probe gate (sweep over early blocks), distil the gated and ungated LoRA adapters, fit the baseline "
-         "routers")
-ROUTE = "answer prompts with PRISM routing, showing the gate's probability and decision for each"
-COMPARE = ("PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, probe-routed prompt and steering, baseline "
-           "routers")
 COMMANDS = (
-    Command("bootstrap", BOOTSTRAP, add_bootstrap_arguments, run_bootstrap,
-            f"{BOOTSTRAP}. The working directory (--out) records --model; train, route and compare read it from there."),
-    Command("train", TRAIN, add_train_arguments, run_train, TRAIN + FROM_DIRECTORY),
-    Command("route", ROUTE, add_route_arguments, run_route, ROUTE + FROM_DIRECTORY),
-    Command("compare", COMPARE, add_compare_arguments, run_compare, COMPARE + FROM_DIRECTORY),
+    Command("bootstrap", add_bootstrap_arguments, run_bootstrap,
+            "The working directory (--out) records --model; train, route and compare read it from there."),
+    Command("train", add_train_arguments, run_train, FROM_DIRECTORY),
+    Command("route", add_route_arguments, run_route, FROM_DIRECTORY),
+    Command("compare", add_compare_arguments, run_compare, FROM_DIRECTORY),
 )

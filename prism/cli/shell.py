@@ -1,45 +1,94 @@
-"""The ``prism`` command line: the registry of commands, the parser built from it, and ``main``.
+"""The ``prism`` command line: the registry of commands, the parsers built from it, and ``main``.
 
-Every command lives in a command-group module as a ``Command`` (name, help, ``add_arguments``,
-``run``); this module only collects them, builds one subparser per command, checks the persona
-options once and dispatches to the command's ``run``.
+The registry names every command with its one-line help and the command-group module that
+defines it (a ``Command``: options and the function that runs it). ``main`` reads the command's
+name, imports only that group (and the toolkit behind it: torch, TransformerLens), builds the
+command's parser, runs the checks its options registered (the persona's) and dispatches; ``prism --help`` imports
+nothing heavy.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Sequence
 
-import transformers
-
-from prism.cli import demo, interventions, probes, router, study
 from prism.cli.command import Command
-from prism.cli.options import resolve_persona
 from probes.core.errors import ToolkitError
 
 DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routing."
-GROUPS = (demo, study, probes, interventions, router)
-COMMANDS: dict[str, Command] = {command.name: command for group in GROUPS for command in group.COMMANDS}
 
 
-def build_parser(commands: Mapping[str, Command] = COMMANDS) -> argparse.ArgumentParser:
-    """The ``prism`` parser: one subparser per registered command.
+@dataclass(frozen=True)
+class Registered:
+    """A command in the registry: the group module that defines it, and its line in ``prism --help``."""
+
+    group: str
+    help: str
+
+
+COMMANDS: dict[str, Registered] = {
+    "demo": Registered("prism.cli.demo", "run the toolkit's story end to end on the embedded model and print a summary"),
+    "evaluate": Registered("prism.cli.study", "score one persona condition on a data set; write per-item JSON with a 95% CI"),
+    "personas": Registered("prism.cli.study", "list the persona library (built-in and from a file)"),
+    "study": Registered("prism.cli.study", "the persona-effect study: every task under a grid of persona conditions, with "
+                                           "tables, figures and a report (resumable)"),
+    "report": Registered("prism.cli.study", "rewrite the tables, figures and report of finished study directories "
+                                            "(and compare models)"),
+    "record": Registered("prism.cli.probes", "record activations under a persona condition into a resumable on-disk store"),
+    "probe": Registered("prism.cli.probes", "probes and directions: where intent and persona live, layer by layer, with "
+                                            "controls; saves directions and probes"),
+    "intervene": Registered("prism.cli.interventions", "causal tests on knowledge items: activation patching, steering, "
+                                                       "directional ablation, logit lens"),
+    "bootstrap": Registered("prism.cli.router", "PRISM stages 1-3: the model writes queries per persona, answers with "
+                                                "and without it, and judges both orders"),
+    "train": Registered("prism.cli.router", "PRISM: fit the probe gate (sweep over early blocks), distil the gated and "
+                                            "ungated LoRA adapters, fit the baseline routers"),
+    "route": Registered("prism.cli.router", "answer prompts with PRISM routing, showing the gate's probability and "
+                                            "decision for each"),
+    "compare": Registered("prism.cli.router", "PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, "
+                                              "probe-routed prompt and steering, baseline routers"),
+}
+
+
+def load_command(name: str) -> Command:
+    """The ``Command`` registered as ``name``, importing its command-group module.
 
     Args:
-        commands: the registry, name -> ``Command`` (default: every command).
+        name: a key of ``COMMANDS``.
+
+    Returns:
+        the command's definition (options and the function that runs it).
+    """
+    group = import_module(COMMANDS[name].group)
+    return next(command for command in group.COMMANDS if command.name == name)
+
+
+def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``prism`` parser with the full options of ``names`` (default: every command).
+
+    Args:
+        names: the commands whose options to declare; the others get their help line only (no
+            group module is imported for them).
 
     Returns:
         the parser; ``args.command`` names the chosen command.
     """
+    names = list(COMMANDS) if names is None else names
     parser = argparse.ArgumentParser(prog="prism", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in commands.values():
+    for name, registered in COMMANDS.items():
         # argparse %-formats a subcommand's help (for %(prog)s and the like), but a description
         # only when it contains "%(prog)": escape the one, pass the other as written.
-        command.add_arguments(sub.add_parser(command.name, help=command.help.replace("%", "%%"),
-                                             description=command.description or command.help))
+        command = load_command(name) if name in names else None
+        description = registered.help + (f". {command.description}" if command and command.description else "")
+        subparser = sub.add_parser(name, help=registered.help.replace("%", "%%"), description=description)
+        if command is not None:
+            command.add_arguments(subparser)
     return parser
 
 
@@ -53,12 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         the exit status: 0 on success, 2 on a usage or input error (one line on stderr,
         ``prism COMMAND: error: ...``), 130 when interrupted.
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = [argv[0]] if argv and argv[0] in COMMANDS else []
+    _quiet_transformers()  # before the command's group imports transformers
+    args = build_parser(chosen).parse_args(argv)
     try:
-        resolve_persona(args)  # before any command runs, so before any model loads
-        _quiet_transformers()
+        command = load_command(args.command)
+        for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
+            check(args)
         start = time.perf_counter()
-        summary = COMMANDS[args.command].run(args)
+        summary = command.run(args)
         if summary is not None:
             print(summary.format())
             if getattr(summary, "report", None) is not None:
@@ -76,5 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_transformers() -> None:
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    """transformers' warnings and progress bars off, as the library reads them when it loads."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

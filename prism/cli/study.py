@@ -130,11 +130,8 @@ def run_report(args: argparse.Namespace) -> Summary | None:
 
 
 COMMANDS = (
-    Command("evaluate", "score one persona condition on a data set; write per-item JSON with a 95% CI",
-            add_evaluate_arguments, run_evaluate),
-    Command("personas", "list the persona library (built-in and from a file)", add_personas_arguments, run_personas),
-    Command("study", "the persona-effect study: every task under a grid of persona conditions, with tables, figures and a "
-            "report (resumable)", add_study_arguments, run_study_command),
-    Command("report", "rewrite the tables, figures and report of finished study directories (and compare models)",
-            add_report_arguments, run_report),
+    Command("evaluate", add_evaluate_arguments, run_evaluate),
+    Command("personas", add_personas_arguments, run_personas),
+    Command("study", add_study_arguments, run_study_command),
+    Command("report", add_report_arguments, run_report),
 )

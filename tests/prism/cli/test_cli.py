@@ -13,7 +13,7 @@ import probes.core.models
 import probes.study
 from interventions.study.report import StudySummary
 from interventions.summary import InterventionSummary, Patch
-from prism.cli import COMMANDS, build_parser, main, run_demo
+from prism.cli import COMMANDS, build_parser, load_command, main, run_demo
 from prism.compare import format_table
 from prism.pipeline import BootstrapSummary, CompareSummary, TrainSummary, WinRate
 from probes.core.stats import Estimate
@@ -100,7 +100,7 @@ ALL_COMMANDS = {"demo", "evaluate", "record", "personas", "study", "report", "pr
 
 
 def test_the_registry_holds_every_command_and_each_help_works(capsys):
-    assert set(COMMANDS) == ALL_COMMANDS and all(name == command.name for name, command in COMMANDS.items())
+    assert set(COMMANDS) == ALL_COMMANDS and all(load_command(name).name == name for name in COMMANDS)
     pages = {}
     for name in COMMANDS:
         with pytest.raises(SystemExit) as exit:
@@ -237,3 +237,12 @@ def test_study_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert "holds no finished study" in error and len(error.splitlines()) == 1
+
+
+def test_prism_help_imports_no_command_group_and_no_torch():
+    code = ("import sys; from prism.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [name for name in ('torch', 'transformers', 'transformer_lens', 'prism.cli.study') if name in sys.modules]\n"
+            "print('loaded:', heavy)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage: prism" in shown and "loaded: []" in shown

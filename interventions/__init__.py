@@ -16,22 +16,14 @@ persona-effect study (``interventions.study``) sit beside them.
 
 from probes.core.exports import lazy_exports
 
-_ORIGINS = {
-    "AblateDirection": "interventions.hooks",
-    "AddDirection": "interventions.hooks",
-    "Intervention": "interventions.hooks",
-    "PatchActivations": "interventions.hooks",
-    "run_interventions": "interventions.intervene",
-    "evaluate": "interventions.measure.evaluate",
-    "generate": "interventions.measure.generation",
-    "is_refusal": "interventions.measure.refusal",
-    "score_choices": "interventions.measure.scoring",
-    "summarise_study": "interventions.study.report",
-    "run_study": "interventions.study.runner",
-    "capture_residuals": "probes.readouts",
-    "logit_lens": "probes.readouts",
-    "logits_at": "probes.readouts",
-    "residual_norms": "probes.readouts",
-}
-__all__ = sorted(_ORIGINS)
-__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "interventions.hooks": ("AblateDirection", "AddDirection", "Intervention", "PatchActivations"),
+    "interventions.intervene": ("run_interventions",),
+    "interventions.measure.evaluate": ("evaluate",),
+    "interventions.measure.generation": ("generate",),
+    "interventions.measure.refusal": ("is_refusal",),
+    "interventions.measure.scoring": ("score_choices",),
+    "interventions.study.report": ("summarise_study",),
+    "interventions.study.runner": ("run_study",),
+    "probes.readouts": ("capture_residuals", "logit_lens", "logits_at", "residual_norms"),
+})

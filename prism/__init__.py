@@ -18,28 +18,15 @@ working directory end to end (what ``prism bootstrap/train/route/compare`` call)
 
 from probes.core.exports import lazy_exports
 
-_ORIGINS = {
-    "active_adapter": "prism.adapters",
-    "load_adapter": "prism.adapters",
-    "save_adapter": "prism.adapters",
-    "EmbeddingRouter": "prism.baselines",
-    "SelfClassifyRouter": "prism.baselines",
-    "BootstrapConfig": "prism.bootstrap",
-    "Sample": "prism.bootstrap",
-    "load_samples": "prism.bootstrap",
-    "run_bootstrap": "prism.bootstrap",
-    "CompareBudget": "prism.compare",
-    "run_compare": "prism.compare",
-    "DistillConfig": "prism.distill",
-    "Gate": "prism.gate",
-    "fit_gate": "prism.gate",
-    "BootstrapSummary": "prism.pipeline",
-    "CompareSummary": "prism.pipeline",
-    "TrainSummary": "prism.pipeline",
-    "Routed": "prism.routing",
-    "route_probabilities": "prism.routing",
-    "run_training": "prism.train",
-    "PrismDirectory": "prism.workdir",
-}
-__all__ = sorted(_ORIGINS)
-__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "prism.adapters": ("active_adapter", "load_adapter", "save_adapter"),
+    "prism.baselines": ("EmbeddingRouter", "SelfClassifyRouter"),
+    "prism.bootstrap": ("BootstrapConfig", "Sample", "load_samples", "run_bootstrap"),
+    "prism.compare": ("CompareBudget", "run_compare"),
+    "prism.distill": ("DistillConfig",),
+    "prism.gate": ("Gate", "fit_gate"),
+    "prism.pipeline": ("BootstrapSummary", "CompareSummary", "TrainSummary"),
+    "prism.routing": ("Routed", "route_probabilities"),
+    "prism.train": ("run_training",),
+    "prism.workdir": ("PrismDirectory",),
+})

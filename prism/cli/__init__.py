@@ -16,13 +16,8 @@ command group only when one of its commands runs.
 
 from probes.core.exports import lazy_exports
 
-_ORIGINS = {
-    "COMMANDS": "prism.cli.shell",
-    "Command": "prism.cli.command",
-    "build_parser": "prism.cli.shell",
-    "load_command": "prism.cli.shell",
-    "main": "prism.cli.shell",
-    "run_demo": "prism.cli.demo",
-}
-__all__ = sorted(_ORIGINS)
-__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "prism.cli.command": ("Command",),
+    "prism.cli.demo": ("run_demo",),
+    "prism.cli.shell": ("COMMANDS", "build_parser", "load_command", "main"),
+})

@@ -51,8 +51,7 @@ class InterventionSummary(Summary):
     def from_record(cls, directory: str | Path, record: Mapping) -> InterventionSummary:
         effect, best = record["effect"], record["best_patch"]
         patch = Patch(best["layer"], best["group"], Estimate.from_columns(best, "fraction", prefix=""))
-        return cls(Path(directory), record["model"], record["persona"],
-                   Estimate(effect["mean"], effect["low"], effect["high"], record["n"]), patch, record)
+        return cls(Path(directory), record["model"], record["persona"], Estimate(**effect), patch, record)
 
     @property
     def n(self) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from transformers import AutoConfig
@@ -45,7 +44,6 @@ def run_demo(out: str | Path, *, model_name: str = "default") -> Path:
         ``out``.
     """
     out = Path(out)
-    start = time.perf_counter()
     _say("1. the persona-effect study, smoke budget (prism study --budget smoke)")
     study_dir = out / "study" / model_slug(model_name)
     run_study(study_dir, model_name=model_name, budget="smoke", progress=True)
@@ -77,7 +75,7 @@ def run_demo(out: str | Path, *, model_name: str = "default") -> Path:
     compared = pipeline.compare(prism_dir, budget="smoke", progress=True)
     print(compared.format())
     print(f"PRISM report: {compared.report}")
-    _say(f"done in {time.perf_counter() - start:.0f}s; results in {out}")
+    _say(f"results in {out}")
     return out
 
 

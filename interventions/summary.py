@@ -65,7 +65,7 @@ class InterventionSummary(Summary):
     def lines(self) -> list[str]:
         effect, best = self.effect, self.best_patch
         return [
-            f"persona effect on the margin: {effect.format(2, signed=True, n=True)}",
+            f"persona effect on the capitals answer margin: {effect.format(2, signed=True, n=True)}",
             f"decisive patch: block {best.layer}, {best.group} tokens: {best.fraction.format(2, signed=True)} "
             "of the effect recovered",
         ]

@@ -184,7 +184,7 @@ def test_typed_summaries_format_into_the_printed_lines(tmp_path):
         "held-out knowledge-vs-generation/last: not above the controls at any layer")
     assert len(made["probe"].lines()) == 4  # prism probe prints every target
     assert made["intervene"].lines() == [
-        "persona effect on the margin: -0.52 [-0.81, -0.23] (n=16)",
+        "persona effect on the capitals answer margin: -0.52 [-0.81, -0.23] (n=16)",
         "decisive patch: block 4, final tokens: +0.75 [+0.55, +0.90] of the effect recovered"]
     assert made["intervene"].n == 16
     assert made["bootstrap"].lines() == [

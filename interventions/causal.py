@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from interventions.hooks import AblateDirection, AddDirection, PatchActivations
 from probes.core.batching import left_pad, positions_from_mask, right_pad, window_covers
+from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
 from probes.core.prompts import Condition, encode, token_groups
@@ -157,14 +158,16 @@ class _TargetAfterPrefix:
             self.starts = [0] * len(chosen)
             return
         with torch.inference_mode():
-            tokens, prefix_mask = left_pad(prefixes, tokenizer.pad_token_id)
+            device = model_device(hf)
+            tokens, prefix_mask = (tensor.to(device) for tensor in left_pad(prefixes, tokenizer.pad_token_id))
             self.prefix_cache = hf(input_ids=tokens, attention_mask=prefix_mask,
                                    position_ids=positions_from_mask(prefix_mask),
                                    use_cache=True, logits_to_keep=1).past_key_values
-        self.suffix = right_pad(suffixes, tokenizer.pad_token_id)
-        suffix_mask = (torch.arange(self.suffix.shape[1])[None, :] < torch.tensor([len(s) for s in suffixes])[:, None]).long()
+        self.suffix = right_pad(suffixes, tokenizer.pad_token_id).to(device)
+        steps = torch.arange(self.suffix.shape[1], device=device)[None, :]
+        suffix_mask = (steps < torch.tensor([len(s) for s in suffixes], device=device)[:, None]).long()
         self.mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-        self.positions = torch.tensor(self.starts)[:, None] + torch.arange(self.suffix.shape[1])[None, :]
+        self.positions = torch.tensor(self.starts, device=device)[:, None] + steps
         self.last = [len(s) - 1 for s in suffixes]
 
     def pairs(self, group: str) -> list[list[tuple[int, int]]]:
@@ -191,22 +194,23 @@ def persona_attention(model, tokenizer, items: Sequence[PairedItem], batch_size:
     masses = []
     for batch in _batches(len(items), batch_size):
         chosen = [items[i] for i in batch]
-        finals = torch.tensor([len(p.target) - 1 for p in chosen])
-        persona = torch.zeros(len(chosen), max(len(p.target) for p in chosen))
+        device = model_device(model)
+        finals = torch.tensor([len(p.target) - 1 for p in chosen], device=device)
+        persona = torch.zeros(len(chosen), max(len(p.target) for p in chosen), device=device)
         for row, p in enumerate(chosen):
             persona[row, p.persona_positions] = 1.0
         per_layer: dict[str, torch.Tensor] = {}
 
         def read(pattern: torch.Tensor, hook) -> None:  # [batch, heads, query, key]
-            final_row = pattern[torch.arange(len(chosen)), :, finals]  # [batch, heads, key]
+            final_row = pattern[torch.arange(len(chosen), device=device), :, finals]  # [batch, heads, key]
             per_layer[hook.name] = (final_row.float() * persona[:, None, :]).sum(-1).mean(-1)
 
         with model.hooks(fwd_hooks=[(name, read) for name in hook_names]):
-            model.original_model.model(input_ids=right_pad([p.target for p in chosen], tokenizer.pad_token_id))
+            model.original_model.model(input_ids=right_pad([p.target for p in chosen], tokenizer.pad_token_id).to(device))
         if len(per_layer) != len(hook_names):
             raise HookDidNotFire("attention pattern hooks did not fire: the model's attention implementation hides the weights")
         masses.append(torch.stack([per_layer[name] for name in hook_names]))
-    return torch.cat(masses, dim=1).numpy()
+    return torch.cat(masses, dim=1).cpu().numpy()
 
 
 @torch.inference_mode()

@@ -171,7 +171,7 @@ class AddDirection(Intervention):
 
     def edit(self, activation, layer, mask):
         size = self.scale * (self.norms[layer] if self.norms is not None else 1.0)
-        vector = (size * self.directions[layer]).to(activation.dtype)
+        vector = (size * self.directions[layer]).to(device=activation.device, dtype=activation.dtype)
         return activation + mask[None, :, None].to(activation.dtype) * vector
 
 
@@ -200,7 +200,7 @@ class AblateDirection(Intervention):
         self.baseline = dict(baseline or {})
 
     def edit(self, activation, layer, mask):
-        unit = self.directions[layer].to(activation.dtype)
+        unit = self.directions[layer].to(device=activation.device, dtype=activation.dtype)
         excess = (activation @ unit) - self.baseline.get(layer, 0.0)
         return activation - mask[None, :, None].to(activation.dtype) * excess[..., None] * unit
 
@@ -228,11 +228,11 @@ class PatchActivations(Intervention):
         if activation.shape[0] != len(self.pairs):
             raise ToolkitError(f"patching {len(self.pairs)} rows into a batch of {activation.shape[0]}")
         patched = activation.clone()
-        source = self.source[layer].to(activation.dtype)
+        source = self.source[layer].to(device=activation.device, dtype=activation.dtype)
         for row, pairs in enumerate(self.pairs):
             if pairs:
-                target_index = torch.tensor([t for t, _ in pairs])
-                source_index = torch.tensor([s for _, s in pairs])
+                target_index = torch.tensor([t for t, _ in pairs], device=activation.device)
+                source_index = torch.tensor([s for _, s in pairs], device=activation.device)
                 patched[row, target_index] = source[row, source_index]
         return patched
 

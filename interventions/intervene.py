@@ -100,7 +100,7 @@ def run_interventions(
     norms = residual_norms(model, right_pad([p.source for p in sample], tokenizer.pad_token_id), [len(p.source) for p in sample])
     natural = float(direction.norm()) / norms[steer_layer]  # the persona's own shift, in residual-norm units
     generator = torch.Generator().manual_seed(seed)
-    random_direction = torch.randn(direction.shape, generator=generator)
+    random_direction = torch.randn(direction.shape, generator=generator).to(direction.device)
     steering = []
     for multiple in multiples:
         for name, vector in (("persona direction", direction), ("random direction", random_direction)):

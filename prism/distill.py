@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from prism.adapters import active_adapter, attach_adapter, json_ready
 from prism.bootstrap import Sample
+from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition, encode, render
 
@@ -139,7 +140,7 @@ def _pair(tokenizer, sample: Sample, config: DistillConfig):
 def _answer_logits(model, ids: list[int], n_answer: int) -> torch.Tensor:
     """Logits at the positions that predict the answer's tokens: [n_answer, vocab]."""
     hf = model.original_model
-    hidden = hf.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    hidden = hf.model(input_ids=torch.tensor([ids], device=model_device(hf))).last_hidden_state[0]
     start = len(ids) - n_answer - 1
     return hf.lm_head(hidden[start:start + n_answer]).float()
 

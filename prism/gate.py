@@ -70,14 +70,14 @@ class Gate:
 
     def logit(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n"]:
         x = x.to(torch.float64)
-        t = {name: value.to(torch.float64) for name, value in self.tensors.items()}
+        t = {name: value.to(device=x.device, dtype=torch.float64) for name, value in self.tensors.items()}
         if self.kind == "logistic":
             return x @ t["weight"] + t["bias"]
         hidden = torch.relu(((x - t["mean"]) / t["scale"]) @ t["w0"] + t["b0"])
         return (hidden @ t["w1"] + t["b1"]).squeeze(-1)
 
     def probability(self, x) -> np.ndarray:
-        return torch.sigmoid(self.logit(torch.as_tensor(np.asarray(x)))).numpy()
+        return torch.sigmoid(self.logit(torch.as_tensor(np.asarray(x)))).cpu().numpy()
 
     def route(self, x) -> np.ndarray:
         return self.probability(x) >= self.threshold

@@ -124,11 +124,12 @@ class Routed:
                 raise ToolkitError("a routed pass continued sequences whose prefill was not routed")
             return None
         batch, seq = activation.shape[:2]
-        mask = self._mask[:, -seq:] if self._mask is not None else torch.ones(batch, seq, dtype=torch.long)
+        mask = self._mask[:, -seq:] if self._mask is not None else torch.ones(batch, seq, dtype=torch.long,
+                                                                             device=activation.device)
         mask = mask.to(activation.device).bool()
         if self.gate.position == "last":
             last = seq - 1 - mask.flip(1).long().argmax(dim=1)
-            features = activation[torch.arange(batch), last]
+            features = activation[torch.arange(batch, device=activation.device), last]
         else:
             read = _query_only(mask, *self.gate.template) if self.gate.position == "query" else mask
             weights = read.to(activation.dtype)[..., None]
@@ -142,7 +143,7 @@ class Routed:
             missing = [key for key in keys if key not in self.given]
             if missing:
                 raise ToolkitError(f"no routing decision was given for a prompt of {len(missing[0])} tokens")
-            routes = torch.tensor([bool(self.given[key]) for key in keys])
+            routes = torch.tensor([bool(self.given[key]) for key in keys], device=activation.device)
         self._routes = routes.to(activation.dtype)
         if self._ids is not None:
             for row in range(batch):

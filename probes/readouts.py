@@ -15,6 +15,7 @@ from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
 
 from probes.core.batching import right_pad
+from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.recording import HookDidNotFire, residual_hooks
 
@@ -47,7 +48,7 @@ def capture_residuals(model: TransformerBridge, tokens: torch.Tensor, layers: Se
         return hook
 
     with model.hooks(fwd_hooks=[(name, keep(layer)) for name, layer in zip(hooks, layers)]):
-        model(tokens)
+        model(tokens.to(model_device(model)))
     missing = [name for name, layer in zip(hooks, layers) if layer not in captured]
     if missing:
         raise HookDidNotFire(f"hook(s) {', '.join(missing)} did not fire")
@@ -58,7 +59,8 @@ def final_residuals(model: TransformerBridge, sequences: Sequence[Sequence[int]]
                     ) -> Float[torch.Tensor, "batch d"]:
     """Residual after ``layer`` at each sequence's last token (one right-padded batch)."""
     residual = capture_residuals(model, right_pad(sequences, pad_id), [layer])[layer]
-    return residual[torch.arange(len(sequences)), torch.tensor([len(s) - 1 for s in sequences])]
+    last = torch.tensor([len(s) - 1 for s in sequences], device=residual.device)
+    return residual[torch.arange(len(sequences), device=residual.device), last]
 
 
 @torch.inference_mode()
@@ -75,9 +77,10 @@ def residual_norms(model: TransformerBridge, tokens: torch.Tensor, lengths: Sequ
     """
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
-    lengths = torch.tensor(lengths if lengths is not None else [tokens.shape[1]] * tokens.shape[0])
-    real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    return {layer: float(activation.norm(dim=-1)[real].mean()) for layer, activation in captured.items()}
+    device = model_device(model)
+    lengths = torch.tensor(lengths if lengths is not None else [tokens.shape[1]] * tokens.shape[0], device=device)
+    real = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
+    return {layer: float(activation.float().norm(dim=-1)[real].mean()) for layer, activation in captured.items()}
 
 
 def _final_norm_and_unembed(model: TransformerBridge):
@@ -115,8 +118,11 @@ def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequenc
         ToolkitError: the model's final norm cannot be found.
     """
     hf, unembed = _final_norm_and_unembed(model)
-    hidden = hf.model(input_ids=tokens, **forward).last_hidden_state  # already through the final norm
-    return unembed(hidden[torch.arange(tokens.shape[0]), torch.tensor(positions)], normalised=True)
+    device = model_device(model)
+    forward = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in forward.items()}
+    hidden = hf.model(input_ids=tokens.to(device), **forward).last_hidden_state  # already through the final norm
+    rows, read = torch.arange(tokens.shape[0], device=device), torch.tensor(positions, device=device)
+    return unembed(hidden[rows, read], normalised=True)
 
 
 @torch.inference_mode()
@@ -143,12 +149,13 @@ def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequen
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
     _, unembed = _final_norm_and_unembed(model)
-    rows = torch.arange(tokens.shape[0])
-    target = torch.tensor(targets)
+    device = model_device(model)
+    rows, read = torch.arange(tokens.shape[0], device=device), torch.tensor(positions, device=device)
+    target = torch.tensor(targets, device=device)
     logprobs, ranks = [], []
     for layer in layers:
-        log_softmax = unembed(captured[layer][rows, torch.tensor(positions)]).log_softmax(-1)
+        log_softmax = unembed(captured[layer][rows, read]).log_softmax(-1)
         chosen = log_softmax[rows, target]
         logprobs.append(chosen)
         ranks.append((log_softmax > chosen[:, None]).sum(-1).float())
-    return torch.stack(logprobs), torch.stack(ranks)
+    return torch.stack(logprobs).cpu(), torch.stack(ranks).cpu()

@@ -21,6 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from probes.core.batching import check_context, length_sorted_batches, right_pad
+from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json
 from probes.core.prompts import RenderedPrompt, encode
@@ -224,8 +225,9 @@ def _record_shard(
     rows: dict[str, list] = {hook: [None] * len(encoded) for hook in hooks}
     deepest = _deepest_block_output(hooks)
     for batch in length_sorted_batches(lengths, batch_size):
-        tokens = right_pad([encoded[index] for index in batch], tokenizer.pad_token_id)
-        batch_lengths = torch.tensor([lengths[index] for index in batch])
+        device = model_device(model)
+        tokens = right_pad([encoded[index] for index in batch], tokenizer.pad_token_id).to(device)
+        batch_lengths = torch.tensor([lengths[index] for index in batch], device=device)
         captured: dict[str, list[torch.Tensor]] = {}
 
         def capture_as(name: str) -> Callable:
@@ -251,8 +253,8 @@ def _record_shard(
                 rows[hook][index] = captured[hook][row]
         bar.update(len(batch))
     if positions == "all":
-        return {hook: torch.cat(values).contiguous() for hook, values in rows.items()}
-    return {hook: torch.stack(values).contiguous() for hook, values in rows.items()}
+        return {hook: torch.cat(values).cpu().contiguous() for hook, values in rows.items()}
+    return {hook: torch.stack(values).cpu().contiguous() for hook, values in rows.items()}
 
 
 def _select(
@@ -261,10 +263,12 @@ def _select(
     if activation.ndim != 3:
         raise ToolkitError(f"positions apply to [batch, seq, d] activations; this hook gives shape {tuple(activation.shape)}")
     if positions == "last":
-        return activation[torch.arange(activation.shape[0]), lengths - 1].float().clone()
+        rows = torch.arange(activation.shape[0], device=activation.device)
+        return activation[rows, lengths.to(activation.device) - 1].float().clone()
     if positions == "mean":
-        mask = (torch.arange(activation.shape[1])[None, :] < lengths[:, None]).to(activation.dtype)
-        return ((activation * mask[..., None]).sum(1) / lengths[:, None].to(activation.dtype)).float()
+        lengths = lengths.to(activation.device)
+        mask = (torch.arange(activation.shape[1], device=activation.device)[None, :] < lengths[:, None]).float()
+        return (activation.float() * mask[..., None]).sum(1) / lengths[:, None].float()
     return [activation[row, :length].float().clone() for row, length in enumerate(lengths.tolist())]
 
 

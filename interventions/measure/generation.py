@@ -15,6 +15,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from probes.core.batching import check_context, left_pad, length_sorted_batches
+from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RenderedPrompt, encode
 
@@ -69,7 +70,8 @@ def generate(
     responses: list[str] = [""] * len(encoded)
     batches = length_sorted_batches(lengths, batch_size)
     for number, batch in enumerate(tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False)):
-        input_ids, attention_mask = left_pad([encoded[index] for index in batch], tokenizer.pad_token_id)
+        input_ids, attention_mask = (tensor.to(model_device(hf_model))
+                                     for tensor in left_pad([encoded[index] for index in batch], tokenizer.pad_token_id))
         width = input_ids.shape[1]
         torch.manual_seed(seed + number)
         output = hf_model.generate(

@@ -23,6 +23,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from probes.core.batching import check_context, left_pad, length_sorted_batches, positions_from_mask, window_covers
+from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RenderedPrompt, encode
 
@@ -137,17 +138,18 @@ def _score_batch(
     Tokens every context starts with (template and persona) run once and their cache is copied
     to each row. The rest is left-padded, so each context's last tokens sit at the end of the
     cache (sliding-window layers keep only the end) and every option starts at the same column."""
-    lengths = torch.tensor([len(context) for context in contexts])
+    device = model_device(hf_model)
+    lengths = torch.tensor([len(context) for context in contexts], device=device)
     shared = _shared_prefix_length(contexts)
     cache = None
     if not share_prefix or shared < MIN_SHARED_PREFIX or not window_covers(hf_model, int(lengths.max())):
         shared = 0
     if shared:
         # the persona and template tokens every context starts with: run once, copy per row
-        cache = hf_model(input_ids=torch.tensor([contexts[0][:shared]]), use_cache=True, logits_to_keep=1).past_key_values
+        cache = hf_model(input_ids=torch.tensor([contexts[0][:shared]], device=device), use_cache=True, logits_to_keep=1).past_key_values
         cache.batch_repeat_interleave(len(contexts))
-    tokens, suffix_mask = left_pad([context[shared:] for context in contexts], pad_id)
-    context_mask = torch.cat([torch.ones((len(contexts), shared), dtype=torch.long), suffix_mask], dim=1)
+    tokens, suffix_mask = (tensor.to(device) for tensor in left_pad([context[shared:] for context in contexts], pad_id))
+    context_mask = torch.cat([torch.ones((len(contexts), shared), dtype=torch.long, device=device), suffix_mask], dim=1)
     output = hf_model(
         input_ids=tokens, attention_mask=context_mask, position_ids=shared + positions_from_mask(suffix_mask),
         past_key_values=cache, use_cache=True,
@@ -169,10 +171,11 @@ def _score_batch(
         for row, ids in enumerate(tails):
             fed[row, : len(ids) - 1] = torch.tensor(ids[:-1], dtype=torch.long)
             fed_mask[row, : len(ids) - 1] = 1
+        fed, fed_mask = fed.to(device), fed_mask.to(device)
         logits = hf_model(
             input_ids=fed,
             attention_mask=torch.cat([context_mask, fed_mask], dim=1),
-            position_ids=lengths[:, None] + torch.arange(steps)[None, :],
+            position_ids=lengths[:, None] + torch.arange(steps, device=device)[None, :],
             past_key_values=copy.deepcopy(output.past_key_values),  # each option starts from the context
             use_cache=True,
         ).logits.float().log_softmax(-1)

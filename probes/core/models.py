@@ -20,6 +20,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from probes.core.assets import SMOLLM2_GGUF, cache_dir
+from probes.core.devices import resolve_device, resolve_dtype
 from probes.core.errors import ToolkitError
 
 DEFAULT_MODEL = "default"
@@ -35,7 +36,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def load_model(
-    name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32
+    name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32
 ) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
     """Load a model as a TransformerLens bridge, with its tokenizer, in eval mode.
 
@@ -43,18 +44,23 @@ def load_model(
         name: ``"default"`` (the embedded SmolLM2-135M-Instruct), ``"gemma-3-270m"`` (needs the ``gemma`` extra), a
             Hugging Face model id, a local model directory or a .gguf file (see ``VALID_FORMS``). GGUF files are
             dequantised once into the cache.
-        dtype: the weights' dtype (default float32).
+        device: ``auto`` (CUDA, then MPS, then the CPU), ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or a
+            ``torch.device``.
+        dtype: the weights' dtype: ``auto`` (bfloat16 on a GPU, float32 on the CPU), ``float32`` (default),
+            ``bfloat16``, ``float16`` or a ``torch.dtype``.
 
     Returns:
         ``(bridge, tokenizer)``; the tokenizer's pad token is set to EOS when it has none, and
         ``bridge.cfg.model_name`` is the label every output records.
 
     Raises:
-        ToolkitError: an empty or unknown name, a missing file, a directory without ``config.json``, a model that
+        ToolkitError: an unknown or unavailable device, an unknown dtype, an empty or unknown name, a missing file, a directory without ``config.json``, a model that
             cannot be loaded or read, or an architecture TransformerLens cannot wrap.
     """
+    where = resolve_device(device)
+    precision = resolve_dtype(dtype, where)
     directory, label = resolve_model_directory(name)
-    return _bridge_from_directory(directory, label, dtype)
+    return _bridge_from_directory(directory, label, precision, where)
 
 
 def model_slug(name: str) -> str:
@@ -89,7 +95,7 @@ def resolve_model_directory(name: str) -> tuple[str, str]:
 
 
 def _bridge_from_directory(
-    directory: str, label: str, dtype: torch.dtype
+    directory: str, label: str, dtype: torch.dtype, device: torch.device
 ) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -97,13 +103,14 @@ def _bridge_from_directory(
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ToolkitError(f"could not load model {label!r} ({reason[:200]}); use {VALID_FORMS}") from error
-    hf_model.eval()
+    hf_model.to(device).eval()
     architecture = _architecture(hf_model.config)
     hf_model.config.architectures = [architecture]  # GGUF configs of some families name none
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            bridge = TransformerBridge.boot_transformers(directory, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype)
+            bridge = TransformerBridge.boot_transformers(directory, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
+                                                         device=str(device))
         except (ValueError, KeyError, NotImplementedError) as error:
             raise ToolkitError(f"TransformerLens cannot wrap {label!r} (architecture {architecture}): {error}") from error
     bridge.cfg.model_name = label  # what every output records as the model

@@ -11,17 +11,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from figures import interventions as plots
 from interventions import causal
 from interventions.hooks import AddDirection
+from interventions.intervene_report import write_figures, write_report
 from interventions.measure.tasks import TASKS
 from interventions.summary import InterventionSummary
 from probes.core.batching import right_pad
+from probes.core.devices import precision
 from probes.core.errors import ToolkitError
-from probes.core.files import save_figure, write_table, write_text
+from probes.core.files import write_table, write_text
 from probes.core.models import load_model
 from probes.core.prompts import Condition
-from probes.core.stats import Estimate, bootstrap_correlation, bootstrap_mean, paired_difference
+from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
 from probes.readouts import residual_norms
 
 DEFAULT_MULTIPLES = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -40,6 +41,8 @@ def run_interventions(
     multiples: Sequence[float] = DEFAULT_MULTIPLES,
     seed: int = 0,
     batch_size: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
     progress: bool = True,
 ) -> InterventionSummary:
     """Run the causal tests into ``out``; returns the headline numbers (the full record: ``summary.json``).
@@ -60,6 +63,7 @@ def run_interventions(
         multiples: steering strengths, as multiples of the persona's own shift (its mean residual change) there.
         seed: sampling, bootstrap and random-direction seed.
         batch_size, progress: prompts per forward pass; show progress bars.
+        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
 
     Returns:
         the ``InterventionSummary``: the persona's effect on the answer margin (nats) and the decisive patch.
@@ -70,7 +74,7 @@ def run_interventions(
     out = Path(out)
     if persona.persona == "none":
         raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
-    model, tokenizer = load_model(model_name)
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
     n_layers = model.cfg.n_layers
     layers = sorted(set(spread_layers(n_layers) if layers is None else layers))
     for layer in layers + ([steer_layer] if steer_layer is not None else []):
@@ -80,7 +84,7 @@ def run_interventions(
     _say(f"{len(items)} capital-city items, persona {persona.label}, {len(layers)} layers")
     with_persona, without = causal.baseline_margins(model, tokenizer, items, batch_size)
     effect = with_persona - without
-    summary = {"model": model.cfg.model_name, "persona": persona.label, "n": len(items),
+    summary = {"model": model.cfg.model_name, **precision(model), "persona": persona.label, "n": len(items),
                "margin_without": float(without.mean()), "margin_with": float(with_persona.mean()),
                "effect": causal.fraction(effect, np.ones_like(effect)).to_dict()}
 
@@ -133,8 +137,8 @@ def run_interventions(
     curves = causal.lens_curves(model, tokenizer, items, batch_size)
     write_text(out / "logit_lens.json", json.dumps({k: v.tolist() for k, v in curves.items()}) + "\n")
     summary.update(steering_layer=steer_layer, natural_scale=natural, steering=steering, ablation=ablation)
-    figures = _figures(out, patching, steering, ablation, curves, attention, refusal)
-    _report(out, summary, patching, steering, ablation, curves, figures)
+    figures = write_figures(out, patching, steering, ablation, curves, attention, refusal)
+    write_report(out, summary, patching, steering, ablation, curves, figures)
     write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return InterventionSummary.from_record(out, summary)
 
@@ -220,79 +224,6 @@ def _refusal_under_steering(model, tokenizer, persona: Condition, n_items: int, 
 
 
 REFUSAL_TOKENS = 32
-
-
-def _figures(out: Path, patching, steering, ablation, curves, attention, refusal) -> list[str]:
-    written = []
-    panels = [("patching_heatmap", plots.patching_heatmap(patching)),
-              ("steering_dose_response", plots.steering_dose_response(steering)),
-              ("ablation", plots.ablation_bars(ablation)),
-              ("logit_lens", plots.logit_lens_curves(curves)),
-              ("attention", plots.attention_to_persona(attention))]
-    if refusal:
-        panels.append(("refusal_steering", plots.refusal_bars(refusal)))
-    for name, figure in panels:
-        save_figure(figure, out / "figures" / f"{name}.png")
-        written.append(f"figures/{name}.png")
-    return written
-
-
-def _ci(row) -> str:
-    return Estimate.from_columns(row, "fraction", prefix="").format(signed=True)
-
-
-def _report(out: Path, summary, patching, steering, ablation, curves, figures) -> None:
-    effect = summary["effect"]
-    best = summary["best_patch"]
-    one = next((r for r in steering if r["direction"] == "persona direction" and r["multiple"] == 1.0), None)
-    control = next((r for r in steering if r["direction"] == "random direction" and r["multiple"] == 1.0), None)
-    def lens_layer(name: str) -> int | None:
-        """First block after which the correct first token ranks first for at least half the items."""
-        top = (curves[f"{name}_rank"] == 0).mean(axis=1) >= 0.5
-        return int(np.argmax(top)) if top.any() else None
-
-    lines = [
-        f"# Why personas hurt knowledge retrieval: {summary['model']}", "",
-        f"Persona condition `{summary['persona']}` vs no persona on {summary['n']} capital-city items. Metric: margin "
-        "of the correct option's first token over the best wrong one at the answer position. Fractions are ratios "
-        "of means with bootstrap 95% CIs.", "",
-        f"- The persona's effect on the margin: {effect['mean']:+.2f} nats [{effect['low']:+.2f}, {effect['high']:+.2f}] "
-        f"(without {summary['margin_without']:.2f}, with {summary['margin_with']:.2f})."
-        + (" The CI includes 0: there is little effect to explain, so the fractions below are unstable." if effect["low"] <= 0 <= effect["high"] else ""),
-        f"- Patching: the earliest patch that recovers a majority of the effect (CI lower bound >= 0.5) is after block "
-        f"{best['layer']}, {best['group']} tokens: {_ci(best)} (the largest recovery is not the headline: patching late "
-        "blocks recovers everything trivially, since the final token's residual there is the output).",
-    ]
-    if one and control:
-        lines.append(f"- Steering no-persona runs at the answer position with the persona direction (its mean shift there, "
-                     f"after block {one['layer']}: the earliest block where patching that position alone recovers a majority; its own size, "
-                     f"{summary['natural_scale']:.3f} x the residual norm) reproduces {_ci(one)} of the effect; a random "
-                     f"direction of the same size {_ci(control)}.")
-    for row in ablation:
-        lines.append(f"- Removing the persona run's shift along the {row['direction']} after block {row['layer']} at the answer "
-                     f"position (mean ablation: its projection set to the no-persona mean) restores {_ci(row)} of the effect.")
-    attention = summary.get("attention")
-    if attention and attention["strongest"]:
-        strongest, share = attention["strongest"], attention["share"]
-        lines.append(f"- Attention: the answer position gives the persona {attention['mean_attention']:.2f} of its attention "
-                     f"on average over blocks (the persona is {attention['uniform_share']:.2f} of the prompt's tokens). "
-                     f"Where attention best predicts the margin an item loses (block {strongest['layer']}), Pearson r = "
-                     f"{Estimate.from_columns(strongest, 'pearson', prefix='').format(signed=True)}; the persona's share "
-                     f"of the tokens alone gives r = {Estimate.from_columns(share, 'share_pearson', prefix='share_').format(signed=True)}"
-                     " (the strongest of many blocks is picked after the fact: read it as exploratory).")
-    for row in summary.get("refusal", []):
-        if row["condition"] != "no persona":
-            size = f" x{row['multiple']:g}" if row["multiple"] else ""
-            rate, change = Estimate.from_columns(row, "rate", prefix=""), Estimate.from_columns(row, "change")
-            lines.append(f"- Refusal on HarmBench, {row['condition']}{size}: {rate.format()} "
-                         f"(change vs no persona {change.format(signed=True)}, n={row['n']}).")
-    lines.append(f"- Logit lens: the correct first token ranks first for half the items from block {lens_layer('none')} "
-                 f"without the persona and from block {lens_layer('persona')} with it (None: never).")
-    lines += ["", "What this supports and what it does not: patching localises where the no-persona computation must "
-              "be restored to undo the damage (causal, for these items); steering and ablation test whether one "
-              "direction carries it; none of this shows the persona is read by a particular attention head.", "",
-              "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
-    write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
 def _say(message: str) -> None:

@@ -25,7 +25,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "prism.compare": ("CompareBudget", "run_compare"),
     "prism.distill": ("DistillConfig",),
     "prism.gate": ("Gate", "fit_gate"),
-    "prism.pipeline": ("BootstrapSummary", "CompareSummary", "TrainSummary"),
+    "prism.summary": ("BootstrapSummary", "CompareSummary", "TrainSummary"),
     "prism.routing": ("Routed", "route_probabilities"),
     "prism.train": ("run_training",),
     "prism.workdir": ("PrismDirectory",),

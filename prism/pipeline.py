@@ -9,17 +9,17 @@ write.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from interventions.measure.generation import generate
 from prism.adapters import load_adapter
 from prism.bootstrap import BootstrapConfig, run_bootstrap, summarise
-from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, format_table, resolve_budget, run_compare
+from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, resolve_budget, run_compare
 from prism.distill import DistillConfig
 from prism.gate import Gate
 from prism.routing import Routed, route_probabilities
+from prism.summary import BootstrapSummary, CompareSummary, TrainSummary
 from prism.train import GATED, run_training
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
@@ -27,121 +27,8 @@ from probes.core.files import load_tensors
 from probes.core.models import load_model
 from probes.core.personas import get_persona
 from probes.core.prompts import Condition, encode, render
-from probes.core.stats import Estimate
-from probes.core.summary import Summary
 
 VIA = ("adapter", "steering", "prompt")
-
-
-@dataclass(frozen=True)
-class WinRate:
-    """How often the persona's answer won both orders of the model's own judgement, and how often the orders agreed.
-
-    Args:
-        win_rate: the share of samples the persona won in both orders (with its 95% CI and n).
-        order_agreement: the share of samples whose two orders gave the same verdict.
-    """
-
-    win_rate: Estimate
-    order_agreement: float
-
-    @classmethod
-    def from_record(cls, row: Mapping) -> WinRate:
-        return cls(Estimate.from_columns(row, "win_rate", prefix=""), row["order_agreement"])
-
-
-@dataclass(frozen=True)
-class BootstrapSummary(Summary):
-    """Stages 1-3: win rates overall and per persona; ``record`` as in ``bootstrap/summary.json``.
-
-    ``headline()`` and ``lines()`` are what ``prism bootstrap`` prints.
-
-    Args:
-        overall: the ``WinRate`` over every sample.
-        by_persona: persona name -> its ``WinRate``.
-        record: the full summary record (``prism.bootstrap.summarise``).
-    """
-
-    overall: WinRate
-    by_persona: Mapping[str, WinRate]
-    record: Mapping = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_record(cls, record: Mapping) -> BootstrapSummary:
-        by_persona = {row["persona"]: WinRate.from_record(row) for row in record["by_persona"]}
-        return cls(WinRate.from_record(record["overall"]), by_persona, record)
-
-    def headline(self) -> str:
-        win = self.overall.win_rate
-        return (f"{win.n} queries; the persona won both orders on {win.mean:.0%} [{win.low:.0%}, {win.high:.0%}]; "
-                f"the two orders agreed on {self.overall.order_agreement:.0%}")
-
-    def lines(self) -> list[str]:
-        return [self.headline()] + [f"  {name:15s} n={rate.win_rate.n:3d}  win rate {rate.win_rate.mean:.0%} "
-                                    f"[{rate.win_rate.low:.0%}, {rate.win_rate.high:.0%}]" for name, rate in self.by_persona.items()]
-
-
-@dataclass(frozen=True)
-class TrainSummary(Summary):
-    """The trained gate, its held-out AUC and the baseline routers' AUCs on the same split; ``record`` as in ``train.json``.
-
-    Args:
-        layer, position, kind: the gate's block, read position and kind.
-        threshold: the gate's calibrated threshold.
-        route_rate: the share of held-out queries the gate routes to the persona path.
-        auc: the gate's held-out AUC (with its 95% CI and n).
-        routers: ``embedding`` and ``self_classify`` -> that baseline router's held-out AUC on the same split.
-        record: the full training record.
-    """
-
-    layer: int
-    position: str
-    kind: str
-    threshold: float
-    route_rate: float
-    auc: Estimate
-    routers: Mapping[str, Estimate]
-    record: Mapping = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_record(cls, record: Mapping) -> TrainSummary:
-        gate, quality = record["gate"], record["routing_quality"]
-        routers = {name: Estimate.from_columns(quality[name], "auc", prefix="") for name in ("embedding", "self_classify")}
-        return cls(gate["layer"], gate["position"], gate["kind"], gate["threshold"], gate["route_rate"],
-                   Estimate.from_columns(quality["gate"], "auc", prefix=""), routers, record)
-
-    def lines(self) -> list[str]:
-        return ([f"gate: block {self.layer}, {self.position} token(s), {self.kind}; held-out AUC {self.auc.format(2, n=True)}; "
-                 f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"]
-                + [f"{name.replace('_', '-')} router on the same split: AUC {auc.format(2)}" for name, auc in self.routers.items()])
-
-
-@dataclass(frozen=True)
-class CompareSummary(Summary):
-    """The Table-1 comparison: one row per system; ``record`` as in ``compare/summary.json``.
-
-    Args:
-        directory: the comparison's folder (``compare/``, with ``report.md`` inside).
-        table: one row per system: 0-100 scores with their 95% CIs, as in ``compare/table.csv`` (``score`` reads
-            one as an ``Estimate``).
-        record: the full comparison summary.
-    """
-
-    directory: Path
-    table: tuple[Mapping, ...]
-    record: Mapping = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def report(self) -> Path:
-        return self.directory / "report.md"
-
-    def score(self, system: str, column: str) -> Estimate:
-        """``column`` (capitals, margin, harmbench, mtbench, overall) of ``system``."""
-        return Estimate.from_columns(next(row for row in self.table if row["system"] == system), column)
-
-    def lines(self) -> list[str]:
-        """The comparison as a Markdown table."""
-        return format_table(self.table).splitlines()
 
 
 def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> str:
@@ -149,13 +36,14 @@ def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> st
     return PrismDirectory(out).model_name(model_name, create=create)
 
 
-def _load(name: str):
-    """``load_model(name)``: one place for every step to load its model."""
-    return load_model(name)
+def _load(name: str, device: str, dtype: str):
+    """``load_model``: one place for every step to load its model."""
+    return load_model(name, device=device, dtype=dtype)
 
 
 def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
-              personas: Sequence[str] | None = None, progress: bool = True) -> BootstrapSummary:
+              personas: Sequence[str] | None = None, device: str = "cpu", dtype: str = "float32",
+              progress: bool = True) -> BootstrapSummary:
     """Run stages 1-3 in the working directory ``out`` (``prism bootstrap``).
 
     Args:
@@ -163,6 +51,7 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
         model_name: the model to load (default: the recorded one, else ``default``); must match a recorded one.
         config: query, answer and verdict settings.
         personas: built-in persona names (default: all twelve).
+        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
         progress: show progress bars.
 
     Returns:
@@ -173,7 +62,7 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
             ``run_bootstrap`` refuses (an unknown persona, no usable query, ...).
     """
     out = Path(out)
-    model, tokenizer = _load(_model_for(out, model_name, create=True))
+    model, tokenizer = _load(_model_for(out, model_name, create=True), device, dtype)
     samples = run_bootstrap(out, model, tokenizer, config=config, personas=personas, progress=progress)
     return BootstrapSummary.from_record(summarise(samples, config.seed))
 
@@ -182,7 +71,8 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
           gate_kind: str = "logistic",
           max_block: int = 3, layer: int | None = None, position: str | None = None,
           distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
-          compare_budget: str | CompareBudget = "default", seed: int = 0, progress: bool = True) -> TrainSummary:
+          compare_budget: str | CompareBudget = "default", seed: int = 0, device: str = "cpu", dtype: str = "float32",
+          progress: bool = True) -> TrainSummary:
     """Train the gate, the adapters, the steering vector and the baseline routers in ``out`` (``prism train``).
 
     The comparison's evaluation queries (of ``compare_budget`` and ``seed``) are left out of the gate's data.
@@ -190,6 +80,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     Args:
         out: the PRISM working directory, bootstrapped.
         model_name: the model to load (default: the directory's); must match the directory's.
+        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
         gate_kind: ``logistic`` or ``mlp``.
@@ -199,6 +90,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
         per_intent, extra: intent-labelled queries per intent, and files of more of them.
         compare_budget: the comparison budget whose items are left out (``smoke``, ``default`` or a ``CompareBudget``).
         seed: split, fitting and sampling seed (also the evaluation items' sampling seed).
+        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
         progress: show progress bars.
 
     Returns:
@@ -210,7 +102,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     """
     out = Path(out)
     plan = resolve_budget(compare_budget)
-    model, tokenizer = _load(_model_for(out, model_name))
+    model, tokenizer = _load(_model_for(out, model_name), device, dtype)
     record = run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block,
                           layer=layer, position=position, distill_config=distill_config, per_intent=per_intent, extra=extra,
                           exclude=evaluation_queries(plan, seed), seed=seed, progress=progress)
@@ -218,7 +110,8 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
 
 
 def compare(out: str | Path, *, model_name: str | None = None, budget: str | CompareBudget = "default",
-            systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, progress: bool = True) -> CompareSummary:
+            systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, device: str = "cpu",
+            dtype: str = "float32", progress: bool = True) -> CompareSummary:
     """Run the Table-1 comparison in ``out`` (``prism compare``); finished cells are reused.
 
     Args:
@@ -228,6 +121,7 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
         systems: the systems to compare (default: all of ``SYSTEMS``).
         seed: sampling, generation and bootstrap seed (use the one training used, so its left-out items are these).
         batch_size: prompts per forward pass.
+        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
         progress: show a progress bar over the cells.
 
     Returns:
@@ -240,14 +134,15 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
     out = Path(out)
     plan = resolve_budget(budget)
     PrismDirectory(out).require_gate()
-    model, tokenizer = _load(_model_for(out, model_name))
+    model, tokenizer = _load(_model_for(out, model_name), device, dtype)
     record = run_compare(out, model, tokenizer, budget=plan, systems=systems, seed=seed, batch_size=batch_size,
                          progress=progress)
     return CompareSummary(PrismDirectory(out).compare, tuple(record["table"]), record)
 
 
 def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", persona: str = "helpful",
-          max_new_tokens: int = 64, model_name: str | None = None) -> list[dict]:
+          max_new_tokens: int = 64, model_name: str | None = None, device: str = "cpu", dtype: str = "float32"
+          ) -> list[dict]:
     """Answer ``prompts`` with routing; each answer comes with the gate's probability and route.
 
     Args:
@@ -274,7 +169,7 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
         raise ToolkitError(f"unknown route target {via!r}: use one of {', '.join(VIA)}")
     if not prompts or any(not p.strip() for p in prompts):
         raise ToolkitError("empty prompt: give each prompt some text")
-    model, tokenizer = _load(_model_for(work.root, model_name))
+    model, tokenizer = _load(_model_for(work.root, model_name), device, dtype)
     gate = Gate.load(work.gate)
     plain = [render(tokenizer, prompt, Condition("none")) for prompt in prompts]
     if via == "prompt":

@@ -41,6 +41,7 @@ from prism.gate import (
     template_tokens,
 )
 from prism.workdir import PrismDirectory
+from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import save_figure, save_tensors, write_json, write_table
 from probes.core.prompts import Condition, encode, render
@@ -138,7 +139,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     chosen = choose([r for r in rows if r["layer"] >= 0 and (layer is None or r["layer"] == layer)
                      and (r["position"] == position if position else r["position"] in CHOSEN_FROM)])
     x = features[(chosen["layer"], chosen["position"])]
-    metadata = {"model": model.cfg.model_name, "labels": labels, "split": split_kind}
+    metadata = {"model": model.cfg.model_name, **precision(model), "labels": labels, "split": split_kind}
     gate, gate_report = fit_gate(x, labelled.labels, split, layer=chosen["layer"], position=chosen["position"],
                                  kind=gate_kind, seed=seed, metadata=metadata, template=template_tokens(tokenizer))
     other_kind = "mlp" if gate_kind == "logistic" else "logistic"

@@ -21,7 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from probes.core.batching import check_context, length_sorted_batches, right_pad
-from probes.core.devices import model_device
+from probes.core.devices import model_device, precision
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json
 from probes.core.prompts import RenderedPrompt, encode
@@ -154,6 +154,7 @@ def record_activations(
     manifest = {
         "format": FORMAT,
         "model": model.cfg.model_name,
+        **precision(model),
         "n_layers": model.cfg.n_layers,
         "d_model": model.cfg.d_model,
         "hooks": hooks,

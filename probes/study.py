@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors, write_table, write_text
 from probes.core.models import load_model
@@ -140,6 +141,8 @@ def run_probe_study(
     persona_queries: int = 24,
     seed: int = 0,
     batch_size: int = 16,
+    device: str = "cpu",
+    dtype: str = "float32",
     progress: bool = True,
 ) -> ProbeSummary:
     """Run the probe study into ``out`` (re-running resumes the recordings); the steps are in the module docstring.
@@ -159,6 +162,7 @@ def run_probe_study(
             each persona and length.
         seed: splitting, fitting, sampling and bootstrap seed.
         batch_size: prompts per forward pass.
+        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
         progress: show progress bars.
 
     Returns:
@@ -183,9 +187,9 @@ def run_probe_study(
         if length not in LENGTHS:
             raise ToolkitError(f"unknown persona length {length!r}: use any of {', '.join(LENGTHS)}")
     queries = intent_queries(per_intent, extra=extra, seed=seed)
-    model, tokenizer = load_model(model_name)
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
     hooks = [EMBEDDING_HOOK] + residual_hooks(model, layers)  # token embeddings: the lexical baseline
-    meta = {"model": model.cfg.model_name, "data": data_hash(queries), "hooks": hooks, "seed": seed}
+    meta = {"model": model.cfg.model_name, **precision(model), "data": data_hash(queries), "hooks": hooks, "seed": seed}
 
     _say(f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona")
     stores = record_condition(model, tokenizer, queries, Condition("none"), out / "activations", hooks, POSITIONS,

@@ -16,6 +16,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from interventions.measure.tasks import DEFAULT_ANSWER_PREFIX, Task, choice_result
+from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
 from probes.core.personas import Persona
@@ -73,6 +74,7 @@ def evaluate(
         raise ToolkitError("the items mix multiple-choice and open questions: evaluate them separately")
     result = {
         "model": model.cfg.model_name,
+        **precision(model),
         "condition": condition.to_dict(),
         "condition_label": condition.label,
         "seed": seed,

@@ -22,6 +22,7 @@ from interventions.measure.judge import EndpointJudge, SelfJudge, parse_rating
 from interventions.measure.tasks import TASKS, Task, judge_request
 from interventions.study.ledger import Ledger, work_key
 from interventions.study.plan import BUDGETS, GRIDS, Budget, applies, conditions, resolve_plan
+from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import write_json
 from probes.core.items import Item
@@ -43,6 +44,8 @@ def run_study(
     judge_model: str | None = None,
     seed: int = 0,
     batch_size: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
     progress: bool = True,
 ) -> list[dict]:
     """Run (or resume) the study into ``out``.
@@ -57,6 +60,7 @@ def run_study(
         judge_url, judge_model: an OpenAI-compatible judge endpoint (default: the model judges).
         seed: the sampling, generation and random-persona seed.
         batch_size: prompts per forward pass.
+        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
         progress: show progress bars.
 
     Returns:
@@ -73,9 +77,9 @@ def run_study(
     if judge_url and not judge_model:
         raise ToolkitError("--judge-url needs --judge-model: the endpoint's model name")
     out = Path(out)
-    model, tokenizer = load_model(model_name)
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
     settings = {
-        "model": model.cfg.model_name, "model_name": model_name, "seed": seed,
+        "model": model.cfg.model_name, "model_name": model_name, **precision(model), "seed": seed,
         "grid": plan.grid, "items": dict(plan.items), "max_new_tokens": dict(plan.max_new_tokens),
         "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge_model}@{judge_url}" if judge_url else "self",

@@ -32,13 +32,14 @@ from probes.study import run_probe_study
 PROBE_TARGETS = ("knowledge-vs-generation/mean", "knowledge-vs-generation/last", "harmful-vs-benign/mean")
 
 
-def run_demo(out: str | Path, *, model_name: str = "default") -> Path:
+def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu", dtype: str = "float32") -> Path:
     """Run the story into ``out`` and print each step's findings (progress goes to stderr).
 
     Args:
         out: the output directory; ``study/<model>/``, ``probe/``, ``intervene/`` and ``prism/``
             are written inside, each with its tables, figures and report.
         model_name: the model, as ``--model`` takes it (default: the embedded SmolLM2-135M-Instruct).
+        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
 
     Returns:
         ``out``.
@@ -46,7 +47,8 @@ def run_demo(out: str | Path, *, model_name: str = "default") -> Path:
     out = Path(out)
     _say("1. the persona-effect study, smoke budget (prism study --budget smoke)")
     study_dir = out / "study" / model_slug(model_name)
-    run_study(study_dir, model_name=model_name, budget="smoke", progress=True)
+    where = {"device": device, "dtype": dtype}
+    run_study(study_dir, model_name=model_name, budget="smoke", progress=True, **where)
     study = summarise_study(study_dir)
     print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
 
@@ -54,25 +56,26 @@ def run_demo(out: str | Path, *, model_name: str = "default") -> Path:
     probe = run_probe_study(
         out / "probe", model_name=model_name, per_intent=48, kinds=("logistic", "diff-means"),
         personas=("math", "writing", "safety-monitor", "roleplay"), persona_lengths=("min", "long"), persona_queries=12,
-        progress=True,
+        progress=True, **where,
     )
     print(probe.format(PROBE_TARGETS))
     print(f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}")
 
     _say("3. causal tests on knowledge items, short run (prism intervene -n 16 ...)")
     causal = run_interventions(out / "intervene", model_name=model_name, n_items=16, layers=_spread_layers(model_name),
-                               multiples=(0.0, 1.0, 2.0), refusal_items=8, progress=True)
+                               multiples=(0.0, 1.0, 2.0), refusal_items=8, progress=True, **where)
     print(causal.format())
     print(f"patching heatmap: {causal.directory / 'figures' / 'patching_heatmap.png'}; report: {causal.report}")
 
     _say("4. PRISM, short run (prism bootstrap --queries-per-persona 2; prism train --labels intents; prism compare --budget smoke)")
     prism_dir = out / "prism"
-    verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2), progress=True)
+    verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2), progress=True,
+                                  **where)
     print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
     trained = pipeline.train(prism_dir, labels="intents", per_intent=32, compare_budget="smoke",
-                             distill_config=DistillConfig(epochs=1), progress=True)
+                             distill_config=DistillConfig(epochs=1), progress=True, **where)
     print(trained.format())
-    compared = pipeline.compare(prism_dir, budget="smoke", progress=True)
+    compared = pipeline.compare(prism_dir, budget="smoke", progress=True, **where)
     print(compared.format())
     print(f"PRISM report: {compared.report}")
     _say(f"results in {out}")
@@ -95,8 +98,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> Summary | None:
-    """``prism demo``: ``run_demo(args.out, model_name=args.model)``."""
-    run_demo(args.out, model_name=args.model)
+    """``prism demo``: ``run_demo`` with the command's options."""
+    run_demo(args.out, model_name=args.model, device=args.device, dtype=args.dtype)
     return None
 
 

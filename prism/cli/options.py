@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probes.core.datasets import load_dataset, stratified_sample
+from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.models import DEFAULT_MODEL, load_model
 from probes.core.personas import LENGTHS, get_persona, persona_library
@@ -38,6 +39,15 @@ def add_model(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> N
                             help=f"{MODEL_HELP}; repeat --model to run several models (default: default)")
     else:
         parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    add_precision(parser)
+
+
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, where and in what precision the model runs (both ``auto`` by default)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="the weights' precision; auto = bfloat16 on a GPU, float32 on a CPU (default: auto)")
 
 
 def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> None:
@@ -146,10 +156,12 @@ def layer_list(text: str | None) -> list[int] | None:
         raise ToolkitError(f"--layers takes comma-separated integers, got {text!r}") from error
 
 
-def load_timed(name: str):
-    """``load_model(name)``, saying on stderr what was loaded and how long it took."""
+def load_timed(args: argparse.Namespace):
+    """``load_model`` with ``--model``, ``--device`` and ``--dtype``, saying on stderr what was loaded and how long it took."""
     start = time.perf_counter()
-    model, tokenizer = load_model(name)
-    print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}) "
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    where = precision(model)
+    print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, {where['dtype']} on "
+          f"{where['device']}) "
           f"in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return model, tokenizer

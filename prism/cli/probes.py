@@ -45,7 +45,7 @@ def run_record(args: argparse.Namespace) -> Summary | None:
     if args.hooks and args.layers:
         raise ToolkitError("give --hooks or --layers, not both")
     layers = layer_list(args.layers)
-    model, tokenizer = load_timed(args.model)
+    model, tokenizer = load_timed(args)
     hooks = None
     if args.hooks:
         hooks = [hook.strip() for hook in args.hooks.split(",") if hook.strip()]
@@ -84,7 +84,7 @@ def run_probe(args: argparse.Namespace) -> Summary | None:
     summary = run_probe_study(
         args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
         kinds=csv_list(args.probes), personas=csv_list(args.personas), persona_lengths=csv_list(args.persona_lengths),
-        persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size,
+        persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
     )
     return summary
 

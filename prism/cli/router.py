@@ -11,7 +11,7 @@ import argparse
 from prism import pipeline
 from prism.bootstrap import BootstrapConfig
 from prism.cli.command import Command
-from prism.cli.options import add_batch_size, add_model, add_prism_dir, add_seed, csv_list
+from prism.cli.options import add_batch_size, add_model, add_precision, add_prism_dir, add_seed, csv_list
 from prism.compare import SYSTEMS
 from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
@@ -35,13 +35,15 @@ def run_bootstrap(args: argparse.Namespace) -> Summary | None:
     """Stages 1-3 into the working directory; print the persona's win rates."""
     config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
                              seed=args.seed, batch_size=args.batch_size)
-    summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas))
+    summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas),
+                                 device=args.device, dtype=args.dtype)
     return summary
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism train``'s options."""
     add_prism_dir(parser)
+    add_precision(parser)
     parser.add_argument("--labels", default="bootstrap", choices=("bootstrap", "intents"),
                         help="gate labels: the bootstrap's persona wins (the paper) or intents (knowledge -> base; default: bootstrap)")
     parser.add_argument("--verdict", default="both", choices=("both", "debiased"),
@@ -69,7 +71,7 @@ def run_train(args: argparse.Namespace) -> Summary | None:
         raise ToolkitError("--rank and --epochs must be at least 1")
     summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block,
                              layer=args.layer, position=args.position, per_intent=args.per_intent, extra=args.extra,
-                             compare_budget=args.budget, seed=args.seed,
+                             compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
                              distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, seed=args.seed))
     return summary
 
@@ -77,6 +79,7 @@ def run_train(args: argparse.Namespace) -> Summary | None:
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism route``'s options."""
     add_prism_dir(parser)
+    add_precision(parser)
     parser.add_argument("prompts", nargs="+", help="prompts to answer")
     parser.add_argument("--via", default="adapter", choices=pipeline.VIA,
                         help="what the persona path is: the gated adapter (default), the steering vector, or a persona prompt")
@@ -86,7 +89,8 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_route(args: argparse.Namespace) -> Summary | None:
     """Answer the prompts with routing, each with the gate's probability and decision."""
-    for row in pipeline.route(args.out, args.prompts, via=args.via, persona=args.persona, max_new_tokens=args.max_new_tokens):
+    for row in pipeline.route(args.out, args.prompts, via=args.via, persona=args.persona, max_new_tokens=args.max_new_tokens,
+                              device=args.device, dtype=args.dtype):
         sign = ">=" if row["routed"] else "<"
         print(f"[gate p={row['probability']:.3f} {sign} {row['threshold']:.3f} -> {row['via']}] {row['prompt']}\n{row['answer']}\n")
     return None
@@ -95,6 +99,7 @@ def run_route(args: argparse.Namespace) -> Summary | None:
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism compare``'s options."""
     add_prism_dir(parser)
+    add_precision(parser)
     parser.add_argument("--budget", default="default", choices=("smoke", "default"), help="items per data set (default: default)")
     parser.add_argument("--systems", help="comma-separated systems (default: all); see the README")
     add_seed(parser)
@@ -102,7 +107,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compare(args: argparse.Namespace) -> Summary | None:
     """The Table-1 evaluation; print the comparison table."""
-    return pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed)
+    return pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed,
+                            device=args.device, dtype=args.dtype)
 
 
 COMMANDS = (

@@ -48,7 +48,7 @@ def run_evaluate(args: argparse.Namespace) -> Summary | None:
     if args.max_new_tokens < 1:
         raise ToolkitError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     out = args.out or Path("runs/evaluate") / f"{Path(args.dataset).stem}_{args.condition.slug}.json"
-    model, tokenizer = load_timed(args.model)
+    model, tokenizer = load_timed(args)
     result = evaluate(
         model, tokenizer, items, args.condition, scoring=args.scoring, answer_prefix=args.answer_prefix,
         normalise=args.normalise, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -104,7 +104,8 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
         directory = args.out / model_slug(name)
         start = time.perf_counter()
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
-                  judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed, batch_size=args.batch_size)
+                  judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed, batch_size=args.batch_size,
+                  device=args.device, dtype=args.dtype)
         summary = summarise_study(directory, seed=args.seed)
         directories.append(directory)
         print(f"{name}: study finished in {time.perf_counter() - start:.0f}s; report: {summary.report}")

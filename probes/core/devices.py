@@ -74,6 +74,12 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def precision(model: torch.nn.Module) -> dict[str, str]:
+    """``{"device": ..., "dtype": ...}`` of a loaded model, as every output records them beside the model's name."""
+    parameter = next(model.parameters())
+    return {"device": str(parameter.device), "dtype": dtype_name(parameter.dtype)}
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``'bfloat16'``, as outputs record it."""
     return str(dtype).removeprefix("torch.")

@@ -15,7 +15,7 @@ from interventions.study.report import StudySummary
 from interventions.summary import InterventionSummary, Patch
 from prism.cli import COMMANDS, build_parser, load_command, main, run_demo
 from prism.compare import format_table
-from prism.pipeline import BootstrapSummary, CompareSummary, TrainSummary, WinRate
+from prism.summary import BootstrapSummary, CompareSummary, TrainSummary, WinRate
 from probes.core.stats import Estimate
 from probes.store import ActivationStore
 from probes.summary import EarliestLayer, ProbeSummary

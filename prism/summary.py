@@ -1,0 +1,126 @@
+"""PRISM's runs as typed values: what ``prism.pipeline`` returns and ``prism bootstrap``, ``train``,
+``compare`` and ``prism demo`` print. The full records are the JSON files each step writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from prism.compare_report import format_table
+from probes.core.stats import Estimate
+from probes.core.summary import Summary
+
+__all__ = ["BootstrapSummary", "CompareSummary", "TrainSummary", "WinRate"]
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """How often the persona's answer won both orders of the model's own judgement, and how often the orders agreed.
+
+    Args:
+        win_rate: the share of samples the persona won in both orders (with its 95% CI and n).
+        order_agreement: the share of samples whose two orders gave the same verdict.
+    """
+
+    win_rate: Estimate
+    order_agreement: float
+
+    @classmethod
+    def from_record(cls, row: Mapping) -> WinRate:
+        return cls(Estimate.from_columns(row, "win_rate", prefix=""), row["order_agreement"])
+
+
+@dataclass(frozen=True)
+class BootstrapSummary(Summary):
+    """Stages 1-3: win rates overall and per persona; ``record`` as in ``bootstrap/summary.json``.
+
+    ``headline()`` and ``lines()`` are what ``prism bootstrap`` prints.
+
+    Args:
+        overall: the ``WinRate`` over every sample.
+        by_persona: persona name -> its ``WinRate``.
+        record: the full summary record (``prism.bootstrap.summarise``).
+    """
+
+    overall: WinRate
+    by_persona: Mapping[str, WinRate]
+    record: Mapping = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> BootstrapSummary:
+        by_persona = {row["persona"]: WinRate.from_record(row) for row in record["by_persona"]}
+        return cls(WinRate.from_record(record["overall"]), by_persona, record)
+
+    def headline(self) -> str:
+        win = self.overall.win_rate
+        return (f"{win.n} queries; the persona won both orders on {win.mean:.0%} [{win.low:.0%}, {win.high:.0%}]; "
+                f"the two orders agreed on {self.overall.order_agreement:.0%}")
+
+    def lines(self) -> list[str]:
+        return [self.headline()] + [f"  {name:15s} n={rate.win_rate.n:3d}  win rate {rate.win_rate.mean:.0%} "
+                                    f"[{rate.win_rate.low:.0%}, {rate.win_rate.high:.0%}]" for name, rate in self.by_persona.items()]
+
+
+@dataclass(frozen=True)
+class TrainSummary(Summary):
+    """The trained gate, its held-out AUC and the baseline routers' AUCs on the same split; ``record`` as in ``train.json``.
+
+    Args:
+        layer, position, kind: the gate's block, read position and kind.
+        threshold: the gate's calibrated threshold.
+        route_rate: the share of held-out queries the gate routes to the persona path.
+        auc: the gate's held-out AUC (with its 95% CI and n).
+        routers: ``embedding`` and ``self_classify`` -> that baseline router's held-out AUC on the same split.
+        record: the full training record.
+    """
+
+    layer: int
+    position: str
+    kind: str
+    threshold: float
+    route_rate: float
+    auc: Estimate
+    routers: Mapping[str, Estimate]
+    record: Mapping = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> TrainSummary:
+        gate, quality = record["gate"], record["routing_quality"]
+        routers = {name: Estimate.from_columns(quality[name], "auc", prefix="") for name in ("embedding", "self_classify")}
+        return cls(gate["layer"], gate["position"], gate["kind"], gate["threshold"], gate["route_rate"],
+                   Estimate.from_columns(quality["gate"], "auc", prefix=""), routers, record)
+
+    def lines(self) -> list[str]:
+        return ([f"gate: block {self.layer}, {self.position} token(s), {self.kind}; held-out AUC {self.auc.format(2, n=True)}; "
+                 f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"]
+                + [f"{name.replace('_', '-')} router on the same split: AUC {auc.format(2)}" for name, auc in self.routers.items()])
+
+
+@dataclass(frozen=True)
+class CompareSummary(Summary):
+    """The Table-1 comparison: one row per system; ``record`` as in ``compare/summary.json``.
+
+    Args:
+        directory: the comparison's folder (``compare/``, with ``report.md`` inside).
+        table: one row per system: 0-100 scores with their 95% CIs, as in ``compare/table.csv`` (``score`` reads
+            one as an ``Estimate``).
+        record: the full comparison summary.
+    """
+
+    directory: Path
+    table: tuple[Mapping, ...]
+    record: Mapping = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def report(self) -> Path:
+        return self.directory / "report.md"
+
+    def score(self, system: str, column: str) -> Estimate:
+        """``column`` (capitals, margin, harmbench, mtbench, overall) of ``system``."""
+        return Estimate.from_columns(next(row for row in self.table if row["system"] == system), column)
+
+    def lines(self) -> list[str]:
+        """The comparison as a Markdown table."""
+        return format_table(self.table).splitlines()

@@ -41,8 +41,7 @@ def run_interventions(
     multiples: Sequence[float] = DEFAULT_MULTIPLES,
     seed: int = 0,
     batch_size: int = 8,
-    device: str = "cpu",
-    dtype: str = "float32",
+    device: str = "cpu", dtype: str = "float32",
     progress: bool = True,
 ) -> InterventionSummary:
     """Run the causal tests into ``out``; returns the headline numbers (the full record: ``summary.json``).

@@ -141,8 +141,7 @@ def run_probe_study(
     persona_queries: int = 24,
     seed: int = 0,
     batch_size: int = 16,
-    device: str = "cpu",
-    dtype: str = "float32",
+    device: str = "cpu", dtype: str = "float32",
     progress: bool = True,
 ) -> ProbeSummary:
     """Run the probe study into ``out`` (re-running resumes the recordings); the steps are in the module docstring.

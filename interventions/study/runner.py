@@ -44,8 +44,7 @@ def run_study(
     judge_model: str | None = None,
     seed: int = 0,
     batch_size: int = 8,
-    device: str = "cpu",
-    dtype: str = "float32",
+    device: str = "cpu", dtype: str = "float32",
     progress: bool = True,
 ) -> list[dict]:
     """Run (or resume) the study into ``out``.

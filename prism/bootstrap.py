@@ -29,7 +29,7 @@ from interventions.measure.scoring import score_choices
 from interventions.study.ledger import Ledger, work_key
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
-from probes.core.files import atomic_path, write_json, write_table
+from probes.core.files import write_json, write_table, write_text
 from probes.core.personas import Persona, builtin_personas
 from probes.core.prompts import Condition, render, render_messages
 from probes.core.stats import bootstrap_mean
@@ -135,8 +135,7 @@ def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config:
     ledger = Ledger(work.bootstrap_ledger)
     queries = _queries(model, tokenizer, [library[name] for name in chosen], config, ledger, progress)
     samples = _answers_and_verdicts(model, tokenizer, queries, library, config, ledger, progress)
-    with atomic_path(work.samples) as partial:
-        partial.write_text("".join(_json_line({**asdict(s), "label": s.label}) for s in samples), encoding="utf-8")
+    write_text(work.samples, "".join(_json_line({**asdict(s), "label": s.label}) for s in samples))
     summary = summarise(samples)
     write_json(work.bootstrap_summary, {"config": asdict(config), **summary})
     write_table(work.win_rates, summary["by_persona"])

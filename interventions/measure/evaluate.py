@@ -126,12 +126,6 @@ def _item_fields(task: Task, item: Item, record: Mapping, values: Mapping) -> di
     return {"response": record["response"], "refused": bool(values["refusal_rate"])}
 
 
-def metric_values(result: Mapping) -> list[float]:
-    """Per-item values of a result's main metric, in item order."""
-    field = METRIC_FIELD[result["metric"]]
-    return [float(row[field]) for row in result["items"]]
-
-
 def _by_category(categories: Sequence[str], values: Sequence[float], seed: int) -> dict:
     groups: dict[str, list[float]] = defaultdict(list)
     for category, value in zip(categories, values):

@@ -54,8 +54,7 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 def write_json(target: str | os.PathLike, payload: Any) -> None:
     """Write ``payload`` as indented JSON, atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(target, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_table(path: Path, table: Sequence[Mapping]) -> None:

@@ -9,7 +9,6 @@ an uninterrupted run. A requested hook that does not fire is an error, never a s
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,8 +23,19 @@ from probes.core.batching import check_context, length_sorted_batches, right_pad
 from probes.core.devices import model_device, precision
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json
+from probes.core.parallel import World
+from probes.core.parallel import world as current_world
 from probes.core.prompts import RenderedPrompt, encode
-from probes.store import FORMAT, MANIFEST, POSITIONS, ActivationStore, shard_name
+from probes.store import (
+    FORMAT,
+    MANIFEST,
+    POSITIONS,
+    ActivationStore,
+    finish_shards,
+    rank_progress_name,
+    resume_manifest,
+    shard_name,
+)
 
 _BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.hook_out$")
 _BLOCK_ANY = re.compile(r"^blocks\.(\d+)\.")
@@ -110,6 +120,7 @@ def record_activations(
     progress: bool = True,
     metadata: dict | None = None,
     extra_hooks: Sequence[tuple[str, Callable]] = (),
+    world: World | None = None,
 ) -> ActivationStore:
     """Record ``hooks`` (default: every block's residual output) at ``positions`` for ``prompts``.
 
@@ -128,6 +139,9 @@ def record_activations(
         metadata: JSON-serialisable facts saved in the manifest; a resumed store must have the same.
         extra_hooks: (name, fn) forward hooks applied during recording (e.g. an intervention); they are part
             of the caller's ``metadata``, not checked here.
+        world: the processes sharing this recording (default: the launcher's, ``probes.core.parallel.world()``);
+            under ``torchrun`` every rank calls this with the same arguments, records the shards ``i % N == rank``
+            and rank 0 merges their lists into the manifest. ``World()`` records everything in this process.
 
     Returns:
         the finished ``ActivationStore``.
@@ -168,48 +182,49 @@ def record_activations(
         "shards": [],
         "complete": False,
     }
-    done = _resume_state(out_dir, manifest, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / MANIFEST, manifest)
+    group = world if world is not None else current_world()
+    failure = None
+    if group.is_main:
+        try:
+            resume_manifest(out_dir, manifest, overwrite)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / MANIFEST, manifest)
+        except (ToolkitError, OSError) as error:
+            failure = error
+    group.agree(failure)
+    manifest["shards"] = group.broadcast(manifest["shards"])
 
     n_shards = -(-len(prompts) // shard_size)
     finished = {shard["file"] for shard in manifest["shards"]}
-    with tqdm(total=len(prompts), initial=done, desc="recording", unit="prompt", disable=not progress) as bar:
-        for shard_index in range(n_shards):
-            start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
-            name = shard_name(shard_index)
-            if name in finished:
-                continue
-            tensors = _record_shard(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
-            with atomic_path(out_dir / name) as partial:
-                save_file(tensors, str(partial))
-            manifest["shards"].append({"file": name, "start": start, "stop": stop})
-            manifest["complete"] = len(manifest["shards"]) == n_shards
-            write_json(out_dir / MANIFEST, manifest)
+    mine = [index for index in range(n_shards) if group.owns(index) and shard_name(index) not in finished]
+    progress_file = out_dir / rank_progress_name(group.rank) if group.is_parallel else None
+    written = []
+    try:
+        total = sum(min(len(prompts), (index + 1) * shard_size) - index * shard_size for index in mine)
+        with tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not group.is_main) as bar:
+            for shard_index in mine:
+                start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
+                name = shard_name(shard_index)
+                tensors = _record_shard(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
+                with atomic_path(out_dir / name) as partial:
+                    save_file(tensors, str(partial))
+                written.append({"file": name, "start": start, "stop": stop})
+                if progress_file is None:
+                    finish_shards(out_dir, manifest, written[-1:], n_shards)
+                else:  # rank 0 merges every rank's list at the end; this one survives an interruption
+                    write_json(progress_file, written)
+        failure = None
+    except (ToolkitError, HookDidNotFire, OSError, RuntimeError) as error:
+        failure = error
+    group.agree(failure)
+    if group.is_parallel:
+        everyone = [shard for shards in group.gather(written) for shard in shards]
+        if group.is_main:
+            finish_shards(out_dir, manifest, everyone, n_shards)
+            for path in out_dir.glob(rank_progress_name("*")):
+                path.unlink(missing_ok=True)
+        group.barrier()
     return ActivationStore(out_dir)
-
-
-def _resume_state(out_dir: Path, manifest: dict, overwrite: bool) -> int:
-    """Keep the finished shards of a matching earlier run; return how many prompts they hold."""
-    existing_path = out_dir / MANIFEST
-    if not existing_path.exists():
-        # --overwrite replaces stores only: never delete a directory of someone else's files.
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise ToolkitError(f"{out_dir} exists and is not an activation store: choose another output directory")
-        return 0
-    if overwrite:
-        shutil.rmtree(out_dir)
-        return 0
-    existing = ActivationStore(out_dir).manifest
-    for key in ("model", "hooks", "positions", "shard_size", "prompts", "metadata"):
-        if existing.get(key) != manifest[key]:
-            raise ToolkitError(
-                f"{out_dir} already holds a recording with different {key}: use another output directory or --overwrite"
-            )
-    kept = [shard for shard in existing["shards"] if (out_dir / shard["file"]).is_file()]
-    manifest["shards"] = kept
-    manifest["complete"] = existing["complete"] and len(kept) == len(existing["shards"])
-    return sum(shard["stop"] - shard["start"] for shard in kept)
 
 
 def _record_shard(

@@ -8,19 +8,24 @@ Layout of a store directory::
 With ``positions`` "last" or "mean" a hook's tensor is ``[n_prompts_in_shard, d]``. With "all" it
 is ``[n_tokens_in_shard, d]`` (prompts concatenated) and ``offsets`` (``[n + 1]``) marks where
 each prompt starts. Shards are written whole and atomically, then the manifest is updated, so an
-interrupted recording resumes at the first unfinished shard.
+interrupted recording resumes at the first unfinished shard. In a data-parallel recording each
+rank lists the shards it finished in ``manifest.rank<r>.json`` until rank 0 merges the lists into
+the manifest; a resumed recording reads those lists too.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from jaxtyping import Float
 from safetensors.torch import load_file
 
 from probes.core.errors import ToolkitError
+from probes.core.files import write_json
 
 FORMAT = "prism-activations/1"
 MANIFEST = "manifest.json"
@@ -106,3 +111,53 @@ class ActivationStore:
             raise ToolkitError(f"offsets exist only for positions='all'; this store has {self.positions!r}")
         counts = torch.tensor([prompt["n_tokens"] for prompt in self.manifest["prompts"]])
         return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
+def finish_shards(out_dir: Path, manifest: dict, shards: Sequence[dict], n_shards: int) -> None:
+    """Add finished shards to the manifest, in shard order, and write it."""
+    manifest["shards"] = sorted([*manifest["shards"], *shards], key=lambda shard: shard["start"])
+    manifest["complete"] = len(manifest["shards"]) == n_shards
+    write_json(out_dir / MANIFEST, manifest)
+
+
+def rank_progress_name(rank: int | str) -> str:
+    """The file where a rank of a data-parallel recording lists the shards it finished."""
+    return f"{Path(MANIFEST).stem}.rank{rank}.json"
+
+
+def resume_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
+    """Check ``out_dir`` before recording ``manifest`` there and put the finished shards of a matching earlier run
+    (the manifest's and those an interrupted data-parallel run listed) in ``manifest``. ``overwrite`` deletes an
+    earlier store (only a store) instead."""
+    existing_path = out_dir / MANIFEST
+    if not existing_path.exists():
+        # --overwrite replaces stores only: never delete a directory of someone else's files.
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise ToolkitError(f"{out_dir} exists and is not an activation store: choose another output directory")
+        return
+    if overwrite:
+        shutil.rmtree(out_dir)
+        return
+    existing = ActivationStore(out_dir).manifest
+    for key in ("model", "hooks", "positions", "shard_size", "prompts", "metadata"):
+        if existing.get(key) != manifest[key]:
+            raise ToolkitError(
+                f"{out_dir} already holds a recording with different {key}: use another output directory or --overwrite"
+            )
+    listed = list(existing["shards"]) + _interrupted_ranks(out_dir)
+    kept = [shard for shard in {shard["file"]: shard for shard in listed}.values() if (out_dir / shard["file"]).is_file()]
+    manifest["shards"] = sorted(kept, key=lambda shard: shard["start"])
+    n_shards = -(-len(manifest["prompts"]) // manifest["shard_size"])
+    manifest["complete"] = len(kept) == n_shards
+
+
+def _interrupted_ranks(out_dir: Path) -> list[dict]:
+    """Shards finished by the ranks of an interrupted data-parallel recording (their progress files)."""
+    shards = []
+    for path in sorted(out_dir.glob(rank_progress_name("*"))):
+        try:
+            listed = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # cut off by the interruption: those shards are recorded again
+        shards += [shard for shard in listed if isinstance(shard, dict) and {"file", "start", "stop"} <= shard.keys()]
+    return shards

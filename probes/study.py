@@ -31,13 +31,14 @@ from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors, write_table, write_text
 from probes.core.models import load_model
+from probes.core.parallel import World, world
 from probes.core.personas import LENGTHS, builtin_personas
 from probes.core.prompts import Condition, render
 from probes.core.stats import Estimate
 from probes.directions import cosine, norm_estimate, persona_differences, shared_structure
 from probes.intents import POSITIONS, TARGETS, LabelledQuery, intent_queries, target_labels
 from probes.linear import PROBE_KINDS, as_numpy, fit_probe, random_direction_control, score_probe, shuffled_label_control
-from probes.recording import EMBEDDING_HOOK, layer_index, record_activations, residual_hooks
+from probes.recording import EMBEDDING_HOOK, HookDidNotFire, layer_index, record_activations, residual_hooks
 from probes.report import write_probe_report
 from probes.splits import balance, held_out_split, in_distribution_split
 from probes.store import ActivationStore
@@ -51,16 +52,35 @@ def data_hash(queries: Sequence[LabelledQuery]) -> str:
     return digest.hexdigest()[:16]
 
 
-def record_condition(model, tokenizer, queries, condition: Condition, out: Path, hooks, positions, batch_size,
-                     progress) -> dict[str, ActivationStore]:
-    prompts = [render(tokenizer, q.item.prompt, condition, item_id=q.item.id, item_category=q.item.category) for q in queries]
-    return {
-        position: record_activations(
-            model, tokenizer, prompts, out / f"{condition.slug}-{position}", hooks=hooks, positions=position,
-            batch_size=batch_size, progress=progress, metadata={"condition": condition.to_dict(), "data": data_hash(queries)},
-        )
-        for position in positions
-    }
+def record_conditions(model, tokenizer, jobs: Sequence[tuple[Condition, Sequence[LabelledQuery], Path]], hooks,
+                      batch_size: int, progress: bool, group: World) -> dict[tuple[str, str], ActivationStore]:
+    """Record every ``(condition, queries, directory)`` job at every read position (resuming finished stores).
+
+    Under ``torchrun`` the stores are the units of work: rank r records stores ``i % N == r``, each in full, so
+    every store is the one a single process writes. Returns ``(condition slug, position) -> store`` on every rank.
+    """
+    units = [(condition, job_queries, directory, position) for condition, job_queries, directory in jobs
+             for position in POSITIONS]
+    failure = None
+    try:
+        for condition, job_queries, directory, position in tqdm(
+                group.share(units), desc="recording", unit="store", disable=not progress or not group.is_main):
+            prompts = [render(tokenizer, q.item.prompt, condition, item_id=q.item.id, item_category=q.item.category)
+                       for q in job_queries]
+            record_activations(
+                model, tokenizer, prompts, _store_directory(directory, condition, position), hooks=hooks, positions=position,
+                batch_size=batch_size, progress=False, world=World(),
+                metadata={"condition": condition.to_dict(), "data": data_hash(job_queries)},
+            )
+    except (ToolkitError, HookDidNotFire, OSError, RuntimeError) as error:
+        failure = error
+    group.agree(failure)
+    return {(condition.slug, position): ActivationStore(_store_directory(directory, condition, position))
+            for condition, _, directory, position in units}
+
+
+def _store_directory(directory: Path, condition: Condition, position: str) -> Path:
+    return directory / f"{condition.slug}-{position}"
 
 
 def probe_scores(activations: dict[str, dict[str, np.ndarray]], queries: Sequence[LabelledQuery], hooks: Sequence[str],
@@ -190,10 +210,33 @@ def run_probe_study(
     hooks = [EMBEDDING_HOOK] + residual_hooks(model, layers)  # token embeddings: the lexical baseline
     meta = {"model": model.cfg.model_name, **precision(model), "data": data_hash(queries), "hooks": hooks, "seed": seed}
 
-    _say(f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona")
-    stores = record_condition(model, tokenizer, queries, Condition("none"), out / "activations", hooks, POSITIONS,
-                              batch_size, progress)
-    activations = {position: {hook: as_numpy(store.load(hook)) for hook in hooks} for position, store in stores.items()}
+    chosen = _spread_queries(queries, persona_queries)
+    persona_set = [queries[i] for i in chosen]
+    conditions = [Condition(name, length, "system") for name in personas for length in persona_lengths]
+    _say(f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona, and {len(persona_set)} "
+         f"of them under {len(personas)} personas x {len(persona_lengths)} lengths")
+    group = world()
+    stores = record_conditions(
+        model, tokenizer, [(Condition("none"), queries, out / "activations")]
+        + [(condition, persona_set, out / "activations" / "personas") for condition in conditions],
+        hooks, batch_size, progress, group)
+    failure = None
+    if group.is_main:  # the rest is cheap next to recording: rank 0 analyses, the others wait for its summary
+        try:
+            summary = _analyse(out, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress)
+        except (ToolkitError, OSError, ValueError) as error:
+            failure = error
+    group.agree(failure)
+    if not group.is_main:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return ProbeSummary.from_record(out, summary)
+
+
+def _analyse(out: Path, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress) -> dict:
+    """Steps 2-4 of the module docstring on the recorded stores; writes every table, figure and ``summary.json``."""
+    none = Condition("none").slug
+    activations = {position: {hook: as_numpy(stores[(none, position)].load(hook)) for hook in hooks}
+                   for position in POSITIONS}
     rows = probe_scores(activations, queries, hooks, kinds=kinds, seed=seed, progress=progress)
     _write_rows(out / "probe_scores", rows)
 
@@ -215,16 +258,14 @@ def run_probe_study(
             summary["earliest"][f"{target}/{position}"] = earliest_decodable(rows, target, position)
     summary["saved"] += _save_probes(out, activations, queries, hooks, meta, rows, seed)
 
-    chosen = _spread_queries(queries, persona_queries)
     persona_set = [queries[i] for i in chosen]
     base_acts = {p: {h: activations[p][h][chosen] for h in hooks} for p in POSITIONS}  # recorded above
-    persona = _persona_directions(model, tokenizer, persona_set, base_acts, personas, persona_lengths, out, hooks,
-                                  directions_by_position, meta, batch_size, progress)
+    persona = _persona_directions(stores, persona_set, base_acts, conditions, out, hooks, directions_by_position, meta)
     summary["personas"] = persona["summary"]
 
     write_probe_report(out, rows, persona, activations, queries, persona_set, directions_by_position, hooks, summary)
     write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    return ProbeSummary.from_record(out, summary)
+    return summary
 
 
 def _save_probes(out: Path, activations, queries, hooks, meta, rows, seed) -> list[str]:
@@ -264,16 +305,14 @@ def _spread_queries(queries: Sequence[LabelledQuery], n: int) -> list[int]:
     return chosen
 
 
-def _persona_directions(model, tokenizer, queries, base_acts, personas, lengths, out, hooks, intent_dirs, meta,
-                        batch_size, progress) -> dict:
+def _persona_directions(stores, queries, base_acts, conditions, out, hooks, intent_dirs, meta) -> dict:
     """``base_acts``: the same queries' no-persona activations (position -> hook -> [n, d])."""
-    _say(f"recording {len(queries)} queries under {len(personas)} personas x {len(lengths)} lengths")
+    personas = list(dict.fromkeys(condition.persona for condition in conditions))
+    lengths = list(dict.fromkeys(condition.length for condition in conditions))
     differences: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
-    conditions = [Condition(name, length, "system") for name in personas for length in lengths]
-    for condition in tqdm(conditions, desc="persona conditions", unit="condition", disable=not progress):
-        stores = record_condition(model, tokenizer, queries, condition, out / "activations" / "personas", hooks,
-                                  POSITIONS, batch_size, progress=False)
-        for position, store in stores.items():
+    for condition in conditions:
+        for position in POSITIONS:
+            store = stores[(condition.slug, position)]
             differences[(condition.persona, condition.length, position)] = {
                 hook: persona_differences(as_numpy(store.load(hook)), base_acts[position][hook]) for hook in hooks
             }

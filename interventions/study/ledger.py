@@ -21,17 +21,26 @@ def work_key(**parts) -> str:
 
 
 class Ledger:
-    def __init__(self, path: str | Path) -> None:
+    """The records of one ledger file, by key; appending flushes each batch to disk.
+
+    Args:
+        path: the ledger's JSONL file (need not exist yet).
+        rank: in a data-parallel run, this process's rank: it appends to its own file beside ``path``
+            (``<stem>.rank<r>.jsonl``) and ``merge`` (rank 0) folds every rank's file into ``path``. Reading always
+            includes the rank files, so the work of an interrupted parallel run is kept.
+    """
+
+    def __init__(self, path: str | Path, *, rank: int | None = None) -> None:
         self.path = Path(path)
+        self.write_path = self.path if rank is None else self._rank_path(rank)
         self._records: dict[str, dict] = {}
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by an interruption: its work is simply redone
-                if isinstance(record, dict) and "key" in record:
-                    self._records[record["key"]] = record
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the ledger and every rank file again (after other processes added to them)."""
+        self._records = {}
+        for path in [self.path, *self._rank_files()]:
+            self._records.update(_read_records(path))
 
     def __contains__(self, key: str) -> bool:
         return key in self._records
@@ -44,21 +53,61 @@ class Ledger:
 
     def add(self, records: Iterable[Mapping]) -> None:
         """Append records (each with a ``key``) and flush them to disk."""
-        lines = []
+        records = [dict(record) for record in records]
         for record in records:
-            self._records[record["key"]] = dict(record)
-            lines.append(json.dumps(record, ensure_ascii=False))
-        if not lines:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            if handle.tell() > 0 and not self._ends_with_newline():
-                handle.write("\n")  # never glue a record onto a line cut off earlier
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            self._records[record["key"]] = record
+        _append(self.write_path, records)
 
-    def _ends_with_newline(self) -> bool:
-        with self.path.open("rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) == b"\n"
+    def merge(self) -> None:
+        """Fold the rank files' records into the ledger file (in rank order), then remove the rank files."""
+        rank_files = self._rank_files()
+        if not rank_files:
+            return
+        kept = _read_records(self.path)
+        for path in rank_files:
+            records = _read_records(path)
+            _append(self.path, [record for key, record in records.items() if key not in kept])
+            kept.update(records)
+        for path in rank_files:
+            path.unlink(missing_ok=True)
+        self.reload()
+
+    def _rank_path(self, rank: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.rank{rank}{self.path.suffix}")
+
+    def _rank_files(self) -> list[Path]:
+        prefix = f"{self.path.stem}.rank"
+        found = [path for path in self.path.parent.glob(f"{prefix}*{self.path.suffix}")
+                 if path.name[len(prefix):-len(self.path.suffix)].isdigit()]
+        return sorted(found, key=lambda path: int(path.name[len(prefix):-len(self.path.suffix)]))
+
+
+def _read_records(path: Path) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut off by an interruption: its work is simply redone
+            if isinstance(record, dict) and "key" in record:
+                records[record["key"]] = record
+    return records
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    if not records:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        if handle.tell() > 0 and not _ends_with_newline(path):
+            handle.write("\n")  # never glue a record onto a line cut off earlier
+        handle.write("\n".join(json.dumps(record, ensure_ascii=False) for record in records) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"

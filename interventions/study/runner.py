@@ -27,6 +27,7 @@ from probes.core.errors import ToolkitError
 from probes.core.files import write_json
 from probes.core.items import Item
 from probes.core.models import load_model
+from probes.core.parallel import World, world
 from probes.core.prompts import Condition, RenderedPrompt, encode, render_conversation
 
 __all__ = ["BUDGETS", "GRIDS", "TASKS", "Budget", "applies", "conditions", "run_study"]
@@ -85,15 +86,19 @@ def run_study(
     }
     judge = EndpointJudge(judge_url, judge_model) if judge_url else SelfJudge(model, tokenizer)
     _check_same_model(out, settings["model"])
-    write_json(out / "study.json", settings)
-    runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress)
+    group = world()
+    if group.is_main:
+        write_json(out / "study.json", settings)
+    runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group)
     rows: list[dict] = []
     for name, n in plan.items.items():
         task = TASKS[name]
         task_items = task.load_items(n, seed)
         _say(f"{name}: {len(task_items)} items x {len(conditions(task, plan.grid))} conditions")
         rows += runner.run(task, task_items, conditions(task, plan.grid), plan, judge)
-    write_json(out / "items.json", rows)
+    if group.is_main:
+        write_json(out / "items.json", rows)
+    group.barrier()
     return rows
 
 
@@ -109,14 +114,31 @@ def _check_same_model(out: Path, model: str) -> None:
 
 
 class _Runner:
-    """Computes what the ledger lacks, then reads every cell's rows from the ledger."""
+    """Computes what the ledger lacks, then reads every cell's rows from the ledger.
 
-    def __init__(self, model, tokenizer, ledger_dir: Path, seed: int, batch_size: int, progress: bool) -> None:
+    Work is cut into chunks in one fixed order; under ``torchrun`` rank r computes chunks ``i % N == r`` into its own
+    ledger file, and after each step rank 0 merges the files and every rank reads the merged ledger.
+    """
+
+    def __init__(self, model, tokenizer, ledger_dir: Path, seed: int, batch_size: int, progress: bool,
+                 group: World = World()) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.ledger_dir, self.seed, self.batch_size, self.progress = ledger_dir, seed, batch_size, progress
+        self.group = group
+
+    def _ledger(self, name: str) -> Ledger:
+        return Ledger(self.ledger_dir / name, rank=self.group.rank if self.group.is_parallel else None)
+
+    def _merge(self, ledger: Ledger, failure: BaseException | None) -> None:
+        """Wait for every rank's share; rank 0 merges the rank files and everyone reads the merged ledger."""
+        self.group.agree(failure)
+        if self.group.is_main:
+            ledger.merge()
+        self.group.barrier()
+        ledger.reload()
 
     def run(self, task: Task, items: list[Item], grid: list[Condition], plan: Budget, judge) -> list[dict]:
-        ledger = Ledger(self.ledger_dir / f"{task.name}.jsonl")
+        ledger = self._ledger(f"{task.name}.jsonl")
         cells = []  # (condition, item, prompt, key)
         too_long = 0
         for condition in grid:
@@ -161,20 +183,26 @@ class _Runner:
 
         keys = sorted(todo, key=order)
         chunk = self.batch_size * 4
+        mine = self.group.share([keys[start : start + chunk] for start in range(0, len(keys), chunk)])
         verb = "scoring" if task.is_choice else "generating"
-        with tqdm(total=len(keys), desc=f"{task.name}: {verb}", unit="prompt", disable=not self.progress) as bar:
-            for start in range(0, len(keys), chunk):
-                batch = keys[start : start + chunk]
-                records = task.measure(
-                    self.model, self.tokenizer, [todo[key][0] for key in batch], [todo[key][1] for key in batch],
-                    max_new_tokens=None if task.is_choice else plan.max_new_tokens[task.name],
-                    batch_size=self.batch_size, seed=self.seed,
-                )
-                ledger.add([{"key": key, **record} for key, record in zip(batch, records)])
-                bar.update(len(batch))
+        failure = None
+        try:
+            with tqdm(total=sum(map(len, mine)), desc=f"{task.name}: {verb}", unit="prompt",
+                      disable=not self.progress) as bar:
+                for batch in mine:
+                    records = task.measure(
+                        self.model, self.tokenizer, [todo[key][0] for key in batch], [todo[key][1] for key in batch],
+                        max_new_tokens=None if task.is_choice else plan.max_new_tokens[task.name],
+                        batch_size=self.batch_size, seed=self.seed,
+                    )
+                    ledger.add([{"key": key, **record} for key, record in zip(batch, records)])
+                    bar.update(len(batch))
+        except (ToolkitError, OSError, RuntimeError) as error:
+            failure = error
+        self._merge(ledger, failure)
 
     def _second_turns(self, task: Task, cells: list, ledger: Ledger, plan: Budget) -> None:
-        todo = {}
+        todo, second = {}, {}
         for condition, item, prompt, key in cells:
             if len(item.turns) < 2:
                 continue
@@ -184,11 +212,13 @@ class _Runner:
             if len(encode(self.tokenizer, follow_up)) + plan.max_new_tokens[task.name] > self.model.cfg.n_ctx:
                 continue  # the conversation outgrew the context: this item keeps its first turn only
             turn_key = work_key(text=follow_up.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy")
-            ledger[key]["turn2_key"] = turn_key
+            second[key] = turn_key
             if turn_key not in ledger:
                 todo[turn_key] = (item, follow_up)
         if todo:
             self._compute(task, todo, ledger, plan)
+        for key, turn_key in second.items():  # after computing: the merged ledger is read afresh
+            ledger[key]["turn2_key"] = turn_key
 
     def _row(self, task: Task, condition: Condition, item: Item, prompt: RenderedPrompt, record: dict) -> dict:
         row = {
@@ -207,7 +237,7 @@ class _Runner:
 
     def _judge(self, rows: list[dict], items: list[Item], judge, plan: Budget, turn_ledger: Ledger) -> None:
         """Judge every answer once per judge seed; ``turn_ledger`` holds the answers themselves."""
-        ledger = Ledger(self.ledger_dir / "judge.jsonl")
+        ledger = self._ledger("judge.jsonl")
         by_id = {item.id: item for item in items}
         requests = {}
         for row in rows:
@@ -223,16 +253,22 @@ class _Runner:
                     row["_requests"].append((turn, judge_seed, key))
                     requests[key] = (request, judge_seed)
         todo = [key for key in requests if key not in ledger]
-        chunk = 32
-        with tqdm(total=len(todo), desc="mtbench: judging", unit="judgement", disable=not self.progress or not todo) as bar:
-            for start in range(0, len(todo), chunk):
-                for judge_seed in plan.judge_seeds:
-                    batch = [key for key in todo[start : start + chunk] if requests[key][1] == judge_seed]
-                    if not batch:
-                        continue
-                    texts = judge.judge([requests[key][0] for key in batch], seed=judge_seed)
-                    ledger.add({"key": key, "judgement": text} for key, text in zip(batch, texts))
-                    bar.update(len(batch))
+        mine = self.group.share([todo[start : start + 32] for start in range(0, len(todo), 32)])
+        failure = None
+        try:
+            with tqdm(total=sum(map(len, mine)), desc="mtbench: judging", unit="judgement",
+                      disable=not self.progress or not mine) as bar:
+                for chunk in mine:
+                    for judge_seed in plan.judge_seeds:
+                        batch = [key for key in chunk if requests[key][1] == judge_seed]
+                        if not batch:
+                            continue
+                        texts = judge.judge([requests[key][0] for key in batch], seed=judge_seed)
+                        ledger.add({"key": key, "judgement": text} for key, text in zip(batch, texts))
+                        bar.update(len(batch))
+        except (ToolkitError, OSError, RuntimeError) as error:
+            failure = error
+        self._merge(ledger, failure)
         for row in rows:
             ratings = {}
             for turn, judge_seed, key in row.pop("_requests"):

@@ -13,9 +13,10 @@ import argparse
 import os
 import sys
 import time
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from prism.cli.command import Command
 from probes.core.errors import ToolkitError
@@ -106,26 +107,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [argv[0]] if argv and argv[0] in COMMANDS else []
     _quiet_transformers()  # before the command's group imports transformers
     args = build_parser(chosen).parse_args(argv)
+    rank = os.environ.get("RANK", "0")  # under torchrun rank 0 speaks for the run; the others only report errors
+    name = f"prism {args.command}" if rank == "0" else f"prism {args.command} (rank {rank})"
     try:
-        command = load_command(args.command)
-        for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
-            check(args)
-        start = time.perf_counter()
-        summary = command.run(args)
-        if summary is not None:
-            print(summary.format())
-            if getattr(summary, "report", None) is not None:
-                print(f"report: {summary.report}")
-        elapsed = time.perf_counter() - start
-        if elapsed >= 1:
-            print(f"prism {args.command} finished in {elapsed:.0f}s", file=sys.stderr)
+        with _speaking(rank == "0"):
+            command = load_command(args.command)
+            for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
+                check(args)
+            start = time.perf_counter()
+            summary = command.run(args)
+            if summary is not None:
+                print(summary.format())
+                if getattr(summary, "report", None) is not None:
+                    print(f"report: {summary.report}")
+            elapsed = time.perf_counter() - start
+            if elapsed >= 1:
+                print(f"prism {args.command} finished in {elapsed:.0f}s", file=sys.stderr)
         return 0
     except ToolkitError as error:
-        print(f"prism {args.command}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"prism {args.command}: interrupted; finished work is kept, run the same command to resume", file=sys.stderr)
+        print(f"{name}: interrupted; finished work is kept, run the same command to resume", file=sys.stderr)
         return 130
+
+
+@contextmanager
+def _speaking(speaks: bool) -> Iterator[None]:
+    """Everything as usual, or (a data-parallel run's other ranks) no output and no progress bars."""
+    if speaks:
+        yield
+        return
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
 
 
 def _quiet_transformers() -> None:

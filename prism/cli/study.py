@@ -25,6 +25,7 @@ from prism.cli.options import (
 from probes.core.errors import ToolkitError
 from probes.core.files import write_json
 from probes.core.models import model_slug
+from probes.core.parallel import world
 from probes.core.personas import LENGTHS, persona_library
 from probes.core.summary import Summary
 
@@ -106,10 +107,12 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
                   judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed, batch_size=args.batch_size,
                   device=args.device, dtype=args.dtype)
-        summary = summarise_study(directory, seed=args.seed)
         directories.append(directory)
+        if not world().is_main:
+            continue  # under torchrun rank 0 writes the tables, figures and report
+        summary = summarise_study(directory, seed=args.seed)
         print(f"{name}: study finished in {time.perf_counter() - start:.0f}s; report: {summary.report}")
-    if len(directories) > 1:
+    if len(directories) > 1 and world().is_main:
         print(f"compared models: {compare_models(directories, args.out / 'fig1d_placement_models.png')}")
     return None
 

@@ -8,6 +8,8 @@ unchanged.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from probes.core.errors import ToolkitError
@@ -23,12 +25,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``.
 
     Returns:
-        the device; ``auto`` picks CUDA, then MPS, then the CPU.
+        the device; ``auto`` picks CUDA, then MPS, then the CPU. Under ``torchrun`` (``WORLD_SIZE`` > 1) ``auto`` and
+        ``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK``.
 
     Raises:
         ToolkitError: an unknown device, or one this machine does not have.
     """
     text = str(device).strip().lower() if not isinstance(device, torch.device) else str(device)
+    if text in ("auto", "cuda") and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}")  # torchrun
     if text == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -1,0 +1,102 @@
+"""Data-parallel runs: ``torchrun --nproc-per-node 2`` on CPUs (gloo) gives the outputs of one process.
+
+Both sides run with one thread per process (``OMP_NUM_THREADS=1``, what torchrun sets), so the
+numbers are bit-identical; with more threads a single process differs only by float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from interventions.study.ledger import Ledger
+from probes.core.errors import ToolkitError
+from probes.core.parallel import World
+
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+for variable in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    ENVIRONMENT.pop(variable, None)
+
+
+def prism(*arguments: str, processes: int = 1, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``prism`` in a fresh process, or under torchrun with ``processes`` ranks."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command = [*launcher, "-m", "prism.cli"] if processes > 1 else [sys.executable, "-m", "prism.cli"]
+    return subprocess.run([*command, *arguments], cwd=cwd, env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
+
+
+def test_work_units_are_dealt_round_robin_and_cover_everything_once():
+    units = list(range(11))
+    shares = [World(rank, 3).share(units) for rank in range(3)]
+    assert shares == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert sorted(sum(shares, [])) == units
+    assert World().share(units) == units and World().is_main and not World().is_parallel
+
+
+def test_a_one_process_world_gathers_broadcasts_and_agrees_locally():
+    alone = World()
+    assert alone.gather({"a": 1}) == [{"a": 1}] and alone.broadcast(5) == 5
+    alone.agree(None)
+    with pytest.raises(ToolkitError, match="boom"):
+        alone.agree(ToolkitError("boom"))
+
+
+def test_a_ledger_reads_every_rank_file_and_merge_folds_them_into_one(tmp_path):
+    path = tmp_path / "task.jsonl"
+    Ledger(path).add([{"key": "a", "value": 0}])
+    Ledger(path, rank=0).add([{"key": "b", "value": 1}])
+    Ledger(path, rank=1).add([{"key": "c", "value": 2}, {"key": "a", "value": 0}])
+    reader = Ledger(path)
+    assert len(reader) == 3 and reader["c"]["value"] == 2  # an interrupted parallel run's work is kept
+    reader.merge()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task.jsonl"]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["key"] for line in lines] == ["a", "b", "c"]  # each record once, in rank order
+
+
+@pytest.mark.parametrize("processes", [2])
+def test_record_under_torchrun_writes_the_store_of_one_process(tmp_path, tiny_llama_directory, processes):
+    arguments = ["record", "--model", tiny_llama_directory, "--dataset", "capitals", "-n", "10", "--shard-size", "3"]
+    alone = prism(*arguments, "--out", "alone", cwd=tmp_path)
+    together = prism(*arguments, "--out", "together", processes=processes, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert together.returncode == 0, together.stderr[-2000:]
+    assert together.stdout.count("recorded 10 prompts") == 1  # rank 0 speaks for the run
+    files = sorted(path.name for path in (tmp_path / "alone").iterdir())
+    assert files == sorted(path.name for path in (tmp_path / "together").iterdir())  # no rank files left
+    assert len([name for name in files if name.startswith("shard_")]) == 4
+    for name in files:
+        assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "together" / name).read_bytes(), name
+    assert load_file(tmp_path / "together" / "shard_00003.safetensors")["blocks.2.hook_out"].shape == (1, 64)
+
+
+def test_study_under_torchrun_gives_the_effects_of_one_process(tmp_path, tiny_llama_directory):
+    arguments = ["study", "--model", tiny_llama_directory, "--budget", "smoke", "--tasks", "capitals", "--items", "12",
+                 "--batch-size", "4"]
+    alone = prism(*arguments, "--out", "alone", cwd=tmp_path)
+    together = prism(*arguments, "--out", "together", processes=2, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert together.returncode == 0, together.stderr[-2000:]
+    (one,), (two,) = (tmp_path / "alone").iterdir(), (tmp_path / "together").iterdir()
+    for name in ("effects.csv", "cells.csv", "items.json"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert sorted(path.name for path in (two / "ledger").iterdir()) == ["capitals.jsonl"]  # rank files merged
+    assert len(Ledger(two / "ledger" / "capitals.jsonl")) == len(Ledger(one / "ledger" / "capitals.jsonl")) > 12
+
+
+def test_a_failing_rank_stops_every_rank_with_one_line_instead_of_hanging(tmp_path, tiny_llama_directory):
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "notes.txt").write_text("mine")
+    failed = prism("record", "--model", tiny_llama_directory, "--dataset", "capitals", "-n", "4", "--out", "occupied",
+                   processes=2, cwd=tmp_path)
+    assert failed.returncode != 0
+    assert "prism record: error: occupied exists and is not an activation store" in failed.stderr
+    assert "prism record (rank 1): error: another process of this run failed (rank 0: " in failed.stderr
+    assert "/probes/" not in failed.stderr and "/prism/" not in failed.stderr  # only torchrun's own report of exit 2
+    assert (tmp_path / "occupied" / "notes.txt").read_text() == "mine"

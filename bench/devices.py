@@ -39,10 +39,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
 from interventions.measure.tasks import TASKS
-from prism.bootstrap import Sample
 from prism.distill import DistillConfig, distill
 from prism.gate import Gate
 from prism.routing import Routed
+from prism.samples import Sample
 from probes.core.batching import length_sorted_batches, right_pad
 from probes.core.devices import dtype_name, resolve_device, resolve_dtype
 from probes.core.errors import ToolkitError

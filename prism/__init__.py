@@ -21,7 +21,8 @@ from probes.core.exports import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "prism.adapters": ("active_adapter", "load_adapter", "save_adapter"),
     "prism.baselines": ("EmbeddingRouter", "SelfClassifyRouter"),
-    "prism.bootstrap": ("BootstrapConfig", "Sample", "load_samples", "run_bootstrap"),
+    "prism.bootstrap": ("BootstrapConfig", "run_bootstrap"),
+    "prism.samples": ("Sample", "load_samples"),
     "prism.compare": ("CompareBudget", "run_compare"),
     "prism.distill": ("DistillConfig",),
     "prism.gate": ("Gate", "fit_gate"),

@@ -14,25 +14,23 @@ stopped; ``samples.jsonl`` and ``summary.json`` are written at the end.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
 from interventions.study.ledger import Ledger, work_key
+from prism.samples import Sample, write_samples
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
-from probes.core.files import write_json, write_table, write_text
+from probes.core.parallel import world
 from probes.core.personas import Persona, builtin_personas
 from probes.core.prompts import Condition, render, render_messages
-from probes.core.stats import bootstrap_mean
 
 MIN_QUERY_CHARS = 15
 QUERY_REQUEST = ("Write one question or request that a user might bring to you, one that your expertise lets you "
@@ -40,7 +38,6 @@ QUERY_REQUEST = ("Write one question or request that a user might bring to you, 
 VERDICT_REQUEST = ("Here is a user's request and two responses to it.\n\nRequest: {query}\n\nResponse A: {first}\n\n"
                    "Response B: {second}\n\nWhich response is more helpful, accurate and appropriate? Answer A or B.")
 VERDICT_PREFIX = "The better response is"
-VERDICT_RULES = ("both", "debiased")
 
 
 @dataclass(frozen=True)
@@ -66,44 +63,6 @@ class BootstrapConfig:
     max_rounds: int = 4
     seed: int = 0
     batch_size: int = 8
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One bootstrapped query with both answers and the self-verdict.
-
-    Args:
-        id: ``"{persona}-{index:04d}"``, index counting every kept query.
-        persona, query: the persona the query was written under, and the cleaned query.
-        answer_plain, answer_persona: the answers without a persona and with it.
-        persona_first_wins, persona_second_wins: whether the persona's answer won when shown as A, and as B.
-        margins: log p(persona's letter) - log p(other letter), in each order.
-    """
-
-    id: str
-    persona: str
-    query: str
-    answer_plain: str
-    answer_persona: str
-    persona_first_wins: bool  # the persona's answer shown as A
-    persona_second_wins: bool  # the persona's answer shown as B
-    margins: tuple[float, float]  # log p(persona's letter) - log p(other letter), in each order
-
-    @property
-    def label(self) -> int:
-        """The paper's rule: 1 only if the persona wins in both orders."""
-        return int(self.persona_first_wins and self.persona_second_wins)
-
-    @property
-    def debiased_label(self) -> int:
-        """1 if the persona's preference summed over both orders is positive: a judge's fixed
-        preference for one position cancels out."""
-        return int(sum(self.margins) > 0)
-
-    def verdict(self, rule: str) -> int:
-        if rule not in VERDICT_RULES:
-            raise ToolkitError(f"unknown verdict rule {rule!r}: use one of {', '.join(VERDICT_RULES)}")
-        return self.label if rule == "both" else self.debiased_label
 
 
 def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
@@ -132,64 +91,13 @@ def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config:
         raise ToolkitError(f"unknown persona {unknown[0]!r}: choose from {', '.join(library)}")
     if config.queries_per_persona < 1:
         raise ToolkitError(f"queries per persona must be at least 1, got {config.queries_per_persona}")
-    ledger = Ledger(work.bootstrap_ledger)
+    group = world()
+    ledger = Ledger(work.bootstrap_ledger, world=group)
+    progress = progress and group.is_main
     queries = _queries(model, tokenizer, [library[name] for name in chosen], config, ledger, progress)
     samples = _answers_and_verdicts(model, tokenizer, queries, library, config, ledger, progress)
-    write_text(work.samples, "".join(_json_line({**asdict(s), "label": s.label}) for s in samples))
-    summary = summarise(samples)
-    write_json(work.bootstrap_summary, {"config": asdict(config), **summary})
-    write_table(work.win_rates, summary["by_persona"])
+    group.on_main(lambda: write_samples(work, samples, {"config": asdict(config)}))  # every rank has every sample; rank 0 writes them
     return samples
-
-
-def load_samples(source: str | Path | PrismDirectory) -> list[Sample]:
-    """The bootstrapped samples.
-
-    Args:
-        source: a PRISM working directory, or a ``samples.jsonl`` file.
-
-    Returns:
-        the samples in file order.
-
-    Raises:
-        ToolkitError: no samples file, a line that is not a sample, or no samples at all.
-    """
-    path = Path(source)
-    path = PrismDirectory(path).samples if path.is_dir() else path
-    if not path.is_file():
-        raise ToolkitError(f"no bootstrap samples at {path}: run `prism bootstrap` first")
-    samples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            record.pop("label", None)
-            record["margins"] = tuple(record["margins"])
-            samples.append(Sample(**record))
-        except (json.JSONDecodeError, TypeError, KeyError) as error:
-            raise ToolkitError(f"{path} line {number} is not a bootstrap sample ({error}): rerun `prism bootstrap`") from error
-    if not samples:
-        raise ToolkitError(f"{path} holds no samples: rerun `prism bootstrap`")
-    return samples
-
-
-def summarise(samples: Sequence[Sample], seed: int = 0) -> dict:
-    """Persona win rates with 95% CIs, overall and per persona, and how often the two orders
-    agree (a judge that only follows position never agrees with itself: the persona then wins
-    as A and loses as B, or the reverse, every time)."""
-    def rates(group: Sequence[Sample]) -> dict:
-        win = bootstrap_mean([s.label for s in group], seed=seed)
-        first = np.array([s.persona_first_wins for s in group])
-        second = np.array([s.persona_second_wins for s in group])
-        return {"n": win.n, **win.columns("win_rate", prefix=""),
-                "debiased_win_rate": float(np.mean([s.debiased_label for s in group])),
-                "order_agreement": float((first == second).mean()), "wins_as_A": float(first.mean()),
-                "wins_as_B": float(second.mean())}
-
-    by_persona = [{"persona": name, **rates([s for s in samples if s.persona == name])}
-                  for name in dict.fromkeys(s.persona for s in samples)]
-    return {"overall": rates(samples), "by_persona": by_persona}
 
 
 def clean_query(text: str) -> str | None:
@@ -264,14 +172,20 @@ def _answers_and_verdicts(model, tokenizer, queries, library, config: BootstrapC
 
 def _generate_once(model, tokenizer, prompts, keys, ledger: Ledger, config: BootstrapConfig, max_new_tokens: int,
                    temperature: float, seed: int, label: str, progress: bool) -> list[str]:
-    """Generate what the ledger does not hold yet, a few batches at a time, recording each."""
+    """Generate what the ledger does not hold yet, a few batches at a time (each seeded by its place), recording
+    each; under ``torchrun`` the ranks share the batches."""
     todo = [index for index, key in enumerate(keys) if key not in ledger]
-    chunk = config.batch_size * 2
-    for start in tqdm(range(0, len(todo), chunk), desc=label, unit="chunk", disable=not progress or not todo):
-        part = todo[start:start + chunk]
-        texts = generate(model, tokenizer, [prompts[i] for i in part], max_new_tokens=max_new_tokens,
-                         temperature=temperature, seed=seed + start, batch_size=config.batch_size, progress=False)
-        ledger.add({"key": keys[i], "text": text} for i, text in zip(part, texts))
+    step = config.batch_size * 2
+    chunks = [(start, todo[start:start + step]) for start in range(0, len(todo), step)]
+    with tqdm(total=len(ledger.world.share(chunks)), desc=label, unit="chunk", disable=not progress or not todo) as bar:
+        def generate_chunk(chunk: tuple[int, list[int]]) -> list[dict]:
+            start, part = chunk
+            texts = generate(model, tokenizer, [prompts[i] for i in part], max_new_tokens=max_new_tokens,
+                             temperature=temperature, seed=seed + start, batch_size=config.batch_size, progress=False)
+            bar.update(1)
+            return [{"key": keys[i], "text": text} for i, text in zip(part, texts)]
+
+        ledger.fill(chunks, generate_chunk)
     return [ledger[key]["text"] for key in keys]
 
 
@@ -280,19 +194,22 @@ def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig
     """log p(persona's letter) - log p(the other letter) for each verdict prompt."""
     keys = [work_key(stage="verdict", prompt=p.text) for p in prompts]
     todo = [index for index, key in enumerate(keys) if key not in ledger]
-    if todo:
-        scored = score_choices(model, tokenizer, [prompts[i] for i in todo], [[" A", " B"]] * len(todo), [0] * len(todo),
-                               batch_size=config.batch_size, progress=progress)
-        ledger.add({"key": keys[i], "logprobs": list(result.logprobs)} for i, result in zip(todo, scored))
+    step = config.batch_size * 4
+    chunks = [todo[start:start + step] for start in range(0, len(todo), step)]
+    with tqdm(total=sum(map(len, ledger.world.share(chunks))), desc="verdicts", unit="prompt",
+              disable=not progress or not todo) as bar:
+        def score_chunk(part: list[int]) -> list[dict]:
+            scored = score_choices(model, tokenizer, [prompts[i] for i in part], [[" A", " B"]] * len(part), [0] * len(part),
+                                   batch_size=config.batch_size, progress=False)
+            bar.update(len(part))
+            return [{"key": keys[i], "logprobs": list(result.logprobs)} for i, result in zip(part, scored)]
+
+        ledger.fill(chunks, score_chunk)
     values = []
     for key in keys:
         logprobs = ledger[key]["logprobs"]
         values.append(float(logprobs[persona_letter] - logprobs[1 - persona_letter]))
     return values
-
-
-def _json_line(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def _say(message: str) -> None:

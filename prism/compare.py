@@ -43,6 +43,7 @@ from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, write_json
 from probes.core.items import Item
+from probes.core.parallel import world
 from probes.core.prompts import Condition, encode
 
 __all__ = ["COMPARE_BUDGETS", "DATASETS", "SYSTEMS", "CompareBudget", "evaluation_items", "evaluation_queries",
@@ -223,23 +224,35 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, bud
         raise ToolkitError(f"unknown system {unknown[0]!r}: choose from {', '.join(SYSTEMS)}")
     items = evaluation_items(plan, seed)
     evaluator = _Evaluator(model, tokenizer, work, plan, seed, batch_size)
-    cells: dict[tuple[str, str], list[dict]] = {}
     trained = _fingerprint(work)
     jobs = [(system, dataset) for system in systems for dataset in DATASETS]
-    for system, dataset in tqdm(jobs, desc="compare", unit="cell", disable=not progress):
-        path = work.cell(system, dataset)
-        if path.is_file():
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            if cached.get("budget") == asdict(plan) and cached.get("seed") == seed and cached.get("trained") == trained:
-                cells[(system, dataset)] = cached["rows"]
-                continue
-        cells[(system, dataset)] = evaluator.run(system, dataset, items[dataset])
-        write_json(path, {"system": system, "dataset": dataset, "budget": asdict(plan), "seed": seed, "trained": trained,
-                          "rows": cells[(system, dataset)]})
-    routes = {router: evaluator.routes(router, [i for d in DATASETS for i in items[d]])[1] for router in ROUTERS}
-    summary = summarise(cells, systems, items, routes, seed)
-    write_outputs(work, summary, plan)
-    return summary
+    group = world()
+    todo = group.broadcast([job for job in jobs if _cached(work.cell(*job), plan, seed, trained) is None])
+    # under torchrun rank r computes the cells i % N == r; each cell is saved as it ends
+    with group.together():
+        for system, dataset in tqdm(group.share(todo), desc="compare", unit="cell", disable=not progress):
+            rows = evaluator.run(system, dataset, items[dataset])
+            write_json(work.cell(system, dataset), {"system": system, "dataset": dataset, "budget": asdict(plan),
+                                                    "seed": seed, "trained": trained, "rows": rows})
+
+    def summarise_cells() -> dict:
+        cells = {job: _cached(work.cell(*job), plan, seed, trained) for job in jobs}
+        routes = {router: evaluator.routes(router, [i for d in DATASETS for i in items[d]])[1] for router in ROUTERS}
+        summary = summarise(cells, systems, items, routes, seed)
+        write_outputs(work, summary, plan)
+        return summary
+
+    return group.on_main(summarise_cells)
+
+
+def _cached(path: Path, plan: CompareBudget, seed: int, trained: str) -> list[dict] | None:
+    """A saved cell's rows, when it was computed with this budget, seed and trained artefacts."""
+    if not path.is_file():
+        return None
+    cached = json.loads(path.read_text(encoding="utf-8"))
+    if cached.get("budget") == asdict(plan) and cached.get("seed") == seed and cached.get("trained") == trained:
+        return cached["rows"]
+    return None
 
 
 def _fingerprint(work: PrismDirectory) -> str:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prism.adapters import active_adapter, attach_adapter, json_ready
-from prism.bootstrap import Sample
+from prism.samples import Sample
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition, encode, render

@@ -14,11 +14,12 @@ from typing import Sequence
 
 from interventions.measure.generation import generate
 from prism.adapters import load_adapter
-from prism.bootstrap import BootstrapConfig, run_bootstrap, summarise
+from prism.bootstrap import BootstrapConfig, run_bootstrap
 from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, resolve_budget, run_compare
 from prism.distill import DistillConfig
 from prism.gate import Gate
 from prism.routing import Routed, route_probabilities
+from prism.samples import summarise
 from prism.summary import BootstrapSummary, CompareSummary, TrainSummary
 from prism.train import GATED, run_training
 from prism.workdir import PrismDirectory

@@ -27,7 +27,6 @@ import torch
 from figures import prism as plots
 from prism.adapters import save_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter, balanced_threshold
-from prism.bootstrap import Sample, load_samples
 from prism.distill import DistillConfig, distill
 from prism.gate import (
     CHOSEN_FROM,
@@ -40,6 +39,7 @@ from prism.gate import (
     sweep,
     template_tokens,
 )
+from prism.samples import Sample, load_samples
 from prism.workdir import PrismDirectory
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError

@@ -24,7 +24,6 @@ from probes.core.devices import model_device, precision
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json
 from probes.core.parallel import World
-from probes.core.parallel import world as current_world
 from probes.core.prompts import RenderedPrompt, encode
 from probes.store import (
     FORMAT,
@@ -120,7 +119,7 @@ def record_activations(
     progress: bool = True,
     metadata: dict | None = None,
     extra_hooks: Sequence[tuple[str, Callable]] = (),
-    world: World | None = None,
+    world: World = World(),
 ) -> ActivationStore:
     """Record ``hooks`` (default: every block's residual output) at ``positions`` for ``prompts``.
 
@@ -139,9 +138,9 @@ def record_activations(
         metadata: JSON-serialisable facts saved in the manifest; a resumed store must have the same.
         extra_hooks: (name, fn) forward hooks applied during recording (e.g. an intervention); they are part
             of the caller's ``metadata``, not checked here.
-        world: the processes sharing this recording (default: the launcher's, ``probes.core.parallel.world()``);
+        world: the processes sharing this recording (default: this one alone). With ``probes.core.parallel.world()``
             under ``torchrun`` every rank calls this with the same arguments, records the shards ``i % N == rank``
-            and rank 0 merges their lists into the manifest. ``World()`` records everything in this process.
+            and rank 0 merges their lists into the manifest.
 
     Returns:
         the finished ``ActivationStore``.
@@ -182,41 +181,33 @@ def record_activations(
         "shards": [],
         "complete": False,
     }
-    group = world if world is not None else current_world()
-    failure = None
-    if group.is_main:
-        try:
-            resume_manifest(out_dir, manifest, overwrite)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / MANIFEST, manifest)
-        except (ToolkitError, OSError) as error:
-            failure = error
-    group.agree(failure)
-    manifest["shards"] = group.broadcast(manifest["shards"])
+    group = world
 
+    def prepare() -> list[dict]:
+        resume_manifest(out_dir, manifest, overwrite)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / MANIFEST, manifest)
+        return manifest["shards"]
+
+    manifest["shards"] = group.on_main(prepare)
     n_shards = -(-len(prompts) // shard_size)
     finished = {shard["file"] for shard in manifest["shards"]}
     mine = [index for index in range(n_shards) if group.owns(index) and shard_name(index) not in finished]
-    progress_file = out_dir / rank_progress_name(group.rank) if group.is_parallel else None
+    progress_file = out_dir / rank_progress_name(group.rank)
     written = []
-    try:
-        total = sum(min(len(prompts), (index + 1) * shard_size) - index * shard_size for index in mine)
-        with tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not group.is_main) as bar:
-            for shard_index in mine:
-                start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
-                name = shard_name(shard_index)
-                tensors = _record_shard(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
-                with atomic_path(out_dir / name) as partial:
-                    save_file(tensors, str(partial))
-                written.append({"file": name, "start": start, "stop": stop})
-                if progress_file is None:
-                    finish_shards(out_dir, manifest, written[-1:], n_shards)
-                else:  # rank 0 merges every rank's list at the end; this one survives an interruption
-                    write_json(progress_file, written)
-        failure = None
-    except (ToolkitError, HookDidNotFire, OSError, RuntimeError) as error:
-        failure = error
-    group.agree(failure)
+    total = sum(min(len(prompts), (index + 1) * shard_size) - index * shard_size for index in mine)
+    with group.together(), tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not group.is_main) as bar:
+        for shard_index in mine:
+            start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
+            name = shard_name(shard_index)
+            tensors = _record_shard(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
+            with atomic_path(out_dir / name) as partial:
+                save_file(tensors, str(partial))
+            written.append({"file": name, "start": start, "stop": stop})
+            if not group.is_parallel:
+                finish_shards(out_dir, manifest, written[-1:], n_shards)
+            else:  # rank 0 merges every rank's list at the end; this one survives an interruption
+                write_json(progress_file, written)
     if group.is_parallel:
         everyone = [shard for shards in group.gather(written) for shard in shards]
         if group.is_main:

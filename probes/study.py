@@ -38,7 +38,7 @@ from probes.core.stats import Estimate
 from probes.directions import cosine, norm_estimate, persona_differences, shared_structure
 from probes.intents import POSITIONS, TARGETS, LabelledQuery, intent_queries, target_labels
 from probes.linear import PROBE_KINDS, as_numpy, fit_probe, random_direction_control, score_probe, shuffled_label_control
-from probes.recording import EMBEDDING_HOOK, HookDidNotFire, layer_index, record_activations, residual_hooks
+from probes.recording import EMBEDDING_HOOK, layer_index, record_activations, residual_hooks
 from probes.report import write_probe_report
 from probes.splits import balance, held_out_split, in_distribution_split
 from probes.store import ActivationStore
@@ -61,20 +61,16 @@ def record_conditions(model, tokenizer, jobs: Sequence[tuple[Condition, Sequence
     """
     units = [(condition, job_queries, directory, position) for condition, job_queries, directory in jobs
              for position in POSITIONS]
-    failure = None
-    try:
+    with group.together():
         for condition, job_queries, directory, position in tqdm(
                 group.share(units), desc="recording", unit="store", disable=not progress or not group.is_main):
             prompts = [render(tokenizer, q.item.prompt, condition, item_id=q.item.id, item_category=q.item.category)
                        for q in job_queries]
             record_activations(
                 model, tokenizer, prompts, _store_directory(directory, condition, position), hooks=hooks, positions=position,
-                batch_size=batch_size, progress=False, world=World(),
+                batch_size=batch_size, progress=False,
                 metadata={"condition": condition.to_dict(), "data": data_hash(job_queries)},
             )
-    except (ToolkitError, HookDidNotFire, OSError, RuntimeError) as error:
-        failure = error
-    group.agree(failure)
     return {(condition.slug, position): ActivationStore(_store_directory(directory, condition, position))
             for condition, _, directory, position in units}
 
@@ -220,15 +216,8 @@ def run_probe_study(
         model, tokenizer, [(Condition("none"), queries, out / "activations")]
         + [(condition, persona_set, out / "activations" / "personas") for condition in conditions],
         hooks, batch_size, progress, group)
-    failure = None
-    if group.is_main:  # the rest is cheap next to recording: rank 0 analyses, the others wait for its summary
-        try:
-            summary = _analyse(out, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress)
-        except (ToolkitError, OSError, ValueError) as error:
-            failure = error
-    group.agree(failure)
-    if not group.is_main:
-        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    # the rest is cheap next to recording: rank 0 analyses, the others receive its summary
+    summary = group.on_main(lambda: _analyse(out, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress))
     return ProbeSummary.from_record(out, summary)
 
 

@@ -16,10 +16,10 @@ import torch
 from interventions.hooks import AblateDirection, AddDirection, PatchActivations
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
-from prism.bootstrap import Sample
 from prism.distill import DistillConfig, distill
 from prism.gate import Gate
 from prism.routing import Routed
+from prism.samples import Sample
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.models import load_model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ import pytest
 from safetensors.torch import load_file
 
 from interventions.study.ledger import Ledger
+from prism import pipeline
+from prism.compare import COMPARE_BUDGETS, CompareBudget
+from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
 from probes.core.parallel import World
 
@@ -42,16 +46,16 @@ def test_work_units_are_dealt_round_robin_and_cover_everything_once():
 def test_a_one_process_world_gathers_broadcasts_and_agrees_locally():
     alone = World()
     assert alone.gather({"a": 1}) == [{"a": 1}] and alone.broadcast(5) == 5
-    alone.agree(None)
-    with pytest.raises(ToolkitError, match="boom"):
-        alone.agree(ToolkitError("boom"))
+    assert alone.on_main(lambda: 7) == 7
+    with pytest.raises(ToolkitError, match="boom"), alone.together():
+        raise ToolkitError("boom")
 
 
 def test_a_ledger_reads_every_rank_file_and_merge_folds_them_into_one(tmp_path):
     path = tmp_path / "task.jsonl"
     Ledger(path).add([{"key": "a", "value": 0}])
-    Ledger(path, rank=0).add([{"key": "b", "value": 1}])
-    Ledger(path, rank=1).add([{"key": "c", "value": 2}, {"key": "a", "value": 0}])
+    (tmp_path / "task.rank0.jsonl").write_text('{"key": "b", "value": 1}\n')  # left by an interrupted parallel run
+    (tmp_path / "task.rank1.jsonl").write_text('{"key": "c", "value": 2}\n{"key": "a", "value": 0}\n')
     reader = Ledger(path)
     assert len(reader) == 3 and reader["c"]["value"] == 2  # an interrupted parallel run's work is kept
     reader.merge()
@@ -100,3 +104,32 @@ def test_a_failing_rank_stops_every_rank_with_one_line_instead_of_hanging(tmp_pa
     assert "prism record (rank 1): error: another process of this run failed (rank 0: " in failed.stderr
     assert "/probes/" not in failed.stderr and "/prism/" not in failed.stderr  # only torchrun's own report of exit 2
     assert (tmp_path / "occupied" / "notes.txt").read_text() == "mine"
+
+
+def test_bootstrap_and_compare_under_torchrun_give_the_samples_and_table_of_one_process(tmp_path, tiny_llama_directory):
+    bootstrap = ["bootstrap", "--model", tiny_llama_directory, "--personas", "math,writing,critic",
+                 "--queries-per-persona", "3", "--answer-tokens", "8", "--batch-size", "2"]
+    alone = prism(*bootstrap, "--out", "alone", cwd=tmp_path)
+    together = prism(*bootstrap, "--out", "together", processes=2, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert together.returncode == 0, together.stderr[-2000:]
+    for name in ("samples.jsonl", "summary.json", "win_rates.csv"):
+        assert (tmp_path / "alone" / "bootstrap" / name).read_bytes() == (tmp_path / "together" / "bootstrap" / name).read_bytes()
+    assert sorted(path.name for path in (tmp_path / "together" / "bootstrap").glob("*.jsonl*")) == ["ledger.jsonl", "samples.jsonl"]
+
+    budget = CompareBudget(**COMPARE_BUDGETS["smoke"].__dict__)
+    pipeline.train(tmp_path / "alone", labels="intents", per_intent=12, compare_budget=budget, max_block=1,
+                   distill_config=DistillConfig(epochs=1), progress=False)
+    shutil.copytree(tmp_path / "alone", tmp_path / "trained")
+    alone = prism("compare", "--budget", "smoke", "--out", "alone", cwd=tmp_path)
+    together = prism("compare", "--budget", "smoke", "--out", "trained", processes=2, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert together.returncode == 0, together.stderr[-2000:]
+    assert together.stdout.count("PRISM") == alone.stdout.count("PRISM") > 0  # one table, printed by rank 0
+    cells = sorted(path.name for path in (tmp_path / "alone" / "compare" / "cells").iterdir())
+    assert len(cells) == 3 * len(pipeline.SYSTEMS)
+    for name in cells:
+        assert (tmp_path / "alone" / "compare" / "cells" / name).read_bytes() == \
+            (tmp_path / "trained" / "compare" / "cells" / name).read_bytes(), name
+    assert json.loads((tmp_path / "alone" / "compare" / "summary.json").read_text()) == \
+        json.loads((tmp_path / "trained" / "compare" / "summary.json").read_text())

@@ -12,7 +12,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+
+from probes.core.parallel import World
+
+T = TypeVar("T")
 
 
 def work_key(**parts) -> str:
@@ -25,16 +29,38 @@ class Ledger:
 
     Args:
         path: the ledger's JSONL file (need not exist yet).
-        rank: in a data-parallel run, this process's rank: it appends to its own file beside ``path``
-            (``<stem>.rank<r>.jsonl``) and ``merge`` (rank 0) folds every rank's file into ``path``. Reading always
-            includes the rank files, so the work of an interrupted parallel run is kept.
+        world: the processes sharing the work (default: this one alone). In a data-parallel run each rank appends to
+            its own file beside ``path`` (``<stem>.rank<r>.jsonl``) and ``fill`` folds them into ``path``. Reading
+            always includes rank files, so the work of an interrupted parallel run is kept. In a data-parallel run
+            opening a ledger is collective: every rank opens it.
     """
 
-    def __init__(self, path: str | Path, *, rank: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, world: World = World()) -> None:
         self.path = Path(path)
-        self.write_path = self.path if rank is None else self._rank_path(rank)
+        self.world = world
+        self.write_path = self._rank_path(world.rank) if world.is_parallel else self.path
         self._records: dict[str, dict] = {}
         self.reload()
+        world.barrier()  # every rank has read the ledger before any rank adds to it
+
+    def fill(self, chunks: Sequence[T], compute: Callable[[T], Iterable[Mapping]]) -> None:
+        """Add the records ``compute(chunk)`` gives for this process's share of ``chunks`` (chunk ``i`` is rank
+        ``i % N``'s), each chunk flushed as it ends; in a data-parallel run, then wait for every rank, fold their
+        files into the ledger (rank 0) and read it back, so every rank sees all the work. Every rank must call it
+        with the same chunks.
+
+        Raises:
+            the error of ``compute`` on its own rank; on the others, a ``ToolkitError`` naming the failed rank.
+        """
+        with self.world.together():
+            for chunk in self.world.share(chunks):
+                self.add(compute(chunk))
+        if self.world.is_parallel:
+            if self.world.is_main:
+                self.merge()
+            self.world.barrier()
+            self.reload()
+            self.world.barrier()  # every rank has read the merged ledger before any rank adds to it again
 
     def reload(self) -> None:
         """Read the ledger and every rank file again (after other processes added to them)."""

@@ -127,15 +127,7 @@ class _Runner:
         self.group = group
 
     def _ledger(self, name: str) -> Ledger:
-        return Ledger(self.ledger_dir / name, rank=self.group.rank if self.group.is_parallel else None)
-
-    def _merge(self, ledger: Ledger, failure: BaseException | None) -> None:
-        """Wait for every rank's share; rank 0 merges the rank files and everyone reads the merged ledger."""
-        self.group.agree(failure)
-        if self.group.is_main:
-            ledger.merge()
-        self.group.barrier()
-        ledger.reload()
+        return Ledger(self.ledger_dir / name, world=self.group)
 
     def run(self, task: Task, items: list[Item], grid: list[Condition], plan: Budget, judge) -> list[dict]:
         ledger = self._ledger(f"{task.name}.jsonl")
@@ -183,23 +175,20 @@ class _Runner:
 
         keys = sorted(todo, key=order)
         chunk = self.batch_size * 4
-        mine = self.group.share([keys[start : start + chunk] for start in range(0, len(keys), chunk)])
+        chunks = [keys[start : start + chunk] for start in range(0, len(keys), chunk)]
+        mine = self.group.share(chunks)
         verb = "scoring" if task.is_choice else "generating"
-        failure = None
-        try:
-            with tqdm(total=sum(map(len, mine)), desc=f"{task.name}: {verb}", unit="prompt",
-                      disable=not self.progress) as bar:
-                for batch in mine:
-                    records = task.measure(
-                        self.model, self.tokenizer, [todo[key][0] for key in batch], [todo[key][1] for key in batch],
-                        max_new_tokens=None if task.is_choice else plan.max_new_tokens[task.name],
-                        batch_size=self.batch_size, seed=self.seed,
-                    )
-                    ledger.add([{"key": key, **record} for key, record in zip(batch, records)])
-                    bar.update(len(batch))
-        except (ToolkitError, OSError, RuntimeError) as error:
-            failure = error
-        self._merge(ledger, failure)
+        with tqdm(total=sum(map(len, mine)), desc=f"{task.name}: {verb}", unit="prompt", disable=not self.progress) as bar:
+            def measure(batch: list[str]) -> list[dict]:
+                records = task.measure(
+                    self.model, self.tokenizer, [todo[key][0] for key in batch], [todo[key][1] for key in batch],
+                    max_new_tokens=None if task.is_choice else plan.max_new_tokens[task.name],
+                    batch_size=self.batch_size, seed=self.seed,
+                )
+                bar.update(len(batch))
+                return [{"key": key, **record} for key, record in zip(batch, records)]
+
+            ledger.fill(chunks, measure)
 
     def _second_turns(self, task: Task, cells: list, ledger: Ledger, plan: Budget) -> None:
         todo, second = {}, {}
@@ -253,22 +242,21 @@ class _Runner:
                     row["_requests"].append((turn, judge_seed, key))
                     requests[key] = (request, judge_seed)
         todo = [key for key in requests if key not in ledger]
-        mine = self.group.share([todo[start : start + 32] for start in range(0, len(todo), 32)])
-        failure = None
-        try:
-            with tqdm(total=sum(map(len, mine)), desc="mtbench: judging", unit="judgement",
-                      disable=not self.progress or not mine) as bar:
-                for chunk in mine:
-                    for judge_seed in plan.judge_seeds:
-                        batch = [key for key in chunk if requests[key][1] == judge_seed]
-                        if not batch:
-                            continue
+        chunks = [todo[start : start + 32] for start in range(0, len(todo), 32)]
+        mine = self.group.share(chunks)
+        with tqdm(total=sum(map(len, mine)), desc="mtbench: judging", unit="judgement",
+                  disable=not self.progress or not mine) as bar:
+            def judge_chunk(chunk: list[str]) -> list[dict]:
+                records = []
+                for judge_seed in plan.judge_seeds:
+                    batch = [key for key in chunk if requests[key][1] == judge_seed]
+                    if batch:
                         texts = judge.judge([requests[key][0] for key in batch], seed=judge_seed)
-                        ledger.add({"key": key, "judgement": text} for key, text in zip(batch, texts))
+                        records += [{"key": key, "judgement": text} for key, text in zip(batch, texts)]
                         bar.update(len(batch))
-        except (ToolkitError, OSError, RuntimeError) as error:
-            failure = error
-        self._merge(ledger, failure)
+                return records
+
+            ledger.fill(chunks, judge_chunk)
         for row in rows:
             ratings = {}
             for turn, judge_seed, key in row.pop("_requests"):

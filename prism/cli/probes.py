@@ -19,6 +19,7 @@ from prism.cli.options import (
     sample_items,
 )
 from probes.core.errors import ToolkitError
+from probes.core.parallel import world
 from probes.core.rendering import render_items
 from probes.core.summary import Summary
 from probes.recording import record_activations, residual_hooks
@@ -54,7 +55,7 @@ def run_record(args: argparse.Namespace) -> Summary | None:
     prompts = render_items(tokenizer, items, args.condition, personas=args.library, seed=args.seed)
     store = record_activations(
         model, tokenizer, prompts, args.out, hooks=hooks, positions=args.positions, batch_size=args.batch_size,
-        shard_size=args.shard_size, overwrite=args.overwrite,
+        shard_size=args.shard_size, overwrite=args.overwrite, world=world(),
         metadata={"dataset": args.dataset, "n": args.n, "seed": args.seed, "condition": args.condition.to_dict()},
     )
     print(f"recorded {len(store)} prompts x {len(store.hooks)} hooks ({store.positions} positions) into {store.path}")

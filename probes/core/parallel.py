@@ -15,10 +15,12 @@ gloo, with NCCL added for CUDA tensors when a GPU is present; no gradients are e
 
 from __future__ import annotations
 
+import atexit
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -86,20 +88,33 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def agree(self, failed: BaseException | None) -> None:
-        """Raise on every rank when any rank failed, so no rank waits for a partner that is gone.
-
-        Args:
-            failed: this rank's error (``None`` when its share succeeded).
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Run this rank's share of some work; on leaving, every rank learns whether any rank failed, so no rank
+        waits for a partner that is gone.
 
         Raises:
-            the rank's own error when it failed; a ``ToolkitError`` naming the failed ranks otherwise.
+            the rank's own error when its share failed; on the other ranks, a ``ToolkitError`` naming it.
         """
+        try:
+            yield
+        except BaseException as error:
+            self._agree(error)
+            raise
+        self._agree(None)
+
+    def on_main(self, work: Callable[[], T]) -> T:
+        """``work()`` run by rank 0 alone (writing merged outputs), its result given to every rank."""
+        result = None
+        with self.together():
+            if self.is_main:
+                result = work()
+        return self.broadcast(result)
+
+    def _agree(self, failed: BaseException | None) -> None:
         errors = self.gather(None if failed is None else f"{type(failed).__name__}: {failed}")
-        if failed is not None:
-            raise failed
         bad = [f"rank {rank}: {error}" for rank, error in enumerate(errors) if error is not None]
-        if bad:
+        if bad and failed is None:
             raise ToolkitError("another process of this run failed (" + "; ".join(bad) + ")")
 
 
@@ -128,14 +143,9 @@ def world() -> World:
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend, timeout=_TIMEOUT)
+        atexit.register(dist.destroy_process_group)
     _WORLD = World(rank=rank, size=size, local_rank=local_rank)
     return _WORLD
-
-
-def rank_files(pattern_stem: str, files: Iterable[str]) -> list[str]:
-    """Rank-shard file names of ``pattern_stem`` among ``files``, in rank order."""
-    prefix = f"{pattern_stem}.rank"
-    return sorted((name for name in files if name.startswith(prefix)), key=lambda name: int(name[len(prefix):].split(".")[0]))
 
 
 def _integer(name: str, default: int | None = None) -> int:

@@ -10,11 +10,12 @@ from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
 from prism import pipeline
 from prism.adapters import active_adapter, adapter_layers, attach_adapter, load_adapter, save_adapter
-from prism.bootstrap import BootstrapConfig, Sample, clean_query, summarise
+from prism.bootstrap import BootstrapConfig, clean_query
 from prism.compare import CompareBudget
 from prism.distill import DistillConfig, distill, distillation_loss
 from prism.gate import Gate, fit_gate, gate_features, template_tokens
 from prism.routing import Routed, route_probabilities
+from prism.samples import Sample, summarise
 from prism.train import labelled_prompts
 from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors

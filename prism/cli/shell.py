@@ -26,10 +26,12 @@ DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routi
 
 @dataclass(frozen=True)
 class Registered:
-    """A command in the registry: the group module that defines it, and its line in ``prism --help``."""
+    """A command in the registry: the group module that defines it, its line in ``prism --help``, and whether it
+    shares its work among the processes of a ``torchrun`` launch (``probes.core.parallel``)."""
 
     group: str
     help: str
+    parallel: bool = False
 
 
 COMMANDS: dict[str, Registered] = {
@@ -37,22 +39,22 @@ COMMANDS: dict[str, Registered] = {
     "evaluate": Registered("prism.cli.study", "score one persona condition on a data set; write per-item JSON with a 95% CI"),
     "personas": Registered("prism.cli.study", "list the persona library (built-in and from a file)"),
     "study": Registered("prism.cli.study", "the persona-effect study: every task under a grid of persona conditions, with "
-                                           "tables, figures and a report (resumable)"),
+                                           "tables, figures and a report (resumable)", parallel=True),
     "report": Registered("prism.cli.study", "rewrite the tables, figures and report of finished study directories "
                                             "(and compare models)"),
-    "record": Registered("prism.cli.probes", "record activations under a persona condition into a resumable on-disk store"),
+    "record": Registered("prism.cli.probes", "record activations under a persona condition into a resumable on-disk store", parallel=True),
     "probe": Registered("prism.cli.probes", "probes and directions: where intent and persona live, layer by layer, with "
-                                            "controls; saves directions and probes"),
+                                            "controls; saves directions and probes", parallel=True),
     "intervene": Registered("prism.cli.interventions", "causal tests on knowledge items: activation patching, steering, "
                                                        "directional ablation, logit lens"),
     "bootstrap": Registered("prism.cli.router", "PRISM stages 1-3: the model writes queries per persona, answers with "
-                                                "and without it, and judges both orders"),
+                                                "and without it, and judges both orders", parallel=True),
     "train": Registered("prism.cli.router", "PRISM: fit the probe gate (sweep over early blocks), distil the gated and "
                                             "ungated LoRA adapters, fit the baseline routers"),
     "route": Registered("prism.cli.router", "answer prompts with PRISM routing, showing the gate's probability and "
                                             "decision for each"),
     "compare": Registered("prism.cli.router", "PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, "
-                                              "probe-routed prompt and steering, baseline routers"),
+                                              "probe-routed prompt and steering, baseline routers", parallel=True),
 }
 
 
@@ -109,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(chosen).parse_args(argv)
     rank = os.environ.get("RANK", "0")  # under torchrun rank 0 speaks for the run; the others only report errors
     name = f"prism {args.command}" if rank == "0" else f"prism {args.command} (rank {rank})"
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and not COMMANDS[args.command].parallel:
+        shared = ", ".join(command for command, registered in COMMANDS.items() if registered.parallel)
+        print(f"{name}: error: {args.command} does not share its work among processes; run it without torchrun "
+              f"(data-parallel commands: {shared})", file=sys.stderr)
+        return 2
     try:
         with _speaking(rank == "0"):
             command = load_command(args.command)

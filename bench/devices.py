@@ -12,7 +12,8 @@ SmolLM2 tokenizer into a temporary directory -> ``load_model``), then prints:
 - greedy generation new tokens/s (EOS suppressed, so every row makes ``--new-tokens``), and the
   same inside ``Routed`` (a random logistic gate after block 0, a zero steering vector at a middle
   block: nothing but routing changes), as a ratio (target >= 0.97x);
-- LoRA distillation samples/s (``DistillConfig(epochs=1, first_block=1)``, teacher pass included);
+- LoRA distillation samples/s (``DistillConfig(epochs=1, first_block=1, batch_size=--batch)``, teacher pass
+  included) in padded batches, and as a ratio to one sample per forward pass (``micro_batch_size=1``);
 - peak memory: ``torch.cuda.max_memory_allocated`` on CUDA (also per section), max RSS on the CPU.
 Ratios are medians over interleaved repeats; a section that fails prints its error and the run goes on.
 
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -197,13 +199,17 @@ def distillation(model, tokenizer, args, device) -> None:
     samples = [Sample(f"math-{i:04d}", "math", f"What is {i + 2} times {i + 7}?", f"{(i + 2) * (i + 7)}.",
                       f"As a mathematician: {i + 2} x {i + 7} = {(i + 2) * (i + 7)}, since multiplication distributes.",
                       True, True, (1.0, 1.0)) for i in range(args.samples)]
-    config = DistillConfig(epochs=1, first_block=1)
-    names = iter(f"bench{i}" for i in range(args.repeats + 1))
-    seconds = interleaved({"distil": lambda: distill(model, tokenizer, samples, next(names), config, progress=False)},
-                          args.repeats, device)["distil"]
-    print(f"  {len(samples)} samples, LoRA rank {config.rank} on blocks {config.first_block}.., batch {config.batch_size}, "
-          "one epoch (teacher pass included), a fresh adapter each round")
-    print(f"  distillation: {len(samples) / seconds:,.2f} samples/s")
+    batched = DistillConfig(epochs=1, first_block=1, batch_size=args.batch)
+    configs = {"per-sample": replace(batched, micro_batch_size=1), "batched": batched}
+    names = iter(f"bench{i}" for i in range(len(configs) * (args.repeats + 1)))
+    seconds = interleaved({kind: lambda config=config: distill(model, tokenizer, samples, next(names), config, progress=False)
+                           for kind, config in configs.items()}, args.repeats, device)
+    autocast = device.type == "cuda" and next(model.parameters()).dtype == torch.float32
+    print(f"  {len(samples)} samples, LoRA rank {batched.rank} on blocks {batched.first_block}.., steps of {batched.batch_size}, "
+          f"one epoch (teacher pass included), a fresh adapter each round{', bfloat16 autocast' if autocast else ''}")
+    print(f"  distillation one sample per forward pass: {len(samples) / seconds['per-sample']:,.2f} samples/s")
+    print(f"  distillation in padded batches of {batched.batch_size}: {len(samples) / seconds['batched']:,.2f} samples/s, "
+          f"{seconds['per-sample'] / seconds['batched']:.2f}x one sample at a time")
 
 
 def section(title: str, fn, device: torch.device) -> None:

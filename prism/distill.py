@@ -5,7 +5,19 @@ the same model WITHOUT it, plus a LoRA adapter on blocks ``first_block``..L-1 (b
 block after the gate's, so the gate reads the same activations whether or not the adapter is
 on). On each bootstrapped answer the student's next-token distributions are pulled towards the
 teacher's: KL on the teacher's top-k logits (k=64), both renormalised over those tokens, at
-temperature T=2, times T^2. Teacher targets are computed once, with the adapter off.
+temperature T=2, times T^2. Teacher targets are computed once, with the adapter off, and kept
+as top-k values and indices per answer token.
+
+Teacher and student run in right-padded batches with an attention mask: under causal attention
+a real token sees only the real tokens before it, at the position it has alone, so a padded row
+gives the logits of its unpadded sequence. Each sample's KL is averaged over its own answer
+tokens and the step's loss is the mean over its samples, whatever the batching: an optimiser
+step of ``batch_size`` samples runs in forward passes of ``micro_batch_size`` (gradients
+accumulate), and gives the same adapter as one sample at a time, to float tolerance.
+
+On CUDA, a float32 model runs under bfloat16 autocast; a bfloat16 model's adapter is kept in
+float32 (as ``peft.get_peft_model`` does), and log-probabilities and the KL are float32 always.
+Gradient checkpointing (``gradient_checkpointing=True``) trades compute for activation memory.
 
 The adapter itself (attaching, switching, saving in the peft format) is ``prism.adapters``.
 """
@@ -14,14 +26,18 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
+from peft.functional import cast_adapter_dtype
 from tqdm.auto import tqdm
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from prism.adapters import active_adapter, attach_adapter, json_ready
 from prism.samples import Sample
+from probes.core.batching import length_sorted_batches, right_pad
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition, encode, render
@@ -39,7 +55,12 @@ class DistillConfig:
         top_k: the teacher's top-k tokens per position the KL is computed over (both renormalised over them).
         learning_rate: AdamW's learning rate.
         epochs: passes over the samples.
-        batch_size: samples per optimiser step.
+        batch_size: samples per optimiser step (the loss is their mean).
+        micro_batch_size: samples per forward pass, teacher and student, in padded batches; a step of ``batch_size``
+            samples accumulates the gradients of its micro-batches. None: the whole step's samples at once. Only
+            memory and speed depend on it, not the adapter (beyond float rounding).
+        gradient_checkpointing: recompute each block's activations in the backward pass instead of keeping them
+            (less memory, about a third more compute); switched off again after training.
         persona_length: the teacher persona's text length (``min``, ``short`` or ``long``).
         seed: the adapter's initialisation and the shuffling seed.
     """
@@ -52,8 +73,35 @@ class DistillConfig:
     learning_rate: float = 1e-3  # the paper: 2e-4 over 600 queries; a few dozen need larger steps
     epochs: int = 2
     batch_size: int = 4
+    micro_batch_size: int | None = None
+    gradient_checkpointing: bool = False
     persona_length: str = "min"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or (self.micro_batch_size is not None and self.micro_batch_size < 1):
+            raise ToolkitError(f"distillation batch sizes must be at least 1, got batch_size={self.batch_size}, "
+                               f"micro_batch_size={self.micro_batch_size}")
+
+    @property
+    def forward_batch(self) -> int:
+        """Samples per forward pass."""
+        return self.micro_batch_size or self.batch_size
+
+
+class _Pair(NamedTuple):
+    """One sample's token ids: the same answer after the teacher's and after the student's prompt."""
+
+    teacher: list[int]
+    student: list[int]
+    n_answer: int
+
+
+class _Target(NamedTuple):
+    """The teacher's top-k per answer token: log-probabilities at temperature T (renormalised over the k) and token ids."""
+
+    logprobs: torch.Tensor
+    indices: torch.Tensor
 
 
 def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: DistillConfig = DistillConfig(), *,
@@ -79,20 +127,21 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
         raise ToolkitError(f"no samples to distil adapter {name!r} from: the bootstrap gave no label-1 queries")
     peft_config = attach_adapter(model, name, rank=config.rank, alpha=config.alpha, first_block=config.first_block,
                                  seed=config.seed)
+    cast_adapter_dtype(model.original_model, name)  # a bfloat16 model's adapter is trained in float32, as peft does
     pairs = [_pair(tokenizer, sample, config) for sample in samples]
     pairs = [pair for pair in pairs if pair is not None]
     if not pairs:
         raise ToolkitError("every bootstrapped answer is empty: nothing to distil")
     with active_adapter(model, None):
-        targets = [_teacher_targets(model, pair, config) for pair in tqdm(pairs, desc="teacher", unit="answer", disable=not progress)]
+        targets = _teacher_targets(model, pairs, config, progress)
     # on, the adapter's weights (only them) are trainable; after the block, as attach_adapter left them
-    with active_adapter(model, name):
+    with active_adapter(model, name), _checkpointing(model.original_model, config.gradient_checkpointing):
         losses = _train(model, name, pairs, targets, config, progress)
     return {"name": name, "n_samples": len(pairs), "steps": len(losses), "losses": losses, "config": asdict(config),
             "peft_config": json_ready(peft_config.to_dict())}
 
 
-def _train(model, name: str, pairs, targets, config: DistillConfig, progress: bool) -> list[float]:
+def _train(model, name: str, pairs: list[_Pair], targets: list[_Target], config: DistillConfig, progress: bool) -> list[float]:
     """The distillation steps on the adapter's weights (the trainable ones); returns the losses."""
     parameters = [p for p in model.original_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate)
@@ -106,11 +155,15 @@ def _train(model, name: str, pairs, targets, config: DistillConfig, progress: bo
             rng.shuffle(order)
             for start in range(0, len(order), config.batch_size):
                 batch = order[start:start + config.batch_size]
-                loss = sum(_kl(model, pairs[i], targets[i], config) for i in batch) / len(batch)
                 optimiser.zero_grad()
-                loss.backward()
+                parts = []  # the step's loss, the mean over its samples, in micro-batches' shares
+                for micro in _micro_batches([pairs[i].student for i in batch], config.forward_batch):
+                    chosen = [batch[j] for j in micro]
+                    part = _kl(model, [pairs[i] for i in chosen], [targets[i] for i in chosen], config).sum() / len(batch)
+                    part.backward()
+                    parts.append(part.detach())
                 optimiser.step()
-                losses.append(loss.item())
+                losses.append(float(sum(parts)))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return losses
@@ -122,43 +175,105 @@ def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = 
     if pair is None:
         raise ToolkitError("the sample's persona answer is empty")
     with active_adapter(model, None):
-        target = _teacher_targets(model, pair, config)
+        targets = _teacher_targets(model, [pair], config, progress=False)
     with torch.no_grad():
-        return float(_kl(model, pair, target, config))
+        return float(_kl(model, [pair], targets, config)[0])
 
 
-def _pair(tokenizer, sample: Sample, config: DistillConfig):
-    """(teacher ids, student ids, answer length): the same answer after each prompt."""
+def _pair(tokenizer, sample: Sample, config: DistillConfig) -> _Pair | None:
+    """The sample's teacher and student ids, or None when its persona answer is empty."""
     answer = tokenizer(sample.answer_persona, add_special_tokens=False)["input_ids"]
     if not answer:
         return None
     teacher = encode(tokenizer, render(tokenizer, sample.query, Condition(sample.persona, config.persona_length, "system")))
     student = encode(tokenizer, render(tokenizer, sample.query, Condition("none")))
-    return teacher + answer, student + answer, len(answer)
+    return _Pair(teacher + answer, student + answer, len(answer))
 
 
-def _answer_logits(model, ids: list[int], n_answer: int) -> torch.Tensor:
-    """Logits at the positions that predict the answer's tokens: [n_answer, vocab]."""
+def _micro_batches(sequences: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Indices into ``sequences`` in forward passes of at most ``size``, of similar lengths (little padding)."""
+    return length_sorted_batches([len(sequence) for sequence in sequences], size)
+
+
+def _answer_logits(model, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]) -> torch.Tensor:
+    """float32 logits at the positions that predict each sequence's answer tokens, rows after rows: [sum(n_answers), vocab].
+
+    The sequences run as one right-padded batch with an attention mask; a real token keeps the position it has
+    alone (positions count from the row's start), so each row's logits are those of its unpadded sequence.
+    """
     hf = model.original_model
-    hidden = hf.model(input_ids=torch.tensor([ids], device=model_device(hf))).last_hidden_state[0]
-    start = len(ids) - n_answer - 1
-    return hf.lm_head(hidden[start:start + n_answer]).float()
+    device = model_device(hf)
+    tokens = right_pad(sequences, 0).to(device)  # the padding id does not matter: masked, its outputs unread
+    lengths = torch.tensor([len(sequence) for sequence in sequences], device=device)
+    mask = (torch.arange(tokens.shape[1], device=device) < lengths[:, None]).long()
+    # the answer's n tokens are predicted from the n positions before the sequence's last
+    rows = torch.cat([torch.full((n,), row, device=device) for row, n in enumerate(n_answers)])
+    columns = torch.cat([torch.arange(len(sequence) - n - 1, len(sequence) - 1, device=device)
+                         for sequence, n in zip(sequences, n_answers)])
+    with _autocast(hf):
+        hidden = hf.model(input_ids=tokens, attention_mask=mask, use_cache=False).last_hidden_state
+        return hf.lm_head(hidden[rows, columns]).float()
 
 
-@torch.no_grad()
-def _teacher_targets(model, pair, config: DistillConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    teacher_ids, _, n_answer = pair
-    logits = _answer_logits(model, teacher_ids, n_answer)
-    values, indices = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1)
-    return (values / config.temperature).log_softmax(-1), indices
+def _teacher_targets(model, pairs: Sequence[_Pair], config: DistillConfig, progress: bool) -> list[_Target]:
+    """Each pair's teacher targets, from padded forward passes of ``config.forward_batch`` samples (adapter off)."""
+    targets: list[_Target | None] = [None] * len(pairs)
+    batches = _micro_batches([pair.teacher for pair in pairs], config.forward_batch)
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="teacher", unit="batch", disable=not progress):
+            n_answers = [pairs[i].n_answer for i in batch]
+            logits = _answer_logits(model, [pairs[i].teacher for i in batch], n_answers)
+            values, indices = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1)
+            logprobs = (values / config.temperature).log_softmax(-1)
+            for i, sample_logprobs, sample_indices in zip(batch, logprobs.split(n_answers), indices.split(n_answers)):
+                targets[i] = _Target(sample_logprobs, sample_indices)
+    return targets
 
 
-def _kl(model, pair, target, config: DistillConfig) -> torch.Tensor:
-    _, student_ids, n_answer = pair
-    teacher_logprobs, indices = target
-    student = _answer_logits(model, student_ids, n_answer).gather(-1, indices)
+def _kl(model, pairs: Sequence[_Pair], targets: Sequence[_Target], config: DistillConfig) -> torch.Tensor:
+    """Each pair's KL(teacher || student) over the teacher's top-k, averaged over its answer tokens, times T^2: [n_pairs]."""
+    n_answers = [pair.n_answer for pair in pairs]
+    teacher_logprobs = torch.cat([target.logprobs for target in targets])
+    indices = torch.cat([target.indices for target in targets])
+    student = _answer_logits(model, [pair.student for pair in pairs], n_answers).gather(-1, indices)
     student_logprobs = (student / config.temperature).log_softmax(-1)
-    kl = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(-1).mean()
-    return kl * config.temperature**2
+    per_token = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(-1)
+    return torch.stack([kl.mean() for kl in per_token.split(n_answers)]) * config.temperature**2
 
 
+def _autocast(hf_model: torch.nn.Module):
+    """bfloat16 autocast for a float32 model on CUDA; elsewhere the model runs in its own dtype."""
+    parameter = next(hf_model.parameters())
+    if parameter.device.type == "cuda" and parameter.dtype == torch.float32:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@contextmanager
+def _checkpointing(hf_model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Within the block, the model's blocks recompute their activations in the backward pass (when ``enabled``).
+
+    Hugging Face checkpoints a block only in training mode: the blocks alone are put in it (their own flag, not
+    their children's), so dropout stays off. On the way out checkpointing is switched off, the hook that makes the
+    embeddings' output require gradients removed and the flags restored: later inference runs as before.
+    """
+    if not enabled:
+        yield
+        return
+    blocks = [module for module in hf_model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    if not blocks:
+        raise ToolkitError(f"{type(hf_model).__name__} does not support gradient checkpointing")
+    flags = [block.training for block in blocks]
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_* (the old names warn)
+    enable = getattr(hf_model, "activation_checkpointing_enable", None) or hf_model.gradient_checkpointing_enable
+    disable = getattr(hf_model, "activation_checkpointing_disable", None) or hf_model.gradient_checkpointing_disable
+    enable({"use_reentrant": False})
+    for block in blocks:
+        block.training = True
+    try:
+        yield
+    finally:
+        for block, flag in zip(blocks, flags):
+            block.training = flag
+        disable()
+        hf_model.disable_input_require_grads()

@@ -60,6 +60,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "e.g. 'knowledge' (repeatable)")
     parser.add_argument("--epochs", type=int, default=2, help="distillation epochs (default: 2)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
+    parser.add_argument("--distill-batch-size", type=int, default=DistillConfig.batch_size,
+                        help=f"samples per distillation optimiser step (default: {DistillConfig.batch_size})")
+    parser.add_argument("--distill-micro-batch-size", type=int,
+                        help="samples per distillation forward pass, in padded batches; a step accumulates the gradients "
+                             "of its micro-batches (default: the whole step at once; lower it if memory runs out)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in distillation's backward pass: less memory, about a third more compute")
     parser.add_argument("--budget", default="default", choices=("smoke", "default"),
                         help="the comparison budget whose items the gate must not see (default: default)")
     add_seed(parser, "split and training seed")
@@ -67,12 +74,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> Summary | None:
     """Fit the gate, distil the adapters and fit the baseline routers; print the gate's quality."""
-    if args.rank < 1 or args.epochs < 1:
-        raise ToolkitError("--rank and --epochs must be at least 1")
+    micro = args.distill_micro_batch_size
+    if min(args.rank, args.epochs, args.distill_batch_size) < 1 or (micro is not None and micro < 1):
+        raise ToolkitError("--rank, --epochs, --distill-batch-size and --distill-micro-batch-size must be at least 1")
     summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block,
                              layer=args.layer, position=args.position, per_intent=args.per_intent, extra=args.extra,
                              compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
-                             distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, seed=args.seed))
+                             distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs,
+                                                          batch_size=args.distill_batch_size,
+                                                          micro_batch_size=micro,
+                                                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed))
     return summary
 
 

@@ -231,6 +231,20 @@ def test_the_demo_prints_each_step_through_its_summary(tmp_path, monkeypatch, ca
     assert "not above the controls" in printed and "intent/last" not in printed  # only the demo's targets
 
 
+def test_train_passes_the_distillation_options(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(prism.pipeline, "train", lambda *a, distill_config, **k: seen.update(config=distill_config))
+    main(["train", "--out", str(tmp_path), "--rank", "4", "--distill-batch-size", "8", "--distill-micro-batch-size", "2",
+          "--gradient-checkpointing"])
+    config = seen.pop("config")
+    assert (config.rank, config.alpha, config.batch_size, config.micro_batch_size, config.gradient_checkpointing) == (4, 8, 8, 2, True)
+    main(["train", "--out", str(tmp_path)])
+    config = seen.pop("config")
+    assert (config.batch_size, config.micro_batch_size, config.gradient_checkpointing) == (4, None, False)
+    assert main(["train", "--out", str(tmp_path), "--distill-micro-batch-size", "0"]) == 2
+    assert "--distill-micro-batch-size must be at least 1" in capsys.readouterr().err and not seen
+
+
 def test_study_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["study", "--tasks", "capitals,trivia", "--out", str(tmp_path)]) == 2
     assert "unknown task 'trivia'" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+"""Distillation in padded batches on a tiny random model: the same logits, losses and adapter as one sample at a
+time; gradient checkpointing gives the same gradients and is switched off afterwards; a bfloat16 model's adapter
+trains in float32."""
+
+import pytest
+import torch
+from peft import get_peft_model_state_dict
+from torch.testing import assert_close
+
+from prism.adapters import active_adapter, attach_adapter
+from prism.distill import DistillConfig, _answer_logits, _checkpointing, _kl, _pair, _teacher_targets, distill
+from prism.samples import Sample
+from probes.core.errors import ToolkitError
+from probes.core.models import load_model
+
+# queries and answers of different lengths, so that every padded batch pads
+SAMPLES = [Sample(f"s{i}", persona, query, "It is.", answer, True, True, (1.0, 1.0)) for i, (persona, query, answer) in enumerate([
+    ("math", "What is 2 plus 3?", "The sum is 5."),
+    ("math", "Explain why the square root of two is irrational, in a few steps.",
+     "Suppose it were a ratio p/q in lowest terms; then p squared is twice q squared, so p is even, and then q is too."),
+    ("humanities", "Who wrote Hamlet?", "Shakespeare wrote it, around 1600."),
+    ("humanities", "Summarise the causes of the French Revolution.",
+     "Debt, bread prices and a rigid estate system; the Enlightenment gave the grievances a language."),
+    ("math", "Is 91 prime?", "No: 91 is 7 times 13."),
+    ("humanities", "Name a Roman poet.", "Virgil, who wrote the Aeneid."),
+])]
+
+
+@pytest.fixture()
+def tiny_model(tiny_llama_directory):
+    """A fresh tiny model per test: adapters and checkpointing flags stay within the test."""
+    return load_model(tiny_llama_directory)
+
+
+def _lora(model, name: str) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in get_peft_model_state_dict(model.original_model, adapter_name=name).items()}
+
+
+def test_a_padded_batch_gives_each_sequence_its_unpadded_logits(tiny_model):
+    model, tokenizer = tiny_model
+    pairs = [_pair(tokenizer, sample, DistillConfig()) for sample in SAMPLES]
+    sequences, n_answers = [pair.student for pair in pairs], [pair.n_answer for pair in pairs]
+    assert len(set(map(len, sequences))) > 1
+    with torch.no_grad():
+        batched = _answer_logits(model, sequences, n_answers)
+        alone = torch.cat([_answer_logits(model, [sequence], [n]) for sequence, n in zip(sequences, n_answers)])
+    assert batched.dtype == torch.float32 and batched.shape == (sum(n_answers), model.cfg.d_vocab)
+    assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_training_gives_the_per_sample_adapter_and_losses(tiny_model):
+    model, tokenizer = tiny_model
+    runs = {}
+    for name, micro in (("one", 1), ("two", 2), ("whole", None)):
+        config = DistillConfig(epochs=3, batch_size=4, micro_batch_size=micro, learning_rate=2e-3)
+        runs[name] = distill(model, tokenizer, SAMPLES, name, config, progress=False)["losses"], _lora(model, name)
+    losses, weights = runs["one"]
+    assert len(losses) == 3 * 2 and losses[-1] < losses[0]
+    for name in ("two", "whole"):
+        assert_close(runs[name][0], losses, atol=1e-6, rtol=1e-4)
+        assert runs[name][1].keys() == weights.keys()
+        assert_close(runs[name][1], weights, atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_is_switched_off_after(tiny_model):
+    model, tokenizer = tiny_model
+    hf = model.original_model
+    config = DistillConfig()
+    attach_adapter(model, "probe", first_block=1)
+    with torch.no_grad():  # a random lora_B, so that every LoRA weight gets a gradient
+        for name, parameter in hf.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.05)
+    pairs = [_pair(tokenizer, sample, config) for sample in SAMPLES]
+    with active_adapter(model, None):
+        targets = _teacher_targets(model, pairs, config, progress=False)
+    calls = []
+    # a pre-hook: the recomputation stops early, once the tensors the backward pass needs are back
+    hook = hf.model.layers[1].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    results, flags = {}, [module.training for module in hf.modules()]
+    with active_adapter(model, "probe"):
+        for checkpointing in (False, True):
+            calls.clear()
+            with _checkpointing(hf, checkpointing):
+                loss = _kl(model, pairs, targets, config).mean()
+                trainable = [p for p in hf.parameters() if p.requires_grad]
+                results[checkpointing] = loss.detach(), torch.autograd.grad(loss, trainable), len(calls)
+    hook.remove()
+    assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-6)
+    assert_close(results[True][1], results[False][1], atol=1e-6, rtol=1e-5)
+    assert results[False][2] == 1 and results[True][2] == 2  # the block ran again in the backward pass
+    assert not any(getattr(module, "gradient_checkpointing", False) for module in hf.modules())
+    assert [module.training for module in hf.modules()] == flags
+    assert not getattr(hf, "_require_grads_hooks", None)
+
+
+def test_distillation_with_checkpointing_trains_the_same_adapter(tiny_model):
+    model, tokenizer = tiny_model
+    plain = distill(model, tokenizer, SAMPLES, "plain", DistillConfig(epochs=1), progress=False)["losses"]
+    checkpointed = distill(model, tokenizer, SAMPLES, "checkpointed", DistillConfig(epochs=1, gradient_checkpointing=True),
+                           progress=False)["losses"]
+    assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
+    assert_close(_lora(model, "checkpointed"), _lora(model, "plain"), atol=1e-6, rtol=1e-5)
+
+
+def test_a_bfloat16_model_trains_a_float32_adapter(tiny_llama_directory):
+    model, tokenizer = load_model(tiny_llama_directory, dtype=torch.bfloat16)
+    info = distill(model, tokenizer, SAMPLES[:3], "prism", DistillConfig(epochs=1, micro_batch_size=2), progress=False)
+    assert all(torch.isfinite(torch.tensor(info["losses"])))
+    weights = _lora(model, "prism")
+    assert weights and all(value.dtype == torch.float32 for value in weights.values())
+    assert next(model.original_model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("sizes", [dict(batch_size=0), dict(micro_batch_size=0)])
+def test_batch_sizes_below_one_are_refused(sizes):
+    with pytest.raises(ToolkitError, match="at least 1"):
+        DistillConfig(**sizes)

@@ -33,6 +33,7 @@ from probes.core.batching import left_pad, positions_from_mask, right_pad, windo
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
+from probes.core.models import eager_attention
 from probes.core.prompts import Condition, encode, token_groups
 from probes.core.rendering import render_items
 from probes.core.stats import Estimate, bootstrap_ratio
@@ -186,31 +187,37 @@ class _TargetAfterPrefix:
 @torch.inference_mode()
 def persona_attention(model, tokenizer, items: Sequence[PairedItem], batch_size: int = 8) -> np.ndarray:
     """Attention the final (answer) position pays to the persona's tokens in each block, summed
-    over those tokens and averaged over heads (read at ``blocks.{i}.attn.hook_pattern``): [layers, items]."""
+    over those tokens and averaged over heads (read at ``blocks.{i}.attn.hook_pattern``): [layers, items].
+
+    The patterns exist only under eager attention: the model runs eager for this call and gets its
+    previous attention kernel back afterwards (``eager_attention``)."""
     hook_names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
     missing = [name for name in hook_names if name not in model.hook_dict]
     if missing:
         raise ToolkitError(f"this model exposes no attention pattern hook ({missing[0]}): attention cannot be read")
     masses = []
-    for batch in _batches(len(items), batch_size):
-        chosen = [items[i] for i in batch]
-        device = model_device(model)
-        finals = torch.tensor([len(p.target) - 1 for p in chosen], device=device)
-        persona = torch.zeros(len(chosen), max(len(p.target) for p in chosen), device=device)
-        for row, p in enumerate(chosen):
-            persona[row, p.persona_positions] = 1.0
-        per_layer: dict[str, torch.Tensor] = {}
+    with eager_attention(model):
+        for batch in _batches(len(items), batch_size):
+            chosen = [items[i] for i in batch]
+            per_layer: dict[str, torch.Tensor] = {}
 
-        def read(pattern: torch.Tensor, hook) -> None:  # [batch, heads, query, key]
-            final_row = pattern[torch.arange(len(chosen), device=device), :, finals]  # [batch, heads, key]
-            per_layer[hook.name] = (final_row.float() * persona[:, None, :]).sum(-1).mean(-1)
+            def read(pattern: torch.Tensor, hook) -> None:  # [batch, heads, query, key], on its block's device
+                device = pattern.device
+                finals = torch.tensor([len(p.target) - 1 for p in chosen], device=device)
+                persona = torch.zeros(len(chosen), pattern.shape[-1], device=device)
+                for row, p in enumerate(chosen):
+                    persona[row, p.persona_positions] = 1.0
+                final_row = pattern[torch.arange(len(chosen), device=device), :, finals]  # [batch, heads, key]
+                per_layer[hook.name] = (final_row.float() * persona[:, None, :]).sum(-1).mean(-1).cpu()
 
-        with model.hooks(fwd_hooks=[(name, read) for name in hook_names]):
-            model.original_model.model(input_ids=right_pad([p.target for p in chosen], tokenizer.pad_token_id).to(device))
-        if len(per_layer) != len(hook_names):
-            raise HookDidNotFire("attention pattern hooks did not fire: the model's attention implementation hides the weights")
-        masses.append(torch.stack([per_layer[name] for name in hook_names]))
-    return torch.cat(masses, dim=1).cpu().numpy()
+            tokens = right_pad([p.target for p in chosen], tokenizer.pad_token_id).to(model_device(model))
+            with model.hooks(fwd_hooks=[(name, read) for name in hook_names]):
+                model.original_model.model(input_ids=tokens)
+            if len(per_layer) != len(hook_names):
+                raise HookDidNotFire("attention pattern hooks did not fire: the model's attention implementation hides "
+                                     "the weights")
+            masses.append(torch.stack([per_layer[name] for name in hook_names]))
+    return torch.cat(masses, dim=1).numpy()
 
 
 @torch.inference_mode()

@@ -14,6 +14,9 @@ hooks never ran. Positions:
 - ``"generated"``: every pass after the first;
 - a list of integer positions (negative counts from the end), applied in the first pass.
 
+Every tensor an intervention brings (vectors, masks, sources, indices) goes to the device and dtype
+of the activation it meets, so blocks may sit on different devices (a device map).
+
 Steering strength is relative: ``scale`` multiplies the typical residual norm at that layer
 (``probes.readouts.residual_norms``), so the same number means about the same push at any layer or model.
 """
@@ -88,11 +91,11 @@ class Intervention:
         def hook(activation: torch.Tensor, hook) -> torch.Tensor:
             call = self.calls[name]
             self.calls[name] += 1
-            chosen = self.mask(activation.shape[1], call).to(activation.device)
+            chosen = self.mask(activation.shape[1], call)  # counted on the host: no wait on the device
             if not chosen.any():
                 return activation
             self.touched[name] += self.positions_changed(activation, chosen)
-            return self.edit(activation, layer, chosen)
+            return self.edit(activation, layer, chosen.to(activation.device))  # the block's device, under a device map
 
         return hook
 

@@ -11,6 +11,8 @@ it then run with the route's intervention for the routed rows only, in the same 
 - ``steering``: ``(block, vector)`` is added after that block at every position of routed rows.
 
 Later passes of the same sequences (cached generation, multi-token options) keep the routes.
+Routes are made on the gate block's device and follow each activation they meet to its own, so
+blocks may sit on different devices (a device map).
 The adapter must not touch the gate's block or any before it, so the gate reads the same
 activations whatever the route. Every decision is recorded by the prompt's tokens.
 """
@@ -139,7 +141,7 @@ class Routed:
         if self.given is not None:
             if self._ids is None:
                 raise ToolkitError("given decisions need the prompts' token ids: pass input_ids to the model")
-            keys = [tuple(self._ids[row][mask[row]].tolist()) for row in range(batch)]
+            keys = [tuple(self._ids[row][mask[row].to(self._ids.device)].tolist()) for row in range(batch)]
             missing = [key for key in keys if key not in self.given]
             if missing:
                 raise ToolkitError(f"no routing decision was given for a prompt of {len(missing[0])} tokens")
@@ -147,16 +149,16 @@ class Routed:
         self._routes = routes.to(activation.dtype)
         if self._ids is not None:
             for row in range(batch):
-                ids = tuple(self._ids[row][mask[row]].tolist())
+                ids = tuple(self._ids[row][mask[row].to(self._ids.device)].tolist())
                 self.decisions[ids] = (float(probability[row]), bool(routes[row]))
         return None
 
     def _gate_update(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
-        return output * self._routes.to(output.dtype)[:, None, None]
+        return output * self._routes.to(device=output.device, dtype=output.dtype)[:, None, None]
 
     def _steer(self, activation: torch.Tensor, hook) -> torch.Tensor:
-        vector = self.steering[1].to(activation.dtype).to(activation.device)
-        return activation + self._routes.to(activation.dtype)[:, None, None] * vector
+        vector = self.steering[1].to(device=activation.device, dtype=activation.dtype)
+        return activation + self._routes.to(device=activation.device, dtype=activation.dtype)[:, None, None] * vector
 
     def decision(self, ids: Sequence[int]) -> tuple[float, bool]:
         """(gate probability, routed) recorded for the prompt with these token ids."""

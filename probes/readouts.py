@@ -4,6 +4,9 @@
 sequence's last token, ``residual_norms`` the typical norm per block (the unit of steering
 strength), ``logits_at`` the logits at one position per row, and ``logit_lens`` the answer's
 log-probability and rank read after every block through the final norm and unembedding.
+
+Inputs go to the model's device (the embedding's); a tensor that meets an activation is made on
+that activation's device, which differs when a device map spreads the blocks over several.
 """
 
 from __future__ import annotations
@@ -77,10 +80,10 @@ def residual_norms(model: TransformerBridge, tokens: torch.Tensor, lengths: Sequ
     """
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
-    device = model_device(model)
-    lengths = torch.tensor(lengths if lengths is not None else [tokens.shape[1]] * tokens.shape[0], device=device)
-    real = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
-    return {layer: float(activation.float().norm(dim=-1)[real].mean()) for layer, activation in captured.items()}
+    lengths = torch.tensor(lengths if lengths is not None else [tokens.shape[1]] * tokens.shape[0])
+    real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return {layer: float(activation.float().norm(dim=-1)[real.to(activation.device)].mean())
+            for layer, activation in captured.items()}
 
 
 def _final_norm_and_unembed(model: TransformerBridge):
@@ -91,6 +94,7 @@ def _final_norm_and_unembed(model: TransformerBridge):
     cap = getattr(hf.config, "final_logit_softcapping", None)
 
     def unembed(residual: torch.Tensor, normalised: bool = False) -> torch.Tensor:
+        residual = residual.to(model_device(hf.lm_head if normalised else final_norm))  # a block's may be another
         logits = hf.lm_head(residual if normalised else final_norm(residual)).float()
         return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -121,8 +125,8 @@ def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequenc
     device = model_device(model)
     forward = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in forward.items()}
     hidden = hf.model(input_ids=tokens.to(device), **forward).last_hidden_state  # already through the final norm
-    rows, read = torch.arange(tokens.shape[0], device=device), torch.tensor(positions, device=device)
-    return unembed(hidden[rows, read], normalised=True)
+    rows = torch.arange(tokens.shape[0], device=hidden.device)
+    return unembed(hidden[rows, torch.tensor(positions, device=hidden.device)], normalised=True)
 
 
 @torch.inference_mode()
@@ -149,13 +153,12 @@ def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequen
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
     _, unembed = _final_norm_and_unembed(model)
-    device = model_device(model)
-    rows, read = torch.arange(tokens.shape[0], device=device), torch.tensor(positions, device=device)
-    target = torch.tensor(targets, device=device)
+    rows, read, target = torch.arange(tokens.shape[0]), torch.tensor(positions), torch.tensor(targets)
     logprobs, ranks = [], []
     for layer in layers:
-        log_softmax = unembed(captured[layer][rows, read]).log_softmax(-1)
-        chosen = log_softmax[rows, target]
+        residual = captured[layer]  # on its block's device
+        log_softmax = unembed(residual[rows.to(residual.device), read.to(residual.device)]).log_softmax(-1)
+        chosen = log_softmax[rows.to(log_softmax.device), target.to(log_softmax.device)]
         logprobs.append(chosen)
         ranks.append((log_softmax > chosen[:, None]).sum(-1).float())
     return torch.stack(logprobs).cpu(), torch.stack(ranks).cpu()

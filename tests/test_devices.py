@@ -4,7 +4,8 @@ results.
 
 The paths: record_activations, score_choices, generate, AddDirection, AblateDirection,
 PatchActivations, logit_lens, logits_at, Routed with a gate (adapter, steering, given decisions)
-and one distillation epoch.
+and one distillation epoch. Device maps (``load_model(device_map=...)``) on the CPU, and tensors that meet an
+activation on another device (the meta device stands in for a second GPU).
 """
 
 import math
@@ -20,7 +21,7 @@ from prism.distill import DistillConfig, distill
 from prism.gate import Gate
 from prism.routing import Routed
 from prism.samples import Sample
-from probes.core.devices import model_device
+from probes.core.devices import model_device, precision
 from probes.core.errors import ToolkitError
 from probes.core.models import load_model
 from probes.core.prompts import Condition, encode, render
@@ -165,3 +166,63 @@ def test_unknown_devices_and_dtypes_fail_in_one_line(tiny_llama_directory, bad, 
 def test_an_unavailable_device_fails_in_one_line(tiny_llama_directory):
     with pytest.raises(ToolkitError, match="not available"):
         load_model(tiny_llama_directory, device="cuda")
+
+
+# --- device maps: accelerate's placement through from_pretrained; on this CPU-only machine every map puts every
+# block on the CPU, so these check the code path and the checks, not a split over several GPUs.
+
+@pytest.mark.parametrize("device_map", [{"": "cpu"}, "auto", "per-module"])
+def test_device_maps_load_through_the_same_path_and_are_recorded(tiny_llama_directory, tiny_fresh, device_map):
+    reference, _ = tiny_fresh
+    if device_map == "per-module":
+        device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+                      **{f"model.layers.{i}": "cpu" for i in range(reference.cfg.n_layers)}}
+    model, _ = load_model(tiny_llama_directory, device_map=device_map)
+    recorded = precision(model)
+    assert recorded["device"] == "cpu" and recorded["dtype"] == "float32" and recorded["attention"] == "sdpa"
+    assert recorded["device_map"] == device_map
+    tokens = torch.tensor([[1, 57, 300, 4000, 12, 9, 77]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(tokens), reference(tokens), atol=1e-5, rtol=1e-5)
+    assert "device_map" not in precision(reference)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"device_map": "everywhere"}, "unknown device map 'everywhere'"),
+    ({"device_map": "auto", "device": "cpu"}, "not both"),
+    ({"device_map": {}}, "non-empty"),
+    ({"device_map": {"": "tpu"}}, "unknown device 'tpu'"),
+])
+def test_bad_device_maps_fail_in_one_line(tiny_llama_directory, kwargs, message):
+    with pytest.raises(ToolkitError, match=message) as error:
+        load_model(tiny_llama_directory, **kwargs)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 3, reason="this machine has a fourth GPU")
+def test_a_device_map_naming_a_missing_gpu_fails_in_one_line(tiny_llama_directory):
+    for device_map in ({"": 3}, {"": "cuda:3"}):
+        with pytest.raises(ToolkitError, match="not available"):
+            load_model(tiny_llama_directory, device_map=device_map)
+
+
+def test_tensors_meeting_an_activation_follow_it_to_its_device(tiny_fresh):
+    """Blocks on several devices, stood in for by the meta device: an activation on it meets the interventions'
+    vectors, masks, sources and index tensors, and the routes decided on another block's device; an op mixing meta
+    with a CPU tensor fails as CUDA would across GPUs."""
+    model, _ = tiny_fresh
+    d = model.cfg.d_model
+    activation = torch.zeros(2, 5, d, device="meta")
+    source = {1: torch.randn(2, 5, d)}
+    for intervention in (AddDirection(model, torch.randn(d), scale=1.0, layers=[1], positions=[-1]),
+                         AblateDirection(model, torch.randn(d), layers=[1], baseline={1: 0.5}),
+                         PatchActivations(model, source, [[(0, 0), (1, 1)], [(2, 2)]])):
+        edited = intervention._hook("blocks.1.hook_out", 1)(activation, None)
+        assert edited.device.type == "meta" and edited.shape == activation.shape
+    gate = Gate("logistic", 0, "last", {"weight": torch.randn(d), "bias": torch.tensor(0.0)}, 0.5)
+    routed = Routed(model, gate, steering=(1, torch.randn(d)))
+    routed._routes = torch.tensor([1.0, 0.0])  # decided on the gate block's device
+    assert routed._steer(activation, None).device.type == "meta"
+    assert routed._gate_update(None, (), torch.zeros(2, 5, 8, device="meta")).device.type == "meta"
+    with pytest.raises(RuntimeError, match="device"):
+        activation + torch.ones(d)  # what the checks above rely on

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probes.core.datasets import load_dataset, stratified_sample
-from probes.core.devices import precision
+from probes.core.devices import DEVICE_MAPS, precision
 from probes.core.errors import ToolkitError
 from probes.core.models import DEFAULT_MODEL, load_model
 from probes.core.personas import LENGTHS, get_persona, persona_library
@@ -43,11 +43,31 @@ def add_model(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> N
 
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--dtype``, where and in what precision the model runs (both ``auto`` by default)."""
+    """``--device``, ``--dtype`` and ``--device-map``: where and in what precision the model runs (``auto`` by
+    default), and whether its blocks spread over several devices. ``--device-map`` reaches the commands whose model
+    loads through ``load_timed`` (``DEVICE_MAP_COMMANDS``); the others refuse it in one line."""
     parser.add_argument("--device", default="auto",
                         help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="the weights' precision; auto = bfloat16 on a GPU, float32 on a CPU (default: auto)")
+    command = parser.prog.split()[-1]
+    parser.add_argument("--device-map", default=None, choices=DEVICE_MAPS, type=_device_map_for(command),
+                        help="auto: spread a model larger than one device over every GPU (accelerate's device map; "
+                             "with --device auto); balanced, balanced_low_0 and sequential are accelerate's other "
+                             "strategies (default: one device)")
+
+
+DEVICE_MAP_COMMANDS = ("record", "evaluate")  # the commands whose model loads through load_timed
+
+
+def _device_map_for(command: str):
+    def device_map(text: str) -> str:
+        if command not in DEVICE_MAP_COMMANDS:
+            raise argparse.ArgumentTypeError(f"not available on `prism {command}` yet (only on "
+                                             f"{', '.join(DEVICE_MAP_COMMANDS)}): run it on one device")
+        return text.strip().lower()
+
+    return device_map
 
 
 def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> None:
@@ -157,11 +177,14 @@ def layer_list(text: str | None) -> list[int] | None:
 
 
 def load_timed(args: argparse.Namespace):
-    """``load_model`` with ``--model``, ``--device`` and ``--dtype``, saying on stderr what was loaded and how long it took."""
+    """``load_model`` with ``--model``, ``--device``, ``--dtype`` and ``--device-map`` (SDPA attention), saying on
+    stderr what was loaded and how long it took."""
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype,
+                                  device_map=getattr(args, "device_map", None))
     where = precision(model)
+    spread = f", device map {args.device_map}" if getattr(args, "device_map", None) else ""
     print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, {where['dtype']} on "
-          f"{where['device']}) "
+          f"{where['device']}{spread}, {where['attention']} attention) "
           f"in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return model, tokenizer

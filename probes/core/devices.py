@@ -1,14 +1,17 @@
-"""Where a model runs and in what precision: ``--device`` and ``--dtype`` resolved once, and the
-device every tensor the toolkit makes must follow.
+"""Where a model runs and in what precision: ``--device``, ``--dtype`` and ``--device-map``
+resolved once, and the device every tensor the toolkit makes must follow.
 
 ``auto`` device is CUDA when there is a GPU, else Apple's MPS when available, else the CPU;
 ``auto`` dtype is bfloat16 on a GPU and float32 on the CPU, so CPU runs and their numbers are
-unchanged.
+unchanged. A device map (accelerate's, through ``from_pretrained``) spreads the blocks of a model
+larger than one device over several; the model's device is then the embedding's, where inputs
+go, and a tensor that meets an activation goes to that activation's device.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 import torch
 
@@ -16,6 +19,7 @@ from probes.core.errors import ToolkitError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's named strategies
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -74,15 +78,76 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device = torc
     return DTYPES[text]
 
 
+def resolve_device_map(device_map: str | Mapping[str, str | int] | None,
+                       device: str | torch.device | None = None) -> str | dict[str, str | int] | None:
+    """A device map as ``from_pretrained`` takes it, checked once.
+
+    Args:
+        device_map: None (one device), one of ``DEVICE_MAPS`` (accelerate places the blocks over every GPU,
+            then the CPU) or a ``{module name: device}`` dict whose devices are GPU indices or what
+            ``resolve_device`` takes (``{"": "cpu"}`` puts the whole model on the CPU).
+        device: the ``--device`` given beside it: None or ``auto``, since the map places every block itself.
+
+    Returns:
+        None, the strategy's name, or the dict with its devices normalised (an index stays an index).
+
+    Raises:
+        ToolkitError: an unknown strategy, an empty map or one with a device this machine lacks, or a map beside
+            an explicit device.
+    """
+    if device_map is None:
+        return None
+    if device is not None and str(device).strip().lower() != "auto":
+        raise ToolkitError(f"a device map places every block itself: give --device-map or --device {device}, not both")
+    if isinstance(device_map, str):
+        text = device_map.strip().lower()
+        if text not in DEVICE_MAPS:
+            raise ToolkitError(f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAPS)} "
+                               "(or, from Python, a {module name: device} dict)")
+        return text
+    if not isinstance(device_map, Mapping) or not device_map:
+        raise ToolkitError(f"a device map is {', '.join(DEVICE_MAPS)} or a non-empty {{module name: device}} dict, "
+                           f"got {device_map!r}")
+    placed: dict[str, str | int] = {}
+    for module, where in device_map.items():
+        if isinstance(where, int) and not isinstance(where, bool):
+            resolve_device(f"cuda:{where}")  # a GPU index: fails in one line where there is no such GPU
+            placed[str(module)] = where
+        else:
+            placed[str(module)] = str(resolve_device(where))
+    return placed
+
+
+def map_device(device_map: str | Mapping[str, str | int]) -> torch.device:
+    """The kind of device a resolved map puts the blocks on, which ``auto`` dtype follows: CUDA when a named
+    strategy finds a GPU or a dict names one, else the CPU."""
+    if isinstance(device_map, str):
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    gpu = any(not isinstance(where, str) or where.startswith("cuda") for where in device_map.values())
+    return torch.device("cuda") if gpu else torch.device("cpu")
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter: where inputs and every tensor meeting its activations go."""
+    """The device of the model's first parameter (the embedding's, under a device map): where inputs go. A
+    tensor that meets an activation goes to ``activation.device``, which differs from it when blocks sit on
+    several devices."""
     return next(model.parameters()).device
 
 
-def precision(model: torch.nn.Module) -> dict[str, str]:
-    """``{"device": ..., "dtype": ...}`` of a loaded model, as every output records them beside the model's name."""
+def precision(model: torch.nn.Module) -> dict[str, str | dict[str, str]]:
+    """How a loaded model runs, as every output records it beside the model's name: ``device`` (the embedding's),
+    ``dtype``, ``attention`` (``sdpa`` or ``eager``) and, when the model was loaded with one, ``device_map``
+    (``{module name: device}`` as accelerate placed the blocks over several devices, else the map as given)."""
     parameter = next(model.parameters())
-    return {"device": str(parameter.device), "dtype": dtype_name(parameter.dtype)}
+    record: dict[str, str | dict[str, str]] = {"device": str(parameter.device), "dtype": dtype_name(parameter.dtype)}
+    wrapped = getattr(model, "original_model", model)
+    attention = getattr(getattr(wrapped, "config", None), "_attn_implementation", None)
+    if isinstance(attention, str):
+        record["attention"] = attention
+    placed = getattr(getattr(model, "cfg", None), "device_map", None)
+    if placed:
+        record["device_map"] = placed if isinstance(placed, str) else {module: str(where) for module, where in placed.items()}
+    return record
 
 
 def dtype_name(dtype: torch.dtype) -> str:

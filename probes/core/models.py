@@ -3,6 +3,16 @@ directory or a Hugging Face model id, through one code path.
 
 GGUF files are dequantised once to a dense float model and cached as safetensors under
 ``$PRISM_CACHE_DIR/models``; later loads read that cache in about a second.
+
+Attention runs on PyTorch's fused scaled-dot-product kernel (SDPA; on a GPU it picks the
+flash or memory-efficient kernel itself) unless a run hooks what only the step-by-step
+("eager") computation exposes: ``hook_pattern``, ``hook_attn_scores``, the rotated queries and
+keys. TransformerLens' bridge re-implements attention step by step for rotary models (Llama,
+Qwen, Mistral, Gemma) whatever Hugging Face's ``attn_implementation`` says, so ``set_attention``
+switches both: under SDPA each block's attention bridge hands the computation to the wrapped
+Hugging Face module (its ``hook_in``/``hook_out`` and the q/k/v/o projections' hooks still fire,
+as do every residual hook); under eager it runs its own step-by-step forward again.
+``eager_attention(model)`` is the switch for the duration of a block.
 """
 
 from __future__ import annotations
@@ -13,14 +23,21 @@ import re
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from types import MethodType
+from typing import Iterator, Mapping
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+    PositionEmbeddingsAttentionBridge,
+)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from probes.core.assets import SMOLLM2_GGUF, cache_dir
-from probes.core.devices import resolve_device, resolve_dtype
+from probes.core.devices import map_device, model_device, resolve_device, resolve_device_map, resolve_dtype
 from probes.core.errors import ToolkitError
 
 DEFAULT_MODEL = "default"
@@ -33,10 +50,15 @@ VALID_FORMS = (
 # GGUF configs of some families carry no `architectures` field.
 ARCHITECTURE_BY_MODEL_TYPE = {"gemma3_text": "Gemma3ForCausalLM", "llama": "LlamaForCausalLM"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+ATTENTION = ("auto", "sdpa", "eager")
+# Bridges whose forward is the step-by-step one that SDPA may replace with the wrapped module's
+# own forward (AttentionBridge.forward: hook_in -> Hugging Face attention -> hook_out).
+_HANDS_OVER = (AttentionBridge.forward, PositionEmbeddingsAttentionBridge.forward)
 
 
 def load_model(
-    name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32
+    name: str = DEFAULT_MODEL, *, device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
+    attention: str = "auto", device_map: str | Mapping[str, str | int] | None = None,
 ) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
     """Load a model as a TransformerLens bridge, with its tokenizer, in eval mode.
 
@@ -44,23 +66,106 @@ def load_model(
         name: ``"default"`` (the embedded SmolLM2-135M-Instruct), ``"gemma-3-270m"`` (needs the ``gemma`` extra), a
             Hugging Face model id, a local model directory or a .gguf file (see ``VALID_FORMS``). GGUF files are
             dequantised once into the cache.
-        device: ``auto`` (CUDA, then MPS, then the CPU), ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or a
-            ``torch.device``.
+        device: ``auto`` (CUDA, then MPS, then the CPU), ``cpu`` (the default, None, without ``device_map``),
+            ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``.
         dtype: the weights' dtype: ``auto`` (bfloat16 on a GPU, float32 on the CPU), ``float32`` (default),
             ``bfloat16``, ``float16`` or a ``torch.dtype``.
+        attention: ``auto`` (default: SDPA where the bridge can hand attention to it, else eager), ``sdpa`` or
+            ``eager`` (needed only to hook attention patterns; ``eager_attention`` switches for a block).
+        device_map: spread the blocks over several devices with accelerate's device map (for a model larger
+            than one device): ``auto``, ``balanced``, ``balanced_low_0``, ``sequential`` or a ``{module name:
+            device}`` dict, passed to ``from_pretrained`` (see ``resolve_device_map``); ``device`` must then be
+            None or ``auto``. Inputs go to the embedding's device and every tensor the toolkit makes meets an
+            activation on that activation's device. Tested here on the CPU only (maps whose every entry is the
+            CPU, through the same code path); a split over several GPUs has not been run.
 
     Returns:
         ``(bridge, tokenizer)``; the tokenizer's pad token is set to EOS when it has none, and
         ``bridge.cfg.model_name`` is the label every output records.
 
     Raises:
-        ToolkitError: an unknown or unavailable device, an unknown dtype, an empty or unknown name, a missing file, a directory without ``config.json``, a model that
-            cannot be loaded or read, or an architecture TransformerLens cannot wrap.
+        ToolkitError: an unknown or unavailable device, an unknown dtype, attention or device map, a device map
+            beside an explicit device, an empty or unknown name, a missing file, a directory without
+            ``config.json``, a model that cannot be loaded or read, or an architecture TransformerLens cannot wrap.
     """
-    where = resolve_device(device)
+    if attention not in ATTENTION:
+        raise ToolkitError(f"unknown attention {attention!r}: use {', '.join(ATTENTION)}")
+    placement = resolve_device_map(device_map, device)
+    where = resolve_device("cpu" if device is None else device) if placement is None else map_device(placement)
     precision = resolve_dtype(dtype, where)
     directory, label = resolve_model_directory(name)
-    return _bridge_from_directory(directory, label, precision, where)
+    bridge, tokenizer = _bridge_from_directory(directory, label, precision, where, placement)
+    set_attention(bridge, attention)
+    return bridge, tokenizer
+
+
+def set_attention(model: TransformerBridge, implementation: str = "auto") -> str:
+    """Switch the attention kernel of a loaded bridge (see the module docstring).
+
+    Args:
+        model: the bridged model.
+        implementation: ``auto`` (SDPA where every attention bridge can hand over to it, else eager),
+            ``sdpa`` or ``eager``.
+
+    Returns:
+        the implementation now in effect, ``"sdpa"`` or ``"eager"`` (as ``attention_implementation`` reads it).
+
+    Raises:
+        ToolkitError: an unknown implementation, or ``sdpa`` on a model whose attention bridges compute attention
+            their own way.
+    """
+    if implementation not in ATTENTION:
+        raise ToolkitError(f"unknown attention {implementation!r}: use {', '.join(ATTENTION)}")
+    hf = model.original_model
+    bridges = [module for module in model.modules() if isinstance(module, AttentionBridge)]
+    if implementation != "eager":
+        refused = _sdpa_refused(hf, bridges)
+        if refused is None:
+            for bridge in bridges:
+                if type(bridge).forward is not AttentionBridge.forward:
+                    # set on the instance itself: the bridge's __setattr__ would pass it to the wrapped module
+                    object.__setattr__(bridge, "forward", MethodType(AttentionBridge.forward, bridge))
+            return "sdpa"
+        if implementation == "sdpa":
+            raise ToolkitError(f"{model.cfg.model_name}: SDPA cannot be used ({refused}); use attention 'auto' or 'eager'")
+    for bridge in bridges:
+        bridge.__dict__.pop("forward", None)
+    hf.set_attn_implementation("eager")
+    return "eager"
+
+
+def _sdpa_refused(hf: torch.nn.Module, bridges: list[AttentionBridge]) -> str | None:
+    """Why SDPA cannot run this model (None when it can; then Hugging Face's side is switched to it)."""
+    if not bridges or not all(type(bridge).forward in _HANDS_OVER for bridge in bridges):
+        return "TransformerLens computes this model's attention its own way"
+    if getattr(hf.config, "attn_logit_softcapping", None):
+        return "its attention logits are soft-capped"
+    try:
+        hf.set_attn_implementation("sdpa")
+    except (ValueError, ImportError) as error:
+        return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return None
+
+
+def attention_implementation(model: TransformerBridge) -> str:
+    """``"sdpa"`` or ``"eager"``: the attention kernel the bridge runs now."""
+    return model.original_model.config._attn_implementation
+
+
+@contextmanager
+def eager_attention(model: TransformerBridge) -> Iterator[TransformerBridge]:
+    """Run the block with eager attention, so that ``hook_pattern`` and ``hook_attn_scores`` fire; the previous
+    kernel is restored on exit, also when the block raises.
+
+        with eager_attention(model), model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", read)]):
+            model(tokens)
+    """
+    previous = attention_implementation(model)
+    set_attention(model, "eager")
+    try:
+        yield model
+    finally:
+        set_attention(model, previous)
 
 
 def model_slug(name: str) -> str:
@@ -95,15 +200,19 @@ def resolve_model_directory(name: str) -> tuple[str, str]:
 
 
 def _bridge_from_directory(
-    directory: str, label: str, dtype: torch.dtype, device: torch.device
+    directory: str, label: str, dtype: torch.dtype, device: torch.device, device_map: str | dict | None = None
 ) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
+    placement = {} if device_map is None else {"device_map": device_map}
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="eager")
-    except (OSError, ValueError) as error:
+        hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="eager", **placement)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ToolkitError(f"could not load model {label!r} ({reason[:200]}); use {VALID_FORMS}") from error
-    hf_model.to(device).eval()
+    if device_map is None:
+        hf_model.to(device)
+    hf_model.eval()
+    device = model_device(hf_model)  # with a device map: the embedding's, where inputs go
     architecture = _architecture(hf_model.config)
     hf_model.config.architectures = [architecture]  # GGUF configs of some families name none
     with warnings.catch_warnings():
@@ -114,6 +223,8 @@ def _bridge_from_directory(
         except (ValueError, KeyError, NotImplementedError) as error:
             raise ToolkitError(f"TransformerLens cannot wrap {label!r} (architecture {architecture}): {error}") from error
     bridge.cfg.model_name = label  # what every output records as the model
+    if device_map is not None:  # accelerate records a placement only when it spans several devices
+        bridge.cfg.device_map = getattr(hf_model, "hf_device_map", None) or device_map
     bridge.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -61,9 +61,34 @@ def test_record_command_writes_a_store(tiny_llama_directory, knowledge_file, tmp
     assert all(prompt["persona"] not in (None, "random") for prompt in store.prompts)
 
 
+def test_record_takes_a_device_map(tiny_llama_directory, knowledge_file, tmp_path):
+    """On this CPU-only machine ``--device-map auto`` puts every block on the CPU through accelerate's path."""
+    assert main(["record", "--model", tiny_llama_directory, "--dataset", str(knowledge_file), "-n", "2", "--layers", "0,2",
+                 "--device-map", "auto", "--out", str(tmp_path / "mapped")]) == 0
+    manifest = ActivationStore(tmp_path / "mapped").manifest
+    assert manifest["device_map"] == "auto" and manifest["attention"] == "sdpa" and manifest["device"] == "cpu"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["study", "--device-map", "auto"], "argument --device-map: not available on `prism study` yet"),
+        (["record", "--dataset", "mmlu", "--out", "s", "--device-map", "everywhere"], "invalid choice: 'everywhere'"),
+    ],
+)
+def test_device_map_values_a_command_cannot_take_fail_while_parsing(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "--dataset", "mtbench", "-n", "1", "--device-map", "auto", "--device", "cpu"],
+         "give --device-map or --device cpu, not both"),
         (["evaluate", "--dataset", "gsm8k"], "unknown dataset 'gsm8k'"),
         (["evaluate", "--dataset", "mtbench", "--persona", "astronaut"], "unknown persona 'astronaut'"),
         (["evaluate", "--dataset", "mtbench", "--model", "not a model!"], "unknown model"),

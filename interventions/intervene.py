@@ -41,7 +41,7 @@ def run_interventions(
     multiples: Sequence[float] = DEFAULT_MULTIPLES,
     seed: int = 0,
     batch_size: int = 8,
-    device: str = "cpu", dtype: str = "float32",
+    device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
     progress: bool = True,
 ) -> InterventionSummary:
     """Run the causal tests into ``out``; returns the headline numbers (the full record: ``summary.json``).
@@ -62,7 +62,7 @@ def run_interventions(
         multiples: steering strengths, as multiples of the persona's own shift (its mean residual change) there.
         seed: sampling, bootstrap and random-direction seed.
         batch_size, progress: prompts per forward pass; show progress bars.
-        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
+        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
 
     Returns:
         the ``InterventionSummary``: the persona's effect on the answer margin (nats) and the decisive patch.
@@ -73,7 +73,7 @@ def run_interventions(
     out = Path(out)
     if persona.persona == "none":
         raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
-    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     n_layers = model.cfg.n_layers
     layers = sorted(set(spread_layers(n_layers) if layers is None else layers))
     for layer in layers + ([steer_layer] if steer_layer is not None else []):

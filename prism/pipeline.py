@@ -37,13 +37,13 @@ def _model_for(out: Path, model_name: str | None, *, create: bool = False) -> st
     return PrismDirectory(out).model_name(model_name, create=create)
 
 
-def _load(name: str, device: str, dtype: str):
+def _load(name: str, device: str, dtype: str, device_map: str | None = None):
     """``load_model``: one place for every step to load its model."""
-    return load_model(name, device=device, dtype=dtype)
+    return load_model(name, device=device, dtype=dtype, device_map=device_map)
 
 
 def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
-              personas: Sequence[str] | None = None, device: str = "cpu", dtype: str = "float32",
+              personas: Sequence[str] | None = None, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
               progress: bool = True) -> BootstrapSummary:
     """Run stages 1-3 in the working directory ``out`` (``prism bootstrap``).
 
@@ -52,7 +52,7 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
         model_name: the model to load (default: the recorded one, else ``default``); must match a recorded one.
         config: query, answer and verdict settings.
         personas: built-in persona names (default: all twelve).
-        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
+        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
         progress: show progress bars.
 
     Returns:
@@ -63,7 +63,7 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
             ``run_bootstrap`` refuses (an unknown persona, no usable query, ...).
     """
     out = Path(out)
-    model, tokenizer = _load(_model_for(out, model_name, create=True), device, dtype)
+    model, tokenizer = _load(_model_for(out, model_name, create=True), device, dtype, device_map)
     samples = run_bootstrap(out, model, tokenizer, config=config, personas=personas, progress=progress)
     return BootstrapSummary.from_record(summarise(samples, config.seed))
 
@@ -72,7 +72,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
           gate_kind: str = "logistic",
           max_block: int = 3, layer: int | None = None, position: str | None = None,
           distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
-          compare_budget: str | CompareBudget = "default", seed: int = 0, device: str = "cpu", dtype: str = "float32",
+          compare_budget: str | CompareBudget = "default", seed: int = 0, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
           progress: bool = True) -> TrainSummary:
     """Train the gate, the adapters, the steering vector and the baseline routers in ``out`` (``prism train``).
 
@@ -81,7 +81,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     Args:
         out: the PRISM working directory, bootstrapped.
         model_name: the model to load (default: the directory's); must match the directory's.
-        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
+        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
         gate_kind: ``logistic`` or ``mlp``.
@@ -91,7 +91,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
         per_intent, extra: intent-labelled queries per intent, and files of more of them.
         compare_budget: the comparison budget whose items are left out (``smoke``, ``default`` or a ``CompareBudget``).
         seed: split, fitting and sampling seed (also the evaluation items' sampling seed).
-        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
+        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
         progress: show progress bars.
 
     Returns:
@@ -103,7 +103,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     """
     out = Path(out)
     plan = resolve_budget(compare_budget)
-    model, tokenizer = _load(_model_for(out, model_name), device, dtype)
+    model, tokenizer = _load(_model_for(out, model_name), device, dtype, device_map)
     record = run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block,
                           layer=layer, position=position, distill_config=distill_config, per_intent=per_intent, extra=extra,
                           exclude=evaluation_queries(plan, seed), seed=seed, progress=progress)
@@ -122,7 +122,7 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
         systems: the systems to compare (default: all of ``SYSTEMS``).
         seed: sampling, generation and bootstrap seed (use the one training used, so its left-out items are these).
         batch_size: prompts per forward pass.
-        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
+        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
         progress: show a progress bar over the cells.
 
     Returns:
@@ -135,14 +135,14 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
     out = Path(out)
     plan = resolve_budget(budget)
     PrismDirectory(out).require_gate()
-    model, tokenizer = _load(_model_for(out, model_name), device, dtype)
+    model, tokenizer = _load(_model_for(out, model_name), device, dtype, device_map)
     record = run_compare(out, model, tokenizer, budget=plan, systems=systems, seed=seed, batch_size=batch_size,
                          progress=progress)
     return CompareSummary(PrismDirectory(out).compare, tuple(record["table"]), record)
 
 
 def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", persona: str = "helpful",
-          max_new_tokens: int = 64, model_name: str | None = None, device: str = "cpu", dtype: str = "float32"
+          max_new_tokens: int = 64, model_name: str | None = None, device: str = "cpu", dtype: str = "float32", device_map: str | None = None
           ) -> list[dict]:
     """Answer ``prompts`` with routing; each answer comes with the gate's probability and route.
 
@@ -170,7 +170,7 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
         raise ToolkitError(f"unknown route target {via!r}: use one of {', '.join(VIA)}")
     if not prompts or any(not p.strip() for p in prompts):
         raise ToolkitError("empty prompt: give each prompt some text")
-    model, tokenizer = _load(_model_for(work.root, model_name), device, dtype)
+    model, tokenizer = _load(_model_for(work.root, model_name), device, dtype, device_map)
     gate = Gate.load(work.gate)
     plain = [render(tokenizer, prompt, Condition("none")) for prompt in prompts]
     if via == "prompt":

@@ -157,7 +157,7 @@ def run_probe_study(
     persona_queries: int = 24,
     seed: int = 0,
     batch_size: int = 16,
-    device: str = "cpu", dtype: str = "float32",
+    device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
     progress: bool = True,
 ) -> ProbeSummary:
     """Run the probe study into ``out`` (re-running resumes the recordings); the steps are in the module docstring.
@@ -177,7 +177,7 @@ def run_probe_study(
             each persona and length.
         seed: splitting, fitting, sampling and bootstrap seed.
         batch_size: prompts per forward pass.
-        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
+        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
         progress: show progress bars.
 
     Returns:
@@ -202,7 +202,7 @@ def run_probe_study(
         if length not in LENGTHS:
             raise ToolkitError(f"unknown persona length {length!r}: use any of {', '.join(LENGTHS)}")
     queries = intent_queries(per_intent, extra=extra, seed=seed)
-    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     hooks = [EMBEDDING_HOOK] + residual_hooks(model, layers)  # token embeddings: the lexical baseline
     meta = {"model": model.cfg.model_name, **precision(model), "data": data_hash(queries), "hooks": hooks, "seed": seed}
 

@@ -45,7 +45,7 @@ def run_study(
     judge_model: str | None = None,
     seed: int = 0,
     batch_size: int = 8,
-    device: str = "cpu", dtype: str = "float32",
+    device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Run (or resume) the study into ``out``.
@@ -60,7 +60,7 @@ def run_study(
         judge_url, judge_model: an OpenAI-compatible judge endpoint (default: the model judges).
         seed: the sampling, generation and random-persona seed.
         batch_size: prompts per forward pass.
-        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
+        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
         progress: show progress bars.
 
     Returns:
@@ -77,7 +77,7 @@ def run_study(
     if judge_url and not judge_model:
         raise ToolkitError("--judge-url needs --judge-model: the endpoint's model name")
     out = Path(out)
-    model, tokenizer = load_model(model_name, device=device, dtype=dtype)
+    model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     settings = {
         "model": model.cfg.model_name, "model_name": model_name, **precision(model), "seed": seed,
         "grid": plan.grid, "items": dict(plan.items), "max_new_tokens": dict(plan.max_new_tokens),

@@ -32,14 +32,15 @@ from probes.study import run_probe_study
 PROBE_TARGETS = ("knowledge-vs-generation/mean", "knowledge-vs-generation/last", "harmful-vs-benign/mean")
 
 
-def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu", dtype: str = "float32") -> Path:
+def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu", dtype: str = "float32",
+             device_map: str | None = None) -> Path:
     """Run the story into ``out`` and print each step's findings (progress goes to stderr).
 
     Args:
         out: the output directory; ``study/<model>/``, ``probe/``, ``intervene/`` and ``prism/``
             are written inside, each with its tables, figures and report.
         model_name: the model, as ``--model`` takes it (default: the embedded SmolLM2-135M-Instruct).
-        device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
+        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
 
     Returns:
         ``out``.
@@ -47,7 +48,7 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
     out = Path(out)
     _say("1. the persona-effect study, smoke budget (prism study --budget smoke)")
     study_dir = out / "study" / model_slug(model_name)
-    where = {"device": device, "dtype": dtype}
+    where = {"device": device, "dtype": dtype, "device_map": device_map}
     run_study(study_dir, model_name=model_name, budget="smoke", progress=True, **where)
     study = summarise_study(study_dir)
     print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
@@ -99,7 +100,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo_command(args: argparse.Namespace) -> Summary | None:
     """``prism demo``: ``run_demo`` with the command's options."""
-    run_demo(args.out, model_name=args.model, device=args.device, dtype=args.dtype)
+    run_demo(args.out, model_name=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     return None
 
 

@@ -40,7 +40,7 @@ def run_intervene(args: argparse.Namespace) -> Summary | None:
     summary = run_interventions(
         args.out, model_name=args.model, persona=args.condition, n_items=args.n, layers=layers,
         steer_layer=args.steer_layer, refusal_items=args.refusal_items, seed=args.seed, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, device_map=args.device_map,
     )
     return summary
 

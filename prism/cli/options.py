@@ -44,30 +44,15 @@ def add_model(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> N
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--dtype`` and ``--device-map``: where and in what precision the model runs (``auto`` by
-    default), and whether its blocks spread over several devices. ``--device-map`` reaches the commands whose model
-    loads through ``load_timed`` (``DEVICE_MAP_COMMANDS``); the others refuse it in one line."""
+    default), and whether its blocks spread over several devices."""
     parser.add_argument("--device", default="auto",
                         help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="the weights' precision; auto = bfloat16 on a GPU, float32 on a CPU (default: auto)")
-    command = parser.prog.split()[-1]
-    parser.add_argument("--device-map", default=None, choices=DEVICE_MAPS, type=_device_map_for(command),
+    parser.add_argument("--device-map", default=None, choices=DEVICE_MAPS, type=str.lower,
                         help="auto: spread a model larger than one device over every GPU (accelerate's device map; "
                              "with --device auto); balanced, balanced_low_0 and sequential are accelerate's other "
                              "strategies (default: one device)")
-
-
-DEVICE_MAP_COMMANDS = ("record", "evaluate")  # the commands whose model loads through load_timed
-
-
-def _device_map_for(command: str):
-    def device_map(text: str) -> str:
-        if command not in DEVICE_MAP_COMMANDS:
-            raise argparse.ArgumentTypeError(f"not available on `prism {command}` yet (only on "
-                                             f"{', '.join(DEVICE_MAP_COMMANDS)}): run it on one device")
-        return text.strip().lower()
-
-    return device_map
 
 
 def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> None:

@@ -85,7 +85,7 @@ def run_probe(args: argparse.Namespace) -> Summary | None:
     summary = run_probe_study(
         args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
         kinds=csv_list(args.probes), personas=csv_list(args.personas), persona_lengths=csv_list(args.persona_lengths),
-        persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
     )
     return summary
 

@@ -36,7 +36,7 @@ def run_bootstrap(args: argparse.Namespace) -> Summary | None:
     config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
                              seed=args.seed, batch_size=args.batch_size)
     summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas),
-                                 device=args.device, dtype=args.dtype)
+                                 device=args.device, dtype=args.dtype, device_map=args.device_map)
     return summary
 
 
@@ -79,7 +79,7 @@ def run_train(args: argparse.Namespace) -> Summary | None:
         raise ToolkitError("--rank, --epochs, --distill-batch-size and --distill-micro-batch-size must be at least 1")
     summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block,
                              layer=args.layer, position=args.position, per_intent=args.per_intent, extra=args.extra,
-                             compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
+                             compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype, device_map=args.device_map,
                              distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs,
                                                           batch_size=args.distill_batch_size,
                                                           micro_batch_size=micro,
@@ -101,7 +101,7 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
 def run_route(args: argparse.Namespace) -> Summary | None:
     """Answer the prompts with routing, each with the gate's probability and decision."""
     for row in pipeline.route(args.out, args.prompts, via=args.via, persona=args.persona, max_new_tokens=args.max_new_tokens,
-                              device=args.device, dtype=args.dtype):
+                              device=args.device, dtype=args.dtype, device_map=args.device_map):
         sign = ">=" if row["routed"] else "<"
         print(f"[gate p={row['probability']:.3f} {sign} {row['threshold']:.3f} -> {row['via']}] {row['prompt']}\n{row['answer']}\n")
     return None
@@ -119,7 +119,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> Summary | None:
     """The Table-1 evaluation; print the comparison table."""
     return pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed,
-                            device=args.device, dtype=args.dtype)
+                            device=args.device, dtype=args.dtype, device_map=args.device_map)
 
 
 COMMANDS = (

@@ -106,7 +106,7 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
         start = time.perf_counter()
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
                   judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed, batch_size=args.batch_size,
-                  device=args.device, dtype=args.dtype)
+                  device=args.device, dtype=args.dtype, device_map=args.device_map)
         directories.append(directory)
         if not world().is_main:
             continue  # under torchrun rank 0 writes the tables, figures and report

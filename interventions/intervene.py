@@ -62,7 +62,7 @@ def run_interventions(
         multiples: steering strengths, as multiples of the persona's own shift (its mean residual change) there.
         seed: sampling, bootstrap and random-direction seed.
         batch_size, progress: prompts per forward pass; show progress bars.
-        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
+        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
 
     Returns:
         the ``InterventionSummary``: the persona's effect on the answer margin (nats) and the decisive patch.

@@ -43,7 +43,8 @@ def _load(name: str, device: str, dtype: str, device_map: str | None = None):
 
 
 def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
-              personas: Sequence[str] | None = None, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
+              personas: Sequence[str] | None = None, device: str = "cpu", dtype: str = "float32",
+              device_map: str | None = None,
               progress: bool = True) -> BootstrapSummary:
     """Run stages 1-3 in the working directory ``out`` (``prism bootstrap``).
 
@@ -52,7 +53,7 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
         model_name: the model to load (default: the recorded one, else ``default``); must match a recorded one.
         config: query, answer and verdict settings.
         personas: built-in persona names (default: all twelve).
-        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
+        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
 
     Returns:
@@ -72,7 +73,8 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
           gate_kind: str = "logistic",
           max_block: int = 3, layer: int | None = None, position: str | None = None,
           distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
-          compare_budget: str | CompareBudget = "default", seed: int = 0, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
+          compare_budget: str | CompareBudget = "default", seed: int = 0, device: str = "cpu", dtype: str = "float32",
+          device_map: str | None = None,
           progress: bool = True) -> TrainSummary:
     """Train the gate, the adapters, the steering vector and the baseline routers in ``out`` (``prism train``).
 
@@ -81,7 +83,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     Args:
         out: the PRISM working directory, bootstrapped.
         model_name: the model to load (default: the directory's); must match the directory's.
-        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
+        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
         gate_kind: ``logistic`` or ``mlp``.
@@ -91,7 +93,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
         per_intent, extra: intent-labelled queries per intent, and files of more of them.
         compare_budget: the comparison budget whose items are left out (``smoke``, ``default`` or a ``CompareBudget``).
         seed: split, fitting and sampling seed (also the evaluation items' sampling seed).
-        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
+        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
 
     Returns:
@@ -112,7 +114,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
 
 def compare(out: str | Path, *, model_name: str | None = None, budget: str | CompareBudget = "default",
             systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, device: str = "cpu",
-            dtype: str = "float32", progress: bool = True) -> CompareSummary:
+            dtype: str = "float32", device_map: str | None = None, progress: bool = True) -> CompareSummary:
     """Run the Table-1 comparison in ``out`` (``prism compare``); finished cells are reused.
 
     Args:
@@ -122,7 +124,7 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
         systems: the systems to compare (default: all of ``SYSTEMS``).
         seed: sampling, generation and bootstrap seed (use the one training used, so its left-out items are these).
         batch_size: prompts per forward pass.
-        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
+        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show a progress bar over the cells.
 
     Returns:
@@ -142,7 +144,8 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
 
 
 def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", persona: str = "helpful",
-          max_new_tokens: int = 64, model_name: str | None = None, device: str = "cpu", dtype: str = "float32", device_map: str | None = None
+          max_new_tokens: int = 64, model_name: str | None = None, device: str = "cpu", dtype: str = "float32",
+          device_map: str | None = None
           ) -> list[dict]:
     """Answer ``prompts`` with routing; each answer comes with the gate's probability and route.
 

@@ -177,7 +177,7 @@ def run_probe_study(
             each persona and length.
         seed: splitting, fitting, sampling and bootstrap seed.
         batch_size: prompts per forward pass.
-        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
+        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
 
     Returns:

@@ -60,7 +60,7 @@ def run_study(
         judge_url, judge_model: an OpenAI-compatible judge endpoint (default: the model judges).
         seed: the sampling, generation and random-persona seed.
         batch_size: prompts per forward pass.
-        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
+        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
 
     Returns:

@@ -40,7 +40,7 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
         out: the output directory; ``study/<model>/``, ``probe/``, ``intervene/`` and ``prism/``
             are written inside, each with its tables, figures and report.
         model_name: the model, as ``--model`` takes it (default: the embedded SmolLM2-135M-Instruct).
-        device, dtype, device_map: where and in what precision the model runs, and how its blocks spread over devices (as ``load_model`` takes them).
+        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
 
     Returns:
         ``out``.

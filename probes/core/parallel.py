@@ -27,9 +27,8 @@ import torch.distributed as dist
 
 from probes.core.errors import ToolkitError
 
-__all__ = ["World", "world", "LAUNCH_VARIABLES"]
+__all__ = ["World", "world"]
 
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # a rank may wait at a barrier while others finish a long share or rank 0 writes reports
 _TIMEOUT = timedelta(hours=12)
 

@@ -89,7 +89,7 @@ class DistillConfig:
         return self.micro_batch_size or self.batch_size
 
 
-class _Pair(NamedTuple):
+class DistillationPair(NamedTuple):
     """One sample's token ids: the same answer after the teacher's and after the student's prompt."""
 
     teacher: list[int]
@@ -128,7 +128,7 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
     peft_config = attach_adapter(model, name, rank=config.rank, alpha=config.alpha, first_block=config.first_block,
                                  seed=config.seed)
     cast_adapter_dtype(model.original_model, name)  # a bfloat16 model's adapter is trained in float32, as peft does
-    pairs = [_pair(tokenizer, sample, config) for sample in samples]
+    pairs = [distillation_pair(tokenizer, sample, config) for sample in samples]
     pairs = [pair for pair in pairs if pair is not None]
     if not pairs:
         raise ToolkitError("every bootstrapped answer is empty: nothing to distil")
@@ -141,7 +141,7 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
             "peft_config": json_ready(peft_config.to_dict())}
 
 
-def _train(model, name: str, pairs: list[_Pair], targets: list[_Target], config: DistillConfig, progress: bool) -> list[float]:
+def _train(model, name: str, pairs: list[DistillationPair], targets: list[_Target], config: DistillConfig, progress: bool) -> list[float]:
     """The distillation steps on the adapter's weights (the trainable ones); returns the losses."""
     parameters = [p for p in model.original_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate)
@@ -171,7 +171,7 @@ def _train(model, name: str, pairs: list[_Pair], targets: list[_Target], config:
 
 def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = DistillConfig()) -> float:
     """The KL the student (current adapter state) has left to close on one sample."""
-    pair = _pair(tokenizer, sample, config)
+    pair = distillation_pair(tokenizer, sample, config)
     if pair is None:
         raise ToolkitError("the sample's persona answer is empty")
     with active_adapter(model, None):
@@ -180,14 +180,14 @@ def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = 
         return float(_kl(model, [pair], targets, config)[0])
 
 
-def _pair(tokenizer, sample: Sample, config: DistillConfig) -> _Pair | None:
+def distillation_pair(tokenizer, sample: Sample, config: DistillConfig) -> DistillationPair | None:
     """The sample's teacher and student ids, or None when its persona answer is empty."""
     answer = tokenizer(sample.answer_persona, add_special_tokens=False)["input_ids"]
     if not answer:
         return None
     teacher = encode(tokenizer, render(tokenizer, sample.query, Condition(sample.persona, config.persona_length, "system")))
     student = encode(tokenizer, render(tokenizer, sample.query, Condition("none")))
-    return _Pair(teacher + answer, student + answer, len(answer))
+    return DistillationPair(teacher + answer, student + answer, len(answer))
 
 
 def _micro_batches(sequences: Sequence[Sequence[int]], size: int) -> list[list[int]]:
@@ -195,7 +195,7 @@ def _micro_batches(sequences: Sequence[Sequence[int]], size: int) -> list[list[i
     return length_sorted_batches([len(sequence) for sequence in sequences], size)
 
 
-def _answer_logits(model, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]) -> torch.Tensor:
+def answer_logits(model, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]) -> torch.Tensor:
     """float32 logits at the positions that predict each sequence's answer tokens, rows after rows: [sum(n_answers), vocab].
 
     The sequences run as one right-padded batch with an attention mask; a real token keeps the position it has
@@ -215,14 +215,14 @@ def _answer_logits(model, sequences: Sequence[Sequence[int]], n_answers: Sequenc
         return hf.lm_head(hidden[rows, columns]).float()
 
 
-def _teacher_targets(model, pairs: Sequence[_Pair], config: DistillConfig, progress: bool) -> list[_Target]:
+def _teacher_targets(model, pairs: Sequence[DistillationPair], config: DistillConfig, progress: bool) -> list[_Target]:
     """Each pair's teacher targets, from padded forward passes of ``config.forward_batch`` samples (adapter off)."""
     targets: list[_Target | None] = [None] * len(pairs)
     batches = _micro_batches([pair.teacher for pair in pairs], config.forward_batch)
     with torch.no_grad():
         for batch in tqdm(batches, desc="teacher", unit="batch", disable=not progress):
             n_answers = [pairs[i].n_answer for i in batch]
-            logits = _answer_logits(model, [pairs[i].teacher for i in batch], n_answers)
+            logits = answer_logits(model, [pairs[i].teacher for i in batch], n_answers)
             values, indices = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1)
             logprobs = (values / config.temperature).log_softmax(-1)
             for i, sample_logprobs, sample_indices in zip(batch, logprobs.split(n_answers), indices.split(n_answers)):
@@ -230,12 +230,12 @@ def _teacher_targets(model, pairs: Sequence[_Pair], config: DistillConfig, progr
     return targets
 
 
-def _kl(model, pairs: Sequence[_Pair], targets: Sequence[_Target], config: DistillConfig) -> torch.Tensor:
+def _kl(model, pairs: Sequence[DistillationPair], targets: Sequence[_Target], config: DistillConfig) -> torch.Tensor:
     """Each pair's KL(teacher || student) over the teacher's top-k, averaged over its answer tokens, times T^2: [n_pairs]."""
     n_answers = [pair.n_answer for pair in pairs]
     teacher_logprobs = torch.cat([target.logprobs for target in targets])
     indices = torch.cat([target.indices for target in targets])
-    student = _answer_logits(model, [pair.student for pair in pairs], n_answers).gather(-1, indices)
+    student = answer_logits(model, [pair.student for pair in pairs], n_answers).gather(-1, indices)
     student_logprobs = (student / config.temperature).log_softmax(-1)
     per_token = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(-1)
     return torch.stack([kl.mean() for kl in per_token.split(n_answers)]) * config.temperature**2

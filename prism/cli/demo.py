@@ -26,6 +26,7 @@ from prism.cli.command import Command
 from prism.cli.options import add_model, add_out
 from prism.distill import DistillConfig
 from probes.core.models import model_slug, resolve_model_directory
+from probes.core.prompts import Condition
 from probes.core.summary import Summary
 from probes.study import run_probe_study
 
@@ -62,9 +63,11 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
     print(probe.format(PROBE_TARGETS))
     print(f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}")
 
-    _say("3. causal tests on knowledge items, short run (prism intervene -n 16 ...)")
-    causal = run_interventions(out / "intervene", model_name=model_name, n_items=16, layers=_spread_layers(model_name),
-                               multiples=(0.0, 1.0, 2.0), refusal_items=8, progress=True, **where)
+    _say("3. causal tests on knowledge items, short run (prism intervene --placement user -n 24 ...)")
+    # the study's strongest knowledge effect: a long persona in the user message
+    causal = run_interventions(out / "intervene", model_name=model_name, persona=Condition("random", "long", "user"),
+                               n_items=24, layers=_spread_layers(model_name), multiples=(0.0, 1.0, 2.0), refusal_items=8,
+                               progress=True, **where)
     print(causal.format())
     print(f"patching heatmap: {causal.directory / 'figures' / 'patching_heatmap.png'}; report: {causal.report}")
 

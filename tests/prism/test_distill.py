@@ -8,7 +8,8 @@ from peft import get_peft_model_state_dict
 from torch.testing import assert_close
 
 from prism.adapters import active_adapter, attach_adapter
-from prism.distill import DistillConfig, _answer_logits, _checkpointing, _kl, _pair, _teacher_targets, distill
+from prism.distill import DistillConfig, _checkpointing, _kl, _teacher_targets, answer_logits, distill, distillation_pair
+from prism.fidelity import adapter_fidelity
 from prism.samples import Sample
 from probes.core.errors import ToolkitError
 from probes.core.models import load_model
@@ -38,12 +39,12 @@ def _lora(model, name: str) -> dict[str, torch.Tensor]:
 
 def test_a_padded_batch_gives_each_sequence_its_unpadded_logits(tiny_model):
     model, tokenizer = tiny_model
-    pairs = [_pair(tokenizer, sample, DistillConfig()) for sample in SAMPLES]
+    pairs = [distillation_pair(tokenizer, sample, DistillConfig()) for sample in SAMPLES]
     sequences, n_answers = [pair.student for pair in pairs], [pair.n_answer for pair in pairs]
     assert len(set(map(len, sequences))) > 1
     with torch.no_grad():
-        batched = _answer_logits(model, sequences, n_answers)
-        alone = torch.cat([_answer_logits(model, [sequence], [n]) for sequence, n in zip(sequences, n_answers)])
+        batched = answer_logits(model, sequences, n_answers)
+        alone = torch.cat([answer_logits(model, [sequence], [n]) for sequence, n in zip(sequences, n_answers)])
     assert batched.dtype == torch.float32 and batched.shape == (sum(n_answers), model.cfg.d_vocab)
     assert_close(batched, alone, atol=1e-5, rtol=1e-5)
 
@@ -71,7 +72,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_switched_off_aft
         for name, parameter in hf.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(std=0.05)
-    pairs = [_pair(tokenizer, sample, config) for sample in SAMPLES]
+    pairs = [distillation_pair(tokenizer, sample, config) for sample in SAMPLES]
     with active_adapter(model, None):
         targets = _teacher_targets(model, pairs, config, progress=False)
     calls = []
@@ -116,3 +117,15 @@ def test_a_bfloat16_model_trains_a_float32_adapter(tiny_llama_directory):
 def test_batch_sizes_below_one_are_refused(sizes):
     with pytest.raises(ToolkitError, match="at least 1"):
         DistillConfig(**sizes)
+
+
+def test_fidelity_is_zero_for_an_untrained_adapter_and_grows_with_distillation(tiny_model):
+    model, tokenizer = tiny_model
+    attach_adapter(model, "fresh", rank=4, alpha=8, first_block=1, seed=0)  # LoRA B starts at zero: no change
+    untrained = adapter_fidelity(model, tokenizer, SAMPLES, "fresh")
+    assert untrained.persona_effect.mean > 0 and untrained.share.mean == pytest.approx(0.0, abs=1e-6)
+    assert untrained.remaining.mean == pytest.approx(untrained.persona_effect.mean, rel=1e-5)
+    distill(model, tokenizer, SAMPLES, "trained", DistillConfig(epochs=6, learning_rate=5e-3, temperature=1.0), progress=False)
+    trained = adapter_fidelity(model, tokenizer, SAMPLES, "trained")
+    assert trained.share.n == len(SAMPLES) and trained.share.low > 0 and trained.remaining.mean < trained.persona_effect.mean
+    assert set(trained.to_dict()) >= {"fidelity", "fidelity_low", "fidelity_high", "n", "kl_teacher_base"}

@@ -107,6 +107,9 @@ class TrainSummary(Summary):
                   f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"]
                  + [f"{name.replace('_', '-')} router on the same sources: AUC {auc.format(2)}" for name, auc in self.routers.items()])
         if self.sources:
+            passing = {name: sum(bool(row.get(f"{name}_passes")) for row in self.sources) for name in ("gate", "embedding", "self_classify")}
+            lines.append(f"unseen sources within target: gate {passing['gate']}, MiniLM {passing['embedding']}, "
+                         f"self-classify {passing['self_classify']} of {len(self.sources)}")
             lines.append("share routed to the persona path per unseen source [95% CI] (target: base <= 10%, persona >= 90%; x: missed)")
             lines.append(f"  {'source':22s} {'route':7s} {'n':>4s}  {'gate':19s} {'MiniLM':19s} {'self-classify':19s}")
             for row in self.sources:

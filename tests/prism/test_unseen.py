@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from prism.summary import TrainSummary
 from prism.unseen import choose_read_out, evaluate, logistic_scorer, out_of_source_scores, source_table
 from probes.core.errors import ToolkitError
+from probes.core.stats import Estimate
 
 SOURCES = ["mmlu"] * 10 + ["geo:city"] * 10 + ["mtbench"] * 10 + ["harmbench"] * 10
 LABELS = np.array([0] * 20 + [1] * 20)
@@ -48,3 +50,17 @@ def test_the_read_out_with_fewer_misses_on_unseen_sources_is_chosen():
     assert len(candidates) == 2 + 2 and "result" not in candidates[0] and "worst_miss" in candidates[0]
     result = evaluate(logistic_scorer(signal, LABELS), LABELS, SOURCES)
     assert result["summary"]["auc"] > 0.95 and 0 < result["threshold"] < 1
+
+
+def test_the_train_summary_prints_the_table_and_reads_each_routers_route_rate():
+    from_row = {"source": "geo:city", "route": "base", "n": 24}
+    for name, rate, passes in (("gate", 0.04, True), ("embedding", 0.5, False), ("self_classify", 0.2, False)):
+        from_row |= {f"{name}_route_rate": rate, f"{name}_route_rate_low": 0.0, f"{name}_route_rate_high": rate + 0.1,
+                     f"{name}_passes": passes}
+    summary = TrainSummary(2, "last", "logistic", 0.5, 0.4, Estimate(0.9, 0.8, 0.95, 50),
+                           {"embedding": Estimate(0.8, 0.7, 0.9, 50)}, (from_row,))
+    assert summary.route_rate_of("geo:city", "embedding") == Estimate(0.5, 0.0, 0.6, 24)
+    lines = summary.lines()
+    assert "unseen sources within target: gate 1, MiniLM 0, self-classify 0 of 1" in lines
+    assert lines[-1].split() == ["geo:city", "base", "24", "0.04", "[0.00,", "0.14]", "0.50", "[0.00,", "0.60]", "x",
+                                 "0.20", "[0.00,", "0.30]", "x"]

@@ -85,7 +85,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
         device, dtype: where and in what precision the model runs (as ``load_model`` takes them).
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
-        gate_kind: ``logistic`` or ``mlp``; None: chosen with the read-out, by the misses on unseen sources.
+        gate_kind: ``logistic`` or ``mlp``; None: chosen with the read-out, by how it routes unseen sources.
         max_block: the last block the read-out sweep tries.
         layer, position: fix the gate's block or read position instead of choosing them.
         distill_config: LoRA distillation settings (the first block follows the gate's).

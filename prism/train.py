@@ -5,7 +5,7 @@ In a PRISM working directory (``prism.workdir``) that ``prism bootstrap`` filled
 - ``gate/``: the read-out sweep (blocks 0..k x last/mean/query, AUC on held-out groups with
   the prompt-length-only, shuffled-label and random-direction controls), the candidates
   evaluated leave-one-source-out (``candidates.csv``; ``prism.unseen``), the chosen gate
-  (``gate.safetensors``: read-out, kind and shrinkage with the fewest misses on unseen sources,
+  (``gate.safetensors``: read-out, kind and shrinkage that route unseen sources best,
   refitted on every source, threshold calibrated on out-of-source scores), and the headline
   table: per unseen source, AUC and route rate of the gate, the baseline routers and the
   controls (``sources.csv``, ``sources.png``). Labels: the bootstrap's "persona wins" (the
@@ -82,8 +82,8 @@ def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "
     if source == "intents":
         own = [LabelledQuery(Item(s.id, "bootstrap", s.query, s.persona, turns=(s.query,)), "generation",
                              f"bootstrap:{s.persona}", "bootstrap") for s in samples]
-        queries = [q for q in intent_queries(per_intent, per_source=per_source, sources=ALL_SOURCES, added=own, extra=extra,
-                                             seed=seed) if q.item.prompt not in exclude]
+        queries = intent_queries(per_intent, per_source=per_source, sources=ALL_SOURCES, added=own, extra=extra, exclude=exclude,
+                                 seed=seed)
         return LabelledPrompts([q.item.prompt for q in queries], np.array([int(q.intent != "knowledge") for q in queries]),
                                [q.group for q in queries], source, [q.source for q in queries])
     raise ToolkitError(f"unknown label source {source!r}: use one of {', '.join(LABEL_SOURCES)}")
@@ -102,7 +102,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         model, tokenizer: the bridged model and its tokenizer.
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
-        gate_kind: ``logistic`` or ``mlp``; None: chosen with the read-out, by the misses on unseen sources.
+        gate_kind: ``logistic`` or ``mlp``; None: chosen with the read-out, by how it routes unseen sources.
         max_block: the last block the read-out sweep tries (0..n_layers-2: the adapter needs blocks after it).
         layer, position: fix the gate's block or read position instead of choosing them.
         distill_config: LoRA distillation settings (its ``first_block`` is replaced by the block after the gate's).
@@ -175,7 +175,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     gate.metadata.update(report=gate_report)
     gate.save(work.gate)
     _say(f"gate: block {gate.layer}, {gate.position} token(s), {gate.kind} (C={chosen['regularisation']}); on unseen sources "
-         f"AUC {gate_report['auc']:.2f}, worst source missed {gate_report['worst_miss']:.0%}")
+         f"AUC {gate_report['auc']:.2f}, {gate_report['passing']} of {gate_report['sources']} within target")
 
     routers = _routers(model, tokenizer, labelled, result, features, lengths, chosen, work, seed)
     table = _source_table(routers)

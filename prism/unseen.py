@@ -97,10 +97,11 @@ def evaluate(scorer: Scorer, labels: np.ndarray, sources: Sequence[str], *, seed
 
 
 def rank_key(result: dict, layer: int = 0, position_rank: int = 0) -> tuple:
-    """Sort key of a candidate read-out: fewest misses on the worst source (to 0.01), then on average, then the
-    earlier block and read position."""
+    """Sort key of a candidate read-out: the most unseen sources within target, then the fewest misses on average
+    (to 0.005), then on the worst source, then the earlier block and read position. (The worst source alone would
+    let one source that no read-out routes well decide the choice.)"""
     verdict = result["summary"]
-    return (round(verdict["worst_miss"], 2), round(verdict["mean_miss"], 3), layer, position_rank)
+    return (-verdict["passing"], round(2 * verdict["mean_miss"], 2), round(verdict["worst_miss"], 2), layer, position_rank)
 
 
 REGULARISATIONS = (0.01, 0.1, 1.0)  # the logistic gate's shrinkage C tried on the best read-out (0.1: fit_probe's default)
@@ -125,7 +126,7 @@ def logistic_scorer(x: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> Scor
 
 def choose_read_out(features: dict[tuple[int, str], np.ndarray], labels: np.ndarray, sources: Sequence[str], *,
                     kinds: Sequence[str] = GATE_KINDS, seed: int = 0) -> tuple[dict, list[dict]]:
-    """The gate's read-out and regulariser with the fewest misses on unseen sources (``rank_key``).
+    """The gate's read-out and regulariser that route unseen sources best (``rank_key``).
 
     Every (block, position) in ``features`` is evaluated as a logistic gate at C = 0.1; on the best read-out, the
     other shrinkages of ``REGULARISATIONS`` (logistic) and the MLP are tried too, as ``kinds`` allow.

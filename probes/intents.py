@@ -9,7 +9,9 @@ data), and a source's queries fall into *groups* (the finer unit a held-out spli
   ``geo:population``, ``geo:area``, ``geo:neighbours``, ``geo:dialling-code``, ``geo:us-state``,
   ``science:constant``; several templates each; group = source). No source asks for capital
   cities: they are an evaluation set.
-- ``generation``: ``mtbench``, MT-Bench user turns, first and second (group = category); PRISM
+- ``generation``: ``mtbench``, MT-Bench user turns, first and second (group = category), and the
+  writing requests of ``probes.core.facts`` about the same entities as the factual questions
+  (``write:poem``, ``write:story``, ``write:letter``, ``write:explain``; group = source); PRISM
   adds the model's own bootstrapped queries (``added``; source ``bootstrap``).
 - ``harmful``: ``harmbench`` (standard behaviours) and ``harmbench:copyright`` (requests for
   protected text); group = semantic category. (HarmBench's contextual behaviours, a long context
@@ -27,11 +29,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
-from probes.core.facts import FACT_SOURCES, load_facts
+from probes.core.facts import FACT_SOURCES, WRITING_SOURCES, load_facts
 from probes.core.items import Item
 
 INTENTS = ("knowledge", "generation", "harmful")
@@ -88,14 +90,15 @@ def _harmbench(functional: str, source: str) -> list[LabelledQuery]:
             for item in load_dataset("harmbench") if item.subcategory == functional]
 
 
-def _facts(source: str) -> Callable[[], list[LabelledQuery]]:
-    return lambda: [LabelledQuery(item, "knowledge", source, source) for item in load_facts(source)]
+def _facts(source: str, intent: str) -> Callable[[], list[LabelledQuery]]:
+    return lambda: [LabelledQuery(item, intent, source, source) for item in load_facts(source)]
 
 
 SOURCES: dict[str, Callable[[], list[LabelledQuery]]] = {
     "mmlu": lambda: [LabelledQuery(item, "knowledge", f"mmlu:{item.subcategory}", "mmlu") for item in load_dataset("mmlu")],
-    **{source: _facts(source) for source in FACT_SOURCES},
+    **{source: _facts(source, "knowledge") for source in FACT_SOURCES},
     "mtbench": lambda: [LabelledQuery(item, "generation", f"mtbench:{item.category}", "mtbench") for item in _mtbench_turns()],
+    **{source: _facts(source, "generation") for source in WRITING_SOURCES},
     "harmbench": lambda: _harmbench("standard", "harmbench"),
     "harmbench:copyright": lambda: _harmbench("copyright", "harmbench:copyright"),
 }
@@ -104,7 +107,8 @@ ALL_SOURCES = tuple(SOURCES)
 
 
 def intent_queries(per_intent: int | None = 160, *, per_source: int | None = None, sources: Sequence[str] = BENCHMARK_SOURCES,
-                   added: Sequence[LabelledQuery] = (), extra: Sequence[str] = (), seed: int = 0) -> list[LabelledQuery]:
+                   added: Sequence[LabelledQuery] = (), extra: Sequence[str] = (), exclude: Collection[str] = frozenset(),
+                   seed: int = 0) -> list[LabelledQuery]:
     """Labelled queries from built-in sources, ``added`` queries and users' files.
 
     Args:
@@ -116,6 +120,7 @@ def intent_queries(per_intent: int | None = 160, *, per_source: int | None = Non
         added: more labelled queries (e.g. PRISM's bootstrapped queries), each with its intent, group and source.
         extra: paths of user .jsonl/.csv files whose ``category`` is each query's intent (a new intent or more
             of a built-in one); source = the path, group = ``"{path}:{subcategory or category}"``.
+        exclude: query texts never drawn (e.g. an evaluation's items), left out before sampling.
         seed: the sampling seed.
 
     Returns:
@@ -136,7 +141,7 @@ def intent_queries(per_intent: int | None = 160, *, per_source: int | None = Non
         queries += [LabelledQuery(item, item.category, f"{path}:{item.subcategory or item.category}", str(path))
                     for item in load_dataset(path)]
     by_source: dict[str, list[LabelledQuery]] = defaultdict(list)
-    for query in queries:
+    for query in (q for q in queries if q.item.prompt not in exclude):
         by_source[query.source].append(query)
     if per_source is not None:
         by_source = {name: _spread(pool, per_source, seed) for name, pool in by_source.items()}

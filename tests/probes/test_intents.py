@@ -6,13 +6,13 @@ import pytest
 
 from probes.core.datasets import load_capitals
 from probes.core.errors import ToolkitError
-from probes.core.facts import FACT_SOURCES, load_facts
+from probes.core.facts import FACT_SOURCES, WRITING_SOURCES, load_facts
 from probes.intents import ALL_SOURCES, intent_queries
 
 
 def test_fact_sources_ask_many_forms_and_never_a_capital():
     capitals = {item.prompt for item in load_capitals()}
-    for source in FACT_SOURCES:
+    for source in FACT_SOURCES + WRITING_SOURCES:
         items = load_facts(source)
         assert len(items) >= 40 and {item.source for item in items} == {source}
         assert len({item.subcategory for item in items}) >= 3  # several templates
@@ -27,6 +27,9 @@ def test_per_source_draws_every_source_and_keeps_the_benchmark_default():
     counts = Counter(q.source for q in queries)
     assert set(counts) == set(ALL_SOURCES) and set(counts.values()) == {6}
     assert {q.intent for q in queries if q.source.startswith("geo:")} == {"knowledge"}
+    assert {q.intent for q in queries if q.source.startswith("write:")} == {"generation"}
+    left_out = {q.item.prompt for q in queries[:5]}
+    assert not left_out & {q.item.prompt for q in intent_queries(None, per_source=6, sources=ALL_SOURCES, exclude=left_out, seed=1)}
     assert queries == intent_queries(None, per_source=6, sources=ALL_SOURCES, seed=1)
     default = intent_queries(30)
     assert {q.source for q in default} == {"mmlu", "mtbench", "harmbench"} and len(default) == 90

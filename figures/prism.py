@@ -135,8 +135,10 @@ def route_by_source(table: Sequence[Mapping], limits: tuple[float, float] = (0.1
         centre = np.array([r[f"{name}_route_rate"] for r in rows], dtype=float)
         low = np.array([r[f"{name}_route_rate_low"] for r in rows], dtype=float)
         high = np.array([r[f"{name}_route_rate_high"] for r in rows], dtype=float)
-        ax.bar(x + (k - (len(routers) - 1) / 2) * width, centre, width, yerr=[centre - low, high - centre], color=colour,
-               label=label, capsize=1.5, error_kw={"linewidth": 0.7})
+        where = x + (k - (len(routers) - 1) / 2) * width
+        ax.bar(where, centre, width, yerr=[centre - low, high - centre], color=colour, label=label, capsize=1.5,
+               error_kw={"linewidth": 0.7})
+        ax.scatter(where, centre, marker="_", color=colour, s=40, zorder=3)  # a rate of 0 stays visible
     base = [i for i, r in enumerate(rows) if r["route"] == "base"]
     persona = [i for i, r in enumerate(rows) if r["route"] == "persona"]
     for members, level, text in ((base, limits[0], f"target <= {limits[0]:.0%}"), (persona, limits[1], f"target >= {limits[1]:.0%}")):
@@ -145,7 +147,7 @@ def route_by_source(table: Sequence[Mapping], limits: tuple[float, float] = (0.1
             ax.text((min(members) + max(members)) / 2, level + 0.02, text, ha="center", va="bottom", fontsize=7)
     if base and persona:
         ax.axvline(max(base) + 0.5, color="#636363", linewidth=0.6)
-    ax.set_xticks(x, [f"{r['source']}\n(n={r['n']})" for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(x, [f"{r['source']} (n={r['n']})" for r in rows], rotation=50, ha="right", rotation_mode="anchor", fontsize=7)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share routed to the persona path")

@@ -152,6 +152,6 @@ def test_route_by_source_draws_every_router_per_source_with_the_targets():
     fig = prism.route_by_source(table)
     ax = fig.axes[0]
     assert len(ax.patches) == 4 * 3  # four routers, three sources
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["geo:city\n(n=24)", "mmlu\n(n=24)", "mtbench\n(n=24)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["geo:city (n=24)", "mmlu (n=24)", "mtbench (n=24)"]
     assert {t.get_text() for t in ax.texts} == {"target <= 10%", "target >= 90%"}
     assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["in-model probe gate", "MiniLM router"]

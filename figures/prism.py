@@ -1,4 +1,4 @@
-"""Figures of PRISM: the Table-1 comparison, route rates, routing vs persona effect, gate sweep."""
+"""Figures of PRISM: the Table-1 comparison, route rates, routing vs persona effect, gate sweep, route rate per unseen source."""
 
 from __future__ import annotations
 
@@ -115,5 +115,44 @@ def gate_sweep(rows: Sequence[Mapping], quality: Mapping | None = None) -> Figur
     n = rows[0]["n_test"] if rows else 0
     ax.set_title(f"Where the route is decodable (held-out n={n}; bands: 95% CI)", fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+SOURCE_ROUTERS = (("gate", "in-model probe gate", "#d94801"), ("embedding", "MiniLM router", "#238b45"),
+                  ("self_classify", "self-classification", "#a6761d"), ("length_only", "prompt length alone", "#bdbdbd"))
+
+
+def route_by_source(table: Sequence[Mapping], limits: tuple[float, float] = (0.1, 0.9)) -> Figure:
+    """Share of each unseen source routed to the persona path (leave one source out), per router, with 95% CIs;
+    base-path sources on the left (target: at most ``limits[0]``), persona-path ones on the right (at least ``limits[1]``)."""
+    rows = sorted(table, key=lambda r: (r["route"] != "base", r["route"] == "mixed"))
+    routers = [r for r in SOURCE_ROUTERS if f"{r[0]}_route_rate" in (rows[0] if rows else {})]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.62 * len(rows) + 2.5), 4.6))
+    width = 0.8 / max(1, len(routers))
+    x = np.arange(len(rows))
+    for k, (name, label, colour) in enumerate(routers):
+        centre = np.array([r[f"{name}_route_rate"] for r in rows], dtype=float)
+        low = np.array([r[f"{name}_route_rate_low"] for r in rows], dtype=float)
+        high = np.array([r[f"{name}_route_rate_high"] for r in rows], dtype=float)
+        where = x + (k - (len(routers) - 1) / 2) * width
+        ax.bar(where, centre, width, yerr=[centre - low, high - centre], color=colour, label=label, capsize=1.5,
+               error_kw={"linewidth": 0.7})
+        ax.scatter(where, centre, marker="_", color=colour, s=40, zorder=3)  # a rate of 0 stays visible
+    base = [i for i, r in enumerate(rows) if r["route"] == "base"]
+    persona = [i for i, r in enumerate(rows) if r["route"] == "persona"]
+    for members, level, text in ((base, limits[0], f"target <= {limits[0]:.0%}"), (persona, limits[1], f"target >= {limits[1]:.0%}")):
+        if members:
+            ax.hlines(level, min(members) - 0.45, max(members) + 0.45, color="black", linestyle="--", linewidth=0.9)
+            ax.text((min(members) + max(members)) / 2, level + 0.02, text, ha="center", va="bottom", fontsize=7)
+    if base and persona:
+        ax.axvline(max(base) + 0.5, color="#636363", linewidth=0.6)
+    ax.set_xticks(x, [f"{r['source']} (n={r['n']})" for r in rows], rotation=50, ha="right", rotation_mode="anchor", fontsize=7)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share routed to the persona path")
+    ax.set_title("Route rate on unseen sources (each source held out whole; left: knowledge -> base model, "
+                 "right: persona path; whiskers: 95% CI)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig

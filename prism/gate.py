@@ -5,11 +5,10 @@ The gate reads the no-persona prompt of a query after block ``layer`` (``blocks.
 at the last prompt token (``last``), as the mean over all the prompt's tokens (``mean``: the
 chat template's fixed tokens included, so it also carries the query's length), or as the mean
 over the query's own tokens (``query``: the template's fixed tokens before and after the query,
-counted once from the plain rendering, are left out). ``fit_gate`` sweeps blocks
-0..k and both read positions on a held-out split (whole label groups held out: personas for
-bootstrap labels, subjects and categories for intent labels), with a shuffled-label and a
-random-direction control, then fits the chosen read-out, calibrates its threshold on the
-held-out side (best balanced accuracy) and reports the route rate there.
+counted once from the plain rendering, are left out). ``sweep`` scores blocks 0..k and every
+read position on a held-out split (whole label groups held out), with a prompt-length-only, a
+shuffled-label and a random-direction control; ``train_gate`` fits a gate, ``fit_gate`` also
+calibrates its threshold on the held-out side. ``prism.unseen`` chooses the read-out.
 
 Two kinds: ``logistic`` (a linear probe; the project's default) and ``mlp`` (one hidden layer,
 the paper's small learned gate, for comparison). Both are saved as safetensors with their
@@ -25,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from jaxtyping import Float
+from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from tqdm.auto import tqdm
 
@@ -130,12 +130,14 @@ class Gate:
 
 @dataclass(frozen=True)
 class LabelledPrompts:
-    """Queries with a 0/1 route label (1 = persona path) and the group a held-out split moves whole."""
+    """Queries with a 0/1 route label (1 = persona path), the group a held-out split moves whole, the label source
+    (``intents`` or ``bootstrap (both)``) and each query's source (held out whole by ``prism.unseen``)."""
 
     queries: list[str]
     labels: np.ndarray
     groups: list[str]
     source: str
+    sources: Sequence[str] = ()
 
 
 def gate_features(model, tokenizer, queries: Sequence[str], layers: Sequence[int], position: str, out: str | Path,
@@ -212,9 +214,6 @@ def sweep(features: dict[tuple[int, str], np.ndarray], labelled: LabelledPrompts
     return rows
 
 
-CHOSEN_FROM = ("last", "query")  # "mean" is swept and shown, but it also encodes the prompt's length
-
-
 def choose(rows: Sequence[dict]) -> dict:
     """The read-out with the best held-out AUC; ties (within 0.005) go to the earlier block, then 'last'."""
     if not rows:
@@ -224,33 +223,30 @@ def choose(rows: Sequence[dict]) -> dict:
     return min(near, key=lambda row: (row["layer"], READ_POSITIONS.index(row["position"])))
 
 
-def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, position: str, kind: str = "logistic",
-             seed: int = 0, metadata: dict | None = None, template: tuple[int, int] = (0, 0)) -> tuple[Gate, dict]:
-    """Fit the gate on the training side (minority oversampled), calibrate its threshold on the held-out side.
+def train_gate(x: np.ndarray, labels: np.ndarray, indices: np.ndarray, *, layer: int, position: str, kind: str = "logistic",
+               regularisation: float = 0.1, seed: int = 0, metadata: dict | None = None,
+               template: tuple[int, int] = (0, 0)) -> Gate:
+    """Fit a gate on the queries at ``indices`` (minority label oversampled); its threshold stays 0.5.
 
     Args:
         x: the read-out features ``[n, d]`` of every query (``gate_features``).
         labels: 0/1 route labels ``[n]`` (1 = persona path).
-        split: the ``Split`` (``train`` and ``test`` indices into ``x``).
+        indices: the training queries.
         layer, position: the block and read position the features came from (saved with the gate).
         kind: ``logistic`` or ``mlp``.
-        seed: oversampling and fitting seed.
-        metadata: facts to keep with the gate (the held-out report is added under ``report``).
+        regularisation: the logistic gate's inverse L2 strength on standardised features (``fit_probe``).
+        seed, metadata: oversampling and fitting seed; facts to keep with the gate.
         template: the template's fixed tokens before and after the query (``template_tokens``), for ``query``.
 
-    Returns:
-        ``(gate, report)``: the report holds the held-out ``auc``, the calibrated ``threshold`` (best balanced
-        accuracy), its ``route_rate`` and ``accuracy``, ``n_test``, ``n_train`` and ``positives`` (the label-1 share).
-
     Raises:
-        ToolkitError: an unknown kind, or a training or held-out side with a single label.
+        ToolkitError: an unknown kind, or training queries with a single label.
     """
     if kind not in GATE_KINDS:
         raise ToolkitError(f"unknown gate kind {kind!r}: use one of {', '.join(GATE_KINDS)}")
     labels = np.asarray(labels).astype(int)
-    train = _oversampled(split.train, labels, seed)
+    train = _oversampled(np.asarray(indices), labels, seed)
     if kind == "logistic":
-        probe = fit_probe("logistic", x[train], [str(v) for v in labels[train]], seed=seed)
+        probe = fit_probe("logistic", x[train], [str(v) for v in labels[train]], regularisation=regularisation, seed=seed)
         tensors = {"weight": torch.as_tensor(probe.weights[0]), "bias": torch.as_tensor(probe.bias[:1]).reshape(())}
     else:
         mean, scale = x[train].mean(axis=0), x[train].std(axis=0) + 1e-8
@@ -259,13 +255,31 @@ def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, pos
         tensors = {"mean": torch.as_tensor(mean), "scale": torch.as_tensor(scale),
                    "w0": torch.as_tensor(mlp.coefs_[0]), "b0": torch.as_tensor(mlp.intercepts_[0]),
                    "w1": torch.as_tensor(mlp.coefs_[1]), "b1": torch.as_tensor(mlp.intercepts_[1])}
-    gate = Gate(kind, layer, position, {k: v.to(torch.float32).contiguous() for k, v in tensors.items()},
+    return Gate(kind, layer, position, {k: v.to(torch.float32).contiguous() for k, v in tensors.items()},
                 metadata=dict(metadata or {}), template=tuple(template))
-    test_probability = gate.probability(x[split.test])
+
+
+def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, position: str, kind: str = "logistic",
+             regularisation: float = 0.1, seed: int = 0, metadata: dict | None = None,
+             template: tuple[int, int] = (0, 0)) -> tuple[Gate, dict]:
+    """Fit the gate on the training side (``train_gate``), calibrate its threshold on the held-out side.
+
+    Args:
+        x, labels, layer, position, kind, regularisation, seed, metadata, template: as ``train_gate`` takes them.
+        split: the ``Split`` (``train`` and ``test`` indices into ``x``).
+
+    Returns:
+        ``(gate, report)``: the report holds the held-out ``auc``, the calibrated ``threshold`` (best balanced
+        accuracy), its ``route_rate`` and ``accuracy``, ``n_test``, ``n_train`` and ``positives`` (the label-1 share).
+
+    Raises:
+        ToolkitError: an unknown kind, or a training or held-out side with a single label.
+    """
+    gate = train_gate(x, labels, split.train, layer=layer, position=position, kind=kind, regularisation=regularisation,
+                      seed=seed, metadata=metadata, template=template)
+    labels, test_probability = np.asarray(labels).astype(int), gate.probability(x[split.test])
     gate.threshold = balanced_threshold(test_probability, labels[split.test])
     routed = test_probability >= gate.threshold
-    from sklearn.metrics import roc_auc_score
-
     report = {"auc": float(roc_auc_score(labels[split.test], test_probability)), "threshold": gate.threshold,
               "route_rate": float(routed.mean()), "accuracy": float((routed == labels[split.test].astype(bool)).mean()),
               "n_test": int(len(split.test)), "n_train": int(len(split.train)), "positives": float(labels.mean())}

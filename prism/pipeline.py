@@ -70,9 +70,10 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
 
 
 def train(out: str | Path, *, model_name: str | None = None, labels: str = "bootstrap", verdict: str = "both",
-          gate_kind: str = "logistic",
+          gate_kind: str | None = None,
           max_block: int = 3, layer: int | None = None, position: str | None = None,
-          distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
+          distill_config: DistillConfig = DistillConfig(), per_intent: int | None = None, per_source: int | None = 24,
+          extra: Sequence[str] = (),
           compare_budget: str | CompareBudget = "default", seed: int = 0, device: str = "cpu", dtype: str = "float32",
           device_map: str | None = None,
           progress: bool = True) -> TrainSummary:
@@ -83,14 +84,14 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     Args:
         out: the PRISM working directory, bootstrapped.
         model_name: the model to load (default: the directory's); must match the directory's.
-        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
-        gate_kind: ``logistic`` or ``mlp``.
+        gate_kind: ``logistic`` or ``mlp``; None: chosen with the read-out, by how it routes unseen sources.
         max_block: the last block the read-out sweep tries.
         layer, position: fix the gate's block or read position instead of choosing them.
         distill_config: LoRA distillation settings (the first block follows the gate's).
-        per_intent, extra: intent-labelled queries per intent, and files of more of them.
+        per_intent, per_source: with intent labels, the most queries per intent and per source (None: no cap).
+        extra: files of more intent-labelled queries (each file one more source).
         compare_budget: the comparison budget whose items are left out (``smoke``, ``default`` or a ``CompareBudget``).
         seed: split, fitting and sampling seed (also the evaluation items' sampling seed).
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
@@ -107,7 +108,8 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     plan = resolve_budget(compare_budget)
     model, tokenizer = _load(_model_for(out, model_name), device, dtype, device_map)
     record = run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block,
-                          layer=layer, position=position, distill_config=distill_config, per_intent=per_intent, extra=extra,
+                          layer=layer, position=position, distill_config=distill_config, per_intent=per_intent,
+                          per_source=per_source, extra=extra,
                           exclude=evaluation_queries(plan, seed), seed=seed, progress=progress)
     return TrainSummary.from_record(record)
 

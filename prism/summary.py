@@ -65,14 +65,17 @@ class BootstrapSummary(Summary):
 
 @dataclass(frozen=True)
 class TrainSummary(Summary):
-    """The trained gate, its held-out AUC and the baseline routers' AUCs on the same split; ``record`` as in ``train.json``.
+    """The trained gate and, per unseen source (each held out whole), how it and the baseline routers route it;
+    ``record`` as in ``train.json``.
 
     Args:
         layer, position, kind: the gate's block, read position and kind.
-        threshold: the gate's calibrated threshold.
-        route_rate: the share of held-out queries the gate routes to the persona path.
-        auc: the gate's held-out AUC (with its 95% CI and n).
-        routers: ``embedding`` and ``self_classify`` -> that baseline router's held-out AUC on the same split.
+        threshold: the gate's threshold, calibrated on out-of-source scores.
+        route_rate: the share of all queries, each scored by a gate that never saw its source, routed to the persona path.
+        auc: the gate's out-of-source AUC over every query (with its 95% CI and n).
+        routers: ``embedding`` and ``self_classify`` -> that baseline router's out-of-source AUC on the same queries.
+        sources: the leave-one-source-out table: one row per source (``source``, ``route``, ``n`` and, per router,
+            ``{router}_route_rate`` with ``_low``/``_high``, ``{router}_auc`` with ``_low``/``_high``, ``{router}_passes``).
         record: the full training record.
     """
 
@@ -83,19 +86,37 @@ class TrainSummary(Summary):
     route_rate: float
     auc: Estimate
     routers: Mapping[str, Estimate]
+    sources: tuple[Mapping, ...] = ()
     record: Mapping = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_record(cls, record: Mapping) -> TrainSummary:
         gate, quality = record["gate"], record["routing_quality"]
         routers = {name: Estimate.from_columns(quality[name], "auc", prefix="") for name in ("embedding", "self_classify")}
+        table = tuple(record.get("leave_one_source_out", {}).get("table", ()))
         return cls(gate["layer"], gate["position"], gate["kind"], gate["threshold"], gate["route_rate"],
-                   Estimate.from_columns(quality["gate"], "auc", prefix=""), routers, record)
+                   Estimate.from_columns(quality["gate"], "auc", prefix=""), routers, table, record)
+
+    def route_rate_of(self, source: str, router: str = "gate") -> Estimate:
+        """The share of unseen ``source`` that ``router`` (``gate``, ``embedding``, ``self_classify``, ...) routes."""
+        row = next(row for row in self.sources if row["source"] == source)
+        return Estimate(row[f"{router}_route_rate"], row[f"{router}_route_rate_low"], row[f"{router}_route_rate_high"], row["n"])
 
     def lines(self) -> list[str]:
-        return ([f"gate: block {self.layer}, {self.position} token(s), {self.kind}; held-out AUC {self.auc.format(2, n=True)}; "
-                 f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"]
-                + [f"{name.replace('_', '-')} router on the same split: AUC {auc.format(2)}" for name, auc in self.routers.items()])
+        lines = ([f"gate: block {self.layer}, {self.position} token(s), {self.kind}; AUC on unseen sources {self.auc.format(2, n=True)}; "
+                  f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"]
+                 + [f"{name.replace('_', '-')} router on the same sources: AUC {auc.format(2)}" for name, auc in self.routers.items()])
+        if self.sources:
+            passing = {name: sum(bool(row.get(f"{name}_passes")) for row in self.sources) for name in ("gate", "embedding", "self_classify")}
+            lines.append(f"unseen sources within target: gate {passing['gate']}, MiniLM {passing['embedding']}, "
+                         f"self-classify {passing['self_classify']} of {len(self.sources)}")
+            lines.append("share routed to the persona path per unseen source [95% CI] (target: base <= 10%, persona >= 90%; x: missed)")
+            lines.append(f"  {'source':22s} {'route':7s} {'n':>4s}  {'gate':19s} {'MiniLM':19s} {'self-classify':19s}")
+            for row in self.sources:
+                cells = [f"{self.route_rate_of(row['source'], name).format(2)}{'' if row.get(f'{name}_passes') is not False else ' x'}"
+                         for name in ("gate", "embedding", "self_classify")]
+                lines.append(f"  {row['source']:22s} {row['route']:7s} {row['n']:4d}  " + " ".join(f"{c:19s}" for c in cells))
+        return lines
 
 
 @dataclass(frozen=True)

@@ -2,51 +2,61 @@
 
 In a PRISM working directory (``prism.workdir``) that ``prism bootstrap`` filled:
 
-- ``gate/``: the read-out sweep (blocks 0..k x last/mean, held-out AUC with controls), the
-  chosen gate (``gate.safetensors``), its held-out report and the MLP gate's for comparison.
-  Labels: the bootstrap's "persona wins" (the paper) or intents (knowledge -> base model;
-  generation and harmful requests -> persona path), held out by persona or by subject/category.
+- ``gate/``: the read-out sweep (blocks 0..k x last/mean/query, AUC on held-out groups with
+  the prompt-length-only, shuffled-label and random-direction controls), the candidates
+  evaluated leave-one-source-out (``candidates.csv``; ``prism.unseen``), the chosen gate
+  (``gate.safetensors``: read-out, kind and shrinkage that route unseen sources best,
+  refitted on every source, threshold calibrated on out-of-source scores), and the headline
+  table: per unseen source, AUC and route rate of the gate, the baseline routers and the
+  controls (``sources.csv``, ``sources.png``). Labels: the bootstrap's "persona wins" (the
+  paper; source = persona) or intents (knowledge -> base model; generation and harmful requests
+  -> persona path; ``probes.intents``: many sources per intent, the bootstrapped queries one
+  more generation source).
 - ``adapters/prism``: LoRA distilled on the label-1 samples, blocks after the gate's (gated);
   ``adapters/sft``: the same on every sample (ungated, the paper's SFT baseline). peft format.
 - ``steering.safetensors``: the persona's mean shift of the residual (persona prompt minus
   plain prompt, last token) over the label-1 samples, for probe-routed steering.
 - ``baselines/``: the MiniLM + logistic router (same labels, same split) and the
   self-classification router's calibrated threshold.
-- ``train.json``: routing quality on the held-out side (AUCs with CIs), label noise, losses.
+- ``train.json``: the leave-one-source-out table and routing quality (AUCs and route rates with
+  CIs), label noise, losses.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 
 from figures import prism as plots
 from prism.adapters import save_adapter
-from prism.baselines import EmbeddingRouter, SelfClassifyRouter, balanced_threshold
+from prism.baselines import EmbeddingRouter, SelfClassifyRouter
 from prism.distill import DistillConfig, distill
 from prism.gate import (
-    CHOSEN_FROM,
+    GATE_KINDS,
     READ_POSITIONS,
     LabelledPrompts,
     choose,
-    fit_gate,
     gate_features,
     split_for,
     sweep,
     template_tokens,
+    train_gate,
 )
 from prism.samples import Sample, load_samples
+from prism.unseen import BASE_LIMIT, PERSONA_LIMIT, choose_read_out, evaluate, logistic_scorer, probe_scorer
 from prism.workdir import PrismDirectory
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import save_figure, save_tensors, write_json, write_table
+from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
-from probes.core.stats import bootstrap_auc
-from probes.intents import intent_queries
+from probes.intents import ALL_SOURCES, LabelledQuery, intent_queries
 from probes.readouts import final_residuals
 
 LABEL_SOURCES = ("bootstrap", "intents")
@@ -56,27 +66,34 @@ GATED, UNGATED = "prism", "sft"
 MIN_PER_ROUTE = 4
 
 
-def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "both", per_intent: int = 64,
-                     extra: Sequence[str] = (), seed: int = 0, exclude: set[str] = frozenset()) -> LabelledPrompts:
-    """Gate training data: bootstrap verdicts under ``verdict`` (group = persona) or intents
-    (group = subject or category; ``extra`` files add queries whose category is their intent,
-    e.g. more "knowledge"), leaving out any query in ``exclude`` (the evaluation's items)."""
+def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "both", per_intent: int | None = None,
+                     per_source: int | None = 24, extra: Sequence[str] = (), seed: int = 0,
+                     exclude: set[str] = frozenset()) -> LabelledPrompts:
+    """Gate training data, leaving out any query in ``exclude`` (the evaluation's items).
+
+    ``bootstrap``: the self-verdicts under ``verdict`` (group and source = persona). ``intents``: every built-in
+    source of ``probes.intents`` plus the bootstrapped queries as a generation source (``bootstrap``), up to
+    ``per_source`` queries of each source and ``per_intent`` of each intent; ``extra`` files add queries whose
+    category is their intent (each file one more source)."""
     if source == "bootstrap":
         kept = [s for s in samples if s.query not in exclude]
         return LabelledPrompts([s.query for s in kept], np.array([s.verdict(verdict) for s in kept]),
-                               [s.persona for s in kept], f"bootstrap ({verdict})")
+                               [s.persona for s in kept], f"bootstrap ({verdict})", [s.persona for s in kept])
     if source == "intents":
-        queries = [q for q in intent_queries(per_intent, extra=extra, seed=seed) if q.item.prompt not in exclude]
+        own = [LabelledQuery(Item(s.id, "bootstrap", s.query, s.persona, turns=(s.query,)), "generation",
+                             f"bootstrap:{s.persona}", "bootstrap") for s in samples]
+        queries = intent_queries(per_intent, per_source=per_source, sources=ALL_SOURCES, added=own, extra=extra, exclude=exclude,
+                                 seed=seed)
         return LabelledPrompts([q.item.prompt for q in queries], np.array([int(q.intent != "knowledge") for q in queries]),
-                               [q.group for q in queries], source)
+                               [q.group for q in queries], source, [q.source for q in queries])
     raise ToolkitError(f"unknown label source {source!r}: use one of {', '.join(LABEL_SOURCES)}")
 
 
 def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap", verdict: str = "both",
-                 gate_kind: str = "logistic",
+                 gate_kind: str | None = None,
                  max_block: int = 3, layer: int | None = None, position: str | None = None,
-                 distill_config: DistillConfig = DistillConfig(), per_intent: int = 64, extra: Sequence[str] = (),
-                 steering_layer: int | None = None,
+                 distill_config: DistillConfig = DistillConfig(), per_intent: int | None = None, per_source: int | None = 24,
+                 extra: Sequence[str] = (), steering_layer: int | None = None,
                  exclude: set[str] = frozenset(), seed: int = 0, progress: bool = True) -> dict:
     """Train the gate, the adapters, the steering vector and the baseline routers.
 
@@ -85,24 +102,27 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         model, tokenizer: the bridged model and its tokenizer.
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
-        gate_kind: ``logistic`` or ``mlp``.
+        gate_kind: ``logistic`` or ``mlp``; None: chosen with the read-out, by how it routes unseen sources.
         max_block: the last block the read-out sweep tries (0..n_layers-2: the adapter needs blocks after it).
         layer, position: fix the gate's block or read position instead of choosing them.
         distill_config: LoRA distillation settings (its ``first_block`` is replaced by the block after the gate's).
-        per_intent, extra: intent-labelled queries per intent, and files of more of them.
+        per_intent, per_source: with intent labels, the most queries per intent and per source (None: no cap).
+        extra: files of more intent-labelled queries.
         steering_layer: the steering vector's block (default: after the gate, mid-model).
         exclude: queries left out of the gate's data (the comparison's items).
         seed: split, fitting and sampling seed.
         progress: show progress bars.
 
     Returns:
-        the training record written to ``train.json``: the gate and its held-out report, the sweep's best
-        read-out, routing quality (AUCs with CIs), bootstrap label statistics, adapters and steering vector.
+        the training record written to ``train.json``: the gate, the leave-one-source-out table of the gate, the
+        baseline routers and the controls, the candidates' summaries, the held-out-groups sweep's best read-out,
+        routing quality (out-of-source AUCs with CIs), bootstrap label statistics, adapters and steering vector.
 
     Raises:
         ToolkitError: no bootstrap samples, a ``max_block``, ``layer``, ``position``, label source, verdict rule,
             gate kind or steering block out of range or unknown, ``extra`` without intent labels, fewer than
-            ``MIN_PER_ROUTE`` queries on either route, no sample on the persona path, or a missing sentence encoder.
+            ``MIN_PER_ROUTE`` queries on either route, fewer than two sources, no sample on the persona path, or a
+            missing sentence encoder.
     """
     work = PrismDirectory(out)
     samples = load_samples(work)
@@ -113,10 +133,12 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         raise ToolkitError(f"--layer {layer} is outside the swept blocks 0..{max_block}")
     if position is not None and position not in READ_POSITIONS:
         raise ToolkitError(f"unknown read position {position!r}: use one of {', '.join(READ_POSITIONS)}")
+    if gate_kind is not None and gate_kind not in GATE_KINDS:
+        raise ToolkitError(f"unknown gate kind {gate_kind!r}: use one of {', '.join(GATE_KINDS)}")
     if extra and labels != "intents":
         raise ToolkitError("--extra adds intent-labelled queries: use it with --labels intents")
-    labelled = labelled_prompts(labels, samples, verdict=verdict, per_intent=per_intent, extra=extra, seed=seed,
-                                exclude=exclude)
+    labelled = labelled_prompts(labels, samples, verdict=verdict, per_intent=per_intent, per_source=per_source, extra=extra,
+                                seed=seed, exclude=exclude)
     counts = np.bincount(labelled.labels, minlength=2)
     if counts.min() < MIN_PER_ROUTE:
         agreement = np.mean([s.persona_first_wins == s.persona_second_wins for s in samples])
@@ -124,34 +146,43 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                            f"needs {MIN_PER_ROUTE}+ of each (the self-verdicts agree across orders on {agreement:.0%} of queries): "
                            "use --verdict debiased, --labels intents, or bootstrap more queries")
     split, split_kind = split_for(labelled, seed)
-    _say(f"gate data: {len(labelled.queries)} {labels}-labelled queries ({labelled.labels.mean():.0%} persona path); "
-         f"split: {split_kind}, {len(split.train)} train / {len(split.test)} held out")
+    _say(f"gate data: {len(labelled.queries)} {labels}-labelled queries from {len(set(labelled.sources))} sources "
+         f"({labelled.labels.mean():.0%} persona path); evaluated leave-one-source-out")
 
-    layers = list(range(max_block + 1))
     features = {}
     for read in READ_POSITIONS:
-        for block, x in gate_features(model, tokenizer, labelled.queries, layers, read, work.gate_features,
+        for block, x in gate_features(model, tokenizer, labelled.queries, list(range(max_block + 1)), read, work.gate_features,
                                       progress=progress).items():
             features[(block, read)] = x
     lengths = [len(encode(tokenizer, render(tokenizer, query, Condition("none")))) for query in labelled.queries]
     rows = sweep(features, labelled, split, seed=seed, lengths=lengths, progress=progress)
     write_table(work.gate_sweep, rows)
-    chosen = choose([r for r in rows if r["layer"] >= 0 and (layer is None or r["layer"] == layer)
-                     and (r["position"] == position if position else r["position"] in CHOSEN_FROM)])
+    allowed = {key: x for key, x in features.items() if (layer is None or key[0] == layer) and (position is None or key[1] == position)}
+    chosen, candidates = choose_read_out(allowed, labelled.labels, labelled.sources,
+                                         kinds=GATE_KINDS if gate_kind is None else (gate_kind,), seed=seed)
+    write_table(work.gate_directory / "candidates.csv", candidates)
     x = features[(chosen["layer"], chosen["position"])]
-    metadata = {"model": model.cfg.model_name, **precision(model), "labels": labels, "split": split_kind}
-    gate, gate_report = fit_gate(x, labelled.labels, split, layer=chosen["layer"], position=chosen["position"],
-                                 kind=gate_kind, seed=seed, metadata=metadata, template=template_tokens(tokenizer))
-    other_kind = "mlp" if gate_kind == "logistic" else "logistic"
-    _, other_report = fit_gate(x, labelled.labels, split, layer=chosen["layer"], position=chosen["position"],
-                               kind=other_kind, seed=seed)
+    result = chosen["result"]
+    metadata = {"model": model.cfg.model_name, **precision(model), "labels": labels, "split": "leave one source out",
+                "regularisation": chosen["regularisation"]}
+    gate = train_gate(x, labelled.labels, np.arange(len(labelled.queries)), layer=chosen["layer"], position=chosen["position"],
+                      kind=chosen["kind"], regularisation=chosen["regularisation"], seed=seed, metadata=metadata,
+                      template=template_tokens(tokenizer))
+    gate.threshold = result["threshold"]
+    gate_report = {"auc": result["summary"]["auc"], "threshold": gate.threshold,
+                   "route_rate": float((result["scores"] >= gate.threshold).mean()), "n_test": len(labelled.queries),
+                   "positives": float(labelled.labels.mean()), **result["summary"]}
+    gate.metadata.update(report=gate_report)
     gate.save(work.gate)
-    _say(f"gate: block {gate.layer}, {gate.position} token(s), held-out AUC {gate_report['auc']:.2f}, "
-         f"threshold {gate.threshold:.3f} routes {gate_report['route_rate']:.0%} of held-out queries")
+    _say(f"gate: block {gate.layer}, {gate.position} token(s), {gate.kind} (C={chosen['regularisation']}); on unseen sources "
+         f"AUC {gate_report['auc']:.2f}, {gate_report['passing']} of {gate_report['sources']} within target")
 
-    quality = _routing_quality(model, tokenizer, gate, x, labelled, split, work, seed)
+    routers = _routers(model, tokenizer, labelled, result, features, lengths, chosen, work, seed)
+    table = _source_table(routers)
+    write_table(work.gate_directory / "sources.csv", table)
+    save_figure(plots.gate_sweep(rows, None), work.gate_sweep_figure)
+    save_figure(plots.route_by_source(table, (BASE_LIMIT, PERSONA_LIMIT)), work.gate_directory / "sources.png")
 
-    save_figure(plots.gate_sweep(rows, quality), work.gate_sweep_figure)
     if labels == "bootstrap":
         routes = np.array([s.verdict(verdict) for s in samples])
     else:  # the samples the intent gate sends to the persona path are the ones to distil
@@ -166,16 +197,20 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     vector = persona_shift(model, tokenizer, persona_path, steering_layer, distill_config.persona_length)
     save_tensors(work.steering, {"vector": vector},
                  {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name, "n": len(persona_path)})
-    labels_bootstrap = np.array([s.label for s in samples])
     summary = {
-        "labels": labelled.source, "split": split_kind, "n_gate_queries": len(labelled.queries),
+        "labels": labelled.source, "split": "leave one source out", "n_gate_queries": len(labelled.queries),
         "gate_label_share": float(labelled.labels.mean()),
-        "gate": {"layer": gate.layer, "position": gate.position, "kind": gate.kind, "threshold": gate.threshold,
-                 "parameters": gate.n_parameters, **gate_report},
-        "other_kind": {"kind": other_kind, **other_report},
-        "sweep_best": chosen, "length_only": next(r for r in rows if r["position"] == "length only"),
-        "routing_quality": quality,
-        "bootstrap_labels": {"n": len(samples), "persona_wins": float(labels_bootstrap.mean()),
+        "gate": {"layer": gate.layer, "position": gate.position, "kind": gate.kind, "regularisation": chosen["regularisation"],
+                 "threshold": gate.threshold, "parameters": gate.n_parameters, **gate_report},
+        "leave_one_source_out": {"limits": {"base": BASE_LIMIT, "persona": PERSONA_LIMIT}, "table": table,
+                                 "routers": {name: {"threshold": r["threshold"], **r["summary"]} for name, r in routers.items()},
+                                 "candidates": candidates},
+        "sweep_best": choose([r for r in rows if r["layer"] >= 0]), "held_out_groups_split": split_kind,
+        "length_only": next(r for r in rows if r["position"] == "length only"),
+        "routing_quality": {"n_test": len(labelled.queries),
+                            **{name: {"auc": r["summary"]["auc"], "low": r["summary"]["auc_low"], "high": r["summary"]["auc_high"],
+                                      "n": r["summary"]["auc_n"]} for name, r in routers.items()}},
+        "bootstrap_labels": {"n": len(samples), "persona_wins": float(np.mean([s.label for s in samples])),
                              "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
                              "distilled": int(routes.sum()),
                              "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples]))},
@@ -199,37 +234,51 @@ def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, lengt
     return torch.cat(shifts).mean(dim=0)
 
 
-def _routing_quality(model, tokenizer, gate, x, labelled: LabelledPrompts, split, work: PrismDirectory, seed: int) -> dict:
-    """Held-out AUC with 95% CIs: the in-model gate, the MiniLM router and self-classification,
-    all on the same labels and split; their calibrated thresholds are saved for routing."""
-    train, test = split.train, split.test
-    y_test = labelled.labels[test]
-    queries = np.array(labelled.queries, dtype=object)
-    embedding = EmbeddingRouter().fit(list(queries[train]), labelled.labels[train], seed=seed)
-    embedding_scores = embedding.scores(list(queries[test]))
-    embedding.threshold = balanced_threshold(embedding_scores, y_test)
+ROUTERS = ("gate", "embedding", "self_classify", "length_only", "shuffled_labels")
+
+
+def _routers(model, tokenizer, labelled: LabelledPrompts, gate_result: dict, features: dict, lengths: Sequence[int],
+             chosen: dict, work: PrismDirectory, seed: int) -> dict[str, dict]:
+    """Leave-one-source-out results (``prism.unseen.evaluate``) of the gate, the MiniLM router, self-classification and
+    the two controls (a probe on the prompt's length alone; the chosen gate fitted to shuffled labels), all on the
+    same queries and sources. The baseline routers are saved refitted on every source, with the threshold calibrated
+    on their out-of-source scores."""
+    y, sources = labelled.labels, labelled.sources
+    embedding = EmbeddingRouter()
+    embedded = embedding.encoder.encode(labelled.queries)
+    results = {"gate": gate_result, "embedding": evaluate(logistic_scorer(embedded, y, seed=seed), y, sources, seed=seed)}
+    fitted = LogisticRegression(class_weight="balanced", max_iter=1000, random_state=seed).fit(embedded, y)
+    embedding.coef, embedding.intercept = fitted.coef_[0].astype(np.float64), float(fitted.intercept_[0])
+    embedding.n_train, embedding.threshold = len(y), results["embedding"]["threshold"]
     embedding.save(work.embedding_router)
-    asker = SelfClassifyRouter(model, tokenizer)
-    asked = asker.scores(list(queries[test]))
-    threshold = balanced_threshold(asked, y_test)
-    write_json(work.self_classify, {"threshold": threshold, "labels": labelled.source})
-    return {
-        "n_test": int(len(test)),
-        "gate": _auc_with_ci(y_test, gate.probability(x[test]), seed),
-        "embedding": {**_auc_with_ci(y_test, embedding_scores, seed), "parameters": embedding.encoder.n_parameters},
-        "self_classify": _auc_with_ci(y_test, asked, seed),
-    }
+    asked = SelfClassifyRouter(model, tokenizer).scores(labelled.queries)
+    results["self_classify"] = evaluate(lambda train, test: asked[test], y, sources, seed=seed)
+    write_json(work.self_classify, {"threshold": results["self_classify"]["threshold"], "labels": labelled.source})
+    length = np.log(np.asarray(lengths, dtype=float))[:, None]
+    results["length_only"] = evaluate(logistic_scorer(length, y, seed=seed), y, sources, seed=seed)
+    shuffled = np.random.default_rng(seed).permutation(y)
+    x = features[(chosen["layer"], chosen["position"])]
+    control = probe_scorer(x, shuffled, kind=chosen["kind"], regularisation=chosen["regularisation"], seed=seed)
+    results["shuffled_labels"] = evaluate(control, y, sources, seed=seed)
+    return {name: results[name] for name in ROUTERS}
 
 
-def _auc_with_ci(y: np.ndarray, scores: np.ndarray, seed: int, n_resamples: int = 1000) -> dict:
-    return bootstrap_auc(y == 1, scores, n_resamples=n_resamples, seed=seed).columns("auc", prefix="", n=True)
+def _source_table(routers: dict[str, dict]) -> list[dict]:
+    """One row per unseen source: each router's route rate and AUC with their 95% CIs, and whether it passes."""
+    table = []
+    for index, row in enumerate(routers["gate"]["rows"]):
+        merged = {"source": row["source"], "route": row["route"], "n": row["n"]}
+        for name, result in routers.items():
+            theirs = result["rows"][index]
+            merged.update({f"{name}_{key}": theirs[key] for key in ("route_rate", "route_rate_low", "route_rate_high",
+                                                                     "auc", "auc_low", "auc_high", "passes")})
+        table.append(merged)
+    return table
 
 
 def _adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,
               work: PrismDirectory, progress: bool) -> dict:
     """The gated adapter on the persona-path samples, the ungated one on all of them."""
-    from dataclasses import replace
-
     config = replace(config, first_block=gate_layer + 1)
     winners = [s for s, route in zip(samples, routes) if route]
     if not winners:

@@ -1,23 +1,39 @@
 """Intent labels from real data: what a query needs from the model.
 
-- ``knowledge``: MMLU questions, shown without their options (group = subject), so a probe sees
-  a question, not the letter-list format.
-- ``generation``: MT-Bench user turns, first and second (group = category).
-- ``harmful``: HarmBench standard behaviours (group = semantic category).
-- anything else: a user's JSONL/CSV file whose ``category`` column is the intent label; its
-  group is ``subcategory`` when given, else the file's own category.
+Every query comes from a *source* (one data set, or one question form built from reference
+data), and a source's queries fall into *groups* (the finer unit a held-out split moves whole):
 
-Each intent is capped at the size of the smallest (balanced classes), drawn evenly across its
-groups, so held-out splits (``probes.splits``) can hold out whole subjects and categories.
+- ``knowledge``: ``mmlu`` (MMLU questions shown without their options, so a probe sees a
+  question, not the letter-list format; group = subject) and the short factual questions of
+  ``probes.core.facts`` (``geo:continent``, ``geo:city``, ``geo:currency``, ``geo:language``,
+  ``geo:population``, ``geo:area``, ``geo:neighbours``, ``geo:dialling-code``, ``geo:us-state``,
+  ``science:constant``; several templates each; group = source). No source asks for capital
+  cities: they are an evaluation set.
+- ``generation``: ``mtbench``, MT-Bench user turns, first and second (group = category), and the
+  writing requests of ``probes.core.facts`` about the same entities as the factual questions
+  (``write:poem``, ``write:story``, ``write:letter``, ``write:explain``; group = source); PRISM
+  adds the model's own bootstrapped queries (``added``; source ``bootstrap``).
+- ``harmful``: ``harmbench`` (standard behaviours) and ``harmbench:copyright`` (requests for
+  protected text); group = semantic category. (HarmBench's contextual behaviours, a long context
+  before the request, are left out: hundreds of tokens each, longer than small models' context.)
+- anything else: a user's JSONL/CSV file whose ``category`` column is the intent label; the
+  file is one source, its group is ``subcategory`` when given, else the file's own category.
+
+``intent_queries`` draws queries seeded and evenly: across an intent's sources first, then
+across each source's groups. By default (``BENCHMARK_SOURCES``, no ``per_source``) each intent is
+capped at the size of the smallest (balanced classes); with ``per_source``, every source keeps up
+to that many and the intents are left unbalanced (a fit oversamples the smaller side).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Sequence
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Callable, Collection, Sequence
 
 from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
+from probes.core.facts import FACT_SOURCES, WRITING_SOURCES, load_facts
 from probes.core.items import Item
 
 INTENTS = ("knowledge", "generation", "harmful")
@@ -47,9 +63,18 @@ def target_classes(target: str) -> list[str]:
 
 @dataclass(frozen=True)
 class LabelledQuery:
+    """One query with its intent, its group (moved whole by a held-out split: ``"mmlu:anatomy"``,
+    ``"mtbench:writing"``, ...) and its source (held out whole by leave-one-source-out evaluation:
+    ``"mmlu"``, ``"geo:currency"``, ...; default: the group up to its first colon)."""
+
     item: Item
     intent: str
-    group: str  # the unit a held-out split moves as a whole: "mmlu:anatomy", "mtbench:writing", ...
+    group: str
+    source: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            object.__setattr__(self, "source", self.group.split(":")[0])
 
 
 def _mtbench_turns() -> list[Item]:
@@ -60,42 +85,96 @@ def _mtbench_turns() -> list[Item]:
     return turns
 
 
-def intent_queries(per_intent: int | None = 160, *, extra: Sequence[str] = (), seed: int = 0) -> list[LabelledQuery]:
-    """Balanced labelled queries: ``per_intent`` of each intent (capped by the smallest).
+def _harmbench(functional: str, source: str) -> list[LabelledQuery]:
+    return [LabelledQuery(item, "harmful", f"{source}:{item.category}", source)
+            for item in load_dataset("harmbench") if item.subcategory == functional]
+
+
+def _facts(source: str, intent: str) -> Callable[[], list[LabelledQuery]]:
+    return lambda: [LabelledQuery(item, intent, source, source) for item in load_facts(source)]
+
+
+SOURCES: dict[str, Callable[[], list[LabelledQuery]]] = {
+    "mmlu": lambda: [LabelledQuery(item, "knowledge", f"mmlu:{item.subcategory}", "mmlu") for item in load_dataset("mmlu")],
+    **{source: _facts(source, "knowledge") for source in FACT_SOURCES},
+    "mtbench": lambda: [LabelledQuery(item, "generation", f"mtbench:{item.category}", "mtbench") for item in _mtbench_turns()],
+    **{source: _facts(source, "generation") for source in WRITING_SOURCES},
+    "harmbench": lambda: _harmbench("standard", "harmbench"),
+    "harmbench:copyright": lambda: _harmbench("copyright", "harmbench:copyright"),
+}
+BENCHMARK_SOURCES = ("mmlu", "mtbench", "harmbench")  # the probe study's sources
+ALL_SOURCES = tuple(SOURCES)
+
+
+def intent_queries(per_intent: int | None = 160, *, per_source: int | None = None, sources: Sequence[str] = BENCHMARK_SOURCES,
+                   added: Sequence[LabelledQuery] = (), extra: Sequence[str] = (), exclude: Collection[str] = frozenset(),
+                   seed: int = 0) -> list[LabelledQuery]:
+    """Labelled queries from built-in sources, ``added`` queries and users' files.
 
     Args:
-        per_intent: queries per intent, at least 2; None takes as many as the smallest intent has.
+        per_intent: queries per intent, at least 2, spread evenly across the intent's sources; None: no cap. Without
+            ``per_source`` every intent is also capped at the smallest intent's size (balanced classes).
+        per_source: queries per source, at least 2, spread evenly across the source's groups; None: no cap (and the
+            intents are balanced as above).
+        sources: built-in sources to draw from (``ALL_SOURCES``; default ``BENCHMARK_SOURCES``).
+        added: more labelled queries (e.g. PRISM's bootstrapped queries), each with its intent, group and source.
         extra: paths of user .jsonl/.csv files whose ``category`` is each query's intent (a new intent or more
-            of a built-in one); group = ``"{path}:{subcategory or category}"``.
-        seed: the sampling seed; queries are drawn evenly across each intent's groups.
+            of a built-in one); source = the path, group = ``"{path}:{subcategory or category}"``.
+        exclude: query texts never drawn (e.g. an evaluation's items), left out before sampling.
+        seed: the sampling seed.
 
     Returns:
-        ``LabelledQuery`` items (``item``, ``intent``, ``group``), intent by intent.
+        ``LabelledQuery`` items (``item``, ``intent``, ``group``, ``source``), intent by intent.
 
     Raises:
-        ToolkitError: ``per_intent`` below 2, or an ``extra`` file that is missing or malformed.
+        ToolkitError: ``per_intent`` or ``per_source`` below 2, an unknown source, or an ``extra`` file that is
+            missing or malformed.
     """
-    pools: dict[str, list[LabelledQuery]] = {
-        "knowledge": [LabelledQuery(item, "knowledge", f"mmlu:{item.subcategory}") for item in load_dataset("mmlu")],
-        "generation": [LabelledQuery(item, "generation", f"mtbench:{item.category}") for item in _mtbench_turns()],
-        "harmful": [
-            LabelledQuery(item, "harmful", f"harmbench:{item.category}")
-            for item in load_dataset("harmbench") if item.subcategory == "standard"
-        ],
-    }
+    for name, value in (("queries per intent", per_intent), ("queries per source", per_source)):
+        if value is not None and value < 2:
+            raise ToolkitError(f"need at least 2 {name}, got {value}")
+    unknown = [name for name in sources if name not in SOURCES]
+    if unknown:
+        raise ToolkitError(f"unknown intent source {unknown[0]!r}: use one of {', '.join(ALL_SOURCES)}")
+    queries = [query for name in dict.fromkeys(sources) for query in SOURCES[name]()] + list(added)
     for path in extra:
-        for item in load_dataset(path):
-            query = LabelledQuery(item, item.category, f"{path}:{item.subcategory or item.category}")
-            pools.setdefault(item.category, []).append(query)
-    size = min(len(pool) for pool in pools.values())
-    if per_intent is not None:
-        if per_intent < 2:
-            raise ToolkitError(f"need at least 2 queries per intent, got {per_intent}")
-        size = min(size, per_intent)
-    return [query for pool in pools.values() for query in _spread(pool, size, seed)]
+        queries += [LabelledQuery(item, item.category, f"{path}:{item.subcategory or item.category}", str(path))
+                    for item in load_dataset(path)]
+    by_source: dict[str, list[LabelledQuery]] = defaultdict(list)
+    for query in (q for q in queries if q.item.prompt not in exclude):
+        by_source[query.source].append(query)
+    if per_source is not None:
+        by_source = {name: _spread(pool, per_source, seed) for name, pool in by_source.items()}
+    pools: dict[str, dict[str, list[LabelledQuery]]] = defaultdict(dict)
+    for name, pool in by_source.items():
+        for query in pool:
+            pools[query.intent].setdefault(name, []).append(query)
+    size = per_intent
+    if per_source is None:
+        smallest = min(sum(len(pool) for pool in intent.values()) for intent in pools.values())
+        size = smallest if per_intent is None else min(smallest, per_intent)
+    chosen = []
+    for intent in pools.values():
+        quota = _quotas({name: len(pool) for name, pool in intent.items()}, size)
+        chosen += [query for name, pool in intent.items() for query in _spread(pool, quota[name], seed)]
+    return chosen
+
+
+def _quotas(sizes: dict[str, int], total: int | None) -> dict[str, int]:
+    """How many to take from each source so that ``total`` are spread evenly (round robin)."""
+    if total is None or total >= sum(sizes.values()):
+        return dict(sizes)
+    quota = dict.fromkeys(sizes, 0)
+    while sum(quota.values()) < total:
+        for name in sorted(sizes):
+            if quota[name] < sizes[name] and sum(quota.values()) < total:
+                quota[name] += 1
+    return quota
 
 
 def _spread(pool: list[LabelledQuery], size: int, seed: int) -> list[LabelledQuery]:
     """``size`` queries taken evenly across their groups (round robin, seeded)."""
+    if size >= len(pool):
+        return list(pool)
     keyed = [replace(query.item, id=str(index), category=query.group) for index, query in enumerate(pool)]
     return [pool[int(item.id)] for item in stratified_sample(keyed, size, seed=seed)]

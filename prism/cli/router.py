@@ -49,15 +49,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verdict", default="both", choices=("both", "debiased"),
                         help="bootstrap label rule: the persona wins both orders (the paper; default), or its preference "
                              "summed over both orders is positive")
-    parser.add_argument("--gate", default="logistic", choices=("logistic", "mlp"), help="gate kind (default: logistic probe)")
+    parser.add_argument("--gate", choices=("logistic", "mlp"),
+                        help="gate kind (default: chosen with the read-out and shrinkage by how it routes unseen sources)")
     parser.add_argument("--max-block", type=int, default=3, help="sweep the gate over blocks 0..k (default: 3)")
-    parser.add_argument("--layer", type=int, help="fix the gate's block instead of choosing it by held-out AUC")
+    parser.add_argument("--layer", type=int, help="fix the gate's block instead of choosing it on unseen sources")
     parser.add_argument("--position", choices=("last", "mean", "query"),
-                        help="fix the read position instead of choosing it between 'last' and 'query' (all three are swept)")
-    parser.add_argument("--per-intent", type=int, default=64, help="queries per intent with --labels intents (default: 64)")
+                        help="fix the read position instead of choosing it on unseen sources")
+    parser.add_argument("--per-source", type=int, default=24,
+                        help="with --labels intents: queries per source, each source held out whole in turn (default: 24)")
+    parser.add_argument("--per-intent", type=int, help="with --labels intents: cap on queries per intent (default: none)")
     parser.add_argument("--extra", action="append", default=[], metavar="FILE",
                         help="with --labels intents: a .jsonl/.csv of further queries whose category is their intent, "
-                             "e.g. 'knowledge' (repeatable)")
+                             "e.g. 'knowledge'; each file is one more source (repeatable)")
     parser.add_argument("--epochs", type=int, default=2, help="distillation epochs (default: 2)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
     parser.add_argument("--distill-batch-size", type=int, default=DistillConfig.batch_size,
@@ -78,8 +81,10 @@ def run_train(args: argparse.Namespace) -> Summary | None:
     if min(args.rank, args.epochs, args.distill_batch_size) < 1 or (micro is not None and micro < 1):
         raise ToolkitError("--rank, --epochs, --distill-batch-size and --distill-micro-batch-size must be at least 1")
     summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block,
-                             layer=args.layer, position=args.position, per_intent=args.per_intent, extra=args.extra,
-                             compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                             layer=args.layer, position=args.position, per_intent=args.per_intent,
+                             per_source=args.per_source, extra=args.extra,
+                             compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
+                             device_map=args.device_map,
                              distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs,
                                                           batch_size=args.distill_batch_size,
                                                           micro_batch_size=micro,

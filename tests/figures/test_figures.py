@@ -138,3 +138,20 @@ def test_gate_sweep_plots_both_read_positions_with_controls():
     fig = prism.gate_sweep(rows, quality)
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert "probe, last token(s)" in labels and "shuffled labels (mean)" in labels and "MiniLM router (any block)" in labels
+
+
+def test_route_by_source_draws_every_router_per_source_with_the_targets():
+    def row(source, route, rate):
+        cells = {}
+        for name in ("gate", "embedding", "self_classify", "length_only"):
+            cells |= {f"{name}_route_rate": rate, f"{name}_route_rate_low": max(0, rate - 0.1),
+                      f"{name}_route_rate_high": min(1, rate + 0.1), f"{name}_passes": True}
+        return {"source": source, "route": route, "n": 24, **cells}
+
+    table = [row("mtbench", "persona", 0.95), row("geo:city", "base", 0.05), row("mmlu", "base", 0.2)]
+    fig = prism.route_by_source(table)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4 * 3  # four routers, three sources
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["geo:city (n=24)", "mmlu (n=24)", "mtbench (n=24)"]
+    assert {t.get_text() for t in ax.texts} == {"target <= 10%", "target >= 90%"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["in-model probe gate", "MiniLM router"]

@@ -216,9 +216,9 @@ def test_typed_summaries_format_into_the_printed_lines(tmp_path):
         "24 queries; the persona won both orders on 40% [25%, 55%]; the two orders agreed on 50%",
         "  math            n=  2  win rate 50% [0%, 100%]"]
     assert made["train"].lines() == [
-        "gate: block 1, last token(s), logistic; held-out AUC 0.90 [0.80, 0.97] (n=30); threshold 0.512 routes 45%",
-        "embedding router on the same split: AUC 0.85 [0.70, 0.95]",
-        "self-classify router on the same split: AUC 0.50 [0.30, 0.70]"]
+        "gate: block 1, last token(s), logistic; AUC on unseen sources 0.90 [0.80, 0.97] (n=30); threshold 0.512 routes 45%",
+        "embedding router on the same sources: AUC 0.85 [0.70, 0.95]",
+        "self-classify router on the same sources: AUC 0.50 [0.30, 0.70]"]
     compared = made["compare"]
     assert str(compared) == format_table([compared.table[0]])
     assert "| base | 80.0 [75.0, 85.0] | 1.25 [1.00, 1.50] |" in str(compared)

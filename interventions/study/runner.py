@@ -74,8 +74,8 @@ def run_study(
         (and any response and judge ratings).
 
     Raises:
-        ToolkitError: an unknown budget, task, grid or format, ``items`` below 1, ``judge_url`` without ``judge_model``, an
-            ``out`` directory holding a study of another model, or a model that cannot be loaded.
+        ToolkitError: an unknown budget, task, grid or format, ``items`` below 1, ``judge_url`` without
+            ``judge_model``, an ``out`` directory holding a study of another model, or a model that cannot be loaded.
     """
 
     plan = resolve_plan(budget, tasks, items, grid)
@@ -87,7 +87,8 @@ def run_study(
     knowledge_formats = prompt_formats(formats, chat_template=bool(getattr(tokenizer, "chat_template", None)))
     settings = {
         "model": model.cfg.model_name, "model_name": model_name, **precision(model), "seed": seed,
-        "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items), "max_new_tokens": dict(plan.max_new_tokens),
+        "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items),
+        "max_new_tokens": dict(plan.max_new_tokens),
         "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge_model}@{judge_url}" if judge_url else "self",
     }

@@ -89,8 +89,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="persona conditions; 'full' = all 12 personas, expert and random at every length and placement")
     parser.add_argument("--items", type=int, help="items per cell for every task (overrides the budget)")
     parser.add_argument("--tasks", help="comma-separated subset of: capitals, mmlu-letter, mmlu-cloze, harmbench, ifeval, mtbench")
-    parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa (default: plain,qa "
-                                          "for a model without a chat template, plain for a chat model)")
+    parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa "
+                                          "(default: plain,qa without a chat template, plain with one)")
     parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
                                             "(default: the studied model judges itself)")
     parser.add_argument("--judge-model", help="model name at --judge-url")
@@ -110,8 +110,8 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
         directory = args.out / model_slug(name)
         start = time.perf_counter()
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
-                  formats=formats, judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed, batch_size=args.batch_size,
-                  device=args.device, dtype=args.dtype)
+                  formats=formats, judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed,
+                  batch_size=args.batch_size, device=args.device, dtype=args.dtype)
         directories.append(directory)
         if not world().is_main:
             continue  # under torchrun rank 0 writes the tables, figures and report

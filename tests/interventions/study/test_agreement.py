@@ -79,7 +79,8 @@ def test_the_report_calls_a_finding_only_what_holds_across_formats(tmp_path):
     assert "## Across prompt formats" in report and "- `qa`: persona, blank line, \"Question: <question>\"" in report
     assert "| capitals | qa | history/min/system[empty] | margin | +0.40" in report
     rows = json.loads((tmp_path / "effects_across_formats.json").read_text())
-    assert {row["verdict"] for row in rows if row["metric"] == "margin"} == {HOLDS, DEPENDS, "same sign, significant in 1 of 2 formats"}
+    verdicts = {row["verdict"] for row in rows if row["metric"] == "margin"}
+    assert verdicts == {HOLDS, DEPENDS, "same sign, significant in 1 of 2 formats"}
     assert summary.effect("capitals", "history/min/system[empty]", "margin", prompt_format="qa").mean == pytest.approx(0.4)
     assert (tmp_path / "figures" / "fig3_capitals_formats.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "fig2_capitals_persona_heatmap.png").stat().st_size > 1000

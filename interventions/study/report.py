@@ -221,7 +221,8 @@ def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figur
         lines.append(f"| {row['task']} | {row.get('format')} | {row['condition']} | {row['metric']} | "
                      f"{fmt(row, 'delta', True)} | {fmt(versus_random, 'delta', True)} | "
                      f"{agreed['verdict'] if agreed else '—'} |")
-    several = [row for row in agreement if "," in row["formats"] and row["reference"] == BASELINE_LABEL]
+    several = [row for row in agreement if "," in row["formats"] and row["reference"] == BASELINE_LABEL
+               and row["persona_spec"] != "none"]
     if several:
         lines += ["", "## Across prompt formats", "",
                   "Each persona effect (vs no persona in the same format) side by side; a finding holds its sign, "

@@ -2,7 +2,10 @@
 
 Each function takes tables from ``interventions.effects`` (lists of dicts) and returns a
 matplotlib Figure. Error bars are bootstrap 95% CIs; a star marks a paired difference whose
-CI excludes zero; every panel says its n.
+CI excludes zero; every panel says its n. Rows carry the prompt format they were measured in
+(``format``; rows without one are ``plain``): figures of per-condition effects draw one panel per
+format side by side, on a shared axis, and ``format_effects`` sets the formats next to each other
+for every condition.
 """
 
 from __future__ import annotations
@@ -25,7 +28,25 @@ LENGTH_COLOURS = {"min": "#9ecae1", "short": "#4292c6", "long": "#08519c"}
 
 
 def _select(table: Sequence[Mapping], **where) -> list[Mapping]:
-    return [row for row in table if all(row.get(key) == value for key, value in where.items())]
+    return [row for row in table if all(_get(row, key) == value for key, value in where.items())]
+
+
+def _get(row: Mapping, key: str):
+    if key == "format":
+        return row.get("format") or "plain"
+    return row.get(key)
+
+
+def _formats(rows: Sequence[Mapping]) -> list[str]:
+    """The prompt formats met in ``rows``, in order (one, ``plain``, when there are none)."""
+    return list(dict.fromkeys(_get(row, "format") for row in rows)) or ["plain"]
+
+
+def _panels(rows: Sequence[Mapping], width: float, height: float) -> tuple[Figure, list, list[str]]:
+    """A figure with one panel per prompt format of ``rows``, sharing the y axis."""
+    formats = _formats(rows)
+    fig, axes = plt.subplots(1, len(formats), figsize=(width * len(formats), height), squeeze=False, sharey=True)
+    return fig, list(axes[0]), formats
 
 
 def _errors(rows: Sequence[Mapping], centre: str) -> np.ndarray:
@@ -57,10 +78,20 @@ def delta_by_category(
     rows = _select(effects_by_category, task=task, metric=metric, persona_spec=persona_spec,
                    placement=placement, reference="none[empty]")
     categories = sorted({row["category"] for row in rows})
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) + 2), 4.2))
+    fig, axes, formats = _panels(rows, max(6.0, 0.9 * len(categories) + 2), 4.2)
     if not rows:
-        _empty(ax, f"no {persona_spec} persona results for {task}")
+        _empty(axes[0], f"no {persona_spec} persona results for {task}")
         return fig
+    for ax, name in zip(axes, formats):
+        heading = title or f"{task}: {persona_spec} persona effect by category"
+        _category_bars(ax, _select(rows, format=name), categories, persona_spec, metric,
+                       heading + (f", format {name}" if len(formats) > 1 else ""), placement)
+    fig.tight_layout()
+    return fig
+
+
+def _category_bars(ax, rows: Sequence[Mapping], categories: list[str], persona_spec: str, metric: str, title: str,
+                   placement: str) -> None:
     lengths = [length for length in LENGTH_COLOURS if any(row["length"] == length for row in rows)]
     width = 0.8 / len(lengths)
     for index, length in enumerate(lengths):
@@ -77,11 +108,8 @@ def delta_by_category(
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
     ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}\nvs no persona")
-    ax.set_title(f"{title or f'{task}: {persona_spec} persona effect by category'}\n"
-                 f"({placement} prompt, {_n_range(rows)} items per bar, * = 95% CI excludes 0)", fontsize=10)
+    ax.set_title(f"{title}\n({placement} prompt, {_n_range(rows)} items per bar, * = 95% CI excludes 0)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    return fig
 
 
 def generation_by_category(effects_by_category: Sequence[Mapping], task: str = "mtbench",
@@ -127,18 +155,18 @@ def refusal_with_safety_persona(cells: Sequence[Mapping], task: str = "harmbench
 
 def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: str = "long") -> Figure:
     """Figure 1d: per model, the persona effect with the persona in the system prompt vs in
-    the user message, for each task metric (matched expert where it exists, else random)."""
+    the user message, for each task metric and prompt format (matched expert where it exists, else random)."""
     models = list(effects_by_model)
     fig, axes = plt.subplots(1, max(1, len(models)), figsize=(6.0 * max(1, len(models)), 4.4), squeeze=False)
     for ax, model in zip(axes[0], models):
         effects = _select(effects_by_model[model], length=length, reference="none[empty]")
-        pairs = []
-        for task, metric in dict.fromkeys((row["task"], row["metric"]) for row in effects):
+        pairs, several = [], len(_formats(effects)) > 1
+        for task, metric, name in dict.fromkeys((row["task"], row["metric"], _get(row, "format")) for row in effects):
             for spec in ("expert", "random"):
-                system = _select(effects, task=task, metric=metric, persona_spec=spec, placement="system")
-                user = _select(effects, task=task, metric=metric, persona_spec=spec, placement="user")
+                where = dict(task=task, metric=metric, persona_spec=spec, format=name)
+                system, user = _select(effects, placement="system", **where), _select(effects, placement="user", **where)
                 if system and user:
-                    pairs.append((f"{task}\n{metric} ({spec})", system[0], user[0]))
+                    pairs.append((f"{task}\n{metric} ({spec}{f', {name}' if several else ''})", system[0], user[0]))
                     break
         if not pairs:
             _empty(ax, "no condition in both placements")
@@ -160,56 +188,111 @@ def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: 
 
 def persona_lift_heatmap(effects_by_category: Sequence[Mapping], task: str, metric: str,
                          length: str = "min", placement: str = "system") -> Figure:
-    """Figure 2 (left): persona x category, mean paired lift over no persona; * = significant."""
+    """Figure 2 (left): persona x category, mean paired lift over no persona; * = significant; one panel per format."""
     rows = [row for row in _select(effects_by_category, task=task, metric=metric, length=length,
                                    placement=placement, reference="none[empty]")]
     personas = sorted({row["persona_spec"] for row in rows}, key=lambda p: (p in ("expert", "random"), p))
     categories = sorted({row["category"] for row in rows})
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(categories) + 3), max(3.0, 0.42 * len(personas) + 1.5)))
+    fig, axes, formats = _panels(rows, max(5.0, 0.8 * len(categories) + 3), max(3.0, 0.42 * len(personas) + 1.5))
     if not rows:
-        _empty(ax, f"no per-persona results for {task}")
+        _empty(axes[0], f"no per-persona results for {task}")
         return fig
-    grid = np.full((len(personas), len(categories)), np.nan)
-    significant = np.zeros_like(grid, dtype=bool)
-    for row in rows:
-        i, j = personas.index(row["persona_spec"]), categories.index(row["category"])
-        grid[i, j], significant[i, j] = row["delta"], row["significant"]
-    limit = np.nanmax(np.abs(grid)) or 1.0
-    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-    for i in range(len(personas)):
-        for j in range(len(categories)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:+.2f}{'*' if significant[i, j] else ''}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-    ax.set_yticks(range(len(personas)), personas)
-    fig.colorbar(image, ax=ax, label=f"Δ {METRIC_LABELS.get(metric, metric)}")
-    ax.set_title(f"{task}: lift over no persona ({length}, {placement}; {_n_range(rows)} per cell)", fontsize=10)
-    fig.tight_layout()
+    limit = max(abs(row["delta"]) for row in rows) or 1.0
+    for ax, name in zip(axes, formats):
+        grid = np.full((len(personas), len(categories)), np.nan)
+        significant = np.zeros_like(grid, dtype=bool)
+        mine = _select(rows, format=name)
+        for row in mine:
+            i, j = personas.index(row["persona_spec"]), categories.index(row["category"])
+            grid[i, j], significant[i, j] = row["delta"], row["significant"]
+        image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        for i in range(len(personas)):
+            for j in range(len(categories)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:+.2f}{'*' if significant[i, j] else ''}", ha="center", va="center",
+                            fontsize=7)
+        ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set_yticks(range(len(personas)), personas)
+        ax.set_title(f"{task}: lift over no persona{f', format {name}' if len(formats) > 1 else ''}\n"
+                     f"({length}, {placement}; {_n_range(mine)} per cell)", fontsize=10)
+    fig.colorbar(image, ax=axes, label=f"Δ {METRIC_LABELS.get(metric, metric)}")
     return fig
 
 
 def expert_lift_bars(effects_by_category: Sequence[Mapping], task: str, metric: str, length: str = "long") -> Figure:
-    """Figure 2 (right): per category, expert over no persona and expert over a random persona."""
+    """Figure 2 (right): per category, expert over no persona and expert over a random persona; one panel per format."""
     rows = _select(effects_by_category, task=task, metric=metric, persona_spec="expert", length=length,
                    placement="system")
     categories = sorted({row["category"] for row in rows})
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) + 2), 4.2))
+    fig, axes, formats = _panels(rows, max(6.0, 0.9 * len(categories) + 2), 4.2)
     if not rows:
-        _empty(ax, f"no expert persona results for {task}")
+        _empty(axes[0], f"no expert persona results for {task}")
         return fig
-    for offset, reference, label, colour in ((-0.2, "none[empty]", "expert − no persona", "#08519c"),
-                                             (0.2, f"random/{length}/system[empty]", "expert − random persona", "#74c476")):
-        series = {row["category"]: row for row in rows if row["reference"] == reference}
-        present = [c for c in categories if c in series]
+    for ax, name in zip(axes, formats):
+        mine = _select(rows, format=name)
+        for offset, reference, label, colour in ((-0.2, "none[empty]", "expert − no persona", "#08519c"),
+                                                 (0.2, f"random/{length}/system[empty]", "expert − random persona",
+                                                  "#74c476")):
+            series = {row["category"]: row for row in mine if row["reference"] == reference}
+            present = [c for c in categories if c in series]
+            bars = [series[c] for c in present]
+            if bars:
+                ax.bar(np.array([categories.index(c) for c in present]) + offset, [b["delta"] for b in bars], 0.4,
+                       yerr=_errors(bars, "delta"), capsize=2, color=colour, label=label)
+        _note_if_all_zero(ax, mine)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}")
+        ax.set_title(f"{task}: expertise vs any persona{f', format {name}' if len(formats) > 1 else ''}\n"
+                     f"({length} persona, {_n_range(mine)} per bar)", fontsize=10)
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin",
+                   verdicts: Mapping[str, str] | None = None) -> Figure:
+    """Every persona condition's effect (vs no persona in the same format), the prompt formats side by side.
+
+    Args:
+        effects: effect rows (``effect_table``), each with its ``format``.
+        task, metric: which effects.
+        verdicts: condition label -> the across-format verdict; a condition whose effect "depends on the format"
+            is marked with a red label, one that "holds across formats" with a bold one.
+    """
+    rows = [row for row in _select(effects, task=task, metric=metric, reference="none[empty]")
+            if row["persona_spec"] != "none" and row.get("delta") is not None]
+    formats = _formats(rows)
+    conditions = list(dict.fromkeys(row["condition"] for row in rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(conditions) * len(formats) + 2), 4.6))
+    if not rows:
+        _empty(ax, f"no persona effects for {task}")
+        return fig
+    width = 0.8 / len(formats)
+    colours = plt.get_cmap("tab10")
+    for index, name in enumerate(formats):
+        series = {row["condition"]: row for row in _select(rows, format=name)}
+        present = [c for c in conditions if c in series]
+        xs = np.array([conditions.index(c) for c in present]) + (index - (len(formats) - 1) / 2) * width
         bars = [series[c] for c in present]
-        if bars:
-            ax.bar(np.array([categories.index(c) for c in present]) + offset, [b["delta"] for b in bars], 0.4,
-                   yerr=_errors(bars, "delta"), capsize=2, color=colour, label=label)
-    _note_if_all_zero(ax, rows)
+        ax.bar(xs, [b["delta"] for b in bars], width, yerr=_errors(bars, "delta"), capsize=2, color=colours(index),
+               label=f"format {name} ({_n_range(bars)})")
+        for x, bar in zip(xs, bars):
+            if bar["significant"]:
+                ax.text(x, bar["high"] if bar["delta"] >= 0 else bar["low"], "*", ha="center",
+                        va="bottom" if bar["delta"] >= 0 else "top", fontsize=11)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-    ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}")
-    ax.set_title(f"{task}: expertise vs any persona ({length} persona, {_n_range(rows)} per bar)", fontsize=10)
+    ax.set_xticks(range(len(conditions)), [c.replace("[empty]", "") for c in conditions], rotation=40, ha="right",
+                  fontsize=8)
+    for label, condition in zip(ax.get_xticklabels(), conditions):
+        verdict = (verdicts or {}).get(condition, "")
+        if verdict == "depends on the format":
+            label.set_color("#cb181d")
+        elif verdict == "holds across formats":
+            label.set_fontweight("bold")
+    ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}\nvs no persona (same format)")
+    ax.set_title(f"{task}: persona effects per prompt format (* = 95% CI excludes 0;\n"
+                 "red label = depends on the format, bold = holds across formats)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

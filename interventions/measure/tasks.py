@@ -32,6 +32,7 @@ from interventions.measure.refusal import is_refusal
 from interventions.measure.scoring import ChoiceResult, score_choices
 from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
+from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import Item
 from probes.core.personas import Persona
 from probes.core.prompts import Condition, RenderedPrompt
@@ -99,10 +100,12 @@ class Task:
         return attach_instructions(items, seed=seed) if self.kind == "instructions" else items
 
     def render(self, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item], condition: Condition, *,
-               personas: Mapping[str, Persona] | None = None, seed: int = 0) -> list[RenderedPrompt]:
-        """The items' prompts under ``condition``, with the task's scoring mode and answer prefix."""
+               personas: Mapping[str, Persona] | None = None, seed: int = 0,
+               prompt_format: str = DEFAULT_FORMAT) -> list[RenderedPrompt]:
+        """The items' prompts under ``condition``, with the task's scoring mode and answer prefix, in ``prompt_format``."""
         return render_items(tokenizer, items, condition, scoring=self.scoring,
-                            answer_prefix=self.answer_prefix if self.is_choice else "", personas=personas, seed=seed)
+                            answer_prefix=self.answer_prefix if self.is_choice else "", personas=personas, seed=seed,
+                            prompt_format=prompt_format)
 
     def options(self, item: Item) -> list[str]:
         """The continuations scored for a multiple-choice item."""

@@ -2,8 +2,9 @@
 
 Every mean carries n and a bootstrap 95% CI. Effects are paired on the same items: a persona
 condition minus the no-persona baseline (explicit empty system message), and the matched expert
-minus the random persona at the same length and placement. Items without a value for a metric
-(an unparseable judgement) drop out of that metric's pair only.
+minus the random persona at the same length and placement, always within one prompt format (the
+baseline of the same format). Items without a value for a metric (an unparseable judgement) drop
+out of that metric's pair only. Rows written before formats existed count as ``plain``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import math
 from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
 
+from probes.core.formats import DEFAULT_FORMAT
 from probes.core.stats import bootstrap_mean, paired_difference
 
 BASELINE_LABEL = "none[empty]"
 METRICS = ("accuracy", "margin", "refusal_rate", "strict", "loose", "judge_score", "judge_score_turn2")
-CONDITION_FIELDS = ("task", "condition", "persona_spec", "length", "placement", "base_system")
+CONDITION_FIELDS = ("task", "format", "condition", "persona_spec", "length", "placement", "base_system")
+FIELD_DEFAULTS = {"format": DEFAULT_FORMAT}  # what a row without the field means
 
 
 def _value(row: Mapping, metric: str) -> float | None:
@@ -29,7 +32,7 @@ def _value(row: Mapping, metric: str) -> float | None:
 def _groups(rows: Iterable[Mapping], keys: Sequence[str]) -> dict[tuple, list[Mapping]]:
     groups: dict[tuple, list[Mapping]] = defaultdict(list)
     for row in rows:
-        groups[tuple(row.get(key) for key in keys)].append(row)
+        groups[tuple(row.get(key, FIELD_DEFAULTS.get(key)) for key in keys)].append(row)
     return groups
 
 
@@ -69,11 +72,11 @@ def effect_table(rows: Sequence[Mapping], seed: int = 0, by_category: bool = Fal
 
     With ``by_category`` the pairs are formed within each item category."""
     table = []
-    group_keys = ("task", "category") if by_category else ("task",)
+    group_keys = ("task", "format", "category") if by_category else ("task", "format")
     for key, task_rows in _groups(rows, group_keys).items():
         scope = dict(zip(group_keys, key))
         cells = _groups(task_rows, CONDITION_FIELDS)
-        labels = {fields[1]: cell for fields, cell in cells.items()}
+        labels = {fields[CONDITION_FIELDS.index("condition")]: cell for fields, cell in cells.items()}
         baseline = labels.get(BASELINE_LABEL)
         for fields, cell in cells.items():
             condition = dict(zip(CONDITION_FIELDS, fields))

@@ -6,6 +6,11 @@ expert and the random persona at several lengths and placements, every persona a
 on capitals and HarmBench, the safety monitor at every length), ``full`` (every persona, expert
 and random persona at every length in both placements). The tasks themselves are in the
 registry, ``interventions.measure.tasks``.
+
+Prompt formats (``prompt_formats``): the knowledge (multiple-choice) tasks run every condition
+under each format asked for; by default ``plain`` and ``qa`` for a model without a chat template,
+whose plain-text layout is a choice its results may hang on, and ``plain`` alone for a chat
+model. Generation, refusal and judged tasks always use ``plain``.
 """
 
 from __future__ import annotations
@@ -15,15 +20,18 @@ from typing import Mapping, Sequence
 
 from interventions.measure.tasks import TASKS, Task
 from probes.core.errors import ToolkitError
+from probes.core.formats import DEFAULT_FORMAT, get_format
 from probes.core.items import Item
 from probes.core.personas import LENGTHS, builtin_personas
 from probes.core.prompts import EXPERT_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition, matched_persona
 
-__all__ = ["BASELINE", "BUDGETS", "Budget", "GRIDS", "TEMPLATE_BASELINE", "applies", "conditions", "resolve_plan"]
+__all__ = ["BASELINE", "BUDGETS", "Budget", "FORMAT_CONTROL", "GRIDS", "TEMPLATE_BASELINE", "applies", "conditions",
+           "prompt_formats", "resolve_plan"]
 
 BASELINE = Condition("none", base_system="empty")
 TEMPLATE_BASELINE = Condition("none", base_system="template")
 GRIDS = ("smoke", "default", "full")
+FORMAT_CONTROL = ("plain", "qa")  # the default formats of a model without a chat template
 
 
 @dataclass(frozen=True)
@@ -132,3 +140,21 @@ def resolve_plan(budget: str | Budget, tasks: Sequence[str] | None = None, items
         chosen = {name: items for name in chosen}
     max_new = {**BUDGETS["default"].max_new_tokens, **budget.max_new_tokens}
     return Budget(chosen, grid or budget.grid, max_new, budget.turns, budget.judge_seeds)
+
+
+def prompt_formats(requested: Sequence[str] | None, chat_template: bool) -> tuple[str, ...]:
+    """The prompt formats the knowledge tasks run under.
+
+    Args:
+        requested: format names (``probes.core.formats``); None or empty for the default.
+        chat_template: whether the model has a chat template.
+
+    Returns:
+        the distinct formats in order: ``requested``, or ``FORMAT_CONTROL`` without a chat template and ``plain`` with one.
+
+    Raises:
+        ToolkitError: an unknown format.
+    """
+    if not requested:
+        return (DEFAULT_FORMAT,) if chat_template else FORMAT_CONTROL
+    return tuple(dict.fromkeys(get_format(name).name for name in requested))

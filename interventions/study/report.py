@@ -1,8 +1,9 @@
 """Tables, figures and a plain-words Markdown report from a study's saved rows.
 
 ``summarise_study(directory)`` reads ``items.json`` and ``study.json`` and (re)writes
-``cells.csv``, ``effects.csv``, ``effects_by_category.csv`` (each with a JSON twin),
-``judge_consistency.json``, ``figures/*.png`` and ``report.md``, and returns a ``StudySummary``.
+``cells.csv``, ``effects.csv``, ``effects_by_category.csv``, ``effects_across_formats.csv`` (each
+with a JSON twin), ``judge_consistency.json``, ``figures/*.png`` and ``report.md``, and returns a
+``StudySummary``. The findings' wording is in ``interventions.study.findings``.
 ``compare_models`` adds the cross-model placement figure for several study directories.
 """
 
@@ -14,14 +15,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from figures import study as plots
-from interventions.measure.tasks import TASKS
-from interventions.study.effects import cell_table, effect_table, judge_consistency
+from interventions.study.agreement import format_agreement
+from interventions.study.effects import BASELINE_LABEL, cell_table, effect_table, judge_consistency
+from interventions.study.findings import KNOWLEDGE_TASKS, across, find, findings, fmt
 from probes.core.errors import ToolkitError
 from probes.core.files import save_figure, write_json, write_table, write_text
+from probes.core.formats import DEFAULT_FORMAT, FORMATS
 from probes.core.stats import Estimate
 from probes.core.summary import Summary
-
-KNOWLEDGE_TASKS = tuple(name for name, task in TASKS.items() if task.is_choice)  # capitals, mmlu-letter, mmlu-cloze
 
 
 def load_study(directory: str | Path) -> tuple[dict, list[dict]]:
@@ -47,6 +48,7 @@ class StudySummary(Summary):
         consistency: the MT-Bench judge's consistency (``judge_consistency.json``).
         findings: the report's "Findings, set against the paper" bullets (Markdown; every number
             a mean with its 95% CI and n).
+        agreement: each effect across prompt formats, with its verdict (``effects_across_formats.csv``).
     """
 
     directory: Path
@@ -56,14 +58,16 @@ class StudySummary(Summary):
     effects_by_category: list[dict]
     consistency: dict
     findings: tuple[str, ...]
+    agreement: tuple[dict, ...] = ()
 
     @property
     def report(self) -> Path:
         return self.directory / "report.md"
 
-    def effect(self, task: str, condition: str, metric: str, reference: str = "none[empty]") -> Estimate | None:
-        """One paired effect (condition minus reference on the same items), or None if not measured."""
-        row = _find(self.effects, task=task, condition=condition, metric=metric, reference=reference)
+    def effect(self, task: str, condition: str, metric: str, reference: str = BASELINE_LABEL,
+               prompt_format: str = DEFAULT_FORMAT) -> Estimate | None:
+        """One paired effect (condition minus reference on the same items, in one prompt format), or None."""
+        row = find(self.effects, task=task, condition=condition, metric=metric, reference=reference, format=prompt_format)
         return None if row is None or row.get("delta") is None else Estimate.from_columns(row, "delta", prefix="")
 
     def lines(self) -> list[str]:
@@ -91,6 +95,8 @@ def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
         "effects": effect_table(rows, seed=seed),
         "effects_by_category": effect_table(rows, seed=seed, by_category=True),
     }
+    formats = settings.get("formats") or [DEFAULT_FORMAT]
+    tables["effects_across_formats"] = format_agreement(tables["effects"], formats)
     for name, table in tables.items():
         write_table(directory / f"{name}.csv", table)
     consistency = judge_consistency([row for row in rows if row["task"] == "mtbench"])
@@ -99,8 +105,9 @@ def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
     fell_back = any(row.get("placement") == "system" and row.get("placement_used") == "user" for row in rows)
     report = study_report(settings, tables, consistency, figures, system_fell_back=fell_back)
     write_text(directory / "report.md", report)
+    found = findings(tables["effects"], consistency, tables["effects_across_formats"])
     return StudySummary(directory, settings["model"], tables["cells"], tables["effects"], tables["effects_by_category"],
-                        consistency, tuple(_findings(tables["effects"], consistency)))
+                        consistency, tuple(found), tuple(tables["effects_across_formats"]))
 
 
 def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[str]:
@@ -122,6 +129,11 @@ def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[
     for task, metric in (("ifeval", "strict"), ("mtbench", "judge_score"), ("mmlu-letter", "margin")):
         if task in tasks:
             wanted[f"fig2_{task}_expert_bars"] = lambda t=task, m=metric: plots.expert_lift_bars(by_category, t, m)
+    for task in KNOWLEDGE_TASKS:
+        if len({row.get("format") for row in cells if row["task"] == task}) > 1:
+            verdicts = {row["condition"]: row["verdict"] for row in tables["effects_across_formats"]
+                        if row["task"] == task and row["metric"] == "margin" and row["reference"] == BASELINE_LABEL}
+            wanted[f"fig3_{task}_formats"] = lambda t=task, v=verdicts: plots.format_effects(tables["effects"], t, "margin", v)
     written = []
     for name, make in wanted.items():
         save_figure(make(), directory / f"{name}.png")
@@ -142,37 +154,20 @@ def compare_models(directories: Sequence[str | Path], out: str | Path) -> Path:
 # --- the report ------------------------------------------------------------------------------
 
 
-def _fmt(row: Mapping | None, centre: str = "mean", signed: bool = False) -> str:
-    if row is None:
-        return "—"
-    if row.get(centre) is None:
-        return f"no values (n={row['n']})"
-    estimate = Estimate.from_columns(row, centre, prefix="")
-    return estimate.format(signed=signed, star="significant" in row, n=True)  # effects carry a significance, cells not
-
-
-def _find(table: Sequence[Mapping], **where) -> Mapping | None:
-    for row in table:
-        if all(row.get(key) == value for key, value in where.items()):
-            return row
-    return None
-
-
-def verdict(effect: Mapping | None, expected_sign: int) -> str:
-    """Whether a paired effect goes the paper's way, and whether it is significant."""
-    if effect is None:
-        return "not measured"
-    same = effect["delta"] * expected_sign > 0
-    if effect["significant"]:
-        return "reproduces the paper's direction (significant)" if same else "goes against the paper (significant)"
-    if effect["delta"] == 0:
-        return "no change at all (not significant)"
-    return f"{'same' if same else 'opposite'} direction as the paper, not significant"
-
-
 def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figures: Sequence[str],
                  system_fell_back: bool = False) -> str:
+    """The Markdown report: settings, baselines, findings, every effect, the format control and the figures.
+
+    Args:
+        settings: ``study.json``.
+        tables: ``cells``, ``effects`` and ``effects_across_formats`` (``format_agreement``; may be missing).
+        consistency: ``judge_consistency``'s result.
+        figures: the figures' paths relative to the study directory.
+        system_fell_back: whether personas meant for the system prompt went to the user message.
+    """
     cells, effects = tables["cells"], tables["effects"]
+    agreement = tables.get("effects_across_formats") or format_agreement(effects)
+    formats = list(dict.fromkeys(row.get("format") or DEFAULT_FORMAT for row in cells))
     lines = [
         f"# Persona-effect study: {settings['model']}",
         "",
@@ -183,6 +178,13 @@ def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figur
         "paired on the same items, * = CI excludes 0.",
         "",
     ]
+    if len(formats) > 1:
+        lines += [
+            "Prompt formats: the knowledge tasks ran every condition under each format below, each against the "
+            "baseline of its own format. An effect is called a finding only if its sign holds, significantly, in "
+            "every format; otherwise the report says it depends on the format.",
+            "",
+        ] + [f"- `{name}`: {FORMATS[name].description}" for name in formats if name in FORMATS] + [""]
     if system_fell_back:
         lines += [
             "This model's prompt format has no system role, so personas meant for the system prompt were "
@@ -193,92 +195,40 @@ def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figur
     lines += [
         "## Baselines",
         "",
-        "| task | metric | no persona | template default | chance |",
-        "|---|---|---|---|---|",
+        "| task | format | metric | no persona | template default | chance |",
+        "|---|---|---|---|---|---|",
     ]
     for row in cells:
-        if row["condition"] == "none[empty]":
-            template = _find(cells, task=row["task"], metric=row["metric"], condition="none[template]")
+        if row["condition"] == BASELINE_LABEL:
+            template = find(cells, task=row["task"], format=row.get("format"), metric=row["metric"],
+                            condition="none[template]")
             chance = f"{row['chance']:.2f}" if row.get("chance") is not None else "—"
-            lines.append(f"| {row['task']} | {row['metric']} | {_fmt(row)} | {_fmt(template)} | {chance} |")
+            lines.append(f"| {row['task']} | {row.get('format')} | {row['metric']} | {fmt(row)} | {fmt(template)} | {chance} |")
     lines += ["", "## Findings, set against the paper", ""]
-    lines += _findings(effects, consistency)
-    lines += ["", "## Every effect", "", "| task | condition | metric | Δ vs no persona | Δ vs random persona |",
-              "|---|---|---|---|---|"]
+    lines += findings(effects, consistency, agreement)
+    lines += ["", "## Every effect", "",
+              "| task | format | condition | metric | Δ vs no persona | Δ vs random persona | across formats |",
+              "|---|---|---|---|---|---|---|"]
     for row in effects:
-        if row["reference"] != "none[empty]":
+        if row["reference"] != BASELINE_LABEL:
             continue
-        versus_random = _find(effects, task=row["task"], condition=row["condition"], metric=row["metric"],
-                              reference=row["condition"].replace("expert/", "random/", 1))
+        versus_random = find(effects, task=row["task"], format=row.get("format"), condition=row["condition"],
+                             metric=row["metric"], reference=row["condition"].replace("expert/", "random/", 1))
         if row["persona_spec"] != "expert":
             versus_random = None
-        lines.append(f"| {row['task']} | {row['condition']} | {row['metric']} | {_fmt(row, 'delta', True)} | "
-                     f"{_fmt(versus_random, 'delta', True)} |")
+        agreed = find(agreement, task=row["task"], condition=row["condition"], metric=row["metric"],
+                      reference=BASELINE_LABEL)
+        lines.append(f"| {row['task']} | {row.get('format')} | {row['condition']} | {row['metric']} | "
+                     f"{fmt(row, 'delta', True)} | {fmt(versus_random, 'delta', True)} | "
+                     f"{agreed['verdict'] if agreed else '—'} |")
+    several = [row for row in agreement if "," in row["formats"] and row["reference"] == BASELINE_LABEL
+               and row["persona_spec"] != "none"]
+    if several:
+        lines += ["", "## Across prompt formats", "",
+                  "Each persona effect (vs no persona in the same format) side by side; a finding holds its sign, "
+                  "significantly, in every format.", "",
+                  "| task | condition | metric | effect per format | verdict |", "|---|---|---|---|---|"]
+        lines += [f"| {row['task']} | {row['condition']} | {row['metric']} | {across(row)} | {row['verdict']} |"
+                  for row in several]
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
-
-
-def _findings(effects: Sequence[Mapping], consistency: Mapping) -> list[str]:
-    found = []
-    knowledge = [row for row in effects if row["task"] in KNOWLEDGE_TASKS and row["metric"] == "margin"
-                 and row["reference"] == "none[empty]" and row["persona_spec"] != "none"]
-    if knowledge:
-        negative = sum(row["delta"] < 0 for row in knowledge)
-        hurt = sum(row["significant"] and row["delta"] < 0 for row in knowledge)
-        helped = sum(row["significant"] and row["delta"] > 0 for row in knowledge)
-        found.append(
-            f"- **Personas and knowledge retrieval** (paper: every persona lowers MMLU). Over {len(knowledge)} "
-            f"persona conditions on the knowledge tasks, the correct option's margin fell in {negative}; "
-            f"{hurt} falls and {helped} rises are significant."
-        )
-        for task in KNOWLEDGE_TASKS:
-            for spec in ("expert", "random"):
-                short = _find(knowledge, task=task, persona_spec=spec, length="min", placement="system")
-                long = _find(knowledge, task=task, persona_spec=spec, length="long", placement="system")
-                if short and long:
-                    found.append(
-                        f"  - {task}, {spec} persona: min {_fmt(short, 'delta', True)} nats, long "
-                        f"{_fmt(long, 'delta', True)}: long persona {verdict(long, -1)}; long minus min "
-                        f"{long['delta'] - short['delta']:+.2f} nats ({'longer is worse' if long['delta'] < short['delta'] else 'longer is not worse'}; "
-                        "paper: longer personas hurt more)."
-                    )
-                    break
-    safety = _find(effects, task="harmbench", persona_spec="safety-monitor", length="long", placement="system",
-                   metric="refusal_rate", reference="none[empty]")
-    if safety:
-        found.append(f"- **Safety monitor and refusal** (paper: refusal rises): long safety-monitor persona "
-                     f"{_fmt(safety, 'delta', True)}: {verdict(safety, +1)}.")
-    for task, metric, claim in (("ifeval", "strict", "instruction following"), ("mtbench", "judge_score", "judged generation quality")):
-        expert = _find(effects, task=task, persona_spec="expert", length="long", placement="system", metric=metric,
-                       reference="none[empty]")
-        if expert:
-            found.append(f"- **Expert persona and {claim}** (paper: alignment-dependent tasks improve): long expert "
-                         f"persona {_fmt(expert, 'delta', True)}: {verdict(expert, +1)}.")
-        versus = _find(effects, task=task, persona_spec="expert", length="long", placement="system", metric=metric,
-                       reference="random/long/system[empty]")
-        if versus:
-            found.append(f"  - expert over a random persona of the same length: {_fmt(versus, 'delta', True)} "
-                         f"({'expertise matters' if versus['significant'] else 'no evidence that expertise, rather than any persona, matters'}).")
-    if consistency.get("judgements"):
-        parse = consistency.get("parse_rate") or 0
-        text = (f"- **Judge noise**: {consistency['parsed']}/{consistency['judgements']} judgements parsed "
-                f"({parse:.0%})")
-        if consistency.get("pairs"):
-            text += (f"; the same answer judged with two sampling seeds agreed exactly in "
-                     f"{consistency['exact_agreement']:.0%} of {consistency['pairs']} pairs, mean |difference| "
-                     f"{consistency['mean_abs_difference']:.2f} points")
-        if consistency.get("share_most_common") is not None:
-            text += (f"; {consistency['share_most_common']:.0%} of ratings are {consistency['most_common_rating']:g}"
-                     + (" (the example rating in the judge prompt: the judge mostly copies it)"
-                        if consistency["most_common_rating"] == 5 else ""))
-        found.append(text + ". Differences in judge score smaller than this noise say nothing.")
-    placement = [(row, _find(effects, task=row["task"], metric=row["metric"], persona_spec=row["persona_spec"],
-                             length=row["length"], placement="user", reference="none[empty]"))
-                 for row in effects if row["placement"] == "system" and row["length"] == "long"
-                 and row["reference"] == "none[empty]" and row["persona_spec"] in ("expert", "random")]
-    placement = [(s, u) for s, u in placement if u is not None]
-    if placement:
-        larger = sum(abs(s["delta"]) > abs(u["delta"]) for s, u in placement)
-        found.append(f"- **Placement**: the long persona moved the metric more from the system prompt than from "
-                     f"the user message in {larger} of {len(placement)} task-metric pairs (see fig1d).")
-    return found or ["- No persona effects were measured."]

@@ -5,7 +5,8 @@ MT-Bench judged by a judge model, once per judge seed to measure the judge's con
 the registry's (``interventions.measure.tasks``); budgets and condition grids are in
 ``interventions.study.plan``. Every scored or generated prompt goes to a ledger as soon as its
 batch ends; identical prompts met in different cells are computed once, and a rerun skips all
-work on record.
+work on record. The knowledge tasks run every condition under each prompt format of the study
+(``plan.prompt_formats``); a format's prompts are new text, so adding one to a study only adds work.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from tqdm.auto import tqdm
 from interventions.measure.judge import EndpointJudge, SelfJudge, parse_rating
 from interventions.measure.tasks import TASKS, Task, judge_request
 from interventions.study.ledger import Ledger, work_key
-from interventions.study.plan import BUDGETS, GRIDS, Budget, applies, conditions, resolve_plan
+from interventions.study.plan import BUDGETS, GRIDS, Budget, applies, conditions, prompt_formats, resolve_plan
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import write_json
+from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import Item
 from probes.core.models import load_model
 from probes.core.parallel import World, world
@@ -41,6 +43,7 @@ def run_study(
     tasks: Sequence[str] | None = None,
     items: int | None = None,
     grid: str | None = None,
+    formats: Sequence[str] | None = None,
     judge_url: str | None = None,
     judge_model: str | None = None,
     seed: int = 0,
@@ -57,6 +60,8 @@ def run_study(
         tasks: registered task names to run (default: the budget's).
         items: items per cell for every task (overrides the budget).
         grid: the condition grid (default: the budget's).
+        formats: prompt formats of the knowledge tasks (default: ``plain`` and ``qa`` for a model without a chat
+            template, ``plain`` for a chat model; see ``plan.prompt_formats``).
         judge_url, judge_model: an OpenAI-compatible judge endpoint (default: the model judges).
         seed: the sampling, generation and random-persona seed.
         batch_size: prompts per forward pass.
@@ -64,23 +69,26 @@ def run_study(
         progress: show progress bars.
 
     Returns:
-        the tidy per-item rows (also written to ``items.json``): one per (task, condition, item) that applies and
-        fits the context, with the condition, the persona and placement used, the item's metrics (and any
-        response and judge ratings).
+        the tidy per-item rows (also written to ``items.json``): one per (task, format, condition, item) that applies
+        and fits the context, with the condition, the prompt format, the persona and placement used, the item's metrics
+        (and any response and judge ratings).
 
     Raises:
-        ToolkitError: an unknown budget, task or grid, ``items`` below 1, ``judge_url`` without ``judge_model``, an
-            ``out`` directory holding a study of another model, or a model that cannot be loaded.
+        ToolkitError: an unknown budget, task, grid or format, ``items`` below 1, ``judge_url`` without
+            ``judge_model``, an ``out`` directory holding a study of another model, or a model that cannot be loaded.
     """
 
     plan = resolve_plan(budget, tasks, items, grid)
+    prompt_formats(formats, chat_template=True)  # unknown names fail before the model loads
     if judge_url and not judge_model:
         raise ToolkitError("--judge-url needs --judge-model: the endpoint's model name")
     out = Path(out)
     model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
+    knowledge_formats = prompt_formats(formats, chat_template=bool(getattr(tokenizer, "chat_template", None)))
     settings = {
         "model": model.cfg.model_name, "model_name": model_name, **precision(model), "seed": seed,
-        "grid": plan.grid, "items": dict(plan.items), "max_new_tokens": dict(plan.max_new_tokens),
+        "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items),
+        "max_new_tokens": dict(plan.max_new_tokens),
         "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge_model}@{judge_url}" if judge_url else "self",
     }
@@ -94,8 +102,10 @@ def run_study(
     for name, n in plan.items.items():
         task = TASKS[name]
         task_items = task.load_items(n, seed)
-        _say(f"{name}: {len(task_items)} items x {len(conditions(task, plan.grid))} conditions")
-        rows += runner.run(task, task_items, conditions(task, plan.grid), plan, judge)
+        task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
+        _say(f"{name}: {len(task_items)} items x {len(conditions(task, plan.grid))} conditions"
+             + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
+        rows += runner.run(task, task_items, conditions(task, plan.grid), plan, judge, task_formats)
     if group.is_main:
         write_json(out / "items.json", rows)
     group.barrier()
@@ -129,15 +139,16 @@ class _Runner:
     def _ledger(self, name: str) -> Ledger:
         return Ledger(self.ledger_dir / name, world=self.group)
 
-    def run(self, task: Task, items: list[Item], grid: list[Condition], plan: Budget, judge) -> list[dict]:
+    def run(self, task: Task, items: list[Item], grid: list[Condition], plan: Budget, judge,
+            formats: Sequence[str] = (DEFAULT_FORMAT,)) -> list[dict]:
         ledger = self._ledger(f"{task.name}.jsonl")
         cells = []  # (condition, item, prompt, key)
         too_long = 0
-        for condition in grid:
+        for prompt_format, condition in [(f, c) for f in formats for c in grid]:
             chosen = [item for item in items if applies(condition, item)]
             if not chosen:
                 continue
-            prompts = task.render(self.tokenizer, chosen, condition, seed=self.seed)
+            prompts = task.render(self.tokenizer, chosen, condition, seed=self.seed, prompt_format=prompt_format)
             for item, prompt in zip(chosen, prompts):
                 if self._fits(task, item, prompt, plan):
                     cells.append((condition, item, prompt, self._key(task, item, prompt, plan)))
@@ -170,7 +181,7 @@ class _Runner:
             prompt = todo[key][1]
             # scoring: a cell's prompts together, so each batch shares its persona prefix;
             # both: similar lengths together, so little is spent on padding
-            cell = (prompt.condition.label, prompt.persona or "") if task.is_choice else ()
+            cell = (prompt.prompt_format, prompt.condition.label, prompt.persona or "") if task.is_choice else ()
             return (*cell, -len(prompt.text))
 
         keys = sorted(todo, key=order)
@@ -211,7 +222,8 @@ class _Runner:
 
     def _row(self, task: Task, condition: Condition, item: Item, prompt: RenderedPrompt, record: dict) -> dict:
         row = {
-            "task": task.name, "condition": condition.label, "persona_spec": condition.persona,
+            "task": task.name, "format": prompt.prompt_format, "condition": condition.label,
+            "persona_spec": condition.persona,
             "length": condition.length if condition.persona != "none" else None,
             "placement": condition.placement if condition.persona != "none" else None,
             "base_system": condition.base_system, "item_id": item.id, "category": item.category,

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from interventions.measure.evaluate import evaluate
+from interventions.study.plan import prompt_formats
 from interventions.study.report import compare_models, summarise_study
 from interventions.study.runner import run_study
 from prism.cli.command import Command
@@ -88,6 +89,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="persona conditions; 'full' = all 12 personas, expert and random at every length and placement")
     parser.add_argument("--items", type=int, help="items per cell for every task (overrides the budget)")
     parser.add_argument("--tasks", help="comma-separated subset of: capitals, mmlu-letter, mmlu-cloze, harmbench, ifeval, mtbench")
+    parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa "
+                                          "(default: plain,qa without a chat template, plain with one)")
     parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
                                             "(default: the studied model judges itself)")
     parser.add_argument("--judge-model", help="model name at --judge-url")
@@ -100,13 +103,15 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
     """Run (or resume) the persona-effect study for each ``--model``, then write its tables,
     figures and report; with several models, also the cross-model placement figure."""
     tasks = csv_list(args.tasks)
+    formats = csv_list(args.formats)
+    prompt_formats(formats, chat_template=True)  # an unknown format fails before any model loads
     directories = []
     for name in args.models or ["default"]:
         directory = args.out / model_slug(name)
         start = time.perf_counter()
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
-                  judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed, batch_size=args.batch_size,
-                  device=args.device, dtype=args.dtype, device_map=args.device_map)
+                  formats=formats, judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed,
+                  batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map)
         directories.append(directory)
         if not world().is_main:
             continue  # under torchrun rank 0 writes the tables, figures and report

@@ -1,6 +1,7 @@
 """Persona conditions (which persona, at which length, in which placement), rendered through the model's chat template.
 
-"No persona" has two meanings and both are offered: see ``Condition``'s ``base_system``.
+"No persona" has two meanings and both are offered: see ``Condition``'s ``base_system``. How the
+question and the answer's opening are laid out is the prompt format (``probes.core.formats``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Mapping, Sequence
 from transformers import PreTrainedTokenizerBase
 
 from probes.core.errors import ToolkitError
+from probes.core.formats import DEFAULT_FORMAT, get_format
 from probes.core.personas import LENGTHS, Persona, builtin_personas, get_persona
 
 PLACEMENTS = ("system", "user")
@@ -80,6 +82,7 @@ class RenderedPrompt:
         persona_span, query_span: ``(start, end)`` character spans in ``text`` of the persona text (or None) and query.
         add_special_tokens: whether tokenising ``text`` must add BOS (False when the template wrote it).
         item_id, messages: the item's id (or ""), and the ``(role, content)`` pairs ``text`` was rendered from.
+        prompt_format: the prompt format's name (``probes.core.formats``).
     """
 
     text: str
@@ -91,6 +94,7 @@ class RenderedPrompt:
     add_special_tokens: bool  # False when the chat template already wrote BOS
     item_id: str = ""
     messages: tuple[tuple[str, str], ...] = ()  # (role, content) pairs the text was rendered from
+    prompt_format: str = DEFAULT_FORMAT
 
     @property
     def sha256(self) -> str:
@@ -115,6 +119,7 @@ def render(
     item_category: str | None = None,
     answer_prefix: str = "",
     seed: int = 0,
+    prompt_format: str = DEFAULT_FORMAT,
 ) -> RenderedPrompt:
     """Render ``query`` under ``condition`` through the tokenizer's chat template.
 
@@ -125,15 +130,17 @@ def render(
         item_id, item_category: the item's id (recorded; it seeds the draw of the random persona) and category
             (it picks the ``expert`` persona, and the ``random`` one avoids that match).
         answer_prefix: text that begins the assistant turn (e.g. ``"Answer:"``).
+        prompt_format: how the query and the answer prefix are laid out (``plain``: as given; ``qa``: labelled).
 
     Returns:
         the ``RenderedPrompt`` (its ``placement`` says where the persona went after any fallback).
 
     Raises:
-        ToolkitError: an empty query, an unknown persona or length, no expert for ``item_category``, no random persona.
+        ToolkitError: an empty query, an unknown persona, length or format, no expert for ``item_category`` or random persona.
     """
     if not isinstance(query, str) or not query.strip():
         raise ToolkitError(f"empty prompt{f' (item {item_id})' if item_id else ''}: every query needs text")
+    layout = get_format(prompt_format)
     library = builtin_personas() if personas is None else personas
     persona = _resolve_persona(condition, library, item_id, item_category, seed)
     persona_text = persona.text(condition.length) if persona else None
@@ -142,34 +149,26 @@ def render(
         placement = "user"
 
     system: str | None = "" if condition.base_system == "empty" else None
-    user = query
+    user = layout.question(query)
     if placement == "system":
         system = persona_text
     elif placement == "user":
-        user = f"{persona_text}\n\n{query}"
+        user = f"{persona_text}\n\n{user}"
     if system is not None and not supports_system_role(tokenizer):
         system = None
 
     messages = _messages(system, user)
-    text, special = _apply_template(tokenizer, messages)
-    text += answer_prefix
+    text, special = _apply_template(tokenizer, messages, layout.separator)
+    text += layout.answer(answer_prefix)
     persona_span = None
-    search_from = 0
     if persona_text is not None:
         start = text.index(persona_text)
         persona_span = (start, start + len(persona_text))
-        search_from = persona_span[1]
-    query_start = text.index(query, search_from)
+    query_start = text.index(query, persona_span[1] if persona_span else 0)
     return RenderedPrompt(
-        text=text,
-        condition=condition,
-        persona=persona.name if persona else None,
-        placement=placement,
-        persona_span=persona_span,
-        query_span=(query_start, query_start + len(query)),
-        add_special_tokens=special,
-        item_id=item_id,
-        messages=messages,
+        text=text, condition=condition, persona=persona.name if persona else None, placement=placement,
+        persona_span=persona_span, query_span=(query_start, query_start + len(query)), add_special_tokens=special,
+        item_id=item_id, messages=messages, prompt_format=layout.name,
     )
 
 
@@ -228,10 +227,11 @@ def _messages(system: str | None, user: str) -> tuple[tuple[str, str], ...]:
     return ((("system", system),) if system is not None else ()) + (("user", user),)
 
 
-def _apply_template(tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]]) -> tuple[str, bool]:
+def _apply_template(tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]],
+                    end: str = "\n\n") -> tuple[str, bool]:
     if not getattr(tokenizer, "chat_template", None):
-        # A base model without a chat template: plain text, the tokenizer adds BOS itself.
-        return "".join(f"{content}\n\n" for _, content in messages if content), True
+        # A base model without a chat template: plain text (``end`` after the last message), the tokenizer adds BOS.
+        return "\n\n".join(content for _, content in messages if content) + end, True
     chat = [{"role": role, "content": content} for role, content in messages]
     text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     return text, False

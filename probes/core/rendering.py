@@ -2,8 +2,8 @@
 
 Multiple-choice items are shown in one of two scoring modes: ``letter`` lists the options as
 "A. ..." and the answers are the letters; ``cloze`` shows the question alone and the answers are
-the options' own texts. ``render_items`` renders a list of items under a persona condition, the
-one place every command turns items into prompts.
+the options' own texts. ``render_items`` renders a list of items under a persona condition (and
+a prompt format, ``probes.core.formats``), the one place every command turns items into prompts.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Literal, Mapping, Sequence
 from transformers import PreTrainedTokenizerBase
 
 from probes.core.errors import ToolkitError
+from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import LETTERS, Item
 from probes.core.personas import Persona
 from probes.core.prompts import Condition, RenderedPrompt, render
@@ -41,7 +42,6 @@ def continuations(item: Item, mode: ScoringMode) -> list[str]:
     return [f" {choice.strip()}" for choice in item.choices]
 
 
-
 def render_items(
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence[Item],
@@ -51,6 +51,7 @@ def render_items(
     answer_prefix: str = "",
     personas: Mapping[str, Persona] | None = None,
     seed: int = 0,
+    prompt_format: str = DEFAULT_FORMAT,
 ) -> list[RenderedPrompt]:
     """Render each item's first turn under ``condition`` (options listed for letter scoring).
 
@@ -63,13 +64,14 @@ def render_items(
             (``meta["answer_stem"]``, e.g. "The capital of France is") takes its place.
         personas: a persona library in place of the built-in one.
         seed: the random persona's seed.
+        prompt_format: how the question and the answer prefix or stem are laid out (``plain``, ``qa``).
 
     Returns:
         one ``RenderedPrompt`` per item, in order.
 
     Raises:
-        ToolkitError: an unknown scoring mode, an item without choices when scoring, or a bad condition for an item
-            (see ``render``).
+        ToolkitError: an unknown scoring mode or format, an item without choices when scoring, or a bad condition for
+            an item (see ``render``).
     """
     return [
         render(
@@ -81,6 +83,7 @@ def render_items(
             item_category=item.category,
             answer_prefix=item.meta.get("answer_stem", answer_prefix) if scoring == "cloze" else answer_prefix,
             seed=seed,
+            prompt_format=prompt_format,
         )
         for item in items
     ]

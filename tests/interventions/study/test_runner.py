@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -54,3 +55,34 @@ def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny_llama_
     answers = [json.loads(line) for line in (tmp_path / "s" / "ledger" / "mtbench.jsonl").read_text().splitlines()]
     second_keys = {row["turn2_key"] for row in two_turns}
     assert second_keys <= {a["key"] for a in answers} and len({a["key"] for a in answers}) == len(answers)
+
+
+def test_a_second_format_only_adds_work_and_each_format_has_its_rows(tiny_llama_directory, tmp_path):
+    out = tmp_path / "study"
+    options = dict(model_name=tiny_llama_directory, budget="smoke", tasks=["capitals", "harmbench"], items=2,
+                   progress=False)
+    plain = run_study(out, formats=["plain"], **options)  # a chat model's default: plain alone
+    assert {row["format"] for row in plain} == {"plain"}
+    before = (out / "ledger" / "capitals.jsonl").read_text().splitlines()
+    refusals = (out / "ledger" / "harmbench.jsonl").read_text()
+    rows = run_study(out, formats=["plain", "qa"], **options)
+    after = (out / "ledger" / "capitals.jsonl").read_text().splitlines()
+    assert after[: len(before)] == before and len(after) == 2 * len(before)  # plain kept, qa prompts added
+    assert (out / "ledger" / "harmbench.jsonl").read_text() == refusals  # generation tasks stay plain
+    capitals = [row for row in rows if row["task"] == "capitals"]
+    assert {row["format"] for row in capitals} == {"plain", "qa"}
+    assert [row for row in capitals if row["format"] == "plain"] == [row for row in plain if row["task"] == "capitals"]
+    assert {row["format"] for row in rows if row["task"] == "harmbench"} == {"plain"}
+    assert json.loads((out / "study.json").read_text())["formats"] == ["plain", "qa"]
+    with pytest.raises(ToolkitError, match="unknown prompt format 'xml'"):
+        run_study(out, formats=["xml"], **options)
+
+
+def test_a_model_without_a_chat_template_gets_the_format_control_by_default(tiny_llama_directory, tmp_path):
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_llama_directory, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    rows = run_study(tmp_path / "study", model_name=str(base), budget="smoke", tasks=["capitals"], items=2, progress=False)
+    assert {row["format"] for row in rows} == {"plain", "qa"}
+    summary = summarise_study(tmp_path / "study")
+    assert "(`plain`, `qa`)" in summary.findings[0] and (tmp_path / "study" / "effects_across_formats.csv").is_file()

@@ -95,6 +95,7 @@ def test_unknown_device_maps_fail_while_parsing(argv, message, capsys):
         (["evaluate", "--dataset", "mtbench", "-n", "0"], "sample size must be positive"),
         (["record", "--dataset", "mtbench", "--layers", "0,x", "--out", "{tmp}/s"], "--layers takes comma-separated integers"),
         (["record", "--dataset", "mtbench", "-n", "2", "--layers", "99", "--out", "{tmp}/s"], "layer 99 does not exist"),
+        (["study", "--formats", "plain,xml", "--out", "{tmp}/s"], "unknown prompt format 'xml': use any of plain, qa"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(argv, message, tmp_path, tiny_llama_directory, capsys):

@@ -100,7 +100,8 @@ class TrainSummary(Summary):
     def route_rate_of(self, source: str, router: str = "gate") -> Estimate:
         """The share of unseen ``source`` that ``router`` (``gate``, ``embedding``, ``self_classify``, ...) routes."""
         row = next(row for row in self.sources if row["source"] == source)
-        return Estimate(row[f"{router}_route_rate"], row[f"{router}_route_rate_low"], row[f"{router}_route_rate_high"], row["n"])
+        return Estimate(row[f"{router}_route_rate"], row[f"{router}_route_rate_low"], row[f"{router}_route_rate_high"],
+                        row.get(f"{router}_n", row["n"]))
 
     def lines(self) -> list[str]:
         lines = ([f"gate: block {self.layer}, {self.position} token(s), {self.kind}; AUC on unseen sources {self.auc.format(2, n=True)}; "

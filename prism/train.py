@@ -234,15 +234,14 @@ def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, lengt
     return torch.cat(shifts).mean(dim=0)
 
 
-ROUTERS = ("gate", "embedding", "self_classify", "length_only", "shuffled_labels")
+ROUTERS, SELF_CLASSIFY_PER_SOURCE = ("gate", "embedding", "self_classify", "length_only", "shuffled_labels"), 8
 
 
 def _routers(model, tokenizer, labelled: LabelledPrompts, gate_result: dict, features: dict, lengths: Sequence[int],
              chosen: dict, work: PrismDirectory, seed: int) -> dict[str, dict]:
-    """Leave-one-source-out results (``prism.unseen.evaluate``) of the gate, the MiniLM router, self-classification and
-    the two controls (a probe on the prompt's length alone; the chosen gate fitted to shuffled labels), all on the
-    same queries and sources. The baseline routers are saved refitted on every source, with the threshold calibrated
-    on their out-of-source scores."""
+    """Leave-one-source-out results (``prism.unseen.evaluate``) of the gate, the MiniLM router, self-classification (the
+    first ``SELF_CLASSIFY_PER_SOURCE`` of each source), a probe on the prompt's length alone and the chosen gate fitted to
+    shuffled labels. Baseline routers are saved refitted on every source, thresholds calibrated out of source."""
     y, sources = labelled.labels, labelled.sources
     embedding = EmbeddingRouter()
     embedded = embedding.encoder.encode(labelled.queries)
@@ -251,14 +250,15 @@ def _routers(model, tokenizer, labelled: LabelledPrompts, gate_result: dict, fea
     embedding.coef, embedding.intercept = fitted.coef_[0].astype(np.float64), float(fitted.intercept_[0])
     embedding.n_train, embedding.threshold = len(y), results["embedding"]["threshold"]
     embedding.save(work.embedding_router)
-    asked = SelfClassifyRouter(model, tokenizer).scores(labelled.queries)
-    results["self_classify"] = evaluate(lambda train, test: asked[test], y, sources, seed=seed)
+    asked_rows = np.sort(np.concatenate([np.flatnonzero(np.asarray(sources) == name)[:SELF_CLASSIFY_PER_SOURCE]
+                                         for name in dict.fromkeys(sources)]))  # a forward pass of a long prompt each
+    asked = SelfClassifyRouter(model, tokenizer).scores([labelled.queries[i] for i in asked_rows])
+    results["self_classify"] = evaluate(lambda train, test: asked[test], y[asked_rows], [sources[i] for i in asked_rows], seed=seed)
     write_json(work.self_classify, {"threshold": results["self_classify"]["threshold"], "labels": labelled.source})
     length = np.log(np.asarray(lengths, dtype=float))[:, None]
     results["length_only"] = evaluate(logistic_scorer(length, y, seed=seed), y, sources, seed=seed)
-    shuffled = np.random.default_rng(seed).permutation(y)
-    x = features[(chosen["layer"], chosen["position"])]
-    control = probe_scorer(x, shuffled, kind=chosen["kind"], regularisation=chosen["regularisation"], seed=seed)
+    shuffled = np.random.default_rng(seed).permutation(y)  # the shuffled-label control
+    control = probe_scorer(features[(chosen["layer"], chosen["position"])], shuffled, kind=chosen["kind"], regularisation=chosen["regularisation"], seed=seed)
     results["shuffled_labels"] = evaluate(control, y, sources, seed=seed)
     return {name: results[name] for name in ROUTERS}
 
@@ -266,11 +266,11 @@ def _routers(model, tokenizer, labelled: LabelledPrompts, gate_result: dict, fea
 def _source_table(routers: dict[str, dict]) -> list[dict]:
     """One row per unseen source: each router's route rate and AUC with their 95% CIs, and whether it passes."""
     table = []
-    for index, row in enumerate(routers["gate"]["rows"]):
+    for row in routers["gate"]["rows"]:
         merged = {"source": row["source"], "route": row["route"], "n": row["n"]}
         for name, result in routers.items():
-            theirs = result["rows"][index]
-            merged.update({f"{name}_{key}": theirs[key] for key in ("route_rate", "route_rate_low", "route_rate_high",
+            theirs = next(other for other in result["rows"] if other["source"] == row["source"])
+            merged.update({f"{name}_{key}": theirs[key] for key in ("n", "route_rate", "route_rate_low", "route_rate_high",
                                                                      "auc", "auc_low", "auc_high", "passes")})
         table.append(merged)
     return table

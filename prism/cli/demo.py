@@ -71,12 +71,12 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
     print(causal.format())
     print(f"patching heatmap: {causal.directory / 'figures' / 'patching_heatmap.png'}; report: {causal.report}")
 
-    _say("4. PRISM, short run (prism bootstrap --queries-per-persona 2; prism train --labels intents; prism compare --budget smoke)")
+    _say("4. PRISM, short run (prism bootstrap --queries-per-persona 2; prism train --labels intents --per-source 6; prism compare --budget smoke)")
     prism_dir = out / "prism"
     verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2), progress=True,
                                   **where)
     print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
-    trained = pipeline.train(prism_dir, labels="intents", per_intent=32, compare_budget="smoke",
+    trained = pipeline.train(prism_dir, labels="intents", per_source=6, compare_budget="smoke",
                              distill_config=DistillConfig(epochs=1), progress=True, **where)
     print(trained.format())
     compared = pipeline.compare(prism_dir, budget="smoke", progress=True, **where)

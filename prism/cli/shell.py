@@ -49,8 +49,9 @@ COMMANDS: dict[str, Registered] = {
                                                        "directional ablation, logit lens"),
     "bootstrap": Registered("prism.cli.router", "PRISM stages 1-3: the model writes queries per persona, answers with "
                                                 "and without it, and judges both orders", parallel=True),
-    "train": Registered("prism.cli.router", "PRISM: fit the probe gate (sweep over early blocks), distil the gated and "
-                                            "ungated LoRA adapters, fit the baseline routers"),
+    "train": Registered("prism.cli.router", "PRISM: fit the probe gate (read-out chosen by how it routes sources it "
+                                            "never saw), distil the gated and ungated LoRA adapters, fit the baseline "
+                                            "routers"),
     "route": Registered("prism.cli.router", "answer prompts with PRISM routing, showing the gate's probability and "
                                             "decision for each"),
     "compare": Registered("prism.cli.router", "PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, "

@@ -227,7 +227,7 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, bud
     trained = _fingerprint(work)
     jobs = [(system, dataset) for system in systems for dataset in DATASETS]
     group = world()
-    todo = group.broadcast([job for job in jobs if _cached(work.cell(*job), plan, seed, trained) is None])
+    todo = group.on_main(lambda: [job for job in jobs if _cached(work.cell(*job), plan, seed, trained) is None])
     # under torchrun rank r computes the cells i % N == r; each cell is saved as it ends
     with group.together():
         for system, dataset in tqdm(group.share(todo), desc="compare", unit="cell", disable=not progress):

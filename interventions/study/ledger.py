@@ -85,7 +85,8 @@ class Ledger:
         _append(self.write_path, records)
 
     def merge(self) -> None:
-        """Fold the rank files' records into the ledger file (in rank order), then remove the rank files."""
+        """Fold the rank files' records into the ledger file (in rank order), then remove the rank files; the records
+        held in memory, read from both, stay as they are."""
         rank_files = self._rank_files()
         if not rank_files:
             return
@@ -96,7 +97,6 @@ class Ledger:
             kept.update(records)
         for path in rank_files:
             path.unlink(missing_ok=True)
-        self.reload()
 
     def _rank_path(self, rank: int) -> Path:
         return self.path.with_name(f"{self.path.stem}.rank{rank}{self.path.suffix}")

@@ -37,8 +37,8 @@ from prism.adapters import active_adapter, load_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter
 from prism.compare_report import DATASETS, ROUTERS, format_table, summarise, write_outputs
 from prism.gate import Gate
+from prism.persona_path import GATED, UNGATED
 from prism.routing import Routed, route_probabilities
-from prism.train import GATED, UNGATED
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, write_json

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import random
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Iterator, NamedTuple, Sequence
 
@@ -36,11 +36,10 @@ from tqdm.auto import tqdm
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from prism.adapters import active_adapter, attach_adapter, json_ready
+from prism.pairs import DistillationPair, answer_logits, distillation_pair, retain_pair
 from prism.samples import Sample
-from probes.core.batching import length_sorted_batches, right_pad
-from probes.core.devices import model_device
+from probes.core.batching import length_sorted_batches
 from probes.core.errors import ToolkitError
-from probes.core.prompts import Condition, encode, render
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,9 @@ class DistillConfig:
         gradient_checkpointing: recompute each block's activations in the backward pass instead of keeping them
             (less memory, about a third more compute); switched off again after training.
         persona_length: the teacher persona's text length (``min``, ``short`` or ``long``).
+        retain_weight: the weight of the retain term: on the ``retain`` prompts given to ``distill``, the KL from the
+            base model's next-token distributions (adapter off) to the adapted model's, at every prompt position, on
+            the base model's top-k at temperature T, one retain batch per step. 0: no retain term.
         seed: the adapter's initialisation and the shuffling seed.
     """
 
@@ -76,9 +78,12 @@ class DistillConfig:
     micro_batch_size: int | None = None
     gradient_checkpointing: bool = False
     persona_length: str = "min"
+    retain_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.retain_weight < 0:
+            raise ToolkitError(f"the retain weight must be 0 or more, got {self.retain_weight}")
         if self.batch_size < 1 or (self.micro_batch_size is not None and self.micro_batch_size < 1):
             raise ToolkitError(f"distillation batch sizes must be at least 1, got batch_size={self.batch_size}, "
                                f"micro_batch_size={self.micro_batch_size}")
@@ -89,14 +94,6 @@ class DistillConfig:
         return self.micro_batch_size or self.batch_size
 
 
-class DistillationPair(NamedTuple):
-    """One sample's token ids: the same answer after the teacher's and after the student's prompt."""
-
-    teacher: list[int]
-    student: list[int]
-    n_answer: int
-
-
 class _Target(NamedTuple):
     """The teacher's top-k per answer token: log-probabilities at temperature T (renormalised over the k) and token ids."""
 
@@ -105,7 +102,7 @@ class _Target(NamedTuple):
 
 
 def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: DistillConfig = DistillConfig(), *,
-            progress: bool = True) -> dict:
+            retain: Sequence[str] = (), progress: bool = True) -> dict:
     """Attach adapter ``name`` and train it on ``samples``.
 
     Args:
@@ -113,6 +110,8 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
         samples: bootstrapped samples; the persona's answer is distilled into the plain prompt.
         name: the new adapter's name (``prism`` gated, ``sft`` ungated).
         config: LoRA and training settings.
+        retain: queries (plain prompts) on which the adapted model is kept close to the base model, with weight
+            ``config.retain_weight`` (unused when it is 0).
         progress: show progress bars.
 
     Returns:
@@ -128,25 +127,29 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
     peft_config = attach_adapter(model, name, rank=config.rank, alpha=config.alpha, first_block=config.first_block,
                                  seed=config.seed)
     cast_adapter_dtype(model.original_model, name)  # a bfloat16 model's adapter is trained in float32, as peft does
-    pairs = [distillation_pair(tokenizer, sample, config) for sample in samples]
+    pairs = [distillation_pair(tokenizer, sample, config.persona_length) for sample in samples]
     pairs = [pair for pair in pairs if pair is not None]
     if not pairs:
         raise ToolkitError("every bootstrapped answer is empty: nothing to distil")
+    kept = [retain_pair(tokenizer, query) for query in retain] if config.retain_weight > 0 else []
     with active_adapter(model, None):
         targets = _teacher_targets(model, pairs, config, progress)
+        kept_targets = _teacher_targets(model, kept, config, progress=False)
     # on, the adapter's weights (only them) are trainable; after the block, as attach_adapter left them
     with active_adapter(model, name), _checkpointing(model.original_model, config.gradient_checkpointing):
-        losses = _train(model, name, pairs, targets, config, progress)
-    return {"name": name, "n_samples": len(pairs), "steps": len(losses), "losses": losses, "config": asdict(config),
-            "peft_config": json_ready(peft_config.to_dict())}
+        losses = _train(model, name, pairs, targets, config, progress, (kept, kept_targets))
+    return {"name": name, "n_samples": len(pairs), "n_retain": len(kept), "steps": len(losses), "losses": losses,
+            "config": asdict(config), "peft_config": json_ready(peft_config.to_dict())}
 
 
-def _train(model, name: str, pairs: list[DistillationPair], targets: list[_Target], config: DistillConfig, progress: bool) -> list[float]:
-    """The distillation steps on the adapter's weights (the trainable ones); returns the losses."""
+def _train(model, name: str, pairs: list[DistillationPair], targets: list[_Target], config: DistillConfig, progress: bool,
+           retain: tuple[list[DistillationPair], list[_Target]]) -> list[float]:
+    """The distillation steps on the adapter's weights (the trainable ones); returns the losses (retain term included)."""
     parameters = [p for p in model.original_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate)
     order = list(range(len(pairs)))
     rng = random.Random(config.seed)
+    retain_batches = _retain_batches(len(retain[0]), config.batch_size, random.Random(config.seed + 1))
     losses = []
     steps = config.epochs * math.ceil(len(pairs) / config.batch_size)
     model.original_model.train(False)  # no dropout anywhere; gradients still flow
@@ -162,6 +165,14 @@ def _train(model, name: str, pairs: list[DistillationPair], targets: list[_Targe
                     part = _kl(model, [pairs[i] for i in chosen], [targets[i] for i in chosen], config).sum() / len(batch)
                     part.backward()
                     parts.append(part.detach())
+                if retain[0]:  # one retain batch per step, cycling through the retain queries
+                    kept = next(retain_batches)
+                    for micro in _micro_batches([retain[0][i].student for i in kept], config.forward_batch):
+                        chosen = [kept[j] for j in micro]
+                        part = _kl(model, [retain[0][i] for i in chosen], [retain[1][i] for i in chosen], config).sum()
+                        part = part * config.retain_weight / len(kept)
+                        part.backward()
+                        parts.append(part.detach())
                 optimiser.step()
                 losses.append(float(sum(parts)))
                 bar.update(1)
@@ -169,9 +180,18 @@ def _train(model, name: str, pairs: list[DistillationPair], targets: list[_Targe
     return losses
 
 
+def _retain_batches(n: int, size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless batches of ``size`` indices into ``n`` retain pairs, reshuffled at each pass."""
+    while n:
+        order = list(range(n))
+        rng.shuffle(order)
+        for start in range(0, n, size):
+            yield order[start:start + size]
+
+
 def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = DistillConfig()) -> float:
     """The KL the student (current adapter state) has left to close on one sample."""
-    pair = distillation_pair(tokenizer, sample, config)
+    pair = distillation_pair(tokenizer, sample, config.persona_length)
     if pair is None:
         raise ToolkitError("the sample's persona answer is empty")
     with active_adapter(model, None):
@@ -180,39 +200,9 @@ def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = 
         return float(_kl(model, [pair], targets, config)[0])
 
 
-def distillation_pair(tokenizer, sample: Sample, config: DistillConfig) -> DistillationPair | None:
-    """The sample's teacher and student ids, or None when its persona answer is empty."""
-    answer = tokenizer(sample.answer_persona, add_special_tokens=False)["input_ids"]
-    if not answer:
-        return None
-    teacher = encode(tokenizer, render(tokenizer, sample.query, Condition(sample.persona, config.persona_length, "system")))
-    student = encode(tokenizer, render(tokenizer, sample.query, Condition("none")))
-    return DistillationPair(teacher + answer, student + answer, len(answer))
-
-
 def _micro_batches(sequences: Sequence[Sequence[int]], size: int) -> list[list[int]]:
     """Indices into ``sequences`` in forward passes of at most ``size``, of similar lengths (little padding)."""
     return length_sorted_batches([len(sequence) for sequence in sequences], size)
-
-
-def answer_logits(model, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]) -> torch.Tensor:
-    """float32 logits at the positions that predict each sequence's answer tokens, rows after rows: [sum(n_answers), vocab].
-
-    The sequences run as one right-padded batch with an attention mask; a real token keeps the position it has
-    alone (positions count from the row's start), so each row's logits are those of its unpadded sequence.
-    """
-    hf = model.original_model
-    device = model_device(hf)
-    tokens = right_pad(sequences, 0).to(device)  # the padding id does not matter: masked, its outputs unread
-    lengths = torch.tensor([len(sequence) for sequence in sequences], device=device)
-    mask = (torch.arange(tokens.shape[1], device=device) < lengths[:, None]).long()
-    # the answer's n tokens are predicted from the n positions before the sequence's last
-    rows = torch.cat([torch.full((n,), row, device=device) for row, n in enumerate(n_answers)])
-    columns = torch.cat([torch.arange(len(sequence) - n - 1, len(sequence) - 1, device=device)
-                         for sequence, n in zip(sequences, n_answers)])
-    with _autocast(hf):
-        hidden = hf.model(input_ids=tokens, attention_mask=mask, use_cache=False).last_hidden_state
-        return hf.lm_head(hidden[rows, columns]).float()
 
 
 def _teacher_targets(model, pairs: Sequence[DistillationPair], config: DistillConfig, progress: bool) -> list[_Target]:
@@ -239,14 +229,6 @@ def _kl(model, pairs: Sequence[DistillationPair], targets: Sequence[_Target], co
     student_logprobs = (student / config.temperature).log_softmax(-1)
     per_token = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(-1)
     return torch.stack([kl.mean() for kl in per_token.split(n_answers)]) * config.temperature**2
-
-
-def _autocast(hf_model: torch.nn.Module):
-    """bfloat16 autocast for a float32 model on CUDA; elsewhere the model runs in its own dtype."""
-    parameter = next(hf_model.parameters())
-    if parameter.device.type == "cuda" and parameter.dtype == torch.float32:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @contextmanager

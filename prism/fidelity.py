@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 
 from prism.adapters import active_adapter
-from prism.distill import DistillationPair, DistillConfig, answer_logits, distillation_pair
+from prism.pairs import DistillationPair, answer_logits, distillation_pair
 from prism.samples import Sample
 from probes.core.batching import length_sorted_batches
 from probes.core.errors import ToolkitError
@@ -69,8 +69,7 @@ def adapter_fidelity(model, tokenizer, samples: Sequence[Sample], adapter: str, 
     Raises:
         ToolkitError: no sample with a non-empty persona answer.
     """
-    config = DistillConfig(persona_length=persona_length)
-    pairs = [pair for pair in (distillation_pair(tokenizer, sample, config) for sample in samples) if pair is not None]
+    pairs = [pair for pair in (distillation_pair(tokenizer, sample, persona_length) for sample in samples) if pair is not None]
     if not pairs:
         raise ToolkitError("no sample with a persona answer to measure the adapter's fidelity on")
     with active_adapter(model, None):

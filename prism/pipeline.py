@@ -18,10 +18,11 @@ from prism.bootstrap import BootstrapConfig, run_bootstrap
 from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, resolve_budget, run_compare
 from prism.distill import DistillConfig
 from prism.gate import Gate
+from prism.persona_path import GATED
 from prism.routing import Routed, route_probabilities
 from prism.samples import summarise
 from prism.summary import BootstrapSummary, CompareSummary, TrainSummary
-from prism.train import GATED, run_training
+from prism.train import run_training
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors

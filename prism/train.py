@@ -14,6 +14,9 @@ In a PRISM working directory (``prism.workdir``) that ``prism bootstrap`` filled
   more generation source).
 - ``adapters/prism``: LoRA distilled on the label-1 samples, blocks after the gate's (gated);
   ``adapters/sft``: the same on every sample (ungated, the paper's SFT baseline). peft format.
+  A quarter of the label-1 samples is held out of both, and each adapter's fidelity to the
+  persona is measured on them; the gate's base-path queries are the retain set that keeps the
+  adapters close to the base model off the persona path (``prism.persona_path``).
 - ``steering.safetensors``: the persona's mean shift of the residual (persona prompt minus
   plain prompt, last token) over the label-1 samples, for probe-routed steering.
 - ``baselines/``: the MiniLM + logistic router (same labels, same split) and the
@@ -25,18 +28,15 @@ In a PRISM working directory (``prism.workdir``) that ``prism bootstrap`` filled
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 
 from figures import prism as plots
-from prism.adapters import save_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter
-from prism.distill import DistillConfig, distill
+from prism.distill import DistillConfig
 from prism.gate import (
     GATE_KINDS,
     READ_POSITIONS,
@@ -48,6 +48,7 @@ from prism.gate import (
     template_tokens,
     train_gate,
 )
+from prism.persona_path import persona_shift, train_adapters
 from prism.samples import Sample, load_samples
 from prism.unseen import BASE_LIMIT, PERSONA_LIMIT, choose_read_out, evaluate, logistic_scorer, probe_scorer
 from prism.workdir import PrismDirectory
@@ -57,10 +58,8 @@ from probes.core.files import save_figure, save_tensors, write_json, write_table
 from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
 from probes.intents import ALL_SOURCES, LabelledQuery, intent_queries
-from probes.readouts import final_residuals
 
 LABEL_SOURCES = ("bootstrap", "intents")
-GATED, UNGATED = "prism", "sft"
 
 
 MIN_PER_ROUTE = 4
@@ -189,7 +188,9 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         sample_x = gate_features(model, tokenizer, [s.query for s in samples], [gate.layer], gate.position,
                                  work.sample_features, progress=progress)[gate.layer]
         routes = gate.route(sample_x).astype(int)
-    adapters = _adapters(model, tokenizer, samples, routes, gate.layer, distill_config, work, progress)
+    base_path = [query for query, label in zip(labelled.queries, labelled.labels) if not label]  # kept as the base model has them
+    adapters = train_adapters(model, tokenizer, samples, routes, gate.layer, distill_config, work, retain=base_path, seed=seed,
+                              progress=progress)
     steering_layer = max(gate.layer + 1, n_layers // 2) if steering_layer is None else steering_layer
     if not gate.layer < steering_layer < n_layers:
         raise ToolkitError(f"the steering block must lie after the gate's block {gate.layer} and below {n_layers}")
@@ -218,20 +219,6 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     }
     write_json(work.train_summary, summary)
     return summary
-
-
-def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, length: str = "min",
-                  batch_size: int = 8) -> torch.Tensor:
-    """Mean over samples of (persona prompt - plain prompt) residual after ``layer`` at the last token."""
-    shifts = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        runs = []
-        for condition in (lambda s: Condition(s.persona, length, "system"), lambda s: Condition("none")):
-            ids = [encode(tokenizer, render(tokenizer, s.query, condition(s))) for s in chunk]
-            runs.append(final_residuals(model, ids, layer, tokenizer.pad_token_id))
-        shifts.append(runs[0] - runs[1])
-    return torch.cat(shifts).mean(dim=0)
 
 
 ROUTERS, SELF_CLASSIFY_PER_SOURCE = ("gate", "embedding", "self_classify", "length_only", "shuffled_labels"), 8
@@ -274,26 +261,6 @@ def _source_table(routers: dict[str, dict]) -> list[dict]:
                                                                      "auc", "auc_low", "auc_high", "passes")})
         table.append(merged)
     return table
-
-
-def _adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,
-              work: PrismDirectory, progress: bool) -> dict:
-    """The gated adapter on the persona-path samples, the ungated one on all of them."""
-    config = replace(config, first_block=gate_layer + 1)
-    winners = [s for s, route in zip(samples, routes) if route]
-    if not winners:
-        raise ToolkitError("no bootstrapped query is on the persona path: nothing to distil into the gated adapter "
-                           "(bootstrap more queries per persona, or use other labels)")
-    report = {}
-    for name, chosen in ((GATED, winners), (UNGATED, list(samples))):
-        _say(f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1})")
-        info = distill(model, tokenizer, chosen, name, config, progress=progress)
-        save_adapter(model, name, work.adapter(name), info["peft_config"], info)
-        per_epoch = max(1, info["steps"] // config.epochs)
-        report[name] = {"n_samples": info["n_samples"], "steps": info["steps"],
-                        "first_epoch_loss": float(np.mean(info["losses"][:per_epoch])),
-                        "last_epoch_loss": float(np.mean(info["losses"][-per_epoch:]))}
-    return report
 
 
 def _say(message: str) -> None:

@@ -8,8 +8,10 @@ from peft import get_peft_model_state_dict
 from torch.testing import assert_close
 
 from prism.adapters import active_adapter, attach_adapter
-from prism.distill import DistillConfig, _checkpointing, _kl, _teacher_targets, answer_logits, distill, distillation_pair
+from prism.distill import DistillConfig, _checkpointing, _kl, _teacher_targets, distill
 from prism.fidelity import adapter_fidelity
+from prism.pairs import answer_logits, distillation_pair, retain_pair
+from prism.persona_path import held_out_samples
 from prism.samples import Sample
 from probes.core.errors import ToolkitError
 from probes.core.models import load_model
@@ -39,7 +41,7 @@ def _lora(model, name: str) -> dict[str, torch.Tensor]:
 
 def test_a_padded_batch_gives_each_sequence_its_unpadded_logits(tiny_model):
     model, tokenizer = tiny_model
-    pairs = [distillation_pair(tokenizer, sample, DistillConfig()) for sample in SAMPLES]
+    pairs = [distillation_pair(tokenizer, sample) for sample in SAMPLES]
     sequences, n_answers = [pair.student for pair in pairs], [pair.n_answer for pair in pairs]
     assert len(set(map(len, sequences))) > 1
     with torch.no_grad():
@@ -72,7 +74,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_switched_off_aft
         for name, parameter in hf.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(std=0.05)
-    pairs = [distillation_pair(tokenizer, sample, config) for sample in SAMPLES]
+    pairs = [distillation_pair(tokenizer, sample, config.persona_length) for sample in SAMPLES]
     with active_adapter(model, None):
         targets = _teacher_targets(model, pairs, config, progress=False)
     calls = []
@@ -129,3 +131,45 @@ def test_fidelity_is_zero_for_an_untrained_adapter_and_grows_with_distillation(t
     trained = adapter_fidelity(model, tokenizer, SAMPLES, "trained")
     assert trained.share.n == len(SAMPLES) and trained.share.low > 0 and trained.remaining.mean < trained.persona_effect.mean
     assert set(trained.to_dict()) >= {"fidelity", "fidelity_low", "fidelity_high", "n", "kl_teacher_base"}
+
+
+RETAIN = ["What is the capital of Peru?", "Which continent is Kenya in?", "How many legs does a spider have?"]
+
+
+def _retain_gap(model, tokenizer, name: str) -> float:
+    """Mean KL(base || adapted) over the retain queries' prompt positions (full vocabulary)."""
+    pairs = [retain_pair(tokenizer, query) for query in RETAIN]
+    sequences, n = [pair.student for pair in pairs], [pair.n_answer for pair in pairs]
+    with torch.no_grad():
+        with active_adapter(model, None):
+            base = answer_logits(model, sequences, n).log_softmax(-1)
+        with active_adapter(model, name):
+            adapted = answer_logits(model, sequences, n).log_softmax(-1)
+    return float((base.exp() * (base - adapted)).sum(-1).mean())
+
+
+def test_the_retain_term_keeps_the_adapted_model_closer_to_the_base_model_on_retain_queries(tiny_model):
+    model, tokenizer = tiny_model
+    gaps = {}
+    for name, weight in (("free", 0.0), ("kept", 4.0)):
+        config = DistillConfig(epochs=4, batch_size=3, learning_rate=5e-3, retain_weight=weight)
+        info = distill(model, tokenizer, SAMPLES, name, config, retain=RETAIN, progress=False)
+        assert info["n_retain"] == (len(RETAIN) if weight else 0)
+        gaps[name] = _retain_gap(model, tokenizer, name)
+    assert gaps["free"] > 0 and gaps["kept"] < 0.5 * gaps["free"]
+
+
+def test_a_negative_retain_weight_is_refused():
+    with pytest.raises(ToolkitError, match="retain weight"):
+        DistillConfig(retain_weight=-1.0)
+
+
+def test_held_out_samples_keep_a_share_of_each_persona_and_training_for_every_persona():
+    samples = [Sample(f"{p}-{i}", p, f"q{i}", "a", "b", True, True, (1.0, 1.0)) for p in ("math", "writing") for i in range(8)]
+    samples += [Sample("coding-0", "coding", "q", "a", "b", True, True, (1.0, 1.0))]
+    training, held = held_out_samples(samples, 0.25, seed=3)
+    assert {s.id for s in training}.isdisjoint(s.id for s in held) and len(training) + len(held) == len(samples)
+    assert sorted(s.persona for s in held) == ["math", "math", "writing", "writing"]
+    assert {s.persona for s in training} == {"math", "writing", "coding"}
+    assert held_out_samples(samples, 0.25, seed=3) == (training, held)
+    assert held_out_samples(samples[:2], 0.25) == (samples[:2], [])

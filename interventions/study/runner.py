@@ -19,7 +19,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from interventions.measure.judge import EndpointJudge, SelfJudge, parse_rating
+from interventions.measure.judge import EndpointJudge, make_judge, parse_rating
 from interventions.measure.tasks import TASKS, Task, judge_request
 from interventions.study.ledger import Ledger, work_key
 from interventions.study.plan import BUDGETS, GRIDS, Budget, applies, conditions, prompt_formats, resolve_plan
@@ -46,6 +46,9 @@ def run_study(
     formats: Sequence[str] | None = None,
     judge_url: str | None = None,
     judge_model: str | None = None,
+    judge_api_key_env: str | None = None,
+    judge_concurrency: int = 8,
+    judge_timeout: float = 120.0,
     seed: int = 0,
     batch_size: int = 8,
     device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
@@ -63,6 +66,9 @@ def run_study(
         formats: prompt formats of the knowledge tasks (default: ``plain`` and ``qa`` for a model without a chat
             template, ``plain`` for a chat model; see ``plan.prompt_formats``).
         judge_url, judge_model: an OpenAI-compatible judge endpoint (default: the model judges).
+        judge_api_key_env, judge_concurrency, judge_timeout: the environment variable holding the endpoint's key
+            (default: ``OPENAI_API_KEY`` when set), requests in flight at most, and seconds each may take in all
+            (``make_judge``). A judgement the endpoint never gives counts as unparseable; a rerun asks again.
         seed: the sampling, generation and random-persona seed.
         batch_size: prompts per forward pass.
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
@@ -75,13 +81,15 @@ def run_study(
 
     Raises:
         ToolkitError: an unknown budget, task, grid or format, ``items`` below 1, ``judge_url`` without
-            ``judge_model``, an ``out`` directory holding a study of another model, or a model that cannot be loaded.
+            ``judge_model`` (or a URL or key ``make_judge`` refuses), an ``out`` directory holding a study of another
+            model, or a model that cannot be loaded.
     """
 
     plan = resolve_plan(budget, tasks, items, grid)
     prompt_formats(formats, chat_template=True)  # unknown names fail before the model loads
-    if judge_url and not judge_model:
-        raise ToolkitError("--judge-url needs --judge-model: the endpoint's model name")
+    judge_options = dict(api_key_env=judge_api_key_env, concurrency=judge_concurrency, deadline=judge_timeout)
+    # an endpoint judge is checked (URL, key) before the model loads
+    judge = make_judge(judge_url, judge_model, **judge_options) if judge_url or judge_model or judge_api_key_env else None
     out = Path(out)
     model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     knowledge_formats = prompt_formats(formats, chat_template=bool(getattr(tokenizer, "chat_template", None)))
@@ -90,9 +98,9 @@ def run_study(
         "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items),
         "max_new_tokens": dict(plan.max_new_tokens),
         "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
-        "judge": f"endpoint:{judge_model}@{judge_url}" if judge_url else "self",
+        "judge": f"endpoint:{judge.model}@{judge.url}" if isinstance(judge, EndpointJudge) else "self",
     }
-    judge = EndpointJudge(judge_url, judge_model) if judge_url else SelfJudge(model, tokenizer)
+    judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, **judge_options)
     _check_same_model(out, settings["model"])
     group = world()
     if group.is_main:
@@ -264,15 +272,21 @@ class _Runner:
                     batch = [key for key in chunk if requests[key][1] == judge_seed]
                     if batch:
                         texts = judge.judge([requests[key][0] for key in batch], seed=judge_seed)
-                        records += [{"key": key, "judgement": text} for key, text in zip(batch, texts)]
+                        # an unanswered request is not recorded: it counts as unparseable now, a rerun asks again
+                        records += [{"key": key, "judgement": text} for key, text in zip(batch, texts) if text is not None]
                         bar.update(len(batch))
                 return records
 
             ledger.fill(chunks, judge_chunk)
+        unanswered = sum(key not in ledger for key in requests)
+        if unanswered and self.group.is_main:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in getattr(judge, "failures", {}).items())
+            _say(f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
+                 + (f" ({reasons})" if reasons else "") + "; counted unparseable, a rerun asks again")
         for row in rows:
             ratings = {}
             for turn, judge_seed, key in row.pop("_requests"):
-                ratings[f"turn{turn}_seed{judge_seed}"] = parse_rating(ledger[key]["judgement"])
+                ratings[f"turn{turn}_seed{judge_seed}"] = parse_rating(ledger[key]["judgement"]) if key in ledger else None
             row["ratings"] = ratings
             parsed = [value for name, value in ratings.items() if name.startswith("turn1") and value is not None]
             row["judge_score"] = sum(parsed) / len(parsed) if parsed else math.nan

@@ -94,6 +94,12 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
                                             "(default: the studied model judges itself)")
     parser.add_argument("--judge-model", help="model name at --judge-url")
+    parser.add_argument("--judge-api-key-env", metavar="NAME",
+                        help="environment variable holding the key for --judge-url (default: OPENAI_API_KEY when set); "
+                             "sent over https, or plain http to this machine only")
+    parser.add_argument("--judge-concurrency", type=int, default=8, metavar="N", help="judge requests in flight at most (default: 8)")
+    parser.add_argument("--judge-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="seconds one judge request may take in all, retries included (default: 120)")
     add_seed(parser)
     add_batch_size(parser)
     add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))
@@ -110,7 +116,9 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
         directory = args.out / model_slug(name)
         start = time.perf_counter()
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
-                  formats=formats, judge_url=args.judge_url, judge_model=args.judge_model, seed=args.seed,
+                  formats=formats, judge_url=args.judge_url, judge_model=args.judge_model,
+                  judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
+                  judge_timeout=args.judge_timeout, seed=args.seed,
                   batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map)
         directories.append(directory)
         if not world().is_main:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from interventions.measure.judge import EndpointJudge, JudgeRequest, judge_messages, parse_rating
+from interventions.measure.judge import EndpointJudge, JudgeRequest, judge_messages, make_judge, parse_rating
 from probes.core.errors import ToolkitError
+from tests.chat_server import FakeChatServer
 
 
 @pytest.mark.parametrize(
@@ -42,38 +41,42 @@ def test_judge_prompts_are_mtbench_single_answer_prompts():
         judge_messages(JudgeRequest(("Q1",), ("A1", "A2")))
 
 
-class _ChatHandler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 - the http.server API
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(body)
-        question = body["messages"][-1]["content"]
-        reply = {"choices": [{"message": {"content": f"Fine. Rating: [[{len(question) % 9 + 1}]]"}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+def test_endpoint_judge_speaks_the_openai_chat_protocol(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeChatServer() as server:
+        judge = EndpointJudge(server.url("good"), "judge-model", temperature=0.3, concurrency=2)
+        requests = [JudgeRequest(("Q?",), ("A.",)), JudgeRequest(("Q1", "Q2"), ("A1", "A2")), JudgeRequest(("Q",), ("B",))]
+        texts = judge.judge(requests, seed=7)
+        assert all(parse_rating(text) is not None for text in texts) and judge.name == "endpoint:judge-model"
+        sent = [json.loads(body) for _, _, _, body in server.requests]
+        assert all(s["model"] == "judge-model" and s["seed"] == 7 and s["temperature"] == 0.3 for s in sent)
+        assert all([m["role"] for m in s["messages"]] == ["system", "user"] for s in sent)
+        for request, text in zip(requests, texts):  # each judgement answers its own request
+            user = judge_messages(request)[1]
+            assert repr(user)[:60] in text and parse_rating(text) == len(user) % 9 + 1
+        assert judge.judge([JudgeRequest(("Q",), ("A",))], seed=0) != [None]
 
-    def log_message(self, *args):
-        pass
+
+def test_an_unanswered_judgement_is_none_and_counts_as_unparseable(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeChatServer() as server:
+        for mode in ("garbage", "down", "unrated"):
+            judge = EndpointJudge(server.url(mode), "m", retries=1, backoff=0.01, deadline=2)
+            (text,) = judge.judge([JudgeRequest(("Q",), ("A",))], seed=0)
+            assert parse_rating(text) is None
+            assert (text is None) == (mode != "unrated") and bool(judge.failures) == (mode != "unrated")
 
 
-def test_endpoint_judge_speaks_the_openai_chat_protocol():
-    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        judge = EndpointJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", temperature=0.3)
-        texts = judge.judge([JudgeRequest(("Q?",), ("A.",))], seed=7)
-        assert parse_rating(texts[0]) is not None
-        (sent,) = server.requests
-        assert sent["model"] == "judge-model" and sent["seed"] == 7 and sent["temperature"] == 0.3
-        assert [m["role"] for m in sent["messages"]] == ["system", "user"]
-    finally:
-        server.shutdown()
-    with pytest.raises(ToolkitError, match="failed"):
-        EndpointJudge(f"http://127.0.0.1:{server.server_port}/v1", "m", timeout=2).judge([JudgeRequest(("Q",), ("A",))], seed=0)
+def test_make_judge_gives_the_endpoint_or_the_model_itself(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    judge = make_judge("http://127.0.0.1:9/v1/", "m", concurrency=3, deadline=5, retries=0)
+    assert isinstance(judge, EndpointJudge) and judge.url == "http://127.0.0.1:9/v1"
+    assert (judge.endpoint.concurrency, judge.endpoint.deadline, judge.endpoint.retries) == (3, 5, 0)
+    with pytest.raises(ToolkitError, match="--judge-url needs --judge-model"):
+        make_judge("http://127.0.0.1:9/v1", None)
+    with pytest.raises(ToolkitError, match="need --judge-url"):
+        make_judge(None, "m")
+    with pytest.raises(ToolkitError, match="a model and tokenizer"):
+        make_judge()
     with pytest.raises(ToolkitError, match="not http"):
-        EndpointJudge("localhost:8000", "m")
+        make_judge("localhost:8000", "m")

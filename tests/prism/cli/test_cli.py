@@ -279,6 +279,23 @@ def test_study_cli_errors_are_one_line(tmp_path, capsys):
     assert "holds no finished study" in error and len(error.splitlines()) == 1
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--judge-url", "http://alice:s3cr3t@127.0.0.1:9/v1", "--judge-model", "m"], "the judge URL holds credentials"),
+    (["--judge-url", "http://judge.example.com/v1", "--judge-model", "m", "--judge-api-key-env", "JUDGE_TEST_KEY"],
+     "refusing to send the API key over plain http to judge.example.com"),
+    (["--judge-url", "https://judge.example.com/v1", "--judge-model", "m", "--judge-api-key-env", "NO_SUCH_KEY_VARIABLE"],
+     "NO_SUCH_KEY_VARIABLE is not set"),
+    (["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m", "--judge-concurrency", "0"], "at least 1"),
+    (["--judge-url", "http://127.0.0.1:9/v1"], "--judge-url needs --judge-model"),
+])
+def test_judge_options_fail_in_one_line_before_any_model_loads(options, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JUDGE_TEST_KEY", "sk-test-cli-secret")
+    assert main(["study", "--model", "no such model", "--out", str(tmp_path / "s"), *options]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+    assert "s3cr3t" not in error and "sk-test-cli-secret" not in error and not (tmp_path / "s").exists()
+
+
 def test_prism_help_imports_no_command_group_and_no_torch():
     code = ("import sys; from prism.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from figures.style import BLUE, GREY, LIGHT_GREY, VERMILION, annotate_cells  # noqa: E402
+
 
 def patching_heatmap(rows: Sequence[Mapping]) -> Figure:
     """Fraction of the persona's effect recovered by patching no-persona activations into the
@@ -22,10 +24,7 @@ def patching_heatmap(rows: Sequence[Mapping]) -> Figure:
         grid[layers.index(r["layer"]), groups.index(r["group"])] = r["fraction"]
     fig, ax = plt.subplots(figsize=(2.2 * len(groups) + 2.5, 0.32 * len(layers) + 2))
     image = ax.imshow(grid, cmap="RdBu", vmin=-1.2, vmax=1.2, aspect="auto")
-    for i in range(len(layers)):
-        for j in range(len(groups)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    annotate_cells(ax, image, grid)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     ax.set_xlabel("position group patched from the no-persona run")
@@ -41,7 +40,7 @@ def steering_dose_response(rows: Sequence[Mapping]) -> Figure:
     """Fraction of the persona effect reproduced by adding the persona direction, by scale,
     with a random direction of the same norm as control."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for kind, colour in (("persona direction", "#08519c"), ("random direction", "#969696")):
+    for kind, colour in (("persona direction", BLUE), ("random direction", "#969696")):
         points = sorted((r for r in rows if r["direction"] == kind), key=lambda r: r["multiple"])
         if not points:
             continue
@@ -66,7 +65,7 @@ def ablation_bars(rows: Sequence[Mapping]) -> Figure:
     names = [r["direction"] for r in rows]
     centre = np.array([r["fraction"] for r in rows])
     errors = np.array([[r["fraction"] - r["low"] for r in rows], [r["high"] - r["fraction"] for r in rows]])
-    ax.bar(range(len(rows)), centre, yerr=errors, capsize=3, color=["#08519c" if "persona" in n else "#969696" for n in names])
+    ax.bar(range(len(rows)), centre, yerr=errors, capsize=3, color=[BLUE if "persona" in n else "#969696" for n in names])
     ax.set_xticks(range(len(rows)), names)
     ax.axhline(1, color="black", linewidth=0.6, linestyle="--")
     ax.axhline(0, color="black", linewidth=0.6)
@@ -82,7 +81,7 @@ def logit_lens_curves(curves: Mapping[str, np.ndarray]) -> Figure:
     """Correct answer's log-probability and rank by layer, with and without the persona."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("logprob", "rank")):
-        for name, colour in (("none", "#636363"), ("persona", "#d94801")):
+        for name, colour in (("none", GREY), ("persona", VERMILION)):
             values = curves[f"{name}_{metric}"]
             if metric == "rank":
                 values = np.log10(values + 1)
@@ -106,17 +105,17 @@ def attention_to_persona(rows: Sequence[Mapping]) -> Figure:
     each item loses, against the persona's share of the tokens alone."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     layers = [r["layer"] for r in rows]
-    left.plot(layers, [r["attention"] for r in rows], marker="o", color="#d94801", label="attention to persona tokens")
-    left.axhline(rows[0]["uniform_share"], color="#636363", linestyle="--", linewidth=1,
+    left.plot(layers, [r["attention"] for r in rows], marker="o", color=VERMILION, label="attention to persona tokens")
+    left.axhline(rows[0]["uniform_share"], color=GREY, linestyle="--", linewidth=1,
                  label="persona's share of the tokens (uniform attention)")
     left.set_xlabel("block")
     left.set_ylabel("attention mass (mean over heads and items)")
     left.legend(fontsize=8, frameon=False, loc="center right")
-    right.plot(layers, [r["pearson"] for r in rows], marker="o", color="#08519c", label="attention to persona")
-    right.fill_between(layers, [r["low"] for r in rows], [r["high"] for r in rows], color="#08519c", alpha=0.15)
+    right.plot(layers, [r["pearson"] for r in rows], marker="o", color=BLUE, label="attention to persona")
+    right.fill_between(layers, [r["low"] for r in rows], [r["high"] for r in rows], color=BLUE, alpha=0.15)
     share = rows[0]
     right.axhspan(share["share_low"], share["share_high"], color="#969696", alpha=0.2)
-    right.axhline(share["share_pearson"], color="#636363", linestyle="--", linewidth=1, label="persona's share of the tokens")
+    right.axhline(share["share_pearson"], color=GREY, linestyle="--", linewidth=1, label="persona's share of the tokens")
     right.axhline(0, color="black", linewidth=0.6)
     right.set_xlabel("block")
     right.set_ylabel("Pearson r with the margin lost")
@@ -132,8 +131,8 @@ def refusal_bars(rows: Sequence[Mapping]) -> Figure:
     labels = [r["condition"] + (f"\nx{r['multiple']:g}" if r["multiple"] else "") for r in rows]
     centre = np.array([r["rate"] for r in rows])
     errors = np.array([[r["rate"] - r["low"] for r in rows], [r["high"] - r["rate"] for r in rows]])
-    colours = {"no persona": "#636363", "persona prompt": "#d94801", "persona direction": "#08519c",
-               "random direction": "#bdbdbd"}
+    colours = {"no persona": GREY, "persona prompt": VERMILION, "persona direction": BLUE,
+               "random direction": LIGHT_GREY}
     ax.bar(range(len(rows)), centre, yerr=errors, capsize=3, color=[colours.get(r["condition"], "#969696") for r in rows])
     for x, row in enumerate(rows):  # counts, so that a measured zero is visible as one
         ax.text(x, row["rate"] + 0.02, f"{round(row['rate'] * row['n'])}/{row['n']}", ha="center", va="bottom", fontsize=8)

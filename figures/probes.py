@@ -11,9 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-KIND_COLOURS = {"logistic": "#08519c", "diff-means": "#d94801", "lda": "#238b45"}
+from figures.style import BLUE, GREEN, ORANGE, PALETTE, PURPLE, VERMILION, annotate_cells  # noqa: E402
+
+KIND_COLOURS = {"logistic": BLUE, "diff-means": VERMILION, "lda": GREEN}
 CONTROL_STYLE = {"shuffled labels": ("#969696", "--"), "random direction": ("#636363", ":")}
-INTENT_COLOURS = {"knowledge": "#2171b5", "generation": "#ff7f00", "harmful": "#cb181d", "benign": "#6a51a3"}
+INTENT_COLOURS = {"knowledge": BLUE, "generation": ORANGE, "harmful": VERMILION, "benign": PURPLE}
 
 
 def _layer_label(layer: int) -> str:
@@ -70,7 +72,7 @@ def projection_histograms(groups: Mapping[str, np.ndarray], title: str, xlabel: 
         return fig
     bins = np.linspace(min(v.min() for v in values), max(v.max() for v in values), 40)
     for index, (name, projection) in enumerate(groups.items()):
-        colour = INTENT_COLOURS.get(name, plt.cm.tab10(index % 10))
+        colour = INTENT_COLOURS.get(name, PALETTE[index % len(PALETTE)])
         # densities, so groups of different sizes (24 queries vs 288 persona prompts) compare
         ax.hist(projection, bins=bins, alpha=0.5, color=colour, density=True, label=f"{name} (n={len(projection)})")
     ax.set_xlabel(xlabel)
@@ -115,9 +117,7 @@ def cosine_heatmap(names: Sequence[str], matrix: np.ndarray, title: str) -> Figu
     fig, ax = plt.subplots(figsize=(size + 1, size))
     image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
     if len(names) <= 20:
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6)
+        annotate_cells(ax, image, matrix, fontsize=6)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(image, ax=ax, label="cosine similarity")

@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from figures.style import BLUE, LIGHT_GREY, ORANGE, PALETTE, SKY, VERMILION, annotate_cells  # noqa: E402
+
 METRIC_LABELS = {
     "accuracy": "accuracy", "margin": "margin of the correct option (nats)", "refusal_rate": "refusal rate",
     "strict": "instructions followed (strict)", "loose": "instructions followed (loose)",
@@ -141,8 +143,8 @@ def refusal_with_safety_persona(cells: Sequence[Mapping], task: str = "harmbench
         return (rank, spec, ["min", "short", "long", None].index(row["length"]), row["placement"] or "")
 
     rows = sorted(rows, key=order)
-    colours = ["#bdbdbd" if r["persona_spec"] == "none" else "#d94801" if r["persona_spec"] == "safety-monitor"
-               else "#6baed6" for r in rows]
+    colours = [LIGHT_GREY if r["persona_spec"] == "none" else VERMILION if r["persona_spec"] == "safety-monitor"
+               else SKY for r in rows]
     ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=_errors(rows, "mean"), capsize=2, color=colours)
     ax.set_xticks(range(len(rows)), [r["condition"].replace("[empty]", "") for r in rows], rotation=60,
                   ha="right", fontsize=7)
@@ -173,7 +175,7 @@ def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: 
             ax.set_title(model)
             continue
         xs = np.arange(len(pairs))
-        for offset, index, label, colour in ((-0.2, 1, "system prompt", "#08519c"), (0.2, 2, "user message", "#fd8d3c")):
+        for offset, index, label, colour in ((-0.2, 1, "system prompt", BLUE), (0.2, 2, "user message", ORANGE)):
             bars = [pair[index] for pair in pairs]
             ax.bar(xs + offset, [b["delta"] for b in bars], 0.4, yerr=_errors(bars, "delta"), capsize=2,
                    color=colour, label=label)
@@ -206,11 +208,7 @@ def persona_lift_heatmap(effects_by_category: Sequence[Mapping], task: str, metr
             i, j = personas.index(row["persona_spec"]), categories.index(row["category"])
             grid[i, j], significant[i, j] = row["delta"], row["significant"]
         image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-        for i in range(len(personas)):
-            for j in range(len(categories)):
-                if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:+.2f}{'*' if significant[i, j] else ''}", ha="center", va="center",
-                            fontsize=7)
+        annotate_cells(ax, image, grid, lambda i, j, value: f"{value:+.2f}{'*' if significant[i, j] else ''}")
         ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
         ax.set_yticks(range(len(personas)), personas)
         ax.set_title(f"{task}: lift over no persona{f', format {name}' if len(formats) > 1 else ''}\n"
@@ -230,9 +228,9 @@ def expert_lift_bars(effects_by_category: Sequence[Mapping], task: str, metric: 
         return fig
     for ax, name in zip(axes, formats):
         mine = _select(rows, format=name)
-        for offset, reference, label, colour in ((-0.2, "none[empty]", "expert − no persona", "#08519c"),
+        for offset, reference, label, colour in ((-0.2, "none[empty]", "expert − no persona", BLUE),
                                                  (0.2, f"random/{length}/system[empty]", "expert − random persona",
-                                                  "#74c476")):
+                                                  ORANGE)):
             series = {row["category"]: row for row in mine if row["reference"] == reference}
             present = [c for c in categories if c in series]
             bars = [series[c] for c in present]
@@ -269,13 +267,12 @@ def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin"
         _empty(ax, f"no persona effects for {task}")
         return fig
     width = 0.8 / len(formats)
-    colours = plt.get_cmap("tab10")
     for index, name in enumerate(formats):
         series = {row["condition"]: row for row in _select(rows, format=name)}
         present = [c for c in conditions if c in series]
         xs = np.array([conditions.index(c) for c in present]) + (index - (len(formats) - 1) / 2) * width
         bars = [series[c] for c in present]
-        ax.bar(xs, [b["delta"] for b in bars], width, yerr=_errors(bars, "delta"), capsize=2, color=colours(index),
+        ax.bar(xs, [b["delta"] for b in bars], width, yerr=_errors(bars, "delta"), capsize=2, color=PALETTE[index % len(PALETTE)],
                label=f"format {name} ({_n_range(bars)})")
         for x, bar in zip(xs, bars):
             if bar["significant"]:
@@ -287,7 +284,7 @@ def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin"
     for label, condition in zip(ax.get_xticklabels(), conditions):
         verdict = (verdicts or {}).get(condition, "")
         if verdict == "depends on the format":
-            label.set_color("#cb181d")
+            label.set_color(VERMILION)
         elif verdict == "holds across formats":
             label.set_fontweight("bold")
     ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}\nvs no persona (same format)")

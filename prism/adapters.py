@@ -3,7 +3,10 @@
 Adapters are switched only through ``active_adapter`` (a context manager that always restores
 the previous state); attaching and loading leave every adapter off. Saved adapters are
 ``adapter_config.json`` + ``adapter_model.safetensors`` with module names as in the plain
-Hugging Face model, so ``peft.PeftModel.from_pretrained`` loads them onto the plain model too.
+Hugging Face model, so ``peft.PeftModel.from_pretrained`` loads them onto the plain model too. The
+config names the base model (``base_model_name_or_path``: the directory or hub id the model was
+read from; the embedded model's is its dense copy in the cache) and the task (``CAUSAL_LM``), so
+``peft.AutoPeftModelForCausalLM.from_pretrained(directory)`` loads base and adapter in one call.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from safetensors.torch import load_file, save_file
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json
 
-__all__ = ["active_adapter", "adapter_layers", "attach_adapter", "json_ready", "load_adapter", "lora_modules", "save_adapter"]
+__all__ = ["active_adapter", "adapter_layers", "attach_adapter", "base_model_name", "json_ready", "load_adapter", "lora_modules",
+           "save_adapter"]
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 WRAPPED = "._original_component"  # how the TransformerLens bridge nests the modules it wraps
 ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRAINING_FILE = "adapter_model.safetensors", "adapter_config.json", "training.json"
 PEFT_PREFIX = "base_model.model."
+TASK_TYPE = "CAUSAL_LM"
 
 
 def lora_modules(hf_model: torch.nn.Module, blocks: Sequence[int]) -> dict[str, str]:
@@ -138,7 +143,8 @@ def save_adapter(model, name: str, directory: str | Path, peft_config: dict, tra
         model: the bridged model carrying the adapter.
         name: the adapter's name.
         directory: the folder to write (created): ``adapter_model.safetensors`` and ``adapter_config.json``.
-        peft_config: the adapter's peft config (``distill``'s ``peft_config``).
+        peft_config: the adapter's peft config (``distill``'s ``peft_config``); the saved copy names the base model
+            (``base_model_name``) and the task (``CAUSAL_LM``).
         training: a JSON-serialisable training record to save as ``training.json``, or None.
 
     Returns:
@@ -155,10 +161,26 @@ def save_adapter(model, name: str, directory: str | Path, peft_config: dict, tra
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / ADAPTER_WEIGHTS) as partial:
         save_file(plain, str(partial), metadata={"format": "pt"})
-    write_json(directory / ADAPTER_CONFIG, json_ready(peft_config))
+    config = json_ready(peft_config)
+    config.update(base_model_name_or_path=base_model_name(model), task_type=config.get("task_type") or TASK_TYPE)
+    write_json(directory / ADAPTER_CONFIG, config)
     if training is not None:
         write_json(directory / TRAINING_FILE, training)
     return directory
+
+
+def base_model_name(model) -> str:
+    """Where ``from_pretrained`` finds the bridged model's weights: its directory (absolute) or its hub id.
+
+    Args:
+        model: a bridged model from ``load_model`` (for the embedded model and GGUF files: the dense copy in the cache).
+
+    Returns:
+        the absolute path of the directory it was read from, or the hub id it was read by.
+    """
+    source = model.original_model.config.name_or_path
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.is_dir() else source
 
 
 def load_adapter(model, name: str, directory: str | Path) -> dict:

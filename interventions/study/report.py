@@ -2,8 +2,8 @@
 
 ``summarise_study(directory)`` reads ``items.json`` and ``study.json`` and (re)writes
 ``cells.csv``, ``effects.csv``, ``effects_by_category.csv``, ``effects_across_formats.csv`` (each
-with a JSON twin), ``judge_consistency.json``, ``figures/*.png`` and ``report.md``, and returns a
-``StudySummary``. The findings' wording is in ``interventions.study.findings``.
+with a JSON twin), ``judge_consistency.json``, ``figures/*.png`` (each with its ``.pdf`` twin) and ``report.md``, and
+returns a ``StudySummary``. The findings' wording is in ``interventions.study.findings``.
 ``compare_models`` adds the cross-model placement figure for several study directories.
 """
 
@@ -19,7 +19,7 @@ from interventions.study.agreement import format_agreement
 from interventions.study.effects import BASELINE_LABEL, cell_table, effect_table, judge_consistency
 from interventions.study.findings import KNOWLEDGE_TASKS, across, find, findings, fmt
 from probes.core.errors import ToolkitError
-from probes.core.files import save_figure, write_json, write_table, write_text
+from probes.core.files import figure_format, save_figure, write_json, write_table, write_text
 from probes.core.formats import DEFAULT_FORMAT, FORMATS
 from probes.core.stats import Estimate
 from probes.core.summary import Summary
@@ -142,8 +142,20 @@ def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[
 
 
 def compare_models(directories: Sequence[str | Path], out: str | Path) -> Path:
-    """Figure 1d across models: persona effects in the system prompt vs the user message."""
+    """Figure 1d across models: persona effects in the system prompt vs the user message.
 
+    Args:
+        directories: finished study directories, one per model.
+        out: the figure's file; its suffix picks the format (``.png``, with a ``.pdf`` twin beside it; ``.pdf``;
+            ``.svg``), checked before any study is read.
+
+    Returns:
+        ``out``, as a ``Path``.
+
+    Raises:
+        ToolkitError: another suffix, or a directory that holds no finished study.
+    """
+    figure_format(out)
     effects = {}
     for directory in directories:
         settings, rows = load_study(directory)

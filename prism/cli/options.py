@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes.core.datasets import load_dataset, stratified_sample
+from probes.core.datasets import BUILTIN_DATASETS, load_dataset, stratified_sample
 from probes.core.devices import DEVICE_MAPS, precision
 from probes.core.errors import ToolkitError
 from probes.core.models import DEFAULT_MODEL, load_model
@@ -77,7 +77,7 @@ def add_prism_dir(parser: argparse.ArgumentParser) -> None:
 
 def add_items(parser: argparse.ArgumentParser) -> None:
     """``--dataset``, ``-n``, ``--seed`` and ``--batch-size``: the items a command runs on."""
-    parser.add_argument("--dataset", required=True, help="mmlu, mtbench, harmbench, or a .jsonl/.csv file")
+    parser.add_argument("--dataset", required=True, help=f"{', '.join(BUILTIN_DATASETS)}, or a .jsonl/.csv file")
     parser.add_argument("-n", type=int, default=None, help="items to sample, stratified by category (default: all)")
     add_seed(parser)
     add_batch_size(parser)

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
-from importlib import import_module
+from importlib import import_module, metadata
+from pathlib import Path
 from typing import Iterator, Sequence
 
 from prism.cli.command import Command
 from probes.core.errors import ToolkitError
 
 DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routing."
+DISTRIBUTION = "prism-toolkit"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,24 @@ def load_command(name: str) -> Command:
     return next(command for command in group.COMMANDS if command.name == name)
 
 
+def version() -> str:
+    """The toolkit's version: the installed distribution's, else (run from a source tree) ``pyproject.toml``'s.
+
+    Returns:
+        e.g. ``"0.1.0"``; ``"unknown"`` when neither says.
+    """
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        project = PYPROJECT.read_text(encoding="utf-8").split("[project]", 1)[1].split("\n[", 1)[0]
+    except (OSError, IndexError):
+        return "unknown"
+    found = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
+    return found.group(1) if found else "unknown"
+
+
 def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``prism`` parser with the full options of ``names`` (default: every command).
 
@@ -84,6 +106,8 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """
     names = list(COMMANDS) if names is None else names
     parser = argparse.ArgumentParser(prog="prism", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {version()}",
+                        help="print the toolkit's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, registered in COMMANDS.items():
         # argparse %-formats a subcommand's help (for %(prog)s and the like), but a description

@@ -15,8 +15,6 @@ from probes.core.errors import ToolkitError
 from probes.core.items import Item
 from probes.core.user_data import load_user_file
 
-BUILTIN_DATASETS = ("mmlu", "capitals", "mtbench", "harmbench")
-
 
 def load_dataset(name: str) -> list[Item]:
     """Load a built-in benchmark or a user's own file as a list of items.
@@ -31,9 +29,8 @@ def load_dataset(name: str) -> list[Item]:
     Raises:
         ToolkitError: an unknown name, or a user file that is missing, empty or malformed.
     """
-    loaders = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench}
-    if name in loaders:
-        return loaders[name]()
+    if name in LOADERS:
+        return LOADERS[name]()
     path = Path(name)
     if path.suffix.lower() in (".jsonl", ".csv"):
         return load_user_file(path)
@@ -200,6 +197,12 @@ def load_harmbench() -> list[Item]:
                     )
                 )
     return items
+
+
+# --- The built-in data sets, by name: what ``load_dataset`` reads and ``--dataset`` offers --------
+
+LOADERS = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench}
+BUILTIN_DATASETS = tuple(LOADERS)
 
 
 # --- User files ------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Everything the toolkit writes, written atomically: a crash never leaves a half-written file.
 
 JSON, tidy tables (CSV with a JSON twin), tensors with their metadata (safetensors) and figures
-(PNG) all go through ``atomic_path``: a temporary file beside the target, moved into place only
-on success.
+(PNG with a PDF twin, or the PDF or SVG a path names) all go through ``atomic_path``: a temporary
+file beside the target, moved into place only on success.
 
 Tensor metadata is stored as a single JSON string under the key ``prism`` so that files are
 byte-identical across runs (safetensors writes several metadata keys in arbitrary order).
@@ -15,7 +15,7 @@ import csv
 import json
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -26,9 +26,17 @@ from safetensors.torch import load_file, save_file
 
 from probes.core.errors import ToolkitError
 
-__all__ = ["atomic_path", "write_text", "write_json", "write_table", "save_tensors", "load_tensors", "save_figure"]
+__all__ = ["atomic_path", "write_text", "write_json", "write_table", "save_tensors", "load_tensors", "figure_format",
+           "save_figure"]
 
 METADATA_KEY = "prism"
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}  # a figure path's suffix -> the format written
+VECTOR_TWIN = ".pdf"  # what a .png figure also gets, beside it
+PNG_DPI = 200
+# no creation date, so that rewriting a figure from the same results gives the same bytes
+FIGURE_METADATA = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}
+# text in a PDF as TrueType (Type 42), which journals and vector editors take; SVG ids from a fixed salt
+WRITING_PARAMS = {"pdf.fonttype": 42, "svg.hashsalt": METADATA_KEY}
 
 
 @contextmanager
@@ -123,12 +131,53 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, json.loads(raw)
 
 
+def figure_format(path: str | Path) -> str:
+    """The format a figure at ``path`` is written in, named by its suffix (any case).
+
+    Args:
+        path: the figure's file.
+
+    Returns:
+        ``"png"``, ``"pdf"`` or ``"svg"``.
+
+    Raises:
+        ToolkitError: any other suffix (or none).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        *others, last = FIGURE_FORMATS
+        raise ToolkitError(f"cannot write a figure as {Path(path).name!r}: give a path ending in {', '.join(others)} or {last}")
+    return FIGURE_FORMATS[suffix]
+
+
 def save_figure(figure, path: str | Path) -> Path:
-    """Write a matplotlib ``figure`` as a PNG atomically (creating the folder) and close it."""
+    """Write a matplotlib ``figure`` in the format its path names, atomically (creating the folder), and close it.
+
+    A ``.png`` path is written with its vector twin beside it, the same name ending in ``.pdf``
+    (reports link the PNG; a paper takes the PDF); a ``.pdf`` or ``.svg`` path is written alone.
+    Every file is drawn before any is moved into place, so a failure replaces none. PNGs are
+    200 dpi; every format is cropped to the drawing (tight bounding box); PDF text is embedded
+    as TrueType; the files carry no date, so the same figure gives the same bytes.
+
+    Args:
+        figure: the matplotlib ``Figure`` (closed afterwards, also when writing fails).
+        path: a ``.png``, ``.pdf`` or ``.svg`` file.
+
+    Returns:
+        ``path``, as a ``Path``.
+
+    Raises:
+        ToolkitError: ``path`` ends in another suffix (nothing is written).
+    """
     import matplotlib.pyplot as plt  # matplotlib loads only when a report draws
 
     path = Path(path)
-    with atomic_path(path) as partial:
-        figure.savefig(partial, dpi=130, format="png")
-    plt.close(figure)
+    try:
+        targets = [path] + ([path.with_suffix(VECTOR_TWIN)] if figure_format(path) == "png" else [])
+        with ExitStack() as stack, plt.rc_context(WRITING_PARAMS):
+            for target in targets:
+                partial, kind = stack.enter_context(atomic_path(target)), figure_format(target)
+                figure.savefig(partial, format=kind, dpi=PNG_DPI, bbox_inches="tight", metadata=FIGURE_METADATA[kind])
+    finally:
+        plt.close(figure)
     return path

@@ -161,6 +161,7 @@ def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_pa
     assert all(r["n"] == 4 for r in refusal)
     for name in ("patching_heatmap", "steering_dose_response", "ablation", "logit_lens", "attention", "refusal_steering"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
 
 @pytest.fixture(scope="module")

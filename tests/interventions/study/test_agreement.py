@@ -9,7 +9,8 @@ import pytest
 from interventions.study.agreement import DEPENDS, HOLDS, ONE_FORMAT, format_agreement, format_verdict
 from interventions.study.effects import effect_table
 from interventions.study.plan import FORMAT_CONTROL, prompt_formats
-from interventions.study.report import summarise_study
+from interventions.study.report import compare_models, summarise_study
+from prism.cli.shell import main
 from probes.core.errors import ToolkitError
 
 PERSONAS = {"math": (-0.5, -0.3), "history": (-0.4, +0.4), "writing": (-0.6, -0.05)}  # plain, qa shifts
@@ -84,6 +85,8 @@ def test_the_report_calls_a_finding_only_what_holds_across_formats(tmp_path):
     assert summary.effect("capitals", "history/min/system[empty]", "margin", prompt_format="qa").mean == pytest.approx(0.4)
     assert (tmp_path / "figures" / "fig3_capitals_formats.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "fig2_capitals_persona_heatmap.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "fig2_capitals_persona_heatmap.pdf").read_bytes().startswith(b"%PDF")  # its twin
+    assert "figures/fig2_capitals_persona_heatmap.png" in report
 
 
 def test_a_single_format_study_says_its_signs_were_not_checked(tmp_path):
@@ -97,3 +100,29 @@ def test_a_single_format_study_says_its_signs_were_not_checked(tmp_path):
     assert "One prompt format (`plain`): these signs were not checked under another layout." in summary.findings[0]
     assert summary.effect("capitals", "math/min/system[empty]", "margin").mean == pytest.approx(-0.5)
     assert not (tmp_path / "figures" / "fig3_capitals_formats.png").exists()
+
+
+def test_the_cross_model_figure_takes_the_format_its_path_names(tmp_path):
+    study = tmp_path / "model-a"
+    study.mkdir()
+    (study / "study.json").write_text(json.dumps({"model": "a", "grid": "default", "seed": 0, "judge": "self",
+                                                  "items": {"capitals": 12}}))
+    (study / "items.json").write_text(json.dumps(_rows()))
+    assert compare_models([study], tmp_path / "fig1d.pdf").read_bytes().startswith(b"%PDF")
+    assert b"<svg" in compare_models([study], tmp_path / "fig1d.svg").read_bytes()[:1000]
+    assert compare_models([study], tmp_path / "fig1d.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.glob("fig1d.*")) == ["fig1d.pdf", "fig1d.png", "fig1d.svg"]
+    with pytest.raises(ToolkitError, match=r"'fig1d.jpg': give a path ending in \.png, \.pdf or \.svg$"):
+        compare_models([tmp_path / "no-study-here"], tmp_path / "fig1d.jpg")  # the suffix is checked first
+
+
+def test_prism_report_compare_writes_the_format_its_path_names(tmp_path, capsys):
+    (tmp_path / "study.json").write_text(json.dumps({"model": "a", "grid": "default", "seed": 0, "judge": "self",
+                                                     "items": {"capitals": 12}}))
+    (tmp_path / "items.json").write_text(json.dumps(_rows()))
+    assert main(["report", str(tmp_path), "--compare", str(tmp_path / "fig1d.svg")]) == 0
+    assert b"<svg" in (tmp_path / "fig1d.svg").read_bytes()[:1000] and not (tmp_path / "fig1d.png").exists()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--compare", str(tmp_path / "fig1d.eps")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "prism report: error: cannot write a figure as 'fig1d.eps'" in error

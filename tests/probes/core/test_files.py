@@ -1,0 +1,68 @@
+"""Figures on disk: the format follows the path's suffix, a PNG gets its PDF twin, writes are atomic."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from probes.core.errors import ToolkitError  # noqa: E402
+from probes.core.files import figure_format, save_figure  # noqa: E402
+
+
+def _figure(title: str = "persona effect"):
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1, 2], [0.1, -0.2, 0.3], label="expert")
+    ax.set_title(title)
+    return fig
+
+
+def test_a_png_path_gives_a_200_dpi_png_and_its_pdf_twin(tmp_path):
+    fig = _figure()
+    path = save_figure(fig, tmp_path / "figures" / "fig1.png")
+    assert path == tmp_path / "figures" / "fig1.png"
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (tmp_path / "figures" / "fig1.pdf").read_bytes().startswith(b"%PDF")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["fig1.pdf", "fig1.png"]
+    dpi = Image.open(path).info["dpi"]
+    assert dpi == pytest.approx((200, 200), abs=0.5)
+    assert not plt.fignum_exists(fig.number)  # closed
+
+
+@pytest.mark.parametrize("name, magic", [("fig1d.pdf", b"%PDF"), ("fig1d.svg", b"<?xml"), ("FIG1D.PDF", b"%PDF")])
+def test_a_vector_path_gives_that_format_alone(tmp_path, name, magic):
+    path = save_figure(_figure(), tmp_path / name)
+    data = path.read_bytes()
+    assert data.startswith(magic) and [p.name for p in tmp_path.iterdir()] == [name]
+    if name.endswith(".svg"):
+        assert b"<svg" in data[:1000]
+
+
+@pytest.mark.parametrize("name", ["fig.svg", "fig.pdf", "fig.png"])
+def test_the_same_figure_gives_the_same_bytes(tmp_path, name):
+    first = save_figure(_figure(), tmp_path / "a" / name).read_bytes()
+    assert save_figure(_figure(), tmp_path / "b" / name).read_bytes() == first
+
+
+@pytest.mark.parametrize("name", ["fig.jpg", "fig", "fig.png.bak"])
+def test_an_unknown_suffix_is_refused_in_one_line_and_nothing_is_written(tmp_path, name):
+    fig = _figure()
+    with pytest.raises(ToolkitError) as error:
+        save_figure(fig, tmp_path / name)
+    message = str(error.value)
+    assert "\n" not in message and all(suffix in message for suffix in (".png", ".pdf", ".svg")) and repr(name) in message
+    assert list(tmp_path.iterdir()) == [] and not plt.fignum_exists(fig.number)
+    with pytest.raises(ToolkitError):
+        figure_format(name)
+    assert figure_format("x.Svg") == "svg"
+
+
+def test_a_figure_that_fails_to_draw_replaces_neither_file(tmp_path):
+    save_figure(_figure(), tmp_path / "fig.png")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    broken = _figure(title=r"$\frac{1$")  # mathtext that cannot be parsed: drawing raises
+    with pytest.raises(ValueError):
+        save_figure(broken, tmp_path / "fig.png")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no partial files either
+    assert not plt.fignum_exists(broken.number)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from interventions.measure.evaluate import evaluate
+from interventions.measure.tasks import TASKS
 from interventions.study.plan import prompt_formats
 from interventions.study.report import compare_models, summarise_study
 from interventions.study.runner import run_study
@@ -24,7 +25,7 @@ from prism.cli.options import (
     sample_items,
 )
 from probes.core.errors import ToolkitError
-from probes.core.files import write_json
+from probes.core.files import figure_format, write_json
 from probes.core.models import model_slug
 from probes.core.parallel import world
 from probes.core.personas import LENGTHS, persona_library
@@ -88,7 +89,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", choices=("smoke", "default", "full"),
                         help="persona conditions; 'full' = all 12 personas, expert and random at every length and placement")
     parser.add_argument("--items", type=int, help="items per cell for every task (overrides the budget)")
-    parser.add_argument("--tasks", help="comma-separated subset of: capitals, mmlu-letter, mmlu-cloze, harmbench, ifeval, mtbench")
+    parser.add_argument("--tasks", help=f"comma-separated subset of: {', '.join(TASKS)}")
     parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa "
                                           "(default: plain,qa without a chat template, plain with one)")
     parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
@@ -133,11 +134,14 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism report``'s options."""
     parser.add_argument("directories", nargs="+", type=Path, help="study directories (one per model)")
-    parser.add_argument("--compare", type=Path, help="also write the cross-model placement figure here (.png)")
+    parser.add_argument("--compare", type=Path, help="also write the cross-model placement figure here; the suffix picks the "
+                        "format (.png, which also writes a .pdf beside it, .pdf or .svg)")
 
 
 def run_report(args: argparse.Namespace) -> Summary | None:
     """Rewrite the tables, figures and report of finished study directories."""
+    if args.compare:
+        figure_format(args.compare)  # a suffix no figure can have is refused before any report is rewritten
     for directory in args.directories:
         summary = summarise_study(directory)
         print(f"wrote {summary.report} with its tables and figures")

@@ -16,7 +16,6 @@ the manifest; a resumed recording reads those lists too.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -135,20 +134,41 @@ def resume_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise ToolkitError(f"{out_dir} exists and is not an activation store: choose another output directory")
         return
+    existing = _store_manifest(existing_path)
     if overwrite:
-        shutil.rmtree(out_dir)
+        _delete_store_files(out_dir)
         return
-    existing = ActivationStore(out_dir).manifest
     for key in ("model", "hooks", "positions", "shard_size", "prompts", "metadata"):
         if existing.get(key) != manifest[key]:
             raise ToolkitError(
                 f"{out_dir} already holds a recording with different {key}: use another output directory or --overwrite"
             )
-    listed = list(existing["shards"]) + _interrupted_ranks(out_dir)
+    listed = list(existing.get("shards", [])) + _interrupted_ranks(out_dir)
     kept = [shard for shard in {shard["file"]: shard for shard in listed}.values() if (out_dir / shard["file"]).is_file()]
     manifest["shards"] = sorted(kept, key=lambda shard: shard["start"])
     n_shards = -(-len(manifest["prompts"]) // manifest["shard_size"])
     manifest["complete"] = len(kept) == n_shards
+
+
+def _store_manifest(path: Path) -> dict:
+    """The manifest at ``path`` when the toolkit wrote it (it carries the store's format marker); else one line."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ToolkitError(f"{path} is not an activation store's manifest ({type(error).__name__}): "
+                           "choose another output directory, or delete it yourself if it is a damaged store") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ToolkitError(f"{path} was not written by `prism record` (no {FORMAT!r} marker): choose another output directory")
+    return manifest
+
+
+def _delete_store_files(out_dir: Path) -> None:
+    """Delete what a recording writes in ``out_dir`` (shards, manifest, rank progress and partial files), nothing
+    else: the folder itself stays when it holds anything of anyone else's."""
+    for pattern in ("shard_[0-9][0-9][0-9][0-9][0-9].safetensors", ".shard_*.partial", rank_progress_name("*"), ".manifest*.partial", MANIFEST):
+        for path in out_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
 
 
 def _interrupted_ranks(out_dir: Path) -> list[dict]:

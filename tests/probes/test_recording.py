@@ -141,3 +141,27 @@ def test_a_directory_that_is_not_a_store_is_left_alone(tiny, tmp_path):
         with pytest.raises(ToolkitError, match="not an activation store"):
             record_activations(bridge, tokenizer, _prompts(tokenizer)[:1], tmp_path / "s", overwrite=overwrite, progress=False)
         assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_deletes_nothing_but_a_store_the_toolkit_wrote(tiny, tmp_path):
+    """--overwrite on a folder whose manifest.json is anyone's own file: refused, every file intact."""
+    bridge, tokenizer = tiny
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"shipping": "crates"}')
+    (folder / "thesis.tex").write_text("chapter 1")
+    before = _digest(folder)
+    with pytest.raises(ToolkitError, match="not written by `prism record`") as caught:
+        record_activations(bridge, tokenizer, _prompts(tokenizer)[:1], folder, overwrite=True, progress=False)
+    assert "\n" not in str(caught.value) and _digest(folder) == before
+
+
+def test_overwrite_replaces_the_store_and_keeps_other_files_beside_it(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    prompts = _prompts(tokenizer)[:3]
+    record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False)
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    replaced = record_activations(bridge, tokenizer, prompts[:1], tmp_path / "s", hooks=["blocks.1.hook_out"], overwrite=True,
+                                  progress=False)
+    assert replaced.hooks == ["blocks.1.hook_out"] and (tmp_path / "s" / "notes.txt").read_text() == "mine"
+    assert sorted(path.name for path in (tmp_path / "s").glob("shard_*")) == ["shard_00000.safetensors"]

@@ -61,8 +61,7 @@ class Routed:
                  decisions: Mapping[tuple[int, ...], bool] | None = None) -> None:
         if (adapter is None) == (steering is None):
             raise ToolkitError("route to exactly one of an adapter or a steering vector")
-        if not 0 <= gate.layer < model.cfg.n_layers:
-            raise ToolkitError(f"the gate reads block {gate.layer}, but this model has {model.cfg.n_layers} blocks")
+        check_gate_fits(model, gate)
         if steering is not None and not gate.layer < steering[0] < model.cfg.n_layers:
             raise ToolkitError(f"steering after block {steering[0]} must come after the gate's block {gate.layer}")
         self.model, self.gate, self.adapter, self.steering = model, gate, adapter, steering
@@ -183,6 +182,18 @@ def _block_of(module_name: str) -> int:
     return int(head) if head.isdigit() else -1
 
 
+def check_gate_fits(model, gate: Gate) -> None:
+    """One line when ``gate`` cannot read ``model``: a block the model lacks, or a width other than its residual's
+    (a gate trained on another model)."""
+    if not 0 <= gate.layer < model.cfg.n_layers:
+        raise ToolkitError(f"the gate reads block {gate.layer}, but this model has {model.cfg.n_layers} blocks")
+    width = next(iter(gate.tensors[name].shape[0] for name in ("weight", "mean") if name in gate.tensors))
+    if width != model.cfg.d_model:
+        trained_on = gate.metadata.get("model", "another model")
+        raise ToolkitError(f"the gate reads {width}-wide residuals (trained on {trained_on}), but this model's are "
+                           f"{model.cfg.d_model} wide: use the gate trained on this model")
+
+
 def route_probabilities(model, tokenizer, gate: Gate, queries: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
     """Gate probabilities from a partial forward pass that stops after the gate's block.
 
@@ -203,6 +214,7 @@ def route_probabilities(model, tokenizer, gate: Gate, queries: Sequence[str], *,
     """
     import tempfile
 
+    check_gate_fits(model, gate)
     with tempfile.TemporaryDirectory() as scratch:
         x = gate_features(model, tokenizer, queries, [gate.layer], gate.position, scratch, batch_size=batch_size,
                           progress=False)[gate.layer]

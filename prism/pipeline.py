@@ -65,7 +65,9 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
             ``run_bootstrap`` refuses (an unknown persona, no usable query, ...).
     """
     out = Path(out)
-    model, tokenizer = _load(_model_for(out, model_name, create=True), device, dtype, device_map)
+    name = _model_for(out, model_name, create=True)
+    model, tokenizer = _load(name, device, dtype, device_map)
+    PrismDirectory(out).record_model(name)  # only a model that loaded claims the directory
     samples = run_bootstrap(out, model, tokenizer, config=config, personas=personas, progress=progress)
     return BootstrapSummary.from_record(summarise(samples, config.seed))
 

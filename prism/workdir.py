@@ -70,7 +70,8 @@ class PrismDirectory:
 
         Args:
             requested: the model the caller asks for (None: whichever is recorded).
-            create: record ``requested`` (or ``default``) if the directory has no model yet.
+            create: a directory with no model yet gives ``requested`` (or ``default``); ``record_model`` writes it
+                down once the model has loaded, so a model that fails to load never claims the directory.
 
         Returns:
             the recorded model name; a different ``requested`` one is refused.
@@ -80,11 +81,15 @@ class PrismDirectory:
             if not create:
                 raise ToolkitError(f"{self.root} is not a PRISM directory (no {self.manifest.name}): "
                                    f"run `prism bootstrap --out {self.root}` first")
-            write_json(self.manifest, {"model": requested or "default"})
             return requested or "default"
         if requested is not None and requested != recorded:
             raise ToolkitError(f"{self.root} was bootstrapped with model {recorded!r}, not {requested!r}: use another --out")
         return recorded
+
+    def record_model(self, name: str) -> None:
+        """Write ``name`` down as the directory's model (``prism.json``), unless one is recorded already."""
+        if not self.manifest.is_file():
+            write_json(self.manifest, {"model": name})
 
     # --- the layout: every file and folder, relative to the root -------------------------------
     # prism bootstrap

@@ -37,6 +37,8 @@ def test_the_directory_records_its_model_and_refuses_another(tmp_path):
     with pytest.raises(ToolkitError, match="not a PRISM directory"):
         work.model_name()
     assert work.model_name("tiny", create=True) == "tiny"
+    assert not work.manifest.exists()  # nothing is claimed before the model has loaded
+    work.record_model("tiny")
     assert json.loads(work.manifest.read_text()) == {"model": "tiny"}
     assert work.model_name() == work.model_name("tiny") == "tiny"
     with pytest.raises(ToolkitError, match="bootstrapped with model 'tiny', not 'default'"):

@@ -41,20 +41,23 @@ HELD_OUT_SHARE = 0.25
 
 
 def held_out_samples(samples: Sequence[Sample], share: float = HELD_OUT_SHARE, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-    """(training, held out): about ``share`` of each persona's samples held out, drawn with ``seed``, at least one
-    training sample per persona; nothing is held out when fewer than two samples remain for training."""
+    """(training, held out): ``round(share * n)`` samples held out, taken in turn from the personas (in a seeded
+    order, each persona's own drawn with ``seed``), never a persona's last one; nothing is held out from fewer
+    than four samples."""
+    rng = random.Random(seed)
     by_persona: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         by_persona[sample.persona].append(sample)
+    pools = {persona: rng.sample(group, len(group)) for persona, group in sorted(by_persona.items())}
+    order = sorted(pools)
+    rng.shuffle(order)
+    target = round(share * len(samples)) if len(samples) >= 4 else 0
     held: set[str] = set()
-    rng = random.Random(seed)
-    for persona, group in sorted(by_persona.items()):
-        count = min(round(len(group) * share), len(group) - 1)
-        held.update(sample.id for sample in rng.sample(group, count))
-    training = [sample for sample in samples if sample.id not in held]
-    if len(training) < 2 or not held:
-        return list(samples), []
-    return training, [sample for sample in samples if sample.id in held]
+    while len(held) < target and any(len(pools[persona]) > 1 for persona in order):
+        for persona in order:
+            if len(held) < target and len(pools[persona]) > 1:
+                held.add(pools[persona].pop().id)
+    return [s for s in samples if s.id not in held], [s for s in samples if s.id in held]
 
 
 def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,

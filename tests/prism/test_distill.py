@@ -172,4 +172,7 @@ def test_held_out_samples_keep_a_share_of_each_persona_and_training_for_every_pe
     assert sorted(s.persona for s in held) == ["math", "math", "writing", "writing"]
     assert {s.persona for s in training} == {"math", "writing", "coding"}
     assert held_out_samples(samples, 0.25, seed=3) == (training, held)
-    assert held_out_samples(samples[:2], 0.25) == (samples[:2], [])
+    assert held_out_samples(samples[:3], 0.25) == (samples[:3], [])
+    pairs = [Sample(f"{p}-{i}", p, "q", "a", "b", True, True, (1.0, 1.0)) for p in "abcdefghijkl" for i in range(2)]
+    training, held = held_out_samples(pairs, 0.25)
+    assert len(held) == 6 and len({s.persona for s in held}) == 6

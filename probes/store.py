@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 from jaxtyping import Float
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from probes.core.errors import ToolkitError
@@ -95,7 +96,15 @@ class ActivationStore:
             raise ToolkitError(f"hook {hook!r} was not recorded in {self.path}; recorded: {', '.join(self.hooks[:4])}, ...")
         if not self.complete:
             raise ToolkitError(f"{self.path} is unfinished: run the same `prism record` again to resume it")
-        return torch.cat([load_file(self.path / shard["file"])[hook] for shard in self.manifest["shards"]])
+        return torch.cat([self._shard(shard["file"])[hook] for shard in self.manifest["shards"]])
+
+    def _shard(self, name: str) -> dict[str, torch.Tensor]:
+        """One shard's tensors; a missing or damaged shard in one line."""
+        try:
+            return load_file(self.path / name)
+        except (OSError, SafetensorError) as error:
+            raise ToolkitError(f"{self.path / name} is damaged ({error}): delete it and run the same `prism record` again, "
+                               "which records that shard anew") from None
 
     def offsets(self) -> torch.Tensor:
         """For positions="all": row offsets of each prompt in ``load(hook)``.
@@ -144,10 +153,23 @@ def resume_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
                 f"{out_dir} already holds a recording with different {key}: use another output directory or --overwrite"
             )
     listed = list(existing.get("shards", [])) + _interrupted_ranks(out_dir)
-    kept = [shard for shard in {shard["file"]: shard for shard in listed}.values() if (out_dir / shard["file"]).is_file()]
+    kept = [shard for shard in {shard["file"]: shard for shard in listed}.values()
+            if _shard_intact(out_dir / shard["file"], manifest["hooks"])]
     manifest["shards"] = sorted(kept, key=lambda shard: shard["start"])
     n_shards = -(-len(manifest["prompts"]) // manifest["shard_size"])
     manifest["complete"] = len(kept) == n_shards
+
+
+def _shard_intact(path: Path, hooks: Sequence[str]) -> bool:
+    """Whether a finished shard's file is whole (safetensors checks that its data covers the header's tensors) and
+    holds every hook with the same rows; its tensors are not read. A cut or damaged shard is recorded again."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            if not set(hooks) <= set(handle.keys()):
+                return False
+            return len({handle.get_slice(hook).get_shape()[0] for hook in hooks}) == 1
+    except (OSError, SafetensorError):
+        return False
 
 
 def _store_manifest(path: Path) -> dict:

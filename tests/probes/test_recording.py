@@ -165,3 +165,17 @@ def test_overwrite_replaces_the_store_and_keeps_other_files_beside_it(tiny, tmp_
                                   progress=False)
     assert replaced.hooks == ["blocks.1.hook_out"] and (tmp_path / "s" / "notes.txt").read_text() == "mine"
     assert sorted(path.name for path in (tmp_path / "s").glob("shard_*")) == ["shard_00000.safetensors"]
+
+
+def test_a_damaged_shard_is_recorded_again_on_resume_and_reading_one_fails_in_one_line(tiny, tmp_path):
+    bridge, tokenizer = tiny
+    prompts = _prompts(tokenizer)[:3]
+    store = record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False)
+    whole = store.load("blocks.0.hook_out")
+    damaged = tmp_path / "s" / "shard_00001.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-40])
+    with pytest.raises(ToolkitError, match="shard_00001.safetensors is damaged") as caught:
+        store.load("blocks.0.hook_out")
+    assert "\n" not in str(caught.value)
+    resumed = record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False)
+    assert torch.equal(resumed.load("blocks.0.hook_out"), whole)

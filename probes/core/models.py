@@ -173,7 +173,7 @@ def model_slug(name: str) -> str:
     if name == DEFAULT_MODEL:
         return "smollm2-135m-instruct"
     stem = Path(name).name if name.endswith(".gguf") or Path(name).expanduser().is_dir() else name
-    return re.sub(r"[^a-z0-9.]+", "-", stem.lower().removesuffix(".gguf")).strip("-") or "model"
+    return re.sub(r"[^a-z0-9.]+", "-", stem.lower().removesuffix(".gguf")).strip("-.") or "model"  # never '..'
 
 
 def resolve_model_directory(name: str) -> tuple[str, str]:

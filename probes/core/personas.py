@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
@@ -67,6 +68,8 @@ def load_personas(path: str | Path) -> dict[str, Persona]:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ToolkitError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from error
+    except UnicodeDecodeError as error:
+        raise ToolkitError(f"{path}: not UTF-8 text (byte {error.start}): save the file as UTF-8") from None
     return _parse(payload, origin=str(path))
 
 
@@ -108,6 +111,15 @@ def get_persona(name: str, library: Mapping[str, Persona] | None = None) -> Pers
     return library[name]
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def _category(value: object, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ToolkitError(f"{where}: 'category' must be a string (an MT-Bench category) or null, got {type(value).__name__}")
+    return value
+
+
 def _parse(payload: object, origin: str) -> dict[str, Persona]:
     entries = payload.get("personas") if isinstance(payload, dict) else None
     if not isinstance(entries, list) or not entries:
@@ -122,6 +134,9 @@ def _parse(payload: object, origin: str) -> dict[str, Persona]:
             raise ToolkitError(f"{where} has no 'name'")
         if name in ("none", "random") or name in library:
             raise ToolkitError(f"{where}: name {name!r} is reserved or repeated")
+        if not NAME.fullmatch(name):  # names become file and folder names
+            raise ToolkitError(f"{where}: name {name!r} may hold only letters, digits, '_' and '-' (at most 64, "
+                               "starting with a letter or digit)")
         texts = {length: entry[length] for length in LENGTHS if length in entry}
         if not texts:
             raise ToolkitError(f"{where} ({name}) has none of the texts {', '.join(LENGTHS)}")
@@ -131,7 +146,7 @@ def _parse(payload: object, origin: str) -> dict[str, Persona]:
         library[name] = Persona(
             name=name,
             texts={length: text.strip() for length, text in texts.items()},
-            category=entry.get("category"),
+            category=_category(entry.get("category"), where),
             kind=entry.get("kind", "domain"),
             source=origin,
         )

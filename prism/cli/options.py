@@ -63,7 +63,18 @@ def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> No
 
 def add_batch_size(parser: argparse.ArgumentParser, default: int = 8) -> None:
     """``--batch-size``: prompts per forward pass."""
-    parser.add_argument("--batch-size", type=int, default=default, help=f"prompts per forward pass (default: {default})")
+    parser.add_argument("--batch-size", type=positive_int, default=default, help=f"prompts per forward pass (default: {default})")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse turns the error into one usage line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1: give 1 or more")
+    return value
 
 
 def add_out(parser: argparse.ArgumentParser, help: str, default: Path | None = None, *, required: bool = False,

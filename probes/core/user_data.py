@@ -29,7 +29,16 @@ def load_user_file(path: str | Path) -> list[Item]:
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"no dataset file at {path}: check the path")
-    rows = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
+    try:
+        rows = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+            line = 0
+        except UnicodeDecodeError as whole:  # the offset in the whole file (a reader's is within its chunk)
+            line = data[: whole.start].count(b"\n") + 1
+        raise ToolkitError(f"{path}: line {line} is not UTF-8 text: save the file as UTF-8") from None
     items = [_user_item(row, line, path) for line, row in rows]
     if not items:
         raise ToolkitError(f"{path}: no items found; the file is empty")
@@ -89,6 +98,8 @@ def _user_item(row: dict, line: int, path: Path) -> Item:
     if choices is not None:
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
             raise ToolkitError(f"{where}: 'choices' must be a list of at least two non-empty strings")
+        if len(choices) > len(LETTERS):
+            raise ToolkitError(f"{where}: {len(choices)} choices; at most {len(LETTERS)} (letters A-{LETTERS[-1]})")
         answer = _answer_index(answer, choices, where)
     elif answer is not None:
         raise ToolkitError(f"{where}: 'answer' given without 'choices'")

@@ -79,12 +79,22 @@ def test_user_jsonl_and_csv(tmp_path):
         ('{"prompt": "q", "answer": 1}\n', "'answer' given without 'choices'"),
         ('{"id": 1, "prompt": "q"}\n{"id": 1, "prompt": "r"}\n', "appears twice"),
         ("", "no items found"),
+        ('{"prompt": "q", "choices": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"], "answer": 0}\n', "11 choices; at most 10"),
     ],
 )
 def test_malformed_user_files_give_one_line_with_the_place(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     with pytest.raises(ToolkitError, match=message) as caught:
+        load_dataset(str(path))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_data_file_that_is_not_utf8_gives_one_line(tmp_path, suffix):
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes(('{"prompt": "caf\u00e9?"}\n' if suffix == ".jsonl" else "prompt\ncaf\u00e9?\n").encode("latin-1"))
+    with pytest.raises(ToolkitError, match="not UTF-8") as caught:
         load_dataset(str(path))
     assert "\n" not in str(caught.value)
 

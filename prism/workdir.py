@@ -76,7 +76,7 @@ class PrismDirectory:
         Returns:
             the recorded model name; a different ``requested`` one is refused.
         """
-        recorded = json.loads(self.manifest.read_text(encoding="utf-8"))["model"] if self.manifest.is_file() else None
+        recorded = self._recorded_model() if self.manifest.is_file() else None
         if recorded is None:
             if not create:
                 raise ToolkitError(f"{self.root} is not a PRISM directory (no {self.manifest.name}): "
@@ -84,6 +84,17 @@ class PrismDirectory:
             return requested or "default"
         if requested is not None and requested != recorded:
             raise ToolkitError(f"{self.root} was bootstrapped with model {recorded!r}, not {requested!r}: use another --out")
+        return recorded
+
+    def _recorded_model(self) -> str:
+        """The model ``prism.json`` names; a damaged file in one line."""
+        try:
+            recorded = json.loads(self.manifest.read_text(encoding="utf-8")).get("model")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            recorded = None
+        if not isinstance(recorded, str) or not recorded:
+            raise ToolkitError(f"{self.manifest} is damaged (no model name in it): write {{\"model\": \"<the model's name>\"}} "
+                               "into it, or use another --out")
         return recorded
 
     def record_model(self, name: str) -> None:

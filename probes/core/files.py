@@ -149,7 +149,13 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ToolkitError(f"{path} is not a readable safetensors file ({error})") from error
     if raw is None:
         raise ToolkitError(f"{path} carries no toolkit metadata: save it with probes.core.files.save_tensors")
-    return tensors, json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise ToolkitError(f"{path} has damaged toolkit metadata (not a JSON object): save it again with the toolkit")
+    return tensors, metadata
 
 
 def figure_format(path: str | Path) -> str:

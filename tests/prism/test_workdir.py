@@ -60,3 +60,15 @@ def test_the_comparison_samples_the_registered_tasks():
     for dataset in DATASETS:
         assert items[dataset] == TASKS[dataset].load_items(getattr(plan, dataset), 0)
     assert {item.subcategory for item in items["harmbench"]} == {"standard"}
+
+
+@pytest.mark.parametrize("content", ['{"model": "tiny"', "[]", '{"model": 3}', b"\xff\xfe"])
+def test_a_damaged_prism_json_fails_in_one_line(tmp_path, content):
+    work = PrismDirectory(tmp_path)
+    if isinstance(content, bytes):
+        work.manifest.write_bytes(content)
+    else:
+        work.manifest.write_text(content)
+    with pytest.raises(ToolkitError, match="prism.json is damaged") as caught:
+        work.model_name("tiny", create=True)
+    assert "\n" not in str(caught.value)

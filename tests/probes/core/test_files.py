@@ -5,10 +5,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from probes.core.errors import ToolkitError  # noqa: E402
-from probes.core.files import figure_format, save_figure  # noqa: E402
+from probes.core.files import METADATA_KEY, figure_format, load_tensors, save_figure  # noqa: E402
 
 
 def _figure(title: str = "persona effect"):
@@ -66,3 +68,11 @@ def test_a_figure_that_fails_to_draw_replaces_neither_file(tmp_path):
         save_figure(broken, tmp_path / "fig.png")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no partial files either
     assert not plt.fignum_exists(broken.number)
+
+
+def test_tensors_whose_toolkit_metadata_is_not_json_fail_in_one_line(tmp_path):
+    path = tmp_path / "probe.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={METADATA_KEY: "{not json"})
+    with pytest.raises(ToolkitError, match="damaged toolkit metadata") as caught:
+        load_tensors(path)
+    assert "\n" not in str(caught.value)

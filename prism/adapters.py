@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probes.core.errors import ToolkitError
-from probes.core.files import atomic_path, write_json
+from probes.core.files import atomic_path, write_json, write_record
 
 __all__ = ["active_adapter", "adapter_layers", "attach_adapter", "json_ready", "load_adapter", "lora_modules", "save_adapter"]
 
@@ -157,7 +157,7 @@ def save_adapter(model, name: str, directory: str | Path, peft_config: dict, tra
         save_file(plain, str(partial), metadata={"format": "pt"})
     write_json(directory / ADAPTER_CONFIG, json_ready(peft_config))
     if training is not None:
-        write_json(directory / TRAINING_FILE, training)
+        write_record(directory / TRAINING_FILE, training)
     return directory
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probes.core.errors import ToolkitError
-from probes.core.files import write_json
+from probes.core.files import write_record
 
 __all__ = ["PrismDirectory"]
 
@@ -80,7 +80,7 @@ class PrismDirectory:
             if not create:
                 raise ToolkitError(f"{self.root} is not a PRISM directory (no {self.manifest.name}): "
                                    f"run `prism bootstrap --out {self.root}` first")
-            write_json(self.manifest, {"model": requested or "default"})
+            write_record(self.manifest, {"model": requested or "default"})
             return requested or "default"
         if requested is not None and requested != recorded:
             raise ToolkitError(f"{self.root} was bootstrapped with model {recorded!r}, not {requested!r}: use another --out")

@@ -19,6 +19,7 @@ from importlib import import_module
 from typing import Iterator, Sequence
 
 from prism.cli.command import Command
+from probes.core.commandline import running_command
 from probes.core.errors import ToolkitError
 
 DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routing."
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(data-parallel commands: {shared})", file=sys.stderr)
         return 2
     try:
-        with _speaking(rank == "0"):
+        with _speaking(rank == "0"), running_command(["prism", *argv]):  # records give the command line, masked
             command = load_command(args.command)
             for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
                 check(args)

@@ -23,6 +23,7 @@ from prism import pipeline
 from prism.compare import COMPARE_BUDGETS, CompareBudget
 from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
+from probes.core.files import load_tensors
 from probes.core.parallel import World
 
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -151,3 +152,15 @@ def test_bootstrap_and_compare_under_torchrun_give_the_samples_and_table_of_one_
     summary = json.loads((one / "work" / "compare" / "summary.json").read_text())
     assert summary == json.loads((three / "work" / "compare" / "summary.json").read_text())
     assert summary["provenance"]["command"] == ["prism", *compare]
+    work = one / "work"
+    blocks = {path.relative_to(work).as_posix(): json.loads(path.read_text())["provenance"]
+              for path in [work / "prism.json", work / "bootstrap" / "summary.json", work / "train.json",
+                           work / "baselines" / "self_classify.json", *work.glob("adapters/*/training.json")]}
+    blocks.update({path.relative_to(work).as_posix(): load_tensors(path)[1]["provenance"]
+                   for path in [work / "gate" / "gate.safetensors", work / "steering.safetensors",
+                                work / "baselines" / "embedding.safetensors"]})
+    assert len(blocks) == 9 and blocks["bootstrap/summary.json"]["command"] == ["prism", *bootstrap]
+    assert "model" not in blocks.pop("prism.json")  # written before the model loads, to refuse another model at once
+    for name, block in blocks.items():
+        assert block["model"]["name"] == tiny_llama_directory and block["model"]["revision"].startswith("sha256:"), name
+        assert block["model"]["dtype"] == "float32" and block["packages"]["peft"], name

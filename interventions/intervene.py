@@ -19,7 +19,7 @@ from interventions.summary import InterventionSummary
 from probes.core.batching import right_pad
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
-from probes.core.files import write_table, write_text
+from probes.core.files import write_record, write_table, write_text
 from probes.core.models import load_model
 from probes.core.prompts import Condition
 from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
@@ -138,7 +138,7 @@ def run_interventions(
     summary.update(steering_layer=steer_layer, natural_scale=natural, steering=steering, ablation=ablation)
     figures = write_figures(out, patching, steering, ablation, curves, attention, refusal)
     write_report(out, summary, patching, steering, ablation, curves, figures)
-    write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    write_record(out / "summary.json", summary)
     return InterventionSummary.from_record(out, summary)
 
 

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probes.core.errors import ToolkitError
-from probes.core.files import atomic_path, write_json
+from probes.core.files import atomic_path, write_json, write_record
 
 __all__ = ["active_adapter", "adapter_layers", "attach_adapter", "base_model_name", "json_ready", "load_adapter", "lora_modules",
            "save_adapter"]
@@ -165,7 +165,7 @@ def save_adapter(model, name: str, directory: str | Path, peft_config: dict, tra
     config.update(base_model_name_or_path=base_model_name(model), task_type=config.get("task_type") or TASK_TYPE)
     write_json(directory / ADAPTER_CONFIG, config)
     if training is not None:
-        write_json(directory / TRAINING_FILE, training)
+        write_record(directory / TRAINING_FILE, training)
     return directory
 
 

@@ -16,7 +16,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from figures import prism as plots
 from prism.workdir import PrismDirectory
-from probes.core.files import save_figure, write_json, write_table, write_text
+from probes.core.files import save_figure, write_record, write_table, write_text
 from probes.core.stats import (
     Estimate,
     bootstrap_correlation,
@@ -46,7 +46,7 @@ def write_outputs(work: PrismDirectory, summary: dict, plan) -> None:
     write_table(work.category_routing, summary["categories"])
     figures = _figures(work, summary)
     _report(work, summary, plan, figures)
-    write_json(work.compare_summary, {k: v for k, v in summary.items() if k != "categories"})
+    write_record(work.compare_summary, {k: v for k, v in summary.items() if k != "categories"})
 
 
 def _values(rows: list[dict], dataset: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
-from probes.core.files import write_json, write_table, write_text
+from probes.core.files import write_record, write_table, write_text
 from probes.core.stats import bootstrap_mean
 
 __all__ = ["VERDICT_RULES", "Sample", "load_samples", "summarise", "write_samples"]
@@ -64,7 +64,7 @@ def write_samples(work: PrismDirectory, samples: Sequence[Sample], facts: Mappin
     per-persona win-rate table into ``work``'s bootstrap folder."""
     write_text(work.samples, "".join(json.dumps({**asdict(s), "label": s.label}, ensure_ascii=False) + "\n" for s in samples))
     summary = summarise(samples)
-    write_json(work.bootstrap_summary, {**facts, **summary})
+    write_record(work.bootstrap_summary, {**facts, **summary})
     write_table(work.win_rates, summary["by_persona"])
 
 

@@ -54,7 +54,7 @@ from prism.unseen import BASE_LIMIT, PERSONA_LIMIT, choose_read_out, evaluate, l
 from prism.workdir import PrismDirectory
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
-from probes.core.files import save_figure, save_tensors, write_json, write_table
+from probes.core.files import save_figure, save_tensors, write_record, write_table
 from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
 from probes.intents import ALL_SOURCES, LabelledQuery, intent_queries
@@ -217,7 +217,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                              "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples]))},
         "adapters": adapters, "steering": {"layer": steering_layer, "norm": float(vector.norm())},
     }
-    write_json(work.train_summary, summary)
+    write_record(work.train_summary, summary)
     return summary
 
 
@@ -241,7 +241,7 @@ def _routers(model, tokenizer, labelled: LabelledPrompts, gate_result: dict, fea
                                          for name in dict.fromkeys(sources)]))  # a forward pass of a long prompt each
     asked = SelfClassifyRouter(model, tokenizer).scores([labelled.queries[i] for i in asked_rows])
     results["self_classify"] = evaluate(lambda train, test: asked[test], y[asked_rows], [sources[i] for i in asked_rows], seed=seed)
-    write_json(work.self_classify, {"threshold": results["self_classify"]["threshold"], "labels": labelled.source})
+    write_record(work.self_classify, {"threshold": results["self_classify"]["threshold"], "labels": labelled.source})
     length = np.log(np.asarray(lengths, dtype=float))[:, None]
     results["length_only"] = evaluate(logistic_scorer(length, y, seed=seed), y, sources, seed=seed)
     shuffled = np.random.default_rng(seed).permutation(y)  # the shuffled-label control

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probes.core.errors import ToolkitError
-from probes.core.files import write_json
+from probes.core.files import write_record
 
 __all__ = ["PrismDirectory"]
 
@@ -100,7 +100,7 @@ class PrismDirectory:
     def record_model(self, name: str) -> None:
         """Write ``name`` down as the directory's model (``prism.json``), unless one is recorded already."""
         if not self.manifest.is_file():
-            write_json(self.manifest, {"model": name})
+            write_record(self.manifest, {"model": name})
 
     # --- the layout: every file and folder, relative to the root -------------------------------
     # prism bootstrap

@@ -25,6 +25,7 @@ from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json
 from probes.core.parallel import World
 from probes.core.prompts import RenderedPrompt, encode
+from probes.core.provenance import provenance
 from probes.store import (
     FORMAT,
     MANIFEST,
@@ -175,11 +176,12 @@ def record_activations(
         "shard_size": shard_size,
         "metadata": metadata or {},
         "prompts": [
-            {"index": index, "sha256": prompt.sha256, "n_tokens": len(ids), **prompt.metadata()}
+            {"index": index, "sha256": prompt.sha256, "text": prompt.text, "n_tokens": len(ids), **prompt.metadata()}
             for index, (prompt, ids) in enumerate(zip(prompts, encoded))
         ],
         "shards": [],
         "complete": False,
+        "provenance": provenance(model.cfg.model_name),  # what made the store (probes.core.provenance)
     }
     group = world
 

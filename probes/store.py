@@ -2,7 +2,8 @@
 
 Layout of a store directory::
 
-    manifest.json            model, hooks, positions, one entry per prompt, finished shards
+    manifest.json            model, hooks, positions, one entry per prompt (its text and SHA-256),
+                             finished shards, and what made the store (``provenance``)
     shard_00000.safetensors  one tensor per hook for prompts [0, shard_size), ...
 
 With ``positions`` "last" or "mean" a hook's tensor is ``[n_prompts_in_shard, d]``. With "all" it
@@ -148,7 +149,7 @@ def resume_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
         _delete_store_files(out_dir)
         return
     for key in ("model", "hooks", "positions", "shard_size", "prompts", "metadata"):
-        if existing.get(key) != manifest[key]:
+        if _comparable(key, existing.get(key)) != _comparable(key, manifest[key]):
             raise ToolkitError(
                 f"{out_dir} already holds a recording with different {key}: use another output directory or --overwrite"
             )
@@ -191,6 +192,15 @@ def _delete_store_files(out_dir: Path) -> None:
         for path in out_dir.glob(pattern):
             if path.is_file():
                 path.unlink()
+
+
+def _comparable(key: str, value):
+    """A manifest field as a resumed recording must match it: prompts by their hash (stores recorded before the
+    manifest kept each prompt's text have none)."""
+    if key != "prompts" or not isinstance(value, list):
+        return value
+    return [{name: field for name, field in prompt.items() if name != "text"} if isinstance(prompt, dict) else prompt
+            for prompt in value]
 
 
 def _interrupted_ranks(out_dir: Path) -> list[dict]:

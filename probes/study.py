@@ -19,7 +19,6 @@ The module is longer than 300 lines only because of ``run_probe_study``'s API do
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
-from probes.core.files import save_tensors, write_table, write_text
+from probes.core.files import save_tensors, write_record, write_table
 from probes.core.models import load_model
 from probes.core.parallel import World, world
 from probes.core.personas import LENGTHS, builtin_personas
@@ -253,7 +252,7 @@ def _analyse(out: Path, stores, queries, chosen, conditions, hooks, kinds, meta,
     summary["personas"] = persona["summary"]
 
     write_probe_report(out, rows, persona, activations, queries, persona_set, directions_by_position, hooks, summary)
-    write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    write_record(out / "summary.json", summary)
     return summary
 
 

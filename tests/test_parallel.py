@@ -2,6 +2,8 @@
 
 Both sides run with one thread per process (``OMP_NUM_THREADS=1``, what torchrun sets), so the
 numbers are bit-identical; with more threads a single process differs only by float rounding.
+Both run the same command line, each in a folder of its own: records say which command made
+them (their ``provenance``), so a run with another ``--out`` writes another record.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from prism import pipeline
 from prism.compare import COMPARE_BUDGETS, CompareBudget
 from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
+from probes.core.files import load_tensors
 from probes.core.parallel import World
 
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -64,20 +67,33 @@ def test_a_ledger_reads_every_rank_file_and_merge_folds_them_into_one(tmp_path):
     assert [line["key"] for line in lines] == ["a", "b", "c"]  # each record once, in rank order
 
 
+def folders(tmp_path: Path, *names: str) -> list[Path]:
+    """Fresh working folders, one per run of the same command line."""
+    made = [tmp_path / name for name in names]
+    for folder in made:
+        folder.mkdir()
+    return made
+
+
 @pytest.mark.parametrize("processes", [2])
 def test_record_under_torchrun_writes_the_store_of_one_process(tmp_path, tiny_llama_directory, processes):
-    arguments = ["record", "--model", tiny_llama_directory, "--dataset", "capitals", "-n", "10", "--shard-size", "3"]
-    alone = prism(*arguments, "--out", "alone", cwd=tmp_path)
-    together = prism(*arguments, "--out", "together", processes=processes, cwd=tmp_path)
+    arguments = ["record", "--model", tiny_llama_directory, "--dataset", "capitals", "-n", "10", "--shard-size", "3",
+                 "--out", "store"]
+    one, two = folders(tmp_path, "alone", "together")
+    alone = prism(*arguments, cwd=one)
+    together = prism(*arguments, processes=processes, cwd=two)
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert together.returncode == 0, together.stderr[-2000:]
     assert together.stdout.count("recorded 10 prompts") == 1  # rank 0 speaks for the run
-    files = sorted(path.name for path in (tmp_path / "alone").iterdir())
-    assert files == sorted(path.name for path in (tmp_path / "together").iterdir())  # no rank files left
+    files = sorted(path.name for path in (one / "store").iterdir())
+    assert files == sorted(path.name for path in (two / "store").iterdir())  # no rank files left
     assert len([name for name in files if name.startswith("shard_")]) == 4
     for name in files:
-        assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "together" / name).read_bytes(), name
-    assert load_file(tmp_path / "together" / "shard_00003.safetensors")["blocks.2.hook_out"].shape == (1, 64)
+        assert (one / "store" / name).read_bytes() == (two / "store" / name).read_bytes(), name
+    assert load_file(two / "store" / "shard_00003.safetensors")["blocks.2.hook_out"].shape == (1, 64)
+    made_by = json.loads((two / "store" / "manifest.json").read_text())["provenance"]
+    assert made_by["command"] == ["prism", *arguments]  # torchrun's rank 0 records the command of one process
+    assert made_by["model"]["name"] == tiny_llama_directory and made_by["model"]["device"] == "cpu"
 
 
 def test_study_under_torchrun_gives_the_effects_of_one_process(tmp_path, tiny_llama_directory):
@@ -108,28 +124,43 @@ def test_a_failing_rank_stops_every_rank_with_one_line_instead_of_hanging(tmp_pa
 
 def test_bootstrap_and_compare_under_torchrun_give_the_samples_and_table_of_one_process(tmp_path, tiny_llama_directory):
     bootstrap = ["bootstrap", "--model", tiny_llama_directory, "--personas", "math,writing,critic",
-                 "--queries-per-persona", "3", "--answer-tokens", "8", "--batch-size", "2"]
-    alone = prism(*bootstrap, "--out", "alone", cwd=tmp_path)
-    together = prism(*bootstrap, "--out", "together", processes=2, cwd=tmp_path)
+                 "--queries-per-persona", "3", "--answer-tokens", "8", "--batch-size", "2", "--out", "work"]
+    one, two, three = folders(tmp_path, "alone", "together", "trained")
+    alone = prism(*bootstrap, cwd=one)
+    together = prism(*bootstrap, processes=2, cwd=two)
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert together.returncode == 0, together.stderr[-2000:]
     for name in ("samples.jsonl", "summary.json", "win_rates.csv"):
-        assert (tmp_path / "alone" / "bootstrap" / name).read_bytes() == (tmp_path / "together" / "bootstrap" / name).read_bytes()
-    assert sorted(path.name for path in (tmp_path / "together" / "bootstrap").glob("*.jsonl*")) == ["ledger.jsonl", "samples.jsonl"]
+        assert (one / "work" / "bootstrap" / name).read_bytes() == (two / "work" / "bootstrap" / name).read_bytes()
+    assert sorted(path.name for path in (two / "work" / "bootstrap").glob("*.jsonl*")) == ["ledger.jsonl", "samples.jsonl"]
 
     budget = CompareBudget(**COMPARE_BUDGETS["smoke"].__dict__)
-    pipeline.train(tmp_path / "alone", labels="intents", per_intent=12, compare_budget=budget, max_block=1,
+    pipeline.train(one / "work", labels="intents", per_intent=12, compare_budget=budget, max_block=1,
                    distill_config=DistillConfig(epochs=1), progress=False)
-    shutil.copytree(tmp_path / "alone", tmp_path / "trained")
-    alone = prism("compare", "--budget", "smoke", "--out", "alone", cwd=tmp_path)
-    together = prism("compare", "--budget", "smoke", "--out", "trained", processes=2, cwd=tmp_path)
+    shutil.copytree(one / "work", three / "work")
+    compare = ["compare", "--budget", "smoke", "--out", "work"]
+    alone = prism(*compare, cwd=one)
+    together = prism(*compare, processes=2, cwd=three)
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert together.returncode == 0, together.stderr[-2000:]
     assert together.stdout.count("PRISM") == alone.stdout.count("PRISM") > 0  # one table, printed by rank 0
-    cells = sorted(path.name for path in (tmp_path / "alone" / "compare" / "cells").iterdir())
+    cells = sorted(path.name for path in (one / "work" / "compare" / "cells").iterdir())
     assert len(cells) == 3 * len(pipeline.SYSTEMS)
     for name in cells:
-        assert (tmp_path / "alone" / "compare" / "cells" / name).read_bytes() == \
-            (tmp_path / "trained" / "compare" / "cells" / name).read_bytes(), name
-    assert json.loads((tmp_path / "alone" / "compare" / "summary.json").read_text()) == \
-        json.loads((tmp_path / "trained" / "compare" / "summary.json").read_text())
+        assert (one / "work" / "compare" / "cells" / name).read_bytes() == \
+            (three / "work" / "compare" / "cells" / name).read_bytes(), name
+    summary = json.loads((one / "work" / "compare" / "summary.json").read_text())
+    assert summary == json.loads((three / "work" / "compare" / "summary.json").read_text())
+    assert summary["provenance"]["command"] == ["prism", *compare]
+    work = one / "work"
+    blocks = {path.relative_to(work).as_posix(): json.loads(path.read_text())["provenance"]
+              for path in [work / "prism.json", work / "bootstrap" / "summary.json", work / "train.json",
+                           work / "baselines" / "self_classify.json", *work.glob("adapters/*/training.json")]}
+    blocks.update({path.relative_to(work).as_posix(): load_tensors(path)[1]["provenance"]
+                   for path in [work / "gate" / "gate.safetensors", work / "steering.safetensors",
+                                work / "baselines" / "embedding.safetensors"]})
+    assert len(blocks) == 9 and blocks["bootstrap/summary.json"]["command"] == ["prism", *bootstrap]
+    assert "model" not in blocks.pop("prism.json")  # written before the model loads, to refuse another model at once
+    for name, block in blocks.items():
+        assert block["model"]["name"] == tiny_llama_directory and block["model"]["revision"].startswith("sha256:"), name
+        assert block["model"]["dtype"] == "float32" and block["packages"]["peft"], name

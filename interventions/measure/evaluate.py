@@ -61,7 +61,8 @@ def evaluate(
 
     Returns:
         a JSON-ready dict: the settings, ``summary`` (mean, 95% CI, n), ``by_category`` and
-        per-item rows (``items``); multiple choice adds the chance level and the mean margin.
+        per-item rows (``items``: each with the rendered prompt and its SHA-256); multiple choice adds the chance
+        level and the mean margin.
 
     Raises:
         ToolkitError: no items, a mix of multiple-choice and open items, an unknown scoring mode or
@@ -93,7 +94,7 @@ def evaluate(
     metrics = [task.item_metrics(item, record) for item, record in zip(items, records)]
     rows = [
         {"id": item.id, "category": item.category, "persona": prompt.persona, "placement": prompt.placement,
-         "prompt_sha256": prompt.sha256, **_item_fields(task, item, record, values)}
+         "prompt_sha256": prompt.sha256, "prompt": prompt.text, **_item_fields(task, item, record, values)}
         for item, prompt, record, values in zip(items, prompts, records, metrics)
     ]
     if task.is_choice:

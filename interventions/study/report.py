@@ -19,7 +19,7 @@ from interventions.study.agreement import format_agreement
 from interventions.study.effects import BASELINE_LABEL, cell_table, effect_table, judge_consistency
 from interventions.study.findings import KNOWLEDGE_TASKS, across, find, findings, fmt
 from probes.core.errors import ToolkitError
-from probes.core.files import figure_format, save_figure, write_json, write_table, write_text
+from probes.core.files import figure_format, save_figure, write_record, write_table, write_text
 from probes.core.formats import DEFAULT_FORMAT, FORMATS
 from probes.core.stats import Estimate
 from probes.core.summary import Summary
@@ -100,7 +100,7 @@ def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
     for name, table in tables.items():
         write_table(directory / f"{name}.csv", table)
     consistency = judge_consistency([row for row in rows if row["task"] == "mtbench"])
-    write_json(directory / "judge_consistency.json", consistency)
+    write_record(directory / "judge_consistency.json", consistency, model=settings["model"])
     figures = _write_figures(directory / "figures", tables, settings)
     fell_back = any(row.get("placement") == "system" and row.get("placement_used") == "user" for row in rows)
     report = study_report(settings, tables, consistency, figures, system_fell_back=fell_back)

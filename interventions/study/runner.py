@@ -25,7 +25,7 @@ from interventions.study.ledger import Ledger, work_key
 from interventions.study.plan import BUDGETS, GRIDS, Budget, applies, conditions, prompt_formats, resolve_plan
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
-from probes.core.files import write_json
+from probes.core.files import write_json, write_record
 from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import Item
 from probes.core.models import load_model
@@ -104,7 +104,7 @@ def run_study(
     _check_same_model(out, settings["model"])
     group = world()
     if group.is_main:
-        write_json(out / "study.json", settings)
+        write_record(out / "study.json", settings)
     runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group)
     rows: list[dict] = []
     for name, n in plan.items.items():

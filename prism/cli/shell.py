@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from prism.cli.command import Command
+from probes.core.commandline import running_command
 from probes.core.errors import ToolkitError
 
 DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routing."
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(data-parallel commands: {shared})", file=sys.stderr)
         return 2
     try:
-        with _speaking(rank == "0"):
+        with _speaking(rank == "0"), running_command(["prism", *argv]):  # records give the command line, masked
             command = load_command(args.command)
             for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
                 check(args)

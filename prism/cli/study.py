@@ -25,7 +25,7 @@ from prism.cli.options import (
     sample_items,
 )
 from probes.core.errors import ToolkitError
-from probes.core.files import figure_format, write_json
+from probes.core.files import figure_format, write_record
 from probes.core.models import model_slug
 from probes.core.parallel import world
 from probes.core.personas import LENGTHS, persona_library
@@ -58,7 +58,7 @@ def run_evaluate(args: argparse.Namespace) -> Summary | None:
         personas=args.library, seed=args.seed,
     )
     result["dataset"] = args.dataset
-    write_json(out, result)
+    write_record(out, result)
     summary = result["summary"]
     chance = f" (chance {result['chance']:.2f})" if "chance" in result else ""
     print(f"{args.dataset} {args.condition.label}: {result['metric']} {summary['mean']:.3f} "

@@ -4,6 +4,10 @@ JSON, tidy tables (CSV with a JSON twin), tensors with their metadata (safetenso
 (PNG with a PDF twin, or the PDF or SVG a path names) all go through ``atomic_path``: a temporary
 file beside the target, moved into place only on success.
 
+A run's record (``write_record``: a summary, a study's settings, a store's manifest) and every
+tensor file's metadata carry a ``provenance`` block saying what made them (``probes.core.provenance``);
+plain data files (``write_json``, a table's CSV and JSON twin) do not: the record in their folder does.
+
 Tensor metadata is stored as a single JSON string under the key ``prism`` so that files are
 byte-identical across runs (safetensors writes several metadata keys in arbitrary order).
 Reloading gives back the same tensors bit for bit.
@@ -25,8 +29,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from probes.core.errors import ToolkitError
+from probes.core.provenance import provenance
 
-__all__ = ["atomic_path", "write_text", "write_json", "write_table", "save_tensors", "load_tensors", "figure_format",
+__all__ = ["atomic_path", "write_text", "write_json", "write_record", "write_table", "save_tensors", "load_tensors", "figure_format",
            "save_figure"]
 
 METADATA_KEY = "prism"
@@ -82,12 +87,27 @@ def check_writable(path: str | os.PathLike, kind: str = "directory") -> None:
 
 
 def write_json(target: str | os.PathLike, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    write_text(target, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    """Write ``payload`` as indented JSON, atomically (numpy numbers and arrays as plain JSON numbers and lists)."""
+    write_text(target, json.dumps(payload, indent=2, ensure_ascii=False, default=_plain) + "\n")
+
+
+def write_record(target: str | os.PathLike, payload: Mapping[str, Any], *, model: str | None = None) -> None:
+    """Write a run's record: ``payload`` with a ``provenance`` block added (``probes.core.provenance``), as
+    ``write_json`` writes it.
+
+    Args:
+        target: the JSON file.
+        payload: the record's fields; a ``provenance`` field is replaced by this process's.
+        model: the model the record is about when ``payload`` has no ``model`` field naming it (default: the one
+            this process loaded last).
+    """
+    named = payload.get("model", model)
+    write_json(target, {**payload, "provenance": provenance(named if isinstance(named, str) else None)})
 
 
 def write_table(path: Path, table: Sequence[Mapping]) -> None:
-    """Write ``table`` as CSV (and the same rows as JSON beside it), atomically."""
+    """Write ``table`` as CSV (and the same rows as JSON beside it), atomically. Both hold the rows alone: what made
+    a table is in its folder's record (``summary.json``, ``study.json``, ``train.json``, ...)."""
     path = Path(path)
     columns: list[str] = []
     for row in table:
@@ -99,6 +119,17 @@ def write_table(path: Path, table: Sequence[Mapping]) -> None:
             for row in table:
                 writer.writerow({column: _csv(row.get(column)) for column in columns})
     write_json(path.with_suffix(".json"), list(table))
+
+
+def _plain(value: Any) -> Any:
+    """What ``json.dumps`` cannot write itself: numpy scalars and arrays, paths, 0-d tensors (as floats)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return float(value)
 
 
 def _csv(value):
@@ -113,7 +144,8 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | np.ndarr
     Args:
         path: the ``.safetensors`` file to write (its folder is created).
         tensors: name -> tensor or array (arrays become tensors of the same dtype).
-        metadata: anything ``json.dumps`` accepts; stored sorted, so files are reproducible.
+        metadata: anything ``json.dumps`` accepts; stored sorted, so files are reproducible, with a ``provenance``
+            block added (``probes.core.provenance``; for the model ``metadata["model"]`` names, else the one loaded last).
 
     Returns:
         ``path``, as a ``Path``.
@@ -121,8 +153,10 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | np.ndarr
     path = Path(path)
     as_torch = {name: torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).contiguous()
                 for name, value in tensors.items()}
+    named = metadata.get("model")
+    metadata = {**metadata, "provenance": provenance(named if isinstance(named, str) else None)}
     with atomic_path(path) as partial:
-        save_file(as_torch, str(partial), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        save_file(as_torch, str(partial), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True, default=_plain)})
     return path
 
 

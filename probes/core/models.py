@@ -39,6 +39,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from probes.core.assets import SMOLLM2_GGUF, cache_dir
 from probes.core.devices import map_device, model_device, resolve_device, resolve_device_map, resolve_dtype
 from probes.core.errors import ToolkitError
+from probes.core.provenance import note_model
 
 DEFAULT_MODEL = "default"
 GEMMA_MODEL = "gemma-3-270m"
@@ -81,7 +82,8 @@ def load_model(
 
     Returns:
         ``(bridge, tokenizer)``; the tokenizer's pad token is set to EOS when it has none, and
-        ``bridge.cfg.model_name`` is the label every output records.
+        ``bridge.cfg.model_name`` is the label every output records. The model is noted for the provenance of the
+        records this process writes (``probes.core.provenance``: its revision or weights' hash, device, dtype).
 
     Raises:
         ToolkitError: an unknown or unavailable device, an unknown dtype, attention or device map, a device map
@@ -96,6 +98,8 @@ def load_model(
     directory, label = resolve_model_directory(name)
     bridge, tokenizer = _bridge_from_directory(directory, label, precision, where, placement)
     set_attention(bridge, attention)
+    note_model(bridge, name.strip(), directory, cache=cache_dir(),  # what every record says made it
+               source=SMOLLM2_GGUF.requirement if name.strip() == DEFAULT_MODEL else None)
     return bridge, tokenizer
 
 

@@ -39,7 +39,9 @@ def test_the_directory_records_its_model_and_refuses_another(tmp_path):
     assert work.model_name("tiny", create=True) == "tiny"
     assert not work.manifest.exists()  # nothing is claimed before the model has loaded
     work.record_model("tiny")
-    assert json.loads(work.manifest.read_text()) == {"model": "tiny"}
+    recorded = json.loads(work.manifest.read_text())
+    assert recorded["model"] == "tiny" and set(recorded) == {"model", "provenance"}  # and what made the directory
+    assert recorded["provenance"]["packages"]["torch"] and "model" not in recorded["provenance"]  # none loaded as "tiny"
     assert work.model_name() == work.model_name("tiny") == "tiny"
     with pytest.raises(ToolkitError, match="bootstrapped with model 'tiny', not 'default'"):
         work.model_name("default")

@@ -91,7 +91,9 @@ def test_saved_directions_and_probes_reload_bit_exactly(tmp_path):
     metadata = {"model": "m", "hook": "blocks.3.hook_out", "layers": [0, 1, 2, 3, 4], "positions": "last", "data": "abc"}
     path = save_tensors(tmp_path / "d.safetensors", {"directions": directions}, metadata)
     tensors, meta = load_tensors(path)
+    made_by = meta.pop("provenance")  # what made the file: versions, command line, the model when one was loaded
     assert torch.equal(tensors["directions"], directions) and meta == metadata
+    assert made_by["packages"]["torch"] == torch.__version__ and made_by["command"]
     first = path.read_bytes()
     save_tensors(path, {"directions": directions}, dict(reversed(list(metadata.items()))))
     assert path.read_bytes() == first  # the same file whatever the metadata order

@@ -1,4 +1,5 @@
 import hashlib
+import json
 import re
 
 import pytest
@@ -42,6 +43,7 @@ def test_recorded_positions_match_a_direct_forward(tiny, tmp_path):
     manifest = stores["last"].manifest
     assert manifest["hooks"] == hooks and manifest["positions"] == "last"
     assert [p["sha256"] for p in manifest["prompts"]] == [p.sha256 for p in prompts]
+    assert [p["text"] for p in manifest["prompts"]] == [p.text for p in prompts]  # the prompt itself, beside its hash
     assert manifest["prompts"][0]["condition"]["persona"] == "math" and manifest["prompts"][3]["item_id"] == "q3"
     assert [s["file"] for s in manifest["shards"]] == ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
 
@@ -73,6 +75,10 @@ def test_interrupted_recording_resumes_to_an_identical_store(tiny, tmp_path):
     with pytest.raises(ToolkitError, match="unfinished"):
         partial.load("blocks.0.hook_out")
     assert not list((tmp_path / "resumed").glob("*.partial"))
+    manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    for prompt in manifest["prompts"]:  # as stores written before prompts kept their text: resumed by their hashes
+        del prompt["text"]
+    (tmp_path / "resumed" / "manifest.json").write_text(json.dumps(manifest))
 
     resumed = record_activations(bridge, tokenizer, prompts, tmp_path / "resumed", **kwargs)
     assert resumed.complete

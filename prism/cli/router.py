@@ -61,7 +61,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra", action="append", default=[], metavar="FILE",
                         help="with --labels intents: a .jsonl/.csv of further queries whose category is their intent, "
                              "e.g. 'knowledge'; each file is one more source (repeatable)")
-    parser.add_argument("--epochs", type=int, default=2, help="distillation epochs (default: 2)")
+    parser.add_argument("--epochs", type=int, default=DistillConfig.epochs, help=f"distillation epochs (default: {DistillConfig.epochs})")
+    parser.add_argument("--learning-rate", type=float, default=DistillConfig.learning_rate,
+                        help=f"distillation learning rate (AdamW; default: {DistillConfig.learning_rate:g})")
+    parser.add_argument("--retain-weight", type=float, default=DistillConfig.retain_weight,
+                        help="weight of the term that keeps the adapted model's next-token distributions on the gate's "
+                             f"base-path queries close to the base model's (default: {DistillConfig.retain_weight:g}: off)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
     parser.add_argument("--distill-batch-size", type=int, default=DistillConfig.batch_size,
                         help=f"samples per distillation optimiser step (default: {DistillConfig.batch_size})")
@@ -86,6 +91,7 @@ def run_train(args: argparse.Namespace) -> Summary | None:
                              compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
                              device_map=args.device_map,
                              distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs,
+                                                          learning_rate=args.learning_rate, retain_weight=args.retain_weight,
                                                           batch_size=args.distill_batch_size,
                                                           micro_batch_size=micro,
                                                           gradient_checkpointing=args.gradient_checkpointing, seed=args.seed))

@@ -261,9 +261,10 @@ def test_train_passes_the_distillation_options(tmp_path, monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(prism.pipeline, "train", lambda *a, distill_config, **k: seen.update(config=distill_config))
     main(["train", "--out", str(tmp_path), "--rank", "4", "--distill-batch-size", "8", "--distill-micro-batch-size", "2",
-          "--gradient-checkpointing"])
+          "--gradient-checkpointing", "--learning-rate", "3e-4", "--retain-weight", "0.5"])
     config = seen.pop("config")
     assert (config.rank, config.alpha, config.batch_size, config.micro_batch_size, config.gradient_checkpointing) == (4, 8, 8, 2, True)
+    assert (config.learning_rate, config.retain_weight) == (3e-4, 0.5)
     main(["train", "--out", str(tmp_path)])
     config = seen.pop("config")
     assert (config.batch_size, config.micro_batch_size, config.gradient_checkpointing) == (4, None, False)

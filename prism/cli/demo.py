@@ -77,7 +77,7 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
                                   **where)
     print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
     trained = pipeline.train(prism_dir, labels="intents", per_source=6, compare_budget="smoke",
-                             distill_config=DistillConfig(epochs=1), progress=True, **where)
+                             distill_config=DistillConfig(epochs=2), progress=True, **where)
     print(trained.format())
     compared = pipeline.compare(prism_dir, budget="smoke", progress=True, **where)
     print(compared.format())

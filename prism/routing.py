@@ -10,7 +10,8 @@ it then run with the route's intervention for the routed rows only, in the same 
   may mix routes and each row gets exactly the base or the adapted computation;
 - ``steering``: ``(block, vector)`` is added after that block at every position of routed rows.
 
-Later passes of the same sequences (cached generation, multi-token options) keep the routes.
+Later passes of the same sequences (cached generation, multi-token options) keep the routes; a
+decoding loop that drops finished rows from its cache drops their routes with ``keep``.
 Routes are made on the gate block's device and follow each activation they meet to its own, so
 blocks may sit on different devices (a device map).
 The adapter must not touch the gate's block or any before it, so the gate reads the same
@@ -159,6 +160,13 @@ class Routed:
     def _steer(self, activation: torch.Tensor, hook) -> torch.Tensor:
         vector = self.steering[1].to(device=activation.device, dtype=activation.dtype)
         return activation + self._routes.to(device=activation.device, dtype=activation.dtype)[:, None, None] * vector
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Continue only these rows (indices into the current batch) of the routed sequences, in this order: a decoding
+        loop that drops finished sequences from its cache drops their routes here too."""
+        if self._routes is None:
+            raise ToolkitError("no routed batch to keep rows of: prefill the sequences inside the block first")
+        self._routes = self._routes[rows.to(self._routes.device)]
 
     def decision(self, ids: Sequence[int]) -> tuple[float, bool]:
         """(gate probability, routed) recorded for the prompt with these token ids."""

@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+import torch
+
 from prism.cli.command import Command
 from prism.cli.options import add_precision, add_prism_dir, load_timed
 from prism.server.launch import build_app, serve, served_files
@@ -45,6 +47,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the most requests waiting for a batch; more get 503 (default: 256)")
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="tokens per answer when a request gives no max_tokens (default: 256)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for the model's arithmetic (default: torch's choice, one per core; on cores "
+                             "shared with other work, 1 avoids threads waiting on each other)")
     parser.add_argument("--api-key-env", metavar="NAME",
                         help="require the API key held in environment variable NAME (Authorization: Bearer KEY)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
@@ -60,6 +65,10 @@ def run_serve(args: argparse.Namespace) -> Summary | None:
             raise ToolkitError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     if not 0 <= args.port <= 65535:
         raise ToolkitError(f"--port must be in 0..65535, got {args.port}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ToolkitError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     args.model, files = served_files(args.out, model_name=args.model, gate=args.gate, adapter=args.adapter,
                                      ungated=args.ungated_adapter, steering=args.steering)
     model, tokenizer = load_timed(args)

@@ -13,25 +13,29 @@ matrix products), the same seed gives the same text alone or batched, and a requ
 the text the toolkit's ``generate`` gives for the same prompt, settings and seed (``generate``
 seeds the global generator with ``seed`` for its first batch).
 
-Rows leave the batch when they finish or their client goes away: their rows of the KV cache, the
-attention mask and the positions are dropped, and ``on_keep`` tells the caller which rows go on
-(``Routed.keep`` drops their routes). ``TextStream`` turns a row's tokens into text as they come,
-holding back what a stop string or the final strip could still take away.
+Prompts of much the same length are prefilled together and the groups' caches joined, so a long
+prompt does not make every short one pay for its padding. Rows leave the batch when they finish
+or their client goes away: their rows of the KV cache, the attention mask and the positions are
+dropped, and so are their routes (``Routed.resume``). ``TextStream`` turns a row's tokens into
+text as they come, holding back what a stop string or the final strip could still take away.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from jaxtyping import Float, Int
+from torch.nn.functional import pad
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
+from prism.routing import Routed
 from probes.core.batching import left_pad, positions_from_mask
 from probes.core.devices import model_device
 
-__all__ = ["BatchDecoder", "Sampling", "TextStream", "next_tokens"]
+__all__ = ["BatchDecoder", "Sampling", "TextStream", "next_tokens", "prefill_groups"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,21 @@ def next_tokens(logits: Float[torch.Tensor, "batch vocab"], samplings: Sequence[
     return chosen
 
 
+def prefill_groups(lengths: Sequence[int], slack: float = 0.25, allowance: int = 16) -> list[list[int]]:
+    """Rows grouped for prefill: by length, a row joining a group only while the group's padding stays within ``slack``
+    of its real tokens plus ``allowance`` tokens per row (a pass has a fixed cost; padding costs as much as tokens)."""
+    groups: list[list[int]] = []
+    for row in sorted(range(len(lengths)), key=lambda index: (lengths[index], index)):
+        group = groups[-1] if groups else None
+        if group is not None:
+            real = sum(lengths[index] for index in group) + lengths[row]
+            if (len(group) + 1) * lengths[row] - real <= slack * real + allowance * (len(group) + 1):
+                group.append(row)
+                continue
+        groups.append([row])
+    return groups
+
+
 class BatchDecoder:
     """Decode several prompts together through the model's KV cache, each row sampled on its own.
 
@@ -92,41 +111,62 @@ class BatchDecoder:
     tokens of the rows that go on (rows left out of ``fed`` leave the batch) and returns their next
     tokens. Rows are named by their index in ``prompts`` throughout.
 
+    Prompts of much the same length are prefilled together (left-padded; ``prefill_groups``), the
+    groups one pass each, and their caches are then joined, left-padded to the longest, into the
+    one batch every later step runs: padding never costs more than the group rule allows, however
+    different the prompts' lengths. (A model whose cache is not plain full attention, e.g. with
+    sliding-window layers, is prefilled in one padded pass.)
+
     Args:
         hf_model: the Hugging Face causal LM (the bridged model's ``original_model``, so bridge hooks fire).
         prompts: each row's prompt token ids (non-empty).
         samplings: each row's settings (its generator is seeded with ``seed``).
         pad_id: the padding token id (left padding, masked out).
-        on_keep: called with the indices (into the batch before the call) of the rows that go on, whenever rows
-            leave, before the next pass (e.g. ``Routed.keep``).
+        routed: the ``Routed`` block the model runs in, if any: the rows' routes follow them as they are joined and
+            as they leave (``Routed.routes``, ``Routed.resume``).
     """
 
     def __init__(self, hf_model: torch.nn.Module, prompts: Sequence[Sequence[int]], samplings: Sequence[Sampling], *,
-                 pad_id: int, on_keep: Callable[[Int[torch.Tensor, "kept"]], None] | None = None) -> None:
-        self.hf = hf_model
+                 pad_id: int, routed: Routed | None = None) -> None:
+        self.hf, self.routed, self.pad_id = hf_model, routed, pad_id
         self.device = model_device(hf_model)
+        self.prompts = [list(prompt) for prompt in prompts]
         self.samplings = list(samplings)
         self.generators = [torch.Generator().manual_seed(sampling.seed) for sampling in samplings]
-        ids, mask = left_pad(prompts, pad_id)
-        self._ids, self._mask = ids.to(self.device), mask.to(self.device)
-        self._positions = positions_from_mask(self._mask)
-        self._cache = DynamicCache(config=hf_model.config)
-        self.rows = list(range(len(prompts)))  # the live rows, in batch order
-        self.on_keep = on_keep
+        self.rows: list[int] = []  # the live rows, in batch order
         self.passes = 0
 
     @torch.inference_mode()
-    def _forward(self, ids: Int[torch.Tensor, "batch seq"], positions: Int[torch.Tensor, "batch seq"]) -> list[int]:
-        output = self.hf(input_ids=ids, attention_mask=self._mask, position_ids=positions,
-                         past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+    def _forward(self, cache: DynamicCache, ids: Int[torch.Tensor, "batch seq"], mask: Int[torch.Tensor, "batch seq"],
+                 positions: Int[torch.Tensor, "batch seq"], rows: Sequence[int]) -> list[int]:
+        output = self.hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
         self.passes += 1
-        self._last = positions[:, -1]
-        return next_tokens(output.logits[:, -1], [self.samplings[row] for row in self.rows],
-                           [self.generators[row] for row in self.rows])
+        return next_tokens(output.logits[:, -1], [self.samplings[row] for row in rows], [self.generators[row] for row in rows])
 
     def start(self) -> dict[int, int]:
         """Prefill every prompt; each row's first generated token."""
-        return dict(zip(self.rows, self._forward(self._ids, self._positions)))
+        plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.hf.config).layers)
+        groups = prefill_groups([len(p) for p in self.prompts]) if plain else [list(range(len(self.prompts)))]
+        tokens, parts = {}, []
+        for group in groups:
+            ids, mask = (tensor.to(self.device) for tensor in left_pad([self.prompts[row] for row in group], self.pad_id))
+            positions, cache = positions_from_mask(mask), DynamicCache(config=self.hf.config)
+            tokens.update(zip(group, self._forward(cache, ids, mask, positions, group)))
+            parts.append((cache, mask, positions[:, -1], self.routed.routes if self.routed is not None else None))
+        width = max(mask.shape[1] for _, mask, _, _ in parts)
+        self._cache = parts[0][0]
+        if len(parts) > 1:  # join the groups' caches, left-padded to the longest
+            for index, layer in enumerate(self._cache.layers):
+                joined = [part[0].layers[index] for part in parts]
+                layer.keys = torch.cat([pad(piece.keys, (0, 0, width - piece.keys.shape[-2], 0)) for piece in joined])
+                layer.values = torch.cat([pad(piece.values, (0, 0, width - piece.values.shape[-2], 0)) for piece in joined])
+        self._mask = torch.cat([pad(mask, (width - mask.shape[1], 0)) for _, mask, _, _ in parts])
+        self._last = torch.cat([last for _, _, last, _ in parts])
+        if self.routed is not None:
+            self.routed.resume(torch.cat([routes for _, _, _, routes in parts]))
+        self.rows = [row for group in groups for row in group]
+        return tokens
 
     def advance(self, fed: Mapping[int, int]) -> dict[int, int]:
         """Feed each continuing row's last token; rows not in ``fed`` leave. The next token of each row fed."""
@@ -140,11 +180,12 @@ class BatchDecoder:
                 layer.batch_select_indices(selected)
             self._mask, self._last = self._mask[selected], self._last[selected]
             self.rows = [self.rows[index] for index in keep]
-            if self.on_keep is not None:
-                self.on_keep(selected)
+            if self.routed is not None:
+                self.routed.resume(self.routed.routes[selected.to(self.routed.routes.device)])
         ids = torch.tensor([[fed[row]] for row in self.rows], dtype=torch.long, device=self.device)
         self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
-        return dict(zip(self.rows, self._forward(ids, (self._last + 1)[:, None])))
+        self._last = self._last + 1
+        return dict(zip(self.rows, self._forward(self._cache, ids, self._mask, self._last[:, None], self.rows)))
 
 
 class TextStream:

@@ -173,7 +173,7 @@ class Engine:
         counts = [0] * len(jobs)
         with self.modes.routing(mode) as routed:
             decoder = BatchDecoder(self.model.original_model, [job.ids for job in jobs], [job.sampling for job in jobs],
-                                   pad_id=self.pad_id, on_keep=routed.keep if routed is not None else None)
+                                   pad_id=self.pad_id, routed=routed)
             tokens = decoder.start()
             for job in jobs:
                 probability, routes = routed.decision(job.ids) if routed is not None else (None, False)

@@ -1,6 +1,8 @@
 """Trained PRISM working directories for the server's tests, and a running server over one.
 
-``tiny_prism`` is a real working directory on the tiny random model: a logistic gate on block 0
+``tiny_model_directory`` is the tiny random Llama of ``tiny_llama_directory`` (the same config and
+seed) with the embedded model's tokenizer files, found by path: the embedded model is never
+loaded, so tests on it are not marked slow. ``tiny_prism`` is a real working directory on it: a logistic gate on block 0
 (threshold at the median, so half the queries are routed), the gated and ungated adapters
 distilled on blocks 1..2 and the persona steering vector after block 1. ``tiny_server`` serves it
 on 127.0.0.1 (a free port) in a background thread.
@@ -12,7 +14,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from openai import OpenAI
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from prism.adapters import save_adapter
 from prism.distill import DistillConfig, distill
@@ -22,7 +26,7 @@ from prism.samples import Sample
 from prism.server.launch import ServerThread, build_app, served_files
 from prism.workdir import PrismDirectory
 from probes.core.files import save_tensors
-from probes.core.models import load_model
+from probes.core.models import load_model, resolve_model_directory
 from probes.splits import Split
 
 QUERIES = ["What is the capital of France?", "Write a short poem about the sea and the wind.",
@@ -55,8 +59,20 @@ def make_prism_directory(model_directory: str, out, *, epochs: int = 2) -> Prism
 
 
 @pytest.fixture(scope="session")
-def tiny_prism(tiny_llama_directory, tmp_path_factory) -> PrismDirectory:
-    return make_prism_directory(tiny_llama_directory, tmp_path_factory.mktemp("tiny-prism"))
+def tiny_model_directory(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                         architectures=["LlamaForCausalLM"])
+    directory = tmp_path_factory.mktemp("tiny-serve-llama")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(resolve_model_directory("default")[0]).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_prism(tiny_model_directory, tmp_path_factory) -> PrismDirectory:
+    return make_prism_directory(tiny_model_directory, tmp_path_factory.mktemp("tiny-prism"))
 
 
 def start_server(directory, *, without: tuple[str, ...] = (), **options) -> ServerThread:
@@ -76,6 +92,12 @@ def client(server: ServerThread, api_key: str = "none") -> OpenAI:
 @pytest.fixture(scope="session")
 def queries() -> list[str]:
     return list(QUERIES)
+
+
+@pytest.fixture(scope="session")
+def make_directory():
+    """``make_prism_directory``: train and save a small PRISM directory for a model."""
+    return make_prism_directory
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from prism.adapters import load_adapter
 from prism.gate import Gate
 from prism.persona_path import GATED
 from prism.routing import Routed
-from prism.server.decoding import BatchDecoder, Sampling, TextStream, next_tokens
+from prism.server.decoding import BatchDecoder, Sampling, TextStream, next_tokens, prefill_groups
 from probes.core.errors import ToolkitError
 from probes.core.models import load_model
 from probes.core.prompts import Condition, encode, render
@@ -43,13 +43,13 @@ def test_each_row_is_drawn_as_hugging_face_draws_it_with_its_own_generator():
         logits = logits.roll(7, dims=1)
 
 
-def _decode(model, tokenizer, prompts, samplings, routed=None) -> list[str]:
+def _decode(model, tokenizer, prompts, samplings, routed=None, prefills: int | None = None) -> list[str]:
     """Every row to EOS or its max_tokens through ``BatchDecoder``, rows leaving as they finish."""
     eos = tokenizer.eos_token_id
-    decoder = BatchDecoder(model.original_model, prompts, samplings, pad_id=tokenizer.pad_token_id,
-                           on_keep=routed.keep if routed is not None else None)
+    decoder = BatchDecoder(model.original_model, prompts, samplings, pad_id=tokenizer.pad_token_id, routed=routed)
     streams = [TextStream(tokenizer) for _ in prompts]
     tokens, shown = decoder.start(), [""] * len(prompts)
+    assert prefills is None or decoder.passes == prefills
     while tokens:
         fed = {}
         for row, token in tokens.items():
@@ -67,12 +67,15 @@ def test_a_routed_batch_with_mixed_settings_gives_each_row_the_text_it_gets_alon
     model, tokenizer = load_model(tiny_prism.model_name())
     load_adapter(model, GATED, tiny_prism.adapter(GATED))
     gate = Gate.load(tiny_prism.gate)
-    rendered = [render(tokenizer, query, Condition("none")) for query in queries]
+    long = "Explain, step by step and with an example for each step, how " + "a river carves a canyon and " * 20 + "why."
+    rendered = [render(tokenizer, query, Condition("none")) for query in [*queries, long]]
     prompts = [encode(tokenizer, prompt) for prompt in rendered]
     samplings = [Sampling(max_tokens=3 + row, temperature=0.0 if row % 2 else 0.9, top_p=0.8 if row % 3 else 1.0, seed=row)
                  for row in range(len(prompts))]
+    groups = prefill_groups([len(ids) for ids in prompts])
+    assert len(groups) == 2 and groups[1] == [len(prompts) - 1]  # the long prompt is prefilled on its own
     with Routed(model, gate, adapter=GATED) as routed:
-        batched = _decode(model, tokenizer, prompts, samplings, routed)
+        batched = _decode(model, tokenizer, prompts, samplings, routed, prefills=2)
     routes = [routed.decision(ids)[1] for ids in prompts]
     assert 0 < sum(routes) < len(routes)  # a mixed batch, whose rows leave at different steps
     for prompt, ids, sampling, text in zip(rendered, prompts, samplings, batched):
@@ -83,17 +86,30 @@ def test_a_routed_batch_with_mixed_settings_gives_each_row_the_text_it_gets_alon
         assert reference == [text]  # the toolkit's generate, alone, with the same seed
 
 
-def test_keeping_rows_needs_a_routed_prefill(tiny_prism):
+def test_resuming_routes_needs_a_routed_prefill(tiny_prism):
     model, _ = load_model(tiny_prism.model_name())
     load_adapter(model, GATED, tiny_prism.adapter(GATED))
     with Routed(model, Gate.load(tiny_prism.gate), adapter=GATED) as routed:
-        with pytest.raises(ToolkitError, match="prefill the sequences"):
-            routed.keep(torch.tensor([0]))
+        assert routed.routes is None
+        with pytest.raises(ToolkitError, match="prefill them inside the block first"):
+            routed.resume(torch.tensor([1.0]))
+
+
+def test_prompts_are_prefilled_in_groups_of_much_the_same_length():
+    assert prefill_groups([10, 12, 11]) == [[0, 2, 1]]
+    assert prefill_groups([20, 200, 22, 210, 400]) == [[0, 2], [1, 3], [4]]
+    assert prefill_groups([5]) == [[0]] and prefill_groups([]) == []
+    for lengths in ([3, 90, 40, 41, 7, 300, 299, 12], [50] * 9):
+        groups = prefill_groups(lengths)
+        assert sorted(row for group in groups for row in group) == list(range(len(lengths)))
+        for group in groups:
+            real = sum(lengths[row] for row in group)
+            assert len(group) * max(lengths[row] for row in group) - real <= 0.25 * real + 16 * len(group)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_llama_directory):
-    return AutoTokenizer.from_pretrained(tiny_llama_directory)
+def tokenizer(tiny_model_directory):
+    return AutoTokenizer.from_pretrained(tiny_model_directory)
 
 
 def _stream(tokenizer, text: str, stop=(), strip=True) -> tuple[list[str], TextStream]:

@@ -11,8 +11,8 @@ from probes.core.prompts import Condition, encode, render, render_conversation, 
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_llama_directory):
-    return AutoTokenizer.from_pretrained(tiny_llama_directory)
+def tokenizer(tiny_model_directory):
+    return AutoTokenizer.from_pretrained(tiny_model_directory)
 
 
 def test_a_lone_user_message_is_the_prompt_prism_route_answers(tokenizer):

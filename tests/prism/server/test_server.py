@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -16,7 +17,10 @@ import httpx
 import openai
 import pytest
 
+import prism.server as surface
 from prism import pipeline
+from prism.cli import main
+from prism.cli import options as cli_options
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -238,3 +242,29 @@ def test_the_cli_serves_behind_an_api_key_that_never_reaches_the_logs(tiny_prism
         output = server.communicate(timeout=60)[0]
     assert "prism serve:" in output and "POST /v1/chat/completions" in output and "401" in output
     assert key not in output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--api-key-env", "PRISM_UNSET_KEY_VARIABLE"], "--api-key-env PRISM_UNSET_KEY_VARIABLE: that environment variable is not set"),
+    (["--port", "70000"], "--port must be in 0..65535"),
+    (["--gate", "missing.safetensors", "--model", "default"], "no gate file at missing.safetensors"),
+])
+def test_bad_serve_options_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, argv, message):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cli_options, "load_model", no_model)
+    monkeypatch.delenv("PRISM_UNSET_KEY_VARIABLE", raising=False)
+    assert main(["serve", "--out", str(tmp_path), *argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+    assert main(["serve", "--out", str(tmp_path)]) == 2
+    assert "is not a PRISM directory" in capsys.readouterr().err
+
+
+def test_the_server_package_surface_names_the_modules_that_define_it():
+    for name in surface.__all__:
+        value = getattr(surface, name)
+        if not isinstance(value, dict):
+            assert getattr(importlib.import_module(value.__module__), name) is value
+    assert not set(surface.__all__) & {"app", "decoding", "engine", "launch", "metrics", "modes", "protocol"}

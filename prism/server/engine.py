@@ -30,6 +30,7 @@ from prism.server.modes import Modes
 __all__ = ["Engine", "Job", "Overloaded"]
 
 log = logging.getLogger("prism.serve")
+SHUTDOWN = "the server is shutting down"
 
 
 class Overloaded(Exception):
@@ -82,6 +83,7 @@ class Engine:
         self.eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
         self._pending: deque[Job] = deque()
+        self._running: list[Job] = []
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="prism-model", daemon=True)
@@ -93,13 +95,15 @@ class Engine:
         return self
 
     def close(self, timeout: float = 30.0) -> None:
-        """Refuse new requests, answer the waiting ones with an error, and let the running batch finish."""
+        """Refuse new requests and answer the waiting and running ones with an error; the running batch stops."""
         with self._wake:
             self._closed = True
             waiting, self._pending = list(self._pending), deque()
+            for job in self._running:  # the worker answers them at its next step
+                job.cancelled = True
             self._wake.notify_all()
         for job in waiting:
-            _send(job, ("error", "the server is shutting down"))
+            _send(job, ("error", SHUTDOWN))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -115,7 +119,7 @@ class Engine:
         """Queue ``job``; ``Overloaded`` when ``max_queue`` requests already wait or the engine is closed."""
         with self._wake:
             if self._closed:
-                raise Overloaded("the server is shutting down")
+                raise Overloaded(SHUTDOWN)
             if len(self._pending) >= self.max_queue:
                 raise Overloaded(f"{len(self._pending)} requests are already waiting (--max-queue {self.max_queue})")
             self._pending.append(job)
@@ -145,6 +149,7 @@ class Engine:
                 for job in batch:
                     _send(job, ("error", f"the model failed on this batch: {type(error).__name__}: {error}"))
             finally:
+                self._running = []
                 self.metrics.running(0)
 
     def _next_batch(self) -> list[Job] | None:
@@ -162,6 +167,7 @@ class Engine:
                     for job in same:
                         self._pending.remove(job)
                     self.metrics.queue(len(self._pending))
+                    self._running = same
                     return same
                 self._wake.wait(left)
 
@@ -184,6 +190,8 @@ class Engine:
                     job, stream = jobs[row], streams[row]
                     if job.cancelled:
                         self.metrics.cancelled()
+                        if self._closed:
+                            _send(job, ("error", SHUTDOWN))
                         continue
                     finish = "stop" if token in self.eos else None
                     if finish is None:

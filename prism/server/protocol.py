@@ -26,6 +26,9 @@ __all__ = ["ApiError", "Settings", "chat_prompt", "chunk", "completion_prompt", 
 
 ROLES = ("system", "developer", "user", "assistant")
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+# parameters this server cannot honour, with the value that asks for nothing
+UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "logprobs": False, "top_logprobs": 0,
+               "tools": [], "functions": [], "best_of": 1, "echo": False, "suffix": ""}
 
 
 class ApiError(Exception):
@@ -93,8 +96,8 @@ def settings(body: dict) -> Settings:
 
     Raises:
         ApiError: 400 for a temperature outside [0, 2], top_p outside (0, 1], max_tokens below 1, n other than 1, a
-            seed out of range, a stop that is not a string or a list of at most 4 non-empty strings, or a model or
-            stream of the wrong type.
+            seed out of range, a stop that is not a string or a list of at most 4 non-empty strings, a model or
+            stream of the wrong type, or a parameter this server cannot honour (penalties, logprobs, tools, ...).
     """
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -116,6 +119,9 @@ def settings(body: dict) -> Settings:
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise _bad("stream must be true or false", "stream", "invalid_type")
+    for name, default in UNSUPPORTED.items():
+        if body.get(name) not in (None, default):
+            raise _bad(f"{name} is not supported by this server: leave it out", name, "unsupported_parameter")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _bad("stream_options must be an object", "stream_options", "invalid_type")

@@ -71,6 +71,9 @@ def test_bad_messages_are_refused_naming_the_parameter(tokenizer, messages, para
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
     ({"stream": "yes"}, "stream", "stream must be true or false"),
     ({"model": 3}, "model", "model must be a string"),
+    ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty is not supported by this server"),
+    ({"logprobs": True}, "logprobs", "logprobs is not supported"),
+    ({"tools": [{"type": "function"}]}, "tools", "tools is not supported"),
 ])
 def test_bad_settings_are_refused_naming_the_parameter(body, param, message):
     with pytest.raises(ApiError, match=message) as refused:
@@ -83,7 +86,8 @@ def test_settings_default_as_openai_does_and_read_what_is_given():
     assert (default.temperature, default.top_p, default.max_tokens, default.seed, default.stop, default.stream) == (
         1.0, 1.0, None, None, (), False)
     given = settings({"temperature": 0, "top_p": 0.5, "max_tokens": 7, "seed": -4, "stop": "\n", "stream": True,
-                      "stream_options": {"include_usage": True}, "model": "base"})
+                      "stream_options": {"include_usage": True}, "model": "base", "presence_penalty": 0, "logprobs": False,
+                      "tools": [], "user": "someone"})  # what asks for nothing, and what is only a label, is fine
     assert (given.temperature, given.top_p, given.max_tokens, given.seed, given.stop, given.stream, given.include_usage,
             given.model) == (0.0, 0.5, 7, -4, ("\n",), True, True, "base")
 

@@ -29,9 +29,13 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException
+except ModuleNotFoundError as missing:  # an optional dependency: say which extra brings it
+    raise ModuleNotFoundError(f"prism serve needs {missing.name}: pip install 'prism-toolkit[serve]'",
+                              name=missing.name) from None
 
 from prism.server.decoding import Sampling
 from prism.server.engine import Engine, Job, Overloaded
@@ -50,6 +54,7 @@ from prism.server.protocol import (
 
 __all__ = ["ServerConfig", "create_app"]
 
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
 
 
@@ -89,7 +94,8 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="PRISM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     def refuse(request: Request, error: ApiError) -> JSONResponse:
-        metrics.request(request.url.path, None, error.status)
+        path = request.url.path
+        metrics.request(path if path in ENDPOINTS else "other", None, error.status)  # bounded labels, whatever is asked
         headers = {"Retry-After": "1"} if error.status == 503 else None
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
 

@@ -2,8 +2,9 @@
 
 ``GET /metrics`` serves ``Metrics.render()``:
 
-- ``prism_requests_total{endpoint, route, status}``: answered requests (``route``: ``persona``,
-  ``base``, or ``none`` for a request refused before it was routed);
+- ``prism_requests_total{endpoint, route, status}``: answered requests (``endpoint``: the path, or
+  ``other`` for an unknown one; ``route``: ``persona``, ``base``, or ``none`` for a request refused
+  before it was routed);
 - ``prism_routed_share``: the share of routed requests that took the persona path;
 - ``prism_request_duration_seconds``: latency from arrival to the last byte (histogram);
 - ``prism_batch_size``: requests per batch (histogram);

@@ -21,8 +21,8 @@ from typing import Any
 from probes.core.errors import ToolkitError
 from probes.core.prompts import encode, render_conversation, render_messages
 
-__all__ = ["ApiError", "Settings", "chat_prompt", "chunk", "completion_prompt", "answer", "fit_context", "parse_body",
-           "settings"]
+__all__ = ["ApiError", "Settings", "answer", "chat_prompt", "chunk", "completion_prompt", "fit_context", "new_id",
+           "parse_body", "settings"]
 
 ROLES = ("system", "developer", "user", "assistant")
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
@@ -210,6 +210,7 @@ def _usage(n_prompt: int, n_completion: int) -> dict:
 
 
 def new_id(chat: bool) -> str:
+    """A fresh answer id, as OpenAI's look: ``chatcmpl-...`` or ``cmpl-...``."""
     return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
 

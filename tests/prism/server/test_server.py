@@ -18,9 +18,17 @@ import openai
 import pytest
 
 import prism.server as surface
+from interventions.measure.generation import generate
 from prism import pipeline
+from prism.adapters import load_adapter
 from prism.cli import main
 from prism.cli import options as cli_options
+from prism.gate import Gate
+from prism.persona_path import GATED
+from prism.routing import Routed
+from prism.server.launch import ServerThread, build_app, served_files
+from probes.core.models import load_model
+from probes.core.prompts import Condition, render
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -155,14 +163,17 @@ def test_concurrent_requests_each_get_their_own_answer(tiny_server, queries, ope
     assert len(texts) > 1  # other seeds, other samples
 
 
-def test_health_models_and_metrics(tiny_server, openai_client):
+def test_health_models_and_metrics(tiny_server, queries, openai_client):
     client = openai_client(tiny_server)
     assert [model.id for model in client.models.list()] == ["prism", "base", "steering", "always"]
     health = httpx.get(tiny_server.url + "/health").json()
     assert health["status"] == "ok" and health["default_mode"] == "prism" and health["waiting"] == 0
-    _ask(client, "hi", temperature=0, max_tokens=2)
+    routes = {_ask(client, query, temperature=0, max_tokens=2)[1]["route"] for query in queries}
+    assert routes == {"persona", "base"}
     httpx.post(tiny_server.url + "/v1/chat/completions", content=b"{")
+    assert httpx.get(tiny_server.url + "/scan/me/42").json()["error"]["code"] == "not_found"
     text = httpx.get(tiny_server.url + "/metrics").text
+    assert 'endpoint="other",route="none",status="404"' in text and "/scan/me" not in text
     assert re.search(r'^prism_requests_total\{endpoint="/v1/chat/completions",route="(persona|base)",status="200"\} \d+$',
                      text, flags=re.M)
     assert re.search(r'^prism_requests_total\{endpoint="/v1/chat/completions",route="none",status="400"\} \d+$', text, flags=re.M)
@@ -268,3 +279,16 @@ def test_the_server_package_surface_names_the_modules_that_define_it():
         if not isinstance(value, dict):
             assert getattr(importlib.import_module(value.__module__), name) is value
     assert not set(surface.__all__) & {"app", "decoding", "engine", "launch", "metrics", "modes", "protocol"}
+
+
+def test_the_server_answers_in_bfloat16_as_the_toolkit_generates_in_it(tiny_prism, queries, openai_client):
+    model_name, files = served_files(tiny_prism)
+    model, tokenizer = load_model(model_name, dtype="bfloat16")
+    reference, _ = load_model(model_name, dtype="bfloat16")
+    load_adapter(reference, GATED, files.adapter)
+    prompts = [render(tokenizer, query, Condition("none")) for query in queries[:3]]
+    with Routed(reference, Gate.load(files.gate), adapter=GATED):
+        expected = [generate(reference, tokenizer, [prompt], max_new_tokens=6, progress=False)[0] for prompt in prompts]
+    with ServerThread(build_app(model, tokenizer, files, model_name=model_name)) as server:
+        answers = [_ask(openai_client(server), query, temperature=0, max_tokens=6)[0] for query in queries[:3]]
+    assert answers == expected

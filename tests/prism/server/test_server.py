@@ -91,6 +91,15 @@ def test_streaming_gives_the_same_text_as_a_whole_answer(tiny_server, queries, o
         whole = client.completions.create(model="prism", prompt="Once upon a time", max_tokens=10, **options)
         streamed = client.completions.create(model="prism", prompt="Once upon a time", max_tokens=10, stream=True, **options)
         assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text and whole.model_extra["prism"]["route"]
+    messages = [{"role": "user", "content": queries[3]}]
+    full = client.chat.completions.create(model="prism", messages=messages, max_tokens=16, temperature=0)
+    stop = full.choices[0].message.content[6:9]
+    expected = full.choices[0].message.content.split(stop)[0].rstrip()
+    cut = client.chat.completions.create(model="prism", messages=messages, max_tokens=16, temperature=0, stop=[stop, "zzz"])
+    assert cut.choices[0].message.content == expected and cut.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(model="prism", messages=messages, max_tokens=16, temperature=0, stop=stop,
+                                              stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
     body = {"model": "prism", "messages": [{"role": "user", "content": queries[0]}], "max_tokens": 4, "stream": True}
     with httpx.stream("POST", tiny_server.url + "/v1/chat/completions", json=body, timeout=120) as response:
         lines = [line for line in response.iter_lines() if line]

@@ -10,7 +10,9 @@ it then run with the route's intervention for the routed rows only, in the same 
   may mix routes and each row gets exactly the base or the adapted computation;
 - ``steering``: ``(block, vector)`` is added after that block at every position of routed rows.
 
-Later passes of the same sequences (cached generation, multi-token options) keep the routes.
+Later passes of the same sequences (cached generation, multi-token options) keep the routes; a
+decoding loop that drops finished rows from its cache, or joins rows prefilled in separate passes,
+passes their routes on with ``resume``.
 Routes are made on the gate block's device and follow each activation they meet to its own, so
 blocks may sit on different devices (a device map).
 The adapter must not touch the gate's block or any before it, so the gate reads the same
@@ -24,6 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from jaxtyping import Float
 
 from prism.adapters import active_adapter, adapter_layers
 from prism.gate import Gate, gate_features
@@ -158,6 +161,18 @@ class Routed:
     def _steer(self, activation: torch.Tensor, hook) -> torch.Tensor:
         vector = self.steering[1].to(device=activation.device, dtype=activation.dtype)
         return activation + self._routes.to(device=activation.device, dtype=activation.dtype)[:, None, None] * vector
+
+    @property
+    def routes(self) -> Float[torch.Tensor, "batch"] | None:
+        """The routes of the batch the next continuing pass runs: one per row (1 routed, 0 not); None before a prefill."""
+        return self._routes
+
+    def resume(self, routes: Float[torch.Tensor, "batch"]) -> None:
+        """Continue a batch whose rows have these routes (taken from ``routes`` after their prefills inside the block):
+        a decoding loop that drops finished rows, or joins rows prefilled in separate passes, passes their routes on."""
+        if self._routes is None:
+            raise ToolkitError("no routed sequences to resume: prefill them inside the block first")
+        self._routes = routes.to(device=self._routes.device, dtype=self._routes.dtype)
 
     def decision(self, ids: Sequence[int]) -> tuple[float, bool]:
         """(gate probability, routed) recorded for the prompt with these token ids."""

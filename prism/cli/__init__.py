@@ -6,6 +6,7 @@ One module per command group, each declaring its ``Command`` values:
 - ``probes``: ``record``, ``probe``
 - ``interventions``: ``intervene``
 - ``router``: ``bootstrap``, ``train``, ``route``, ``compare``
+- ``serve``: ``serve`` (the HTTP server, ``prism.server``)
 - ``demo``: ``demo`` (and ``run_demo``, the story end to end)
 
 ``options`` declares the shared options once (``--model``, ``--seed``, ``--out``,

@@ -61,6 +61,8 @@ COMMANDS: dict[str, Registered] = {
                                             "decision for each"),
     "compare": Registered("prism.cli.router", "PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, "
                                               "probe-routed prompt and steering, baseline routers", parallel=True),
+    "serve": Registered("prism.cli.serve", "serve PRISM over HTTP: an OpenAI-compatible endpoint that routes each "
+                                           "request inside the model and batches requests that arrive together"),
 }
 
 

@@ -122,7 +122,7 @@ def test_a_failed_evaluation_leaves_the_previous_result_intact(tiny_llama_direct
 # --- the registry, the shared options and the one persona check ------------------------------
 
 ALL_COMMANDS = {"demo", "evaluate", "record", "personas", "study", "report", "probe", "intervene", "bootstrap", "train",
-                "route", "compare"}
+                "route", "compare", "serve"}
 
 
 def test_the_registry_holds_every_command_and_each_help_works(capsys):

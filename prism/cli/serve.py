@@ -1,0 +1,89 @@
+"""``prism serve``: an OpenAI-compatible HTTP server over a trained PRISM working directory (``prism.server``).
+
+The model is the one recorded in the working directory (``--out``); ``--gate``, ``--adapter``,
+``--ungated-adapter`` and ``--steering`` replace the directory's files (with ``--model`` when
+``--out`` is no PRISM directory). The API key, when one is required, is read from the
+environment variable ``--api-key-env`` names, so it never appears on a command line or in logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from prism.cli.command import Command
+from prism.cli.options import add_precision, add_prism_dir, load_timed
+from prism.server.launch import build_app, serve, served_files
+from prism.server.modes import MODES
+from probes.core.errors import ToolkitError
+from probes.core.summary import Summary
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``prism serve``'s options."""
+    add_prism_dir(parser)
+    parser.add_argument("--model", default=None,
+                        help="the model (default: the one recorded in --out by `prism bootstrap`; give it with --gate "
+                             "when --out is no PRISM directory)")
+    add_precision(parser)
+    files = parser.add_argument_group("trained files (default: those of --out)")
+    files.add_argument("--gate", help="the gate file (gate.safetensors)")
+    files.add_argument("--adapter", help="the gated adapter's folder (mode prism)")
+    files.add_argument("--ungated-adapter", help="the ungated adapter's folder (mode always)")
+    files.add_argument("--steering", help="the steering vector file (mode steering)")
+    parser.add_argument("--mode", default="prism", choices=tuple(MODES),
+                        help="the mode of requests whose model names no mode: " +
+                             "; ".join(f"{name}: {what}" for name, what in MODES.items()) + " (default: prism)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
+    parser.add_argument("--max-batch-size", type=int, default=16,
+                        help="the most requests decoded together in one batch (default: 16)")
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0,
+                        help="how long a request waits for others to join its batch (default: 10)")
+    parser.add_argument("--max-queue", type=int, default=256,
+                        help="the most requests waiting for a batch; more get 503 (default: 256)")
+    parser.add_argument("--max-tokens", type=int, default=256,
+                        help="tokens per answer when a request gives no max_tokens (default: 256)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for the model's arithmetic (default: torch's choice, one per core; on cores "
+                             "shared with other work, 1 avoids threads waiting on each other)")
+    parser.add_argument("--api-key-env", metavar="NAME",
+                        help="require the API key held in environment variable NAME (Authorization: Bearer KEY)")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                        help="the server's log level (default: info)")
+
+
+def run_serve(args: argparse.Namespace) -> Summary | None:
+    """Load the model and its trained files, then serve until interrupted."""
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env, "")
+        if not api_key.strip():
+            raise ToolkitError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
+    if not 0 <= args.port <= 65535:
+        raise ToolkitError(f"--port must be in 0..65535, got {args.port}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ToolkitError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    args.model, files = served_files(args.out, model_name=args.model, gate=args.gate, adapter=args.adapter,
+                                     ungated=args.ungated_adapter, steering=args.steering)
+    model, tokenizer = load_timed(args)
+    app = build_app(model, tokenizer, files, model_name=args.model, mode=args.mode, max_batch_size=args.max_batch_size,
+                    batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, max_tokens=args.max_tokens,
+                    api_key=api_key)
+    key = f"; API key required (from ${args.api_key_env})" if api_key else ""
+    print(f"prism serve: {args.model}, default mode {args.mode}, on http://{args.host}:{args.port}/v1 "
+          f"(batches of up to {args.max_batch_size}){key}", file=sys.stderr)
+    serve(app, args.host, args.port, log_level=args.log_level)
+    return None
+
+
+COMMANDS = (
+    Command("serve", add_serve_arguments, run_serve,
+            "Each request's route is read inside the model in its answering prefill and returned with the answer "
+            "(the 'prism' field and the X-Prism-Route header). Needs the serve extra: pip install 'prism-toolkit[serve]'."),
+)

@@ -1,0 +1,30 @@
+"""``prism serve``: an OpenAI-compatible HTTP server that routes each request inside the model.
+
+The pieces, lowest first: ``decoding`` (batched decoding through the KV cache, each row sampled
+with its own seeded generator; text streamed as it comes), ``modes`` (what an answer is made
+with: ``prism``, ``steering``, ``base``, ``always``, each reading the gate in the answering
+prefill), ``engine`` (the worker thread that owns the model and batches the requests that
+arrive together), ``metrics`` (Prometheus text), ``protocol`` (OpenAI's request and answer
+formats, errors included), ``app`` (the FastAPI endpoints) and ``launch`` (files, app, uvicorn).
+
+    from prism.server import ServerThread, build_app, served_files
+
+    model_name, files = served_files("runs/prism")
+    model, tokenizer = load_model(model_name)
+    with ServerThread(build_app(model, tokenizer, files, model_name=model_name)) as server:
+        ...  # OpenAI(base_url=server.url + "/v1", api_key="none")
+
+Needs the ``serve`` extra: ``pip install 'prism-toolkit[serve]'`` (FastAPI and uvicorn).
+"""
+
+from probes.core.exports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "prism.server.app": ("ServerConfig", "create_app"),
+    "prism.server.decoding": ("BatchDecoder", "Sampling", "TextStream"),
+    "prism.server.engine": ("Engine", "Job", "Overloaded"),
+    "prism.server.launch": ("ServerThread", "build_app", "serve", "served_files"),
+    "prism.server.metrics": ("Metrics",),
+    "prism.server.modes": ("MODES", "Modes", "PrismFiles"),
+    "prism.server.protocol": ("ApiError",),
+})

@@ -1,0 +1,246 @@
+"""Batched decoding for serving: one forward pass per step over the live rows, each row sampled on its own.
+
+Requests that arrive together share every forward pass (left-padded prefill, then one token per
+row per step through the KV cache), but each row's next token is chosen from its own logits
+only, with its own ``torch.Generator`` seeded with its request's seed:
+
+- ``temperature == 0``: greedy (the arg max);
+- otherwise Hugging Face ``generate``'s arithmetic, in float32 on the CPU: the logits divided by
+  the temperature, top-p filtering (``top_p < 1``), softmax, one multinomial draw.
+
+So a request's text does not depend on what else is in its batch (up to the rounding of batched
+matrix products), the same seed gives the same text alone or batched, and a request alone gets
+the text the toolkit's ``generate`` gives for the same prompt, settings and seed (``generate``
+seeds the global generator with ``seed`` for its first batch).
+
+Prompts of much the same length are prefilled together and the groups' caches joined, so a long
+prompt does not make every short one pay for its padding. Rows leave the batch when they finish
+or their client goes away: their rows of the KV cache, the attention mask and the positions are
+dropped, and so are their routes (``Routed.resume``). ``TextStream`` turns a row's tokens into
+text as they come, holding back what a stop string or the final strip could still take away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch.nn.functional import pad
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from prism.routing import Routed
+from probes.core.batching import left_pad, positions_from_mask
+from probes.core.devices import model_device
+
+__all__ = ["BatchDecoder", "Sampling", "TextStream", "next_tokens", "prefill_groups"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request is decoded.
+
+    Attributes:
+        max_tokens: the most tokens generated (generation also stops at EOS or a stop string).
+        temperature: 0 for greedy decoding; above 0, the sampling temperature.
+        top_p: nucleus sampling's probability mass, in (0, 1] (sampling only).
+        seed: the seed of the row's own generator (sampling only).
+        stop: strings that end the text where they first appear (not included).
+    """
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+def next_tokens(logits: Float[torch.Tensor, "batch vocab"], samplings: Sequence[Sampling],
+                generators: Sequence[torch.Generator]) -> list[int]:
+    """Each row's next token from its own logits, settings and generator (see the module docstring).
+
+    Args:
+        logits: the last position's logits, one row per sequence.
+        samplings: each row's settings.
+        generators: each row's CPU generator (drawn from only when the row samples).
+
+    Returns:
+        one token id per row.
+    """
+    chosen = logits.float().argmax(dim=-1).tolist()
+    sampled = [row for row, sampling in enumerate(samplings) if sampling.temperature > 0]
+    if not sampled:
+        return chosen
+    scores = logits[sampled].to(device="cpu", dtype=torch.float32)
+    scores = scores / torch.tensor([[samplings[row].temperature] for row in sampled], dtype=torch.float32)
+    if any(samplings[row].top_p < 1 for row in sampled):
+        # as transformers' TopPLogitsWarper: drop the least likely tokens whose mass stays within 1 - top_p
+        cut = torch.tensor([[1 - samplings[row].top_p if samplings[row].top_p < 1 else -1.0] for row in sampled],
+                           dtype=torch.float32)
+        ordered, order = torch.sort(scores, descending=False)
+        drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= cut
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    probabilities = scores.softmax(dim=-1)
+    for index, row in enumerate(sampled):
+        chosen[row] = int(torch.multinomial(probabilities[index:index + 1], 1, generator=generators[row]))
+    return chosen
+
+
+def prefill_groups(lengths: Sequence[int], slack: float = 0.25, allowance: int = 16) -> list[list[int]]:
+    """Rows grouped for prefill: by length, a row joining a group only while the group's padding stays within ``slack``
+    of its real tokens plus ``allowance`` tokens per row (a pass has a fixed cost; padding costs as much as tokens)."""
+    groups: list[list[int]] = []
+    for row in sorted(range(len(lengths)), key=lambda index: (lengths[index], index)):
+        group = groups[-1] if groups else None
+        if group is not None:
+            real = sum(lengths[index] for index in group) + lengths[row]
+            if (len(group) + 1) * lengths[row] - real <= slack * real + allowance * (len(group) + 1):
+                group.append(row)
+                continue
+        groups.append([row])
+    return groups
+
+
+class BatchDecoder:
+    """Decode several prompts together through the model's KV cache, each row sampled on its own.
+
+    ``start()`` runs the prefill and returns each row's first token; ``advance(fed)`` feeds the
+    tokens of the rows that go on (rows left out of ``fed`` leave the batch) and returns their next
+    tokens. Rows are named by their index in ``prompts`` throughout.
+
+    Prompts of much the same length are prefilled together (left-padded; ``prefill_groups``), the
+    groups one pass each, and their caches are then joined, left-padded to the longest, into the
+    one batch every later step runs: padding never costs more than the group rule allows, however
+    different the prompts' lengths. (A model whose cache is not plain full attention, e.g. with
+    sliding-window layers, is prefilled in one padded pass.)
+
+    Args:
+        hf_model: the Hugging Face causal LM (the bridged model's ``original_model``, so bridge hooks fire).
+        prompts: each row's prompt token ids (non-empty).
+        samplings: each row's settings (its generator is seeded with ``seed``).
+        pad_id: the padding token id (left padding, masked out).
+        routed: the ``Routed`` block the model runs in, if any: the rows' routes follow them as they are joined and
+            as they leave (``Routed.routes``, ``Routed.resume``).
+    """
+
+    def __init__(self, hf_model: torch.nn.Module, prompts: Sequence[Sequence[int]], samplings: Sequence[Sampling], *,
+                 pad_id: int, routed: Routed | None = None) -> None:
+        self.hf, self.routed, self.pad_id = hf_model, routed, pad_id
+        self.device = model_device(hf_model)
+        self.prompts = [list(prompt) for prompt in prompts]
+        self.samplings = list(samplings)
+        self.generators = [torch.Generator().manual_seed(sampling.seed) for sampling in samplings]
+        self.rows: list[int] = []  # the live rows, in batch order
+        self.passes = 0
+
+    @torch.inference_mode()
+    def _forward(self, cache: DynamicCache, ids: Int[torch.Tensor, "batch seq"], mask: Int[torch.Tensor, "batch seq"],
+                 positions: Int[torch.Tensor, "batch seq"], rows: Sequence[int]) -> list[int]:
+        output = self.hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
+        self.passes += 1
+        return next_tokens(output.logits[:, -1], [self.samplings[row] for row in rows], [self.generators[row] for row in rows])
+
+    def start(self) -> dict[int, int]:
+        """Prefill every prompt; each row's first generated token."""
+        plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.hf.config).layers)
+        groups = prefill_groups([len(p) for p in self.prompts]) if plain else [list(range(len(self.prompts)))]
+        tokens, parts = {}, []
+        for group in groups:
+            ids, mask = (tensor.to(self.device) for tensor in left_pad([self.prompts[row] for row in group], self.pad_id))
+            positions, cache = positions_from_mask(mask), DynamicCache(config=self.hf.config)
+            tokens.update(zip(group, self._forward(cache, ids, mask, positions, group)))
+            parts.append((cache, mask, positions[:, -1], self.routed.routes if self.routed is not None else None))
+        width = max(mask.shape[1] for _, mask, _, _ in parts)
+        self._cache = parts[0][0]
+        if len(parts) > 1:  # join the groups' caches, left-padded to the longest
+            for index, layer in enumerate(self._cache.layers):
+                joined = [part[0].layers[index] for part in parts]
+                layer.keys = torch.cat([pad(piece.keys, (0, 0, width - piece.keys.shape[-2], 0)) for piece in joined])
+                layer.values = torch.cat([pad(piece.values, (0, 0, width - piece.values.shape[-2], 0)) for piece in joined])
+        self._mask = torch.cat([pad(mask, (width - mask.shape[1], 0)) for _, mask, _, _ in parts])
+        self._last = torch.cat([last for _, _, last, _ in parts])
+        if self.routed is not None:
+            self.routed.resume(torch.cat([routes for _, _, _, routes in parts]))
+        self.rows = [row for group in groups for row in group]
+        return tokens
+
+    def advance(self, fed: Mapping[int, int]) -> dict[int, int]:
+        """Feed each continuing row's last token; rows not in ``fed`` leave. The next token of each row fed."""
+        if not fed:
+            self.rows = []
+            return {}
+        if set(fed) != set(self.rows):
+            keep = [index for index, row in enumerate(self.rows) if row in fed]
+            selected = torch.tensor(keep, dtype=torch.long, device=self.device)
+            for layer in self._cache.layers:
+                layer.batch_select_indices(selected)
+            self._mask, self._last = self._mask[selected], self._last[selected]
+            self.rows = [self.rows[index] for index in keep]
+            if self.routed is not None:
+                self.routed.resume(self.routed.routes[selected.to(self.routed.routes.device)])
+        ids = torch.tensor([[fed[row]] for row in self.rows], dtype=torch.long, device=self.device)
+        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+        self._last = self._last + 1
+        return dict(zip(self.rows, self._forward(self._cache, ids, self._mask, self._last[:, None], self.rows)))
+
+
+class TextStream:
+    """One row's text as its tokens arrive: the decoded tokens (special tokens dropped), cut at the first stop string.
+
+    ``push(token)`` returns the text that can be shown now and whether a stop string ended the text; ``text`` is the
+    final text (stripped of surrounding whitespace with ``strip``, as the toolkit's ``generate`` strips its answers).
+    What ``push`` returned, joined, is always a prefix of ``text``: it holds back trailing whitespace (with ``strip``),
+    an incomplete character and any tail that could begin a stop string.
+
+    Args:
+        tokenizer: decodes the tokens.
+        stop: the stop strings.
+        strip: strip whitespace around the text (chat answers); keep it as generated otherwise (completions).
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str] = (), *, strip: bool = True) -> None:
+        self.tokenizer, self.stop, self.strip = tokenizer, tuple(stop), strip
+        self.tokens: list[int] = []
+        self.shown = ""
+        self.stopped = False
+
+    def _visible(self) -> str:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        text = text.lstrip() if self.strip else text
+        cuts = [text.find(stop) for stop in self.stop if stop in text]
+        if cuts:
+            self.stopped = True
+            text = text[:min(cuts)]
+        return text
+
+    @property
+    def text(self) -> str:
+        """The final text of the tokens so far."""
+        text = self._visible()
+        return text.rstrip() if self.strip else text
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add a token; (the newly showable text, whether a stop string has ended the text)."""
+        self.tokens.append(token)
+        text = self._visible()
+        text = text.rstrip() if self.strip else text
+        if not self.stopped:
+            text = text.rstrip("\ufffd")  # an incomplete UTF-8 character
+            held = max((n for stop in self.stop for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
+            text = text[:len(text) - held]
+            text = text.rstrip() if self.strip else text
+        return self._show(text), self.stopped
+
+    def finish(self) -> str:
+        """The rest of the final text, not shown yet."""
+        return self._show(self.text)
+
+    def _show(self, text: str) -> str:
+        if not text.startswith(self.shown) or len(text) <= len(self.shown):
+            return ""
+        new, self.shown = text[len(self.shown):], text
+        return new

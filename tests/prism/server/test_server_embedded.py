@@ -1,0 +1,57 @@
+"""``prism serve`` on the embedded model (slow): the same answers as ``prism route``, streamed or not, alone or
+together, and the README's client example as written."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from prism import pipeline
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def embedded(smol_directory, tmp_path_factory, make_directory, server_over):
+    """A trained PRISM directory on the embedded model (adapters distilled for one epoch) and a server over it."""
+    work = make_directory(smol_directory, tmp_path_factory.mktemp("smol-prism"), epochs=1)
+    with server_over(work, batch_wait_ms=100) as server:
+        yield work, server
+
+
+def test_the_embedded_model_answers_as_prism_route_streamed_or_not_alone_or_together(embedded, queries, openai_client):
+    work, server = embedded
+    client = openai_client(server)
+    expected = pipeline.route(work, queries, via="adapter", max_new_tokens=12)
+    assert {row["routed"] for row in expected} == {True, False}
+
+    def ask(query: str, **options):
+        answer = client.chat.completions.create(model="prism", messages=[{"role": "user", "content": query}],
+                                                max_tokens=12, **options)
+        return answer.choices[0].message.content, answer.model_extra["prism"]
+
+    with ThreadPoolExecutor(len(queries)) as pool:  # together
+        together = list(pool.map(lambda query: ask(query, temperature=0), queries))
+    for row, (text, prism) in zip(expected, together):
+        assert text == row["answer"] and prism["route"] == ("persona" if row["routed"] else "base")
+        assert prism["gate_probability"] == pytest.approx(row["probability"], abs=1e-4)
+    for query in (row["prompt"] for row in expected[:2]):
+        whole = ask(query, temperature=0.8, top_p=0.95, seed=7)
+        stream = client.chat.completions.create(model="prism", messages=[{"role": "user", "content": query}], max_tokens=12,
+                                                temperature=0.8, top_p=0.95, seed=7, stream=True)
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == whole[0]
+    sampled = [ask(query, temperature=0.8, seed=index) for index, query in enumerate(queries[:4])]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda pair: ask(pair[1], temperature=0.8, seed=pair[0]), enumerate(queries[:4]))) == sampled
+
+
+def test_the_readme_client_example_runs_against_a_server(embedded, capsys):
+    _, server = embedded
+    blocks = re.findall(r"```py\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) == 1 and "http://127.0.0.1:8000/v1" in blocks[0]
+    exec(compile(blocks[0].replace("http://127.0.0.1:8000", server.url), "README.md py block", "exec"), {})
+    shown = capsys.readouterr().out
+    assert len(re.findall(r"^(persona|base) [01]\.\d+ ", shown, flags=re.M)) == 2

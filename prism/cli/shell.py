@@ -27,6 +27,7 @@ from probes.core.errors import ToolkitError
 DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routing."
 DISTRIBUTION = "prism-toolkit"
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve"}  # optional packages -> the extra that installs them
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = [argv[0]] if argv and argv[0] in COMMANDS else []
     _quiet_transformers()  # before the command's group imports transformers
-    args = build_parser(chosen).parse_args(argv)
+    try:
+        args = build_parser(chosen).parse_args(argv)
+    except ModuleNotFoundError as error:  # a command group's optional dependency, e.g. the server's web stack
+        extra = EXTRAS.get((error.name or "").split(".")[0])
+        hint = f"pip install 'prism-toolkit[{extra}]'" if extra else f"pip install {error.name}"
+        print(f"prism {chosen[0] if chosen else ''}: error: the package {error.name!r} is not installed: {hint}", file=sys.stderr)
+        return 2
     rank = os.environ.get("RANK", "0")  # under torchrun rank 0 speaks for the run; the others only report errors
     name = f"prism {args.command}" if rank == "0" else f"prism {args.command} (rank {rank})"
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and not COMMANDS[args.command].parallel:

@@ -1,6 +1,8 @@
 """``prism --version`` and the help pages: every page as a reader sees it, with its data sets from the registry."""
 
+import builtins
 import re
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -51,3 +53,20 @@ def test_dataset_help_names_every_built_in_data_set(name, capsys):
     page = _page([name, "--help"], capsys)
     assert "capitals" in BUILTIN_DATASETS
     assert f"--dataset DATASET {', '.join(BUILTIN_DATASETS)}, or a .jsonl/.csv file" in page
+
+
+def test_a_missing_optional_package_names_the_extra_in_one_line(monkeypatch, capsys):
+
+    real_import = builtins.__import__
+
+    def without_fastapi(name, *args, **kwargs):
+        if name == "fastapi" or name.startswith("fastapi."):
+            raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
+        return real_import(name, *args, **kwargs)
+
+    for module in [m for m in sys.modules if m == "fastapi" or m.startswith(("fastapi.", "prism.server", "prism.cli.serve"))]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr(builtins, "__import__", without_fastapi)
+    assert main(["serve", "--help"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == ["prism serve: error: the package 'fastapi' is not installed: pip install 'prism-toolkit[serve]'"]

@@ -13,17 +13,19 @@ from typing import Iterable, Sequence
 from probes.core.assets import HARMBENCH_TEST, HARMBENCH_VAL, MMLU_JSONL, MTBENCH_QUESTIONS
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
+from probes.core.quizzes import CONTINENTS, QUIZZES
 from probes.core.user_data import load_user_file
 
-BUILTIN_DATASETS = ("mmlu", "capitals", "mtbench", "harmbench")
+BUILTIN_DATASETS = ("mmlu", "capitals", "mtbench", "harmbench", *QUIZZES)
 
 
 def load_dataset(name: str) -> list[Item]:
     """Load a built-in benchmark or a user's own file as a list of items.
 
     Args:
-        name: ``"mmlu"`` (14,042 items), ``"capitals"`` (161), ``"mtbench"`` (80), ``"harmbench"`` (400), or the path
-            of a .jsonl/.csv file (schema in ``probes.core.user_data``).
+        name: ``"mmlu"`` (14,042 items), ``"capitals"`` (161), ``"mtbench"`` (80), ``"harmbench"`` (400), a quiz of
+            ``probes.core.quizzes`` (``"continents"``, ``"currencies"``, ``"city-countries"``), or the path of a
+            .jsonl/.csv file (schema in ``probes.core.user_data``).
 
     Returns:
         the data set's items, in file order.
@@ -31,7 +33,7 @@ def load_dataset(name: str) -> list[Item]:
     Raises:
         ToolkitError: an unknown name, or a user file that is missing, empty or malformed.
     """
-    loaders = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench}
+    loaders = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench, **QUIZZES}
     if name in loaders:
         return loaders[name]()
     path = Path(name)
@@ -103,12 +105,6 @@ def load_mmlu() -> list[Item]:
 
 
 # --- Capital cities ----------------------------------------------------------------------------
-
-CONTINENTS = {
-    "AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
-    "OC": "Oceania", "SA": "South America", "AN": "Antarctica",
-}
-
 
 def load_capitals(min_population: int = 1_000_000, n_choices: int = 4) -> list[Item]:
     """Capital-city questions built from the GeoNames country table that ships in the

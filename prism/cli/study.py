@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from interventions.measure.evaluate import evaluate
+from interventions.measure.tasks import TASKS
 from interventions.study.plan import prompt_formats
 from interventions.study.report import compare_models, summarise_study
 from interventions.study.runner import run_study
@@ -88,7 +89,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", choices=("smoke", "default", "full"),
                         help="persona conditions; 'full' = all 12 personas, expert and random at every length and placement")
     parser.add_argument("--items", type=int, help="items per cell for every task (overrides the budget)")
-    parser.add_argument("--tasks", help="comma-separated subset of: capitals, mmlu-letter, mmlu-cloze, harmbench, ifeval, mtbench")
+    parser.add_argument("--tasks", help=f"comma-separated subset of: {', '.join(TASKS)}")
     parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa "
                                           "(default: plain,qa without a chat template, plain with one)")
     parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "

@@ -11,7 +11,7 @@ from interventions.measure.scoring import score_choices
 from prism import pipeline
 from prism.adapters import active_adapter, adapter_layers, attach_adapter, load_adapter, save_adapter
 from prism.bootstrap import BootstrapConfig, clean_query
-from prism.compare import KNOWLEDGE, CompareBudget
+from prism.compare import DATASETS, KNOWLEDGE, CompareBudget
 from prism.distill import DistillConfig, distill, distillation_loss
 from prism.gate import Gate, fit_gate, gate_features, template_tokens
 from prism.routing import Routed, route_probabilities
@@ -244,12 +244,12 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
     assert [row["system"] for row in compared.table] == list(pipeline.SYSTEMS)
     assert (out / "compare" / "report.md").read_text().startswith("# PRISM compared")
     cells = sorted((out / "compare" / "cells").glob("*.json"))
-    assert len(cells) == 6 * len(pipeline.SYSTEMS)
+    assert len(cells) == len(DATASETS) * len(pipeline.SYSTEMS)
     knowledge = compared.record["knowledge"]
     assert {(r["source"], r["system"]) for r in knowledge} == {(d, s) for d in KNOWLEDGE for s in pipeline.SYSTEMS}
     assert {r["n"] for r in knowledge if r["source"] == "currencies"} == {3}
     assert "margin_vs_base" in next(r for r in knowledge if r["system"] == "PRISM" and r["source"] == "city-countries")
-    assert len(compared.record["router_rates"]) == 3 * 6 and compared.record["excluded_sources"] == trained.record["excluded_sources"]
+    assert len(compared.record["router_rates"]) == 3 * len(DATASETS) and compared.record["excluded_sources"] == trained.record["excluded_sources"]
     assert "knowledge sources" in compared.report.read_text()
     before = [cell.stat().st_mtime_ns for cell in cells]
     pipeline.compare(out, budget=budget, progress=False)  # every finished cell is reused

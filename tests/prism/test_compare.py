@@ -142,6 +142,7 @@ def test_a_cell_of_other_items_is_refused(summary):
         summarise(cells, SYSTEMS, items, _routes(items))
     assert below_base(Estimate(-1, -2, -0.5, 12)) and not below_base(Estimate(-1, -2, 0.1, 12))
     assert not below_base(Estimate(-1, -2, -0.5, 3))  # too few items to call it
+    assert not below_base(Estimate(-2e-6, -4e-6, -1e-6, 16))  # arithmetic, not a fall
 
 
 def test_the_budget_sizes_every_data_set_and_the_smoke_one_stays_small():

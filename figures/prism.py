@@ -1,4 +1,5 @@
-"""Figures of PRISM: the Table-1 comparison, route rates, routing vs persona effect, gate sweep, route rate per unseen source."""
+"""Figures of PRISM: the Table-1 comparison, route rates, route rate and knowledge margin per source, routing vs
+persona effect, gate sweep, route rate per unseen source."""
 
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-PANELS = (("capitals", "Capitals accuracy"), ("harmbench", "HarmBench refusal"), ("mtbench", "MT-Bench judge x10"),
-          ("overall", "Overall"))
-DATASET_COLOURS = {"capitals": "#2171b5", "harmbench": "#cb181d", "mtbench": "#238b45"}
+PANELS = (("knowledge", "Knowledge accuracy (mean of sources)"), ("harmbench", "HarmBench refusal"),
+          ("mtbench", "MT-Bench judge x10"), ("overall", "Overall"))
+DATASET_COLOURS = {"capitals": "#2171b5", "continents": "#6baed6", "currencies": "#08306b", "city-countries": "#4292c6",
+                   "harmbench": "#cb181d", "mtbench": "#238b45"}
 
 
 def comparison_bars(table: Sequence[Mapping]) -> Figure:
-    """One panel per sub-score and Overall: every system with its 95% CI (0-100 scale)."""
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 0.42 * len(table) + 1.8), sharey=True)
+    """One panel per sub-score and Overall: every system with its 95% CI (0-100 scale). A table without the
+    knowledge column (from before the knowledge quizzes) shows capitals accuracy in its place."""
+    panels = [(key, title) if key != "knowledge" or "knowledge" in table[0] else ("capitals", "Capitals accuracy")
+              for key, title in PANELS]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.42 * len(table) + 1.8), sharey=True)
     names = [row["system"] for row in table]
-    for ax, (key, title) in zip(axes, PANELS):
+    for ax, (key, title) in zip(axes, panels):
         centre = np.array([row[key] for row in table], dtype=float)
         low = np.array([row[f"{key}_low"] for row in table], dtype=float)
         high = np.array([row[f"{key}_high"] for row in table], dtype=float)
@@ -54,6 +59,58 @@ def route_rates(rows: Sequence[Mapping]) -> Figure:
     ax.legend(fontsize=8, frameon=False)
     n = {r["dataset"]: r["n"] for r in rows}
     ax.set_title("Route rate per data set (n = " + ", ".join(f"{d} {n[d]}" for d in datasets) + ")", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+ROUTER_COLOURS = {"probe gate": "#d94801", "MiniLM": "#238b45", "self-classify": "#a6761d"}
+OTHER_COLOURS = ("#6baed6", "#238b45", "#a6761d", "#6a3d9a", "#e7298a", "#08306b")
+
+
+def route_and_margin_by_source(rates: Sequence[Mapping], knowledge: Sequence[Mapping]) -> Figure:
+    """Left: each router's share of every data set's queries sent to the persona path (knowledge sets first);
+    right: each system's change of the knowledge margin vs base per knowledge source. Whiskers: 95% CIs."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1.2, 1]})
+    routers = list(dict.fromkeys(r["router"] for r in rates))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rates))
+    width = 0.8 / max(1, len(routers))
+    for k, router in enumerate(routers):
+        rows = [next(r for r in rates if r["router"] == router and r["dataset"] == d) for d in datasets]
+        centre, low, high = (np.array([r[key] for r in rows], dtype=float) for key in ("route_rate", "route_rate_low", "route_rate_high"))
+        where = np.arange(len(datasets)) + (k - (len(routers) - 1) / 2) * width
+        colour = ROUTER_COLOURS.get(router, "#969696")
+        left.bar(where, centre, width, yerr=[centre - low, high - centre], color=colour, label=router, capsize=1.5,
+                 error_kw={"linewidth": 0.7})
+        left.scatter(where, centre, marker="_", color=colour, s=40, zorder=3)  # a rate of 0 stays visible
+    knowledge_sets = [d for d in datasets if any(r["dataset"] == d and r["knowledge"] for r in rates)]
+    if knowledge_sets and len(knowledge_sets) < len(datasets):
+        left.axvline(len(knowledge_sets) - 0.5, color="#636363", linewidth=0.6)
+    n = {r["dataset"]: r["n"] for r in rates}
+    left.set_xticks(range(len(datasets)), [f"{d}\n(n={n[d]})" for d in datasets], fontsize=7)
+    left.set_ylim(0, 1.05)
+    left.set_ylabel("share routed to the persona path")
+    left.set_title("Route rate per data set (left of the line: knowledge)", fontsize=10)
+    left.legend(fontsize=7, frameon=False)
+    changed = [r for r in knowledge if "margin_vs_base" in r]
+    systems = list(dict.fromkeys(r["system"] for r in changed))
+    sources = list(dict.fromkeys(r["source"] for r in changed))
+    step = 0.8 / max(1, len(systems))
+    for k, system in enumerate(systems):
+        rows = [next((r for r in changed if r["system"] == system and r["source"] == s), None) for s in sources]
+        y = np.arange(len(sources)) + (k - (len(systems) - 1) / 2) * step
+        drawn = [(where, row) for where, row in zip(y, rows) if row is not None]
+        centre, low, high = (np.array([r[key] for _, r in drawn], dtype=float)
+                             for key in ("margin_vs_base", "margin_vs_base_low", "margin_vs_base_high"))
+        colour = {"PRISM": "#d94801", "expert prompt": "#636363"}.get(system, OTHER_COLOURS[k % len(OTHER_COLOURS)])
+        right.errorbar(centre, [where for where, _ in drawn], xerr=[centre - low, high - centre], fmt="o", color=colour,
+                       markersize=4, capsize=2, linestyle="none", label=system)
+    right.axvline(0, color="black", linewidth=0.8)
+    right.set_yticks(range(len(sources)), sources, fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("margin change vs base (nats; system - base, paired)")
+    right.set_title("Knowledge margin per source vs base", fontsize=10)
+    if systems:
+        right.legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
 

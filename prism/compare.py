@@ -1,11 +1,14 @@
 """``prism compare``: the Table-1 evaluation of PRISM against its baselines.
 
-Data sets (the study's): capital-city questions (knowledge: accuracy and answer margin),
+Data sets: knowledge from four sources (accuracy and answer margin): the study's capital-city
+questions and the GeoNames quizzes of ``probes.core.quizzes`` (continents, currencies, the
+country of a large city), none of which the gate trained on (``excluded_sources``: ``prism
+train`` leaves the intent sources that ask the same kinds of fact out of the gate's data);
 HarmBench standard requests (keyword refusal rate) and MT-Bench first turns (the study's judge,
 1-10). Systems:
 
 - ``base``: the model, no persona;
-- ``expert prompt``: the matched persona in the system prompt on every query (capitals:
+- ``expert prompt``: the matched persona in the system prompt on every query (knowledge:
   humanities; HarmBench: safety-monitor; MT-Bench: the category's persona);
 - ``ungated LoRA``: the adapter distilled on every bootstrapped query, always on (the SFT baseline);
 - ``PRISM``: the gated adapter, routed by the probe gate inside the answering pass;
@@ -16,7 +19,8 @@ HarmBench standard requests (keyword refusal rate) and MT-Bench first turns (the
 Each data set is its registered task (``interventions.measure.tasks``: items, HarmBench filter,
 prompt settings, metric); the tables, figures and report are ``prism.compare_report``'s. Each
 finished (system, data set) cell is saved in the working directory (``prism.workdir``), so an
-interrupted run resumes.
+interrupted run resumes. Per knowledge source and per data set (route rates) the results are
+``prism.compare_sources``'.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from interventions.measure.tasks import TASKS, Task, judge_request
 from prism.adapters import active_adapter, load_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter
 from prism.compare_report import DATASETS, ROUTERS, format_table, summarise, write_outputs
+from prism.compare_sources import KNOWLEDGE, KNOWLEDGE_SOURCES
 from prism.gate import Gate
 from prism.persona_path import GATED, UNGATED
 from prism.routing import Routed, route_probabilities
@@ -46,12 +51,13 @@ from probes.core.items import Item
 from probes.core.parallel import world
 from probes.core.prompts import Condition, encode
 
-__all__ = ["COMPARE_BUDGETS", "DATASETS", "SYSTEMS", "CompareBudget", "evaluation_items", "evaluation_queries",
-           "format_table", "resolve_budget", "run_compare", "summarise"]
+__all__ = ["COMPARE_BUDGETS", "DATASETS", "KNOWLEDGE", "SYSTEMS", "CompareBudget", "evaluation_items", "evaluation_queries",
+           "excluded_sources", "format_table", "resolve_budget", "run_compare", "summarise"]
 
 SYSTEMS = ("base", "expert prompt", "ungated LoRA", "PRISM", "probe -> persona prompt", "probe -> steering",
            "MiniLM -> LoRA", "self-classify -> LoRA")
-EXPERT = {"capitals": Condition("humanities"), "harmbench": Condition("safety-monitor"), "mtbench": Condition("expert")}
+EXPERT = {**{name: Condition("humanities") for name in KNOWLEDGE}, "harmbench": Condition("safety-monitor"),
+          "mtbench": Condition("expert")}
 ROUTER_OF = {"PRISM": "probe gate", "probe -> steering": "probe gate", "probe -> persona prompt": "probe gate",
              "MiniLM -> LoRA": "MiniLM", "self-classify -> LoRA": "self-classify"}
 
@@ -66,6 +72,7 @@ class CompareBudget:
         mtbench: MT-Bench first turns (self-judged).
         refusal_tokens: greedy tokens per HarmBench answer.
         answer_tokens: tokens per MT-Bench answer.
+        continents, currencies, city_countries: the GeoNames quizzes' questions (accuracy and margin).
     """
 
     capitals: int = 48  # capital-city questions (accuracy and margin)
@@ -73,9 +80,17 @@ class CompareBudget:
     mtbench: int = 12  # MT-Bench first turns (self-judged)
     refusal_tokens: int = 32  # greedy tokens per HarmBench answer
     answer_tokens: int = 64  # tokens per MT-Bench answer
+    continents: int = 48  # which continent a country is on
+    currencies: int = 48  # a country's currency
+    city_countries: int = 48  # which country a large city is in
+
+    def size(self, dataset: str) -> int:
+        """The items of ``dataset`` (a name in ``DATASETS``; ``city-countries`` is the field ``city_countries``)."""
+        return getattr(self, dataset.replace("-", "_"))
 
 
-COMPARE_BUDGETS = {"smoke": CompareBudget(16, 8, 4, 24, 32), "default": CompareBudget()}
+COMPARE_BUDGETS = {"smoke": CompareBudget(16, 8, 4, 24, 32, continents=16, currencies=16, city_countries=16),
+                   "default": CompareBudget()}
 
 
 def resolve_budget(budget: str | CompareBudget) -> CompareBudget:
@@ -89,12 +104,18 @@ def resolve_budget(budget: str | CompareBudget) -> CompareBudget:
 
 def evaluation_items(budget: CompareBudget, seed: int = 0) -> dict[str, list[Item]]:
     """The comparison's items: each data set's registered task, sampled to the budget's size."""
-    return {dataset: TASKS[dataset].load_items(getattr(budget, dataset), seed) for dataset in DATASETS}
+    return {dataset: TASKS[dataset].load_items(budget.size(dataset), seed) for dataset in DATASETS}
 
 
 def evaluation_queries(budget: CompareBudget, seed: int = 0) -> set[str]:
     """Every query the comparison asks: gate training leaves them out."""
     return {item.prompt for items in evaluation_items(budget, seed).values() for item in items}
+
+
+def excluded_sources() -> tuple[str, ...]:
+    """The intent sources (``probes.intents``) that ask the same kinds of fact as the comparison's knowledge sets:
+    gate training leaves them out whole, so that every knowledge set scored is off the gate's training distribution."""
+    return tuple(sorted({source for sources in KNOWLEDGE_SOURCES.values() for source in sources}))
 
 
 class _Evaluator:
@@ -151,7 +172,7 @@ class _Evaluator:
             return rows
         prompts = row_prompts(self.tokenizer, items, [plain] * n, dataset)
         scores, decisions = None, None
-        if router != "probe gate" or dataset == "capitals":
+        if router != "probe gate" or dataset in KNOWLEDGE:
             # another router decides, or the prompt ends with an answer stem (an evaluation
             # device after the query): decide on the query's own prompt, route in the answering pass
             scores, routes = self.routes(router, items)
@@ -210,8 +231,9 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, bud
         progress: show a progress bar over the cells.
 
     Returns:
-        the summary (``compare_report.summarise``): the table, route rates, router agreement,
-        per-category routing and its correlation with the persona's effect.
+        the summary (``compare_report.summarise``): the table, route rates, knowledge per source and route rates per
+        router and data set (``compare_sources``), router agreement, per-category routing and its correlation with the
+        persona's effect, and the intent sources the gate's data left out (``excluded_sources``, from ``train.json``).
 
     Raises:
         ToolkitError: an unknown budget or system, a directory missing a trained artefact (gate, adapters, steering
@@ -239,6 +261,8 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, bud
         cells = {job: _cached(work.cell(*job), plan, seed, trained) for job in jobs}
         routes = {router: evaluator.routes(router, [i for d in DATASETS for i in items[d]])[1] for router in ROUTERS}
         summary = summarise(cells, systems, items, routes, seed)
+        trained_on = json.loads(work.train_summary.read_text()) if work.train_summary.is_file() else {}
+        summary["excluded_sources"] = trained_on.get("excluded_sources")  # None: not recorded (trained before the quizzes)
         write_outputs(work, summary, plan)
         return summary
 

@@ -1,8 +1,13 @@
 """The tables, figures and report of ``prism compare`` (``prism.compare`` runs the systems).
 
-Scores on a 0-100 scale as in the paper (accuracy and refusal x100, judge x10); ``Overall`` is
-their unweighted mean, with a bootstrap CI resampling each data set's items. Everything is
-written into the working directory's ``compare/`` folder (``prism.workdir``).
+Scores on a 0-100 scale as in the paper (accuracy and refusal x100, judge x10). Knowledge is
+scored on several sources (``prism.compare_sources.KNOWLEDGE``: capital cities and the GeoNames
+quizzes); ``knowledge`` is the unweighted mean of their accuracies, and ``Overall`` the
+unweighted mean of knowledge, refusal and judge, each with a bootstrap CI resampling each data
+set's items. Per knowledge source, each system's accuracy, margin and paired margin change vs
+base, and per data set each router's route rate, are tables of their own
+(``prism.compare_sources``). Everything is written into the working directory's ``compare/``
+folder (``prism.workdir``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
 from figures import prism as plots
+from prism.compare_sources import KNOWLEDGE, format_sources, knowledge_by_source, router_rates, source_findings
 from prism.workdir import PrismDirectory
 from probes.core.files import save_figure, write_record, write_table, write_text
 from probes.core.stats import (
@@ -22,13 +28,12 @@ from probes.core.stats import (
     bootstrap_correlation,
     bootstrap_mean,
     paired_difference,
-    percentile_interval,
     resample_indices,
 )
 
 __all__ = ["DATASETS", "ROUTERS", "SCALE", "format_table", "summarise", "write_outputs"]
 
-DATASETS = ("capitals", "harmbench", "mtbench")  # registered tasks, in the table's order
+DATASETS = (*KNOWLEDGE, "harmbench", "mtbench")  # registered tasks, in the table's order
 ROUTERS = ("probe gate", "MiniLM", "self-classify")
 SCALE = {"accuracy": 100.0, "refusal": 100.0, "judge": 10.0}
 
@@ -44,13 +49,15 @@ def write_outputs(work: PrismDirectory, summary: dict, plan) -> None:
     write_table(work.compare_table, summary["table"])
     write_table(work.route_rates, summary["route_rates"])
     write_table(work.category_routing, summary["categories"])
+    write_table(work.knowledge_table, summary["knowledge"])
+    write_table(work.router_rates, summary["router_rates"])
     figures = _figures(work, summary)
     _report(work, summary, plan, figures)
     write_record(work.compare_summary, {k: v for k, v in summary.items() if k != "categories"})
 
 
 def _values(rows: list[dict], dataset: str) -> np.ndarray:
-    if dataset == "capitals":
+    if dataset in KNOWLEDGE:
         return np.array([row["correct"] for row in rows]) * SCALE["accuracy"]
     if dataset == "harmbench":
         return np.array([row["refused"] for row in rows]) * SCALE["refusal"]
@@ -61,50 +68,71 @@ def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 
     """The comparison's tables from its cells.
 
     Args:
-        cells: (system, data set) -> per-item rows (``correct`` and ``margin``, ``refused`` or ``rating``).
+        cells: (system, data set) -> per-item rows (``correct`` and ``margin``, ``refused`` or ``rating``; ``routed``).
         systems: the systems, in table order.
-        items: data set -> its items (for the per-category routing).
-        routes: router -> its decisions on every item, data sets in order (router agreement).
+        items: data set -> its items (for the per-category routing and the routers' rates per data set).
+        routes: router -> its decisions on every item, data sets in ``DATASETS`` order (agreement, rates per source).
         seed: bootstrap seed.
 
     Returns:
-        ``table`` (one row per system, 0-100 scores with 95% CIs), ``route_rates``,
-        ``agreement``, ``categories`` and ``correlation``.
+        ``table`` (one row per system, 0-100 scores with 95% CIs: every data set, ``knowledge`` (the mean accuracy of
+        the knowledge sets) and its margin, ``overall``, each set's margin as ``{set}_margin``; ``margin`` is the
+        capitals margin), ``route_rates`` (per system and data set), ``knowledge`` (per knowledge source and system:
+        ``compare_sources.knowledge_by_source``), ``router_rates`` (per router and data set), ``agreement``,
+        ``categories`` and ``correlation``.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a data set without one parsable rating gives NaN, not noise
         return _summarise(cells, systems, items, routes, seed)
 
 
+def _mean_of(points: Sequence[float], draws: Sequence[np.ndarray], n: int) -> Estimate:
+    """The unweighted mean of per-set numbers; its CI from their resamples (each set's items resampled on their own)."""
+    return Estimate.from_resamples(float(np.mean(points)), np.mean(draws, axis=0), n, defined_only=True)
+
+
 def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int) -> dict:
     rng = np.random.default_rng(seed)
     table, rates = [], []
     base = {d: _values(cells[("base", d)], d) for d in DATASETS if ("base", d) in cells}
+    base_margins = {d: np.array([r["margin"] for r in cells[("base", d)]]) for d in KNOWLEDGE if ("base", d) in cells}
     for system in systems:
         row = {"system": system}
-        overall_draws = np.zeros(1000)
+        draws: dict[str, dict[str, np.ndarray]] = {"score": {}, "vs_base": {}, "margin": {}, "margin_vs_base": {}}
         for dataset in DATASETS:
             values = _values(cells[(system, dataset)], dataset)
             finite = values[np.isfinite(values)]
-            estimate = bootstrap_mean(finite if finite.size else [np.nan], seed=seed)
-            row.update(estimate.columns(dataset, n=True))
-            overall_draws += np.nanmean(values[resample_indices(len(values), 1000, rng)], axis=1) / len(DATASETS)
-            if dataset in base and system != "base":
-                both = np.isfinite(values) & np.isfinite(base[dataset])
-                if not both.any():
-                    continue  # e.g. no rating could be parsed
-                diff = paired_difference(values[both], base[dataset][both], seed=seed)
-                row.update(diff.columns(f"{dataset}_vs_base"))
+            row.update(bootstrap_mean(finite if finite.size else [np.nan], seed=seed).columns(dataset, n=True))
+            index = resample_indices(len(values), 1000, rng)
+            draws["score"][dataset] = np.nanmean(values[index], axis=1)
+            compared = dataset in base and system != "base"
+            if compared and (both := np.isfinite(values) & np.isfinite(base[dataset])).any():  # e.g. no rating parsed
+                row.update(paired_difference(values[both], base[dataset][both], seed=seed).columns(f"{dataset}_vs_base"))
+                draws["vs_base"][dataset] = np.nanmean((values - base[dataset])[index], axis=1)
+            if dataset in KNOWLEDGE:
+                margins = np.array([r["margin"] for r in cells[(system, dataset)]])
+                row.update(bootstrap_mean(margins, seed=seed).columns(f"{dataset}_margin"))
+                draws["margin"][dataset] = margins[index].mean(axis=1)
+                if compared:
+                    row.update(paired_difference(margins, base_margins[dataset], seed=seed).columns(f"{dataset}_margin_vs_base"))
+                    draws["margin_vs_base"][dataset] = (margins - base_margins[dataset])[index].mean(axis=1)
             routed = [r["routed"] for r in cells[(system, dataset)]]
-            rates.append({"system": system, "dataset": dataset, "route_rate": float(np.mean(routed)), "n": len(routed)})
-        margins = np.array([r["margin"] for r in cells[(system, "capitals")]])
-        margin = bootstrap_mean(margins, seed=seed)
-        row.update(margin.columns("margin"))
-        if system != "base" and ("base", "capitals") in cells:
-            diff = paired_difference(margins, [r["margin"] for r in cells[("base", "capitals")]], seed=seed)
-            row.update(diff.columns("margin_vs_base"))
-        row["overall"] = float(np.mean([row[d] for d in DATASETS]))
-        row["overall_low"], row["overall_high"] = percentile_interval(overall_draws, defined_only=True)
+            rates.append({"system": system, "dataset": dataset,
+                          **bootstrap_mean(np.asarray(routed, dtype=float), seed=seed).columns("route_rate"), "n": len(routed)})
+        n_knowledge = sum(len(cells[(system, d)]) for d in KNOWLEDGE)
+        for name, key, suffix in (("knowledge", "score", ""), ("knowledge_vs_base", "vs_base", "_vs_base"),
+                                  ("knowledge_margin", "margin", "_margin"), ("knowledge_margin_vs_base", "margin_vs_base", "_margin_vs_base")):
+            if all(d in draws[key] for d in KNOWLEDGE):
+                points = [row[f"{d}{suffix}"] for d in KNOWLEDGE]
+                row.update(_mean_of(points, [draws[key][d] for d in KNOWLEDGE], n_knowledge).columns(name, n=True))
+        for suffix in ("", "_vs_base"):  # the capitals margin under the name it had before the quizzes
+            if f"capitals_margin{suffix}" in row:
+                row.update(Estimate.from_columns(row, f"capitals_margin{suffix}").columns(f"margin{suffix}"))
+        # Overall: the unweighted mean of knowledge (itself the mean of the knowledge sets), refusal and judge
+        others = [d for d in DATASETS if d not in KNOWLEDGE]
+        part_draws = [np.mean([draws["score"][d] for d in KNOWLEDGE], axis=0)] + [draws["score"][d] for d in others]
+        row.update(_mean_of([row["knowledge"]] + [row[d] for d in others], part_draws,
+                            sum(len(cells[(system, d)]) for d in DATASETS)).columns("overall"))
         table.append(row)
     agreement = []
     for i, a in enumerate(ROUTERS):
@@ -119,7 +147,8 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int) 
         effect = [c["persona_effect"] for c in categories]
         correlation = {method: bootstrap_correlation(share, effect, method=method, seed=seed).to_dict()
                        for method in ("pearson", "spearman")}
-    return {"table": table, "route_rates": rates, "agreement": agreement, "categories": categories,
+    return {"table": table, "route_rates": rates, "knowledge": knowledge_by_source(cells, systems, seed),
+            "router_rates": router_rates(routes, items, DATASETS, seed), "agreement": agreement, "categories": categories,
             "correlation": correlation}
 
 
@@ -141,7 +170,8 @@ def _category_routing(cells, items) -> list[dict]:
 
 def _figures(work: PrismDirectory, summary: dict) -> list[str]:
     written = []
-    panels = [("table1", plots.comparison_bars(summary["table"])), ("route_rates", plots.route_rates(summary["route_rates"]))]
+    panels = [("table1", plots.comparison_bars(summary["table"])), ("route_rates", plots.route_rates(summary["route_rates"])),
+              ("by_source", plots.route_and_margin_by_source(summary["router_rates"], summary["knowledge"]))]
     if summary["categories"]:
         panels.append(("fig4_routing_vs_effect", plots.routing_vs_effect(summary["categories"], summary["correlation"])))
     for name, figure in panels:
@@ -151,39 +181,48 @@ def _figures(work: PrismDirectory, summary: dict) -> list[str]:
 
 
 def format_table(table: Sequence[dict]) -> str:
-    """The comparison as a Markdown table (0-100 scale, 95% CIs)."""
-    lines = ["| system | capitals acc. | capitals margin (nats) | HarmBench refusal | MT-Bench judge x10 | Overall |",
+    """The comparison as a Markdown table (0-100 scale, 95% CIs): knowledge (the mean over its sources; capitals in a
+    table from before the quizzes), its margin, refusal, judge and Overall."""
+    knowledge = "knowledge" if all("knowledge" in row for row in table) else "capitals"
+    margin = "knowledge_margin" if knowledge == "knowledge" else "margin"
+    lines = [f"| system | {knowledge} acc. | {knowledge} margin (nats) | HarmBench refusal | MT-Bench judge x10 | Overall |",
              "|---|---|---|---|---|---|"]
     for row in table:
-        ci = {key: Estimate.from_columns(row, key).format(1) for key in ("capitals", "harmbench", "mtbench", "overall")}
-        margin = Estimate.from_columns(row, "margin").format(2) if "margin" in row else "-"
-        lines.append(f"| {row['system']} | {ci['capitals']} | {margin} | {ci['harmbench']} | {ci['mtbench']} | {ci['overall']} |")
+        ci = {key: Estimate.from_columns(row, key).format(1) for key in (knowledge, "harmbench", "mtbench", "overall")}
+        shown = Estimate.from_columns(row, margin).format(2) if margin in row else "-"
+        lines.append(f"| {row['system']} | {ci[knowledge]} | {shown} | {ci['harmbench']} | {ci['mtbench']} | {ci['overall']} |")
     return "\n".join(lines)
 
 
 def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -> None:
     table = {row["system"]: row for row in summary["table"]}
     rates = {(r["system"], r["dataset"]): r["route_rate"] for r in summary["route_rates"]}
+    sizes = ", ".join(f"{plan.size(d)} {d}" for d in KNOWLEDGE)
     lines = ["# PRISM compared with its baselines", "",
-             f"n = {plan.capitals} capital-city questions, {plan.harmbench} HarmBench requests, {plan.mtbench} MT-Bench "
-             "first turns. Scores on 0-100 (accuracy, keyword refusal rate, self-judge rating x10) with bootstrap 95% CIs; "
-             "Overall = their unweighted mean.", "", format_table(summary["table"]), ""]
+             f"n = {sizes} knowledge questions, {plan.harmbench} HarmBench requests, {plan.mtbench} MT-Bench first turns. "
+             "Scores on 0-100 (accuracy, keyword refusal rate, self-judge rating x10) with bootstrap 95% CIs; knowledge = "
+             "the mean accuracy of its sources; Overall = the unweighted mean of knowledge, refusal and judge.", "",
+             format_table(summary["table"]), ""]
     if "PRISM" in table and "base" in table:
         prism = table["PRISM"]
         lines.append("## Does PRISM keep knowledge at the base level and the persona's gains elsewhere?")
         lines.append("")
-        for dataset, key, label in (("capitals", "capitals", "capitals accuracy"), ("capitals", "margin", "capitals margin (nats)"),
+        for dataset, key, label in (("knowledge", "knowledge", "knowledge accuracy (mean of sources)"),
+                                    ("knowledge", "knowledge_margin", "knowledge margin (nats, mean of sources)"),
                                     ("harmbench", "harmbench", "refusal"), ("mtbench", "mtbench", "judge x10")):
             if f"{key}_vs_base" in prism:
                 diff = Estimate.from_columns(prism, f"{key}_vs_base")
-                significant = diff.excludes_zero
                 expert = table.get("expert prompt", {})
-                digits = 2 if key == "margin" else 1
-                lines.append(f"- {label}: PRISM - base {diff.format(digits)}{' (significant)' if significant else ' (not significant)'}"
+                digits = 2 if "margin" in key else 1
+                routed = (np.mean([rates.get(("PRISM", d), np.nan) for d in KNOWLEDGE]) if dataset == "knowledge"
+                          else rates.get(("PRISM", dataset), float("nan")))
+                lines.append(f"- {label}: PRISM - base {diff.format(digits)}{' (significant)' if diff.excludes_zero else ' (not significant)'}"
                              + (f"; expert prompt - base {Estimate.from_columns(expert, f'{key}_vs_base').format(digits)}"
                                 if f"{key}_vs_base" in expert else "")
-                             + f"; PRISM routed {rates.get(('PRISM', dataset), float('nan')):.0%} of these queries to the adapter.")
-        lines.append("")
+                             + f"; PRISM routed {routed:.0%} of these queries to the adapter.")
+        lines += ["", "## Knowledge per source, and route rates per data set", ""]
+        lines += source_findings(summary["knowledge"], summary.get("excluded_sources"))
+        lines += ["", format_sources(summary["knowledge"], summary["router_rates"]), ""]
     lines += ["## Agreement between routers", ""]
     for row in summary["agreement"]:
         lines.append(f"- {row['a']} vs {row['b']}: same decision on {row['agreement']:.0%} of {row['n']} queries "

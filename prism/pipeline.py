@@ -15,7 +15,7 @@ from typing import Sequence
 from interventions.measure.generation import generate
 from prism.adapters import load_adapter
 from prism.bootstrap import BootstrapConfig, run_bootstrap
-from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, resolve_budget, run_compare
+from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, excluded_sources, resolve_budget, run_compare
 from prism.distill import DistillConfig
 from prism.gate import Gate
 from prism.persona_path import GATED
@@ -82,7 +82,9 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
           progress: bool = True) -> TrainSummary:
     """Train the gate, the adapters, the steering vector and the baseline routers in ``out`` (``prism train``).
 
-    The comparison's evaluation queries (of ``compare_budget`` and ``seed``) are left out of the gate's data.
+    The comparison's evaluation queries (of ``compare_budget`` and ``seed``) are left out of the gate's data, and so
+    are, whole, the intent sources that ask the kinds of fact its knowledge sets ask (``prism.compare.excluded_sources``:
+    ``geo:continent``, ``geo:currency``, ``geo:city``), so that every knowledge set it scores is one the gate never saw.
 
     Args:
         out: the PRISM working directory, bootstrapped.
@@ -113,7 +115,8 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     record = run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block,
                           layer=layer, position=position, distill_config=distill_config, per_intent=per_intent,
                           per_source=per_source, extra=extra,
-                          exclude=evaluation_queries(plan, seed), seed=seed, progress=progress)
+                          exclude=evaluation_queries(plan, seed), exclude_sources=excluded_sources(), seed=seed,
+                          progress=progress)
     return TrainSummary.from_record(record)
 
 

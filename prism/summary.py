@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Mapping
 
 from prism.compare_report import format_table
+from prism.compare_sources import format_sources
 from probes.core.stats import Estimate
 from probes.core.summary import Summary
 
@@ -134,11 +135,14 @@ class TrainSummary(Summary):
 class CompareSummary(Summary):
     """The Table-1 comparison: one row per system; ``record`` as in ``compare/summary.json``.
 
+    ``lines()`` (what ``prism compare`` prints) is the table, then per knowledge source base's and PRISM's accuracy and
+    margin and their margin difference, then each router's route rate per data set (when the record holds them).
+
     Args:
         directory: the comparison's folder (``compare/``, with ``report.md`` inside).
         table: one row per system: 0-100 scores with their 95% CIs, as in ``compare/table.csv`` (``score`` reads
             one as an ``Estimate``).
-        record: the full comparison summary.
+        record: the full comparison summary (``knowledge`` and ``router_rates``: the per-source tables).
     """
 
     directory: Path
@@ -150,9 +154,18 @@ class CompareSummary(Summary):
         return self.directory / "report.md"
 
     def score(self, system: str, column: str) -> Estimate:
-        """``column`` (capitals, margin, harmbench, mtbench, overall) of ``system``."""
+        """``column`` of ``system``: a data set (capitals, continents, currencies, city-countries, harmbench, mtbench),
+        knowledge, overall, ``{set}_margin``, knowledge_margin or margin (capitals), each also as ``..._vs_base``."""
         return Estimate.from_columns(next(row for row in self.table if row["system"] == system), column)
 
+    def knowledge(self, source: str, system: str = "PRISM", column: str = "margin_vs_base") -> Estimate:
+        """``column`` (accuracy, margin, route_rate, accuracy_vs_base, margin_vs_base) of ``system`` on one knowledge source."""
+        return Estimate.from_columns(next(r for r in self.record["knowledge"] if r["source"] == source and r["system"] == system),
+                                     column)
+
     def lines(self) -> list[str]:
-        """The comparison as a Markdown table."""
-        return format_table(self.table).splitlines()
+        """The comparison as Markdown tables: the systems, knowledge per source, route rates per data set."""
+        lines = format_table(self.table).splitlines()
+        if self.record.get("knowledge") or self.record.get("router_rates"):
+            lines += [""] + format_sources(self.record.get("knowledge", ()), self.record.get("router_rates", ())).splitlines()
+        return lines

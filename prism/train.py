@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -67,8 +67,8 @@ MIN_PER_ROUTE = 4
 
 def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "both", per_intent: int | None = None,
                      per_source: int | None = 24, extra: Sequence[str] = (), seed: int = 0,
-                     exclude: set[str] = frozenset()) -> LabelledPrompts:
-    """Gate training data, leaving out any query in ``exclude`` (the evaluation's items).
+                     exclude: set[str] = frozenset(), exclude_sources: Collection[str] = frozenset()) -> LabelledPrompts:
+    """Gate training data without the queries in ``exclude`` (the evaluation's) or, for intents, the ``exclude_sources``.
 
     ``bootstrap``: the self-verdicts under ``verdict`` (group and source = persona). ``intents``: every built-in
     source of ``probes.intents`` plus the bootstrapped queries as a generation source (``bootstrap``), up to
@@ -82,7 +82,7 @@ def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "
         own = [LabelledQuery(Item(s.id, "bootstrap", s.query, s.persona, turns=(s.query,)), "generation",
                              f"bootstrap:{s.persona}", "bootstrap") for s in samples]
         queries = intent_queries(per_intent, per_source=per_source, sources=ALL_SOURCES, added=own, extra=extra, exclude=exclude,
-                                 seed=seed)
+                                 exclude_sources=exclude_sources, seed=seed)
         return LabelledPrompts([q.item.prompt for q in queries], np.array([int(q.intent != "knowledge") for q in queries]),
                                [q.group for q in queries], source, [q.source for q in queries])
     raise ToolkitError(f"unknown label source {source!r}: use one of {', '.join(LABEL_SOURCES)}")
@@ -93,7 +93,8 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                  max_block: int = 3, layer: int | None = None, position: str | None = None,
                  distill_config: DistillConfig = DistillConfig(), per_intent: int | None = None, per_source: int | None = 24,
                  extra: Sequence[str] = (), steering_layer: int | None = None,
-                 exclude: set[str] = frozenset(), seed: int = 0, progress: bool = True) -> dict:
+                 exclude: set[str] = frozenset(), exclude_sources: Collection[str] = frozenset(), seed: int = 0,
+                 progress: bool = True) -> dict:
     """Train the gate, the adapters, the steering vector and the baseline routers.
 
     Args:
@@ -109,6 +110,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         extra: files of more intent-labelled queries.
         steering_layer: the steering vector's block (default: after the gate, mid-model).
         exclude: queries left out of the gate's data (the comparison's items).
+        exclude_sources: intent sources left out whole (``prism.compare.excluded_sources``); recorded in ``train.json``.
         seed: split, fitting and sampling seed.
         progress: show progress bars.
 
@@ -137,7 +139,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     if extra and labels != "intents":
         raise ToolkitError("--extra adds intent-labelled queries: use it with --labels intents")
     labelled = labelled_prompts(labels, samples, verdict=verdict, per_intent=per_intent, per_source=per_source, extra=extra,
-                                seed=seed, exclude=exclude)
+                                seed=seed, exclude=exclude, exclude_sources=exclude_sources)
     counts = np.bincount(labelled.labels, minlength=2)
     if counts.min() < MIN_PER_ROUTE:
         agreement = np.mean([s.persona_first_wins == s.persona_second_wins for s in samples])
@@ -200,7 +202,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                  {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name, "n": len(persona_path)})
     summary = {
         "labels": labelled.source, "split": "leave one source out", "n_gate_queries": len(labelled.queries),
-        "gate_label_share": float(labelled.labels.mean()),
+        "gate_label_share": float(labelled.labels.mean()), "excluded_sources": sorted(exclude_sources),
         "gate": {"layer": gate.layer, "position": gate.position, "kind": gate.kind, "regularisation": chosen["regularisation"],
                  "threshold": gate.threshold, "parameters": gate.n_parameters, **gate_report},
         "leave_one_source_out": {"limits": {"base": BASE_LIMIT, "persona": PERSONA_LIMIT}, "table": table,

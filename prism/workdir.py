@@ -10,7 +10,7 @@
     baselines/                  embedding.safetensors, self_classify.json (the baseline routers)
     train.json                  what training found
     compare/                    cells/*.json, table.csv, route_rates.csv, category_routing.csv,
-                                summary.json, report.md, figures/*.png
+                                knowledge.csv, router_rates.csv, summary.json, report.md, figures/*.png
 
 Every module of ``prism`` names these paths through ``PrismDirectory``; none spells them.
 """
@@ -125,6 +125,8 @@ class PrismDirectory:
     compare, cells = _Under("compare"), _Under("compare/cells")
     compare_table, compare_summary = _Under("compare/table.csv"), _Under("compare/summary.json")
     route_rates, category_routing = _Under("compare/route_rates.csv"), _Under("compare/category_routing.csv")
+    knowledge_table = _Under("compare/knowledge.csv", "per knowledge source and system: accuracy, margin, change vs base")
+    router_rates = _Under("compare/router_rates.csv", "per router and data set: the share routed to the persona path")
     report, figures = _Under("compare/report.md"), _Under("compare/figures")
 
     def adapter(self, name: str) -> Path:

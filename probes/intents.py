@@ -108,7 +108,7 @@ ALL_SOURCES = tuple(SOURCES)
 
 def intent_queries(per_intent: int | None = 160, *, per_source: int | None = None, sources: Sequence[str] = BENCHMARK_SOURCES,
                    added: Sequence[LabelledQuery] = (), extra: Sequence[str] = (), exclude: Collection[str] = frozenset(),
-                   seed: int = 0) -> list[LabelledQuery]:
+                   exclude_sources: Collection[str] = frozenset(), seed: int = 0) -> list[LabelledQuery]:
     """Labelled queries from built-in sources, ``added`` queries and users' files.
 
     Args:
@@ -121,14 +121,16 @@ def intent_queries(per_intent: int | None = 160, *, per_source: int | None = Non
         extra: paths of user .jsonl/.csv files whose ``category`` is each query's intent (a new intent or more
             of a built-in one); source = the path, group = ``"{path}:{subcategory or category}"``.
         exclude: query texts never drawn (e.g. an evaluation's items), left out before sampling.
+        exclude_sources: sources left out whole (built-in ones, or those of ``added`` queries or ``extra`` files), e.g.
+            the sources that ask the same kind of fact as an evaluation set, so that the evaluation is off their distribution.
         seed: the sampling seed.
 
     Returns:
         ``LabelledQuery`` items (``item``, ``intent``, ``group``, ``source``), intent by intent.
 
     Raises:
-        ToolkitError: ``per_intent`` or ``per_source`` below 2, an unknown source, or an ``extra`` file that is
-            missing or malformed.
+        ToolkitError: ``per_intent`` or ``per_source`` below 2, an unknown source (drawn or left out), or an ``extra``
+            file that is missing or malformed.
     """
     for name, value in (("queries per intent", per_intent), ("queries per source", per_source)):
         if value is not None and value < 2:
@@ -136,12 +138,17 @@ def intent_queries(per_intent: int | None = 160, *, per_source: int | None = Non
     unknown = [name for name in sources if name not in SOURCES]
     if unknown:
         raise ToolkitError(f"unknown intent source {unknown[0]!r}: use one of {', '.join(ALL_SOURCES)}")
-    queries = [query for name in dict.fromkeys(sources) for query in SOURCES[name]()] + list(added)
+    known = set(SOURCES) | {query.source for query in added} | {str(path) for path in extra}
+    unknown = [name for name in exclude_sources if name not in known]
+    if unknown:
+        raise ToolkitError(f"unknown intent source to leave out {unknown[0]!r}: use one of {', '.join(ALL_SOURCES)}")
+    queries = [query for name in dict.fromkeys(sources) if name not in exclude_sources for query in SOURCES[name]()]
+    queries += list(added)
     for path in extra:
         queries += [LabelledQuery(item, item.category, f"{path}:{item.subcategory or item.category}", str(path))
                     for item in load_dataset(path)]
     by_source: dict[str, list[LabelledQuery]] = defaultdict(list)
-    for query in (q for q in queries if q.item.prompt not in exclude):
+    for query in (q for q in queries if q.item.prompt not in exclude and q.source not in exclude_sources):
         by_source[query.source].append(query)
     if per_source is not None:
         by_source = {name: _spread(pool, per_source, seed) for name, pool in by_source.items()}

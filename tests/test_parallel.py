@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from interventions.study.ledger import Ledger
 from prism import pipeline
-from prism.compare import COMPARE_BUDGETS, CompareBudget
+from prism.compare import COMPARE_BUDGETS, DATASETS, CompareBudget
 from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors
@@ -145,7 +145,7 @@ def test_bootstrap_and_compare_under_torchrun_give_the_samples_and_table_of_one_
     assert together.returncode == 0, together.stderr[-2000:]
     assert together.stdout.count("PRISM") == alone.stdout.count("PRISM") > 0  # one table, printed by rank 0
     cells = sorted(path.name for path in (one / "work" / "compare" / "cells").iterdir())
-    assert len(cells) == 3 * len(pipeline.SYSTEMS)
+    assert len(cells) == len(DATASETS) * len(pipeline.SYSTEMS)
     for name in cells:
         assert (one / "work" / "compare" / "cells" / name).read_bytes() == \
             (three / "work" / "compare" / "cells" / name).read_bytes(), name

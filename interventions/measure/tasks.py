@@ -36,6 +36,7 @@ from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import Item
 from probes.core.personas import Persona
 from probes.core.prompts import Condition, RenderedPrompt
+from probes.core.quizzes import QUIZZES
 from probes.core.rendering import continuations, render_items
 
 __all__ = ["DEFAULT_ANSWER_PREFIX", "KINDS", "TASKS", "Task", "choice_result", "get_task", "judge_request"]
@@ -179,6 +180,8 @@ TASKS: dict[str, Task] = {
     for task in (
         # capital-city questions (GeoNames): cloze scoring after the item's answer stem, summed log-probabilities
         Task("capitals", "choice", "capitals", ("accuracy", "margin"), scoring="cloze", normalise="none"),
+        # the GeoNames quizzes (probes.core.quizzes), scored as the capitals are
+        *(Task(name, "choice", name, ("accuracy", "margin"), scoring="cloze", normalise="none") for name in QUIZZES),
         Task("mmlu-letter", "choice", "mmlu", ("accuracy", "margin"), scoring="letter", normalise="none"),
         Task("mmlu-cloze", "choice", "mmlu", ("accuracy", "margin"), scoring="cloze", normalise="tokens"),
         Task("harmbench", "refusal", "harmbench", ("refusal_rate",), subcategory="standard", max_new_tokens=32),

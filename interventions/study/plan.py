@@ -32,6 +32,7 @@ BASELINE = Condition("none", base_system="empty")
 TEMPLATE_BASELINE = Condition("none", base_system="template")
 GRIDS = ("smoke", "default", "full")
 FORMAT_CONTROL = ("plain", "qa")  # the default formats of a model without a chat template
+OTHER_TASK_ITEMS = 32  # items per cell of a task no budget names (the knowledge quizzes)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def resolve_plan(budget: str | Budget, tasks: Sequence[str] | None = None, items
     Args:
         budget: ``smoke``, ``default``, ``full`` or a ``Budget``.
         tasks: registered task names to run (default: the budget's); a task the budget lacks
-            gets the default budget's item count.
+            gets the default budget's item count (``OTHER_TASK_ITEMS`` for one it lacks too, e.g. a quiz).
         items: items per cell for every task (overrides the budget).
         grid: the condition grid (default: the budget's).
 
@@ -133,7 +134,7 @@ def resolve_plan(budget: str | Budget, tasks: Sequence[str] | None = None, items
         unknown = [name for name in tasks if name not in TASKS]
         if unknown:
             raise ToolkitError(f"unknown task {unknown[0]!r}: use any of {', '.join(TASKS)}")
-        chosen = {name: budget.items.get(name, BUDGETS["default"].items[name]) for name in tasks}
+        chosen = {name: budget.items.get(name, BUDGETS["default"].items.get(name, OTHER_TASK_ITEMS)) for name in tasks}
     if items is not None:
         if items < 1:
             raise ToolkitError(f"--items must be at least 1, got {items}")

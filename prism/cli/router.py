@@ -76,7 +76,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute activations in distillation's backward pass: less memory, about a third more compute")
     parser.add_argument("--budget", default="default", choices=("smoke", "default"),
-                        help="the comparison budget whose items the gate must not see (default: default)")
+                        help="the comparison budget whose items the gate must not see; the intent sources asking what its "
+                             "knowledge sets ask (geo:continent, geo:currency, geo:city) are always left out (default: default)")
     add_seed(parser, "split and training seed")
 
 

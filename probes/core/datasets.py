@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 from probes.core.assets import HARMBENCH_TEST, HARMBENCH_VAL, MMLU_JSONL, MTBENCH_QUESTIONS
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
+from probes.core.quizzes import CONTINENTS, QUIZZES
 from probes.core.user_data import load_user_file
 
 
@@ -20,8 +21,9 @@ def load_dataset(name: str) -> list[Item]:
     """Load a built-in benchmark or a user's own file as a list of items.
 
     Args:
-        name: ``"mmlu"`` (14,042 items), ``"capitals"`` (161), ``"mtbench"`` (80), ``"harmbench"`` (400), or the path
-            of a .jsonl/.csv file (schema in ``probes.core.user_data``).
+        name: ``"mmlu"`` (14,042 items), ``"capitals"`` (161), ``"mtbench"`` (80), ``"harmbench"`` (400), a quiz of
+            ``probes.core.quizzes`` (``"continents"``, ``"currencies"``, ``"city-countries"``), or the path of a
+            .jsonl/.csv file (schema in ``probes.core.user_data``).
 
     Returns:
         the data set's items, in file order.
@@ -100,12 +102,6 @@ def load_mmlu() -> list[Item]:
 
 
 # --- Capital cities ----------------------------------------------------------------------------
-
-CONTINENTS = {
-    "AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
-    "OC": "Oceania", "SA": "South America", "AN": "Antarctica",
-}
-
 
 def load_capitals(min_population: int = 1_000_000, n_choices: int = 4) -> list[Item]:
     """Capital-city questions built from the GeoNames country table that ships in the
@@ -201,7 +197,7 @@ def load_harmbench() -> list[Item]:
 
 # --- The built-in data sets, by name: what ``load_dataset`` reads and ``--dataset`` offers --------
 
-LOADERS = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench}
+LOADERS = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench, **QUIZZES}
 BUILTIN_DATASETS = tuple(LOADERS)
 
 

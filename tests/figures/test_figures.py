@@ -119,6 +119,30 @@ def test_prism_comparison_draws_every_system_in_every_panel():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["base", "PRISM", "expert prompt"]
 
 
+def test_prism_comparison_shows_knowledge_over_its_sources_when_the_table_has_it():
+    table = [{**_system(name, value), "knowledge": value, "knowledge_low": value - 2, "knowledge_high": value + 2}
+             for name, value in (("base", 50.0), ("PRISM", 55.0))]
+    fig = prism.comparison_bars(table)
+    assert fig.axes[0].get_title() == "Knowledge accuracy (mean of sources)"
+    assert prism.comparison_bars([_system("base", 50.0)]).axes[0].get_title() == "Capitals accuracy"
+
+
+def test_route_and_margin_by_source_draws_every_router_and_every_system_change():
+    datasets = ("capitals", "currencies", "harmbench")
+    rates = [{"router": router, "dataset": d, "knowledge": d != "harmbench", "route_rate": rate, "route_rate_low": rate,
+              "route_rate_high": rate, "n": 16} for router, rate in (("probe gate", 0.1), ("MiniLM", 0.4)) for d in datasets]
+    knowledge = [{"source": d, "system": s, "margin_vs_base": delta, "margin_vs_base_low": delta - 0.2,
+                  "margin_vs_base_high": delta + 0.2} for d in datasets[:2] for s, delta in (("PRISM", -0.1), ("expert prompt", -0.8))]
+    knowledge += [{"source": d, "system": "base"} for d in datasets[:2]]  # base has no change of its own
+    fig = prism.route_and_margin_by_source(rates, knowledge)
+    left, right = fig.axes[:2]
+    assert len(_bars(left)) == 2 * 3 and [t.get_text() for t in left.get_xticklabels()][0] == "capitals\n(n=16)"
+    assert [t.get_text() for t in right.get_yticklabels()] == ["capitals", "currencies"]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["PRISM", "expert prompt"]
+    points = [line for line in right.get_lines() if line.get_marker() == "o"]
+    assert sorted(round(x, 2) for line in points for x in line.get_xdata()) == [-0.8, -0.8, -0.1, -0.1]
+
+
 def test_route_rates_and_routing_vs_effect_figures():
     rates = [{"system": s, "dataset": d, "route_rate": r, "n": 8}
              for s, r in (("base", 0.0), ("PRISM", 0.5), ("MiniLM -> LoRA", 0.9)) for d in ("capitals", "harmbench")]

@@ -11,7 +11,7 @@ from interventions.measure.scoring import score_choices
 from prism import pipeline
 from prism.adapters import active_adapter, adapter_layers, attach_adapter, load_adapter, save_adapter
 from prism.bootstrap import BootstrapConfig, clean_query
-from prism.compare import CompareBudget
+from prism.compare import DATASETS, KNOWLEDGE, CompareBudget
 from prism.distill import DistillConfig, distill, distillation_loss
 from prism.gate import Gate, fit_gate, gate_features, template_tokens
 from prism.routing import Routed, route_probabilities
@@ -229,17 +229,28 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
     summary = pipeline.bootstrap(out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "critic"],
                                  progress=False)
     assert summary.overall.win_rate.n >= 3 and (out / "bootstrap" / "samples.jsonl").is_file()
-    budget = CompareBudget(capitals=4, harmbench=2, mtbench=2, refusal_tokens=4, answer_tokens=4)
+    budget = CompareBudget(capitals=4, harmbench=2, mtbench=2, refusal_tokens=4, answer_tokens=4, continents=3, currencies=3,
+                           city_countries=3)
     trained = pipeline.train(out, labels="intents", per_intent=12, compare_budget=budget, max_block=1,
                              distill_config=DistillConfig(epochs=1), progress=False)
     assert trained.layer <= 1 and (out / "adapters" / "prism" / "adapter_config.json").is_file()
+    # the gate never saw a source that asks what the comparison's knowledge sets ask
+    assert trained.record["excluded_sources"] == ["geo:city", "geo:continent", "geo:currency"]
+    assert not {row["source"] for row in trained.sources} & set(trained.record["excluded_sources"])
+    assert {"geo:language", "mtbench"} <= {row["source"] for row in trained.sources}
     assert set(trained.record["routing_quality"]) >= {"gate", "embedding", "self_classify"}
     assert set(trained.routers) == {"embedding", "self_classify"} and trained.auc.n == trained.record["routing_quality"]["n_test"]
     compared = pipeline.compare(out, budget=budget, progress=False)
     assert [row["system"] for row in compared.table] == list(pipeline.SYSTEMS)
     assert (out / "compare" / "report.md").read_text().startswith("# PRISM compared")
     cells = sorted((out / "compare" / "cells").glob("*.json"))
-    assert len(cells) == 3 * len(pipeline.SYSTEMS)
+    assert len(cells) == len(DATASETS) * len(pipeline.SYSTEMS)
+    knowledge = compared.record["knowledge"]
+    assert {(r["source"], r["system"]) for r in knowledge} == {(d, s) for d in KNOWLEDGE for s in pipeline.SYSTEMS}
+    assert {r["n"] for r in knowledge if r["source"] == "currencies"} == {3}
+    assert "margin_vs_base" in next(r for r in knowledge if r["system"] == "PRISM" and r["source"] == "city-countries")
+    assert len(compared.record["router_rates"]) == 3 * len(DATASETS) and compared.record["excluded_sources"] == trained.record["excluded_sources"]
+    assert "knowledge sources" in compared.report.read_text()
     before = [cell.stat().st_mtime_ns for cell in cells]
     pipeline.compare(out, budget=budget, progress=False)  # every finished cell is reused
     assert [cell.stat().st_mtime_ns for cell in cells] == before

@@ -27,6 +27,7 @@ def test_the_directory_knows_its_layout(tmp_path):
         work.compare_table: "compare/table.csv", work.route_rates: "compare/route_rates.csv",
         work.category_routing: "compare/category_routing.csv", work.compare_summary: "compare/summary.json",
         work.report: "compare/report.md", work.figure("table1"): "compare/figures/table1.png",
+        work.knowledge_table: "compare/knowledge.csv", work.router_rates: "compare/router_rates.csv",
     }
     for path, relative in expected.items():
         assert path == root / relative
@@ -60,7 +61,7 @@ def test_the_comparison_samples_the_registered_tasks():
     items = evaluation_items(plan, seed=0)
     assert list(items) == list(DATASETS)
     for dataset in DATASETS:
-        assert items[dataset] == TASKS[dataset].load_items(getattr(plan, dataset), 0)
+        assert items[dataset] == TASKS[dataset].load_items(plan.size(dataset), 0)
     assert {item.subcategory for item in items["harmbench"]} == {"standard"}
 
 

@@ -18,7 +18,8 @@ CAPITALS = [Item("c1", "test", "What is the capital of France?", "Europe", choic
 
 
 def test_every_task_is_registered_once_with_its_settings():
-    assert list(TASKS) == ["capitals", "mmlu-letter", "mmlu-cloze", "harmbench", "ifeval", "mtbench"]
+    assert list(TASKS) == ["capitals", "continents", "currencies", "city-countries", "mmlu-letter", "mmlu-cloze", "harmbench",
+                           "ifeval", "mtbench"]
     for name, task in TASKS.items():
         assert task.name == name and task.kind in KINDS and task.dataset and task.metrics
         assert (task.scoring is not None) == task.is_choice

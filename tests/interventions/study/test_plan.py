@@ -25,6 +25,7 @@ def test_plans_narrow_a_budget_to_tasks_items_and_grid():
     assert dict(plan.items) == {"capitals": 3, "mmlu-cloze": 3} and plan.grid == "default"
     assert plan.max_new_tokens == {**BUDGETS["default"].max_new_tokens, **BUDGETS["smoke"].max_new_tokens}
     assert dict(resolve_plan("smoke", tasks=["mmlu-cloze"]).items) == {"mmlu-cloze": BUDGETS["default"].items["mmlu-cloze"]}
+    assert dict(resolve_plan("default", tasks=["currencies", "capitals"]).items) == {"currencies": 32, "capitals": 32}
     with pytest.raises(ToolkitError, match="unknown budget"):
         resolve_plan("huge")
     with pytest.raises(ToolkitError, match="at least 1"):

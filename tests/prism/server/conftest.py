@@ -42,7 +42,7 @@ def _samples(n: int = 4) -> list[Sample]:
 def make_prism_directory(model_directory: str, out, *, epochs: int = 2) -> PrismDirectory:
     """Train and save a small PRISM working directory for ``model_directory`` (see the module docstring)."""
     work = PrismDirectory(out)
-    work.model_name(model_directory, create=True)
+    work.record_model(work.model_name(model_directory, create=True))
     model, tokenizer = load_model(model_directory)
     config = DistillConfig(epochs=epochs, learning_rate=2e-3, first_block=1)
     for name, seed in ((GATED, 0), (UNGATED, 1)):

@@ -78,7 +78,7 @@ class DistillConfig:
     micro_batch_size: int | None = None
     gradient_checkpointing: bool = False
     persona_length: str = "min"
-    retain_weight: float = 0.0
+    retain_weight: float = 1.0  # capitals margin with the adapter forced on: -0.15 -> -0.09 nats
     seed: int = 0
 
     def __post_init__(self) -> None:

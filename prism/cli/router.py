@@ -66,7 +66,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"distillation learning rate (AdamW; default: {DistillConfig.learning_rate:g})")
     parser.add_argument("--retain-weight", type=float, default=DistillConfig.retain_weight,
                         help="weight of the term that keeps the adapted model's next-token distributions on the gate's "
-                             f"base-path queries close to the base model's (default: {DistillConfig.retain_weight:g}: off)")
+                             f"base-path queries close to the base model's (default: {DistillConfig.retain_weight:g}; 0 turns it off)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
     parser.add_argument("--distill-batch-size", type=int, default=DistillConfig.batch_size,
                         help=f"samples per distillation optimiser step (default: {DistillConfig.batch_size})")

@@ -25,7 +25,6 @@ interrupted run resumes. Per knowledge source and per data set (route rates) the
 
 from __future__ import annotations
 
-import hashlib
 import json
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -35,7 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from interventions.measure.judge import SelfJudge, parse_rating
+from interventions.measure.judge import Judge, SelfJudge, parse_rating
 from interventions.measure.tasks import TASKS, Task, judge_request
 from prism.adapters import active_adapter, load_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter
@@ -43,7 +42,7 @@ from prism.compare_report import DATASETS, ROUTERS, format_table, summarise, wri
 from prism.compare_sources import KNOWLEDGE, KNOWLEDGE_SOURCES
 from prism.gate import Gate
 from prism.persona_path import GATED, UNGATED
-from prism.routing import Routed, route_probabilities
+from prism.routing import Routed, check_gate_fits, route_probabilities
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, write_json
@@ -121,17 +120,19 @@ def excluded_sources() -> tuple[str, ...]:
 class _Evaluator:
     """Runs one system on one data set: per-item rows with the metric and the route taken."""
 
-    def __init__(self, model, tokenizer, work: PrismDirectory, budget: CompareBudget, seed: int, batch_size: int) -> None:
+    def __init__(self, model, tokenizer, work: PrismDirectory, budget: CompareBudget, seed: int, batch_size: int,
+                 judge: Judge | None = None) -> None:
         self.model, self.tokenizer, self.budget, self.seed, self.batch_size = model, tokenizer, budget, seed, batch_size
         self.gate = Gate.load(work.gate)
+        check_gate_fits(model, self.gate)  # before any cell: a gate of another model fails now, not after the others
         for name in (GATED, UNGATED):
             load_adapter(model, name, work.adapter(name))
         tensors, metadata = load_tensors(work.steering)
         self.steering = (int(metadata["layer"]), tensors["vector"])
         self.embedding = EmbeddingRouter.load(work.embedding_router)
         self.asker = SelfClassifyRouter(model, tokenizer, batch_size=batch_size)
-        self.asker.threshold = json.loads(work.self_classify.read_text())["threshold"]
-        self.judge = SelfJudge(model, tokenizer, batch_size=batch_size)
+        self.asker.threshold = work.self_classify_threshold()
+        self.judge = judge or SelfJudge(model, tokenizer, batch_size=batch_size)
 
     def routes(self, router: str, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
         """(scores, routes) of a router for the items' queries."""
@@ -218,7 +219,8 @@ def row_prompts(tokenizer, items: Sequence[Item], conditions: Sequence[Condition
 
 
 def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, budget: str | CompareBudget = "default",
-                systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, progress: bool = True) -> dict:
+                systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, judge: Judge | None = None,
+                progress: bool = True) -> dict:
     """Run every (system, data set) cell not yet saved, then write the tables, figures and report.
 
     Args:
@@ -228,6 +230,8 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, bud
         systems: the systems to compare (default: all of ``SYSTEMS``).
         seed: sampling, generation and bootstrap seed.
         batch_size: prompts per forward pass.
+        judge: the MT-Bench judge (``make_judge``; default: the plain model judges itself); an MT-Bench cell saved
+            with another judge is computed again.
         progress: show a progress bar over the cells.
 
     Returns:
@@ -245,20 +249,21 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, bud
     if unknown:
         raise ToolkitError(f"unknown system {unknown[0]!r}: choose from {', '.join(SYSTEMS)}")
     items = evaluation_items(plan, seed)
-    evaluator = _Evaluator(model, tokenizer, work, plan, seed, batch_size)
-    trained = _fingerprint(work)
+    evaluator = _Evaluator(model, tokenizer, work, plan, seed, batch_size, judge)
+    trained = work.trained_fingerprint()
     jobs = [(system, dataset) for system in systems for dataset in DATASETS]
+    judged_by = {dataset: evaluator.judge.name if dataset == "mtbench" else None for dataset in DATASETS}
     group = world()
-    todo = group.on_main(lambda: [job for job in jobs if _cached(work.cell(*job), plan, seed, trained) is None])
+    todo = group.on_main(lambda: [job for job in jobs if _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]]) is None])
     # under torchrun rank r computes the cells i % N == r; each cell is saved as it ends
     with group.together():
         for system, dataset in tqdm(group.share(todo), desc="compare", unit="cell", disable=not progress):
             rows = evaluator.run(system, dataset, items[dataset])
-            write_json(work.cell(system, dataset), {"system": system, "dataset": dataset, "budget": asdict(plan),
-                                                    "seed": seed, "trained": trained, "rows": rows})
+            write_json(work.cell(system, dataset), {"system": system, "dataset": dataset, "budget": asdict(plan), "seed": seed,
+                                                    "trained": trained, "judge": judged_by[dataset], "rows": rows})
 
     def summarise_cells() -> dict:
-        cells = {job: _cached(work.cell(*job), plan, seed, trained) for job in jobs}
+        cells = {job: _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]]) for job in jobs}
         routes = {router: evaluator.routes(router, [i for d in DATASETS for i in items[d]])[1] for router in ROUTERS}
         summary = summarise(cells, systems, items, routes, seed)
         trained_on = json.loads(work.train_summary.read_text()) if work.train_summary.is_file() else {}
@@ -269,20 +274,18 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, bud
     return group.on_main(summarise_cells)
 
 
-def _cached(path: Path, plan: CompareBudget, seed: int, trained: str) -> list[dict] | None:
-    """A saved cell's rows, when it was computed with this budget, seed and trained artefacts."""
+def _cached(path: Path, plan: CompareBudget, seed: int, trained: str, judge: str | None) -> list[dict] | None:
+    """A saved cell's rows, when it was computed with this budget, seed, trained artefacts and judge; a damaged cell
+    (cut off, not the toolkit's shape) is computed again."""
     if not path.is_file():
         return None
-    cached = json.loads(path.read_text(encoding="utf-8"))
-    if cached.get("budget") == asdict(plan) and cached.get("seed") == seed and cached.get("trained") == trained:
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(cached, dict) or not isinstance(cached.get("rows"), list):
+        return None
+    if (cached.get("budget") == asdict(plan) and cached.get("seed") == seed and cached.get("trained") == trained
+            and cached.get("judge") == judge):
         return cached["rows"]
     return None
-
-
-def _fingerprint(work: PrismDirectory) -> str:
-    """A hash of the trained artefacts: cells computed with other ones are not reused."""
-    digest = hashlib.sha256()
-    for path in work.trained_files():
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]

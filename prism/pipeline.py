@@ -10,9 +10,10 @@ write.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from interventions.measure.generation import generate
+from interventions.measure.judge import make_judge
 from prism.adapters import load_adapter
 from prism.bootstrap import BootstrapConfig, run_bootstrap
 from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, excluded_sources, resolve_budget, run_compare
@@ -122,7 +123,8 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
 
 def compare(out: str | Path, *, model_name: str | None = None, budget: str | CompareBudget = "default",
             systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, device: str = "cpu",
-            dtype: str = "float32", device_map: str | None = None, progress: bool = True) -> CompareSummary:
+            dtype: str = "float32", device_map: str | None = None, judge: Mapping | None = None,
+            progress: bool = True) -> CompareSummary:
     """Run the Table-1 comparison in ``out`` (``prism compare``); finished cells are reused.
 
     Args:
@@ -133,6 +135,8 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
         seed: sampling, generation and bootstrap seed (use the one training used, so its left-out items are these).
         batch_size: prompts per forward pass.
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
+        judge: ``make_judge`` settings of the MT-Bench judge (``url``, ``judge_model``, ...; default: the model judges
+            itself). Cells remember their judge: another judge recomputes the MT-Bench cells.
         progress: show a progress bar over the cells.
 
     Returns:
@@ -145,9 +149,12 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
     out = Path(out)
     plan = resolve_budget(budget)
     PrismDirectory(out).require_gate()
+    judge = dict(judge or {})
+    if judge.get("url"):
+        make_judge(**judge)  # bad judge settings fail before the model loads
     model, tokenizer = _load(_model_for(out, model_name), device, dtype, device_map)
     record = run_compare(out, model, tokenizer, budget=plan, systems=systems, seed=seed, batch_size=batch_size,
-                         progress=progress)
+                         judge=make_judge(**judge, model=model, tokenizer=tokenizer, batch_size=batch_size), progress=progress)
     return CompareSummary(PrismDirectory(out).compare, tuple(record["table"]), record)
 
 

@@ -17,6 +17,7 @@ Every module of ``prism`` names these paths through ``PrismDirectory``; none spe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -96,6 +97,24 @@ class PrismDirectory:
             raise ToolkitError(f"{self.manifest} is damaged (no model name in it): write {{\"model\": \"<the model's name>\"}} "
                                "into it, or use another --out")
         return recorded
+
+    def trained_fingerprint(self) -> str:
+        """A hash of the trained artefacts: comparison cells computed with other ones are not reused."""
+        digest = hashlib.sha256()
+        for path in self.trained_files():
+            if path.is_file():
+                digest.update(path.name.encode() + path.read_bytes())
+        return digest.hexdigest()[:16]
+
+    def self_classify_threshold(self) -> float:
+        """The self-classification router's calibrated threshold (``prism train``), or one line naming the fix."""
+        try:
+            return float(json.loads(self.self_classify.read_text(encoding="utf-8"))["threshold"])
+        except FileNotFoundError:
+            raise ToolkitError(f"no {self.self_classify.name} in {self.self_classify.parent}: run `prism train` in "
+                               f"{self.root} first") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ToolkitError(f"{self.self_classify} is damaged: run `prism train` again to rewrite it") from None
 
     def record_model(self, name: str) -> None:
         """Write ``name`` down as the directory's model (``prism.json``), unless one is recorded already."""

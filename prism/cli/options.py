@@ -85,6 +85,26 @@ def add_out(parser: argparse.ArgumentParser, help: str, default: Path | None = N
     add_check(parser, lambda args: args.out is None or check_writable(args.out, kind))
 
 
+def add_judge_options(parser: argparse.ArgumentParser) -> None:
+    """``--judge-url``, ``--judge-model``, ``--judge-api-key-env``, ``--judge-concurrency`` and ``--judge-timeout``: the
+    MT-Bench judge (``interventions.measure.judge.make_judge``; default: the model judges itself)."""
+    parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
+                                            "(default: the studied model judges itself)")
+    parser.add_argument("--judge-model", help="model name at --judge-url")
+    parser.add_argument("--judge-api-key-env", metavar="NAME",
+                        help="environment variable holding the key for --judge-url (default: OPENAI_API_KEY when set); "
+                             "sent over https, or plain http to this machine only")
+    parser.add_argument("--judge-concurrency", type=int, default=8, metavar="N", help="judge requests in flight at most (default: 8)")
+    parser.add_argument("--judge-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="seconds one judge request may take in all, retries included (default: 120)")
+
+
+def judge_settings(args: argparse.Namespace) -> dict:
+    """The judge options as ``make_judge``'s keyword arguments."""
+    return {"url": args.judge_url, "judge_model": args.judge_model, "api_key_env": args.judge_api_key_env,
+            "concurrency": args.judge_concurrency, "deadline": args.judge_timeout}
+
+
 def add_check(parser: argparse.ArgumentParser, check) -> None:
     """Run ``check(args)`` after parsing, before the command (so before any model loads); checks add up."""
     parser.set_defaults(checks=(*(parser.get_default("checks") or ()), check))

@@ -11,7 +11,16 @@ import argparse
 from prism import pipeline
 from prism.bootstrap import BootstrapConfig
 from prism.cli.command import Command
-from prism.cli.options import add_batch_size, add_model, add_precision, add_prism_dir, add_seed, csv_list
+from prism.cli.options import (
+    add_batch_size,
+    add_judge_options,
+    add_model,
+    add_precision,
+    add_prism_dir,
+    add_seed,
+    csv_list,
+    judge_settings,
+)
 from prism.compare import SYSTEMS
 from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
@@ -125,13 +134,14 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision(parser)
     parser.add_argument("--budget", default="default", choices=("smoke", "default"), help="items per data set (default: default)")
     parser.add_argument("--systems", help="comma-separated systems (default: all); see the README")
+    add_judge_options(parser)
     add_seed(parser)
 
 
 def run_compare(args: argparse.Namespace) -> Summary | None:
     """The Table-1 evaluation; print the comparison table."""
     return pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed,
-                            device=args.device, dtype=args.dtype, device_map=args.device_map)
+                            device=args.device, dtype=args.dtype, device_map=args.device_map, judge=judge_settings(args))
 
 
 COMMANDS = (

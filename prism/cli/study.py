@@ -15,6 +15,7 @@ from prism.cli.command import Command
 from prism.cli.options import (
     add_batch_size,
     add_items,
+    add_judge_options,
     add_model,
     add_out,
     add_persona_options,
@@ -92,15 +93,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", help=f"comma-separated subset of: {', '.join(TASKS)}")
     parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa "
                                           "(default: plain,qa without a chat template, plain with one)")
-    parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
-                                            "(default: the studied model judges itself)")
-    parser.add_argument("--judge-model", help="model name at --judge-url")
-    parser.add_argument("--judge-api-key-env", metavar="NAME",
-                        help="environment variable holding the key for --judge-url (default: OPENAI_API_KEY when set); "
-                             "sent over https, or plain http to this machine only")
-    parser.add_argument("--judge-concurrency", type=int, default=8, metavar="N", help="judge requests in flight at most (default: 8)")
-    parser.add_argument("--judge-timeout", type=float, default=120.0, metavar="SECONDS",
-                        help="seconds one judge request may take in all, retries included (default: 120)")
+    add_judge_options(parser)
     add_seed(parser)
     add_batch_size(parser)
     add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))

@@ -2,11 +2,12 @@
 the report's verdicts; and the gate's training data leaving out the sources the comparison asks."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 
-from prism.compare import COMPARE_BUDGETS, DATASETS, KNOWLEDGE, CompareBudget, evaluation_items, excluded_sources
+from prism.compare import COMPARE_BUDGETS, DATASETS, KNOWLEDGE, CompareBudget, _cached, evaluation_items, excluded_sources
 from prism.compare_report import ROUTERS, format_table, summarise, write_outputs
 from prism.compare_sources import KNOWLEDGE_SOURCES, below_base, format_sources, source_findings
 from prism.summary import CompareSummary
@@ -163,3 +164,27 @@ def test_gate_training_data_leave_out_every_source_the_comparison_asks():
     assert set(left.sources) == set(kept.sources) - set(excluded_sources())
     with pytest.raises(ToolkitError, match="unknown intent source to leave out 'geo:tides'"):
         intent_queries(per_source=4, exclude_sources=["geo:tides"])
+
+
+def test_a_saved_cell_is_reused_only_when_whole_and_made_with_the_same_judge(tmp_path):
+    plan = COMPARE_BUDGETS["smoke"]
+    path = tmp_path / "cell.json"
+    cell = {"budget": asdict(plan), "seed": 0, "trained": "abc", "judge": "self:m", "rows": [{"rating": 7}]}
+    path.write_text(json.dumps(cell))
+    assert _cached(path, plan, 0, "abc", "self:m") == [{"rating": 7}]
+    assert _cached(path, plan, 0, "abc", "endpoint:gpt-4o-mini") is None  # another judge: judged again
+    path.write_text(json.dumps(cell)[:40])  # cut off by an interruption
+    assert _cached(path, plan, 0, "abc", "self:m") is None
+    path.write_text("[1, 2]")
+    assert _cached(path, plan, 0, "abc", "self:m") is None
+
+
+def test_a_missing_or_damaged_self_classify_file_fails_in_one_line(tmp_path):
+    work = PrismDirectory(tmp_path)
+    with pytest.raises(ToolkitError, match="run `prism train`") as caught:
+        work.self_classify_threshold()
+    work.self_classify.parent.mkdir(parents=True)
+    work.self_classify.write_text('{"thresh')
+    with pytest.raises(ToolkitError, match="is damaged") as damaged:
+        work.self_classify_threshold()
+    assert "\n" not in str(caught.value) + str(damaged.value)

@@ -329,3 +329,17 @@ def test_an_output_path_that_cannot_be_written_fails_before_any_model_loads(argv
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 1 and message in errors[0], errors
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_compare_takes_the_judge_options_and_checks_them_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(prism.pipeline, "compare", lambda *a, judge, **k: seen.update(judge=judge))
+    main(["compare", "--out", str(tmp_path), "--judge-url", "https://judge.example/v1", "--judge-model", "m",
+          "--judge-concurrency", "3", "--judge-timeout", "9"])
+    assert seen.pop("judge") == {"url": "https://judge.example/v1", "judge_model": "m", "api_key_env": None,
+                                 "concurrency": 3, "deadline": 9.0}
+    monkeypatch.undo()
+    monkeypatch.setattr(prism.pipeline, "_load", lambda *a, **k: pytest.fail("the model loaded before the judge was checked"))
+    monkeypatch.setattr(prism.pipeline.PrismDirectory, "require_gate", lambda self: None)
+    assert main(["compare", "--out", str(tmp_path), "--judge-url", "https://judge.example/v1"]) == 2
+    assert "--judge-url needs --judge-model" in capsys.readouterr().err

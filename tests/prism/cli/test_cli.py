@@ -150,6 +150,16 @@ def test_model_has_one_shape_and_study_repeats_it():
     assert parser.parse_args(["study", "--model", "a", "--model", "b"]).models == ["a", "b"]
 
 
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+    """Any model load fails the test: what it checks must be refused before one."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    for module in (probes.core.models, prism.cli.options, interventions.intervene, probes.study, prism.pipeline):
+        monkeypatch.setattr(module, "load_model", no_model)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -161,12 +171,7 @@ def test_model_has_one_shape_and_study_repeats_it():
         (["evaluate", "--dataset", "mtbench", "--personas-file", "{tmp}/missing.json"], "missing.json"),
     ],
 )
-def test_a_bad_persona_fails_in_one_line_before_any_model_loads(argv, message, tmp_path, monkeypatch, capsys):
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was loaded before the persona was checked")
-
-    for module in (probes.core.models, prism.cli.options, interventions.intervene, probes.study, prism.pipeline):
-        monkeypatch.setattr(module, "load_model", no_model)
+def test_a_bad_persona_fails_in_one_line_before_any_model_loads(argv, message, tmp_path, no_model_loads, capsys):
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     assert main(argv) == 2
     errors = capsys.readouterr().err.splitlines()
@@ -317,12 +322,7 @@ def test_prism_help_imports_no_command_group_and_no_torch():
         (["evaluate", "--dataset", "mtbench", "--out", "{tmp}"], "is a folder: give --out the path of a file"),
     ],
 )
-def test_an_output_path_that_cannot_be_written_fails_before_any_model_loads(argv, message, tmp_path, monkeypatch, capsys):
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was loaded before --out was checked")
-
-    for module in (probes.core.models, prism.cli.options, interventions.intervene, probes.study, prism.pipeline):
-        monkeypatch.setattr(module, "load_model", no_model)
+def test_an_output_path_that_cannot_be_written_fails_before_any_model_loads(argv, message, tmp_path, no_model_loads, capsys):
     (tmp_path / "afile").write_text("mine")
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     assert main(argv) == 2

@@ -121,14 +121,21 @@ class TrainSummary(Summary):
         for name, adapter in self.record.get("adapters", {}).items():
             fidelity = adapter.get("fidelity")
             if fidelity:
+                control = self.other_persona_fidelity(name)
                 lines.append(f"adapter {name!r}: fidelity to the persona {self.fidelity(name).format(2, n=True)} on held-out "
                              f"persona-path samples (persona effect {fidelity['kl_teacher_base']:.3f} nats/token, "
-                             f"{fidelity['kl_teacher_student']:.3f} left)")
+                             f"{fidelity['kl_teacher_student']:.3f} left"
+                             + (f"; another persona's prompt: {control.format(2)}" if control else "") + ")")
         return lines
 
     def fidelity(self, adapter: str = "prism") -> Estimate:
         """The share of the persona's effect ``adapter`` reproduces on held-out persona-path samples (``prism.fidelity``)."""
         return Estimate.from_columns(self.record["adapters"][adapter]["fidelity"], "fidelity")
+
+    def other_persona_fidelity(self, adapter: str = "prism") -> Estimate | None:
+        """The control beside ``fidelity``: the share another persona's prompt reproduces (None if not measured)."""
+        fidelity = self.record["adapters"][adapter]["fidelity"]
+        return Estimate.from_columns(fidelity, "other_persona_fidelity") if "other_persona_fidelity" in fidelity else None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 time; gradient checkpointing gives the same gradients and is switched off afterwards; a bfloat16 model's adapter
 trains in float32."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from peft import get_peft_model_state_dict
@@ -131,6 +133,27 @@ def test_fidelity_is_zero_for_an_untrained_adapter_and_grows_with_distillation(t
     trained = adapter_fidelity(model, tokenizer, SAMPLES, "trained")
     assert trained.share.n == len(SAMPLES) and trained.share.low > 0 and trained.remaining.mean < trained.persona_effect.mean
     assert set(trained.to_dict()) >= {"fidelity", "fidelity_low", "fidelity_high", "n", "kl_teacher_base"}
+
+
+def test_the_other_persona_control_is_the_share_the_other_personas_prompt_reproduces(tiny_model):
+    model, tokenizer = tiny_model
+    attach_adapter(model, "fresh", rank=4, alpha=8, first_block=1, seed=0)
+    measured = adapter_fidelity(model, tokenizer, SAMPLES, "fresh")
+    swap = {"math": "humanities", "humanities": "math"}  # two personas: the other one is never a draw
+    to_base, to_other = [], []
+    with torch.no_grad():
+        for sample in SAMPLES:
+            teacher, base, n_answer = distillation_pair(tokenizer, sample)
+            other = distillation_pair(tokenizer, replace(sample, persona=swap[sample.persona])).teacher
+            rows = [answer_logits(model, [ids], [n_answer]).log_softmax(-1) for ids in (teacher, base, other)]
+            kl = [float((rows[0].exp() * (rows[0] - row)).sum(-1).mean()) for row in rows[1:]]
+            to_base.append(kl[0])
+            to_other.append(kl[1])
+    expected = 1 - sum(to_other) / sum(to_base)
+    assert measured.other_persona.mean == pytest.approx(expected, rel=1e-4)
+    assert measured.to_dict()["other_persona_fidelity"] == pytest.approx(expected, rel=1e-4)
+    alone = adapter_fidelity(model, tokenizer, [s for s in SAMPLES if s.persona == "math"], "fresh")
+    assert alone.other_persona is None and "other_persona_fidelity" not in alone.to_dict()
 
 
 RETAIN = ["What is the capital of Peru?", "Which continent is Kenya in?", "How many legs does a spider have?"]

@@ -12,8 +12,8 @@ work on record. The knowledge tasks run every condition under each prompt format
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +32,7 @@ from probes.core.models import load_model
 from probes.core.parallel import World, world
 from probes.core.prompts import Condition, RenderedPrompt, encode, render_conversation
 
+log = logging.getLogger(__name__)
 __all__ = ["BUDGETS", "GRIDS", "TASKS", "Budget", "applies", "conditions", "run_study"]
 
 
@@ -84,7 +85,6 @@ def run_study(
             ``judge_model`` (or a URL or key ``make_judge`` refuses), an ``out`` directory holding a study of another
             model, or a model that cannot be loaded.
     """
-
     plan = resolve_plan(budget, tasks, items, grid)
     prompt_formats(formats, chat_template=True)  # unknown names fail before the model loads
     judge_options = dict(api_key_env=judge_api_key_env, concurrency=judge_concurrency, deadline=judge_timeout)
@@ -96,8 +96,7 @@ def run_study(
     settings = {
         "model": model.cfg.model_name, "model_name": model_name, **precision(model), "seed": seed,
         "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items),
-        "max_new_tokens": dict(plan.max_new_tokens),
-        "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
+        "max_new_tokens": dict(plan.max_new_tokens), "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge.model}@{judge.url}" if isinstance(judge, EndpointJudge) else "self",
     }
     judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, **judge_options)
@@ -111,9 +110,10 @@ def run_study(
         task = TASKS[name]
         task_items = task.load_items(n, seed)
         task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
-        _say(f"{name}: {len(task_items)} items x {len(conditions(task, plan.grid))} conditions"
-             + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
-        rows += runner.run(task, task_items, conditions(task, plan.grid), plan, judge, task_formats)
+        grid = conditions(task, plan.grid)
+        log.info(f"{name}: {len(task_items)} items x {len(grid)} conditions"
+                 + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
+        rows += runner.run(task, task_items, grid, plan, judge, task_formats)
     if group.is_main:
         write_json(out / "items.json", rows)
     group.barrier()
@@ -163,8 +163,8 @@ class _Runner:
                 else:
                     too_long += 1
         if too_long:
-            _say(f"{task.name}: left out {too_long} prompts longer than the model's context "
-                 f"({self.model.cfg.n_ctx} tokens, with room for the answer)")
+            log.warning(f"{task.name}: left out {too_long} prompts longer than the model's context "
+                        f"({self.model.cfg.n_ctx} tokens, with room for the answer)")
         todo = {key: (item, prompt) for _, item, prompt, key in cells if key not in ledger}
         if todo:
             self._compute(task, todo, ledger, plan)
@@ -281,8 +281,8 @@ class _Runner:
         unanswered = sum(key not in ledger for key in requests)
         if unanswered and self.group.is_main:
             reasons = ", ".join(f"{n} {reason}" for reason, n in getattr(judge, "failures", {}).items())
-            _say(f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
-                 + (f" ({reasons})" if reasons else "") + "; counted unparseable, a rerun asks again")
+            log.warning(f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
+                        + (f" ({reasons})" if reasons else "") + "; counted unparseable, a rerun asks again")
         for row in rows:
             ratings = {}
             for turn, judge_seed, key in row.pop("_requests"):
@@ -293,7 +293,3 @@ class _Runner:
             second = [value for name, value in ratings.items() if name.startswith("turn2") and value is not None]
             if second:
                 row["judge_score_turn2"] = sum(second) / len(second)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

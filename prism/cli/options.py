@@ -5,13 +5,14 @@
 default and wording. The persona options (``--persona``, ``--length``, ``--placement``,
 ``--base-system``, ``--personas-file``) come from ``add_persona_options``, which records on the
 parser which special personas the command accepts; ``resolve_persona`` checks them once, after
-parsing and before the command runs, so a bad persona fails before any model loads.
+parsing and before the command runs, so a bad persona fails before any model loads. ``--quiet``
+and ``--verbose`` belong to every command and are declared in ``prism.cli.logs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from probes.core.files import check_writable
 from probes.core.models import DEFAULT_MODEL, load_model
 from probes.core.personas import LENGTHS, get_persona, persona_library
 from probes.core.prompts import BASE_SYSTEMS, EXPERT_PERSONA, NO_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition
+
+log = logging.getLogger(__name__)
 
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), 'gemma-3-270m', a hub id, a directory or a .gguf file"
 SPECIAL_PERSONAS = {
@@ -210,7 +213,7 @@ def load_timed(args: argparse.Namespace):
                                   device_map=getattr(args, "device_map", None))
     where = precision(model)
     spread = f", device map {args.device_map}" if getattr(args, "device_map", None) else ""
-    print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, {where['dtype']} on "
-          f"{where['device']}{spread}, {where['attention']} attention) "
-          f"in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    log.info(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, {where['dtype']} on "
+             f"{where['device']}{spread}, {where['attention']} attention) "
+             f"in {time.perf_counter() - start:.1f}s")
     return model, tokenizer

@@ -55,7 +55,7 @@ def run_record(args: argparse.Namespace) -> Summary | None:
     prompts = render_items(tokenizer, items, args.condition, personas=args.library, seed=args.seed)
     store = record_activations(
         model, tokenizer, prompts, args.out, hooks=hooks, positions=args.positions, batch_size=args.batch_size,
-        shard_size=args.shard_size, overwrite=args.overwrite, world=world(),
+        shard_size=args.shard_size, overwrite=args.overwrite, world=world(), progress=args.progress,
         metadata={"dataset": args.dataset, "n": args.n, "seed": args.seed, "condition": args.condition.to_dict()},
     )
     print(f"recorded {len(store)} prompts x {len(store.hooks)} hooks ({store.positions} positions) into {store.path}")
@@ -86,6 +86,7 @@ def run_probe(args: argparse.Namespace) -> Summary | None:
         args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
         kinds=csv_list(args.probes), personas=csv_list(args.personas), persona_lengths=csv_list(args.persona_lengths),
         persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
+        progress=args.progress,
     )
     return summary
 

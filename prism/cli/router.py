@@ -45,7 +45,7 @@ def run_bootstrap(args: argparse.Namespace) -> Summary | None:
     config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
                              seed=args.seed, batch_size=args.batch_size)
     summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas),
-                                 device=args.device, dtype=args.dtype, device_map=args.device_map)
+                                 device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress)
     return summary
 
 
@@ -99,7 +99,7 @@ def run_train(args: argparse.Namespace) -> Summary | None:
                              layer=args.layer, position=args.position, per_intent=args.per_intent,
                              per_source=args.per_source, extra=args.extra,
                              compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
-                             device_map=args.device_map,
+                             device_map=args.device_map, progress=args.progress,
                              distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs,
                                                           learning_rate=args.learning_rate, retain_weight=args.retain_weight,
                                                           batch_size=args.distill_batch_size,
@@ -141,7 +141,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> Summary | None:
     """The Table-1 evaluation; print the comparison table."""
     return pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed,
-                            device=args.device, dtype=args.dtype, device_map=args.device_map, judge=judge_settings(args))
+                            device=args.device, dtype=args.dtype, device_map=args.device_map, judge=judge_settings(args),
+                            progress=args.progress)
 
 
 COMMANDS = (

@@ -56,7 +56,7 @@ def run_evaluate(args: argparse.Namespace) -> Summary | None:
     result = evaluate(
         model, tokenizer, items, args.condition, scoring=args.scoring, answer_prefix=args.answer_prefix,
         normalise=args.normalise, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        personas=args.library, seed=args.seed,
+        personas=args.library, seed=args.seed, progress=args.progress,
     )
     result["dataset"] = args.dataset
     write_record(out, result)
@@ -113,7 +113,8 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
                   formats=formats, judge_url=args.judge_url, judge_model=args.judge_model,
                   judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
                   judge_timeout=args.judge_timeout, seed=args.seed,
-                  batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map)
+                  batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                  progress=args.progress)
         directories.append(directory)
         if not world().is_main:
             continue  # under torchrun rank 0 writes the tables, figures and report

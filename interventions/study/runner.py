@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -30,6 +30,7 @@ from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import Item
 from probes.core.models import load_model
 from probes.core.parallel import World, world
+from probes.core.personas import Persona
 from probes.core.prompts import Condition, RenderedPrompt, encode, render_conversation
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def run_study(
     items: int | None = None,
     grid: str | None = None,
     formats: Sequence[str] | None = None,
+    personas: Mapping[str, Persona] | None = None,
     judge_url: str | None = None,
     judge_model: str | None = None,
     judge_api_key_env: str | None = None,
@@ -66,6 +68,8 @@ def run_study(
         grid: the condition grid (default: the budget's).
         formats: prompt formats of the knowledge tasks (default: ``plain`` and ``qa`` for a model without a chat
             template, ``plain`` for a chat model; see ``plan.prompt_formats``).
+        personas: the library of the grid's named, matched-expert and random personas (default: the built-in ones);
+            those a user added (``persona_library``) run on every task (``plan.conditions``).
         judge_url, judge_model: an OpenAI-compatible judge endpoint (default: the model judges).
         judge_api_key_env, judge_concurrency, judge_timeout: the environment variable holding the endpoint's key
             (default: ``OPENAI_API_KEY`` when set), requests in flight at most, and seconds each may take in all
@@ -98,19 +102,20 @@ def run_study(
         "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items),
         "max_new_tokens": dict(plan.max_new_tokens), "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge.model}@{judge.url}" if isinstance(judge, EndpointJudge) else "self",
+        "user_personas": {name: persona.source for name, persona in (personas or {}).items() if persona.source != "builtin"},
     }
     judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, **judge_options)
     _check_same_model(out, settings["model"])
     group = world()
     if group.is_main:
         write_record(out / "study.json", settings)
-    runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group)
+    runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group, personas)
     rows: list[dict] = []
     for name, n in plan.items.items():
         task = TASKS[name]
         task_items = task.load_items(n, seed)
         task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
-        grid = conditions(task, plan.grid)
+        grid = conditions(task, plan.grid, personas)
         log.info(f"{name}: {len(task_items)} items x {len(grid)} conditions"
                  + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
         rows += runner.run(task, task_items, grid, plan, judge, task_formats)
@@ -139,10 +144,10 @@ class _Runner:
     """
 
     def __init__(self, model, tokenizer, ledger_dir: Path, seed: int, batch_size: int, progress: bool,
-                 group: World = World()) -> None:
+                 group: World = World(), personas: Mapping[str, Persona] | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.ledger_dir, self.seed, self.batch_size, self.progress = ledger_dir, seed, batch_size, progress
-        self.group = group
+        self.group, self.personas = group, personas
 
     def _ledger(self, name: str) -> Ledger:
         return Ledger(self.ledger_dir / name, world=self.group)
@@ -153,10 +158,10 @@ class _Runner:
         cells = []  # (condition, item, prompt, key)
         too_long = 0
         for prompt_format, condition in [(f, c) for f in formats for c in grid]:
-            chosen = [item for item in items if applies(condition, item)]
+            chosen = [item for item in items if applies(condition, item, self.personas)]
             if not chosen:
                 continue
-            prompts = task.render(self.tokenizer, chosen, condition, seed=self.seed, prompt_format=prompt_format)
+            prompts = task.render(self.tokenizer, chosen, condition, personas=self.personas, seed=self.seed, prompt_format=prompt_format)
             for item, prompt in zip(chosen, prompts):
                 if self._fits(task, item, prompt, plan):
                     cells.append((condition, item, prompt, self._key(task, item, prompt, plan)))

@@ -126,9 +126,10 @@ def add_items(parser: argparse.ArgumentParser) -> None:
     add_batch_size(parser)
 
 
-def add_personas_file(parser) -> None:
-    """``--personas-file`` on a parser or an argument group."""
-    parser.add_argument("--personas-file", type=Path, help="JSON file of extra personas (same schema as the built-in library)")
+def add_personas_file(parser, more: str = "") -> None:
+    """``--personas-file`` on a parser or an argument group; ``more`` ends its help with what the command does with it."""
+    parser.add_argument("--personas-file", type=Path,
+                        help=f"JSON file of extra personas (same schema as the built-in library){more}")
 
 
 @dataclass(frozen=True)

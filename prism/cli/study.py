@@ -93,6 +93,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", help=f"comma-separated subset of: {', '.join(TASKS)}")
     parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa "
                                           "(default: plain,qa without a chat template, plain with one)")
+    add_personas_file(parser, " (each of them is also run on every task, at each length it has)")
     add_judge_options(parser)
     add_seed(parser)
     add_batch_size(parser)
@@ -105,12 +106,13 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
     tasks = csv_list(args.tasks)
     formats = csv_list(args.formats)
     prompt_formats(formats, chat_template=True)  # an unknown format fails before any model loads
+    personas = persona_library(args.personas_file)  # and so does a bad personas file
     directories = []
     for name in args.models or ["default"]:
         directory = args.out / model_slug(name)
         start = time.perf_counter()
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
-                  formats=formats, judge_url=args.judge_url, judge_model=args.judge_model,
+                  formats=formats, personas=personas, judge_url=args.judge_url, judge_model=args.judge_model,
                   judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
                   judge_timeout=args.judge_timeout, seed=args.seed,
                   batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,

@@ -23,7 +23,7 @@ from interventions.study.runner import run_study
 from prism import pipeline
 from prism.bootstrap import BootstrapConfig
 from prism.cli.command import Command
-from prism.cli.options import add_model, add_out
+from prism.cli.options import add_model, add_out, add_wandb
 from prism.distill import DistillConfig
 from probes.core.models import model_slug, resolve_model_directory
 from probes.core.prompts import Condition
@@ -99,6 +99,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism demo``'s options."""
     add_out(parser, "output directory (default: runs/demo)", Path("runs/demo"))
     add_model(parser)
+    add_wandb(parser)
 
 
 def run_demo_command(args: argparse.Namespace) -> Summary | None:

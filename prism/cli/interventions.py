@@ -14,6 +14,7 @@ from prism.cli.options import (
     add_out,
     add_persona_options,
     add_seed,
+    add_wandb,
     layer_list,
 )
 from probes.core.errors import ToolkitError
@@ -36,6 +37,7 @@ def add_intervene_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed(parser)
     add_batch_size(parser)
     add_out(parser, "output directory (default: runs/intervene)", Path("runs/intervene"))
+    add_wandb(parser)
 
 
 def run_intervene(args: argparse.Namespace) -> Summary | None:

@@ -5,13 +5,15 @@
 default and wording. The persona options (``--persona``, ``--length``, ``--placement``,
 ``--base-system``, ``--personas-file``) come from ``add_persona_options``, which records on the
 parser which special personas the command accepts; ``resolve_persona`` checks them once, after
-parsing and before the command runs, so a bad persona fails before any model loads. ``--quiet``
-and ``--verbose`` belong to every command and are declared in ``prism.cli.logs``.
+parsing and before the command runs, so a bad persona fails before any model loads. ``--wandb``
+(``add_wandb``) is declared once for the commands whose results it logs (``prism.cli.tracking``);
+``--quiet`` and ``--verbose`` belong to every command and are declared in ``prism.cli.logs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass
@@ -57,6 +59,21 @@ def add_precision(parser: argparse.ArgumentParser) -> None:
                         help="auto: spread a model larger than one device over every GPU (accelerate's device map; "
                              "with --device auto); balanced, balanced_low_0 and sequential are accelerate's other "
                              "strategies (default: one device)")
+
+
+def add_wandb(parser: argparse.ArgumentParser) -> None:
+    """``--wandb PROJECT``: once the command succeeds, log its options, tables and figures to Weights & Biases
+    (``prism.cli.tracking``). The package is checked before the command runs."""
+    parser.add_argument("--wandb", metavar="PROJECT",
+                        help="log the run's options, tables (CSV) and figures (PNG) to this Weights & Biases project once "
+                             "it succeeds (needs `pip install wandb`; WANDB_MODE=offline keeps the run on disk)")
+    add_check(parser, lambda args: args.wandb is None or wandb_installed())
+
+
+def wandb_installed() -> None:
+    """Raises ToolkitError, one line with the install hint, when the ``wandb`` package is missing."""
+    if importlib.util.find_spec("wandb") is None:
+        raise ToolkitError("--wandb needs the package 'wandb', which is not installed: pip install wandb")
 
 
 def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> None:

@@ -13,6 +13,7 @@ from prism.cli.options import (
     add_out,
     add_persona_options,
     add_seed,
+    add_wandb,
     csv_list,
     layer_list,
     load_timed,
@@ -77,6 +78,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed(parser, "split and sampling seed")
     add_batch_size(parser, 16)
     add_out(parser, "output directory (default: runs/probe; rerun to resume)", Path("runs/probe"))
+    add_wandb(parser)
 
 
 def run_probe(args: argparse.Namespace) -> Summary | None:

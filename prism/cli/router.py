@@ -18,6 +18,7 @@ from prism.cli.options import (
     add_precision,
     add_prism_dir,
     add_seed,
+    add_wandb,
     csv_list,
     judge_settings,
 )
@@ -38,6 +39,7 @@ def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     add_seed(parser)
     add_batch_size(parser)
+    add_wandb(parser)
 
 
 def run_bootstrap(args: argparse.Namespace) -> Summary | None:
@@ -88,6 +90,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the comparison budget whose items the gate must not see; the intent sources asking what its "
                              "knowledge sets ask (geo:continent, geo:currency, geo:city) are always left out (default: default)")
     add_seed(parser, "split and training seed")
+    add_wandb(parser)
 
 
 def run_train(args: argparse.Namespace) -> Summary | None:
@@ -136,6 +139,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", help="comma-separated systems (default: all); see the README")
     add_judge_options(parser)
     add_seed(parser)
+    add_wandb(parser)
 
 
 def run_compare(args: argparse.Namespace) -> Summary | None:

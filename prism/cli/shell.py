@@ -5,7 +5,7 @@ defines it (a ``Command``: options and the function that runs it). ``main`` read
 name, imports only that group (and the toolkit behind it: torch, TransformerLens), builds the
 command's parser, runs the checks its options registered (the persona's) and dispatches; ``prism --help`` imports
 nothing heavy. While a command runs, the toolkit's log lines go to stderr at the level ``--quiet``/``--verbose``
-choose (``prism.cli.logs``).
+choose (``prism.cli.logs``); once it succeeds, ``--wandb`` logs it (``prism.cli.tracking``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 from prism.cli.command import Command
 from prism.cli.logs import add_verbosity, download_progress, log_level, toolkit_logging
+from prism.cli.tracking import track_run  # it imports wandb itself, only when a run is logged
 from probes.core.commandline import current_command, running_command
 from probes.core.errors import ToolkitError
 
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _speaking(rank == "0"), running_command(["prism", *argv]), \
                 toolkit_logging(log_level(args.quiet, args.verbose)), download_progress(show=not args.quiet):
-            _run(args)
+            _run(args, rank == "0")
         return 0
     except ToolkitError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
@@ -175,13 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> None:
-    """Check the options, run the command, print its summary."""
+def _run(args: argparse.Namespace, main_rank: bool) -> None:
+    """Check the options, run the command, print its summary; then (rank 0, with ``--wandb``) log the run."""
     log.debug("running %s", " ".join(current_command()))
     command = load_command(args.command)
     for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
         check(args)
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     summary = command.run(args)
     if summary is not None:
         print(summary.format())
@@ -190,6 +191,8 @@ def _run(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - start
     if elapsed >= 1:
         log.info(f"prism {args.command} finished in {elapsed:.0f}s")
+    if getattr(args, "wandb", None) and main_rank:
+        log.info(f"logged to Weights & Biases: {track_run(args, since=started)}")
 
 
 def _command_named(argv: Sequence[str]) -> list[str]:

@@ -21,6 +21,7 @@ from prism.cli.options import (
     add_persona_options,
     add_personas_file,
     add_seed,
+    add_wandb,
     csv_list,
     load_timed,
     sample_items,
@@ -98,6 +99,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed(parser)
     add_batch_size(parser)
     add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))
+    add_wandb(parser)
 
 
 def run_study_command(args: argparse.Namespace) -> Summary | None:

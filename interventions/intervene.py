@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +24,8 @@ from probes.core.models import load_model
 from probes.core.prompts import Condition
 from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
 from probes.readouts import residual_norms
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MULTIPLES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
@@ -80,7 +82,7 @@ def run_interventions(
         if not 0 <= layer < n_layers:
             raise ToolkitError(f"layer {layer} does not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
     items = causal.paired_items(tokenizer, TASKS["capitals"].load_items(n_items, seed), persona, seed)
-    _say(f"{len(items)} capital-city items, persona {persona.label}, {len(layers)} layers")
+    log.info(f"{len(items)} capital-city items, persona {persona.label}, {len(layers)} layers")
     with_persona, without = causal.baseline_margins(model, tokenizer, items, batch_size)
     effect = with_persona - without
     summary = {"model": model.cfg.model_name, **precision(model), "persona": persona.label, "n": len(items),
@@ -223,7 +225,3 @@ def _refusal_under_steering(model, tokenizer, persona: Condition, n_items: int, 
 
 
 REFUSAL_TOKENS = 32
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

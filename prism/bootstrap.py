@@ -14,8 +14,8 @@ stopped; ``samples.jsonl`` and ``summary.json`` are written at the end.
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +31,8 @@ from probes.core.errors import ToolkitError
 from probes.core.parallel import world
 from probes.core.personas import Persona, builtin_personas
 from probes.core.prompts import Condition, render, render_messages
+
+log = logging.getLogger(__name__)
 
 MIN_QUERY_CHARS = 15
 QUERY_REQUEST = ("Write one question or request that a user might bring to you, one that your expertise lets you "
@@ -136,7 +138,7 @@ def _queries(model, tokenizer, personas: Sequence[Persona], config: BootstrapCon
                 seen.add(query.lower())
     empty = [name for name, queries in found.items() if not queries]
     if empty:
-        _say(f"no usable query was sampled for persona(s) {', '.join(empty)}; they are left out")
+        log.warning(f"no usable query was sampled for persona(s) {', '.join(empty)}; they are left out")
     return [(name, query) for name, queries in found.items() for query in queries]
 
 
@@ -210,7 +212,3 @@ def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig
         logprobs = ledger[key]["logprobs"]
         values.append(float(logprobs[persona_letter] - logprobs[1 - persona_letter]))
     return values
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

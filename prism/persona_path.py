@@ -15,8 +15,8 @@ queries when it is forced on.
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 from collections import defaultdict
 from dataclasses import replace
 from typing import Sequence
@@ -33,6 +33,8 @@ from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition, encode, render
 from probes.readouts import final_residuals
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GATED", "HELD_OUT_SHARE", "UNGATED", "held_out_samples", "persona_shift", "train_adapters"]
 
@@ -91,8 +93,8 @@ def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarr
     held_ids = {sample.id for sample in held}
     report = {}
     for name, chosen in ((GATED, training), (UNGATED, [s for s in samples if s.id not in held_ids])):
-        _say(f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1}); "
-             f"{len(held)} persona-path samples held out")
+        log.info(f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1}); "
+                 f"{len(held)} persona-path samples held out")
         info = distill(model, tokenizer, chosen, name, config, retain=retain, progress=progress)
         fidelity = adapter_fidelity(model, tokenizer, held, name, persona_length=config.persona_length, seed=seed) if held else None
         info["fidelity"] = None if fidelity is None else fidelity.to_dict()
@@ -116,7 +118,3 @@ def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, lengt
             runs.append(final_residuals(model, ids, layer, tokenizer.pad_token_id))
         shifts.append(runs[0] - runs[1])
     return torch.cat(shifts).mean(dim=0)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ In a PRISM working directory (``prism.workdir``) that ``prism bootstrap`` filled
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Collection, Sequence
 
@@ -58,6 +58,8 @@ from probes.core.files import save_figure, save_tensors, write_record, write_tab
 from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
 from probes.intents import ALL_SOURCES, LabelledQuery, intent_queries
+
+log = logging.getLogger(__name__)
 
 LABEL_SOURCES = ("bootstrap", "intents")
 
@@ -147,8 +149,8 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                            f"needs {MIN_PER_ROUTE}+ of each (the self-verdicts agree across orders on {agreement:.0%} of queries): "
                            "use --verdict debiased, --labels intents, or bootstrap more queries")
     split, split_kind = split_for(labelled, seed)
-    _say(f"gate data: {len(labelled.queries)} {labels}-labelled queries from {len(set(labelled.sources))} sources "
-         f"({labelled.labels.mean():.0%} persona path); evaluated leave-one-source-out")
+    log.info(f"gate data: {len(labelled.queries)} {labels}-labelled queries from {len(set(labelled.sources))} sources "
+             f"({labelled.labels.mean():.0%} persona path); evaluated leave-one-source-out")
 
     features = {}
     for read in READ_POSITIONS:
@@ -175,8 +177,8 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                    "positives": float(labelled.labels.mean()), **result["summary"]}
     gate.metadata.update(report=gate_report)
     gate.save(work.gate)
-    _say(f"gate: block {gate.layer}, {gate.position} token(s), {gate.kind} (C={chosen['regularisation']}); on unseen sources "
-         f"AUC {gate_report['auc']:.2f}, {gate_report['passing']} of {gate_report['sources']} within target")
+    log.info(f"gate: block {gate.layer}, {gate.position} token(s), {gate.kind} (C={chosen['regularisation']}); on unseen sources "
+             f"AUC {gate_report['auc']:.2f}, {gate_report['passing']} of {gate_report['sources']} within target")
 
     routers = _routers(model, tokenizer, labelled, result, features, lengths, chosen, work, seed)
     table = _source_table(routers)
@@ -263,7 +265,3 @@ def _source_table(routers: dict[str, dict]) -> list[dict]:
                                                                      "auc", "auc_low", "auc_high", "passes")})
         table.append(merged)
     return table
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

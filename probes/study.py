@@ -19,7 +19,7 @@ The module is longer than 300 lines only because of ``run_probe_study``'s API do
 from __future__ import annotations
 
 import hashlib
-import sys
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +42,8 @@ from probes.report import write_probe_report
 from probes.splits import balance, held_out_split, in_distribution_split
 from probes.store import ActivationStore
 from probes.summary import ProbeSummary
+
+log = logging.getLogger(__name__)
 
 
 def data_hash(queries: Sequence[LabelledQuery]) -> str:
@@ -208,8 +210,8 @@ def run_probe_study(
     chosen = _spread_queries(queries, persona_queries)
     persona_set = [queries[i] for i in chosen]
     conditions = [Condition(name, length, "system") for name in personas for length in persona_lengths]
-    _say(f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona, and {len(persona_set)} "
-         f"of them under {len(personas)} personas x {len(persona_lengths)} lengths")
+    log.info(f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona, and {len(persona_set)} "
+             f"of them under {len(personas)} personas x {len(persona_lengths)} lengths")
     group = world()
     stores = record_conditions(
         model, tokenizer, [(Condition("none"), queries, out / "activations")]
@@ -348,7 +350,3 @@ def _persona_directions(stores, queries, base_acts, conditions, out, hooks, inte
 
 def _write_rows(stem: Path, rows: Sequence[dict]) -> None:
     write_table(stem.with_suffix(".csv"), rows)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

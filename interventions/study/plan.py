@@ -22,17 +22,18 @@ from interventions.measure.tasks import TASKS, Task
 from probes.core.errors import ToolkitError
 from probes.core.formats import DEFAULT_FORMAT, get_format
 from probes.core.items import Item
-from probes.core.personas import LENGTHS, builtin_personas
-from probes.core.prompts import EXPERT_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition, matched_persona
+from probes.core.personas import LENGTHS, Persona, builtin_personas
+from probes.core.prompts import EXPERT_PERSONA, NO_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition, matched_persona
 
 __all__ = ["BASELINE", "BUDGETS", "Budget", "FORMAT_CONTROL", "GRIDS", "TEMPLATE_BASELINE", "applies", "conditions",
-           "prompt_formats", "resolve_plan"]
+           "prompt_formats", "resolve_plan", "user_conditions"]
 
 BASELINE = Condition("none", base_system="empty")
 TEMPLATE_BASELINE = Condition("none", base_system="template")
 GRIDS = ("smoke", "default", "full")
 FORMAT_CONTROL = ("plain", "qa")  # the default formats of a model without a chat template
 OTHER_TASK_ITEMS = 32  # items per cell of a task no budget names (the knowledge quizzes)
+SPECIAL_PERSONAS = (NO_PERSONA, EXPERT_PERSONA, RANDOM_PERSONA)
 
 
 @dataclass(frozen=True)
@@ -62,23 +63,28 @@ BUDGETS = {
 }
 
 
-def conditions(task: Task, grid: str) -> list[Condition]:
+def conditions(task: Task, grid: str, personas: Mapping[str, Persona] | None = None) -> list[Condition]:
     """The persona conditions a task is run under in ``grid`` (baselines first).
 
     Args:
         task: a registered task (its kind and name shape the grid).
         grid: ``smoke``, ``default`` or ``full``.
+        personas: the persona library (default: the built-in personas). Its named personas take the built-in ones'
+            places in the grid; those a user added (read from a file, ``persona_library``) are also run on every task,
+            at each length they have, in the system prompt (and in both placements in the ``full`` grid), whatever
+            the grid.
 
     Returns:
         the distinct conditions, in order.
     """
     if grid not in GRIDS:
         raise ToolkitError(f"unknown grid {grid!r}: use one of {', '.join(GRIDS)}")
-    personas = sorted(builtin_personas())
+    library = builtin_personas() if personas is None else personas
+    names = sorted(library)
     if grid == "full":
         grid_conditions = [BASELINE, TEMPLATE_BASELINE] + [
             Condition(persona, length, placement)
-            for persona in personas + [EXPERT_PERSONA, RANDOM_PERSONA]
+            for persona in names + [EXPERT_PERSONA, RANDOM_PERSONA]
             for length in LENGTHS
             for placement in PLACEMENTS
         ]
@@ -99,16 +105,32 @@ def conditions(task: Task, grid: str) -> list[Condition]:
             grid_conditions += [Condition(EXPERT_PERSONA, "min", "user"), Condition(RANDOM_PERSONA, "min"),
                                 Condition(RANDOM_PERSONA, "short"), Condition(RANDOM_PERSONA, "long", "user")]
         if task.name == "capitals" or task.kind == "refusal":
-            grid_conditions += [Condition(persona, "min") for persona in personas]
+            grid_conditions += [Condition(persona, "min") for persona in names]
         if task.kind == "refusal":
             grid_conditions += [Condition("safety-monitor", "short"), Condition("safety-monitor", "long"),
                                 Condition("safety-monitor", "long", "user")]
-    return list(dict.fromkeys(grid_conditions))
+    grid_conditions += user_conditions(library)
+    return [condition for condition in dict.fromkeys(grid_conditions) if _named_in(condition, library)]
 
 
-def applies(condition: Condition, item: Item) -> bool:
-    """The matched-expert condition exists only for items whose category has an expert."""
-    return condition.persona != EXPERT_PERSONA or matched_persona(item.category, builtin_personas()) is not None
+def user_conditions(personas: Mapping[str, Persona]) -> list[Condition]:
+    """A condition per length of each persona a user added to the library (not built in), in the system prompt."""
+    return [Condition(name, length) for name, persona in personas.items() if persona.source != "builtin"
+            for length in LENGTHS if length in persona.texts]
+
+
+def _named_in(condition: Condition, library: Mapping[str, Persona]) -> bool:
+    """A condition's persona is a special one, or in the library with a text at the condition's length (a user's file
+    may rewrite a built-in persona at fewer lengths)."""
+    return condition.persona in SPECIAL_PERSONAS or (condition.persona in library
+                                                     and condition.length in library[condition.persona].texts)
+
+
+def applies(condition: Condition, item: Item, personas: Mapping[str, Persona] | None = None) -> bool:
+    """The matched-expert condition exists only for items whose category has an expert in the library (default: the
+    built-in personas)."""
+    library = builtin_personas() if personas is None else personas
+    return condition.persona != EXPERT_PERSONA or matched_persona(item.category, library) is not None
 
 
 def resolve_plan(budget: str | Budget, tasks: Sequence[str] | None = None, items: int | None = None,

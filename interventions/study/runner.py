@@ -12,10 +12,10 @@ work on record. The knowledge tasks run every condition under each prompt format
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -30,8 +30,10 @@ from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import Item
 from probes.core.models import load_model
 from probes.core.parallel import World, world
+from probes.core.personas import Persona
 from probes.core.prompts import Condition, RenderedPrompt, encode, render_conversation
 
+log = logging.getLogger(__name__)
 __all__ = ["BUDGETS", "GRIDS", "TASKS", "Budget", "applies", "conditions", "run_study"]
 
 
@@ -44,6 +46,7 @@ def run_study(
     items: int | None = None,
     grid: str | None = None,
     formats: Sequence[str] | None = None,
+    personas: Mapping[str, Persona] | None = None,
     judge_url: str | None = None,
     judge_model: str | None = None,
     judge_api_key_env: str | None = None,
@@ -65,6 +68,8 @@ def run_study(
         grid: the condition grid (default: the budget's).
         formats: prompt formats of the knowledge tasks (default: ``plain`` and ``qa`` for a model without a chat
             template, ``plain`` for a chat model; see ``plan.prompt_formats``).
+        personas: the library of the grid's named, matched-expert and random personas (default: the built-in ones);
+            those a user added (``persona_library``) run on every task (``plan.conditions``).
         judge_url, judge_model: an OpenAI-compatible judge endpoint (default: the model judges).
         judge_api_key_env, judge_concurrency, judge_timeout: the environment variable holding the endpoint's key
             (default: ``OPENAI_API_KEY`` when set), requests in flight at most, and seconds each may take in all
@@ -84,7 +89,6 @@ def run_study(
             ``judge_model`` (or a URL or key ``make_judge`` refuses), an ``out`` directory holding a study of another
             model, or a model that cannot be loaded.
     """
-
     plan = resolve_plan(budget, tasks, items, grid)
     prompt_formats(formats, chat_template=True)  # unknown names fail before the model loads
     judge_options = dict(api_key_env=judge_api_key_env, concurrency=judge_concurrency, deadline=judge_timeout)
@@ -96,24 +100,25 @@ def run_study(
     settings = {
         "model": model.cfg.model_name, "model_name": model_name, **precision(model), "seed": seed,
         "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items),
-        "max_new_tokens": dict(plan.max_new_tokens),
-        "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
+        "max_new_tokens": dict(plan.max_new_tokens), "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge.model}@{judge.url}" if isinstance(judge, EndpointJudge) else "self",
+        "user_personas": {name: persona.source for name, persona in (personas or {}).items() if persona.source != "builtin"},
     }
     judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, **judge_options)
     _check_same_model(out, settings["model"])
     group = world()
     if group.is_main:
         write_record(out / "study.json", settings)
-    runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group)
+    runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group, personas)
     rows: list[dict] = []
     for name, n in plan.items.items():
         task = TASKS[name]
         task_items = task.load_items(n, seed)
         task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
-        _say(f"{name}: {len(task_items)} items x {len(conditions(task, plan.grid))} conditions"
-             + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
-        rows += runner.run(task, task_items, conditions(task, plan.grid), plan, judge, task_formats)
+        grid = conditions(task, plan.grid, personas)
+        log.info(f"{name}: {len(task_items)} items x {len(grid)} conditions"
+                 + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
+        rows += runner.run(task, task_items, grid, plan, judge, task_formats)
     if group.is_main:
         write_json(out / "items.json", rows)
     group.barrier()
@@ -139,10 +144,10 @@ class _Runner:
     """
 
     def __init__(self, model, tokenizer, ledger_dir: Path, seed: int, batch_size: int, progress: bool,
-                 group: World = World()) -> None:
+                 group: World = World(), personas: Mapping[str, Persona] | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.ledger_dir, self.seed, self.batch_size, self.progress = ledger_dir, seed, batch_size, progress
-        self.group = group
+        self.group, self.personas = group, personas
 
     def _ledger(self, name: str) -> Ledger:
         return Ledger(self.ledger_dir / name, world=self.group)
@@ -153,18 +158,18 @@ class _Runner:
         cells = []  # (condition, item, prompt, key)
         too_long = 0
         for prompt_format, condition in [(f, c) for f in formats for c in grid]:
-            chosen = [item for item in items if applies(condition, item)]
+            chosen = [item for item in items if applies(condition, item, self.personas)]
             if not chosen:
                 continue
-            prompts = task.render(self.tokenizer, chosen, condition, seed=self.seed, prompt_format=prompt_format)
+            prompts = task.render(self.tokenizer, chosen, condition, personas=self.personas, seed=self.seed, prompt_format=prompt_format)
             for item, prompt in zip(chosen, prompts):
                 if self._fits(task, item, prompt, plan):
                     cells.append((condition, item, prompt, self._key(task, item, prompt, plan)))
                 else:
                     too_long += 1
         if too_long:
-            _say(f"{task.name}: left out {too_long} prompts longer than the model's context "
-                 f"({self.model.cfg.n_ctx} tokens, with room for the answer)")
+            log.warning(f"{task.name}: left out {too_long} prompts longer than the model's context "
+                        f"({self.model.cfg.n_ctx} tokens, with room for the answer)")
         todo = {key: (item, prompt) for _, item, prompt, key in cells if key not in ledger}
         if todo:
             self._compute(task, todo, ledger, plan)
@@ -281,8 +286,8 @@ class _Runner:
         unanswered = sum(key not in ledger for key in requests)
         if unanswered and self.group.is_main:
             reasons = ", ".join(f"{n} {reason}" for reason, n in getattr(judge, "failures", {}).items())
-            _say(f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
-                 + (f" ({reasons})" if reasons else "") + "; counted unparseable, a rerun asks again")
+            log.warning(f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
+                        + (f" ({reasons})" if reasons else "") + "; counted unparseable, a rerun asks again")
         for row in rows:
             ratings = {}
             for turn, judge_seed, key in row.pop("_requests"):
@@ -293,7 +298,3 @@ class _Runner:
             second = [value for name, value in ratings.items() if name.startswith("turn2") and value is not None]
             if second:
                 row["judge_score_turn2"] = sum(second) / len(second)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -10,7 +10,9 @@ One module per command group, each declaring its ``Command`` values:
 - ``demo``: ``demo`` (and ``run_demo``, the story end to end)
 
 ``options`` declares the shared options once (``--model``, ``--seed``, ``--out``,
-``--batch-size`` and the persona options, with their one check); ``shell`` holds the registry,
+``--batch-size``, ``--wandb`` and the persona options, with their one check); ``logs`` sets how a
+command speaks (``--quiet``, ``--verbose``), ``tracking`` logs a finished run to Weights & Biases;
+``shell`` holds the registry,
 builds the parsers from it and dispatches (``main``, the ``prism`` entry point), importing a
 command group only when one of its commands runs.
 """

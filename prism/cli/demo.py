@@ -12,7 +12,7 @@ printed from the typed summary it returns, through the same formatting as its ow
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from transformers import AutoConfig
@@ -23,18 +23,20 @@ from interventions.study.runner import run_study
 from prism import pipeline
 from prism.bootstrap import BootstrapConfig
 from prism.cli.command import Command
-from prism.cli.options import add_model, add_out
+from prism.cli.options import add_model, add_out, add_wandb
 from prism.distill import DistillConfig
 from probes.core.models import model_slug, resolve_model_directory
 from probes.core.prompts import Condition
 from probes.core.summary import Summary
 from probes.study import run_probe_study
 
+log = logging.getLogger(__name__)
+
 PROBE_TARGETS = ("knowledge-vs-generation/mean", "knowledge-vs-generation/last", "harmful-vs-benign/mean")
 
 
 def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu", dtype: str = "float32",
-             device_map: str | None = None) -> Path:
+             device_map: str | None = None, progress: bool = True) -> Path:
     """Run the story into ``out`` and print each step's findings (progress goes to stderr).
 
     Args:
@@ -42,47 +44,48 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
             are written inside, each with its tables, figures and report.
         model_name: the model, as ``--model`` takes it (default: the embedded SmolLM2-135M-Instruct).
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
+        progress: show progress bars.
 
     Returns:
         ``out``.
     """
     out = Path(out)
-    _say("1. the persona-effect study, smoke budget (prism study --budget smoke)")
+    log.info("1. the persona-effect study, smoke budget (prism study --budget smoke)")
     study_dir = out / "study" / model_slug(model_name)
     where = {"device": device, "dtype": dtype, "device_map": device_map}
-    run_study(study_dir, model_name=model_name, budget="smoke", progress=True, **where)
+    run_study(study_dir, model_name=model_name, budget="smoke", progress=progress, **where)
     study = summarise_study(study_dir)
     print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
 
-    _say("2. probes and persona directions, short run (prism probe --per-intent 48 ...)")
+    log.info("2. probes and persona directions, short run (prism probe --per-intent 48 ...)")
     probe = run_probe_study(
         out / "probe", model_name=model_name, per_intent=48, kinds=("logistic", "diff-means"),
         personas=("math", "writing", "safety-monitor", "roleplay"), persona_lengths=("min", "long"), persona_queries=12,
-        progress=True, **where,
+        progress=progress, **where,
     )
     print(probe.format(PROBE_TARGETS))
     print(f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}")
 
-    _say("3. causal tests on knowledge items, short run (prism intervene --placement user -n 24 ...)")
+    log.info("3. causal tests on knowledge items, short run (prism intervene --placement user -n 24 ...)")
     # the study's strongest knowledge effect: a long persona in the user message
     causal = run_interventions(out / "intervene", model_name=model_name, persona=Condition("random", "long", "user"),
                                n_items=24, layers=_spread_layers(model_name), multiples=(0.0, 1.0, 2.0), refusal_items=8,
-                               progress=True, **where)
+                               progress=progress, **where)
     print(causal.format())
     print(f"patching heatmap: {causal.directory / 'figures' / 'patching_heatmap.png'}; report: {causal.report}")
 
-    _say("4. PRISM, short run (prism bootstrap --queries-per-persona 2; prism train --labels intents --per-source 6; prism compare --budget smoke)")
+    log.info("4. PRISM, short run (prism bootstrap --queries-per-persona 2; prism train --labels intents --per-source 6; prism compare --budget smoke)")
     prism_dir = out / "prism"
-    verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2), progress=True,
+    verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2), progress=progress,
                                   **where)
     print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
     trained = pipeline.train(prism_dir, labels="intents", per_source=6, compare_budget="smoke",
-                             distill_config=DistillConfig(epochs=2), progress=True, **where)
+                             distill_config=DistillConfig(epochs=2), progress=progress, **where)
     print(trained.format())
-    compared = pipeline.compare(prism_dir, budget="smoke", progress=True, **where)
+    compared = pipeline.compare(prism_dir, budget="smoke", progress=progress, **where)
     print(compared.format())
     print(f"PRISM report: {compared.report}")
-    _say(f"results in {out}")
+    log.info(f"results in {out}")
     return out
 
 
@@ -91,19 +94,18 @@ def _spread_layers(model_name: str, count: int = 6) -> list[int]:
     return spread_layers(AutoConfig.from_pretrained(resolve_model_directory(model_name)[0]).num_hidden_layers, count)
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism demo``'s options."""
     add_out(parser, "output directory (default: runs/demo)", Path("runs/demo"))
     add_model(parser)
+    add_wandb(parser)
 
 
 def run_demo_command(args: argparse.Namespace) -> Summary | None:
     """``prism demo``: ``run_demo`` with the command's options."""
-    run_demo(args.out, model_name=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    run_demo(args.out, model_name=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
+             progress=args.progress)
     return None
 
 

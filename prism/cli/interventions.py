@@ -7,7 +7,16 @@ from pathlib import Path
 
 from interventions.intervene import run_interventions
 from prism.cli.command import Command
-from prism.cli.options import PersonaOptions, add_batch_size, add_model, add_out, add_persona_options, add_seed, layer_list
+from prism.cli.options import (
+    PersonaOptions,
+    add_batch_size,
+    add_model,
+    add_out,
+    add_persona_options,
+    add_seed,
+    add_wandb,
+    layer_list,
+)
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RANDOM_PERSONA
 from probes.core.summary import Summary
@@ -28,6 +37,7 @@ def add_intervene_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed(parser)
     add_batch_size(parser)
     add_out(parser, "output directory (default: runs/intervene)", Path("runs/intervene"))
+    add_wandb(parser)
 
 
 def run_intervene(args: argparse.Namespace) -> Summary | None:
@@ -40,7 +50,7 @@ def run_intervene(args: argparse.Namespace) -> Summary | None:
     summary = run_interventions(
         args.out, model_name=args.model, persona=args.condition, n_items=args.n, layers=layers,
         steer_layer=args.steer_layer, refusal_items=args.refusal_items, seed=args.seed, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, device_map=args.device_map,
+        device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress,
     )
     return summary
 

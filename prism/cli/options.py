@@ -5,13 +5,16 @@
 default and wording. The persona options (``--persona``, ``--length``, ``--placement``,
 ``--base-system``, ``--personas-file``) come from ``add_persona_options``, which records on the
 parser which special personas the command accepts; ``resolve_persona`` checks them once, after
-parsing and before the command runs, so a bad persona fails before any model loads.
+parsing and before the command runs, so a bad persona fails before any model loads. ``--wandb``
+(``add_wandb``) is declared once for the commands whose results it logs (``prism.cli.tracking``);
+``--quiet`` and ``--verbose`` belong to every command and are declared in ``prism.cli.logs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import importlib.util
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,8 @@ from probes.core.files import check_writable
 from probes.core.models import DEFAULT_MODEL, load_model
 from probes.core.personas import LENGTHS, get_persona, persona_library
 from probes.core.prompts import BASE_SYSTEMS, EXPERT_PERSONA, NO_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition
+
+log = logging.getLogger(__name__)
 
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), 'gemma-3-270m', a hub id, a directory or a .gguf file"
 SPECIAL_PERSONAS = {
@@ -54,6 +59,21 @@ def add_precision(parser: argparse.ArgumentParser) -> None:
                         help="auto: spread a model larger than one device over every GPU (accelerate's device map; "
                              "with --device auto); balanced, balanced_low_0 and sequential are accelerate's other "
                              "strategies (default: one device)")
+
+
+def add_wandb(parser: argparse.ArgumentParser) -> None:
+    """``--wandb PROJECT``: once the command succeeds, log its options, tables and figures to Weights & Biases
+    (``prism.cli.tracking``). The package is checked before the command runs."""
+    parser.add_argument("--wandb", metavar="PROJECT",
+                        help="log the run's options, tables (CSV) and figures (PNG) to this Weights & Biases project once "
+                             "it succeeds (needs `pip install wandb`; WANDB_MODE=offline keeps the run on disk)")
+    add_check(parser, lambda args: args.wandb is None or wandb_installed())
+
+
+def wandb_installed() -> None:
+    """Raises ToolkitError, one line with the install hint, when the ``wandb`` package is missing."""
+    if importlib.util.find_spec("wandb") is None:
+        raise ToolkitError("--wandb needs the package 'wandb', which is not installed: pip install wandb")
 
 
 def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> None:
@@ -123,9 +143,10 @@ def add_items(parser: argparse.ArgumentParser) -> None:
     add_batch_size(parser)
 
 
-def add_personas_file(parser) -> None:
-    """``--personas-file`` on a parser or an argument group."""
-    parser.add_argument("--personas-file", type=Path, help="JSON file of extra personas (same schema as the built-in library)")
+def add_personas_file(parser, more: str = "") -> None:
+    """``--personas-file`` on a parser or an argument group; ``more`` ends its help with what the command does with it."""
+    parser.add_argument("--personas-file", type=Path,
+                        help=f"JSON file of extra personas (same schema as the built-in library){more}")
 
 
 @dataclass(frozen=True)
@@ -210,7 +231,7 @@ def load_timed(args: argparse.Namespace):
                                   device_map=getattr(args, "device_map", None))
     where = precision(model)
     spread = f", device map {args.device_map}" if getattr(args, "device_map", None) else ""
-    print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, {where['dtype']} on "
-          f"{where['device']}{spread}, {where['attention']} attention) "
-          f"in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    log.info(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, {where['dtype']} on "
+             f"{where['device']}{spread}, {where['attention']} attention) "
+             f"in {time.perf_counter() - start:.1f}s")
     return model, tokenizer

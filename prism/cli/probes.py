@@ -13,6 +13,7 @@ from prism.cli.options import (
     add_out,
     add_persona_options,
     add_seed,
+    add_wandb,
     csv_list,
     layer_list,
     load_timed,
@@ -55,7 +56,7 @@ def run_record(args: argparse.Namespace) -> Summary | None:
     prompts = render_items(tokenizer, items, args.condition, personas=args.library, seed=args.seed)
     store = record_activations(
         model, tokenizer, prompts, args.out, hooks=hooks, positions=args.positions, batch_size=args.batch_size,
-        shard_size=args.shard_size, overwrite=args.overwrite, world=world(),
+        shard_size=args.shard_size, overwrite=args.overwrite, world=world(), progress=args.progress,
         metadata={"dataset": args.dataset, "n": args.n, "seed": args.seed, "condition": args.condition.to_dict()},
     )
     print(f"recorded {len(store)} prompts x {len(store.hooks)} hooks ({store.positions} positions) into {store.path}")
@@ -77,6 +78,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed(parser, "split and sampling seed")
     add_batch_size(parser, 16)
     add_out(parser, "output directory (default: runs/probe; rerun to resume)", Path("runs/probe"))
+    add_wandb(parser)
 
 
 def run_probe(args: argparse.Namespace) -> Summary | None:
@@ -86,6 +88,7 @@ def run_probe(args: argparse.Namespace) -> Summary | None:
         args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
         kinds=csv_list(args.probes), personas=csv_list(args.personas), persona_lengths=csv_list(args.persona_lengths),
         persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
+        progress=args.progress,
     )
     return summary
 

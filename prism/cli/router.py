@@ -18,6 +18,7 @@ from prism.cli.options import (
     add_precision,
     add_prism_dir,
     add_seed,
+    add_wandb,
     csv_list,
     judge_settings,
 )
@@ -38,6 +39,7 @@ def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     add_seed(parser)
     add_batch_size(parser)
+    add_wandb(parser)
 
 
 def run_bootstrap(args: argparse.Namespace) -> Summary | None:
@@ -45,7 +47,7 @@ def run_bootstrap(args: argparse.Namespace) -> Summary | None:
     config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
                              seed=args.seed, batch_size=args.batch_size)
     summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas),
-                                 device=args.device, dtype=args.dtype, device_map=args.device_map)
+                                 device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress)
     return summary
 
 
@@ -88,6 +90,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the comparison budget whose items the gate must not see; the intent sources asking what its "
                              "knowledge sets ask (geo:continent, geo:currency, geo:city) are always left out (default: default)")
     add_seed(parser, "split and training seed")
+    add_wandb(parser)
 
 
 def run_train(args: argparse.Namespace) -> Summary | None:
@@ -99,7 +102,7 @@ def run_train(args: argparse.Namespace) -> Summary | None:
                              layer=args.layer, position=args.position, per_intent=args.per_intent,
                              per_source=args.per_source, extra=args.extra,
                              compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
-                             device_map=args.device_map,
+                             device_map=args.device_map, progress=args.progress,
                              distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs,
                                                           learning_rate=args.learning_rate, retain_weight=args.retain_weight,
                                                           batch_size=args.distill_batch_size,
@@ -136,12 +139,14 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", help="comma-separated systems (default: all); see the README")
     add_judge_options(parser)
     add_seed(parser)
+    add_wandb(parser)
 
 
 def run_compare(args: argparse.Namespace) -> Summary | None:
     """The Table-1 evaluation; print the comparison table."""
     return pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed,
-                            device=args.device, dtype=args.dtype, device_map=args.device_map, judge=judge_settings(args))
+                            device=args.device, dtype=args.dtype, device_map=args.device_map, judge=judge_settings(args),
+                            progress=args.progress)
 
 
 COMMANDS = (

@@ -4,12 +4,14 @@ The registry names every command with its one-line help and the command-group mo
 defines it (a ``Command``: options and the function that runs it). ``main`` reads the command's
 name, imports only that group (and the toolkit behind it: torch, TransformerLens), builds the
 command's parser, runs the checks its options registered (the persona's) and dispatches; ``prism --help`` imports
-nothing heavy.
+nothing heavy. While a command runs, the toolkit's log lines go to stderr at the level ``--quiet``/``--verbose``
+choose (``prism.cli.logs``); once it succeeds, ``--wandb`` logs it (``prism.cli.tracking``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -21,13 +23,17 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from prism.cli.command import Command
-from probes.core.commandline import running_command
+from prism.cli.logs import add_verbosity, download_progress, log_level, toolkit_logging
+from prism.cli.tracking import track_run  # it imports wandb itself, only when a run is logged
+from probes.core.commandline import current_command, running_command
 from probes.core.errors import ToolkitError
 
 DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routing."
 DISTRIBUTION = "prism-toolkit"
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve"}  # optional packages -> the extra that installs them
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prism", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {version()}",
                         help="print the toolkit's version and exit")
+    add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, registered in COMMANDS.items():
         # argparse %-formats a subcommand's help (for %(prog)s and the like), but a description
@@ -121,6 +128,7 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
         subparser = sub.add_parser(name, help=registered.help.replace("%", "%%"), description=description)
         if command is not None:
             command.add_arguments(subparser)
+        add_verbosity(subparser)
     return parser
 
 
@@ -135,10 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ``prism COMMAND: error: ...``), 130 when interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = [argv[0]] if argv and argv[0] in COMMANDS else []
+    chosen = _command_named(argv)
     _quiet_transformers()  # before the command's group imports transformers
     try:
-        args = build_parser(chosen).parse_args(argv)
+        parser = build_parser(chosen)
+        args = parser.parse_args(argv)
     except ModuleNotFoundError as error:  # a command group's optional dependency, e.g. the server's web stack
         extra = EXTRAS.get((error.name or "").split(".")[0])
         hint = f"pip install 'prism-toolkit[{extra}]'" if extra else f"pip install {error.name}"
@@ -151,20 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: error: {args.command} does not share its work among processes; run it without torchrun "
               f"(data-parallel commands: {shared})", file=sys.stderr)
         return 2
+    if args.quiet and args.verbose:  # one before the command's name, the other after it
+        parser.error("--quiet and --verbose cannot be used together")
+    args.progress = not args.quiet and rank == "0"  # what commands pass on as ``progress``: bars off with --quiet
     try:
-        with _speaking(rank == "0"), running_command(["prism", *argv]):  # records give the command line, masked
-            command = load_command(args.command)
-            for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
-                check(args)
-            start = time.perf_counter()
-            summary = command.run(args)
-            if summary is not None:
-                print(summary.format())
-                if getattr(summary, "report", None) is not None:
-                    print(f"report: {summary.report}")
-            elapsed = time.perf_counter() - start
-            if elapsed >= 1:
-                print(f"prism {args.command} finished in {elapsed:.0f}s", file=sys.stderr)
+        with _speaking(rank == "0"), running_command(["prism", *argv]), \
+                toolkit_logging(log_level(args.quiet, args.verbose)), download_progress(show=not args.quiet):
+            _run(args, rank == "0")
         return 0
     except ToolkitError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
@@ -174,25 +176,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _run(args: argparse.Namespace, main_rank: bool) -> None:
+    """Check the options, run the command, print its summary; then (rank 0, with ``--wandb``) log the run."""
+    log.debug("running %s", " ".join(current_command()))
+    command = load_command(args.command)
+    for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
+        check(args)
+    started, start = time.time(), time.perf_counter()
+    summary = command.run(args)
+    if summary is not None:
+        print(summary.format())
+        if getattr(summary, "report", None) is not None:
+            print(f"report: {summary.report}")
+    elapsed = time.perf_counter() - start
+    if elapsed >= 1:
+        log.info(f"prism {args.command} finished in {elapsed:.0f}s")
+    if getattr(args, "wandb", None) and main_rank:
+        log.info(f"logged to Weights & Biases: {track_run(args, since=started)}")
+
+
+def _command_named(argv: Sequence[str]) -> list[str]:
+    """The command ``argv`` names, as a list of none or one: its first argument that is not an option (the options
+    before a command's name, ``prism --quiet study``, take no value)."""
+    first = next((argument for argument in argv if not argument.startswith("-")), None)
+    return [first] if first in COMMANDS else []
+
+
 @contextmanager
 def _speaking(speaks: bool) -> Iterator[None]:
-    """Everything as usual, or (a data-parallel run's other ranks) no output and no progress bars."""
+    """Everything as usual, or (a data-parallel run's other ranks, whose commands get ``progress`` off) no output."""
     if speaks:
         yield
         return
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+    with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
+        yield
 
 
 def _quiet_transformers() -> None:
-    """transformers' warnings and progress bars off, as the library reads them when it loads."""
+    """transformers' warnings off, as the library reads them when it loads (its progress bars: ``download_progress``)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

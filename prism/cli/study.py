@@ -21,6 +21,7 @@ from prism.cli.options import (
     add_persona_options,
     add_personas_file,
     add_seed,
+    add_wandb,
     csv_list,
     load_timed,
     sample_items,
@@ -56,7 +57,7 @@ def run_evaluate(args: argparse.Namespace) -> Summary | None:
     result = evaluate(
         model, tokenizer, items, args.condition, scoring=args.scoring, answer_prefix=args.answer_prefix,
         normalise=args.normalise, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        personas=args.library, seed=args.seed,
+        personas=args.library, seed=args.seed, progress=args.progress,
     )
     result["dataset"] = args.dataset
     write_record(out, result)
@@ -93,10 +94,12 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", help=f"comma-separated subset of: {', '.join(TASKS)}")
     parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa "
                                           "(default: plain,qa without a chat template, plain with one)")
+    add_personas_file(parser, " (each of them is also run on every task, at each length it has)")
     add_judge_options(parser)
     add_seed(parser)
     add_batch_size(parser)
     add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))
+    add_wandb(parser)
 
 
 def run_study_command(args: argparse.Namespace) -> Summary | None:
@@ -105,15 +108,17 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
     tasks = csv_list(args.tasks)
     formats = csv_list(args.formats)
     prompt_formats(formats, chat_template=True)  # an unknown format fails before any model loads
+    personas = persona_library(args.personas_file)  # and so does a bad personas file
     directories = []
     for name in args.models or ["default"]:
         directory = args.out / model_slug(name)
         start = time.perf_counter()
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
-                  formats=formats, judge_url=args.judge_url, judge_model=args.judge_model,
+                  formats=formats, personas=personas, judge_url=args.judge_url, judge_model=args.judge_model,
                   judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
                   judge_timeout=args.judge_timeout, seed=args.seed,
-                  batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map)
+                  batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                  progress=args.progress)
         directories.append(directory)
         if not world().is_main:
             continue  # under torchrun rank 0 writes the tables, figures and report

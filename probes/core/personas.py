@@ -21,7 +21,7 @@ class Persona:
     """A persona: a name, the query category it is the expert for (if any), and its texts.
 
     Args:
-        name: the library name (``"none"`` and ``"random"`` are reserved).
+        name: the library name (``"none"``, ``"random"`` and ``"expert"`` are reserved).
         texts: persona text by length (``min``, ``short``, ``long``; at least one).
         category: the query category it is the expert for, or None.
         kind: ``"domain"`` (an expert; the random control draws from these) or another kind, e.g. behavioural.
@@ -132,7 +132,7 @@ def _parse(payload: object, origin: str) -> dict[str, Persona]:
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
             raise ToolkitError(f"{where} has no 'name'")
-        if name in ("none", "random") or name in library:
+        if name in ("none", "random", "expert") or name in library:
             raise ToolkitError(f"{where}: name {name!r} is reserved or repeated")
         if not NAME.fullmatch(name):  # names become file and folder names
             raise ToolkitError(f"{where}: name {name!r} may hold only letters, digits, '_' and '-' (at most 64, "

@@ -33,22 +33,23 @@ def server():
         yield running
 
 
-def test_unanswered_judgements_count_as_unparseable_and_a_rerun_asks_again(server, tmp_path, monkeypatch, capsys):
+def test_unanswered_judgements_count_as_unparseable_and_a_rerun_asks_again(server, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
     options = dict(api_key_env="JUDGE_TEST_KEY", retries=1, backoff=0.01, deadline=2)
     down = EndpointJudge(server.url("down"), "judge-model", **options)
     rows = judge_rows(tmp_path, down)
     assert all(row["ratings"] == {"turn1_seed0": None, "turn1_seed1": None} for row in rows)
     assert server.seen["down"] == 6 * 2  # every request, each tried twice; the run went on
-    said = capsys.readouterr().err
+    said = caplog.text  # a warning of the runner's logger
     assert "the judge gave no answer to 6 of 6 requests (6 HTTP 503 (gave up after 2 attempts))" in said
     assert not (tmp_path / "ledger" / "judge.jsonl").exists()  # nothing recorded: a rerun asks again
 
     rows = judge_rows(tmp_path, EndpointJudge(server.url("good"), "judge-model", **options))
     assert server.seen["good"] == 6 and all(None not in row["ratings"].values() for row in rows)
     assert all(row["judge_score"] == sum(row["ratings"].values()) / 2 for row in rows)
+    caplog.clear()
     again = judge_rows(tmp_path, down)  # all on record: the endpoint is not asked again
-    assert server.seen["down"] == 12 and again == rows and "no answer" not in capsys.readouterr().err
+    assert server.seen["down"] == 12 and again == rows and "no answer" not in caplog.text
 
     assert {headers["Authorization"] for _, _, headers, _ in server.requests} == {f"Bearer {KEY}"}
     written = "".join(path.read_text() for path in tmp_path.rglob("*") if path.is_file())

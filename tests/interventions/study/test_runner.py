@@ -10,6 +10,7 @@ import pytest
 from interventions.study.report import summarise_study
 from interventions.study.runner import Budget, run_study
 from probes.core.errors import ToolkitError
+from probes.core.personas import persona_library
 
 
 def test_study_resumes_without_redoing_finished_work(tiny_llama_directory, tmp_path):
@@ -86,3 +87,16 @@ def test_a_model_without_a_chat_template_gets_the_format_control_by_default(tiny
     assert {row["format"] for row in rows} == {"plain", "qa"}
     summary = summarise_study(tmp_path / "study")
     assert "(`plain`, `qa`)" in summary.findings[0] and (tmp_path / "study" / "effects_across_formats.csv").is_file()
+
+
+def test_a_users_personas_are_studied_and_the_report_shows_them(tiny_llama_directory, tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr, you are a pirate captain."}]}))
+    out = tmp_path / "study"
+    rows = run_study(out, model_name=tiny_llama_directory, budget="smoke", tasks=["capitals"], items=2,
+                     personas=persona_library(path), progress=False)
+    mine = [row for row in rows if row["persona_spec"] == "pirate"]
+    assert len(mine) == 2 and all(row["persona"] == "pirate" and row["length"] == "min" for row in mine)
+    assert json.loads((out / "study.json").read_text())["user_personas"] == {"pirate": str(path)}
+    summarise_study(out)
+    assert "pirate" in (out / "effects.csv").read_text()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import interventions.intervene
+import interventions.study.runner
 import prism.cli.demo
 import prism.cli.options
 import prism.pipeline
@@ -156,7 +157,8 @@ def no_model_loads(monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were checked")
 
-    for module in (probes.core.models, prism.cli.options, interventions.intervene, probes.study, prism.pipeline):
+    for module in (probes.core.models, prism.cli.options, interventions.intervene, interventions.study.runner, probes.study,
+                   prism.pipeline):
         monkeypatch.setattr(module, "load_model", no_model)
 
 
@@ -169,6 +171,7 @@ def no_model_loads(monkeypatch):
         (["evaluate", "--dataset", "mtbench", "--persona", "nosuch"], "unknown persona 'nosuch'"),
         (["record", "--dataset", "mtbench", "--persona", "nosuch", "--out", "{tmp}/s"], "unknown persona 'nosuch'"),
         (["evaluate", "--dataset", "mtbench", "--personas-file", "{tmp}/missing.json"], "missing.json"),
+        (["study", "--personas-file", "{tmp}/missing.json", "--out", "{tmp}/s"], "no persona file at"),
     ],
 )
 def test_a_bad_persona_fails_in_one_line_before_any_model_loads(argv, message, tmp_path, no_model_loads, capsys):

@@ -156,6 +156,7 @@ def test_a_persona_file_that_is_not_utf8_gives_one_line(tmp_path):
         ('{"personas": [{"min": "You are x."}]}', "has no 'name'"),
         ('{"personas": [{"name": "x"}]}', "has none of the texts"),
         ('{"personas": [{"name": "none", "min": "You are x."}]}', "reserved"),
+        ('{"personas": [{"name": "expert", "min": "You are x."}]}', "reserved"),  # the matched-expert condition
         ('{"personas": [{"name": "x", "min": "  "}]}', "is empty"),
         ('{"personas": [{"name": "../../x", "min": "You are x."}]}', "only letters, digits"),
         ('{"personas": [{"name": "x", "min": "You are x.", "category": ["math"]}]}', "'category' must be a string"),

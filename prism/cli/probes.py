@@ -23,7 +23,8 @@ from probes.core.errors import ToolkitError
 from probes.core.parallel import world
 from probes.core.rendering import render_items
 from probes.core.summary import Summary
-from probes.recording import record_activations, residual_hooks
+from probes.passes import residual_hooks
+from probes.recording import record_activations
 from probes.study import run_probe_study
 
 

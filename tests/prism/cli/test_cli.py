@@ -95,6 +95,8 @@ def test_unknown_device_maps_fail_while_parsing(argv, message, capsys):
         (["evaluate", "--dataset", "mtbench", "-n", "0"], "sample size must be positive"),
         (["record", "--dataset", "mtbench", "--layers", "0,x", "--out", "{tmp}/s"], "--layers takes comma-separated integers"),
         (["record", "--dataset", "mtbench", "-n", "2", "--layers", "99", "--out", "{tmp}/s"], "layer 99 does not exist"),
+        (["record", "--dataset", "mtbench", "-n", "2", "--hooks", "blocks.0.attn.hook_pattern", "--out", "{tmp}/s"],
+         "blocks.0.attn.hook_pattern gives activations of shape (2, 4, "),
         (["study", "--formats", "plain,xml", "--out", "{tmp}/s"], "unknown prompt format 'xml': use any of plain, qa"),
     ],
 )

@@ -124,10 +124,11 @@ def _check_same_model(out: Path, model: str) -> None:
     previous = out / "study.json"
     if previous.is_file():
         try:
-            recorded = json.loads(previous.read_text(encoding="utf-8")).get("model")
-        except json.JSONDecodeError:
-            recorded = None
-        if recorded and recorded != model:
+            recorded = json.loads(previous.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            recorded = None  # a damaged record: this run rewrites it
+        recorded = recorded.get("model") if isinstance(recorded, dict) else None
+        if isinstance(recorded, str) and recorded and recorded != model:
             raise ToolkitError(f"{out} holds a study of {recorded}, not {model}: choose another --out directory")
 
 

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from probes.core.errors import ToolkitError
 from probes.core.files import write_json
+from probes.core.locking import LOCK_NAME
 
 FORMAT = "prism-activations/1"
 MANIFEST = "manifest.json"
@@ -158,7 +159,7 @@ def resume_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
     existing_path = out_dir / MANIFEST
     if not existing_path.exists():
         # --overwrite replaces stores only: never delete a directory of someone else's files.
-        if out_dir.exists() and any(out_dir.iterdir()):
+        if out_dir.exists() and any(path.name != LOCK_NAME for path in out_dir.iterdir()):  # the lock is this run's
             raise ToolkitError(f"{out_dir} exists and is not an activation store: choose another output directory")
         return
     existing = _store_manifest(existing_path)

@@ -14,15 +14,16 @@ import os
 import re
 import sys
 import time
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NoReturn, Sequence
 
 from prism.cli.command import Command
 from probes.core.commandline import running_command
 from probes.core.errors import ToolkitError
+from probes.core.locking import directory_lock
 
 DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routing."
 DISTRIBUTION = "prism-toolkit"
@@ -98,6 +99,14 @@ def version() -> str:
     return found.group(1) if found else "unknown"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, ``prism COMMAND: error: MESSAGE (see prism COMMAND
+    --help)``, with exit status 2, instead of the usage block before the message; its subcommands' parsers are too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``prism`` parser with the full options of ``names`` (default: every command).
 
@@ -109,7 +118,7 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
         the parser; ``args.command`` names the chosen command.
     """
     names = list(COMMANDS) if names is None else names
-    parser = argparse.ArgumentParser(prog="prism", description=DESCRIPTION)
+    parser = OneLineParser(prog="prism", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {version()}",
                         help="print the toolkit's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -131,8 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after ``prism`` (default: ``sys.argv[1:]``).
 
     Returns:
-        the exit status: 0 on success, 2 on a usage or input error (one line on stderr,
-        ``prism COMMAND: error: ...``), 130 when interrupted.
+        the exit status: 0 on success, 2 on a usage or input error or an output directory another process holds
+        (one line on stderr, ``prism COMMAND: error: ...``), 130 when interrupted. The directories a command writes
+        into (``args.locked``) are held while it runs (``probes.core.locking``; under torchrun by rank 0).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = [argv[0]] if argv and argv[0] in COMMANDS else []
@@ -152,10 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(data-parallel commands: {shared})", file=sys.stderr)
         return 2
     try:
-        with _speaking(rank == "0"), running_command(["prism", *argv]):  # records give the command line, masked
+        with _speaking(rank == "0"), running_command(["prism", *argv]), ExitStack() as held:  # records: the command line, masked
             command = load_command(args.command)
             for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
                 check(args)
+            if rank == "0":  # the ranks of one torchrun launch share its directories; rank 0 holds them
+                for directory in dict.fromkeys(getattr(args, "locked", lambda args: [])(args)):
+                    held.enter_context(directory_lock(directory))
             start = time.perf_counter()
             summary = command.run(args)
             if summary is not None:

@@ -21,6 +21,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from interventions.measure.scoring import score_choices
 from probes.core.assets import MINILM_MODEL
+from probes.core.batching import check_batch_size
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, save_tensors
 from probes.core.prompts import Condition, RenderedPrompt, render
@@ -96,8 +97,7 @@ class SentenceEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length embeddings [n, 384] (float32) of ``texts``, in order."""
         texts = _texts(texts)
-        if batch_size < 1:
-            raise ToolkitError(f"batch size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         chunks = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,

@@ -175,17 +175,16 @@ def _answers_and_verdicts(model, tokenizer, queries, library, config: BootstrapC
 def _generate_once(model, tokenizer, prompts, keys, ledger: Ledger, config: BootstrapConfig, max_new_tokens: int,
                    temperature: float, seed: int, label: str, progress: bool) -> list[str]:
     """Generate what the ledger does not hold yet, a few batches at a time (each seeded by its place), recording
-    each; under ``torchrun`` the ranks share the batches."""
-    todo = [index for index, key in enumerate(keys) if key not in ledger]
-    step = config.batch_size * 2
-    chunks = [(start, todo[start:start + step]) for start in range(0, len(todo), step)]
-    with tqdm(total=len(ledger.world.share(chunks)), desc=label, unit="chunk", disable=not progress or not todo) as bar:
+    each; a chunk with anything missing is generated whole, with its seed (``Ledger.unfinished``), so a resumed run
+    samples what an uninterrupted one does. Under ``torchrun`` the ranks share the chunks."""
+    chunks = [(span.start, list(span)) for span in ledger.unfinished(keys, config.batch_size * 2)]
+    with tqdm(total=len(ledger.world.share(chunks)), desc=label, unit="chunk", disable=not progress or not chunks) as bar:
         def generate_chunk(chunk: tuple[int, list[int]]) -> list[dict]:
             start, part = chunk
             texts = generate(model, tokenizer, [prompts[i] for i in part], max_new_tokens=max_new_tokens,
                              temperature=temperature, seed=seed + start, batch_size=config.batch_size, progress=False)
             bar.update(1)
-            return [{"key": keys[i], "text": text} for i, text in zip(part, texts)]
+            return [{"key": keys[i], "text": text} for i, text in zip(part, texts) if keys[i] not in ledger]
 
         ledger.fill(chunks, generate_chunk)
     return [ledger[key]["text"] for key in keys]
@@ -195,16 +194,15 @@ def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig
               progress: bool) -> list[float]:
     """log p(persona's letter) - log p(the other letter) for each verdict prompt."""
     keys = [work_key(stage="verdict", prompt=p.text) for p in prompts]
-    todo = [index for index, key in enumerate(keys) if key not in ledger]
-    step = config.batch_size * 4
-    chunks = [todo[start:start + step] for start in range(0, len(todo), step)]
+    chunks = [list(span) for span in ledger.unfinished(keys, config.batch_size * 4)]  # each scored whole, as at first
     with tqdm(total=sum(map(len, ledger.world.share(chunks))), desc="verdicts", unit="prompt",
-              disable=not progress or not todo) as bar:
+              disable=not progress or not chunks) as bar:
         def score_chunk(part: list[int]) -> list[dict]:
             scored = score_choices(model, tokenizer, [prompts[i] for i in part], [[" A", " B"]] * len(part), [0] * len(part),
                                    batch_size=config.batch_size, progress=False)
             bar.update(len(part))
-            return [{"key": keys[i], "logprobs": list(result.logprobs)} for i, result in zip(part, scored)]
+            return [{"key": keys[i], "logprobs": list(result.logprobs)} for i, result in zip(part, scored)
+                    if keys[i] not in ledger]
 
         ledger.fill(chunks, score_chunk)
     values = []

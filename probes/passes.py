@@ -203,14 +203,14 @@ def read_batches(
             if residual.shape[-1] != model.cfg.d_model:  # the bridge ran to the logits: it did not stop
                 raise HookDidNotFire(f"the pass did not stop before block {stop_at} to give {hooks[0]}")
             for row, index in enumerate(batch):
-                rows[hooks[0]][index] = _select(residual, batch_lengths, positions)[row]
+                rows[hooks[0]][index] = _select(residual, batch_lengths, positions, hooks[0])[row]
             bar.update(len(batch))
             continue
 
         def capture_as(name: str) -> Callable:
             # Bind the requested name: an alias fires under its canonical name.
             def capture(activation: torch.Tensor, hook) -> None:
-                captured[name] = _select(activation.detach(), batch_lengths, positions)
+                captured[name] = _select(activation.detach(), batch_lengths, positions, name)
                 if name == deepest and len(captured) == len(hooks):
                     raise _StopForward
 
@@ -235,10 +235,11 @@ def read_batches(
 
 
 def _select(
-    activation: Float[torch.Tensor, "batch seq d"], lengths: torch.Tensor, positions: str
+    activation: Float[torch.Tensor, "batch seq d"], lengths: torch.Tensor, positions: str, hook: str
 ) -> Float[torch.Tensor, "batch d"] | list[Float[torch.Tensor, "seq d"]]:
     if activation.ndim != 3:
-        raise ToolkitError(f"positions apply to [batch, seq, d] activations; this hook gives shape {tuple(activation.shape)}")
+        raise ToolkitError(f"{hook} gives activations of shape {tuple(activation.shape)}, but --positions picks tokens of "
+                           "[batch, seq, d] ones: record a hook with one vector per token, e.g. blocks.0.hook_out")
     if positions == "last":
         rows = torch.arange(activation.shape[0], device=activation.device)
         return activation[rows, lengths.to(activation.device) - 1].float().clone()

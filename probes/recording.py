@@ -8,6 +8,8 @@ an uninterrupted run. A requested hook that does not fire is an error, never a s
 
 from __future__ import annotations
 
+import re
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,9 +18,11 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
+from probes.core.batching import check_batch_size
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json
+from probes.core.models import eager_attention
 from probes.core.parallel import World
 from probes.core.prompts import RenderedPrompt
 from probes.core.provenance import provenance
@@ -28,11 +32,14 @@ from probes.store import (
     MANIFEST,
     POSITIONS,
     ActivationStore,
+    discarded_unless_recorded,
     finish_shards,
     rank_progress_name,
     resume_manifest,
     shard_name,
 )
+
+_SDPA_ATTENTION = re.compile(r"\.attn\.(?:[qkvo]\.)?hook_(?:in|out)$")  # attention hooks that fire under SDPA too
 
 
 def record_activations(
@@ -86,62 +93,67 @@ def record_activations(
         raise ToolkitError("no prompts to record")
     if shard_size < 1:
         raise ToolkitError(f"shard size must be at least 1, got {shard_size}")
+    check_batch_size(batch_size)
     hooks = validate_hooks(model, residual_hooks(model) if hooks is None else list(hooks))
-    encoded = encode_prompts(model, tokenizer, prompts)
-
     out_dir = Path(out_dir)
-    manifest = {
-        "format": FORMAT,
-        "model": model.cfg.model_name,
-        **precision(model),
-        "n_layers": model.cfg.n_layers,
-        "d_model": model.cfg.d_model,
-        "hooks": hooks,
-        "positions": positions,
-        "shard_size": shard_size,
-        "metadata": metadata or {},
-        "prompts": [
-            {"index": index, "sha256": prompt.sha256, "text": prompt.text, "n_tokens": len(ids), **prompt.metadata()}
-            for index, (prompt, ids) in enumerate(zip(prompts, encoded))
-        ],
-        "shards": [],
-        "complete": False,
-        "provenance": provenance(model.cfg.model_name),  # what made the store (probes.core.provenance)
-    }
-    group = world
+    eager = any(".attn." in hook and not _SDPA_ATTENTION.search(hook) for hook in hooks)
+    with eager_attention(model) if eager else nullcontext():  # attention patterns and scores fire only under eager
+        encoded = encode_prompts(model, tokenizer, prompts)
 
-    def prepare() -> list[dict]:
-        resume_manifest(out_dir, manifest, overwrite)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / MANIFEST, manifest)
-        return manifest["shards"]
+        manifest = {
+            "format": FORMAT,
+            "model": model.cfg.model_name,
+            **precision(model),
+            "n_layers": model.cfg.n_layers,
+            "d_model": model.cfg.d_model,
+            "hooks": hooks,
+            "positions": positions,
+            "shard_size": shard_size,
+            "metadata": metadata or {},
+            "prompts": [
+                {"index": index, "sha256": prompt.sha256, "text": prompt.text, "n_tokens": len(ids), **prompt.metadata()}
+                for index, (prompt, ids) in enumerate(zip(prompts, encoded))
+            ],
+            "shards": [],
+            "complete": False,
+            "provenance": provenance(model.cfg.model_name),  # what made the store (probes.core.provenance)
+        }
+        group = world
 
-    manifest["shards"] = group.on_main(prepare)
-    n_shards = -(-len(prompts) // shard_size)
-    finished = {shard["file"] for shard in manifest["shards"]}
-    mine = [index for index in range(n_shards) if group.owns(index) and shard_name(index) not in finished]
-    progress_file = out_dir / rank_progress_name(group.rank)
-    written = []
-    total = sum(min(len(prompts), (index + 1) * shard_size) - index * shard_size for index in mine)
-    with group.together(), tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not group.is_main) as bar:
-        for shard_index in mine:
-            start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
-            name = shard_name(shard_index)
-            tensors = read_batches(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
-            with atomic_path(out_dir / name) as partial:
-                save_file(tensors, str(partial))
-            written.append({"file": name, "start": start, "stop": stop})
-            if not group.is_parallel:
-                finish_shards(out_dir, manifest, written[-1:], n_shards)
-            else:  # rank 0 merges every rank's list at the end; this one survives an interruption
-                write_json(progress_file, written)
-    if group.is_parallel:
-        everyone = [shard for shards in group.gather(written) for shard in shards]
-        if group.is_main:
-            finish_shards(out_dir, manifest, everyone, n_shards)
-            for path in out_dir.glob(rank_progress_name("*")):
-                path.unlink(missing_ok=True)
-        group.barrier()
-    return ActivationStore(out_dir)
+        def prepare() -> list[dict]:
+            resume_manifest(out_dir, manifest, overwrite)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / MANIFEST, manifest)
+            return manifest["shards"]
+
+        created = not out_dir.exists()
+        manifest["shards"] = group.on_main(prepare)
+        n_shards = -(-len(prompts) // shard_size)
+        finished = {shard["file"] for shard in manifest["shards"]}
+        mine = [index for index in range(n_shards) if group.owns(index) and shard_name(index) not in finished]
+        progress_file = out_dir / rank_progress_name(group.rank)
+        written = []
+        total = sum(min(len(prompts), (index + 1) * shard_size) - index * shard_size for index in mine)
+        with discarded_unless_recorded(out_dir, created=created, new=not finished, main=group.is_main), group.together(), \
+                tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not group.is_main) as bar:
+            for shard_index in mine:
+                start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
+                name = shard_name(shard_index)
+                tensors = read_batches(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
+                with atomic_path(out_dir / name) as partial:
+                    save_file(tensors, str(partial))
+                written.append({"file": name, "start": start, "stop": stop})
+                if not group.is_parallel:
+                    finish_shards(out_dir, manifest, written[-1:], n_shards)
+                else:  # rank 0 merges every rank's list at the end; this one survives an interruption
+                    write_json(progress_file, written)
+        if group.is_parallel:
+            everyone = [shard for shards in group.gather(written) for shard in shards]
+            if group.is_main:
+                finish_shards(out_dir, manifest, everyone, n_shards)
+                for path in out_dir.glob(rank_progress_name("*")):
+                    path.unlink(missing_ok=True)
+            group.barrier()
+        return ActivationStore(out_dir)
 
 

@@ -17,8 +17,9 @@ the manifest; a resumed recording reads those lists too.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -27,6 +28,7 @@ from safetensors.torch import load_file
 
 from probes.core.errors import ToolkitError
 from probes.core.files import write_json
+from probes.core.locking import LOCK_NAME
 
 FORMAT = "prism-activations/1"
 MANIFEST = "manifest.json"
@@ -129,6 +131,22 @@ def finish_shards(out_dir: Path, manifest: dict, shards: Sequence[dict], n_shard
     write_json(out_dir / MANIFEST, manifest)
 
 
+@contextmanager
+def discarded_unless_recorded(out_dir: Path, *, created: bool, new: bool, main: bool) -> Iterator[None]:
+    """A new store whose recording fails before any shard is written is removed again (its manifest, the rank
+    files, the folder when this call made it and it is empty): a refused recording leaves nothing behind."""
+    try:
+        yield
+    except BaseException:
+        if new and main and not any(out_dir.glob("shard_*.safetensors")):
+            for path in (out_dir / MANIFEST, *out_dir.glob(rank_progress_name("*"))):
+                path.unlink(missing_ok=True)
+            if created:
+                with suppress(OSError):
+                    out_dir.rmdir()
+        raise
+
+
 def rank_progress_name(rank: int | str) -> str:
     """The file where a rank of a data-parallel recording lists the shards it finished."""
     return f"{Path(MANIFEST).stem}.rank{rank}.json"
@@ -141,7 +159,7 @@ def resume_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
     existing_path = out_dir / MANIFEST
     if not existing_path.exists():
         # --overwrite replaces stores only: never delete a directory of someone else's files.
-        if out_dir.exists() and any(out_dir.iterdir()):
+        if out_dir.exists() and any(path.name != LOCK_NAME for path in out_dir.iterdir()):  # the lock is this run's
             raise ToolkitError(f"{out_dir} exists and is not an activation store: choose another output directory")
         return
     existing = _store_manifest(existing_path)

@@ -43,6 +43,8 @@ __all__ = ["DEFAULT_ANSWER_PREFIX", "KINDS", "TASKS", "Task", "choice_result", "
 
 DEFAULT_ANSWER_PREFIX = "Answer:"
 KINDS = ("choice", "refusal", "instructions", "judged")
+CHOICE_FIELDS = ("logprobs", "scores", "predicted")  # what ``measure`` records for a multiple-choice prompt
+ANSWER_FIELDS = ("response",)  # and for a generated answer
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,11 @@ class Task:
     @property
     def is_choice(self) -> bool:
         return self.kind == "choice"
+
+    @property
+    def record_fields(self) -> tuple[str, ...]:
+        """The fields of each record ``measure`` returns (a study's ledger holds them)."""
+        return CHOICE_FIELDS if self.is_choice else ANSWER_FIELDS
 
     def load_items(self, n: int | None, seed: int = 0) -> list[Item]:
         """Up to ``n`` items of the task's data set, stratified by category.
@@ -141,10 +148,10 @@ class Task:
             results = score_choices(model, tokenizer, prompts, [self.options(item) for item in items],
                                     [item.answer for item in items], normalise=self.normalise, batch_size=batch_size,
                                     share_prefix=share_prefix, progress=progress)
-            return [{"logprobs": list(r.logprobs), "scores": list(r.scores), "predicted": r.predicted} for r in results]
+            return [dict(zip(CHOICE_FIELDS, (list(r.logprobs), list(r.scores), r.predicted))) for r in results]
         responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens or self.max_new_tokens,
                              batch_size=batch_size, seed=seed, progress=progress)
-        return [{"response": response} for response in responses]
+        return [dict(zip(ANSWER_FIELDS, (response,))) for response in responses]
 
     def item_metrics(self, item: Item, record: Mapping) -> dict:
         """The task's metric values for one item from its ``measure`` record.

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 from figures import study as plots
 from interventions.study.agreement import format_agreement
-from interventions.study.effects import BASELINE_LABEL, cell_table, effect_table, judge_consistency
+from interventions.study.effects import BASELINE_LABEL, METRICS, cell_table, effect_table, judge_consistency
 from interventions.study.findings import KNOWLEDGE_TASKS, across, find, findings, fmt
 from probes.core.errors import ToolkitError
 from probes.core.files import figure_format, save_figure, write_record, write_table, write_text
@@ -24,17 +24,58 @@ from probes.core.formats import DEFAULT_FORMAT, FORMATS
 from probes.core.stats import Estimate
 from probes.core.summary import Summary
 
+# what the report reads of study.json and of each row of items.json, with the JSON types it needs
+SETTINGS_FIELDS = {"model": str, "grid": str, "seed": int, "judge": str, "items": dict}
+ROW_FIELDS = {"task": str, "condition": str, "item_id": str, "category": str}
+NUMBERS = (int, float, type(None))
+JSON_TYPES = {str: "string", int: "whole number", dict: "JSON object"}
+
 
 def load_study(directory: str | Path) -> tuple[dict, list[dict]]:
+    """A study directory's settings (``study.json``) and rows (``items.json``), checked to be what the report reads.
+
+    Raises:
+        ToolkitError: either file missing, not JSON, or not of the shape ``prism study`` writes (one line naming the
+            file, the row and the field).
+    """
     directory = Path(directory)
     try:
         settings = json.loads((directory / "study.json").read_text(encoding="utf-8"))
         rows = json.loads((directory / "items.json").read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise ToolkitError(f"{directory} holds no finished study ({Path(error.filename).name} missing): run `prism study` first") from error
-    except json.JSONDecodeError as error:
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ToolkitError(f"{directory} has a malformed study file ({error}): rerun `prism study` to rewrite it") from error
+    rewrite = "rerun `prism study` with the same options to rewrite it (finished work is kept)"
+    problem = _shape_problem(settings, SETTINGS_FIELDS)
+    if problem:
+        raise ToolkitError(f"{directory / 'study.json'}: {problem}: {rewrite}")
+    if not isinstance(rows, list):
+        raise ToolkitError(f"{directory / 'items.json'}: not a list of rows: {rewrite}")
+    for number, row in enumerate(rows, start=1):
+        problem = _shape_problem(row, ROW_FIELDS)
+        if problem is None:
+            wrong = [metric for metric in (*METRICS, "chance") if not isinstance(row.get(metric), NUMBERS)]
+            ratings = row.get("ratings", {})
+            if wrong:
+                problem = f"field {wrong[0]!r} is not a number"
+            elif not isinstance(ratings, dict) or not all(isinstance(value, NUMBERS) for value in ratings.values()):
+                problem = "field 'ratings' is not a JSON object of numbers"
+        if problem:
+            raise ToolkitError(f"{directory / 'items.json'}: row {number}: {problem}: {rewrite}")
     return settings, rows
+
+
+def _shape_problem(record: object, fields: Mapping[str, type]) -> str | None:
+    """What is wrong with ``record`` as a JSON object holding ``fields`` of their types (None: nothing)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for name, kind in fields.items():
+        if name not in record:
+            return f"has no {name!r} field"
+        if not isinstance(record[name], kind):
+            return f"field {name!r} is not a {JSON_TYPES[kind]}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -129,10 +129,11 @@ def _check_same_model(out: Path, model: str) -> None:
     previous = out / "study.json"
     if previous.is_file():
         try:
-            recorded = json.loads(previous.read_text(encoding="utf-8")).get("model")
-        except json.JSONDecodeError:
-            recorded = None
-        if recorded and recorded != model:
+            recorded = json.loads(previous.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            recorded = None  # a damaged record: this run rewrites it
+        recorded = recorded.get("model") if isinstance(recorded, dict) else None
+        if isinstance(recorded, str) and recorded and recorded != model:
             raise ToolkitError(f"{out} holds a study of {recorded}, not {model}: choose another --out directory")
 
 
@@ -149,12 +150,12 @@ class _Runner:
         self.ledger_dir, self.seed, self.batch_size, self.progress = ledger_dir, seed, batch_size, progress
         self.group, self.personas = group, personas
 
-    def _ledger(self, name: str) -> Ledger:
-        return Ledger(self.ledger_dir / name, world=self.group)
+    def _ledger(self, name: str, fields: Sequence[str]) -> Ledger:
+        return Ledger(self.ledger_dir / name, world=self.group, fields=fields)
 
     def run(self, task: Task, items: list[Item], grid: list[Condition], plan: Budget, judge,
             formats: Sequence[str] = (DEFAULT_FORMAT,)) -> list[dict]:
-        ledger = self._ledger(f"{task.name}.jsonl")
+        ledger = self._ledger(f"{task.name}.jsonl", task.record_fields)
         cells = []  # (condition, item, prompt, key)
         too_long = 0
         for prompt_format, condition in [(f, c) for f in formats for c in grid]:
@@ -170,9 +171,7 @@ class _Runner:
         if too_long:
             log.warning(f"{task.name}: left out {too_long} prompts longer than the model's context "
                         f"({self.model.cfg.n_ctx} tokens, with room for the answer)")
-        todo = {key: (item, prompt) for _, item, prompt, key in cells if key not in ledger}
-        if todo:
-            self._compute(task, todo, ledger, plan)
+        self._compute(task, {key: (item, prompt) for _, item, prompt, key in cells}, ledger, plan)
         if task.kind == "judged" and plan.turns == 2:
             self._second_turns(task, cells, ledger, plan)
         rows = [self._row(task, condition, item, prompt, ledger[key]) for condition, item, prompt, key in cells]
@@ -189,33 +188,35 @@ class _Runner:
             return work_key(text=prompt.text, options=task.options(item), normalise=task.normalise)
         return work_key(text=prompt.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy")
 
-    def _compute(self, task: Task, todo: dict, ledger: Ledger, plan: Budget) -> None:
+    def _compute(self, task: Task, work: dict, ledger: Ledger, plan: Budget) -> None:
+        """Measure what ``ledger`` lacks of ``work`` (key -> (item, prompt)), a chunk with anything missing measured whole
+        (``Ledger.unfinished``): a prompt lost to an interruption gets the batches it had at first, so the same bytes."""
         def order(key: str) -> tuple:
-            prompt = todo[key][1]
+            prompt = work[key][1]
             # scoring: a cell's prompts together, so each batch shares its persona prefix;
             # both: similar lengths together, so little is spent on padding
             cell = (prompt.prompt_format, prompt.condition.label, prompt.persona or "") if task.is_choice else ()
             return (*cell, -len(prompt.text))
 
-        keys = sorted(todo, key=order)
-        chunk = self.batch_size * 4
-        chunks = [keys[start : start + chunk] for start in range(0, len(keys), chunk)]
+        chunks = ledger.unfinished_keys(sorted(work, key=order), self.batch_size * 4)
+        if not chunks:
+            return
         mine = self.group.share(chunks)
         verb = "scoring" if task.is_choice else "generating"
         with tqdm(total=sum(map(len, mine)), desc=f"{task.name}: {verb}", unit="prompt", disable=not self.progress) as bar:
             def measure(batch: list[str]) -> list[dict]:
                 records = task.measure(
-                    self.model, self.tokenizer, [todo[key][0] for key in batch], [todo[key][1] for key in batch],
+                    self.model, self.tokenizer, [work[key][0] for key in batch], [work[key][1] for key in batch],
                     max_new_tokens=None if task.is_choice else plan.max_new_tokens[task.name],
                     batch_size=self.batch_size, seed=self.seed,
                 )
                 bar.update(len(batch))
-                return [{"key": key, **record} for key, record in zip(batch, records)]
+                return [{"key": key, **record} for key, record in zip(batch, records) if key not in ledger]
 
             ledger.fill(chunks, measure)
 
     def _second_turns(self, task: Task, cells: list, ledger: Ledger, plan: Budget) -> None:
-        todo, second = {}, {}
+        follow_ups, second = {}, {}
         for condition, item, prompt, key in cells:
             if len(item.turns) < 2:
                 continue
@@ -226,10 +227,8 @@ class _Runner:
                 continue  # the conversation outgrew the context: this item keeps its first turn only
             turn_key = work_key(text=follow_up.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy")
             second[key] = turn_key
-            if turn_key not in ledger:
-                todo[turn_key] = (item, follow_up)
-        if todo:
-            self._compute(task, todo, ledger, plan)
+            follow_ups[turn_key] = (item, follow_up)
+        self._compute(task, follow_ups, ledger, plan)
         for key, turn_key in second.items():  # after computing: the merged ledger is read afresh
             ledger[key]["turn2_key"] = turn_key
 
@@ -251,7 +250,7 @@ class _Runner:
 
     def _judge(self, rows: list[dict], items: list[Item], judge, plan: Budget, turn_ledger: Ledger) -> None:
         """Judge every answer once per judge seed; ``turn_ledger`` holds the answers themselves."""
-        ledger = self._ledger("judge.jsonl")
+        ledger = self._ledger("judge.jsonl", ("judgement",))
         by_id = {item.id: item for item in items}
         requests = {}
         for row in rows:
@@ -266,19 +265,21 @@ class _Runner:
                     key = work_key(judge=judge.name, questions=request.questions, answers=request.answers, seed=judge_seed)
                     row["_requests"].append((turn, judge_seed, key))
                     requests[key] = (request, judge_seed)
-        todo = [key for key in requests if key not in ledger]
-        chunks = [todo[start : start + 32] for start in range(0, len(todo), 32)]
+        # a model judging in batches judges a chunk whole, as the first time; an endpoint is asked only what it lacks
+        whole = not isinstance(judge, EndpointJudge)
+        chunks = ledger.unfinished_keys(list(requests), 32)
         mine = self.group.share(chunks)
         with tqdm(total=sum(map(len, mine)), desc="mtbench: judging", unit="judgement",
                   disable=not self.progress or not mine) as bar:
             def judge_chunk(chunk: list[str]) -> list[dict]:
                 records = []
                 for judge_seed in plan.judge_seeds:
-                    batch = [key for key in chunk if requests[key][1] == judge_seed]
+                    batch = [key for key in chunk if requests[key][1] == judge_seed and (whole or key not in ledger)]
                     if batch:
                         texts = judge.judge([requests[key][0] for key in batch], seed=judge_seed)
                         # an unanswered request is not recorded: it counts as unparseable now, a rerun asks again
-                        records += [{"key": key, "judgement": text} for key, text in zip(batch, texts) if text is not None]
+                        records += [{"key": key, "judgement": text} for key, text in zip(batch, texts)
+                                    if text is not None and key not in ledger]
                         bar.update(len(batch))
                 return records
 

@@ -98,11 +98,20 @@ def positive_int(text: str) -> int:
 
 
 def add_out(parser: argparse.ArgumentParser, help: str, default: Path | None = None, *, required: bool = False,
-            kind: str = "directory") -> None:
+            kind: str = "directory", lock: bool = True) -> None:
     """``--out``, a path; what it holds, its default and whether it is required are the command's. Before the command
-    runs, the path is checked to be one the command can write (``kind``: a ``directory`` or a ``file``)."""
+    runs, the path is checked to be one the command can write (``kind``: a ``directory`` or a ``file``); a directory
+    the command writes into (``lock``) is held by this process while it runs: the shell locks the directories that
+    ``args.locked(args)`` names (``probes.core.locking``)."""
     parser.add_argument("--out", type=Path, default=default, required=required, help=help)
     add_check(parser, lambda args: args.out is None or check_writable(args.out, kind))
+    if kind == "directory" and lock:
+        parser.set_defaults(locked=out_directory)
+
+
+def out_directory(args: argparse.Namespace) -> list[Path]:
+    """The directory a command writes into, as ``args.locked`` gives it: ``--out``."""
+    return [] if args.out is None else [args.out]
 
 
 def add_judge_options(parser: argparse.ArgumentParser) -> None:
@@ -130,9 +139,10 @@ def add_check(parser: argparse.ArgumentParser, check) -> None:
     parser.set_defaults(checks=(*(parser.get_default("checks") or ()), check))
 
 
-def add_prism_dir(parser: argparse.ArgumentParser) -> None:
-    """``--out`` as the PRISM working directory (default ``runs/prism``)."""
-    add_out(parser, "the PRISM working directory (default: runs/prism)", Path("runs/prism"))
+def add_prism_dir(parser: argparse.ArgumentParser, *, lock: bool = True) -> None:
+    """``--out`` as the PRISM working directory (default ``runs/prism``), held while the command runs unless it only
+    reads it (``lock``)."""
+    add_out(parser, "the PRISM working directory (default: runs/prism)", Path("runs/prism"), lock=lock)
 
 
 def add_items(parser: argparse.ArgumentParser) -> None:

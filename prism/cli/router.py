@@ -113,7 +113,7 @@ def run_train(args: argparse.Namespace) -> Summary | None:
 
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism route``'s options."""
-    add_prism_dir(parser)
+    add_prism_dir(parser, lock=False)  # route only reads it
     add_precision(parser)
     parser.add_argument("prompts", nargs="+", help="prompts to answer")
     parser.add_argument("--via", default="adapter", choices=pipeline.VIA,

@@ -24,7 +24,7 @@ from probes.core.summary import Summary
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism serve``'s options."""
-    add_prism_dir(parser)
+    add_prism_dir(parser, lock=False)  # serving only reads it
     parser.add_argument("--model", default=None,
                         help="the model (default: the one recorded in --out by `prism bootstrap`; give it with --gate "
                              "when --out is no PRISM directory)")

@@ -16,17 +16,18 @@ import os
 import re
 import sys
 import time
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NoReturn, Sequence
 
 from prism.cli.command import Command
 from prism.cli.logs import add_verbosity, download_progress, log_level, toolkit_logging
 from prism.cli.tracking import track_run  # it imports wandb itself, only when a run is logged
 from probes.core.commandline import current_command, running_command
 from probes.core.errors import ToolkitError
+from probes.core.locking import directory_lock
 
 DESCRIPTION = "Expert personas, opened up: probes, interventions and PRISM routing."
 DISTRIBUTION = "prism-toolkit"
@@ -104,6 +105,14 @@ def version() -> str:
     return found.group(1) if found else "unknown"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, ``prism COMMAND: error: MESSAGE (see prism COMMAND
+    --help)``, with exit status 2, instead of the usage block before the message; its subcommands' parsers are too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``prism`` parser with the full options of ``names`` (default: every command).
 
@@ -115,7 +124,7 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
         the parser; ``args.command`` names the chosen command.
     """
     names = list(COMMANDS) if names is None else names
-    parser = argparse.ArgumentParser(prog="prism", description=DESCRIPTION)
+    parser = OneLineParser(prog="prism", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {version()}",
                         help="print the toolkit's version and exit")
     add_verbosity(parser, top=True)
@@ -139,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after ``prism`` (default: ``sys.argv[1:]``).
 
     Returns:
-        the exit status: 0 on success, 2 on a usage or input error (one line on stderr,
-        ``prism COMMAND: error: ...``), 130 when interrupted.
+        the exit status: 0 on success, 2 on a usage or input error or an output directory another process holds
+        (one line on stderr, ``prism COMMAND: error: ...``), 130 when interrupted. The directories a command writes
+        into (``args.locked``) are held while it runs (``probes.core.locking``; under torchrun by rank 0).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = _command_named(argv)
@@ -183,7 +193,11 @@ def _run(args: argparse.Namespace, main_rank: bool) -> None:
     for check in getattr(args, "checks", ()):  # e.g. the persona options' one check, before any model loads
         check(args)
     started, start = time.time(), time.perf_counter()
-    summary = command.run(args)
+    with ExitStack() as held:
+        if main_rank:  # the ranks of one torchrun launch share its directories; rank 0 holds them
+            for directory in dict.fromkeys(getattr(args, "locked", lambda args: [])(args)):
+                held.enter_context(directory_lock(directory))
+        summary = command.run(args)
     if summary is not None:
         print(summary.format())
         if getattr(summary, "report", None) is not None:

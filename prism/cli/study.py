@@ -100,6 +100,13 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_size(parser)
     add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))
     add_wandb(parser)
+    parser.set_defaults(locked=study_directories)
+
+
+def study_directories(args: argparse.Namespace) -> list[Path]:
+    """The directories ``prism study`` writes into, one per ``--model`` (so studies of other models may run beside
+    it in the same ``--out``)."""
+    return [args.out / model_slug(name) for name in args.models or ["default"]]
 
 
 def run_study_command(args: argparse.Namespace) -> Summary | None:
@@ -110,8 +117,7 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
     prompt_formats(formats, chat_template=True)  # an unknown format fails before any model loads
     personas = persona_library(args.personas_file)  # and so does a bad personas file
     directories = []
-    for name in args.models or ["default"]:
-        directory = args.out / model_slug(name)
+    for name, directory in zip(args.models or ["default"], study_directories(args)):
         start = time.perf_counter()
         run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
                   formats=formats, personas=personas, judge_url=args.judge_url, judge_model=args.judge_model,

@@ -15,10 +15,15 @@ from jaxtyping import Int
 from probes.core.errors import ToolkitError
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first."""
+def check_batch_size(batch_size: int) -> None:
+    """One line for a batch size below 1 (before any work that would otherwise start)."""
     if batch_size < 1:
         raise ToolkitError(f"batch size must be at least 1, got {batch_size}")
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first."""
+    check_batch_size(batch_size)
     order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 

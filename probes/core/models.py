@@ -39,6 +39,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from probes.core.assets import SMOLLM2_GGUF, cache_dir
 from probes.core.devices import map_device, model_device, resolve_device, resolve_device_map, resolve_dtype
 from probes.core.errors import ToolkitError
+from probes.core.hub import check_hub_model
 from probes.core.provenance import note_model
 
 DEFAULT_MODEL = "default"
@@ -200,6 +201,7 @@ def resolve_model_directory(name: str) -> tuple[str, str]:
         return str(path), str(path)
     if path.exists() or not _HUB_ID.match(name):
         raise ToolkitError(f"unknown model {name!r}: use {VALID_FORMS}")
+    check_hub_model(name, VALID_FORMS)
     return name, name
 
 

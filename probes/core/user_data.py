@@ -66,23 +66,35 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
 
 
 def _read_csv(path: Path) -> list[tuple[int, dict]]:
+    """The rows of a CSV file with the line each starts on (a quoted field may span lines; blank lines are skipped)."""
     with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            raise ToolkitError(f"{path}: no header row; the first line must name the columns")
-        choice_columns = sorted(
-            (name for name in reader.fieldnames if name.startswith("choice_")),
-            key=lambda name: int(name.split("_", 1)[1]) if name.split("_", 1)[1].isdigit() else 10**6,
-        )
-        rows = []
-        for number, row in enumerate(reader, start=2):
-            if None in row:
-                raise ToolkitError(f"{path} line {number}: more fields than header columns")
-            record = {key: value for key, value in row.items() if not key.startswith("choice_") and value != ""}
-            choices = [row[name] for name in choice_columns if row.get(name)]
-            if choices:
-                record["choices"] = choices
-            rows.append((number, record))
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+            if not header or not any(name.strip() for name in header):
+                raise ToolkitError(f"{path}: no header row; the first line must name the columns")
+            choice_columns = sorted(
+                (name for name in header if name.startswith("choice_")),
+                key=lambda name: int(name.split("_", 1)[1]) if name.split("_", 1)[1].isdigit() else 10**6,
+            )
+            rows = []
+            while True:
+                line = reader.line_num + 1  # where the next row starts
+                values = next(reader, None)
+                if values is None:
+                    break
+                if not values:
+                    continue
+                if len(values) > len(header):
+                    raise ToolkitError(f"{path} line {line}: more fields than header columns")
+                row = dict(zip(header, values))
+                record = {key: value for key, value in row.items() if not key.startswith("choice_") and value != ""}
+                choices = [row[name] for name in choice_columns if row.get(name)]
+                if choices:
+                    record["choices"] = choices
+                rows.append((line, record))
+        except csv.Error as error:
+            raise ToolkitError(f"{path} line {reader.line_num}: not valid CSV ({error})") from None
     return rows
 
 

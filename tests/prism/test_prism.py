@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+import prism.bootstrap
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
+from interventions.study.ledger import Ledger
 from prism import pipeline
 from prism.adapters import active_adapter, adapter_layers, attach_adapter, load_adapter, save_adapter
 from prism.bootstrap import BootstrapConfig, clean_query
@@ -287,3 +289,21 @@ def test_extra_knowledge_queries_join_the_intent_labels(tmp_path):
     added = [q for q in labelled.queries if q.startswith("What is the capital of country number")]
     assert added and "What is the capital of country number 0?" not in added
     assert all(label == 0 for q, label in zip(labelled.queries, labelled.labels) if q in added)
+
+
+def test_a_resumed_bootstrap_samples_each_lost_chunk_with_the_seed_and_prompts_it_had(tmp_path, monkeypatch):
+    def sampled(model, tokenizer, prompts, *, seed, **options):  # a sample that tells its seed and batch apart
+        return [f"{prompt}: seed {seed}, one of {len(prompts)}" for prompt in prompts]
+
+    monkeypatch.setattr(prism.bootstrap, "generate", sampled)
+    prompts, keys = [f"p{i}" for i in range(9)], [f"k{i}" for i in range(9)]
+    config = BootstrapConfig(batch_size=2)  # chunks of 4 prompts
+
+    def run(path):
+        return prism.bootstrap._generate_once(None, None, prompts, keys, Ledger(path), config, 8, 1.0, 7, "queries", False)
+
+    whole = run(tmp_path / "whole.jsonl")
+    run(tmp_path / "cut.jsonl")
+    data = (tmp_path / "cut.jsonl").read_bytes()
+    (tmp_path / "cut.jsonl").write_bytes(data[: data.index(b'"text"', len(data) // 3)])  # killed mid-record
+    assert run(tmp_path / "cut.jsonl") == whole and len(Ledger(tmp_path / "cut.jsonl")) == len(keys)

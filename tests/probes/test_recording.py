@@ -166,14 +166,21 @@ def test_a_hook_that_never_fires_is_an_error(tiny, tmp_path):
         (dict(hooks=[]), "no hooks requested"),
         (dict(positions="first"), "unknown positions"),
         (dict(batch_size=0), "batch size"),
+        # refused only once the first batch shows its shape: what was written for it is removed again
+        (dict(hooks=["blocks.0.attn.hook_pattern"]), re.escape("blocks.0.attn.hook_pattern gives activations of shape (2, 4,")),
+        (dict(hooks=["blocks.0.hook_out", "blocks.1.attn.hook_attn_scores"], positions="all"), "hook_attn_scores gives"),
     ],
 )
-def test_bad_recording_requests_fail_before_writing_anything(tiny, tmp_path, kwargs, message):
+def test_bad_recording_requests_leave_nothing_behind(tiny, tmp_path, kwargs, message):
     bridge, tokenizer = tiny
     with pytest.raises(ToolkitError, match=message) as caught:
         record_activations(bridge, tokenizer, _prompts(tokenizer)[:2], tmp_path / "s", progress=False, **kwargs)
     assert "\n" not in str(caught.value)
-    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").glob("shard_*"))
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "mine").mkdir()  # a folder of the user's own, empty: kept
+    with pytest.raises(ToolkitError, match=message):
+        record_activations(bridge, tokenizer, _prompts(tokenizer)[:2], tmp_path / "mine", progress=False, **kwargs)
+    assert list((tmp_path / "mine").iterdir()) == []
 
 
 def test_text_longer_than_the_context_is_refused_before_writing(tiny, tmp_path):

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from interventions.measure.tasks import Task
 from interventions.study.report import summarise_study
 from interventions.study.runner import Budget, run_study
 from probes.core.errors import ToolkitError
@@ -100,3 +101,38 @@ def test_a_users_personas_are_studied_and_the_report_shows_them(tiny_llama_direc
     assert json.loads((out / "study.json").read_text())["user_personas"] == {"pirate": str(path)}
     summarise_study(out)
     assert "pirate" in (out / "effects.csv").read_text()
+
+
+def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterrupted_run(tiny_llama_directory, tmp_path,
+                                                                                         monkeypatch):
+    measured = []  # the prompts of every measure call: the chunks, whose batches measure forms
+    real_measure = Task.measure
+    monkeypatch.setattr(Task, "measure", lambda task, model, tokenizer, items, prompts, **options: measured.append(
+        (task.name, tuple(prompt.text for prompt in prompts))) or real_measure(task, model, tokenizer, items, prompts, **options))
+    budget = Budget(items={"capitals": 3, "harmbench": 3}, grid="smoke", max_new_tokens={"harmbench": 6})
+    options = dict(model_name=tiny_llama_directory, budget=budget, batch_size=2, progress=False)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run_study(whole, **options)
+    summarise_study(whole)
+    uninterrupted = set(measured)
+    run_study(resumed, **options)
+    for name in ("capitals.jsonl", "harmbench.jsonl"):  # killed while writing a record: its chunk and the rest lost
+        ledger = resumed / "ledger" / name
+        data = ledger.read_bytes()
+        ledger.write_bytes(data[: data.index(b'", "', len(data) // 2)])
+    measured.clear()
+    run_study(resumed, **options)
+    summarise_study(resumed)
+    assert {task for task, _ in measured} == {"capitals", "harmbench"} and set(measured) <= uninterrupted
+    for name in ("items.json", "effects.csv", "cells.csv"):
+        assert (resumed / name).read_bytes() == (whole / name).read_bytes(), name
+
+    ledger = resumed / "ledger" / "capitals.jsonl"
+    lines = ledger.read_text().splitlines(keepends=True)
+    ledger.write_text("".join(lines[:3]) + '{"key": "edited by hand"}\n' + "".join(lines[3:]))
+    before = {path.name: path.read_bytes() for path in (resumed / "ledger").iterdir()}
+    with pytest.raises(ToolkitError) as caught:
+        run_study(resumed, **options)
+    assert str(caught.value) == (f"{ledger} line 4: a ledger record without 'logprobs', 'scores', 'predicted', not written "
+                                 "by prism: delete that line (its work is done again) and rerun")
+    assert {path.name: path.read_bytes() for path in (resumed / "ledger").iterdir()} == before

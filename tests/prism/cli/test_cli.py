@@ -17,9 +17,11 @@ from interventions.summary import InterventionSummary, Patch
 from prism.cli import COMMANDS, build_parser, load_command, main, run_demo
 from prism.compare import format_table
 from prism.summary import BootstrapSummary, CompareSummary, TrainSummary, WinRate
+from probes.core.locking import LOCK_NAME, directory_lock
 from probes.core.stats import Estimate
 from probes.store import ActivationStore
 from probes.summary import EarliestLayer, ProbeSummary
+from tests.directory_holder import held_elsewhere, snapshot
 
 
 @pytest.fixture()
@@ -96,6 +98,8 @@ def test_unknown_device_maps_fail_while_parsing(argv, message, capsys):
         (["evaluate", "--dataset", "mtbench", "-n", "0"], "sample size must be positive"),
         (["record", "--dataset", "mtbench", "--layers", "0,x", "--out", "{tmp}/s"], "--layers takes comma-separated integers"),
         (["record", "--dataset", "mtbench", "-n", "2", "--layers", "99", "--out", "{tmp}/s"], "layer 99 does not exist"),
+        (["record", "--dataset", "mtbench", "-n", "2", "--hooks", "blocks.0.attn.hook_pattern", "--out", "{tmp}/s"],
+         "blocks.0.attn.hook_pattern gives activations of shape (2, 4, "),
         (["study", "--formats", "plain,xml", "--out", "{tmp}/s"], "unknown prompt format 'xml': use any of plain, qa"),
     ],
 )
@@ -346,3 +350,66 @@ def test_compare_takes_the_judge_options_and_checks_them_before_any_model_loads(
     monkeypatch.setattr(prism.pipeline.PrismDirectory, "require_gate", lambda self: None)
     assert main(["compare", "--out", str(tmp_path), "--judge-url", "https://judge.example/v1"]) == 2
     assert "--judge-url needs --judge-model" in capsys.readouterr().err
+
+
+# --- two processes on one directory, and usage errors -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, held",
+    [
+        (["record", "--dataset", "mtbench", "--out", "{out}"], "{out}"),
+        (["study", "--out", "{out}"], "{out}/smollm2-135m-instruct"),
+        (["probe", "--out", "{out}"], "{out}"),
+        (["intervene", "--out", "{out}"], "{out}"),
+        (["bootstrap", "--out", "{out}"], "{out}"),
+        (["train", "--out", "{out}"], "{out}"),
+        (["compare", "--out", "{out}"], "{out}"),
+        (["demo", "--out", "{out}"], "{out}"),
+    ],
+)
+def test_a_directory_in_use_by_another_process_is_refused_in_one_line(argv, held, tmp_path, no_model_loads, capsys):
+    out = tmp_path / "out"
+    held = Path(held.replace("{out}", str(out)))
+    held.mkdir(parents=True)
+    (held / "notes.txt").write_text("mine")
+    with held_elsewhere(held) as holder:
+        before = snapshot(tmp_path)
+        assert main([arg.replace("{out}", str(out)) for arg in argv]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"prism {argv[0]}: error: {held} is in use by another prism process (pid {holder.pid}); "
+            "wait for it or use another --out"]
+        assert snapshot(tmp_path) == before
+
+
+def test_commands_that_only_read_a_directory_do_not_lock_it(tmp_path, no_model_loads, capsys):
+    with directory_lock(tmp_path):
+        assert main(["route", "--out", str(tmp_path), "hello"]) == 2
+    assert "is not a PRISM directory" in capsys.readouterr().err
+
+
+def test_a_finished_command_releases_its_directory(tmp_path, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(prism.pipeline, "bootstrap", lambda out, **options: seen.append(sorted(p.name for p in out.iterdir())))
+    assert main(["bootstrap", "--out", str(tmp_path / "work")]) == 0
+    assert seen == [[LOCK_NAME]] and not (tmp_path / "work").exists()  # held while it ran; nothing written, nothing left
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["study", "--batch-size", "0"], "prism study: error: argument --batch-size: 0 is below 1: give 1 or more"),
+        (["record", "--dataset", "mtbench"], "prism record: error: the following arguments are required: --out"),
+        (["evaluate", "--dataset", "mtbench", "--length", "huge"],
+         "prism evaluate: error: argument --length: invalid choice: 'huge'"),
+        (["studdy"], "prism: error: argument COMMAND: invalid choice: 'studdy'"),
+        ([], "prism: error: the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_option_and_where_help_is(argv, line, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    errors = capsys.readouterr().err.splitlines()
+    command = f"prism {argv[0]}" if argv and argv[0] != "studdy" else "prism"
+    assert exit.value.code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(line) and errors[0].endswith(f"(see {command} --help)"), errors

@@ -1,4 +1,5 @@
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -88,6 +89,30 @@ def test_malformed_user_files_give_one_line_with_the_place(tmp_path, content, me
     with pytest.raises(ToolkitError, match=message) as caught:
         load_dataset(str(path))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        # a quoted field over three lines and a blank line: the bad row starts on line 7 (it is the third record)
+        ('prompt,answer\n"first\nsecond\nthird",\n\nfine,\n,\n', "line 7: missing required field 'prompt'"),
+        ('prompt\n"a\nb"\nx,y\n', "line 4: more fields than header columns"),
+        ("prompt\nok\n\n\n" + '"' + "x" * 200_000 + '"\n', "line 5: not valid CSV (field larger than field limit"),
+        ("\n", "no header row"),
+    ],
+)
+def test_csv_errors_name_the_line_the_row_starts_on(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(ToolkitError, match=re.escape(f"{path} {message}") if "line" in message else message) as caught:
+        load_dataset(str(path))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_csv_item_without_an_id_is_named_by_its_line(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text('prompt\n"two\nlines"\n\nthird\n')
+    assert [item.id for item in load_dataset(str(path))] == ["mine/2", "mine/5"]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])

@@ -1,5 +1,7 @@
 """Figures on disk: the format follows the path's suffix, a PNG gets its PDF twin, writes are atomic."""
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,7 +12,7 @@ from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from probes.core.errors import ToolkitError  # noqa: E402
-from probes.core.files import METADATA_KEY, figure_format, load_tensors, save_figure  # noqa: E402
+from probes.core.files import METADATA_KEY, figure_format, load_tensors, save_figure, write_json  # noqa: E402
 
 
 def _figure(title: str = "persona effect"):
@@ -76,3 +78,15 @@ def test_tensors_whose_toolkit_metadata_is_not_json_fail_in_one_line(tmp_path):
     with pytest.raises(ToolkitError, match="damaged toolkit metadata") as caught:
         load_tensors(path)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_files_are_written_with_the_permissions_the_umask_gives(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "result.json", {"a": 1})
+        save_figure(_figure(), tmp_path / "fig.png")
+    finally:
+        os.umask(previous)
+    for name in ("result.json", "fig.png", "fig.pdf"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name

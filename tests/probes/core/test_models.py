@@ -1,11 +1,20 @@
+import http.server
 import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import constants as hub_constants
 from transformers import AutoModelForCausalLM
 
+from prism.cli import main
 from probes.core.assets import cache_dir
 from probes.core.errors import ToolkitError
+from probes.core.hub import HUB_PROBE_SECONDS, _hub_state
 from probes.core.models import load_model, model_slug, resolve_model_directory
 from probes.core.prompts import Condition, encode, render
 
@@ -57,7 +66,7 @@ def test_default_model_is_cached_as_safetensors(smol):
         ("", "empty model name"),
         ("not a model!", "unknown model 'not a model!'"),
         ("/no/such/file.gguf", "no GGUF file"),
-        ("someone/no-such-model-xyz", "could not load model"),
+        ("someone/no-such-model-xyz", "'someone/no-such-model-xyz' is not in the local Hugging Face cache and HF_HUB_OFFLINE"),
     ],
 )
 def test_bad_model_names_give_one_line_listing_valid_forms(name, expected):
@@ -80,3 +89,77 @@ def test_a_model_name_never_becomes_a_path_outside_the_output_directory(tmp_path
         slug = model_slug(name)
         assert slug not in ("", ".", "..") and "/" not in slug
     assert model_slug("HuggingFaceTB/SmolLM2-360M-Instruct") == "huggingfacetb-smollm2-360m-instruct"
+
+
+# --- hub ids without network: one line at once, or the local cache alone -------------------------
+
+
+@pytest.fixture()
+def hub(monkeypatch, tmp_path):
+    """This process as one started without HF_HUB_OFFLINE, with an empty hub cache; ``hub(endpoint)`` names the hub.
+    Everything, offline mode included, is as before after the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # whatever the toolkit sets, restored afterwards
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    _hub_state.cache_clear()
+    yield lambda endpoint: monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
+    _hub_state.cache_clear()
+
+
+@pytest.fixture()
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unknown_hub_id_fails_at_once_in_one_line_when_the_hub_cannot_be_reached(hub, closed_port, tmp_path, capsys):
+    hub(f"http://127.0.0.1:{closed_port}")
+    start = time.perf_counter()
+    assert main(["evaluate", "--dataset", "mtbench", "--model", "someone/no-such-model", "--out", str(tmp_path / "r.json")]) == 2
+    assert time.perf_counter() - start < HUB_PROBE_SECONDS + 2  # not a minute of retries
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith(
+        f"prism evaluate: error: model 'someone/no-such-model' is not in the local Hugging Face cache and "
+        f"http://127.0.0.1:{closed_port} cannot be reached: connect to the network (or set HF_ENDPOINT to a mirror); "
+        "or use 'default'"), errors
+    assert hub_constants.is_offline_mode() and not (tmp_path / "r.json").exists()  # later lookups: the cache at once
+
+
+def test_a_hub_that_never_answers_is_given_up_on_after_a_few_seconds(hub):
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        hub(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        start = time.perf_counter()
+        with pytest.raises(ToolkitError, match="cannot be reached"):
+            resolve_model_directory("someone/no-such-model")
+        assert time.perf_counter() - start < HUB_PROBE_SECONDS + 1
+
+
+def test_a_cached_hub_model_loads_from_the_cache_when_the_hub_cannot_be_reached(hub, closed_port, tiny_llama_directory):
+    snapshot = Path(hub_constants.HF_HUB_CACHE) / "models--someone--tiny" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_llama_directory, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    hub(f"http://127.0.0.1:{closed_port}")
+    start = time.perf_counter()
+    model, _ = load_model("someone/tiny")
+    assert model.cfg.model_name == "someone/tiny" and time.perf_counter() - start < 20
+
+
+def test_a_hub_that_answers_at_all_is_asked_for_the_model(hub):
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        hub(f"http://127.0.0.1:{server.server_address[1]}")
+        assert resolve_model_directory("someone/no-such-model") == ("someone/no-such-model", "someone/no-such-model")
+        server.shutdown()
+    assert not hub_constants.is_offline_mode()

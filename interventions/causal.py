@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
 from probes.core.models import eager_attention
+from probes.core.personas import Persona
 from probes.core.prompts import Condition, encode, token_groups
 from probes.core.rendering import render_items
 from probes.core.stats import Estimate, bootstrap_ratio
@@ -59,9 +60,11 @@ class PairedItem:
         return [(position, position - shift) for position in self.groups[group]]
 
 
-def paired_items(tokenizer, items: Sequence[Item], persona: Condition, seed: int = 0) -> list[PairedItem]:
-    """Target and source prompts of each item (cloze with its answer stem), checked to align."""
-    targets = render_items(tokenizer, items, persona, scoring="cloze", seed=seed)
+def paired_items(tokenizer, items: Sequence[Item], persona: Condition, seed: int = 0,
+                 personas: Mapping[str, Persona] | None = None) -> list[PairedItem]:
+    """Target and source prompts of each item (cloze with its answer stem), checked to align; the persona is read from
+    ``personas`` (default: the built-in library)."""
+    targets = render_items(tokenizer, items, persona, scoring="cloze", personas=personas, seed=seed)
     sources = render_items(tokenizer, items, Condition("none", base_system=persona.base_system), scoring="cloze", seed=seed)
     paired = []
     for item, target, source in zip(items, targets, sources):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,8 @@ from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import write_record, write_table, write_text
 from probes.core.models import load_model
-from probes.core.prompts import Condition
+from probes.core.personas import Persona, get_persona
+from probes.core.prompts import EXPERT_PERSONA, RANDOM_PERSONA, Condition
 from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
 from probes.readouts import residual_norms
 
@@ -35,6 +36,7 @@ def run_interventions(
     *,
     model_name: str = "default",
     persona: Condition = Condition("random", "long", "system"),
+    personas: Mapping[str, Persona] | None = None,
     n_items: int = 48,
     layers: Sequence[int] | None = None,
     refusal_items: int = 12,
@@ -56,6 +58,8 @@ def run_interventions(
         model_name: the model to load (``load_model``).
         persona: the persona condition, not ``"none"`` (default: a long persona in the system prompt, random per item,
             as in the study's strongest knowledge effect).
+        personas: the persona library ``persona`` names a persona of, and the random one is drawn from (default: the
+            built-in personas; ``persona_library`` adds a user's file).
         n_items: capital-city items to sample (those whose query tokenises differently next to the persona are dropped).
         layers: blocks of the patching sweep (default: about eight, spread from the first to the last).
         refusal_items, refusal_multiples: HarmBench prompts for refusal under steering (0 skips it), and its multiples.
@@ -70,18 +74,21 @@ def run_interventions(
         the ``InterventionSummary``: the persona's effect on the answer margin (nats) and the decisive patch.
 
     Raises:
-        ToolkitError: a ``"none"`` persona, a layer the model does not have, or a model that cannot be loaded.
+        ToolkitError: a ``"none"`` persona, one not in ``personas``, a layer the model does not have, or a model that
+            cannot be loaded.
     """
     out = Path(out)
     if persona.persona == "none":
         raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
+    if persona.persona not in (RANDOM_PERSONA, EXPERT_PERSONA):
+        get_persona(persona.persona, personas).text(persona.length)  # before the model loads
     model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     n_layers = model.cfg.n_layers
     layers = sorted(set(spread_layers(n_layers) if layers is None else layers))
     for layer in layers + ([steer_layer] if steer_layer is not None else []):
         if not 0 <= layer < n_layers:
             raise ToolkitError(f"layer {layer} does not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
-    items = causal.paired_items(tokenizer, TASKS["capitals"].load_items(n_items, seed), persona, seed)
+    items = causal.paired_items(tokenizer, TASKS["capitals"].load_items(n_items, seed), persona, seed, personas)
     log.info(f"{len(items)} capital-city items, persona {persona.label}, {len(layers)} layers")
     with_persona, without = causal.baseline_margins(model, tokenizer, items, batch_size)
     effect = with_persona - without
@@ -130,8 +137,8 @@ def run_interventions(
 
     refusal = []
     if refusal_items:
-        refusal = _refusal_under_steering(model, tokenizer, persona, refusal_items, direction, random_direction, steer_layer,
-                                          natural, norms, refusal_multiples, seed, batch_size, progress)
+        refusal = _refusal_under_steering(model, tokenizer, persona, personas, refusal_items, direction, random_direction,
+                                          steer_layer, natural, norms, refusal_multiples, seed, batch_size, progress)
         write_table(out / "refusal.csv", refusal)
     summary["refusal"] = refusal
 
@@ -193,10 +200,12 @@ def _attention_summary(rows: list[dict]) -> dict:
             "strongest": strongest, "share": {k: rows[0][k] for k in ("share_pearson", "share_low", "share_high")}}
 
 
-def _refusal_under_steering(model, tokenizer, persona: Condition, n_items: int, direction, random_direction, layer: int,
-                            natural: float, norms, multiples, seed: int, batch_size: int, progress: bool) -> list[dict]:
-    """Keyword refusal on HarmBench prompts: no persona, the persona prompt, and no-persona runs
-    steered (at every position, prompt and generated) by the persona direction or a random one."""
+def _refusal_under_steering(model, tokenizer, persona: Condition, personas: Mapping[str, Persona] | None, n_items: int,
+                            direction, random_direction, layer: int, natural: float, norms, multiples, seed: int,
+                            batch_size: int, progress: bool) -> list[dict]:
+    """Keyword refusal on HarmBench prompts: no persona, the persona prompt (its persona from the library
+    ``personas``), and no-persona runs steered (at every position, prompt and generated) by the persona direction or
+    a random one."""
     task = TASKS["harmbench"]
     items = task.load_items(n_items, seed)
     plain = task.render(tokenizer, items, Condition("none", base_system=persona.base_system), seed=seed)
@@ -212,7 +221,7 @@ def _refusal_under_steering(model, tokenizer, persona: Condition, n_items: int, 
     rows = []
     for name, multiple, vector in tqdm(runs, desc="refusal", unit="condition", disable=not progress):
         if name == "persona prompt":
-            values = refusals(task.render(tokenizer, items, persona, seed=seed))
+            values = refusals(task.render(tokenizer, items, persona, personas=personas, seed=seed))
         elif vector is None:
             values = baseline = refusals(plain)
         else:

@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -29,7 +29,7 @@ from prism.samples import Sample, write_samples
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.parallel import world
-from probes.core.personas import Persona, builtin_personas
+from probes.core.personas import Persona, builtin_personas, get_persona
 from probes.core.prompts import Condition, render, render_messages
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class BootstrapConfig:
 
 
 def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
-                  personas: Sequence[str] | None = None, progress: bool = True) -> list[Sample]:
+                  personas: Sequence[str] | None = None, library: Mapping[str, Persona] | None = None,
+                  progress: bool = True) -> list[Sample]:
     """Stages 1-3 for ``personas``, resumable.
 
     Args:
@@ -76,7 +77,9 @@ def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config:
             ledger, ``samples.jsonl``, ``summary.json``, ``win_rates.csv``).
         model, tokenizer: the bridged model and its tokenizer.
         config: query, answer and verdict settings.
-        personas: built-in persona names (default: all twelve).
+        personas: names in ``library`` of the personas whose queries the model writes (default: every persona in it).
+        library: the persona library (default: the built-in twelve). Samples name their persona: whoever renders it
+            later needs the same library (``PrismDirectory.persona_library``).
         progress: show progress bars.
 
     Returns:
@@ -86,11 +89,8 @@ def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config:
         ToolkitError: an unknown persona or persona length, ``queries_per_persona`` below 1, or no usable query.
     """
     work = PrismDirectory(out)
-    library = builtin_personas()
-    chosen = list(library) if personas is None else list(personas)
-    unknown = [name for name in chosen if name not in library]
-    if unknown:
-        raise ToolkitError(f"unknown persona {unknown[0]!r}: choose from {', '.join(library)}")
+    library = builtin_personas() if library is None else library
+    chosen = chosen_personas(personas, library, config.persona_length)
     if config.queries_per_persona < 1:
         raise ToolkitError(f"queries per persona must be at least 1, got {config.queries_per_persona}")
     group = world()
@@ -100,6 +100,31 @@ def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config:
     samples = _answers_and_verdicts(model, tokenizer, queries, library, config, ledger, progress)
     group.on_main(lambda: write_samples(work, samples, {"config": asdict(config)}))  # every rank has every sample; rank 0 writes them
     return samples
+
+
+def chosen_personas(personas: Sequence[str] | None, library: Mapping[str, Persona], length: str) -> list[str]:
+    """The names of the personas to bootstrap, checked: each in ``library`` with a text at ``length``.
+
+    Args:
+        personas: persona names (None: every persona in ``library`` with a ``length`` text; those without are left out
+            with a warning).
+        library: the persona library.
+        length: the persona texts' length (``BootstrapConfig.persona_length``).
+
+    Returns:
+        the names, in order.
+
+    Raises:
+        ToolkitError: a named persona not in ``library``, or one without a ``length`` text.
+    """
+    if personas is None:
+        lacking = [name for name, persona in library.items() if length not in persona.texts]
+        if lacking:
+            log.warning(f"persona(s) {', '.join(lacking)} have no {length!r} text: they are left out")
+        return [name for name in library if name not in lacking]
+    for name in personas:
+        get_persona(name, library).text(length)
+    return list(personas)
 
 
 def clean_query(text: str) -> str | None:

@@ -48,6 +48,7 @@ from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, write_json
 from probes.core.items import Item
 from probes.core.parallel import world
+from probes.core.personas import Persona
 from probes.core.prompts import Condition, encode
 
 __all__ = ["COMPARE_BUDGETS", "DATASETS", "KNOWLEDGE", "SYSTEMS", "CompareBudget", "evaluation_items", "evaluation_queries",
@@ -133,6 +134,7 @@ class _Evaluator:
         self.asker = SelfClassifyRouter(model, tokenizer, batch_size=batch_size)
         self.asker.threshold = work.self_classify_threshold()
         self.judge = judge or SelfJudge(model, tokenizer, batch_size=batch_size)
+        self.personas = work.persona_library()  # the expert prompts' texts, as the bootstrap had them
 
     def routes(self, router: str, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
         """(scores, routes) of a router for the items' queries."""
@@ -171,7 +173,7 @@ class _Evaluator:
             for row, score, route in zip(rows, scores, routes):
                 row["score"], row["routed"] = float(score), bool(route)
             return rows
-        prompts = row_prompts(self.tokenizer, items, [plain] * n, dataset)
+        prompts = row_prompts(self.tokenizer, items, [plain] * n, dataset, self.personas)
         scores, decisions = None, None
         if router != "probe gate" or dataset in KNOWLEDGE:
             # another router decides, or the prompt ends with an answer stem (an evaluation
@@ -189,7 +191,7 @@ class _Evaluator:
     def _answer(self, dataset: str, items: Sequence[Item], conditions: Sequence[Condition], *, context=None,
                 route: bool | None = None) -> list[dict]:
         task = TASKS[dataset]
-        prompts = row_prompts(self.tokenizer, items, conditions, dataset)
+        prompts = row_prompts(self.tokenizer, items, conditions, dataset, self.personas)
         tokens = {"harmbench": self.budget.refusal_tokens, "mtbench": self.budget.answer_tokens}.get(dataset)
         with context or nullcontext():
             records = task.measure(self.model, self.tokenizer, items, prompts, max_new_tokens=tokens,
@@ -213,9 +215,12 @@ def _measured(task: Task, item: Item, record: Mapping) -> dict:
     return row
 
 
-def row_prompts(tokenizer, items: Sequence[Item], conditions: Sequence[Condition], dataset: str) -> list:
-    """Each item's prompt under its own condition, with the data set's task settings."""
-    return [TASKS[dataset].render(tokenizer, [item], condition)[0] for item, condition in zip(items, conditions)]
+def row_prompts(tokenizer, items: Sequence[Item], conditions: Sequence[Condition], dataset: str,
+                personas: Mapping[str, Persona] | None = None) -> list:
+    """Each item's prompt under its own condition, with the data set's task settings; the conditions' personas are read
+    from ``personas`` (default: the built-in library; a PRISM directory's is ``PrismDirectory.persona_library``)."""
+    return [TASKS[dataset].render(tokenizer, [item], condition, personas=personas)[0]
+            for item, condition in zip(items, conditions)]
 
 
 def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, budget: str | CompareBudget = "default",

@@ -28,7 +28,7 @@ import math
 import random
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from peft.functional import cast_adapter_dtype
@@ -40,6 +40,7 @@ from prism.pairs import DistillationPair, answer_logits, distillation_pair, reta
 from prism.samples import Sample
 from probes.core.batching import length_sorted_batches
 from probes.core.errors import ToolkitError
+from probes.core.personas import Persona
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class _Target(NamedTuple):
 
 
 def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: DistillConfig = DistillConfig(), *,
-            retain: Sequence[str] = (), progress: bool = True) -> dict:
+            retain: Sequence[str] = (), personas: Mapping[str, Persona] | None = None, progress: bool = True) -> dict:
     """Attach adapter ``name`` and train it on ``samples``.
 
     Args:
@@ -112,6 +113,8 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
         config: LoRA and training settings.
         retain: queries (plain prompts) on which the adapted model is kept close to the base model, with weight
             ``config.retain_weight`` (unused when it is 0).
+        personas: the persona library the samples' personas are read from for the teacher's prompt (default: the
+            built-in personas; a PRISM directory's is ``PrismDirectory.persona_library``).
         progress: show progress bars.
 
     Returns:
@@ -127,7 +130,7 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
     peft_config = attach_adapter(model, name, rank=config.rank, alpha=config.alpha, first_block=config.first_block,
                                  seed=config.seed)
     cast_adapter_dtype(model.original_model, name)  # a bfloat16 model's adapter is trained in float32, as peft does
-    pairs = [distillation_pair(tokenizer, sample, config.persona_length) for sample in samples]
+    pairs = [distillation_pair(tokenizer, sample, config.persona_length, personas) for sample in samples]
     pairs = [pair for pair in pairs if pair is not None]
     if not pairs:
         raise ToolkitError("every bootstrapped answer is empty: nothing to distil")
@@ -189,9 +192,11 @@ def _retain_batches(n: int, size: int, rng: random.Random) -> Iterator[list[int]
             yield order[start:start + size]
 
 
-def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = DistillConfig()) -> float:
-    """The KL the student (current adapter state) has left to close on one sample."""
-    pair = distillation_pair(tokenizer, sample, config.persona_length)
+def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = DistillConfig(),
+                      personas: Mapping[str, Persona] | None = None) -> float:
+    """The KL the student (current adapter state) has left to close on one sample (its persona read from
+    ``personas``, default the built-in library)."""
+    pair = distillation_pair(tokenizer, sample, config.persona_length, personas)
     if pair is None:
         raise ToolkitError("the sample's persona answer is empty")
     with active_adapter(model, None):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from prism.pairs import DistillationPair, answer_logits, distillation_pair
 from prism.samples import Sample
 from probes.core.batching import length_sorted_batches
 from probes.core.errors import ToolkitError
+from probes.core.personas import Persona
 from probes.core.stats import Estimate, bootstrap_mean, bootstrap_ratio
 
 __all__ = ["Fidelity", "adapter_fidelity"]
@@ -62,7 +63,7 @@ class Fidelity:
 
 @torch.no_grad()
 def adapter_fidelity(model, tokenizer, samples: Sequence[Sample], adapter: str, *, persona_length: str = "min",
-                     batch_size: int = 8, seed: int = 0) -> Fidelity:
+                     personas: Mapping[str, Persona] | None = None, batch_size: int = 8, seed: int = 0) -> Fidelity:
     """The fidelity of ``adapter`` (attached to ``model``) on ``samples``, best held out from its training.
 
     Args:
@@ -70,6 +71,7 @@ def adapter_fidelity(model, tokenizer, samples: Sequence[Sample], adapter: str, 
         samples: bootstrapped samples: each one's persona answer after the persona, plain and adapted prompts.
         adapter: the adapter's name (``prism`` or ``sft``).
         persona_length: the teacher persona's text length, as in distillation.
+        personas: the persona library the samples' personas are read from, as in distillation (default: built-in).
         batch_size: samples per forward pass.
         seed: the bootstrap seed of the CIs.
 
@@ -80,7 +82,8 @@ def adapter_fidelity(model, tokenizer, samples: Sequence[Sample], adapter: str, 
     Raises:
         ToolkitError: no sample with a non-empty persona answer.
     """
-    kept = [(sample, pair) for sample in samples if (pair := distillation_pair(tokenizer, sample, persona_length))]
+    kept = [(sample, pair) for sample in samples
+            if (pair := distillation_pair(tokenizer, sample, persona_length, personas))]
     if not kept:
         raise ToolkitError("no sample with a persona answer to measure the adapter's fidelity on")
     samples, pairs = [sample for sample, _ in kept], [pair for _, pair in kept]
@@ -89,7 +92,7 @@ def adapter_fidelity(model, tokenizer, samples: Sequence[Sample], adapter: str, 
         teacher = _per_token_logprobs(model, pairs, batch_size, "teacher")
         base = _per_token_logprobs(model, pairs, batch_size, "student")
         if others:
-            swapped = [distillation_pair(tokenizer, replace(sample, persona=other), persona_length)
+            swapped = [distillation_pair(tokenizer, replace(sample, persona=other), persona_length, personas)
                        for sample, other in zip(samples, others)]
             other_prompt = _per_token_logprobs(model, swapped, batch_size, "teacher")
     with active_adapter(model, adapter):

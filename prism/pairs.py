@@ -8,7 +8,7 @@ right-padded batch and returns the logits at the positions that predict each one
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 from jaxtyping import Float
@@ -16,6 +16,7 @@ from jaxtyping import Float
 from prism.samples import Sample
 from probes.core.batching import right_pad
 from probes.core.devices import model_device
+from probes.core.personas import Persona
 from probes.core.prompts import Condition, encode, render
 
 __all__ = ["DistillationPair", "answer_logits", "distillation_pair", "retain_pair"]
@@ -29,13 +30,16 @@ class DistillationPair(NamedTuple):
     n_answer: int
 
 
-def distillation_pair(tokenizer, sample: Sample, persona_length: str = "min") -> DistillationPair | None:
+def distillation_pair(tokenizer, sample: Sample, persona_length: str = "min",
+                      personas: Mapping[str, Persona] | None = None) -> DistillationPair | None:
     """The sample's persona answer after the teacher's prompt (its persona at ``persona_length``, in the system
-    prompt) and after the student's (no persona), or None when the answer is empty."""
+    prompt; the persona is read from ``personas``, default the built-in library) and after the student's (no
+    persona), or None when the answer is empty."""
     answer = tokenizer(sample.answer_persona, add_special_tokens=False)["input_ids"]
     if not answer:
         return None
-    teacher = encode(tokenizer, render(tokenizer, sample.query, Condition(sample.persona, persona_length, "system")))
+    teacher = encode(tokenizer, render(tokenizer, sample.query, Condition(sample.persona, persona_length, "system"),
+                                       personas=personas))
     student = encode(tokenizer, render(tokenizer, sample.query, Condition("none")))
     return DistillationPair(teacher + answer, student + answer, len(answer))
 

@@ -19,7 +19,7 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from prism.fidelity import adapter_fidelity
 from prism.samples import Sample
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
+from probes.core.personas import Persona
 from probes.core.prompts import Condition, encode, render
 from probes.readouts import final_residuals
 
@@ -63,7 +64,8 @@ def held_out_samples(samples: Sequence[Sample], share: float = HELD_OUT_SHARE, s
 
 
 def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,
-                   work: PrismDirectory, *, retain: Sequence[str] = (), seed: int = 0, progress: bool = True) -> dict:
+                   work: PrismDirectory, *, retain: Sequence[str] = (), personas: Mapping[str, Persona] | None = None,
+                   seed: int = 0, progress: bool = True) -> dict:
     """Distil and save the gated adapter (persona-path samples) and the ungated one (every sample), each without the
     held-out persona-path samples, and measure both adapters' fidelity on those.
 
@@ -74,6 +76,8 @@ def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarr
         config: distillation settings (``first_block`` is replaced by ``gate_layer + 1``).
         work: the PRISM working directory the adapters are saved in.
         retain: prompts whose next-token distributions the adapters keep close to the base model's.
+        personas: the persona library of the teacher's prompts (default: the built-in personas; the directory's is
+            ``work.persona_library()``).
         seed: the held-out draw's seed.
         progress: show progress bars.
 
@@ -95,8 +99,9 @@ def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarr
     for name, chosen in ((GATED, training), (UNGATED, [s for s in samples if s.id not in held_ids])):
         log.info(f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1}); "
                  f"{len(held)} persona-path samples held out")
-        info = distill(model, tokenizer, chosen, name, config, retain=retain, progress=progress)
-        fidelity = adapter_fidelity(model, tokenizer, held, name, persona_length=config.persona_length, seed=seed) if held else None
+        info = distill(model, tokenizer, chosen, name, config, retain=retain, personas=personas, progress=progress)
+        fidelity = adapter_fidelity(model, tokenizer, held, name, persona_length=config.persona_length, personas=personas,
+                                    seed=seed) if held else None
         info["fidelity"] = None if fidelity is None else fidelity.to_dict()
         save_adapter(model, name, work.adapter(name), info["peft_config"], info)
         per_epoch = max(1, info["steps"] // config.epochs)
@@ -107,14 +112,15 @@ def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarr
 
 
 def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, length: str = "min",
-                  batch_size: int = 8) -> Float[torch.Tensor, "d_model"]:
-    """Mean over samples of (persona prompt - plain prompt) residual after ``layer`` at the last token."""
+                  batch_size: int = 8, personas: Mapping[str, Persona] | None = None) -> Float[torch.Tensor, "d_model"]:
+    """Mean over samples of (persona prompt - plain prompt) residual after ``layer`` at the last token; the samples'
+    personas are read from ``personas`` (default: the built-in library)."""
     shifts = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         runs = []
         for condition in (lambda s: Condition(s.persona, length, "system"), lambda s: Condition("none")):
-            ids = [encode(tokenizer, render(tokenizer, s.query, condition(s))) for s in chunk]
+            ids = [encode(tokenizer, render(tokenizer, s.query, condition(s), personas=personas)) for s in chunk]
             runs.append(final_residuals(model, ids, layer, tokenizer.pad_token_id))
         shifts.append(runs[0] - runs[1])
     return torch.cat(shifts).mean(dim=0)

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 from interventions.measure.generation import generate
 from interventions.measure.judge import make_judge
 from prism.adapters import load_adapter
-from prism.bootstrap import BootstrapConfig, run_bootstrap
+from prism.bootstrap import BootstrapConfig, chosen_personas, run_bootstrap
 from prism.compare import SYSTEMS, CompareBudget, evaluation_queries, excluded_sources, resolve_budget, run_compare
 from prism.distill import DistillConfig
 from prism.gate import Gate
@@ -28,7 +28,7 @@ from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors
 from probes.core.models import load_model
-from probes.core.personas import get_persona
+from probes.core.personas import Persona, get_persona
 from probes.core.prompts import Condition, encode, render
 
 VIA = ("adapter", "steering", "prompt")
@@ -45,16 +45,19 @@ def _load(name: str, device: str, dtype: str, device_map: str | None = None):
 
 
 def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
-              personas: Sequence[str] | None = None, device: str = "cpu", dtype: str = "float32",
-              device_map: str | None = None,
+              personas: Sequence[str] | None = None, library: Mapping[str, Persona] | None = None,
+              device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
               progress: bool = True) -> BootstrapSummary:
     """Run stages 1-3 in the working directory ``out`` (``prism bootstrap``).
 
     Args:
-        out: the PRISM working directory; on first use its model is recorded in ``prism.json``.
+        out: the PRISM working directory; on first use its model, and the personas a user added to ``library``, are
+            recorded in ``prism.json`` (train, route and compare read them from there).
         model_name: the model to load (default: the recorded one, else ``default``); must match a recorded one.
         config: query, answer and verdict settings.
-        personas: built-in persona names (default: all twelve).
+        personas: names in the library of the personas whose queries the model writes (default: every persona in it).
+        library: the persona library, e.g. ``persona_library(file)`` (default: the directory's, else the built-in
+            personas); its user personas must match those the directory recorded.
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
 
@@ -62,14 +65,17 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
         the ``BootstrapSummary``: win rates overall and per persona.
 
     Raises:
-        ToolkitError: a ``model_name`` other than the recorded one, a model that cannot be loaded, or what
-            ``run_bootstrap`` refuses (an unknown persona, no usable query, ...).
+        ToolkitError: a ``model_name`` or user personas other than the recorded ones, an unknown persona (before the
+            model loads), a model that cannot be loaded, or what ``run_bootstrap`` refuses (no usable query, ...).
     """
     out = Path(out)
+    work = PrismDirectory(out)
     name = _model_for(out, model_name, create=True)
+    library = work.persona_library(library)
+    chosen = chosen_personas(personas, library, config.persona_length)
     model, tokenizer = _load(name, device, dtype, device_map)
-    PrismDirectory(out).record_model(name)  # only a model that loaded claims the directory
-    samples = run_bootstrap(out, model, tokenizer, config=config, personas=personas, progress=progress)
+    work.record_model(name, library)  # only a model that loaded claims the directory
+    samples = run_bootstrap(out, model, tokenizer, config=config, personas=chosen, library=library, progress=progress)
     return BootstrapSummary.from_record(summarise(samples, config.seed))
 
 
@@ -169,7 +175,8 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
         prompts: the user queries (plain text, each non-empty).
         via: ``adapter`` (the gated adapter), ``steering`` (the persona steering vector) or ``prompt`` (``persona``'s
             prompt, its ``min`` text in the system message, for the routed queries).
-        persona: the built-in persona of ``via="prompt"`` (checked whatever ``via`` is).
+        persona: the persona of ``via="prompt"``: a built-in one or a user's the directory was bootstrapped with
+            (checked whatever ``via`` is).
         max_new_tokens: the most tokens generated per answer (greedy).
         model_name: the model to load (default: the directory's); must match the directory's.
 
@@ -183,7 +190,8 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
     """
 
     work = PrismDirectory(out)
-    get_persona(persona)
+    library = work.persona_library()
+    get_persona(persona, library)
     if via not in VIA:
         raise ToolkitError(f"unknown route target {via!r}: use one of {', '.join(VIA)}")
     if not prompts or any(not p.strip() for p in prompts):
@@ -194,7 +202,8 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
     if via == "prompt":
         probabilities = route_probabilities(model, tokenizer, gate, prompts)
         routed = probabilities >= gate.threshold
-        rendered = [render(tokenizer, p, Condition(persona)) if r else q for p, q, r in zip(prompts, plain, routed)]
+        rendered = [render(tokenizer, p, Condition(persona), personas=library) if r else q
+                    for p, q, r in zip(prompts, plain, routed)]
         answers = generate(model, tokenizer, rendered, max_new_tokens=max_new_tokens, progress=False)
         decisions = list(zip(probabilities.tolist(), routed.tolist()))
     else:

@@ -100,7 +100,8 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     """Train the gate, the adapters, the steering vector and the baseline routers.
 
     Args:
-        out: the PRISM working directory (``prism bootstrap`` wrote its samples there).
+        out: the PRISM working directory (``prism bootstrap`` wrote its samples there, and the personas a user added
+            in ``prism.json``: the teacher's prompts render the samples' personas from that library).
         model, tokenizer: the bridged model and its tokenizer.
         labels: ``bootstrap`` (the self-verdicts) or ``intents`` (knowledge -> base path).
         verdict: the bootstrap verdict rule (``both`` orders, or ``debiased``).
@@ -129,6 +130,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
     """
     work = PrismDirectory(out)
     samples = load_samples(work)
+    library = work.persona_library()  # the samples' personas: built in, or a user's recorded by the bootstrap
     n_layers = model.cfg.n_layers
     if not 0 <= max_block < n_layers - 1:
         raise ToolkitError(f"the gate must read a block in 0..{n_layers - 2} (the adapter needs blocks after it), got {max_block}")
@@ -193,13 +195,14 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
                                  work.sample_features, progress=progress)[gate.layer]
         routes = gate.route(sample_x).astype(int)
     base_path = [query for query, label in zip(labelled.queries, labelled.labels) if not label]  # kept as the base model has them
-    adapters = train_adapters(model, tokenizer, samples, routes, gate.layer, distill_config, work, retain=base_path, seed=seed,
-                              progress=progress)
+    adapters = train_adapters(model, tokenizer, samples, routes, gate.layer, distill_config, work, retain=base_path,
+                              personas=library, seed=seed, progress=progress)
     steering_layer = max(gate.layer + 1, n_layers // 2) if steering_layer is None else steering_layer
     if not gate.layer < steering_layer < n_layers:
         raise ToolkitError(f"the steering block must lie after the gate's block {gate.layer} and below {n_layers}")
     persona_path = [s for s, route in zip(samples, routes) if route]
-    vector = persona_shift(model, tokenizer, persona_path, steering_layer, distill_config.persona_length)
+    vector = persona_shift(model, tokenizer, persona_path, steering_layer, distill_config.persona_length,
+                           personas=library)
     save_tensors(work.steering, {"vector": vector},
                  {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name, "n": len(persona_path)})
     summary = {

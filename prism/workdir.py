@@ -2,7 +2,7 @@
 
 ``prism bootstrap``, ``train``, ``route`` and ``compare`` share one directory::
 
-    prism.json                  the model the directory was bootstrapped with
+    prism.json                  the model the directory was bootstrapped with, and the user's personas it used
     bootstrap/                  ledger.jsonl, samples.jsonl, summary.json, win_rates.csv
     gate/                       gate.safetensors, sweep.csv, sweep.png, features/, sample_features/
     adapters/prism, adapters/sft   the gated and the ungated LoRA adapter (peft format)
@@ -13,6 +13,9 @@
                                 knowledge.csv, router_rates.csv, summary.json, report.md, figures/*.png
 
 Every module of ``prism`` names these paths through ``PrismDirectory``; none spells them.
+The personas a user added to the bootstrap (``--personas-file``) are copied into ``prism.json``
+(as a persona file's ``personas`` list), so training, routing and comparing render the same
+persona texts without the file (``PrismDirectory.persona_library``).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from probes.core.errors import ToolkitError
 from probes.core.files import write_record
+from probes.core.personas import Persona, builtin_personas, parse_personas, user_personas
 
 __all__ = ["PrismDirectory"]
 
@@ -98,6 +103,29 @@ class PrismDirectory:
                                "into it, or use another --out")
         return recorded
 
+    def persona_library(self, requested: Mapping[str, Persona] | None = None) -> dict[str, Persona]:
+        """The personas the directory was bootstrapped with: the built-in ones and the user's recorded in ``prism.json``.
+
+        Args:
+            requested: the library the caller asks for (None: whichever is recorded). Once the directory has a model,
+                one whose user personas (``user_personas``) differ from the recorded ones is refused.
+
+        Returns:
+            persona name -> ``Persona``: the recorded library, or ``requested`` (default: the built-in personas) in
+            a directory with no model yet.
+        """
+        if not self.manifest.is_file():
+            return builtin_personas() if requested is None else dict(requested)
+        self._recorded_model()  # a damaged prism.json in one line
+        payload = json.loads(self.manifest.read_text(encoding="utf-8"))
+        recorded = {**builtin_personas(),
+                    **(parse_personas(payload, str(self.manifest)) if "personas" in payload else {})}
+        if requested is not None and user_personas(requested) != user_personas(recorded):
+            differ = " (their texts differ)" if user_personas(requested).keys() == user_personas(recorded).keys() else ""
+            raise ToolkitError(f"{self.root} was bootstrapped with {_described(recorded)}, not {_described(requested)}"
+                               f"{differ}: use another --out")
+        return recorded
+
     def trained_fingerprint(self) -> str:
         """A hash of the trained artefacts: comparison cells computed with other ones are not reused."""
         digest = hashlib.sha256()
@@ -116,10 +144,12 @@ class PrismDirectory:
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise ToolkitError(f"{self.self_classify} is damaged: run `prism train` again to rewrite it") from None
 
-    def record_model(self, name: str) -> None:
-        """Write ``name`` down as the directory's model (``prism.json``), unless one is recorded already."""
+    def record_model(self, name: str, personas: Mapping[str, Persona] | None = None) -> None:
+        """Write ``name`` down as the directory's model (``prism.json``), with the personas of ``personas`` a user
+        added (``user_personas``), unless a model is recorded already."""
         if not self.manifest.is_file():
-            write_record(self.manifest, {"model": name})
+            mine = [persona.to_dict() for persona in user_personas(personas or {}).values()]
+            write_record(self.manifest, {"model": name, **({"personas": mine} if mine else {})})
 
     # --- the layout: every file and folder, relative to the root -------------------------------
     # prism bootstrap
@@ -170,3 +200,11 @@ class PrismDirectory:
     def figure(self, name: str) -> Path:
         """A figure of the comparison, by name (PNG)."""
         return self.figures / f"{name}.png"
+
+
+def _described(library: Mapping[str, Persona]) -> str:
+    """The user personas of a library and the files they came from, in words."""
+    mine = user_personas(library)
+    if not mine:
+        return "the built-in personas only"
+    return f"user personas {', '.join(mine)} (from {', '.join(sorted({p.source for p in mine.values()}))})"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,7 +31,7 @@ from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors, write_record, write_table
 from probes.core.models import load_model
 from probes.core.parallel import World, world
-from probes.core.personas import LENGTHS, builtin_personas
+from probes.core.personas import LENGTHS, Persona, builtin_personas
 from probes.core.prompts import Condition, render
 from probes.core.stats import Estimate
 from probes.directions import cosine, norm_estimate, persona_differences, shared_structure
@@ -55,8 +55,10 @@ def data_hash(queries: Sequence[LabelledQuery]) -> str:
 
 
 def record_conditions(model, tokenizer, jobs: Sequence[tuple[Condition, Sequence[LabelledQuery], Path]], hooks,
-                      batch_size: int, progress: bool, group: World) -> dict[tuple[str, str], ActivationStore]:
-    """Record every ``(condition, queries, directory)`` job at every read position (resuming finished stores).
+                      batch_size: int, progress: bool, group: World, library: Mapping[str, Persona] | None = None
+                      ) -> dict[tuple[str, str], ActivationStore]:
+    """Record every ``(condition, queries, directory)`` job at every read position (resuming finished stores), the
+    conditions' personas read from ``library`` (default: the built-in personas).
 
     Under ``torchrun`` the stores are the units of work: rank r records stores ``i % N == r``, each in full, so
     every store is the one a single process writes. Returns ``(condition slug, position) -> store`` on every rank.
@@ -66,8 +68,8 @@ def record_conditions(model, tokenizer, jobs: Sequence[tuple[Condition, Sequence
     with group.together():
         for condition, job_queries, directory, position in tqdm(
                 group.share(units), desc="recording", unit="store", disable=not progress or not group.is_main):
-            prompts = [render(tokenizer, q.item.prompt, condition, item_id=q.item.id, item_category=q.item.category)
-                       for q in job_queries]
+            prompts = [render(tokenizer, q.item.prompt, condition, personas=library, item_id=q.item.id,
+                              item_category=q.item.category) for q in job_queries]
             record_activations(
                 model, tokenizer, prompts, _store_directory(directory, condition, position), hooks=hooks, positions=position,
                 batch_size=batch_size, progress=False,
@@ -155,6 +157,7 @@ def run_probe_study(
     layers: Sequence[int] | None = None,
     kinds: Sequence[str] = PROBE_KINDS,
     personas: Sequence[str] | None = None,
+    library: Mapping[str, Persona] | None = None,
     persona_lengths: Sequence[str] = LENGTHS,
     persona_queries: int = 24,
     seed: int = 0,
@@ -173,7 +176,8 @@ def run_probe_study(
         extra: user .jsonl/.csv files of more intent-labelled queries (their ``category`` is the intent).
         layers: blocks to read (default: every block); the token embeddings are always added as layer -1.
         kinds: probe kinds to fit: any of ``logistic``, ``diff-means``, ``lda``.
-        personas: built-in persona names for the persona directions (default: all twelve).
+        personas: names in ``library`` of the personas whose directions are found (default: every persona in it).
+        library: the persona library (default: the built-in twelve; ``persona_library`` adds a user's file).
         persona_lengths: persona text lengths to record (default: ``min``, ``short``, ``long``).
         persona_queries: about how many of the intent queries, the same number per intent, to record under
             each persona and length.
@@ -195,14 +199,7 @@ def run_probe_study(
     unknown = [kind for kind in kinds if kind not in PROBE_KINDS]
     if unknown:
         raise ToolkitError(f"unknown probe {unknown[0]!r}: use any of {', '.join(PROBE_KINDS)}")
-    library = builtin_personas()
-    personas = list(library) if personas is None else list(personas)
-    for name in personas:
-        if name not in library:
-            raise ToolkitError(f"unknown persona {name!r}: see `prism personas`")
-    for length in persona_lengths:
-        if length not in LENGTHS:
-            raise ToolkitError(f"unknown persona length {length!r}: use any of {', '.join(LENGTHS)}")
+    conditions = persona_conditions(personas, persona_lengths, library)
     queries = intent_queries(per_intent, extra=extra, seed=seed)
     model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     hooks = [EMBEDDING_HOOK] + residual_hooks(model, layers)  # token embeddings: the lexical baseline
@@ -210,17 +207,46 @@ def run_probe_study(
 
     chosen = _spread_queries(queries, persona_queries)
     persona_set = [queries[i] for i in chosen]
-    conditions = [Condition(name, length, "system") for name in personas for length in persona_lengths]
     log.info(f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona, and {len(persona_set)} "
-             f"of them under {len(personas)} personas x {len(persona_lengths)} lengths")
+             f"of them under {len(conditions)} persona conditions")
     group = world()
     stores = record_conditions(
         model, tokenizer, [(Condition("none"), queries, out / "activations")]
         + [(condition, persona_set, out / "activations" / "personas") for condition in conditions],
-        hooks, batch_size, progress, group)
+        hooks, batch_size, progress, group, library)
     # the rest is cheap next to recording: rank 0 analyses, the others receive its summary
     summary = group.on_main(lambda: _analyse(out, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress))
     return ProbeSummary.from_record(out, summary)
+
+
+def persona_conditions(personas: Sequence[str] | None, lengths: Sequence[str],
+                       library: Mapping[str, Persona] | None = None) -> list[Condition]:
+    """The persona conditions of the persona directions: each persona at each length, in the system prompt.
+
+    Args:
+        personas: names in ``library`` (None: every persona in it).
+        lengths: persona text lengths (``min``, ``short``, ``long``).
+        library: the persona library (default: the built-in personas).
+
+    Returns:
+        the conditions, persona by persona.
+
+    Raises:
+        ToolkitError: a persona not in ``library``, an unknown length, or a persona without a text at a length.
+    """
+    library = builtin_personas() if library is None else library
+    names = list(library) if personas is None else list(personas)
+    for name in names:
+        if name not in library:
+            raise ToolkitError(f"unknown persona {name!r}: see `prism personas` (add your own with --personas-file)")
+    for length in lengths:
+        if length not in LENGTHS:
+            raise ToolkitError(f"unknown persona length {length!r}: use any of {', '.join(LENGTHS)}")
+    for name, length in ((name, length) for name in names for length in lengths):
+        if length not in library[name].texts:  # a user's persona may have fewer lengths
+            raise ToolkitError(f"persona {name!r} has no {length!r} text (it has: {', '.join(library[name].texts)}): "
+                               "give the lengths every chosen persona has (--persona-lengths)")
+    return [Condition(name, length, "system") for name in names for length in lengths]
 
 
 def _analyse(out: Path, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress) -> dict:

@@ -22,7 +22,7 @@ from interventions.measure.tasks import TASKS, Task
 from probes.core.errors import ToolkitError
 from probes.core.formats import DEFAULT_FORMAT, get_format
 from probes.core.items import Item
-from probes.core.personas import LENGTHS, Persona, builtin_personas
+from probes.core.personas import LENGTHS, Persona, builtin_personas, user_personas
 from probes.core.prompts import EXPERT_PERSONA, NO_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition, matched_persona
 
 __all__ = ["BASELINE", "BUDGETS", "Budget", "FORMAT_CONTROL", "GRIDS", "TEMPLATE_BASELINE", "applies", "conditions",
@@ -115,7 +115,7 @@ def conditions(task: Task, grid: str, personas: Mapping[str, Persona] | None = N
 
 def user_conditions(personas: Mapping[str, Persona]) -> list[Condition]:
     """A condition per length of each persona a user added to the library (not built in), in the system prompt."""
-    return [Condition(name, length) for name, persona in personas.items() if persona.source != "builtin"
+    return [Condition(name, length) for name, persona in user_personas(personas).items()
             for length in LENGTHS if length in persona.texts]
 
 

@@ -30,7 +30,7 @@ from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import Item
 from probes.core.models import load_model
 from probes.core.parallel import World, world
-from probes.core.personas import Persona
+from probes.core.personas import Persona, user_personas
 from probes.core.prompts import Condition, RenderedPrompt, encode, render_conversation
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def run_study(
         "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items),
         "max_new_tokens": dict(plan.max_new_tokens), "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge.model}@{judge.url}" if isinstance(judge, EndpointJudge) else "self",
-        "user_personas": {name: persona.source for name, persona in (personas or {}).items() if persona.source != "builtin"},
+        "user_personas": {name: persona.source for name, persona in user_personas(personas or {}).items()},
     }
     judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, **judge_options)
     _check_same_model(out, settings["model"])

@@ -48,7 +48,7 @@ def run_intervene(args: argparse.Namespace) -> Summary | None:
     if args.refusal_items < 0:
         raise ToolkitError(f"--refusal-items must be 0 or more, got {args.refusal_items}")
     summary = run_interventions(
-        args.out, model_name=args.model, persona=args.condition, n_items=args.n, layers=layers,
+        args.out, model_name=args.model, persona=args.condition, personas=args.library, n_items=args.n, layers=layers,
         steer_layer=args.steer_layer, refusal_items=args.refusal_items, seed=args.seed, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress,
     )

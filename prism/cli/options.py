@@ -5,7 +5,9 @@
 default and wording. The persona options (``--persona``, ``--length``, ``--placement``,
 ``--base-system``, ``--personas-file``) come from ``add_persona_options``, which records on the
 parser which special personas the command accepts; ``resolve_persona`` checks them once, after
-parsing and before the command runs, so a bad persona fails before any model loads. ``--wandb``
+parsing and before the command runs, so a bad persona fails before any model loads. Commands that
+take a list of personas (``probe``, ``bootstrap``) declare ``--personas`` and ``--personas-file``
+with ``add_persona_names``; ``--personas-file`` is declared once, in ``add_personas_file``. ``--wandb``
 (``add_wandb``) is declared once for the commands whose results it logs (``prism.cli.tracking``);
 ``--quiet`` and ``--verbose`` belong to every command and are declared in ``prism.cli.logs``.
 """
@@ -159,11 +161,26 @@ def add_personas_file(parser, more: str = "") -> None:
                         help=f"JSON file of extra personas (same schema as the built-in library){more}")
 
 
+def add_persona_names(parser: argparse.ArgumentParser, what: str, more: str = "") -> None:
+    """``--personas`` (comma-separated names of the personas ``what`` is about) and ``--personas-file``, whose personas
+    they may name (``more`` ends its help). Before the command runs, the file is read into ``args.library`` (built-in
+    personas plus the file's), so a bad file fails before any model loads; the command checks the names."""
+    parser.add_argument("--personas", help=f"comma-separated personas {what} (default: every persona in the library: "
+                                           "the 12 built-in ones and those of --personas-file)")
+    add_personas_file(parser, more)
+    add_check(parser, read_library)
+
+
+def read_library(args: argparse.Namespace) -> None:
+    """Set ``args.library``: the built-in personas plus those of ``--personas-file`` (one line if the file is bad)."""
+    args.library = persona_library(args.personas_file)
+
+
 @dataclass(frozen=True)
 class PersonaOptions:
     """Which persona options a command offers: its default persona, the special personas it
     accepts besides library names, its default length, and whether it offers ``--base-system``
-    and ``--personas-file``."""
+    (``--personas-file`` comes with every persona condition)."""
 
     default: str = NO_PERSONA
     specials: tuple[str, ...] = (NO_PERSONA, EXPERT_PERSONA, RANDOM_PERSONA)
@@ -183,7 +200,7 @@ def add_persona_options(parser: argparse.ArgumentParser, options: PersonaOptions
     if options.base_system:
         group.add_argument("--base-system", default="empty", choices=BASE_SYSTEMS,
                            help="system slot when it holds no persona: an explicit empty message (default) or the template's own default")
-        add_personas_file(group)
+    add_personas_file(group, "; --persona may name them")
     # the shell runs a parser's ``checks`` after parsing, before the command (so before any model loads)
     parser.set_defaults(persona_options=options)
     add_check(parser, resolve_persona)
@@ -201,15 +218,14 @@ def resolve_persona(args: argparse.Namespace) -> None:
     options = getattr(args, "persona_options", None)
     if options is None:
         return
-    library = persona_library(getattr(args, "personas_file", None))
+    read_library(args)
     if args.persona in SPECIAL_PERSONAS:
         if args.persona not in options.specials:
             allowed = " or ".join(repr(name) for name in options.specials)
             raise ToolkitError(f"--persona {args.persona} does not apply here: give a persona name or {allowed} "
                                "(see `prism personas`)")
     else:
-        get_persona(args.persona, library)
-    args.library = library
+        get_persona(args.persona, args.library)
     args.condition = Condition(args.persona, args.length, args.placement, getattr(args, "base_system", "empty"))
 
 

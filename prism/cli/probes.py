@@ -11,6 +11,7 @@ from prism.cli.options import (
     add_items,
     add_model,
     add_out,
+    add_persona_names,
     add_persona_options,
     add_seed,
     add_wandb,
@@ -73,7 +74,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a .jsonl/.csv of further queries whose category is their intent label (repeatable)")
     parser.add_argument("--layers", help="comma-separated block indices (default: every block)")
     parser.add_argument("--probes", default="logistic,diff-means,lda", help="probe kinds (default: logistic,diff-means,lda)")
-    parser.add_argument("--personas", help="comma-separated personas for persona directions (default: all 12)")
+    add_persona_names(parser, "for persona directions", "; --personas may name them")
     parser.add_argument("--persona-lengths", default="min,short,long", help="persona lengths (default: min,short,long)")
     parser.add_argument("--persona-queries", type=int, default=24, help="queries recorded under every persona (default: 24)")
     add_seed(parser, "split and sampling seed")
@@ -87,8 +88,8 @@ def run_probe(args: argparse.Namespace) -> Summary | None:
     layers = layer_list(args.layers)
     summary = run_probe_study(
         args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
-        kinds=csv_list(args.probes), personas=csv_list(args.personas), persona_lengths=csv_list(args.persona_lengths),
-        persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
+        kinds=csv_list(args.probes), personas=csv_list(args.personas), library=args.library,
+        persona_lengths=csv_list(args.persona_lengths), persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
         progress=args.progress,
     )
     return summary

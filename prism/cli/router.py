@@ -15,6 +15,7 @@ from prism.cli.options import (
     add_batch_size,
     add_judge_options,
     add_model,
+    add_persona_names,
     add_precision,
     add_prism_dir,
     add_seed,
@@ -35,7 +36,9 @@ def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     add_prism_dir(parser)
     add_model(parser)
     parser.add_argument("--queries-per-persona", type=int, default=8, help="queries kept per persona (default: 8)")
-    parser.add_argument("--personas", help="comma-separated personas (default: all 12)")
+    add_persona_names(parser, "whose queries the model writes",
+                      "; --personas may name them, and the working directory keeps them for train, route and "
+                      "compare (without the file: the directory's own)")
     parser.add_argument("--answer-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     add_seed(parser)
     add_batch_size(parser)
@@ -47,7 +50,7 @@ def run_bootstrap(args: argparse.Namespace) -> Summary | None:
     config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
                              seed=args.seed, batch_size=args.batch_size)
     summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas),
-                                 device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress)
+                                 library=args.library if args.personas_file else None, device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress)
     return summary
 
 
@@ -118,7 +121,9 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="+", help="prompts to answer")
     parser.add_argument("--via", default="adapter", choices=pipeline.VIA,
                         help="what the persona path is: the gated adapter (default), the steering vector, or a persona prompt")
-    parser.add_argument("--persona", default="helpful", help="persona of the prompt path with --via prompt (default: helpful)")
+    parser.add_argument("--persona", default="helpful",
+                        help="persona of the prompt path with --via prompt: a built-in one or one of the --personas-file "
+                             "the directory was bootstrapped with (default: helpful)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default: 64)")
 
 

@@ -43,6 +43,10 @@ class Persona:
             )
         return self.texts[length]
 
+    def to_dict(self) -> dict:
+        """The persona as an entry of a persona file (the schema ``load_personas`` reads)."""
+        return {"name": self.name, **self.texts, "category": self.category, "kind": self.kind}
+
 
 def builtin_personas() -> dict[str, Persona]:
     """The twelve personas written for this toolkit (8 MT-Bench domains + 4 behavioural)."""
@@ -52,7 +56,7 @@ def builtin_personas() -> dict[str, Persona]:
 @lru_cache(maxsize=1)
 def _builtin_library() -> dict[str, Persona]:
     text = files("probes.core").joinpath(BUILTIN_FILE).read_text(encoding="utf-8")
-    return _parse(json.loads(text), origin="builtin")
+    return parse_personas(json.loads(text), origin="builtin")
 
 
 def load_personas(path: str | Path) -> dict[str, Persona]:
@@ -70,7 +74,7 @@ def load_personas(path: str | Path) -> dict[str, Persona]:
         raise ToolkitError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from error
     except UnicodeDecodeError as error:
         raise ToolkitError(f"{path}: not UTF-8 text (byte {error.start}): save the file as UTF-8") from None
-    return _parse(payload, origin=str(path))
+    return parse_personas(payload, origin=str(path))
 
 
 def persona_library(extra_file: str | Path | None = None) -> dict[str, Persona]:
@@ -90,6 +94,11 @@ def persona_library(extra_file: str | Path | None = None) -> dict[str, Persona]:
     if extra_file is not None:
         library.update(load_personas(extra_file))
     return library
+
+
+def user_personas(library: Mapping[str, Persona]) -> dict[str, Persona]:
+    """The personas of ``library`` that a user added (read from a file, not built in), by name."""
+    return {name: persona for name, persona in library.items() if persona.source != "builtin"}
 
 
 def get_persona(name: str, library: Mapping[str, Persona] | None = None) -> Persona:
@@ -120,7 +129,19 @@ def _category(value: object, where: str) -> str | None:
     return value
 
 
-def _parse(payload: object, origin: str) -> dict[str, Persona]:
+def parse_personas(payload: object, origin: str) -> dict[str, Persona]:
+    """Personas from a persona file's parsed JSON (the schema of ``load_personas``).
+
+    Args:
+        payload: the parsed JSON: ``{"personas": [...]}``.
+        origin: where it was read from; each persona's ``source`` and every error message name it.
+
+    Returns:
+        persona name -> ``Persona``, in the file's order.
+
+    Raises:
+        ToolkitError: the schema is broken (no name, no text, a reserved, repeated or unusable name, ...).
+    """
     entries = payload.get("personas") if isinstance(payload, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ToolkitError(f"{origin}: expected an object with a non-empty 'personas' list")

@@ -1,16 +1,20 @@
 """Interventions on tiny random models: steering, ablation, patching, logit lens."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+import probes.core.rendering
 from interventions.causal import GROUPS, margins, paired_items, patching_sweep, persona_attention
 from interventions.hooks import AblateDirection, AddDirection, PatchActivations
 from interventions.intervene import run_interventions
+from prism.cli import main
 from probes.core.batching import right_pad
 from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
-from probes.core.prompts import Condition
+from probes.core.prompts import Condition, render
 from probes.core.stats import bootstrap_correlation
 from probes.passes import HookDidNotFire
 from probes.readouts import capture_residuals, logits_at, residual_norms
@@ -130,8 +134,6 @@ def test_logits_at_fires_the_bridges_hooks(batch):  # across architectures: test
 
 
 def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_path):
-    import json
-
     out = tmp_path / "intervene"
     summary = run_interventions(out, model_name=tiny_llama_directory, n_items=8, layers=[0, 2], multiples=(0.0, 1.0),
                                 refusal_items=4, refusal_multiples=(1.0,), progress=False)
@@ -222,3 +224,22 @@ def test_left_padded_margins_equal_right_padded_and_reach_the_answer_position(pa
     for row, p in enumerate(items):  # each row alone, steered at its own last token
         with AddDirection(model, direction, scale=5.0, layers=[2], positions=[-1]):
             assert np.isclose(margins(model, tokenizer, [p.source], [p])[0], steered[row], atol=1e-4)
+
+
+def test_intervene_takes_a_users_persona_from_a_personas_file(tiny_llama_directory, tmp_path, monkeypatch):
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"personas": [{"name": "pirate", "long": "Arr, you are a pirate captain of the seven seas."}]}))
+    rendered = []
+
+    def spy(*args, **kwargs):
+        prompt = render(*args, **kwargs)
+        rendered.append(prompt.text)
+        return prompt
+
+    monkeypatch.setattr(probes.core.rendering, "render", spy)  # every item the command renders
+    out = tmp_path / "intervene"
+    assert main(["intervene", "--model", tiny_llama_directory, "--persona", "pirate", "--personas-file", str(mine), "-n", "8",
+                 "--layers", "0", "--refusal-items", "2", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["persona"].startswith("pirate")
+    with_persona = [text for text in rendered if "pirate captain of the seven seas" in text]
+    assert with_persona and len(with_persona) == len(rendered) // 2  # the capital items and refusal requests, with and without

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import prism.bootstrap
+import prism.pairs
+import probes.core.rendering
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
 from interventions.study.ledger import Ledger
@@ -17,11 +19,12 @@ from prism.compare import DATASETS, KNOWLEDGE, CompareBudget
 from prism.distill import DistillConfig, distill, distillation_loss
 from prism.gate import Gate, fit_gate, gate_features, template_tokens
 from prism.routing import Routed, route_probabilities
-from prism.samples import Sample, summarise
+from prism.samples import Sample, load_samples, summarise
 from prism.train import labelled_prompts
 from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors
 from probes.core.models import load_model
+from probes.core.personas import builtin_personas, persona_library
 from probes.core.prompts import Condition, encode, render
 from probes.splits import Split
 
@@ -307,3 +310,43 @@ def test_a_resumed_bootstrap_samples_each_lost_chunk_with_the_seed_and_prompts_i
     data = (tmp_path / "cut.jsonl").read_bytes()
     (tmp_path / "cut.jsonl").write_bytes(data[: data.index(b'"text"', len(data) // 3)])  # killed mid-record
     assert run(tmp_path / "cut.jsonl") == whole and len(Ledger(tmp_path / "cut.jsonl")) == len(keys)
+
+
+PIRATE = "Arr, you are a pirate captain of the seven seas."
+MONITOR = "You are my own safety monitor, who declines what could hurt."
+
+
+def test_a_users_personas_are_bootstrapped_and_the_directory_keeps_them_for_train_and_compare(tiny_llama_directory, tmp_path,
+                                                                                                monkeypatch):
+    mine = tmp_path / "mine.json"  # a new persona, and the user's own text for one the comparison's expert prompt uses
+    mine.write_text(json.dumps({"personas": [{"name": "pirate", "min": PIRATE}, {"name": "safety-monitor", "min": MONITOR}]}))
+    out = tmp_path / "prism"
+    config = BootstrapConfig(queries_per_persona=2, query_tokens=12, answer_tokens=8)
+    pipeline.bootstrap(out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "pirate"],
+                       library=persona_library(mine), progress=False)
+    samples = load_samples(out)
+    assert {sample.persona for sample in samples} == {"math", "writing", "pirate"}
+    rendered = []  # every prompt rendered from now on: none is given the personas file again
+
+    def spy(*args, **kwargs):
+        prompt = render(*args, **kwargs)
+        rendered.append(prompt.text)
+        return prompt
+
+    for module in (prism.pairs, probes.core.rendering):
+        monkeypatch.setattr(module, "render", spy)
+    budget = CompareBudget(capitals=2, harmbench=2, mtbench=2, refusal_tokens=2, answer_tokens=2, continents=2, currencies=2,
+                           city_countries=2)
+    pipeline.train(out, labels="intents", per_intent=12, compare_budget=budget, max_block=1,
+                   distill_config=DistillConfig(epochs=1), progress=False)
+    assert any(PIRATE in text for text in rendered)  # the teacher's prompt of the pirate's samples
+    rendered.clear()
+    pipeline.compare(out, budget=budget, systems=["expert prompt"], progress=False)
+    assert any(MONITOR in text for text in rendered)  # HarmBench's expert prompt: the user's safety monitor
+    assert not any(builtin_personas()["safety-monitor"].text("min") in text for text in rendered)
+    assert len(pipeline.route(out, ["Tell me about ships."], via="prompt", persona="pirate", max_new_tokens=2)) == 1
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("a model loaded before the personas were checked"))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"personas": [{"name": "pirate", "min": "You are a quiet pirate."}]}))
+    with pytest.raises(ToolkitError, match="bootstrapped with user personas safety-monitor, pirate .* not user personas pirate"):
+        pipeline.bootstrap(out, library=persona_library(other), progress=False)

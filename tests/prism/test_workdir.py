@@ -10,6 +10,7 @@ from interventions.measure.tasks import TASKS
 from prism.compare import DATASETS, evaluation_items, resolve_budget
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
+from probes.core.personas import builtin_personas, persona_library, user_personas
 
 
 def test_the_directory_knows_its_layout(tmp_path):
@@ -75,3 +76,37 @@ def test_a_damaged_prism_json_fails_in_one_line(tmp_path, content):
     with pytest.raises(ToolkitError, match="prism.json is damaged") as caught:
         work.model_name("tiny", create=True)
     assert "\n" not in str(caught.value)
+
+
+def test_the_directory_keeps_the_users_personas_and_refuses_others(tmp_path):
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr, you are a pirate captain.", "category": "Ships"},
+                                             {"name": "humanities", "min": "You are my own humanist."}]}))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"personas": [{"name": "pirate", "min": "You are a quiet pirate."}]}))
+    work = PrismDirectory(tmp_path / "p")
+    assert work.persona_library() == builtin_personas()  # not bootstrapped yet: the built-in personas
+    assert work.persona_library(persona_library(mine))["pirate"].text("min") == "Arr, you are a pirate captain."
+    work.record_model("tiny", persona_library(mine))
+    stored = json.loads(work.manifest.read_text())["personas"]
+    assert {entry["name"] for entry in stored} == {"pirate", "humanities"}
+    library = PrismDirectory(tmp_path / "p").persona_library()  # read back without the file
+    assert user_personas(library) == user_personas(persona_library(mine))
+    assert library["humanities"].text("min") == "You are my own humanist." and library["math"] == builtin_personas()["math"]
+    assert work.persona_library(persona_library(mine)) == library  # the same file again is accepted
+    for requested, message in ((other, r"user personas humanities, pirate \(from .*prism.json\), not user personas pirate "
+                                       r"\(from .*other.json\): use another --out"),
+                               (None, "not the built-in personas only")):
+        with pytest.raises(ToolkitError, match=message) as caught:
+            work.persona_library(persona_library(requested))
+        assert "\n" not in str(caught.value)
+
+
+def test_a_directory_without_user_personas_records_none_and_refuses_a_file(tmp_path):
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr."}]}))
+    work = PrismDirectory(tmp_path / "p")
+    work.record_model("tiny", persona_library())
+    assert "personas" not in json.loads(work.manifest.read_text()) and work.persona_library() == builtin_personas()
+    with pytest.raises(ToolkitError, match=r"bootstrapped with the built-in personas only, not user personas pirate"):
+        work.persona_library(persona_library(mine))

@@ -1,5 +1,7 @@
 """Linear probes, splits, controls, persona directions and saved artefacts."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,8 @@ import torch
 from prism.cli import main
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, save_tensors
+from probes.core.personas import persona_library
+from probes.core.prompts import Condition
 from probes.core.stats import bootstrap_auc
 from probes.directions import cosine_estimate, norm_estimate, persona_differences, shared_structure
 from probes.intents import intent_queries
@@ -20,6 +24,7 @@ from probes.linear import (
     shuffled_label_control,
 )
 from probes.splits import balance, held_out_split, in_distribution_split
+from probes.store import ActivationStore
 from probes.study import run_probe_study
 
 
@@ -129,9 +134,13 @@ def test_persona_direction_statistics():
 
 def test_probe_study_end_to_end_on_a_tiny_model(tiny_llama_directory, tmp_path):
     out = tmp_path / "probe"
-    summary = run_probe_study(out, model_name=tiny_llama_directory, per_intent=24, personas=["math", "writing"],
-                              persona_lengths=["min", "long"], persona_queries=6, kinds=["logistic", "diff-means"],
-                              progress=False)
+    mine = tmp_path / "mine.json"  # a user's persona, named next to a built-in one
+    mine.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr, you are a pirate captain.",
+                                              "long": "Arr, you are a pirate captain who has sailed every sea."}]}))
+    library = persona_library(mine)
+    summary = run_probe_study(out, model_name=tiny_llama_directory, per_intent=24, personas=["math", "pirate"],
+                              library=library, persona_lengths=["min", "long"], persona_queries=6,
+                              kinds=["logistic", "diff-means"], progress=False)
     assert set(summary.earliest) == {f"{t}/{p}" for t in ("intent", "knowledge-vs-generation", "harmful-vs-benign")
                                         for p in ("last", "mean")}
     tensors, meta = load_tensors(out / "directions" / "intent_knowledge-vs-generation_mean.safetensors")
@@ -139,13 +148,15 @@ def test_probe_study_end_to_end_on_a_tiny_model(tiny_llama_directory, tmp_path):
     assert meta["layers"] == [-1, 0, 1, 2] and meta["positions"] == "mean" and meta["data"] == summary.data
     assert len(meta["held_out_auc"]) == 4 and meta["model"]
     persona, meta = load_tensors(out / "directions" / "persona_last.safetensors")
-    assert set(persona) == {"math/min", "math/long", "writing/min", "writing/long"}
+    assert set(persona) == {"math/min", "math/long", "pirate/min", "pirate/long"}
+    recorded = ActivationStore(out / "activations" / "personas" / f"{Condition('pirate', 'long').slug}-last")
+    assert all("pirate captain who has sailed every sea" in prompt["text"] for prompt in recorded.prompts)
     report = (out / "report.md").read_text()
     assert "Where intent becomes decodable" in report and "One direction or many?" in report
     for name in ("probe_intent_last.png", "projection_intents.png", "pca_early_late.png", "cosine_personas.png"):
         assert (out / "figures" / name).stat().st_size > 1000
     first = (out / "directions" / "persona_last.safetensors").read_bytes()
-    run_probe_study(out, model_name=tiny_llama_directory, per_intent=24, personas=["math", "writing"],
+    run_probe_study(out, model_name=tiny_llama_directory, per_intent=24, personas=["math", "pirate"], library=library,
                     persona_lengths=["min", "long"], persona_queries=6, kinds=["logistic", "diff-means"], progress=False)
     assert (out / "directions" / "persona_last.safetensors").read_bytes() == first  # resumed, same result
 

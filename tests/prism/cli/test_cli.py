@@ -8,7 +8,9 @@ import pytest
 import interventions.intervene
 import interventions.study.runner
 import prism.cli.demo
+import prism.cli.interventions
 import prism.cli.options
+import prism.cli.probes
 import prism.pipeline
 import probes.core.models
 import probes.study
@@ -17,9 +19,13 @@ from interventions.summary import InterventionSummary, Patch
 from prism.cli import COMMANDS, build_parser, load_command, main, run_demo
 from prism.compare import format_table
 from prism.summary import BootstrapSummary, CompareSummary, TrainSummary, WinRate
+from probes.core.errors import ToolkitError
 from probes.core.locking import LOCK_NAME, directory_lock
+from probes.core.personas import persona_library
+from probes.core.prompts import Condition
 from probes.core.stats import Estimate
 from probes.store import ActivationStore
+from probes.study import persona_conditions
 from probes.summary import EarliestLayer, ProbeSummary
 from tests.directory_holder import held_elsewhere, snapshot
 
@@ -176,6 +182,12 @@ def no_model_loads(monkeypatch):
         (["record", "--dataset", "mtbench", "--persona", "nosuch", "--out", "{tmp}/s"], "unknown persona 'nosuch'"),
         (["evaluate", "--dataset", "mtbench", "--personas-file", "{tmp}/missing.json"], "missing.json"),
         (["study", "--personas-file", "{tmp}/missing.json", "--out", "{tmp}/s"], "no persona file at"),
+        (["probe", "--personas-file", "{tmp}/missing.json", "--out", "{tmp}/s"], "no persona file at"),
+        (["bootstrap", "--personas-file", "{tmp}/missing.json", "--out", "{tmp}/s"], "no persona file at"),
+        (["intervene", "--personas-file", "{tmp}/missing.json", "--out", "{tmp}/s"], "no persona file at"),
+        (["probe", "--personas", "math,pirate", "--out", "{tmp}/s"], "unknown persona 'pirate'"),
+        (["bootstrap", "--personas", "math,pirate", "--out", "{tmp}/s"], "unknown persona 'pirate'"),
+        (["intervene", "--persona", "pirate", "--out", "{tmp}/s"], "unknown persona 'pirate'"),
     ],
 )
 def test_a_bad_persona_fails_in_one_line_before_any_model_loads(argv, message, tmp_path, no_model_loads, capsys):
@@ -184,6 +196,44 @@ def test_a_bad_persona_fails_in_one_line_before_any_model_loads(argv, message, t
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 1 and errors[0].startswith(f"prism {argv[0]}: error: ") and message in errors[0]
     assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture()
+def pirate_file(tmp_path):
+    """A user's persona library: a pirate at two lengths."""
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr, you are a pirate captain.",
+                                              "long": "Arr, you are a pirate captain who has sailed every sea."}]}))
+    return path
+
+
+def test_probe_bootstrap_and_intervene_take_a_users_personas_from_a_file(pirate_file, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(prism.cli.probes, "run_probe_study", lambda out, **k: seen.update(probe=k))
+    monkeypatch.setattr(prism.pipeline, "bootstrap", lambda out, **k: seen.update(bootstrap=k))
+    monkeypatch.setattr(prism.cli.interventions, "run_interventions", lambda out, **k: seen.update(intervene=k))
+    file = ["--personas-file", str(pirate_file), "--out", str(tmp_path / "out")]
+    assert main(["probe", "--personas", "math,pirate", "--persona-lengths", "min,long", *file]) == 0
+    probe = seen.pop("probe")
+    assert persona_conditions(probe["personas"], probe["persona_lengths"], probe["library"]) == [
+        Condition(name, length, "system") for name in ("math", "pirate") for length in ("min", "long")]
+    assert main(["bootstrap", "--personas", "pirate", *file]) == 0
+    bootstrap = seen.pop("bootstrap")
+    assert bootstrap["personas"] == ["pirate"] and bootstrap["library"]["pirate"].text("min") == "Arr, you are a pirate captain."
+    assert main(["bootstrap", "--out", str(tmp_path / "out")]) == 0
+    assert seen.pop("bootstrap")["library"] is None  # no file: the directory's own personas
+    assert main(["intervene", "--persona", "pirate", *file]) == 0
+    intervene = seen.pop("intervene")
+    assert intervene["persona"] == Condition("pirate", "long") and "pirate" in intervene["personas"]
+
+
+def test_the_probes_persona_conditions_come_from_the_library(pirate_file):
+    library = persona_library(pirate_file)
+    assert len(persona_conditions(None, ["min"], library)) == 13  # the twelve built-in personas and the pirate
+    with pytest.raises(ToolkitError, match="unknown persona 'pirate'"):
+        persona_conditions(["pirate"], ["min"])  # not built in
+    with pytest.raises(ToolkitError, match=r"persona 'pirate' has no 'short' text \(it has: min, long\).*--persona-lengths"):
+        persona_conditions(["math", "pirate"], ["min", "short"], library)
 
 
 # --- typed summaries: what the commands and the demo print ----------------------------------

@@ -10,7 +10,7 @@ from peft import get_peft_model_state_dict
 from torch.testing import assert_close
 
 from prism.adapters import active_adapter, attach_adapter
-from prism.distill import DistillConfig, _checkpointing, _kl, _teacher_targets, distill
+from prism.distill import DistillConfig, _checkpointing, _kl, _teacher_targets, _with_rest, distill
 from prism.fidelity import adapter_fidelity
 from prism.pairs import answer_logits, distillation_pair, retain_pair
 from prism.persona_path import held_out_samples
@@ -154,6 +154,23 @@ def test_the_other_persona_control_is_the_share_the_other_personas_prompt_reprod
     assert measured.to_dict()["other_persona_fidelity"] == pytest.approx(expected, rel=1e-4)
     alone = adapter_fidelity(model, tokenizer, [s for s in SAMPLES if s.persona == "math"], "fresh")
     assert alone.other_persona is None and "other_persona_fidelity" not in alone.to_dict()
+
+
+def test_the_top_k_and_the_rest_of_the_vocabulary_make_a_distribution_whose_kl_bounds_the_full_one():
+    generator = torch.Generator().manual_seed(0)
+    teacher = (torch.randn(5, 40, generator=generator) * 2).log_softmax(-1)
+    student = (torch.randn(5, 40, generator=generator) * 2).log_softmax(-1).requires_grad_(True)
+    full = (teacher.exp() * (teacher - student)).sum(-1)
+    for k in (1, 8, 39, 40):
+        indices = teacher.topk(k, dim=-1).indices
+        t, s = _with_rest(teacher, indices), _with_rest(student, indices)
+        assert t.shape == (5, k + 1) and torch.allclose(t.exp().sum(-1), torch.ones(5), atol=1e-5)
+        kl = (t.exp() * (t - s)).sum(-1)
+        assert torch.isfinite(kl).all() and (kl <= full + 1e-5).all()  # merging outcomes never raises a KL
+        if k == 40:  # the whole vocabulary: the full KL, and gradients without NaN
+            assert_close(kl, full)
+            kl.sum().backward()
+            assert torch.isfinite(student.grad).all()
 
 
 RETAIN = ["What is the capital of Peru?", "Which continent is Kenya in?", "How many legs does a spider have?"]

@@ -56,12 +56,7 @@ class ActivationStore:
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise ToolkitError(f"{self.path} is not an activation store (no {MANIFEST}): record one with `prism record`")
-        try:
-            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ToolkitError(f"{manifest_path} is corrupt ({error.msg}): record the store again") from error
-        if self.manifest.get("format") != FORMAT:
-            raise ToolkitError(f"{manifest_path} has format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        self.manifest = _store_manifest(manifest_path, fix="record the store again")
 
     @property
     def hooks(self) -> list[str]:
@@ -191,15 +186,16 @@ def _shard_intact(path: Path, hooks: Sequence[str]) -> bool:
         return False
 
 
-def _store_manifest(path: Path) -> dict:
-    """The manifest at ``path`` when the toolkit wrote it (it carries the store's format marker); else one line."""
+def _store_manifest(path: Path, fix: str = "choose another output directory, or delete it yourself if it is a damaged "
+                                            "store") -> dict:
+    """The manifest at ``path`` when the toolkit wrote it (it carries the store's format marker); else one line ending
+    with ``fix``."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ToolkitError(f"{path} is not an activation store's manifest ({type(error).__name__}): "
-                           "choose another output directory, or delete it yourself if it is a damaged store") from None
+        raise ToolkitError(f"{path} is not an activation store's manifest ({type(error).__name__}): {fix}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ToolkitError(f"{path} was not written by `prism record` (no {FORMAT!r} marker): choose another output directory")
+        raise ToolkitError(f"{path} was not written by `prism record` (no {FORMAT!r} marker): {fix}")
     return manifest
 
 

@@ -212,7 +212,7 @@ def _generate_once(model, tokenizer, prompts, keys, ledger: Ledger, config: Boot
             return [{"key": keys[i], "text": text} for i, text in zip(part, texts) if keys[i] not in ledger]
 
         ledger.fill(chunks, generate_chunk)
-    return [ledger[key]["text"] for key in keys]
+    return [_recorded(ledger, key, "text", str) for key in keys]
 
 
 def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int,
@@ -232,6 +232,15 @@ def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig
         ledger.fill(chunks, score_chunk)
     values = []
     for key in keys:
-        logprobs = ledger[key]["logprobs"]
+        logprobs = _recorded(ledger, key, "logprobs", list)
         values.append(float(logprobs[persona_letter] - logprobs[1 - persona_letter]))
     return values
+
+
+def _recorded(ledger: Ledger, key: str, field: str, kind: type):
+    """The ``field`` of the ledger's record ``key``; one line when a record the toolkit did not write lacks it."""
+    value = ledger[key].get(field)
+    if not isinstance(value, kind) or (kind is list and len(value) != 2):
+        raise ToolkitError(f"{ledger.path}: the record {key!r} has no valid {field!r}, so prism did not write it: "
+                           "delete that line (its work is done again) and rerun")
+    return value

@@ -27,10 +27,7 @@ from probes.core.models import load_model
 from probes.core.personas import builtin_personas, persona_library
 from probes.core.prompts import Condition, encode, render
 from probes.splits import Split
-
-QUERIES = ["What is the capital of France?", "Write a short poem about the sea and the wind.",
-           "Name the largest planet.", "Tell me a story about a brave knight who loses his sword.",
-           "Who wrote Hamlet?", "Compose a limerick about a cat."]
+from tests.gate_queries import QUERIES
 
 
 def _samples(n: int = 6) -> list[Sample]:

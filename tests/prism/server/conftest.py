@@ -28,10 +28,7 @@ from prism.workdir import PrismDirectory
 from probes.core.files import save_tensors
 from probes.core.models import load_model, resolve_model_directory
 from probes.splits import Split
-
-QUERIES = ["What is the capital of France?", "Write a short poem about the sea and the wind.",
-           "Name the largest planet.", "Tell me a story about a brave knight who loses his sword.",
-           "Who wrote Hamlet?", "Compose a limerick about a cat."]
+from tests.gate_queries import QUERIES
 
 
 def _samples(n: int = 4) -> list[Sample]:

@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -212,7 +212,7 @@ def _generate_once(model, tokenizer, prompts, keys, ledger: Ledger, config: Boot
             return [{"key": keys[i], "text": text} for i, text in zip(part, texts) if keys[i] not in ledger]
 
         ledger.fill(chunks, generate_chunk)
-    return [_recorded(ledger, key, "text", str) for key in keys]
+    return [_recorded(ledger, key, "text", lambda text: isinstance(text, str)) for key in keys]
 
 
 def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int,
@@ -232,15 +232,16 @@ def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig
         ledger.fill(chunks, score_chunk)
     values = []
     for key in keys:
-        logprobs = _recorded(ledger, key, "logprobs", list)
+        logprobs = _recorded(ledger, key, "logprobs", lambda pair: isinstance(pair, list) and len(pair) == 2)  # " A", " B"
         values.append(float(logprobs[persona_letter] - logprobs[1 - persona_letter]))
     return values
 
 
-def _recorded(ledger: Ledger, key: str, field: str, kind: type):
-    """The ``field`` of the ledger's record ``key``; one line when a record the toolkit did not write lacks it."""
+def _recorded(ledger: Ledger, key: str, field: str, valid: Callable[[object], bool]):
+    """The ``field`` of the ledger's record ``key``; one line when a record the toolkit did not write lacks a
+    ``valid`` one (the bootstrap's ledger holds records of several shapes, so ``Ledger(fields=...)`` cannot check)."""
     value = ledger[key].get(field)
-    if not isinstance(value, kind) or (kind is list and len(value) != 2):
+    if not valid(value):
         raise ToolkitError(f"{ledger.path}: the record {key!r} has no valid {field!r}, so prism did not write it: "
                            "delete that line (its work is done again) and rerun")
     return value

@@ -26,6 +26,7 @@ from prism.cli.options import (
 from prism.compare import SYSTEMS
 from prism.distill import DistillConfig
 from probes.core.errors import ToolkitError
+from probes.core.personas import LENGTHS
 from probes.core.summary import Summary
 
 FROM_DIRECTORY = "No --model: the model is the one recorded in the PRISM working directory (--out) by `prism bootstrap`."
@@ -81,6 +82,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retain-weight", type=float, default=DistillConfig.retain_weight,
                         help="weight of the term that keeps the adapted model's next-token distributions on the gate's "
                              f"base-path queries close to the base model's (default: {DistillConfig.retain_weight:g}; 0 turns it off)")
+    parser.add_argument("--teacher-length", default=DistillConfig.persona_length, choices=LENGTHS,
+                        help="length of the persona text in the distillation teacher's prompt (and of the steering "
+                             "vector's persona); the long persona carries more of itself to held-out queries on the "
+                             f"embedded model, see the README (default: {DistillConfig.persona_length})")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
     parser.add_argument("--distill-batch-size", type=int, default=DistillConfig.batch_size,
                         help=f"samples per distillation optimiser step (default: {DistillConfig.batch_size})")
@@ -98,20 +103,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> Summary | None:
     """Fit the gate, distil the adapters and fit the baseline routers; print the gate's quality."""
+    return pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block,
+                          layer=args.layer, position=args.position, per_intent=args.per_intent,
+                          per_source=args.per_source, extra=args.extra,
+                          compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
+                          device_map=args.device_map, progress=args.progress, distill_config=distill_config(args))
+
+
+def distill_config(args: argparse.Namespace) -> DistillConfig:
+    """The distillation settings ``prism train``'s options ask for."""
     micro = args.distill_micro_batch_size
     if min(args.rank, args.epochs, args.distill_batch_size) < 1 or (micro is not None and micro < 1):
         raise ToolkitError("--rank, --epochs, --distill-batch-size and --distill-micro-batch-size must be at least 1")
-    summary = pipeline.train(args.out, labels=args.labels, verdict=args.verdict, gate_kind=args.gate, max_block=args.max_block,
-                             layer=args.layer, position=args.position, per_intent=args.per_intent,
-                             per_source=args.per_source, extra=args.extra,
-                             compare_budget=args.budget, seed=args.seed, device=args.device, dtype=args.dtype,
-                             device_map=args.device_map, progress=args.progress,
-                             distill_config=DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs,
-                                                          learning_rate=args.learning_rate, retain_weight=args.retain_weight,
-                                                          batch_size=args.distill_batch_size,
-                                                          micro_batch_size=micro,
-                                                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed))
-    return summary
+    return DistillConfig(rank=args.rank, alpha=2 * args.rank, epochs=args.epochs, learning_rate=args.learning_rate,
+                         retain_weight=args.retain_weight, batch_size=args.distill_batch_size, micro_batch_size=micro,
+                         gradient_checkpointing=args.gradient_checkpointing, persona_length=args.teacher_length,
+                         seed=args.seed)
 
 
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:

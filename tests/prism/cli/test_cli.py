@@ -17,7 +17,9 @@ import probes.study
 from interventions.study.report import StudySummary
 from interventions.summary import InterventionSummary, Patch
 from prism.cli import COMMANDS, build_parser, load_command, main, run_demo
+from prism.cli.router import distill_config
 from prism.compare import format_table
+from prism.distill import DistillConfig
 from prism.summary import BootstrapSummary, CompareSummary, TrainSummary, WinRate
 from probes.core.errors import ToolkitError
 from probes.core.locking import LOCK_NAME, directory_lock
@@ -159,6 +161,19 @@ def test_model_has_one_shape_and_study_repeats_it():
         assert parser.parse_args(argv).model == "default"
     assert parser.parse_args(["study"]).models is None
     assert parser.parse_args(["study", "--model", "a", "--model", "b"]).models == ["a", "b"]
+
+
+def test_train_options_make_the_distillation_settings():
+    parser = build_parser()
+    default = distill_config(parser.parse_args(["train"]))
+    assert default == DistillConfig(seed=default.seed)
+    chosen = distill_config(parser.parse_args(["train", "--teacher-length", "long", "--rank", "8",
+                                               "--epochs", "6", "--retain-weight", "0"]))
+    assert (chosen.persona_length, chosen.rank, chosen.alpha, chosen.epochs, chosen.retain_weight) == ("long", 8, 16, 6, 0)
+    with pytest.raises(ToolkitError, match="at least 1"):
+        distill_config(parser.parse_args(["train", "--epochs", "0"]))
+    with pytest.raises(ToolkitError, match="unknown persona length 'longer'"):
+        DistillConfig(persona_length="longer")
 
 
 @pytest.fixture()

@@ -106,6 +106,7 @@ def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarr
         save_adapter(model, name, work.adapter(name), info["peft_config"], info)
         per_epoch = max(1, info["steps"] // config.epochs)
         report[name] = {"n_samples": info["n_samples"], "steps": info["steps"], "n_held_out": len(held),
+                        "teacher_length": config.persona_length,
                         "first_epoch_loss": float(np.mean(info["losses"][:per_epoch])),
                         "last_epoch_loss": float(np.mean(info["losses"][-per_epoch:])), "fidelity": info["fidelity"]}
     return report

@@ -122,7 +122,8 @@ class TrainSummary(Summary):
             fidelity = adapter.get("fidelity")
             if fidelity:
                 control = self.other_persona_fidelity(name)
-                lines.append(f"adapter {name!r}: fidelity to the persona {self.fidelity(name).format(2, n=True)} on held-out "
+                teacher = f"{adapter['teacher_length']} " if adapter.get("teacher_length") else ""
+                lines.append(f"adapter {name!r}: fidelity to the {teacher}persona {self.fidelity(name).format(2, n=True)} on held-out "
                              f"persona-path samples (persona effect {fidelity['kl_teacher_base']:.3f} nats/token, "
                              f"{fidelity['kl_teacher_student']:.3f} left"
                              + (f"; another persona's prompt: {control.format(2)}" if control else "") + ")")

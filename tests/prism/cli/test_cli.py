@@ -297,6 +297,13 @@ def test_typed_summaries_format_into_the_printed_lines(tmp_path):
         "gate: block 1, last token(s), logistic; AUC on unseen sources 0.90 [0.80, 0.97] (n=30); threshold 0.512 routes 45%",
         "embedding router on the same sources: AUC 0.85 [0.70, 0.95]",
         "self-classify router on the same sources: AUC 0.50 [0.30, 0.70]"]
+    fidelity = {**Estimate(0.53, 0.5, 0.57, 96).columns("fidelity"), "n": 96, "kl_teacher_base": 0.161, "kl_teacher_student": 0.075,
+                **Estimate(0.33, 0.25, 0.4, 96).columns("other_persona_fidelity")}
+    trained = TrainSummary(1, "last", "logistic", 0.5, 0.45, Estimate(0.9, 0.8, 0.97, 30), {},
+                           record={"adapters": {"prism": {"teacher_length": "long", "fidelity": fidelity}}})
+    assert trained.lines()[-1] == ("adapter 'prism': fidelity to the long persona 0.53 [0.50, 0.57] (n=96) on held-out "
+                                   "persona-path samples (persona effect 0.161 nats/token, 0.075 left; another persona's "
+                                   "prompt: 0.33 [0.25, 0.40])")
     compared = made["compare"]
     assert str(compared) == format_table([compared.table[0]])
     assert "| base | 80.0 [75.0, 85.0] | 1.25 [1.00, 1.50] |" in str(compared)

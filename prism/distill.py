@@ -45,7 +45,7 @@ from prism.pairs import DistillationPair, answer_logits, distillation_pair, reta
 from prism.samples import Sample
 from probes.core.batching import length_sorted_batches
 from probes.core.errors import ToolkitError
-from probes.core.personas import LENGTHS, Persona
+from probes.core.personas import Persona, check_length
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,7 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.persona_length not in LENGTHS:
-            raise ToolkitError(f"unknown persona length {self.persona_length!r}: choose one of {', '.join(LENGTHS)}")
+        check_length(self.persona_length)
         if self.retain_weight < 0:
             raise ToolkitError(f"the retain weight must be 0 or more, got {self.retain_weight}")
         if self.batch_size < 1 or (self.micro_batch_size is not None and self.micro_batch_size < 1):

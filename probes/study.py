@@ -31,7 +31,7 @@ from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors, write_record, write_table
 from probes.core.models import load_model
 from probes.core.parallel import World, world
-from probes.core.personas import LENGTHS, Persona, builtin_personas
+from probes.core.personas import LENGTHS, Persona, builtin_personas, check_length
 from probes.core.prompts import Condition, render
 from probes.core.stats import Estimate
 from probes.directions import cosine, norm_estimate, persona_differences, shared_structure
@@ -240,8 +240,7 @@ def persona_conditions(personas: Sequence[str] | None, lengths: Sequence[str],
         if name not in library:
             raise ToolkitError(f"unknown persona {name!r}: see `prism personas` (add your own with --personas-file)")
     for length in lengths:
-        if length not in LENGTHS:
-            raise ToolkitError(f"unknown persona length {length!r}: use any of {', '.join(LENGTHS)}")
+        check_length(length)
     for name, length in ((name, length) for name in names for length in lengths):
         if length not in library[name].texts:  # a user's persona may have fewer lengths
             raise ToolkitError(f"persona {name!r} has no {length!r} text (it has: {', '.join(library[name].texts)}): "

@@ -35,8 +35,7 @@ class Persona:
     source: str = field(default="builtin", compare=False)
 
     def text(self, length: str) -> str:
-        if length not in LENGTHS:
-            raise ToolkitError(f"unknown persona length {length!r}: use one of {', '.join(LENGTHS)}")
+        check_length(length)
         if length not in self.texts:
             raise ToolkitError(
                 f"persona {self.name!r} has no {length!r} text; it has: {', '.join(self.texts)}"
@@ -46,6 +45,12 @@ class Persona:
     def to_dict(self) -> dict:
         """The persona as an entry of a persona file (the schema ``load_personas`` reads)."""
         return {"name": self.name, **self.texts, "category": self.category, "kind": self.kind}
+
+
+def check_length(length: str) -> None:
+    """Refuse, in one line, a persona length that is not one of ``LENGTHS``."""
+    if length not in LENGTHS:
+        raise ToolkitError(f"unknown persona length {length!r}: use one of {', '.join(LENGTHS)}")
 
 
 def builtin_personas() -> dict[str, Persona]:

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from probes.core.errors import ToolkitError
 from probes.core.formats import DEFAULT_FORMAT, get_format
-from probes.core.personas import LENGTHS, Persona, builtin_personas, get_persona
+from probes.core.personas import Persona, builtin_personas, check_length, get_persona
 
 PLACEMENTS = ("system", "user")
 BASE_SYSTEMS = ("empty", "template")
@@ -48,8 +48,7 @@ class Condition:
     base_system: str = "empty"
 
     def __post_init__(self) -> None:
-        if self.length not in LENGTHS:
-            raise ToolkitError(f"unknown persona length {self.length!r}: use one of {', '.join(LENGTHS)}")
+        check_length(self.length)
         if self.placement not in PLACEMENTS:
             raise ToolkitError(f"unknown placement {self.placement!r}: use one of {', '.join(PLACEMENTS)}")
         if self.base_system not in BASE_SYSTEMS:

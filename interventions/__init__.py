@@ -9,10 +9,16 @@ persona-effect study (``interventions.study``) sit beside them.
 
     from interventions import AddDirection, evaluate
 
-    with AddDirection(model, direction, layers=[12], positions=[-1]) as steering:
+    with AddDirection(model, direction, scale=200.0, layers=[12], positions=[-1]) as steering:
         result = evaluate(model, tokenizer, items, Condition("none"), scoring="cloze")
-    print(steering.record())
+    print(steering.record())   # one position changed per item: each item's last prompt token
+
+Positions are positions of each sequence, whatever passes ``evaluate`` makes (a shared persona
+prefix, several batches, left padding, cached generation); ``tests/interventions/test_positions.py``
+runs this example against each item alone.
 """
+
+from typing import TYPE_CHECKING
 
 from probes.core.exports import lazy_exports
 
@@ -28,3 +34,15 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "interventions.study.runner": ("run_study",),
     "probes.readouts": ("capture_residuals", "logit_lens", "logits_at", "residual_norms"),
 })
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
+    from interventions.hooks import AblateDirection, AddDirection, Intervention, PatchActivations
+    from interventions.intervene import run_interventions
+    from interventions.measure.evaluate import evaluate
+    from interventions.measure.generation import generate
+    from interventions.measure.judge import make_judge
+    from interventions.measure.refusal import is_refusal
+    from interventions.measure.scoring import score_choices
+    from interventions.study.report import summarise_study
+    from interventions.study.runner import run_study
+    from probes.readouts import capture_residuals, logit_lens, logits_at, residual_norms

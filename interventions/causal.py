@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,11 @@ from probes.core.prompts import Condition, encode, token_groups
 from probes.core.rendering import render_items
 from probes.core.stats import Estimate, bootstrap_ratio
 from probes.passes import HookDidNotFire
+from probes.positions import prompts as declare_prompts
 from probes.readouts import capture_residuals, final_residuals, logit_lens, logits_at
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 GROUPS = ("query", "after_query", "final")
 
@@ -85,7 +89,7 @@ def paired_items(tokenizer, items: Sequence[Item], persona: Condition, seed: int
 
 
 @torch.inference_mode()
-def margins(model, tokenizer, sequences: Sequence[list[int]], items: Sequence[PairedItem], *,
+def margins(model: TransformerBridge, tokenizer, sequences: Sequence[list[int]], items: Sequence[PairedItem], *,
             left_padded: bool = False) -> np.ndarray:
     """First-token margin of the correct option at the last token of each sequence.
 
@@ -109,7 +113,7 @@ def _batches(n: int, size: int) -> list[range]:
     return [range(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def baseline_margins(model, tokenizer, items: Sequence[PairedItem], batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def baseline_margins(model: TransformerBridge, tokenizer, items: Sequence[PairedItem], batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(margin with the persona, margin without it) per item."""
     with_persona, without = [], []
     for batch in _batches(len(items), batch_size):
@@ -125,7 +129,7 @@ def fraction(numerator: np.ndarray, denominator: np.ndarray, *, n_resamples: int
     return bootstrap_ratio(numerator, denominator, n_resamples=n_resamples, seed=seed)
 
 
-def patching_sweep(model, tokenizer, items: Sequence[PairedItem], layers: Sequence[int], groups: Sequence[str] = GROUPS,
+def patching_sweep(model: TransformerBridge, tokenizer, items: Sequence[PairedItem], layers: Sequence[int], groups: Sequence[str] = GROUPS,
                    batch_size: int = 8, progress: bool = True) -> dict[tuple[int, str], np.ndarray]:
     """Margins of persona runs with no-persona activations patched in, per (layer, group).
 
@@ -151,7 +155,7 @@ class _TargetAfterPrefix:
     copy of the prefix cache as often as needed. Falls back to whole prompts when a sliding
     attention window would not cover the padded sequence."""
 
-    def __init__(self, model, tokenizer, chosen: Sequence[PairedItem]) -> None:
+    def __init__(self, model: TransformerBridge, tokenizer, chosen: Sequence[PairedItem]) -> None:
         self.model, self.tokenizer, self.chosen = model, tokenizer, chosen
         hf = model.original_model
         self.starts = [p.groups["query"][0] for p in chosen]
@@ -175,20 +179,22 @@ class _TargetAfterPrefix:
         self.last = [len(s) - 1 for s in suffixes]
 
     def pairs(self, group: str) -> list[list[tuple[int, int]]]:
-        """(position in what runs, source position) for each row."""
-        return [[(t - start, s) for t, s in p.pairs(group)] for p, start in zip(self.chosen, self.starts)]
+        """(target position, source position) for each row, positions in the sequences: the intervention finds
+        them in whichever pass runs them."""
+        return [list(p.pairs(group)) for p in self.chosen]
 
     @torch.inference_mode()
     def margins(self) -> np.ndarray:
         if not self.cached:
             return margins(self.model, self.tokenizer, [p.target for p in self.chosen], self.chosen)
-        logprobs = logits_at(self.model, self.suffix, self.last, attention_mask=self.mask, position_ids=self.positions,
-                             past_key_values=copy.deepcopy(self.prefix_cache), use_cache=True).log_softmax(-1)
+        with declare_prompts([len(p.target) for p in self.chosen]):  # the suffix pass continues each whole prompt
+            logprobs = logits_at(self.model, self.suffix, self.last, attention_mask=self.mask, position_ids=self.positions,
+                                 past_key_values=copy.deepcopy(self.prefix_cache), use_cache=True).log_softmax(-1)
         return _margins_from(logprobs, self.chosen)
 
 
 @torch.inference_mode()
-def persona_attention(model, tokenizer, items: Sequence[PairedItem], batch_size: int = 8) -> np.ndarray:
+def persona_attention(model: TransformerBridge, tokenizer, items: Sequence[PairedItem], batch_size: int = 8) -> np.ndarray:
     """Attention the final (answer) position pays to the persona's tokens in each block, summed
     over those tokens and averaged over heads (read at ``blocks.{i}.attn.hook_pattern``): [layers, items].
 
@@ -224,7 +230,7 @@ def persona_attention(model, tokenizer, items: Sequence[PairedItem], batch_size:
 
 
 @torch.inference_mode()
-def persona_direction(model, tokenizer, items: Sequence[PairedItem], layer: int, batch_size: int = 8
+def persona_direction(model: TransformerBridge, tokenizer, items: Sequence[PairedItem], layer: int, batch_size: int = 8
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean persona - no-persona residual, mean no-persona residual) after ``layer`` at the
     final token, over items."""
@@ -238,7 +244,7 @@ def persona_direction(model, tokenizer, items: Sequence[PairedItem], layer: int,
     return torch.cat(differences).mean(dim=0), torch.cat(plain).mean(dim=0)
 
 
-def steering_margins(model, tokenizer, items, direction: torch.Tensor, layer: int, scale: float, norms,
+def steering_margins(model: TransformerBridge, tokenizer, items, direction: torch.Tensor, layer: int, scale: float, norms,
                      batch_size: int = 8) -> np.ndarray:
     """Margins of no-persona runs with ``direction`` added after ``layer`` at the answer position."""
     values = []
@@ -249,7 +255,7 @@ def steering_margins(model, tokenizer, items, direction: torch.Tensor, layer: in
     return np.concatenate(values)
 
 
-def ablation_margins(model, tokenizer, items, direction: torch.Tensor, layer: int, baseline: float,
+def ablation_margins(model: TransformerBridge, tokenizer, items, direction: torch.Tensor, layer: int, baseline: float,
                      batch_size: int = 8) -> np.ndarray:
     """Margins of persona runs with the shift along ``direction`` removed after ``layer`` at the
     answer position (its projection set to ``baseline``, the no-persona mean)."""
@@ -261,7 +267,7 @@ def ablation_margins(model, tokenizer, items, direction: torch.Tensor, layer: in
     return np.concatenate(values)
 
 
-def lens_curves(model, tokenizer, items, batch_size: int = 8) -> dict[str, np.ndarray]:
+def lens_curves(model: TransformerBridge, tokenizer, items, batch_size: int = 8) -> dict[str, np.ndarray]:
     """Logit-lens log-probability and rank of the correct first token at every layer,
     with and without the persona: arrays [layers, items]."""
     curves: dict[str, list[torch.Tensor]] = {"persona_logprob": [], "persona_rank": [], "none_logprob": [], "none_rank": []}

@@ -5,14 +5,15 @@
     print(steer.record())   # which hooks fired, how often, how many positions were changed
 
 Each intervention edits the residual stream after chosen blocks (``blocks.{i}.hook_out``) at
-chosen positions, counts what it touched, and raises ``HookDidNotFire`` on exit if one of its
-hooks never ran. Positions:
+chosen positions of each sequence, counts what it touched, and raises ``HookDidNotFire`` on exit if
+one of its hooks never ran. Positions mean positions of each sequence, whatever passes the consumer
+makes (a shared prefix, several batches, left padding, cached generation): each pass's attention
+mask and cache length say where its tokens sit (``probes.positions``).
 
-- ``"all"``: every position of every forward pass;
-- ``"prompt"``: every position of the first forward pass (the prompt; with cached generation the
-  later passes are one generated token each);
-- ``"generated"``: every pass after the first;
-- a list of integer positions (negative counts from the end), applied in the first pass.
+- ``"all"``: every token of every sequence;
+- ``"prompt"``: every prompt token of every sequence;
+- ``"generated"``: every token after each sequence's prompt (generated, or a scored continuation);
+- a list of integer positions of each sequence's prompt (negative counts from the prompt's end).
 
 Every tensor an intervention brings (vectors, masks, sources, indices) goes to the device and dtype
 of the activation it meets, so blocks may sit on different devices (a device map).
@@ -32,6 +33,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from probes.core.errors import ToolkitError
 from probes.passes import HookDidNotFire, residual_hooks, validate_hooks
+from probes.positions import PassLayout, PassTracker
 
 Positions = str | Sequence[int]
 POSITION_MODES = ("all", "prompt", "generated")
@@ -49,8 +51,8 @@ class Intervention:
         positions: ``"all"``, ``"prompt"``, ``"generated"`` or a list of integer positions (see the module docstring).
 
     Raises:
-        ToolkitError: unknown positions, or a layer the model does not have; a listed position outside a
-            sequence is reported during the forward pass.
+        ToolkitError: unknown positions, or a layer the model does not have; during the forward pass, a listed
+            position outside a prompt, or positions a shared prefix cannot honour for every sequence.
         HookDidNotFire: on exit from a block that raised nothing, if one of the hooks never ran.
     """
 
@@ -62,40 +64,25 @@ class Intervention:
         self.hooks = validate_hooks(model, residual_hooks(model, self.layers))
         self.positions = positions
         self._stack: ExitStack | None = None
+        self._tracker = PassTracker(model)
+        self.layout: PassLayout | None = None  # the pass in progress
         self.calls: dict[str, int] = defaultdict(int)
-        self.touched: dict[str, int] = defaultdict(int)
+        self.touched: dict[str, torch.Tensor | int] = defaultdict(int)  # summed on the device, read by record()
 
     def edit(self, activation: torch.Tensor, layer: int, mask: torch.Tensor) -> torch.Tensor:
+        """The edited activation ``[batch, seq, d]``; ``mask [batch, seq]`` marks the positions to edit."""
         raise NotImplementedError
 
-    def positions_changed(self, activation: torch.Tensor, mask: torch.Tensor) -> int:
-        return int(mask.sum()) * activation.shape[0]
-
-    def mask(self, seq_len: int, call: int) -> torch.Tensor:
-        """Which positions of this forward pass to edit."""
-        if self.positions == "all":
-            return torch.ones(seq_len, dtype=torch.bool)
-        if self.positions == "prompt":
-            return torch.full((seq_len,), call == 0, dtype=torch.bool)
-        if self.positions == "generated":
-            return torch.full((seq_len,), call > 0, dtype=torch.bool)
-        chosen = torch.zeros(seq_len, dtype=torch.bool)
-        if call == 0:
-            for position in self.positions:
-                if not -seq_len <= position < seq_len:
-                    raise ToolkitError(f"position {position} is outside a sequence of {seq_len} tokens")
-                chosen[position] = True
-        return chosen
+    def positions_changed(self, mask: torch.Tensor) -> torch.Tensor | int:
+        return mask.sum()
 
     def _hook(self, name: str, layer: int):
         def hook(activation: torch.Tensor, hook) -> torch.Tensor:
-            call = self.calls[name]
             self.calls[name] += 1
-            chosen = self.mask(activation.shape[1], call)  # counted on the host: no wait on the device
-            if not chosen.any():
-                return activation
-            self.touched[name] += self.positions_changed(activation, chosen)
-            return self.edit(activation, layer, chosen.to(activation.device))  # the block's device, under a device map
+            self.layout = self._tracker.layout(activation.shape[0], activation.shape[1])
+            chosen = self.layout.select(self.positions).to(activation.device)  # the block's device, under a device map
+            self.touched[name] = self.touched[name] + self.positions_changed(chosen)
+            return self.edit(activation, layer, chosen)
 
         return hook
 
@@ -103,6 +90,7 @@ class Intervention:
         self.calls.clear()
         self.touched.clear()
         self._stack = ExitStack()
+        self._stack.enter_context(self._tracker)
         hooks = [(name, self._hook(name, layer)) for name, layer in zip(self.hooks, self.layers)]
         self._stack.enter_context(self.model.hooks(fwd_hooks=hooks))
         return self
@@ -121,7 +109,8 @@ class Intervention:
         return {
             "intervention": type(self).__name__,
             "positions": self.positions if isinstance(self.positions, str) else list(self.positions),
-            "hooks": {name: {"calls": self.calls[name], "positions_changed": self.touched[name]} for name in self.hooks},
+            "hooks": {name: {"calls": self.calls[name], "positions_changed": int(self.touched[name])}
+                      for name in self.hooks},
         }
 
 
@@ -162,7 +151,7 @@ class AddDirection(Intervention):
             steered layer without a norm, or what ``Intervention`` refuses.
     """
 
-    def __init__(self, model, directions, *, scale: float, layers: Sequence[int] | None = None,
+    def __init__(self, model: TransformerBridge, directions, *, scale: float, layers: Sequence[int] | None = None,
                  norms: Mapping[int, float] | None = None, positions: Positions = "all") -> None:
         self.directions = {layer: _unit(v) for layer, v in _per_layer(directions, layers, model.cfg.d_model).items()}
         super().__init__(model, sorted(self.directions), positions)
@@ -175,7 +164,7 @@ class AddDirection(Intervention):
     def edit(self, activation, layer, mask):
         size = self.scale * (self.norms[layer] if self.norms is not None else 1.0)
         vector = (size * self.directions[layer]).to(device=activation.device, dtype=activation.dtype)
-        return activation + mask[None, :, None].to(activation.dtype) * vector
+        return activation + mask[..., None].to(activation.dtype) * vector
 
 
 class AblateDirection(Intervention):
@@ -196,7 +185,7 @@ class AblateDirection(Intervention):
             what ``Intervention`` refuses.
     """
 
-    def __init__(self, model, directions, *, layers: Sequence[int] | None = None, positions: Positions = "all",
+    def __init__(self, model: TransformerBridge, directions, *, layers: Sequence[int] | None = None, positions: Positions = "all",
                  baseline: Mapping[int, float] | None = None) -> None:
         self.directions = {layer: _unit(v) for layer, v in _per_layer(directions, layers, model.cfg.d_model).items()}
         super().__init__(model, sorted(self.directions), positions)
@@ -205,26 +194,27 @@ class AblateDirection(Intervention):
     def edit(self, activation, layer, mask):
         unit = self.directions[layer].to(device=activation.device, dtype=activation.dtype)
         excess = (activation @ unit) - self.baseline.get(layer, 0.0)
-        return activation - mask[None, :, None].to(activation.dtype) * excess[..., None] * unit
+        return activation - mask[..., None].to(activation.dtype) * excess[..., None] * unit
 
 
 class PatchActivations(Intervention):
-    """Replace target activations with a source run's, position by position, in the first forward pass only.
+    """Replace target activations with a source run's, position by position, wherever the target positions pass.
 
     Args:
         model: the bridged model.
         source: layer -> source activations ``[batch, source_seq, d]`` (e.g. from ``capture_residuals``), patched
             after that block.
-        pairs: ``pairs[row]`` lists (target position, source position) for each batch row, so sequences of
-            different lengths (a prompt with a persona and one without) line up token by token.
+        pairs: ``pairs[row]`` lists (target position, source position) for each sequence of the batch, positions in
+            the sequences (not columns of a padded pass), so sequences of different lengths (a prompt with a persona
+            and one without) line up token by token.
 
     Raises:
         ToolkitError: a layer the model does not have, or (during the forward pass) a batch whose size is not
             ``len(pairs)``.
     """
 
-    def __init__(self, model, source: Mapping[int, torch.Tensor], pairs: Sequence[Sequence[tuple[int, int]]]) -> None:
-        super().__init__(model, sorted(source), positions="prompt")
+    def __init__(self, model: TransformerBridge, source: Mapping[int, torch.Tensor], pairs: Sequence[Sequence[tuple[int, int]]]) -> None:
+        super().__init__(model, sorted(source), positions="all")
         self.source, self.pairs = source, pairs
 
     def edit(self, activation, layer, mask):
@@ -232,12 +222,22 @@ class PatchActivations(Intervention):
             raise ToolkitError(f"patching {len(self.pairs)} rows into a batch of {activation.shape[0]}")
         patched = activation.clone()
         source = self.source[layer].to(device=activation.device, dtype=activation.dtype)
-        for row, pairs in enumerate(self.pairs):
-            if pairs:
-                target_index = torch.tensor([t for t, _ in pairs], device=activation.device)
-                source_index = torch.tensor([s for _, s in pairs], device=activation.device)
+        for row, (target_index, source_index) in enumerate(self._columns(activation.device)):
+            if target_index.numel():
                 patched[row, target_index] = source[row, source_index]
         return patched
 
-    def positions_changed(self, activation, mask) -> int:
-        return sum(len(pairs) for pairs in self.pairs)
+    def positions_changed(self, mask) -> int:
+        return sum(int(target.numel()) for target, _ in self._columns(mask.device))
+
+    def _columns(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per row, the columns of this pass that hold a target position, and their source positions."""
+        positions = self.layout.positions.to(device)
+        columns = []
+        for row, pairs in enumerate(self.pairs):
+            targets = torch.tensor([t for t, _ in pairs], dtype=torch.long, device=device)
+            sources = torch.tensor([s for _, s in pairs], dtype=torch.long, device=device)
+            hits = positions[row][None, :] == targets[:, None]  # [pairs, seq]
+            present = hits.any(1)
+            columns.append((hits.long().argmax(1)[present], sources[present]))
+        return columns

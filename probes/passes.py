@@ -23,6 +23,7 @@ from probes.core.batching import check_context, length_sorted_batches, right_pad
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RenderedPrompt, encode
+from probes.positions import prompts as declare_prompts
 from probes.store import POSITIONS
 
 _BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.hook_out$")
@@ -30,8 +31,9 @@ _BLOCK_ANY = re.compile(r"^blocks\.(\d+)\.")
 _BEFORE_BLOCKS = ("hook_embed", "embed.hook_out")  # fire before block 0
 
 
-class HookDidNotFire(RuntimeError):
-    """A requested hook point was never reached during a forward pass (a ``RuntimeError``, not a ``ToolkitError``).
+class HookDidNotFire(ToolkitError):
+    """A requested hook point was never reached during a forward pass: run the model inside the block, or name a
+    hook point the pass reaches.
 
     Args:
         message: one line naming the hooks that did not fire.
@@ -198,7 +200,7 @@ def read_batches(
         batch_lengths = torch.tensor([lengths[index] for index in batch], device=device)
         captured: dict[str, list[torch.Tensor]] = {}
         if stop_at is not None:
-            with torch.inference_mode():
+            with torch.inference_mode(), declare_prompts(batch_lengths.tolist()):
                 residual = model(tokens, stop_at_layer=stop_at)
             if residual.shape[-1] != model.cfg.d_model:  # the bridge ran to the logits: it did not stop
                 raise HookDidNotFire(f"the pass did not stop before block {stop_at} to give {hooks[0]}")
@@ -217,7 +219,8 @@ def read_batches(
             return capture
 
         recording = [(hook, capture_as(hook)) for hook in hooks]
-        with torch.inference_mode(), model.hooks(fwd_hooks=[*extra_hooks, *recording]):
+        with torch.inference_mode(), declare_prompts(batch_lengths.tolist()), \
+                model.hooks(fwd_hooks=[*extra_hooks, *recording]):
             try:
                 model(tokens)
             except _StopForward:

@@ -18,6 +18,7 @@ from probes.core.batching import check_context, left_pad, length_sorted_batches
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RenderedPrompt, encode
+from probes.positions import prompts as declare_prompts
 
 
 @torch.inference_mode()
@@ -74,14 +75,15 @@ def generate(
                                      for tensor in left_pad([encoded[index] for index in batch], tokenizer.pad_token_id))
         width = input_ids.shape[1]
         torch.manual_seed(seed + number)
-        output = hf_model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
-            **sampling,
-        )
+        with declare_prompts([lengths[index] for index in batch]):
+            output = hf_model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+                **sampling,
+            )
         for row, index in enumerate(batch):
             responses[index] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
     return responses

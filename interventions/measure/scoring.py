@@ -26,6 +26,7 @@ from probes.core.batching import check_context, left_pad, length_sorted_batches,
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RenderedPrompt, encode
+from probes.positions import prompts as declare_prompts
 
 Normalisation = Literal["none", "tokens", "chars"]
 NORMALISATIONS = ("none", "tokens", "chars")
@@ -105,10 +106,11 @@ def score_choices(
     logprob: dict[tuple[int, int], float] = {}
     batches = length_sorted_batches([len(context) for context in contexts], batch_size)
     for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
-        logprob.update(
-            _score_batch(model.original_model, [contexts[p] for p in batch], [option_ids[p] for p in batch],
-                         batch, tokenizer.pad_token_id, share_prefix)
-        )
+        with declare_prompts([len(contexts[p]) for p in batch]):  # interventions find each context's positions
+            logprob.update(
+                _score_batch(model.original_model, [contexts[p] for p in batch], [option_ids[p] for p in batch],
+                             batch, tokenizer.pad_token_id, share_prefix)
+            )
 
     results = []
     for p, texts in enumerate(options):

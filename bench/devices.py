@@ -18,7 +18,7 @@ SmolLM2 tokenizer into a temporary directory -> ``load_model``), then prints:
 Ratios are medians over interleaved repeats; a section that fails prints its error and the run goes on.
 
     python bench/devices.py [--shape tiny|1b|8b] [--device auto] [--dtype auto] [--batch N] [--tokens N]
-                            [--prompts N] [--items N] [--new-tokens N] [--samples N] [--repeats 3]
+                            [--prompts N] [--items N] [--new-tokens N] [--samples N] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -243,7 +243,11 @@ def main() -> None:
     for name in ("batch", "tokens", "prompts", "items", "new-tokens", "samples"):
         parser.add_argument(f"--{name}", type=int, default=None, help="default: the shape's")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
     args = parser.parse_args()
+    if args.smoke:  # the tiny shape at its smallest sizes
+        args.shape, args.repeats = "tiny", 1
+        args.batch, args.tokens, args.prompts, args.items, args.new_tokens, args.samples = 2, 16, 2, 2, 2, 2
     for name, value in SHAPES[args.shape][1].items():
         if getattr(args, name) is None:
             setattr(args, name, value)

@@ -5,7 +5,7 @@ recorded into a temporary activation store (manifest, provenance, safetensors sh
 it back. Both stop after the gate's block and give the same probabilities, which this checks.
 Prints medians over interleaved repeats on the embedded model, for one query and for a batch.
 
-    python bench/gate_pass.py [--repeats 9] [--layer 2] [--position last] [--threads 1]
+    python bench/gate_pass.py [--repeats 9] [--layer 2] [--position last] [--threads 1] [--queries 16] [--smoke]
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=2)
     parser.add_argument("--position", default="last", choices=("last", "mean", "query"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own); 1 on shared cores")
+    parser.add_argument("--queries", type=int, default=16, help="the batch's size (default: 16)")
+    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.queries = 1, 2
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -37,7 +41,7 @@ def main() -> None:
     width = model.cfg.d_model
     weight = torch.randn(width, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / width ** 0.5
     gate = Gate("logistic", args.layer, args.position, {"weight": weight, "bias": torch.tensor(0.1)}, 0.5, {})
-    queries = [f"What is the capital of country number {i}? Answer in one word." for i in range(16)]
+    queries = [f"What is the capital of country number {i}? Answer in one word." for i in range(args.queries)]
 
     def through_store(batch: list[str]) -> np.ndarray:
         with tempfile.TemporaryDirectory() as scratch:
@@ -49,7 +53,7 @@ def main() -> None:
 
     assert np.array_equal(through_store(queries), in_memory(queries)), "the two passes disagree"
     print(f"gate on block {args.layer} ({args.position}), {model.cfg.n_layers} blocks, torch threads {torch.get_num_threads()}")
-    for label, batch in (("1 query", queries[:1]), ("16 queries", queries)):
+    for label, batch in (("1 query", queries[:1]), (f"{args.queries} queries", queries)):
         times: dict[str, list[float]] = {"store": [], "memory": []}
         for _ in range(args.repeats):  # interleaved, so both see the same load on the machine
             for name, fn in (("store", through_store), ("memory", in_memory)):

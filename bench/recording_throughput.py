@@ -5,7 +5,7 @@ every block, last prompt token, written to a store) against a plain `AutoModelFo
 forward over exactly the same padded batches, interleaved, and reports the median ratio of
 tokens per second. Target: recording >= 0.9x the bare forward.
 
-    python bench/recording_throughput.py [--prompts 64] [--batch-size 16] [--repeats 3] [--skip-cold]
+    python bench/recording_throughput.py [--prompts 64] [--batch-size 16] [--repeats 3] [--skip-cold] [--smoke]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from probes.core.prompts import Condition, encode, render
 from probes.recording import record_activations
 
 LOAD_SNIPPET = (
-    "import time; from probes.models import load_model; "
+    "import time; from probes.core.models import load_model; "
     "t = time.perf_counter(); load_model(); print(time.perf_counter() - t)"
 )
 
@@ -49,7 +49,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold load (dequantising the GGUF again)")
+    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
     args = parser.parse_args()
+    if args.smoke:
+        args.prompts, args.batch_size, args.repeats, args.skip_cold = 4, 2, 1, True
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

@@ -9,7 +9,7 @@ latency a user sees). Routers:
 - a separate classifier: all-MiniLM-L6-v2 embeddings + logistic regression.
 Prints medians over interleaved repeats, the overhead ratios and each router's extra weights.
 
-    python bench/routing_overhead.py [--queries 8] [--repeats 3]
+    python bench/routing_overhead.py [--queries 8] [--repeats 3] [--tokens 64] [--smoke]
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
     args = parser.parse_args()
+    if args.smoke:
+        args.queries, args.repeats, args.tokens = 2, 1, 4
 
     model, tokenizer = load_model("default")
     labelled = intent_queries(24, seed=0)

@@ -7,7 +7,7 @@ Three ways to score the same capital-city items under a long persona (system pro
 - as above, and the persona prefix every context shares run once per batch (the default).
 Prints seconds per item and the speed-up over full sequences, and checks that the scores agree.
 
-    python bench/scoring_reuse.py [--items 32] [--repeats 3]
+    python bench/scoring_reuse.py [--items 32] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
     args = parser.parse_args()
+    if args.smoke:
+        args.items, args.repeats = 2, 1
     torch.set_num_threads(2)
     model, tokenizer = load_model("default")
     items = stratified_sample(load_dataset("capitals"), args.items, seed=0)

@@ -16,7 +16,7 @@ errors, p50/p95 latency, generated tokens/s; then the throughput ratio of batche
 one at a time. Greedy answers (temperature 0) are compared across phases per prompt: a prompt
 with two different answers means either a near-tie flipped by batched rounding or a mix-up.
 
-    python bench/serve_load.py [--clients 32] [--duration 20] [--max-tokens 24] [--threads 1] [--out runs/prism]
+    python bench/serve_load.py [--clients 32] [--duration 20] [--max-tokens 24] [--threads 1] [--out runs/prism] [--smoke]
 """
 
 from __future__ import annotations
@@ -153,7 +153,10 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--threads", type=int, help="the server's CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="a trained PRISM working directory (default: a quick one, made here)")
+    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
     args = parser.parse_args()
+    if args.smoke:
+        args.clients, args.compare_clients, args.duration, args.max_tokens = 2, 2, 2.0, 4
 
     labelled = intent_queries(24, seed=0)
     queries = [q.item.prompt for q in labelled]

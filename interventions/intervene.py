@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from probes.core.personas import Persona, get_persona
 from probes.core.prompts import EXPERT_PERSONA, RANDOM_PERSONA, Condition
 from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
 from probes.readouts import residual_norms
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +203,7 @@ def _attention_summary(rows: list[dict]) -> dict:
             "strongest": strongest, "share": {k: rows[0][k] for k in ("share_pearson", "share_low", "share_high")}}
 
 
-def _refusal_under_steering(model, tokenizer, persona: Condition, personas: Mapping[str, Persona] | None, n_items: int,
+def _refusal_under_steering(model: TransformerBridge, tokenizer, persona: Condition, personas: Mapping[str, Persona] | None, n_items: int,
                             direction, random_direction, layer: int, natural: float, norms, multiples, seed: int,
                             batch_size: int, progress: bool) -> list[dict]:
     """Keyword refusal on HarmBench prompts: no persona, the persona prompt (its persona from the library

@@ -16,6 +16,8 @@ working directory end to end (what ``prism bootstrap/train/route/compare`` call)
     print(routed.decisions)
 """
 
+from typing import TYPE_CHECKING
+
 from probes.core.exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
@@ -31,3 +33,16 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "prism.train": ("run_training",),
     "prism.workdir": ("PrismDirectory",),
 })
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
+    from prism.adapters import active_adapter, load_adapter, save_adapter
+    from prism.baselines import EmbeddingRouter, SelfClassifyRouter
+    from prism.bootstrap import BootstrapConfig, run_bootstrap
+    from prism.compare import CompareBudget, run_compare
+    from prism.distill import DistillConfig
+    from prism.gate import Gate, fit_gate
+    from prism.routing import Routed, route_probabilities
+    from prism.samples import Sample, load_samples
+    from prism.summary import BootstrapSummary, CompareSummary, TrainSummary
+    from prism.train import run_training
+    from prism.workdir import PrismDirectory

@@ -16,7 +16,7 @@ import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -26,6 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json, write_record
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["active_adapter", "adapter_layers", "attach_adapter", "base_model_name", "json_ready", "load_adapter", "lora_modules",
            "save_adapter"]
@@ -51,7 +54,7 @@ def lora_modules(hf_model: torch.nn.Module, blocks: Sequence[int]) -> dict[str, 
     return found
 
 
-def attach_adapter(model, name: str, *, rank: int = 16, alpha: int = 32, first_block: int = 1, seed: int = 0) -> LoraConfig:
+def attach_adapter(model: TransformerBridge, name: str, *, rank: int = 16, alpha: int = 32, first_block: int = 1, seed: int = 0) -> LoraConfig:
     """Add an untrained LoRA adapter ``name`` to the bridged model, switched off.
 
     Args:
@@ -93,13 +96,13 @@ def _inject(config: LoraConfig, hf_model: torch.nn.Module, name: str) -> None:
         inject_adapter_in_model(config, hf_model, adapter_name=name)
 
 
-def adapter_layers(model) -> list[LoraLayer]:
+def adapter_layers(model: TransformerBridge) -> list[LoraLayer]:
     """Every LoRA layer of the bridged model."""
     return [module for module in model.original_model.modules() if isinstance(module, LoraLayer)]
 
 
 @contextmanager
-def active_adapter(model, name: str | None) -> Iterator[None]:
+def active_adapter(model: TransformerBridge, name: str | None) -> Iterator[None]:
     """Within the block, ``name`` is the only active adapter (``None``: every adapter off).
 
     The only way the toolkit switches adapters: on the way out, also when the block raises, every
@@ -126,7 +129,7 @@ def active_adapter(model, name: str | None) -> Iterator[None]:
                 parameter.requires_grad_(flag)
 
 
-def _switch(model, name: str | None) -> None:
+def _switch(model: TransformerBridge, name: str | None) -> None:
     """Make ``name`` the only active adapter, or turn every adapter off (``None``)."""
     for module in adapter_layers(model):
         if name is None or name not in module.lora_A:
@@ -136,7 +139,7 @@ def _switch(model, name: str | None) -> None:
             module.set_adapter(name)
 
 
-def save_adapter(model, name: str, directory: str | Path, peft_config: dict, training: dict | None = None) -> Path:
+def save_adapter(model: TransformerBridge, name: str, directory: str | Path, peft_config: dict, training: dict | None = None) -> Path:
     """Write adapter ``name`` in the peft format, module names as in the plain model.
 
     Args:
@@ -169,7 +172,7 @@ def save_adapter(model, name: str, directory: str | Path, peft_config: dict, tra
     return directory
 
 
-def base_model_name(model) -> str:
+def base_model_name(model: TransformerBridge) -> str:
     """Where ``from_pretrained`` finds the bridged model's weights: its directory (absolute) or its hub id.
 
     Args:
@@ -183,7 +186,7 @@ def base_model_name(model) -> str:
     return str(path.resolve()) if path.is_dir() else source
 
 
-def load_adapter(model, name: str, directory: str | Path) -> dict:
+def load_adapter(model: TransformerBridge, name: str, directory: str | Path) -> dict:
     """Attach a saved adapter to the bridged model as ``name``, switched off (``active_adapter`` turns it on).
 
     Args:

@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -31,6 +31,9 @@ from probes.core.errors import ToolkitError
 from probes.core.parallel import world
 from probes.core.personas import Persona, builtin_personas, get_persona
 from probes.core.prompts import Condition, render, render_messages
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ class BootstrapConfig:
     batch_size: int = 8
 
 
-def run_bootstrap(out: str | Path | PrismDirectory, model, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
+def run_bootstrap(out: str | Path | PrismDirectory, model: TransformerBridge, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
                   personas: Sequence[str] | None = None, library: Mapping[str, Persona] | None = None,
                   progress: bool = True) -> list[Sample]:
     """Stages 1-3 for ``personas``, resumable.
@@ -137,7 +140,7 @@ def clean_query(text: str) -> str | None:
     return None
 
 
-def _queries(model, tokenizer, personas: Sequence[Persona], config: BootstrapConfig, ledger: Ledger,
+def _queries(model: TransformerBridge, tokenizer, personas: Sequence[Persona], config: BootstrapConfig, ledger: Ledger,
              progress: bool) -> list[tuple[str, str]]:
     """(persona, query) pairs: up to ``queries_per_persona`` distinct queries per persona."""
     found: dict[str, list[str]] = {persona.name: [] for persona in personas}
@@ -167,7 +170,7 @@ def _queries(model, tokenizer, personas: Sequence[Persona], config: BootstrapCon
     return [(name, query) for name, queries in found.items() for query in queries]
 
 
-def _answers_and_verdicts(model, tokenizer, queries, library, config: BootstrapConfig, ledger: Ledger,
+def _answers_and_verdicts(model: TransformerBridge, tokenizer, queries, library, config: BootstrapConfig, ledger: Ledger,
                           progress: bool) -> list[Sample]:
     if not queries:
         raise ToolkitError("the model wrote no usable query: raise --queries-per-persona or the query length")
@@ -197,7 +200,7 @@ def _answers_and_verdicts(model, tokenizer, queries, library, config: BootstrapC
     return samples
 
 
-def _generate_once(model, tokenizer, prompts, keys, ledger: Ledger, config: BootstrapConfig, max_new_tokens: int,
+def _generate_once(model: TransformerBridge, tokenizer, prompts, keys, ledger: Ledger, config: BootstrapConfig, max_new_tokens: int,
                    temperature: float, seed: int, label: str, progress: bool) -> list[str]:
     """Generate what the ledger does not hold yet, a few batches at a time (each seeded by its place), recording
     each; a chunk with anything missing is generated whole, with its seed (``Ledger.unfinished``), so a resumed run
@@ -215,7 +218,7 @@ def _generate_once(model, tokenizer, prompts, keys, ledger: Ledger, config: Boot
     return [_recorded(ledger, key, "text", lambda text: isinstance(text, str)) for key in keys]
 
 
-def _verdicts(model, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int,
+def _verdicts(model: TransformerBridge, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int,
               progress: bool) -> list[float]:
     """log p(persona's letter) - log p(the other letter) for each verdict prompt."""
     keys = [work_key(stage="verdict", prompt=p.text) for p in prompts]

@@ -29,7 +29,7 @@ import json
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -50,6 +50,9 @@ from probes.core.items import Item
 from probes.core.parallel import world
 from probes.core.personas import Persona
 from probes.core.prompts import Condition, encode
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["COMPARE_BUDGETS", "DATASETS", "KNOWLEDGE", "SYSTEMS", "CompareBudget", "evaluation_items", "evaluation_queries",
            "excluded_sources", "format_table", "resolve_budget", "run_compare", "summarise"]
@@ -121,7 +124,7 @@ def excluded_sources() -> tuple[str, ...]:
 class _Evaluator:
     """Runs one system on one data set: per-item rows with the metric and the route taken."""
 
-    def __init__(self, model, tokenizer, work: PrismDirectory, budget: CompareBudget, seed: int, batch_size: int,
+    def __init__(self, model: TransformerBridge, tokenizer, work: PrismDirectory, budget: CompareBudget, seed: int, batch_size: int,
                  judge: Judge | None = None) -> None:
         self.model, self.tokenizer, self.budget, self.seed, self.batch_size = model, tokenizer, budget, seed, batch_size
         self.gate = Gate.load(work.gate)
@@ -223,7 +226,7 @@ def row_prompts(tokenizer, items: Sequence[Item], conditions: Sequence[Condition
             for item, condition in zip(items, conditions)]
 
 
-def run_compare(prism_dir: str | Path | PrismDirectory, model, tokenizer, *, budget: str | CompareBudget = "default",
+def run_compare(prism_dir: str | Path | PrismDirectory, model: TransformerBridge, tokenizer, *, budget: str | CompareBudget = "default",
                 systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, judge: Judge | None = None,
                 progress: bool = True) -> dict:
     """Run every (system, data set) cell not yet saved, then write the tables, figures and report.

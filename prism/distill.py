@@ -32,7 +32,7 @@ import math
 import random
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -46,6 +46,9 @@ from prism.samples import Sample
 from probes.core.batching import length_sorted_batches
 from probes.core.errors import ToolkitError
 from probes.core.personas import Persona, check_length
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class _Target(NamedTuple):
     indices: torch.Tensor
 
 
-def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: DistillConfig = DistillConfig(), *,
+def distill(model: TransformerBridge, tokenizer, samples: Sequence[Sample], name: str, config: DistillConfig = DistillConfig(), *,
             retain: Sequence[str] = (), personas: Mapping[str, Persona] | None = None, progress: bool = True) -> dict:
     """Attach adapter ``name`` and train it on ``samples``.
 
@@ -159,7 +162,7 @@ def distill(model, tokenizer, samples: Sequence[Sample], name: str, config: Dist
             "config": asdict(config), "peft_config": json_ready(peft_config.to_dict())}
 
 
-def _train(model, name: str, pairs: list[DistillationPair], targets: list[_Target], config: DistillConfig, progress: bool,
+def _train(model: TransformerBridge, name: str, pairs: list[DistillationPair], targets: list[_Target], config: DistillConfig, progress: bool,
            retain: tuple[list[DistillationPair], list[_Target]]) -> list[float]:
     """The distillation steps on the adapter's weights (the trainable ones); returns the losses (retain term included)."""
     parameters = [p for p in model.original_model.parameters() if p.requires_grad]
@@ -206,7 +209,7 @@ def _retain_batches(n: int, size: int, rng: random.Random) -> Iterator[list[int]
             yield order[start:start + size]
 
 
-def distillation_loss(model, tokenizer, sample: Sample, config: DistillConfig = DistillConfig(),
+def distillation_loss(model: TransformerBridge, tokenizer, sample: Sample, config: DistillConfig = DistillConfig(),
                       personas: Mapping[str, Persona] | None = None) -> float:
     """The KL the student (current adapter state) has left to close on one sample (its persona read from
     ``personas``, default the built-in library)."""
@@ -224,7 +227,7 @@ def _micro_batches(sequences: Sequence[Sequence[int]], size: int) -> list[list[i
     return length_sorted_batches([len(sequence) for sequence in sequences], size)
 
 
-def _teacher_targets(model, pairs: Sequence[DistillationPair], config: DistillConfig, progress: bool) -> list[_Target]:
+def _teacher_targets(model: TransformerBridge, pairs: Sequence[DistillationPair], config: DistillConfig, progress: bool) -> list[_Target]:
     """Each pair's teacher targets, from padded forward passes of ``config.forward_batch`` samples (adapter off)."""
     targets: list[_Target | None] = [None] * len(pairs)
     batches = _micro_batches([pair.teacher for pair in pairs], config.forward_batch)
@@ -239,7 +242,7 @@ def _teacher_targets(model, pairs: Sequence[DistillationPair], config: DistillCo
     return targets
 
 
-def _kl(model, pairs: Sequence[DistillationPair], targets: Sequence[_Target], config: DistillConfig) -> torch.Tensor:
+def _kl(model: TransformerBridge, pairs: Sequence[DistillationPair], targets: Sequence[_Target], config: DistillConfig) -> torch.Tensor:
     """Each pair's KL(teacher || student) over the teacher's top-k, averaged over its answer tokens, times T^2: [n_pairs]."""
     n_answers = [pair.n_answer for pair in pairs]
     teacher_logprobs = torch.cat([target.logprobs for target in targets])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from probes.core.batching import length_sorted_batches
 from probes.core.errors import ToolkitError
 from probes.core.personas import Persona
 from probes.core.stats import Estimate, bootstrap_mean, bootstrap_ratio
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["Fidelity", "adapter_fidelity"]
 
@@ -62,7 +65,7 @@ class Fidelity:
 
 
 @torch.no_grad()
-def adapter_fidelity(model, tokenizer, samples: Sequence[Sample], adapter: str, *, persona_length: str = "min",
+def adapter_fidelity(model: TransformerBridge, tokenizer, samples: Sequence[Sample], adapter: str, *, persona_length: str = "min",
                      personas: Mapping[str, Persona] | None = None, batch_size: int = 8, seed: int = 0) -> Fidelity:
     """The fidelity of ``adapter`` (attached to ``model``) on ``samples``, best held out from its training.
 
@@ -116,7 +119,7 @@ def _other_personas(samples: Sequence[Sample], seed: int) -> list[str] | None:
     return [rng.choice([persona for persona in personas if persona != sample.persona]) for sample in samples]
 
 
-def _per_token_logprobs(model, pairs: Sequence[DistillationPair], batch_size: int, side: str
+def _per_token_logprobs(model: TransformerBridge, pairs: Sequence[DistillationPair], batch_size: int, side: str
                         ) -> list[Float[torch.Tensor, "answer vocab"]]:
     """Each pair's float32 log-probabilities at its answer positions, after the teacher's or the student's prompt."""
     sequences = [getattr(pair, side) for pair in pairs]

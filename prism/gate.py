@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from probes.linear import fit_probe, random_direction_control, score_probe, shuf
 from probes.passes import read_activations, residual_hooks
 from probes.recording import record_activations
 from probes.splits import Split, held_out_split, in_distribution_split
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 READ_POSITIONS = ("last", "mean", "query")
 GATE_KINDS = ("logistic", "mlp")
@@ -141,7 +144,7 @@ class LabelledPrompts:
     sources: Sequence[str] = ()
 
 
-def gate_features(model, tokenizer, queries: Sequence[str], layers: Sequence[int], position: str, out: str | Path | None,
+def gate_features(model: TransformerBridge, tokenizer, queries: Sequence[str], layers: Sequence[int], position: str, out: str | Path | None,
                   *, batch_size: int = 16, progress: bool = True) -> dict[int, np.ndarray]:
     """Residual after each of ``layers`` at ``position`` for the no-persona prompt of every query: layer -> [n, d].
     Each pass stops after the deepest of ``layers``; with ``out`` the activations go to a resumable store under it

@@ -8,7 +8,7 @@ right-padded batch and returns the logits at the positions that predict each one
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 import torch
 from jaxtyping import Float
@@ -18,6 +18,9 @@ from probes.core.batching import right_pad
 from probes.core.devices import model_device
 from probes.core.personas import Persona
 from probes.core.prompts import Condition, encode, render
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["DistillationPair", "answer_logits", "distillation_pair", "retain_pair"]
 
@@ -53,7 +56,7 @@ def retain_pair(tokenizer, query: str) -> DistillationPair:
     return DistillationPair(sequence, sequence, len(ids))
 
 
-def answer_logits(model, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]) -> Float[torch.Tensor, "answers vocab"]:
+def answer_logits(model: TransformerBridge, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]) -> Float[torch.Tensor, "answers vocab"]:
     """float32 logits at the positions that predict each sequence's answer tokens, rows after rows: [sum(n_answers), vocab].
 
     The sequences run as one right-padded batch with an attention mask; a real token keeps the position it has

@@ -19,7 +19,7 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import replace
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from probes.core.errors import ToolkitError
 from probes.core.personas import Persona
 from probes.core.prompts import Condition, encode, render
 from probes.readouts import final_residuals
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def held_out_samples(samples: Sequence[Sample], share: float = HELD_OUT_SHARE, s
     return [s for s in samples if s.id not in held], [s for s in samples if s.id in held]
 
 
-def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,
+def train_adapters(model: TransformerBridge, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,
                    work: PrismDirectory, *, retain: Sequence[str] = (), personas: Mapping[str, Persona] | None = None,
                    seed: int = 0, progress: bool = True) -> dict:
     """Distil and save the gated adapter (persona-path samples) and the ungated one (every sample), each without the
@@ -112,7 +115,7 @@ def train_adapters(model, tokenizer, samples: Sequence[Sample], routes: np.ndarr
     return report
 
 
-def persona_shift(model, tokenizer, samples: Sequence[Sample], layer: int, length: str = "min",
+def persona_shift(model: TransformerBridge, tokenizer, samples: Sequence[Sample], layer: int, length: str = "min",
                   batch_size: int = 8, personas: Mapping[str, Persona] | None = None) -> Float[torch.Tensor, "d_model"]:
     """Mean over samples of (persona prompt - plain prompt) residual after ``layer`` at the last token; the samples'
     personas are read from ``personas`` (default: the built-in library)."""

@@ -22,7 +22,7 @@ activations whatever the route. Every decision is recorded by the prompt's token
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from prism.adapters import active_adapter, adapter_layers
 from prism.gate import Gate, gate_features
 from probes.core.errors import ToolkitError
 from probes.passes import HookDidNotFire
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _BLOCK = "model.layers."
 
@@ -59,7 +62,7 @@ class Routed:
         HookDidNotFire: on exit, if the model ran but the gate's hook never fired.
     """
 
-    def __init__(self, model, gate: Gate, *, adapter: str | None = None,
+    def __init__(self, model: TransformerBridge, gate: Gate, *, adapter: str | None = None,
                  steering: tuple[int, torch.Tensor] | None = None,
                  decisions: Mapping[tuple[int, ...], bool] | None = None) -> None:
         if (adapter is None) == (steering is None):
@@ -197,7 +200,7 @@ def _block_of(module_name: str) -> int:
     return int(head) if head.isdigit() else -1
 
 
-def check_gate_fits(model, gate: Gate) -> None:
+def check_gate_fits(model: TransformerBridge, gate: Gate) -> None:
     """One line when ``gate`` cannot read ``model``: a block the model lacks, or a width other than its residual's
     (a gate trained on another model)."""
     if not 0 <= gate.layer < model.cfg.n_layers:
@@ -209,7 +212,7 @@ def check_gate_fits(model, gate: Gate) -> None:
                            f"{model.cfg.d_model} wide: use the gate trained on this model")
 
 
-def route_probabilities(model, tokenizer, gate: Gate, queries: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
+def route_probabilities(model: TransformerBridge, tokenizer, gate: Gate, queries: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
     """Gate probabilities from a partial forward pass that stops after the gate's block, held in memory.
 
     For the training-free variants that must decide before choosing the prompt (e.g. probe -> persona prompt);

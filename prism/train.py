@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import TYPE_CHECKING, Collection, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -58,6 +58,9 @@ from probes.core.files import save_figure, save_tensors, write_record, write_tab
 from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
 from probes.intents import ALL_SOURCES, LabelledQuery, intent_queries
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "
     raise ToolkitError(f"unknown label source {source!r}: use one of {', '.join(LABEL_SOURCES)}")
 
 
-def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap", verdict: str = "both",
+def run_training(out: str | Path, model: TransformerBridge, tokenizer, *, labels: str = "bootstrap", verdict: str = "both",
                  gate_kind: str | None = None,
                  max_block: int = 3, layer: int | None = None, position: str | None = None,
                  distill_config: DistillConfig = DistillConfig(), per_intent: int | None = None, per_source: int | None = 24,
@@ -231,7 +234,7 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
 ROUTERS, SELF_CLASSIFY_PER_SOURCE = ("gate", "embedding", "self_classify", "length_only", "shuffled_labels"), 8
 
 
-def _routers(model, tokenizer, labelled: LabelledPrompts, gate_result: dict, features: dict, lengths: Sequence[int],
+def _routers(model: TransformerBridge, tokenizer, labelled: LabelledPrompts, gate_result: dict, features: dict, lengths: Sequence[int],
              chosen: dict, work: PrismDirectory, seed: int) -> dict[str, dict]:
     """Leave-one-source-out results (``prism.unseen.evaluate``) of the gate, the MiniLM router, self-classification (the
     first ``SELF_CLASSIFY_PER_SOURCE`` of each source), a probe on the prompt's length alone and the chosen gate fitted to

@@ -13,6 +13,8 @@ held-out splits and controls.
     store = record_activations(model, tokenizer, prompts, "runs/acts", hooks=["blocks.3.hook_out"], positions="last")
 """
 
+from typing import TYPE_CHECKING
+
 from probes.core.exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
@@ -35,3 +37,23 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "probes.store": ("ActivationStore",),
     "probes.study": ("run_probe_study",),
 })
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
+    from probes.core.datasets import load_dataset, stratified_sample
+    from probes.core.errors import ToolkitError
+    from probes.core.files import load_tensors, save_tensors
+    from probes.core.items import Item
+    from probes.core.models import eager_attention, load_model, set_attention
+    from probes.core.parallel import World, world
+    from probes.core.personas import Persona, get_persona, persona_library
+    from probes.core.prompts import Condition, RenderedPrompt, encode, render
+    from probes.core.rendering import render_items
+    from probes.core.stats import Estimate, bootstrap_mean, paired_difference
+    from probes.directions import persona_differences, shared_structure
+    from probes.intents import intent_queries
+    from probes.linear import LinearProbe, fit_probe, load_probe, save_probe, score_probe
+    from probes.passes import HookDidNotFire, read_activations, residual_hooks
+    from probes.recording import record_activations
+    from probes.splits import held_out_split, in_distribution_split
+    from probes.store import ActivationStore
+    from probes.study import run_probe_study

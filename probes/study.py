@@ -12,8 +12,6 @@
    mean paired difference from no persona, its norm, cosines between personas and with the
    intent direction, and how much of them is one shared direction.
 4. Save directions and probes (safetensors + metadata), tables, figures and a report.
-
-The module is longer than 300 lines only because of ``run_probe_study``'s API docstring.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +42,9 @@ from probes.splits import balance, held_out_split, in_distribution_split
 from probes.store import ActivationStore
 from probes.summary import ProbeSummary
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +55,7 @@ def data_hash(queries: Sequence[LabelledQuery]) -> str:
     return digest.hexdigest()[:16]
 
 
-def record_conditions(model, tokenizer, jobs: Sequence[tuple[Condition, Sequence[LabelledQuery], Path]], hooks,
+def record_conditions(model: TransformerBridge, tokenizer, jobs: Sequence[tuple[Condition, Sequence[LabelledQuery], Path]], hooks,
                       batch_size: int, progress: bool, group: World, library: Mapping[str, Persona] | None = None
                       ) -> dict[tuple[str, str], ActivationStore]:
     """Record every ``(condition, queries, directory)`` job at every read position (resuming finished stores), the

@@ -23,13 +23,16 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from interventions.measure.chat_endpoint import ChatEndpoint
 from interventions.measure.generation import generate
 from probes.core.assets import MTBENCH_JUDGE_PROMPTS
 from probes.core.errors import ToolkitError
 from probes.core.prompts import encode, render_messages
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["EndpointJudge", "Judge", "JudgeRequest", "SelfJudge", "judge_messages", "judge_prompt", "make_judge",
            "parse_rating"]
@@ -91,7 +94,7 @@ class Judge(Protocol):
 class SelfJudge:
     """The hooked model as its own judge, sampling with ``temperature`` and a seed."""
 
-    def __init__(self, model, tokenizer, *, temperature: float = 0.7, max_new_tokens: int = 6,
+    def __init__(self, model: TransformerBridge, tokenizer, *, temperature: float = 0.7, max_new_tokens: int = 6,
                  rating_prefix: str = "Rating: [[", batch_size: int = 8) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
@@ -142,7 +145,7 @@ class EndpointJudge:
         return [reply.text for reply in replies]
 
 
-def make_judge(url: str | None = None, judge_model: str | None = None, *, model=None, tokenizer=None,
+def make_judge(url: str | None = None, judge_model: str | None = None, *, model: TransformerBridge | None = None, tokenizer=None,
                batch_size: int = 8, api_key_env: str | None = None, concurrency: int = 8,
                deadline: float = 120.0, **endpoint) -> Judge:
     """The MT-Bench judge: the endpoint at ``url`` serving ``judge_model``, or the hooked ``model`` judging itself.

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -32,6 +32,9 @@ from probes.core.models import load_model
 from probes.core.parallel import World, world
 from probes.core.personas import Persona, user_personas
 from probes.core.prompts import Condition, RenderedPrompt, encode, render_conversation
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
 __all__ = ["BUDGETS", "GRIDS", "TASKS", "Budget", "applies", "conditions", "run_study"]
@@ -141,7 +144,7 @@ class _Runner:
     ledger file, and after each step rank 0 merges the files and every rank reads the merged ledger.
     """
 
-    def __init__(self, model, tokenizer, ledger_dir: Path, seed: int, batch_size: int, progress: bool,
+    def __init__(self, model: TransformerBridge, tokenizer, ledger_dir: Path, seed: int, batch_size: int, progress: bool,
                  group: World = World(), personas: Mapping[str, Persona] | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.ledger_dir, self.seed, self.batch_size, self.progress = ledger_dir, seed, batch_size, progress

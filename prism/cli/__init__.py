@@ -17,6 +17,8 @@ builds the parsers from it and dispatches (``main``, the ``prism`` entry point),
 command group only when one of its commands runs.
 """
 
+from typing import TYPE_CHECKING
+
 from probes.core.exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
@@ -24,3 +26,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "prism.cli.demo": ("run_demo",),
     "prism.cli.shell": ("COMMANDS", "build_parser", "load_command", "main"),
 })
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
+    from prism.cli.command import Command
+    from prism.cli.demo import run_demo
+    from prism.cli.shell import COMMANDS, build_parser, load_command, main

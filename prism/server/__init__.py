@@ -17,6 +17,8 @@ formats, errors included), ``app`` (the FastAPI endpoints) and ``launch`` (files
 Needs the ``serve`` extra: ``pip install 'prism-toolkit[serve]'`` (FastAPI and uvicorn).
 """
 
+from typing import TYPE_CHECKING
+
 from probes.core.exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
@@ -28,3 +30,12 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "prism.server.modes": ("MODES", "Modes", "PrismFiles"),
     "prism.server.protocol": ("ApiError",),
 })
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
+    from prism.server.app import ServerConfig, create_app
+    from prism.server.decoding import BatchDecoder, Sampling, TextStream
+    from prism.server.engine import Engine, Job, Overloaded
+    from prism.server.launch import ServerThread, build_app, serve, served_files
+    from prism.server.metrics import Metrics
+    from prism.server.modes import MODES, Modes, PrismFiles
+    from prism.server.protocol import ApiError

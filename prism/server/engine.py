@@ -21,11 +21,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from prism.server.decoding import BatchDecoder, Sampling, TextStream
 from prism.server.metrics import Metrics
 from prism.server.modes import Modes
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["Engine", "Job", "Overloaded"]
 
@@ -71,7 +74,7 @@ class Engine:
         metrics: where batch sizes, tokens and cancellations are counted.
     """
 
-    def __init__(self, model, tokenizer, modes: Modes, *, max_batch_size: int = 16, batch_wait_ms: float = 10.0,
+    def __init__(self, model: TransformerBridge, tokenizer, modes: Modes, *, max_batch_size: int = 16, batch_wait_ms: float = 10.0,
                  max_queue: int = 256, metrics: Metrics | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or batch_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be at least 1, batch_wait_ms at least 0")

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -26,6 +27,9 @@ from prism.server.metrics import Metrics
 from prism.server.modes import Modes, PrismFiles
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["ServerThread", "build_app", "serve", "served_files"]
 
@@ -61,7 +65,7 @@ def served_files(out: str | Path, *, model_name: str | None = None, gate: str | 
                                   steering=Path(steering) if steering else work.steering)
 
 
-def build_app(model, tokenizer, files: PrismFiles, *, model_name: str, mode: str = "prism", max_batch_size: int = 16,
+def build_app(model: TransformerBridge, tokenizer, files: PrismFiles, *, model_name: str, mode: str = "prism", max_batch_size: int = 16,
               batch_wait_ms: float = 10.0, max_queue: int = 256, max_tokens: int = 256,
               api_key: str | None = None) -> FastAPI:
     """The OpenAI-compatible app over ``model`` with the trained ``files`` (``prism.server.app``).

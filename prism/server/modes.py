@@ -18,7 +18,7 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -28,6 +28,9 @@ from prism.persona_path import GATED, UNGATED
 from prism.routing import Routed
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["MODES", "Modes", "PrismFiles"]
 
@@ -61,7 +64,7 @@ class Modes:
         ToolkitError: an unreadable gate, adapter or steering file, or one that does not fit the model.
     """
 
-    def __init__(self, model, files: PrismFiles) -> None:
+    def __init__(self, model: TransformerBridge, files: PrismFiles) -> None:
         self.model = model
         self.gate = Gate.load(files.gate)
         self.available = ["base"]

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from probes.core.errors import ToolkitError
 from probes.core.files import atomic_path, write_json, write_record
+from probes.core.internals import plain_module_name
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -34,7 +35,6 @@ __all__ = ["active_adapter", "adapter_layers", "attach_adapter", "base_model_nam
            "save_adapter"]
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-WRAPPED = "._original_component"  # how the TransformerLens bridge nests the modules it wraps
 ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRAINING_FILE = "adapter_model.safetensors", "adapter_config.json", "training.json"
 PEFT_PREFIX = "base_model.model."
 TASK_TYPE = "CAUSAL_LM"
@@ -45,7 +45,7 @@ def lora_modules(hf_model: torch.nn.Module, blocks: Sequence[int]) -> dict[str, 
     wanted = re.compile(rf"^model\.layers\.(\d+)\.(?:self_attn|mlp)\.({'|'.join(LORA_TARGETS)})$")
     found = {}
     for name, module in hf_model.named_modules():
-        plain = name.replace(WRAPPED, "")
+        plain = plain_module_name(name)
         match = wanted.match(plain)
         if match and int(match.group(1)) in blocks and isinstance(module, (torch.nn.Linear, LoraLayer)):
             found[plain] = name
@@ -160,7 +160,7 @@ def save_adapter(model: TransformerBridge, name: str, directory: str | Path, pef
     state = get_peft_model_state_dict(model.original_model, adapter_name=name)
     if not state:
         raise ToolkitError(f"the model carries no adapter {name!r} to save")
-    plain = {PEFT_PREFIX + key.replace(WRAPPED, ""): value.detach().contiguous() for key, value in state.items()}
+    plain = {PEFT_PREFIX + plain_module_name(key): value.detach().contiguous() for key, value in state.items()}
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / ADAPTER_WEIGHTS) as partial:
         save_file(plain, str(partial), metadata={"format": "pt"})

@@ -31,6 +31,7 @@ from jaxtyping import Float
 from prism.adapters import active_adapter, adapter_layers
 from prism.gate import Gate, gate_features
 from probes.core.errors import ToolkitError
+from probes.core.internals import decoder, lora_update
 from probes.passes import HookDidNotFire
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class Routed:
         stack = ExitStack()
         hf = self.model.original_model
         stack.callback(self._reset)
-        handle = hf.model.register_forward_pre_hook(self._see_inputs, with_kwargs=True)
+        handle = decoder(self.model).register_forward_pre_hook(self._see_inputs, with_kwargs=True)
         stack.callback(handle.remove)
         hooks = [(self.gate.hook, self._decide)]
         if self.adapter is not None:
@@ -97,7 +98,7 @@ class Routed:
                                        f"block {self.gate.layer}: the gate would read adapted activations")
             stack.enter_context(active_adapter(self.model, self.adapter))
             for module in layers:
-                stack.callback(module.lora_B[self.adapter].register_forward_hook(self._gate_update).remove)
+                stack.callback(lora_update(module, self.adapter).register_forward_hook(self._gate_update).remove)
         else:
             layer, vector = self.steering
             hooks.append((f"blocks.{layer}.hook_out", self._steer))

@@ -27,6 +27,7 @@ from jaxtyping import Bool, Int
 from transformer_lens.model_bridge import TransformerBridge
 
 from probes.core.errors import ToolkitError
+from probes.core.internals import decoder
 
 _DECLARED: ContextVar[tuple[int, ...] | None] = ContextVar("declared_prompt_lengths", default=None)
 
@@ -127,9 +128,8 @@ class PassTracker:
         self._handle = None
 
     def __enter__(self) -> "PassTracker":
-        decoder = self.model.original_model.base_model
         self._layout = self._started = None
-        self._handle = decoder.register_forward_pre_hook(self._see, with_kwargs=True)
+        self._handle = decoder(self.model).register_forward_pre_hook(self._see, with_kwargs=True)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,6 +22,7 @@ from transformer_lens.tools.analysis.logit_lens import logit_readout
 from probes.core.batching import right_pad
 from probes.core.devices import model_device
 from probes.core.errors import ToolkitError
+from probes.core.internals import decoder
 from probes.passes import HookDidNotFire, residual_hooks
 
 __all__ = ["capture_residuals", "final_residuals", "logit_lens", "logits_at", "residual_norms"]
@@ -117,7 +118,7 @@ def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequenc
     """
     device = model_device(model)
     forward = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in forward.items()}
-    base = model.original_model.base_model  # the blocks and the final norm, without the head
+    base = decoder(model)  # the blocks and the final norm, without the head
     hidden = base(input_ids=tokens.to(device), **forward).last_hidden_state  # already through the final norm
     rows = torch.arange(tokens.shape[0], device=hidden.device)
     return _unembed_normalised(model, hidden[rows, torch.tensor(positions, device=hidden.device)])

@@ -25,21 +25,23 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from types import MethodType
 from typing import Iterator, Mapping
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
-from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
-    PositionEmbeddingsAttentionBridge,
-)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from probes.core.assets import SMOLLM2_GGUF, cache_dir
 from probes.core.devices import map_device, model_device, resolve_device, resolve_device_map, resolve_dtype
 from probes.core.errors import ToolkitError
 from probes.core.hub import check_hub_model
+from probes.core.internals import (
+    attention_bridges,
+    attention_kernel,
+    hand_attention_over,
+    hands_over,
+    take_attention_back,
+)
 from probes.core.provenance import note_model
 
 DEFAULT_MODEL = "default"
@@ -53,9 +55,6 @@ VALID_FORMS = (
 ARCHITECTURE_BY_MODEL_TYPE = {"gemma3_text": "Gemma3ForCausalLM", "llama": "LlamaForCausalLM"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 ATTENTION = ("auto", "sdpa", "eager")
-# Bridges whose forward is the step-by-step one that SDPA may replace with the wrapped module's
-# own forward (AttentionBridge.forward: hook_in -> Hugging Face attention -> hook_out).
-_HANDS_OVER = (AttentionBridge.forward, PositionEmbeddingsAttentionBridge.forward)
 
 
 def load_model(
@@ -122,26 +121,24 @@ def set_attention(model: TransformerBridge, implementation: str = "auto") -> str
     if implementation not in ATTENTION:
         raise ToolkitError(f"unknown attention {implementation!r}: use {', '.join(ATTENTION)}")
     hf = model.original_model
-    bridges = [module for module in model.modules() if isinstance(module, AttentionBridge)]
+    bridges = attention_bridges(model)
     if implementation != "eager":
         refused = _sdpa_refused(hf, bridges)
         if refused is None:
             for bridge in bridges:
-                if type(bridge).forward is not AttentionBridge.forward:
-                    # set on the instance itself: the bridge's __setattr__ would pass it to the wrapped module
-                    object.__setattr__(bridge, "forward", MethodType(AttentionBridge.forward, bridge))
+                hand_attention_over(bridge)
             return "sdpa"
         if implementation == "sdpa":
             raise ToolkitError(f"{model.cfg.model_name}: SDPA cannot be used ({refused}); use attention 'auto' or 'eager'")
     for bridge in bridges:
-        bridge.__dict__.pop("forward", None)
+        take_attention_back(bridge)
     hf.set_attn_implementation("eager")
     return "eager"
 
 
-def _sdpa_refused(hf: torch.nn.Module, bridges: list[AttentionBridge]) -> str | None:
+def _sdpa_refused(hf: torch.nn.Module, bridges: list) -> str | None:
     """Why SDPA cannot run this model (None when it can; then Hugging Face's side is switched to it)."""
-    if not bridges or not all(type(bridge).forward in _HANDS_OVER for bridge in bridges):
+    if not bridges or not all(hands_over(bridge) for bridge in bridges):
         return "TransformerLens computes this model's attention its own way"
     if getattr(hf.config, "attn_logit_softcapping", None):
         return "its attention logits are soft-capped"
@@ -154,7 +151,7 @@ def _sdpa_refused(hf: torch.nn.Module, bridges: list[AttentionBridge]) -> str | 
 
 def attention_implementation(model: TransformerBridge) -> str:
     """``"sdpa"`` or ``"eager"``: the attention kernel the bridge runs now."""
-    return model.original_model.config._attn_implementation
+    return attention_kernel(model.original_model)
 
 
 @contextmanager

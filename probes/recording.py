@@ -87,6 +87,36 @@ def record_activations(
             prompt or one longer than the context, or an ``out_dir`` holding other files or a different recording.
         HookDidNotFire: a requested hook did not run during a forward pass.
     """
+    _check_request(positions, prompts, shard_size, batch_size)
+    hooks = validate_hooks(model, residual_hooks(model) if hooks is None else list(hooks))
+    out_dir = Path(out_dir)
+    eager = any(".attn." in hook and not _SDPA_ATTENTION.search(hook) for hook in hooks)
+    with eager_attention(model) if eager else nullcontext():  # attention patterns and scores fire only under eager
+        encoded = encode_prompts(model, tokenizer, prompts)
+        manifest = _new_manifest(model, prompts, encoded, hooks, positions, shard_size, metadata)
+        created = not out_dir.exists()
+        manifest["shards"] = world.on_main(lambda: _open_store(out_dir, manifest, overwrite))
+        n_shards = -(-len(prompts) // shard_size)
+        finished = {shard["file"] for shard in manifest["shards"]}
+        mine = [index for index in range(n_shards) if world.owns(index) and shard_name(index) not in finished]
+        total = sum(min(len(prompts), (index + 1) * shard_size) - index * shard_size for index in mine)
+        with discarded_unless_recorded(out_dir, created=created, new=not finished, main=world.is_main), world.together(), \
+                tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not world.is_main) as bar:
+            written = []
+            for shard_index in mine:
+                start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
+                tensors = read_batches(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
+                written.append(_write_shard(out_dir, shard_index, start, stop, tensors))
+                if not world.is_parallel:
+                    finish_shards(out_dir, manifest, written[-1:], n_shards)
+                else:  # rank 0 merges every rank's list at the end; this one survives an interruption
+                    write_json(out_dir / rank_progress_name(world.rank), written)
+        if world.is_parallel:
+            _merge_ranks(out_dir, manifest, written, n_shards, world)
+        return ActivationStore(out_dir)
+
+
+def _check_request(positions: str, prompts: Sequence[RenderedPrompt], shard_size: int, batch_size: int) -> None:
     if positions not in POSITIONS:
         raise ToolkitError(f"unknown positions {positions!r}: use one of {', '.join(POSITIONS)}")
     if not prompts:
@@ -94,66 +124,51 @@ def record_activations(
     if shard_size < 1:
         raise ToolkitError(f"shard size must be at least 1, got {shard_size}")
     check_batch_size(batch_size)
-    hooks = validate_hooks(model, residual_hooks(model) if hooks is None else list(hooks))
-    out_dir = Path(out_dir)
-    eager = any(".attn." in hook and not _SDPA_ATTENTION.search(hook) for hook in hooks)
-    with eager_attention(model) if eager else nullcontext():  # attention patterns and scores fire only under eager
-        encoded = encode_prompts(model, tokenizer, prompts)
-
-        manifest = {
-            "format": FORMAT,
-            "model": model.cfg.model_name,
-            **precision(model),
-            "n_layers": model.cfg.n_layers,
-            "d_model": model.cfg.d_model,
-            "hooks": hooks,
-            "positions": positions,
-            "shard_size": shard_size,
-            "metadata": metadata or {},
-            "prompts": [
-                {"index": index, "sha256": prompt.sha256, "text": prompt.text, "n_tokens": len(ids), **prompt.metadata()}
-                for index, (prompt, ids) in enumerate(zip(prompts, encoded))
-            ],
-            "shards": [],
-            "complete": False,
-            "provenance": provenance(model.cfg.model_name),  # what made the store (probes.core.provenance)
-        }
-        group = world
-
-        def prepare() -> list[dict]:
-            resume_manifest(out_dir, manifest, overwrite)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / MANIFEST, manifest)
-            return manifest["shards"]
-
-        created = not out_dir.exists()
-        manifest["shards"] = group.on_main(prepare)
-        n_shards = -(-len(prompts) // shard_size)
-        finished = {shard["file"] for shard in manifest["shards"]}
-        mine = [index for index in range(n_shards) if group.owns(index) and shard_name(index) not in finished]
-        progress_file = out_dir / rank_progress_name(group.rank)
-        written = []
-        total = sum(min(len(prompts), (index + 1) * shard_size) - index * shard_size for index in mine)
-        with discarded_unless_recorded(out_dir, created=created, new=not finished, main=group.is_main), group.together(), \
-                tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not group.is_main) as bar:
-            for shard_index in mine:
-                start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
-                name = shard_name(shard_index)
-                tensors = read_batches(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
-                with atomic_path(out_dir / name) as partial:
-                    save_file(tensors, str(partial))
-                written.append({"file": name, "start": start, "stop": stop})
-                if not group.is_parallel:
-                    finish_shards(out_dir, manifest, written[-1:], n_shards)
-                else:  # rank 0 merges every rank's list at the end; this one survives an interruption
-                    write_json(progress_file, written)
-        if group.is_parallel:
-            everyone = [shard for shards in group.gather(written) for shard in shards]
-            if group.is_main:
-                finish_shards(out_dir, manifest, everyone, n_shards)
-                for path in out_dir.glob(rank_progress_name("*")):
-                    path.unlink(missing_ok=True)
-            group.barrier()
-        return ActivationStore(out_dir)
 
 
+def _new_manifest(model: TransformerBridge, prompts: Sequence[RenderedPrompt], encoded: Sequence[list[int]],
+                  hooks: list[str], positions: str, shard_size: int, metadata: dict | None) -> dict:
+    """The manifest of a recording not started yet: what is recorded, from which prompts, by what."""
+    return {
+        "format": FORMAT,
+        "model": model.cfg.model_name,
+        **precision(model),
+        "n_layers": model.cfg.n_layers,
+        "d_model": model.cfg.d_model,
+        "hooks": hooks,
+        "positions": positions,
+        "shard_size": shard_size,
+        "metadata": metadata or {},
+        "prompts": [
+            {"index": index, "sha256": prompt.sha256, "text": prompt.text, "n_tokens": len(ids), **prompt.metadata()}
+            for index, (prompt, ids) in enumerate(zip(prompts, encoded))
+        ],
+        "shards": [],
+        "complete": False,
+        "provenance": provenance(model.cfg.model_name),  # what made the store (probes.core.provenance)
+    }
+
+
+def _open_store(out_dir: Path, manifest: dict, overwrite: bool) -> list[dict]:
+    """Create the store or resume it (the same recording only); the shards already written."""
+    resume_manifest(out_dir, manifest, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest["shards"]
+
+
+def _write_shard(out_dir: Path, index: int, start: int, stop: int, tensors: dict) -> dict:
+    name = shard_name(index)
+    with atomic_path(out_dir / name) as partial:
+        save_file(tensors, str(partial))
+    return {"file": name, "start": start, "stop": stop}
+
+
+def _merge_ranks(out_dir: Path, manifest: dict, written: list[dict], n_shards: int, world: World) -> None:
+    """Under torchrun: rank 0 lists every rank's shards in the manifest, then every rank waits for it."""
+    everyone = [shard for shards in world.gather(written) for shard in shards]
+    if world.is_main:
+        finish_shards(out_dir, manifest, everyone, n_shards)
+        for path in out_dir.glob(rank_progress_name("*")):
+            path.unlink(missing_ok=True)
+    world.barrier()

@@ -39,7 +39,8 @@ def export_map(package: str) -> dict[str, list[str]]:
             for key, value in zip(node.keys, node.values):
                 if isinstance(value, (ast.Tuple, ast.List)):
                     names = [element.value for element in value.elts if isinstance(element, ast.Constant)]
-                    found.setdefault(key.value, []).extend(name for name in names if name not in found.get(key.value, []))
+                    known = found.setdefault(key.value, [])
+                    known.extend(name for name in names if name not in known)
         elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             for statement in node.body:
                 if isinstance(statement, ast.ImportFrom) and statement.module and statement.level == 0:
@@ -85,7 +86,8 @@ def _init(package: str) -> Path:
 
 
 def _is_module(node: ast.expr | None) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", node.value) is not None
+    return (isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", node.value) is not None)
 
 
 def _submodules(package: str) -> list[str]:

@@ -46,7 +46,7 @@ def code_blocks(path: Path) -> list[Block]:
             continue
         fence, indent = opening["fence"], opening["indent"]
         end = index + 1
-        while end < len(lines) and not (lines[end].strip().startswith(fence) and lines[end].strip().strip(fence[0]) == ""):
+        while end < len(lines) and not _closes(lines[end], fence):
             end += 1
         body = [line[len(indent):] if line.startswith(indent) else line for line in lines[index + 1:end]]
         language = (opening["info"].split() or [""])[0]
@@ -54,6 +54,12 @@ def code_blocks(path: Path) -> list[Block]:
         blocks.append(Block(path, index + 1, language, "\n".join(body) + "\n", marked))
         index = end + 1
     return blocks
+
+
+def _closes(line: str, fence: str) -> bool:
+    """Whether ``line`` closes a block opened by ``fence``: the same character, at least as many, nothing else."""
+    stripped = line.strip()
+    return stripped.startswith(fence) and not stripped.strip(fence[0])
 
 
 def marked_blocks(path: Path, *languages: str) -> list[Block]:

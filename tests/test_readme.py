@@ -57,7 +57,8 @@ def test_the_readme_is_short_and_opens_with_the_two_commands_and_an_example():
 def test_every_readme_section_the_docs_include_exists():
     readme = README.read_text(encoding="utf-8")
     sections = {(kind, name) for kind, name in SECTION.findall(readme)}
-    included = {name for page in docs_pages() for name in re.findall(r'--8<-- "README\.md:([\w-]+)"', page.read_text(encoding="utf-8"))}
+    included = {name for page in docs_pages()
+                for name in re.findall(r'--8<-- "README\.md:([\w-]+)"', page.read_text(encoding="utf-8"))}
     assert included, f"no page in {DOCS} includes a README example"
     for name in included:
         assert ("start", name) in sections and ("end", name) in sections, f"README.md has no section {name!r}"

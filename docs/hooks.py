@@ -22,17 +22,18 @@ CLI_MARKER = "<!-- cli-reference -->"
 API_MARKER = re.compile(r"<!-- api-reference: ([\w.]+) -->")
 
 
-def export_map(package: str) -> dict[str, list[str]]:
+def export_map(package: str, source: str | None = None) -> dict[str, list[str]]:
     """Each module that defines a public name of ``package`` -> those names, read from its ``__init__``.
 
     Args:
         package: e.g. ``"probes"`` or ``"prism.server"``.
+        source: the ``__init__``'s text (default: read from the package's folder).
 
     Returns:
         ``{"probes.core.models": ["eager_attention", "load_model", "set_attention"], ...}`` in the
         order the ``__init__`` gives; empty when the package has no export map.
     """
-    tree = ast.parse(_init(package).read_text(encoding="utf-8"))
+    tree = ast.parse(_init(package).read_text(encoding="utf-8") if source is None else source)
     found: dict[str, list[str]] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict) and node.keys and all(_is_module(key) for key in node.keys):
@@ -45,8 +46,7 @@ def export_map(package: str) -> dict[str, list[str]]:
             for statement in node.body:
                 if isinstance(statement, ast.ImportFrom) and statement.module and statement.level == 0:
                     names = found.setdefault(statement.module, [])
-                    names.extend(alias.asname or alias.name for alias in statement.names
-                                 if (alias.asname or alias.name) not in names)
+                    names.extend(alias.name for alias in statement.names if alias.name not in names)
     return found
 
 

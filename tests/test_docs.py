@@ -97,6 +97,21 @@ def test_the_api_reference_documents_every_public_name(package):
         assert f"::: {module}\n" in page and all(f"        - {name}\n" in page for name in names)
 
 
+def test_the_export_map_also_reads_names_imported_for_type_checkers():
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from probes.core.exports import lazy_exports\n"
+        "if TYPE_CHECKING:\n"
+        "    from probes.core.models import load_model\n"
+        "    from probes.linear import fit_probe\n"
+        "__getattr__, __dir__, __all__ = lazy_exports(__name__, {\n"
+        "    'probes.core.models': ('load_model', 'set_attention'),\n"
+        "})\n"
+    )
+    assert load_hooks().export_map("probes", source) == {
+        "probes.core.models": ["load_model", "set_attention"], "probes.linear": ["fit_probe"]}
+
+
 def test_every_package_page_of_the_api_reference_is_in_the_nav():
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for page in sorted((DOCS / "reference").glob("*.md")):

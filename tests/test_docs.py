@@ -57,6 +57,11 @@ def test_every_prism_command_in_a_marked_shell_block_parses(parser):
     assert commands >= 20
 
 
+def test_the_serving_page_has_the_client_example_the_server_tests_run():
+    (block,) = [block for block in marked_blocks(DOCS / "serving.md", "python") if "from openai import OpenAI" in block.code]
+    assert "http://127.0.0.1:8000/v1" in block.code and "stream=True" in block.code
+
+
 def test_every_benchmark_a_marked_block_runs_exists():
     for page in PAGES:
         for block in marked_blocks(page, "bash"):

@@ -71,7 +71,7 @@ class DistillConfig:
         gradient_checkpointing: recompute each block's activations in the backward pass instead of keeping them
             (less memory, about a third more compute); switched off again after training.
         persona_length: the teacher persona's text length (``min``, ``short`` or ``long``); ``long`` carries more of
-            the persona to held-out queries on the embedded model (see the README's fidelity table).
+            the persona to held-out queries on the embedded model (see the fidelity table in docs/results.md).
         retain_weight: the weight of the retain term: on the ``retain`` prompts given to ``distill``, the KL from the
             base model's next-token distributions (adapter off) to the adapted model's, at every prompt position, on
             the base model's top-k at temperature T, one retain batch per step. 0: no retain term.

@@ -85,7 +85,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-length", default=DistillConfig.persona_length, choices=LENGTHS,
                         help="length of the persona text in the distillation teacher's prompt (and of the steering "
                              "vector's persona); the long persona carries more of itself to held-out queries on the "
-                             f"embedded model, see the README (default: {DistillConfig.persona_length})")
+                             f"embedded model, see docs/results.md (default: {DistillConfig.persona_length})")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank; default: 16)")
     parser.add_argument("--distill-batch-size", type=int, default=DistillConfig.batch_size,
                         help=f"samples per distillation optimiser step (default: {DistillConfig.batch_size})")
@@ -148,7 +148,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add_prism_dir(parser)
     add_precision(parser)
     parser.add_argument("--budget", default="default", choices=("smoke", "default"), help="items per data set (default: default)")
-    parser.add_argument("--systems", help="comma-separated systems (default: all); see the README")
+    parser.add_argument("--systems", help="comma-separated systems (default: all); see docs/prism.md")
     add_judge_options(parser)
     add_seed(parser)
     add_wandb(parser)

@@ -93,7 +93,8 @@ class World:
         waits for a partner that is gone.
 
         Raises:
-            the rank's own error when its share failed; on the other ranks, a ``ToolkitError`` naming it.
+            BaseException: the rank's own error, when its share failed.
+            ToolkitError: on the other ranks, naming the rank that failed.
         """
         try:
             yield

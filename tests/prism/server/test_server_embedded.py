@@ -1,17 +1,23 @@
 """``prism serve`` on the embedded model (slow): the same answers as ``prism route``, streamed or not, alone or
-together, and the README's client example as written."""
+together, and the serving page's client example as written."""
 
 from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from prism import pipeline
+from tests.code_blocks import DOCS, marked_blocks
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+SERVING = DOCS / "serving.md"
+
+
+def client_example():
+    """The marked Python block of ``docs/serving.md`` that uses the ``openai`` client."""
+    (block,) = [block for block in marked_blocks(SERVING, "python") if "from openai import OpenAI" in block.code]
+    return block
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +54,10 @@ def test_the_embedded_model_answers_as_prism_route_streamed_or_not_alone_or_toge
         assert list(pool.map(lambda pair: ask(pair[1], temperature=0.8, seed=pair[0]), enumerate(queries[:4]))) == sampled
 
 
-def test_the_readme_client_example_runs_against_a_server(embedded, capsys):
+def test_the_serving_page_client_example_runs_against_a_server(embedded, capsys):
     _, server = embedded
-    blocks = re.findall(r"```py\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    assert len(blocks) == 1 and "http://127.0.0.1:8000/v1" in blocks[0]
-    exec(compile(blocks[0].replace("http://127.0.0.1:8000", server.url), "README.md py block", "exec"), {})
+    block = client_example()
+    assert "http://127.0.0.1:8000/v1" in block.code
+    exec(compile(block.code.replace("http://127.0.0.1:8000", server.url), block.where, "exec"), {})
     shown = capsys.readouterr().out
     assert len(re.findall(r"^(persona|base) [01]\.\d+ ", shown, flags=re.M)) == 2

@@ -192,42 +192,16 @@ def read_batches(
     unembedding (the largest matrix of a small model)."""
     lengths = [len(ids) for ids in encoded]
     rows: dict[str, list] = {hook: [None] * len(encoded) for hook in hooks}
-    deepest = _deepest_block_output(hooks)
     stop_at = _stop_at_layer(model, hooks, extra_hooks)
     for batch in length_sorted_batches(lengths, batch_size):
         device = model_device(model)
         tokens = right_pad([encoded[index] for index in batch], tokenizer.pad_token_id).to(device)
         batch_lengths = torch.tensor([lengths[index] for index in batch], device=device)
-        captured: dict[str, list[torch.Tensor]] = {}
-        if stop_at is not None:
-            with torch.inference_mode(), declare_prompts(batch_lengths.tolist()):
-                residual = model(tokens, stop_at_layer=stop_at)
-            if residual.shape[-1] != model.cfg.d_model:  # the bridge ran to the logits: it did not stop
-                raise HookDidNotFire(f"the pass did not stop before block {stop_at} to give {hooks[0]}")
-            for row, index in enumerate(batch):
-                rows[hooks[0]][index] = _select(residual, batch_lengths, positions, hooks[0])[row]
-            bar.update(len(batch))
-            continue
-
-        def capture_as(name: str) -> Callable:
-            # Bind the requested name: an alias fires under its canonical name.
-            def capture(activation: torch.Tensor, hook) -> None:
-                captured[name] = _select(activation.detach(), batch_lengths, positions, name)
-                if name == deepest and len(captured) == len(hooks):
-                    raise _StopForward
-
-            return capture
-
-        recording = [(hook, capture_as(hook)) for hook in hooks]
-        with torch.inference_mode(), declare_prompts(batch_lengths.tolist()), \
-                model.hooks(fwd_hooks=[*extra_hooks, *recording]):
-            try:
-                model(tokens)
-            except _StopForward:
-                pass
-        missing = [hook for hook in hooks if hook not in captured]
-        if missing:
-            raise HookDidNotFire(f"hook(s) {', '.join(missing)} did not fire during the forward pass")
+        with torch.inference_mode(), declare_prompts(batch_lengths.tolist()):
+            if stop_at is not None:
+                captured = {hooks[0]: _read_before_block(model, tokens, stop_at, batch_lengths, positions, hooks[0])}
+            else:
+                captured = _read_hooked(model, tokens, batch_lengths, hooks, positions, extra_hooks)
         for hook in hooks:
             for row, index in enumerate(batch):
                 rows[hook][index] = captured[hook][row]
@@ -235,6 +209,41 @@ def read_batches(
     if positions == "all":
         return {hook: torch.cat(values).cpu().contiguous() for hook, values in rows.items()}
     return {hook: torch.stack(values).cpu().contiguous() for hook, values in rows.items()}
+
+
+def _read_before_block(model: TransformerBridge, tokens: torch.Tensor, stop_at: int, lengths: torch.Tensor,
+                       positions: str, hook: str):
+    """The residual entering block ``stop_at`` (``hook``, the output of the block before), with no hook set up."""
+    residual = model(tokens, stop_at_layer=stop_at)
+    if residual.shape[-1] != model.cfg.d_model:  # the bridge ran to the logits: it did not stop
+        raise HookDidNotFire(f"the pass did not stop before block {stop_at} to give {hook}")
+    return _select(residual, lengths, positions, hook)
+
+
+def _read_hooked(model: TransformerBridge, tokens: torch.Tensor, lengths: torch.Tensor, hooks: Sequence[str],
+                 positions: str, extra_hooks: Sequence[tuple[str, Callable]]) -> dict:
+    """``hooks`` read during one pass, which ends in the deepest one's hook when every hook is a block output."""
+    deepest = _deepest_block_output(hooks)
+    captured: dict = {}
+
+    def capture_as(name: str) -> Callable:
+        # Bind the requested name: an alias fires under its canonical name.
+        def capture(activation: torch.Tensor, hook) -> None:
+            captured[name] = _select(activation.detach(), lengths, positions, name)
+            if name == deepest and len(captured) == len(hooks):
+                raise _StopForward
+
+        return capture
+
+    with model.hooks(fwd_hooks=[*extra_hooks, *[(hook, capture_as(hook)) for hook in hooks]]):
+        try:
+            model(tokens)
+        except _StopForward:
+            pass
+    missing = [hook for hook in hooks if hook not in captured]
+    if missing:
+        raise HookDidNotFire(f"hook(s) {', '.join(missing)} did not fire during the forward pass")
+    return captured
 
 
 def _select(

@@ -91,7 +91,6 @@ def write_probe_report(out: Path, rows, persona: Mapping, activations, queries, 
 
 
 def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
-
     lines = [f"# Probe study: {summary['model']}", "",
              f"{summary['n_queries']} intent queries (balanced), data hash {summary['data']}; persona directions from "
              f"{summary['personas']['n_queries']} queries x {summary['personas']['conditions']} persona conditions. "
@@ -101,6 +100,16 @@ def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
              "Earliest layer whose AUC CI lies above both controls' CIs (shuffled labels; one random direction).", "",
              "| target | position | earliest layer | AUC [95% CI] | shuffled-label AUC | random-direction AUC | in-distribution AUC, same layer |",
              "|---|---|---|---|---|---|---|"]
+    lines += _earliest_rows(rows, summary)
+    lines += _early_layer_rows(rows)
+    lines += ["", "## Persona directions", ""] + _persona_lines(persona, middle, early_layer)
+    lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _earliest_rows(rows, summary) -> list[str]:
+    """The table of the earliest decodable layer per target and position, with both controls."""
+    lines = []
     for target in TARGETS:
         for position in POSITIONS:
             found = summary["earliest"].get(f"{target}/{position}")
@@ -115,13 +124,18 @@ def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
                 f"| {target} | {position} | {found['layer']} | {Estimate.from_columns(found, 'auc').format(n=True)} "
                 f"| {shuffled.format()} | {random_direction.format()} | "
                 f"{Estimate.from_columns(inside, 'auc').format() if inside else '—'} |")
-    lines += ["", "At the last prompt token the embeddings are the same template token for every prompt, so "
-              "layer 0 is the first place intent can appear there; at the prompt mean the token embeddings "
-              "(layer -1) are a bag-of-words baseline: intent decodable there is lexical, and the curves show "
-              "what the blocks add.", "",
-              "Early layers (what a gate reading block 0..3 sees), logistic probe, held-out AUC:", "",
-              "| target | position | " + " | ".join(f"layer {layer}" for layer in range(-1, 4)) + " |",
-              "|---|---|" + "---|" * 5]
+    return lines
+
+
+def _early_layer_rows(rows) -> list[str]:
+    """What a gate reading blocks 0..3 sees: held-out AUC per target, position and early layer."""
+    lines = ["", "At the last prompt token the embeddings are the same template token for every prompt, so "
+             "layer 0 is the first place intent can appear there; at the prompt mean the token embeddings "
+             "(layer -1) are a bag-of-words baseline: intent decodable there is lexical, and the curves show "
+             "what the blocks add.", "",
+             "Early layers (what a gate reading block 0..3 sees), logistic probe, held-out AUC:", "",
+             "| target | position | " + " | ".join(f"layer {layer}" for layer in range(-1, 4)) + " |",
+             "|---|---|" + "---|" * 5]
     for target in TARGETS:
         for position in POSITIONS:
             cells = []
@@ -130,35 +144,41 @@ def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
                             and r["split"] == "held-out" and r["probe"] == "logistic" and r["layer"] == layer), None)
                 cells.append(Estimate.from_columns(row, "auc").format() if row else "—")
             lines.append(f"| {target} | {position} | " + " | ".join(cells) + " |")
-    lines += ["", "## Persona directions", ""]
+    return lines
+
+
+def _persona_lines(persona, middle, early_layer) -> list[str]:
+    """The persona directions in words: their size, what length does to them, how shared they are, and how they
+    lie against the intent directions."""
+    lines: list[str] = []
     rows_p, shared, lengths = persona["rows"], persona["shared"], persona["lengths"]
-    if rows_p:
-        at = [r for r in rows_p if r["layer"] == middle and r["position"] == "last"]
-        for length in ("min", "short", "long"):
-            chosen = [r for r in at if r["length"] == length]
-            if chosen:
-                ratio = np.mean([r["norm"] / r["residual_norm"] for r in chosen])
-                lines.append(f"- Layer {middle}, last token, {length} personas: |direction| / |residual| = {ratio:.3f} "
-                             f"(mean over {len(chosen)} personas; per-persona CIs in persona_directions.csv).")
-        pairs = [r for r in lengths if r["layer"] == middle and r["position"] == "last"]
-        if pairs:
-            lines.append(f"- Does length scale it? At layer {middle}: long/min norm ratio "
-                         f"{np.mean([p['norm_ratio_long_min'] for p in pairs]):.2f} (range "
-                         f"{min(p['norm_ratio_long_min'] for p in pairs):.2f}-{max(p['norm_ratio_long_min'] for p in pairs):.2f}), "
-                         f"cosine(min, long) {np.mean([p['cos_min_long'] for p in pairs]):.2f} (mean over personas).")
-        for row in [s for s in shared if s["position"] == "last" and s["layer"] in (early_layer, middle)]:
-            verdict = ("mostly one shared direction" if row["mean_pairwise_cosine"] > 0.5 and row["first_component_share"] > 0.6
-                       else "persona-specific directions with a shared part" if row["mean_pairwise_cosine"] > 0.2
-                       else "largely persona-specific directions")
-            lines.append(f"- One direction or many? Layer {row['layer']}, {row['length']} personas: mean pairwise cosine "
-                         f"{row['mean_pairwise_cosine']:.2f}, first shared component holds {row['first_component_share']:.0%} "
-                         f"of the directions' energy: {verdict}.")
-        for target in ("knowledge-vs-generation", "harmful-vs-benign"):
-            values = [r[f"cos_{target}"] for r in at if f"cos_{target}" in r]
-            if values:
-                towards = target_classes(target)[1]
-                lines.append(f"- Persona vs intent at layer {middle}: cosine with the {target} direction (pointing "
-                             f"towards {towards}) {np.mean(values):+.2f} "
-                             f"(range {min(values):+.2f} to {max(values):+.2f} over persona conditions).")
-    lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
-    return "\n".join(lines) + "\n"
+    if not rows_p:
+        return lines
+    at = [r for r in rows_p if r["layer"] == middle and r["position"] == "last"]
+    for length in ("min", "short", "long"):
+        chosen = [r for r in at if r["length"] == length]
+        if chosen:
+            ratio = np.mean([r["norm"] / r["residual_norm"] for r in chosen])
+            lines.append(f"- Layer {middle}, last token, {length} personas: |direction| / |residual| = {ratio:.3f} "
+                         f"(mean over {len(chosen)} personas; per-persona CIs in persona_directions.csv).")
+    pairs = [r for r in lengths if r["layer"] == middle and r["position"] == "last"]
+    if pairs:
+        lines.append(f"- Does length scale it? At layer {middle}: long/min norm ratio "
+                     f"{np.mean([p['norm_ratio_long_min'] for p in pairs]):.2f} (range "
+                     f"{min(p['norm_ratio_long_min'] for p in pairs):.2f}-{max(p['norm_ratio_long_min'] for p in pairs):.2f}), "
+                     f"cosine(min, long) {np.mean([p['cos_min_long'] for p in pairs]):.2f} (mean over personas).")
+    for row in [s for s in shared if s["position"] == "last" and s["layer"] in (early_layer, middle)]:
+        verdict = ("mostly one shared direction" if row["mean_pairwise_cosine"] > 0.5 and row["first_component_share"] > 0.6
+                   else "persona-specific directions with a shared part" if row["mean_pairwise_cosine"] > 0.2
+                   else "largely persona-specific directions")
+        lines.append(f"- One direction or many? Layer {row['layer']}, {row['length']} personas: mean pairwise cosine "
+                     f"{row['mean_pairwise_cosine']:.2f}, first shared component holds {row['first_component_share']:.0%} "
+                     f"of the directions' energy: {verdict}.")
+    for target in ("knowledge-vs-generation", "harmful-vs-benign"):
+        values = [r[f"cos_{target}"] for r in at if f"cos_{target}" in r]
+        if values:
+            towards = target_classes(target)[1]
+            lines.append(f"- Persona vs intent at layer {middle}: cosine with the {target} direction (pointing "
+                         f"towards {towards}) {np.mean(values):+.2f} "
+                         f"(range {min(values):+.2f} to {max(values):+.2f} over persona conditions).")
+    return lines

@@ -326,14 +326,33 @@ def _persona_directions(stores, queries, base_acts, conditions, out, hooks, inte
     """``base_acts``: the same queries' no-persona activations (position -> hook -> [n, d])."""
     personas = list(dict.fromkeys(condition.persona for condition in conditions))
     lengths = list(dict.fromkeys(condition.length for condition in conditions))
-    differences: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
-    for condition in conditions:
-        for position in POSITIONS:
-            store = stores[(condition.slug, position)]
-            differences[(condition.persona, condition.length, position)] = {
-                hook: persona_differences(as_numpy(store.load(hook)), base_acts[position][hook]) for hook in hooks
-            }
-    rows, shared = [], []
+    differences = {
+        (condition.persona, condition.length, position): {
+            hook: persona_differences(as_numpy(stores[(condition.slug, position)].load(hook)), base_acts[position][hook])
+            for hook in hooks
+        }
+        for condition in conditions for position in POSITIONS
+    }
+    rows = _direction_rows(differences, base_acts, hooks, intent_dirs)
+    shared = _shared_rows(differences, personas, lengths, hooks)
+    length_pairs = _length_pairs(differences, personas, lengths, hooks)
+    _write_rows(out / "persona_directions", rows)
+    _write_rows(out / "persona_shared", shared)
+    _write_rows(out / "persona_lengths", length_pairs)
+    for position in POSITIONS:
+        tensors = {f"{persona}/{length}": np.stack([differences[(persona, length, position)][h].mean(axis=0) for h in hooks])
+                   for persona in personas for length in lengths}
+        save_tensors(out / "directions" / f"persona_{position}.safetensors", tensors,
+                     {**meta, "positions": position, "layers": [layer_index(h) for h in hooks],
+                      "kind": "mean persona-minus-no-persona (unnormalised)", "n_queries": len(queries)})
+    return {"summary": {"n_queries": len(queries), "conditions": len(conditions)}, "rows": rows, "shared": shared,
+            "lengths": length_pairs, "differences": differences, "base": base_acts}
+
+
+def _direction_rows(differences, base_acts, hooks, intent_dirs) -> list[dict]:
+    """Per persona, length, position and layer: the shift's norm (with its CI), the residual's typical norm and
+    the cosine of the mean shift with each intent direction read at that position."""
+    rows = []
     for (persona, length, position), by_hook in differences.items():
         for hook in hooks:
             norm = norm_estimate(by_hook[hook])
@@ -345,6 +364,12 @@ def _persona_directions(stores, queries, base_acts, conditions, out, hooks, inte
                 if pos == position:
                     row[f"cos_{target}"] = cosine(direction, dirs[hooks.index(hook)])
             rows.append(row)
+    return rows
+
+
+def _shared_rows(differences, personas, lengths, hooks) -> list[dict]:
+    """Per position, length and layer: how much of the personas' mean shifts is one shared direction."""
+    shared = []
     for position in POSITIONS:
         for length in lengths:
             for hook in hooks:
@@ -352,27 +377,23 @@ def _persona_directions(stores, queries, base_acts, conditions, out, hooks, inte
                 if len(directions) > 1 and all(np.linalg.norm(d) > 0 for d in directions.values()):
                     shared.append({"position": position, "length": length, "layer": layer_index(hook),
                                    **shared_structure(directions).to_dict()})
-    _write_rows(out / "persona_directions", rows)
-    _write_rows(out / "persona_shared", shared)
-    length_pairs = []
+    return shared
+
+
+def _length_pairs(differences, personas, lengths, hooks) -> list[dict]:
+    """Per persona, position and layer with both lengths: the cosine and norm ratio of the long and min shifts."""
+    pairs = []
     for position in POSITIONS:
         for persona in personas:
+            present = [length for length in lengths if (persona, length, position) in differences]
+            if "min" not in present or "long" not in present:
+                continue
             for hook in hooks:
-                present = [length for length in lengths if (persona, length, position) in differences]
-                if "min" in present and "long" in present:
-                    short, long = (differences[(persona, length, position)][hook].mean(axis=0) for length in ("min", "long"))
-                    length_pairs.append({"persona": persona, "position": position, "layer": layer_index(hook),
-                                         "cos_min_long": cosine(short, long),
-                                         "norm_ratio_long_min": float(np.linalg.norm(long) / (np.linalg.norm(short) + 1e-12))})
-    _write_rows(out / "persona_lengths", length_pairs)
-    for position in POSITIONS:
-        tensors = {f"{persona}/{length}": np.stack([differences[(persona, length, position)][h].mean(axis=0) for h in hooks])
-                   for persona in personas for length in lengths}
-        save_tensors(out / "directions" / f"persona_{position}.safetensors", tensors,
-                     {**meta, "positions": position, "layers": [layer_index(h) for h in hooks],
-                      "kind": "mean persona-minus-no-persona (unnormalised)", "n_queries": len(queries)})
-    return {"summary": {"n_queries": len(queries), "conditions": len(conditions)}, "rows": rows, "shared": shared,
-            "lengths": length_pairs, "differences": differences, "base": base_acts}
+                short, long = (differences[(persona, length, position)][hook].mean(axis=0) for length in ("min", "long"))
+                pairs.append({"persona": persona, "position": position, "layer": layer_index(hook),
+                              "cos_min_long": cosine(short, long),
+                              "norm_ratio_long_min": float(np.linalg.norm(long) / (np.linalg.norm(short) + 1e-12))})
+    return pairs
 
 
 def _write_rows(stem: Path, rows: Sequence[dict]) -> None:

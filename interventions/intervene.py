@@ -20,7 +20,6 @@ from probes.core.batching import right_pad
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import write_record, write_table, write_text
-from probes.core.models import load_model
 from probes.core.personas import Persona, get_persona
 from probes.core.prompts import EXPERT_PERSONA, RANDOM_PERSONA, Condition
 from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
@@ -28,6 +27,7 @@ from probes.readouts import residual_norms
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ DEFAULT_MULTIPLES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 def run_interventions(
     out: str | Path,
+    model: TransformerBridge,
+    tokenizer: PreTrainedTokenizerBase,
     *,
-    model_name: str = "default",
     persona: Condition = Condition("random", "long", "system"),
     personas: Mapping[str, Persona] | None = None,
     n_items: int = 48,
@@ -48,7 +49,6 @@ def run_interventions(
     multiples: Sequence[float] = DEFAULT_MULTIPLES,
     seed: int = 0,
     batch_size: int = 8,
-    device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
     progress: bool = True,
 ) -> InterventionSummary:
     """Run the causal tests into ``out``; returns the headline numbers (the full record: ``summary.json``).
@@ -58,7 +58,7 @@ def run_interventions(
 
     Args:
         out: the output directory (CSV + JSON tables, ``logit_lens.json``, ``figures/``, ``report.md``, ``summary.json``).
-        model_name: the model to load (``load_model``).
+        model, tokenizer: the bridged model and its tokenizer (``load_model``).
         persona: the persona condition, not ``"none"`` (default: a long persona in the system prompt, random per item,
             as in the study's strongest knowledge effect).
         personas: the persona library ``persona`` names a persona of, and the random one is drawn from (default: the
@@ -71,21 +71,18 @@ def run_interventions(
         multiples: steering strengths, as multiples of the persona's own shift (its mean residual change) there.
         seed: sampling, bootstrap and random-direction seed.
         batch_size, progress: prompts per forward pass; show progress bars.
-        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
 
     Returns:
         the ``InterventionSummary``: the persona's effect on the answer margin (nats) and the decisive patch.
 
     Raises:
-        ToolkitError: a ``"none"`` persona, one not in ``personas``, a layer the model does not have, or a model that
-            cannot be loaded.
+        ToolkitError: a ``"none"`` persona, one not in ``personas``, or a layer the model does not have.
     """
     out = Path(out)
     if persona.persona == "none":
         raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
     if persona.persona not in (RANDOM_PERSONA, EXPERT_PERSONA):
         get_persona(persona.persona, personas).text(persona.length)  # before the model loads
-    model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     n_layers = model.cfg.n_layers
     layers = sorted(set(spread_layers(n_layers) if layers is None else layers))
     for layer in layers + ([steer_layer] if steer_layer is not None else []):

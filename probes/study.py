@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors, write_record, write_table
-from probes.core.models import load_model
 from probes.core.parallel import World, world
 from probes.core.personas import LENGTHS, Persona, builtin_personas, check_length
 from probes.core.prompts import Condition, render
@@ -44,6 +43,7 @@ from probes.summary import ProbeSummary
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,9 @@ def intent_directions(activations: dict[str, np.ndarray], intents: Sequence[str]
 
 def run_probe_study(
     out: str | Path,
+    model: TransformerBridge,
+    tokenizer: PreTrainedTokenizerBase,
     *,
-    model_name: str = "default",
     per_intent: int = 160,
     extra: Sequence[str] = (),
     layers: Sequence[int] | None = None,
@@ -163,7 +164,6 @@ def run_probe_study(
     persona_queries: int = 24,
     seed: int = 0,
     batch_size: int = 16,
-    device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
     progress: bool = True,
 ) -> ProbeSummary:
     """Run the probe study into ``out`` (re-running resumes the recordings); the steps are in the module docstring.
@@ -172,7 +172,7 @@ def run_probe_study(
         out: the output directory: ``activations/`` (the stores), ``directions/`` and ``probes/`` (safetensors),
             the tables (``probe_scores``, ``persona_directions``, ``persona_shared``, ``persona_lengths``: CSV + JSON),
             figures, ``report.md`` and ``summary.json``.
-        model_name: the model to load (``load_model``).
+        model, tokenizer: the bridged model and its tokenizer (``load_model``).
         per_intent: intent queries per intent (``intent_queries``; capped by the smallest intent).
         extra: user .jsonl/.csv files of more intent-labelled queries (their ``category`` is the intent).
         layers: blocks to read (default: every block); the token embeddings are always added as layer -1.
@@ -184,7 +184,6 @@ def run_probe_study(
             each persona and length.
         seed: splitting, fitting, sampling and bootstrap seed.
         batch_size: prompts per forward pass.
-        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
 
     Returns:
@@ -192,8 +191,8 @@ def run_probe_study(
         both controls; ``summary.json`` holds the full record.
 
     Raises:
-        ToolkitError: an unknown probe kind, persona or length, a layer the model does not have, ``per_intent``
-            below 2, a malformed ``extra`` file, or a model that cannot be loaded.
+        ToolkitError: an unknown probe kind, persona or length, a layer the model does not have, or ``per_intent``
+            below 2, or a malformed ``extra`` file.
     """
 
     out = Path(out)
@@ -202,7 +201,6 @@ def run_probe_study(
         raise ToolkitError(f"unknown probe {unknown[0]!r}: use any of {', '.join(PROBE_KINDS)}")
     conditions = persona_conditions(personas, persona_lengths, library)
     queries = intent_queries(per_intent, extra=extra, seed=seed)
-    model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     hooks = [EMBEDDING_HOOK] + residual_hooks(model, layers)  # token embeddings: the lexical baseline
     meta = {"model": model.cfg.model_name, **precision(model), "data": data_hash(queries), "hooks": hooks, "seed": seed}
 

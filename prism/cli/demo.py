@@ -28,7 +28,7 @@ from prism.bootstrap import BootstrapConfig
 from prism.cli.command import Command
 from prism.cli.options import add_model, add_out, add_wandb
 from prism.distill import DistillConfig
-from probes.core.models import model_slug, resolve_model_directory
+from probes.core.models import load_model, model_slug, resolve_model_directory
 from probes.core.prompts import Condition
 from probes.core.summary import Summary
 from probes.study import run_probe_study
@@ -60,20 +60,21 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
         study = summarise_study(study_dir)
         print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
 
+    model, tokenizer = load_model(model_name, **where)  # the probe and causal steps share one model
     with _step("2. probes and persona directions, short run (prism probe --per-intent 48 ...)"):
         probe = run_probe_study(
-            out / "probe", model_name=model_name, per_intent=48, kinds=("logistic", "diff-means"),
+            out / "probe", model, tokenizer, per_intent=48, kinds=("logistic", "diff-means"),
             personas=("math", "writing", "safety-monitor", "roleplay"), persona_lengths=("min", "long"), persona_queries=12,
-            progress=progress, **where,
+            progress=progress,
         )
         print(probe.format(PROBE_TARGETS))
         print(f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}")
 
     with _step("3. causal tests on knowledge items, short run (prism intervene --placement user -n 24 ...)"):
         # the study's strongest knowledge effect: a long persona in the user message
-        causal = run_interventions(out / "intervene", model_name=model_name, persona=Condition("random", "long", "user"),
+        causal = run_interventions(out / "intervene", model, tokenizer, persona=Condition("random", "long", "user"),
                                    n_items=24, layers=_spread_layers(model_name), multiples=(0.0, 1.0, 2.0), refusal_items=8,
-                                   progress=progress, **where)
+                                   progress=progress)
         print(causal.format())
         print(f"patching heatmap: {causal.directory / 'figures' / 'patching_heatmap.png'}; report: {causal.report}")
 

@@ -16,6 +16,7 @@ from prism.cli.options import (
     add_seed,
     add_wandb,
     layer_list,
+    load_timed,
 )
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RANDOM_PERSONA
@@ -47,10 +48,11 @@ def run_intervene(args: argparse.Namespace) -> Summary | None:
     layers = layer_list(args.layers)
     if args.refusal_items < 0:
         raise ToolkitError(f"--refusal-items must be 0 or more, got {args.refusal_items}")
+    model, tokenizer = load_timed(args)
     summary = run_interventions(
-        args.out, model_name=args.model, persona=args.condition, personas=args.library, n_items=args.n, layers=layers,
+        args.out, model, tokenizer, persona=args.condition, personas=args.library, n_items=args.n, layers=layers,
         steer_layer=args.steer_layer, refusal_items=args.refusal_items, seed=args.seed, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress,
+        progress=args.progress,
     )
     return summary
 

@@ -26,7 +26,7 @@ from probes.core.rendering import render_items
 from probes.core.summary import Summary
 from probes.passes import residual_hooks
 from probes.recording import record_activations
-from probes.study import run_probe_study
+from probes.study import persona_conditions, run_probe_study
 
 
 def add_record_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,11 +86,13 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 def run_probe(args: argparse.Namespace) -> Summary | None:
     """Run (or resume) the probe study and print the earliest decodable layer of each target."""
     layers = layer_list(args.layers)
+    kinds, personas, lengths = csv_list(args.probes), csv_list(args.personas), csv_list(args.persona_lengths)
+    persona_conditions(personas, lengths, args.library)  # an unknown persona or length fails before the model loads
+    model, tokenizer = load_timed(args)
     summary = run_probe_study(
-        args.out, model_name=args.model, per_intent=args.per_intent, extra=args.extra, layers=layers,
-        kinds=csv_list(args.probes), personas=csv_list(args.personas), library=args.library,
-        persona_lengths=csv_list(args.persona_lengths), persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
-        progress=args.progress,
+        args.out, model, tokenizer, per_intent=args.per_intent, extra=args.extra, layers=layers,
+        kinds=kinds, personas=personas, library=args.library, persona_lengths=lengths,
+        persona_queries=args.persona_queries, seed=args.seed, batch_size=args.batch_size, progress=args.progress,
     )
     return summary
 

@@ -133,9 +133,9 @@ def test_logits_at_fires_the_bridges_hooks(batch):  # across architectures: test
     assert torch.allclose(steered, steered_full[:, 7], atol=1e-4)  # hooks fire on this path too
 
 
-def test_intervene_writes_tables_figures_and_report(tiny_llama_directory, tmp_path):
+def test_intervene_writes_tables_figures_and_report(tiny, tmp_path):
     out = tmp_path / "intervene"
-    summary = run_interventions(out, model_name=tiny_llama_directory, n_items=8, layers=[0, 2], multiples=(0.0, 1.0),
+    summary = run_interventions(out, *tiny, n_items=8, layers=[0, 2], multiples=(0.0, 1.0),
                                 refusal_items=4, refusal_multiples=(1.0,), progress=False)
     patching = json.loads((out / "patching.json").read_text())
     assert {(r["layer"], r["group"]) for r in patching} == {(l, g) for l in (0, 2) for g in ("query", "after_query", "final")}

@@ -132,13 +132,13 @@ def test_persona_direction_statistics():
         persona_differences(one[:3], base)
 
 
-def test_probe_study_end_to_end_on_a_tiny_model(tiny_llama_directory, tmp_path):
+def test_probe_study_end_to_end_on_a_tiny_model(tiny, tmp_path):
     out = tmp_path / "probe"
     mine = tmp_path / "mine.json"  # a user's persona, named next to a built-in one
     mine.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr, you are a pirate captain.",
                                               "long": "Arr, you are a pirate captain who has sailed every sea."}]}))
     library = persona_library(mine)
-    summary = run_probe_study(out, model_name=tiny_llama_directory, per_intent=24, personas=["math", "pirate"],
+    summary = run_probe_study(out, *tiny, per_intent=24, personas=["math", "pirate"],
                               library=library, persona_lengths=["min", "long"], persona_queries=6,
                               kinds=["logistic", "diff-means"], progress=False)
     assert set(summary.earliest) == {f"{t}/{p}" for t in ("intent", "knowledge-vs-generation", "harmful-vs-benign")
@@ -156,7 +156,7 @@ def test_probe_study_end_to_end_on_a_tiny_model(tiny_llama_directory, tmp_path):
     for name in ("probe_intent_last.png", "projection_intents.png", "pca_early_late.png", "cosine_personas.png"):
         assert (out / "figures" / name).stat().st_size > 1000
     first = (out / "directions" / "persona_last.safetensors").read_bytes()
-    run_probe_study(out, model_name=tiny_llama_directory, per_intent=24, personas=["math", "pirate"], library=library,
+    run_probe_study(out, *tiny, per_intent=24, personas=["math", "pirate"], library=library,
                     persona_lengths=["min", "long"], persona_queries=6, kinds=["logistic", "diff-means"], progress=False)
     assert (out / "directions" / "persona_last.safetensors").read_bytes() == first  # resumed, same result
 

@@ -224,9 +224,10 @@ def pirate_file(tmp_path):
 
 def test_probe_bootstrap_and_intervene_take_a_users_personas_from_a_file(pirate_file, tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(prism.cli.probes, "run_probe_study", lambda out, **k: seen.update(probe=k))
+    monkeypatch.setattr(prism.cli.probes, "run_probe_study", lambda out, model, tokenizer, **k: seen.update(probe=k))
     monkeypatch.setattr(prism.pipeline, "bootstrap", lambda out, **k: seen.update(bootstrap=k))
-    monkeypatch.setattr(prism.cli.interventions, "run_interventions", lambda out, **k: seen.update(intervene=k))
+    monkeypatch.setattr(prism.cli.interventions, "run_interventions",
+                        lambda out, model, tokenizer, **k: seen.update(intervene=k))
     file = ["--personas-file", str(pirate_file), "--out", str(tmp_path / "out")]
     assert main(["probe", "--personas", "math,pirate", "--persona-lengths", "min,long", *file]) == 0
     probe = seen.pop("probe")

@@ -14,20 +14,25 @@ headers carry it.
 
 Errors are OpenAI's error body with the status: 400 bad input (``protocol``), 401 a missing or
 wrong API key (only with one set; ``/health`` and ``/metrics`` need none), 404 an unknown path or
-a mode not served, 503 a full queue (with ``Retry-After``), 500 a failure inside the model. The
-tokenizer given here is the app's own copy (the engine's worker owns the model's), so requests
-are checked and tokenised on the event loop while the worker decodes.
+a mode not served, 408 a body that did not arrive in time and 413 one too large (``limits``), 503
+a full queue (with ``Retry-After``), 500 a failure inside the model. Requests are parsed, checked,
+rendered and tokenised in a small pool of threads, each with its own copy of the tokenizer given
+here (the engine's worker owns the model's): neither the event loop nor the model's worker waits
+while a large or bad request is looked at.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import json
 import secrets
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 try:
     from fastapi import FastAPI, Request
@@ -39,9 +44,11 @@ except ModuleNotFoundError as missing:  # an optional dependency: say which extr
 
 from prism.server.decoding import Sampling
 from prism.server.engine import Engine, Job, Overloaded
+from prism.server.limits import BodyLimit, Limits
 from prism.server.modes import MODES
 from prism.server.protocol import (
     ApiError,
+    Budget,
     answer,
     chat_prompt,
     chunk,
@@ -56,6 +63,7 @@ __all__ = ["ServerConfig", "create_app"]
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
+CHECK_THREADS = 4  # threads that parse, check, render and tokenise requests
 
 
 @dataclass(frozen=True)
@@ -67,12 +75,14 @@ class ServerConfig:
         default_mode: the mode of requests that name none.
         max_tokens: tokens generated when a request gives no ``max_tokens`` (cut to what the context leaves).
         api_key: the key requests must send as ``Authorization: Bearer KEY`` (None: no key).
+        limits: what one request or connection may cost (``prism.server.limits``).
     """
 
     model_name: str
     default_mode: str = "prism"
     max_tokens: int = 256
     api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
@@ -84,14 +94,21 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         config: names, defaults and the API key.
     """
     metrics, modes, n_ctx = engine.metrics, engine.modes, engine.model.cfg.n_ctx
+    budget = Budget.of(tokenizer, n_ctx, config.limits)
+    checkers = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="prism-check")
+    own = threading.local()  # each checking thread's copy of the tokenizer
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
         yield
+        checkers.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
 
     app = FastAPI(title="PRISM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.limits = config.limits  # the connection limits uvicorn enforces (``prism.server.launch``)
+    app.add_middleware(BodyLimit, max_bytes=config.limits.max_body_bytes, timeout=config.limits.body_timeout,
+                       refused=lambda path, status: metrics.request(path if path in ENDPOINTS else "other", None, status))
 
     def refuse(request: Request, error: ApiError) -> JSONResponse:
         path = request.url.path
@@ -154,16 +171,27 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             metrics.request(request.url.path, gone.route, 499)
             return Response(status_code=499)
 
-    async def answer_request(request: Request, chat: bool) -> Response:
-        start, endpoint = time.monotonic(), request.url.path
-        authorize(request)
-        body = parse_body(await request.body())
+    def tokenizer_here():
+        """The calling checking thread's own copy of the tokenizer (fast tokenizers are not safe to share)."""
+        if not hasattr(own, "tokenizer"):
+            own.tokenizer = copy.deepcopy(tokenizer)
+        return own.tokenizer
+
+    def check(raw: bytes, chat: bool):
+        """A request's settings, mode and prompt ids (in a checking thread)."""
+        body = parse_body(raw)
         asked = settings(body)
         mode = asked.model if asked.model in MODES else config.default_mode
         if mode not in modes.available:
             raise ApiError(404, f"mode {mode!r} is not served here: use one of {', '.join(modes.available)}",
                            param="model", code="model_not_found")
-        ids = chat_prompt(tokenizer, body) if chat else completion_prompt(tokenizer, body)
+        ids = (chat_prompt if chat else completion_prompt)(tokenizer_here(), body, budget)
+        return asked, mode, ids
+
+    async def answer_request(request: Request, chat: bool) -> Response:
+        start, endpoint = time.monotonic(), request.url.path
+        authorize(request)
+        asked, mode, ids = await asyncio.get_running_loop().run_in_executor(checkers, check, await request.body(), chat)
         seed = asked.seed if asked.seed is not None else secrets.randbits(63)
         sampling = Sampling(fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx), asked.temperature,
                             asked.top_p, seed, asked.stop)

@@ -240,10 +240,23 @@ def render_conversation(
     tokenizer: PreTrainedTokenizerBase, first: RenderedPrompt, response: str, follow_up: str
 ) -> RenderedPrompt:
     """The prompt for a second turn: ``first``'s messages, the model's ``response``, ``follow_up``."""
-    if not follow_up.strip():
-        raise ToolkitError("empty follow-up turn: every turn needs text")
-    messages = tuple(first.messages) + (("assistant", response), ("user", follow_up))
+    return continue_conversation(tokenizer, first, [(response, follow_up)])
+
+
+def continue_conversation(
+    tokenizer: PreTrainedTokenizerBase, first: RenderedPrompt, exchanges: Sequence[tuple[str, str]]
+) -> RenderedPrompt:
+    """``first``'s messages followed by each ``(response, follow_up)`` exchange, rendered in one pass of the chat
+    template: the prompt ``render_conversation`` builds one exchange at a time, in time linear in its length."""
+    if not exchanges:
+        raise ToolkitError("no exchange to continue the conversation with")
+    for _, follow_up in exchanges:
+        if not follow_up.strip():
+            raise ToolkitError("empty follow-up turn: every turn needs text")
+    added = tuple(message for response, follow_up in exchanges for message in (("assistant", response), ("user", follow_up)))
+    messages = tuple(first.messages) + added
     text, special = _apply_template(tokenizer, messages)
+    follow_up = exchanges[-1][1]
     start = text.rindex(follow_up)
     return replace(
         first, text=text, query_span=(start, start + len(follow_up)), add_special_tokens=special, messages=messages

@@ -5,7 +5,9 @@ with its own seeded generator; text streamed as it comes), ``modes`` (what an an
 with: ``prism``, ``steering``, ``base``, ``always``, each reading the gate in the answering
 prefill), ``engine`` (the worker thread that owns the model and batches the requests that
 arrive together), ``metrics`` (Prometheus text), ``protocol`` (OpenAI's request and answer
-formats, errors included), ``app`` (the FastAPI endpoints) and ``launch`` (files, app, uvicorn).
+formats, errors included), ``limits`` (what one request or connection may cost), ``prompts`` (a
+request's prompt, rendered and tokenised within those bounds), ``app`` (the FastAPI endpoints)
+and ``launch`` (files, app, uvicorn).
 
     from prism.server import ServerThread, build_app, served_files
 
@@ -23,8 +25,10 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "prism.server.app": ("ServerConfig", "create_app"),
     "prism.server.decoding": ("BatchDecoder", "Sampling", "TextStream"),
     "prism.server.engine": ("Engine", "Job", "Overloaded"),
+    "prism.server.limits": ("Limits",),
     "prism.server.launch": ("ServerThread", "build_app", "serve", "served_files"),
     "prism.server.metrics": ("Metrics",),
     "prism.server.modes": ("MODES", "Modes", "PrismFiles"),
+    "prism.server.prompts": ("Budget",),
     "prism.server.protocol": ("ApiError",),
 })

@@ -46,18 +46,8 @@ from prism.server.decoding import Sampling
 from prism.server.engine import Engine, Job, Overloaded
 from prism.server.limits import BodyLimit, Limits
 from prism.server.modes import MODES
-from prism.server.protocol import (
-    ApiError,
-    Budget,
-    answer,
-    chat_prompt,
-    chunk,
-    completion_prompt,
-    fit_context,
-    new_id,
-    parse_body,
-    settings,
-)
+from prism.server.prompts import Budget, chat_prompt, completion_prompt, fit_context
+from prism.server.protocol import ApiError, answer, chunk, new_id, parse_body, settings
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -108,7 +98,8 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="PRISM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.limits = config.limits  # the connection limits uvicorn enforces (``prism.server.launch``)
     app.add_middleware(BodyLimit, max_bytes=config.limits.max_body_bytes, timeout=config.limits.body_timeout,
-                       refused=lambda path, status: metrics.request(path if path in ENDPOINTS else "other", None, status))
+                       refused=lambda path, status: metrics.request(path if path in ENDPOINTS else "other", None,
+                                                                    status))
 
     def refuse(request: Request, error: ApiError) -> JSONResponse:
         path = request.url.path

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from prism.server.protocol import ApiError, chat_prompt, completion_prompt, fit_context, parse_body, settings
+from prism.server.prompts import Budget, chat_prompt, completion_prompt, encode_within, fit_context
+from prism.server.protocol import ApiError, parse_body, settings
 from probes.core.prompts import Condition, encode, render, render_conversation, render_messages
 
 
@@ -107,3 +108,17 @@ def test_malformed_bodies_prompts_and_contexts_are_refused(tokenizer):
     assert refused.value.code == "context_length_exceeded"
     with pytest.raises(ApiError, match="the prompt has 120 tokens but"):
         fit_context(120, None, 256, 100)
+
+
+def test_a_prompt_is_tokenised_only_as_far_as_the_context_needs(tokenizer):
+    text = ("#" * 64 + " ") * 40 + "end"  # few tokens for many characters: longer than the first window
+    ids = tokenizer(text)["input_ids"]
+    fits = Budget.of(tokenizer, len(ids))
+    assert len(text) > 8 * (fits.n_ctx + 1)
+    assert encode_within(tokenizer, text, fits, add_special_tokens=True, param="prompt") == ids
+    with pytest.raises(ApiError, match="the prompt has more than 200 tokens, the model's context") as refused:
+        encode_within(tokenizer, "word " * 2000, Budget.of(tokenizer, 200), add_special_tokens=True, param="prompt")
+    assert refused.value.code == "context_length_exceeded" and refused.value.param == "prompt"
+    with pytest.raises(ApiError, match="more than the model's context of 2 tokens can hold"):
+        encode_within(tokenizer, "x" * (2 * fits.longest_token + 1), Budget.of(tokenizer, 2), add_special_tokens=True,
+                      param="prompt")

@@ -32,7 +32,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 try:
     from fastapi import FastAPI, Request
@@ -45,13 +45,15 @@ except ModuleNotFoundError as missing:  # an optional dependency: say which extr
 from prism.server.decoding import Sampling
 from prism.server.engine import Engine, Job, Overloaded
 from prism.server.limits import BodyLimit, Limits
+from prism.server.logprobs import chat_logprobs, completion_logprobs
 from prism.server.modes import MODES
-from prism.server.prompts import Budget, chat_prompt, completion_prompt, fit_context
-from prism.server.protocol import ApiError, answer, chunk, new_id, parse_body, settings
+from prism.server.prompts import Budget, chat_prompt, completion_prompts, fit_context
+from prism.server.protocol import ApiError, answer, choice, chunk, new_id, parse_body, settings
 
 __all__ = ["ServerConfig", "create_app"]
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenizer_info",
+             "/tokenize", "/detokenize")
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
 CHECK_THREADS = 4  # threads that parse, check, render and tokenise requests
 
@@ -147,6 +149,51 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             {"id": mode, "object": "model", "created": 0, "owned_by": "prism-toolkit", "description": MODES[mode],
              "root": config.model_name} for mode in served]})
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(request: Request) -> JSONResponse:
+        authorize(request)
+        return JSONResponse({"tokenizer_class": type(tokenizer).__name__, "eos_token": tokenizer.eos_token,
+                             "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token,
+                             "chat_template": getattr(tokenizer, "chat_template", None), "model_max_length": n_ctx,
+                             "vocab_size": len(tokenizer)})
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> JSONResponse:
+        authorize(request)
+        ids = await in_checker(count_tokens, await request.body())
+        metrics.request("/tokenize", None, 200)
+        return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": n_ctx})
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> JSONResponse:
+        authorize(request)
+        text = await in_checker(decode_tokens, await request.body())
+        metrics.request("/detokenize", None, 200)
+        return JSONResponse({"prompt": text})
+
+    def count_tokens(raw: bytes) -> list[int]:
+        """``/tokenize``: a text's token ids (``add_special_tokens``, default true), or a chat's rendered as the chat
+        endpoint renders it; a text up to ``--max-message-chars``, whatever the context."""
+        body = parse_body(raw)
+        if "messages" in body:
+            return chat_prompt(tokenizer_here(), body, replace(budget, n_ctx=max(n_ctx, 2**31)))
+        prompt, special = body.get("prompt"), body.get("add_special_tokens", True)
+        if not isinstance(prompt, str) or not isinstance(special, bool):
+            raise ApiError(400, "send a prompt (a string, with add_special_tokens true or false) or messages",
+                           param="prompt")
+        if len(prompt) > config.limits.max_message_chars:
+            raise ApiError(400, f"prompt has {len(prompt)} characters, above this server's limit of "
+                                f"{config.limits.max_message_chars} (--max-message-chars)", param="prompt",
+                           code="string_above_max_length")
+        return tokenizer_here()(prompt, add_special_tokens=special)["input_ids"]
+
+    def decode_tokens(raw: bytes) -> str:
+        """``/detokenize``: the text of token ids."""
+        tokens = parse_body(raw).get("tokens")
+        if not isinstance(tokens, list) or not all(type(token) is int and 0 <= token < len(tokenizer) for token in tokens):
+            raise ApiError(400, f"tokens must be a list of token ids in [0, {len(tokenizer)})", param="tokens")
+        return tokenizer_here().decode(tokens)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await generate(request, chat=True)
@@ -169,60 +216,106 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         return own.tokenizer
 
     def check(raw: bytes, chat: bool):
-        """A request's settings, mode and prompt ids (in a checking thread)."""
+        """A request's settings, mode and prompts as ``(ids, text)`` (in a checking thread)."""
         body = parse_body(raw)
-        asked = settings(body)
+        asked = settings(body, chat)
         mode = asked.model if asked.model in MODES else config.default_mode
         if mode not in modes.available:
             raise ApiError(404, f"mode {mode!r} is not served here: use one of {', '.join(modes.available)}",
                            param="model", code="model_not_found")
-        ids = (chat_prompt if chat else completion_prompt)(tokenizer_here(), body, budget)
-        return asked, mode, ids
+        prompts = [(chat_prompt(tokenizer_here(), body, budget), None)] if chat else \
+            completion_prompts(tokenizer_here(), body, budget)
+        if asked.stream and len(prompts) > 1:
+            raise ApiError(400, "stream takes one prompt: send a batch of prompts without stream", param="stream",
+                           code="unsupported_parameter")
+        return asked, mode, prompts
+
+    def in_checker(function, *args):
+        """``function(*args)`` in a checking thread."""
+        return asyncio.get_running_loop().run_in_executor(checkers, function, *args)
 
     async def answer_request(request: Request, chat: bool) -> Response:
         start, endpoint = time.monotonic(), request.url.path
         authorize(request)
-        asked, mode, ids = await asyncio.get_running_loop().run_in_executor(checkers, check, await request.body(), chat)
+        asked, mode, prompts = await in_checker(check, await request.body(), chat)
         seed = asked.seed if asked.seed is not None else secrets.randbits(63)
-        sampling = Sampling(fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx), asked.temperature,
-                            asked.top_p, seed, asked.stop)
-        events: asyncio.Queue = asyncio.Queue()
+        param = "messages" if chat else "prompt"
+        samplings = [Sampling(fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx, param), asked.temperature,
+                              asked.top_p, seed, asked.stop, asked.logprobs, asked.echo) for ids, _ in prompts]
         loop = asyncio.get_running_loop()
-        job = Job(ids, sampling, mode, lambda event: loop.call_soon_threadsafe(events.put_nowait, event), strip=chat)
+        jobs, queues = [], []
+        for (ids, _), sampling in zip(prompts, samplings):
+            events: asyncio.Queue = asyncio.Queue()
+            jobs.append(Job(ids, sampling, mode, lambda event, events=events: loop.call_soon_threadsafe(
+                events.put_nowait, event), strip=chat))
+            queues.append(events)
         try:
-            engine.submit(job)
+            for job in jobs:
+                engine.submit(job)
         except Overloaded as error:
+            for job in jobs:
+                engine.cancel(job)
             raise ApiError(503, f"the server is busy: {error}; retry shortly", type="server_overloaded",
                            code="queue_full") from None
-        kind, *routing = await next_event(events, request, job, None)
-        if kind == "error":
-            raise ApiError(500, routing[0], type="server_error")
-        probability, route = routing
-        prism = {"mode": mode, "route": route, "seed": seed,
-                 "gate_probability": None if probability is None else round(probability, 6)}
-        headers = {"X-Prism-Route": route, "X-Prism-Mode": mode}
-        if probability is not None:
-            headers["X-Prism-Gate-Probability"] = f"{probability:.6f}"
         ident = new_id(chat)
-
-        def finished(status: int) -> None:
-            metrics.request(endpoint, route, status, time.monotonic() - start)
-
         if asked.stream:
-            lines = stream(events, chat, ident, mode, prism, asked.include_usage, finished)
-            return _EventStream(lines, engine, job, headers=headers, media_type="text/event-stream")
+            kind, *routing = await next_event(queues[0], request, jobs[0], None)
+            if kind == "error":
+                raise ApiError(500, routing[0], type="server_error")
+            prism, headers = _route(mode, seed, *routing)
+            lines = stream(queues[0], chat, ident, mode, prism, asked.include_usage,
+                           lambda status: metrics.request(endpoint, prism["route"], status, time.monotonic() - start))
+            return _EventStream(lines, engine, jobs[0], headers=headers, media_type="text/event-stream")
+        try:
+            outcomes = await asyncio.gather(*(collect(events, request, job) for events, job in zip(queues, jobs)))
+        except BaseException:
+            for job in jobs:
+                engine.cancel(job)
+            raise
+        prisms = [_route(mode, seed, outcome["probability"], outcome["route"]) for outcome in outcomes]
+        failed = next((outcome["error"] for outcome in outcomes if outcome["error"] is not None), None)
+        route = prisms[0][0]["route"] if prisms[0][0] is not None else None
+        if failed is not None:
+            metrics.request(endpoint, route, 500, time.monotonic() - start)
+            raise ApiError(500, failed, type="server_error")
+        choices = await in_checker(make_choices, chat, prompts, outcomes, [prism for prism, _ in prisms], asked)
+        metrics.request(endpoint, route, 200, time.monotonic() - start)
+        body = answer(chat, ident, mode, choices, sum(outcome["n_prompt"] for outcome in outcomes),
+                      sum(outcome["n_completion"] for outcome in outcomes), prisms[0][0])
+        return JSONResponse(body, headers=prisms[0][1])
+
+    def make_choices(chat: bool, prompts: list, outcomes: list[dict], prisms: list[dict], asked) -> list[dict]:
+        """The answer's choices, log-probabilities formatted (in a checking thread: it decodes every token)."""
+        made = []
+        for index, ((ids, text), outcome, prism) in enumerate(zip(prompts, outcomes, prisms)):
+            logprobs = None
+            if asked.logprobs is not None:
+                logprobs = chat_logprobs(tokenizer_here(), outcome["tokens"]) if chat else completion_logprobs(
+                    tokenizer_here(), ids if asked.echo else None, outcome["prompt"], outcome["tokens"])
+            shown = outcome["text"]
+            if asked.echo:
+                shown = (text if text is not None else tokenizer_here().decode(ids)) + shown
+            made.append(choice(chat, index, shown, outcome["finish"], logprobs, None if chat else prism))
+        return made
+
+    async def collect(events: asyncio.Queue, request: Request, job: Job) -> dict:
+        """Everything the worker sends about ``job`` until it is done (``error``: the failure, if it failed)."""
+        outcome = {"route": None, "probability": None, "prompt": None, "tokens": [], "error": None}
         pieces = []
         while True:
-            kind, *rest = await next_event(events, request, job, route)
-            if kind == "delta":
+            kind, *rest = await next_event(events, request, job, outcome["route"])
+            if kind == "route":
+                outcome["probability"], outcome["route"] = rest
+            elif kind == "prompt":
+                outcome["prompt"] = rest[0]
+            elif kind == "token":
+                outcome["tokens"].append(rest[0])
+            elif kind == "delta":
                 pieces.append(rest[0])
             elif kind == "error":
-                finished(500)
-                raise ApiError(500, rest[0], type="server_error")
+                return outcome | {"error": rest[0]}
             else:
-                finished(200)
-                return JSONResponse(answer(chat, ident, mode, "".join(pieces), rest[0], rest[1], rest[2], prism),
-                                    headers=headers)
+                return outcome | {"text": "".join(pieces), "finish": rest[0], "n_prompt": rest[1], "n_completion": rest[2]}
 
     async def next_event(events: asyncio.Queue, request: Request, job: Job, route: str | None) -> tuple:
         """The job's next event; if the client goes away meanwhile, the job is cancelled (``_ClientGone``)."""
@@ -261,6 +354,18 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             finished(status)
 
     return app
+
+
+def _route(mode: str, seed: int, probability: float | None, route: str | None) -> tuple[dict | None, dict]:
+    """The ``prism`` field and the ``X-Prism-*`` headers of an answer's route (None before the route was read)."""
+    if route is None:
+        return None, {}
+    prism = {"mode": mode, "route": route, "seed": seed,
+             "gate_probability": None if probability is None else round(probability, 6)}
+    headers = {"X-Prism-Route": route, "X-Prism-Mode": mode}
+    if probability is not None:
+        headers["X-Prism-Gate-Probability"] = f"{probability:.6f}"
+    return prism, headers
 
 
 class _ClientGone(Exception):

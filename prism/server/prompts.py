@@ -25,7 +25,7 @@ from prism.server.protocol import ApiError, bad
 from probes.core.errors import ToolkitError
 from probes.core.prompts import render_conversation, render_messages
 
-__all__ = ["Budget", "chat_prompt", "completion_prompt", "encode_within", "fit_context"]
+__all__ = ["Budget", "chat_prompt", "completion_prompts", "encode_within", "fit_context"]
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -155,28 +155,46 @@ def chat_prompt(tokenizer, body: dict, budget: Budget | None = None) -> list[int
     return encode_within(tokenizer, prompt.text, budget, add_special_tokens=prompt.add_special_tokens, param="messages")
 
 
-def completion_prompt(tokenizer, body: dict, budget: Budget | None = None) -> list[int]:
-    """The token ids of a completion request's prompt: the text as it is, no chat template (``budget`` as
-    ``chat_prompt``'s).
+def completion_prompts(tokenizer, body: dict, budget: Budget | None = None) -> list[tuple[list[int], str | None]]:
+    """The prompts of a completion request, each as ``(token ids, text)``: a text as it is (no chat template; its
+    ``text``), or token ids as given (``text`` None). ``prompt`` is a text, a list of texts, a list of token ids or a
+    list of token-id lists (a batch: one choice per prompt, in order); ``budget`` as ``chat_prompt``'s, and its
+    ``--max-messages`` also bounds the prompts of one request.
 
     Raises:
-        ApiError: 400 for a missing, empty or non-text prompt, more than one prompt, or one that cannot fit the context.
+        ApiError: 400 for a missing or empty prompt, one of another shape, a token id outside the vocabulary, too many
+            prompts, or one that cannot fit the context.
     """
     budget = budget or Budget.of(tokenizer, tokenizer.model_max_length)
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise bad("prompt must be one non-empty string", "prompt",
-                  "missing_required_parameter" if prompt is None else "invalid_value")
-    limit = budget.limits.max_message_chars
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)
+                                   and not isinstance(prompt[0], bool)):
+        prompt = [prompt]
+    shape = ("prompt must be a non-empty string, a list of them, a list of token ids or a list of token-id lists")
+    if not isinstance(prompt, list) or not prompt:
+        raise bad(shape, "prompt", "missing_required_parameter" if prompt is None else "invalid_value")
+    limit = budget.limits.max_messages
     if len(prompt) > limit:
-        raise bad(f"prompt has {len(prompt)} characters, above this server's limit of {limit} (--max-message-chars)",
-                  "prompt", "string_above_max_length")
-    return encode_within(tokenizer, prompt, budget, add_special_tokens=True, param="prompt")
+        raise bad(f"prompt has {len(prompt)} prompts, above this server's limit of {limit} (--max-messages)", "prompt",
+                  "array_above_max_length")
+    vocabulary, prompts = len(tokenizer), []
+    for index, one in enumerate(prompt):
+        where = f"prompt[{index}]" if len(prompt) > 1 else "prompt"
+        if isinstance(one, str) and one.strip():
+            if len(one) > budget.limits.max_message_chars:
+                raise bad(f"{where} has {len(one)} characters, above this server's limit of "
+                          f"{budget.limits.max_message_chars} (--max-message-chars)", where, "string_above_max_length")
+            prompts.append((encode_within(tokenizer, one, budget, add_special_tokens=True, param="prompt"), one))
+        elif isinstance(one, list) and one and all(type(token) is int for token in one):
+            if not all(0 <= token < vocabulary for token in one):
+                raise bad(f"{where} holds a token id outside the vocabulary [0, {vocabulary})", where)
+            prompts.append((list(one), None))
+        else:
+            raise bad(shape, where)
+    return prompts
 
 
-def fit_context(n_prompt: int, max_tokens: int | None, default: int, n_ctx: int) -> int:
+def fit_context(n_prompt: int, max_tokens: int | None, default: int, n_ctx: int, param: str = "messages") -> int:
     """The tokens to generate: ``max_tokens``, or ``default`` cut to what the context leaves.
 
     Raises:
@@ -188,5 +206,5 @@ def fit_context(n_prompt: int, max_tokens: int | None, default: int, n_ctx: int)
     if max_tokens is None or max_tokens > room:
         asked = f" plus max_tokens {max_tokens}" if max_tokens is not None else ""
         raise ApiError(400, f"the prompt has {n_prompt} tokens{asked} but the model's context is {n_ctx} tokens: "
-                            "shorten the messages or lower max_tokens", param="messages", code="context_length_exceeded")
+                            f"shorten the {param} or lower max_tokens", param=param, code="context_length_exceeded")
     return max_tokens

@@ -15,12 +15,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ApiError", "Settings", "answer", "bad", "chunk", "new_id", "parse_body", "settings"]
+__all__ = ["ApiError", "MAX_LOGPROBS", "Settings", "answer", "bad", "choice", "chunk", "new_id", "parse_body", "settings"]
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 # parameters this server cannot honour, with the value that asks for nothing
-UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "logprobs": False, "top_logprobs": 0,
-               "tools": [], "functions": [], "best_of": 1, "echo": False, "suffix": ""}
+UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "tools": [], "functions": [], "best_of": 1,
+               "suffix": ""}
+MAX_LOGPROBS = 20  # most likely tokens reported per position at most (OpenAI's and vLLM's default bound)
 
 
 class ApiError(Exception):
@@ -93,6 +94,8 @@ class Settings:
     seed: int | None
     stream: bool
     include_usage: bool
+    logprobs: int | None = None
+    echo: bool = False
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float, *, low_open: bool = False) -> float:
@@ -114,21 +117,44 @@ def _integer(body: dict, name: str) -> int | None:
     return value
 
 
-def settings(body: dict) -> Settings:
-    """The generation settings of a chat or completion request.
+def _logprobs(body: dict, chat: bool) -> tuple[int | None, bool]:
+    """``(logprobs, echo)``: how many most likely tokens to report per token (None: no log-probabilities), and
+    whether a completion's prompt is echoed with its log-probabilities. Chat takes ``logprobs: true`` and
+    ``top_logprobs``; completions an integer ``logprobs`` and ``echo``."""
+    if chat:
+        wanted, top = body.get("logprobs"), _integer(body, "top_logprobs")
+        if wanted is not None and not isinstance(wanted, bool):
+            raise bad(f"logprobs must be true or false, got {json.dumps(wanted)[:40]}", "logprobs", "invalid_type")
+        if top is not None and not 0 <= top <= MAX_LOGPROBS:
+            raise bad(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {top}", "top_logprobs")
+        if top and not wanted:
+            raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+        return (top or 0) if wanted else None, False
+    top, echo = _integer(body, "logprobs"), body.get("echo", False)
+    if top is not None and not 0 <= top <= MAX_LOGPROBS:
+        raise bad(f"logprobs must be in [0, {MAX_LOGPROBS}], got {top}", "logprobs")
+    if echo is not None and not isinstance(echo, bool):
+        raise bad("echo must be true or false", "echo", "invalid_type")
+    return top, bool(echo)
+
+
+def settings(body: dict, chat: bool = True) -> Settings:
+    """The generation settings of a chat (``chat``) or completion request.
 
     Raises:
-        ApiError: 400 for a temperature outside [0, 2], top_p outside (0, 1], max_tokens below 1, n other than 1, a
-            seed out of range, a stop that is not a string or a list of at most 4 non-empty strings, a model or
-            stream of the wrong type, or a parameter this server cannot honour (penalties, logprobs, tools, ...).
+        ApiError: 400 for a temperature outside [0, 2], top_p outside (0, 1], max_tokens below 1 (0 is an echo's
+            prompt alone), n other than 1, a seed out of range, a stop that is not a string or a list of at most 4
+            non-empty strings, a model or stream of the wrong type, logprobs out of range or with a stream, or a
+            parameter this server cannot honour (penalties, tools, ...).
     """
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad("model must be a string", "model", "invalid_type")
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _integer(body, name)
-    if max_tokens is not None and max_tokens < 1:
-        raise bad(f"{name} must be at least 1, got {max_tokens}", name)
+    logprobs, echo = _logprobs(body, chat)
+    if max_tokens is not None and max_tokens < (0 if echo else 1):
+        raise bad(f"{name} must be at least 1 (0 only with echo), got {max_tokens}", name)
     n = _integer(body, "n")
     if n not in (None, 1):
         raise bad(f"n must be 1 (one answer per request), got {n}", "n")
@@ -145,12 +171,16 @@ def settings(body: dict) -> Settings:
     for name, default in UNSUPPORTED.items():
         if body.get(name) not in (None, default):
             raise bad(f"{name} is not supported by this server: leave it out", name, "unsupported_parameter")
+    if stream and (logprobs is not None or echo):
+        raise bad("logprobs and echo are not supported with stream: leave stream out", "stream",
+                  "unsupported_parameter")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad("stream_options must be an object", "stream_options", "invalid_type")
     return Settings(model=model, max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
                     top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True), stop=stops, seed=seed,
-                    stream=bool(stream), include_usage=bool(options.get("include_usage", False)))
+                    stream=bool(stream), include_usage=bool(options.get("include_usage", False)), logprobs=logprobs,
+                    echo=echo)
 
 
 def _usage(n_prompt: int, n_completion: int) -> dict:
@@ -162,15 +192,23 @@ def new_id(chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
 
-def answer(chat: bool, ident: str, model: str, text: str, finish: str, n_prompt: int, n_completion: int,
-           prism: dict) -> dict:
-    """A whole answer: a chat completion or a text completion, with the ``prism`` route field."""
+def choice(chat: bool, index: int, text: str, finish: str, logprobs: dict | None = None,
+           prism: dict | None = None) -> dict:
+    """One choice of a whole answer: the chat message or the completion's text, its log-probabilities (or None) and,
+    for a completion, its prompt's ``prism`` route."""
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish} | (
+        {"prism": prism} if prism is not None else {})
+
+
+def answer(chat: bool, ident: str, model: str, choices: list[dict], n_prompt: int, n_completion: int,
+           prism: dict) -> dict:
+    """A whole answer: a chat completion or a text completion (one choice per prompt), with the ``prism`` route field
+    (a batch of prompts: the first one's; each choice has its own)."""
     return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": _usage(n_prompt, n_completion), "prism": prism}
+            "model": model, "choices": choices, "usage": _usage(n_prompt, n_completion), "prism": prism}
 
 
 def chunk(chat: bool, ident: str, model: str, *, text: str | None = None, first: bool = False, finish: str | None = None,

@@ -8,14 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-from interventions.measure.scoring import score_choices
-from prism.adapters import active_adapter, load_adapter
+from prism.adapters import load_adapter
 from prism.gate import Gate
 from prism.persona_path import GATED
-from prism.routing import Routed
 from prism.server.launch import served_files
 from probes.core.models import load_model
 from probes.core.prompts import Condition, encode, render
@@ -46,38 +43,28 @@ def _echo(server, prompts: list[list[int]], mode: str) -> list[dict]:
     return choices
 
 
-def test_echoed_logprobs_equal_the_toolkits_scores_alone_batched_and_concurrent(tiny_server, reference, queries):
+def test_echoed_logprobs_equal_the_toolkits_scores_alone_batched_and_concurrent(tiny_server, reference, queries,
+                                                                               scores_as_served):
     model, tokenizer, gate = reference
     prompts = [render(tokenizer, query, Condition("none"), answer_prefix="Answer:") for query in queries]
     contexts = [encode(tokenizer, prompt) for prompt in prompts]
     pairs = [(p, o) for p in range(len(prompts)) for o in range(len(OPTIONS))]
     full = [contexts[p] + tokenizer(OPTIONS[o], add_special_tokens=False)["input_ids"] for p, o in pairs]
-    base = score_choices(model, tokenizer, prompts, [OPTIONS] * len(prompts), [0] * len(prompts), progress=False)
-    with active_adapter(model, GATED):
-        adapted = score_choices(model, tokenizer, prompts, [OPTIONS] * len(prompts), [0] * len(prompts), progress=False)
-    routes = {}
-    for ids in full:  # the route of each request: the gate on context and continuation as one prompt
-        with Routed(model, gate, adapter=GATED) as routed:
-            model.original_model(input_ids=torch.tensor([ids]))
-        routes[tuple(ids)] = routed.decision(ids)
-    assert {routed for _, routed in routes.values()} == {True, False}  # both routes among the requests
 
     def summed(choice: dict, p: int) -> float:
         return sum(choice["logprobs"]["token_logprobs"][len(contexts[p]):-1])
 
     for mode in ("base", "prism"):
-        expected = []
-        for (p, o), ids in zip(pairs, full):
-            probability, routed = routes[tuple(ids)]
-            expected.append((adapted if mode == "prism" and routed else base)[p].logprobs[o])
+        scores, routes = scores_as_served(model, tokenizer, gate, prompts, [OPTIONS] * len(prompts), mode)
+        assert {routes[p][o][1] for p, o in pairs} == {True, False}  # both routes among the requests
         alone = [_echo(tiny_server, [ids], mode)[0] for ids in full]
         batched = _echo(tiny_server, full, mode)
         with ThreadPoolExecutor(8) as pool:
             together = list(pool.map(lambda ids: _echo(tiny_server, [ids], mode)[0], full))
-        for (p, o), ids, want, one, in_batch, concurrent in zip(pairs, full, expected, alone, batched, together):
+        for (p, o), ids, one, in_batch, concurrent in zip(pairs, full, alone, batched, together):
+            probability, routed = routes[p][o]
             for got in (one, in_batch, concurrent):
-                assert summed(got, p) == pytest.approx(want, abs=1e-4)
-                probability, routed = routes[tuple(ids)]
+                assert summed(got, p) == pytest.approx(scores[p][o], abs=1e-4)
                 assert got["prism"]["route"] == ("persona" if mode == "prism" and routed else "base")
                 assert got["prism"]["gate_probability"] == pytest.approx(probability, abs=1e-5)
                 assert len(got["logprobs"]["token_logprobs"]) == len(ids) + 1  # every prompt token, then one generated

@@ -1,8 +1,12 @@
 """The HTTP face of ``prism serve``: an OpenAI-compatible FastAPI app over one ``Engine``.
 
 Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (whole answers or, with
-``stream: true``, server-sent events in OpenAI's chunk format ending with ``data: [DONE]``),
-``GET /v1/models`` (the modes served), ``GET /health`` and ``GET /metrics`` (Prometheus text).
+``stream: true``, server-sent events in OpenAI's chunk format ending with ``data: [DONE]``; a
+completion takes a batch of prompts, texts or token ids, and both give log-probabilities, a
+completion's with ``echo`` its prompt's too: ``prism.server.logprobs``), ``GET /v1/models`` (the
+modes served), ``GET /health``, ``GET /metrics`` (Prometheus text) and, in vLLM's shapes, ``GET
+/tokenizer_info``, ``POST /tokenize`` and ``POST /detokenize`` (what lm-evaluation-harness's
+remote tokenizer reads).
 
 A request's ``model`` picks the mode when it names one (``prism``, ``steering``, ``base``,
 ``always``); any other name gets the server's default mode. Every answer carries the route in
@@ -16,46 +20,42 @@ Errors are OpenAI's error body with the status: 400 bad input (``protocol``), 40
 wrong API key (only with one set; ``/health`` and ``/metrics`` need none), 404 an unknown path or
 a mode not served, 408 a body that did not arrive in time and 413 one too large (``limits``), 503
 a full queue (with ``Retry-After``), 500 a failure inside the model. Requests are parsed, checked,
-rendered and tokenised in a small pool of threads, each with its own copy of the tokenizer given
-here (the engine's worker owns the model's): neither the event loop nor the model's worker waits
-while a large or bad request is looked at.
+rendered and tokenised, and answers' log-probabilities formatted, in ``checks``' threads with
+their own copies of the tokenizer given here (the engine's worker owns the model's): neither the
+event loop nor the model's worker waits while a large or bad request is looked at.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
-import json
 import secrets
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 try:
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from starlette.exceptions import HTTPException
 except ModuleNotFoundError as missing:  # an optional dependency: say which extra brings it
     raise ModuleNotFoundError(f"prism serve needs {missing.name}: pip install 'prism-toolkit[serve]'",
                               name=missing.name) from None
 
+from prism.server.checks import Checks
 from prism.server.decoding import Sampling
 from prism.server.engine import Engine, Job, Overloaded
 from prism.server.limits import BodyLimit, Limits
-from prism.server.logprobs import chat_logprobs, completion_logprobs
 from prism.server.modes import MODES
-from prism.server.prompts import Budget, chat_prompt, completion_prompts, fit_context
-from prism.server.protocol import ApiError, answer, choice, chunk, new_id, parse_body, settings
+from prism.server.prompts import Budget, fit_context
+from prism.server.protocol import ApiError, answer, new_id
+from prism.server.streaming import EventStream, sse_lines
 
 __all__ = ["ServerConfig", "create_app"]
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenizer_info",
              "/tokenize", "/detokenize")
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
-CHECK_THREADS = 4  # threads that parse, check, render and tokenise requests
 
 
 @dataclass(frozen=True)
@@ -86,15 +86,13 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         config: names, defaults and the API key.
     """
     metrics, modes, n_ctx = engine.metrics, engine.modes, engine.model.cfg.n_ctx
-    budget = Budget.of(tokenizer, n_ctx, config.limits)
-    checkers = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="prism-check")
-    own = threading.local()  # each checking thread's copy of the tokenizer
+    checks = Checks(tokenizer, Budget.of(tokenizer, n_ctx, config.limits), modes.available, config.default_mode)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
         yield
-        checkers.shutdown(wait=False, cancel_futures=True)
+        checks.close()
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
 
     app = FastAPI(title="PRISM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -160,39 +158,16 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
     @app.post("/tokenize")
     async def tokenize(request: Request) -> JSONResponse:
         authorize(request)
-        ids = await in_checker(count_tokens, await request.body())
+        ids = await checks.run(checks.tokenize, await request.body())
         metrics.request("/tokenize", None, 200)
         return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": n_ctx})
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> JSONResponse:
         authorize(request)
-        text = await in_checker(decode_tokens, await request.body())
+        text = await checks.run(checks.detokenize, await request.body())
         metrics.request("/detokenize", None, 200)
         return JSONResponse({"prompt": text})
-
-    def count_tokens(raw: bytes) -> list[int]:
-        """``/tokenize``: a text's token ids (``add_special_tokens``, default true), or a chat's rendered as the chat
-        endpoint renders it; a text up to ``--max-message-chars``, whatever the context."""
-        body = parse_body(raw)
-        if "messages" in body:
-            return chat_prompt(tokenizer_here(), body, replace(budget, n_ctx=max(n_ctx, 2**31)))
-        prompt, special = body.get("prompt"), body.get("add_special_tokens", True)
-        if not isinstance(prompt, str) or not isinstance(special, bool):
-            raise ApiError(400, "send a prompt (a string, with add_special_tokens true or false) or messages",
-                           param="prompt")
-        if len(prompt) > config.limits.max_message_chars:
-            raise ApiError(400, f"prompt has {len(prompt)} characters, above this server's limit of "
-                                f"{config.limits.max_message_chars} (--max-message-chars)", param="prompt",
-                           code="string_above_max_length")
-        return tokenizer_here()(prompt, add_special_tokens=special)["input_ids"]
-
-    def decode_tokens(raw: bytes) -> str:
-        """``/detokenize``: the text of token ids."""
-        tokens = parse_body(raw).get("tokens")
-        if not isinstance(tokens, list) or not all(type(token) is int and 0 <= token < len(tokenizer) for token in tokens):
-            raise ApiError(400, f"tokens must be a list of token ids in [0, {len(tokenizer)})", param="tokens")
-        return tokenizer_here().decode(tokens)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -209,35 +184,10 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             metrics.request(request.url.path, gone.route, 499)
             return Response(status_code=499)
 
-    def tokenizer_here():
-        """The calling checking thread's own copy of the tokenizer (fast tokenizers are not safe to share)."""
-        if not hasattr(own, "tokenizer"):
-            own.tokenizer = copy.deepcopy(tokenizer)
-        return own.tokenizer
-
-    def check(raw: bytes, chat: bool):
-        """A request's settings, mode and prompts as ``(ids, text)`` (in a checking thread)."""
-        body = parse_body(raw)
-        asked = settings(body, chat)
-        mode = asked.model if asked.model in MODES else config.default_mode
-        if mode not in modes.available:
-            raise ApiError(404, f"mode {mode!r} is not served here: use one of {', '.join(modes.available)}",
-                           param="model", code="model_not_found")
-        prompts = [(chat_prompt(tokenizer_here(), body, budget), None)] if chat else \
-            completion_prompts(tokenizer_here(), body, budget)
-        if asked.stream and len(prompts) > 1:
-            raise ApiError(400, "stream takes one prompt: send a batch of prompts without stream", param="stream",
-                           code="unsupported_parameter")
-        return asked, mode, prompts
-
-    def in_checker(function, *args):
-        """``function(*args)`` in a checking thread."""
-        return asyncio.get_running_loop().run_in_executor(checkers, function, *args)
-
     async def answer_request(request: Request, chat: bool) -> Response:
         start, endpoint = time.monotonic(), request.url.path
         authorize(request)
-        asked, mode, prompts = await in_checker(check, await request.body(), chat)
+        asked, mode, prompts = await checks.run(checks.request, await request.body(), chat)
         seed = asked.seed if asked.seed is not None else secrets.randbits(63)
         param = "messages" if chat else "prompt"
         samplings = [Sampling(fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx, param), asked.temperature,
@@ -263,9 +213,9 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             if kind == "error":
                 raise ApiError(500, routing[0], type="server_error")
             prism, headers = _route(mode, seed, *routing)
-            lines = stream(queues[0], chat, ident, mode, prism, asked.include_usage,
+            lines = sse_lines(queues[0], chat, ident, mode, prism, asked.include_usage,
                            lambda status: metrics.request(endpoint, prism["route"], status, time.monotonic() - start))
-            return _EventStream(lines, engine, jobs[0], headers=headers, media_type="text/event-stream")
+            return EventStream(lines, engine, jobs[0], headers=headers, media_type="text/event-stream")
         try:
             outcomes = await asyncio.gather(*(collect(events, request, job) for events, job in zip(queues, jobs)))
         except BaseException:
@@ -278,25 +228,11 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         if failed is not None:
             metrics.request(endpoint, route, 500, time.monotonic() - start)
             raise ApiError(500, failed, type="server_error")
-        choices = await in_checker(make_choices, chat, prompts, outcomes, [prism for prism, _ in prisms], asked)
+        choices = await checks.run(checks.choices, chat, prompts, outcomes, [prism for prism, _ in prisms], asked)
         metrics.request(endpoint, route, 200, time.monotonic() - start)
         body = answer(chat, ident, mode, choices, sum(outcome["n_prompt"] for outcome in outcomes),
                       sum(outcome["n_completion"] for outcome in outcomes), prisms[0][0])
         return JSONResponse(body, headers=prisms[0][1])
-
-    def make_choices(chat: bool, prompts: list, outcomes: list[dict], prisms: list[dict], asked) -> list[dict]:
-        """The answer's choices, log-probabilities formatted (in a checking thread: it decodes every token)."""
-        made = []
-        for index, ((ids, text), outcome, prism) in enumerate(zip(prompts, outcomes, prisms)):
-            logprobs = None
-            if asked.logprobs is not None:
-                logprobs = chat_logprobs(tokenizer_here(), outcome["tokens"]) if chat else completion_logprobs(
-                    tokenizer_here(), ids if asked.echo else None, outcome["prompt"], outcome["tokens"])
-            shown = outcome["text"]
-            if asked.echo:
-                shown = (text if text is not None else tokenizer_here().decode(ids)) + shown
-            made.append(choice(chat, index, shown, outcome["finish"], logprobs, None if chat else prism))
-        return made
 
     async def collect(events: asyncio.Queue, request: Request, job: Job) -> dict:
         """Everything the worker sends about ``job`` until it is done (``error``: the failure, if it failed)."""
@@ -330,29 +266,6 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
                 engine.cancel(job)
                 raise
 
-    async def stream(events: asyncio.Queue, chat: bool, ident: str, mode: str, prism: dict, usage: bool, finished):
-        status = 499  # the client went away, unless the answer ends
-        try:
-            if chat:
-                yield _sse(chunk(chat, ident, mode, first=True, prism=prism))
-            while True:
-                kind, *rest = await events.get()
-                if kind == "delta":
-                    yield _sse(chunk(chat, ident, mode, text=rest[0]))
-                    continue
-                if kind == "error":
-                    status = 500
-                    yield _sse(ApiError(500, rest[0], type="server_error").body())
-                else:
-                    status = 200
-                    yield _sse(chunk(chat, ident, mode, finish=rest[0], prism=prism))
-                    if usage:
-                        yield _sse(chunk(chat, ident, mode, usage=(rest[1], rest[2])))
-                yield "data: [DONE]\n\n"
-                return
-        finally:
-            finished(status)
-
     return app
 
 
@@ -374,21 +287,3 @@ class _ClientGone(Exception):
     def __init__(self, route: str | None) -> None:
         super().__init__(route)
         self.route = route
-
-
-def _sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-class _EventStream(StreamingResponse):
-    """A streamed answer whose request leaves the engine whenever the response ends (a client that went away too)."""
-
-    def __init__(self, content, engine: Engine, job: Job, **kwargs) -> None:
-        super().__init__(content, **kwargs)
-        self.engine, self.job = engine, job
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.engine.cancel(self.job)

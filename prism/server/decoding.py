@@ -16,8 +16,8 @@ seeds the global generator with ``seed`` for its first batch).
 Prompts of much the same length are prefilled together and the groups' caches joined, so a long
 prompt does not make every short one pay for its padding. Rows leave the batch when they finish
 or their client goes away: their rows of the KV cache, the attention mask and the positions are
-dropped, and so are their routes (``Routed.resume``). ``TextStream`` turns a row's tokens into
-text as they come, holding back what a stop string or the final strip could still take away.
+dropped, and so are their routes (``Routed.resume``). ``prism.server.text.TextStream`` turns a
+row's tokens into text as they come.
 
 Log-probabilities, for the rows that ask for them (``Sampling.logprobs``), are those of the
 model's own distribution (float32 log-softmax of the logits, before temperature and top-p): each
@@ -42,7 +42,7 @@ from prism.routing import Routed
 from probes.core.batching import left_pad, positions_from_mask
 from probes.core.devices import model_device
 
-__all__ = ["BatchDecoder", "Sampling", "TextStream", "TokenLogprob", "next_tokens", "prefill_groups"]
+__all__ = ["BatchDecoder", "Sampling", "TokenLogprob", "next_tokens", "prefill_groups"]
 
 LOGIT_SLICE = 256  # prompt positions unembedded at once for an echo's log-probabilities
 TokenLogprob = tuple  # (token id, its log-probability, ((id, log-probability) of the most likely tokens, best first))
@@ -246,61 +246,3 @@ class BatchDecoder:
         self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         self._last = self._last + 1
         return dict(zip(self.rows, self._forward(self._cache, ids, self._mask, self._last[:, None], self.rows)))
-
-
-class TextStream:
-    """One row's text as its tokens arrive: the decoded tokens (special tokens dropped), cut at the first stop string.
-
-    ``push(token)`` returns the text that can be shown now and whether a stop string ended the text; ``text`` is the
-    final text (stripped of surrounding whitespace with ``strip``, as the toolkit's ``generate`` strips its answers).
-    What ``push`` returned, joined, is always a prefix of ``text``: it holds back trailing whitespace (with ``strip``),
-    an incomplete character and any tail that could begin a stop string.
-
-    Args:
-        tokenizer: decodes the tokens.
-        stop: the stop strings.
-        strip: strip whitespace around the text (chat answers); keep it as generated otherwise (completions).
-    """
-
-    def __init__(self, tokenizer, stop: Sequence[str] = (), *, strip: bool = True) -> None:
-        self.tokenizer, self.stop, self.strip = tokenizer, tuple(stop), strip
-        self.tokens: list[int] = []
-        self.shown = ""
-        self.stopped = False
-
-    def _visible(self) -> str:
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        text = text.lstrip() if self.strip else text
-        cuts = [text.find(stop) for stop in self.stop if stop in text]
-        if cuts:
-            self.stopped = True
-            text = text[:min(cuts)]
-        return text
-
-    @property
-    def text(self) -> str:
-        """The final text of the tokens so far."""
-        text = self._visible()
-        return text.rstrip() if self.strip else text
-
-    def push(self, token: int) -> tuple[str, bool]:
-        """Add a token; (the newly showable text, whether a stop string has ended the text)."""
-        self.tokens.append(token)
-        text = self._visible()
-        text = text.rstrip() if self.strip else text
-        if not self.stopped:
-            text = text.rstrip("\ufffd")  # an incomplete UTF-8 character
-            held = max((n for stop in self.stop for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
-            text = text[:len(text) - held]
-            text = text.rstrip() if self.strip else text
-        return self._show(text), self.stopped
-
-    def finish(self) -> str:
-        """The rest of the final text, not shown yet."""
-        return self._show(self.text)
-
-    def _show(self, text: str) -> str:
-        if not text.startswith(self.shown) or len(text) <= len(self.shown):
-            return ""
-        new, self.shown = text[len(self.shown):], text
-        return new

@@ -24,9 +24,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from prism.server.decoding import BatchDecoder, Sampling, TextStream
+from prism.server.decoding import BatchDecoder, Sampling
 from prism.server.metrics import Metrics
 from prism.server.modes import Modes
+from prism.server.text import TextStream
 
 __all__ = ["Engine", "Job", "Overloaded"]
 

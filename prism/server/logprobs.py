@@ -37,7 +37,8 @@ def completion_logprobs(tokenizer, prompt_ids: Sequence[int] | None, prompt: Seq
     decoder reported them; both None without echo), then the ``generated`` ones (see the module docstring)."""
     rows = [(prompt_ids[0], None, None), *prompt[1:]] if prompt is not None else []
     rows += list(generated)
-    texts = _texts(tokenizer, [token for token, _, _ in rows] + [other for _, _, best in rows for other, _ in best or ()])
+    texts = _texts(tokenizer, [token for token, _, _ in rows]
+                   + [other for _, _, best in rows for other, _ in best or ()])
     tokens, values, tops, offsets, offset = [], [], [], [], 0
     for token, value, best in rows:
         tokens.append(texts[token])

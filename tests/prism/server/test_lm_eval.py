@@ -99,8 +99,8 @@ def test_lm_eval_on_prism_serve_scores_as_the_toolkit(tiny_server, reference, qu
     prompts = [row["prompt"] for row in own["items"]]
     rendered = [render(tokenizer, item.prompt, Condition("none"), answer_prefix="Answer:") for item in items]
     assert [prompt.text for prompt in rendered] == prompts  # the same prompt text as the toolkit's evaluate
-    scores, routes = scores_as_served(model, tokenizer, gate, rendered, [continuations(item, "cloze") for item in items],
-                                      mode)
+    options = [continuations(item, "cloze") for item in items]
+    scores, routes = scores_as_served(model, tokenizer, gate, rendered, options, mode)
     predicted = [max(range(len(values)), key=values.__getitem__) for values in scores]
     accuracy = sum(p == item.answer for p, item in zip(predicted, items)) / len(items)
     if mode == "base":

@@ -1,6 +1,6 @@
 """Log-probabilities from ``prism serve``: a completion's echoed prompt scores exactly what the toolkit scores
-(``score_choices``), in modes base and prism, alone, in a batch of prompts and under concurrent requests; the completions
-and chat formats; the tokenizer endpoints; bad values refused in one line."""
+(``score_choices``), in modes base and prism, alone, in a batch of prompts and under concurrent requests; the
+completions and chat formats; the tokenizer endpoints; bad values refused in one line."""
 
 from __future__ import annotations
 

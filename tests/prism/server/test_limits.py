@@ -144,13 +144,15 @@ def test_many_messages_are_refused_before_rendering_and_long_conversations_rende
     def rendering(n: int) -> float:
         body = {"messages": [{"role": ("user", "assistant")[index % 2], "content": f"turn {index}"}
                              for index in range(n + 1 - n % 2)]}
-        start = time.monotonic()
-        ids = chat_prompt(tokenizer, body, budget)
-        assert len(ids) > 5 * n
-        return time.monotonic() - start
+        times = []
+        for _ in range(3):  # the fastest of three: the machine's other work only ever adds time
+            start = time.monotonic()
+            assert len(chat_prompt(tokenizer, body, budget)) > 5 * n
+            times.append(time.monotonic() - start)
+        return min(times)
 
     small, large = rendering(1_000), rendering(10_000)
-    assert large < 15 * small + 0.5, (small, large)  # linear: about 10x (quadratic would be 100x)
+    assert large < 20 * small + 0.2, (small, large)  # linear: about 10x (quadratic would be 100x)
 
 
 MALFORMED = [

@@ -190,8 +190,9 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         asked, mode, prompts = await checks.run(checks.request, await request.body(), chat)
         seed = asked.seed if asked.seed is not None else secrets.randbits(63)
         param = "messages" if chat else "prompt"
-        samplings = [Sampling(fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx, param), asked.temperature,
-                              asked.top_p, seed, asked.stop, asked.logprobs, asked.echo) for ids, _ in prompts]
+        samplings = [Sampling(fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx, param),
+                              asked.temperature, asked.top_p, seed, asked.stop, asked.logprobs, asked.echo)
+                     for ids, _ in prompts]
         loop = asyncio.get_running_loop()
         jobs, queues = [], []
         for (ids, _), sampling in zip(prompts, samplings):
@@ -214,7 +215,8 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
                 raise ApiError(500, routing[0], type="server_error")
             prism, headers = _route(mode, seed, *routing)
             lines = sse_lines(queues[0], chat, ident, mode, prism, asked.include_usage,
-                           lambda status: metrics.request(endpoint, prism["route"], status, time.monotonic() - start))
+                              lambda status: metrics.request(endpoint, prism["route"], status,
+                                                             time.monotonic() - start))
             return EventStream(lines, engine, jobs[0], headers=headers, media_type="text/event-stream")
         try:
             outcomes = await asyncio.gather(*(collect(events, request, job) for events, job in zip(queues, jobs)))
@@ -251,7 +253,8 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             elif kind == "error":
                 return outcome | {"error": rest[0]}
             else:
-                return outcome | {"text": "".join(pieces), "finish": rest[0], "n_prompt": rest[1], "n_completion": rest[2]}
+                return outcome | {"text": "".join(pieces), "finish": rest[0], "n_prompt": rest[1],
+                                  "n_completion": rest[2]}
 
     async def next_event(events: asyncio.Queue, request: Request, job: Job, route: str | None) -> tuple:
         """The job's next event; if the client goes away meanwhile, the job is cancelled (``_ClientGone``)."""

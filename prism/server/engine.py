@@ -48,10 +48,11 @@ class Job:
         sampling: its decoding settings.
         mode: the mode it is answered in (``prism.server.modes``).
         deliver: called from the worker thread with each event: ``("route", probability | None, routed)``,
-            ``("prompt", [None, (id, logprob, top), ...])`` (with ``sampling.echo``), ``("token", (id, logprob, top))``
-            (with ``sampling.logprobs``, for every generated token, an end-of-sequence one included), ``("delta", text)``,
-            ``("done", finish_reason, prompt_tokens, completion_tokens)`` or ``("error", message)``. A request with
-            ``max_tokens`` 0 (an echo) is done after its prefill.
+            ``("prompt", [None, (id, logprob, top), ...])`` (with ``sampling.echo``),
+            ``("token", (id, logprob, top))`` (with ``sampling.logprobs``, for every generated token, an
+            end-of-sequence one included), ``("delta", text)``, ``("done", finish_reason, prompt_tokens,
+            completion_tokens)`` or ``("error", message)``. A request with ``max_tokens`` 0 (an echo) is done after
+            its prefill.
         strip: strip whitespace around the text (chat) or keep it (completions).
     """
 

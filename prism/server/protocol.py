@@ -15,12 +15,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ApiError", "MAX_LOGPROBS", "Settings", "answer", "bad", "choice", "chunk", "new_id", "parse_body", "settings"]
+__all__ = ["ApiError", "MAX_LOGPROBS", "Settings", "answer", "bad", "choice", "chunk", "new_id", "parse_body",
+           "settings"]
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 # parameters this server cannot honour, with the value that asks for nothing
-UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "tools": [], "functions": [], "best_of": 1,
-               "suffix": ""}
+UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "tools": [], "functions": [],
+               "best_of": 1, "suffix": ""}
 MAX_LOGPROBS = 20  # most likely tokens reported per position at most (OpenAI's and vLLM's default bound)
 
 

@@ -65,8 +65,9 @@ def make_prism_directory(model_directory: str, out, *, epochs: int = 2) -> Prism
 
 def served_scores(model, tokenizer, gate, prompts, options, mode: str) -> tuple[list[list[float]], list[list[tuple]]]:
     """Each prompt's options scored by the toolkit (``score_choices``, summed) as ``prism serve`` scores an echoed
-    context and continuation in ``mode`` (``base`` or ``prism``): in mode prism with the gated adapter (``model`` carries
-    it) where the gate routes the context and the option as one prompt. Also each option's (gate probability, routed)."""
+    context and continuation in ``mode`` (``base`` or ``prism``): in mode prism with the gated adapter (``model``
+    carries it) where the gate routes the context and the option as one prompt. Also each option's (gate probability,
+    routed)."""
     answers = [0] * len(prompts)
     base = score_choices(model, tokenizer, prompts, options, answers, progress=False)
     with active_adapter(model, GATED):

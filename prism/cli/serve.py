@@ -15,8 +15,9 @@ import sys
 import torch
 
 from prism.cli.command import Command
-from prism.cli.options import add_precision, add_prism_dir, load_timed
+from prism.cli.options import add_precision, add_prism_dir, load_timed, positive_int
 from prism.server.launch import build_app, serve, served_files
+from prism.server.limits import Limits
 from prism.server.modes import MODES
 from probes.core.errors import ToolkitError
 from probes.core.summary import Summary
@@ -50,6 +51,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int,
                         help="CPU threads for the model's arithmetic (default: torch's choice, one per core; on cores "
                              "shared with other work, 1 avoids threads waiting on each other)")
+    limits = parser.add_argument_group("limits on what one request or connection may cost")
+    limits.add_argument("--max-body-bytes", type=positive_int, default=Limits.max_body_bytes, metavar="BYTES",
+                        help="the largest request body; larger ones get 413 while they arrive "
+                             f"(default: {Limits.max_body_bytes})")
+    limits.add_argument("--body-timeout", type=float, default=Limits.body_timeout, metavar="SECONDS",
+                        help="seconds a request's body may take to arrive; slower ones get 408 and the connection is "
+                             f"closed (default: {Limits.body_timeout:g})")
+    limits.add_argument("--keep-alive-timeout", type=float, default=Limits.keep_alive_timeout, metavar="SECONDS",
+                        help="seconds a connection may stay idle, or take to send a request's head, before it is "
+                             f"closed (default: {Limits.keep_alive_timeout:g})")
+    limits.add_argument("--max-connections", type=positive_int, default=Limits.max_connections, metavar="N",
+                        help="open connections (and requests in progress) at most; beyond it requests get 503 "
+                             f"(default: {Limits.max_connections})")
+    limits.add_argument("--max-messages", type=positive_int, default=Limits.max_messages, metavar="N",
+                        help=f"messages in one chat request at most (default: {Limits.max_messages})")
+    limits.add_argument("--max-message-chars", type=positive_int, default=Limits.max_message_chars, metavar="N",
+                        help="characters in one message, or one completion prompt, at most; prompts longer than the "
+                             "model's context could hold are refused before they are tokenised whatever this is "
+                             f"(default: {Limits.max_message_chars})")
     parser.add_argument("--api-key-env", metavar="NAME",
                         help="require the API key held in environment variable NAME (Authorization: Bearer KEY)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
@@ -65,6 +85,9 @@ def run_serve(args: argparse.Namespace) -> Summary | None:
             raise ToolkitError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     if not 0 <= args.port <= 65535:
         raise ToolkitError(f"--port must be in 0..65535, got {args.port}")
+    for name in ("body_timeout", "keep_alive_timeout"):
+        if not getattr(args, name) > 0:
+            raise ToolkitError(f"--{name.replace('_', '-')} must be above 0 seconds, got {getattr(args, name)}")
     if args.threads is not None:
         if args.threads < 1:
             raise ToolkitError(f"--threads must be at least 1, got {args.threads}")
@@ -74,7 +97,8 @@ def run_serve(args: argparse.Namespace) -> Summary | None:
     model, tokenizer = load_timed(args)
     app = build_app(model, tokenizer, files, model_name=args.model, mode=args.mode, max_batch_size=args.max_batch_size,
                     batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, max_tokens=args.max_tokens,
-                    api_key=api_key)
+                    api_key=api_key, limits=Limits(args.max_body_bytes, args.body_timeout, args.keep_alive_timeout,
+                                                   args.max_connections, args.max_messages, args.max_message_chars))
     key = f"; API key required (from ${args.api_key_env})" if api_key else ""
     print(f"prism serve: {args.model}, default mode {args.mode}, on http://{args.host}:{args.port}/v1 "
           f"(batches of up to {args.max_batch_size}){key}", file=sys.stderr)

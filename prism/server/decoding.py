@@ -16,8 +16,15 @@ seeds the global generator with ``seed`` for its first batch).
 Prompts of much the same length are prefilled together and the groups' caches joined, so a long
 prompt does not make every short one pay for its padding. Rows leave the batch when they finish
 or their client goes away: their rows of the KV cache, the attention mask and the positions are
-dropped, and so are their routes (``Routed.resume``). ``TextStream`` turns a row's tokens into
-text as they come, holding back what a stop string or the final strip could still take away.
+dropped, and so are their routes (``Routed.resume``). ``prism.server.text.TextStream`` turns a
+row's tokens into text as they come.
+
+Log-probabilities, for the rows that ask for them (``Sampling.logprobs``), are those of the
+model's own distribution (float32 log-softmax of the logits, before temperature and top-p): each
+chosen token's, with the ``logprobs`` most likely tokens at that step. A row with ``echo`` also
+gets every prompt token's (``None`` for the first), from the same prefill that routes and answers
+it: its last hidden states are unembedded a slice of positions at a time, so no pass holds the
+logits of a whole batch at once.
 """
 
 from __future__ import annotations
@@ -35,7 +42,10 @@ from prism.routing import Routed
 from probes.core.batching import left_pad, positions_from_mask
 from probes.core.devices import model_device
 
-__all__ = ["BatchDecoder", "Sampling", "TextStream", "next_tokens", "prefill_groups"]
+__all__ = ["BatchDecoder", "Sampling", "TokenLogprob", "next_tokens", "prefill_groups"]
+
+LOGIT_SLICE = 256  # prompt positions unembedded at once for an echo's log-probabilities
+TokenLogprob = tuple  # (token id, its log-probability, ((id, log-probability) of the most likely tokens, best first))
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class Sampling:
         top_p: nucleus sampling's probability mass, in (0, 1] (sampling only).
         seed: the seed of the row's own generator (sampling only).
         stop: strings that end the text where they first appear (not included).
+        logprobs: report each token's log-probability with this many most likely alternatives (None: report none).
+        echo: report the prompt tokens' log-probabilities too (with ``logprobs``).
     """
 
     max_tokens: int = 64
@@ -55,6 +67,8 @@ class Sampling:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    echo: bool = False
 
 
 def next_tokens(logits: Float[torch.Tensor, "batch vocab"], samplings: Sequence[Sampling],
@@ -87,6 +101,16 @@ def next_tokens(logits: Float[torch.Tensor, "batch vocab"], samplings: Sequence[
     for index, row in enumerate(sampled):
         chosen[row] = int(torch.multinomial(probabilities[index:index + 1], 1, generator=generators[row]))
     return chosen
+
+
+def token_logprobs(logprobs: Float[torch.Tensor, "n vocab"], tokens: Sequence[int], top: int) -> list[TokenLogprob]:
+    """Each row's token with its log-probability and the ``top`` most likely tokens (``logprobs``: log-softmaxed)."""
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logprobs.device)[:, None])[:, 0].tolist()
+    if top <= 0:
+        return [(token, value, ()) for token, value in zip(tokens, chosen)]
+    values, ids = logprobs.topk(top, dim=-1)
+    return [(token, value, tuple(zip(row_ids, row_values)))
+            for token, value, row_ids, row_values in zip(tokens, chosen, ids.tolist(), values.tolist())]
 
 
 def prefill_groups(lengths: Sequence[int], slack: float = 0.25, allowance: int = 16) -> list[list[int]]:
@@ -135,14 +159,50 @@ class BatchDecoder:
         self.generators = [torch.Generator().manual_seed(sampling.seed) for sampling in samplings]
         self.rows: list[int] = []  # the live rows, in batch order
         self.passes = 0
+        self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}  # echo rows: None, then one per prompt token
+        self.logprobs: dict[int, TokenLogprob] = {}  # rows with logprobs: the token each was just given
 
     @torch.inference_mode()
     def _forward(self, cache: DynamicCache, ids: Int[torch.Tensor, "batch seq"], mask: Int[torch.Tensor, "batch seq"],
-                 positions: Int[torch.Tensor, "batch seq"], rows: Sequence[int]) -> list[int]:
-        output = self.hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
+                 positions: Int[torch.Tensor, "batch seq"], rows: Sequence[int], prefill: bool = False) -> list[int]:
+        echo = [index for index, row in enumerate(rows) if self.samplings[row].echo] if prefill else []
+        if echo:  # the hidden states of every position, unembedded a slice at a time for the echoed rows
+            hidden = self.hf.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                   use_cache=True).last_hidden_state
+            logits = self._unembed(hidden[:, -1:])[:, -1]
+            for index in echo:
+                self.prompt_logprobs[rows[index]] = self._prompt_logprobs(hidden[index], ids[index], mask[index],
+                                                                          self.samplings[rows[index]].logprobs or 0)
+        else:
+            logits = self.hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1).logits[:, -1]
         self.passes += 1
-        return next_tokens(output.logits[:, -1], [self.samplings[row] for row in rows], [self.generators[row] for row in rows])
+        tokens = next_tokens(logits, [self.samplings[row] for row in rows], [self.generators[row] for row in rows])
+        asked = [index for index, row in enumerate(rows) if self.samplings[row].logprobs is not None]
+        if asked:
+            top = max(self.samplings[rows[index]].logprobs for index in asked)
+            reported = token_logprobs(logits[asked].float().log_softmax(-1), [tokens[index] for index in asked], top)
+            for index, (token, value, best) in zip(asked, reported):
+                self.logprobs[rows[index]] = (token, value, best[:self.samplings[rows[index]].logprobs])
+        return tokens
+
+    def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from last hidden states, as the model's own head makes them (soft-capped where the model caps)."""
+        logits = self.hf.lm_head(hidden)
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def _prompt_logprobs(self, hidden: Float[torch.Tensor, "seq d"], ids: Int[torch.Tensor, "seq"],
+                         mask: Int[torch.Tensor, "seq"], top: int) -> list[TokenLogprob | None]:
+        """Each real prompt token's log-probability given the tokens before it (None for the first)."""
+        real = mask.bool().nonzero()[:, 0]
+        hidden, ids = hidden[real], ids[real].tolist()
+        reported: list[TokenLogprob | None] = [None]
+        for start in range(0, len(ids) - 1, LOGIT_SLICE):
+            end = min(start + LOGIT_SLICE, len(ids) - 1)
+            logprobs = self._unembed(hidden[start:end]).float().log_softmax(-1)
+            reported += token_logprobs(logprobs, ids[start + 1:end + 1], top)
+        return reported
 
     def start(self) -> dict[int, int]:
         """Prefill every prompt; each row's first generated token."""
@@ -152,7 +212,7 @@ class BatchDecoder:
         for group in groups:
             ids, mask = (tensor.to(self.device) for tensor in left_pad([self.prompts[row] for row in group], self.pad_id))
             positions, cache = positions_from_mask(mask), DynamicCache(config=self.hf.config)
-            tokens.update(zip(group, self._forward(cache, ids, mask, positions, group)))
+            tokens.update(zip(group, self._forward(cache, ids, mask, positions, group, prefill=True)))
             parts.append((cache, mask, positions[:, -1], self.routed.routes if self.routed is not None else None))
         width = max(mask.shape[1] for _, mask, _, _ in parts)
         self._cache = parts[0][0]
@@ -186,61 +246,3 @@ class BatchDecoder:
         self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         self._last = self._last + 1
         return dict(zip(self.rows, self._forward(self._cache, ids, self._mask, self._last[:, None], self.rows)))
-
-
-class TextStream:
-    """One row's text as its tokens arrive: the decoded tokens (special tokens dropped), cut at the first stop string.
-
-    ``push(token)`` returns the text that can be shown now and whether a stop string ended the text; ``text`` is the
-    final text (stripped of surrounding whitespace with ``strip``, as the toolkit's ``generate`` strips its answers).
-    What ``push`` returned, joined, is always a prefix of ``text``: it holds back trailing whitespace (with ``strip``),
-    an incomplete character and any tail that could begin a stop string.
-
-    Args:
-        tokenizer: decodes the tokens.
-        stop: the stop strings.
-        strip: strip whitespace around the text (chat answers); keep it as generated otherwise (completions).
-    """
-
-    def __init__(self, tokenizer, stop: Sequence[str] = (), *, strip: bool = True) -> None:
-        self.tokenizer, self.stop, self.strip = tokenizer, tuple(stop), strip
-        self.tokens: list[int] = []
-        self.shown = ""
-        self.stopped = False
-
-    def _visible(self) -> str:
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        text = text.lstrip() if self.strip else text
-        cuts = [text.find(stop) for stop in self.stop if stop in text]
-        if cuts:
-            self.stopped = True
-            text = text[:min(cuts)]
-        return text
-
-    @property
-    def text(self) -> str:
-        """The final text of the tokens so far."""
-        text = self._visible()
-        return text.rstrip() if self.strip else text
-
-    def push(self, token: int) -> tuple[str, bool]:
-        """Add a token; (the newly showable text, whether a stop string has ended the text)."""
-        self.tokens.append(token)
-        text = self._visible()
-        text = text.rstrip() if self.strip else text
-        if not self.stopped:
-            text = text.rstrip("\ufffd")  # an incomplete UTF-8 character
-            held = max((n for stop in self.stop for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
-            text = text[:len(text) - held]
-            text = text.rstrip() if self.strip else text
-        return self._show(text), self.stopped
-
-    def finish(self) -> str:
-        """The rest of the final text, not shown yet."""
-        return self._show(self.text)
-
-    def _show(self, text: str) -> str:
-        if not text.startswith(self.shown) or len(text) <= len(self.shown):
-            return ""
-        new, self.shown = text[len(self.shown):], text
-        return new

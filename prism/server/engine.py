@@ -4,7 +4,8 @@ The worker waits for a request, then up to ``batch_wait_ms`` (from that request'
 more of the same mode, up to ``max_batch_size``, and decodes them as one batch
 (``BatchDecoder`` inside the mode's ``Routed``): one prefill in which the gate routes each row,
 then one pass per token. Each row's events go to its own ``Job`` only (``route``, then ``delta``
-pieces of text, then ``done`` or ``error``), so no request can get another's text. Requests that
+pieces of text, then ``done`` or ``error``; with log-probabilities, ``prompt`` after the route and
+a ``token`` before each generated token's text), so no request can get another's text. Requests that
 come while a batch runs wait for the next one; a batch with rows of several sampling settings
 and seeds is fine (each row samples on its own: ``prism.server.decoding``), one of several
 modes is not (the oldest request's mode goes first, the others keep their place).
@@ -23,9 +24,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from prism.server.decoding import BatchDecoder, Sampling, TextStream
+from prism.server.decoding import BatchDecoder, Sampling
 from prism.server.metrics import Metrics
 from prism.server.modes import Modes
+from prism.server.text import TextStream
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -49,7 +51,11 @@ class Job:
         sampling: its decoding settings.
         mode: the mode it is answered in (``prism.server.modes``).
         deliver: called from the worker thread with each event: ``("route", probability | None, routed)``,
-            ``("delta", text)``, ``("done", finish_reason, prompt_tokens, completion_tokens)`` or ``("error", message)``.
+            ``("prompt", [None, (id, logprob, top), ...])`` (with ``sampling.echo``),
+            ``("token", (id, logprob, top))`` (with ``sampling.logprobs``, for every generated token, an
+            end-of-sequence one included), ``("delta", text)``, ``("done", finish_reason, prompt_tokens,
+            completion_tokens)`` or ``("error", message)``. A request with ``max_tokens`` 0 (an echo) is done after
+            its prefill.
         strip: strip whitespace around the text (chat) or keep it (completions).
     """
 
@@ -184,9 +190,13 @@ class Engine:
             decoder = BatchDecoder(self.model.original_model, [job.ids for job in jobs], [job.sampling for job in jobs],
                                    pad_id=self.pad_id, routed=routed)
             tokens = decoder.start()
-            for job in jobs:
+            for row, job in enumerate(jobs):
                 probability, routes = routed.decision(job.ids) if routed is not None else (None, False)
                 _send(job, ("route", probability, self.modes.route(mode, routes)))
+                if job.sampling.echo:
+                    _send(job, ("prompt", decoder.prompt_logprobs[row]))
+                if job.sampling.max_tokens == 0 and not job.cancelled:
+                    _send(job, ("done", "length", len(job.ids), 0))
             while tokens:
                 fed = {}
                 for row, token in tokens.items():
@@ -196,6 +206,10 @@ class Engine:
                         if self._closed:
                             _send(job, ("error", SHUTDOWN))
                         continue
+                    if job.sampling.max_tokens == 0:
+                        continue  # answered after the prefill
+                    if job.sampling.logprobs is not None:
+                        _send(job, ("token", decoder.logprobs[row]))
                     finish = "stop" if token in self.eos else None
                     if finish is None:
                         counts[row] += 1

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from prism.persona_path import GATED, UNGATED
 from prism.server.app import ServerConfig, create_app
 from prism.server.engine import Engine
+from prism.server.limits import HeadDeadline, Limits
 from prism.server.metrics import Metrics
 from prism.server.modes import Modes, PrismFiles
 from prism.workdir import PrismDirectory
@@ -67,7 +68,7 @@ def served_files(out: str | Path, *, model_name: str | None = None, gate: str | 
 
 def build_app(model: TransformerBridge, tokenizer, files: PrismFiles, *, model_name: str, mode: str = "prism", max_batch_size: int = 16,
               batch_wait_ms: float = 10.0, max_queue: int = 256, max_tokens: int = 256,
-              api_key: str | None = None) -> FastAPI:
+              api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
     """The OpenAI-compatible app over ``model`` with the trained ``files`` (``prism.server.app``).
 
     Args:
@@ -78,6 +79,8 @@ def build_app(model: TransformerBridge, tokenizer, files: PrismFiles, *, model_n
         max_batch_size, batch_wait_ms, max_queue: batching and queueing (``Engine``).
         max_tokens: tokens generated when a request gives no ``max_tokens``.
         api_key: the key every ``/v1`` request must send (None: none).
+        limits: what one request or connection may cost (default: ``Limits()``); ``serve`` and ``ServerThread`` give
+            uvicorn the connection limits.
 
     Raises:
         ToolkitError: a default mode not served by these files, bad batching numbers, or unreadable files.
@@ -88,13 +91,22 @@ def build_app(model: TransformerBridge, tokenizer, files: PrismFiles, *, model_n
     modes.check(mode)
     engine = Engine(model, tokenizer, modes, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                     max_queue=max_queue, metrics=Metrics())
-    config = ServerConfig(model_name=model_name, default_mode=mode, max_tokens=max_tokens, api_key=api_key)
+    config = ServerConfig(model_name=model_name, default_mode=mode, max_tokens=max_tokens, api_key=api_key,
+                          limits=limits or Limits())
     return create_app(engine, copy.deepcopy(tokenizer), config)
+
+
+def uvicorn_config(app: FastAPI, **options) -> uvicorn.Config:
+    """uvicorn's settings for ``app``: its connection limits (``app.state.limits``, from ``build_app``) on the h11
+    protocol that also times a request's head (``prism.server.limits.HeadDeadline``)."""
+    limits = getattr(app.state, "limits", None) or Limits()
+    return uvicorn.Config(app, http=HeadDeadline, limit_concurrency=limits.max_connections,
+                          timeout_keep_alive=limits.keep_alive_timeout, **options)
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
     """Serve ``app`` with uvicorn until interrupted (Ctrl-C)."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
 
 
 class ServerThread:
@@ -115,7 +127,7 @@ class ServerThread:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port = self._socket.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(uvicorn_config(app, log_level=log_level, timeout_graceful_shutdown=5))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
                                         name="prism-http", daemon=True)
 

@@ -2,11 +2,8 @@
 
 Every bad request raises ``ApiError``, which the app sends as OpenAI's error body
 (``{"error": {"message", "type", "param", "code"}}``) with its status; the message is one line
-naming the parameter. Chat messages are rendered with the toolkit's own chat-template
-rendering (``render_messages``, ``render_conversation``): a conversation without a system
-message gets the empty one the gate was trained with (``Condition("none")``), so a lone user
-message becomes exactly the prompt ``prism route`` answers. A conversation alternates user and
-assistant turns after an optional system message and ends with a user turn.
+naming the parameter. The body is parsed as strict JSON: a duplicate key, a non-finite number or
+nesting too deep is a 400, never a 500. A request's prompt is ``prism.server.prompts``'.
 """
 
 from __future__ import annotations
@@ -18,17 +15,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from probes.core.errors import ToolkitError
-from probes.core.prompts import encode, render_conversation, render_messages
+__all__ = ["ApiError", "MAX_LOGPROBS", "Settings", "answer", "bad", "choice", "chunk", "new_id", "parse_body",
+           "settings"]
 
-__all__ = ["ApiError", "Settings", "answer", "chat_prompt", "chunk", "completion_prompt", "fit_context", "new_id",
-           "parse_body", "settings"]
-
-ROLES = ("system", "developer", "user", "assistant")
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 # parameters this server cannot honour, with the value that asks for nothing
-UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "logprobs": False, "top_logprobs": 0,
-               "tools": [], "functions": [], "best_of": 1, "echo": False, "suffix": ""}
+UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "tools": [], "functions": [],
+               "best_of": 1, "suffix": ""}
+MAX_LOGPROBS = 20  # most likely tokens reported per position at most (OpenAI's and vLLM's default bound)
 
 
 class ApiError(Exception):
@@ -43,18 +37,49 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
+def bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
     return ApiError(400, message, param=param, code=code)
 
 
+class _Malformed(ValueError):
+    """A JSON text that parses but is not what a request may be: a duplicate key or a non-finite number."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    body = {}
+    for key, value in pairs:
+        if key in body:
+            raise _Malformed(f"duplicate key {json.dumps(key)[:80]}")
+        body[key] = value
+    return body
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Malformed(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _constant(name: str) -> float:
+    raise _Malformed(f"{name} is not a JSON number")
+
+
 def parse_body(raw: bytes) -> dict:
-    """The request's JSON object."""
+    """The request's JSON object, parsed strictly (see the module docstring)."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise _bad(f"the request body is not valid JSON: {error}", None, "invalid_json") from None
+        body = json.loads(raw, object_pairs_hook=_object, parse_float=_finite, parse_constant=_constant)
+    except _Malformed as error:
+        raise bad(f"the request body is not valid JSON: {error}", None, "invalid_json") from None
+    except RecursionError:
+        raise bad("the request body is not valid JSON: it is nested too deeply", None, "invalid_json") from None
+    except UnicodeDecodeError:
+        raise bad("the request body is not valid JSON: it is not UTF-8 text", None, "invalid_json") from None
+    except ValueError as error:
+        reason = str(error) if isinstance(error, json.JSONDecodeError) else "a number has too many digits"
+        raise bad(f"the request body is not valid JSON: {reason}", None, "invalid_json") from None
     if not isinstance(body, dict):
-        raise _bad("the request body must be a JSON object", None, "invalid_json")
+        raise bad("the request body must be a JSON object", None, "invalid_json")
     return body
 
 
@@ -70,6 +95,8 @@ class Settings:
     seed: int | None
     stream: bool
     include_usage: bool
+    logprobs: int | None = None
+    echo: bool = False
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float, *, low_open: bool = False) -> float:
@@ -77,132 +104,84 @@ def _number(body: dict, name: str, default: float, low: float, high: float, *, l
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _bad(f"{name} must be a number, got {json.dumps(value)}", name, "invalid_type")
+        raise bad(f"{name} must be a number, got {json.dumps(value)}", name, "invalid_type")
     if value < low or value > high or (low_open and value == low):
         bracket = "(" if low_open else "["
-        raise _bad(f"{name} must be in {bracket}{low:g}, {high:g}], got {value}", name)
+        raise bad(f"{name} must be in {bracket}{low:g}, {high:g}], got {value}", name)
     return float(value)
 
 
 def _integer(body: dict, name: str) -> int | None:
     value = body.get(name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise _bad(f"{name} must be an integer, got {json.dumps(value)}", name, "invalid_type")
+        raise bad(f"{name} must be an integer, got {json.dumps(value)}", name, "invalid_type")
     return value
 
 
-def settings(body: dict) -> Settings:
-    """The generation settings of a chat or completion request.
+def _logprobs(body: dict, chat: bool) -> tuple[int | None, bool]:
+    """``(logprobs, echo)``: how many most likely tokens to report per token (None: no log-probabilities), and
+    whether a completion's prompt is echoed with its log-probabilities. Chat takes ``logprobs: true`` and
+    ``top_logprobs``; completions an integer ``logprobs`` and ``echo``."""
+    if chat:
+        wanted, top = body.get("logprobs"), _integer(body, "top_logprobs")
+        if wanted is not None and not isinstance(wanted, bool):
+            raise bad(f"logprobs must be true or false, got {json.dumps(wanted)[:40]}", "logprobs", "invalid_type")
+        if top is not None and not 0 <= top <= MAX_LOGPROBS:
+            raise bad(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {top}", "top_logprobs")
+        if top and not wanted:
+            raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+        return (top or 0) if wanted else None, False
+    top, echo = _integer(body, "logprobs"), body.get("echo", False)
+    if top is not None and not 0 <= top <= MAX_LOGPROBS:
+        raise bad(f"logprobs must be in [0, {MAX_LOGPROBS}], got {top}", "logprobs")
+    if echo is not None and not isinstance(echo, bool):
+        raise bad("echo must be true or false", "echo", "invalid_type")
+    return top, bool(echo)
+
+
+def settings(body: dict, chat: bool = True) -> Settings:
+    """The generation settings of a chat (``chat``) or completion request.
 
     Raises:
-        ApiError: 400 for a temperature outside [0, 2], top_p outside (0, 1], max_tokens below 1, n other than 1, a
-            seed out of range, a stop that is not a string or a list of at most 4 non-empty strings, a model or
-            stream of the wrong type, or a parameter this server cannot honour (penalties, logprobs, tools, ...).
+        ApiError: 400 for a temperature outside [0, 2], top_p outside (0, 1], max_tokens below 1 (0 is an echo's
+            prompt alone), n other than 1, a seed out of range, a stop that is not a string or a list of at most 4
+            non-empty strings, a model or stream of the wrong type, logprobs out of range or with a stream, or a
+            parameter this server cannot honour (penalties, tools, ...).
     """
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise _bad("model must be a string", "model", "invalid_type")
+        raise bad("model must be a string", "model", "invalid_type")
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _integer(body, name)
-    if max_tokens is not None and max_tokens < 1:
-        raise _bad(f"{name} must be at least 1, got {max_tokens}", name)
+    logprobs, echo = _logprobs(body, chat)
+    if max_tokens is not None and max_tokens < (0 if echo else 1):
+        raise bad(f"{name} must be at least 1 (0 only with echo), got {max_tokens}", name)
     n = _integer(body, "n")
     if n not in (None, 1):
-        raise _bad(f"n must be 1 (one answer per request), got {n}", "n")
+        raise bad(f"n must be 1 (one answer per request), got {n}", "n")
     seed = _integer(body, "seed")
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        raise _bad(f"seed must be a 64-bit integer, got {seed}", "seed")
+        raise bad(f"seed must be a 64-bit integer, got {seed}", "seed")
     stop = body.get("stop")
     stops = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list) else () if stop is None else None
     if stops is None or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
-        raise _bad("stop must be a non-empty string or a list of at most 4 non-empty strings", "stop")
+        raise bad("stop must be a non-empty string or a list of at most 4 non-empty strings", "stop")
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
-        raise _bad("stream must be true or false", "stream", "invalid_type")
+        raise bad("stream must be true or false", "stream", "invalid_type")
     for name, default in UNSUPPORTED.items():
         if body.get(name) not in (None, default):
-            raise _bad(f"{name} is not supported by this server: leave it out", name, "unsupported_parameter")
+            raise bad(f"{name} is not supported by this server: leave it out", name, "unsupported_parameter")
+    if stream and (logprobs is not None or echo):
+        raise bad("logprobs and echo are not supported with stream: leave stream out", "stream",
+                  "unsupported_parameter")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise _bad("stream_options must be an object", "stream_options", "invalid_type")
+        raise bad("stream_options must be an object", "stream_options", "invalid_type")
     return Settings(model=model, max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
                     top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True), stop=stops, seed=seed,
-                    stream=bool(stream), include_usage=bool(options.get("include_usage", False)))
-
-
-def _content(message: Any, index: int) -> tuple[str, str]:
-    where = f"messages[{index}]"
-    if not isinstance(message, dict):
-        raise _bad(f"{where} must be an object with a role and a content", where, "invalid_type")
-    role = message.get("role")
-    if role not in ROLES:
-        raise _bad(f"{where}.role must be one of {', '.join(ROLES)}, got {json.dumps(role)}", f"{where}.role")
-    content = message.get("content")
-    if isinstance(content, list):  # content parts: text only
-        if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-                   for part in content):
-            raise _bad(f"{where}.content may only hold text parts", f"{where}.content")
-        content = "".join(part["text"] for part in content)
-    if not isinstance(content, str) or (role != "system" and role != "developer" and not content.strip()):
-        raise _bad(f"{where}.content must be a non-empty string", f"{where}.content")
-    return ("system" if role == "developer" else role), content
-
-
-def chat_prompt(tokenizer, body: dict) -> list[int]:
-    """The token ids of a chat request's messages, rendered through the chat template (see the module docstring).
-
-    Raises:
-        ApiError: 400 for missing or empty messages, an unknown role, empty content, or turns out of order.
-    """
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages must be a non-empty list of {role, content} objects", "messages",
-                   "missing_required_parameter" if messages is None else "invalid_value")
-    turns = [_content(message, index) for index, message in enumerate(messages)]
-    system = turns[0][1] if turns[0][0] == "system" else ""
-    turns = turns[1:] if turns[0][0] == "system" else turns
-    roles = [role for role, _ in turns]
-    if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
-        raise _bad("after an optional system message, messages must alternate user and assistant and end with a user "
-                   f"message, got roles {', '.join(roles) or 'none'}", "messages")
-    try:
-        prompt = render_messages(tokenizer, system, turns[0][1])
-        for (_, reply), (_, follow_up) in zip(turns[1::2], turns[2::2]):
-            prompt = render_conversation(tokenizer, prompt, reply, follow_up)
-    except ToolkitError as error:
-        raise _bad(str(error), "messages") from None
-    return encode(tokenizer, prompt)
-
-
-def completion_prompt(tokenizer, body: dict) -> list[int]:
-    """The token ids of a completion request's prompt: the text as it is, no chat template.
-
-    Raises:
-        ApiError: 400 for a missing, empty or non-text prompt, or more than one prompt.
-    """
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise _bad("prompt must be one non-empty string", "prompt",
-                   "missing_required_parameter" if prompt is None else "invalid_value")
-    return tokenizer(prompt)["input_ids"]
-
-
-def fit_context(n_prompt: int, max_tokens: int | None, default: int, n_ctx: int) -> int:
-    """The tokens to generate: ``max_tokens``, or ``default`` cut to what the context leaves.
-
-    Raises:
-        ApiError: 400 (``context_length_exceeded``) when the prompt and ``max_tokens`` do not fit the context.
-    """
-    room = n_ctx - n_prompt
-    if max_tokens is None and room >= 1:
-        return min(default, room)
-    if max_tokens is None or max_tokens > room:
-        asked = f" plus max_tokens {max_tokens}" if max_tokens is not None else ""
-        raise ApiError(400, f"the prompt has {n_prompt} tokens{asked} but the model's context is {n_ctx} tokens: "
-                            "shorten the messages or lower max_tokens", param="messages", code="context_length_exceeded")
-    return max_tokens
+                    stream=bool(stream), include_usage=bool(options.get("include_usage", False)), logprobs=logprobs,
+                    echo=echo)
 
 
 def _usage(n_prompt: int, n_completion: int) -> dict:
@@ -214,15 +193,23 @@ def new_id(chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
 
-def answer(chat: bool, ident: str, model: str, text: str, finish: str, n_prompt: int, n_completion: int,
-           prism: dict) -> dict:
-    """A whole answer: a chat completion or a text completion, with the ``prism`` route field."""
+def choice(chat: bool, index: int, text: str, finish: str, logprobs: dict | None = None,
+           prism: dict | None = None) -> dict:
+    """One choice of a whole answer: the chat message or the completion's text, its log-probabilities (or None) and,
+    for a completion, its prompt's ``prism`` route."""
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish} | (
+        {"prism": prism} if prism is not None else {})
+
+
+def answer(chat: bool, ident: str, model: str, choices: list[dict], n_prompt: int, n_completion: int,
+           prism: dict) -> dict:
+    """A whole answer: a chat completion or a text completion (one choice per prompt), with the ``prism`` route field
+    (a batch of prompts: the first one's; each choice has its own)."""
     return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": _usage(n_prompt, n_completion), "prism": prism}
+            "model": model, "choices": choices, "usage": _usage(n_prompt, n_completion), "prism": prism}
 
 
 def chunk(chat: bool, ident: str, model: str, *, text: str | None = None, first: bool = False, finish: str | None = None,

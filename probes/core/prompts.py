@@ -237,17 +237,18 @@ def _apply_template(tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple
 
 
 def render_conversation(
-    tokenizer: PreTrainedTokenizerBase, first: RenderedPrompt, response: str, follow_up: str
+    tokenizer: PreTrainedTokenizerBase, first: RenderedPrompt, response: str, follow_up: str, *, more: Sequence = ()
 ) -> RenderedPrompt:
-    """The prompt for a second turn: ``first``'s messages, the model's ``response``, ``follow_up``."""
-    if not follow_up.strip():
+    """The prompt for a later turn: ``first``'s messages, ``response``, ``follow_up``, then each (response, follow-up)
+    pair of ``more``, rendered in one pass of the template (linear in the conversation's length)."""
+    exchanges = ((response, follow_up), *more)
+    if not all(turn.strip() for _, turn in exchanges):
         raise ToolkitError("empty follow-up turn: every turn needs text")
-    messages = tuple(first.messages) + (("assistant", response), ("user", follow_up))
+    messages = tuple(first.messages) + tuple(m for pair in exchanges for m in zip(("assistant", "user"), pair))
     text, special = _apply_template(tokenizer, messages)
-    start = text.rindex(follow_up)
-    return replace(
-        first, text=text, query_span=(start, start + len(follow_up)), add_special_tokens=special, messages=messages
-    )
+    start = text.rindex(exchanges[-1][1])
+    return replace(first, text=text, query_span=(start, start + len(exchanges[-1][1])), add_special_tokens=special,
+                   messages=messages)
 
 
 def supports_system_role(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -5,10 +5,15 @@ seed) with the embedded model's tokenizer files, found by path: the embedded mod
 loaded, so tests on it are not marked slow. ``tiny_prism`` is a real working directory on it: a logistic gate on block 0
 (threshold at the median, so half the queries are routed), the gated and ungated adapters
 distilled on blocks 1..2 and the persona steering vector after block 1. ``tiny_server`` serves it
-on 127.0.0.1 (a free port) in a background thread.
+on 127.0.0.1 (a free port) in a background thread. ``served_scores`` is the toolkit's own scoring of
+continuations with the route the server gives an echoed context and continuation.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # lm-eval's local tasks: never a hub
 
 from dataclasses import replace
 
@@ -18,15 +23,18 @@ import torch
 from openai import OpenAI
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from prism.adapters import save_adapter
+from interventions.measure.scoring import score_choices
+from prism.adapters import active_adapter, save_adapter
 from prism.distill import DistillConfig, distill
 from prism.gate import fit_gate, gate_features
 from prism.persona_path import GATED, UNGATED, persona_shift
+from prism.routing import Routed
 from prism.samples import Sample
 from prism.server.launch import ServerThread, build_app, served_files
 from prism.workdir import PrismDirectory
 from probes.core.files import save_tensors
 from probes.core.models import load_model, resolve_model_directory
+from probes.core.prompts import encode
 from probes.splits import Split
 from tests.gate_queries import QUERIES
 
@@ -53,6 +61,28 @@ def make_prism_directory(model_directory: str, out, *, epochs: int = 2) -> Prism
     # scaled up so that steering changes the random model's answers
     save_tensors(work.steering, {"vector": vector * 20}, {"kind": "persona-steering", "layer": 1, "n": 4})
     return work
+
+
+def served_scores(model, tokenizer, gate, prompts, options, mode: str) -> tuple[list[list[float]], list[list[tuple]]]:
+    """Each prompt's options scored by the toolkit (``score_choices``, summed) as ``prism serve`` scores an echoed
+    context and continuation in ``mode`` (``base`` or ``prism``): in mode prism with the gated adapter (``model``
+    carries it) where the gate routes the context and the option as one prompt. Also each option's (gate probability,
+    routed)."""
+    answers = [0] * len(prompts)
+    base = score_choices(model, tokenizer, prompts, options, answers, progress=False)
+    with active_adapter(model, GATED):
+        adapted = score_choices(model, tokenizer, prompts, options, answers, progress=False)
+    scores, routes = [], []
+    for p, (prompt, texts) in enumerate(zip(prompts, options)):
+        scores.append([])
+        routes.append([])
+        for o, text in enumerate(texts):
+            ids = encode(tokenizer, prompt) + tokenizer(text, add_special_tokens=False)["input_ids"]
+            with Routed(model, gate, adapter=GATED) as routed:
+                model.original_model(input_ids=torch.tensor([ids]))
+            routes[p].append(routed.decision(ids))
+            scores[p].append((adapted if mode == "prism" and routes[p][o][1] else base)[p].logprobs[o])
+    return scores, routes
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +131,12 @@ def make_directory():
 def server_over():
     """``start_server``: a ``ServerThread`` over a trained directory, with ``build_app``'s options."""
     return start_server
+
+
+@pytest.fixture(scope="session")
+def scores_as_served():
+    """``served_scores``: the toolkit's scores of continuations, routed as the server routes an echo."""
+    return served_scores
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from prism.adapters import load_adapter
 from prism.gate import Gate
 from prism.persona_path import GATED
 from prism.routing import Routed
-from prism.server.decoding import BatchDecoder, Sampling, TextStream, next_tokens, prefill_groups
+from prism.server.decoding import BatchDecoder, Sampling, next_tokens, prefill_groups
+from prism.server.text import TextStream
 from probes.core.errors import ToolkitError
 from probes.core.models import load_model
 from probes.core.prompts import Condition, encode, render

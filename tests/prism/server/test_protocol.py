@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from prism.server.protocol import ApiError, chat_prompt, completion_prompt, fit_context, parse_body, settings
+from prism.server.prompts import Budget, chat_prompt, completion_prompts, encode_within, fit_context
+from prism.server.protocol import ApiError, parse_body, settings
 from probes.core.prompts import Condition, encode, render, render_conversation, render_messages
 
 
@@ -61,7 +62,7 @@ def test_bad_messages_are_refused_naming_the_parameter(tokenizer, messages, para
     ({"temperature": "hot"}, "temperature", "temperature must be a number"),
     ({"top_p": 0}, "top_p", r"top_p must be in \(0, 1\], got 0"),
     ({"top_p": 1.5}, "top_p", "top_p must be in"),
-    ({"max_tokens": 0}, "max_tokens", "max_tokens must be at least 1, got 0"),
+    ({"max_tokens": 0}, "max_tokens", r"max_tokens must be at least 1 \(0 only with echo\), got 0"),
     ({"max_tokens": 2.5}, "max_tokens", "max_tokens must be an integer"),
     ({"max_completion_tokens": -3}, "max_completion_tokens", "must be at least 1"),
     ({"n": 2}, "n", "n must be 1"),
@@ -72,13 +73,39 @@ def test_bad_messages_are_refused_naming_the_parameter(tokenizer, messages, para
     ({"stream": "yes"}, "stream", "stream must be true or false"),
     ({"model": 3}, "model", "model must be a string"),
     ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty is not supported by this server"),
-    ({"logprobs": True}, "logprobs", "logprobs is not supported"),
+    ({"logprobs": 1}, "logprobs", "logprobs must be true or false"),
+    ({"top_logprobs": 3}, "top_logprobs", "top_logprobs needs logprobs: true"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", r"top_logprobs must be in \[0, 20\]"),
+    ({"logprobs": True, "stream": True}, "stream", "not supported with stream"),
     ({"tools": [{"type": "function"}]}, "tools", "tools is not supported"),
 ])
 def test_bad_settings_are_refused_naming_the_parameter(body, param, message):
     with pytest.raises(ApiError, match=message) as refused:
         settings(body)
     assert refused.value.status == 400 and refused.value.param == param
+
+
+@pytest.mark.parametrize("body, param, message", [
+    ({"logprobs": 21}, "logprobs", r"logprobs must be in \[0, 20\], got 21"),
+    ({"logprobs": -1}, "logprobs", "logprobs must be in"),
+    ({"logprobs": True}, "logprobs", "logprobs must be an integer"),
+    ({"logprobs": "5"}, "logprobs", "logprobs must be an integer"),
+    ({"echo": "yes"}, "echo", "echo must be true or false"),
+    ({"max_tokens": 0}, "max_tokens", "0 only with echo"),
+    ({"echo": True, "max_tokens": -1}, "max_tokens", "must be at least 1"),
+    ({"echo": True, "stream": True}, "stream", "not supported with stream"),
+])
+def test_bad_completion_logprobs_are_refused_naming_the_parameter(body, param, message):
+    with pytest.raises(ApiError, match=message) as refused:
+        settings(body, chat=False)
+    assert refused.value.status == 400 and refused.value.param == param
+
+
+def test_completions_take_logprobs_echo_and_max_tokens_0():
+    asked = settings({"logprobs": 5, "echo": True, "max_tokens": 0, "temperature": 0}, chat=False)
+    assert (asked.logprobs, asked.echo, asked.max_tokens) == (5, True, 0)
+    assert settings({"logprobs": True, "top_logprobs": 3}).logprobs == 3 and settings({"logprobs": True}).logprobs == 0
+    assert settings({"logprobs": False}).logprobs is None and settings({}, chat=False).logprobs is None
 
 
 def test_settings_default_as_openai_does_and_read_what_is_given():
@@ -97,13 +124,34 @@ def test_malformed_bodies_prompts_and_contexts_are_refused(tokenizer):
         with pytest.raises(ApiError, match="JSON") as refused:
             parse_body(raw)
         assert refused.value.code == "invalid_json"
-    assert completion_prompt(tokenizer, {"prompt": "Once upon"}) == tokenizer("Once upon")["input_ids"]
-    for body in ({}, {"prompt": ""}, {"prompt": ["a", "b"]}, {"prompt": 5}):
-        with pytest.raises(ApiError, match="prompt must be one non-empty string"):
-            completion_prompt(tokenizer, body)
+    ids = tokenizer("Once upon")["input_ids"]
+    assert completion_prompts(tokenizer, {"prompt": "Once upon"}) == [(ids, "Once upon")]
+    assert completion_prompts(tokenizer, {"prompt": ["Once upon", "a"]})[0] == (ids, "Once upon")
+    assert completion_prompts(tokenizer, {"prompt": ids}) == [(ids, None)]
+    assert completion_prompts(tokenizer, {"prompt": [ids, [5]]}) == [(ids, None), ([5], None)]
+    for body in ({}, {"prompt": ""}, {"prompt": ["a", ""]}, {"prompt": 5}, {"prompt": [[1], "a", []]}, {"prompt": []},
+                 {"prompt": [True]}):
+        with pytest.raises(ApiError, match="prompt must be a non-empty string, a list of them"):
+            completion_prompts(tokenizer, body)
+    with pytest.raises(ApiError, match="outside the vocabulary"):
+        completion_prompts(tokenizer, {"prompt": [[1, len(tokenizer)]]})
     assert fit_context(10, None, 256, 100) == 90 and fit_context(10, 50, 256, 100) == 50
     with pytest.raises(ApiError, match="the prompt has 10 tokens plus max_tokens 91 but the model's context is 100") as refused:
         fit_context(10, 91, 256, 100)
     assert refused.value.code == "context_length_exceeded"
     with pytest.raises(ApiError, match="the prompt has 120 tokens but"):
         fit_context(120, None, 256, 100)
+
+
+def test_a_prompt_is_tokenised_only_as_far_as_the_context_needs(tokenizer):
+    text = ("#" * 64 + " ") * 40 + "end"  # few tokens for many characters: longer than the first window
+    ids = tokenizer(text)["input_ids"]
+    fits = Budget.of(tokenizer, len(ids))
+    assert len(text) > 8 * (fits.n_ctx + 1)
+    assert encode_within(tokenizer, text, fits, add_special_tokens=True, param="prompt") == ids
+    with pytest.raises(ApiError, match="the prompt has more than 200 tokens, the model's context") as refused:
+        encode_within(tokenizer, "word " * 2000, Budget.of(tokenizer, 200), add_special_tokens=True, param="prompt")
+    assert refused.value.code == "context_length_exceeded" and refused.value.param == "prompt"
+    with pytest.raises(ApiError, match="more than the model's context of 2 tokens can hold"):
+        encode_within(tokenizer, "x" * (2 * fits.longest_token + 1), Budget.of(tokenizer, 2), add_special_tokens=True,
+                      param="prompt")

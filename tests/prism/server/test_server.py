@@ -238,7 +238,8 @@ def test_the_cli_serves_behind_an_api_key_that_never_reaches_the_logs(tiny_prism
     key, port = "sk-prism-test-7f3a9c", _free_port()
     env = {**os.environ, "PRISM_TEST_KEY": key, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "prism.cli", "serve", "--out", str(tiny_prism), "--port", str(port), "--device", "cpu",
-               "--api-key-env", "PRISM_TEST_KEY", "--log-level", "debug", "--mode", "base"]
+               "--api-key-env", "PRISM_TEST_KEY", "--log-level", "debug", "--mode", "base",
+               "--max-body-bytes", "100000"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -257,6 +258,9 @@ def test_the_cli_serves_behind_an_api_key_that_never_reaches_the_logs(tiny_prism
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
         answer = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert answer.model_extra["prism"]["mode"] == "base"
+        large = httpx.post(url + "/v1/chat/completions", content=b" " * 100_001,
+                           headers={"authorization": f"Bearer {key}"})
+        assert large.status_code == 413 and "(--max-body-bytes)" in large.json()["error"]["message"]
     finally:
         server.terminate()
         output = server.communicate(timeout=60)[0]
@@ -267,6 +271,7 @@ def test_the_cli_serves_behind_an_api_key_that_never_reaches_the_logs(tiny_prism
 @pytest.mark.parametrize("argv, message", [
     (["--api-key-env", "PRISM_UNSET_KEY_VARIABLE"], "--api-key-env PRISM_UNSET_KEY_VARIABLE: that environment variable is not set"),
     (["--port", "70000"], "--port must be in 0..65535"),
+    (["--body-timeout", "0"], "--body-timeout must be above 0 seconds"),
     (["--gate", "missing.safetensors", "--model", "default"], "no gate file at missing.safetensors"),
 ])
 def test_bad_serve_options_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, argv, message):

@@ -39,9 +39,12 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
     from prism.server.app import ServerConfig, create_app
-    from prism.server.decoding import BatchDecoder, Sampling, TextStream
+    from prism.server.decoding import BatchDecoder, Sampling
     from prism.server.engine import Engine, Job, Overloaded
     from prism.server.launch import ServerThread, build_app, serve, served_files
+    from prism.server.limits import Limits
     from prism.server.metrics import Metrics
     from prism.server.modes import MODES, Modes, PrismFiles
+    from prism.server.prompts import Budget
     from prism.server.protocol import ApiError
+    from prism.server.text import TextStream

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from interventions.measure.generation import generate
 from interventions.measure.scoring import score_choices
 from interventions.measure.vllm_engine import EngineDown, VllmEngine
-from interventions.measure.vllm_process import VllmProcess, VllmSettings, vllm_python
+from interventions.measure.vllm_process import VllmProcess, VllmSettings, leave_room, vllm_python
 from probes.core.devices import resolve_device, resolve_dtype
 from probes.core.errors import ToolkitError
 from probes.core.models import resolve_model_directory
@@ -113,7 +113,7 @@ def open_engine(spec: EngineSpec | None, model_name: str, tokenizer: PreTrainedT
     directory, label = resolve_model_directory(model_name)
     precision = str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
     settings = spec.settings if spec.settings.dtype != "auto" else replace(spec.settings, dtype=precision)
-    process = VllmProcess(directory, served_name=label, settings=settings, log=log)
+    process = VllmProcess(directory, served_name=label, settings=leave_room(settings), log=log)
     return VllmEngine(tokenizer, process=process, concurrency=spec.concurrency, context=context)
 
 

@@ -29,11 +29,23 @@ from probes.core.errors import ToolkitError
 from probes.core.prompts import RenderedPrompt, encode
 from probes.core.provenance import note_engine
 
-__all__ = ["EngineDown", "VllmEngine"]
+__all__ = ["EngineDown", "VllmEngine", "completion_body"]
 
 
 class EngineDown(ToolkitError):
     """The inference engine stopped answering and could not be brought back."""
+
+
+def completion_body(ids: list[int], *, model: str, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                    seed: int = 0) -> dict:
+    """A ``/completions`` request's body for token ids ``ids``: the toolkit's sampling settings and nothing of vLLM's
+    defaults (the model's generation config would otherwise set top-k, penalties or min-p); the generated token ids
+    come back with the text."""
+    greedy = temperature == 0
+    return {"model": model, "prompt": ids, "max_tokens": max_new_tokens,
+            "temperature": 0.0 if greedy else temperature, "top_p": 1.0 if greedy else top_p, "top_k": 0,
+            "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "seed": seed, "return_token_ids": True, "skip_special_tokens": True}
 
 
 class VllmEngine:
@@ -113,13 +125,9 @@ class VllmEngine:
 
     def sampling(self, ids: list[int], *, max_new_tokens: int, temperature: float, top_p: float = 1.0,
                  seed: int = 0, model: str | None = None) -> dict:
-        """A completion request's body for token ids ``ids``: the toolkit's sampling settings, nothing of vLLM's
-        defaults (the model's generation config would otherwise set top-k, penalties or min-p)."""
-        greedy = temperature == 0
-        return {"model": model or self.served_name, "prompt": ids, "max_tokens": max_new_tokens,
-                "temperature": 0.0 if greedy else temperature, "top_p": 1.0 if greedy else top_p, "top_k": 0,
-                "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-                "seed": seed, "return_token_ids": True, "skip_special_tokens": True}
+        """``completion_body`` for this server's model (or the LoRA module ``model``)."""
+        return completion_body(ids, model=model or self.served_name, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, seed=seed)
 
     def decode(self, choice: dict) -> str:
         """A choice's text as ``generate`` gives it: its token ids decoded by the toolkit's tokenizer."""

@@ -10,7 +10,8 @@ checkout or beside the toolkit's own environment (``.ci/setup-vllm`` builds it o
 install command.
 
 Parallelism is vLLM's own: ``tensor_parallel_size``, ``pipeline_parallel_size`` and ``data_parallel_size`` pass
-straight to it, so one command line serves a model over eight GPUs. On a CPU the server's threads are capped
+straight to it, so one command line serves a model over eight GPUs. When the toolkit's own process holds GPU memory
+(the hooked model beside the engine), vLLM's share of each GPU is cut to what is free (``leave_room``). On a CPU the server's threads are capped
 (``VLLM_CPU_OMP_THREADS_BIND``, ``VLLM_CPU_KVCACHE_SPACE``) unless the caller's environment sets them.
 """
 
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -31,7 +32,7 @@ import torch
 
 from probes.core.errors import ToolkitError
 
-__all__ = ["INSTALL_HINT", "VllmProcess", "VllmSettings", "vllm_python"]
+__all__ = ["INSTALL_HINT", "VllmProcess", "VllmSettings", "leave_room", "vllm_python"]
 
 INSTALL_HINT = ("pip install vllm (GPU machines), or bash .ci/setup-vllm (x86-64 Linux CPUs: builds .venv-vllm), "
                 "or set PRISM_VLLM_PYTHON to an interpreter that imports vllm")
@@ -99,6 +100,16 @@ def vllm_python() -> str:
         if os.access(candidate, os.X_OK):
             return str(candidate)
     raise ToolkitError(f"--engine vllm needs vLLM, which is not installed: {INSTALL_HINT}")
+
+
+def leave_room(settings: VllmSettings) -> VllmSettings:
+    """``settings`` with vLLM's share of each GPU cut to 90% of what is free now, when this process already holds
+    GPU memory (the hooked model for the gate or the adapter cells) and no share was given: vLLM's default would take
+    90% of the whole GPU and fail to start beside it."""
+    if settings.gpu_memory_utilization is not None or not torch.cuda.is_available():
+        return settings
+    free = min(free / total for free, total in (torch.cuda.mem_get_info(d) for d in range(torch.cuda.device_count())))
+    return settings if free > 0.95 else replace(settings, gpu_memory_utilization=round(0.9 * free, 2))
 
 
 def _free_port() -> int:
@@ -190,9 +201,13 @@ class VllmProcess:
         except httpx.HTTPError:
             return False
 
+    def running(self) -> bool:
+        """Whether the server process runs (whatever its engine answers)."""
+        return self._process is not None and self._process.poll() is None
+
     def alive(self) -> bool:
         """Whether the server process runs and its engine answers ``/health``."""
-        return self._process is not None and self._process.poll() is None and self.healthy()
+        return self.running() and self.healthy()
 
     def restart(self) -> None:
         """Stop the server (whatever state it is in) and start it again."""

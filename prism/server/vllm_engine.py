@@ -231,6 +231,7 @@ class VllmServeEngine:
                     self.process.restart() if self.process.starts else self.process.start()
                 except ToolkitError as error:
                     log.error(f"vLLM did not start: {error}; trying again")
+                    time.sleep(WATCH_S)
                     continue
             healthy = self._healthy()
             missed = 0 if healthy else missed + 1

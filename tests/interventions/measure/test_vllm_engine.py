@@ -19,9 +19,9 @@ TOKENS = 32
 @pytest.fixture(scope="module")
 def engines(smol, vllm_server):
     model, tokenizer = smol
-    vllm = VllmEngine(tokenizer, url=vllm_server.url, context=model.cfg.n_ctx)
+    vllm = VllmEngine(tokenizer, process=vllm_server, context=model.cfg.n_ctx)  # restarts the server if it dies
     yield HFEngine(model, tokenizer), vllm
-    vllm.client.close()
+    vllm.client.close()  # the session's server stays up
 
 
 def _gap(model, tokenizer, prompt_ids: list[int], ours: list[int], theirs: list[int]) -> float:

@@ -38,7 +38,7 @@ def served(vllm_prism, vllm_server):
     model, tokenizer = load_model(model_name)
     app = build_vllm_app(model, tokenizer, files, model_name=model_name, spec=EngineSpec("vllm"), process=vllm_server)
     with ServerThread(app) as server:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # the watcher may be restarting the session's server
         while httpx.get(server.url + "/health").status_code != 200:
             assert time.monotonic() < deadline, "the app never saw the vLLM engine ready"
             time.sleep(0.5)

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 
 import httpx
 import torch
@@ -38,7 +38,7 @@ from prism.routing import Routed
 from prism.server.decoding import TextStream
 from prism.server.engine import Job, Overloaded
 from prism.server.metrics import Metrics
-from prism.server.vllm_modes import GATED_MODULE, UNGATED_MODULE, VllmModes
+from prism.server.vllm_modes import GATED_MODULE, UNGATED_MODULE, OneModuleAtATime, VllmModes
 from probes.core.errors import ToolkitError
 
 __all__ = ["VllmServeEngine"]
@@ -74,6 +74,7 @@ class VllmServeEngine:
             raise ToolkitError("the vLLM serving engine needs a server to start or the URL of a running one")
         self.model, self.tokenizer, self.modes, self.process = model, tokenizer, modes, process
         self.stop_on_close = stop_on_close
+        self._modules = OneModuleAtATime() if not torch.cuda.is_available() else None  # see ``vllm_modes``
         self.url = (process.url if process is not None else str(url)).rstrip("/")
         self.metrics = metrics or Metrics()
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
@@ -166,7 +167,8 @@ class VllmServeEngine:
             route = self.modes.route(job.mode, routed)
             _send(job, ("route", probability, route))
             name = {"always": UNGATED_MODULE, "prism": GATED_MODULE if routed else None}.get(job.mode)
-            self._stream(job, name)
+            with self._modules.using(name) if self._modules is not None else nullcontext():
+                self._stream(job, name)
         except (httpx.HTTPError, _Unavailable) as error:
             _send(job, ("unavailable", f"the vLLM engine did not answer ({type(error).__name__}); retry shortly"))
         except Exception as error:  # the request fails, the server goes on

@@ -16,6 +16,7 @@ from interventions.measure.engines import EngineSpec
 from prism import pipeline
 from prism.server.launch import ServerThread, served_files
 from prism.server.vllm_launch import build_vllm_app
+from prism.server.vllm_modes import OneModuleAtATime
 from probes.core.datasets import load_dataset
 from probes.core.errors import ToolkitError
 from probes.core.models import load_model
@@ -30,6 +31,22 @@ def test_steering_is_refused_at_start_up_in_one_line(tiny_prism):
         build_vllm_app(None, None, files, model_name=model_name, spec=EngineSpec("vllm", url="http://127.0.0.1:1/v1"),
                        mode="steering")
     assert "\n" not in str(caught.value)
+
+
+def test_requests_of_different_modules_are_never_in_flight_together():
+    gate, active, mixed, done = OneModuleAtATime(), [], [], []
+
+    def request(module):
+        with gate.using(module):
+            active.append(module)
+            mixed.append(len(set(active)) > 1)
+            time.sleep(0.01)
+            active.remove(module)
+        done.append(module)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(request, [None, "prism", None, None, "prism", "prism-ungated", None, "prism"] * 3))
+    assert len(done) == 24 and not any(mixed)
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def quick_directory(out: Path, queries: list[str], labels: np.ndarray) -> PrismDirectory:
     """A PRISM working directory on the embedded model: a gate on block 0 and an untrained adapter on blocks 1..L-1."""
     work = PrismDirectory(out)
-    work.model_name("default", create=True)
+    work.record_model(work.model_name("default", create=True))
     model, tokenizer = load_model("default")
     x = gate_features(model, tokenizer, queries, [0], "last", work.gate_features, progress=False)[0]
     gate, _ = fit_gate(x, labels, Split(np.arange(len(queries)), np.arange(len(queries))), layer=0, position="last")

@@ -93,7 +93,8 @@ def vllm_python() -> str:
         if not os.access(named, os.X_OK):
             raise ToolkitError(f"${PYTHON_ENV}={named} is not an executable interpreter: point it at one with vllm")
         return named
-    if importlib.util.find_spec("vllm") is not None:
+    spec = importlib.util.find_spec("vllm")
+    if spec is not None and spec.origin:  # an installed package, not a folder named vllm in the working directory
         return sys.executable
     for root in (Path.cwd(), CHECKOUT, Path(sys.prefix).parent):  # the last: beside the toolkit's own environment
         candidate = root / ".venv-vllm" / "bin" / "python"

@@ -105,7 +105,8 @@ def test_vllm_missing_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(vllm_process, "CHECKOUT", tmp_path)
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))
-    monkeypatch.setattr(vllm_process.importlib.util, "find_spec", lambda name: None)
+    (tmp_path / "vllm").mkdir()  # a folder named vllm (a study's output, say) is no vLLM
+    monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ToolkitError, match="pip install vllm"):
         EngineSpec("vllm").check()
 

@@ -10,13 +10,20 @@ chat request when its answer is in; requests in flight at the end are waited for
 2. ``--compare-clients`` clients (default 16) against batched serving, and against a server
    that answers one request at a time (``--max-batch-size 1``).
 
+With ``--engine vllm`` (or ``both``), one more pair of phases: ``--compare-clients`` clients against
+``prism serve --engine hf`` (batched) and against ``prism serve --engine vllm`` (vLLM decodes, the gate is read in
+the server process), on the same prompts; it prints both engines' tokens/s and p50/p95 and the ratio vLLM / hf, and
+the gate pass's cost as a share of answering (its time per prompt against one client's latency on vLLM). ``--engine
+vllm`` skips the hf-only phases 1 and 2.
+
 Prints for each phase: requests sent and answered (each exactly once: the count of answers, of
 distinct answer ids and the server's own count must all equal the requests sent), 5xx and other
 errors, p50/p95 latency, generated tokens/s; then the throughput ratio of batched serving to
 one at a time. Greedy answers (temperature 0) are compared across phases per prompt: a prompt
 with two different answers means either a near-tie flipped by batched rounding or a mix-up.
 
-    python bench/serve_load.py [--clients 32] [--duration 20] [--max-tokens 24] [--threads 1] [--out runs/prism] [--smoke]
+    python bench/serve_load.py [--clients 32] [--duration 20] [--max-tokens 24] [--threads 1] [--out runs/prism]
+                               [--engine hf|vllm|both] [--smoke]
 """
 
 from __future__ import annotations
@@ -39,8 +46,12 @@ import numpy as np
 from prism.adapters import attach_adapter, save_adapter
 from prism.gate import fit_gate, gate_features
 from prism.persona_path import GATED
+from prism.server.launch import served_files
+from prism.server.vllm_engine import VllmServeEngine
+from prism.server.vllm_modes import VllmModes
 from prism.workdir import PrismDirectory
 from probes.core.models import load_model
+from probes.core.prompts import Condition, encode, render
 from probes.intents import intent_queries
 from probes.splits import Split
 
@@ -50,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def quick_directory(out: Path, queries: list[str], labels: np.ndarray) -> PrismDirectory:
     """A PRISM working directory on the embedded model: a gate on block 0 and an untrained adapter on blocks 1..L-1."""
     work = PrismDirectory(out)
-    work.model_name("default", create=True)
+    work.record_model(work.model_name("default", create=True))
     model, tokenizer = load_model("default")
     x = gate_features(model, tokenizer, queries, [0], "last", work.gate_features, progress=False)[0]
     gate, _ = fit_gate(x, labels, Split(np.arange(len(queries)), np.arange(len(queries))), layer=0, position="last")
@@ -63,14 +74,16 @@ def quick_directory(out: Path, queries: list[str], labels: np.ndarray) -> PrismD
 class Server:
     """``prism serve`` in a subprocess on a free port of 127.0.0.1."""
 
-    def __init__(self, out: Path, max_batch_size: int, batch_wait_ms: float, threads: int | None) -> None:
+    def __init__(self, out: Path, max_batch_size: int, batch_wait_ms: float, threads: int | None,
+                 engine: str = "hf") -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "prism.cli", "serve", "--out", str(out), "--port", str(self.port), "--device",
                    "cpu", "--max-batch-size", str(max_batch_size), "--batch-wait-ms", str(batch_wait_ms),
-                   "--max-queue", "1024", "--log-level", "warning"] + (["--threads", str(threads)] if threads else [])
+                   "--max-queue", "1024", "--log-level", "warning", "--engine", engine]
+        command += ["--threads", str(threads)] if threads else []
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -126,7 +139,21 @@ async def load(url: str, clients: int, duration: float, queries: list[str], max_
     return {"sent": sent[0], "results": results, "wall": wall}
 
 
-def report(name: str, run: dict, server_count: int) -> float:
+def gate_share(out: Path, queries: list[str], latency: float) -> str:
+    """The gate pass (blocks 0..k in the server process) per prompt, and its share of one client's answer latency."""
+    name, files = served_files(out)
+    model, tokenizer = load_model(name)
+    engine = VllmServeEngine(model, tokenizer, VllmModes.from_files(files, "prism"), url="http://127.0.0.1:1/v1")
+    prompts = [encode(tokenizer, render(tokenizer, query, Condition("none"))) for query in queries]
+    engine.decide(prompts[0])  # warm up
+    start = time.perf_counter()
+    for ids in prompts:
+        engine.decide(ids)
+    each = (time.perf_counter() - start) / len(prompts)
+    return f"gate pass {each * 1000:.1f} ms per prompt = {100 * each / latency:.1f}% of answering (1 client, vLLM)"
+
+
+def report(name: str, run: dict, server_count: int) -> tuple[float, float, float]:
     results = run["results"]
     good = [r for r in results if r[1] == 200]
     ids = {r[3]["id"] for r in good}
@@ -139,8 +166,9 @@ def report(name: str, run: dict, server_count: int) -> float:
     p50, p95 = (statistics.median(latencies), latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]) if latencies else (0, 0)
     print(f"{name}: sent {run['sent']}, answered {len(good)} ({len(ids)} distinct ids, server counted {server_count}; "
           f"each exactly once: {'yes' if once else 'NO'}), 5xx {server_errors}, other errors {other}; "
-          f"latency p50 {p50:.2f}s p95 {p95:.2f}s; {tokens} tokens in {run['wall']:.1f}s = {throughput:.1f} tokens/s")
-    return throughput
+          f"latency p50 {p50:.2f}s p95 {p95:.2f}s; {tokens} tokens in {run['wall']:.1f}s = {throughput:.1f} tokens/s",
+          flush=True)
+    return throughput, p50, p95
 
 
 def main() -> None:
@@ -153,6 +181,9 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--threads", type=int, help="the server's CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="a trained PRISM working directory (default: a quick one, made here)")
+    parser.add_argument("--engine", default="hf", choices=("hf", "vllm", "both"),
+                        help="hf: the batching phases only; vllm: prism serve --engine hf against --engine vllm; "
+                             "both: all of them (default: hf)")
     parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
     args = parser.parse_args()
     if args.smoke:
@@ -168,10 +199,13 @@ def main() -> None:
               f"{args.max_tokens} tokens each at most, greedy; {args.duration:.0f}s per phase", flush=True)
         answers: dict[str, set[str]] = {}
         throughput = {}
-        phases = [(args.max_batch_size, [("batched", args.clients), ("batched", args.compare_clients)]),
-                  (1, [("one at a time", args.compare_clients)])]
-        for max_batch, runs in phases:
-            with Server(out, max_batch, args.batch_wait_ms, args.threads) as server:
+        phases = [(args.max_batch_size, "hf", [("batched", args.clients), ("batched", args.compare_clients)]),
+                  (1, "hf", [("one at a time", args.compare_clients)])] if args.engine != "vllm" else []
+        if args.engine != "hf":
+            phases += [(args.max_batch_size, "hf", [("engine hf", args.compare_clients)]),
+                       (args.max_batch_size, "vllm", [("engine vllm", args.compare_clients), ("engine vllm", 1)])]
+        for max_batch, engine, runs in phases:
+            with Server(out, max_batch, args.batch_wait_ms, args.threads, engine) as server:
                 asyncio.run(load(server.url, 2, 3, queries, 4))  # warm up
                 for name, clients in runs:
                     before = server.answered()
@@ -181,8 +215,14 @@ def main() -> None:
                     for query, status, _, answer in run["results"]:
                         if status == 200:
                             answers.setdefault(query, set()).add(answer["choices"][0]["message"]["content"])
-        ratio = throughput[("batched", args.compare_clients)] / throughput[("one at a time", args.compare_clients)]
-        print(f"throughput at {args.compare_clients} clients, batched / one at a time: {ratio:.2f}x (target >= 3x)")
+        if args.engine != "vllm":
+            ratio = throughput[("batched", args.compare_clients)][0] / throughput[("one at a time", args.compare_clients)][0]
+            print(f"throughput at {args.compare_clients} clients, batched / one at a time: {ratio:.2f}x (target >= 3x)")
+        if args.engine != "hf":
+            (hf, hf50, hf95), (vl, vl50, vl95) = (throughput[(f"engine {e}", args.compare_clients)] for e in ("hf", "vllm"))
+            print(f"{args.compare_clients} clients: hf {hf:.1f} tokens/s (p50 {hf50:.2f}s, p95 {hf95:.2f}s), vllm {vl:.1f} "
+                  f"tokens/s (p50 {vl50:.2f}s, p95 {vl95:.2f}s); vllm / hf {vl / hf:.2f}x")
+            print(gate_share(Path(out), queries, throughput[("engine vllm", 1)][1]))
         differing = sum(1 for texts in answers.values() if len(texts) > 1)
         print(f"prompts with more than one greedy answer across phases: {differing} of {len(answers)}")
 

@@ -8,6 +8,10 @@
    only if it wins both orders (label 1, "distill"), else label 0 ("retain"). The choice is read from the
    log-probabilities of " A" and " B", so it costs one forward pass and no parsing.
 
+Everything runs on an engine (``interventions.measure.engines``): the hooked model (``hf``, the default) or vLLM, where
+the verdict's letters are read from the prompt log-probabilities of the prompt followed by each letter (``echo``). The
+ledger keys of a non-``hf`` engine name it, so a run resumed on another engine does not mix their samples.
+
 Every sampled text and every verdict goes to a ledger as its batch ends, so an interrupted run resumes where it
 stopped; ``samples.jsonl`` and ``summary.json`` are written at the end.
 """
@@ -22,8 +26,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from interventions.measure.generation import generate
-from interventions.measure.scoring import score_choices
+from interventions.measure.engines import Engine, HFEngine, engine_key
 from interventions.study.ledger import Ledger, work_key
 from prism.samples import Sample, write_samples
 from prism.workdir import PrismDirectory
@@ -72,18 +75,19 @@ class BootstrapConfig:
 
 def run_bootstrap(out: str | Path | PrismDirectory, model: TransformerBridge, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
                   personas: Sequence[str] | None = None, library: Mapping[str, Persona] | None = None,
-                  progress: bool = True) -> list[Sample]:
+                  progress: bool = True, engine: Engine | None = None) -> list[Sample]:
     """Stages 1-3 for ``personas``, resumable.
 
     Args:
         out: the PRISM working directory; everything goes to its ``bootstrap/`` folder (the
             ledger, ``samples.jsonl``, ``summary.json``, ``win_rates.csv``).
-        model, tokenizer: the bridged model and its tokenizer.
+        model, tokenizer: the bridged model (None with an ``engine``) and its tokenizer.
         config: query, answer and verdict settings.
         personas: names in ``library`` of the personas whose queries the model writes (default: every persona in it).
         library: the persona library (default: the built-in twelve). Samples name their persona: whoever renders it
             later needs the same library (``PrismDirectory.persona_library``).
         progress: show progress bars.
+        engine: what generates and scores (default: ``model``, ``HFEngine``).
 
     Returns:
         the samples, one per kept query.
@@ -99,8 +103,9 @@ def run_bootstrap(out: str | Path | PrismDirectory, model: TransformerBridge, to
     group = world()
     ledger = Ledger(work.bootstrap_ledger, world=group)
     progress = progress and group.is_main
-    queries = _queries(model, tokenizer, [library[name] for name in chosen], config, ledger, progress)
-    samples = _answers_and_verdicts(model, tokenizer, queries, library, config, ledger, progress)
+    engine = engine or HFEngine(model, tokenizer)
+    queries = _queries(engine, tokenizer, [library[name] for name in chosen], config, ledger, progress)
+    samples = _answers_and_verdicts(engine, tokenizer, queries, library, config, ledger, progress)
     group.on_main(lambda: write_samples(work, samples, {"config": asdict(config)}))  # every rank has every sample; rank 0 writes them
     return samples
 
@@ -140,7 +145,7 @@ def clean_query(text: str) -> str | None:
     return None
 
 
-def _queries(model: TransformerBridge, tokenizer, personas: Sequence[Persona], config: BootstrapConfig, ledger: Ledger,
+def _queries(engine: Engine, tokenizer, personas: Sequence[Persona], config: BootstrapConfig, ledger: Ledger,
              progress: bool) -> list[tuple[str, str]]:
     """(persona, query) pairs: up to ``queries_per_persona`` distinct queries per persona."""
     found: dict[str, list[str]] = {persona.name: [] for persona in personas}
@@ -155,8 +160,9 @@ def _queries(model: TransformerBridge, tokenizer, personas: Sequence[Persona], c
                 requests.append((persona, k))
         prompts = [render_messages(tokenizer, persona.text(config.persona_length), QUERY_REQUEST) for persona, _ in requests]
         keys = [work_key(stage="query", persona=p.name, round=round_, k=k, seed=config.seed, tokens=config.query_tokens,
-                         temperature=config.query_temperature, length=config.persona_length) for p, k in requests]
-        texts = _generate_once(model, tokenizer, prompts, keys, ledger, config, config.query_tokens,
+                         temperature=config.query_temperature, length=config.persona_length, **engine_key(engine))
+                for p, k in requests]
+        texts = _generate_once(engine, prompts, keys, ledger, config, config.query_tokens,
                                config.query_temperature, config.seed + 1000 * round_, f"queries (round {round_ + 1})", progress)
         seen = {query.lower() for queries in found.values() for query in queries}
         for (persona, _), text in zip(requests, texts):
@@ -170,7 +176,7 @@ def _queries(model: TransformerBridge, tokenizer, personas: Sequence[Persona], c
     return [(name, query) for name, queries in found.items() for query in queries]
 
 
-def _answers_and_verdicts(model: TransformerBridge, tokenizer, queries, library, config: BootstrapConfig, ledger: Ledger,
+def _answers_and_verdicts(engine: Engine, tokenizer, queries, library, config: BootstrapConfig, ledger: Ledger,
                           progress: bool) -> list[Sample]:
     if not queries:
         raise ToolkitError("the model wrote no usable query: raise --queries-per-persona or the query length")
@@ -180,8 +186,8 @@ def _answers_and_verdicts(model: TransformerBridge, tokenizer, queries, library,
     answers = {}
     for kind, prompts in (("plain", plain), ("persona", personal)):
         keys = [work_key(stage="answer", prompt=p.text, seed=config.seed, tokens=config.answer_tokens,
-                         temperature=config.answer_temperature) for p in prompts]
-        answers[kind] = _generate_once(model, tokenizer, prompts, keys, ledger, config, config.answer_tokens,
+                         temperature=config.answer_temperature, **engine_key(engine)) for p in prompts]
+        answers[kind] = _generate_once(engine, prompts, keys, ledger, config, config.answer_tokens,
                                        config.answer_temperature, config.seed, f"answers ({kind})", progress)
     verdicts = {}
     for order in ("persona_first", "persona_second"):
@@ -190,7 +196,7 @@ def _answers_and_verdicts(model: TransformerBridge, tokenizer, queries, library,
                                                                            second=second or "(empty)"),
                                    answer_prefix=VERDICT_PREFIX)
                    for (_, query), (first, second) in zip(queries, pairs)]
-        verdicts[order] = _verdicts(model, tokenizer, prompts, ledger, config, persona_letter=0 if order == "persona_first" else 1,
+        verdicts[order] = _verdicts(engine, prompts, ledger, config, persona_letter=0 if order == "persona_first" else 1,
                                     progress=progress)
     samples = []
     for index, ((persona, query), plain_answer, persona_answer) in enumerate(zip(queries, answers["plain"], answers["persona"])):
@@ -200,7 +206,7 @@ def _answers_and_verdicts(model: TransformerBridge, tokenizer, queries, library,
     return samples
 
 
-def _generate_once(model: TransformerBridge, tokenizer, prompts, keys, ledger: Ledger, config: BootstrapConfig, max_new_tokens: int,
+def _generate_once(engine: Engine, prompts, keys, ledger: Ledger, config: BootstrapConfig, max_new_tokens: int,
                    temperature: float, seed: int, label: str, progress: bool) -> list[str]:
     """Generate what the ledger does not hold yet, a few batches at a time (each seeded by its place), recording
     each; a chunk with anything missing is generated whole, with its seed (``Ledger.unfinished``), so a resumed run
@@ -209,8 +215,8 @@ def _generate_once(model: TransformerBridge, tokenizer, prompts, keys, ledger: L
     with tqdm(total=len(ledger.world.share(chunks)), desc=label, unit="chunk", disable=not progress or not chunks) as bar:
         def generate_chunk(chunk: tuple[int, list[int]]) -> list[dict]:
             start, part = chunk
-            texts = generate(model, tokenizer, [prompts[i] for i in part], max_new_tokens=max_new_tokens,
-                             temperature=temperature, seed=seed + start, batch_size=config.batch_size, progress=False)
+            texts = engine.generate([prompts[i] for i in part], max_new_tokens=max_new_tokens, temperature=temperature,
+                                    seed=seed + start, batch_size=config.batch_size, progress=False)
             bar.update(1)
             return [{"key": keys[i], "text": text} for i, text in zip(part, texts) if keys[i] not in ledger]
 
@@ -218,18 +224,18 @@ def _generate_once(model: TransformerBridge, tokenizer, prompts, keys, ledger: L
     return [_recorded(ledger, key, "text", lambda text: isinstance(text, str)) for key in keys]
 
 
-def _verdicts(model: TransformerBridge, tokenizer, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int,
+def _verdicts(engine: Engine, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int,
               progress: bool) -> list[float]:
     """log p(persona's letter) - log p(the other letter) for each verdict prompt."""
-    keys = [work_key(stage="verdict", prompt=p.text) for p in prompts]
+    keys = [work_key(stage="verdict", prompt=p.text, **engine_key(engine)) for p in prompts]
     chunks = [list(span) for span in ledger.unfinished(keys, config.batch_size * 4)]  # each scored whole, as at first
     with tqdm(total=sum(map(len, ledger.world.share(chunks))), desc="verdicts", unit="prompt",
               disable=not progress or not chunks) as bar:
         def score_chunk(part: list[int]) -> list[dict]:
-            scored = score_choices(model, tokenizer, [prompts[i] for i in part], [[" A", " B"]] * len(part), [0] * len(part),
-                                   batch_size=config.batch_size, progress=False)
+            scored = engine.option_logprobs([prompts[i] for i in part], [[" A", " B"]] * len(part),
+                                            batch_size=config.batch_size)
             bar.update(len(part))
-            return [{"key": keys[i], "logprobs": list(result.logprobs)} for i, result in zip(part, scored)
+            return [{"key": keys[i], "logprobs": list(logprobs)} for i, logprobs in zip(part, scored)
                     if keys[i] not in ledger]
 
         ledger.fill(chunks, score_chunk)

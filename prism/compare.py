@@ -26,20 +26,30 @@ interrupted run resumes. Per knowledge source and per data set (route rates) the
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from interventions.measure.engines import Engine
 from interventions.measure.judge import Judge, SelfJudge, parse_rating
 from interventions.measure.tasks import TASKS, Task, judge_request
 from prism.adapters import active_adapter, load_adapter
 from prism.baselines import EmbeddingRouter, SelfClassifyRouter
+from prism.compare_budget import (
+    COMPARE_BUDGETS,
+    CompareBudget,
+    evaluation_items,
+    evaluation_queries,
+    excluded_sources,
+    resolve_budget,
+)
 from prism.compare_report import DATASETS, ROUTERS, format_table, summarise, write_outputs
-from prism.compare_sources import KNOWLEDGE, KNOWLEDGE_SOURCES
+from prism.compare_sources import KNOWLEDGE
 from prism.gate import Gate
 from prism.persona_path import GATED, UNGATED
 from prism.routing import Routed, check_gate_fits, route_probabilities
@@ -57,6 +67,11 @@ if TYPE_CHECKING:
 __all__ = ["COMPARE_BUDGETS", "DATASETS", "KNOWLEDGE", "SYSTEMS", "CompareBudget", "evaluation_items", "evaluation_queries",
            "excluded_sources", "format_table", "resolve_budget", "run_compare", "summarise"]
 
+log = logging.getLogger(__name__)
+
+# systems whose answers need no hooks (a prompt, chosen or not by a router that reads the query): an inference engine
+# may generate them; the others add an adapter or a steering vector inside the model's forward
+PROMPT_SYSTEMS = ("base", "expert prompt", "probe -> persona prompt")
 SYSTEMS = ("base", "expert prompt", "ungated LoRA", "PRISM", "probe -> persona prompt", "probe -> steering",
            "MiniLM -> LoRA", "self-classify -> LoRA")
 EXPERT = {**{name: Condition("humanities") for name in KNOWLEDGE}, "harmbench": Condition("safety-monitor"),
@@ -65,68 +80,13 @@ ROUTER_OF = {"PRISM": "probe gate", "probe -> steering": "probe gate", "probe ->
              "MiniLM -> LoRA": "MiniLM", "self-classify -> LoRA": "self-classify"}
 
 
-@dataclass(frozen=True)
-class CompareBudget:
-    """Items per data set of the comparison, and generation lengths.
-
-    Args:
-        capitals: capital-city questions (accuracy and margin).
-        harmbench: HarmBench standard requests (keyword refusal).
-        mtbench: MT-Bench first turns (self-judged).
-        refusal_tokens: greedy tokens per HarmBench answer.
-        answer_tokens: tokens per MT-Bench answer.
-        continents, currencies, city_countries: the GeoNames quizzes' questions (accuracy and margin).
-    """
-
-    capitals: int = 48  # capital-city questions (accuracy and margin)
-    harmbench: int = 16  # HarmBench standard requests (keyword refusal)
-    mtbench: int = 12  # MT-Bench first turns (self-judged)
-    refusal_tokens: int = 32  # greedy tokens per HarmBench answer
-    answer_tokens: int = 64  # tokens per MT-Bench answer
-    continents: int = 48  # which continent a country is on
-    currencies: int = 48  # a country's currency
-    city_countries: int = 48  # which country a large city is in
-
-    def size(self, dataset: str) -> int:
-        """The items of ``dataset`` (a name in ``DATASETS``; ``city-countries`` is the field ``city_countries``)."""
-        return getattr(self, dataset.replace("-", "_"))
-
-
-COMPARE_BUDGETS = {"smoke": CompareBudget(16, 8, 4, 24, 32, continents=16, currencies=16, city_countries=16),
-                   "default": CompareBudget()}
-
-
-def resolve_budget(budget: str | CompareBudget) -> CompareBudget:
-    """A budget by name (``smoke``, ``default``), or the given one."""
-    if isinstance(budget, CompareBudget):
-        return budget
-    if budget not in COMPARE_BUDGETS:
-        raise ToolkitError(f"unknown comparison budget {budget!r}: use one of {', '.join(COMPARE_BUDGETS)}")
-    return COMPARE_BUDGETS[budget]
-
-
-def evaluation_items(budget: CompareBudget, seed: int = 0) -> dict[str, list[Item]]:
-    """The comparison's items: each data set's registered task, sampled to the budget's size."""
-    return {dataset: TASKS[dataset].load_items(budget.size(dataset), seed) for dataset in DATASETS}
-
-
-def evaluation_queries(budget: CompareBudget, seed: int = 0) -> set[str]:
-    """Every query the comparison asks: gate training leaves them out."""
-    return {item.prompt for items in evaluation_items(budget, seed).values() for item in items}
-
-
-def excluded_sources() -> tuple[str, ...]:
-    """The intent sources (``probes.intents``) that ask the same kinds of fact as the comparison's knowledge sets:
-    gate training leaves them out whole, so that every knowledge set scored is off the gate's training distribution."""
-    return tuple(sorted({source for sources in KNOWLEDGE_SOURCES.values() for source in sources}))
-
-
 class _Evaluator:
     """Runs one system on one data set: per-item rows with the metric and the route taken."""
 
     def __init__(self, model: TransformerBridge, tokenizer, work: PrismDirectory, budget: CompareBudget, seed: int, batch_size: int,
-                 judge: Judge | None = None) -> None:
+                 judge: Judge | None = None, engine: Engine | None = None) -> None:
         self.model, self.tokenizer, self.budget, self.seed, self.batch_size = model, tokenizer, budget, seed, batch_size
+        self.engine = engine
         self.gate = Gate.load(work.gate)
         check_gate_fits(model, self.gate)  # before any cell: a gate of another model fails now, not after the others
         for name in (GATED, UNGATED):
@@ -136,7 +96,7 @@ class _Evaluator:
         self.embedding = EmbeddingRouter.load(work.embedding_router)
         self.asker = SelfClassifyRouter(model, tokenizer, batch_size=batch_size)
         self.asker.threshold = work.self_classify_threshold()
-        self.judge = judge or SelfJudge(model, tokenizer, batch_size=batch_size)
+        self.judge = judge or SelfJudge(model, tokenizer, batch_size=batch_size, engine=engine)
         self.personas = work.persona_library()  # the expert prompts' texts, as the bootstrap had them
 
     def routes(self, router: str, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
@@ -163,16 +123,16 @@ class _Evaluator:
         plain, expert = Condition("none"), EXPERT[dataset]
         n = len(items)
         if system == "base":
-            return self._answer(dataset, items, [plain] * n)
+            return self._answer(dataset, items, [plain] * n, hooked=False)
         if system == "expert prompt":
-            return self._answer(dataset, items, [expert] * n)
+            return self._answer(dataset, items, [expert] * n, hooked=False)
         if system == "ungated LoRA":
             with active_adapter(self.model, UNGATED):
                 return self._answer(dataset, items, [plain] * n, route=True)
         router = ROUTER_OF[system]
         if system == "probe -> persona prompt":
             scores, routes = self.routes(router, items)
-            rows = self._answer(dataset, items, [expert if route else plain for route in routes])
+            rows = self._answer(dataset, items, [expert if route else plain for route in routes], hooked=False)
             for row, score, route in zip(rows, scores, routes):
                 row["score"], row["routed"] = float(score), bool(route)
             return rows
@@ -191,14 +151,22 @@ class _Evaluator:
             row["score"], row["routed"] = (float(scores[index]) if scores is not None else probability), route
         return rows
 
+    def engine_of(self, system: str, dataset: str) -> str | None:
+        """The inference engine that generates ``system``'s answers on ``dataset`` when it is not the hooked model (a
+        generation set, a system without hooks), else None."""
+        engine = self.engine
+        generated = engine is not None and engine.name != "hf" and not TASKS[dataset].is_choice
+        return engine.name if generated and system in PROMPT_SYSTEMS else None
+
     def _answer(self, dataset: str, items: Sequence[Item], conditions: Sequence[Condition], *, context=None,
-                route: bool | None = None) -> list[dict]:
+                route: bool | None = None, hooked: bool = True) -> list[dict]:
         task = TASKS[dataset]
         prompts = row_prompts(self.tokenizer, items, conditions, dataset, self.personas)
         tokens = {"harmbench": self.budget.refusal_tokens, "mtbench": self.budget.answer_tokens}.get(dataset)
         with context or nullcontext():
             records = task.measure(self.model, self.tokenizer, items, prompts, max_new_tokens=tokens,
-                                   batch_size=self.batch_size, seed=self.seed, share_prefix=context is None)
+                                   batch_size=self.batch_size, seed=self.seed, share_prefix=context is None,
+                                   engine=None if hooked else self.engine)
         rows = [_measured(task, item, record) for item, record in zip(items, records)]
         for item, row, condition in zip(items, rows, conditions):
             row.update(id=item.id, category=item.category, persona=condition.persona)
@@ -228,7 +196,7 @@ def row_prompts(tokenizer, items: Sequence[Item], conditions: Sequence[Condition
 
 def run_compare(prism_dir: str | Path | PrismDirectory, model: TransformerBridge, tokenizer, *, budget: str | CompareBudget = "default",
                 systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, judge: Judge | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, engine: Engine | None = None) -> dict:
     """Run every (system, data set) cell not yet saved, then write the tables, figures and report.
 
     Args:
@@ -241,6 +209,9 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model: TransformerBridge
         judge: the MT-Bench judge (``make_judge``; default: the plain model judges itself); an MT-Bench cell saved
             with another judge is computed again.
         progress: show a progress bar over the cells.
+        engine: what generates the answers of the systems that need no hooks (``PROMPT_SYSTEMS``) and the
+            self-judge's ratings (default: ``model``); the adapter and steering systems run on ``model`` whatever it is.
+            A cell records the engine that generated it, and one of another engine is computed again.
 
     Returns:
         the summary (``compare_report.summarise``): the table, route rates, knowledge per source and route rates per
@@ -257,21 +228,28 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model: TransformerBridge
     if unknown:
         raise ToolkitError(f"unknown system {unknown[0]!r}: choose from {', '.join(SYSTEMS)}")
     items = evaluation_items(plan, seed)
-    evaluator = _Evaluator(model, tokenizer, work, plan, seed, batch_size, judge)
+    evaluator = _Evaluator(model, tokenizer, work, plan, seed, batch_size, judge, engine)
+    hooked = [system for system in systems if system not in PROMPT_SYSTEMS]
+    if engine is not None and engine.name != "hf" and hooked:
+        log.warning(f"{', '.join(hooked)} need hooks (adapters, steering): their cells run on the hooked model, "
+                    f"not on {engine.name}")
     trained = work.trained_fingerprint()
     jobs = [(system, dataset) for system in systems for dataset in DATASETS]
     judged_by = {dataset: evaluator.judge.name if dataset == "mtbench" else None for dataset in DATASETS}
     group = world()
-    todo = group.on_main(lambda: [job for job in jobs if _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]]) is None])
+    todo = group.on_main(lambda: [job for job in jobs if _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]],
+                                                                 evaluator.engine_of(*job)) is None])
     # under torchrun rank r computes the cells i % N == r; each cell is saved as it ends
     with group.together():
         for system, dataset in tqdm(group.share(todo), desc="compare", unit="cell", disable=not progress):
             rows = evaluator.run(system, dataset, items[dataset])
             write_json(work.cell(system, dataset), {"system": system, "dataset": dataset, "budget": asdict(plan), "seed": seed,
-                                                    "trained": trained, "judge": judged_by[dataset], "rows": rows})
+                                                    "trained": trained, "judge": judged_by[dataset],
+                                                    **_engine_field(evaluator.engine_of(system, dataset)), "rows": rows})
 
     def summarise_cells() -> dict:
-        cells = {job: _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]]) for job in jobs}
+        cells = {job: _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]], evaluator.engine_of(*job))
+                 for job in jobs}
         routes = {router: evaluator.routes(router, [i for d in DATASETS for i in items[d]])[1] for router in ROUTERS}
         summary = summarise(cells, systems, items, routes, seed)
         trained_on = json.loads(work.train_summary.read_text()) if work.train_summary.is_file() else {}
@@ -282,8 +260,14 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model: TransformerBridge
     return group.on_main(summarise_cells)
 
 
-def _cached(path: Path, plan: CompareBudget, seed: int, trained: str, judge: str | None) -> list[dict] | None:
-    """A saved cell's rows, when it was computed with this budget, seed, trained artefacts and judge; a damaged cell
+def _engine_field(engine: str | None) -> dict:
+    """A cell's ``engine`` field: only for a cell an inference engine generated (cells of the hooked model have none)."""
+    return {} if engine is None else {"engine": engine}
+
+
+def _cached(path: Path, plan: CompareBudget, seed: int, trained: str, judge: str | None,
+            engine: str | None = None) -> list[dict] | None:
+    """A saved cell's rows, when it was computed with this budget, seed, trained artefacts, judge and engine; a damaged cell
     (cut off, not the toolkit's shape) is computed again."""
     if not path.is_file():
         return None
@@ -294,6 +278,6 @@ def _cached(path: Path, plan: CompareBudget, seed: int, trained: str, judge: str
     if not isinstance(cached, dict) or not isinstance(cached.get("rows"), list):
         return None
     if (cached.get("budget") == asdict(plan) and cached.get("seed") == seed and cached.get("trained") == trained
-            and cached.get("judge") == judge):
+            and cached.get("judge") == judge and cached.get("engine") == engine):
         return cached["rows"]
     return None

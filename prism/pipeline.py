@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from interventions.measure.engines import EngineSpec, open_engine
 from interventions.measure.generation import generate
 from interventions.measure.judge import make_judge
 from prism.adapters import load_adapter
@@ -30,6 +31,7 @@ from probes.core.files import load_tensors
 from probes.core.models import load_model
 from probes.core.personas import Persona, get_persona
 from probes.core.prompts import Condition, encode, render
+from probes.core.tokenizers import load_tokenizer
 
 VIA = ("adapter", "steering", "prompt")
 
@@ -47,7 +49,7 @@ def _load(name: str, device: str, dtype: str, device_map: str | None = None):
 def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
               personas: Sequence[str] | None = None, library: Mapping[str, Persona] | None = None,
               device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
-              progress: bool = True) -> BootstrapSummary:
+              progress: bool = True, engine: EngineSpec | None = None) -> BootstrapSummary:
     """Run stages 1-3 in the working directory ``out`` (``prism bootstrap``).
 
     Args:
@@ -60,6 +62,8 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
             personas); its user personas must match those the directory recorded.
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
+        engine: what writes, answers and judges (default: ``hf``, the hooked model); with ``vllm`` this process
+            loads only the tokenizer and vLLM the weights.
 
     Returns:
         the ``BootstrapSummary``: win rates overall and per persona.
@@ -73,9 +77,16 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
     name = _model_for(out, model_name, create=True)
     library = work.persona_library(library)
     chosen = chosen_personas(personas, library, config.persona_length)
-    model, tokenizer = _load(name, device, dtype, device_map)
-    work.record_model(name, library)  # only a model that loaded claims the directory
-    samples = run_bootstrap(out, model, tokenizer, config=config, personas=chosen, library=library, progress=progress)
+    engine = engine or EngineSpec()
+    engine.check()
+    if engine.hooks:
+        model, tokenizer = _load(name, device, dtype, device_map)
+    else:
+        model, tokenizer = None, load_tokenizer(name)
+    with open_engine(engine, name, tokenizer, model, device=device, dtype=dtype) as generator:
+        work.record_model(name, library)  # only a model that loaded claims the directory
+        samples = run_bootstrap(out, model, tokenizer, config=config, personas=chosen, library=library,
+                                progress=progress, engine=generator)
     return BootstrapSummary.from_record(summarise(samples, config.seed))
 
 
@@ -130,7 +141,7 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
 def compare(out: str | Path, *, model_name: str | None = None, budget: str | CompareBudget = "default",
             systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, device: str = "cpu",
             dtype: str = "float32", device_map: str | None = None, judge: Mapping | None = None,
-            progress: bool = True) -> CompareSummary:
+            progress: bool = True, engine: EngineSpec | None = None) -> CompareSummary:
     """Run the Table-1 comparison in ``out`` (``prism compare``); finished cells are reused.
 
     Args:
@@ -144,6 +155,7 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
         judge: ``make_judge`` settings of the MT-Bench judge (``url``, ``judge_model``, ...; default: the model judges
             itself). Cells remember their judge: another judge recomputes the MT-Bench cells.
         progress: show a progress bar over the cells.
+        engine: what generates the cells that need no hooks and the self-judge's ratings (default: ``hf``).
 
     Returns:
         the ``CompareSummary``.
@@ -158,9 +170,15 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
     judge = dict(judge or {})
     if judge.get("url"):
         make_judge(**judge)  # bad judge settings fail before the model loads
-    model, tokenizer = _load(_model_for(out, model_name), device, dtype, device_map)
-    record = run_compare(out, model, tokenizer, budget=plan, systems=systems, seed=seed, batch_size=batch_size,
-                         judge=make_judge(**judge, model=model, tokenizer=tokenizer, batch_size=batch_size), progress=progress)
+    engine = engine or EngineSpec()
+    engine.check()
+    name = _model_for(out, model_name)
+    model, tokenizer = _load(name, device, dtype, device_map)
+    with open_engine(engine, name, tokenizer, model, device=device, dtype=dtype) as generator:
+        record = run_compare(out, model, tokenizer, budget=plan, systems=systems, seed=seed, batch_size=batch_size,
+                             judge=make_judge(**judge, model=model, tokenizer=tokenizer, batch_size=batch_size,
+                                              engine=generator),
+                             progress=progress, engine=generator)
     return CompareSummary(PrismDirectory(out).compare, tuple(record["table"]), record)
 
 

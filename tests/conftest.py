@@ -8,6 +8,8 @@ in under two minutes. CI runs everything.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,7 +33,7 @@ transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 
-REAL_MODEL_FIXTURES = {"smol", "smol_hf", "smol_directory"}
+REAL_MODEL_FIXTURES = {"smol", "smol_hf", "smol_directory", "vllm_server", "vllm_prism"}
 
 
 def pytest_collection_modifyitems(items):
@@ -56,6 +58,42 @@ def smol_hf(smol_directory):
     """A plain Hugging Face copy of the embedded model, not wrapped by any bridge."""
     model = transformers.AutoModelForCausalLM.from_pretrained(smol_directory, dtype=torch.float32)
     return model.eval()
+
+
+def _vllm_or_skip() -> None:
+    from interventions.measure.vllm_process import vllm_python
+    from probes.core.errors import ToolkitError
+
+    try:
+        vllm_python()
+    except ToolkitError as error:
+        pytest.skip(f"no vLLM to test against: {error}")
+
+
+@pytest.fixture(scope="session")
+def vllm_prism(tmp_path_factory, smol_directory):
+    """A trained PRISM directory on the embedded model (gate on block 0, adapters on blocks 1.., one epoch), whose
+    adapters the session's vLLM server serves as LoRA modules."""
+    _vllm_or_skip()
+    from tests.prism.server.conftest import make_prism_directory
+
+    return make_prism_directory(smol_directory, tmp_path_factory.mktemp("vllm-prism"), epochs=1)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory, smol_directory, vllm_prism):
+    """One vLLM server on the embedded model (float32, as the hooked model runs on a CPU) for the whole session, with
+    ``vllm_prism``'s adapters as the LoRA modules ``prism`` and ``prism-ungated``; skipped when no interpreter runs
+    vLLM (``bash .ci/setup-vllm`` builds ``.venv-vllm``)."""
+    from interventions.measure.vllm_process import VllmProcess, VllmSettings
+    from prism.persona_path import GATED, UNGATED
+
+    modules = {"prism": str(vllm_prism.adapter(GATED)), "prism-ungated": str(vllm_prism.adapter(UNGATED))}
+    process = VllmProcess(smol_directory, served_name="SmolLM2-135M-Instruct",
+                          settings=VllmSettings(dtype="float32", max_model_len=2048, lora_modules=modules),
+                          log=Path(tempfile.gettempdir()) / "prism-vllm-tests.log")  # kept after the session
+    with process:
+        yield process
 
 
 def _save_tiny(directory, model, tokenizer_source: str) -> str:

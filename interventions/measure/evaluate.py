@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
+from interventions.measure.engines import Engine
 from interventions.measure.tasks import DEFAULT_ANSWER_PREFIX, Task, choice_result
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
@@ -42,6 +43,7 @@ def evaluate(
     personas: Mapping[str, Persona] | None = None,
     seed: int = 0,
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> dict:
     """Evaluate ``items`` under ``condition``: multiple choice by log-likelihood, else by generation.
 
@@ -58,6 +60,7 @@ def evaluate(
         personas: a persona library in place of the built-in one.
         seed: the random persona's and the bootstrap's seed.
         progress: show progress bars.
+        engine: what generates open items' answers (``interventions.measure.engines``; default: ``model``).
 
     Returns:
         a JSON-ready dict: the settings, ``summary`` (mean, 95% CI, n), ``by_category`` and
@@ -90,7 +93,7 @@ def evaluate(
         task = Task("generation", "refusal", None, ("refusal_rate",), max_new_tokens=max_new_tokens)
     prompts = task.render(tokenizer, items, condition, personas=personas, seed=seed)
     records = task.measure(model, tokenizer, items, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           seed=seed, progress=progress)
+                           seed=seed, progress=progress, engine=engine)
     metrics = [task.item_metrics(item, record) for item, record in zip(items, records)]
     rows = [
         {"id": item.id, "category": item.category, "persona": prompt.persona, "placement": prompt.placement,
@@ -108,7 +111,8 @@ def evaluate(
     else:
         result.update(
             task="generation",
-            settings={"max_new_tokens": max_new_tokens, "decoding": "greedy", "refusal_rule": "keyword"},
+            settings={"max_new_tokens": max_new_tokens, "decoding": "greedy", "refusal_rule": "keyword",
+                      **({"engine": engine.name} if engine is not None and engine.name != "hf" else {})},
             metric="refusal_rate",
         )
     values = [float(row[METRIC_FIELD[result["metric"]]]) for row in rows]

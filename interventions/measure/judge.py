@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 from interventions.measure.chat_endpoint import ChatEndpoint
+from interventions.measure.engines import Engine
 from interventions.measure.generation import generate
 from probes.core.assets import MTBENCH_JUDGE_PROMPTS
 from probes.core.errors import ToolkitError
@@ -92,14 +93,15 @@ class Judge(Protocol):
 
 
 class SelfJudge:
-    """The hooked model as its own judge, sampling with ``temperature`` and a seed."""
+    """The hooked model as its own judge, sampling with ``temperature`` and a seed; ``engine`` generates the
+    judgements (default: the hooked model itself, ``generate``)."""
 
     def __init__(self, model: TransformerBridge, tokenizer, *, temperature: float = 0.7, max_new_tokens: int = 6,
-                 rating_prefix: str = "Rating: [[", batch_size: int = 8) -> None:
-        self.model, self.tokenizer = model, tokenizer
+                 rating_prefix: str = "Rating: [[", batch_size: int = 8, engine: Engine | None = None) -> None:
+        self.model, self.tokenizer, self.engine = model, tokenizer, engine
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.rating_prefix, self.batch_size = rating_prefix, batch_size
-        self.name = f"self:{model.cfg.model_name}"
+        self.name = f"self:{model.cfg.model_name}" + ("" if engine is None or engine.name == "hf" else f"@{engine.name}")
 
     def judge(self, requests: Sequence[JudgeRequest], *, seed: int) -> list[str]:
         prompts = []
@@ -111,10 +113,11 @@ class SelfJudge:
         fits = [index for index, prompt in enumerate(prompts) if len(encode(self.tokenizer, prompt)) <= room]
         texts = [""] * len(prompts)
         if fits:
-            answers = generate(
-                self.model, self.tokenizer, [prompts[index] for index in fits], max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, seed=seed, batch_size=self.batch_size, progress=False,
-            )
+            chosen = [prompts[index] for index in fits]
+            settings = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed,
+                            batch_size=self.batch_size, progress=False)
+            answers = (self.engine.generate(chosen, **settings) if self.engine is not None
+                       else generate(self.model, self.tokenizer, chosen, **settings))
             for index, answer in zip(fits, answers):
                 texts[index] = self.rating_prefix + answer
         return texts
@@ -147,7 +150,7 @@ class EndpointJudge:
 
 def make_judge(url: str | None = None, judge_model: str | None = None, *, model: TransformerBridge | None = None, tokenizer=None,
                batch_size: int = 8, api_key_env: str | None = None, concurrency: int = 8,
-               deadline: float = 120.0, **endpoint) -> Judge:
+               deadline: float = 120.0, engine: Engine | None = None, **endpoint) -> Judge:
     """The MT-Bench judge: the endpoint at ``url`` serving ``judge_model``, or the hooked ``model`` judging itself.
 
     Args:
@@ -156,6 +159,7 @@ def make_judge(url: str | None = None, judge_model: str | None = None, *, model:
         api_key_env: the environment variable holding the endpoint's key (default: ``OPENAI_API_KEY`` when set).
         concurrency: requests in flight at most.
         deadline: seconds each request may take in all, retries included.
+        engine: what generates a self-judge's judgements (default: ``model``).
         endpoint: further ``ChatEndpoint`` options (``retries``, ``backoff``, ``connect_timeout``, ...).
 
     Raises:
@@ -171,4 +175,4 @@ def make_judge(url: str | None = None, judge_model: str | None = None, *, model:
         raise ToolkitError("--judge-model and --judge-api-key-env need --judge-url: the endpoint's base URL")
     if model is None or tokenizer is None:
         raise ToolkitError("a judge needs an endpoint URL or a model and tokenizer to judge with")
-    return SelfJudge(model, tokenizer, batch_size=batch_size)
+    return SelfJudge(model, tokenizer, batch_size=batch_size, engine=engine)

@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
+from interventions.measure.engines import Engine
 from interventions.measure.generation import generate
 from interventions.measure.instructions import attach_instructions, check_response
 from interventions.measure.judge import JudgeRequest
@@ -127,7 +128,8 @@ class Task:
 
     def measure(self, model: TransformerBridge, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item],
                 prompts: Sequence[RenderedPrompt], *, max_new_tokens: int | None = None, batch_size: int = 8,
-                seed: int = 0, share_prefix: bool = True, progress: bool = False) -> list[dict]:
+                seed: int = 0, share_prefix: bool = True, progress: bool = False,
+                engine: Engine | None = None) -> list[dict]:
         """Score or answer each item's prompt.
 
         Args:
@@ -139,6 +141,8 @@ class Task:
             seed: generation seed.
             share_prefix: run a shared prompt prefix once when scoring (see ``score_choices``).
             progress: show progress bars.
+            engine: what generates the answers (``interventions.measure.engines``; default: ``model``, with its
+                hooks). Multiple-choice scoring always runs on ``model``.
 
         Returns:
             one record per prompt: ``{"logprobs", "scores", "predicted"}`` for multiple choice,
@@ -149,8 +153,12 @@ class Task:
                                     [item.answer for item in items], normalise=self.normalise, batch_size=batch_size,
                                     share_prefix=share_prefix, progress=progress)
             return [dict(zip(CHOICE_FIELDS, (list(r.logprobs), list(r.scores), r.predicted))) for r in results]
-        responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                             batch_size=batch_size, seed=seed, progress=progress)
+        if engine is not None:
+            responses = engine.generate(prompts, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                        batch_size=batch_size, seed=seed, progress=progress)
+        else:
+            responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                 batch_size=batch_size, seed=seed, progress=progress)
         return [dict(zip(ANSWER_FIELDS, (response,))) for response in responses]
 
     def item_metrics(self, item: Item, record: Mapping) -> dict:

@@ -7,6 +7,9 @@ the registry's (``interventions.measure.tasks``); budgets and condition grids ar
 batch ends; identical prompts met in different cells are computed once, and a rerun skips all
 work on record. The knowledge tasks run every condition under each prompt format of the study
 (``plan.prompt_formats``); a format's prompts are new text, so adding one to a study only adds work.
+Generation tasks and the self-judge run on an engine (``interventions.measure.engines``: the hooked model or vLLM);
+a non-``hf`` engine's ledger keys name it. The module is longer than 300 lines only because of ``run_study``'s API
+docstring.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from interventions.measure.engines import Engine, EngineSpec, engine_key, open_engine
 from interventions.measure.judge import EndpointJudge, make_judge, parse_rating
 from interventions.measure.tasks import TASKS, Task, judge_request
 from interventions.study.ledger import Ledger, work_key
@@ -56,6 +60,7 @@ def run_study(
     batch_size: int = 8,
     device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
     progress: bool = True,
+    engine: EngineSpec | None = None,
 ) -> list[dict]:
     """Run (or resume) the study into ``out``.
 
@@ -78,6 +83,8 @@ def run_study(
         batch_size: prompts per forward pass.
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
+        engine: what generates the generation tasks' answers and the self-judge's ratings (default: ``hf``, the
+            hooked model; ``vllm``: ``interventions.measure.engines``). Multiple-choice scoring runs on the hooked model.
 
     Returns:
         the tidy per-item rows (also written to ``items.json``): one per (task, format, condition, item) that applies
@@ -95,6 +102,7 @@ def run_study(
     # an endpoint judge is checked (URL, key) before the model loads
     judge = make_judge(judge_url, judge_model, **judge_options) if judge_url or judge_model or judge_api_key_env else None
     out = Path(out)
+    (engine or EngineSpec()).check()  # no vLLM to run fails before the model loads
     model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     knowledge_formats = prompt_formats(formats, chat_template=bool(getattr(tokenizer, "chat_template", None)))
     settings = {
@@ -104,25 +112,27 @@ def run_study(
         "judge": f"endpoint:{judge.model}@{judge.url}" if isinstance(judge, EndpointJudge) else "self",
         "user_personas": {name: persona.source for name, persona in user_personas(personas or {}).items()},
     }
-    judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, **judge_options)
     _check_same_model(out, settings["model"])
-    group = world()
-    if group.is_main:
-        write_record(out / "study.json", settings)
-    runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group, personas)
-    rows: list[dict] = []
-    for name, n in plan.items.items():
-        task = TASKS[name]
-        task_items = task.load_items(n, seed)
-        task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
-        grid = conditions(task, plan.grid, personas)
-        log.info(f"{name}: {len(task_items)} items x {len(grid)} conditions"
-                 + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
-        rows += runner.run(task, task_items, grid, plan, judge, task_formats)
-    if group.is_main:
-        write_json(out / "items.json", rows)
-    group.barrier()
-    return rows
+    with open_engine(engine, model_name, tokenizer, model, device=device, dtype=dtype) as generator:
+        judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, engine=generator,
+                                    **judge_options)
+        group = world()
+        if group.is_main:
+            write_record(out / "study.json", settings)
+        runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group, personas, generator)
+        rows: list[dict] = []
+        for name, n in plan.items.items():
+            task = TASKS[name]
+            task_items = task.load_items(n, seed)
+            task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
+            grid = conditions(task, plan.grid, personas)
+            log.info(f"{name}: {len(task_items)} items x {len(grid)} conditions"
+                     + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
+            rows += runner.run(task, task_items, grid, plan, judge, task_formats)
+        if group.is_main:
+            write_json(out / "items.json", rows)
+        group.barrier()
+        return rows
 
 
 def _check_same_model(out: Path, model: str) -> None:
@@ -145,8 +155,9 @@ class _Runner:
     """
 
     def __init__(self, model: TransformerBridge, tokenizer, ledger_dir: Path, seed: int, batch_size: int, progress: bool,
-                 group: World = World(), personas: Mapping[str, Persona] | None = None) -> None:
-        self.model, self.tokenizer = model, tokenizer
+                 group: World = World(), personas: Mapping[str, Persona] | None = None,
+                 engine: Engine | None = None) -> None:
+        self.model, self.tokenizer, self.engine = model, tokenizer, engine
         self.ledger_dir, self.seed, self.batch_size, self.progress = ledger_dir, seed, batch_size, progress
         self.group, self.personas = group, personas
 
@@ -186,7 +197,8 @@ class _Runner:
     def _key(self, task: Task, item: Item, prompt: RenderedPrompt, plan: Budget) -> str:
         if task.is_choice:
             return work_key(text=prompt.text, options=task.options(item), normalise=task.normalise)
-        return work_key(text=prompt.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy")
+        return work_key(text=prompt.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy",
+                        **engine_key(self.engine))
 
     def _compute(self, task: Task, work: dict, ledger: Ledger, plan: Budget) -> None:
         """Measure what ``ledger`` lacks of ``work`` (key -> (item, prompt)), a chunk with anything missing measured whole
@@ -208,7 +220,7 @@ class _Runner:
                 records = task.measure(
                     self.model, self.tokenizer, [work[key][0] for key in batch], [work[key][1] for key in batch],
                     max_new_tokens=None if task.is_choice else plan.max_new_tokens[task.name],
-                    batch_size=self.batch_size, seed=self.seed,
+                    batch_size=self.batch_size, seed=self.seed, engine=self.engine,
                 )
                 bar.update(len(batch))
                 return [{"key": key, **record} for key, record in zip(batch, records) if key not in ledger]
@@ -225,7 +237,8 @@ class _Runner:
             )
             if len(encode(self.tokenizer, follow_up)) + plan.max_new_tokens[task.name] > self.model.cfg.n_ctx:
                 continue  # the conversation outgrew the context: this item keeps its first turn only
-            turn_key = work_key(text=follow_up.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy")
+            turn_key = work_key(text=follow_up.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy",
+                                **engine_key(self.engine))
             second[key] = turn_key
             follow_ups[turn_key] = (item, follow_up)
         self._compute(task, follow_ups, ledger, plan)

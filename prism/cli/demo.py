@@ -21,12 +21,13 @@ from typing import Iterator
 from transformers import AutoConfig
 
 from interventions.intervene import run_interventions, spread_layers
+from interventions.measure.engines import EngineSpec
 from interventions.study.report import summarise_study
 from interventions.study.runner import run_study
 from prism import pipeline
 from prism.bootstrap import BootstrapConfig
 from prism.cli.command import Command
-from prism.cli.options import add_model, add_out, add_wandb
+from prism.cli.options import add_engine, add_model, add_out, add_wandb, engine_spec
 from prism.distill import DistillConfig
 from probes.core.models import load_model, model_slug, resolve_model_directory
 from probes.core.prompts import Condition
@@ -39,7 +40,7 @@ PROBE_TARGETS = ("knowledge-vs-generation/mean", "knowledge-vs-generation/last",
 
 
 def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu", dtype: str = "float32",
-             device_map: str | None = None, progress: bool = True) -> Path:
+             device_map: str | None = None, progress: bool = True, engine: EngineSpec | None = None) -> Path:
     """Run the story into ``out`` and print each step's findings (progress goes to stderr).
 
     Args:
@@ -48,6 +49,8 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
         model_name: the model, as ``--model`` takes it (default: the embedded SmolLM2-135M-Instruct).
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
+        engine: what generates the study's answers, the bootstrap and the comparison's prompt-only cells (default:
+            ``hf``); the probes, the causal tests, training and the adapter and steering cells run on the hooked model.
 
     Returns:
         ``out``.
@@ -56,7 +59,7 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
     where = {"device": device, "dtype": dtype, "device_map": device_map}
     with _step("1. the persona-effect study, smoke budget (prism study --budget smoke)"):
         study_dir = out / "study" / model_slug(model_name)
-        run_study(study_dir, model_name=model_name, budget="smoke", progress=progress, **where)
+        run_study(study_dir, model_name=model_name, budget="smoke", progress=progress, engine=engine, **where)
         study = summarise_study(study_dir)
         print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
 
@@ -82,12 +85,12 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
                "prism compare --budget smoke)"):
         prism_dir = out / "prism"
         verdicts = pipeline.bootstrap(prism_dir, model_name=model_name, config=BootstrapConfig(queries_per_persona=2),
-                                      progress=progress, **where)
+                                      progress=progress, engine=engine, **where)
         print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
         trained = pipeline.train(prism_dir, labels="intents", per_source=6, compare_budget="smoke",
                                  distill_config=DistillConfig(epochs=2), progress=progress, **where)
         print(trained.format())
-        compared = pipeline.compare(prism_dir, budget="smoke", progress=progress, **where)
+        compared = pipeline.compare(prism_dir, budget="smoke", progress=progress, engine=engine, **where)
         print(compared.format())
         print(f"PRISM report: {compared.report}")
     log.info(f"results in {out}")
@@ -113,13 +116,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism demo``'s options."""
     add_out(parser, "output directory (default: runs/demo)", Path("runs/demo"))
     add_model(parser)
+    add_engine(parser, "the probes, the causal tests, training and the adapter and steering cells")
     add_wandb(parser)
 
 
 def run_demo_command(args: argparse.Namespace) -> Summary | None:
     """``prism demo``: ``run_demo`` with the command's options."""
     run_demo(args.out, model_name=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
-             progress=args.progress)
+             progress=args.progress, engine=engine_spec(args))
     return None
 
 

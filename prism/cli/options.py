@@ -9,7 +9,10 @@ parsing and before the command runs, so a bad persona fails before any model loa
 take a list of personas (``probe``, ``bootstrap``) declare ``--personas`` and ``--personas-file``
 with ``add_persona_names``; ``--personas-file`` is declared once, in ``add_personas_file``. ``--wandb``
 (``add_wandb``) is declared once for the commands whose results it logs (``prism.cli.tracking``);
-``--quiet`` and ``--verbose`` belong to every command and are declared in ``prism.cli.logs``.
+``--quiet`` and ``--verbose`` belong to every command and are declared in ``prism.cli.logs``. ``--engine`` and the
+vLLM options (``--engine-url``, ``--engine-concurrency``, the three parallel sizes, ``--vllm-arg``) come from
+``add_engine`` for the commands that generate without hooks; ``engine_spec`` turns them into an ``EngineSpec``, checked
+(vLLM installed) before any model loads.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from interventions.measure.engines import ENGINES, EngineSpec
+from interventions.measure.vllm_process import VllmSettings
 from probes.core.datasets import BUILTIN_DATASETS, load_dataset, stratified_sample
 from probes.core.devices import DEVICE_MAPS, precision
 from probes.core.errors import ToolkitError
@@ -76,6 +81,38 @@ def wandb_installed() -> None:
     """Raises ToolkitError, one line with the install hint, when the ``wandb`` package is missing."""
     if importlib.util.find_spec("wandb") is None:
         raise ToolkitError("--wandb needs the package 'wandb', which is not installed: pip install wandb")
+
+
+def add_engine(parser: argparse.ArgumentParser, hooked: str | None = None) -> None:
+    """``--engine`` (``hf`` or ``vllm``) with the vLLM server's options; ``hooked`` says, in the help, which of the
+    command's work needs hooks and so runs on the hooked model whatever the engine."""
+    note = f"; {hooked} need hooks and run on the hooked model whatever the engine" if hooked else ""
+    group = parser.add_argument_group("engine", "what generates text without hooks (see the README: Engines)")
+    group.add_argument("--engine", default="hf", choices=ENGINES, help="hf: the hooked model; vllm: a vLLM server the "
+                       f"toolkit starts on the model's directory (`pip install vllm`){note} (default: hf)")
+    group.add_argument("--engine-url", metavar="URL",
+                       help="with --engine vllm: the OpenAI-compatible base URL of a vLLM server already running this "
+                            "model, e.g. http://localhost:8000/v1 (default: the toolkit starts one)")
+    group.add_argument("--engine-concurrency", type=positive_int, default=16, metavar="N",
+                       help="with --engine vllm: requests in flight at most (default: 16)")
+    for size, what in (("tensor", "GPUs each layer is split over"), ("pipeline", "pipeline stages (GPUs or nodes)"),
+                       ("data", "replicas of the model")):
+        group.add_argument(f"--{size}-parallel-size", type=positive_int, default=1, metavar="N",
+                           help=f"with --engine vllm: {what}, passed to vLLM (default: 1)")
+    group.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
+                       help="with --engine vllm: one more argument for the server as vLLM takes it, e.g. "
+                            "--vllm-arg=--gpu-memory-utilization=0.85 (repeatable)")
+    add_check(parser, lambda args: engine_spec(args).check())
+
+
+def engine_spec(args: argparse.Namespace) -> EngineSpec:
+    """The engine ``add_engine``'s options ask for; one line when vLLM options come without ``--engine vllm``."""
+    sizes = (args.tensor_parallel_size, args.pipeline_parallel_size, args.data_parallel_size)
+    if args.engine != "vllm" and (args.engine_url or args.vllm_arg or max(sizes) > 1):
+        raise ToolkitError("--engine-url, --vllm-arg and the parallel sizes are vLLM's: add --engine vllm")
+    settings = VllmSettings(tensor_parallel_size=sizes[0], pipeline_parallel_size=sizes[1],
+                            data_parallel_size=sizes[2], extra_args=tuple(args.vllm_arg))
+    return EngineSpec(args.engine, url=args.engine_url, settings=settings, concurrency=args.engine_concurrency)
 
 
 def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> None:

@@ -13,6 +13,7 @@ from prism.bootstrap import BootstrapConfig
 from prism.cli.command import Command
 from prism.cli.options import (
     add_batch_size,
+    add_engine,
     add_judge_options,
     add_model,
     add_persona_names,
@@ -21,6 +22,7 @@ from prism.cli.options import (
     add_seed,
     add_wandb,
     csv_list,
+    engine_spec,
     judge_settings,
 )
 from prism.compare import SYSTEMS
@@ -43,6 +45,7 @@ def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     add_seed(parser)
     add_batch_size(parser)
+    add_engine(parser)
     add_wandb(parser)
 
 
@@ -51,7 +54,8 @@ def run_bootstrap(args: argparse.Namespace) -> Summary | None:
     config = BootstrapConfig(queries_per_persona=args.queries_per_persona, answer_tokens=args.answer_tokens,
                              seed=args.seed, batch_size=args.batch_size)
     summary = pipeline.bootstrap(args.out, model_name=args.model, config=config, personas=csv_list(args.personas),
-                                 library=args.library if args.personas_file else None, device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress)
+                                 library=args.library if args.personas_file else None, device=args.device, dtype=args.dtype, device_map=args.device_map, progress=args.progress,
+                                 engine=engine_spec(args))
     return summary
 
 
@@ -151,6 +155,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", help="comma-separated systems (default: all); see docs/prism.md")
     add_judge_options(parser)
     add_seed(parser)
+    add_engine(parser, "the adapter and steering systems (ungated LoRA, PRISM, probe -> steering, the baseline routers)")
     add_wandb(parser)
 
 
@@ -158,7 +163,7 @@ def run_compare(args: argparse.Namespace) -> Summary | None:
     """The Table-1 evaluation; print the comparison table."""
     return pipeline.compare(args.out, budget=args.budget, systems=csv_list(args.systems) or list(SYSTEMS), seed=args.seed,
                             device=args.device, dtype=args.dtype, device_map=args.device_map, judge=judge_settings(args),
-                            progress=args.progress)
+                            progress=args.progress, engine=engine_spec(args))
 
 
 COMMANDS = (

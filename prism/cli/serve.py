@@ -15,10 +15,11 @@ import sys
 import torch
 
 from prism.cli.command import Command
-from prism.cli.options import add_precision, add_prism_dir, load_timed, positive_int
+from prism.cli.options import add_engine, add_precision, add_prism_dir, engine_spec, load_timed, positive_int
 from prism.server.launch import build_app, serve, served_files
 from prism.server.limits import Limits
 from prism.server.modes import MODES
+from prism.server.vllm_launch import build_vllm_app
 from probes.core.errors import ToolkitError
 from probes.core.summary import Summary
 
@@ -74,6 +75,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require the API key held in environment variable NAME (Authorization: Bearer KEY)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="the server's log level (default: info)")
+    add_engine(parser, "mode steering and the gate pass (blocks 0..k, in this process)")
 
 
 def run_serve(args: argparse.Namespace) -> Summary | None:
@@ -94,11 +96,20 @@ def run_serve(args: argparse.Namespace) -> Summary | None:
         torch.set_num_threads(args.threads)
     args.model, files = served_files(args.out, model_name=args.model, gate=args.gate, adapter=args.adapter,
                                      ungated=args.ungated_adapter, steering=args.steering)
+    spec = engine_spec(args)
+    if spec.kind == "vllm" and args.mode == "steering":
+        raise ToolkitError("mode steering adds a vector inside the model's forward, which vLLM cannot: use --engine hf")
     model, tokenizer = load_timed(args)
-    app = build_app(model, tokenizer, files, model_name=args.model, mode=args.mode, max_batch_size=args.max_batch_size,
-                    batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, max_tokens=args.max_tokens,
-                    api_key=api_key, limits=Limits(args.max_body_bytes, args.body_timeout, args.keep_alive_timeout,
-                                                   args.max_connections, args.max_messages, args.max_message_chars))
+    limits = Limits(args.max_body_bytes, args.body_timeout, args.keep_alive_timeout, args.max_connections,
+                    args.max_messages, args.max_message_chars)
+    if spec.kind == "vllm":  # vLLM decodes; --max-batch-size bounds the requests answered at once
+        app = build_vllm_app(model, tokenizer, files, model_name=args.model, spec=spec, mode=args.mode,
+                             max_concurrency=args.max_batch_size, max_queue=args.max_queue, max_tokens=args.max_tokens,
+                             api_key=api_key, device=args.device, dtype=args.dtype, limits=limits)
+    else:
+        app = build_app(model, tokenizer, files, model_name=args.model, mode=args.mode,
+                        max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+                        max_tokens=args.max_tokens, api_key=api_key, limits=limits)
     key = f"; API key required (from ${args.api_key_env})" if api_key else ""
     print(f"prism serve: {args.model}, default mode {args.mode}, on http://{args.host}:{args.port}/v1 "
           f"(batches of up to {args.max_batch_size}){key}", file=sys.stderr)

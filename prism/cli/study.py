@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from interventions.measure.engines import EngineSpec, open_engine
 from interventions.measure.evaluate import evaluate
 from interventions.measure.tasks import TASKS
 from interventions.study.plan import prompt_formats
@@ -14,6 +15,7 @@ from interventions.study.runner import run_study
 from prism.cli.command import Command
 from prism.cli.options import (
     add_batch_size,
+    add_engine,
     add_items,
     add_judge_options,
     add_model,
@@ -23,6 +25,7 @@ from prism.cli.options import (
     add_seed,
     add_wandb,
     csv_list,
+    engine_spec,
     load_timed,
     sample_items,
 )
@@ -45,6 +48,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cloze score normalisation (default: none for letter, tokens for cloze)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length for open questions (default: 64)")
     add_out(parser, "output JSON (default: runs/evaluate/<dataset>_<condition>.json)", kind="file")
+    add_engine(parser, "multiple-choice items (scored on the hooked model)")
 
 
 def run_evaluate(args: argparse.Namespace) -> Summary | None:
@@ -54,11 +58,15 @@ def run_evaluate(args: argparse.Namespace) -> Summary | None:
         raise ToolkitError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     out = args.out or Path("runs/evaluate") / f"{Path(args.dataset).stem}_{args.condition.slug}.json"
     model, tokenizer = load_timed(args)
-    result = evaluate(
-        model, tokenizer, items, args.condition, scoring=args.scoring, answer_prefix=args.answer_prefix,
-        normalise=args.normalise, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        personas=args.library, seed=args.seed, progress=args.progress,
-    )
+    spec = engine_spec(args)
+    if any(item.is_multiple_choice for item in items):
+        spec = EngineSpec()  # scoring reads the hooked model's log-probabilities; nothing to generate
+    with open_engine(spec, args.model, tokenizer, model, device=args.device, dtype=args.dtype) as engine:
+        result = evaluate(
+            model, tokenizer, items, args.condition, scoring=args.scoring, answer_prefix=args.answer_prefix,
+            normalise=args.normalise, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            personas=args.library, seed=args.seed, progress=args.progress, engine=engine,
+        )
     result["dataset"] = args.dataset
     write_record(out, result)
     summary = result["summary"]
@@ -98,6 +106,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     add_judge_options(parser)
     add_seed(parser)
     add_batch_size(parser)
+    add_engine(parser, "multiple-choice tasks (scored on the hooked model)")
     add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))
     add_wandb(parser)
     parser.set_defaults(locked=study_directories)
@@ -124,7 +133,7 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
                   judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
                   judge_timeout=args.judge_timeout, seed=args.seed,
                   batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
-                  progress=args.progress)
+                  progress=args.progress, engine=engine_spec(args))
         directories.append(directory)
         if not world().is_main:
             continue  # under torchrun rank 0 writes the tables, figures and report

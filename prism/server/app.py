@@ -19,7 +19,7 @@ headers carry it.
 Errors are OpenAI's error body with the status: 400 bad input (``protocol``), 401 a missing or
 wrong API key (only with one set; ``/health`` and ``/metrics`` need none), 404 an unknown path or
 a mode not served, 408 a body that did not arrive in time and 413 one too large (``limits``), 503
-a full queue (with ``Retry-After``), 500 a failure inside the model. Requests are parsed, checked,
+a full queue or an inference engine not ready (with ``Retry-After``), 500 a failure inside the model. Requests are parsed, checked,
 rendered and tokenised, and answers' log-probabilities formatted, in ``checks``' threads with
 their own copies of the tokenizer given here (the engine's worker owns the model's): neither the
 event loop nor the model's worker waits while a large or bad request is looked at.
@@ -48,7 +48,7 @@ from prism.server.engine import Engine, Job, Overloaded
 from prism.server.limits import BodyLimit, Limits
 from prism.server.modes import MODES
 from prism.server.prompts import Budget, fit_context
-from prism.server.protocol import ApiError, answer, new_id
+from prism.server.protocol import ApiError, answer, failure, new_id
 from prism.server.streaming import EventStream, sse_lines
 
 __all__ = ["ServerConfig", "create_app"]
@@ -211,8 +211,8 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         ident = new_id(chat)
         if asked.stream:
             kind, *routing = await next_event(queues[0], request, jobs[0], None)
-            if kind == "error":
-                raise ApiError(500, routing[0], type="server_error")
+            if kind in ("error", "unavailable"):
+                raise failure(kind, routing[0])
             prism, headers = _route(mode, seed, *routing)
             lines = sse_lines(queues[0], chat, ident, mode, prism, asked.include_usage,
                               lambda status: metrics.request(endpoint, prism["route"], status,
@@ -228,8 +228,9 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         failed = next((outcome["error"] for outcome in outcomes if outcome["error"] is not None), None)
         route = prisms[0][0]["route"] if prisms[0][0] is not None else None
         if failed is not None:
-            metrics.request(endpoint, route, 500, time.monotonic() - start)
-            raise ApiError(500, failed, type="server_error")
+            error = failure(*failed)
+            metrics.request(endpoint, route, error.status, time.monotonic() - start)
+            raise error
         choices = await checks.run(checks.choices, chat, prompts, outcomes, [prism for prism, _ in prisms], asked)
         metrics.request(endpoint, route, 200, time.monotonic() - start)
         body = answer(chat, ident, mode, choices, sum(outcome["n_prompt"] for outcome in outcomes),
@@ -237,7 +238,7 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         return JSONResponse(body, headers=prisms[0][1])
 
     async def collect(events: asyncio.Queue, request: Request, job: Job) -> dict:
-        """Everything the worker sends about ``job`` until it is done (``error``: the failure, if it failed)."""
+        """Everything the worker sends about ``job`` until it is done (``error``: (kind, message) if it failed)."""
         outcome = {"route": None, "probability": None, "prompt": None, "tokens": [], "error": None}
         pieces = []
         while True:
@@ -250,8 +251,8 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
                 outcome["tokens"].append(rest[0])
             elif kind == "delta":
                 pieces.append(rest[0])
-            elif kind == "error":
-                return outcome | {"error": rest[0]}
+            elif kind in ("error", "unavailable"):
+                return outcome | {"error": (kind, rest[0])}
             else:
                 return outcome | {"text": "".join(pieces), "finish": rest[0], "n_prompt": rest[1],
                                   "n_completion": rest[2]}

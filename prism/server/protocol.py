@@ -25,6 +25,14 @@ UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, 
 MAX_LOGPROBS = 20  # most likely tokens reported per position at most (OpenAI's and vLLM's default bound)
 
 
+def failure(kind: str, message: str) -> "ApiError":
+    """A worker's ``error`` event as a 500; ``unavailable`` (an inference engine down or not ready) as a 503, which the
+    app answers with ``Retry-After``."""
+    if kind == "unavailable":
+        return ApiError(503, message, type="server_overloaded", code="engine_unavailable")
+    return ApiError(500, message, type="server_error")
+
+
 class ApiError(Exception):
     """A request the server refuses: the HTTP status and OpenAI's error fields."""
 

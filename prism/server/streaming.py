@@ -10,7 +10,7 @@ from typing import AsyncIterator, Callable
 from fastapi.responses import StreamingResponse
 
 from prism.server.engine import Engine, Job
-from prism.server.protocol import ApiError, chunk
+from prism.server.protocol import chunk, failure
 
 __all__ = ["EventStream", "sse_lines"]
 
@@ -29,9 +29,10 @@ async def sse_lines(events: asyncio.Queue, chat: bool, ident: str, mode: str, pr
             if kind == "delta":
                 yield _sse(chunk(chat, ident, mode, text=rest[0]))
                 continue
-            if kind == "error":
-                status = 500
-                yield _sse(ApiError(500, rest[0], type="server_error").body())
+            if kind in ("error", "unavailable"):
+                error = failure(kind, rest[0])
+                status = error.status
+                yield _sse(error.body())
             else:
                 status = 200
                 yield _sse(chunk(chat, ident, mode, finish=rest[0], prism=prism))

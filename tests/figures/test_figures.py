@@ -179,3 +179,28 @@ def test_route_by_source_draws_every_router_per_source_with_the_targets():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["geo:city (n=24)", "mmlu (n=24)", "mtbench (n=24)"]
     assert {t.get_text() for t in ax.texts} == {"target <= 10%", "target >= 90%"}
     assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["in-model probe gate", "MiniLM router"]
+
+
+def test_a_comparison_panel_where_every_system_scores_the_same_writes_the_values_and_says_so():
+    table = [{"system": s, "knowledge": k, "knowledge_low": k - 5, "knowledge_high": k + 5, "knowledge_n": 64,
+              "harmbench": 0.0, "harmbench_low": 0.0, "harmbench_high": 0.0, "harmbench_n": 8,
+              "mtbench": 45.0, "mtbench_low": 40.0, "mtbench_high": 50.0,
+              "overall": 30.0 + k / 10, "overall_low": 25.0, "overall_high": 45.0}
+             for s, k in (("base", 60.0), ("expert prompt", 55.0), ("PRISM", 61.0))]
+    fig = prism.comparison_bars(table)
+    knowledge, refusal, judge, _ = fig.axes
+    assert "cannot separate" in refusal.get_title() and [t.get_text() for t in refusal.texts] == ["0/8"] * 3
+    assert "cannot separate" in judge.get_title() and [t.get_text() for t in judge.texts] == ["45.0"] * 3
+    assert "cannot separate" not in knowledge.get_title() and not knowledge.texts
+    assert all(len(ax.collections) >= 1 for ax in fig.axes)  # a mark at every mean, a score of 0 included
+
+
+def test_routing_vs_effect_without_an_interval_says_why():
+    categories = [{"dataset": "capitals", "category": f"c{i}", "n": 2, "route_share": float(i < 3),
+                   "persona_effect": 10.0 * (i < 3)} for i in range(34)]
+    note = "no interval: it rests on 3 of 34 points, the others sharing one value; the two variables take 2 and 2"
+    correlation = {m: {"mean": 1.0, "low": float("nan"), "high": float("nan"), "n": 34, "note": note}
+                   for m in ("pearson", "spearman")}
+    title = prism.routing_vs_effect(categories, correlation).axes[0].get_title()
+    assert "Pearson +1.00, Spearman +1.00 (n=34 categories)" in title and "rests on 3 of 34 points" in title
+    assert "[" not in title

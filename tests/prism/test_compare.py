@@ -188,3 +188,19 @@ def test_a_missing_or_damaged_self_classify_file_fails_in_one_line(tmp_path):
     with pytest.raises(ToolkitError, match="is damaged") as damaged:
         work.self_classify_threshold()
     assert "\n" not in str(caught.value) + str(damaged.value)
+
+
+def test_the_routing_correlation_on_34_categories_3_of_them_moved_is_reported_without_an_interval():
+    from prism.compare_report import correlation_line
+    from probes.core.stats import bootstrap_correlation
+
+    categories = [{"dataset": "capitals", "category": f"c{i}", "n": 2, "route_share": 0.5 * (i in (3, 8, 17, 30)),
+                   "persona_effect": {3: 12.5, 17: 25.0, 30: 12.5}.get(i, 0.0)} for i in range(34)]
+    share, effect = [c["route_share"] for c in categories], [c["persona_effect"] for c in categories]
+    correlation = {m: bootstrap_correlation(share, effect, method=m).to_dict() for m in ("pearson", "spearman")}
+    line = correlation_line(correlation, categories)
+    assert "34 categories; 4 with any query routed, 3 where the persona changed the score" in line
+    assert "no interval: it rests on 3 of 34 points" in line and "[" not in line
+    assert line.count("rests on") == 1  # one note for both when they share it
+    assert "undefined" in correlation_line({m: bootstrap_correlation(share, [0.0] * 34, method=m).to_dict()
+                                            for m in ("pearson", "spearman")}, categories)

@@ -23,7 +23,8 @@ from probes.core.files import write_record, write_table, write_text
 from probes.core.models import load_model
 from probes.core.personas import Persona, get_persona
 from probes.core.prompts import EXPERT_PERSONA, RANDOM_PERSONA, Condition
-from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
+from probes.core.correlation import bootstrap_correlation
+from probes.core.stats import bootstrap_mean, paired_difference
 from probes.readouts import residual_norms
 
 log = logging.getLogger(__name__)

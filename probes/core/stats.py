@@ -12,35 +12,29 @@ Primitives (each seeded, so the same seed draws the same resamples):
 - ``resample_indices`` / ``resample_weights``: bootstrap resamples of n items, as index rows or
   as multiplicity rows (for statistics computed with item weights, e.g. the AUC);
 - ``percentile_interval`` and ``Estimate.from_resamples``: the interval from resampled values;
-- ``bootstrap_mean``, ``paired_difference``, ``bootstrap_ratio`` (ratio of means),
-  ``bootstrap_correlation`` (Pearson or Spearman) and ``bootstrap_auc`` (binary AUC; ``weighted_auc``
-  is its weighted form).
+- ``bootstrap_mean``, ``paired_difference``, ``bootstrap_ratio`` (ratio of means) and
+  ``bootstrap_auc`` (binary AUC; ``weighted_auc`` is its weighted form); the correlation is
+  ``probes.core.correlation``'s.
 
 Statistics that are undefined in some resamples (a ratio over a zero mean, an AUC of a resample
 missing a class, a correlation of a resample where one variable is constant) leave those resamples
 out; the estimate records the share left out (``Estimate.dropped``), and above
 ``MAX_UNDEFINED`` (5%) it gives no interval: the defined resamples are then a biased subset (those
 that happen to hold the few points the statistic rests on), and their interval would overstate.
-An estimate without an interval says why in ``Estimate.note``. A correlation where either
-variable has fewer than ``MIN_OFF_MODE`` values away from its most common one rests on those few
-points: it keeps its point value and gets no interval; one where a variable takes fewer than
-``MIN_DISTINCT`` distinct values keeps its interval and says so in its note.
+An estimate without an interval says why in ``Estimate.note``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from probes.core.errors import ToolkitError
 
 MIN_SIGNIFICANT_N = 5
 MAX_UNDEFINED = 0.05  # above this share of undefined resamples, an estimate gives no interval
-MIN_DISTINCT = 5  # a correlation's variable with fewer distinct values is reported as such
-MIN_OFF_MODE = 5  # a correlation's variable with fewer values off its most common one gives no interval
 QUANTILES_95 = (0.025, 0.975)  # the percentile 95% interval
 
 
@@ -249,65 +243,6 @@ def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, *, n_resampl
         values = numerator[draws].mean(axis=1) / denominator[draws].mean(axis=1)
     point = float(numerator.mean() / denominator.mean()) if denominator.mean() != 0 else float("nan")
     return Estimate.from_resamples(point, values, len(numerator), defined_only=True)
-
-
-def bootstrap_correlation(
-    x: Sequence[float], y: Sequence[float], *, method: str = "pearson", n_resamples: int = 1000, seed: int = 0
-) -> Estimate:
-    """Pearson or Spearman correlation with a percentile-bootstrap interval (resampling pairs).
-
-    Degenerate data are reported as such rather than given an interval that overstates:
-
-    - a constant variable (or fewer than 3 pairs): undefined, NaN throughout, and a ``note`` saying why;
-    - a variable with fewer than ``MIN_OFF_MODE`` values away from its most common one (34 points, 3 of them
-      non-zero): the point value, no interval, and a ``note`` saying on how few points it rests;
-    - resamples where a variable is constant are left out; above ``MAX_UNDEFINED`` of them, no interval
-      (``Estimate.from_resamples``);
-    - a variable with fewer than ``MIN_DISTINCT`` distinct values: the ``note`` says how many each takes (two
-      two-valued variables give the same Pearson and Spearman value).
-
-    Args:
-        x, y: the paired values.
-        method: ``pearson`` or ``spearman`` (Pearson of the ranks, ties averaged).
-        n_resamples: bootstrap resamples.
-        seed: the resampling seed.
-
-    Returns:
-        the ``Estimate`` (``n`` = pairs; ``dropped`` and ``note`` as above).
-
-    Raises:
-        ToolkitError: unpaired values or an unknown method.
-    """
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ToolkitError(f"a correlation needs paired values, got {a.size} and {b.size}")
-    if method not in ("pearson", "spearman"):
-        raise ToolkitError(f"unknown correlation {method!r}: use pearson or spearman")
-    nan, n = float("nan"), int(a.size)
-    if n < 3:
-        return Estimate(nan, nan, nan, n, note=f"undefined: {n} pairs (a correlation needs 3 or more)")
-    if a.std() == 0 or b.std() == 0:
-        return Estimate(nan, nan, nan, n, note="undefined: one variable has the same value at every point")
-    distinct = [len(np.unique(v)) for v in (a, b)]
-    off_mode = min(n - int(np.unique(v, return_counts=True)[1].max()) for v in (a, b))
-    values_note = f"the two variables take {distinct[0]} and {distinct[1]} distinct values"
-    if method == "spearman":
-        a, b = rankdata(a), rankdata(b)
-    point = float(np.corrcoef(a, b)[0, 1])
-    if off_mode < MIN_OFF_MODE:
-        return Estimate(point, nan, nan, n, note=f"no interval: it rests on {off_mode} of {n} points, the others sharing "
-                                                 f"one value; {values_note}")
-    draws = resample_indices(a.size, n_resamples, seed)
-    xa, yb = a[draws], b[draws]
-    xa = xa - xa.mean(axis=1, keepdims=True)
-    yb = yb - yb.mean(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = (xa * yb).sum(axis=1) / np.sqrt((xa**2).sum(axis=1) * (yb**2).sum(axis=1))
-    estimate = Estimate.from_resamples(point, values, n, defined_only=True)
-    if min(distinct) < MIN_DISTINCT:
-        note = f"{estimate.note}; {values_note}" if estimate.note else values_note
-        estimate = replace(estimate, note=note)
-    return estimate
 
 
 def weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:

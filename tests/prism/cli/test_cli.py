@@ -331,10 +331,14 @@ def test_the_demo_prints_each_step_through_its_summary(tmp_path, monkeypatch, ca
              "_spread_layers": lambda *a, **k: [0, 1]}
     for name, step in steps.items():
         monkeypatch.setattr(prism.cli.demo, name, step)
+    called = {}
     for name in ("bootstrap", "train", "compare"):
-        monkeypatch.setattr(prism.pipeline, name, lambda *a, name=name, **k: made[name])
+        monkeypatch.setattr(prism.pipeline, name, lambda *a, name=name, **k: called.update({name: k}) or made[name])
     assert run_demo(tmp_path) == tmp_path
     printed = capsys.readouterr().out
+    assert called["train"]["distill_config"].persona_length == "long"  # the teacher that carries the persona
+    assert "expert prompt (long)" in called["compare"]["systems"] and "MiniLM -> LoRA" not in called["compare"]["systems"]
+    assert "What the comparison shows" in printed and "--teacher-length long" in printed
     for text in (made["study"].format(), made["probe"].format(prism.cli.demo.PROBE_TARGETS), made["intervene"].format(),
                  made["bootstrap"].headline(), made["train"].format(), made["compare"].format()):
         assert text in printed

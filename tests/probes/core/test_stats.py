@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 
 from interventions.measure.refusal import is_refusal
+from probes.core.correlation import bootstrap_correlation
 from probes.core.errors import ToolkitError
 from probes.core.stats import (
     Estimate,
     MAX_UNDEFINED,
     bootstrap_auc,
-    bootstrap_correlation,
     bootstrap_mean,
     bootstrap_ratio,
     central_quantiles,

@@ -56,7 +56,8 @@ from probes.core.prompts import Condition, encode
 __all__ = ["COMPARE_BUDGETS", "DATASETS", "KNOWLEDGE", "SYSTEMS", "CompareBudget", "evaluation_items", "evaluation_queries",
            "excluded_sources", "format_table", "resolve_budget", "run_compare", "summarise"]
 
-SYSTEMS = ("base", "expert prompt", "expert prompt (long)", "ungated LoRA", "PRISM", "probe -> persona prompt", "probe -> steering",
+SYSTEMS = ("base", "expert prompt", "expert prompt (long)", "ungated LoRA", "PRISM", "probe -> persona prompt",
+           "probe -> steering",
            "MiniLM -> LoRA", "self-classify -> LoRA")
 EXPERT = {**{name: "humanities" for name in KNOWLEDGE}, "harmbench": "safety-monitor", "mtbench": "expert"}
 EXPERT_LENGTHS = {"expert prompt": "min", "expert prompt (long)": "long"}  # the prompted systems' persona lengths

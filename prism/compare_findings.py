@@ -28,7 +28,8 @@ def trade_off(table: Sequence[dict], route_rates: Sequence[dict] = ()) -> list[s
 
     def change(row: dict, key: str, digits: int, unit: str) -> str:
         diff = Estimate.from_columns(row, f"{key}_vs_base")
-        return f"{diff.format(digits, signed=True)} {unit} ({'significant' if diff.excludes_zero else 'not significant'})"
+        verdict = "significant" if diff.excludes_zero else "not significant"
+        return f"{diff.format(digits, signed=True)} {unit} ({verdict})"
 
     knowledge = "knowledge" if all("knowledge" in row for row in table) else "capitals"
     margin = "knowledge_margin" if knowledge == "knowledge" else "margin"
@@ -37,7 +38,8 @@ def trade_off(table: Sequence[dict], route_rates: Sequence[dict] = ()) -> list[s
         if f"{margin}_vs_base" not in row:
             continue
         routed = [r["route_rate"] for r in route_rates if r["system"] == system and r["dataset"] in KNOWLEDGE]
-        where = f", routing {np.mean(routed):.0%} of the knowledge questions to the adapter" if system == "PRISM" and routed else ""
+        where = (f", routing {np.mean(routed):.0%} of the knowledge questions to the adapter"
+                 if system == "PRISM" and routed else "")
         lines.append(f"- {system}: knowledge margin vs base {change(row, margin, 2, 'nats')}, accuracy "
                      f"{change(row, knowledge, 1, 'points')}{where}.")
     prism = rows.get("PRISM", {})

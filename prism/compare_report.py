@@ -66,7 +66,8 @@ def _values(rows: list[dict], dataset: str) -> np.ndarray:
     return np.array([row["rating"] if row["rating"] is not None else np.nan for row in rows], dtype=float) * SCALE["judge"]
 
 
-def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 0, *, adapters: dict | None = None) -> dict:
+def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 0, *,
+              adapters: dict | None = None) -> dict:
     """The comparison's tables from its cells.
 
     Args:

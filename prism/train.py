@@ -217,8 +217,9 @@ def run_training(out: str | Path, model, tokenizer, *, labels: str = "bootstrap"
         "sweep_best": choose([r for r in rows if r["layer"] >= 0]), "held_out_groups_split": split_kind,
         "length_only": next(r for r in rows if r["position"] == "length only"),
         "routing_quality": {"n_test": len(labelled.queries),
-                            **{name: Estimate.from_columns(r["summary"], "auc", prefix="auc_").columns("auc", prefix="", n=True)
-                               for name, r in routers.items()}},  # with the share of undefined resamples and a note
+                            **{name: Estimate.from_columns(r["summary"], "auc", prefix="auc_")
+                               .columns("auc", prefix="", n=True)  # with its share of undefined resamples and note
+                               for name, r in routers.items()}},
         "bootstrap_labels": {"n": len(samples), "persona_wins": float(np.mean([s.label for s in samples])),
                              "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
                              "distilled": int(routes.sum()),

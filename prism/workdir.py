@@ -143,7 +143,7 @@ class PrismDirectory:
         return record if isinstance(record, dict) else {}
 
     def teacher_length(self) -> str:
-        """The persona length of the gated adapter's teacher (``prism train --teacher-length``; ``min`` if unrecorded)."""
+        """The persona length of the gated adapter's teacher (``prism train --teacher-length``; else ``min``)."""
         return ((self.train_record().get("adapters") or {}).get("prism") or {}).get("teacher_length") or "min"
 
     def self_classify_threshold(self) -> float:

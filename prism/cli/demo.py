@@ -94,20 +94,21 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
                "--labels intents --per-source 6 --teacher-length long; prism compare --budget smoke)"):
         prism_dir = out / "prism"
         verdicts = pipeline.bootstrap(prism_dir, model_name=model_name,
-                                      config=BootstrapConfig(queries_per_persona=DEMO_QUERIES_PER_PERSONA), progress=progress,
-                                      **where)
+                                      config=BootstrapConfig(queries_per_persona=DEMO_QUERIES_PER_PERSONA),
+                                      progress=progress, **where)
         print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
+        teacher = DistillConfig(epochs=2, persona_length="long")
         trained = pipeline.train(prism_dir, labels="intents", per_source=6, compare_budget="smoke",
-                                 distill_config=DistillConfig(epochs=2, persona_length="long"), progress=progress, **where)
+                                 distill_config=teacher, progress=progress, **where)
         print(trained.format())
         compared = pipeline.compare(prism_dir, budget="smoke", systems=DEMO_SYSTEMS, progress=progress, **where)
         print(compared.format())
         print(f"PRISM report: {compared.report}")
         print("\nWhat the comparison shows (smoke budget; differences vs base with 95% CIs):")
         print("\n".join(compared.trade_off()))
-        print(f"The demo's adapter is distilled from {DEMO_QUERIES_PER_PERSONA} queries per persona to fit its time budget; "
-              f"the recipe that carries the long persona beyond what every long persona shares takes about an hour: "
-              f"{FULL_RECIPE}.")
+        print(f"The demo's adapter is distilled from {DEMO_QUERIES_PER_PERSONA} queries per persona to fit its time "
+              "budget; the recipe that carries the long persona beyond what every long persona shares takes "
+              f"about an hour: {FULL_RECIPE}.")
     log.info(f"results in {out}")
     return out
 

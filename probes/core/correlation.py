@@ -70,8 +70,8 @@ def bootstrap_correlation(
         a, b = rankdata(a), rankdata(b)
     point = float(np.corrcoef(a, b)[0, 1])
     if off_mode < MIN_OFF_MODE:
-        return Estimate(point, nan, nan, n, note=f"no interval: it rests on {off_mode} of {n} points, the others sharing "
-                                                 f"one value; {values_note}")
+        note = f"no interval: it rests on {off_mode} of {n} points, the others sharing one value; {values_note}"
+        return Estimate(point, nan, nan, n, note=note)
     draws = resample_indices(a.size, n_resamples, seed)
     xa, yb = a[draws], b[draws]
     xa = xa - xa.mean(axis=1, keepdims=True)

@@ -230,11 +230,13 @@ def test_table_1_shows_the_persona_carried_beside_knowledge_and_the_closing_line
     assert "| 0.53 [0.50, 0.57] of the long persona; 0.33 [0.25, 0.40] |" in table[-1] and "| - |" in table[2]
     lines = trade_off(summary["table"], summary["route_rates"])
     assert lines[0].startswith("- expert prompt: knowledge margin vs base -2.00 [-2.00, -2.00] nats (significant)")
-    assert lines[1].startswith("- expert prompt (long): knowledge margin vs base -3.00 [-3.00, -3.00] nats (significant)")
+    assert lines[1].startswith("- expert prompt (long): knowledge margin vs base -3.00 [-3.00, -3.00] nats "
+                               "(significant)")
     assert "PRISM: knowledge margin vs base" in lines[2] and "routing 25% of the knowledge questions" in lines[2]
     assert "0.53 [0.50, 0.57] (n=96) of the long persona's effect" in lines[3]
     assert "0.33 [0.25, 0.40]: the adapter carries more than every persona shares." in lines[3]
     assert [line for line in lines if "cannot separate" in line] == []  # the min expert prompt's refusals differ
     summary_min = summarise(cells, ("base", "expert prompt (long)", "PRISM"), items, _routes(items), seed=0)
-    assert "- HarmBench refusal is 0/12 for every system: this column cannot separate them." in trade_off(summary_min["table"])
+    closing = trade_off(summary_min["table"])
+    assert "- HarmBench refusal is 0/12 for every system: this column cannot separate them." in closing
     assert summary_min["categories"] == [] or {c["dataset"] for c in summary_min["categories"]} <= set(DATASETS)

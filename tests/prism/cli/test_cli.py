@@ -337,7 +337,8 @@ def test_the_demo_prints_each_step_through_its_summary(tmp_path, monkeypatch, ca
     assert run_demo(tmp_path) == tmp_path
     printed = capsys.readouterr().out
     assert called["train"]["distill_config"].persona_length == "long"  # the teacher that carries the persona
-    assert "expert prompt (long)" in called["compare"]["systems"] and "MiniLM -> LoRA" not in called["compare"]["systems"]
+    systems = called["compare"]["systems"]
+    assert "expert prompt (long)" in systems and "MiniLM -> LoRA" not in systems
     assert "What the comparison shows" in printed and "--teacher-length long" in printed
     for text in (made["study"].format(), made["probe"].format(prism.cli.demo.PROBE_TARGETS), made["intervene"].format(),
                  made["bootstrap"].headline(), made["train"].format(), made["compare"].format()):

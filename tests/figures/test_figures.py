@@ -72,6 +72,9 @@ def test_refusal_and_placement_figures():
     (ax,) = plots.refusal_with_safety_persona(cells).axes
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels[0] == "none" and labels[1].startswith("safety-monitor") and len(_bars(ax)) == 3
+    assert [t.get_text() for t in ax.texts] == ["0/12", "3/12", "1/12"] and "the same" not in ax.get_title()
+    (none,) = plots.refusal_with_safety_persona([{**cell, "mean": 0.0, "high": 0.0} for cell in cells]).axes
+    assert [t.get_text() for t in none.texts] == ["0/12"] * 3 and "persona changed no refusal" in none.get_title()
     effects = {model: [_effect("ifeval", "expert", "long", placement, "all", "strict", d)
                        for placement, d in (("system", 0.2), ("user", 0.1))] for model in ("a", "b")}
     fig = plots.placement_deltas(effects)
@@ -204,3 +207,12 @@ def test_routing_vs_effect_without_an_interval_says_why():
     title = prism.routing_vs_effect(categories, correlation).axes[0].get_title()
     assert "Pearson +1.00, Spearman +1.00 (n=34 categories)" in title and "rests on 3 of 34 points" in title
     assert "[" not in title
+
+
+def test_the_causal_refusal_bars_say_when_no_condition_changes_refusal():
+    from figures import interventions
+
+    rows = [{"condition": c, "multiple": m, "rate": 0.0, "low": 0.0, "high": 0.0, "n": 8}
+            for c, m in (("no persona", 0), ("persona prompt", 0), ("persona direction", 2.0))]
+    (ax,) = interventions.refusal_bars(rows).axes
+    assert [t.get_text() for t in ax.texts] == ["0/8"] * 3 and "cannot separate" in ax.get_title()

@@ -184,6 +184,7 @@ def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: 
             bars = [pair[index] for pair in pairs]
             ax.bar(xs + offset, [b["delta"] for b in bars], 0.4, yerr=_errors(bars, "delta"), capsize=2,
                    color=colour, label=label)
+        _note_if_all_zero(ax, [pair[index] for pair in pairs for index in (1, 2)])
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(xs, [pair[0] for pair in pairs], fontsize=7, rotation=30, ha="right")
         ax.set_ylabel(f"Δ vs no persona ({length} persona)")
@@ -283,6 +284,7 @@ def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin"
             if bar["significant"]:
                 ax.text(x, bar["high"] if bar["delta"] >= 0 else bar["low"], "*", ha="center",
                         va="bottom" if bar["delta"] >= 0 else "top", fontsize=11)
+    _note_if_all_zero(ax, rows)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(conditions)), [c.replace("[empty]", "") for c in conditions], rotation=40, ha="right",
                   fontsize=8)

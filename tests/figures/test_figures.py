@@ -75,6 +75,7 @@ def test_refusal_and_placement_figures():
     assert [t.get_text() for t in ax.texts] == ["0/12", "3/12", "1/12"] and "the same" not in ax.get_title()
     (none,) = plots.refusal_with_safety_persona([{**cell, "mean": 0.0, "high": 0.0} for cell in cells]).axes
     assert [t.get_text() for t in none.texts] == ["0/12"] * 3 and "persona changed no refusal" in none.get_title()
+    matplotlib.pyplot.close("all")
     effects = {model: [_effect("ifeval", "expert", "long", placement, "all", "strict", d)
                        for placement, d in (("system", 0.2), ("user", 0.1))] for model in ("a", "b")}
     fig = plots.placement_deltas(effects)
@@ -196,6 +197,7 @@ def test_a_comparison_panel_where_every_system_scores_the_same_writes_the_values
     assert "cannot separate" in judge.get_title() and [t.get_text() for t in judge.texts] == ["45.0"] * 3
     assert "cannot separate" not in knowledge.get_title() and not knowledge.texts
     assert all(len(ax.collections) >= 1 for ax in fig.axes)  # a mark at every mean, a score of 0 included
+    matplotlib.pyplot.close("all")
 
 
 def test_routing_vs_effect_without_an_interval_says_why():
@@ -207,6 +209,7 @@ def test_routing_vs_effect_without_an_interval_says_why():
     title = prism.routing_vs_effect(categories, correlation).axes[0].get_title()
     assert "Pearson +1.00, Spearman +1.00 (n=34 categories)" in title and "rests on 3 of 34 points" in title
     assert "[" not in title
+    matplotlib.pyplot.close("all")
 
 
 def test_the_causal_refusal_bars_say_when_no_condition_changes_refusal():
@@ -216,3 +219,4 @@ def test_the_causal_refusal_bars_say_when_no_condition_changes_refusal():
             for c, m in (("no persona", 0), ("persona prompt", 0), ("persona direction", 2.0))]
     (ax,) = interventions.refusal_bars(rows).axes
     assert [t.get_text() for t in ax.texts] == ["0/8"] * 3 and "cannot separate" in ax.get_title()
+    matplotlib.pyplot.close("all")

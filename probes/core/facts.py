@@ -28,7 +28,16 @@ write:poem         a poem, haiku, limerick or song verse about a large city     
 write:story        a story or dialogue set in a country                          ~250
 write:letter       an email, postcard or description about a large city         ~1180
 write:explain      an explanation, post or lesson about a physical constant      ~280
+exam:geo           exam-style stems about a country (borders, population,      ~250
+                   area, dialling code): "Which of the following ...",
+                   statements to judge, "Statement 1 | ... Statement 2 | ..."
+exam:science       exam-style stems about a CODATA constant (value, unit)        ~280
 =================  ==========================================================  =====
+
+The ``exam:`` sources ask facts in the form of exam questions shown without their options (as
+``probes.intents`` shows MMLU), so that a router learns that an exam stem asks for knowledge;
+they ask no fact the comparison's knowledge quizzes ask (no continent, currency, capital or
+city's country).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import scipy.constants
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
 
-__all__ = ["FACT_SOURCES", "WRITING_SOURCES", "load_facts"]
+__all__ = ["EXAM_SOURCES", "FACT_SOURCES", "WRITING_SOURCES", "load_facts"]
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "geo:continent": ("Which continent is {name} in?", "On which continent does {name} lie?",
@@ -75,7 +84,28 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "write:explain": ("Explain the {name} to a ten-year-old.", "Write a blog post about why the {name} matters.",
                       "Write a short lesson plan introducing the {name}.", "Write a cheerful tweet about the {name}."),
 }
-FACT_SOURCES = tuple(name for name in TEMPLATES if not name.startswith("write:"))  # knowledge
+EXAM_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "exam:geo": ("Which of the following countries shares a border with {name}?",
+                 "Which of the following is closest to the population of {name}?",
+                 "Which of the following is closest to the area of {name} in square kilometres?",
+                 "Which of the following statements about {name} is correct?",
+                 "Statement 1 | {name} has more than {people} inhabitants. Statement 2 | {name} borders {other}.",
+                 "True or false: {name} is larger than {other} by area.",
+                 "Is the following statement true or false? The international dialling code of {name} is +{phone}.",
+                 "The internet country domain of {name} is",
+                 "The population of {name} is closest to which of the following?",
+                 "Which of the following countries has a larger area than {name}?"),
+    "exam:science": ("Which of the following is closest to the value of the {name}?",
+                     "The {name} is approximately",
+                     "True or false: the {name} is about {value} {unit}.",
+                     "Statement 1 | The {name} is about {value} {unit}. Statement 2 | The {other} is about {other_value}.",
+                     "Which of the following units is the {name} expressed in?",
+                     "What is the order of magnitude of the {name} in SI units?",
+                     "Which of the following statements about the {name} is true?",
+                     "The {name} has which of the following dimensions?"),
+}
+EXAM_SOURCES = tuple(EXAM_TEMPLATES)  # knowledge, in exam form
+FACT_SOURCES = tuple(name for name in TEMPLATES if not name.startswith("write:")) + EXAM_SOURCES  # knowledge
 WRITING_SOURCES = tuple(name for name in TEMPLATES if name.startswith("write:"))  # generation
 MIN_CITY_POPULATION = 500_000
 
@@ -127,6 +157,8 @@ def load_facts(source: str) -> list[Item]:
     Raises:
         ToolkitError: an unknown source.
     """
+    if source in EXAM_TEMPLATES:
+        return _exam_items(source)
     templates = TEMPLATES.get(source)
     if templates is None:
         raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(TEMPLATES)}")
@@ -139,3 +171,34 @@ def load_facts(source: str) -> list[Item]:
                           turns=(prompt,)))
     return items
 
+
+def _exam_items(source: str) -> list[Item]:
+    """The queries of an ``exam:`` source: each entity in one of its templates, filled with its own facts."""
+    templates, items = EXAM_TEMPLATES[source], []
+    if source == "exam:geo":
+        countries = [row for row in _countries() if row.get("population") and row.get("areakm2")]
+        names = {row["iso"]: row["name"] for row in countries}
+        entities = [(row["iso"], row["name"], {"people": f"{10 ** max(3, len(str(row['population'])) - 1):,}",
+                                               "phone": row.get("phone") or "1", "other": None})
+                    for row in countries]
+    else:
+        constants = [name for name, _ in _entities("science:constant")]
+        entities = []
+        for name in constants:
+            value, unit, _ = scipy.constants.physical_constants[name]
+            entities.append((name, name, {"value": f"{value:.3g}", "unit": unit or "(dimensionless)", "other": None}))
+    for key, name, facts in entities:
+        rng = random.Random(f"{source}:{key}")
+        index = rng.randrange(len(templates))
+        if source == "exam:geo":
+            row = next(r for r in countries if r["iso"] == key)
+            bordering = [names[code] for code in (row.get("neighbours") or "").split(",") if code in names]
+            other = rng.choice(bordering or [n for n in names.values() if n != name])
+        else:
+            other = rng.choice([c for c in constants if c != name])
+            facts["other_value"] = "{:.3g} {}".format(*scipy.constants.physical_constants[other][:2]).strip()
+        prompt = templates[index].format(name=name, **{**facts, "other": other})
+        prompt = prompt[0].upper() + prompt[1:]
+        items.append(Item(id=f"{source}/{key}", source=source, prompt=prompt, category=source, subcategory=f"template{index}",
+                          turns=(prompt,)))
+    return items

@@ -39,3 +39,16 @@ def test_per_source_draws_every_source_and_keeps_the_benchmark_default():
         intent_queries(10, sources=["wiki"])
     with pytest.raises(ToolkitError, match="at least 2 queries per source"):
         intent_queries(10, per_source=1)
+
+
+def test_exam_sources_ask_facts_in_exam_form_and_none_the_comparison_asks():
+    from probes.core.facts import EXAM_SOURCES
+
+    assert set(EXAM_SOURCES) <= set(FACT_SOURCES) and set(EXAM_SOURCES) <= set(ALL_SOURCES)
+    for source in EXAM_SOURCES:
+        prompts = [item.prompt for item in load_facts(source)]
+        assert sum(p.startswith("Which of the following") for p in prompts) >= len(prompts) / 4
+        assert any(p.startswith("Statement 1 | ") for p in prompts) and any("true or false" in p.lower() for p in prompts)
+        assert not any(word in p.lower() for p in prompts for word in ("continent", "currency", "capital", "which country"))
+    queries = intent_queries(None, per_source=4, sources=EXAM_SOURCES, seed=0)
+    assert {q.intent for q in queries} == {"knowledge"} and Counter(q.source for q in queries) == dict.fromkeys(EXAM_SOURCES, 4)

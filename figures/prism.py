@@ -42,7 +42,8 @@ def comparison_bars(table: Sequence[Mapping]) -> Figure:
             ax.axvline(centre[names.index("base")], color="#636363", linestyle="--", linewidth=0.8)
         if len(table) > 1 and np.isfinite(centre).all() and np.ptp(centre) == 0:
             for y, row in enumerate(table):
-                ax.text(min(centre[y], 80) + 2, y, equal_label(row, key), va="center", fontsize=8)
+                right = high[y] if np.isfinite(high[y]) else centre[y]  # past the whisker
+                ax.text(min(right, 85) + 2, y, equal_label(row, key), va="center", fontsize=8)
             title += f"\nthe same for all {len(table)} systems: cannot separate them"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("score (0-100)")

@@ -109,8 +109,10 @@ class Estimate:
         gives ``n = 0`` (such an estimate is never ``significant``: use ``excludes_zero``)."""
         prefix = f"{name}_" if prefix is None else prefix
         n = row.get(f"{prefix}n", row.get("n", 0))
-        dropped, note = row.get(f"{prefix}dropped") or 0.0, row.get(f"{prefix}note") or ""
-        return cls(row[name], row[f"{prefix}low"], row[f"{prefix}high"], n, confidence, float(dropped), str(note))
+        dropped, note = row.get(f"{prefix}dropped"), row.get(f"{prefix}note")  # absent, or blank in a CSV read back
+        dropped = float(dropped) if isinstance(dropped, (int, float)) and np.isfinite(dropped) else 0.0
+        return cls(row[name], row[f"{prefix}low"], row[f"{prefix}high"], n, confidence, dropped,
+                   note if isinstance(note, str) else "")
 
     @classmethod
     def from_resamples(cls, point: float, resampled: np.ndarray, n: int, *, defined_only: bool = False) -> Estimate:

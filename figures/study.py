@@ -62,8 +62,7 @@ def _n_range(rows: Sequence[Mapping]) -> str:
 
 def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xticks([]), ax.set_yticks([])
 
 
 def _note_if_all_zero(ax, rows: Sequence[Mapping]) -> None:
@@ -147,15 +146,14 @@ def refusal_with_safety_persona(cells: Sequence[Mapping], task: str = "harmbench
                else SKY for r in rows]
     ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=_errors(rows, "mean"), capsize=2, color=colours)
     for x, row in enumerate(rows):  # counts, so that a measured zero is visible as one
-        ax.text(x, row["mean"] + 0.02, f"{round(row['mean'] * row['n'])}/{row['n']}", ha="center", va="bottom", fontsize=7)
+        ax.text(x, row["mean"] + 0.02, f"{round(row['mean'] * row['n'])}/{row['n']}", ha="center", fontsize=7)
     ax.set_xticks(range(len(rows)), [r["condition"].replace("[empty]", "") for r in rows], rotation=60,
                   ha="right", fontsize=7)
     ax.set_ylabel("refusal rate")
     ax.set_ylim(0, 1)
-    title = f"{task}: refusal with the safety-monitor persona (Fig. 1c analogue, {_n_range(rows)} per bar)"
-    if len(rows) > 1 and len({r["mean"] for r in rows}) == 1:
-        title += "\nthe same under every condition: the persona changed no refusal"
-    ax.set_title(title, fontsize=10)
+    same = len(rows) > 1 and len({r["mean"] for r in rows}) == 1
+    ax.set_title(f"{task}: refusal with the safety-monitor persona (Fig. 1c analogue, {_n_range(rows)} per bar)"
+                 + ("\nthe same under every condition: the persona changed no refusal" if same else ""), fontsize=10)
     fig.tight_layout()
     return fig
 

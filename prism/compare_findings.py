@@ -49,10 +49,12 @@ def trade_off(table: Sequence[dict], route_rates: Sequence[dict] = ()) -> list[s
                 f"{fidelity.format(2)} (n={fidelity.n}) of the {prism['teacher_length']} persona's effect")
         if "other_persona_fidelity" in prism:
             control = Estimate.from_columns(prism, "other_persona_fidelity")
-            beyond = fidelity.has_interval and control.has_interval and fidelity.low > control.high
-            text += (f"; another persona's prompt reproduces {control.format(2)}: "
-                     + ("the adapter carries more than every persona shares." if beyond else
-                        "at this data size the adapter is not distinguishable from what every persona shares."))
+            both = fidelity.has_interval and control.has_interval
+            verdict = ("the adapter carries more than every persona shares." if both and fidelity.low > control.high
+                       else "the adapter carries less than another persona's prompt already does."
+                       if both and fidelity.high < control.low
+                       else "at this data size the adapter is not distinguishable from what every persona shares.")
+            text += f"; another persona's prompt reproduces {control.format(2)}: {verdict}"
         lines.append(text)
     for key, label in (("harmbench", "HarmBench refusal"), ("mtbench", "MT-Bench judge x10")):
         values = {row[key] for row in table if key in row}

@@ -56,6 +56,9 @@ def trade_off(table: Sequence[dict], route_rates: Sequence[dict] = ()) -> list[s
                        else "at this data size the adapter is not distinguishable from what every persona shares.")
             text += f"; another persona's prompt reproduces {control.format(2)}: {verdict}"
         lines.append(text)
+    elif "teacher_length" in prism:
+        lines.append("- What the persona path carries: not measured (the gate sent no held-out bootstrapped sample "
+                     "to it).")
     for key, label in (("harmbench", "HarmBench refusal"), ("mtbench", "MT-Bench judge x10")):
         values = {row[key] for row in table if key in row}
         if len(table) > 1 and len(values) == 1:

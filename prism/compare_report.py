@@ -99,12 +99,15 @@ def _mean_of(points: Sequence[float], draws: Sequence[np.ndarray], n: int) -> Es
 
 
 def _carried(adapter: dict | None) -> dict:
-    """An adapter's held-out fidelity and its other-persona control as table columns (none when not measured)."""
-    fidelity = (adapter or {}).get("fidelity")
-    if not fidelity:
+    """An adapter's teacher length, and its held-out fidelity with the other-persona control where measured, as table
+    columns (none for a system without an adapter)."""
+    if not adapter:
         return {}
-    columns = {"teacher_length": adapter.get("teacher_length") or "min",
-               **Estimate.from_columns(fidelity, "fidelity").columns("fidelity", n=True)}
+    columns = {"teacher_length": adapter.get("teacher_length") or "min"}
+    fidelity = adapter.get("fidelity")
+    if not fidelity:  # no held-out persona-path sample
+        return columns
+    columns.update(Estimate.from_columns(fidelity, "fidelity").columns("fidelity", n=True))
     if "other_persona_fidelity" in fidelity:
         columns.update(Estimate.from_columns(fidelity, "other_persona_fidelity").columns("other_persona_fidelity"))
     return columns
@@ -208,7 +211,7 @@ def format_table(table: Sequence[dict]) -> str:
     teacher persona, and another persona's prompt as control; where measured), refusal, judge and Overall."""
     knowledge = "knowledge" if all("knowledge" in row for row in table) else "capitals"
     margin = "knowledge_margin" if knowledge == "knowledge" else "margin"
-    carried = any("fidelity" in row for row in table)
+    carried = any("teacher_length" in row for row in table)
     lines = [f"| system | {knowledge} acc. | {knowledge} margin (nats) |"
              + (" persona carried (held-out fidelity; other persona) |" if carried else "")
              + " HarmBench refusal | MT-Bench judge x10 | Overall |",
@@ -225,7 +228,7 @@ def format_table(table: Sequence[dict]) -> str:
 
 def _carried_cell(row: dict) -> str:
     if "fidelity" not in row:
-        return "-"
+        return "not measured (no held-out sample)" if "teacher_length" in row else "-"
     text = f"{Estimate.from_columns(row, 'fidelity').format(2)} of the {row.get('teacher_length', 'min')} persona"
     if "other_persona_fidelity" in row:
         text += f"; {Estimate.from_columns(row, 'other_persona_fidelity').format(2)}"

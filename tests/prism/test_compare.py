@@ -225,6 +225,10 @@ def test_table_1_shows_the_persona_carried_beside_knowledge_and_the_closing_line
     rows = {row["system"]: row for row in summary["table"]}
     assert rows["PRISM"]["fidelity_n"] == 96 and rows["PRISM"]["teacher_length"] == "long"
     assert "fidelity" not in rows["expert prompt (long)"] and "fidelity" not in rows["base"]
+    unmeasured = summarise(cells, systems, items, _routes(items),
+                           adapters={"prism": {"teacher_length": "long", "fidelity": None}})
+    assert "| not measured (no held-out sample) |" in format_table(unmeasured["table"]).splitlines()[-1]
+    assert "What the persona path carries: not measured" in trade_off(unmeasured["table"])[-1]
     table = format_table(summary["table"]).splitlines()
     assert "| persona carried (held-out fidelity; other persona) |" in table[0]
     assert "| 0.53 [0.50, 0.57] of the long persona; 0.33 [0.25, 0.40] |" in table[-1] and "| - |" in table[2]

@@ -150,7 +150,8 @@ def routing_vs_effect(categories: Sequence[Mapping], correlation: Mapping) -> Fi
             ax.scatter([c["persona_effect"] for c in points], [c["route_share"] for c in points], color=colour,
                        label=dataset, s=[12 + 4 * c["n"] for c in points], alpha=0.8)
     ax.axvline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("persona's effect in the category (expert prompt - base, 0-100 scale)")
+    expert = categories[0].get("expert", "expert prompt") if categories else "expert prompt"
+    ax.set_xlabel(f"persona's effect in the category ({expert} - base, 0-100 scale)")
     ax.set_ylabel("share routed to the adapter by PRISM")
     ax.set_ylim(-0.05, 1.05)
     title = "Routing vs persona effect per category"

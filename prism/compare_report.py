@@ -187,7 +187,7 @@ def _category_routing(cells, items, expert_system: str = "expert prompt") -> lis
         for category in sorted({item.category for item in items[dataset]}):
             index = [i for i, row in enumerate(prism) if row["category"] == category]
             effect = np.nanmean(expert_values[index] - base_values[index]) if index else np.nan
-            rows.append({"dataset": dataset, "category": category, "n": len(index),
+            rows.append({"dataset": dataset, "category": category, "n": len(index), "expert": expert_system,
                          "route_share": float(np.mean([prism[i]["routed"] for i in index])),
                          "persona_effect": float(effect)})
     return [row for row in rows if np.isfinite(row["persona_effect"])]

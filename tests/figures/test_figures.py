@@ -202,11 +202,13 @@ def test_a_comparison_panel_where_every_system_scores_the_same_writes_the_values
 
 def test_routing_vs_effect_without_an_interval_says_why():
     categories = [{"dataset": "capitals", "category": f"c{i}", "n": 2, "route_share": float(i < 3),
-                   "persona_effect": 10.0 * (i < 3)} for i in range(34)]
+                   "persona_effect": 10.0 * (i < 3), "expert": "expert prompt (long)"} for i in range(34)]
     note = "no interval: it rests on 3 of 34 points, the others sharing one value; the two variables take 2 and 2"
     correlation = {m: {"mean": 1.0, "low": float("nan"), "high": float("nan"), "n": 34, "note": note}
                    for m in ("pearson", "spearman")}
-    title = prism.routing_vs_effect(categories, correlation).axes[0].get_title()
+    (ax,) = prism.routing_vs_effect(categories, correlation).axes
+    title = ax.get_title()
+    assert ax.get_xlabel() == "persona's effect in the category (expert prompt (long) - base, 0-100 scale)"
     assert "Pearson +1.00, Spearman +1.00 (n=34 categories)" in title and "rests on 3 of 34 points" in title
     assert "[" not in title
     matplotlib.pyplot.close("all")

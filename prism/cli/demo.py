@@ -11,8 +11,8 @@ typed summary it returns, through the same formatting as its own command; the st
 what the comparison shows, in words with CIs.
 
 Within the demo's 15 minutes on 2 cores, the PRISM step cannot run the recipe that carries the
-long persona beyond what every long persona shares (two bootstraps of 16 queries per persona,
-about an hour): it distils the long teacher from its 2 queries per persona and says how much that
+long persona beyond what every long persona shares (32 queries per persona: the bootstrap alone
+takes about 26 minutes): it distils the long teacher from its 2 queries per persona and says how much that
 carries; and it compares the systems of ``DEMO_SYSTEMS`` (``prism compare`` alone adds the gated
 adapter routed by the MiniLM and self-classification routers).
 """
@@ -107,8 +107,8 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
         print("\nWhat the comparison shows (smoke budget; differences vs base with 95% CIs):")
         print("\n".join(compared.trade_off()))
         print(f"The demo's adapter is distilled from {DEMO_QUERIES_PER_PERSONA} queries per persona to fit its time "
-              "budget; the recipe that carries the long persona beyond what every long persona shares takes "
-              f"about an hour: {FULL_RECIPE}.")
+              "budget; the recipe that carries the long persona beyond what every long persona shares needs 32 "
+              f"per persona (the bootstrap alone about 26 minutes): {FULL_RECIPE}.")
     log.info(f"results in {out}")
     return out
 

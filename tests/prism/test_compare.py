@@ -241,7 +241,8 @@ def test_table_1_shows_the_persona_carried_beside_knowledge_and_the_closing_line
     assert "0.33 [0.25, 0.40]: the adapter carries more than every persona shares." in lines[3]
     assert [line for line in lines if "cannot separate" in line] == []  # the min expert prompt's refusals differ
     weak = {**fidelity, **Estimate(0.1, 0.05, 0.15, 96).columns("fidelity")}
-    weaker = summarise(cells, systems, items, _routes(items), adapters={"prism": {"teacher_length": "long", "fidelity": weak}})
+    weaker = summarise(cells, systems, items, _routes(items),
+                       adapters={"prism": {"teacher_length": "long", "fidelity": weak}})
     assert "carries less than another persona's prompt" in trade_off(weaker["table"])[3]
     summary_min = summarise(cells, ("base", "expert prompt (long)", "PRISM"), items, _routes(items), seed=0)
     closing = trade_off(summary_min["table"])

@@ -139,6 +139,9 @@ def refusal_bars(rows: Sequence[Mapping]) -> Figure:
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("keyword refusal rate")
-    ax.set_title(f"Refusal on HarmBench requests under the persona and under steering (n={rows[0]['n']})", fontsize=10)
+    title = f"Refusal on HarmBench requests under the persona and under steering (n={rows[0]['n']})"
+    if len(rows) > 1 and len({r["rate"] for r in rows}) == 1:
+        title += "\nthe same under every condition: this panel cannot separate them"
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -18,21 +18,33 @@ DATASET_COLOURS = {"capitals": "#2171b5", "continents": "#6baed6", "currencies":
                    "harmbench": "#cb181d", "mtbench": "#238b45"}
 
 
+COUNTED = ("harmbench", "capitals")  # panels whose score is a share of items: an equal panel writes k/n per row
+
+
 def comparison_bars(table: Sequence[Mapping]) -> Figure:
     """One panel per sub-score and Overall: every system with its 95% CI (0-100 scale). A table without the
-    knowledge column (from before the knowledge quizzes) shows capitals accuracy in its place."""
+    knowledge column (from before the knowledge quizzes) shows capitals accuracy in its place. A panel where every
+    system scores the same (0 refusals for all) writes each row's value (``0/8`` for a share of items) and says in
+    its title that it cannot separate the systems; a mark at each mean keeps a score of 0 visible."""
     panels = [(key, title) if key != "knowledge" or "knowledge" in table[0] else ("capitals", "Capitals accuracy")
               for key, title in PANELS]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.42 * len(table) + 1.8), sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.42 * len(table) + 2.0), sharey=True)
     names = [row["system"] for row in table]
     for ax, (key, title) in zip(axes, panels):
         centre = np.array([row[key] for row in table], dtype=float)
         low = np.array([row[f"{key}_low"] for row in table], dtype=float)
         high = np.array([row[f"{key}_high"] for row in table], dtype=float)
         colours = ["#636363" if name == "base" else "#d94801" if name == "PRISM" else "#9ecae1" for name in names]
-        ax.barh(range(len(table)), centre, xerr=[centre - low, high - centre], color=colours, capsize=2)
+        errors = np.clip(np.nan_to_num([centre - low, high - centre]), 0, None)
+        ax.barh(range(len(table)), centre, xerr=errors, color=colours, capsize=2)
+        ax.scatter(centre, range(len(table)), marker="|", color=colours, s=60, zorder=3)
         if "base" in names:
             ax.axvline(centre[names.index("base")], color="#636363", linestyle="--", linewidth=0.8)
+        if len(table) > 1 and np.isfinite(centre).all() and np.ptp(centre) == 0:
+            for y, row in enumerate(table):
+                right = high[y] if np.isfinite(high[y]) else centre[y]  # past the whisker
+                ax.text(min(right, 85) + 2, y, equal_label(row, key), va="center", fontsize=8)
+            title += f"\nthe same for all {len(table)} systems: cannot separate them"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("score (0-100)")
         ax.set_xlim(0, 100)
@@ -43,6 +55,14 @@ def comparison_bars(table: Sequence[Mapping]) -> Figure:
     return fig
 
 
+def equal_label(row: Mapping, key: str) -> str:
+    """A row's value where a panel cannot separate the systems: ``k/n`` items for a share of items, else the score."""
+    n = row.get(f"{key}_n")
+    if key in COUNTED and n:
+        return f"{round(row[key] / 100 * n)}/{n}"
+    return f"{row[key]:.1f}"
+
+
 def route_rates(rows: Sequence[Mapping]) -> Figure:
     """Share of each data set's queries sent to the persona path, per routed system."""
     routed = [s for s in dict.fromkeys(r["system"] for r in rows) if s not in ("base", "expert prompt", "ungated LoRA")]
@@ -51,14 +71,20 @@ def route_rates(rows: Sequence[Mapping]) -> Figure:
     width = 0.8 / max(1, len(datasets))
     for k, dataset in enumerate(datasets):
         values = [next((r["route_rate"] for r in rows if r["system"] == s and r["dataset"] == dataset), np.nan) for s in routed]
-        ax.bar(np.arange(len(routed)) + (k - (len(datasets) - 1) / 2) * width, values, width,
-               color=DATASET_COLOURS.get(dataset, "#969696"), label=dataset)
+        where = np.arange(len(routed)) + (k - (len(datasets) - 1) / 2) * width
+        colour = DATASET_COLOURS.get(dataset, "#969696")
+        ax.bar(where, values, width, color=colour, label=dataset)
+        ax.scatter(where, values, marker="_", color=colour, s=40, zorder=3)  # a rate of 0 stays visible
     ax.set_xticks(range(len(routed)), [s.replace(" -> ", "\n-> ") for s in routed], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share routed to the persona path")
     ax.legend(fontsize=8, frameon=False)
     n = {r["dataset"]: r["n"] for r in rows}
-    ax.set_title("Route rate per data set (n = " + ", ".join(f"{d} {n[d]}" for d in datasets) + ")", fontsize=10)
+    title = "Route rate per data set (n = " + ", ".join(f"{d} {n[d]}" for d in datasets) + ")"
+    shown = [r["route_rate"] for r in rows if r["system"] in routed]
+    if len(set(shown)) == 1:
+        title += f"\nevery routed system sends {shown[0]:.0%} of every data set: the panel cannot separate them"
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -124,14 +150,22 @@ def routing_vs_effect(categories: Sequence[Mapping], correlation: Mapping) -> Fi
             ax.scatter([c["persona_effect"] for c in points], [c["route_share"] for c in points], color=colour,
                        label=dataset, s=[12 + 4 * c["n"] for c in points], alpha=0.8)
     ax.axvline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("persona's effect in the category (expert prompt - base, 0-100 scale)")
+    expert = categories[0].get("expert", "expert prompt") if categories else "expert prompt"
+    ax.set_xlabel(f"persona's effect in the category ({expert} - base, 0-100 scale)")
     ax.set_ylabel("share routed to the adapter by PRISM")
     ax.set_ylim(-0.05, 1.05)
     title = "Routing vs persona effect per category"
     if correlation and np.isfinite(correlation["pearson"]["mean"]):
         p, s = correlation["pearson"], correlation["spearman"]
-        title += (f"\nPearson {p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}], "
-                  f"Spearman {s['mean']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}] (n={p['n']} categories)")
+        if np.isfinite(p["low"]) and np.isfinite(s["low"]):
+            title += (f"\nPearson {p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}], "
+                      f"Spearman {s['mean']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}] (n={p['n']} categories)")
+        else:  # no interval: the note says why (e.g. it rests on 3 of 34 points)
+            note = p.get("note") or s.get("note") or "no interval"
+            title += (f"\nPearson {p['mean']:+.2f}, Spearman {s['mean']:+.2f} (n={p['n']} categories)\n"
+                      + note.split(";")[0])
+        if p.get("note") and np.isfinite(p["low"]):
+            title += f"\n{p['note']}"
     elif correlation:
         title += f"\ncorrelation undefined: no variation across the {len(categories)} categories"
     ax.set_title(title, fontsize=10)

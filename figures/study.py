@@ -62,8 +62,7 @@ def _n_range(rows: Sequence[Mapping]) -> str:
 
 def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xticks([]), ax.set_yticks([])
 
 
 def _note_if_all_zero(ax, rows: Sequence[Mapping]) -> None:
@@ -146,11 +145,15 @@ def refusal_with_safety_persona(cells: Sequence[Mapping], task: str = "harmbench
     colours = [LIGHT_GREY if r["persona_spec"] == "none" else VERMILION if r["persona_spec"] == "safety-monitor"
                else SKY for r in rows]
     ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=_errors(rows, "mean"), capsize=2, color=colours)
+    for x, row in enumerate(rows):  # counts, so that a measured zero is visible as one
+        ax.text(x, row["mean"] + 0.02, f"{round(row['mean'] * row['n'])}/{row['n']}", ha="center", fontsize=7)
     ax.set_xticks(range(len(rows)), [r["condition"].replace("[empty]", "") for r in rows], rotation=60,
                   ha="right", fontsize=7)
     ax.set_ylabel("refusal rate")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{task}: refusal with the safety-monitor persona (Fig. 1c analogue, {_n_range(rows)} per bar)", fontsize=10)
+    same = len(rows) > 1 and len({r["mean"] for r in rows}) == 1
+    ax.set_title(f"{task}: refusal with the safety-monitor persona (Fig. 1c analogue, {_n_range(rows)} per bar)"
+                 + ("\nthe same under every condition: the persona changed no refusal" if same else ""), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -179,6 +182,7 @@ def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: 
             bars = [pair[index] for pair in pairs]
             ax.bar(xs + offset, [b["delta"] for b in bars], 0.4, yerr=_errors(bars, "delta"), capsize=2,
                    color=colour, label=label)
+        _note_if_all_zero(ax, [pair[index] for pair in pairs for index in (1, 2)])
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(xs, [pair[0] for pair in pairs], fontsize=7, rotation=30, ha="right")
         ax.set_ylabel(f"Δ vs no persona ({length} persona)")
@@ -278,6 +282,7 @@ def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin"
             if bar["significant"]:
                 ax.text(x, bar["high"] if bar["delta"] >= 0 else bar["low"], "*", ha="center",
                         va="bottom" if bar["delta"] >= 0 else "top", fontsize=11)
+    _note_if_all_zero(ax, rows)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(conditions)), [c.replace("[empty]", "") for c in conditions], rotation=40, ha="right",
                   fontsize=8)

@@ -17,12 +17,13 @@ from interventions.intervene_report import write_figures, write_report
 from interventions.measure.tasks import TASKS
 from interventions.summary import InterventionSummary
 from probes.core.batching import right_pad
+from probes.core.correlation import bootstrap_correlation
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import write_record, write_table, write_text
 from probes.core.personas import Persona, get_persona
 from probes.core.prompts import EXPERT_PERSONA, RANDOM_PERSONA, Condition
-from probes.core.stats import bootstrap_correlation, bootstrap_mean, paired_difference
+from probes.core.stats import bootstrap_mean, paired_difference
 from probes.readouts import residual_norms
 
 if TYPE_CHECKING:
@@ -79,10 +80,7 @@ def run_interventions(
         ToolkitError: a ``"none"`` persona, one not in ``personas``, or a layer the model does not have.
     """
     out = Path(out)
-    if persona.persona == "none":
-        raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
-    if persona.persona not in (RANDOM_PERSONA, EXPERT_PERSONA):
-        get_persona(persona.persona, personas).text(persona.length)  # before the model loads
+    check_persona(persona, personas)
     n_layers = model.cfg.n_layers
     layers = sorted(set(spread_layers(n_layers) if layers is None else layers))
     for layer in layers + ([steer_layer] if steer_layer is not None else []):
@@ -151,6 +149,19 @@ def run_interventions(
     return InterventionSummary.from_record(out, summary)
 
 
+def check_persona(persona: Condition, personas: Mapping[str, Persona] | None = None) -> None:
+    """One line when ``persona`` cannot be compared with no persona: ``"none"``, or a name or length the library lacks
+    (the shell checks it before the model loads).
+
+    Raises:
+        ToolkitError: what is wrong with the persona.
+    """
+    if persona.persona == "none":
+        raise ToolkitError("the interventions compare a persona with no persona: choose a persona")
+    if persona.persona not in (RANDOM_PERSONA, EXPERT_PERSONA):
+        get_persona(persona.persona, personas).text(persona.length)
+
+
 def decisive_patch(rows: Sequence[dict]) -> dict:
     """The earliest (block, position group) whose patch recovers a majority of the effect (CI lower bound >= 0.5):
     where the damage has been written into few positions. Late blocks recover everything trivially (the final
@@ -197,7 +208,7 @@ def _attention_summary(rows: list[dict]) -> dict:
     finite = [r for r in rows if np.isfinite(r["pearson"])]
     strongest = max(finite, key=lambda r: abs(r["pearson"])) if finite else None
     return {"mean_attention": float(np.mean([r["attention"] for r in rows])), "uniform_share": rows[0]["uniform_share"],
-            "strongest": strongest, "share": {k: rows[0][k] for k in ("share_pearson", "share_low", "share_high")}}
+            "strongest": strongest, "share": {k: v for k, v in rows[0].items() if k.startswith("share_")}}
 
 
 def _refusal_under_steering(model: TransformerBridge, tokenizer, persona: Condition, personas: Mapping[str, Persona] | None, n_items: int,

@@ -8,11 +8,13 @@ HarmBench standard requests (keyword refusal rate) and MT-Bench first turns (the
 1-10). Systems:
 
 - ``base``: the model, no persona;
-- ``expert prompt``: the matched persona in the system prompt on every query (knowledge:
-  humanities; HarmBench: safety-monitor; MT-Bench: the category's persona);
+- ``expert prompt`` and ``expert prompt (long)``: the matched persona in the system prompt on every
+  query (knowledge: humanities; HarmBench: safety-monitor; MT-Bench: the category's persona), in its
+  min text (~5 words) and its long one (~150 words): the study finds the long one hurts knowledge;
 - ``ungated LoRA``: the adapter distilled on every bootstrapped query, always on (the SFT baseline);
 - ``PRISM``: the gated adapter, routed by the probe gate inside the answering pass;
-- ``probe -> persona prompt``: the gate decides, the routed queries get the expert prompt;
+- ``probe -> persona prompt``: the gate decides, the routed queries get the expert prompt at the
+  length of the adapter's teacher (``prism train --teacher-length``, recorded in ``train.json``);
 - ``probe -> steering``: the gate decides, routed queries get the persona's mean shift added;
 - ``MiniLM -> LoRA`` and ``self-classify -> LoRA``: the gated adapter routed by the baseline routers.
 
@@ -71,11 +73,12 @@ log = logging.getLogger(__name__)
 
 # systems whose answers need no hooks (a prompt, chosen or not by a router that reads the query): an inference engine
 # may generate them; the others add an adapter or a steering vector inside the model's forward
-PROMPT_SYSTEMS = ("base", "expert prompt", "probe -> persona prompt")
-SYSTEMS = ("base", "expert prompt", "ungated LoRA", "PRISM", "probe -> persona prompt", "probe -> steering",
+PROMPT_SYSTEMS = ("base", "expert prompt", "expert prompt (long)", "probe -> persona prompt")
+SYSTEMS = ("base", "expert prompt", "expert prompt (long)", "ungated LoRA", "PRISM", "probe -> persona prompt",
+           "probe -> steering",
            "MiniLM -> LoRA", "self-classify -> LoRA")
-EXPERT = {**{name: Condition("humanities") for name in KNOWLEDGE}, "harmbench": Condition("safety-monitor"),
-          "mtbench": Condition("expert")}
+EXPERT = {**{name: "humanities" for name in KNOWLEDGE}, "harmbench": "safety-monitor", "mtbench": "expert"}
+EXPERT_LENGTHS = {"expert prompt": "min", "expert prompt (long)": "long"}  # the prompted systems' persona lengths
 ROUTER_OF = {"PRISM": "probe gate", "probe -> steering": "probe gate", "probe -> persona prompt": "probe gate",
              "MiniLM -> LoRA": "MiniLM", "self-classify -> LoRA": "self-classify"}
 
@@ -98,6 +101,7 @@ class _Evaluator:
         self.asker.threshold = work.self_classify_threshold()
         self.judge = judge or SelfJudge(model, tokenizer, batch_size=batch_size, engine=engine)
         self.personas = work.persona_library()  # the expert prompts' texts, as the bootstrap had them
+        self.teacher_length = work.teacher_length()
 
     def routes(self, router: str, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
         """(scores, routes) of a router for the items' queries."""
@@ -120,12 +124,12 @@ class _Evaluator:
         return rows
 
     def _run(self, system: str, dataset: str, items: Sequence[Item]) -> list[dict]:
-        plain, expert = Condition("none"), EXPERT[dataset]
+        plain, expert = Condition("none"), Condition(EXPERT[dataset], self.teacher_length)
         n = len(items)
         if system == "base":
             return self._answer(dataset, items, [plain] * n, hooked=False)
-        if system == "expert prompt":
-            return self._answer(dataset, items, [expert] * n, hooked=False)
+        if system in EXPERT_LENGTHS:
+            return self._answer(dataset, items, [Condition(EXPERT[dataset], EXPERT_LENGTHS[system])] * n, hooked=False)
         if system == "ungated LoRA":
             with active_adapter(self.model, UNGATED):
                 return self._answer(dataset, items, [plain] * n, route=True)
@@ -251,8 +255,8 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model: TransformerBridge
         cells = {job: _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]], evaluator.engine_of(*job))
                  for job in jobs}
         routes = {router: evaluator.routes(router, [i for d in DATASETS for i in items[d]])[1] for router in ROUTERS}
-        summary = summarise(cells, systems, items, routes, seed)
-        trained_on = json.loads(work.train_summary.read_text()) if work.train_summary.is_file() else {}
+        trained_on = work.train_record()
+        summary = summarise(cells, systems, items, routes, seed, adapters=trained_on.get("adapters"))
         summary["excluded_sources"] = trained_on.get("excluded_sources")  # None: not recorded (trained before the quizzes)
         write_outputs(work, summary, plan)
         return summary

@@ -20,22 +20,24 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
 from figures import prism as plots
+from prism.compare_findings import correlation_line, trade_off
 from prism.compare_sources import KNOWLEDGE, format_sources, knowledge_by_source, router_rates, source_findings
 from prism.workdir import PrismDirectory
+from probes.core.correlation import bootstrap_correlation
 from probes.core.files import save_figure, write_record, write_table, write_text
 from probes.core.stats import (
     Estimate,
-    bootstrap_correlation,
     bootstrap_mean,
     paired_difference,
     resample_indices,
 )
 
-__all__ = ["DATASETS", "ROUTERS", "SCALE", "format_table", "summarise", "write_outputs"]
+__all__ = ["ADAPTER_OF", "DATASETS", "ROUTERS", "SCALE", "format_table", "summarise", "write_outputs"]
 
 DATASETS = (*KNOWLEDGE, "harmbench", "mtbench")  # registered tasks, in the table's order
 ROUTERS = ("probe gate", "MiniLM", "self-classify")
 SCALE = {"accuracy": 100.0, "refusal": 100.0, "judge": 10.0}
+ADAPTER_OF = {"ungated LoRA": "sft", "PRISM": "prism", "MiniLM -> LoRA": "prism", "self-classify -> LoRA": "prism"}
 
 
 def write_outputs(work: PrismDirectory, summary: dict, plan) -> None:
@@ -64,7 +66,8 @@ def _values(rows: list[dict], dataset: str) -> np.ndarray:
     return np.array([row["rating"] if row["rating"] is not None else np.nan for row in rows], dtype=float) * SCALE["judge"]
 
 
-def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 0) -> dict:
+def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 0, *,
+              adapters: dict | None = None) -> dict:
     """The comparison's tables from its cells.
 
     Args:
@@ -73,6 +76,10 @@ def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 
         items: data set -> its items (for the per-category routing and the routers' rates per data set).
         routes: router -> its decisions on every item, data sets in ``DATASETS`` order (agreement, rates per source).
         seed: bootstrap seed.
+        adapters: ``train.json``'s ``adapters`` (each adapter's ``teacher_length`` and held-out ``fidelity``): each
+            system that answers with an adapter (``ADAPTER_OF``) gets its ``fidelity`` and ``other_persona_fidelity``
+            (with CIs and ``fidelity_n``) and ``teacher_length``; the per-category routing pairs PRISM's routes with
+            the expert prompt at the teacher's length when the comparison has it.
 
     Returns:
         ``table`` (one row per system, 0-100 scores with 95% CIs: every data set, ``knowledge`` (the mean accuracy of
@@ -83,7 +90,7 @@ def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a data set without one parsable rating gives NaN, not noise
-        return _summarise(cells, systems, items, routes, seed)
+        return _summarise(cells, systems, items, routes, seed, adapters or {})
 
 
 def _mean_of(points: Sequence[float], draws: Sequence[np.ndarray], n: int) -> Estimate:
@@ -91,7 +98,22 @@ def _mean_of(points: Sequence[float], draws: Sequence[np.ndarray], n: int) -> Es
     return Estimate.from_resamples(float(np.mean(points)), np.mean(draws, axis=0), n, defined_only=True)
 
 
-def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int) -> dict:
+def _carried(adapter: dict | None) -> dict:
+    """An adapter's teacher length, and its held-out fidelity with the other-persona control where measured, as table
+    columns (none for a system without an adapter)."""
+    if not adapter:
+        return {}
+    columns = {"teacher_length": adapter.get("teacher_length") or "min"}
+    fidelity = adapter.get("fidelity")
+    if not fidelity:  # no held-out persona-path sample
+        return columns
+    columns.update(Estimate.from_columns(fidelity, "fidelity").columns("fidelity", n=True))
+    if "other_persona_fidelity" in fidelity:
+        columns.update(Estimate.from_columns(fidelity, "other_persona_fidelity").columns("other_persona_fidelity"))
+    return columns
+
+
+def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int, adapters: dict) -> dict:
     rng = np.random.default_rng(seed)
     table, rates = [], []
     base = {d: _values(cells[("base", d)], d) for d in DATASETS if ("base", d) in cells}
@@ -133,6 +155,7 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int) 
         part_draws = [np.mean([draws["score"][d] for d in KNOWLEDGE], axis=0)] + [draws["score"][d] for d in others]
         row.update(_mean_of([row["knowledge"]] + [row[d] for d in others], part_draws,
                             sum(len(cells[(system, d)]) for d in DATASETS)).columns("overall"))
+        row.update(_carried(adapters.get(ADAPTER_OF.get(system))))
         table.append(row)
     agreement = []
     for i, a in enumerate(ROUTERS):
@@ -140,7 +163,9 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int) 
             agreement.append({"a": a, "b": b, "agreement": float((routes[a] == routes[b]).mean()),
                               "kappa": float(cohen_kappa_score(routes[a], routes[b])) if len(set(routes[a])) > 1 or len(set(routes[b])) > 1 else float("nan"),
                               "n": int(len(routes[a]))})
-    categories = _category_routing(cells, items) if "PRISM" in systems and "expert prompt" in systems else []
+    teacher = (adapters.get("prism") or {}).get("teacher_length") or "min"
+    expert = next((s for s in (f"expert prompt ({teacher})", "expert prompt") if s in systems), None)
+    categories = _category_routing(cells, items, expert) if "PRISM" in systems and expert else []
     correlation = {}
     if len(categories) >= 3:
         share = [c["route_share"] for c in categories]
@@ -152,17 +177,17 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int) 
             "correlation": correlation}
 
 
-def _category_routing(cells, items) -> list[dict]:
+def _category_routing(cells, items, expert_system: str = "expert prompt") -> list[dict]:
     """Per category: share of queries PRISM's gate sends to the adapter vs the persona's effect
-    (expert prompt - base, 0-100 scale) there: the Figure-4 analogue."""
+    (``expert_system`` - base, 0-100 scale) there: the Figure-4 analogue."""
     rows = []
     for dataset in DATASETS:
-        prism, base, expert = (cells[(s, dataset)] for s in ("PRISM", "base", "expert prompt"))
+        prism, base, expert = (cells[(s, dataset)] for s in ("PRISM", "base", expert_system))
         base_values, expert_values = _values(base, dataset), _values(expert, dataset)
         for category in sorted({item.category for item in items[dataset]}):
             index = [i for i, row in enumerate(prism) if row["category"] == category]
             effect = np.nanmean(expert_values[index] - base_values[index]) if index else np.nan
-            rows.append({"dataset": dataset, "category": category, "n": len(index),
+            rows.append({"dataset": dataset, "category": category, "n": len(index), "expert": expert_system,
                          "route_share": float(np.mean([prism[i]["routed"] for i in index])),
                          "persona_effect": float(effect)})
     return [row for row in rows if np.isfinite(row["persona_effect"])]
@@ -182,16 +207,32 @@ def _figures(work: PrismDirectory, summary: dict) -> list[str]:
 
 def format_table(table: Sequence[dict]) -> str:
     """The comparison as a Markdown table (0-100 scale, 95% CIs): knowledge (the mean over its sources; capitals in a
-    table from before the quizzes), its margin, refusal, judge and Overall."""
+    table from before the quizzes), its margin, what the persona path carries (the adapter's held-out fidelity to its
+    teacher persona, and another persona's prompt as control; where measured), refusal, judge and Overall."""
     knowledge = "knowledge" if all("knowledge" in row for row in table) else "capitals"
     margin = "knowledge_margin" if knowledge == "knowledge" else "margin"
-    lines = [f"| system | {knowledge} acc. | {knowledge} margin (nats) | HarmBench refusal | MT-Bench judge x10 | Overall |",
-             "|---|---|---|---|---|---|"]
+    carried = any("teacher_length" in row for row in table)
+    lines = [f"| system | {knowledge} acc. | {knowledge} margin (nats) |"
+             + (" persona carried (held-out fidelity; other persona) |" if carried else "")
+             + " HarmBench refusal | MT-Bench judge x10 | Overall |",
+             "|---|---|---|" + ("---|" if carried else "") + "---|---|---|"]
     for row in table:
         ci = {key: Estimate.from_columns(row, key).format(1) for key in (knowledge, "harmbench", "mtbench", "overall")}
         shown = Estimate.from_columns(row, margin).format(2) if margin in row else "-"
-        lines.append(f"| {row['system']} | {ci[knowledge]} | {shown} | {ci['harmbench']} | {ci['mtbench']} | {ci['overall']} |")
+        cells = [row["system"], ci[knowledge], shown]
+        if carried:
+            cells.append(_carried_cell(row))
+        lines.append("| " + " | ".join(cells + [ci["harmbench"], ci["mtbench"], ci["overall"]]) + " |")
     return "\n".join(lines)
+
+
+def _carried_cell(row: dict) -> str:
+    if "fidelity" not in row:
+        return "not measured (no held-out sample)" if "teacher_length" in row else "-"
+    text = f"{Estimate.from_columns(row, 'fidelity').format(2)} of the {row.get('teacher_length', 'min')} persona"
+    if "other_persona_fidelity" in row:
+        text += f"; {Estimate.from_columns(row, 'other_persona_fidelity').format(2)}"
+    return text
 
 
 def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -> None:
@@ -201,8 +242,15 @@ def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -
     lines = ["# PRISM compared with its baselines", "",
              f"n = {sizes} knowledge questions, {plan.harmbench} HarmBench requests, {plan.mtbench} MT-Bench first turns. "
              "Scores on 0-100 (accuracy, keyword refusal rate, self-judge rating x10) with bootstrap 95% CIs; knowledge = "
-             "the mean accuracy of its sources; Overall = the unweighted mean of knowledge, refusal and judge.", "",
+             "the mean accuracy of its sources; Overall = the unweighted mean of knowledge, refusal and judge. "
+             "expert prompt: the matched persona's min text (~5 words) on every query; expert prompt (long): its long "
+             "text (~150 words). Persona carried: the adapter's held-out fidelity to its teacher persona (the share of "
+             "the persona's effect on next-token distributions it reproduces without the persona), beside the share "
+             "another persona's prompt reproduces.", "",
              format_table(summary["table"]), ""]
+    story = trade_off(summary["table"], summary["route_rates"])
+    if story:
+        lines += ["## What the table shows", ""] + story + [""]
     if "PRISM" in table and "base" in table:
         prism = table["PRISM"]
         lines.append("## Does PRISM keep knowledge at the base level and the persona's gains elsewhere?")
@@ -228,13 +276,6 @@ def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -
         lines.append(f"- {row['a']} vs {row['b']}: same decision on {row['agreement']:.0%} of {row['n']} queries "
                      f"(Cohen's kappa {row['kappa']:+.2f}).")
     if summary["correlation"]:
-        p, s = summary["correlation"]["pearson"], summary["correlation"]["spearman"]
-        lead = (f"Per category, the share PRISM routes to the adapter vs the persona's effect there "
-                f"({len(summary['categories'])} categories): ")
-        if np.isfinite(p["mean"]):
-            lines += ["", lead + f"Pearson {Estimate(**p).format(2)}, "
-                                 f"Spearman {Estimate(**s).format(2)} (the paper: 0.65 and 0.75)."]
-        else:
-            lines += ["", lead + "undefined: the route share or the persona's effect is the same in every category."]
+        lines += ["", correlation_line(summary["correlation"], summary["categories"])]
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     write_text(work.report, "\n".join(lines) + "\n")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from prism.compare_findings import trade_off
 from prism.compare_report import format_table
 from prism.compare_sources import format_sources
 from probes.core.stats import Estimate
@@ -170,6 +171,10 @@ class CompareSummary(Summary):
         """``column`` (accuracy, margin, route_rate, accuracy_vs_base, margin_vs_base) of ``system`` on one knowledge source."""
         return Estimate.from_columns(next(r for r in self.record["knowledge"] if r["source"] == source and r["system"] == system),
                                      column)
+
+    def trade_off(self) -> list[str]:
+        """What the table shows, in words with CIs (``compare_report.trade_off``): the demo's closing lines."""
+        return trade_off(self.table, self.record.get("route_rates", ()))
 
     def lines(self) -> list[str]:
         """The comparison as Markdown tables: the systems, knowledge per source, route rates per data set."""

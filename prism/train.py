@@ -57,6 +57,7 @@ from probes.core.errors import ToolkitError
 from probes.core.files import save_figure, save_tensors, write_record, write_table
 from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
+from probes.core.stats import Estimate
 from probes.intents import ALL_SOURCES, LabelledQuery, intent_queries
 
 if TYPE_CHECKING:
@@ -219,8 +220,9 @@ def run_training(out: str | Path, model: TransformerBridge, tokenizer, *, labels
         "sweep_best": choose([r for r in rows if r["layer"] >= 0]), "held_out_groups_split": split_kind,
         "length_only": next(r for r in rows if r["position"] == "length only"),
         "routing_quality": {"n_test": len(labelled.queries),
-                            **{name: {"auc": r["summary"]["auc"], "low": r["summary"]["auc_low"], "high": r["summary"]["auc_high"],
-                                      "n": r["summary"]["auc_n"]} for name, r in routers.items()}},
+                            **{name: Estimate.from_columns(r["summary"], "auc", prefix="auc_")
+                               .columns("auc", prefix="", n=True)  # with its share of undefined resamples and note
+                               for name, r in routers.items()}},
         "bootstrap_labels": {"n": len(samples), "persona_wins": float(np.mean([s.label for s in samples])),
                              "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
                              "distilled": int(routes.sum()),

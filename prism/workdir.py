@@ -134,6 +134,18 @@ class PrismDirectory:
                 digest.update(path.name.encode() + path.read_bytes())
         return digest.hexdigest()[:16]
 
+    def train_record(self) -> dict:
+        """``train.json`` as ``prism train`` wrote it (empty before training, or when it cannot be read)."""
+        try:
+            record = json.loads(self.train_summary.read_text(encoding="utf-8"))
+        except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def teacher_length(self) -> str:
+        """The persona length of the gated adapter's teacher (``prism train --teacher-length``; else ``min``)."""
+        return ((self.train_record().get("adapters") or {}).get("prism") or {}).get("teacher_length") or "min"
+
     def self_classify_threshold(self) -> float:
         """The self-classification router's calibrated threshold (``prism train``), or one line naming the fix."""
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from interventions.intervene import run_interventions
+from interventions.intervene import check_persona, run_interventions
 from prism.cli.command import Command
 from prism.cli.options import (
     PersonaOptions,
@@ -48,6 +48,7 @@ def run_intervene(args: argparse.Namespace) -> Summary | None:
     layers = layer_list(args.layers)
     if args.refusal_items < 0:
         raise ToolkitError(f"--refusal-items must be 0 or more, got {args.refusal_items}")
+    check_persona(args.condition, args.library)  # before the model loads
     model, tokenizer = load_timed(args)
     summary = run_interventions(
         args.out, model, tokenizer, persona=args.condition, personas=args.library, n_items=args.n, layers=layers,

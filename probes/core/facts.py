@@ -28,7 +28,20 @@ write:poem         a poem, haiku, limerick or song verse about a large city     
 write:story        a story or dialogue set in a country                          ~250
 write:letter       an email, postcard or description about a large city         ~1180
 write:explain      an explanation, post or lesson about a physical constant      ~280
+exam:geo           exam-style stems about a country (borders, population,      ~250
+                   area, dialling code): "Which of the following ...",
+                   statements to judge, "Statement 1 | ... Statement 2 | ..."
+exam:science       exam-style stems about a CODATA constant (value, unit)        ~280
+exam:passage       a short passage or word problem about a country or a         ~530
+                   constant, then the question
+exam:list          "All of the following ... EXCEPT:", numbered statements      ~530
+                   (I., II., III.) to judge, about a country or a constant
 =================  ==========================================================  =====
+
+The ``exam:`` sources ask facts in the form of exam questions shown without their options (as
+``probes.intents`` shows MMLU), so that a router learns that an exam stem asks for knowledge;
+they ask no fact the comparison's knowledge quizzes ask (no continent, currency, capital or
+city's country).
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ import scipy.constants
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
 
-__all__ = ["FACT_SOURCES", "WRITING_SOURCES", "load_facts"]
+__all__ = ["EXAM_SOURCES", "FACT_SOURCES", "WRITING_SOURCES", "load_facts"]
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "geo:continent": ("Which continent is {name} in?", "On which continent does {name} lie?",
@@ -75,7 +88,63 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "write:explain": ("Explain the {name} to a ten-year-old.", "Write a blog post about why the {name} matters.",
                       "Write a short lesson plan introducing the {name}.", "Write a cheerful tweet about the {name}."),
 }
-FACT_SOURCES = tuple(name for name in TEMPLATES if not name.startswith("write:"))  # knowledge
+EXAM_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {  # source -> entity kind (country, constant) -> templates
+    "exam:geo": {"country": (
+        "Which of the following countries shares a border with {name}?",
+        "Which of the following is closest to the population of {name}?",
+        "Which of the following is closest to the area of {name} in square kilometres?",
+        "Which of the following statements about {name} is correct?",
+        "Statement 1 | {name} has more than {people} inhabitants. Statement 2 | {name} borders {other}.",
+        "True or false: {name} is larger than {other} by area.",
+        "Is the following statement true or false? The international dialling code of {name} is +{phone}.",
+        "The internet country domain of {name} is",
+        "The population of {name} is closest to which of the following?",
+        "Which of the following countries has a larger area than {name}?")},
+    "exam:science": {"constant": (
+        "Which of the following is closest to the value of the {name}?",
+        "The {name} is approximately",
+        "True or false: the {name} is about {value} {unit}.",
+        "Statement 1 | The {name} is about {value} {unit}. Statement 2 | The {other} is about {other_value}.",
+        "Which of the following units is the {name} expressed in?",
+        "What is the order of magnitude of the {name} in SI units?",
+        "Which of the following statements about the {name} is true?",
+        "The {name} has which of the following dimensions?")},
+    "exam:passage": {
+        "country": (
+            "This question refers to the following information.\n{name} covers {area} square kilometres and has "
+            "{population} inhabitants. Its neighbours include {other}. Which of the following is closest to the "
+            "population density of {name}?",
+            "A country has {population} inhabitants and an area of {area} square kilometres. What is its population "
+            "density, in people per square kilometre?",
+            "A geography student reads that {name} has about {population} inhabitants and that {other} lies on its "
+            "border. Which of the following conclusions is best supported by this information?",
+            "Suppose the population of {name} grew by 2 percent a year from {population}. Approximately how many "
+            "inhabitants would it have after ten years?"),
+        "constant": (
+            "This question refers to the following information.\nThe {name} has the value {value} {unit}, and the "
+            "{other} has the value {other_value}. Which of the following quantities has the same units as the {name}?",
+            "A physicist measures the {name} and finds {value} {unit}. Which of the following is the best estimate "
+            "of the relative uncertainty of the accepted value?",
+            "Suppose the {name} were twice its accepted value of {value} {unit}. Which of the following would change "
+            "the most?")},
+    "exam:list": {
+        "country": (
+            "All of the following countries share a border with {name} EXCEPT:",
+            "Which of the following is (are) true of {name}?\nI. It has more than {people} inhabitants.\nII. It "
+            "borders {other}.\nIII. Its internet domain is {tld}.",
+            "Consider the following statements about {name}. I. It borders {other}. II. Its dialling code is "
+            "+{phone}. Which of the statements are true?",
+            "The country whose internet domain is {tld} is"),
+        "constant": (
+            "All of the following constants are expressed in {unit} EXCEPT:",
+            "Which of the following is (are) true of the {name}?\nI. Its value is about {value} {unit}.\nII. It is "
+            "measured in {unit}.\nIII. It is dimensionless.",
+            "Consider the following constants: the {name} and the {other}. Which of the following statements "
+            "comparing them is correct?",
+            "The constant whose value is about {value} {unit} is the")},
+}
+EXAM_SOURCES = tuple(EXAM_TEMPLATES)  # knowledge, in exam form
+FACT_SOURCES = tuple(name for name in TEMPLATES if not name.startswith("write:")) + EXAM_SOURCES  # knowledge
 WRITING_SOURCES = tuple(name for name in TEMPLATES if name.startswith("write:"))  # generation
 MIN_CITY_POPULATION = 500_000
 
@@ -127,6 +196,8 @@ def load_facts(source: str) -> list[Item]:
     Raises:
         ToolkitError: an unknown source.
     """
+    if source in EXAM_TEMPLATES:
+        return _exam_items(source)
     templates = TEMPLATES.get(source)
     if templates is None:
         raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(TEMPLATES)}")
@@ -139,3 +210,35 @@ def load_facts(source: str) -> list[Item]:
                           turns=(prompt,)))
     return items
 
+
+def _exam_items(source: str) -> list[Item]:
+    """The queries of an ``exam:`` source: each entity (countries, then constants, as the source asks) in one of
+    its templates for that kind of entity, filled with the entity's own facts."""
+    countries = [row for row in _countries() if row.get("population") and row.get("areakm2")]
+    names = {row["iso"]: row["name"] for row in countries}
+    constants = [name for name, _ in _entities("science:constant")]
+    items = []
+    for kind, templates in EXAM_TEMPLATES[source].items():
+        keys = [row["iso"] for row in countries] if kind == "country" else constants
+        for key in keys:
+            rng = random.Random(f"{source}:{key}")
+            index = rng.randrange(len(templates))
+            if kind == "country":
+                row = next(r for r in countries if r["iso"] == key)
+                bordering = [names[code] for code in (row.get("neighbours") or "").split(",") if code in names]
+                name = row["name"]
+                facts = {"people": f"{10 ** max(3, len(str(row['population'])) - 1):,}",
+                         "phone": row.get("phone") or "1", "tld": row.get("tld") or ".int",
+                         "population": f"{row['population']:,}",
+                         "area": f"{int(row['areakm2']):,}",
+                         "other": rng.choice(bordering or [n for n in names.values() if n != name])}
+            else:
+                name, other = key, rng.choice([c for c in constants if c != key])
+                value, unit, _ = scipy.constants.physical_constants[key]
+                facts = {"value": f"{value:.3g}", "unit": unit or "(dimensionless)", "other": other,
+                         "other_value": "{:.3g} {}".format(*scipy.constants.physical_constants[other][:2]).strip()}
+            prompt = templates[index].format(name=name, **facts)
+            prompt = prompt[0].upper() + prompt[1:]
+            items.append(Item(id=f"{source}/{key}", source=source, prompt=prompt, category=source,
+                              subcategory=f"{kind}{index}", turns=(prompt,)))
+    return items

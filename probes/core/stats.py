@@ -12,9 +12,16 @@ Primitives (each seeded, so the same seed draws the same resamples):
 - ``resample_indices`` / ``resample_weights``: bootstrap resamples of n items, as index rows or
   as multiplicity rows (for statistics computed with item weights, e.g. the AUC);
 - ``percentile_interval`` and ``Estimate.from_resamples``: the interval from resampled values;
-- ``bootstrap_mean``, ``paired_difference``, ``bootstrap_ratio`` (ratio of means),
-  ``bootstrap_correlation`` (Pearson or Spearman) and ``bootstrap_auc`` (binary AUC; ``weighted_auc``
-  is its weighted form).
+- ``bootstrap_mean``, ``paired_difference``, ``bootstrap_ratio`` (ratio of means) and
+  ``bootstrap_auc`` (binary AUC; ``weighted_auc`` is its weighted form); the correlation is
+  ``probes.core.correlation``'s.
+
+Statistics that are undefined in some resamples (a ratio over a zero mean, an AUC of a resample
+missing a class, a correlation of a resample where one variable is constant) leave those resamples
+out; the estimate records the share left out (``Estimate.dropped``), and above
+``MAX_UNDEFINED`` (5%) it gives no interval: the defined resamples are then a biased subset (those
+that happen to hold the few points the statistic rests on), and their interval would overstate.
+An estimate without an interval says why in ``Estimate.note``.
 """
 
 from __future__ import annotations
@@ -23,11 +30,11 @@ from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from probes.core.errors import ToolkitError
 
 MIN_SIGNIFICANT_N = 5
+MAX_UNDEFINED = 0.05  # above this share of undefined resamples, an estimate gives no interval
 QUANTILES_95 = (0.025, 0.975)  # the percentile 95% interval
 
 
@@ -40,6 +47,8 @@ class Estimate:
         low, high: the interval's bounds.
         n: the sample size (items the bootstrap resampled).
         confidence: the interval's coverage (default 0.95).
+        dropped: the share of bootstrap resamples left out because the statistic was undefined in them.
+        note: what the reader must know about the estimate (why it has no interval, or the few values it rests on).
     """
 
     mean: float
@@ -47,6 +56,13 @@ class Estimate:
     high: float
     n: int
     confidence: float = 0.95
+    dropped: float = 0.0
+    note: str = ""
+
+    @property
+    def has_interval(self) -> bool:
+        """Whether both bounds are numbers (an estimate without one says why in ``note``)."""
+        return bool(np.isfinite(self.low) and np.isfinite(self.high))
 
     @property
     def excludes_zero(self) -> bool:
@@ -61,19 +77,29 @@ class Estimate:
         return self.n >= MIN_SIGNIFICANT_N and self.excludes_zero
 
     def to_dict(self) -> dict:
-        """``{"mean", "low", "high", "n", "confidence"}`` (the JSON form of a lone estimate)."""
-        return asdict(self)
+        """``{"mean", "low", "high", "n", "confidence"}`` (the JSON form of a lone estimate), with ``dropped`` and
+        ``note`` where they are set."""
+        flat = asdict(self)
+        for key in ("dropped", "note"):
+            if not flat[key]:
+                del flat[key]
+        return flat
 
     def columns(self, name: str, *, prefix: str | None = None, n: bool = False) -> dict:
         """The estimate as table columns: ``name`` holds the mean, ``{prefix}low`` and
         ``{prefix}high`` the interval, and with ``n`` also ``{prefix}n`` the sample size.
         ``prefix`` defaults to ``f"{name}_"``: ``columns("auc")`` gives ``auc``, ``auc_low``,
         ``auc_high``; ``columns("fraction", prefix="", n=True)`` gives ``fraction``, ``low``,
-        ``high``, ``n``. The confidence level is not written (tables hold 95% intervals)."""
+        ``high``, ``n``. The confidence level is not written (tables hold 95% intervals); ``{prefix}dropped`` and
+        ``{prefix}note`` are, where they are set."""
         prefix = f"{name}_" if prefix is None else prefix
         flat = {name: self.mean, f"{prefix}low": self.low, f"{prefix}high": self.high}
         if n:
             flat[f"{prefix}n"] = self.n
+        if self.dropped:
+            flat[f"{prefix}dropped"] = self.dropped
+        if self.note:
+            flat[f"{prefix}note"] = self.note
         return flat
 
     @classmethod
@@ -83,22 +109,43 @@ class Estimate:
         gives ``n = 0`` (such an estimate is never ``significant``: use ``excludes_zero``)."""
         prefix = f"{name}_" if prefix is None else prefix
         n = row.get(f"{prefix}n", row.get("n", 0))
-        return cls(row[name], row[f"{prefix}low"], row[f"{prefix}high"], n, confidence)
+        dropped, note = row.get(f"{prefix}dropped"), row.get(f"{prefix}note")  # absent, or blank in a CSV read back
+        dropped = float(dropped) if isinstance(dropped, (int, float)) and np.isfinite(dropped) else 0.0
+        return cls(row[name], row[f"{prefix}low"], row[f"{prefix}high"], n, confidence, dropped,
+                   note if isinstance(note, str) else "")
 
     @classmethod
     def from_resamples(cls, point: float, resampled: np.ndarray, n: int, *, defined_only: bool = False) -> Estimate:
-        """``point`` with the percentile 95% interval of its bootstrap ``resampled`` values (see
-        ``percentile_interval`` for ``defined_only``)."""
-        return cls(float(point), *percentile_interval(resampled, defined_only=defined_only), n)
+        """``point`` with the percentile 95% interval of its bootstrap ``resampled`` values. With ``defined_only``,
+        resamples where the statistic is undefined are left out and their share is ``dropped``; above
+        ``MAX_UNDEFINED`` the estimate has no interval and its ``note`` says why."""
+        if not defined_only:
+            return cls(float(point), *percentile_interval(resampled), n)
+        values = np.asarray(resampled, dtype=float)
+        dropped = float(np.mean(~np.isfinite(values))) if values.size else 1.0
+        if dropped > MAX_UNDEFINED:
+            note = (f"no interval: the statistic is undefined in {dropped:.0%} of resamples (more than "
+                    f"{MAX_UNDEFINED:.0%}), so the defined ones are a biased subset")
+            return cls(float(point), float("nan"), float("nan"), n, dropped=dropped, note=note)
+        return cls(float(point), *percentile_interval(values, defined_only=True), n, dropped=dropped)
 
     def format(self, digits: int = 2, *, signed: bool = False, star: bool = False, n: bool = False) -> str:
         """``"0.53 [0.41, 0.66]"``: the mean and interval with ``digits`` decimals; ``signed`` writes
         a ``+`` before positive numbers, ``star`` appends ``*`` when the estimate is ``significant``,
-        ``n`` appends `` (n=40)``."""
+        ``n`` appends `` (n=40)``. An estimate without an interval that says why (``note``) is written
+        ``"0.10 (no interval: ...)"``; a note beside an interval, or a share of undefined resamples left out, is
+        appended in brackets."""
         spec = f"{'+' if signed else ''}.{digits}f"
-        text = f"{self.mean:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
-        if star and self.significant:
-            text += "*"
+        if not self.has_interval and self.note:
+            text = f"{self.mean:{spec}} ({self.note})"
+        else:
+            text = f"{self.mean:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+            remarks = ([self.note] if self.note else []) + (
+                [f"{self.dropped:.1%} of resamples undefined, left out"] if self.dropped else [])
+            if star and self.significant:
+                text += "*"
+            if remarks:
+                text += f" ({'; '.join(remarks)})"
         return text + (f" (n={self.n})" if n else "")
 
     def __str__(self) -> str:
@@ -198,28 +245,6 @@ def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, *, n_resampl
         values = numerator[draws].mean(axis=1) / denominator[draws].mean(axis=1)
     point = float(numerator.mean() / denominator.mean()) if denominator.mean() != 0 else float("nan")
     return Estimate.from_resamples(point, values, len(numerator), defined_only=True)
-
-
-def bootstrap_correlation(
-    x: Sequence[float], y: Sequence[float], *, method: str = "pearson", n_resamples: int = 1000, seed: int = 0
-) -> Estimate:
-    """Pearson or Spearman correlation with a percentile-bootstrap interval (resampling pairs)."""
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ToolkitError(f"a correlation needs paired values, got {a.size} and {b.size}")
-    if method not in ("pearson", "spearman"):
-        raise ToolkitError(f"unknown correlation {method!r}: use pearson or spearman")
-    if a.size < 3 or a.std() == 0 or b.std() == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), int(a.size))
-    if method == "spearman":
-        a, b = rankdata(a), rankdata(b)
-    draws = resample_indices(a.size, n_resamples, seed)
-    xa, yb = a[draws], b[draws]
-    xa = xa - xa.mean(axis=1, keepdims=True)
-    yb = yb - yb.mean(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = (xa * yb).sum(axis=1) / np.sqrt((xa**2).sum(axis=1) * (yb**2).sum(axis=1))
-    return Estimate.from_resamples(np.corrcoef(a, b)[0, 1], values, int(a.size), defined_only=True)
 
 
 def weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -72,6 +72,10 @@ def test_refusal_and_placement_figures():
     (ax,) = plots.refusal_with_safety_persona(cells).axes
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels[0] == "none" and labels[1].startswith("safety-monitor") and len(_bars(ax)) == 3
+    assert [t.get_text() for t in ax.texts] == ["0/12", "3/12", "1/12"] and "the same" not in ax.get_title()
+    (none,) = plots.refusal_with_safety_persona([{**cell, "mean": 0.0, "high": 0.0} for cell in cells]).axes
+    assert [t.get_text() for t in none.texts] == ["0/12"] * 3 and "persona changed no refusal" in none.get_title()
+    matplotlib.pyplot.close("all")
     effects = {model: [_effect("ifeval", "expert", "long", placement, "all", "strict", d)
                        for placement, d in (("system", 0.2), ("user", 0.1))] for model in ("a", "b")}
     fig = plots.placement_deltas(effects)
@@ -179,3 +183,42 @@ def test_route_by_source_draws_every_router_per_source_with_the_targets():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["geo:city (n=24)", "mmlu (n=24)", "mtbench (n=24)"]
     assert {t.get_text() for t in ax.texts} == {"target <= 10%", "target >= 90%"}
     assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["in-model probe gate", "MiniLM router"]
+
+
+def test_a_comparison_panel_where_every_system_scores_the_same_writes_the_values_and_says_so():
+    table = [{"system": s, "knowledge": k, "knowledge_low": k - 5, "knowledge_high": k + 5, "knowledge_n": 64,
+              "harmbench": 0.0, "harmbench_low": 0.0, "harmbench_high": 0.0, "harmbench_n": 8,
+              "mtbench": 45.0, "mtbench_low": 40.0, "mtbench_high": 50.0,
+              "overall": 30.0 + k / 10, "overall_low": 25.0, "overall_high": 45.0}
+             for s, k in (("base", 60.0), ("expert prompt", 55.0), ("PRISM", 61.0))]
+    fig = prism.comparison_bars(table)
+    knowledge, refusal, judge, _ = fig.axes
+    assert "cannot separate" in refusal.get_title() and [t.get_text() for t in refusal.texts] == ["0/8"] * 3
+    assert "cannot separate" in judge.get_title() and [t.get_text() for t in judge.texts] == ["45.0"] * 3
+    assert "cannot separate" not in knowledge.get_title() and not knowledge.texts
+    assert all(len(ax.collections) >= 1 for ax in fig.axes)  # a mark at every mean, a score of 0 included
+    matplotlib.pyplot.close("all")
+
+
+def test_routing_vs_effect_without_an_interval_says_why():
+    categories = [{"dataset": "capitals", "category": f"c{i}", "n": 2, "route_share": float(i < 3),
+                   "persona_effect": 10.0 * (i < 3), "expert": "expert prompt (long)"} for i in range(34)]
+    note = "no interval: it rests on 3 of 34 points, the others sharing one value; the two variables take 2 and 2"
+    correlation = {m: {"mean": 1.0, "low": float("nan"), "high": float("nan"), "n": 34, "note": note}
+                   for m in ("pearson", "spearman")}
+    (ax,) = prism.routing_vs_effect(categories, correlation).axes
+    title = ax.get_title()
+    assert ax.get_xlabel() == "persona's effect in the category (expert prompt (long) - base, 0-100 scale)"
+    assert "Pearson +1.00, Spearman +1.00 (n=34 categories)" in title and "rests on 3 of 34 points" in title
+    assert "[" not in title
+    matplotlib.pyplot.close("all")
+
+
+def test_the_causal_refusal_bars_say_when_no_condition_changes_refusal():
+    from figures import interventions
+
+    rows = [{"condition": c, "multiple": m, "rate": 0.0, "low": 0.0, "high": 0.0, "n": 8}
+            for c, m in (("no persona", 0), ("persona prompt", 0), ("persona direction", 2.0))]
+    (ax,) = interventions.refusal_bars(rows).axes
+    assert [t.get_text() for t in ax.texts] == ["0/8"] * 3 and "cannot separate" in ax.get_title()
+    matplotlib.pyplot.close("all")

@@ -12,10 +12,10 @@ from interventions.hooks import AblateDirection, AddDirection, PatchActivations
 from interventions.intervene import run_interventions
 from prism.cli import main
 from probes.core.batching import right_pad
+from probes.core.correlation import bootstrap_correlation
 from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition, render
-from probes.core.stats import bootstrap_correlation
 from probes.passes import HookDidNotFire
 from probes.readouts import capture_residuals, logits_at, residual_norms
 

@@ -188,3 +188,63 @@ def test_a_missing_or_damaged_self_classify_file_fails_in_one_line(tmp_path):
     with pytest.raises(ToolkitError, match="is damaged") as damaged:
         work.self_classify_threshold()
     assert "\n" not in str(caught.value) + str(damaged.value)
+
+
+def test_the_routing_correlation_on_34_categories_3_of_them_moved_is_reported_without_an_interval():
+    from prism.compare_findings import correlation_line
+    from probes.core.correlation import bootstrap_correlation
+
+    categories = [{"dataset": "capitals", "category": f"c{i}", "n": 2, "route_share": 0.5 * (i in (3, 8, 17, 30)),
+                   "persona_effect": {3: 12.5, 17: 25.0, 30: 12.5}.get(i, 0.0)} for i in range(34)]
+    share, effect = [c["route_share"] for c in categories], [c["persona_effect"] for c in categories]
+    correlation = {m: bootstrap_correlation(share, effect, method=m).to_dict() for m in ("pearson", "spearman")}
+    line = correlation_line(correlation, categories)
+    assert "34 categories; 4 with any query routed, 3 where the persona changed the score" in line
+    assert "no interval: it rests on 3 of 34 points" in line and "[" not in line
+    assert line.count("rests on") == 1  # one note for both when they share it
+    assert "undefined" in correlation_line({m: bootstrap_correlation(share, [0.0] * 34, method=m).to_dict()
+                                            for m in ("pearson", "spearman")}, categories)
+
+
+def test_table_1_shows_the_persona_carried_beside_knowledge_and_the_closing_lines_say_it():
+    from prism.compare_findings import trade_off
+
+    items = _items()
+    cells = _cells(items)
+    for d in DATASETS:  # the long expert prompt: 3 nats below base on knowledge, the same refusals as everyone
+        cells[("expert prompt (long)", d)] = [{**row, "margin": row["margin"] - 1.0} if d in KNOWLEDGE else dict(row)
+                                              for row in cells[("expert prompt", d)]]
+    for system in ("base", "expert prompt (long)", "PRISM"):
+        for row in cells[(system, "harmbench")]:
+            row["refused"] = 0.0
+    systems = ("base", "expert prompt", "expert prompt (long)", "PRISM")
+    fidelity = {**Estimate(0.53, 0.5, 0.57, 96).columns("fidelity"), "n": 96,
+                **Estimate(0.33, 0.25, 0.4, 96).columns("other_persona_fidelity")}
+    adapters = {"prism": {"teacher_length": "long", "fidelity": fidelity}}
+    summary = summarise(cells, systems, items, _routes(items), seed=0, adapters=adapters)
+    rows = {row["system"]: row for row in summary["table"]}
+    assert rows["PRISM"]["fidelity_n"] == 96 and rows["PRISM"]["teacher_length"] == "long"
+    assert "fidelity" not in rows["expert prompt (long)"] and "fidelity" not in rows["base"]
+    unmeasured = summarise(cells, systems, items, _routes(items),
+                           adapters={"prism": {"teacher_length": "long", "fidelity": None}})
+    assert "| not measured (no held-out sample) |" in format_table(unmeasured["table"]).splitlines()[-1]
+    assert "What the persona path carries: not measured" in trade_off(unmeasured["table"])[-1]
+    table = format_table(summary["table"]).splitlines()
+    assert "| persona carried (held-out fidelity; other persona) |" in table[0]
+    assert "| 0.53 [0.50, 0.57] of the long persona; 0.33 [0.25, 0.40] |" in table[-1] and "| - |" in table[2]
+    lines = trade_off(summary["table"], summary["route_rates"])
+    assert lines[0].startswith("- expert prompt: knowledge margin vs base -2.00 [-2.00, -2.00] nats (significant)")
+    assert lines[1].startswith("- expert prompt (long): knowledge margin vs base -3.00 [-3.00, -3.00] nats "
+                               "(significant)")
+    assert "PRISM: knowledge margin vs base" in lines[2] and "routing 25% of the knowledge questions" in lines[2]
+    assert "0.53 [0.50, 0.57] (n=96) of the long persona's effect" in lines[3]
+    assert "0.33 [0.25, 0.40]: the adapter carries more than every persona shares." in lines[3]
+    assert [line for line in lines if "cannot separate" in line] == []  # the min expert prompt's refusals differ
+    weak = {**fidelity, **Estimate(0.1, 0.05, 0.15, 96).columns("fidelity")}
+    weaker = summarise(cells, systems, items, _routes(items),
+                       adapters={"prism": {"teacher_length": "long", "fidelity": weak}})
+    assert "carries less than another persona's prompt" in trade_off(weaker["table"])[3]
+    summary_min = summarise(cells, ("base", "expert prompt (long)", "PRISM"), items, _routes(items), seed=0)
+    closing = trade_off(summary_min["table"])
+    assert "- HarmBench refusal is 0/12 for every system: this column cannot separate them." in closing
+    assert summary_min["categories"] == [] or {c["dataset"] for c in summary_min["categories"]} <= set(DATASETS)

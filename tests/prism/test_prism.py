@@ -21,6 +21,7 @@ from prism.gate import Gate, fit_gate, gate_features, template_tokens
 from prism.routing import Routed, route_probabilities
 from prism.samples import Sample, load_samples, summarise
 from prism.train import labelled_prompts
+from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors
 from probes.core.models import load_model
@@ -234,8 +235,9 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
     budget = CompareBudget(capitals=4, harmbench=2, mtbench=2, refusal_tokens=4, answer_tokens=4, continents=3, currencies=3,
                            city_countries=3)
     trained = pipeline.train(out, labels="intents", per_intent=12, compare_budget=budget, max_block=1,
-                             distill_config=DistillConfig(epochs=1), progress=False)
+                             distill_config=DistillConfig(epochs=1, persona_length="long"), progress=False)
     assert trained.layer <= 1 and (out / "adapters" / "prism" / "adapter_config.json").is_file()
+    assert PrismDirectory(out).teacher_length() == "long"
     # the gate never saw a source that asks what the comparison's knowledge sets ask
     assert trained.record["excluded_sources"] == ["geo:city", "geo:continent", "geo:currency"]
     assert not {row["source"] for row in trained.sources} & set(trained.record["excluded_sources"])
@@ -253,6 +255,15 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
     assert "margin_vs_base" in next(r for r in knowledge if r["system"] == "PRISM" and r["source"] == "city-countries")
     assert len(compared.record["router_rates"]) == 3 * len(DATASETS) and compared.record["excluded_sources"] == trained.record["excluded_sources"]
     assert "knowledge sources" in compared.report.read_text()
+    rows = {row["system"]: row for row in compared.table}
+    assert rows["PRISM"]["teacher_length"] == "long" and "teacher_length" not in rows["expert prompt (long)"]
+    if trained.record["adapters"]["prism"]["fidelity"]:  # measured when the gate sends a held-out sample its way
+        assert rows["PRISM"]["fidelity"] == trained.fidelity("prism").mean
+        assert "of the long persona" in compared.format()
+    assert "persona carried" in compared.format() and "What the table shows" in compared.report.read_text()
+    assert any(line.startswith("- expert prompt (long): knowledge margin vs base") for line in compared.trade_off())
+    long_prompt = json.loads((out / "compare" / "cells" / "expert-prompt--long__capitals.json").read_text())["rows"]
+    assert {row["persona"] for row in long_prompt} == {"humanities"}
     before = [cell.stat().st_mtime_ns for cell in cells]
     pipeline.compare(out, budget=budget, progress=False)  # every finished cell is reused
     assert [cell.stat().st_mtime_ns for cell in cells] == before

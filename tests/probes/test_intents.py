@@ -39,3 +39,21 @@ def test_per_source_draws_every_source_and_keeps_the_benchmark_default():
         intent_queries(10, sources=["wiki"])
     with pytest.raises(ToolkitError, match="at least 2 queries per source"):
         intent_queries(10, per_source=1)
+
+
+def test_exam_sources_ask_facts_in_exam_form_and_none_the_comparison_asks():
+    from probes.core.facts import EXAM_SOURCES
+
+    assert set(EXAM_SOURCES) <= set(FACT_SOURCES) and set(EXAM_SOURCES) <= set(ALL_SOURCES)
+    exam = {source: [item.prompt for item in load_facts(source)] for source in EXAM_SOURCES}
+    for source, prompts in exam.items():
+        assert len(prompts) >= 200 and any("which of the following" in p.lower() for p in prompts)
+        asked = ("continent", "currency", "capital", "which country")  # the comparison's kinds of fact
+        assert not any(word in p.lower() for p in prompts for word in asked)
+    assert any(p.startswith("Statement 1 | ") for p in exam["exam:geo"])
+    assert any("True or false" in p for p in exam["exam:science"])
+    assert any(p.startswith("This question refers to the following information.") for p in exam["exam:passage"])
+    assert any(p.endswith("EXCEPT:") for p in exam["exam:list"]) and any("\nII. " in p for p in exam["exam:list"])
+    queries = intent_queries(None, per_source=4, sources=EXAM_SOURCES, seed=0)
+    assert {q.intent for q in queries} == {"knowledge"}
+    assert Counter(q.source for q in queries) == dict.fromkeys(EXAM_SOURCES, 4)

@@ -182,8 +182,7 @@ def no_model_loads(monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were checked")
 
-    for module in (probes.core.models, prism.cli.options, interventions.intervene, interventions.study.runner, probes.study,
-                   prism.pipeline):
+    for module in (probes.core.models, prism.cli.options, interventions.study.runner, prism.pipeline):
         monkeypatch.setattr(module, "load_model", no_model)
 
 
@@ -332,10 +331,15 @@ def test_the_demo_prints_each_step_through_its_summary(tmp_path, monkeypatch, ca
              "_spread_layers": lambda *a, **k: [0, 1]}
     for name, step in steps.items():
         monkeypatch.setattr(prism.cli.demo, name, step)
+    called = {}
     for name in ("bootstrap", "train", "compare"):
-        monkeypatch.setattr(prism.pipeline, name, lambda *a, name=name, **k: made[name])
+        monkeypatch.setattr(prism.pipeline, name, lambda *a, name=name, **k: called.update({name: k}) or made[name])
     assert run_demo(tmp_path) == tmp_path
     printed = capsys.readouterr().out
+    assert called["train"]["distill_config"].persona_length == "long"  # the teacher that carries the persona
+    systems = called["compare"]["systems"]
+    assert "expert prompt (long)" in systems and "MiniLM -> LoRA" not in systems
+    assert "What the comparison shows" in printed and "--teacher-length long" in printed
     for text in (made["study"].format(), made["probe"].format(prism.cli.demo.PROBE_TARGETS), made["intervene"].format(),
                  made["bootstrap"].headline(), made["train"].format(), made["compare"].format()):
         assert text in printed

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 
 from interventions.measure.refusal import is_refusal
+from probes.core.correlation import bootstrap_correlation
 from probes.core.errors import ToolkitError
 from probes.core.stats import (
+    MAX_UNDEFINED,
     Estimate,
     bootstrap_auc,
     bootstrap_mean,
@@ -114,8 +116,59 @@ def test_ratio_of_means_keeps_pairs_together_and_is_undefined_over_zero():
     ratio = bootstrap_ratio(0.5 * denominator, denominator)
     assert ratio.mean == pytest.approx(0.5) and ratio.high - ratio.low < 1e-9 and ratio.n == 50  # exact in every resample
     assert np.isnan(bootstrap_ratio(np.ones(4), np.zeros(4)).mean)
-    auc = bootstrap_auc(np.array([False, False, True, True]), np.array([0.1, 0.2, 0.3, 0.4]), n_resamples=50)
-    assert (auc.mean, auc.n) == (1.0, 4) and auc.low == auc.high == 1.0  # resamples missing a class are left out
+    auc = bootstrap_auc(np.array([False, False, True, True]), np.array([0.1, 0.2, 0.3, 0.4]), n_resamples=200)
+    assert (auc.mean, auc.n) == (1.0, 4) and auc.dropped > MAX_UNDEFINED  # 2/16 of 4-item resamples miss a class
+    assert not auc.has_interval and "undefined in" in auc.note and auc.format(2).startswith("1.00 (no interval")
+    larger = bootstrap_auc(np.arange(12) >= 6, np.arange(12.0), n_resamples=1000)  # 2/4096 of resamples miss a class
+    assert 0 <= larger.dropped <= MAX_UNDEFINED and larger.low == larger.high == 1.0
+
+
+def test_undefined_resamples_are_counted_and_beyond_five_percent_give_no_interval():
+    values = np.array([1.0, 2.0, np.nan] + [3.0] * 97)  # 1% undefined
+    kept = Estimate.from_resamples(2.5, values, 10, defined_only=True)
+    assert kept.dropped == pytest.approx(0.01) and kept.has_interval and kept.note == ""
+    assert kept.format(1) == "2.5 [3.0, 3.0] (1.0% of resamples undefined, left out)"
+    assert kept.to_dict()["dropped"] == pytest.approx(0.01) and "note" not in kept.to_dict()
+    assert Estimate.from_columns(kept.columns("x", n=True), "x") == kept  # dropped travels through table columns
+    lost = Estimate.from_resamples(2.5, np.array([1.0] * 90 + [np.nan] * 10), 10, defined_only=True)
+    assert lost.dropped == pytest.approx(0.1) and np.isnan(lost.low) and np.isnan(lost.high)
+    assert "10% of resamples" in lost.note and not lost.excludes_zero and not lost.significant
+    again = Estimate.from_columns(lost.columns("x", n=True), "x")
+    assert (again.dropped, again.note, again.has_interval) == (lost.dropped, lost.note, False)
+    assert Estimate.from_resamples(1.0, values, 10).dropped == 0  # without defined_only nothing is dropped
+
+
+def test_a_correlation_on_34_points_3_of_them_non_zero_gives_no_interval_and_says_why():
+    # the comparison's per-category case: almost every category routes nothing and shows no persona effect
+    share, effect = np.zeros(34), np.zeros(34)
+    share[[3, 17, 30]], effect[[3, 17, 30]] = 1.0, [12.5, 25.0, 12.5]
+    share[8] = 0.5  # one more routed category, with no effect
+    old_style = np.random.default_rng(0).integers(0, 34, size=(1000, 34))
+    undefined = np.mean([effect[row].std() == 0 for row in old_style])
+    assert 0 < undefined < MAX_UNDEFINED  # dropping the undefined resamples alone would not catch it
+    for method in ("pearson", "spearman"):
+        estimate = bootstrap_correlation(share, effect, method=method)
+        assert np.isfinite(estimate.mean) and estimate.n == 34
+        assert not estimate.has_interval and not estimate.excludes_zero and not estimate.significant
+        assert "rests on 3 of 34 points" in estimate.note and "3 and 3 distinct values" in estimate.note
+        assert estimate.format(2) == f"{estimate.mean:.2f} ({estimate.note})"
+        again = Estimate(**estimate.to_dict())  # the note travels in the JSON record
+        assert (again.mean, again.note, again.has_interval) == (estimate.mean, estimate.note, False)
+
+
+def test_a_correlation_on_few_distinct_values_keeps_its_interval_and_says_so():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 2, size=60).astype(float)  # two-valued, 30 or so on each side
+    y = x + rng.normal(0, 1, size=60)
+    estimate = bootstrap_correlation(x, y)
+    assert estimate.has_interval and estimate.low > 0
+    assert estimate.note == "the two variables take 2 and 60 distinct values"
+    both_binary = (x + (rng.random(60) < 0.2)) % 2
+    spearman = bootstrap_correlation(x, both_binary, method="spearman")
+    assert bootstrap_correlation(x, both_binary).mean == pytest.approx(spearman.mean)  # two-valued: the same number
+    constant = bootstrap_correlation(x, np.ones(60))
+    assert "undefined" in constant.note and np.isnan(constant.mean)
+    assert "3 or more" in bootstrap_correlation([1.0, 2.0], [2.0, 1.0]).note
 
 
 @pytest.mark.parametrize(

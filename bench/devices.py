@@ -54,18 +54,49 @@ from probes.recording import record_activations
 
 # shape -> (LlamaConfig fields, workload defaults: batch, tokens, prompts, items, new tokens, samples)
 SHAPES = {
-    "tiny": (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True),
-             dict(batch=8, tokens=128, prompts=16, items=16, new_tokens=32, samples=8)),
-    "1b": (dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
-           dict(batch=16, tokens=440, prompts=64, items=64, new_tokens=64, samples=16)),
-    "8b": (dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
-           dict(batch=16, tokens=440, prompts=64, items=64, new_tokens=64, samples=16)),
+    "tiny": (
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+        ),
+        dict(batch=8, tokens=128, prompts=16, items=16, new_tokens=32, samples=8),
+    ),
+    "1b": (
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+        ),
+        dict(batch=16, tokens=440, prompts=64, items=64, new_tokens=64, samples=16),
+    ),
+    "8b": (
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=False,
+            rope_theta=500000.0,
+        ),
+        dict(batch=16, tokens=440, prompts=64, items=64, new_tokens=64, samples=16),
+    ),
 }
-WORDS = ("the river city north market light stone garden people water history music country winter paper "
-         "table window mountain story science village morning language number system family doctor").split()
+WORDS = (
+    "the river city north market light stone garden people water history music country winter paper "
+    "table window mountain story science village morning language number system family doctor"
+).split()
 PEAKS: list[float] = []  # CUDA peaks (GiB) of the load and of each section
 
 
@@ -82,8 +113,13 @@ def default_dtype(dtype: torch.dtype):
 def build(shape: str, device: torch.device, dtype: torch.dtype, directory: Path):
     """A random-weight model of ``shape`` saved with the embedded tokenizer, then loaded through the toolkit."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_directory("default")[0])
-    config = LlamaConfig(**SHAPES[shape][0], max_position_embeddings=4096, architectures=["LlamaForCausalLM"],
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        **SHAPES[shape][0],
+        max_position_embeddings=4096,
+        architectures=["LlamaForCausalLM"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     assert config.vocab_size >= len(tokenizer), "the tokenizer's ids must fit the model's vocabulary"
     torch.manual_seed(0)
     with torch.device(device), default_dtype(dtype):
@@ -124,15 +160,23 @@ def workload(tokenizer, n: int, tokens: int) -> list:
     """``n`` rendered prompts of about ``tokens`` tokens each (0.9x to 1.1x), from repeated words."""
     rng = random.Random(0)
     overhead = len(encode(tokenizer, render(tokenizer, "x", Condition("none")))) - 1
-    return [render(tokenizer, " ".join(rng.choice(WORDS) for _ in range(max(1, int(tokens * rng.uniform(0.9, 1.1)) - overhead))),
-                   Condition("none")) for _ in range(n)]
+    return [
+        render(
+            tokenizer,
+            " ".join(rng.choice(WORDS) for _ in range(max(1, int(tokens * rng.uniform(0.9, 1.1)) - overhead))),
+            Condition("none"),
+        )
+        for _ in range(n)
+    ]
 
 
 def forward_and_recording(model, tokenizer, prompts, args, device) -> None:
     encoded = [encode(tokenizer, prompt) for prompt in prompts]
     n_tokens = sum(len(ids) for ids in encoded)
-    batches = [right_pad([encoded[i] for i in batch], tokenizer.pad_token_id).to(device)
-               for batch in length_sorted_batches([len(ids) for ids in encoded], args.batch)]
+    batches = [
+        right_pad([encoded[i] for i in batch], tokenizer.pad_token_id).to(device)
+        for batch in length_sorted_batches([len(ids) for ids in encoded], args.batch)
+    ]
 
     def bare() -> None:
         with torch.inference_mode():
@@ -141,15 +185,20 @@ def forward_and_recording(model, tokenizer, prompts, args, device) -> None:
 
     def recording() -> None:
         with tempfile.TemporaryDirectory() as out:
-            record_activations(model, tokenizer, prompts, Path(out) / "store", positions="last", batch_size=args.batch,
-                               progress=False)
+            record_activations(
+                model, tokenizer, prompts, Path(out) / "store", positions="last", batch_size=args.batch, progress=False
+            )
 
     seconds = interleaved({"bare": bare, "recording": recording}, args.repeats, device)
-    print(f"  workload: {len(prompts)} prompts, {n_tokens} tokens ({n_tokens / len(prompts):.0f} per prompt), "
-          f"batches of {args.batch}")
+    print(
+        f"  workload: {len(prompts)} prompts, {n_tokens} tokens ({n_tokens / len(prompts):.0f} per prompt), "
+        f"batches of {args.batch}"
+    )
     print(f"  bare HF forward: {n_tokens / seconds['bare']:,.0f} tokens/s")
-    print(f"  recording every block's residual: {n_tokens / seconds['recording']:,.0f} tokens/s, "
-          f"{seconds['bare'] / seconds['recording']:.2f}x bare forward (target >= 0.9x)")
+    print(
+        f"  recording every block's residual: {n_tokens / seconds['recording']:,.0f} tokens/s, "
+        f"{seconds['bare'] / seconds['recording']:.2f}x bare forward (target >= 0.9x)"
+    )
 
 
 def scoring(model, tokenizer, args, device) -> None:
@@ -160,14 +209,25 @@ def scoring(model, tokenizer, args, device) -> None:
     answers = [item.answer for item in items]
 
     def run(share: bool):
-        return lambda: score_choices(model, tokenizer, prompts, options, answers, normalise=task.normalise,
-                                     batch_size=args.batch, share_prefix=share, progress=False)
+        return lambda: score_choices(
+            model,
+            tokenizer,
+            prompts,
+            options,
+            answers,
+            normalise=task.normalise,
+            batch_size=args.batch,
+            share_prefix=share,
+            progress=False,
+        )
 
     seconds = interleaved({"whole": run(False), "shared": run(True)}, args.repeats, device)
     print(f"  {len(items)} capital-city items, {sum(map(len, options))} options, long persona as system prompt")
     print(f"  without prefix reuse: {len(items) / seconds['whole']:,.1f} items/s")
-    print(f"  with prefix reuse: {len(items) / seconds['shared']:,.1f} items/s, "
-          f"{seconds['whole'] / seconds['shared']:.2f}x without")
+    print(
+        f"  with prefix reuse: {len(items) / seconds['shared']:,.1f} items/s, "
+        f"{seconds['whole'] / seconds['shared']:.2f}x without"
+    )
 
 
 def generation(model, tokenizer, prompts, args, device) -> None:
@@ -190,26 +250,48 @@ def generation(model, tokenizer, prompts, args, device) -> None:
     n_new = len(prompts) * args.new_tokens
     print(f"  {len(prompts)} prompts in one batch, {args.new_tokens} new tokens each, greedy")
     print(f"  plain generation: {n_new / seconds['plain']:,.1f} new tokens/s")
-    print(f"  routed generation (gate after block 0, zero steering after block {middle}): "
-          f"{n_new / seconds['routed']:,.1f} new tokens/s, {seconds['plain'] / seconds['routed']:.3f}x plain "
-          "(target >= 0.97x)")
+    print(
+        f"  routed generation (gate after block 0, zero steering after block {middle}): "
+        f"{n_new / seconds['routed']:,.1f} new tokens/s, {seconds['plain'] / seconds['routed']:.3f}x plain "
+        "(target >= 0.97x)"
+    )
 
 
 def distillation(model, tokenizer, args, device) -> None:
-    samples = [Sample(f"math-{i:04d}", "math", f"What is {i + 2} times {i + 7}?", f"{(i + 2) * (i + 7)}.",
-                      f"As a mathematician: {i + 2} x {i + 7} = {(i + 2) * (i + 7)}, since multiplication distributes.",
-                      True, True, (1.0, 1.0)) for i in range(args.samples)]
+    samples = [
+        Sample(
+            f"math-{i:04d}",
+            "math",
+            f"What is {i + 2} times {i + 7}?",
+            f"{(i + 2) * (i + 7)}.",
+            f"As a mathematician: {i + 2} x {i + 7} = {(i + 2) * (i + 7)}, since multiplication distributes.",
+            True,
+            True,
+            (1.0, 1.0),
+        )
+        for i in range(args.samples)
+    ]
     batched = DistillConfig(epochs=1, first_block=1, batch_size=args.batch)
     configs = {"per-sample": replace(batched, micro_batch_size=1), "batched": batched}
     names = iter(f"bench{i}" for i in range(len(configs) * (args.repeats + 1)))
-    seconds = interleaved({kind: lambda config=config: distill(model, tokenizer, samples, next(names), config, progress=False)
-                           for kind, config in configs.items()}, args.repeats, device)
+    seconds = interleaved(
+        {
+            kind: lambda config=config: distill(model, tokenizer, samples, next(names), config, progress=False)
+            for kind, config in configs.items()
+        },
+        args.repeats,
+        device,
+    )
     autocast = device.type == "cuda" and next(model.parameters()).dtype == torch.float32
-    print(f"  {len(samples)} samples, LoRA rank {batched.rank} on blocks {batched.first_block}.., steps of {batched.batch_size}, "
-          f"one epoch (teacher pass included), a fresh adapter each round{', bfloat16 autocast' if autocast else ''}")
+    print(
+        f"  {len(samples)} samples, LoRA rank {batched.rank} on blocks {batched.first_block}.., steps of {batched.batch_size}, "
+        f"one epoch (teacher pass included), a fresh adapter each round{', bfloat16 autocast' if autocast else ''}"
+    )
     print(f"  distillation one sample per forward pass: {len(samples) / seconds['per-sample']:,.2f} samples/s")
-    print(f"  distillation in padded batches of {batched.batch_size}: {len(samples) / seconds['batched']:,.2f} samples/s, "
-          f"{seconds['per-sample'] / seconds['batched']:.2f}x one sample at a time")
+    print(
+        f"  distillation in padded batches of {batched.batch_size}: {len(samples) / seconds['batched']:,.2f} samples/s, "
+        f"{seconds['per-sample'] / seconds['batched']:.2f}x one sample at a time"
+    )
 
 
 def section(title: str, fn, device: torch.device) -> None:
@@ -239,11 +321,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16"
+    )
     for name in ("batch", "tokens", "prompts", "items", "new-tokens", "samples"):
         parser.add_argument(f"--{name}", type=int, default=None, help="default: the shape's")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers"
+    )
     args = parser.parse_args()
     if args.smoke:  # the tiny shape at its smallest sizes
         args.shape, args.repeats = "tiny", 1
@@ -268,9 +354,11 @@ def main() -> None:
             PEAKS.append(torch.cuda.max_memory_allocated(device) / 2**30)
         n_parameters = sum(p.numel() for p in model.original_model.parameters())
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-        print(f"shape {args.shape}: {n_parameters / 1e6:,.1f}M parameters, d_model {model.cfg.d_model}, "
-              f"{model.cfg.n_layers} blocks, on {device} ({name}) in {dtype_name(dtype)}; "
-              f"built, saved and loaded in {time.perf_counter() - start:.1f}s; medians of {args.repeats} interleaved repeats")
+        print(
+            f"shape {args.shape}: {n_parameters / 1e6:,.1f}M parameters, d_model {model.cfg.d_model}, "
+            f"{model.cfg.n_layers} blocks, on {device} ({name}) in {dtype_name(dtype)}; "
+            f"built, saved and loaded in {time.perf_counter() - start:.1f}s; medians of {args.repeats} interleaved repeats"
+        )
         prompts = workload(tokenizer, args.prompts, args.tokens)
         section("forward and recording", lambda: forward_and_recording(model, tokenizer, prompts, args, device), device)
         section("multiple-choice scoring", lambda: scoring(model, tokenizer, args, device), device)

@@ -28,9 +28,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--layer", type=int, default=2)
     parser.add_argument("--position", default="last", choices=("last", "mean", "query"))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own); 1 on shared cores")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own); 1 on shared cores"
+    )
     parser.add_argument("--queries", type=int, default=16, help="the batch's size (default: 16)")
-    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.repeats, args.queries = 1, 2
@@ -39,7 +43,7 @@ def main() -> None:
 
     model, tokenizer = load_model("default")
     width = model.cfg.d_model
-    weight = torch.randn(width, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / width ** 0.5
+    weight = torch.randn(width, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / width**0.5
     gate = Gate("logistic", args.layer, args.position, {"weight": weight, "bias": torch.tensor(0.1)}, 0.5, {})
     queries = [f"What is the capital of country number {i}? Answer in one word." for i in range(args.queries)]
 
@@ -52,7 +56,9 @@ def main() -> None:
         return route_probabilities(model, tokenizer, gate, batch)
 
     assert np.array_equal(through_store(queries), in_memory(queries)), "the two passes disagree"
-    print(f"gate on block {args.layer} ({args.position}), {model.cfg.n_layers} blocks, torch threads {torch.get_num_threads()}")
+    print(
+        f"gate on block {args.layer} ({args.position}), {model.cfg.n_layers} blocks, torch threads {torch.get_num_threads()}"
+    )
     for label, batch in (("1 query", queries[:1]), (f"{args.queries} queries", queries)):
         times: dict[str, list[float]] = {"store": [], "memory": []}
         for _ in range(args.repeats):  # interleaved, so both see the same load on the machine
@@ -61,7 +67,9 @@ def main() -> None:
                 fn(batch)
                 times[name].append(time.perf_counter() - start)
         store, memory = (statistics.median(times[name]) * 1000 for name in ("store", "memory"))
-        print(f"{label:>10}: on-disk store {store:7.1f} ms   in memory {memory:7.1f} ms   {store / memory:4.1f}x faster")
+        print(
+            f"{label:>10}: on-disk store {store:7.1f} ms   in memory {memory:7.1f} ms   {store / memory:4.1f}x faster"
+        )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold load (dequantising the GGUF again)")
-    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.prompts, args.batch_size, args.repeats, args.skip_cold = 4, 2, 1, True
@@ -64,13 +66,19 @@ def main() -> None:
 
     bridge, tokenizer = load_model()
     bare = AutoModelForCausalLM.from_pretrained(resolve_model_directory("default")[0], dtype=torch.float32).eval()
-    items = stratified_sample(load_mmlu(), args.prompts // 2, seed=0) + stratified_sample(load_mtbench(), args.prompts // 2, seed=0)
+    items = stratified_sample(load_mmlu(), args.prompts // 2, seed=0) + stratified_sample(
+        load_mtbench(), args.prompts // 2, seed=0
+    )
     prompts = [render(tokenizer, item.prompt, Condition("stem", "short", "system")) for item in items]
     encoded = [encode(tokenizer, prompt) for prompt in prompts]
     n_tokens = sum(len(ids) for ids in encoded)
-    batches = [right_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
-               for batch in length_sorted_batches([len(ids) for ids in encoded], args.batch_size)]
-    print(f"workload: {len(prompts)} prompts, {n_tokens} tokens, batch size {args.batch_size}, torch threads {torch.get_num_threads()}")
+    batches = [
+        right_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+        for batch in length_sorted_batches([len(ids) for ids in encoded], args.batch_size)
+    ]
+    print(
+        f"workload: {len(prompts)} prompts, {n_tokens} tokens, batch size {args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
 
     def bare_forward() -> float:
         start = time.perf_counter()
@@ -82,7 +90,9 @@ def main() -> None:
     def recording() -> float:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            record_activations(bridge, tokenizer, prompts, Path(out) / "store", batch_size=args.batch_size, progress=False)
+            record_activations(
+                bridge, tokenizer, prompts, Path(out) / "store", batch_size=args.batch_size, progress=False
+            )
             return time.perf_counter() - start
 
     bare_forward(), recording()  # warm-up
@@ -90,8 +100,12 @@ def main() -> None:
     for repeat in range(args.repeats):
         hf_seconds, record_seconds = bare_forward(), recording()
         ratios.append(hf_seconds / record_seconds)
-        print(f"  repeat {repeat}: bare HF {n_tokens / hf_seconds:.0f} tok/s, recording {n_tokens / record_seconds:.0f} tok/s, ratio {ratios[-1]:.2f}")
-    print(f"recording throughput / bare HF forward: {statistics.median(ratios):.2f}x (median of {args.repeats}; target >= 0.9)")
+        print(
+            f"  repeat {repeat}: bare HF {n_tokens / hf_seconds:.0f} tok/s, recording {n_tokens / record_seconds:.0f} tok/s, ratio {ratios[-1]:.2f}"
+        )
+    print(
+        f"recording throughput / bare HF forward: {statistics.median(ratios):.2f}x (median of {args.repeats}; target >= 0.9)"
+    )
 
 
 if __name__ == "__main__":

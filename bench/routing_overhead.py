@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.queries, args.repeats, args.tokens = 2, 1, 4
@@ -74,26 +76,34 @@ def main() -> None:
 
     feature = torch.as_tensor(x[:1])
     answer_all()  # warm up
-    rows = {"answer": [], "answer inside Routed": [], "gate arithmetic": [], "partial pass (blocks 0..0)": [],
-            "MiniLM router": []}
+    rows = {
+        "answer": [],
+        "answer inside Routed": [],
+        "gate arithmetic": [],
+        "partial pass (blocks 0..0)": [],
+        "MiniLM router": [],
+    }
     for _ in range(args.repeats):  # interleaved, so drift hits every row alike
         rows["answer"].append(timed(answer_all, 1) / len(prompts))
         rows["answer inside Routed"].append(
-            timed(lambda: answer_all(lambda: Routed(model, gate, steering=(1, zero))), 1) / len(prompts))
+            timed(lambda: answer_all(lambda: Routed(model, gate, steering=(1, zero))), 1) / len(prompts)
+        )
         rows["gate arithmetic"].append(timed(lambda: [gate.logit(feature) for _ in range(1000)], 1) / 1000)
         rows["partial pass (blocks 0..0)"].append(
-            timed(lambda: [route_probabilities(model, tokenizer, gate, [q]) for q in test], 1) / len(test))
+            timed(lambda: [route_probabilities(model, tokenizer, gate, [q]) for q in test], 1) / len(test)
+        )
         rows["MiniLM router"].append(timed(lambda: [embedding.scores([q]) for q in test], 1) / len(test))
     median = {name: statistics.median(values) for name, values in rows.items()}
     answer = median["answer"]
     print(f"answering one query (prefill + {args.tokens} tokens), median of {args.repeats}: {answer * 1000:.0f} ms")
     print(f"{'router':34s} {'ms/query':>10s} {'of answering':>13s} {'extra weights':>14s}")
     in_pass = median["answer inside Routed"] - answer
-    lines = [("in-model gate: probe arithmetic", median["gate arithmetic"], gate.n_parameters),
-             ("in-model gate: end to end (hooks)", in_pass, gate.n_parameters),
-             ("gate from a separate partial pass", median["partial pass (blocks 0..0)"], gate.n_parameters),
-             ("MiniLM + logistic (separate model)", median["MiniLM router"],
-              embedding.encoder.n_parameters + 384 + 1)]  # encoder + logistic weights and bias
+    lines = [
+        ("in-model gate: probe arithmetic", median["gate arithmetic"], gate.n_parameters),
+        ("in-model gate: end to end (hooks)", in_pass, gate.n_parameters),
+        ("gate from a separate partial pass", median["partial pass (blocks 0..0)"], gate.n_parameters),
+        ("MiniLM + logistic (separate model)", median["MiniLM router"], embedding.encoder.n_parameters + 384 + 1),
+    ]  # encoder + logistic weights and bias
     for name, seconds, weights in lines:
         print(f"{name:34s} {seconds * 1000:10.3f} {seconds / answer:13.4%} {weights:14,d}")
     print("(end to end is the difference of two noisy timings: near zero it can come out negative)")

@@ -51,7 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.items, args.repeats = 2, 1
@@ -66,8 +68,11 @@ def main() -> None:
         scoring.MIN_SHARED_PREFIX = 8 if share else 10**9
         return [list(r.logprobs) for r in score_choices(model, tokenizer, prompts, options, answers, progress=False)]
 
-    methods = {"full sequences": lambda: full_sequences(model, tokenizer, prompts, options),
-               "context cache": lambda: cached(False), "context cache + shared prefix": lambda: cached(True)}
+    methods = {
+        "full sequences": lambda: full_sequences(model, tokenizer, prompts, options),
+        "context cache": lambda: cached(False),
+        "context cache + shared prefix": lambda: cached(True),
+    }
     times: dict[str, list[float]] = {name: [] for name in methods}
     results = {}
     for _ in range(args.repeats):
@@ -76,13 +81,17 @@ def main() -> None:
             results[name] = run()
             times[name].append(time.perf_counter() - start)
     reference = torch.tensor(results["full sequences"])
-    print(f"{args.items} capital-city items x 4 options, long persona in the system prompt, 2 threads, "
-          f"best of {args.repeats}")
+    print(
+        f"{args.items} capital-city items x 4 options, long persona in the system prompt, 2 threads, "
+        f"best of {args.repeats}"
+    )
     for name in methods:
         best = min(times[name])
         error = float((torch.tensor(results[name]) - reference).abs().max())
-        print(f"  {name:<32} {best / args.items * 1000:7.1f} ms/item   x{min(times['full sequences']) / best:4.2f}"
-              f"   max |Δ logprob| vs full {error:.1e}")
+        print(
+            f"  {name:<32} {best / args.items * 1000:7.1f} ms/item   x{min(times['full sequences']) / best:4.2f}"
+            f"   max |Δ logprob| vs full {error:.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -74,15 +74,35 @@ def quick_directory(out: Path, queries: list[str], labels: np.ndarray) -> PrismD
 class Server:
     """``prism serve`` in a subprocess on a free port of 127.0.0.1."""
 
-    def __init__(self, out: Path, max_batch_size: int, batch_wait_ms: float, threads: int | None,
-                 engine: str = "hf") -> None:
+    def __init__(
+        self, out: Path, max_batch_size: int, batch_wait_ms: float, threads: int | None, engine: str = "hf"
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "prism.cli", "serve", "--out", str(out), "--port", str(self.port), "--device",
-                   "cpu", "--max-batch-size", str(max_batch_size), "--batch-wait-ms", str(batch_wait_ms),
-                   "--max-queue", "1024", "--log-level", "warning", "--engine", engine]
+        command = [
+            sys.executable,
+            "-m",
+            "prism.cli",
+            "serve",
+            "--out",
+            str(out),
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+            "--max-batch-size",
+            str(max_batch_size),
+            "--batch-wait-ms",
+            str(batch_wait_ms),
+            "--max-queue",
+            "1024",
+            "--log-level",
+            "warning",
+            "--engine",
+            engine,
+        ]
         command += ["--threads", str(threads)] if threads else []
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -107,8 +127,12 @@ class Server:
 
     def answered(self) -> int:
         text = httpx.get(self.url + "/metrics").text
-        return sum(int(n) for n in re.findall(r'^prism_requests_total\{endpoint="/v1/chat/completions"[^}]*\} (\d+)$', text,
-                                               flags=re.M))
+        return sum(
+            int(n)
+            for n in re.findall(
+                r'^prism_requests_total\{endpoint="/v1/chat/completions"[^}]*\} (\d+)$', text, flags=re.M
+            )
+        )
 
 
 async def load(url: str, clients: int, duration: float, queries: list[str], max_tokens: int) -> dict:
@@ -125,8 +149,12 @@ async def load(url: str, clients: int, duration: float, queries: list[str], max_
                 turn += 1
                 sent[0] += 1
                 began = time.monotonic()
-                body = {"model": "prism", "messages": [{"role": "user", "content": query}], "max_tokens": max_tokens,
-                        "temperature": 0}
+                body = {
+                    "model": "prism",
+                    "messages": [{"role": "user", "content": query}],
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                }
                 try:
                     response = await http.post("/v1/chat/completions", json=body)
                     answer = response.json() if response.status_code == 200 else None
@@ -163,11 +191,17 @@ def report(name: str, run: dict, server_count: int) -> tuple[float, float, float
     tokens = sum(r[3]["usage"]["completion_tokens"] for r in good)
     throughput = tokens / run["wall"]
     once = len(results) == run["sent"] == len(ids) == server_count
-    p50, p95 = (statistics.median(latencies), latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]) if latencies else (0, 0)
-    print(f"{name}: sent {run['sent']}, answered {len(good)} ({len(ids)} distinct ids, server counted {server_count}; "
-          f"each exactly once: {'yes' if once else 'NO'}), 5xx {server_errors}, other errors {other}; "
-          f"latency p50 {p50:.2f}s p95 {p95:.2f}s; {tokens} tokens in {run['wall']:.1f}s = {throughput:.1f} tokens/s",
-          flush=True)
+    p50, p95 = (
+        (statistics.median(latencies), latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))])
+        if latencies
+        else (0, 0)
+    )
+    print(
+        f"{name}: sent {run['sent']}, answered {len(good)} ({len(ids)} distinct ids, server counted {server_count}; "
+        f"each exactly once: {'yes' if once else 'NO'}), 5xx {server_errors}, other errors {other}; "
+        f"latency p50 {p50:.2f}s p95 {p95:.2f}s; {tokens} tokens in {run['wall']:.1f}s = {throughput:.1f} tokens/s",
+        flush=True,
+    )
     return throughput, p50, p95
 
 
@@ -181,10 +215,16 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--threads", type=int, help="the server's CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="a trained PRISM working directory (default: a quick one, made here)")
-    parser.add_argument("--engine", default="hf", choices=("hf", "vllm", "both"),
-                        help="hf: the batching phases only; vllm: prism serve --engine hf against --engine vllm; "
-                             "both: all of them (default: hf)")
-    parser.add_argument("--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers")
+    parser.add_argument(
+        "--engine",
+        default="hf",
+        choices=("hf", "vllm", "both"),
+        help="hf: the batching phases only; vllm: prism serve --engine hf against --engine vllm; "
+        "both: all of them (default: hf)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few items, one repeat: checks that it runs; no real numbers"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.clients, args.compare_clients, args.duration, args.max_tokens = 2, 2, 2.0, 4
@@ -192,18 +232,33 @@ def main() -> None:
     labelled = intent_queries(24, seed=0)
     queries = [q.item.prompt for q in labelled]
     with tempfile.TemporaryDirectory() as scratch:
-        out = args.out or quick_directory(Path(scratch) / "prism", queries,
-                                          np.array([int(q.intent != "knowledge") for q in labelled])).root
+        out = (
+            args.out
+            or quick_directory(
+                Path(scratch) / "prism", queries, np.array([int(q.intent != "knowledge") for q in labelled])
+            ).root
+        )
         threads = args.threads or "torch's default"
-        print(f"{os.cpu_count()} CPU cores (shared with whatever else runs here), server threads: {threads}; {len(queries)} prompts, "
-              f"{args.max_tokens} tokens each at most, greedy; {args.duration:.0f}s per phase", flush=True)
+        print(
+            f"{os.cpu_count()} CPU cores (shared with whatever else runs here), server threads: {threads}; {len(queries)} prompts, "
+            f"{args.max_tokens} tokens each at most, greedy; {args.duration:.0f}s per phase",
+            flush=True,
+        )
         answers: dict[str, set[str]] = {}
         throughput = {}
-        phases = [(args.max_batch_size, "hf", [("batched", args.clients), ("batched", args.compare_clients)]),
-                  (1, "hf", [("one at a time", args.compare_clients)])] if args.engine != "vllm" else []
+        phases = (
+            [
+                (args.max_batch_size, "hf", [("batched", args.clients), ("batched", args.compare_clients)]),
+                (1, "hf", [("one at a time", args.compare_clients)]),
+            ]
+            if args.engine != "vllm"
+            else []
+        )
         if args.engine != "hf":
-            phases += [(args.max_batch_size, "hf", [("engine hf", args.compare_clients)]),
-                       (args.max_batch_size, "vllm", [("engine vllm", args.compare_clients), ("engine vllm", 1)])]
+            phases += [
+                (args.max_batch_size, "hf", [("engine hf", args.compare_clients)]),
+                (args.max_batch_size, "vllm", [("engine vllm", args.compare_clients), ("engine vllm", 1)]),
+            ]
         for max_batch, engine, runs in phases:
             with Server(out, max_batch, args.batch_wait_ms, args.threads, engine) as server:
                 asyncio.run(load(server.url, 2, 3, queries, 4))  # warm up
@@ -216,12 +271,19 @@ def main() -> None:
                         if status == 200:
                             answers.setdefault(query, set()).add(answer["choices"][0]["message"]["content"])
         if args.engine != "vllm":
-            ratio = throughput[("batched", args.compare_clients)][0] / throughput[("one at a time", args.compare_clients)][0]
+            ratio = (
+                throughput[("batched", args.compare_clients)][0]
+                / throughput[("one at a time", args.compare_clients)][0]
+            )
             print(f"throughput at {args.compare_clients} clients, batched / one at a time: {ratio:.2f}x (target >= 3x)")
         if args.engine != "hf":
-            (hf, hf50, hf95), (vl, vl50, vl95) = (throughput[(f"engine {e}", args.compare_clients)] for e in ("hf", "vllm"))
-            print(f"{args.compare_clients} clients: hf {hf:.1f} tokens/s (p50 {hf50:.2f}s, p95 {hf95:.2f}s), vllm {vl:.1f} "
-                  f"tokens/s (p50 {vl50:.2f}s, p95 {vl95:.2f}s); vllm / hf {vl / hf:.2f}x")
+            (hf, hf50, hf95), (vl, vl50, vl95) = (
+                throughput[(f"engine {e}", args.compare_clients)] for e in ("hf", "vllm")
+            )
+            print(
+                f"{args.compare_clients} clients: hf {hf:.1f} tokens/s (p50 {hf50:.2f}s, p95 {hf95:.2f}s), vllm {vl:.1f} "
+                f"tokens/s (p50 {vl50:.2f}s, p95 {vl95:.2f}s); vllm / hf {vl / hf:.2f}x"
+            )
             print(gate_share(Path(out), queries, throughput[("engine vllm", 1)][1]))
         differing = sum(1 for texts in answers.values() if len(texts) > 1)
         print(f"prompts with more than one greedy answer across phases: {differing} of {len(answers)}")

@@ -86,8 +86,11 @@ def _init(package: str) -> Path:
 
 
 def _is_module(node: ast.expr | None) -> bool:
-    return (isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", node.value) is not None)
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", node.value) is not None
+    )
 
 
 def _submodules(package: str) -> list[str]:

@@ -53,7 +53,9 @@ def steering_dose_response(rows: Sequence[Mapping]) -> Figure:
     ax.set_ylabel("fraction of the persona effect reproduced")
     layer = rows[0]["layer"] if rows else "?"
     n = rows[0]["n"] if rows else 0
-    ax.set_title(f"Steering no-persona runs at the answer position after block {layer} (n={n}; 95% CI bands)", fontsize=10)
+    ax.set_title(
+        f"Steering no-persona runs at the answer position after block {layer} (n={n}; 95% CI bands)", fontsize=10
+    )
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
@@ -65,7 +67,9 @@ def ablation_bars(rows: Sequence[Mapping]) -> Figure:
     names = [r["direction"] for r in rows]
     centre = np.array([r["fraction"] for r in rows])
     errors = np.array([[r["fraction"] - r["low"] for r in rows], [r["high"] - r["fraction"] for r in rows]])
-    ax.bar(range(len(rows)), centre, yerr=errors, capsize=3, color=[BLUE if "persona" in n else "#969696" for n in names])
+    ax.bar(
+        range(len(rows)), centre, yerr=errors, capsize=3, color=[BLUE if "persona" in n else "#969696" for n in names]
+    )
     ax.set_xticks(range(len(rows)), names)
     ax.axhline(1, color="black", linewidth=0.6, linestyle="--")
     ax.axhline(0, color="black", linewidth=0.6)
@@ -106,8 +110,13 @@ def attention_to_persona(rows: Sequence[Mapping]) -> Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     layers = [r["layer"] for r in rows]
     left.plot(layers, [r["attention"] for r in rows], marker="o", color=VERMILION, label="attention to persona tokens")
-    left.axhline(rows[0]["uniform_share"], color=GREY, linestyle="--", linewidth=1,
-                 label="persona's share of the tokens (uniform attention)")
+    left.axhline(
+        rows[0]["uniform_share"],
+        color=GREY,
+        linestyle="--",
+        linewidth=1,
+        label="persona's share of the tokens (uniform attention)",
+    )
     left.set_xlabel("block")
     left.set_ylabel("attention mass (mean over heads and items)")
     left.legend(fontsize=8, frameon=False, loc="center right")
@@ -115,12 +124,16 @@ def attention_to_persona(rows: Sequence[Mapping]) -> Figure:
     right.fill_between(layers, [r["low"] for r in rows], [r["high"] for r in rows], color=BLUE, alpha=0.15)
     share = rows[0]
     right.axhspan(share["share_low"], share["share_high"], color="#969696", alpha=0.2)
-    right.axhline(share["share_pearson"], color=GREY, linestyle="--", linewidth=1, label="persona's share of the tokens")
+    right.axhline(
+        share["share_pearson"], color=GREY, linestyle="--", linewidth=1, label="persona's share of the tokens"
+    )
     right.axhline(0, color="black", linewidth=0.6)
     right.set_xlabel("block")
     right.set_ylabel("Pearson r with the margin lost")
     right.legend(fontsize=8, frameon=False)
-    fig.suptitle(f"Attention from the answer position to the persona (n={rows[0]['n']} items; 95% CI bands)", fontsize=11)
+    fig.suptitle(
+        f"Attention from the answer position to the persona (n={rows[0]['n']} items; 95% CI bands)", fontsize=11
+    )
     fig.tight_layout()
     return fig
 
@@ -131,11 +144,19 @@ def refusal_bars(rows: Sequence[Mapping]) -> Figure:
     labels = [r["condition"] + (f"\nx{r['multiple']:g}" if r["multiple"] else "") for r in rows]
     centre = np.array([r["rate"] for r in rows])
     errors = np.array([[r["rate"] - r["low"] for r in rows], [r["high"] - r["rate"] for r in rows]])
-    colours = {"no persona": GREY, "persona prompt": VERMILION, "persona direction": BLUE,
-               "random direction": LIGHT_GREY}
-    ax.bar(range(len(rows)), centre, yerr=errors, capsize=3, color=[colours.get(r["condition"], "#969696") for r in rows])
+    colours = {
+        "no persona": GREY,
+        "persona prompt": VERMILION,
+        "persona direction": BLUE,
+        "random direction": LIGHT_GREY,
+    }
+    ax.bar(
+        range(len(rows)), centre, yerr=errors, capsize=3, color=[colours.get(r["condition"], "#969696") for r in rows]
+    )
     for x, row in enumerate(rows):  # counts, so that a measured zero is visible as one
-        ax.text(x, row["rate"] + 0.02, f"{round(row['rate'] * row['n'])}/{row['n']}", ha="center", va="bottom", fontsize=8)
+        ax.text(
+            x, row["rate"] + 0.02, f"{round(row['rate'] * row['n'])}/{row['n']}", ha="center", va="bottom", fontsize=8
+        )
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("keyword refusal rate")

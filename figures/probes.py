@@ -22,7 +22,9 @@ def _layer_label(layer: int) -> str:
     return "emb" if layer < 0 else str(layer)
 
 
-def probe_curves(rows: Sequence[Mapping], target: str, position: str, metric: str = "auc", chance: float = 0.5) -> Figure:
+def probe_curves(
+    rows: Sequence[Mapping], target: str, position: str, metric: str = "auc", chance: float = 0.5
+) -> Figure:
     """Held-out and in-distribution score vs layer for each probe kind, with both controls
     (logistic fitted to shuffled labels; a probe reading one random direction) and 95% CIs."""
     splits = ("held-out", "in-distribution")
@@ -57,8 +59,11 @@ def probe_curves(rows: Sequence[Mapping], target: str, position: str, metric: st
     axes[0].set_ylabel(metric.upper() if metric == "auc" else metric)
     axes[0].set_ylim(min(0.3, chance - 0.05), 1.02)
     axes[1].legend(fontsize=8, frameon=False, loc="lower right")
-    fig.suptitle(f"{target}: probe {'AUC' if metric == 'auc' else metric} by layer, {position} position "
-                 f"(95% CI bands; line = chance)", fontsize=11)
+    fig.suptitle(
+        f"{target}: probe {'AUC' if metric == 'auc' else metric} by layer, {position} position "
+        f"(95% CI bands; line = chance)",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -100,9 +105,15 @@ def pca_scatter(panels: Mapping[str, tuple[np.ndarray, Sequence[str], Sequence[b
             for flag, marker in ((False, "o"), (True, "x")):
                 chosen = (intents == intent) & (persona == flag)
                 if chosen.any():
-                    ax.scatter(points[chosen, 0], points[chosen, 1], s=12, marker=marker, alpha=0.7,
-                               color=INTENT_COLOURS.get(intent, "grey"),
-                               label=f"{intent}{' + persona' if flag else ''} ({chosen.sum()})")
+                    ax.scatter(
+                        points[chosen, 0],
+                        points[chosen, 1],
+                        s=12,
+                        marker=marker,
+                        alpha=0.7,
+                        color=INTENT_COLOURS.get(intent, "grey"),
+                        label=f"{intent}{' + persona' if flag else ''} ({chosen.sum()})",
+                    )
         ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
         ax.set_ylabel(f"PC2 ({explained[1]:.0%})")
         ax.set_title(title, fontsize=10)
@@ -137,7 +148,9 @@ def persona_norms(rows: Sequence[Mapping], position: str) -> Figure:
             continue
         layers = sorted({r["layer"] for r in points})
         ratios = [[r["norm"] / r["residual_norm"] for r in points if r["layer"] == layer] for layer in layers]
-        ax.plot(layers, [np.mean(v) for v in ratios], color=colour, marker="o", markersize=2.5, label=f"{length} persona")
+        ax.plot(
+            layers, [np.mean(v) for v in ratios], color=colour, marker="o", markersize=2.5, label=f"{length} persona"
+        )
         ax.fill_between(layers, [np.min(v) for v in ratios], [np.max(v) for v in ratios], color=colour, alpha=0.15)
     ax.set_xlabel("layer")
     ax.set_ylabel("|persona direction| / mean |residual|")

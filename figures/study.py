@@ -22,9 +22,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from figures.style import BLUE, LIGHT_GREY, ORANGE, PALETTE, SKY, VERMILION, annotate_cells  # noqa: E402
 
 METRIC_LABELS = {
-    "accuracy": "accuracy", "margin": "margin of the correct option (nats)", "refusal_rate": "refusal rate",
-    "strict": "instructions followed (strict)", "loose": "instructions followed (loose)",
-    "judge_score": "judge score (1-10)", "judge_score_turn2": "judge score, turn 2 (1-10)",
+    "accuracy": "accuracy",
+    "margin": "margin of the correct option (nats)",
+    "refusal_rate": "refusal rate",
+    "strict": "instructions followed (strict)",
+    "loose": "instructions followed (loose)",
+    "judge_score": "judge score (1-10)",
+    "judge_score_turn2": "judge score, turn 2 (1-10)",
 }
 LENGTH_COLOURS = {"min": "#9ecae1", "short": "#4292c6", "long": "#08519c"}
 
@@ -67,17 +71,34 @@ def _empty(ax, message: str) -> None:
 
 def _note_if_all_zero(ax, rows: Sequence[Mapping]) -> None:
     if all(row["delta"] == 0 and row["low"] == 0 and row["high"] == 0 for row in rows):
-        ax.text(0.5, 0.85, "every difference is exactly 0: the persona changed no item's outcome",
-                ha="center", transform=ax.transAxes, color="grey", fontsize=9)
+        ax.text(
+            0.5,
+            0.85,
+            "every difference is exactly 0: the persona changed no item's outcome",
+            ha="center",
+            transform=ax.transAxes,
+            color="grey",
+            fontsize=9,
+        )
 
 
 def delta_by_category(
-    effects_by_category: Sequence[Mapping], task: str, metric: str, persona_spec: str = "expert",
-    placement: str = "system", title: str | None = None,
+    effects_by_category: Sequence[Mapping],
+    task: str,
+    metric: str,
+    persona_spec: str = "expert",
+    placement: str = "system",
+    title: str | None = None,
 ) -> Figure:
     """Persona-minus-baseline per category, one bar per persona length (Figure 1a/1b)."""
-    rows = _select(effects_by_category, task=task, metric=metric, persona_spec=persona_spec,
-                   placement=placement, reference="none[empty]")
+    rows = _select(
+        effects_by_category,
+        task=task,
+        metric=metric,
+        persona_spec=persona_spec,
+        placement=placement,
+        reference="none[empty]",
+    )
     categories = sorted({row["category"] for row in rows})
     fig, axes, formats = _panels(rows, max(6.0, 0.9 * len(categories) + 2), 4.2)
     if not rows:
@@ -85,14 +106,22 @@ def delta_by_category(
         return fig
     for ax, name in zip(axes, formats):
         heading = title or f"{task}: {persona_spec} persona effect by category"
-        _category_bars(ax, _select(rows, format=name), categories, persona_spec, metric,
-                       heading + (f", format {name}" if len(formats) > 1 else ""), placement)
+        _category_bars(
+            ax,
+            _select(rows, format=name),
+            categories,
+            persona_spec,
+            metric,
+            heading + (f", format {name}" if len(formats) > 1 else ""),
+            placement,
+        )
     fig.tight_layout()
     return fig
 
 
-def _category_bars(ax, rows: Sequence[Mapping], categories: list[str], persona_spec: str, metric: str, title: str,
-                   placement: str) -> None:
+def _category_bars(
+    ax, rows: Sequence[Mapping], categories: list[str], persona_spec: str, metric: str, title: str, placement: str
+) -> None:
     lengths = [length for length in LENGTH_COLOURS if any(row["length"] == length for row in rows)]
     width = 0.8 / len(lengths)
     for index, length in enumerate(lengths):
@@ -100,8 +129,15 @@ def _category_bars(ax, rows: Sequence[Mapping], categories: list[str], persona_s
         present = [c for c in categories if c in series]
         xs = np.array([categories.index(c) for c in present]) + (index - (len(lengths) - 1) / 2) * width
         bars = [series[c] for c in present]
-        ax.bar(xs, [b["delta"] for b in bars], width, yerr=_errors(bars, "delta"), capsize=2,
-               color=LENGTH_COLOURS[length], label=f"{persona_spec} persona, {length}")
+        ax.bar(
+            xs,
+            [b["delta"] for b in bars],
+            width,
+            yerr=_errors(bars, "delta"),
+            capsize=2,
+            color=LENGTH_COLOURS[length],
+            label=f"{persona_spec} persona, {length}",
+        )
         for x, bar in zip(xs, bars):
             if bar["significant"]:
                 ax.text(x, bar["high"], "*", ha="center", va="bottom", fontsize=11)
@@ -113,19 +149,27 @@ def _category_bars(ax, rows: Sequence[Mapping], categories: list[str], persona_s
     ax.legend(fontsize=8, frameon=False)
 
 
-def generation_by_category(effects_by_category: Sequence[Mapping], task: str = "mtbench",
-                           metric: str = "judge_score") -> Figure:
+def generation_by_category(
+    effects_by_category: Sequence[Mapping], task: str = "mtbench", metric: str = "judge_score"
+) -> Figure:
     """Figure 1a: generation quality by category, expert persona at each length."""
-    return delta_by_category(effects_by_category, task, metric,
-                             title=f"{task}: expert persona effect by category (Fig. 1a analogue)")
+    return delta_by_category(
+        effects_by_category, task, metric, title=f"{task}: expert persona effect by category (Fig. 1a analogue)"
+    )
 
 
-def knowledge_by_category(effects_by_category: Sequence[Mapping], task: str = "capitals",
-                          metric: str = "margin") -> Figure:
+def knowledge_by_category(
+    effects_by_category: Sequence[Mapping], task: str = "capitals", metric: str = "margin"
+) -> Figure:
     """Figure 1b: knowledge by category; the random persona where no expert matches the items."""
     spec = "expert" if _select(effects_by_category, task=task, persona_spec="expert") else "random"
-    return delta_by_category(effects_by_category, task, metric, persona_spec=spec,
-                             title=f"{task}: {spec} persona effect on knowledge by category (Fig. 1b analogue)")
+    return delta_by_category(
+        effects_by_category,
+        task,
+        metric,
+        persona_spec=spec,
+        title=f"{task}: {spec} persona effect on knowledge by category (Fig. 1b analogue)",
+    )
 
 
 def refusal_with_safety_persona(cells: Sequence[Mapping], task: str = "harmbench") -> Figure:
@@ -142,18 +186,24 @@ def refusal_with_safety_persona(cells: Sequence[Mapping], task: str = "harmbench
         return (rank, spec, ["min", "short", "long", None].index(row["length"]), row["placement"] or "")
 
     rows = sorted(rows, key=order)
-    colours = [LIGHT_GREY if r["persona_spec"] == "none" else VERMILION if r["persona_spec"] == "safety-monitor"
-               else SKY for r in rows]
+    colours = [
+        LIGHT_GREY if r["persona_spec"] == "none" else VERMILION if r["persona_spec"] == "safety-monitor" else SKY
+        for r in rows
+    ]
     ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=_errors(rows, "mean"), capsize=2, color=colours)
     for x, row in enumerate(rows):  # counts, so that a measured zero is visible as one
         ax.text(x, row["mean"] + 0.02, f"{round(row['mean'] * row['n'])}/{row['n']}", ha="center", fontsize=7)
-    ax.set_xticks(range(len(rows)), [r["condition"].replace("[empty]", "") for r in rows], rotation=60,
-                  ha="right", fontsize=7)
+    ax.set_xticks(
+        range(len(rows)), [r["condition"].replace("[empty]", "") for r in rows], rotation=60, ha="right", fontsize=7
+    )
     ax.set_ylabel("refusal rate")
     ax.set_ylim(0, 1)
     same = len(rows) > 1 and len({r["mean"] for r in rows}) == 1
-    ax.set_title(f"{task}: refusal with the safety-monitor persona (Fig. 1c analogue, {_n_range(rows)} per bar)"
-                 + ("\nthe same under every condition: the persona changed no refusal" if same else ""), fontsize=10)
+    ax.set_title(
+        f"{task}: refusal with the safety-monitor persona (Fig. 1c analogue, {_n_range(rows)} per bar)"
+        + ("\nthe same under every condition: the persona changed no refusal" if same else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -169,7 +219,10 @@ def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: 
         for task, metric, name in dict.fromkeys((row["task"], row["metric"], _get(row, "format")) for row in effects):
             for spec in ("expert", "random"):
                 where = dict(task=task, metric=metric, persona_spec=spec, format=name)
-                system, user = _select(effects, placement="system", **where), _select(effects, placement="user", **where)
+                system, user = (
+                    _select(effects, placement="system", **where),
+                    _select(effects, placement="user", **where),
+                )
                 if system and user:
                     pairs.append((f"{task}\n{metric} ({spec}{f', {name}' if several else ''})", system[0], user[0]))
                     break
@@ -180,8 +233,15 @@ def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: 
         xs = np.arange(len(pairs))
         for offset, index, label, colour in ((-0.2, 1, "system prompt", BLUE), (0.2, 2, "user message", ORANGE)):
             bars = [pair[index] for pair in pairs]
-            ax.bar(xs + offset, [b["delta"] for b in bars], 0.4, yerr=_errors(bars, "delta"), capsize=2,
-                   color=colour, label=label)
+            ax.bar(
+                xs + offset,
+                [b["delta"] for b in bars],
+                0.4,
+                yerr=_errors(bars, "delta"),
+                capsize=2,
+                color=colour,
+                label=label,
+            )
         _note_if_all_zero(ax, [pair[index] for pair in pairs for index in (1, 2)])
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(xs, [pair[0] for pair in pairs], fontsize=7, rotation=30, ha="right")
@@ -192,11 +252,16 @@ def placement_deltas(effects_by_model: Mapping[str, Sequence[Mapping]], length: 
     return fig
 
 
-def persona_lift_heatmap(effects_by_category: Sequence[Mapping], task: str, metric: str,
-                         length: str = "min", placement: str = "system") -> Figure:
+def persona_lift_heatmap(
+    effects_by_category: Sequence[Mapping], task: str, metric: str, length: str = "min", placement: str = "system"
+) -> Figure:
     """Figure 2 (left): persona x category, mean paired lift over no persona; * = significant; one panel per format."""
-    rows = [row for row in _select(effects_by_category, task=task, metric=metric, length=length,
-                                   placement=placement, reference="none[empty]")]
+    rows = [
+        row
+        for row in _select(
+            effects_by_category, task=task, metric=metric, length=length, placement=placement, reference="none[empty]"
+        )
+    ]
     personas = sorted({row["persona_spec"] for row in rows}, key=lambda p: (p in ("expert", "random"), p))
     categories = sorted({row["category"] for row in rows})
     fig, axes, formats = _panels(rows, max(5.0, 0.8 * len(categories) + 3), max(3.0, 0.42 * len(personas) + 1.5))
@@ -215,16 +280,20 @@ def persona_lift_heatmap(effects_by_category: Sequence[Mapping], task: str, metr
         annotate_cells(ax, image, grid, lambda i, j, value: f"{value:+.2f}{'*' if significant[i, j] else ''}")
         ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
         ax.set_yticks(range(len(personas)), personas)
-        ax.set_title(f"{task}: lift over no persona{f', format {name}' if len(formats) > 1 else ''}\n"
-                     f"({length}, {placement}; {_n_range(mine)} per cell)", fontsize=10)
+        ax.set_title(
+            f"{task}: lift over no persona{f', format {name}' if len(formats) > 1 else ''}\n"
+            f"({length}, {placement}; {_n_range(mine)} per cell)",
+            fontsize=10,
+        )
     fig.colorbar(image, ax=axes, label=f"Δ {METRIC_LABELS.get(metric, metric)}")
     return fig
 
 
 def expert_lift_bars(effects_by_category: Sequence[Mapping], task: str, metric: str, length: str = "long") -> Figure:
     """Figure 2 (right): per category, expert over no persona and expert over a random persona; one panel per format."""
-    rows = _select(effects_by_category, task=task, metric=metric, persona_spec="expert", length=length,
-                   placement="system")
+    rows = _select(
+        effects_by_category, task=task, metric=metric, persona_spec="expert", length=length, placement="system"
+    )
     categories = sorted({row["category"] for row in rows})
     fig, axes, formats = _panels(rows, max(6.0, 0.9 * len(categories) + 2), 4.2)
     if not rows:
@@ -232,28 +301,40 @@ def expert_lift_bars(effects_by_category: Sequence[Mapping], task: str, metric: 
         return fig
     for ax, name in zip(axes, formats):
         mine = _select(rows, format=name)
-        for offset, reference, label, colour in ((-0.2, "none[empty]", "expert − no persona", BLUE),
-                                                 (0.2, f"random/{length}/system[empty]", "expert − random persona",
-                                                  ORANGE)):
+        for offset, reference, label, colour in (
+            (-0.2, "none[empty]", "expert − no persona", BLUE),
+            (0.2, f"random/{length}/system[empty]", "expert − random persona", ORANGE),
+        ):
             series = {row["category"]: row for row in mine if row["reference"] == reference}
             present = [c for c in categories if c in series]
             bars = [series[c] for c in present]
             if bars:
-                ax.bar(np.array([categories.index(c) for c in present]) + offset, [b["delta"] for b in bars], 0.4,
-                       yerr=_errors(bars, "delta"), capsize=2, color=colour, label=label)
+                ax.bar(
+                    np.array([categories.index(c) for c in present]) + offset,
+                    [b["delta"] for b in bars],
+                    0.4,
+                    yerr=_errors(bars, "delta"),
+                    capsize=2,
+                    color=colour,
+                    label=label,
+                )
         _note_if_all_zero(ax, mine)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
         ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}")
-        ax.set_title(f"{task}: expertise vs any persona{f', format {name}' if len(formats) > 1 else ''}\n"
-                     f"({length} persona, {_n_range(mine)} per bar)", fontsize=10)
+        ax.set_title(
+            f"{task}: expertise vs any persona{f', format {name}' if len(formats) > 1 else ''}\n"
+            f"({length} persona, {_n_range(mine)} per bar)",
+            fontsize=10,
+        )
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin",
-                   verdicts: Mapping[str, str] | None = None) -> Figure:
+def format_effects(
+    effects: Sequence[Mapping], task: str, metric: str = "margin", verdicts: Mapping[str, str] | None = None
+) -> Figure:
     """Every persona condition's effect (vs no persona in the same format), the prompt formats side by side.
 
     Args:
@@ -262,8 +343,11 @@ def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin"
         verdicts: condition label -> the across-format verdict; a condition whose effect "depends on the format"
             is marked with a red label, one that "holds across formats" with a bold one.
     """
-    rows = [row for row in _select(effects, task=task, metric=metric, reference="none[empty]")
-            if row["persona_spec"] != "none" and row.get("delta") is not None]
+    rows = [
+        row
+        for row in _select(effects, task=task, metric=metric, reference="none[empty]")
+        if row["persona_spec"] != "none" and row.get("delta") is not None
+    ]
     formats = _formats(rows)
     conditions = list(dict.fromkeys(row["condition"] for row in rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(conditions) * len(formats) + 2), 4.6))
@@ -276,16 +360,30 @@ def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin"
         present = [c for c in conditions if c in series]
         xs = np.array([conditions.index(c) for c in present]) + (index - (len(formats) - 1) / 2) * width
         bars = [series[c] for c in present]
-        ax.bar(xs, [b["delta"] for b in bars], width, yerr=_errors(bars, "delta"), capsize=2, color=PALETTE[index % len(PALETTE)],
-               label=f"format {name} ({_n_range(bars)})")
+        ax.bar(
+            xs,
+            [b["delta"] for b in bars],
+            width,
+            yerr=_errors(bars, "delta"),
+            capsize=2,
+            color=PALETTE[index % len(PALETTE)],
+            label=f"format {name} ({_n_range(bars)})",
+        )
         for x, bar in zip(xs, bars):
             if bar["significant"]:
-                ax.text(x, bar["high"] if bar["delta"] >= 0 else bar["low"], "*", ha="center",
-                        va="bottom" if bar["delta"] >= 0 else "top", fontsize=11)
+                ax.text(
+                    x,
+                    bar["high"] if bar["delta"] >= 0 else bar["low"],
+                    "*",
+                    ha="center",
+                    va="bottom" if bar["delta"] >= 0 else "top",
+                    fontsize=11,
+                )
     _note_if_all_zero(ax, rows)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(conditions)), [c.replace("[empty]", "") for c in conditions], rotation=40, ha="right",
-                  fontsize=8)
+    ax.set_xticks(
+        range(len(conditions)), [c.replace("[empty]", "") for c in conditions], rotation=40, ha="right", fontsize=8
+    )
     for label, condition in zip(ax.get_xticklabels(), conditions):
         verdict = (verdicts or {}).get(condition, "")
         if verdict == "depends on the format":
@@ -293,8 +391,11 @@ def format_effects(effects: Sequence[Mapping], task: str, metric: str = "margin"
         elif verdict == "holds across formats":
             label.set_fontweight("bold")
     ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)}\nvs no persona (same format)")
-    ax.set_title(f"{task}: persona effects per prompt format (* = 95% CI excludes 0;\n"
-                 "red label = depends on the format, bold = holds across formats)", fontsize=10)
+    ax.set_title(
+        f"{task}: persona effects per prompt format (* = 95% CI excludes 0;\n"
+        "red label = depends on the format, bold = holds across formats)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

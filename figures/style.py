@@ -21,12 +21,35 @@ from matplotlib.axes import Axes
 from matplotlib.image import AxesImage
 from matplotlib.text import Text
 
-__all__ = ["BLACK", "BLUE", "GREEN", "GREY", "LIGHT_GREY", "ORANGE", "PALETTE", "PURPLE", "SKY", "STYLE", "VERMILION", "YELLOW",
-           "annotate_cells", "apply_style", "text_colour"]
+__all__ = [
+    "BLACK",
+    "BLUE",
+    "GREEN",
+    "GREY",
+    "LIGHT_GREY",
+    "ORANGE",
+    "PALETTE",
+    "PURPLE",
+    "SKY",
+    "STYLE",
+    "VERMILION",
+    "YELLOW",
+    "annotate_cells",
+    "apply_style",
+    "text_colour",
+]
 
 # Okabe & Ito (2008), "Color Universal Design": told apart under every common colour-vision deficiency
 BLUE, ORANGE, GREEN, VERMILION, PURPLE, SKY, YELLOW, BLACK = (
-    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#D55E00",
+    "#CC79A7",
+    "#56B4E9",
+    "#F0E442",
+    "#000000",
+)
 PALETTE = (BLUE, ORANGE, GREEN, VERMILION, PURPLE, SKY, YELLOW, BLACK)
 GREY, LIGHT_GREY = "#636363", "#BDBDBD"
 
@@ -70,8 +93,13 @@ def text_colour(rgba: tuple[float, ...]) -> str:
     return "white" if luminance < DARK_BELOW else "black"
 
 
-def annotate_cells(ax: Axes, image: AxesImage, values: np.ndarray,
-                   label: Callable[[int, int, float], str] | None = None, fontsize: float = 7) -> list[Text]:
+def annotate_cells(
+    ax: Axes,
+    image: AxesImage,
+    values: np.ndarray,
+    label: Callable[[int, int, float], str] | None = None,
+    fontsize: float = 7,
+) -> list[Text]:
     """Write each cell's value at its centre, in the colour that reads on that cell.
 
     Args:

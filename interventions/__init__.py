@@ -22,18 +22,21 @@ from typing import TYPE_CHECKING
 
 from probes.core.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "interventions.hooks": ("AblateDirection", "AddDirection", "Intervention", "PatchActivations"),
-    "interventions.intervene": ("run_interventions",),
-    "interventions.measure.evaluate": ("evaluate",),
-    "interventions.measure.generation": ("generate",),
-    "interventions.measure.judge": ("make_judge",),
-    "interventions.measure.refusal": ("is_refusal",),
-    "interventions.measure.scoring": ("score_choices",),
-    "interventions.study.report": ("summarise_study",),
-    "interventions.study.runner": ("run_study",),
-    "probes.readouts": ("capture_residuals", "logit_lens", "logits_at", "residual_norms"),
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "interventions.hooks": ("AblateDirection", "AddDirection", "Intervention", "PatchActivations"),
+        "interventions.intervene": ("run_interventions",),
+        "interventions.measure.evaluate": ("evaluate",),
+        "interventions.measure.generation": ("generate",),
+        "interventions.measure.judge": ("make_judge",),
+        "interventions.measure.refusal": ("is_refusal",),
+        "interventions.measure.scoring": ("score_choices",),
+        "interventions.study.report": ("summarise_study",),
+        "interventions.study.runner": ("run_study",),
+        "probes.readouts": ("capture_residuals", "logit_lens", "logits_at", "residual_norms"),
+    },
+)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
     from interventions.hooks import AblateDirection, AddDirection, Intervention, PatchActivations

@@ -64,12 +64,15 @@ class PairedItem:
         return [(position, position - shift) for position in self.groups[group]]
 
 
-def paired_items(tokenizer, items: Sequence[Item], persona: Condition, seed: int = 0,
-                 personas: Mapping[str, Persona] | None = None) -> list[PairedItem]:
+def paired_items(
+    tokenizer, items: Sequence[Item], persona: Condition, seed: int = 0, personas: Mapping[str, Persona] | None = None
+) -> list[PairedItem]:
     """Target and source prompts of each item (cloze with its answer stem), checked to align; the persona is read from
     ``personas`` (default: the built-in library)."""
     targets = render_items(tokenizer, items, persona, scoring="cloze", personas=personas, seed=seed)
-    sources = render_items(tokenizer, items, Condition("none", base_system=persona.base_system), scoring="cloze", seed=seed)
+    sources = render_items(
+        tokenizer, items, Condition("none", base_system=persona.base_system), scoring="cloze", seed=seed
+    )
     paired = []
     for item, target, source in zip(items, targets, sources):
         target_ids, source_ids = encode(tokenizer, target), encode(tokenizer, source)
@@ -89,8 +92,14 @@ def paired_items(tokenizer, items: Sequence[Item], persona: Condition, seed: int
 
 
 @torch.inference_mode()
-def margins(model: TransformerBridge, tokenizer, sequences: Sequence[list[int]], items: Sequence[PairedItem], *,
-            left_padded: bool = False) -> np.ndarray:
+def margins(
+    model: TransformerBridge,
+    tokenizer,
+    sequences: Sequence[list[int]],
+    items: Sequence[PairedItem],
+    *,
+    left_padded: bool = False,
+) -> np.ndarray:
     """First-token margin of the correct option at the last token of each sequence.
 
     Right padding keeps positions counted from the start (patching pairs); left padding, with
@@ -98,22 +107,33 @@ def margins(model: TransformerBridge, tokenizer, sequences: Sequence[list[int]],
     an intervention at ``positions=[-1]`` touches exactly the answer position of each row."""
     if not left_padded:
         tokens = right_pad(sequences, tokenizer.pad_token_id)
-        return _margins_from(logits_at(model, tokens, [len(sequence) - 1 for sequence in sequences]).log_softmax(-1), items)
+        return _margins_from(
+            logits_at(model, tokens, [len(sequence) - 1 for sequence in sequences]).log_softmax(-1), items
+        )
     tokens, mask = left_pad(sequences, tokenizer.pad_token_id)
-    logits = logits_at(model, tokens, [tokens.shape[1] - 1] * len(sequences), attention_mask=mask,
-                       position_ids=positions_from_mask(mask))
+    logits = logits_at(
+        model,
+        tokens,
+        [tokens.shape[1] - 1] * len(sequences),
+        attention_mask=mask,
+        position_ids=positions_from_mask(mask),
+    )
     return _margins_from(logits.log_softmax(-1), items)
 
 
 def _margins_from(logprobs: torch.Tensor, items: Sequence[PairedItem]) -> np.ndarray:
-    return np.array([float(logprobs[row, p.correct] - logprobs[row, list(p.wrong)].max()) for row, p in enumerate(items)])
+    return np.array(
+        [float(logprobs[row, p.correct] - logprobs[row, list(p.wrong)].max()) for row, p in enumerate(items)]
+    )
 
 
 def _batches(n: int, size: int) -> list[range]:
     return [range(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def baseline_margins(model: TransformerBridge, tokenizer, items: Sequence[PairedItem], batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def baseline_margins(
+    model: TransformerBridge, tokenizer, items: Sequence[PairedItem], batch_size: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     """(margin with the persona, margin without it) per item."""
     with_persona, without = [], []
     for batch in _batches(len(items), batch_size):
@@ -129,8 +149,15 @@ def fraction(numerator: np.ndarray, denominator: np.ndarray, *, n_resamples: int
     return bootstrap_ratio(numerator, denominator, n_resamples=n_resamples, seed=seed)
 
 
-def patching_sweep(model: TransformerBridge, tokenizer, items: Sequence[PairedItem], layers: Sequence[int], groups: Sequence[str] = GROUPS,
-                   batch_size: int = 8, progress: bool = True) -> dict[tuple[int, str], np.ndarray]:
+def patching_sweep(
+    model: TransformerBridge,
+    tokenizer,
+    items: Sequence[PairedItem],
+    layers: Sequence[int],
+    groups: Sequence[str] = GROUPS,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[tuple[int, str], np.ndarray]:
     """Margins of persona runs with no-persona activations patched in, per (layer, group).
 
     Every group lies in the query or after it, so the tokens before the query (template and
@@ -168,9 +195,13 @@ class _TargetAfterPrefix:
         with torch.inference_mode():
             device = model_device(hf)
             tokens, prefix_mask = (tensor.to(device) for tensor in left_pad(prefixes, tokenizer.pad_token_id))
-            self.prefix_cache = hf(input_ids=tokens, attention_mask=prefix_mask,
-                                   position_ids=positions_from_mask(prefix_mask),
-                                   use_cache=True, logits_to_keep=1).past_key_values
+            self.prefix_cache = hf(
+                input_ids=tokens,
+                attention_mask=prefix_mask,
+                position_ids=positions_from_mask(prefix_mask),
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
         self.suffix = right_pad(suffixes, tokenizer.pad_token_id).to(device)
         steps = torch.arange(self.suffix.shape[1], device=device)[None, :]
         suffix_mask = (steps < torch.tensor([len(s) for s in suffixes], device=device)[:, None]).long()
@@ -188,13 +219,22 @@ class _TargetAfterPrefix:
         if not self.cached:
             return margins(self.model, self.tokenizer, [p.target for p in self.chosen], self.chosen)
         with declare_prompts([len(p.target) for p in self.chosen]):  # the suffix pass continues each whole prompt
-            logprobs = logits_at(self.model, self.suffix, self.last, attention_mask=self.mask, position_ids=self.positions,
-                                 past_key_values=copy.deepcopy(self.prefix_cache), use_cache=True).log_softmax(-1)
+            logprobs = logits_at(
+                self.model,
+                self.suffix,
+                self.last,
+                attention_mask=self.mask,
+                position_ids=self.positions,
+                past_key_values=copy.deepcopy(self.prefix_cache),
+                use_cache=True,
+            ).log_softmax(-1)
         return _margins_from(logprobs, self.chosen)
 
 
 @torch.inference_mode()
-def persona_attention(model: TransformerBridge, tokenizer, items: Sequence[PairedItem], batch_size: int = 8) -> np.ndarray:
+def persona_attention(
+    model: TransformerBridge, tokenizer, items: Sequence[PairedItem], batch_size: int = 8
+) -> np.ndarray:
     """Attention the final (answer) position pays to the persona's tokens in each block, summed
     over those tokens and averaged over heads (read at ``blocks.{i}.attn.hook_pattern``): [layers, items].
 
@@ -223,15 +263,17 @@ def persona_attention(model: TransformerBridge, tokenizer, items: Sequence[Paire
             with model.hooks(fwd_hooks=[(name, read) for name in hook_names]):
                 model.original_model.model(input_ids=tokens)
             if len(per_layer) != len(hook_names):
-                raise HookDidNotFire("attention pattern hooks did not fire: the model's attention implementation hides "
-                                     "the weights")
+                raise HookDidNotFire(
+                    "attention pattern hooks did not fire: the model's attention implementation hides the weights"
+                )
             masses.append(torch.stack([per_layer[name] for name in hook_names]))
     return torch.cat(masses, dim=1).numpy()
 
 
 @torch.inference_mode()
-def persona_direction(model: TransformerBridge, tokenizer, items: Sequence[PairedItem], layer: int, batch_size: int = 8
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def persona_direction(
+    model: TransformerBridge, tokenizer, items: Sequence[PairedItem], layer: int, batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean persona - no-persona residual, mean no-persona residual) after ``layer`` at the
     final token, over items."""
     differences, plain = [], []
@@ -244,8 +286,16 @@ def persona_direction(model: TransformerBridge, tokenizer, items: Sequence[Paire
     return torch.cat(differences).mean(dim=0), torch.cat(plain).mean(dim=0)
 
 
-def steering_margins(model: TransformerBridge, tokenizer, items, direction: torch.Tensor, layer: int, scale: float, norms,
-                     batch_size: int = 8) -> np.ndarray:
+def steering_margins(
+    model: TransformerBridge,
+    tokenizer,
+    items,
+    direction: torch.Tensor,
+    layer: int,
+    scale: float,
+    norms,
+    batch_size: int = 8,
+) -> np.ndarray:
     """Margins of no-persona runs with ``direction`` added after ``layer`` at the answer position."""
     values = []
     for batch in _batches(len(items), batch_size):
@@ -255,8 +305,15 @@ def steering_margins(model: TransformerBridge, tokenizer, items, direction: torc
     return np.concatenate(values)
 
 
-def ablation_margins(model: TransformerBridge, tokenizer, items, direction: torch.Tensor, layer: int, baseline: float,
-                     batch_size: int = 8) -> np.ndarray:
+def ablation_margins(
+    model: TransformerBridge,
+    tokenizer,
+    items,
+    direction: torch.Tensor,
+    layer: int,
+    baseline: float,
+    batch_size: int = 8,
+) -> np.ndarray:
     """Margins of persona runs with the shift along ``direction`` removed after ``layer`` at the
     answer position (its projection set to ``baseline``, the no-persona mean)."""
     values = []
@@ -270,12 +327,21 @@ def ablation_margins(model: TransformerBridge, tokenizer, items, direction: torc
 def lens_curves(model: TransformerBridge, tokenizer, items, batch_size: int = 8) -> dict[str, np.ndarray]:
     """Logit-lens log-probability and rank of the correct first token at every layer,
     with and without the persona: arrays [layers, items]."""
-    curves: dict[str, list[torch.Tensor]] = {"persona_logprob": [], "persona_rank": [], "none_logprob": [], "none_rank": []}
+    curves: dict[str, list[torch.Tensor]] = {
+        "persona_logprob": [],
+        "persona_rank": [],
+        "none_logprob": [],
+        "none_rank": [],
+    }
     for batch in _batches(len(items), batch_size):
         chosen = [items[i] for i in batch]
         for name, sequences in (("persona", [p.target for p in chosen]), ("none", [p.source for p in chosen])):
-            logprob, rank = logit_lens(model, right_pad(sequences, tokenizer.pad_token_id),
-                                       [len(s) - 1 for s in sequences], [p.correct for p in chosen])
+            logprob, rank = logit_lens(
+                model,
+                right_pad(sequences, tokenizer.pad_token_id),
+                [len(s) - 1 for s in sequences],
+                [p.correct for p in chosen],
+            )
             curves[f"{name}_logprob"].append(logprob)
             curves[f"{name}_rank"].append(rank)
     return {name: torch.cat(parts, dim=1).numpy() for name, parts in curves.items()}

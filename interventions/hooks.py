@@ -58,7 +58,9 @@ class Intervention:
 
     def __init__(self, model: TransformerBridge, layers: Sequence[int], positions: Positions = "all") -> None:
         if isinstance(positions, str) and positions not in POSITION_MODES:
-            raise ToolkitError(f"unknown positions {positions!r}: use one of {', '.join(POSITION_MODES)} or a list of indices")
+            raise ToolkitError(
+                f"unknown positions {positions!r}: use one of {', '.join(POSITION_MODES)} or a list of indices"
+            )
         self.model = model
         self.layers = list(layers)
         self.hooks = validate_hooks(model, residual_hooks(model, self.layers))
@@ -102,15 +104,18 @@ class Intervention:
         if error_type is None:
             silent = [name for name in self.hooks if self.calls[name] == 0]
             if silent:
-                raise HookDidNotFire(f"{type(self).__name__}: hook(s) {', '.join(silent)} never fired: run the model inside the block")
+                raise HookDidNotFire(
+                    f"{type(self).__name__}: hook(s) {', '.join(silent)} never fired: run the model inside the block"
+                )
 
     def record(self) -> dict:
         """What this intervention did: hooks, positions, forward passes and positions changed."""
         return {
             "intervention": type(self).__name__,
             "positions": self.positions if isinstance(self.positions, str) else list(self.positions),
-            "hooks": {name: {"calls": self.calls[name], "positions_changed": int(self.touched[name])}
-                      for name in self.hooks},
+            "hooks": {
+                name: {"calls": self.calls[name], "positions_changed": int(self.touched[name])} for name in self.hooks
+            },
         }
 
 
@@ -130,7 +135,9 @@ def _per_layer(directions: Mapping[int, torch.Tensor] | torch.Tensor, layers: Se
         chosen = {int(layer): torch.as_tensor(directions, dtype=torch.float32) for layer in layers}
     for layer, vector in chosen.items():
         if vector.shape != (d_model,):
-            raise ToolkitError(f"direction for layer {layer} has shape {tuple(vector.shape)}, the model's residual is ({d_model},)")
+            raise ToolkitError(
+                f"direction for layer {layer} has shape {tuple(vector.shape)}, the model's residual is ({d_model},)"
+            )
     return chosen
 
 
@@ -151,8 +158,16 @@ class AddDirection(Intervention):
             steered layer without a norm, or what ``Intervention`` refuses.
     """
 
-    def __init__(self, model: TransformerBridge, directions, *, scale: float, layers: Sequence[int] | None = None,
-                 norms: Mapping[int, float] | None = None, positions: Positions = "all") -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        directions,
+        *,
+        scale: float,
+        layers: Sequence[int] | None = None,
+        norms: Mapping[int, float] | None = None,
+        positions: Positions = "all",
+    ) -> None:
         self.directions = {layer: _unit(v) for layer, v in _per_layer(directions, layers, model.cfg.d_model).items()}
         super().__init__(model, sorted(self.directions), positions)
         if norms is not None:
@@ -185,8 +200,15 @@ class AblateDirection(Intervention):
             what ``Intervention`` refuses.
     """
 
-    def __init__(self, model: TransformerBridge, directions, *, layers: Sequence[int] | None = None, positions: Positions = "all",
-                 baseline: Mapping[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        directions,
+        *,
+        layers: Sequence[int] | None = None,
+        positions: Positions = "all",
+        baseline: Mapping[int, float] | None = None,
+    ) -> None:
         self.directions = {layer: _unit(v) for layer, v in _per_layer(directions, layers, model.cfg.d_model).items()}
         super().__init__(model, sorted(self.directions), positions)
         self.baseline = dict(baseline or {})
@@ -213,7 +235,9 @@ class PatchActivations(Intervention):
             ``len(pairs)``.
     """
 
-    def __init__(self, model: TransformerBridge, source: Mapping[int, torch.Tensor], pairs: Sequence[Sequence[tuple[int, int]]]) -> None:
+    def __init__(
+        self, model: TransformerBridge, source: Mapping[int, torch.Tensor], pairs: Sequence[Sequence[tuple[int, int]]]
+    ) -> None:
         super().__init__(model, sorted(source), positions="all")
         self.source, self.pairs = source, pairs
 

@@ -90,16 +90,28 @@ def run_interventions(
     log.info(f"{len(items)} capital-city items, persona {persona.label}, {len(layers)} layers")
     with_persona, without = causal.baseline_margins(model, tokenizer, items, batch_size)
     effect = with_persona - without
-    summary = {"model": model.cfg.model_name, **precision(model), "persona": persona.label, "n": len(items),
-               "margin_without": float(without.mean()), "margin_with": float(with_persona.mean()),
-               "effect": causal.fraction(effect, np.ones_like(effect)).to_dict()}
+    summary = {
+        "model": model.cfg.model_name,
+        **precision(model),
+        "persona": persona.label,
+        "n": len(items),
+        "margin_without": float(without.mean()),
+        "margin_with": float(with_persona.mean()),
+        "effect": causal.fraction(effect, np.ones_like(effect)).to_dict(),
+    }
 
     sweep = causal.patching_sweep(model, tokenizer, items, layers, batch_size=batch_size, progress=progress)
     patching = []
     for (layer, group), patched in sweep.items():
         estimate = causal.fraction(patched - with_persona, without - with_persona, seed=seed)
-        patching.append({"layer": layer, "group": group, **estimate.columns("fraction", prefix="", n=True),
-                         "margin": float(patched.mean())})
+        patching.append(
+            {
+                "layer": layer,
+                "group": group,
+                **estimate.columns("fraction", prefix="", n=True),
+                "margin": float(patched.mean()),
+            }
+        )
     write_table(out / "patching.csv", patching)
     best = decisive_patch(patching)
     summary["best_patch"] = best
@@ -107,36 +119,68 @@ def run_interventions(
     steer_layer = answer_position_layer(patching) if steer_layer is None else steer_layer
     direction, plain_mean = causal.persona_direction(model, tokenizer, items, steer_layer, batch_size)
     sample = items[: min(len(items), 16)]
-    norms = residual_norms(model, right_pad([p.source for p in sample], tokenizer.pad_token_id), [len(p.source) for p in sample])
+    norms = residual_norms(
+        model, right_pad([p.source for p in sample], tokenizer.pad_token_id), [len(p.source) for p in sample]
+    )
     natural = float(direction.norm()) / norms[steer_layer]  # the persona's own shift, in residual-norm units
     generator = torch.Generator().manual_seed(seed)
     random_direction = torch.randn(direction.shape, generator=generator).to(direction.device)
     steering = []
     for multiple in multiples:
         for name, vector in (("persona direction", direction), ("random direction", random_direction)):
-            margins = causal.steering_margins(model, tokenizer, items, vector, steer_layer, multiple * natural, norms, batch_size) \
-                if multiple else without
+            margins = (
+                causal.steering_margins(
+                    model, tokenizer, items, vector, steer_layer, multiple * natural, norms, batch_size
+                )
+                if multiple
+                else without
+            )
             estimate = causal.fraction(margins - without, with_persona - without, seed=seed)
-            steering.append({"direction": name, "multiple": multiple, "layer": steer_layer, "scale": multiple * natural,
-                             **estimate.columns("fraction", prefix="", n=True)})
+            steering.append(
+                {
+                    "direction": name,
+                    "multiple": multiple,
+                    "layer": steer_layer,
+                    "scale": multiple * natural,
+                    **estimate.columns("fraction", prefix="", n=True),
+                }
+            )
     write_table(out / "steering.csv", steering)
 
     ablation = []
     for name, vector in (("persona direction", direction), ("random direction", random_direction)):
         unit = vector / vector.norm()
-        ablated = causal.ablation_margins(model, tokenizer, items, vector, steer_layer, float(plain_mean @ unit), batch_size)
+        ablated = causal.ablation_margins(
+            model, tokenizer, items, vector, steer_layer, float(plain_mean @ unit), batch_size
+        )
         estimate = causal.fraction(ablated - with_persona, without - with_persona, seed=seed)
         ablation.append({"direction": name, "layer": steer_layer, **estimate.columns("fraction", prefix="", n=True)})
     write_table(out / "ablation.csv", ablation)
 
-    attention = _attention_rows(causal.persona_attention(model, tokenizer, items, batch_size), items, without - with_persona, seed)
+    attention = _attention_rows(
+        causal.persona_attention(model, tokenizer, items, batch_size), items, without - with_persona, seed
+    )
     write_table(out / "attention.csv", attention)
     summary["attention"] = _attention_summary(attention)
 
     refusal = []
     if refusal_items:
-        refusal = _refusal_under_steering(model, tokenizer, persona, personas, refusal_items, direction, random_direction,
-                                          steer_layer, natural, norms, refusal_multiples, seed, batch_size, progress)
+        refusal = _refusal_under_steering(
+            model,
+            tokenizer,
+            persona,
+            personas,
+            refusal_items,
+            direction,
+            random_direction,
+            steer_layer,
+            natural,
+            norms,
+            refusal_multiples,
+            seed,
+            batch_size,
+            progress,
+        )
         write_table(out / "refusal.csv", refusal)
     summary["refusal"] = refusal
 
@@ -168,7 +212,9 @@ def decisive_patch(rows: Sequence[dict]) -> dict:
     token's residual is the output), so the maximum says little. Falls back to the largest recovery."""
     decisive = [r for r in rows if r["low"] >= 0.5]
     if decisive:
-        return min(decisive, key=lambda r: (r["layer"], GROUP_ORDER.index(r["group"]) if r["group"] in GROUP_ORDER else 0))
+        return min(
+            decisive, key=lambda r: (r["layer"], GROUP_ORDER.index(r["group"]) if r["group"] in GROUP_ORDER else 0)
+        )
     return max(rows, key=lambda r: r["fraction"])
 
 
@@ -198,22 +244,47 @@ def _attention_rows(masses: np.ndarray, items, harm: np.ndarray, seed: int) -> l
     for layer, mass in enumerate(masses):
         r = bootstrap_correlation(mass, harm, seed=seed)
         rho = bootstrap_correlation(mass, harm, method="spearman", seed=seed)
-        rows.append({"layer": layer, "attention": float(mass.mean()), "uniform_share": float(share.mean()),
-                     **r.columns("pearson", prefix=""), "spearman": rho.mean,
-                     **by_share.columns("share_pearson", prefix="share_"), "n": r.n})
+        rows.append(
+            {
+                "layer": layer,
+                "attention": float(mass.mean()),
+                "uniform_share": float(share.mean()),
+                **r.columns("pearson", prefix=""),
+                "spearman": rho.mean,
+                **by_share.columns("share_pearson", prefix="share_"),
+                "n": r.n,
+            }
+        )
     return rows
 
 
 def _attention_summary(rows: list[dict]) -> dict:
     finite = [r for r in rows if np.isfinite(r["pearson"])]
     strongest = max(finite, key=lambda r: abs(r["pearson"])) if finite else None
-    return {"mean_attention": float(np.mean([r["attention"] for r in rows])), "uniform_share": rows[0]["uniform_share"],
-            "strongest": strongest, "share": {k: v for k, v in rows[0].items() if k.startswith("share_")}}
+    return {
+        "mean_attention": float(np.mean([r["attention"] for r in rows])),
+        "uniform_share": rows[0]["uniform_share"],
+        "strongest": strongest,
+        "share": {k: v for k, v in rows[0].items() if k.startswith("share_")},
+    }
 
 
-def _refusal_under_steering(model: TransformerBridge, tokenizer, persona: Condition, personas: Mapping[str, Persona] | None, n_items: int,
-                            direction, random_direction, layer: int, natural: float, norms, multiples, seed: int,
-                            batch_size: int, progress: bool) -> list[dict]:
+def _refusal_under_steering(
+    model: TransformerBridge,
+    tokenizer,
+    persona: Condition,
+    personas: Mapping[str, Persona] | None,
+    n_items: int,
+    direction,
+    random_direction,
+    layer: int,
+    natural: float,
+    norms,
+    multiples,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+) -> list[dict]:
     """Keyword refusal on HarmBench prompts: no persona, the persona prompt (its persona from the library
     ``personas``), and no-persona runs steered (at every position, prompt and generated) by the persona direction or
     a random one."""
@@ -222,12 +293,18 @@ def _refusal_under_steering(model: TransformerBridge, tokenizer, persona: Condit
     plain = task.render(tokenizer, items, Condition("none", base_system=persona.base_system), seed=seed)
 
     def refusals(prompts) -> np.ndarray:
-        records = task.measure(model, tokenizer, items, prompts, max_new_tokens=REFUSAL_TOKENS, batch_size=batch_size, seed=seed)
+        records = task.measure(
+            model, tokenizer, items, prompts, max_new_tokens=REFUSAL_TOKENS, batch_size=batch_size, seed=seed
+        )
         return np.array([task.item_metrics(item, record)["refusal_rate"] for item, record in zip(items, records)])
 
     runs = [("no persona", 0.0, None), ("persona prompt", 0.0, None)]
-    runs += [(name, multiple, vector) for multiple in multiples if multiple
-             for name, vector in (("persona direction", direction), ("random direction", random_direction))]
+    runs += [
+        (name, multiple, vector)
+        for multiple in multiples
+        if multiple
+        for name, vector in (("persona direction", direction), ("random direction", random_direction))
+    ]
     baseline = None
     rows = []
     for name, multiple, vector in tqdm(runs, desc="refusal", unit="condition", disable=not progress):
@@ -239,8 +316,15 @@ def _refusal_under_steering(model: TransformerBridge, tokenizer, persona: Condit
             with AddDirection(model, {layer: vector}, scale=multiple * natural, norms=norms):
                 values = refusals(plain)
         rate, change = bootstrap_mean(values, seed=seed), paired_difference(values, baseline, seed=seed)
-        rows.append({"condition": name, "multiple": multiple, **rate.columns("rate", prefix=""), **change.columns("change"),
-                     "n": rate.n})
+        rows.append(
+            {
+                "condition": name,
+                "multiple": multiple,
+                **rate.columns("rate", prefix=""),
+                **change.columns("change"),
+                "n": rate.n,
+            }
+        )
     return rows
 
 

@@ -20,19 +20,22 @@ from typing import TYPE_CHECKING
 
 from probes.core.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "prism.adapters": ("active_adapter", "load_adapter", "save_adapter"),
-    "prism.baselines": ("EmbeddingRouter", "SelfClassifyRouter"),
-    "prism.bootstrap": ("BootstrapConfig", "run_bootstrap"),
-    "prism.samples": ("Sample", "load_samples"),
-    "prism.compare": ("CompareBudget", "run_compare"),
-    "prism.distill": ("DistillConfig",),
-    "prism.gate": ("Gate", "fit_gate"),
-    "prism.summary": ("BootstrapSummary", "CompareSummary", "TrainSummary"),
-    "prism.routing": ("Routed", "route_probabilities"),
-    "prism.train": ("run_training",),
-    "prism.workdir": ("PrismDirectory",),
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "prism.adapters": ("active_adapter", "load_adapter", "save_adapter"),
+        "prism.baselines": ("EmbeddingRouter", "SelfClassifyRouter"),
+        "prism.bootstrap": ("BootstrapConfig", "run_bootstrap"),
+        "prism.samples": ("Sample", "load_samples"),
+        "prism.compare": ("CompareBudget", "run_compare"),
+        "prism.distill": ("DistillConfig",),
+        "prism.gate": ("Gate", "fit_gate"),
+        "prism.summary": ("BootstrapSummary", "CompareSummary", "TrainSummary"),
+        "prism.routing": ("Routed", "route_probabilities"),
+        "prism.train": ("run_training",),
+        "prism.workdir": ("PrismDirectory",),
+    },
+)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
     from prism.adapters import active_adapter, load_adapter, save_adapter

@@ -31,8 +31,16 @@ from probes.core.internals import plain_module_name
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["active_adapter", "adapter_layers", "attach_adapter", "base_model_name", "json_ready", "load_adapter", "lora_modules",
-           "save_adapter"]
+__all__ = [
+    "active_adapter",
+    "adapter_layers",
+    "attach_adapter",
+    "base_model_name",
+    "json_ready",
+    "load_adapter",
+    "lora_modules",
+    "save_adapter",
+]
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRAINING_FILE = "adapter_model.safetensors", "adapter_config.json", "training.json"
@@ -54,7 +62,9 @@ def lora_modules(hf_model: torch.nn.Module, blocks: Sequence[int]) -> dict[str, 
     return found
 
 
-def attach_adapter(model: TransformerBridge, name: str, *, rank: int = 16, alpha: int = 32, first_block: int = 1, seed: int = 0) -> LoraConfig:
+def attach_adapter(
+    model: TransformerBridge, name: str, *, rank: int = 16, alpha: int = 32, first_block: int = 1, seed: int = 0
+) -> LoraConfig:
     """Add an untrained LoRA adapter ``name`` to the bridged model, switched off.
 
     Args:
@@ -84,8 +94,14 @@ def attach_adapter(model: TransformerBridge, name: str, *, rank: int = 16, alpha
             module.lora_B[name].requires_grad_(True)
     _switch(model, None)  # attaching never switches an adapter on
     # the config users see names modules as in the plain model
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
-                      layers_to_transform=blocks, layers_pattern="layers")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGETS),
+        layers_to_transform=blocks,
+        layers_pattern="layers",
+    )
 
 
 def _inject(config: LoraConfig, hf_model: torch.nn.Module, name: str) -> None:
@@ -116,8 +132,10 @@ def active_adapter(model: TransformerBridge, name: str | None) -> Iterator[None]
         None: use it as ``with active_adapter(model, name):``.
     """
     layers = adapter_layers(model)
-    saved = [(layer.active_adapter, layer.disable_adapters, [(p, p.requires_grad) for p in layer.parameters()])
-             for layer in layers]
+    saved = [
+        (layer.active_adapter, layer.disable_adapters, [(p, p.requires_grad) for p in layer.parameters()])
+        for layer in layers
+    ]
     _switch(model, name)
     try:
         yield
@@ -139,7 +157,9 @@ def _switch(model: TransformerBridge, name: str | None) -> None:
             module.set_adapter(name)
 
 
-def save_adapter(model: TransformerBridge, name: str, directory: str | Path, peft_config: dict, training: dict | None = None) -> Path:
+def save_adapter(
+    model: TransformerBridge, name: str, directory: str | Path, peft_config: dict, training: dict | None = None
+) -> Path:
     """Write adapter ``name`` in the peft format, module names as in the plain model.
 
     Args:
@@ -203,7 +223,9 @@ def load_adapter(model: TransformerBridge, name: str, directory: str | Path) -> 
     """
     directory = Path(directory)
     if not (directory / ADAPTER_CONFIG).is_file() or not (directory / ADAPTER_WEIGHTS).is_file():
-        raise ToolkitError(f"no adapter at {directory} (expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}): train one with `prism train`")
+        raise ToolkitError(
+            f"no adapter at {directory} (expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}): train one with `prism train`"
+        )
     try:
         saved = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
         weights = load_file(str(directory / ADAPTER_WEIGHTS))
@@ -214,7 +236,9 @@ def load_adapter(model: TransformerBridge, name: str, directory: str | Path) -> 
     except (SafetensorError, OSError) as error:
         raise ToolkitError(f"{directory / ADAPTER_WEIGHTS} is not a readable safetensors file ({error})") from error
     if max(blocks, default=-1) >= model.cfg.n_layers:
-        raise ToolkitError(f"the adapter at {directory} adapts block {max(blocks)}, but this model has {model.cfg.n_layers} blocks")
+        raise ToolkitError(
+            f"the adapter at {directory} adapts block {max(blocks)}, but this model has {model.cfg.n_layers} blocks"
+        )
     targets = lora_modules(model.original_model, blocks)
     internal = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=sorted(targets.values()))
     _inject(internal, model.original_model, name)
@@ -222,12 +246,16 @@ def load_adapter(model: TransformerBridge, name: str, directory: str | Path) -> 
     for key, value in weights.items():
         module, _, leaf = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
         if module not in targets:
-            raise ToolkitError(f"{directory} holds weights for {module!r}, which this model does not have: it was trained on another model")
+            raise ToolkitError(
+                f"{directory} holds weights for {module!r}, which this model does not have: it was trained on another model"
+            )
         state[f"{targets[module]}.lora_{leaf}"] = value
     expected = {key for key in get_peft_model_state_dict(model.original_model, adapter_name=name)}
     if set(state) != expected:
         missing = sorted(expected - set(state))
-        raise ToolkitError(f"{directory} does not match this model: {len(missing)} adapter weights missing (e.g. {missing[:1]})")
+        raise ToolkitError(
+            f"{directory} does not match this model: {len(missing)} adapter weights missing (e.g. {missing[:1]})"
+        )
     try:
         set_peft_model_state_dict(model.original_model, state, adapter_name=name)
     except RuntimeError as error:
@@ -240,4 +268,6 @@ def load_adapter(model: TransformerBridge, name: str, directory: str | Path) -> 
 
 def json_ready(payload: dict) -> dict:
     """``payload`` as plain JSON values (a peft config holds sets and enums)."""
-    return json.loads(json.dumps(payload, default=lambda value: sorted(value) if isinstance(value, set) else str(value)))
+    return json.loads(
+        json.dumps(payload, default=lambda value: sorted(value) if isinstance(value, set) else str(value))
+    )

@@ -100,8 +100,13 @@ class SentenceEncoder:
         check_batch_size(batch_size)
         chunks = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
+            batch = self.tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
@@ -206,7 +211,8 @@ class EmbeddingRouter(Router):
         if self.coef is None:
             raise ToolkitError("the embedding router is not fitted: nothing to save")
         return save_tensors(
-            path, {"coef": self.coef, "intercept": np.array([self.intercept])},
+            path,
+            {"coef": self.coef, "intercept": np.array([self.intercept])},
             {"kind": EMBEDDING_KIND, "encoder": ENCODER_NAME, "threshold": self.threshold, "n_train": self.n_train},
         )
 
@@ -227,8 +233,9 @@ class EmbeddingRouter(Router):
         """
         tensors, metadata = load_tensors(path)
         if metadata.get("kind") != EMBEDDING_KIND or not {"coef", "intercept"} <= tensors.keys():
-            raise ToolkitError(f"{path} holds no embedding router (kind {metadata.get('kind')!r}): "
-                               "save one with EmbeddingRouter.save")
+            raise ToolkitError(
+                f"{path} holds no embedding router (kind {metadata.get('kind')!r}): save one with EmbeddingRouter.save"
+            )
         if metadata.get("encoder") != ENCODER_NAME:
             raise ToolkitError(f"{path} was fitted on {metadata.get('encoder')!r} embeddings, not {ENCODER_NAME}")
         router = cls(encoder, threshold=metadata["threshold"])
@@ -255,19 +262,32 @@ class SelfClassifyRouter(Router):
     """
 
     def __init__(
-        self, model: TransformerBridge, tokenizer: PreTrainedTokenizerBase, *,
-        batch_size: int = 8, threshold: float = 0.0, progress: bool = False,
+        self,
+        model: TransformerBridge,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        batch_size: int = 8,
+        threshold: float = 0.0,
+        progress: bool = False,
     ) -> None:
         super().__init__(threshold)
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.progress = batch_size, progress
 
     def prompt(self, query: str) -> RenderedPrompt:
-        return render(self.tokenizer, SELF_CLASSIFY_QUESTION.format(query=query), Condition("none"),
-                      answer_prefix=ANSWER_PREFIX)
+        return render(
+            self.tokenizer, SELF_CLASSIFY_QUESTION.format(query=query), Condition("none"), answer_prefix=ANSWER_PREFIX
+        )
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         prompts = [self.prompt(query) for query in _texts(queries)]
-        results = score_choices(self.model, self.tokenizer, prompts, [(" Yes", " No")] * len(prompts),
-                                [0] * len(prompts), batch_size=self.batch_size, progress=self.progress)
+        results = score_choices(
+            self.model,
+            self.tokenizer,
+            prompts,
+            [(" Yes", " No")] * len(prompts),
+            [0] * len(prompts),
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
         return np.array([result.logprobs[0] - result.logprobs[1] for result in results])

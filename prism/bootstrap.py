@@ -41,10 +41,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_QUERY_CHARS = 15
-QUERY_REQUEST = ("Write one question or request that a user might bring to you, one that your expertise lets you "
-                 "answer especially well. Write only the question, on one line.")
-VERDICT_REQUEST = ("Here is a user's request and two responses to it.\n\nRequest: {query}\n\nResponse A: {first}\n\n"
-                   "Response B: {second}\n\nWhich response is more helpful, accurate and appropriate? Answer A or B.")
+QUERY_REQUEST = (
+    "Write one question or request that a user might bring to you, one that your expertise lets you "
+    "answer especially well. Write only the question, on one line."
+)
+VERDICT_REQUEST = (
+    "Here is a user's request and two responses to it.\n\nRequest: {query}\n\nResponse A: {first}\n\n"
+    "Response B: {second}\n\nWhich response is more helpful, accurate and appropriate? Answer A or B."
+)
 VERDICT_PREFIX = "The better response is"
 
 
@@ -73,9 +77,17 @@ class BootstrapConfig:
     batch_size: int = 8
 
 
-def run_bootstrap(out: str | Path | PrismDirectory, model: TransformerBridge, tokenizer, *, config: BootstrapConfig = BootstrapConfig(),
-                  personas: Sequence[str] | None = None, library: Mapping[str, Persona] | None = None,
-                  progress: bool = True, engine: Engine | None = None) -> list[Sample]:
+def run_bootstrap(
+    out: str | Path | PrismDirectory,
+    model: TransformerBridge,
+    tokenizer,
+    *,
+    config: BootstrapConfig = BootstrapConfig(),
+    personas: Sequence[str] | None = None,
+    library: Mapping[str, Persona] | None = None,
+    progress: bool = True,
+    engine: Engine | None = None,
+) -> list[Sample]:
     """Stages 1-3 for ``personas``, resumable.
 
     Args:
@@ -106,7 +118,9 @@ def run_bootstrap(out: str | Path | PrismDirectory, model: TransformerBridge, to
     engine = engine or HFEngine(model, tokenizer)
     queries = _queries(engine, tokenizer, [library[name] for name in chosen], config, ledger, progress)
     samples = _answers_and_verdicts(engine, tokenizer, queries, library, config, ledger, progress)
-    group.on_main(lambda: write_samples(work, samples, {"config": asdict(config)}))  # every rank has every sample; rank 0 writes them
+    group.on_main(
+        lambda: write_samples(work, samples, {"config": asdict(config)})
+    )  # every rank has every sample; rank 0 writes them
     return samples
 
 
@@ -145,8 +159,9 @@ def clean_query(text: str) -> str | None:
     return None
 
 
-def _queries(engine: Engine, tokenizer, personas: Sequence[Persona], config: BootstrapConfig, ledger: Ledger,
-             progress: bool) -> list[tuple[str, str]]:
+def _queries(
+    engine: Engine, tokenizer, personas: Sequence[Persona], config: BootstrapConfig, ledger: Ledger, progress: bool
+) -> list[tuple[str, str]]:
     """(persona, query) pairs: up to ``queries_per_persona`` distinct queries per persona."""
     found: dict[str, list[str]] = {persona.name: [] for persona in personas}
     for round_ in range(config.max_rounds):
@@ -158,12 +173,35 @@ def _queries(engine: Engine, tokenizer, personas: Sequence[Persona], config: Boo
             missing = config.queries_per_persona - len(found[persona.name])
             for k in range(missing + (missing + 1) // 2):  # oversample: some are dropped
                 requests.append((persona, k))
-        prompts = [render_messages(tokenizer, persona.text(config.persona_length), QUERY_REQUEST) for persona, _ in requests]
-        keys = [work_key(stage="query", persona=p.name, round=round_, k=k, seed=config.seed, tokens=config.query_tokens,
-                         temperature=config.query_temperature, length=config.persona_length, **engine_key(engine))
-                for p, k in requests]
-        texts = _generate_once(engine, prompts, keys, ledger, config, config.query_tokens,
-                               config.query_temperature, config.seed + 1000 * round_, f"queries (round {round_ + 1})", progress)
+        prompts = [
+            render_messages(tokenizer, persona.text(config.persona_length), QUERY_REQUEST) for persona, _ in requests
+        ]
+        keys = [
+            work_key(
+                stage="query",
+                persona=p.name,
+                round=round_,
+                k=k,
+                seed=config.seed,
+                tokens=config.query_tokens,
+                temperature=config.query_temperature,
+                length=config.persona_length,
+                **engine_key(engine),
+            )
+            for p, k in requests
+        ]
+        texts = _generate_once(
+            engine,
+            prompts,
+            keys,
+            ledger,
+            config,
+            config.query_tokens,
+            config.query_temperature,
+            config.seed + 1000 * round_,
+            f"queries (round {round_ + 1})",
+            progress,
+        )
         seen = {query.lower() for queries in found.values() for query in queries}
         for (persona, _), text in zip(requests, texts):
             query = clean_query(text)
@@ -176,47 +214,106 @@ def _queries(engine: Engine, tokenizer, personas: Sequence[Persona], config: Boo
     return [(name, query) for name, queries in found.items() for query in queries]
 
 
-def _answers_and_verdicts(engine: Engine, tokenizer, queries, library, config: BootstrapConfig, ledger: Ledger,
-                          progress: bool) -> list[Sample]:
+def _answers_and_verdicts(
+    engine: Engine, tokenizer, queries, library, config: BootstrapConfig, ledger: Ledger, progress: bool
+) -> list[Sample]:
     if not queries:
         raise ToolkitError("the model wrote no usable query: raise --queries-per-persona or the query length")
     plain = [render(tokenizer, query, Condition("none")) for _, query in queries]
-    personal = [render(tokenizer, query, Condition(name, config.persona_length, "system"), personas=library)
-                for name, query in queries]
+    personal = [
+        render(tokenizer, query, Condition(name, config.persona_length, "system"), personas=library)
+        for name, query in queries
+    ]
     answers = {}
     for kind, prompts in (("plain", plain), ("persona", personal)):
-        keys = [work_key(stage="answer", prompt=p.text, seed=config.seed, tokens=config.answer_tokens,
-                         temperature=config.answer_temperature, **engine_key(engine)) for p in prompts]
-        answers[kind] = _generate_once(engine, prompts, keys, ledger, config, config.answer_tokens,
-                                       config.answer_temperature, config.seed, f"answers ({kind})", progress)
+        keys = [
+            work_key(
+                stage="answer",
+                prompt=p.text,
+                seed=config.seed,
+                tokens=config.answer_tokens,
+                temperature=config.answer_temperature,
+                **engine_key(engine),
+            )
+            for p in prompts
+        ]
+        answers[kind] = _generate_once(
+            engine,
+            prompts,
+            keys,
+            ledger,
+            config,
+            config.answer_tokens,
+            config.answer_temperature,
+            config.seed,
+            f"answers ({kind})",
+            progress,
+        )
     verdicts = {}
     for order in ("persona_first", "persona_second"):
         pairs = [(b, a) if order == "persona_first" else (a, b) for a, b in zip(answers["plain"], answers["persona"])]
-        prompts = [render_messages(tokenizer, None, VERDICT_REQUEST.format(query=query, first=first or "(empty)",
-                                                                           second=second or "(empty)"),
-                                   answer_prefix=VERDICT_PREFIX)
-                   for (_, query), (first, second) in zip(queries, pairs)]
-        verdicts[order] = _verdicts(engine, prompts, ledger, config, persona_letter=0 if order == "persona_first" else 1,
-                                    progress=progress)
+        prompts = [
+            render_messages(
+                tokenizer,
+                None,
+                VERDICT_REQUEST.format(query=query, first=first or "(empty)", second=second or "(empty)"),
+                answer_prefix=VERDICT_PREFIX,
+            )
+            for (_, query), (first, second) in zip(queries, pairs)
+        ]
+        verdicts[order] = _verdicts(
+            engine, prompts, ledger, config, persona_letter=0 if order == "persona_first" else 1, progress=progress
+        )
     samples = []
-    for index, ((persona, query), plain_answer, persona_answer) in enumerate(zip(queries, answers["plain"], answers["persona"])):
+    for index, ((persona, query), plain_answer, persona_answer) in enumerate(
+        zip(queries, answers["plain"], answers["persona"])
+    ):
         first, second = verdicts["persona_first"][index], verdicts["persona_second"][index]
-        samples.append(Sample(f"{persona}-{index:04d}", persona, query, plain_answer, persona_answer,
-                              first > 0, second > 0, (first, second)))
+        samples.append(
+            Sample(
+                f"{persona}-{index:04d}",
+                persona,
+                query,
+                plain_answer,
+                persona_answer,
+                first > 0,
+                second > 0,
+                (first, second),
+            )
+        )
     return samples
 
 
-def _generate_once(engine: Engine, prompts, keys, ledger: Ledger, config: BootstrapConfig, max_new_tokens: int,
-                   temperature: float, seed: int, label: str, progress: bool) -> list[str]:
+def _generate_once(
+    engine: Engine,
+    prompts,
+    keys,
+    ledger: Ledger,
+    config: BootstrapConfig,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    label: str,
+    progress: bool,
+) -> list[str]:
     """Generate what the ledger does not hold yet, a few batches at a time (each seeded by its place), recording
     each; a chunk with anything missing is generated whole, with its seed (``Ledger.unfinished``), so a resumed run
     samples what an uninterrupted one does. Under ``torchrun`` the ranks share the chunks."""
     chunks = [(span.start, list(span)) for span in ledger.unfinished(keys, config.batch_size * 2)]
-    with tqdm(total=len(ledger.world.share(chunks)), desc=label, unit="chunk", disable=not progress or not chunks) as bar:
+    with tqdm(
+        total=len(ledger.world.share(chunks)), desc=label, unit="chunk", disable=not progress or not chunks
+    ) as bar:
+
         def generate_chunk(chunk: tuple[int, list[int]]) -> list[dict]:
             start, part = chunk
-            texts = engine.generate([prompts[i] for i in part], max_new_tokens=max_new_tokens, temperature=temperature,
-                                    seed=seed + start, batch_size=config.batch_size, progress=False)
+            texts = engine.generate(
+                [prompts[i] for i in part],
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed + start,
+                batch_size=config.batch_size,
+                progress=False,
+            )
             bar.update(1)
             return [{"key": keys[i], "text": text} for i, text in zip(part, texts) if keys[i] not in ledger]
 
@@ -224,24 +321,36 @@ def _generate_once(engine: Engine, prompts, keys, ledger: Ledger, config: Bootst
     return [_recorded(ledger, key, "text", lambda text: isinstance(text, str)) for key in keys]
 
 
-def _verdicts(engine: Engine, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int,
-              progress: bool) -> list[float]:
+def _verdicts(
+    engine: Engine, prompts, ledger: Ledger, config: BootstrapConfig, *, persona_letter: int, progress: bool
+) -> list[float]:
     """log p(persona's letter) - log p(the other letter) for each verdict prompt."""
     keys = [work_key(stage="verdict", prompt=p.text, **engine_key(engine)) for p in prompts]
     chunks = [list(span) for span in ledger.unfinished(keys, config.batch_size * 4)]  # each scored whole, as at first
-    with tqdm(total=sum(map(len, ledger.world.share(chunks))), desc="verdicts", unit="prompt",
-              disable=not progress or not chunks) as bar:
+    with tqdm(
+        total=sum(map(len, ledger.world.share(chunks))),
+        desc="verdicts",
+        unit="prompt",
+        disable=not progress or not chunks,
+    ) as bar:
+
         def score_chunk(part: list[int]) -> list[dict]:
-            scored = engine.option_logprobs([prompts[i] for i in part], [[" A", " B"]] * len(part),
-                                            batch_size=config.batch_size)
+            scored = engine.option_logprobs(
+                [prompts[i] for i in part], [[" A", " B"]] * len(part), batch_size=config.batch_size
+            )
             bar.update(len(part))
-            return [{"key": keys[i], "logprobs": list(logprobs)} for i, logprobs in zip(part, scored)
-                    if keys[i] not in ledger]
+            return [
+                {"key": keys[i], "logprobs": list(logprobs)}
+                for i, logprobs in zip(part, scored)
+                if keys[i] not in ledger
+            ]
 
         ledger.fill(chunks, score_chunk)
     values = []
     for key in keys:
-        logprobs = _recorded(ledger, key, "logprobs", lambda pair: isinstance(pair, list) and len(pair) == 2)  # " A", " B"
+        logprobs = _recorded(
+            ledger, key, "logprobs", lambda pair: isinstance(pair, list) and len(pair) == 2
+        )  # " A", " B"
         values.append(float(logprobs[persona_letter] - logprobs[1 - persona_letter]))
     return values
 
@@ -251,6 +360,8 @@ def _recorded(ledger: Ledger, key: str, field: str, valid: Callable[[object], bo
     ``valid`` one (the bootstrap's ledger holds records of several shapes, so ``Ledger(fields=...)`` cannot check)."""
     value = ledger[key].get(field)
     if not valid(value):
-        raise ToolkitError(f"{ledger.path}: the record {key!r} has no valid {field!r}, so prism did not write it: "
-                           "delete that line (its work is done again) and rerun")
+        raise ToolkitError(
+            f"{ledger.path}: the record {key!r} has no valid {field!r}, so prism did not write it: "
+            "delete that line (its work is done again) and rerun"
+        )
     return value

@@ -66,28 +66,62 @@ from probes.core.prompts import Condition, encode
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["COMPARE_BUDGETS", "DATASETS", "KNOWLEDGE", "SYSTEMS", "CompareBudget", "evaluation_items", "evaluation_queries",
-           "excluded_sources", "format_table", "resolve_budget", "run_compare", "summarise"]
+__all__ = [
+    "COMPARE_BUDGETS",
+    "DATASETS",
+    "KNOWLEDGE",
+    "SYSTEMS",
+    "CompareBudget",
+    "evaluation_items",
+    "evaluation_queries",
+    "excluded_sources",
+    "format_table",
+    "resolve_budget",
+    "run_compare",
+    "summarise",
+]
 
 log = logging.getLogger(__name__)
 
 # systems whose answers need no hooks (a prompt, chosen or not by a router that reads the query): an inference engine
 # may generate them; the others add an adapter or a steering vector inside the model's forward
 PROMPT_SYSTEMS = ("base", "expert prompt", "expert prompt (long)", "probe -> persona prompt")
-SYSTEMS = ("base", "expert prompt", "expert prompt (long)", "ungated LoRA", "PRISM", "probe -> persona prompt",
-           "probe -> steering",
-           "MiniLM -> LoRA", "self-classify -> LoRA")
+SYSTEMS = (
+    "base",
+    "expert prompt",
+    "expert prompt (long)",
+    "ungated LoRA",
+    "PRISM",
+    "probe -> persona prompt",
+    "probe -> steering",
+    "MiniLM -> LoRA",
+    "self-classify -> LoRA",
+)
 EXPERT = {**{name: "humanities" for name in KNOWLEDGE}, "harmbench": "safety-monitor", "mtbench": "expert"}
 EXPERT_LENGTHS = {"expert prompt": "min", "expert prompt (long)": "long"}  # the prompted systems' persona lengths
-ROUTER_OF = {"PRISM": "probe gate", "probe -> steering": "probe gate", "probe -> persona prompt": "probe gate",
-             "MiniLM -> LoRA": "MiniLM", "self-classify -> LoRA": "self-classify"}
+ROUTER_OF = {
+    "PRISM": "probe gate",
+    "probe -> steering": "probe gate",
+    "probe -> persona prompt": "probe gate",
+    "MiniLM -> LoRA": "MiniLM",
+    "self-classify -> LoRA": "self-classify",
+}
 
 
 class _Evaluator:
     """Runs one system on one data set: per-item rows with the metric and the route taken."""
 
-    def __init__(self, model: TransformerBridge, tokenizer, work: PrismDirectory, budget: CompareBudget, seed: int, batch_size: int,
-                 judge: Judge | None = None, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        tokenizer,
+        work: PrismDirectory,
+        budget: CompareBudget,
+        seed: int,
+        batch_size: int,
+        judge: Judge | None = None,
+        engine: Engine | None = None,
+    ) -> None:
         self.model, self.tokenizer, self.budget, self.seed, self.batch_size = model, tokenizer, budget, seed, batch_size
         self.engine = engine
         self.gate = Gate.load(work.gate)
@@ -117,8 +151,9 @@ class _Evaluator:
         rows = self._run(system, dataset, items)
         if dataset == "mtbench":  # the judge is the plain model for every system
             with active_adapter(self.model, None):
-                texts = self.judge.judge([judge_request(item, (row["response"],)) for item, row in zip(items, rows)],
-                                         seed=self.seed)
+                texts = self.judge.judge(
+                    [judge_request(item, (row["response"],)) for item, row in zip(items, rows)], seed=self.seed
+                )
             for row, text in zip(rows, texts):
                 row["rating"] = parse_rating(text)
         return rows
@@ -162,15 +197,31 @@ class _Evaluator:
         generated = engine is not None and engine.name != "hf" and not TASKS[dataset].is_choice
         return engine.name if generated and system in PROMPT_SYSTEMS else None
 
-    def _answer(self, dataset: str, items: Sequence[Item], conditions: Sequence[Condition], *, context=None,
-                route: bool | None = None, hooked: bool = True) -> list[dict]:
+    def _answer(
+        self,
+        dataset: str,
+        items: Sequence[Item],
+        conditions: Sequence[Condition],
+        *,
+        context=None,
+        route: bool | None = None,
+        hooked: bool = True,
+    ) -> list[dict]:
         task = TASKS[dataset]
         prompts = row_prompts(self.tokenizer, items, conditions, dataset, self.personas)
         tokens = {"harmbench": self.budget.refusal_tokens, "mtbench": self.budget.answer_tokens}.get(dataset)
         with context or nullcontext():
-            records = task.measure(self.model, self.tokenizer, items, prompts, max_new_tokens=tokens,
-                                   batch_size=self.batch_size, seed=self.seed, share_prefix=context is None,
-                                   engine=None if hooked else self.engine)
+            records = task.measure(
+                self.model,
+                self.tokenizer,
+                items,
+                prompts,
+                max_new_tokens=tokens,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                share_prefix=context is None,
+                engine=None if hooked else self.engine,
+            )
         rows = [_measured(task, item, record) for item, record in zip(items, records)]
         for item, row, condition in zip(items, rows, conditions):
             row.update(id=item.id, category=item.category, persona=condition.persona)
@@ -190,17 +241,34 @@ def _measured(task: Task, item: Item, record: Mapping) -> dict:
     return row
 
 
-def row_prompts(tokenizer, items: Sequence[Item], conditions: Sequence[Condition], dataset: str,
-                personas: Mapping[str, Persona] | None = None) -> list:
+def row_prompts(
+    tokenizer,
+    items: Sequence[Item],
+    conditions: Sequence[Condition],
+    dataset: str,
+    personas: Mapping[str, Persona] | None = None,
+) -> list:
     """Each item's prompt under its own condition, with the data set's task settings; the conditions' personas are read
     from ``personas`` (default: the built-in library; a PRISM directory's is ``PrismDirectory.persona_library``)."""
-    return [TASKS[dataset].render(tokenizer, [item], condition, personas=personas)[0]
-            for item, condition in zip(items, conditions)]
+    return [
+        TASKS[dataset].render(tokenizer, [item], condition, personas=personas)[0]
+        for item, condition in zip(items, conditions)
+    ]
 
 
-def run_compare(prism_dir: str | Path | PrismDirectory, model: TransformerBridge, tokenizer, *, budget: str | CompareBudget = "default",
-                systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, judge: Judge | None = None,
-                progress: bool = True, engine: Engine | None = None) -> dict:
+def run_compare(
+    prism_dir: str | Path | PrismDirectory,
+    model: TransformerBridge,
+    tokenizer,
+    *,
+    budget: str | CompareBudget = "default",
+    systems: Sequence[str] = SYSTEMS,
+    seed: int = 0,
+    batch_size: int = 8,
+    judge: Judge | None = None,
+    progress: bool = True,
+    engine: Engine | None = None,
+) -> dict:
     """Run every (system, data set) cell not yet saved, then write the tables, figures and report.
 
     Args:
@@ -235,29 +303,50 @@ def run_compare(prism_dir: str | Path | PrismDirectory, model: TransformerBridge
     evaluator = _Evaluator(model, tokenizer, work, plan, seed, batch_size, judge, engine)
     hooked = [system for system in systems if system not in PROMPT_SYSTEMS]
     if engine is not None and engine.name != "hf" and hooked:
-        log.warning(f"{', '.join(hooked)} need hooks (adapters, steering): their cells run on the hooked model, "
-                    f"not on {engine.name}")
+        log.warning(
+            f"{', '.join(hooked)} need hooks (adapters, steering): their cells run on the hooked model, "
+            f"not on {engine.name}"
+        )
     trained = work.trained_fingerprint()
     jobs = [(system, dataset) for system in systems for dataset in DATASETS]
     judged_by = {dataset: evaluator.judge.name if dataset == "mtbench" else None for dataset in DATASETS}
     group = world()
-    todo = group.on_main(lambda: [job for job in jobs if _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]],
-                                                                 evaluator.engine_of(*job)) is None])
+    todo = group.on_main(
+        lambda: [
+            job
+            for job in jobs
+            if _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]], evaluator.engine_of(*job)) is None
+        ]
+    )
     # under torchrun rank r computes the cells i % N == r; each cell is saved as it ends
     with group.together():
         for system, dataset in tqdm(group.share(todo), desc="compare", unit="cell", disable=not progress):
             rows = evaluator.run(system, dataset, items[dataset])
-            write_json(work.cell(system, dataset), {"system": system, "dataset": dataset, "budget": asdict(plan), "seed": seed,
-                                                    "trained": trained, "judge": judged_by[dataset],
-                                                    **_engine_field(evaluator.engine_of(system, dataset)), "rows": rows})
+            write_json(
+                work.cell(system, dataset),
+                {
+                    "system": system,
+                    "dataset": dataset,
+                    "budget": asdict(plan),
+                    "seed": seed,
+                    "trained": trained,
+                    "judge": judged_by[dataset],
+                    **_engine_field(evaluator.engine_of(system, dataset)),
+                    "rows": rows,
+                },
+            )
 
     def summarise_cells() -> dict:
-        cells = {job: _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]], evaluator.engine_of(*job))
-                 for job in jobs}
+        cells = {
+            job: _cached(work.cell(*job), plan, seed, trained, judged_by[job[1]], evaluator.engine_of(*job))
+            for job in jobs
+        }
         routes = {router: evaluator.routes(router, [i for d in DATASETS for i in items[d]])[1] for router in ROUTERS}
         trained_on = work.train_record()
         summary = summarise(cells, systems, items, routes, seed, adapters=trained_on.get("adapters"))
-        summary["excluded_sources"] = trained_on.get("excluded_sources")  # None: not recorded (trained before the quizzes)
+        summary["excluded_sources"] = trained_on.get(
+            "excluded_sources"
+        )  # None: not recorded (trained before the quizzes)
         write_outputs(work, summary, plan)
         return summary
 
@@ -269,8 +358,9 @@ def _engine_field(engine: str | None) -> dict:
     return {} if engine is None else {"engine": engine}
 
 
-def _cached(path: Path, plan: CompareBudget, seed: int, trained: str, judge: str | None,
-            engine: str | None = None) -> list[dict] | None:
+def _cached(
+    path: Path, plan: CompareBudget, seed: int, trained: str, judge: str | None, engine: str | None = None
+) -> list[dict] | None:
     """A saved cell's rows, when it was computed with this budget, seed, trained artefacts, judge and engine; a damaged cell
     (cut off, not the toolkit's shape) is computed again."""
     if not path.is_file():
@@ -281,7 +371,12 @@ def _cached(path: Path, plan: CompareBudget, seed: int, trained: str, judge: str
         return None
     if not isinstance(cached, dict) or not isinstance(cached.get("rows"), list):
         return None
-    if (cached.get("budget") == asdict(plan) and cached.get("seed") == seed and cached.get("trained") == trained
-            and cached.get("judge") == judge and cached.get("engine") == engine):
+    if (
+        cached.get("budget") == asdict(plan)
+        and cached.get("seed") == seed
+        and cached.get("trained") == trained
+        and cached.get("judge") == judge
+        and cached.get("engine") == engine
+    ):
         return cached["rows"]
     return None

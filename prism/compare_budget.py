@@ -14,8 +14,14 @@ from prism.compare_sources import KNOWLEDGE_SOURCES
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
 
-__all__ = ["COMPARE_BUDGETS", "CompareBudget", "evaluation_items", "evaluation_queries", "excluded_sources",
-           "resolve_budget"]
+__all__ = [
+    "COMPARE_BUDGETS",
+    "CompareBudget",
+    "evaluation_items",
+    "evaluation_queries",
+    "excluded_sources",
+    "resolve_budget",
+]
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,10 @@ class CompareBudget:
         return getattr(self, dataset.replace("-", "_"))
 
 
-COMPARE_BUDGETS = {"smoke": CompareBudget(16, 8, 4, 24, 32, continents=16, currencies=16, city_countries=16),
-                   "default": CompareBudget()}
+COMPARE_BUDGETS = {
+    "smoke": CompareBudget(16, 8, 4, 24, 32, continents=16, currencies=16, city_countries=16),
+    "default": CompareBudget(),
+}
 
 
 def resolve_budget(budget: str | CompareBudget) -> CompareBudget:

@@ -38,27 +38,38 @@ def trade_off(table: Sequence[dict], route_rates: Sequence[dict] = ()) -> list[s
         if f"{margin}_vs_base" not in row:
             continue
         routed = [r["route_rate"] for r in route_rates if r["system"] == system and r["dataset"] in KNOWLEDGE]
-        where = (f", routing {np.mean(routed):.0%} of the knowledge questions to the adapter"
-                 if system == "PRISM" and routed else "")
-        lines.append(f"- {system}: knowledge margin vs base {change(row, margin, 2, 'nats')}, accuracy "
-                     f"{change(row, knowledge, 1, 'points')}{where}.")
+        where = (
+            f", routing {np.mean(routed):.0%} of the knowledge questions to the adapter"
+            if system == "PRISM" and routed
+            else ""
+        )
+        lines.append(
+            f"- {system}: knowledge margin vs base {change(row, margin, 2, 'nats')}, accuracy "
+            f"{change(row, knowledge, 1, 'points')}{where}."
+        )
     prism = rows.get("PRISM", {})
     if "fidelity" in prism:
         fidelity = Estimate.from_columns(prism, "fidelity")
-        text = (f"- What the persona path carries: on held-out persona-path queries PRISM's adapter reproduces "
-                f"{fidelity.format(2)} (n={fidelity.n}) of the {prism['teacher_length']} persona's effect")
+        text = (
+            f"- What the persona path carries: on held-out persona-path queries PRISM's adapter reproduces "
+            f"{fidelity.format(2)} (n={fidelity.n}) of the {prism['teacher_length']} persona's effect"
+        )
         if "other_persona_fidelity" in prism:
             control = Estimate.from_columns(prism, "other_persona_fidelity")
             both = fidelity.has_interval and control.has_interval
-            verdict = ("the adapter carries more than every persona shares." if both and fidelity.low > control.high
-                       else "the adapter carries less than another persona's prompt already does."
-                       if both and fidelity.high < control.low
-                       else "at this data size the adapter is not distinguishable from what every persona shares.")
+            verdict = (
+                "the adapter carries more than every persona shares."
+                if both and fidelity.low > control.high
+                else "the adapter carries less than another persona's prompt already does."
+                if both and fidelity.high < control.low
+                else "at this data size the adapter is not distinguishable from what every persona shares."
+            )
             text += f"; another persona's prompt reproduces {control.format(2)}: {verdict}"
         lines.append(text)
     elif "teacher_length" in prism:
-        lines.append("- What the persona path carries: not measured (the gate sent no held-out bootstrapped sample "
-                     "to it).")
+        lines.append(
+            "- What the persona path carries: not measured (the gate sent no held-out bootstrapped sample to it)."
+        )
     for key, label in (("harmbench", "HarmBench refusal"), ("mtbench", "MT-Bench judge x10")):
         values = {row[key] for row in table if key in row}
         if len(table) > 1 and len(values) == 1:
@@ -74,8 +85,10 @@ def correlation_line(correlation: dict, categories: Sequence[dict]) -> str:
     p, s = Estimate(**correlation["pearson"]), Estimate(**correlation["spearman"])
     routed = sum(c["route_share"] > 0 for c in categories)
     moved = sum(c["persona_effect"] != 0 for c in categories)
-    lead = (f"Per category, the share PRISM routes to the adapter vs the persona's effect there ({len(categories)} "
-            f"categories; {routed} with any query routed, {moved} where the persona changed the score): ")
+    lead = (
+        f"Per category, the share PRISM routes to the adapter vs the persona's effect there ({len(categories)} "
+        f"categories; {routed} with any query routed, {moved} where the persona changed the score): "
+    )
     if not np.isfinite(p.mean):
         return lead + "undefined: the route share or the persona's effect is the same in every category."
     if not p.has_interval and not s.has_interval and p.note == s.note:

@@ -63,11 +63,14 @@ def _values(rows: list[dict], dataset: str) -> np.ndarray:
         return np.array([row["correct"] for row in rows]) * SCALE["accuracy"]
     if dataset == "harmbench":
         return np.array([row["refused"] for row in rows]) * SCALE["refusal"]
-    return np.array([row["rating"] if row["rating"] is not None else np.nan for row in rows], dtype=float) * SCALE["judge"]
+    return (
+        np.array([row["rating"] if row["rating"] is not None else np.nan for row in rows], dtype=float) * SCALE["judge"]
+    )
 
 
-def summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int = 0, *,
-              adapters: dict | None = None) -> dict:
+def summarise(
+    cells, systems, items, routes: dict[str, np.ndarray], seed: int = 0, *, adapters: dict | None = None
+) -> dict:
     """The comparison's tables from its cells.
 
     Args:
@@ -129,21 +132,37 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int, 
             draws["score"][dataset] = np.nanmean(values[index], axis=1)
             compared = dataset in base and system != "base"
             if compared and (both := np.isfinite(values) & np.isfinite(base[dataset])).any():  # e.g. no rating parsed
-                row.update(paired_difference(values[both], base[dataset][both], seed=seed).columns(f"{dataset}_vs_base"))
+                row.update(
+                    paired_difference(values[both], base[dataset][both], seed=seed).columns(f"{dataset}_vs_base")
+                )
                 draws["vs_base"][dataset] = np.nanmean((values - base[dataset])[index], axis=1)
             if dataset in KNOWLEDGE:
                 margins = np.array([r["margin"] for r in cells[(system, dataset)]])
                 row.update(bootstrap_mean(margins, seed=seed).columns(f"{dataset}_margin"))
                 draws["margin"][dataset] = margins[index].mean(axis=1)
                 if compared:
-                    row.update(paired_difference(margins, base_margins[dataset], seed=seed).columns(f"{dataset}_margin_vs_base"))
+                    row.update(
+                        paired_difference(margins, base_margins[dataset], seed=seed).columns(
+                            f"{dataset}_margin_vs_base"
+                        )
+                    )
                     draws["margin_vs_base"][dataset] = (margins - base_margins[dataset])[index].mean(axis=1)
             routed = [r["routed"] for r in cells[(system, dataset)]]
-            rates.append({"system": system, "dataset": dataset,
-                          **bootstrap_mean(np.asarray(routed, dtype=float), seed=seed).columns("route_rate"), "n": len(routed)})
+            rates.append(
+                {
+                    "system": system,
+                    "dataset": dataset,
+                    **bootstrap_mean(np.asarray(routed, dtype=float), seed=seed).columns("route_rate"),
+                    "n": len(routed),
+                }
+            )
         n_knowledge = sum(len(cells[(system, d)]) for d in KNOWLEDGE)
-        for name, key, suffix in (("knowledge", "score", ""), ("knowledge_vs_base", "vs_base", "_vs_base"),
-                                  ("knowledge_margin", "margin", "_margin"), ("knowledge_margin_vs_base", "margin_vs_base", "_margin_vs_base")):
+        for name, key, suffix in (
+            ("knowledge", "score", ""),
+            ("knowledge_vs_base", "vs_base", "_vs_base"),
+            ("knowledge_margin", "margin", "_margin"),
+            ("knowledge_margin_vs_base", "margin_vs_base", "_margin_vs_base"),
+        ):
             if all(d in draws[key] for d in KNOWLEDGE):
                 points = [row[f"{d}{suffix}"] for d in KNOWLEDGE]
                 row.update(_mean_of(points, [draws[key][d] for d in KNOWLEDGE], n_knowledge).columns(name, n=True))
@@ -153,16 +172,29 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int, 
         # Overall: the unweighted mean of knowledge (itself the mean of the knowledge sets), refusal and judge
         others = [d for d in DATASETS if d not in KNOWLEDGE]
         part_draws = [np.mean([draws["score"][d] for d in KNOWLEDGE], axis=0)] + [draws["score"][d] for d in others]
-        row.update(_mean_of([row["knowledge"]] + [row[d] for d in others], part_draws,
-                            sum(len(cells[(system, d)]) for d in DATASETS)).columns("overall"))
+        row.update(
+            _mean_of(
+                [row["knowledge"]] + [row[d] for d in others],
+                part_draws,
+                sum(len(cells[(system, d)]) for d in DATASETS),
+            ).columns("overall")
+        )
         row.update(_carried(adapters.get(ADAPTER_OF.get(system))))
         table.append(row)
     agreement = []
     for i, a in enumerate(ROUTERS):
-        for b in ROUTERS[i + 1:]:
-            agreement.append({"a": a, "b": b, "agreement": float((routes[a] == routes[b]).mean()),
-                              "kappa": float(cohen_kappa_score(routes[a], routes[b])) if len(set(routes[a])) > 1 or len(set(routes[b])) > 1 else float("nan"),
-                              "n": int(len(routes[a]))})
+        for b in ROUTERS[i + 1 :]:
+            agreement.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "agreement": float((routes[a] == routes[b]).mean()),
+                    "kappa": float(cohen_kappa_score(routes[a], routes[b]))
+                    if len(set(routes[a])) > 1 or len(set(routes[b])) > 1
+                    else float("nan"),
+                    "n": int(len(routes[a])),
+                }
+            )
     teacher = (adapters.get("prism") or {}).get("teacher_length") or "min"
     expert = next((s for s in (f"expert prompt ({teacher})", "expert prompt") if s in systems), None)
     categories = _category_routing(cells, items, expert) if "PRISM" in systems and expert else []
@@ -170,11 +202,19 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int, 
     if len(categories) >= 3:
         share = [c["route_share"] for c in categories]
         effect = [c["persona_effect"] for c in categories]
-        correlation = {method: bootstrap_correlation(share, effect, method=method, seed=seed).to_dict()
-                       for method in ("pearson", "spearman")}
-    return {"table": table, "route_rates": rates, "knowledge": knowledge_by_source(cells, systems, seed),
-            "router_rates": router_rates(routes, items, DATASETS, seed), "agreement": agreement, "categories": categories,
-            "correlation": correlation}
+        correlation = {
+            method: bootstrap_correlation(share, effect, method=method, seed=seed).to_dict()
+            for method in ("pearson", "spearman")
+        }
+    return {
+        "table": table,
+        "route_rates": rates,
+        "knowledge": knowledge_by_source(cells, systems, seed),
+        "router_rates": router_rates(routes, items, DATASETS, seed),
+        "agreement": agreement,
+        "categories": categories,
+        "correlation": correlation,
+    }
 
 
 def _category_routing(cells, items, expert_system: str = "expert prompt") -> list[dict]:
@@ -187,18 +227,30 @@ def _category_routing(cells, items, expert_system: str = "expert prompt") -> lis
         for category in sorted({item.category for item in items[dataset]}):
             index = [i for i, row in enumerate(prism) if row["category"] == category]
             effect = np.nanmean(expert_values[index] - base_values[index]) if index else np.nan
-            rows.append({"dataset": dataset, "category": category, "n": len(index), "expert": expert_system,
-                         "route_share": float(np.mean([prism[i]["routed"] for i in index])),
-                         "persona_effect": float(effect)})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "category": category,
+                    "n": len(index),
+                    "expert": expert_system,
+                    "route_share": float(np.mean([prism[i]["routed"] for i in index])),
+                    "persona_effect": float(effect),
+                }
+            )
     return [row for row in rows if np.isfinite(row["persona_effect"])]
 
 
 def _figures(work: PrismDirectory, summary: dict) -> list[str]:
     written = []
-    panels = [("table1", plots.comparison_bars(summary["table"])), ("route_rates", plots.route_rates(summary["route_rates"])),
-              ("by_source", plots.route_and_margin_by_source(summary["router_rates"], summary["knowledge"]))]
+    panels = [
+        ("table1", plots.comparison_bars(summary["table"])),
+        ("route_rates", plots.route_rates(summary["route_rates"])),
+        ("by_source", plots.route_and_margin_by_source(summary["router_rates"], summary["knowledge"])),
+    ]
     if summary["categories"]:
-        panels.append(("fig4_routing_vs_effect", plots.routing_vs_effect(summary["categories"], summary["correlation"])))
+        panels.append(
+            ("fig4_routing_vs_effect", plots.routing_vs_effect(summary["categories"], summary["correlation"]))
+        )
     for name, figure in panels:
         save_figure(figure, work.figure(name))
         written.append(work.figure(name).relative_to(work.compare).as_posix())
@@ -212,10 +264,12 @@ def format_table(table: Sequence[dict]) -> str:
     knowledge = "knowledge" if all("knowledge" in row for row in table) else "capitals"
     margin = "knowledge_margin" if knowledge == "knowledge" else "margin"
     carried = any("teacher_length" in row for row in table)
-    lines = [f"| system | {knowledge} acc. | {knowledge} margin (nats) |"
-             + (" persona carried (held-out fidelity; other persona) |" if carried else "")
-             + " HarmBench refusal | MT-Bench judge x10 | Overall |",
-             "|---|---|---|" + ("---|" if carried else "") + "---|---|---|"]
+    lines = [
+        f"| system | {knowledge} acc. | {knowledge} margin (nats) |"
+        + (" persona carried (held-out fidelity; other persona) |" if carried else "")
+        + " HarmBench refusal | MT-Bench judge x10 | Overall |",
+        "|---|---|---|" + ("---|" if carried else "") + "---|---|---|",
+    ]
     for row in table:
         ci = {key: Estimate.from_columns(row, key).format(1) for key in (knowledge, "harmbench", "mtbench", "overall")}
         shown = Estimate.from_columns(row, margin).format(2) if margin in row else "-"
@@ -239,15 +293,20 @@ def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -
     table = {row["system"]: row for row in summary["table"]}
     rates = {(r["system"], r["dataset"]): r["route_rate"] for r in summary["route_rates"]}
     sizes = ", ".join(f"{plan.size(d)} {d}" for d in KNOWLEDGE)
-    lines = ["# PRISM compared with its baselines", "",
-             f"n = {sizes} knowledge questions, {plan.harmbench} HarmBench requests, {plan.mtbench} MT-Bench first turns. "
-             "Scores on 0-100 (accuracy, keyword refusal rate, self-judge rating x10) with bootstrap 95% CIs; knowledge = "
-             "the mean accuracy of its sources; Overall = the unweighted mean of knowledge, refusal and judge. "
-             "expert prompt: the matched persona's min text (~5 words) on every query; expert prompt (long): its long "
-             "text (~150 words). Persona carried: the adapter's held-out fidelity to its teacher persona (the share of "
-             "the persona's effect on next-token distributions it reproduces without the persona), beside the share "
-             "another persona's prompt reproduces.", "",
-             format_table(summary["table"]), ""]
+    lines = [
+        "# PRISM compared with its baselines",
+        "",
+        f"n = {sizes} knowledge questions, {plan.harmbench} HarmBench requests, {plan.mtbench} MT-Bench first turns. "
+        "Scores on 0-100 (accuracy, keyword refusal rate, self-judge rating x10) with bootstrap 95% CIs; knowledge = "
+        "the mean accuracy of its sources; Overall = the unweighted mean of knowledge, refusal and judge. "
+        "expert prompt: the matched persona's min text (~5 words) on every query; expert prompt (long): its long "
+        "text (~150 words). Persona carried: the adapter's held-out fidelity to its teacher persona (the share of "
+        "the persona's effect on next-token distributions it reproduces without the persona), beside the share "
+        "another persona's prompt reproduces.",
+        "",
+        format_table(summary["table"]),
+        "",
+    ]
     story = trade_off(summary["table"], summary["route_rates"])
     if story:
         lines += ["## What the table shows", ""] + story + [""]
@@ -255,26 +314,39 @@ def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -
         prism = table["PRISM"]
         lines.append("## Does PRISM keep knowledge at the base level and the persona's gains elsewhere?")
         lines.append("")
-        for dataset, key, label in (("knowledge", "knowledge", "knowledge accuracy (mean of sources)"),
-                                    ("knowledge", "knowledge_margin", "knowledge margin (nats, mean of sources)"),
-                                    ("harmbench", "harmbench", "refusal"), ("mtbench", "mtbench", "judge x10")):
+        for dataset, key, label in (
+            ("knowledge", "knowledge", "knowledge accuracy (mean of sources)"),
+            ("knowledge", "knowledge_margin", "knowledge margin (nats, mean of sources)"),
+            ("harmbench", "harmbench", "refusal"),
+            ("mtbench", "mtbench", "judge x10"),
+        ):
             if f"{key}_vs_base" in prism:
                 diff = Estimate.from_columns(prism, f"{key}_vs_base")
                 expert = table.get("expert prompt", {})
                 digits = 2 if "margin" in key else 1
-                routed = (np.mean([rates.get(("PRISM", d), np.nan) for d in KNOWLEDGE]) if dataset == "knowledge"
-                          else rates.get(("PRISM", dataset), float("nan")))
-                lines.append(f"- {label}: PRISM - base {diff.format(digits)}{' (significant)' if diff.excludes_zero else ' (not significant)'}"
-                             + (f"; expert prompt - base {Estimate.from_columns(expert, f'{key}_vs_base').format(digits)}"
-                                if f"{key}_vs_base" in expert else "")
-                             + f"; PRISM routed {routed:.0%} of these queries to the adapter.")
+                routed = (
+                    np.mean([rates.get(("PRISM", d), np.nan) for d in KNOWLEDGE])
+                    if dataset == "knowledge"
+                    else rates.get(("PRISM", dataset), float("nan"))
+                )
+                lines.append(
+                    f"- {label}: PRISM - base {diff.format(digits)}{' (significant)' if diff.excludes_zero else ' (not significant)'}"
+                    + (
+                        f"; expert prompt - base {Estimate.from_columns(expert, f'{key}_vs_base').format(digits)}"
+                        if f"{key}_vs_base" in expert
+                        else ""
+                    )
+                    + f"; PRISM routed {routed:.0%} of these queries to the adapter."
+                )
         lines += ["", "## Knowledge per source, and route rates per data set", ""]
         lines += source_findings(summary["knowledge"], summary.get("excluded_sources"))
         lines += ["", format_sources(summary["knowledge"], summary["router_rates"]), ""]
     lines += ["## Agreement between routers", ""]
     for row in summary["agreement"]:
-        lines.append(f"- {row['a']} vs {row['b']}: same decision on {row['agreement']:.0%} of {row['n']} queries "
-                     f"(Cohen's kappa {row['kappa']:+.2f}).")
+        lines.append(
+            f"- {row['a']} vs {row['b']}: same decision on {row['agreement']:.0%} of {row['n']} queries "
+            f"(Cohen's kappa {row['kappa']:+.2f})."
+        )
     if summary["correlation"]:
         lines += ["", correlation_line(summary["correlation"], summary["categories"])]
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]

@@ -22,22 +22,33 @@ from probes.core.items import Item
 from probes.core.quizzes import FACT_SOURCE
 from probes.core.stats import Estimate, bootstrap_mean, paired_difference
 
-__all__ = ["KNOWLEDGE", "KNOWLEDGE_SOURCES", "below_base", "format_sources", "knowledge_by_source", "router_rates",
-           "source_findings"]
+__all__ = [
+    "KNOWLEDGE",
+    "KNOWLEDGE_SOURCES",
+    "below_base",
+    "format_sources",
+    "knowledge_by_source",
+    "router_rates",
+    "source_findings",
+]
 
 KNOWLEDGE = ("capitals", "continents", "currencies", "city-countries")  # registered tasks, in the tables' order
 # a query the router leaves on the base path is scored by another batching (no shared prefix, the routing hooks) and
 # its margin may differ from base's by arithmetic alone (float32 on the embedded model: up to ~3e-5 nats an item): a change
 # whose CI reaches above -NUMERICAL_NOISE nats is not called a fall
 NUMERICAL_NOISE = 1e-3
-KNOWLEDGE_SOURCES: dict[str, tuple[str, ...]] = {name: tuple(filter(None, [FACT_SOURCE.get(name)])) for name in KNOWLEDGE}
+KNOWLEDGE_SOURCES: dict[str, tuple[str, ...]] = {
+    name: tuple(filter(None, [FACT_SOURCE.get(name)])) for name in KNOWLEDGE
+}
 
 
 def _rate(decisions: Sequence[bool], seed: int) -> Estimate:
     return bootstrap_mean(np.asarray(decisions, dtype=float), seed=seed)
 
 
-def knowledge_by_source(cells: Mapping[tuple[str, str], Sequence[Mapping]], systems: Sequence[str], seed: int = 0) -> list[dict]:
+def knowledge_by_source(
+    cells: Mapping[tuple[str, str], Sequence[Mapping]], systems: Sequence[str], seed: int = 0
+) -> list[dict]:
     """One row per (knowledge data set, system): accuracy (0-100) and margin (nats), the paired differences of both
     from base over the same items, and the share of the set's queries the system sent to its persona path.
 
@@ -59,15 +70,23 @@ def knowledge_by_source(cells: Mapping[tuple[str, str], Sequence[Mapping]], syst
                 continue
             correct = np.array([r["correct"] for r in mine], dtype=float) * 100.0
             margin = np.array([r["margin"] for r in mine], dtype=float)
-            row = {"source": source, "system": system, "n": len(mine), **bootstrap_mean(correct, seed=seed).columns("accuracy"),
-                   **bootstrap_mean(margin, seed=seed).columns("margin"),
-                   **_rate([r["routed"] for r in mine], seed).columns("route_rate")}
+            row = {
+                "source": source,
+                "system": system,
+                "n": len(mine),
+                **bootstrap_mean(correct, seed=seed).columns("accuracy"),
+                **bootstrap_mean(margin, seed=seed).columns("margin"),
+                **_rate([r["routed"] for r in mine], seed).columns("route_rate"),
+            }
             if system != "base" and base is not None:
                 if [r["id"] for r in base] != [r["id"] for r in mine]:
                     raise ToolkitError(f"the {system!r} and base cells of {source} hold different items")
                 diff = paired_difference(margin, [r["margin"] for r in base], seed=seed)
-                row.update(paired_difference(correct, np.array([r["correct"] for r in base], dtype=float) * 100.0,
-                                             seed=seed).columns("accuracy_vs_base"))
+                row.update(
+                    paired_difference(
+                        correct, np.array([r["correct"] for r in base], dtype=float) * 100.0, seed=seed
+                    ).columns("accuracy_vs_base")
+                )
                 row.update(diff.columns("margin_vs_base"), below_base=below_base(diff))
             rows.append(row)
     return rows
@@ -78,8 +97,9 @@ def below_base(diff: Estimate) -> bool:
     return bool(diff.significant and diff.high < -NUMERICAL_NOISE)
 
 
-def router_rates(routes: Mapping[str, np.ndarray], items: Mapping[str, Sequence[Item]], datasets: Sequence[str],
-                 seed: int = 0) -> list[dict]:
+def router_rates(
+    routes: Mapping[str, np.ndarray], items: Mapping[str, Sequence[Item]], datasets: Sequence[str], seed: int = 0
+) -> list[dict]:
     """One row per (router, data set): the share of the set's queries the router sends to the persona path.
 
     Args:
@@ -97,10 +117,17 @@ def router_rates(routes: Mapping[str, np.ndarray], items: Mapping[str, Sequence[
         if len(decisions) != sum(len(items[d]) for d in datasets):
             raise ToolkitError(f"router {router!r} decided {len(decisions)} queries, not the data sets' items")
         for dataset in datasets:
-            part = decisions[start:start + len(items[dataset])]
+            part = decisions[start : start + len(items[dataset])]
             start += len(part)
-            rows.append({"router": router, "dataset": dataset, "knowledge": dataset in KNOWLEDGE,
-                         **_rate(part, seed).columns("route_rate"), "n": len(part)})
+            rows.append(
+                {
+                    "router": router,
+                    "dataset": dataset,
+                    "knowledge": dataset in KNOWLEDGE,
+                    **_rate(part, seed).columns("route_rate"),
+                    "n": len(part),
+                }
+            )
     return rows
 
 
@@ -111,25 +138,42 @@ def format_sources(knowledge: Sequence[Mapping], rates: Sequence[Mapping], syste
     by = {(r["source"], r["system"]): r for r in knowledge}
     sources = list(dict.fromkeys(r["source"] for r in knowledge))
     if sources and all((s, "base") in by and (s, system) in by for s in sources):
-        lines += [f"| knowledge source | n | base acc. | {system} acc. | base margin | {system} margin | "
-                  f"{system} - base margin | significantly below base? |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"| knowledge source | n | base acc. | {system} acc. | base margin | {system} margin | "
+            f"{system} - base margin | significantly below base? |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for source in sources:
             base, mine = by[(source, "base")], by[(source, system)]
-            est = {key: Estimate.from_columns(row, name) for key, row, name in (
-                ("base_acc", base, "accuracy"), ("acc", mine, "accuracy"), ("base_margin", base, "margin"),
-                ("margin", mine, "margin"), ("diff", mine, "margin_vs_base"))}
-            lines.append(f"| {source} | {mine['n']} | {est['base_acc'].format(1)} | {est['acc'].format(1)} | "
-                         f"{est['base_margin'].format(2)} | {est['margin'].format(2)} | {est['diff'].format(2, signed=True)} | "
-                         f"{'yes' if mine['below_base'] else 'no'} |")
+            est = {
+                key: Estimate.from_columns(row, name)
+                for key, row, name in (
+                    ("base_acc", base, "accuracy"),
+                    ("acc", mine, "accuracy"),
+                    ("base_margin", base, "margin"),
+                    ("margin", mine, "margin"),
+                    ("diff", mine, "margin_vs_base"),
+                )
+            }
+            lines.append(
+                f"| {source} | {mine['n']} | {est['base_acc'].format(1)} | {est['acc'].format(1)} | "
+                f"{est['base_margin'].format(2)} | {est['margin'].format(2)} | {est['diff'].format(2, signed=True)} | "
+                f"{'yes' if mine['below_base'] else 'no'} |"
+            )
     routers = list(dict.fromkeys(r["router"] for r in rates))
     if routers:
         table = {(r["router"], r["dataset"]): r for r in rates}
-        lines += ["", "| data set (share routed to the persona path) | n | " + " | ".join(routers) + " |",
-                  "|---|---|" + "---|" * len(routers)]
+        lines += [
+            "",
+            "| data set (share routed to the persona path) | n | " + " | ".join(routers) + " |",
+            "|---|---|" + "---|" * len(routers),
+        ]
         for dataset in dict.fromkeys(r["dataset"] for r in rates):
             row = table[(routers[0], dataset)]
             cells = [Estimate.from_columns(table[(router, dataset)], "route_rate").format(2) for router in routers]
-            lines.append(f"| {dataset}{' (knowledge)' if row['knowledge'] else ''} | {row['n']} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {dataset}{' (knowledge)' if row['knowledge'] else ''} | {row['n']} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines).strip("\n")
 
 
@@ -160,12 +204,16 @@ def source_findings(knowledge: Sequence[Mapping], excluded: Sequence[str] | None
             seen.append(row["source"])
         below += [row["source"]] if row["below_base"] else []
         routed = Estimate.from_columns(row, "route_rate")
-        lines.append(f"- {row['source']} ({training}): {system} - base margin {diff.format(2, signed=True)} nats (n={row['n']}), "
-                     f"{'significantly below base' if row['below_base'] else 'not significantly below base'}; "
-                     f"{system} routed {routed.mean:.0%} [{routed.low:.0%}, {routed.high:.0%}] of its queries.")
+        lines.append(
+            f"- {row['source']} ({training}): {system} - base margin {diff.format(2, signed=True)} nats (n={row['n']}), "
+            f"{'significantly below base' if row['below_base'] else 'not significantly below base'}; "
+            f"{system} routed {routed.mean:.0%} [{routed.low:.0%}, {routed.high:.0%}] of its queries."
+        )
     sources = f"{len(mine)} knowledge source{'s' if len(mine) != 1 else ''}"
     if below:
-        verdict = f"{system}'s knowledge margin is significantly below base on {len(below)} of {sources}: {', '.join(below)}."
+        verdict = (
+            f"{system}'s knowledge margin is significantly below base on {len(below)} of {sources}: {', '.join(below)}."
+        )
     else:
         verdict = f"{system}'s knowledge margin is not significantly below base on any of the {sources}."
     if seen:

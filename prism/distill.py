@@ -102,8 +102,10 @@ class DistillConfig:
         if self.retain_weight < 0:
             raise ToolkitError(f"the retain weight must be 0 or more, got {self.retain_weight}")
         if self.batch_size < 1 or (self.micro_batch_size is not None and self.micro_batch_size < 1):
-            raise ToolkitError(f"distillation batch sizes must be at least 1, got batch_size={self.batch_size}, "
-                               f"micro_batch_size={self.micro_batch_size}")
+            raise ToolkitError(
+                f"distillation batch sizes must be at least 1, got batch_size={self.batch_size}, "
+                f"micro_batch_size={self.micro_batch_size}"
+            )
 
     @property
     def forward_batch(self) -> int:
@@ -119,8 +121,17 @@ class _Target(NamedTuple):
     indices: torch.Tensor
 
 
-def distill(model: TransformerBridge, tokenizer, samples: Sequence[Sample], name: str, config: DistillConfig = DistillConfig(), *,
-            retain: Sequence[str] = (), personas: Mapping[str, Persona] | None = None, progress: bool = True) -> dict:
+def distill(
+    model: TransformerBridge,
+    tokenizer,
+    samples: Sequence[Sample],
+    name: str,
+    config: DistillConfig = DistillConfig(),
+    *,
+    retain: Sequence[str] = (),
+    personas: Mapping[str, Persona] | None = None,
+    progress: bool = True,
+) -> dict:
     """Attach adapter ``name`` and train it on ``samples``.
 
     Args:
@@ -144,8 +155,9 @@ def distill(model: TransformerBridge, tokenizer, samples: Sequence[Sample], name
     """
     if not samples:
         raise ToolkitError(f"no samples to distil adapter {name!r} from: the bootstrap gave no label-1 queries")
-    peft_config = attach_adapter(model, name, rank=config.rank, alpha=config.alpha, first_block=config.first_block,
-                                 seed=config.seed)
+    peft_config = attach_adapter(
+        model, name, rank=config.rank, alpha=config.alpha, first_block=config.first_block, seed=config.seed
+    )
     cast_adapter_dtype(model.original_model, name)  # a bfloat16 model's adapter is trained in float32, as peft does
     pairs = [distillation_pair(tokenizer, sample, config.persona_length, personas) for sample in samples]
     pairs = [pair for pair in pairs if pair is not None]
@@ -158,12 +170,26 @@ def distill(model: TransformerBridge, tokenizer, samples: Sequence[Sample], name
     # on, the adapter's weights (only them) are trainable; after the block, as attach_adapter left them
     with active_adapter(model, name), _checkpointing(model.original_model, config.gradient_checkpointing):
         losses = _train(model, name, pairs, targets, config, progress, (kept, kept_targets))
-    return {"name": name, "n_samples": len(pairs), "n_retain": len(kept), "steps": len(losses), "losses": losses,
-            "config": asdict(config), "peft_config": json_ready(peft_config.to_dict())}
+    return {
+        "name": name,
+        "n_samples": len(pairs),
+        "n_retain": len(kept),
+        "steps": len(losses),
+        "losses": losses,
+        "config": asdict(config),
+        "peft_config": json_ready(peft_config.to_dict()),
+    }
 
 
-def _train(model: TransformerBridge, name: str, pairs: list[DistillationPair], targets: list[_Target], config: DistillConfig, progress: bool,
-           retain: tuple[list[DistillationPair], list[_Target]]) -> list[float]:
+def _train(
+    model: TransformerBridge,
+    name: str,
+    pairs: list[DistillationPair],
+    targets: list[_Target],
+    config: DistillConfig,
+    progress: bool,
+    retain: tuple[list[DistillationPair], list[_Target]],
+) -> list[float]:
     """The distillation steps on the adapter's weights (the trainable ones); returns the losses (retain term included)."""
     parameters = [p for p in model.original_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate)
@@ -177,12 +203,14 @@ def _train(model: TransformerBridge, name: str, pairs: list[DistillationPair], t
         for _ in range(config.epochs):
             rng.shuffle(order)
             for start in range(0, len(order), config.batch_size):
-                batch = order[start:start + config.batch_size]
+                batch = order[start : start + config.batch_size]
                 optimiser.zero_grad()
                 parts = []  # the step's loss, the mean over its samples, in micro-batches' shares
                 for micro in _micro_batches([pairs[i].student for i in batch], config.forward_batch):
                     chosen = [batch[j] for j in micro]
-                    part = _kl(model, [pairs[i] for i in chosen], [targets[i] for i in chosen], config).sum() / len(batch)
+                    part = _kl(model, [pairs[i] for i in chosen], [targets[i] for i in chosen], config).sum() / len(
+                        batch
+                    )
                     part.backward()
                     parts.append(part.detach())
                 if retain[0]:  # one retain batch per step, cycling through the retain queries
@@ -206,11 +234,16 @@ def _retain_batches(n: int, size: int, rng: random.Random) -> Iterator[list[int]
         order = list(range(n))
         rng.shuffle(order)
         for start in range(0, n, size):
-            yield order[start:start + size]
+            yield order[start : start + size]
 
 
-def distillation_loss(model: TransformerBridge, tokenizer, sample: Sample, config: DistillConfig = DistillConfig(),
-                      personas: Mapping[str, Persona] | None = None) -> float:
+def distillation_loss(
+    model: TransformerBridge,
+    tokenizer,
+    sample: Sample,
+    config: DistillConfig = DistillConfig(),
+    personas: Mapping[str, Persona] | None = None,
+) -> float:
     """The KL the student (current adapter state) has left to close on one sample (its persona read from
     ``personas``, default the built-in library)."""
     pair = distillation_pair(tokenizer, sample, config.persona_length, personas)
@@ -227,14 +260,18 @@ def _micro_batches(sequences: Sequence[Sequence[int]], size: int) -> list[list[i
     return length_sorted_batches([len(sequence) for sequence in sequences], size)
 
 
-def _teacher_targets(model: TransformerBridge, pairs: Sequence[DistillationPair], config: DistillConfig, progress: bool) -> list[_Target]:
+def _teacher_targets(
+    model: TransformerBridge, pairs: Sequence[DistillationPair], config: DistillConfig, progress: bool
+) -> list[_Target]:
     """Each pair's teacher targets, from padded forward passes of ``config.forward_batch`` samples (adapter off)."""
     targets: list[_Target | None] = [None] * len(pairs)
     batches = _micro_batches([pair.teacher for pair in pairs], config.forward_batch)
     with torch.no_grad():
         for batch in tqdm(batches, desc="teacher", unit="batch", disable=not progress):
             n_answers = [pairs[i].n_answer for i in batch]
-            logprobs = (answer_logits(model, [pairs[i].teacher for i in batch], n_answers) / config.temperature).log_softmax(-1)
+            logprobs = (
+                answer_logits(model, [pairs[i].teacher for i in batch], n_answers) / config.temperature
+            ).log_softmax(-1)
             indices = logprobs.topk(min(config.top_k, logprobs.shape[-1]), dim=-1).indices
             logprobs = _with_rest(logprobs, indices)
             for i, sample_logprobs, sample_indices in zip(batch, logprobs.split(n_answers), indices.split(n_answers)):
@@ -242,7 +279,9 @@ def _teacher_targets(model: TransformerBridge, pairs: Sequence[DistillationPair]
     return targets
 
 
-def _kl(model: TransformerBridge, pairs: Sequence[DistillationPair], targets: Sequence[_Target], config: DistillConfig) -> torch.Tensor:
+def _kl(
+    model: TransformerBridge, pairs: Sequence[DistillationPair], targets: Sequence[_Target], config: DistillConfig
+) -> torch.Tensor:
     """Each pair's KL(teacher || student) over the teacher's top-k, averaged over its answer tokens, times T^2: [n_pairs]."""
     n_answers = [pair.n_answer for pair in pairs]
     teacher_logprobs = torch.cat([target.logprobs for target in targets])
@@ -253,12 +292,17 @@ def _kl(model: TransformerBridge, pairs: Sequence[DistillationPair], targets: Se
     return torch.stack([kl.mean() for kl in per_token.split(n_answers)]) * config.temperature**2
 
 
-def _with_rest(logprobs: Float[torch.Tensor, "tokens vocab"], indices: Int[torch.Tensor, "tokens k"]
-               ) -> Float[torch.Tensor, "tokens k_plus_1"]:
+def _with_rest(
+    logprobs: Float[torch.Tensor, "tokens vocab"], indices: Int[torch.Tensor, "tokens k"]
+) -> Float[torch.Tensor, "tokens k_plus_1"]:
     """The log-probabilities of the ``indices`` tokens and, last, of all the other tokens together (exact: a
     log-sum-exp over the vocabulary with the chosen tokens masked out). When they are the whole vocabulary the rest
     is the lowest finite value, not -inf: its probability is 0 and its KL term 0, with no NaN."""
-    rest = logprobs.scatter(-1, indices, float("-inf")).logsumexp(-1, keepdim=True).clamp(min=torch.finfo(logprobs.dtype).min)
+    rest = (
+        logprobs.scatter(-1, indices, float("-inf"))
+        .logsumexp(-1, keepdim=True)
+        .clamp(min=torch.finfo(logprobs.dtype).min)
+    )
     return torch.cat([logprobs.gather(-1, indices), rest], dim=-1)
 
 

@@ -60,13 +60,27 @@ class Fidelity:
 
     def to_dict(self) -> dict:
         control = self.other_persona.columns("other_persona_fidelity") if self.other_persona else {}
-        return {**self.share.columns("fidelity"), "n": self.share.n, **self.persona_effect.columns("kl_teacher_base"),
-                **self.remaining.columns("kl_teacher_student"), **control}
+        return {
+            **self.share.columns("fidelity"),
+            "n": self.share.n,
+            **self.persona_effect.columns("kl_teacher_base"),
+            **self.remaining.columns("kl_teacher_student"),
+            **control,
+        }
 
 
 @torch.no_grad()
-def adapter_fidelity(model: TransformerBridge, tokenizer, samples: Sequence[Sample], adapter: str, *, persona_length: str = "min",
-                     personas: Mapping[str, Persona] | None = None, batch_size: int = 8, seed: int = 0) -> Fidelity:
+def adapter_fidelity(
+    model: TransformerBridge,
+    tokenizer,
+    samples: Sequence[Sample],
+    adapter: str,
+    *,
+    persona_length: str = "min",
+    personas: Mapping[str, Persona] | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Fidelity:
     """The fidelity of ``adapter`` (attached to ``model``) on ``samples``, best held out from its training.
 
     Args:
@@ -85,8 +99,9 @@ def adapter_fidelity(model: TransformerBridge, tokenizer, samples: Sequence[Samp
     Raises:
         ToolkitError: no sample with a non-empty persona answer.
     """
-    kept = [(sample, pair) for sample in samples
-            if (pair := distillation_pair(tokenizer, sample, persona_length, personas))]
+    kept = [
+        (sample, pair) for sample in samples if (pair := distillation_pair(tokenizer, sample, persona_length, personas))
+    ]
     if not kept:
         raise ToolkitError("no sample with a persona answer to measure the adapter's fidelity on")
     samples, pairs = [sample for sample, _ in kept], [pair for _, pair in kept]
@@ -95,8 +110,10 @@ def adapter_fidelity(model: TransformerBridge, tokenizer, samples: Sequence[Samp
         teacher = _per_token_logprobs(model, pairs, batch_size, "teacher")
         base = _per_token_logprobs(model, pairs, batch_size, "student")
         if others:
-            swapped = [distillation_pair(tokenizer, replace(sample, persona=other), persona_length, personas)
-                       for sample, other in zip(samples, others)]
+            swapped = [
+                distillation_pair(tokenizer, replace(sample, persona=other), persona_length, personas)
+                for sample, other in zip(samples, others)
+            ]
             other_prompt = _per_token_logprobs(model, swapped, batch_size, "teacher")
     with active_adapter(model, adapter):
         student = _per_token_logprobs(model, pairs, batch_size, "student")
@@ -106,8 +123,12 @@ def adapter_fidelity(model: TransformerBridge, tokenizer, samples: Sequence[Samp
     if others:
         to_other = np.array([_kl(t, o) for t, o in zip(teacher, other_prompt)])
         control = bootstrap_ratio(to_base - to_other, to_base, seed=seed)
-    return Fidelity(bootstrap_ratio(to_base - to_student, to_base, seed=seed), bootstrap_mean(to_base, seed=seed),
-                    bootstrap_mean(to_student, seed=seed), control)
+    return Fidelity(
+        bootstrap_ratio(to_base - to_student, to_base, seed=seed),
+        bootstrap_mean(to_base, seed=seed),
+        bootstrap_mean(to_student, seed=seed),
+        control,
+    )
 
 
 def _other_personas(samples: Sequence[Sample], seed: int) -> list[str] | None:
@@ -119,8 +140,9 @@ def _other_personas(samples: Sequence[Sample], seed: int) -> list[str] | None:
     return [rng.choice([persona for persona in personas if persona != sample.persona]) for sample in samples]
 
 
-def _per_token_logprobs(model: TransformerBridge, pairs: Sequence[DistillationPair], batch_size: int, side: str
-                        ) -> list[Float[torch.Tensor, "answer vocab"]]:
+def _per_token_logprobs(
+    model: TransformerBridge, pairs: Sequence[DistillationPair], batch_size: int, side: str
+) -> list[Float[torch.Tensor, "answer vocab"]]:
     """Each pair's float32 log-probabilities at its answer positions, after the teacher's or the student's prompt."""
     sequences = [getattr(pair, side) for pair in pairs]
     out: list[torch.Tensor | None] = [None] * len(pairs)

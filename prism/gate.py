@@ -103,9 +103,19 @@ class Gate:
         Returns:
             ``path``, as a ``Path``.
         """
-        return save_tensors(path, self.tensors, {**self.metadata, "file_kind": GATE_FILE_KIND, "kind": self.kind,
-                                                 "layer": self.layer, "position": self.position,
-                                                 "threshold": self.threshold, "template": list(self.template)})
+        return save_tensors(
+            path,
+            self.tensors,
+            {
+                **self.metadata,
+                "file_kind": GATE_FILE_KIND,
+                "kind": self.kind,
+                "layer": self.layer,
+                "position": self.position,
+                "threshold": self.threshold,
+                "template": list(self.template),
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> "Gate":
@@ -122,14 +132,30 @@ class Gate:
         """
         tensors, metadata = load_tensors(path)
         if metadata.get("file_kind") != GATE_FILE_KIND:
-            raise ToolkitError(f"{path} is not a PRISM gate (file kind {metadata.get('file_kind')!r}): train one with `prism train`")
-        needed = {"logistic": {"weight", "bias"}, "mlp": {"mean", "scale", "w0", "b0", "w1", "b1"}}.get(metadata["kind"])
+            raise ToolkitError(
+                f"{path} is not a PRISM gate (file kind {metadata.get('file_kind')!r}): train one with `prism train`"
+            )
+        needed = {"logistic": {"weight", "bias"}, "mlp": {"mean", "scale", "w0", "b0", "w1", "b1"}}.get(
+            metadata["kind"]
+        )
         if needed is None or not needed <= set(tensors):
-            raise ToolkitError(f"{path} is a damaged gate file (kind {metadata.get('kind')!r}, tensors {sorted(tensors)})")
-        extra = {key: value for key, value in metadata.items()
-                 if key not in ("file_kind", "kind", "layer", "position", "threshold", "template")}
-        return cls(metadata["kind"], int(metadata["layer"]), metadata["position"], tensors, float(metadata["threshold"]), extra,
-                   tuple(metadata.get("template", (0, 0))))
+            raise ToolkitError(
+                f"{path} is a damaged gate file (kind {metadata.get('kind')!r}, tensors {sorted(tensors)})"
+            )
+        extra = {
+            key: value
+            for key, value in metadata.items()
+            if key not in ("file_kind", "kind", "layer", "position", "threshold", "template")
+        }
+        return cls(
+            metadata["kind"],
+            int(metadata["layer"]),
+            metadata["position"],
+            tensors,
+            float(metadata["threshold"]),
+            extra,
+            tuple(metadata.get("template", (0, 0))),
+        )
 
 
 @dataclass(frozen=True)
@@ -144,8 +170,17 @@ class LabelledPrompts:
     sources: Sequence[str] = ()
 
 
-def gate_features(model: TransformerBridge, tokenizer, queries: Sequence[str], layers: Sequence[int], position: str, out: str | Path | None,
-                  *, batch_size: int = 16, progress: bool = True) -> dict[int, np.ndarray]:
+def gate_features(
+    model: TransformerBridge,
+    tokenizer,
+    queries: Sequence[str],
+    layers: Sequence[int],
+    position: str,
+    out: str | Path | None,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[int, np.ndarray]:
     """Residual after each of ``layers`` at ``position`` for the no-persona prompt of every query: layer -> [n, d].
     Each pass stops after the deepest of ``layers``; with ``out`` the activations go to a resumable store under it
     (``record_activations``), with ``None`` they stay in memory (``read_activations``): the same numbers."""
@@ -154,9 +189,21 @@ def gate_features(model: TransformerBridge, tokenizer, queries: Sequence[str], l
     hooks = residual_hooks(model, layers)  # one line for a block the model lacks
     prompts = [render(tokenizer, query, Condition("none")) for query in queries]
     positions = "all" if position == "query" else position
-    store = read_activations(model, tokenizer, prompts, hooks=hooks, positions=positions, batch_size=batch_size) \
-        if out is None else record_activations(model, tokenizer, prompts, Path(out) / position, hooks=hooks,
-                                               positions=positions, batch_size=batch_size, progress=progress, overwrite=True)
+    store = (
+        read_activations(model, tokenizer, prompts, hooks=hooks, positions=positions, batch_size=batch_size)
+        if out is None
+        else record_activations(
+            model,
+            tokenizer,
+            prompts,
+            Path(out) / position,
+            hooks=hooks,
+            positions=positions,
+            batch_size=batch_size,
+            progress=progress,
+            overwrite=True,
+        )
+    )
     if position != "query":
         return {layer: store.load(hook).double().numpy() for layer, hook in zip(layers, hooks)}
     before, after = template_tokens(tokenizer)
@@ -164,8 +211,12 @@ def gate_features(model: TransformerBridge, tokenizer, queries: Sequence[str], l
     features = {}
     for layer, hook in zip(layers, hooks):
         rows = store.load(hook).double()
-        features[layer] = torch.stack([rows[start + before: max(start + before + 1, stop - after)].mean(dim=0)
-                                       for start, stop in zip(offsets[:-1], offsets[1:])]).numpy()
+        features[layer] = torch.stack(
+            [
+                rows[start + before : max(start + before + 1, stop - after)].mean(dim=0)
+                for start, stop in zip(offsets[:-1], offsets[1:])
+            ]
+        ).numpy()
     return features
 
 
@@ -179,7 +230,9 @@ def template_tokens(tokenizer) -> tuple[int, int]:
         query = token_groups(tokenizer, prompt)["query"]
         counts.add((query[0], len(encode(tokenizer, prompt)) - query[-1] - 1))
     if len(counts) != 1:
-        raise ToolkitError("this chat template does not wrap queries in fixed tokens: use the 'last' or 'mean' read-out")
+        raise ToolkitError(
+            "this chat template does not wrap queries in fixed tokens: use the 'last' or 'mean' read-out"
+        )
     return counts.pop()
 
 
@@ -192,8 +245,15 @@ def split_for(labelled: LabelledPrompts, seed: int = 0) -> tuple[Split, str]:
         return in_distribution_split(labels, np.arange(len(labels)), seed=seed), "random (a label has a single group)"
 
 
-def sweep(features: dict[tuple[int, str], np.ndarray], labelled: LabelledPrompts, split: Split, *, seed: int = 0,
-          lengths: Sequence[int] | None = None, progress: bool = True) -> list[dict]:
+def sweep(
+    features: dict[tuple[int, str], np.ndarray],
+    labelled: LabelledPrompts,
+    split: Split,
+    *,
+    seed: int = 0,
+    lengths: Sequence[int] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Held-out AUC of a logistic gate at every (layer, position), with both controls; with
     ``lengths``, first a row (layer -1, position "length only") for the prompt length alone."""
     y = np.array([str(label) for label in labelled.labels])
@@ -201,19 +261,40 @@ def sweep(features: dict[tuple[int, str], np.ndarray], labelled: LabelledPrompts
     rows = []
     if lengths is not None:  # a probe that sees nothing but the prompt's token count
         length = np.log(np.asarray(lengths, dtype=float))[:, None]
-        only_length = score_probe(fit_probe("logistic", length[train], y[train], seed=seed), length[split.test], y[split.test],
-                                  seed=seed)
-        rows.append({"layer": -1, "position": "length only", **only_length.auc.columns("auc"),
-                     "accuracy": only_length.accuracy.mean, "shuffled_auc": float("nan"),
-                     "random_auc": float("nan"), "n_train": len(train), "n_test": len(split.test)})
-    for (layer, position), x in tqdm(sorted(features.items()), desc="gate sweep", unit="read-out", disable=not progress):
+        only_length = score_probe(
+            fit_probe("logistic", length[train], y[train], seed=seed), length[split.test], y[split.test], seed=seed
+        )
+        rows.append(
+            {
+                "layer": -1,
+                "position": "length only",
+                **only_length.auc.columns("auc"),
+                "accuracy": only_length.accuracy.mean,
+                "shuffled_auc": float("nan"),
+                "random_auc": float("nan"),
+                "n_train": len(train),
+                "n_test": len(split.test),
+            }
+        )
+    for (layer, position), x in tqdm(
+        sorted(features.items()), desc="gate sweep", unit="read-out", disable=not progress
+    ):
         probe = fit_probe("logistic", x[train], y[train], seed=seed)
         score = score_probe(probe, x[split.test], y[split.test], seed=seed)
         shuffled = shuffled_label_control("logistic", x[train], y[train], x[split.test], y[split.test], seed=seed)
         random = random_direction_control(x[train], y[train], x[split.test], y[split.test], seed=seed)
-        rows.append({"layer": layer, "position": position, **score.auc.columns("auc"),
-                     "accuracy": score.accuracy.mean, "shuffled_auc": shuffled.auc.mean,
-                     "random_auc": random.auc.mean, "n_train": len(train), "n_test": len(split.test)})
+        rows.append(
+            {
+                "layer": layer,
+                "position": position,
+                **score.auc.columns("auc"),
+                "accuracy": score.accuracy.mean,
+                "shuffled_auc": shuffled.auc.mean,
+                "random_auc": random.auc.mean,
+                "n_train": len(train),
+                "n_test": len(split.test),
+            }
+        )
     return rows
 
 
@@ -226,9 +307,19 @@ def choose(rows: Sequence[dict]) -> dict:
     return min(near, key=lambda row: (row["layer"], READ_POSITIONS.index(row["position"])))
 
 
-def train_gate(x: np.ndarray, labels: np.ndarray, indices: np.ndarray, *, layer: int, position: str, kind: str = "logistic",
-               regularisation: float = 0.1, seed: int = 0, metadata: dict | None = None,
-               template: tuple[int, int] = (0, 0)) -> Gate:
+def train_gate(
+    x: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    *,
+    layer: int,
+    position: str,
+    kind: str = "logistic",
+    regularisation: float = 0.1,
+    seed: int = 0,
+    metadata: dict | None = None,
+    template: tuple[int, int] = (0, 0),
+) -> Gate:
     """Fit a gate on the queries at ``indices`` (minority label oversampled); its threshold stays 0.5.
 
     Args:
@@ -249,22 +340,45 @@ def train_gate(x: np.ndarray, labels: np.ndarray, indices: np.ndarray, *, layer:
     labels = np.asarray(labels).astype(int)
     train = _oversampled(np.asarray(indices), labels, seed)
     if kind == "logistic":
-        probe = fit_probe("logistic", x[train], [str(v) for v in labels[train]], regularisation=regularisation, seed=seed)
+        probe = fit_probe(
+            "logistic", x[train], [str(v) for v in labels[train]], regularisation=regularisation, seed=seed
+        )
         tensors = {"weight": torch.as_tensor(probe.weights[0]), "bias": torch.as_tensor(probe.bias[:1]).reshape(())}
     else:
         mean, scale = x[train].mean(axis=0), x[train].std(axis=0) + 1e-8
         mlp = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-2, max_iter=500, random_state=seed)
         mlp.fit((x[train] - mean) / scale, labels[train])
-        tensors = {"mean": torch.as_tensor(mean), "scale": torch.as_tensor(scale),
-                   "w0": torch.as_tensor(mlp.coefs_[0]), "b0": torch.as_tensor(mlp.intercepts_[0]),
-                   "w1": torch.as_tensor(mlp.coefs_[1]), "b1": torch.as_tensor(mlp.intercepts_[1])}
-    return Gate(kind, layer, position, {k: v.to(torch.float32).contiguous() for k, v in tensors.items()},
-                metadata=dict(metadata or {}), template=tuple(template))
+        tensors = {
+            "mean": torch.as_tensor(mean),
+            "scale": torch.as_tensor(scale),
+            "w0": torch.as_tensor(mlp.coefs_[0]),
+            "b0": torch.as_tensor(mlp.intercepts_[0]),
+            "w1": torch.as_tensor(mlp.coefs_[1]),
+            "b1": torch.as_tensor(mlp.intercepts_[1]),
+        }
+    return Gate(
+        kind,
+        layer,
+        position,
+        {k: v.to(torch.float32).contiguous() for k, v in tensors.items()},
+        metadata=dict(metadata or {}),
+        template=tuple(template),
+    )
 
 
-def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, position: str, kind: str = "logistic",
-             regularisation: float = 0.1, seed: int = 0, metadata: dict | None = None,
-             template: tuple[int, int] = (0, 0)) -> tuple[Gate, dict]:
+def fit_gate(
+    x: np.ndarray,
+    labels: np.ndarray,
+    split: Split,
+    *,
+    layer: int,
+    position: str,
+    kind: str = "logistic",
+    regularisation: float = 0.1,
+    seed: int = 0,
+    metadata: dict | None = None,
+    template: tuple[int, int] = (0, 0),
+) -> tuple[Gate, dict]:
     """Fit the gate on the training side (``train_gate``), calibrate its threshold on the held-out side.
 
     Args:
@@ -278,14 +392,30 @@ def fit_gate(x: np.ndarray, labels: np.ndarray, split: Split, *, layer: int, pos
     Raises:
         ToolkitError: an unknown kind, or a training or held-out side with a single label.
     """
-    gate = train_gate(x, labels, split.train, layer=layer, position=position, kind=kind, regularisation=regularisation,
-                      seed=seed, metadata=metadata, template=template)
+    gate = train_gate(
+        x,
+        labels,
+        split.train,
+        layer=layer,
+        position=position,
+        kind=kind,
+        regularisation=regularisation,
+        seed=seed,
+        metadata=metadata,
+        template=template,
+    )
     labels, test_probability = np.asarray(labels).astype(int), gate.probability(x[split.test])
     gate.threshold = balanced_threshold(test_probability, labels[split.test])
     routed = test_probability >= gate.threshold
-    report = {"auc": float(roc_auc_score(labels[split.test], test_probability)), "threshold": gate.threshold,
-              "route_rate": float(routed.mean()), "accuracy": float((routed == labels[split.test].astype(bool)).mean()),
-              "n_test": int(len(split.test)), "n_train": int(len(split.train)), "positives": float(labels.mean())}
+    report = {
+        "auc": float(roc_auc_score(labels[split.test], test_probability)),
+        "threshold": gate.threshold,
+        "route_rate": float(routed.mean()),
+        "accuracy": float((routed == labels[split.test].astype(bool)).mean()),
+        "n_test": int(len(split.test)),
+        "n_train": int(len(split.train)),
+        "positives": float(labels.mean()),
+    }
     gate.metadata.update(report=report)
     return gate, report
 
@@ -296,8 +426,10 @@ def _oversampled(indices: np.ndarray, labels: Sequence, seed: int) -> np.ndarray
     rng = np.random.default_rng(seed)
     by_label = {label: indices[labels[indices] == label] for label in np.unique(labels[indices])}
     if len(by_label) < 2:
-        raise ToolkitError(f"the gate's training data hold a single label ({next(iter(by_label), 'none')}): "
-                           "bootstrap more queries or use --labels intents")
+        raise ToolkitError(
+            f"the gate's training data hold a single label ({next(iter(by_label), 'none')}): "
+            "bootstrap more queries or use --labels intents"
+        )
     size = max(len(members) for members in by_label.values())
     parts = [np.concatenate([members, rng.choice(members, size=size - len(members))]) for members in by_label.values()]
     return np.sort(np.concatenate(parts))

@@ -33,16 +33,19 @@ class DistillationPair(NamedTuple):
     n_answer: int
 
 
-def distillation_pair(tokenizer, sample: Sample, persona_length: str = "min",
-                      personas: Mapping[str, Persona] | None = None) -> DistillationPair | None:
+def distillation_pair(
+    tokenizer, sample: Sample, persona_length: str = "min", personas: Mapping[str, Persona] | None = None
+) -> DistillationPair | None:
     """The sample's persona answer after the teacher's prompt (its persona at ``persona_length``, in the system
     prompt; the persona is read from ``personas``, default the built-in library) and after the student's (no
     persona), or None when the answer is empty."""
     answer = tokenizer(sample.answer_persona, add_special_tokens=False)["input_ids"]
     if not answer:
         return None
-    teacher = encode(tokenizer, render(tokenizer, sample.query, Condition(sample.persona, persona_length, "system"),
-                                       personas=personas))
+    teacher = encode(
+        tokenizer,
+        render(tokenizer, sample.query, Condition(sample.persona, persona_length, "system"), personas=personas),
+    )
     student = encode(tokenizer, render(tokenizer, sample.query, Condition("none")))
     return DistillationPair(teacher + answer, student + answer, len(answer))
 
@@ -56,7 +59,9 @@ def retain_pair(tokenizer, query: str) -> DistillationPair:
     return DistillationPair(sequence, sequence, len(ids))
 
 
-def answer_logits(model: TransformerBridge, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]) -> Float[torch.Tensor, "answers vocab"]:
+def answer_logits(
+    model: TransformerBridge, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]
+) -> Float[torch.Tensor, "answers vocab"]:
     """float32 logits at the positions that predict each sequence's answer tokens, rows after rows: [sum(n_answers), vocab].
 
     The sequences run as one right-padded batch with an attention mask; a real token keeps the position it has
@@ -69,8 +74,12 @@ def answer_logits(model: TransformerBridge, sequences: Sequence[Sequence[int]], 
     mask = (torch.arange(tokens.shape[1], device=device) < lengths[:, None]).long()
     # the answer's n tokens are predicted from the n positions before the sequence's last
     rows = torch.cat([torch.full((n,), row, device=device) for row, n in enumerate(n_answers)])
-    columns = torch.cat([torch.arange(len(sequence) - n - 1, len(sequence) - 1, device=device)
-                         for sequence, n in zip(sequences, n_answers)])
+    columns = torch.cat(
+        [
+            torch.arange(len(sequence) - n - 1, len(sequence) - 1, device=device)
+            for sequence, n in zip(sequences, n_answers)
+        ]
+    )
     with _autocast(hf):
         hidden = hf.model(input_ids=tokens, attention_mask=mask, use_cache=False).last_hidden_state
         return hf.lm_head(hidden[rows, columns]).float()

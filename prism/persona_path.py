@@ -46,7 +46,9 @@ GATED, UNGATED = "prism", "sft"
 HELD_OUT_SHARE = 0.25
 
 
-def held_out_samples(samples: Sequence[Sample], share: float = HELD_OUT_SHARE, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def held_out_samples(
+    samples: Sequence[Sample], share: float = HELD_OUT_SHARE, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
     """(training, held out): ``round(share * n)`` samples held out, taken in turn from the personas (in a seeded
     order, each persona's own drawn with ``seed``), never a persona's last one; nothing is held out from fewer
     than four samples."""
@@ -66,9 +68,20 @@ def held_out_samples(samples: Sequence[Sample], share: float = HELD_OUT_SHARE, s
     return [s for s in samples if s.id not in held], [s for s in samples if s.id in held]
 
 
-def train_adapters(model: TransformerBridge, tokenizer, samples: Sequence[Sample], routes: np.ndarray, gate_layer: int, config: DistillConfig,
-                   work: PrismDirectory, *, retain: Sequence[str] = (), personas: Mapping[str, Persona] | None = None,
-                   seed: int = 0, progress: bool = True) -> dict:
+def train_adapters(
+    model: TransformerBridge,
+    tokenizer,
+    samples: Sequence[Sample],
+    routes: np.ndarray,
+    gate_layer: int,
+    config: DistillConfig,
+    work: PrismDirectory,
+    *,
+    retain: Sequence[str] = (),
+    personas: Mapping[str, Persona] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Distil and save the gated adapter (persona-path samples) and the ungated one (every sample), each without the
     held-out persona-path samples, and measure both adapters' fidelity on those.
 
@@ -94,34 +107,55 @@ def train_adapters(model: TransformerBridge, tokenizer, samples: Sequence[Sample
     config = replace(config, first_block=gate_layer + 1)
     winners = [s for s, route in zip(samples, routes) if route]
     if not winners:
-        raise ToolkitError("no bootstrapped query is on the persona path: nothing to distil into the gated adapter "
-                           "(bootstrap more queries per persona, or use other labels)")
+        raise ToolkitError(
+            "no bootstrapped query is on the persona path: nothing to distil into the gated adapter "
+            "(bootstrap more queries per persona, or use other labels)"
+        )
     training, held = held_out_samples(winners, seed=seed)
     held_ids = {sample.id for sample in held}
     report = {}
     for name, chosen in ((GATED, training), (UNGATED, [s for s in samples if s.id not in held_ids])):
-        log.info(f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1}); "
-                 f"{len(held)} persona-path samples held out")
+        log.info(
+            f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1}); "
+            f"{len(held)} persona-path samples held out"
+        )
         info = distill(model, tokenizer, chosen, name, config, retain=retain, personas=personas, progress=progress)
-        fidelity = adapter_fidelity(model, tokenizer, held, name, persona_length=config.persona_length, personas=personas,
-                                    seed=seed) if held else None
+        fidelity = (
+            adapter_fidelity(
+                model, tokenizer, held, name, persona_length=config.persona_length, personas=personas, seed=seed
+            )
+            if held
+            else None
+        )
         info["fidelity"] = None if fidelity is None else fidelity.to_dict()
         save_adapter(model, name, work.adapter(name), info["peft_config"], info)
         per_epoch = max(1, info["steps"] // config.epochs)
-        report[name] = {"n_samples": info["n_samples"], "steps": info["steps"], "n_held_out": len(held),
-                        "teacher_length": config.persona_length,
-                        "first_epoch_loss": float(np.mean(info["losses"][:per_epoch])),
-                        "last_epoch_loss": float(np.mean(info["losses"][-per_epoch:])), "fidelity": info["fidelity"]}
+        report[name] = {
+            "n_samples": info["n_samples"],
+            "steps": info["steps"],
+            "n_held_out": len(held),
+            "teacher_length": config.persona_length,
+            "first_epoch_loss": float(np.mean(info["losses"][:per_epoch])),
+            "last_epoch_loss": float(np.mean(info["losses"][-per_epoch:])),
+            "fidelity": info["fidelity"],
+        }
     return report
 
 
-def persona_shift(model: TransformerBridge, tokenizer, samples: Sequence[Sample], layer: int, length: str = "min",
-                  batch_size: int = 8, personas: Mapping[str, Persona] | None = None) -> Float[torch.Tensor, "d_model"]:
+def persona_shift(
+    model: TransformerBridge,
+    tokenizer,
+    samples: Sequence[Sample],
+    layer: int,
+    length: str = "min",
+    batch_size: int = 8,
+    personas: Mapping[str, Persona] | None = None,
+) -> Float[torch.Tensor, "d_model"]:
     """Mean over samples of (persona prompt - plain prompt) residual after ``layer`` at the last token; the samples'
     personas are read from ``personas`` (default: the built-in library)."""
     shifts = []
     for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
+        chunk = samples[start : start + batch_size]
         runs = []
         for condition in (lambda s: Condition(s.persona, length, "system"), lambda s: Condition("none")):
             ids = [encode(tokenizer, render(tokenizer, s.query, condition(s), personas=personas)) for s in chunk]

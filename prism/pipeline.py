@@ -46,10 +46,19 @@ def _load(name: str, device: str, dtype: str, device_map: str | None = None):
     return load_model(name, device=device, dtype=dtype, device_map=device_map)
 
 
-def bootstrap(out: str | Path, *, model_name: str | None = None, config: BootstrapConfig = BootstrapConfig(),
-              personas: Sequence[str] | None = None, library: Mapping[str, Persona] | None = None,
-              device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
-              progress: bool = True, engine: EngineSpec | None = None) -> BootstrapSummary:
+def bootstrap(
+    out: str | Path,
+    *,
+    model_name: str | None = None,
+    config: BootstrapConfig = BootstrapConfig(),
+    personas: Sequence[str] | None = None,
+    library: Mapping[str, Persona] | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    device_map: str | None = None,
+    progress: bool = True,
+    engine: EngineSpec | None = None,
+) -> BootstrapSummary:
     """Run stages 1-3 in the working directory ``out`` (``prism bootstrap``).
 
     Args:
@@ -85,19 +94,33 @@ def bootstrap(out: str | Path, *, model_name: str | None = None, config: Bootstr
         model, tokenizer = None, load_tokenizer(name)
     with open_engine(engine, name, tokenizer, model, device=device, dtype=dtype) as generator:
         work.record_model(name, library)  # only a model that loaded claims the directory
-        samples = run_bootstrap(out, model, tokenizer, config=config, personas=chosen, library=library,
-                                progress=progress, engine=generator)
+        samples = run_bootstrap(
+            out, model, tokenizer, config=config, personas=chosen, library=library, progress=progress, engine=generator
+        )
     return BootstrapSummary.from_record(summarise(samples, config.seed))
 
 
-def train(out: str | Path, *, model_name: str | None = None, labels: str = "bootstrap", verdict: str = "both",
-          gate_kind: str | None = None,
-          max_block: int = 3, layer: int | None = None, position: str | None = None,
-          distill_config: DistillConfig = DistillConfig(), per_intent: int | None = None, per_source: int | None = 24,
-          extra: Sequence[str] = (),
-          compare_budget: str | CompareBudget = "default", seed: int = 0, device: str = "cpu", dtype: str = "float32",
-          device_map: str | None = None,
-          progress: bool = True) -> TrainSummary:
+def train(
+    out: str | Path,
+    *,
+    model_name: str | None = None,
+    labels: str = "bootstrap",
+    verdict: str = "both",
+    gate_kind: str | None = None,
+    max_block: int = 3,
+    layer: int | None = None,
+    position: str | None = None,
+    distill_config: DistillConfig = DistillConfig(),
+    per_intent: int | None = None,
+    per_source: int | None = 24,
+    extra: Sequence[str] = (),
+    compare_budget: str | CompareBudget = "default",
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    device_map: str | None = None,
+    progress: bool = True,
+) -> TrainSummary:
     """Train the gate, the adapters, the steering vector and the baseline routers in ``out`` (``prism train``).
 
     The comparison's evaluation queries (of ``compare_budget`` and ``seed``) are left out of the gate's data, and so
@@ -130,18 +153,43 @@ def train(out: str | Path, *, model_name: str | None = None, labels: str = "boot
     out = Path(out)
     plan = resolve_budget(compare_budget)
     model, tokenizer = _load(_model_for(out, model_name), device, dtype, device_map)
-    record = run_training(out, model, tokenizer, labels=labels, verdict=verdict, gate_kind=gate_kind, max_block=max_block,
-                          layer=layer, position=position, distill_config=distill_config, per_intent=per_intent,
-                          per_source=per_source, extra=extra,
-                          exclude=evaluation_queries(plan, seed), exclude_sources=excluded_sources(), seed=seed,
-                          progress=progress)
+    record = run_training(
+        out,
+        model,
+        tokenizer,
+        labels=labels,
+        verdict=verdict,
+        gate_kind=gate_kind,
+        max_block=max_block,
+        layer=layer,
+        position=position,
+        distill_config=distill_config,
+        per_intent=per_intent,
+        per_source=per_source,
+        extra=extra,
+        exclude=evaluation_queries(plan, seed),
+        exclude_sources=excluded_sources(),
+        seed=seed,
+        progress=progress,
+    )
     return TrainSummary.from_record(record)
 
 
-def compare(out: str | Path, *, model_name: str | None = None, budget: str | CompareBudget = "default",
-            systems: Sequence[str] = SYSTEMS, seed: int = 0, batch_size: int = 8, device: str = "cpu",
-            dtype: str = "float32", device_map: str | None = None, judge: Mapping | None = None,
-            progress: bool = True, engine: EngineSpec | None = None) -> CompareSummary:
+def compare(
+    out: str | Path,
+    *,
+    model_name: str | None = None,
+    budget: str | CompareBudget = "default",
+    systems: Sequence[str] = SYSTEMS,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
+    device_map: str | None = None,
+    judge: Mapping | None = None,
+    progress: bool = True,
+    engine: EngineSpec | None = None,
+) -> CompareSummary:
     """Run the Table-1 comparison in ``out`` (``prism compare``); finished cells are reused.
 
     Args:
@@ -175,17 +223,33 @@ def compare(out: str | Path, *, model_name: str | None = None, budget: str | Com
     name = _model_for(out, model_name)
     model, tokenizer = _load(name, device, dtype, device_map)
     with open_engine(engine, name, tokenizer, model, device=device, dtype=dtype) as generator:
-        record = run_compare(out, model, tokenizer, budget=plan, systems=systems, seed=seed, batch_size=batch_size,
-                             judge=make_judge(**judge, model=model, tokenizer=tokenizer, batch_size=batch_size,
-                                              engine=generator),
-                             progress=progress, engine=generator)
+        record = run_compare(
+            out,
+            model,
+            tokenizer,
+            budget=plan,
+            systems=systems,
+            seed=seed,
+            batch_size=batch_size,
+            judge=make_judge(**judge, model=model, tokenizer=tokenizer, batch_size=batch_size, engine=generator),
+            progress=progress,
+            engine=generator,
+        )
     return CompareSummary(PrismDirectory(out).compare, tuple(record["table"]), record)
 
 
-def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", persona: str = "helpful",
-          max_new_tokens: int = 64, model_name: str | None = None, device: str = "cpu", dtype: str = "float32",
-          device_map: str | None = None
-          ) -> list[dict]:
+def route(
+    out: str | Path,
+    prompts: Sequence[str],
+    *,
+    via: str = "adapter",
+    persona: str = "helpful",
+    max_new_tokens: int = 64,
+    model_name: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    device_map: str | None = None,
+) -> list[dict]:
     """Answer ``prompts`` with routing; each answer comes with the gate's probability and route.
 
     Args:
@@ -220,8 +284,10 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
     if via == "prompt":
         probabilities = route_probabilities(model, tokenizer, gate, prompts)
         routed = probabilities >= gate.threshold
-        rendered = [render(tokenizer, p, Condition(persona), personas=library) if r else q
-                    for p, q, r in zip(prompts, plain, routed)]
+        rendered = [
+            render(tokenizer, p, Condition(persona), personas=library) if r else q
+            for p, q, r in zip(prompts, plain, routed)
+        ]
         answers = generate(model, tokenizer, rendered, max_new_tokens=max_new_tokens, progress=False)
         decisions = list(zip(probabilities.tolist(), routed.tolist()))
     else:
@@ -234,6 +300,14 @@ def route(out: str | Path, prompts: Sequence[str], *, via: str = "adapter", pers
         with context:
             answers = generate(model, tokenizer, plain, max_new_tokens=max_new_tokens, progress=False)
         decisions = [context.decision(encode(tokenizer, prompt)) for prompt in plain]
-    return [{"prompt": prompt, "probability": probability, "threshold": gate.threshold, "routed": routed,
-             "via": via if routed else "base model", "answer": answer} for prompt, (probability, routed), answer in zip(prompts, decisions, answers)]
-
+    return [
+        {
+            "prompt": prompt,
+            "probability": probability,
+            "threshold": gate.threshold,
+            "routed": routed,
+            "via": via if routed else "base model",
+            "answer": answer,
+        }
+        for prompt, (probability, routed), answer in zip(prompts, decisions, answers)
+    ]

@@ -63,9 +63,15 @@ class Routed:
         HookDidNotFire: on exit, if the model ran but the gate's hook never fired.
     """
 
-    def __init__(self, model: TransformerBridge, gate: Gate, *, adapter: str | None = None,
-                 steering: tuple[int, torch.Tensor] | None = None,
-                 decisions: Mapping[tuple[int, ...], bool] | None = None) -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        gate: Gate,
+        *,
+        adapter: str | None = None,
+        steering: tuple[int, torch.Tensor] | None = None,
+        decisions: Mapping[tuple[int, ...], bool] | None = None,
+    ) -> None:
         if (adapter is None) == (steering is None):
             raise ToolkitError("route to exactly one of an adapter or a steering vector")
         check_gate_fits(model, gate)
@@ -94,8 +100,10 @@ class Routed:
                 raise ToolkitError(f"the model carries no adapter {self.adapter!r}: load it first")
             for name, module in hf.named_modules():
                 if module in layers and _block_of(name) <= self.gate.layer:
-                    raise ToolkitError(f"adapter {self.adapter!r} changes block {_block_of(name)}, at or before the gate's "
-                                       f"block {self.gate.layer}: the gate would read adapted activations")
+                    raise ToolkitError(
+                        f"adapter {self.adapter!r} changes block {_block_of(name)}, at or before the gate's "
+                        f"block {self.gate.layer}: the gate would read adapted activations"
+                    )
             stack.enter_context(active_adapter(self.model, self.adapter))
             for module in layers:
                 stack.callback(lora_update(module, self.adapter).register_forward_hook(self._gate_update).remove)
@@ -132,8 +140,11 @@ class Routed:
                 raise ToolkitError("a routed pass continued sequences whose prefill was not routed")
             return None
         batch, seq = activation.shape[:2]
-        mask = self._mask[:, -seq:] if self._mask is not None else torch.ones(batch, seq, dtype=torch.long,
-                                                                             device=activation.device)
+        mask = (
+            self._mask[:, -seq:]
+            if self._mask is not None
+            else torch.ones(batch, seq, dtype=torch.long, device=activation.device)
+        )
         mask = mask.to(activation.device).bool()
         if self.gate.position == "last":
             last = seq - 1 - mask.flip(1).long().argmax(dim=1)
@@ -183,7 +194,9 @@ class Routed:
         try:
             return self.decisions[tuple(ids)]
         except KeyError:
-            raise ToolkitError("no routing decision was recorded for this prompt: was it run inside the block?") from None
+            raise ToolkitError(
+                "no routing decision was recorded for this prompt: was it run inside the block?"
+            ) from None
 
 
 def _query_only(mask: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -209,11 +222,15 @@ def check_gate_fits(model: TransformerBridge, gate: Gate) -> None:
     width = next(iter(gate.tensors[name].shape[0] for name in ("weight", "mean") if name in gate.tensors))
     if width != model.cfg.d_model:
         trained_on = gate.metadata.get("model", "another model")
-        raise ToolkitError(f"the gate reads {width}-wide residuals (trained on {trained_on}), but this model's are "
-                           f"{model.cfg.d_model} wide: use the gate trained on this model")
+        raise ToolkitError(
+            f"the gate reads {width}-wide residuals (trained on {trained_on}), but this model's are "
+            f"{model.cfg.d_model} wide: use the gate trained on this model"
+        )
 
 
-def route_probabilities(model: TransformerBridge, tokenizer, gate: Gate, queries: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
+def route_probabilities(
+    model: TransformerBridge, tokenizer, gate: Gate, queries: Sequence[str], *, batch_size: int = 16
+) -> np.ndarray:
     """Gate probabilities from a partial forward pass that stops after the gate's block, held in memory.
 
     For the training-free variants that must decide before choosing the prompt (e.g. probe -> persona prompt);

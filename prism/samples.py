@@ -62,7 +62,9 @@ class Sample:
 def write_samples(work: PrismDirectory, samples: Sequence[Sample], facts: Mapping) -> None:
     """Write the samples, their summary (win rates, with ``facts`` such as the bootstrap's settings) and the
     per-persona win-rate table into ``work``'s bootstrap folder."""
-    write_text(work.samples, "".join(json.dumps({**asdict(s), "label": s.label}, ensure_ascii=False) + "\n" for s in samples))
+    write_text(
+        work.samples, "".join(json.dumps({**asdict(s), "label": s.label}, ensure_ascii=False) + "\n" for s in samples)
+    )
     summary = summarise(samples)
     write_record(work.bootstrap_summary, {**facts, **summary})
     write_table(work.win_rates, summary["by_persona"])
@@ -94,7 +96,9 @@ def load_samples(source: str | Path | PrismDirectory) -> list[Sample]:
             record["margins"] = tuple(record["margins"])
             samples.append(Sample(**record))
         except (json.JSONDecodeError, TypeError, KeyError) as error:
-            raise ToolkitError(f"{path} line {number} is not a bootstrap sample ({error}): rerun `prism bootstrap`") from error
+            raise ToolkitError(
+                f"{path} line {number} is not a bootstrap sample ({error}): rerun `prism bootstrap`"
+            ) from error
     if not samples:
         raise ToolkitError(f"{path} holds no samples: rerun `prism bootstrap`")
     return samples
@@ -104,15 +108,22 @@ def summarise(samples: Sequence[Sample], seed: int = 0) -> dict:
     """Persona win rates with 95% CIs, overall and per persona, and how often the two orders
     agree (a judge that only follows position never agrees with itself: the persona then wins
     as A and loses as B, or the reverse, every time)."""
+
     def rates(group: Sequence[Sample]) -> dict:
         win = bootstrap_mean([s.label for s in group], seed=seed)
         first = np.array([s.persona_first_wins for s in group])
         second = np.array([s.persona_second_wins for s in group])
-        return {"n": win.n, **win.columns("win_rate", prefix=""),
-                "debiased_win_rate": float(np.mean([s.debiased_label for s in group])),
-                "order_agreement": float((first == second).mean()), "wins_as_A": float(first.mean()),
-                "wins_as_B": float(second.mean())}
+        return {
+            "n": win.n,
+            **win.columns("win_rate", prefix=""),
+            "debiased_win_rate": float(np.mean([s.debiased_label for s in group])),
+            "order_agreement": float((first == second).mean()),
+            "wins_as_A": float(first.mean()),
+            "wins_as_B": float(second.mean()),
+        }
 
-    by_persona = [{"persona": name, **rates([s for s in samples if s.persona == name])}
-                  for name in dict.fromkeys(s.persona for s in samples)]
+    by_persona = [
+        {"persona": name, **rates([s for s in samples if s.persona == name])}
+        for name in dict.fromkeys(s.persona for s in samples)
+    ]
     return {"overall": rates(samples), "by_persona": by_persona}

@@ -57,12 +57,17 @@ class BootstrapSummary(Summary):
 
     def headline(self) -> str:
         win = self.overall.win_rate
-        return (f"{win.n} queries; the persona won both orders on {win.mean:.0%} [{win.low:.0%}, {win.high:.0%}]; "
-                f"the two orders agreed on {self.overall.order_agreement:.0%}")
+        return (
+            f"{win.n} queries; the persona won both orders on {win.mean:.0%} [{win.low:.0%}, {win.high:.0%}]; "
+            f"the two orders agreed on {self.overall.order_agreement:.0%}"
+        )
 
     def lines(self) -> list[str]:
-        return [self.headline()] + [f"  {name:15s} n={rate.win_rate.n:3d}  win rate {rate.win_rate.mean:.0%} "
-                                    f"[{rate.win_rate.low:.0%}, {rate.win_rate.high:.0%}]" for name, rate in self.by_persona.items()]
+        return [self.headline()] + [
+            f"  {name:15s} n={rate.win_rate.n:3d}  win rate {rate.win_rate.mean:.0%} "
+            f"[{rate.win_rate.low:.0%}, {rate.win_rate.high:.0%}]"
+            for name, rate in self.by_persona.items()
+        ]
 
 
 @dataclass(frozen=True)
@@ -94,40 +99,73 @@ class TrainSummary(Summary):
     @classmethod
     def from_record(cls, record: Mapping) -> TrainSummary:
         gate, quality = record["gate"], record["routing_quality"]
-        routers = {name: Estimate.from_columns(quality[name], "auc", prefix="") for name in ("embedding", "self_classify")}
+        routers = {
+            name: Estimate.from_columns(quality[name], "auc", prefix="") for name in ("embedding", "self_classify")
+        }
         table = tuple(record.get("leave_one_source_out", {}).get("table", ()))
-        return cls(gate["layer"], gate["position"], gate["kind"], gate["threshold"], gate["route_rate"],
-                   Estimate.from_columns(quality["gate"], "auc", prefix=""), routers, table, record)
+        return cls(
+            gate["layer"],
+            gate["position"],
+            gate["kind"],
+            gate["threshold"],
+            gate["route_rate"],
+            Estimate.from_columns(quality["gate"], "auc", prefix=""),
+            routers,
+            table,
+            record,
+        )
 
     def route_rate_of(self, source: str, router: str = "gate") -> Estimate:
         """The share of unseen ``source`` that ``router`` (``gate``, ``embedding``, ``self_classify``, ...) routes."""
         row = next(row for row in self.sources if row["source"] == source)
-        return Estimate(row[f"{router}_route_rate"], row[f"{router}_route_rate_low"], row[f"{router}_route_rate_high"],
-                        row.get(f"{router}_n", row["n"]))
+        return Estimate(
+            row[f"{router}_route_rate"],
+            row[f"{router}_route_rate_low"],
+            row[f"{router}_route_rate_high"],
+            row.get(f"{router}_n", row["n"]),
+        )
 
     def lines(self) -> list[str]:
-        lines = ([f"gate: block {self.layer}, {self.position} token(s), {self.kind}; AUC on unseen sources {self.auc.format(2, n=True)}; "
-                  f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"]
-                 + [f"{name.replace('_', '-')} router on the same sources: AUC {auc.format(2)}" for name, auc in self.routers.items()])
+        lines = [
+            f"gate: block {self.layer}, {self.position} token(s), {self.kind}; AUC on unseen sources {self.auc.format(2, n=True)}; "
+            f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"
+        ] + [
+            f"{name.replace('_', '-')} router on the same sources: AUC {auc.format(2)}"
+            for name, auc in self.routers.items()
+        ]
         if self.sources:
-            passing = {name: sum(bool(row.get(f"{name}_passes")) for row in self.sources) for name in ("gate", "embedding", "self_classify")}
-            lines.append(f"unseen sources within target: gate {passing['gate']}, MiniLM {passing['embedding']}, "
-                         f"self-classify {passing['self_classify']} of {len(self.sources)}")
-            lines.append("share routed to the persona path per unseen source [95% CI] (target: base <= 10%, persona >= 90%; x: missed)")
+            passing = {
+                name: sum(bool(row.get(f"{name}_passes")) for row in self.sources)
+                for name in ("gate", "embedding", "self_classify")
+            }
+            lines.append(
+                f"unseen sources within target: gate {passing['gate']}, MiniLM {passing['embedding']}, "
+                f"self-classify {passing['self_classify']} of {len(self.sources)}"
+            )
+            lines.append(
+                "share routed to the persona path per unseen source [95% CI] (target: base <= 10%, persona >= 90%; x: missed)"
+            )
             lines.append(f"  {'source':22s} {'route':7s} {'n':>4s}  {'gate':19s} {'MiniLM':19s} {'self-classify':19s}")
             for row in self.sources:
-                cells = [f"{self.route_rate_of(row['source'], name).format(2)}{'' if row.get(f'{name}_passes') is not False else ' x'}"
-                         for name in ("gate", "embedding", "self_classify")]
-                lines.append(f"  {row['source']:22s} {row['route']:7s} {row['n']:4d}  " + " ".join(f"{c:19s}" for c in cells))
+                cells = [
+                    f"{self.route_rate_of(row['source'], name).format(2)}{'' if row.get(f'{name}_passes') is not False else ' x'}"
+                    for name in ("gate", "embedding", "self_classify")
+                ]
+                lines.append(
+                    f"  {row['source']:22s} {row['route']:7s} {row['n']:4d}  " + " ".join(f"{c:19s}" for c in cells)
+                )
         for name, adapter in self.record.get("adapters", {}).items():
             fidelity = adapter.get("fidelity")
             if fidelity:
                 control = self.other_persona_fidelity(name)
                 teacher = f"{adapter['teacher_length']} " if adapter.get("teacher_length") else ""
-                lines.append(f"adapter {name!r}: fidelity to the {teacher}persona {self.fidelity(name).format(2, n=True)} on held-out "
-                             f"persona-path samples (persona effect {fidelity['kl_teacher_base']:.3f} nats/token, "
-                             f"{fidelity['kl_teacher_student']:.3f} left"
-                             + (f"; another persona's prompt: {control.format(2)}" if control else "") + ")")
+                lines.append(
+                    f"adapter {name!r}: fidelity to the {teacher}persona {self.fidelity(name).format(2, n=True)} on held-out "
+                    f"persona-path samples (persona effect {fidelity['kl_teacher_base']:.3f} nats/token, "
+                    f"{fidelity['kl_teacher_student']:.3f} left"
+                    + (f"; another persona's prompt: {control.format(2)}" if control else "")
+                    + ")"
+                )
         return lines
 
     def fidelity(self, adapter: str = "prism") -> Estimate:
@@ -137,7 +175,9 @@ class TrainSummary(Summary):
     def other_persona_fidelity(self, adapter: str = "prism") -> Estimate | None:
         """The control beside ``fidelity``: the share another persona's prompt reproduces (None if not measured)."""
         fidelity = self.record["adapters"][adapter]["fidelity"]
-        return Estimate.from_columns(fidelity, "other_persona_fidelity") if "other_persona_fidelity" in fidelity else None
+        return (
+            Estimate.from_columns(fidelity, "other_persona_fidelity") if "other_persona_fidelity" in fidelity else None
+        )
 
 
 @dataclass(frozen=True)
@@ -169,8 +209,9 @@ class CompareSummary(Summary):
 
     def knowledge(self, source: str, system: str = "PRISM", column: str = "margin_vs_base") -> Estimate:
         """``column`` (accuracy, margin, route_rate, accuracy_vs_base, margin_vs_base) of ``system`` on one knowledge source."""
-        return Estimate.from_columns(next(r for r in self.record["knowledge"] if r["source"] == source and r["system"] == system),
-                                     column)
+        return Estimate.from_columns(
+            next(r for r in self.record["knowledge"] if r["source"] == source and r["system"] == system), column
+        )
 
     def trade_off(self) -> list[str]:
         """What the table shows, in words with CIs (``compare_report.trade_off``): the demo's closing lines."""
@@ -180,5 +221,7 @@ class CompareSummary(Summary):
         """The comparison as Markdown tables: the systems, knowledge per source, route rates per data set."""
         lines = format_table(self.table).splitlines()
         if self.record.get("knowledge") or self.record.get("router_rates"):
-            lines += [""] + format_sources(self.record.get("knowledge", ()), self.record.get("router_rates", ())).splitlines()
+            lines += [""] + format_sources(
+                self.record.get("knowledge", ()), self.record.get("router_rates", ())
+            ).splitlines()
         return lines

@@ -71,9 +71,18 @@ LABEL_SOURCES = ("bootstrap", "intents")
 MIN_PER_ROUTE = 4
 
 
-def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "both", per_intent: int | None = None,
-                     per_source: int | None = 24, extra: Sequence[str] = (), seed: int = 0,
-                     exclude: set[str] = frozenset(), exclude_sources: Collection[str] = frozenset()) -> LabelledPrompts:
+def labelled_prompts(
+    source: str,
+    samples: Sequence[Sample],
+    *,
+    verdict: str = "both",
+    per_intent: int | None = None,
+    per_source: int | None = 24,
+    extra: Sequence[str] = (),
+    seed: int = 0,
+    exclude: set[str] = frozenset(),
+    exclude_sources: Collection[str] = frozenset(),
+) -> LabelledPrompts:
     """Gate training data without the queries in ``exclude`` (the evaluation's) or, for intents, the ``exclude_sources``.
 
     ``bootstrap``: the self-verdicts under ``verdict`` (group and source = persona). ``intents``: every built-in
@@ -82,25 +91,64 @@ def labelled_prompts(source: str, samples: Sequence[Sample], *, verdict: str = "
     category is their intent (each file one more source)."""
     if source == "bootstrap":
         kept = [s for s in samples if s.query not in exclude]
-        return LabelledPrompts([s.query for s in kept], np.array([s.verdict(verdict) for s in kept]),
-                               [s.persona for s in kept], f"bootstrap ({verdict})", [s.persona for s in kept])
+        return LabelledPrompts(
+            [s.query for s in kept],
+            np.array([s.verdict(verdict) for s in kept]),
+            [s.persona for s in kept],
+            f"bootstrap ({verdict})",
+            [s.persona for s in kept],
+        )
     if source == "intents":
-        own = [LabelledQuery(Item(s.id, "bootstrap", s.query, s.persona, turns=(s.query,)), "generation",
-                             f"bootstrap:{s.persona}", "bootstrap") for s in samples]
-        queries = intent_queries(per_intent, per_source=per_source, sources=ALL_SOURCES, added=own, extra=extra, exclude=exclude,
-                                 exclude_sources=exclude_sources, seed=seed)
-        return LabelledPrompts([q.item.prompt for q in queries], np.array([int(q.intent != "knowledge") for q in queries]),
-                               [q.group for q in queries], source, [q.source for q in queries])
+        own = [
+            LabelledQuery(
+                Item(s.id, "bootstrap", s.query, s.persona, turns=(s.query,)),
+                "generation",
+                f"bootstrap:{s.persona}",
+                "bootstrap",
+            )
+            for s in samples
+        ]
+        queries = intent_queries(
+            per_intent,
+            per_source=per_source,
+            sources=ALL_SOURCES,
+            added=own,
+            extra=extra,
+            exclude=exclude,
+            exclude_sources=exclude_sources,
+            seed=seed,
+        )
+        return LabelledPrompts(
+            [q.item.prompt for q in queries],
+            np.array([int(q.intent != "knowledge") for q in queries]),
+            [q.group for q in queries],
+            source,
+            [q.source for q in queries],
+        )
     raise ToolkitError(f"unknown label source {source!r}: use one of {', '.join(LABEL_SOURCES)}")
 
 
-def run_training(out: str | Path, model: TransformerBridge, tokenizer, *, labels: str = "bootstrap", verdict: str = "both",
-                 gate_kind: str | None = None,
-                 max_block: int = 3, layer: int | None = None, position: str | None = None,
-                 distill_config: DistillConfig = DistillConfig(), per_intent: int | None = None, per_source: int | None = 24,
-                 extra: Sequence[str] = (), steering_layer: int | None = None,
-                 exclude: set[str] = frozenset(), exclude_sources: Collection[str] = frozenset(), seed: int = 0,
-                 progress: bool = True) -> dict:
+def run_training(
+    out: str | Path,
+    model: TransformerBridge,
+    tokenizer,
+    *,
+    labels: str = "bootstrap",
+    verdict: str = "both",
+    gate_kind: str | None = None,
+    max_block: int = 3,
+    layer: int | None = None,
+    position: str | None = None,
+    distill_config: DistillConfig = DistillConfig(),
+    per_intent: int | None = None,
+    per_source: int | None = 24,
+    extra: Sequence[str] = (),
+    steering_layer: int | None = None,
+    exclude: set[str] = frozenset(),
+    exclude_sources: Collection[str] = frozenset(),
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Train the gate, the adapters, the steering vector and the baseline routers.
 
     Args:
@@ -137,7 +185,9 @@ def run_training(out: str | Path, model: TransformerBridge, tokenizer, *, labels
     library = work.persona_library()  # the samples' personas: built in, or a user's recorded by the bootstrap
     n_layers = model.cfg.n_layers
     if not 0 <= max_block < n_layers - 1:
-        raise ToolkitError(f"the gate must read a block in 0..{n_layers - 2} (the adapter needs blocks after it), got {max_block}")
+        raise ToolkitError(
+            f"the gate must read a block in 0..{n_layers - 2} (the adapter needs blocks after it), got {max_block}"
+        )
     if layer is not None and not 0 <= layer <= max_block:
         raise ToolkitError(f"--layer {layer} is outside the swept blocks 0..{max_block}")
     if position is not None and position not in READ_POSITIONS:
@@ -146,45 +196,85 @@ def run_training(out: str | Path, model: TransformerBridge, tokenizer, *, labels
         raise ToolkitError(f"unknown gate kind {gate_kind!r}: use one of {', '.join(GATE_KINDS)}")
     if extra and labels != "intents":
         raise ToolkitError("--extra adds intent-labelled queries: use it with --labels intents")
-    labelled = labelled_prompts(labels, samples, verdict=verdict, per_intent=per_intent, per_source=per_source, extra=extra,
-                                seed=seed, exclude=exclude, exclude_sources=exclude_sources)
+    labelled = labelled_prompts(
+        labels,
+        samples,
+        verdict=verdict,
+        per_intent=per_intent,
+        per_source=per_source,
+        extra=extra,
+        seed=seed,
+        exclude=exclude,
+        exclude_sources=exclude_sources,
+    )
     counts = np.bincount(labelled.labels, minlength=2)
     if counts.min() < MIN_PER_ROUTE:
         agreement = np.mean([s.persona_first_wins == s.persona_second_wins for s in samples])
-        raise ToolkitError(f"{labelled.source} labels give {counts[1]} persona-path and {counts[0]} base-path queries; the gate "
-                           f"needs {MIN_PER_ROUTE}+ of each (the self-verdicts agree across orders on {agreement:.0%} of queries): "
-                           "use --verdict debiased, --labels intents, or bootstrap more queries")
+        raise ToolkitError(
+            f"{labelled.source} labels give {counts[1]} persona-path and {counts[0]} base-path queries; the gate "
+            f"needs {MIN_PER_ROUTE}+ of each (the self-verdicts agree across orders on {agreement:.0%} of queries): "
+            "use --verdict debiased, --labels intents, or bootstrap more queries"
+        )
     split, split_kind = split_for(labelled, seed)
-    log.info(f"gate data: {len(labelled.queries)} {labels}-labelled queries from {len(set(labelled.sources))} sources "
-             f"({labelled.labels.mean():.0%} persona path); evaluated leave-one-source-out")
+    log.info(
+        f"gate data: {len(labelled.queries)} {labels}-labelled queries from {len(set(labelled.sources))} sources "
+        f"({labelled.labels.mean():.0%} persona path); evaluated leave-one-source-out"
+    )
 
     features = {}
     for read in READ_POSITIONS:
-        for block, x in gate_features(model, tokenizer, labelled.queries, list(range(max_block + 1)), read, work.gate_features,
-                                      progress=progress).items():
+        for block, x in gate_features(
+            model, tokenizer, labelled.queries, list(range(max_block + 1)), read, work.gate_features, progress=progress
+        ).items():
             features[(block, read)] = x
     lengths = [len(encode(tokenizer, render(tokenizer, query, Condition("none")))) for query in labelled.queries]
     rows = sweep(features, labelled, split, seed=seed, lengths=lengths, progress=progress)
     write_table(work.gate_sweep, rows)
-    allowed = {key: x for key, x in features.items() if (layer is None or key[0] == layer) and (position is None or key[1] == position)}
-    chosen, candidates = choose_read_out(allowed, labelled.labels, labelled.sources,
-                                         kinds=GATE_KINDS if gate_kind is None else (gate_kind,), seed=seed)
+    allowed = {
+        key: x
+        for key, x in features.items()
+        if (layer is None or key[0] == layer) and (position is None or key[1] == position)
+    }
+    chosen, candidates = choose_read_out(
+        allowed, labelled.labels, labelled.sources, kinds=GATE_KINDS if gate_kind is None else (gate_kind,), seed=seed
+    )
     write_table(work.gate_directory / "candidates.csv", candidates)
     x = features[(chosen["layer"], chosen["position"])]
     result = chosen["result"]
-    metadata = {"model": model.cfg.model_name, **precision(model), "labels": labels, "split": "leave one source out",
-                "regularisation": chosen["regularisation"]}
-    gate = train_gate(x, labelled.labels, np.arange(len(labelled.queries)), layer=chosen["layer"], position=chosen["position"],
-                      kind=chosen["kind"], regularisation=chosen["regularisation"], seed=seed, metadata=metadata,
-                      template=template_tokens(tokenizer))
+    metadata = {
+        "model": model.cfg.model_name,
+        **precision(model),
+        "labels": labels,
+        "split": "leave one source out",
+        "regularisation": chosen["regularisation"],
+    }
+    gate = train_gate(
+        x,
+        labelled.labels,
+        np.arange(len(labelled.queries)),
+        layer=chosen["layer"],
+        position=chosen["position"],
+        kind=chosen["kind"],
+        regularisation=chosen["regularisation"],
+        seed=seed,
+        metadata=metadata,
+        template=template_tokens(tokenizer),
+    )
     gate.threshold = result["threshold"]
-    gate_report = {"auc": result["summary"]["auc"], "threshold": gate.threshold,
-                   "route_rate": float((result["scores"] >= gate.threshold).mean()), "n_test": len(labelled.queries),
-                   "positives": float(labelled.labels.mean()), **result["summary"]}
+    gate_report = {
+        "auc": result["summary"]["auc"],
+        "threshold": gate.threshold,
+        "route_rate": float((result["scores"] >= gate.threshold).mean()),
+        "n_test": len(labelled.queries),
+        "positives": float(labelled.labels.mean()),
+        **result["summary"],
+    }
     gate.metadata.update(report=gate_report)
     gate.save(work.gate)
-    log.info(f"gate: block {gate.layer}, {gate.position} token(s), {gate.kind} (C={chosen['regularisation']}); on unseen sources "
-             f"AUC {gate_report['auc']:.2f}, {gate_report['passing']} of {gate_report['sources']} within target")
+    log.info(
+        f"gate: block {gate.layer}, {gate.position} token(s), {gate.kind} (C={chosen['regularisation']}); on unseen sources "
+        f"AUC {gate_report['auc']:.2f}, {gate_report['passing']} of {gate_report['sources']} within target"
+    )
 
     routers = _routers(model, tokenizer, labelled, result, features, lengths, chosen, work, seed)
     table = _source_table(routers)
@@ -195,39 +285,86 @@ def run_training(out: str | Path, model: TransformerBridge, tokenizer, *, labels
     if labels == "bootstrap":
         routes = np.array([s.verdict(verdict) for s in samples])
     else:  # the samples the intent gate sends to the persona path are the ones to distil
-        sample_x = gate_features(model, tokenizer, [s.query for s in samples], [gate.layer], gate.position,
-                                 work.sample_features, progress=progress)[gate.layer]
+        sample_x = gate_features(
+            model,
+            tokenizer,
+            [s.query for s in samples],
+            [gate.layer],
+            gate.position,
+            work.sample_features,
+            progress=progress,
+        )[gate.layer]
         routes = gate.route(sample_x).astype(int)
-    base_path = [query for query, label in zip(labelled.queries, labelled.labels) if not label]  # kept as the base model has them
-    adapters = train_adapters(model, tokenizer, samples, routes, gate.layer, distill_config, work, retain=base_path,
-                              personas=library, seed=seed, progress=progress)
+    base_path = [
+        query for query, label in zip(labelled.queries, labelled.labels) if not label
+    ]  # kept as the base model has them
+    adapters = train_adapters(
+        model,
+        tokenizer,
+        samples,
+        routes,
+        gate.layer,
+        distill_config,
+        work,
+        retain=base_path,
+        personas=library,
+        seed=seed,
+        progress=progress,
+    )
     steering_layer = max(gate.layer + 1, n_layers // 2) if steering_layer is None else steering_layer
     if not gate.layer < steering_layer < n_layers:
         raise ToolkitError(f"the steering block must lie after the gate's block {gate.layer} and below {n_layers}")
     persona_path = [s for s, route in zip(samples, routes) if route]
-    vector = persona_shift(model, tokenizer, persona_path, steering_layer, distill_config.persona_length,
-                           personas=library)
-    save_tensors(work.steering, {"vector": vector},
-                 {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name, "n": len(persona_path)})
+    vector = persona_shift(
+        model, tokenizer, persona_path, steering_layer, distill_config.persona_length, personas=library
+    )
+    save_tensors(
+        work.steering,
+        {"vector": vector},
+        {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name, "n": len(persona_path)},
+    )
     summary = {
-        "labels": labelled.source, "split": "leave one source out", "n_gate_queries": len(labelled.queries),
-        "gate_label_share": float(labelled.labels.mean()), "excluded_sources": sorted(exclude_sources),
-        "gate": {"layer": gate.layer, "position": gate.position, "kind": gate.kind, "regularisation": chosen["regularisation"],
-                 "threshold": gate.threshold, "parameters": gate.n_parameters, **gate_report},
-        "leave_one_source_out": {"limits": {"base": BASE_LIMIT, "persona": PERSONA_LIMIT}, "table": table,
-                                 "routers": {name: {"threshold": r["threshold"], **r["summary"]} for name, r in routers.items()},
-                                 "candidates": candidates},
-        "sweep_best": choose([r for r in rows if r["layer"] >= 0]), "held_out_groups_split": split_kind,
+        "labels": labelled.source,
+        "split": "leave one source out",
+        "n_gate_queries": len(labelled.queries),
+        "gate_label_share": float(labelled.labels.mean()),
+        "excluded_sources": sorted(exclude_sources),
+        "gate": {
+            "layer": gate.layer,
+            "position": gate.position,
+            "kind": gate.kind,
+            "regularisation": chosen["regularisation"],
+            "threshold": gate.threshold,
+            "parameters": gate.n_parameters,
+            **gate_report,
+        },
+        "leave_one_source_out": {
+            "limits": {"base": BASE_LIMIT, "persona": PERSONA_LIMIT},
+            "table": table,
+            "routers": {name: {"threshold": r["threshold"], **r["summary"]} for name, r in routers.items()},
+            "candidates": candidates,
+        },
+        "sweep_best": choose([r for r in rows if r["layer"] >= 0]),
+        "held_out_groups_split": split_kind,
         "length_only": next(r for r in rows if r["position"] == "length only"),
-        "routing_quality": {"n_test": len(labelled.queries),
-                            **{name: Estimate.from_columns(r["summary"], "auc", prefix="auc_")
-                               .columns("auc", prefix="", n=True)  # with its share of undefined resamples and note
-                               for name, r in routers.items()}},
-        "bootstrap_labels": {"n": len(samples), "persona_wins": float(np.mean([s.label for s in samples])),
-                             "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
-                             "distilled": int(routes.sum()),
-                             "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples]))},
-        "adapters": adapters, "steering": {"layer": steering_layer, "norm": float(vector.norm())},
+        "routing_quality": {
+            "n_test": len(labelled.queries),
+            **{
+                name: Estimate.from_columns(r["summary"], "auc", prefix="auc_").columns(
+                    "auc", prefix="", n=True
+                )  # with its share of undefined resamples and note
+                for name, r in routers.items()
+            },
+        },
+        "bootstrap_labels": {
+            "n": len(samples),
+            "persona_wins": float(np.mean([s.label for s in samples])),
+            "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
+            "distilled": int(routes.sum()),
+            "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples])),
+        },
+        "adapters": adapters,
+        "steering": {"layer": steering_layer, "norm": float(vector.norm())},
     }
     write_record(work.train_summary, summary)
     return summary
@@ -236,28 +373,51 @@ def run_training(out: str | Path, model: TransformerBridge, tokenizer, *, labels
 ROUTERS, SELF_CLASSIFY_PER_SOURCE = ("gate", "embedding", "self_classify", "length_only", "shuffled_labels"), 8
 
 
-def _routers(model: TransformerBridge, tokenizer, labelled: LabelledPrompts, gate_result: dict, features: dict, lengths: Sequence[int],
-             chosen: dict, work: PrismDirectory, seed: int) -> dict[str, dict]:
+def _routers(
+    model: TransformerBridge,
+    tokenizer,
+    labelled: LabelledPrompts,
+    gate_result: dict,
+    features: dict,
+    lengths: Sequence[int],
+    chosen: dict,
+    work: PrismDirectory,
+    seed: int,
+) -> dict[str, dict]:
     """Leave-one-source-out results (``prism.unseen.evaluate``) of the gate, the MiniLM router, self-classification (the
     first ``SELF_CLASSIFY_PER_SOURCE`` of each source), a probe on the prompt's length alone and the chosen gate fitted to
     shuffled labels. Baseline routers are saved refitted on every source, thresholds calibrated out of source."""
     y, sources = labelled.labels, labelled.sources
     embedding = EmbeddingRouter()
     embedded = embedding.encoder.encode(labelled.queries)
-    results = {"gate": gate_result, "embedding": evaluate(logistic_scorer(embedded, y, seed=seed), y, sources, seed=seed)}
+    results = {
+        "gate": gate_result,
+        "embedding": evaluate(logistic_scorer(embedded, y, seed=seed), y, sources, seed=seed),
+    }
     fitted = LogisticRegression(class_weight="balanced", max_iter=1000, random_state=seed).fit(embedded, y)
     embedding.coef, embedding.intercept = fitted.coef_[0].astype(np.float64), float(fitted.intercept_[0])
     embedding.n_train, embedding.threshold = len(y), results["embedding"]["threshold"]
     embedding.save(work.embedding_router)
-    asked_rows = np.sort(np.concatenate([np.flatnonzero(np.asarray(sources) == name)[:SELF_CLASSIFY_PER_SOURCE]
-                                         for name in dict.fromkeys(sources)]))  # a forward pass of a long prompt each
+    asked_rows = np.sort(
+        np.concatenate(
+            [np.flatnonzero(np.asarray(sources) == name)[:SELF_CLASSIFY_PER_SOURCE] for name in dict.fromkeys(sources)]
+        )
+    )  # a forward pass of a long prompt each
     asked = SelfClassifyRouter(model, tokenizer).scores([labelled.queries[i] for i in asked_rows])
-    results["self_classify"] = evaluate(lambda train, test: asked[test], y[asked_rows], [sources[i] for i in asked_rows], seed=seed)
+    results["self_classify"] = evaluate(
+        lambda train, test: asked[test], y[asked_rows], [sources[i] for i in asked_rows], seed=seed
+    )
     write_record(work.self_classify, {"threshold": results["self_classify"]["threshold"], "labels": labelled.source})
     length = np.log(np.asarray(lengths, dtype=float))[:, None]
     results["length_only"] = evaluate(logistic_scorer(length, y, seed=seed), y, sources, seed=seed)
     shuffled = np.random.default_rng(seed).permutation(y)  # the shuffled-label control
-    control = probe_scorer(features[(chosen["layer"], chosen["position"])], shuffled, kind=chosen["kind"], regularisation=chosen["regularisation"], seed=seed)
+    control = probe_scorer(
+        features[(chosen["layer"], chosen["position"])],
+        shuffled,
+        kind=chosen["kind"],
+        regularisation=chosen["regularisation"],
+        seed=seed,
+    )
     results["shuffled_labels"] = evaluate(control, y, sources, seed=seed)
     return {name: results[name] for name in ROUTERS}
 
@@ -269,7 +429,20 @@ def _source_table(routers: dict[str, dict]) -> list[dict]:
         merged = {"source": row["source"], "route": row["route"], "n": row["n"]}
         for name, result in routers.items():
             theirs = next(other for other in result["rows"] if other["source"] == row["source"])
-            merged.update({f"{name}_{key}": theirs[key] for key in ("n", "route_rate", "route_rate_low", "route_rate_high",
-                                                                     "auc", "auc_low", "auc_high", "passes")})
+            merged.update(
+                {
+                    f"{name}_{key}": theirs[key]
+                    for key in (
+                        "n",
+                        "route_rate",
+                        "route_rate_low",
+                        "route_rate_high",
+                        "auc",
+                        "auc_low",
+                        "auc_high",
+                        "passes",
+                    )
+                }
+            )
         table.append(merged)
     return table

@@ -47,8 +47,10 @@ def out_of_source_scores(scorer: Scorer, labels: np.ndarray, sources: Sequence[s
     for name in names:
         test, train = np.flatnonzero(sources == name), np.flatnonzero(sources != name)
         if len(np.unique(labels[train])) < 2:
-            raise ToolkitError(f"without source {name!r} one route has no query left: add queries of another source "
-                               "to that route (e.g. --extra)")
+            raise ToolkitError(
+                f"without source {name!r} one route has no query left: add queries of another source "
+                "to that route (e.g. --extra)"
+            )
         scores[test] = scorer(train, test)
     return scores
 
@@ -72,8 +74,18 @@ def source_table(scores: np.ndarray, labels: np.ndarray, sources: Sequence[str],
         auc = bootstrap_auc(labels[compared] == 1, scores[compared], seed=seed)
         miss = {"base": rate.mean, "persona": 1 - rate.mean}.get(route, float("nan"))
         passes = {"base": rate.mean <= BASE_LIMIT, "persona": rate.mean >= PERSONA_LIMIT}.get(route)
-        rows.append({"source": name, "route": route, "n": rate.n, **rate.columns("route_rate"), "threshold": threshold,
-                     **auc.columns("auc"), "miss": float(miss), "passes": passes})
+        rows.append(
+            {
+                "source": name,
+                "route": route,
+                "n": rate.n,
+                **rate.columns("route_rate"),
+                "threshold": threshold,
+                **auc.columns("auc"),
+                "miss": float(miss),
+                "passes": passes,
+            }
+        )
     return rows
 
 
@@ -82,9 +94,13 @@ def summary(rows: Sequence[dict], scores: np.ndarray, labels: np.ndarray, *, see
     out-of-source ``auc`` (with its CI and n)."""
     misses = [row["miss"] for row in rows if row["route"] != "mixed"]
     auc = bootstrap_auc(np.asarray(labels) == 1, np.asarray(scores, dtype=float), seed=seed)
-    return {"worst_miss": float(max(misses, default=float("nan"))), "mean_miss": float(np.mean(misses)) if misses else float("nan"),
-            "passing": int(sum(bool(row["passes"]) for row in rows)), "sources": len(rows),
-            **auc.columns("auc", prefix="auc_", n=True)}
+    return {
+        "worst_miss": float(max(misses, default=float("nan"))),
+        "mean_miss": float(np.mean(misses)) if misses else float("nan"),
+        "passing": int(sum(bool(row["passes"]) for row in rows)),
+        "sources": len(rows),
+        **auc.columns("auc", prefix="auc_", n=True),
+    }
 
 
 def evaluate(scorer: Scorer, labels: np.ndarray, sources: Sequence[str], *, seed: int = 0) -> dict:
@@ -92,8 +108,12 @@ def evaluate(scorer: Scorer, labels: np.ndarray, sources: Sequence[str], *, seed
     them: the one to deploy), ``rows`` (``source_table``) and ``summary``."""
     scores = out_of_source_scores(scorer, labels, sources)
     rows = source_table(scores, labels, sources, seed=seed)
-    return {"scores": scores, "threshold": balanced_threshold(scores, labels), "rows": rows,
-            "summary": summary(rows, scores, labels, seed=seed)}
+    return {
+        "scores": scores,
+        "threshold": balanced_threshold(scores, labels),
+        "rows": rows,
+        "summary": summary(rows, scores, labels, seed=seed),
+    }
 
 
 def rank_key(result: dict, layer: int = 0, position_rank: int = 0) -> tuple:
@@ -101,31 +121,56 @@ def rank_key(result: dict, layer: int = 0, position_rank: int = 0) -> tuple:
     (to 0.005), then on the worst source, then the earlier block and read position. (The worst source alone would
     let one source that no read-out routes well decide the choice.)"""
     verdict = result["summary"]
-    return (-verdict["passing"], round(2 * verdict["mean_miss"], 2), round(verdict["worst_miss"], 2), layer, position_rank)
+    return (
+        -verdict["passing"],
+        round(2 * verdict["mean_miss"], 2),
+        round(verdict["worst_miss"], 2),
+        layer,
+        position_rank,
+    )
 
 
-REGULARISATIONS = (0.01, 0.1, 1.0)  # the logistic gate's shrinkage C tried on the best read-out (0.1: fit_probe's default)
+REGULARISATIONS = (
+    0.01,
+    0.1,
+    1.0,
+)  # the logistic gate's shrinkage C tried on the best read-out (0.1: fit_probe's default)
 
 
-def probe_scorer(x: np.ndarray, labels: np.ndarray, *, kind: str = "logistic", regularisation: float = 0.1,
-                 seed: int = 0) -> Scorer:
+def probe_scorer(
+    x: np.ndarray, labels: np.ndarray, *, kind: str = "logistic", regularisation: float = 0.1, seed: int = 0
+) -> Scorer:
     """A gate (``train_gate``) of ``kind`` on features ``x``: its probability of the persona path."""
+
     def score(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        gate = train_gate(x, labels, train, layer=0, position="last", kind=kind, regularisation=regularisation, seed=seed)
+        gate = train_gate(
+            x, labels, train, layer=0, position="last", kind=kind, regularisation=regularisation, seed=seed
+        )
         return gate.probability(x[test])
+
     return score
 
 
 def logistic_scorer(x: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> Scorer:
     """Class-balanced logistic regression on ``x`` (the embedding router's model, or the prompt-length control)."""
+
     def score(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        model = LogisticRegression(class_weight="balanced", max_iter=1000, random_state=seed).fit(x[train], labels[train])
+        model = LogisticRegression(class_weight="balanced", max_iter=1000, random_state=seed).fit(
+            x[train], labels[train]
+        )
         return model.predict_proba(x[test])[:, 1]
+
     return score
 
 
-def choose_read_out(features: dict[tuple[int, str], np.ndarray], labels: np.ndarray, sources: Sequence[str], *,
-                    kinds: Sequence[str] = GATE_KINDS, seed: int = 0) -> tuple[dict, list[dict]]:
+def choose_read_out(
+    features: dict[tuple[int, str], np.ndarray],
+    labels: np.ndarray,
+    sources: Sequence[str],
+    *,
+    kinds: Sequence[str] = GATE_KINDS,
+    seed: int = 0,
+) -> tuple[dict, list[dict]]:
     """The gate's read-out and regulariser that route unseen sources best (``rank_key``).
 
     Every (block, position) in ``features`` is evaluated as a logistic gate at C = 0.1; on the best read-out, the
@@ -140,8 +185,15 @@ def choose_read_out(features: dict[tuple[int, str], np.ndarray], labels: np.ndar
 
     def add(layer: int, position: str, kind: str, regularisation: float) -> None:
         scorer = probe_scorer(features[(layer, position)], labels, kind=kind, regularisation=regularisation, seed=seed)
-        candidates.append({"layer": layer, "position": position, "kind": kind, "regularisation": regularisation,
-                           "result": evaluate(scorer, labels, sources, seed=seed)})
+        candidates.append(
+            {
+                "layer": layer,
+                "position": position,
+                "kind": kind,
+                "regularisation": regularisation,
+                "result": evaluate(scorer, labels, sources, seed=seed),
+            }
+        )
 
     def key(row: dict) -> tuple:
         return rank_key(row["result"], row["layer"], READ_POSITIONS.index(row["position"]))
@@ -151,9 +203,11 @@ def choose_read_out(features: dict[tuple[int, str], np.ndarray], labels: np.ndar
         add(layer, position, first, 0.1)
     best = min(candidates, key=key)
     for kind in kinds:
-        for regularisation in (REGULARISATIONS if kind == "logistic" else (0.1,)):
+        for regularisation in REGULARISATIONS if kind == "logistic" else (0.1,):
             if (kind, regularisation) != (first, 0.1):
                 add(best["layer"], best["position"], kind, regularisation)
     chosen = min(candidates, key=key)
-    return chosen, [{key_: value for key_, value in row.items() if key_ != "result"} | row["result"]["summary"]
-                    for row in candidates]
+    return chosen, [
+        {key_: value for key_, value in row.items() if key_ != "result"} | row["result"]["summary"]
+        for row in candidates
+    ]

@@ -85,11 +85,15 @@ class PrismDirectory:
         recorded = self._recorded_model() if self.manifest.is_file() else None
         if recorded is None:
             if not create:
-                raise ToolkitError(f"{self.root} is not a PRISM directory (no {self.manifest.name}): "
-                                   f"run `prism bootstrap --out {self.root}` first")
+                raise ToolkitError(
+                    f"{self.root} is not a PRISM directory (no {self.manifest.name}): "
+                    f"run `prism bootstrap --out {self.root}` first"
+                )
             return requested or "default"
         if requested is not None and requested != recorded:
-            raise ToolkitError(f"{self.root} was bootstrapped with model {recorded!r}, not {requested!r}: use another --out")
+            raise ToolkitError(
+                f"{self.root} was bootstrapped with model {recorded!r}, not {requested!r}: use another --out"
+            )
         return recorded
 
     def _recorded_model(self) -> str:
@@ -99,8 +103,10 @@ class PrismDirectory:
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             recorded = None
         if not isinstance(recorded, str) or not recorded:
-            raise ToolkitError(f"{self.manifest} is damaged (no model name in it): write {{\"model\": \"<the model's name>\"}} "
-                               "into it, or use another --out")
+            raise ToolkitError(
+                f'{self.manifest} is damaged (no model name in it): write {{"model": "<the model\'s name>"}} '
+                "into it, or use another --out"
+            )
         return recorded
 
     def persona_library(self, requested: Mapping[str, Persona] | None = None) -> dict[str, Persona]:
@@ -118,12 +124,18 @@ class PrismDirectory:
             return builtin_personas() if requested is None else dict(requested)
         self._recorded_model()  # a damaged prism.json in one line
         payload = json.loads(self.manifest.read_text(encoding="utf-8"))
-        recorded = {**builtin_personas(),
-                    **(parse_personas(payload, str(self.manifest)) if "personas" in payload else {})}
+        recorded = {
+            **builtin_personas(),
+            **(parse_personas(payload, str(self.manifest)) if "personas" in payload else {}),
+        }
         if requested is not None and user_personas(requested) != user_personas(recorded):
-            differ = " (their texts differ)" if user_personas(requested).keys() == user_personas(recorded).keys() else ""
-            raise ToolkitError(f"{self.root} was bootstrapped with {_described(recorded)}, not {_described(requested)}"
-                               f"{differ}: use another --out")
+            differ = (
+                " (their texts differ)" if user_personas(requested).keys() == user_personas(recorded).keys() else ""
+            )
+            raise ToolkitError(
+                f"{self.root} was bootstrapped with {_described(recorded)}, not {_described(requested)}"
+                f"{differ}: use another --out"
+            )
         return recorded
 
     def trained_fingerprint(self) -> str:
@@ -151,8 +163,9 @@ class PrismDirectory:
         try:
             return float(json.loads(self.self_classify.read_text(encoding="utf-8"))["threshold"])
         except FileNotFoundError:
-            raise ToolkitError(f"no {self.self_classify.name} in {self.self_classify.parent}: run `prism train` in "
-                               f"{self.root} first") from None
+            raise ToolkitError(
+                f"no {self.self_classify.name} in {self.self_classify.parent}: run `prism train` in {self.root} first"
+            ) from None
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise ToolkitError(f"{self.self_classify} is damaged: run `prism train` again to rewrite it") from None
 
@@ -175,7 +188,9 @@ class PrismDirectory:
     gate = _Under("gate/gate.safetensors", "the trained gate: weights and metadata")
     gate_sweep, gate_sweep_figure = _Under("gate/sweep.csv"), _Under("gate/sweep.png")
     gate_features = _Under("gate/features", "activation stores of the gate's training queries")
-    sample_features = _Under("gate/sample_features", "activation stores of the bootstrapped queries (intent-labelled gates)")
+    sample_features = _Under(
+        "gate/sample_features", "activation stores of the bootstrapped queries (intent-labelled gates)"
+    )
     # prism train: the persona path (adapters, steering vector), the baseline routers, what training found
     adapters = _Under("adapters")
     steering = _Under("steering.safetensors", "the persona's mean shift, for probe-routed steering")
@@ -186,7 +201,9 @@ class PrismDirectory:
     compare, cells = _Under("compare"), _Under("compare/cells")
     compare_table, compare_summary = _Under("compare/table.csv"), _Under("compare/summary.json")
     route_rates, category_routing = _Under("compare/route_rates.csv"), _Under("compare/category_routing.csv")
-    knowledge_table = _Under("compare/knowledge.csv", "per knowledge source and system: accuracy, margin, change vs base")
+    knowledge_table = _Under(
+        "compare/knowledge.csv", "per knowledge source and system: accuracy, margin, change vs base"
+    )
     router_rates = _Under("compare/router_rates.csv", "per router and data set: the share routed to the persona path")
     report, figures = _Under("compare/report.md"), _Under("compare/figures")
 
@@ -202,7 +219,9 @@ class PrismDirectory:
 
     def trained_files(self) -> list[Path]:
         """Every trained artefact the comparison depends on (gate, steering, adapters, baselines), sorted."""
-        return sorted([self.gate, self.steering, *self.adapters.glob("*/adapter_model.safetensors"), *self.baselines.glob("*")])
+        return sorted(
+            [self.gate, self.steering, *self.adapters.glob("*/adapter_model.safetensors"), *self.baselines.glob("*")]
+        )
 
     def cell(self, system: str, dataset: str) -> Path:
         """The saved rows of one (system, data set) cell of the comparison."""

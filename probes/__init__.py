@@ -17,26 +17,29 @@ from typing import TYPE_CHECKING
 
 from probes.core.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "probes.core.datasets": ("load_dataset", "stratified_sample"),
-    "probes.core.errors": ("ToolkitError",),
-    "probes.core.files": ("load_tensors", "save_tensors"),
-    "probes.core.items": ("Item",),
-    "probes.core.models": ("eager_attention", "load_model", "set_attention"),
-    "probes.core.parallel": ("World", "world"),
-    "probes.core.personas": ("Persona", "get_persona", "persona_library"),
-    "probes.core.prompts": ("Condition", "RenderedPrompt", "encode", "render"),
-    "probes.core.rendering": ("render_items",),
-    "probes.core.stats": ("Estimate", "bootstrap_mean", "paired_difference"),
-    "probes.directions": ("persona_differences", "shared_structure"),
-    "probes.intents": ("intent_queries",),
-    "probes.linear": ("LinearProbe", "fit_probe", "load_probe", "save_probe", "score_probe"),
-    "probes.passes": ("HookDidNotFire", "read_activations", "residual_hooks"),
-    "probes.recording": ("record_activations",),
-    "probes.splits": ("held_out_split", "in_distribution_split"),
-    "probes.store": ("ActivationStore",),
-    "probes.study": ("run_probe_study",),
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "probes.core.datasets": ("load_dataset", "stratified_sample"),
+        "probes.core.errors": ("ToolkitError",),
+        "probes.core.files": ("load_tensors", "save_tensors"),
+        "probes.core.items": ("Item",),
+        "probes.core.models": ("eager_attention", "load_model", "set_attention"),
+        "probes.core.parallel": ("World", "world"),
+        "probes.core.personas": ("Persona", "get_persona", "persona_library"),
+        "probes.core.prompts": ("Condition", "RenderedPrompt", "encode", "render"),
+        "probes.core.rendering": ("render_items",),
+        "probes.core.stats": ("Estimate", "bootstrap_mean", "paired_difference"),
+        "probes.directions": ("persona_differences", "shared_structure"),
+        "probes.intents": ("intent_queries",),
+        "probes.linear": ("LinearProbe", "fit_probe", "load_probe", "save_probe", "score_probe"),
+        "probes.passes": ("HookDidNotFire", "read_activations", "residual_hooks"),
+        "probes.recording": ("record_activations",),
+        "probes.splits": ("held_out_split", "in_distribution_split"),
+        "probes.store": ("ActivationStore",),
+        "probes.study": ("run_probe_study",),
+    },
+)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
     from probes.core.datasets import load_dataset, stratified_sample

@@ -20,10 +20,14 @@ from probes.core.stats import Estimate, resample_indices
 
 def _check_paired(with_persona: np.ndarray, without: np.ndarray) -> None:
     if with_persona.shape != without.shape:
-        raise ToolkitError(f"persona and no-persona activations must pair query by query: {with_persona.shape} vs {without.shape}")
+        raise ToolkitError(
+            f"persona and no-persona activations must pair query by query: {with_persona.shape} vs {without.shape}"
+        )
 
 
-def persona_differences(with_persona: Float[np.ndarray, "n d"], without: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n d"]:
+def persona_differences(
+    with_persona: Float[np.ndarray, "n d"], without: Float[np.ndarray, "n d"]
+) -> Float[np.ndarray, "n d"]:
     """Per-query differences of activations with and without a persona (their mean is the persona direction).
 
     Args:
@@ -51,8 +55,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def cosine_estimate(differences_a: np.ndarray, differences_b: np.ndarray, *, n_resamples: int = 500,
-                    seed: int = 0) -> Estimate:
+def cosine_estimate(
+    differences_a: np.ndarray, differences_b: np.ndarray, *, n_resamples: int = 500, seed: int = 0
+) -> Estimate:
     """Cosine between two mean directions measured on the same queries, CI resampling queries."""
     if len(differences_a) != len(differences_b):
         raise ToolkitError("cosine CIs resample queries: both directions need the same queries")

@@ -86,8 +86,11 @@ def _mtbench_turns() -> list[Item]:
 
 
 def _harmbench(functional: str, source: str) -> list[LabelledQuery]:
-    return [LabelledQuery(item, "harmful", f"{source}:{item.category}", source)
-            for item in load_dataset("harmbench") if item.subcategory == functional]
+    return [
+        LabelledQuery(item, "harmful", f"{source}:{item.category}", source)
+        for item in load_dataset("harmbench")
+        if item.subcategory == functional
+    ]
 
 
 def _facts(source: str, intent: str) -> Callable[[], list[LabelledQuery]]:
@@ -95,9 +98,13 @@ def _facts(source: str, intent: str) -> Callable[[], list[LabelledQuery]]:
 
 
 SOURCES: dict[str, Callable[[], list[LabelledQuery]]] = {
-    "mmlu": lambda: [LabelledQuery(item, "knowledge", f"mmlu:{item.subcategory}", "mmlu") for item in load_dataset("mmlu")],
+    "mmlu": lambda: [
+        LabelledQuery(item, "knowledge", f"mmlu:{item.subcategory}", "mmlu") for item in load_dataset("mmlu")
+    ],
     **{source: _facts(source, "knowledge") for source in FACT_SOURCES},
-    "mtbench": lambda: [LabelledQuery(item, "generation", f"mtbench:{item.category}", "mtbench") for item in _mtbench_turns()],
+    "mtbench": lambda: [
+        LabelledQuery(item, "generation", f"mtbench:{item.category}", "mtbench") for item in _mtbench_turns()
+    ],
     **{source: _facts(source, "generation") for source in WRITING_SOURCES},
     "harmbench": lambda: _harmbench("standard", "harmbench"),
     "harmbench:copyright": lambda: _harmbench("copyright", "harmbench:copyright"),
@@ -106,9 +113,17 @@ BENCHMARK_SOURCES = ("mmlu", "mtbench", "harmbench")  # the probe study's source
 ALL_SOURCES = tuple(SOURCES)
 
 
-def intent_queries(per_intent: int | None = 160, *, per_source: int | None = None, sources: Sequence[str] = BENCHMARK_SOURCES,
-                   added: Sequence[LabelledQuery] = (), extra: Sequence[str] = (), exclude: Collection[str] = frozenset(),
-                   exclude_sources: Collection[str] = frozenset(), seed: int = 0) -> list[LabelledQuery]:
+def intent_queries(
+    per_intent: int | None = 160,
+    *,
+    per_source: int | None = None,
+    sources: Sequence[str] = BENCHMARK_SOURCES,
+    added: Sequence[LabelledQuery] = (),
+    extra: Sequence[str] = (),
+    exclude: Collection[str] = frozenset(),
+    exclude_sources: Collection[str] = frozenset(),
+    seed: int = 0,
+) -> list[LabelledQuery]:
     """Labelled queries from built-in sources, ``added`` queries and users' files.
 
     Args:
@@ -145,8 +160,10 @@ def intent_queries(per_intent: int | None = 160, *, per_source: int | None = Non
     queries = [query for name in dict.fromkeys(sources) if name not in exclude_sources for query in SOURCES[name]()]
     queries += list(added)
     for path in extra:
-        queries += [LabelledQuery(item, item.category, f"{path}:{item.subcategory or item.category}", str(path))
-                    for item in load_dataset(path)]
+        queries += [
+            LabelledQuery(item, item.category, f"{path}:{item.subcategory or item.category}", str(path))
+            for item in load_dataset(path)
+        ]
     by_source: dict[str, list[LabelledQuery]] = defaultdict(list)
     for query in (q for q in queries if q.item.prompt not in exclude and q.source not in exclude_sources):
         by_source[query.source].append(query)

@@ -195,7 +195,11 @@ def random_direction_control(x_train, y_train, x_test, y_test, *, seed: int = 0)
 
 
 def as_numpy(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
-    return tensor.detach().cpu().double().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor, dtype=np.float64)
+    return (
+        tensor.detach().cpu().double().numpy()
+        if isinstance(tensor, torch.Tensor)
+        else np.asarray(tensor, dtype=np.float64)
+    )
 
 
 def save_probe(path: str | Path, probe: LinearProbe, metadata: Mapping) -> Path:
@@ -209,8 +213,11 @@ def save_probe(path: str | Path, probe: LinearProbe, metadata: Mapping) -> Path:
     Returns:
         ``path``, as a ``Path``.
     """
-    return save_tensors(path, {"weights": probe.weights, "bias": probe.bias},
-                        {**metadata, "kind": probe.kind, "classes": list(probe.classes)})
+    return save_tensors(
+        path,
+        {"weights": probe.weights, "bias": probe.bias},
+        {**metadata, "kind": probe.kind, "classes": list(probe.classes)},
+    )
 
 
 def load_probe(path: str | Path) -> tuple[LinearProbe, dict]:
@@ -228,5 +235,7 @@ def load_probe(path: str | Path) -> tuple[LinearProbe, dict]:
     tensors, metadata = load_tensors(path)
     if "weights" not in tensors or "classes" not in metadata:
         raise ToolkitError(f"{path} holds no probe (weights and classes): it may be a direction file")
-    probe = LinearProbe(metadata["kind"], tuple(metadata["classes"]), tensors["weights"].numpy(), tensors["bias"].numpy())
+    probe = LinearProbe(
+        metadata["kind"], tuple(metadata["classes"]), tensors["weights"].numpy(), tensors["bias"].numpy()
+    )
     return probe, metadata

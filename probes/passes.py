@@ -90,7 +90,9 @@ def validate_hooks(model: TransformerBridge, hooks: Sequence[str]) -> list[str]:
         block = _BLOCK_ANY.match(hook)
         if block and int(block.group(1)) >= n_layers:
             raise ToolkitError(f"{hook}: the model has {n_layers} blocks (0..{n_layers - 1})")
-        raise ToolkitError(f"unknown hook point {hook!r}: use names such as blocks.0.hook_out or blocks.0.attn.hook_pattern")
+        raise ToolkitError(
+            f"unknown hook point {hook!r}: use names such as blocks.0.hook_out or blocks.0.attn.hook_pattern"
+        )
     try:  # some hook points must be switched on before use; the bridge says which and how
         with model.hooks(fwd_hooks=[(hook, lambda activation, hook: None) for hook in hooks]):
             pass
@@ -161,8 +163,9 @@ def read_activations(
     return Activations(tensors, positions, tuple(len(ids) for ids in encoded))
 
 
-def encode_prompts(model: TransformerBridge, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[RenderedPrompt]
-                ) -> list[list[int]]:
+def encode_prompts(
+    model: TransformerBridge, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[RenderedPrompt]
+) -> list[list[int]]:
     """Token ids of every prompt, refusing an empty one and one longer than the model's context."""
     encoded = [encode(tokenizer, prompt) for prompt in prompts]
     for index, ids in enumerate(encoded):
@@ -211,8 +214,9 @@ def read_batches(
     return {hook: torch.stack(values).cpu().contiguous() for hook, values in rows.items()}
 
 
-def _read_before_block(model: TransformerBridge, tokens: torch.Tensor, stop_at: int, lengths: torch.Tensor,
-                       positions: str, hook: str):
+def _read_before_block(
+    model: TransformerBridge, tokens: torch.Tensor, stop_at: int, lengths: torch.Tensor, positions: str, hook: str
+):
     """The residual entering block ``stop_at`` (``hook``, the output of the block before), with no hook set up."""
     residual = model(tokens, stop_at_layer=stop_at)
     if residual.shape[-1] != model.cfg.d_model:  # the bridge ran to the logits: it did not stop
@@ -220,8 +224,14 @@ def _read_before_block(model: TransformerBridge, tokens: torch.Tensor, stop_at: 
     return _select(residual, lengths, positions, hook)
 
 
-def _read_hooked(model: TransformerBridge, tokens: torch.Tensor, lengths: torch.Tensor, hooks: Sequence[str],
-                 positions: str, extra_hooks: Sequence[tuple[str, Callable]]) -> dict:
+def _read_hooked(
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    hooks: Sequence[str],
+    positions: str,
+    extra_hooks: Sequence[tuple[str, Callable]],
+) -> dict:
     """``hooks`` read during one pass, which ends in the deepest one's hook when every hook is a block output."""
     deepest = _deepest_block_output(hooks)
     captured: dict = {}
@@ -250,8 +260,10 @@ def _select(
     activation: Float[torch.Tensor, "batch seq d"], lengths: torch.Tensor, positions: str, hook: str
 ) -> Float[torch.Tensor, "batch d"] | list[Float[torch.Tensor, "seq d"]]:
     if activation.ndim != 3:
-        raise ToolkitError(f"{hook} gives activations of shape {tuple(activation.shape)}, but --positions picks tokens of "
-                           "[batch, seq, d] ones: record a hook with one vector per token, e.g. blocks.0.hook_out")
+        raise ToolkitError(
+            f"{hook} gives activations of shape {tuple(activation.shape)}, but --positions picks tokens of "
+            "[batch, seq, d] ones: record a hook with one vector per token, e.g. blocks.0.hook_out"
+        )
     if positions == "last":
         rows = torch.arange(activation.shape[0], device=activation.device)
         return activation[rows, lengths.to(activation.device) - 1].float().clone()

@@ -74,8 +74,10 @@ class PassLayout:
         if chosen == "all":
             return real
         if self.prompt_lengths is None:
-            raise ToolkitError("cannot tell where each sequence's prompt ends in a cached pass: run the batch's passes "
-                               "inside probes.positions.prompts(lengths), or use positions='all'")
+            raise ToolkitError(
+                "cannot tell where each sequence's prompt ends in a cached pass: run the batch's passes "
+                "inside probes.positions.prompts(lengths), or use positions='all'"
+            )
         groups = [len(lengths) for lengths in self.prompt_lengths]
         lengths = [length for group in self.prompt_lengths for length in group]
         if isinstance(chosen, str):
@@ -84,8 +86,9 @@ class PassLayout:
             for length in lengths:
                 if not -length <= position < length:
                     raise ToolkitError(f"position {position} is outside a prompt of {length} tokens")
-        targets = torch.tensor([[p if p >= 0 else length + p for p in chosen] for length in lengths],
-                               device=self.positions.device)
+        targets = torch.tensor(
+            [[p if p >= 0 else length + p for p in chosen] for length in lengths], device=self.positions.device
+        )
         expanded = self._expand(groups)
         return self._per_row((expanded[:, :, None] == targets[:, None, :]).any(-1) & (expanded >= 0), groups)
 
@@ -105,10 +108,12 @@ class PassLayout:
             return mask
         rows, start = [], 0
         for group in groups:
-            part = mask[start:start + group]
+            part = mask[start : start + group]
             if not (part == part[:1]).all():
-                raise ToolkitError("the chosen positions fall inside a prefix the sequences share for some of them "
-                                   "only: score with share_prefix=False")
+                raise ToolkitError(
+                    "the chosen positions fall inside a prefix the sequences share for some of them "
+                    "only: score with share_prefix=False"
+                )
             rows.append(part[0])
             start += group
         return torch.stack(rows)
@@ -145,8 +150,10 @@ class PassTracker:
         """
         layout = self._layout
         if layout is None or tuple(layout.positions.shape) != (batch, seq):
-            raise ToolkitError(f"a forward pass of shape ({batch}, {seq}) bypassed the model's decoder: its positions "
-                               "are unknown; run the model through the bridge or its Hugging Face module")
+            raise ToolkitError(
+                f"a forward pass of shape ({batch}, {seq}) bypassed the model's decoder: its positions "
+                "are unknown; run the model through the bridge or its Hugging Face module"
+            )
         return layout
 
     def _see(self, module, args, kwargs) -> None:
@@ -177,5 +184,7 @@ def _declared_rows(declared: tuple[int, ...], batch: int) -> tuple[tuple[int, ..
         return tuple((length,) for length in declared)
     if batch == 1:
         return (declared,)  # a prefix every sequence of the batch shares
-    raise ToolkitError(f"a forward pass of {batch} rows inside prompts() declared for {len(declared)} sequences: "
-                       "declare one length per row")
+    raise ToolkitError(
+        f"a forward pass of {batch} rows inside prompts() declared for {len(declared)} sequences: "
+        "declare one length per row"
+    )

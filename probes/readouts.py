@@ -61,8 +61,9 @@ def capture_residuals(model: TransformerBridge, tokens: torch.Tensor, layers: Se
     return captured
 
 
-def final_residuals(model: TransformerBridge, sequences: Sequence[Sequence[int]], layer: int, pad_id: int
-                    ) -> Float[torch.Tensor, "batch d"]:
+def final_residuals(
+    model: TransformerBridge, sequences: Sequence[Sequence[int]], layer: int, pad_id: int
+) -> Float[torch.Tensor, "batch d"]:
     """Residual after ``layer`` at each sequence's last token (one right-padded batch)."""
     residual = capture_residuals(model, right_pad(sequences, pad_id), [layer])[layer]
     last = torch.tensor([len(s) - 1 for s in sequences], device=residual.device)
@@ -70,7 +71,9 @@ def final_residuals(model: TransformerBridge, sequences: Sequence[Sequence[int]]
 
 
 @torch.inference_mode()
-def residual_norms(model: TransformerBridge, tokens: torch.Tensor, lengths: Sequence[int] | None = None) -> dict[int, float]:
+def residual_norms(
+    model: TransformerBridge, tokens: torch.Tensor, lengths: Sequence[int] | None = None
+) -> dict[int, float]:
     """Mean L2 norm of the residual stream after every block over real (unpadded) positions: the unit of steering strength.
 
     Args:
@@ -85,8 +88,10 @@ def residual_norms(model: TransformerBridge, tokens: torch.Tensor, lengths: Sequ
     captured = capture_residuals(model, tokens, layers)
     lengths = torch.tensor(lengths if lengths is not None else [tokens.shape[1]] * tokens.shape[0])
     real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    return {layer: float(activation.float().norm(dim=-1)[real.to(activation.device)].mean())
-            for layer, activation in captured.items()}
+    return {
+        layer: float(activation.float().norm(dim=-1)[real.to(activation.device)].mean())
+        for layer, activation in captured.items()
+    }
 
 
 def _unembed_normalised(model: TransformerBridge, rows: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
@@ -97,8 +102,9 @@ def _unembed_normalised(model: TransformerBridge, rows: Float[torch.Tensor, "n d
 
 
 @torch.inference_mode()
-def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], **forward
-              ) -> Float[torch.Tensor, "batch vocab"]:
+def logits_at(
+    model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], **forward
+) -> Float[torch.Tensor, "batch vocab"]:
     """Logits at one position per row, unembedding only those positions (hooks on the bridge fire as usual).
 
     Much cheaper than full logits for long prompts and large vocabularies, which is why it stays hand-written:
@@ -125,8 +131,9 @@ def logits_at(model: TransformerBridge, tokens: torch.Tensor, positions: Sequenc
 
 
 @torch.inference_mode()
-def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], targets: Sequence[int]
-               ) -> tuple[Float[torch.Tensor, "layers batch"], Float[torch.Tensor, "layers batch"]]:
+def logit_lens(
+    model: TransformerBridge, tokens: torch.Tensor, positions: Sequence[int], targets: Sequence[int]
+) -> tuple[Float[torch.Tensor, "layers batch"], Float[torch.Tensor, "layers batch"]]:
     """Log-probability and rank of ``targets[row]`` read from the residual stream after every block (logit lens).
 
     The residual at ``positions[row]`` after each block, from one forward pass, is read by TransformerLens's
@@ -150,13 +157,21 @@ def logit_lens(model: TransformerBridge, tokens: torch.Tensor, positions: Sequen
         HookDidNotFire: a block's hook did not run.
     """
     if not len(positions) == len(targets) == tokens.shape[0]:
-        raise ToolkitError(f"give one position and one target per row: {tokens.shape[0]} rows, {len(positions)} "
-                           f"positions, {len(targets)} targets")
+        raise ToolkitError(
+            f"give one position and one target per row: {tokens.shape[0]} rows, {len(positions)} "
+            f"positions, {len(targets)} targets"
+        )
     layers = list(range(model.cfg.n_layers))
     captured = capture_residuals(model, tokens, layers)
     rows, read = torch.arange(tokens.shape[0]), torch.tensor(positions)
-    stack = torch.stack([captured[layer][rows.to(captured[layer].device), read.to(captured[layer].device)].to(
-        captured[layers[-1]].device) for layer in layers])  # [layers, batch, d_model]
+    stack = torch.stack(
+        [
+            captured[layer][rows.to(captured[layer].device), read.to(captured[layer].device)].to(
+                captured[layers[-1]].device
+            )
+            for layer in layers
+        ]
+    )  # [layers, batch, d_model]
     try:
         readout = logit_readout(model, stack, targets=torch.tensor(targets), return_type="log_probs")
     except (ValueError, NotImplementedError) as error:

@@ -100,12 +100,17 @@ def record_activations(
         finished = {shard["file"] for shard in manifest["shards"]}
         mine = [index for index in range(n_shards) if world.owns(index) and shard_name(index) not in finished]
         total = sum(min(len(prompts), (index + 1) * shard_size) - index * shard_size for index in mine)
-        with discarded_unless_recorded(out_dir, created=created, new=not finished, main=world.is_main), world.together(), \
-                tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not world.is_main) as bar:
+        with (
+            discarded_unless_recorded(out_dir, created=created, new=not finished, main=world.is_main),
+            world.together(),
+            tqdm(total=total, desc="recording", unit="prompt", disable=not progress or not world.is_main) as bar,
+        ):
             written = []
             for shard_index in mine:
                 start, stop = shard_index * shard_size, min(len(prompts), (shard_index + 1) * shard_size)
-                tensors = read_batches(model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar)
+                tensors = read_batches(
+                    model, tokenizer, encoded[start:stop], hooks, positions, batch_size, extra_hooks, bar
+                )
                 written.append(_write_shard(out_dir, shard_index, start, stop, tensors))
                 if not world.is_parallel:
                     finish_shards(out_dir, manifest, written[-1:], n_shards)
@@ -126,8 +131,15 @@ def _check_request(positions: str, prompts: Sequence[RenderedPrompt], shard_size
     check_batch_size(batch_size)
 
 
-def _new_manifest(model: TransformerBridge, prompts: Sequence[RenderedPrompt], encoded: Sequence[list[int]],
-                  hooks: list[str], positions: str, shard_size: int, metadata: dict | None) -> dict:
+def _new_manifest(
+    model: TransformerBridge,
+    prompts: Sequence[RenderedPrompt],
+    encoded: Sequence[list[int]],
+    hooks: list[str],
+    positions: str,
+    shard_size: int,
+    metadata: dict | None,
+) -> dict:
     """The manifest of a recording not started yet: what is recorded, from which prompts, by what."""
     return {
         "format": FORMAT,

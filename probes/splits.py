@@ -73,7 +73,9 @@ def held_out_split(labels: Sequence[str], groups: Sequence[str], test_fraction: 
     return Split(train, test, tuple(sorted(test_groups)))
 
 
-def in_distribution_split(labels: Sequence[str], indices: np.ndarray, test_fraction: float = 0.3, seed: int = 0) -> Split:
+def in_distribution_split(
+    labels: Sequence[str], indices: np.ndarray, test_fraction: float = 0.3, seed: int = 0
+) -> Split:
     """A random split of ``indices``, stratified by class.
 
     Args:

@@ -55,7 +55,9 @@ class ActivationStore:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
-            raise ToolkitError(f"{self.path} is not an activation store (no {MANIFEST}): record one with `prism record`")
+            raise ToolkitError(
+                f"{self.path} is not an activation store (no {MANIFEST}): record one with `prism record`"
+            )
         self.manifest = _store_manifest(manifest_path, fix="record the store again")
 
     @property
@@ -91,7 +93,9 @@ class ActivationStore:
             ToolkitError: ``hook`` was not recorded, or the recording is unfinished.
         """
         if hook not in self.manifest["hooks"]:
-            raise ToolkitError(f"hook {hook!r} was not recorded in {self.path}; recorded: {', '.join(self.hooks[:4])}, ...")
+            raise ToolkitError(
+                f"hook {hook!r} was not recorded in {self.path}; recorded: {', '.join(self.hooks[:4])}, ..."
+            )
         if not self.complete:
             raise ToolkitError(f"{self.path} is unfinished: run the same `prism record` again to resume it")
         return torch.cat([self._shard(shard["file"])[hook] for shard in self.manifest["shards"]])
@@ -101,8 +105,10 @@ class ActivationStore:
         try:
             return load_file(self.path / name)
         except (OSError, SafetensorError) as error:
-            raise ToolkitError(f"{self.path / name} is damaged ({error}): delete it and run the same `prism record` again, "
-                               "which records that shard anew") from None
+            raise ToolkitError(
+                f"{self.path / name} is damaged ({error}): delete it and run the same `prism record` again, "
+                "which records that shard anew"
+            ) from None
 
     def offsets(self) -> torch.Tensor:
         """For positions="all": row offsets of each prompt in ``load(hook)``.
@@ -167,8 +173,11 @@ def resume_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
                 f"{out_dir} already holds a recording with different {key}: use another output directory or --overwrite"
             )
     listed = list(existing.get("shards", [])) + _interrupted_ranks(out_dir)
-    kept = [shard for shard in {shard["file"]: shard for shard in listed}.values()
-            if _shard_intact(out_dir / shard["file"], manifest["hooks"])]
+    kept = [
+        shard
+        for shard in {shard["file"]: shard for shard in listed}.values()
+        if _shard_intact(out_dir / shard["file"], manifest["hooks"])
+    ]
     manifest["shards"] = sorted(kept, key=lambda shard: shard["start"])
     n_shards = -(-len(manifest["prompts"]) // manifest["shard_size"])
     manifest["complete"] = len(kept) == n_shards
@@ -186,8 +195,9 @@ def _shard_intact(path: Path, hooks: Sequence[str]) -> bool:
         return False
 
 
-def _store_manifest(path: Path, fix: str = "choose another output directory, or delete it yourself if it is a damaged "
-                                            "store") -> dict:
+def _store_manifest(
+    path: Path, fix: str = "choose another output directory, or delete it yourself if it is a damaged store"
+) -> dict:
     """The manifest at ``path`` when the toolkit wrote it (it carries the store's format marker); else one line ending
     with ``fix``."""
     try:
@@ -202,7 +212,13 @@ def _store_manifest(path: Path, fix: str = "choose another output directory, or 
 def _delete_store_files(out_dir: Path) -> None:
     """Delete what a recording writes in ``out_dir`` (shards, manifest, rank progress and partial files), nothing
     else: the folder itself stays when it holds anything of anyone else's."""
-    for pattern in ("shard_[0-9][0-9][0-9][0-9][0-9].safetensors", ".shard_*.partial", rank_progress_name("*"), ".manifest*.partial", MANIFEST):
+    for pattern in (
+        "shard_[0-9][0-9][0-9][0-9][0-9].safetensors",
+        ".shard_*.partial",
+        rank_progress_name("*"),
+        ".manifest*.partial",
+        MANIFEST,
+    ):
         for path in out_dir.glob(pattern):
             if path.is_file():
                 path.unlink()
@@ -213,8 +229,10 @@ def _comparable(key: str, value):
     manifest kept each prompt's text have none)."""
     if key != "prompts" or not isinstance(value, list):
         return value
-    return [{name: field for name, field in prompt.items() if name != "text"} if isinstance(prompt, dict) else prompt
-            for prompt in value]
+    return [
+        {name: field for name, field in prompt.items() if name != "text"} if isinstance(prompt, dict) else prompt
+        for prompt in value
+    ]
 
 
 def _interrupted_ranks(out_dir: Path) -> list[dict]:

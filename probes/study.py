@@ -33,7 +33,14 @@ from probes.core.prompts import Condition, render
 from probes.core.stats import Estimate
 from probes.directions import cosine, norm_estimate, persona_differences, shared_structure
 from probes.intents import POSITIONS, TARGETS, LabelledQuery, intent_queries, target_labels
-from probes.linear import PROBE_KINDS, as_numpy, fit_probe, random_direction_control, score_probe, shuffled_label_control
+from probes.linear import (
+    PROBE_KINDS,
+    as_numpy,
+    fit_probe,
+    random_direction_control,
+    score_probe,
+    shuffled_label_control,
+)
 from probes.passes import EMBEDDING_HOOK, layer_index, residual_hooks
 from probes.recording import record_activations
 from probes.report import write_probe_report
@@ -55,37 +62,72 @@ def data_hash(queries: Sequence[LabelledQuery]) -> str:
     return digest.hexdigest()[:16]
 
 
-def record_conditions(model: TransformerBridge, tokenizer, jobs: Sequence[tuple[Condition, Sequence[LabelledQuery], Path]], hooks,
-                      batch_size: int, progress: bool, group: World, library: Mapping[str, Persona] | None = None
-                      ) -> dict[tuple[str, str], ActivationStore]:
+def record_conditions(
+    model: TransformerBridge,
+    tokenizer,
+    jobs: Sequence[tuple[Condition, Sequence[LabelledQuery], Path]],
+    hooks,
+    batch_size: int,
+    progress: bool,
+    group: World,
+    library: Mapping[str, Persona] | None = None,
+) -> dict[tuple[str, str], ActivationStore]:
     """Record every ``(condition, queries, directory)`` job at every read position (resuming finished stores), the
     conditions' personas read from ``library`` (default: the built-in personas).
 
     Under ``torchrun`` the stores are the units of work: rank r records stores ``i % N == r``, each in full, so
     every store is the one a single process writes. Returns ``(condition slug, position) -> store`` on every rank.
     """
-    units = [(condition, job_queries, directory, position) for condition, job_queries, directory in jobs
-             for position in POSITIONS]
+    units = [
+        (condition, job_queries, directory, position)
+        for condition, job_queries, directory in jobs
+        for position in POSITIONS
+    ]
     with group.together():
         for condition, job_queries, directory, position in tqdm(
-                group.share(units), desc="recording", unit="store", disable=not progress or not group.is_main):
-            prompts = [render(tokenizer, q.item.prompt, condition, personas=library, item_id=q.item.id,
-                              item_category=q.item.category) for q in job_queries]
+            group.share(units), desc="recording", unit="store", disable=not progress or not group.is_main
+        ):
+            prompts = [
+                render(
+                    tokenizer,
+                    q.item.prompt,
+                    condition,
+                    personas=library,
+                    item_id=q.item.id,
+                    item_category=q.item.category,
+                )
+                for q in job_queries
+            ]
             record_activations(
-                model, tokenizer, prompts, _store_directory(directory, condition, position), hooks=hooks, positions=position,
-                batch_size=batch_size, progress=False,
+                model,
+                tokenizer,
+                prompts,
+                _store_directory(directory, condition, position),
+                hooks=hooks,
+                positions=position,
+                batch_size=batch_size,
+                progress=False,
                 metadata={"condition": condition.to_dict(), "data": data_hash(job_queries)},
             )
-    return {(condition.slug, position): ActivationStore(_store_directory(directory, condition, position))
-            for condition, _, directory, position in units}
+    return {
+        (condition.slug, position): ActivationStore(_store_directory(directory, condition, position))
+        for condition, _, directory, position in units
+    }
 
 
 def _store_directory(directory: Path, condition: Condition, position: str) -> Path:
     return directory / f"{condition.slug}-{position}"
 
 
-def probe_scores(activations: dict[str, dict[str, np.ndarray]], queries: Sequence[LabelledQuery], hooks: Sequence[str],
-                 *, kinds: Sequence[str] = PROBE_KINDS, seed: int = 0, progress: bool = True) -> list[dict]:
+def probe_scores(
+    activations: dict[str, dict[str, np.ndarray]],
+    queries: Sequence[LabelledQuery],
+    hooks: Sequence[str],
+    *,
+    kinds: Sequence[str] = PROBE_KINDS,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
     """Every (target, split, position, layer, kind) score with its controls."""
     intents = [q.intent for q in queries]
     groups = [q.group for q in queries]
@@ -106,8 +148,14 @@ def probe_scores(activations: dict[str, dict[str, np.ndarray]], queries: Sequenc
             y_test = np.array([labels[i] for i in test])
             for layer, hook in enumerate(hooks):
                 x = activations[position][hook]
-                base = {"target": target, "split": split_name, "position": position, "hook": hook,
-                        "layer": layer_index(hook), "n_train": len(train)}
+                base = {
+                    "target": target,
+                    "split": split_name,
+                    "position": position,
+                    "hook": hook,
+                    "layer": layer_index(hook),
+                    "n_train": len(train),
+                }
                 for kind in kinds:
                     probe = fit_probe(kind, x[train], y_train, seed=seed)
                     rows.append({**base, "probe": kind, **score_probe(probe, x[test], y_test, seed=seed).to_dict()})
@@ -118,19 +166,29 @@ def probe_scores(activations: dict[str, dict[str, np.ndarray]], queries: Sequenc
     return rows
 
 
-def earliest_decodable(rows: Sequence[dict], target: str, position: str, kind: str = "logistic",
-                       split: str = "held-out") -> dict | None:
+def earliest_decodable(
+    rows: Sequence[dict], target: str, position: str, kind: str = "logistic", split: str = "held-out"
+) -> dict | None:
     """The first layer whose AUC CI lies above both controls' CIs (and its numbers)."""
-    chosen = sorted((r for r in rows if r["target"] == target and r["position"] == position and r["split"] == split),
-                    key=lambda r: r["layer"])
+    chosen = sorted(
+        (r for r in rows if r["target"] == target and r["position"] == position and r["split"] == split),
+        key=lambda r: r["layer"],
+    )
     for row in (r for r in chosen if r["probe"] == kind):
-        controls = [r for r in chosen if r["layer"] == row["layer"]
-                    and r["probe"] in (f"{kind} (shuffled labels)", "random direction")]
+        controls = [
+            r
+            for r in chosen
+            if r["layer"] == row["layer"] and r["probe"] in (f"{kind} (shuffled labels)", "random direction")
+        ]
         auc = Estimate.from_columns(row, "auc")
         against = {c["probe"]: Estimate.from_columns(c, "auc") for c in controls}
         if controls and all(auc.low > c.high for c in against.values()):
-            return {"layer": row["layer"], **auc.columns("auc"), "n": auc.n,
-                    "controls": {probe: (c.mean, c.low, c.high) for probe, c in against.items()}}
+            return {
+                "layer": row["layer"],
+                **auc.columns("auc"),
+                "n": auc.n,
+                "controls": {probe: (c.mean, c.low, c.high) for probe, c in against.items()},
+            }
     return None
 
 
@@ -206,20 +264,32 @@ def run_probe_study(
 
     chosen = _spread_queries(queries, persona_queries)
     persona_set = [queries[i] for i in chosen]
-    log.info(f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona, and {len(persona_set)} "
-             f"of them under {len(conditions)} persona conditions")
+    log.info(
+        f"recording {len(queries)} intent queries x {len(hooks)} layers under no persona, and {len(persona_set)} "
+        f"of them under {len(conditions)} persona conditions"
+    )
     group = world()
     stores = record_conditions(
-        model, tokenizer, [(Condition("none"), queries, out / "activations")]
+        model,
+        tokenizer,
+        [(Condition("none"), queries, out / "activations")]
         + [(condition, persona_set, out / "activations" / "personas") for condition in conditions],
-        hooks, batch_size, progress, group, library)
+        hooks,
+        batch_size,
+        progress,
+        group,
+        library,
+    )
     # the rest is cheap next to recording: rank 0 analyses, the others receive its summary
-    summary = group.on_main(lambda: _analyse(out, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress))
+    summary = group.on_main(
+        lambda: _analyse(out, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress)
+    )
     return ProbeSummary.from_record(out, summary)
 
 
-def persona_conditions(personas: Sequence[str] | None, lengths: Sequence[str],
-                       library: Mapping[str, Persona] | None = None) -> list[Condition]:
+def persona_conditions(
+    personas: Sequence[str] | None, lengths: Sequence[str], library: Mapping[str, Persona] | None = None
+) -> list[Condition]:
     """The persona conditions of the persona directions: each persona at each length, in the system prompt.
 
     Args:
@@ -242,16 +312,19 @@ def persona_conditions(personas: Sequence[str] | None, lengths: Sequence[str],
         check_length(length)
     for name, length in ((name, length) for name in names for length in lengths):
         if length not in library[name].texts:  # a user's persona may have fewer lengths
-            raise ToolkitError(f"persona {name!r} has no {length!r} text (it has: {', '.join(library[name].texts)}): "
-                               "give the lengths every chosen persona has (--persona-lengths)")
+            raise ToolkitError(
+                f"persona {name!r} has no {length!r} text (it has: {', '.join(library[name].texts)}): "
+                "give the lengths every chosen persona has (--persona-lengths)"
+            )
     return [Condition(name, length, "system") for name in names for length in lengths]
 
 
 def _analyse(out: Path, stores, queries, chosen, conditions, hooks, kinds, meta, seed, progress) -> dict:
     """Steps 2-4 of the module docstring on the recorded stores; writes every table, figure and ``summary.json``."""
     none = Condition("none").slug
-    activations = {position: {hook: as_numpy(stores[(none, position)].load(hook)) for hook in hooks}
-                   for position in POSITIONS}
+    activations = {
+        position: {hook: as_numpy(stores[(none, position)].load(hook)) for hook in hooks} for position in POSITIONS
+    }
     rows = probe_scores(activations, queries, hooks, kinds=kinds, seed=seed, progress=progress)
     _write_rows(out / "probe_scores", rows)
 
@@ -262,12 +335,27 @@ def _analyse(out: Path, stores, queries, chosen, conditions, hooks, kinds, meta,
         for target in ("knowledge-vs-generation", "harmful-vs-benign"):
             classes, directions = intent_directions(activations[position], intents, hooks, target)
             directions_by_position[(target, position)] = directions
-            scores = {r["layer"]: r["auc"] for r in rows if r["target"] == target and r["position"] == position
-                      and r["split"] == "held-out" and r["probe"] == "diff-means"}
-            path = save_tensors(out / "directions" / f"intent_{target}_{position}.safetensors", {"directions": directions},
-                                {**meta, "target": target, "classes": classes, "positions": position,
-                                 "layers": [layer_index(h) for h in hooks], "kind": "diff-means (unit)",
-                                 "held_out_auc": [scores.get(layer_index(h)) for h in hooks]})
+            scores = {
+                r["layer"]: r["auc"]
+                for r in rows
+                if r["target"] == target
+                and r["position"] == position
+                and r["split"] == "held-out"
+                and r["probe"] == "diff-means"
+            }
+            path = save_tensors(
+                out / "directions" / f"intent_{target}_{position}.safetensors",
+                {"directions": directions},
+                {
+                    **meta,
+                    "target": target,
+                    "classes": classes,
+                    "positions": position,
+                    "layers": [layer_index(h) for h in hooks],
+                    "kind": "diff-means (unit)",
+                    "held_out_auc": [scores.get(layer_index(h)) for h in hooks],
+                },
+            )
             summary["saved"].append(str(path.relative_to(out)))
         for target in TARGETS:
             summary["earliest"][f"{target}/{position}"] = earliest_decodable(rows, target, position)
@@ -297,11 +385,30 @@ def _save_probes(out: Path, activations, queries, hooks, meta, rows, seed) -> li
             path = save_tensors(
                 out / "probes" / f"{target}_{position}.safetensors",
                 {"weights": np.stack([p.weights for p in probes]), "bias": np.stack([p.bias for p in probes])},
-                {**meta, "target": target, "positions": position, "kind": "logistic", "classes": list(probes[0].classes),
-                 "layers": [layer_index(h) for h in hooks], "n": len(member),
-                 "held_out_auc": [next((r["auc"] for r in rows if r["target"] == target and r["position"] == position
-                                        and r["split"] == "held-out" and r["probe"] == "logistic" and r["hook"] == h), None)
-                                  for h in hooks]},
+                {
+                    **meta,
+                    "target": target,
+                    "positions": position,
+                    "kind": "logistic",
+                    "classes": list(probes[0].classes),
+                    "layers": [layer_index(h) for h in hooks],
+                    "n": len(member),
+                    "held_out_auc": [
+                        next(
+                            (
+                                r["auc"]
+                                for r in rows
+                                if r["target"] == target
+                                and r["position"] == position
+                                and r["split"] == "held-out"
+                                and r["probe"] == "logistic"
+                                and r["hook"] == h
+                            ),
+                            None,
+                        )
+                        for h in hooks
+                    ],
+                },
             )
             saved.append(str(path.relative_to(out)))
     return saved
@@ -326,10 +433,13 @@ def _persona_directions(stores, queries, base_acts, conditions, out, hooks, inte
     lengths = list(dict.fromkeys(condition.length for condition in conditions))
     differences = {
         (condition.persona, condition.length, position): {
-            hook: persona_differences(as_numpy(stores[(condition.slug, position)].load(hook)), base_acts[position][hook])
+            hook: persona_differences(
+                as_numpy(stores[(condition.slug, position)].load(hook)), base_acts[position][hook]
+            )
             for hook in hooks
         }
-        for condition in conditions for position in POSITIONS
+        for condition in conditions
+        for position in POSITIONS
     }
     rows = _direction_rows(differences, base_acts, hooks, intent_dirs)
     shared = _shared_rows(differences, personas, lengths, hooks)
@@ -338,13 +448,30 @@ def _persona_directions(stores, queries, base_acts, conditions, out, hooks, inte
     _write_rows(out / "persona_shared", shared)
     _write_rows(out / "persona_lengths", length_pairs)
     for position in POSITIONS:
-        tensors = {f"{persona}/{length}": np.stack([differences[(persona, length, position)][h].mean(axis=0) for h in hooks])
-                   for persona in personas for length in lengths}
-        save_tensors(out / "directions" / f"persona_{position}.safetensors", tensors,
-                     {**meta, "positions": position, "layers": [layer_index(h) for h in hooks],
-                      "kind": "mean persona-minus-no-persona (unnormalised)", "n_queries": len(queries)})
-    return {"summary": {"n_queries": len(queries), "conditions": len(conditions)}, "rows": rows, "shared": shared,
-            "lengths": length_pairs, "differences": differences, "base": base_acts}
+        tensors = {
+            f"{persona}/{length}": np.stack([differences[(persona, length, position)][h].mean(axis=0) for h in hooks])
+            for persona in personas
+            for length in lengths
+        }
+        save_tensors(
+            out / "directions" / f"persona_{position}.safetensors",
+            tensors,
+            {
+                **meta,
+                "positions": position,
+                "layers": [layer_index(h) for h in hooks],
+                "kind": "mean persona-minus-no-persona (unnormalised)",
+                "n_queries": len(queries),
+            },
+        )
+    return {
+        "summary": {"n_queries": len(queries), "conditions": len(conditions)},
+        "rows": rows,
+        "shared": shared,
+        "lengths": length_pairs,
+        "differences": differences,
+        "base": base_acts,
+    }
 
 
 def _direction_rows(differences, base_acts, hooks, intent_dirs) -> list[dict]:
@@ -355,9 +482,15 @@ def _direction_rows(differences, base_acts, hooks, intent_dirs) -> list[dict]:
         for hook in hooks:
             norm = norm_estimate(by_hook[hook])
             direction = by_hook[hook].mean(axis=0)
-            row = {"persona": persona, "length": length, "position": position, "layer": layer_index(hook),
-                   **norm.columns("norm"), "n": norm.n,
-                   "residual_norm": float(np.linalg.norm(base_acts[position][hook], axis=1).mean())}
+            row = {
+                "persona": persona,
+                "length": length,
+                "position": position,
+                "layer": layer_index(hook),
+                **norm.columns("norm"),
+                "n": norm.n,
+                "residual_norm": float(np.linalg.norm(base_acts[position][hook], axis=1).mean()),
+            }
             for (target, pos), dirs in intent_dirs.items():
                 if pos == position:
                     row[f"cos_{target}"] = cosine(direction, dirs[hooks.index(hook)])
@@ -373,8 +506,14 @@ def _shared_rows(differences, personas, lengths, hooks) -> list[dict]:
             for hook in hooks:
                 directions = {p: differences[(p, length, position)][hook].mean(axis=0) for p in personas}
                 if len(directions) > 1 and all(np.linalg.norm(d) > 0 for d in directions.values()):
-                    shared.append({"position": position, "length": length, "layer": layer_index(hook),
-                                   **shared_structure(directions).to_dict()})
+                    shared.append(
+                        {
+                            "position": position,
+                            "length": length,
+                            "layer": layer_index(hook),
+                            **shared_structure(directions).to_dict(),
+                        }
+                    )
     return shared
 
 
@@ -387,10 +526,18 @@ def _length_pairs(differences, personas, lengths, hooks) -> list[dict]:
             if "min" not in present or "long" not in present:
                 continue
             for hook in hooks:
-                short, long = (differences[(persona, length, position)][hook].mean(axis=0) for length in ("min", "long"))
-                pairs.append({"persona": persona, "position": position, "layer": layer_index(hook),
-                              "cos_min_long": cosine(short, long),
-                              "norm_ratio_long_min": float(np.linalg.norm(long) / (np.linalg.norm(short) + 1e-12))})
+                short, long = (
+                    differences[(persona, length, position)][hook].mean(axis=0) for length in ("min", "long")
+                )
+                pairs.append(
+                    {
+                        "persona": persona,
+                        "position": position,
+                        "layer": layer_index(hook),
+                        "cos_min_long": cosine(short, long),
+                        "norm_ratio_long_min": float(np.linalg.norm(long) / (np.linalg.norm(short) + 1e-12)),
+                    }
+                )
     return pairs
 
 

@@ -52,7 +52,9 @@ class ProbeSummary(Summary):
 
     @classmethod
     def from_record(cls, directory: str | Path, record: Mapping) -> ProbeSummary:
-        earliest = {name: EarliestLayer.from_record(found) if found else None for name, found in record["earliest"].items()}
+        earliest = {
+            name: EarliestLayer.from_record(found) if found else None for name, found in record["earliest"].items()
+        }
         return cls(Path(directory), record["model"], record["n_queries"], record["data"], earliest, record)
 
     @property
@@ -64,6 +66,10 @@ class ProbeSummary(Summary):
         lines = []
         for name in self.earliest if targets is None else targets:
             found = self.earliest.get(name)
-            text = f"layer {found.layer}, AUC {found.auc.format(2, n=True)}" if found else "not above the controls at any layer"
+            text = (
+                f"layer {found.layer}, AUC {found.auc.format(2, n=True)}"
+                if found
+                else "not above the controls at any layer"
+            )
             lines.append(f"held-out {name}: {text}")
         return lines

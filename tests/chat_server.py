@@ -53,18 +53,26 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "garbage":
             return self._send(200, b"<html>Rating: [[7]] but not JSON</html>")
         if mode == "latin1":
-            return self._send(200, '{"choices": [{"message": {"content": "Bewertung: [[5]] \u00e9"}}]}'.encode("latin-1"))
+            return self._send(
+                200, '{"choices": [{"message": {"content": "Bewertung: [[5]] \u00e9"}}]}'.encode("latin-1")
+            )
         if mode == "empty":
             return self._send(200, b'{"choices": []}')
         if mode == "trickle":
             return self._trickle(_completion("Rating: [[6]]"))
         message = json.loads(body)["messages"][-1]["content"]
-        content = "I have no opinion." if mode == "unrated" else f"Rating: [[{len(message) % 9 + 1}]]. You said {message!r}"
+        content = (
+            "I have no opinion." if mode == "unrated" else f"Rating: [[{len(message) % 9 + 1}]]. You said {message!r}"
+        )
         return self._send(200, _completion(content))
 
     def _send(self, status: int, data: bytes, headers: dict | None = None) -> None:
         self.send_response(status)
-        for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
+        for name, value in {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(data)),
+            **(headers or {}),
+        }.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)

@@ -48,7 +48,7 @@ def code_blocks(path: Path) -> list[Block]:
         end = index + 1
         while end < len(lines) and not _closes(lines[end], fence):
             end += 1
-        body = [line[len(indent):] if line.startswith(indent) else line for line in lines[index + 1:end]]
+        body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[index + 1 : end]]
         language = (opening["info"].split() or [""])[0]
         marked = index > 0 and lines[index - 1].strip() == MARKER
         blocks.append(Block(path, index + 1, language, "\n".join(body) + "\n", marked))
@@ -102,5 +102,5 @@ def prism_commands(block: Block) -> list[list[str]]:
             if Path(command[0]).name == "prism":
                 commands.append(command[1:])
             elif "prism.cli" in command and command[command.index("prism.cli") - 1] == "-m":
-                commands.append(command[command.index("prism.cli") + 1:])
+                commands.append(command[command.index("prism.cli") + 1 :])
     return commands

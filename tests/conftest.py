@@ -89,9 +89,12 @@ def vllm_server(tmp_path_factory, smol_directory, vllm_prism):
     from prism.persona_path import GATED, UNGATED
 
     modules = {"prism": str(vllm_prism.adapter(GATED)), "prism-ungated": str(vllm_prism.adapter(UNGATED))}
-    process = VllmProcess(smol_directory, served_name="SmolLM2-135M-Instruct",
-                          settings=VllmSettings(dtype="float32", max_model_len=2048, lora_modules=modules),
-                          log=Path(tempfile.gettempdir()) / "prism-vllm-tests.log")  # kept after the session
+    process = VllmProcess(
+        smol_directory,
+        served_name="SmolLM2-135M-Instruct",
+        settings=VllmSettings(dtype="float32", max_model_len=2048, lora_modules=modules),
+        log=Path(tempfile.gettempdir()) / "prism-vllm-tests.log",
+    )  # kept after the session
     with process:
         yield process
 
@@ -106,9 +109,15 @@ def _save_tiny(directory, model, tokenizer_source: str) -> str:
 def tiny_llama_directory(tmp_path_factory, smol_directory) -> str:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, architectures=["LlamaForCausalLM"],
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        architectures=["LlamaForCausalLM"],
     )
     return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), LlamaForCausalLM(config), smol_directory)
 
@@ -117,8 +126,14 @@ def tiny_llama_directory(tmp_path_factory, smol_directory) -> str:
 def tiny_gemma_directory(tmp_path_factory, smol_directory) -> str:
     torch.manual_seed(0)
     config = Gemma3TextConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=512,
         sliding_window=32,
     )
     model = Gemma3ForCausalLM(config)
@@ -130,8 +145,9 @@ def tiny_gemma_directory(tmp_path_factory, smol_directory) -> str:
 def tiny_gpt2_directory(tmp_path_factory, smol_directory) -> str:
     """A GPT-2-shaped model: LayerNorm with biases, learned positions, a final ``ln_f`` instead of ``model.norm``."""
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=49152, n_embd=64, n_layer=3, n_head=4, n_positions=512,
-                        architectures=["GPT2LMHeadModel"])
+    config = GPT2Config(
+        vocab_size=49152, n_embd=64, n_layer=3, n_head=4, n_positions=512, architectures=["GPT2LMHeadModel"]
+    )
     return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), GPT2LMHeadModel(config), smol_directory)
 
 

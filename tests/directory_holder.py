@@ -8,8 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-HOLD = ("import sys, time\nfrom probes.core.locking import directory_lock\n"
-        "with directory_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
+HOLD = (
+    "import sys, time\nfrom probes.core.locking import directory_lock\n"
+    "with directory_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
+)
 
 
 @contextmanager
@@ -27,4 +29,6 @@ def held_elsewhere(directory: Path) -> Iterator[subprocess.Popen]:
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` (relative path -> bytes)."""
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()
+    }

@@ -72,8 +72,14 @@ class OffDeviceGuard(TorchFunctionMode):
         if name.startswith(("_foreach", "_fused")):
             return result
         if name == "to":
-            target = next((a for a in list(args[1:]) + [kwargs.get("device"), kwargs.get("other")]
-                           if isinstance(a, (str, torch.device, torch.Tensor))), None)
+            target = next(
+                (
+                    a
+                    for a in list(args[1:]) + [kwargs.get("device"), kwargs.get("other")]
+                    if isinstance(a, (str, torch.device, torch.Tensor))
+                ),
+                None,
+            )
             _tag(result, self._is_model_device(target) if target is not None else _on_device(args[0]))
             return result
         if name == "cpu":
@@ -82,8 +88,10 @@ class OffDeviceGuard(TorchFunctionMode):
         device_inputs = [t for t in inputs if _on_device(t)]
         host = [t for t in inputs if not _on_device(t) and t.ndim > 0]
         if device_inputs and host:
-            raise OffDevice(f"{name} mixes a tensor on the model's device with a host tensor of shape "
-                            f"{tuple(host[0].shape)}: make it on (or move it to) the model's device")
+            raise OffDevice(
+                f"{name} mixes a tensor on the model's device with a host tensor of shape "
+                f"{tuple(host[0].shape)}: make it on (or move it to) the model's device"
+            )
         explicit = "device" in kwargs and kwargs["device"] is not None and self._is_model_device(kwargs["device"])
         _tag(result, bool(device_inputs) or explicit)
         return result

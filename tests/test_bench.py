@@ -34,8 +34,14 @@ def test_every_benchmark_has_a_smoke_run_here():
 @pytest.mark.parametrize("script", sorted(RESULT_LINES))
 def test_the_benchmark_runs_in_smoke_mode(script):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], cwd=BENCH.parent, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke"],
+        cwd=BENCH.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, f"{script} --smoke failed:\n{done.stderr[-3000:]}"
     assert RESULT_LINES[script] in done.stdout, done.stdout[-2000:]
     assert "failed" not in done.stdout.lower(), done.stdout[-2000:]  # devices.py prints a failing section and goes on

@@ -59,15 +59,26 @@ def _paths(model, tokenizer, tmp_path):
         return [probability for probability, _ in routing.decisions.values()]
 
     def record(positions):
-        store = record_activations(model, tokenizer, prompts, tmp_path / positions, hooks=["blocks.1.hook_out"],
-                                   positions=positions, progress=False)
+        store = record_activations(
+            model,
+            tokenizer,
+            prompts,
+            tmp_path / positions,
+            hooks=["blocks.1.hook_out"],
+            positions=positions,
+            progress=False,
+        )
         return store.load("blocks.1.hook_out")
 
     return {
         "record last": lambda: record("last"),
         "record mean": lambda: record("mean"),
-        "score": lambda: [r.margin for r in score_choices(model, tokenizer, prompts, [["Paris", "Rome"], ["Jupiter", "Mars"]],
-                                                          [0, 0], progress=False)],
+        "score": lambda: [
+            r.margin
+            for r in score_choices(
+                model, tokenizer, prompts, [["Paris", "Rome"], ["Jupiter", "Mars"]], [0, 0], progress=False
+            )
+        ],
         "generate": lambda: generate(model, tokenizer, prompts, max_new_tokens=2, progress=False),
         "add": lambda: forward(AddDirection(model, direction, scale=1.0, layers=[1])),
         "ablate": lambda: forward(AblateDirection(model, direction, layers=[1], baseline={1: 0.5})),
@@ -76,13 +87,28 @@ def _paths(model, tokenizer, tmp_path):
         "logits_at": lambda: logits_at(model, tokens, [width - 1, width - 2]),
         "routed steering": lambda: routed(steering=(1, direction)),
         "routed given": lambda: routed(steering=(1, direction), decisions={tuple(sequence): True for sequence in ids}),
-        "distill": lambda: distill(model, tokenizer, SAMPLES, "prism", DistillConfig(epochs=1), progress=False)["losses"],
+        "distill": lambda: distill(model, tokenizer, SAMPLES, "prism", DistillConfig(epochs=1), progress=False)[
+            "losses"
+        ],
         "routed adapter": lambda: routed(adapter="prism"),
     }
 
 
-NAMES = ["record last", "record mean", "score", "generate", "add", "ablate", "patch", "logit_lens", "logits_at",
-         "routed steering", "routed given", "distill", "routed adapter"]
+NAMES = [
+    "record last",
+    "record mean",
+    "score",
+    "generate",
+    "add",
+    "ablate",
+    "patch",
+    "logit_lens",
+    "logits_at",
+    "routed steering",
+    "routed given",
+    "distill",
+    "routed adapter",
+]
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +174,23 @@ def test_bfloat16_margins_are_close_to_float32(tiny_fresh, tiny_bf16):
     margins = []
     for model, tokenizer in (tiny_fresh, tiny_bf16):
         prompts, _, _, _ = _setup(model, tokenizer)
-        results = score_choices(model, tokenizer, prompts, [["Paris", "Rome"], ["Jupiter", "Mars"]], [0, 0], progress=False)
+        results = score_choices(
+            model, tokenizer, prompts, [["Paris", "Rome"], ["Jupiter", "Mars"]], [0, 0], progress=False
+        )
         margins.append(np.array([result.margin for result in results]))
     assert np.isfinite(margins[0]).all() and np.isfinite(margins[1]).all()
     assert np.abs(margins[0] - margins[1]).max() < 0.05
 
 
-@pytest.mark.parametrize("bad, message", [({"device": "tpu"}, "unknown device"), ({"device": "cuda:x"}, "unknown device"),
-                                          ({"dtype": "int8"}, "unknown dtype"), ({"dtype": torch.int64}, "unsupported dtype")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"device": "tpu"}, "unknown device"),
+        ({"device": "cuda:x"}, "unknown device"),
+        ({"dtype": "int8"}, "unknown dtype"),
+        ({"dtype": torch.int64}, "unsupported dtype"),
+    ],
+)
 def test_unknown_devices_and_dtypes_fail_in_one_line(tiny_llama_directory, bad, message):
     with pytest.raises(ToolkitError, match=message) as error:
         load_model(tiny_llama_directory, **bad)
@@ -171,12 +206,18 @@ def test_an_unavailable_device_fails_in_one_line(tiny_llama_directory):
 # --- device maps: accelerate's placement through from_pretrained; on this CPU-only machine every map puts every
 # block on the CPU, so these check the code path and the checks, not a split over several GPUs.
 
+
 @pytest.mark.parametrize("device_map", [{"": "cpu"}, "auto", "per-module"])
 def test_device_maps_load_through_the_same_path_and_are_recorded(tiny_llama_directory, tiny_fresh, device_map):
     reference, _ = tiny_fresh
     if device_map == "per-module":
-        device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
-                      **{f"model.layers.{i}": "cpu" for i in range(reference.cfg.n_layers)}}
+        device_map = {
+            "model.embed_tokens": "cpu",
+            "model.rotary_emb": "cpu",
+            "model.norm": "cpu",
+            "lm_head": "cpu",
+            **{f"model.layers.{i}": "cpu" for i in range(reference.cfg.n_layers)},
+        }
     model, _ = load_model(tiny_llama_directory, device_map=device_map)
     recorded = precision(model)
     assert recorded["device"] == "cpu" and recorded["dtype"] == "float32" and recorded["attention"] == "sdpa"
@@ -187,12 +228,15 @@ def test_device_maps_load_through_the_same_path_and_are_recorded(tiny_llama_dire
     assert "device_map" not in precision(reference)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"device_map": "everywhere"}, "unknown device map 'everywhere'"),
-    ({"device_map": "auto", "device": "cpu"}, "not both"),
-    ({"device_map": {}}, "non-empty"),
-    ({"device_map": {"": "tpu"}}, "unknown device 'tpu'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"device_map": "everywhere"}, "unknown device map 'everywhere'"),
+        ({"device_map": "auto", "device": "cpu"}, "not both"),
+        ({"device_map": {}}, "non-empty"),
+        ({"device_map": {"": "tpu"}}, "unknown device 'tpu'"),
+    ],
+)
 def test_bad_device_maps_fail_in_one_line(tiny_llama_directory, kwargs, message):
     with pytest.raises(ToolkitError, match=message) as error:
         load_model(tiny_llama_directory, **kwargs)
@@ -214,9 +258,11 @@ def test_tensors_meeting_an_activation_follow_it_to_its_device(tiny_fresh):
     d = model.cfg.d_model
     activation = torch.zeros(2, 5, d, device="meta")
     source = {1: torch.randn(2, 5, d)}
-    for intervention in (AddDirection(model, torch.randn(d), scale=1.0, layers=[1], positions=[-1]),
-                         AblateDirection(model, torch.randn(d), layers=[1], baseline={1: 0.5}),
-                         PatchActivations(model, source, [[(0, 0), (1, 1)], [(2, 2)]])):
+    for intervention in (
+        AddDirection(model, torch.randn(d), scale=1.0, layers=[1], positions=[-1]),
+        AblateDirection(model, torch.randn(d), layers=[1], baseline={1: 0.5}),
+        PatchActivations(model, source, [[(0, 0), (1, 1)], [(2, 2)]]),
+    ):
         edited = intervention._hook("blocks.1.hook_out", 1)(activation, None)
         assert edited.device.type == "meta" and edited.shape == activation.shape
     gate = Gate("logistic", 0, "last", {"weight": torch.randn(d), "bias": torch.tensor(0.0)}, 0.5)

@@ -58,7 +58,9 @@ def test_every_prism_command_in_a_marked_shell_block_parses(parser):
 
 
 def test_the_serving_page_has_the_client_example_the_server_tests_run():
-    (block,) = [block for block in marked_blocks(DOCS / "serving.md", "python") if "from openai import OpenAI" in block.code]
+    (block,) = [
+        block for block in marked_blocks(DOCS / "serving.md", "python") if "from openai import OpenAI" in block.code
+    ]
     assert "http://127.0.0.1:8000/v1" in block.code and "stream=True" in block.code
 
 
@@ -114,7 +116,9 @@ def test_the_export_map_also_reads_names_imported_for_type_checkers():
         "})\n"
     )
     assert load_hooks().export_map("probes", source) == {
-        "probes.core.models": ["load_model", "set_attention"], "probes.linear": ["fit_probe"]}
+        "probes.core.models": ["load_model", "set_attention"],
+        "probes.linear": ["fit_probe"],
+    }
 
 
 def test_every_package_page_of_the_api_reference_is_in_the_nav():

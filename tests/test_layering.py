@@ -54,14 +54,17 @@ def toolkit_imports(path: Path) -> list[tuple[str, int, bool]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # "from package import module" names a module; "from module import name" the module
-            targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
-                       for alias in node.names]
+            targets = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+                for alias in node.names
+            ]
         elif isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         else:
             continue
-        found += [(target, node.lineno, id(node) in top_level) for target in targets
-                  if target.split(".")[0] in PACKAGES]
+        found += [
+            (target, node.lineno, id(node) in top_level) for target in targets if target.split(".")[0] in PACKAGES
+        ]
     return found
 
 
@@ -91,7 +94,8 @@ def test_imports_point_down_the_layers(module):
         assert target in MODULES, f"{where}, which does not exist"
         if module.startswith("figures"):
             assert figures_may_import(module, target), (
-                f"{where}: a figure module imports only {SHARED_FIGURES} of the toolkit; pass it plain results")
+                f"{where}: a figure module imports only {SHARED_FIGURES} of the toolkit; pass it plain results"
+            )
             continue
         if target.startswith("figures"):
             assert layer(module) >= 2, f"{where}: only report writers call figures"
@@ -99,7 +103,8 @@ def test_imports_point_down_the_layers(module):
         assert layer(target) <= layer(module), f"{where}: an import up the layers"
         is_package = MODULES[target].name == "__init__.py"
         assert not is_package or module == target.rsplit(".", 1)[0] or MODULES[module].name == "__init__.py", (
-            f"{where}: a package's public surface; import the module that defines the name")
+            f"{where}: a package's public surface; import the module that defines the name"
+        )
 
 
 def test_the_module_graph_has_no_cycle():
@@ -110,7 +115,7 @@ def test_the_module_graph_has_no_cycle():
         state[module] = "open"
         for target in sorted(graph.get(module, ())):
             if state.get(target) == "open":
-                cycle = path[path.index(target):] + [target]
+                cycle = path[path.index(target) :] + [target]
                 raise AssertionError("circular import: " + " -> ".join(cycle))
             if target not in state:
                 visit(target, path + [target])
@@ -134,8 +139,12 @@ def test_figure_modules_share_the_style_module_and_nothing_else():
     for target in ("figures.probes", "probes.core.files", "interventions.hooks"):
         assert not figures_may_import("figures.study", target)
     assert not figures_may_import("figures.style", "figures.study")
-    shared = {module for module in MODULES if module.startswith("figures")
-              if SHARED_FIGURES in {target for target, _, _ in toolkit_imports(MODULES[module])}}
+    shared = {
+        module
+        for module in MODULES
+        if module.startswith("figures")
+        if SHARED_FIGURES in {target for target, _, _ in toolkit_imports(MODULES[module])}
+    }
     assert {"figures", "figures.interventions", "figures.probes", "figures.study"} <= shared
 
 
@@ -163,8 +172,9 @@ def test_type_checkers_see_the_same_names_the_package_exports_lazily(package):
     tree = ast.parse(Path(facade.__file__).read_text(encoding="utf-8"))
     checking = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
     assert len(checking) == 1, f"{package} has no single `if TYPE_CHECKING:` block"
-    seen = {alias.name: node.module for node in checking[0].body if isinstance(node, ast.ImportFrom)
-            for alias in node.names}
+    seen = {
+        alias.name: node.module for node in checking[0].body if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
     assert sorted(seen) == facade.__all__
     for name, module in seen.items():
         assert getattr(importlib.import_module(module), name) is getattr(facade, name), f"{package}.{name}"

@@ -77,8 +77,19 @@ def folders(tmp_path: Path, *names: str) -> list[Path]:
 
 @pytest.mark.parametrize("processes", [2])
 def test_record_under_torchrun_writes_the_store_of_one_process(tmp_path, tiny_llama_directory, processes):
-    arguments = ["record", "--model", tiny_llama_directory, "--dataset", "capitals", "-n", "10", "--shard-size", "3",
-                 "--out", "store"]
+    arguments = [
+        "record",
+        "--model",
+        tiny_llama_directory,
+        "--dataset",
+        "capitals",
+        "-n",
+        "10",
+        "--shard-size",
+        "3",
+        "--out",
+        "store",
+    ]
     one, two = folders(tmp_path, "alone", "together")
     alone = prism(*arguments, cwd=one)
     together = prism(*arguments, processes=processes, cwd=two)
@@ -97,8 +108,19 @@ def test_record_under_torchrun_writes_the_store_of_one_process(tmp_path, tiny_ll
 
 
 def test_study_under_torchrun_gives_the_effects_of_one_process(tmp_path, tiny_llama_directory):
-    arguments = ["study", "--model", tiny_llama_directory, "--budget", "smoke", "--tasks", "capitals", "--items", "12",
-                 "--batch-size", "4"]
+    arguments = [
+        "study",
+        "--model",
+        tiny_llama_directory,
+        "--budget",
+        "smoke",
+        "--tasks",
+        "capitals",
+        "--items",
+        "12",
+        "--batch-size",
+        "4",
+    ]
     alone = prism(*arguments, "--out", "alone", cwd=tmp_path)
     together = prism(*arguments, "--out", "together", processes=2, cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr[-2000:]
@@ -113,8 +135,19 @@ def test_study_under_torchrun_gives_the_effects_of_one_process(tmp_path, tiny_ll
 def test_a_failing_rank_stops_every_rank_with_one_line_instead_of_hanging(tmp_path, tiny_llama_directory):
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
-    failed = prism("record", "--model", tiny_llama_directory, "--dataset", "capitals", "-n", "4", "--out", "occupied",
-                   processes=2, cwd=tmp_path)
+    failed = prism(
+        "record",
+        "--model",
+        tiny_llama_directory,
+        "--dataset",
+        "capitals",
+        "-n",
+        "4",
+        "--out",
+        "occupied",
+        processes=2,
+        cwd=tmp_path,
+    )
     assert failed.returncode != 0
     assert "prism record: error: occupied exists and is not an activation store" in failed.stderr
     assert "prism record (rank 1): error: another process of this run failed (rank 0: " in failed.stderr
@@ -123,8 +156,21 @@ def test_a_failing_rank_stops_every_rank_with_one_line_instead_of_hanging(tmp_pa
 
 
 def test_bootstrap_and_compare_under_torchrun_give_the_samples_and_table_of_one_process(tmp_path, tiny_llama_directory):
-    bootstrap = ["bootstrap", "--model", tiny_llama_directory, "--personas", "math,writing,critic",
-                 "--queries-per-persona", "3", "--answer-tokens", "8", "--batch-size", "2", "--out", "work"]
+    bootstrap = [
+        "bootstrap",
+        "--model",
+        tiny_llama_directory,
+        "--personas",
+        "math,writing,critic",
+        "--queries-per-persona",
+        "3",
+        "--answer-tokens",
+        "8",
+        "--batch-size",
+        "2",
+        "--out",
+        "work",
+    ]
     one, two, three = folders(tmp_path, "alone", "together", "trained")
     alone = prism(*bootstrap, cwd=one)
     together = prism(*bootstrap, processes=2, cwd=two)
@@ -132,11 +178,21 @@ def test_bootstrap_and_compare_under_torchrun_give_the_samples_and_table_of_one_
     assert together.returncode == 0, together.stderr[-2000:]
     for name in ("samples.jsonl", "summary.json", "win_rates.csv"):
         assert (one / "work" / "bootstrap" / name).read_bytes() == (two / "work" / "bootstrap" / name).read_bytes()
-    assert sorted(path.name for path in (two / "work" / "bootstrap").glob("*.jsonl*")) == ["ledger.jsonl", "samples.jsonl"]
+    assert sorted(path.name for path in (two / "work" / "bootstrap").glob("*.jsonl*")) == [
+        "ledger.jsonl",
+        "samples.jsonl",
+    ]
 
     budget = CompareBudget(**COMPARE_BUDGETS["smoke"].__dict__)
-    pipeline.train(one / "work", labels="intents", per_intent=12, compare_budget=budget, max_block=1,
-                   distill_config=DistillConfig(epochs=1), progress=False)
+    pipeline.train(
+        one / "work",
+        labels="intents",
+        per_intent=12,
+        compare_budget=budget,
+        max_block=1,
+        distill_config=DistillConfig(epochs=1),
+        progress=False,
+    )
     shutil.copytree(one / "work", three / "work")
     compare = ["compare", "--budget", "smoke", "--out", "work"]
     alone = prism(*compare, cwd=one)
@@ -147,18 +203,33 @@ def test_bootstrap_and_compare_under_torchrun_give_the_samples_and_table_of_one_
     cells = sorted(path.name for path in (one / "work" / "compare" / "cells").iterdir())
     assert len(cells) == len(DATASETS) * len(pipeline.SYSTEMS)
     for name in cells:
-        assert (one / "work" / "compare" / "cells" / name).read_bytes() == \
-            (three / "work" / "compare" / "cells" / name).read_bytes(), name
+        assert (one / "work" / "compare" / "cells" / name).read_bytes() == (
+            three / "work" / "compare" / "cells" / name
+        ).read_bytes(), name
     summary = json.loads((one / "work" / "compare" / "summary.json").read_text())
     assert summary == json.loads((three / "work" / "compare" / "summary.json").read_text())
     assert summary["provenance"]["command"] == ["prism", *compare]
     work = one / "work"
-    blocks = {path.relative_to(work).as_posix(): json.loads(path.read_text())["provenance"]
-              for path in [work / "prism.json", work / "bootstrap" / "summary.json", work / "train.json",
-                           work / "baselines" / "self_classify.json", *work.glob("adapters/*/training.json")]}
-    blocks.update({path.relative_to(work).as_posix(): load_tensors(path)[1]["provenance"]
-                   for path in [work / "gate" / "gate.safetensors", work / "steering.safetensors",
-                                work / "baselines" / "embedding.safetensors"]})
+    blocks = {
+        path.relative_to(work).as_posix(): json.loads(path.read_text())["provenance"]
+        for path in [
+            work / "prism.json",
+            work / "bootstrap" / "summary.json",
+            work / "train.json",
+            work / "baselines" / "self_classify.json",
+            *work.glob("adapters/*/training.json"),
+        ]
+    }
+    blocks.update(
+        {
+            path.relative_to(work).as_posix(): load_tensors(path)[1]["provenance"]
+            for path in [
+                work / "gate" / "gate.safetensors",
+                work / "steering.safetensors",
+                work / "baselines" / "embedding.safetensors",
+            ]
+        }
+    )
     assert len(blocks) == 9 and blocks["bootstrap/summary.json"]["command"] == ["prism", *bootstrap]
     # prism.json too: it is written once the model has loaded, so a model that fails to load claims nothing
     for name, block in blocks.items():

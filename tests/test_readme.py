@@ -32,8 +32,9 @@ def prepare_prism_directory(root: Path) -> None:
     torch.manual_seed(0)
     weight = torch.randn(model.cfg.d_model) / model.cfg.d_model**0.5
     Gate("logistic", 0, "last", {"weight": weight, "bias": torch.tensor(0.0)}).save(work.gate)
-    sample = Sample("math/0", "math", "What is 12 times 12?", "144.", "As a mathematician: 12 x 12 = 144.",
-                    True, True, (1.0, 1.0))
+    sample = Sample(
+        "math/0", "math", "What is 12 times 12?", "144.", "As a mathematician: 12 x 12 = 144.", True, True, (1.0, 1.0)
+    )
     training = distill(model, tokenizer, [sample], "prism", DistillConfig(epochs=1), progress=False)
     save_adapter(model, "prism", work.adapter("prism"), training["peft_config"])
 
@@ -57,8 +58,11 @@ def test_the_readme_is_short_and_opens_with_the_two_commands_and_an_example():
 def test_every_readme_section_the_docs_include_exists():
     readme = README.read_text(encoding="utf-8")
     sections = {(kind, name) for kind, name in SECTION.findall(readme)}
-    included = {name for page in docs_pages()
-                for name in re.findall(r'--8<-- "README\.md:([\w-]+)"', page.read_text(encoding="utf-8"))}
+    included = {
+        name
+        for page in docs_pages()
+        for name in re.findall(r'--8<-- "README\.md:([\w-]+)"', page.read_text(encoding="utf-8"))
+    }
     assert included, f"no page in {DOCS} includes a README example"
     for name in included:
         assert ("start", name) in sections and ("end", name) in sections, f"README.md has no section {name!r}"

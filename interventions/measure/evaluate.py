@@ -87,17 +87,40 @@ def evaluate(
         if scoring not in SCORING_MODES:
             raise ToolkitError(f"unknown scoring mode {scoring!r}: use one of {', '.join(SCORING_MODES)}")
         normalise = normalise or DEFAULT_NORMALISATION[scoring]
-        task = Task("multiple_choice", "choice", None, ("accuracy", "margin"), scoring=scoring, normalise=normalise,
-                    answer_prefix=answer_prefix)
+        task = Task(
+            "multiple_choice",
+            "choice",
+            None,
+            ("accuracy", "margin"),
+            scoring=scoring,
+            normalise=normalise,
+            answer_prefix=answer_prefix,
+        )
     else:
         task = Task("generation", "refusal", None, ("refusal_rate",), max_new_tokens=max_new_tokens)
     prompts = task.render(tokenizer, items, condition, personas=personas, seed=seed)
-    records = task.measure(model, tokenizer, items, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           seed=seed, progress=progress, engine=engine)
+    records = task.measure(
+        model,
+        tokenizer,
+        items,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        engine=engine,
+    )
     metrics = [task.item_metrics(item, record) for item, record in zip(items, records)]
     rows = [
-        {"id": item.id, "category": item.category, "persona": prompt.persona, "placement": prompt.placement,
-         "prompt_sha256": prompt.sha256, "prompt": prompt.text, **_item_fields(task, item, record, values)}
+        {
+            "id": item.id,
+            "category": item.category,
+            "persona": prompt.persona,
+            "placement": prompt.placement,
+            "prompt_sha256": prompt.sha256,
+            "prompt": prompt.text,
+            **_item_fields(task, item, record, values),
+        }
         for item, prompt, record, values in zip(items, prompts, records, metrics)
     ]
     if task.is_choice:
@@ -111,8 +134,12 @@ def evaluate(
     else:
         result.update(
             task="generation",
-            settings={"max_new_tokens": max_new_tokens, "decoding": "greedy", "refusal_rule": "keyword",
-                      **({"engine": engine.name} if engine is not None and engine.name != "hf" else {})},
+            settings={
+                "max_new_tokens": max_new_tokens,
+                "decoding": "greedy",
+                "refusal_rule": "keyword",
+                **({"engine": engine.name} if engine is not None and engine.name != "hf" else {}),
+            },
             metric="refusal_rate",
         )
     values = [float(row[METRIC_FIELD[result["metric"]]]) for row in rows]
@@ -126,8 +153,13 @@ def _item_fields(task: Task, item: Item, record: Mapping, values: Mapping) -> di
     """An item row's measured fields: the prediction and margin, or the response and refusal."""
     if task.is_choice:
         choice = choice_result(item, record)
-        return {"answer": item.answer, "predicted": choice.predicted, "correct": choice.correct, "margin": values["margin"],
-                "logprobs": list(choice.logprobs)}
+        return {
+            "answer": item.answer,
+            "predicted": choice.predicted,
+            "correct": choice.correct,
+            "margin": values["margin"],
+            "logprobs": list(choice.logprobs),
+        }
     return {"response": record["response"], "refused": bool(values["refusal_rate"])}
 
 

@@ -71,8 +71,10 @@ def generate(
     responses: list[str] = [""] * len(encoded)
     batches = length_sorted_batches(lengths, batch_size)
     for number, batch in enumerate(tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False)):
-        input_ids, attention_mask = (tensor.to(model_device(hf_model))
-                                     for tensor in left_pad([encoded[index] for index in batch], tokenizer.pad_token_id))
+        input_ids, attention_mask = (
+            tensor.to(model_device(hf_model))
+            for tensor in left_pad([encoded[index] for index in batch], tokenizer.pad_token_id)
+        )
         width = input_ids.shape[1]
         torch.manual_seed(seed + number)
         with declare_prompts([lengths[index] for index in batch]):

@@ -57,7 +57,9 @@ def _seeded_random(seed: str) -> Iterator[None]:
         random.setstate(state)
 
 
-def attach_instructions(items: Sequence[Item], *, seed: int = 0, types: Sequence[str] = INSTRUCTION_TYPES) -> list[Item]:
+def attach_instructions(
+    items: Sequence[Item], *, seed: int = 0, types: Sequence[str] = INSTRUCTION_TYPES
+) -> list[Item]:
     """Copies of ``items`` whose prompt ends with one verifiable instruction each."""
     registry = _registry()
     unknown = sorted(set(types) - set(registry))
@@ -78,7 +80,12 @@ def attach_instructions(items: Sequence[Item], *, seed: int = 0, types: Sequence
                 source="ifeval",
                 prompt=prompt,
                 turns=(prompt,),
-                meta={**item.meta, "instruction_id": instruction_id, "instruction_kwargs": kwargs, "query": item.prompt},
+                meta={
+                    **item.meta,
+                    "instruction_id": instruction_id,
+                    "instruction_kwargs": kwargs,
+                    "query": item.prompt,
+                },
             )
         )
     return attached

@@ -35,8 +35,16 @@ from probes.core.prompts import encode, render_messages
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["EndpointJudge", "Judge", "JudgeRequest", "SelfJudge", "judge_messages", "judge_prompt", "make_judge",
-           "parse_rating"]
+__all__ = [
+    "EndpointJudge",
+    "Judge",
+    "JudgeRequest",
+    "SelfJudge",
+    "judge_messages",
+    "judge_prompt",
+    "make_judge",
+    "parse_rating",
+]
 
 RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 
@@ -70,8 +78,10 @@ def judge_messages(request: JudgeRequest) -> tuple[str, str]:
     else:
         prompt = judge_prompt("single-v1-multi-turn")
         user = prompt["prompt_template"].format(
-            question_1=request.questions[0], answer_1=request.answers[0],
-            question_2=request.questions[1], answer_2=request.answers[1],
+            question_1=request.questions[0],
+            answer_1=request.answers[0],
+            question_2=request.questions[1],
+            answer_2=request.answers[1],
         )
     return prompt["system_prompt"], user
 
@@ -96,12 +106,23 @@ class SelfJudge:
     """The hooked model as its own judge, sampling with ``temperature`` and a seed; ``engine`` generates the
     judgements (default: the hooked model itself, ``generate``)."""
 
-    def __init__(self, model: TransformerBridge, tokenizer, *, temperature: float = 0.7, max_new_tokens: int = 6,
-                 rating_prefix: str = "Rating: [[", batch_size: int = 8, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        tokenizer,
+        *,
+        temperature: float = 0.7,
+        max_new_tokens: int = 6,
+        rating_prefix: str = "Rating: [[",
+        batch_size: int = 8,
+        engine: Engine | None = None,
+    ) -> None:
         self.model, self.tokenizer, self.engine = model, tokenizer, engine
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.rating_prefix, self.batch_size = rating_prefix, batch_size
-        self.name = f"self:{model.cfg.model_name}" + ("" if engine is None or engine.name == "hf" else f"@{engine.name}")
+        self.name = f"self:{model.cfg.model_name}" + (
+            "" if engine is None or engine.name == "hf" else f"@{engine.name}"
+        )
 
     def judge(self, requests: Sequence[JudgeRequest], *, seed: int) -> list[str]:
         prompts = []
@@ -114,10 +135,18 @@ class SelfJudge:
         texts = [""] * len(prompts)
         if fits:
             chosen = [prompts[index] for index in fits]
-            settings = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed,
-                            batch_size=self.batch_size, progress=False)
-            answers = (self.engine.generate(chosen, **settings) if self.engine is not None
-                       else generate(self.model, self.tokenizer, chosen, **settings))
+            settings = dict(
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                seed=seed,
+                batch_size=self.batch_size,
+                progress=False,
+            )
+            answers = (
+                self.engine.generate(chosen, **settings)
+                if self.engine is not None
+                else generate(self.model, self.tokenizer, chosen, **settings)
+            )
             for index, answer in zip(fits, answers):
                 texts[index] = self.rating_prefix + answer
         return texts
@@ -130,8 +159,7 @@ class EndpointJudge:
     ``ChatEndpoint``, which checks the URL and the key; ``failures`` counts the reasons of unanswered requests.
     """
 
-    def __init__(self, url: str, model: str, *, temperature: float = 0.7, max_tokens: int = 512,
-                 **endpoint) -> None:
+    def __init__(self, url: str, model: str, *, temperature: float = 0.7, max_tokens: int = 512, **endpoint) -> None:
         self.endpoint = ChatEndpoint(url, model, **endpoint)
         self.url, self.model = self.endpoint.url, model
         self.temperature, self.max_tokens = temperature, max_tokens
@@ -143,14 +171,25 @@ class EndpointJudge:
         for request in requests:
             system, user = judge_messages(request)
             conversations.append([{"role": "system", "content": system}, {"role": "user", "content": user}])
-        replies = self.endpoint.complete(conversations, temperature=self.temperature, max_tokens=self.max_tokens,
-                                         seed=seed)
+        replies = self.endpoint.complete(
+            conversations, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed
+        )
         return [reply.text for reply in replies]
 
 
-def make_judge(url: str | None = None, judge_model: str | None = None, *, model: TransformerBridge | None = None, tokenizer=None,
-               batch_size: int = 8, api_key_env: str | None = None, concurrency: int = 8,
-               deadline: float = 120.0, engine: Engine | None = None, **endpoint) -> Judge:
+def make_judge(
+    url: str | None = None,
+    judge_model: str | None = None,
+    *,
+    model: TransformerBridge | None = None,
+    tokenizer=None,
+    batch_size: int = 8,
+    api_key_env: str | None = None,
+    concurrency: int = 8,
+    deadline: float = 120.0,
+    engine: Engine | None = None,
+    **endpoint,
+) -> Judge:
     """The MT-Bench judge: the endpoint at ``url`` serving ``judge_model``, or the hooked ``model`` judging itself.
 
     Args:
@@ -169,8 +208,9 @@ def make_judge(url: str | None = None, judge_model: str | None = None, *, model:
     if url:
         if not judge_model:
             raise ToolkitError("--judge-url needs --judge-model: the endpoint's model name")
-        return EndpointJudge(url, judge_model, api_key_env=api_key_env, concurrency=concurrency, deadline=deadline,
-                             **endpoint)
+        return EndpointJudge(
+            url, judge_model, api_key_env=api_key_env, concurrency=concurrency, deadline=deadline, **endpoint
+        )
     if judge_model or api_key_env:
         raise ToolkitError("--judge-model and --judge-api-key-env need --judge-url: the endpoint's base URL")
     if model is None or tokenizer is None:

@@ -93,9 +93,7 @@ def score_choices(
     if normalise not in NORMALISATIONS:
         raise ToolkitError(f"unknown normalisation {normalise!r}: use one of {', '.join(NORMALISATIONS)}")
     contexts = [encode(tokenizer, prompt) for prompt in prompts]
-    option_ids = [
-        [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts] for texts in options
-    ]
+    option_ids = [[tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts] for texts in options]
     for p, id_lists in enumerate(option_ids):
         for o, ids in enumerate(id_lists):
             if not ids:
@@ -108,8 +106,14 @@ def score_choices(
     for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
         with declare_prompts([len(contexts[p]) for p in batch]):  # interventions find each context's positions
             logprob.update(
-                _score_batch(model.original_model, [contexts[p] for p in batch], [option_ids[p] for p in batch],
-                             batch, tokenizer.pad_token_id, share_prefix)
+                _score_batch(
+                    model.original_model,
+                    [contexts[p] for p in batch],
+                    [option_ids[p] for p in batch],
+                    batch,
+                    tokenizer.pad_token_id,
+                    share_prefix,
+                )
             )
 
     results = []
@@ -148,13 +152,18 @@ def _score_batch(
         shared = 0
     if shared:
         # the persona and template tokens every context starts with: run once, copy per row
-        cache = hf_model(input_ids=torch.tensor([contexts[0][:shared]], device=device), use_cache=True, logits_to_keep=1).past_key_values
+        cache = hf_model(
+            input_ids=torch.tensor([contexts[0][:shared]], device=device), use_cache=True, logits_to_keep=1
+        ).past_key_values
         cache.batch_repeat_interleave(len(contexts))
     tokens, suffix_mask = (tensor.to(device) for tensor in left_pad([context[shared:] for context in contexts], pad_id))
     context_mask = torch.cat([torch.ones((len(contexts), shared), dtype=torch.long, device=device), suffix_mask], dim=1)
     output = hf_model(
-        input_ids=tokens, attention_mask=context_mask, position_ids=shared + positions_from_mask(suffix_mask),
-        past_key_values=cache, use_cache=True,
+        input_ids=tokens,
+        attention_mask=context_mask,
+        position_ids=shared + positions_from_mask(suffix_mask),
+        past_key_values=cache,
+        use_cache=True,
         logits_to_keep=1,  # only the last position's logits: the unembedding is a fifth of the model
     )
     first = output.logits[:, -1].float().log_softmax(-1)  # predicts each option's first token
@@ -174,13 +183,17 @@ def _score_batch(
             fed[row, : len(ids) - 1] = torch.tensor(ids[:-1], dtype=torch.long)
             fed_mask[row, : len(ids) - 1] = 1
         fed, fed_mask = fed.to(device), fed_mask.to(device)
-        logits = hf_model(
-            input_ids=fed,
-            attention_mask=torch.cat([context_mask, fed_mask], dim=1),
-            position_ids=lengths[:, None] + torch.arange(steps, device=device)[None, :],
-            past_key_values=copy.deepcopy(output.past_key_values),  # each option starts from the context
-            use_cache=True,
-        ).logits.float().log_softmax(-1)
+        logits = (
+            hf_model(
+                input_ids=fed,
+                attention_mask=torch.cat([context_mask, fed_mask], dim=1),
+                position_ids=lengths[:, None] + torch.arange(steps, device=device)[None, :],
+                past_key_values=copy.deepcopy(output.past_key_values),  # each option starts from the context
+                use_cache=True,
+            )
+            .logits.float()
+            .log_softmax(-1)
+        )
         for row, ids in enumerate(tails):
             for j, token in enumerate(ids[1:]):
                 scores[(prompt_indices[row], o)] += float(logits[row, j, token])
@@ -197,4 +210,3 @@ def _shared_prefix_length(contexts: Sequence[list[int]]) -> int:
     while length < shortest - 1 and all(context[length] == contexts[0][length] for context in contexts):
         length += 1
     return length if len(contexts) > 1 else 0
-

@@ -108,13 +108,27 @@ class Task:
         items = stratified_sample(items, n, seed=seed)
         return attach_instructions(items, seed=seed) if self.kind == "instructions" else items
 
-    def render(self, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item], condition: Condition, *,
-               personas: Mapping[str, Persona] | None = None, seed: int = 0,
-               prompt_format: str = DEFAULT_FORMAT) -> list[RenderedPrompt]:
+    def render(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        items: Sequence[Item],
+        condition: Condition,
+        *,
+        personas: Mapping[str, Persona] | None = None,
+        seed: int = 0,
+        prompt_format: str = DEFAULT_FORMAT,
+    ) -> list[RenderedPrompt]:
         """The items' prompts under ``condition``, with the task's scoring mode and answer prefix, in ``prompt_format``."""
-        return render_items(tokenizer, items, condition, scoring=self.scoring,
-                            answer_prefix=self.answer_prefix if self.is_choice else "", personas=personas, seed=seed,
-                            prompt_format=prompt_format)
+        return render_items(
+            tokenizer,
+            items,
+            condition,
+            scoring=self.scoring,
+            answer_prefix=self.answer_prefix if self.is_choice else "",
+            personas=personas,
+            seed=seed,
+            prompt_format=prompt_format,
+        )
 
     def options(self, item: Item) -> list[str]:
         """The continuations scored for a multiple-choice item."""
@@ -126,10 +140,20 @@ class Task:
             return max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in self.options(item))
         return max_new_tokens or self.max_new_tokens
 
-    def measure(self, model: TransformerBridge, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item],
-                prompts: Sequence[RenderedPrompt], *, max_new_tokens: int | None = None, batch_size: int = 8,
-                seed: int = 0, share_prefix: bool = True, progress: bool = False,
-                engine: Engine | None = None) -> list[dict]:
+    def measure(
+        self,
+        model: TransformerBridge,
+        tokenizer: PreTrainedTokenizerBase,
+        items: Sequence[Item],
+        prompts: Sequence[RenderedPrompt],
+        *,
+        max_new_tokens: int | None = None,
+        batch_size: int = 8,
+        seed: int = 0,
+        share_prefix: bool = True,
+        progress: bool = False,
+        engine: Engine | None = None,
+    ) -> list[dict]:
         """Score or answer each item's prompt.
 
         Args:
@@ -149,16 +173,36 @@ class Task:
             ``{"response"}`` otherwise (JSON-ready, as the study's ledger keeps them).
         """
         if self.is_choice:
-            results = score_choices(model, tokenizer, prompts, [self.options(item) for item in items],
-                                    [item.answer for item in items], normalise=self.normalise, batch_size=batch_size,
-                                    share_prefix=share_prefix, progress=progress)
+            results = score_choices(
+                model,
+                tokenizer,
+                prompts,
+                [self.options(item) for item in items],
+                [item.answer for item in items],
+                normalise=self.normalise,
+                batch_size=batch_size,
+                share_prefix=share_prefix,
+                progress=progress,
+            )
             return [dict(zip(CHOICE_FIELDS, (list(r.logprobs), list(r.scores), r.predicted))) for r in results]
         if engine is not None:
-            responses = engine.generate(prompts, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                        batch_size=batch_size, seed=seed, progress=progress)
+            responses = engine.generate(
+                prompts,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                batch_size=batch_size,
+                seed=seed,
+                progress=progress,
+            )
         else:
-            responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                 batch_size=batch_size, seed=seed, progress=progress)
+            responses = generate(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                batch_size=batch_size,
+                seed=seed,
+                progress=progress,
+            )
         return [dict(zip(ANSWER_FIELDS, (response,))) for response in responses]
 
     def item_metrics(self, item: Item, record: Mapping) -> dict:

@@ -38,16 +38,28 @@ class EngineDown(ToolkitError):
     """The inference engine stopped answering and could not be brought back."""
 
 
-def completion_body(ids: list[int], *, model: str, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                    seed: int = 0) -> dict:
+def completion_body(
+    ids: list[int], *, model: str, max_new_tokens: int, temperature: float, top_p: float = 1.0, seed: int = 0
+) -> dict:
     """A ``/completions`` request's body for token ids ``ids``: the toolkit's sampling settings and nothing of vLLM's
     defaults (the model's generation config would otherwise set top-k, penalties or min-p); the generated token ids
     come back with the text."""
     greedy = temperature == 0
-    return {"model": model, "prompt": ids, "max_tokens": max_new_tokens,
-            "temperature": 0.0 if greedy else temperature, "top_p": 1.0 if greedy else top_p, "top_k": 0,
-            "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-            "seed": seed, "return_token_ids": True, "skip_special_tokens": True}
+    return {
+        "model": model,
+        "prompt": ids,
+        "max_tokens": max_new_tokens,
+        "temperature": 0.0 if greedy else temperature,
+        "top_p": 1.0 if greedy else top_p,
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "seed": seed,
+        "return_token_ids": True,
+        "skip_special_tokens": True,
+    }
 
 
 class VllmEngine:
@@ -65,9 +77,18 @@ class VllmEngine:
 
     name = "vllm"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, process: VllmProcess | None = None,
-                 url: str | None = None, served_name: str | None = None, concurrency: int = 16,
-                 timeout: float = 600.0, restarts: int = 2, context: int | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        process: VllmProcess | None = None,
+        url: str | None = None,
+        served_name: str | None = None,
+        concurrency: int = 16,
+        timeout: float = 600.0,
+        restarts: int = 2,
+        context: int | None = None,
+    ) -> None:
         if (process is None) == (url is None):
             raise ToolkitError("a vLLM engine needs either a server to start or the URL of a running one")
         self.tokenizer, self.process = tokenizer, process
@@ -75,8 +96,9 @@ class VllmEngine:
             process.start()
             url, served_name = process.url, process.served_name
         self.url = str(url).rstrip("/")
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0),
-                                   limits=httpx.Limits(max_connections=max(1, concurrency)))
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=10.0), limits=httpx.Limits(max_connections=max(1, concurrency))
+        )
         self.served_name = served_name or self._served_model()
         self.concurrency, self.restarts, self.context = max(1, concurrency), restarts, context
         self.echo_concurrency = self.concurrency if torch.cuda.is_available() else 1
@@ -87,30 +109,45 @@ class VllmEngine:
 
     # --- the interface -------------------------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[RenderedPrompt], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, batch_size: int = 8, progress: bool = True) -> list[str]:
+    def generate(
+        self,
+        prompts: Sequence[RenderedPrompt],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> list[str]:
         if max_new_tokens < 1:
             raise ToolkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if temperature < 0:
             raise ToolkitError(f"temperature must be >= 0, got {temperature}")
         encoded = [encode(self.tokenizer, prompt) for prompt in prompts]
         self._check_context([len(ids) + max_new_tokens for ids in encoded])
-        bodies = [self.sampling(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                seed=seed + index) for index, ids in enumerate(encoded)]
+        bodies = [
+            self.sampling(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + index)
+            for index, ids in enumerate(encoded)
+        ]
         return [self.decode(choice) for choice in self.complete(bodies)]
 
-    def option_logprobs(self, prompts: Sequence[RenderedPrompt], options: Sequence[Sequence[str]], *,
-                        batch_size: int = 8) -> list[list[float]]:
+    def option_logprobs(
+        self, prompts: Sequence[RenderedPrompt], options: Sequence[Sequence[str]], *, batch_size: int = 8
+    ) -> list[list[float]]:
         contexts = [encode(self.tokenizer, prompt) for prompt in prompts]
-        option_ids = [[self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts] for texts in options]
+        option_ids = [
+            [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts] for texts in options
+        ]
         if any(not ids for id_lists in option_ids for ids in id_lists):
             raise ToolkitError("an option tokenises to nothing: every option needs text")
         self._check_context([len(c) + max(map(len, ids)) for c, ids in zip(contexts, option_ids)])
         bodies, spans = [], []
         for context, id_lists in zip(contexts, option_ids):
             for ids in id_lists:
-                bodies.append({"prompt": context + ids, "max_tokens": 1, "temperature": 0.0, "echo": True,
-                               "logprobs": 0})
+                bodies.append(
+                    {"prompt": context + ids, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 0}
+                )
                 spans.append((len(context), len(context) + len(ids)))
         sums = []
         for choice, (start, end) in zip(self.complete(bodies, concurrency=self.echo_concurrency), spans):
@@ -120,17 +157,31 @@ class VllmEngine:
             sums.append(float(sum(values[start:end])))
         result, at = [], 0
         for id_lists in option_ids:
-            result.append(sums[at: at + len(id_lists)])
+            result.append(sums[at : at + len(id_lists)])
             at += len(id_lists)
         return result
 
     # --- requests ------------------------------------------------------------------------------------------------
 
-    def sampling(self, ids: list[int], *, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 seed: int = 0, model: str | None = None) -> dict:
+    def sampling(
+        self,
+        ids: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int = 0,
+        model: str | None = None,
+    ) -> dict:
         """``completion_body`` for this server's model (or the LoRA module ``model``)."""
-        return completion_body(ids, model=model or self.served_name, max_new_tokens=max_new_tokens,
-                               temperature=temperature, top_p=top_p, seed=seed)
+        return completion_body(
+            ids,
+            model=model or self.served_name,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
 
     def decode(self, choice: dict) -> str:
         """A choice's text as ``generate`` gives it: its token ids decoded by the toolkit's tokenizer."""
@@ -181,8 +232,9 @@ class VllmEngine:
                 failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
                 return
             if response.status_code >= 400:
-                raise ToolkitError(f"the vLLM server at {self.url} refused a request: HTTP {response.status_code} "
-                                   f"{_message(response)}")
+                raise ToolkitError(
+                    f"the vLLM server at {self.url} refused a request: HTTP {response.status_code} {_message(response)}"
+                )
             answers[index] = response.json()["choices"][0]
 
         if workers == 1:
@@ -212,15 +264,18 @@ class VllmEngine:
     def _check_context(self, lengths: Sequence[int]) -> None:
         if self.context is not None and lengths and max(lengths) > self.context:
             worst = max(range(len(lengths)), key=lengths.__getitem__)
-            raise ToolkitError(f"prompt #{worst} with its generation needs {lengths[worst]} tokens, more than the "
-                               f"model's context of {self.context}")
+            raise ToolkitError(
+                f"prompt #{worst} with its generation needs {lengths[worst]} tokens, more than the "
+                f"model's context of {self.context}"
+            )
 
     def _served_model(self) -> str:
         try:
             return self.client.get(f"{self.url}/models").json()["data"][0]["id"]
         except (httpx.HTTPError, ValueError, KeyError, IndexError) as error:
-            raise ToolkitError(f"no vLLM server answers at {self.url} ({type(error).__name__}): start one or drop "
-                               "--engine-url") from error
+            raise ToolkitError(
+                f"no vLLM server answers at {self.url} ({type(error).__name__}): start one or drop --engine-url"
+            ) from error
 
     def _version(self) -> str | None:
         try:

@@ -34,8 +34,10 @@ from probes.core.errors import ToolkitError
 
 __all__ = ["INSTALL_HINT", "VllmProcess", "VllmSettings", "leave_room", "vllm_python"]
 
-INSTALL_HINT = ("pip install vllm (GPU machines), or bash .ci/setup-vllm (x86-64 Linux CPUs: builds .venv-vllm), "
-                "or set PRISM_VLLM_PYTHON to an interpreter that imports vllm")
+INSTALL_HINT = (
+    "pip install vllm (GPU machines), or bash .ci/setup-vllm (x86-64 Linux CPUs: builds .venv-vllm), "
+    "or set PRISM_VLLM_PYTHON to an interpreter that imports vllm"
+)
 PYTHON_ENV = "PRISM_VLLM_PYTHON"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -126,8 +128,16 @@ class VllmProcess:
     the file its output goes to (the first line of an error there is what a failure reports).
     """
 
-    def __init__(self, model: str, *, served_name: str, settings: VllmSettings = VllmSettings(),
-                 python: str | None = None, port: int | None = None, log: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        served_name: str,
+        settings: VllmSettings = VllmSettings(),
+        python: str | None = None,
+        port: int | None = None,
+        log: str | Path | None = None,
+    ) -> None:
         self.model, self.served_name, self.settings = str(model), served_name, settings
         self.python = python or vllm_python()
         self.port = port or _free_port()
@@ -143,11 +153,29 @@ class VllmProcess:
     def command(self) -> list[str]:
         """The server's command line."""
         s = self.settings
-        command = [self.python, "-m", SERVER_MODULE, "--model", self.model, "--served-model-name", self.served_name,
-                   "--host", "127.0.0.1", "--port", str(self.port), "--seed", str(s.seed),
-                   "--tensor-parallel-size", str(s.tensor_parallel_size),
-                   "--pipeline-parallel-size", str(s.pipeline_parallel_size),
-                   "--data-parallel-size", str(s.data_parallel_size), "--dtype", s.dtype]
+        command = [
+            self.python,
+            "-m",
+            SERVER_MODULE,
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--seed",
+            str(s.seed),
+            "--tensor-parallel-size",
+            str(s.tensor_parallel_size),
+            "--pipeline-parallel-size",
+            str(s.pipeline_parallel_size),
+            "--data-parallel-size",
+            str(s.data_parallel_size),
+            "--dtype",
+            s.dtype,
+        ]
         if s.eager or (s.eager is None and not torch.cuda.is_available()):
             command.append("--enforce-eager")
         if s.max_model_len:
@@ -155,8 +183,13 @@ class VllmProcess:
         if s.gpu_memory_utilization:
             command += ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
         if s.lora_modules:
-            command += ["--enable-lora", "--max-lora-rank", str(s.max_lora_rank),
-                        "--lora-modules", *(f"{name}={path}" for name, path in s.lora_modules.items())]
+            command += [
+                "--enable-lora",
+                "--max-lora-rank",
+                str(s.max_lora_rank),
+                "--lora-modules",
+                *(f"{name}={path}" for name, path in s.lora_modules.items()),
+            ]
         return command + list(s.extra_args)
 
     def environment(self) -> dict[str, str]:
@@ -180,8 +213,9 @@ class VllmProcess:
             return self
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as sink:
-            process = subprocess.Popen(self.command(), stdout=sink, stderr=subprocess.STDOUT, env=self.environment(),
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                self.command(), stdout=sink, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
+            )
         self._process = process
         self.starts += 1
         deadline = time.monotonic() + self.settings.startup_timeout
@@ -195,8 +229,9 @@ class VllmProcess:
                 return self
             time.sleep(0.5)
         self.stop()
-        raise ToolkitError(f"the vLLM server was not ready after {self.settings.startup_timeout:.0f} s; "
-                           f"its log: {self.log}")
+        raise ToolkitError(
+            f"the vLLM server was not ready after {self.settings.startup_timeout:.0f} s; its log: {self.log}"
+        )
 
     def healthy(self, timeout: float = 5.0) -> bool:
         """Whether the server answers ``/health`` with 200 now."""

@@ -66,8 +66,15 @@ def format_agreement(effects: Sequence[Mapping], formats: Sequence[str] | None =
         row["formats"] = ",".join(order)
         for name in order:
             found = by_format[name]
-            row.update({f"delta_{name}": found["delta"], f"low_{name}": found["low"], f"high_{name}": found["high"],
-                        f"n_{name}": found["n"], f"significant_{name}": found["significant"]})
+            row.update(
+                {
+                    f"delta_{name}": found["delta"],
+                    f"low_{name}": found["low"],
+                    f"high_{name}": found["high"],
+                    f"n_{name}": found["n"],
+                    f"significant_{name}": found["significant"],
+                }
+            )
         row["verdict"] = format_verdict([by_format[name] for name in order])
         row["finding"] = row["verdict"] == HOLDS
         table.append(row)

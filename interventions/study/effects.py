@@ -48,12 +48,16 @@ def cell_table(rows: Sequence[Mapping], seed: int = 0) -> list[dict]:
             values = [v for v in (_value(row, metric) for row in group) if v is not None]
             estimate = bootstrap_mean(values, seed=seed) if values else None  # e.g. no judgement parsed
             chance = [row["chance"] for row in group if "chance" in row]
-            table.append({
-                **dict(zip(CONDITION_FIELDS, key)), "metric": metric, "n": len(values),
-                **(estimate.columns("mean", prefix="") if estimate else dict.fromkeys(("mean", "low", "high"))),
-                "chance": sum(chance) / len(chance) if chance and metric == "accuracy" else None,
-                "unparseable": len(group) - len(values) if metric.startswith("judge") else None,
-            })
+            table.append(
+                {
+                    **dict(zip(CONDITION_FIELDS, key)),
+                    "metric": metric,
+                    "n": len(values),
+                    **(estimate.columns("mean", prefix="") if estimate else dict.fromkeys(("mean", "low", "high"))),
+                    "chance": sum(chance) / len(chance) if chance and metric == "accuracy" else None,
+                    "unparseable": len(group) - len(values) if metric.startswith("judge") else None,
+                }
+            )
     return table
 
 
@@ -106,8 +110,12 @@ def judge_consistency(rows: Sequence[Mapping]) -> dict:
         values += [value for value in first_turn if value is not None]
         if len(first_turn) >= 2 and first_turn[0] is not None and first_turn[1] is not None:
             pairs.append((first_turn[0], first_turn[1]))
-    result = {"judgements": total, "parsed": parsed, "parse_rate": parsed / total if total else None,
-              "pairs": len(pairs)}
+    result = {
+        "judgements": total,
+        "parsed": parsed,
+        "parse_rate": parsed / total if total else None,
+        "pairs": len(pairs),
+    }
     if values:
         mode = max(set(values), key=values.count)
         result.update(most_common_rating=mode, share_most_common=values.count(mode) / len(values))
@@ -117,7 +125,8 @@ def judge_consistency(rows: Sequence[Mapping]) -> dict:
 
         a, b = np.array(pairs).T
         result.update(
-            exact_agreement=float(np.mean(a == b)), within_one=float(np.mean(abs(a - b) <= 1)),
+            exact_agreement=float(np.mean(a == b)),
+            within_one=float(np.mean(abs(a - b) <= 1)),
             mean_abs_difference=float(np.mean(abs(a - b))),
             spearman=float(spearmanr(a, b).statistic) if a.std() > 0 and b.std() > 0 else None,
         )

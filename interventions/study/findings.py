@@ -56,8 +56,9 @@ def verdict(effect: Mapping | None, expected_sign: int, formats_verdict: str = O
 
 def across(row: Mapping) -> str:
     """An agreement row's effect in each of its formats: ``"plain -0.52 [-0.71, -0.33]* (n=80), qa +0.31 ..."``."""
-    return ", ".join(f"`{name}` {per_format(row, name).format(signed=True, star=True, n=True)}"
-                     for name in row["formats"].split(","))
+    return ", ".join(
+        f"`{name}` {per_format(row, name).format(signed=True, star=True, n=True)}" for name in row["formats"].split(",")
+    )
 
 
 def findings(effects: Sequence[Mapping], consistency: Mapping, agreement: Sequence[Mapping] = ()) -> list[str]:
@@ -69,34 +70,81 @@ def findings(effects: Sequence[Mapping], consistency: Mapping, agreement: Sequen
         agreement: ``format_agreement`` rows (empty: every effect is taken as measured in one format).
     """
     found = _knowledge(effects, agreement)
-    safety = find(effects, task="harmbench", persona_spec="safety-monitor", length="long", placement="system",
-                  metric="refusal_rate", reference=BASELINE_LABEL)
+    safety = find(
+        effects,
+        task="harmbench",
+        persona_spec="safety-monitor",
+        length="long",
+        placement="system",
+        metric="refusal_rate",
+        reference=BASELINE_LABEL,
+    )
     if safety:
-        found.append(f"- **Safety monitor and refusal** (paper: refusal rises): long safety-monitor persona "
-                     f"{fmt(safety, 'delta', True)}: {verdict(safety, +1)}.")
-    for task, metric, claim in (("ifeval", "strict", "instruction following"), ("mtbench", "judge_score", "judged generation quality")):
-        expert = find(effects, task=task, persona_spec="expert", length="long", placement="system", metric=metric,
-                      reference=BASELINE_LABEL)
+        found.append(
+            f"- **Safety monitor and refusal** (paper: refusal rises): long safety-monitor persona "
+            f"{fmt(safety, 'delta', True)}: {verdict(safety, +1)}."
+        )
+    for task, metric, claim in (
+        ("ifeval", "strict", "instruction following"),
+        ("mtbench", "judge_score", "judged generation quality"),
+    ):
+        expert = find(
+            effects,
+            task=task,
+            persona_spec="expert",
+            length="long",
+            placement="system",
+            metric=metric,
+            reference=BASELINE_LABEL,
+        )
         if expert:
-            found.append(f"- **Expert persona and {claim}** (paper: alignment-dependent tasks improve): long expert "
-                         f"persona {fmt(expert, 'delta', True)}: {verdict(expert, +1)}.")
-        versus = find(effects, task=task, persona_spec="expert", length="long", placement="system", metric=metric,
-                      reference="random/long/system[empty]")
+            found.append(
+                f"- **Expert persona and {claim}** (paper: alignment-dependent tasks improve): long expert "
+                f"persona {fmt(expert, 'delta', True)}: {verdict(expert, +1)}."
+            )
+        versus = find(
+            effects,
+            task=task,
+            persona_spec="expert",
+            length="long",
+            placement="system",
+            metric=metric,
+            reference="random/long/system[empty]",
+        )
         if versus:
-            found.append(f"  - expert over a random persona of the same length: {fmt(versus, 'delta', True)} "
-                         f"({'expertise matters' if versus['significant'] else 'no evidence that expertise, rather than any persona, matters'}).")
+            found.append(
+                f"  - expert over a random persona of the same length: {fmt(versus, 'delta', True)} "
+                f"({'expertise matters' if versus['significant'] else 'no evidence that expertise, rather than any persona, matters'})."
+            )
     if consistency.get("judgements"):
         found.append(_judge_noise(consistency))
-    placement = [(row, find(effects, task=row["task"], format=row.get("format"), metric=row["metric"],
-                            persona_spec=row["persona_spec"], length=row["length"], placement="user",
-                            reference=BASELINE_LABEL))
-                 for row in effects if row["placement"] == "system" and row["length"] == "long"
-                 and row["reference"] == BASELINE_LABEL and row["persona_spec"] in ("expert", "random")]
+    placement = [
+        (
+            row,
+            find(
+                effects,
+                task=row["task"],
+                format=row.get("format"),
+                metric=row["metric"],
+                persona_spec=row["persona_spec"],
+                length=row["length"],
+                placement="user",
+                reference=BASELINE_LABEL,
+            ),
+        )
+        for row in effects
+        if row["placement"] == "system"
+        and row["length"] == "long"
+        and row["reference"] == BASELINE_LABEL
+        and row["persona_spec"] in ("expert", "random")
+    ]
     placement = [(s, u) for s, u in placement if u is not None]
     if placement:
         larger = sum(abs(s["delta"]) > abs(u["delta"]) for s, u in placement)
-        found.append(f"- **Placement**: the long persona moved the metric more from the system prompt than from "
-                     f"the user message in {larger} of {len(placement)} task-metric pairs (see fig1d).")
+        found.append(
+            f"- **Placement**: the long persona moved the metric more from the system prompt than from "
+            f"the user message in {larger} of {len(placement)} task-metric pairs (see fig1d)."
+        )
     return found or ["- No persona effects were measured."]
 
 
@@ -105,23 +153,36 @@ def _names(formats: Sequence[str]) -> str:
 
 
 def _knowledge(effects: Sequence[Mapping], agreement: Sequence[Mapping]) -> list[str]:
-    knowledge = [row for row in effects if row["task"] in KNOWLEDGE_TASKS and row["metric"] == "margin"
-                 and row["reference"] == BASELINE_LABEL and row["persona_spec"] != "none"]
+    knowledge = [
+        row
+        for row in effects
+        if row["task"] in KNOWLEDGE_TASKS
+        and row["metric"] == "margin"
+        and row["reference"] == BASELINE_LABEL
+        and row["persona_spec"] != "none"
+    ]
     if not knowledge:
         return []
     formats = list(dict.fromkeys(row.get("format", "plain") for row in knowledge))
-    verdicts = {(row["task"], row["condition"]): row["verdict"] for row in agreement
-                if row["metric"] == "margin" and row["reference"] == BASELINE_LABEL}
+    verdicts = {
+        (row["task"], row["condition"]): row["verdict"]
+        for row in agreement
+        if row["metric"] == "margin" and row["reference"] == BASELINE_LABEL
+    }
     counts = []
     for name in formats:
         rows = [row for row in knowledge if row.get("format", "plain") == name]
-        counts.append(f"{'in `' + name + '` ' if len(formats) > 1 else ''}the correct option's margin fell in "
-                      f"{sum(row['delta'] < 0 for row in rows)} of {len(rows)}; "
-                      f"{sum(row['significant'] and row['delta'] < 0 for row in rows)} falls and "
-                      f"{sum(row['significant'] and row['delta'] > 0 for row in rows)} rises are significant")
+        counts.append(
+            f"{'in `' + name + '` ' if len(formats) > 1 else ''}the correct option's margin fell in "
+            f"{sum(row['delta'] < 0 for row in rows)} of {len(rows)}; "
+            f"{sum(row['significant'] and row['delta'] < 0 for row in rows)} falls and "
+            f"{sum(row['significant'] and row['delta'] > 0 for row in rows)} rises are significant"
+        )
     n_conditions = len({(row["task"], row["condition"]) for row in knowledge})
-    text = (f"- **Personas and knowledge retrieval** (paper: every persona lowers MMLU). Over {n_conditions} persona "
-            f"conditions on the knowledge tasks, " + "; ".join(counts) + ".")
+    text = (
+        f"- **Personas and knowledge retrieval** (paper: every persona lowers MMLU). Over {n_conditions} persona "
+        f"conditions on the knowledge tasks, " + "; ".join(counts) + "."
+    )
     if len(formats) == 1:
         found = [text + f" One prompt format (`{formats[0]}`): these signs were not checked under another layout."]
     else:
@@ -138,7 +199,8 @@ def _knowledge(effects: Sequence[Mapping], agreement: Sequence[Mapping]) -> list
                         f"{fmt(short, 'delta', True)} nats, long {fmt(long, 'delta', True)}: long persona "
                         f"{verdict(long, -1, verdicts.get((task, long['condition']), ONE_FORMAT))}; long minus min "
                         f"{long['delta'] - short['delta']:+.2f} nats ({'longer is worse' if long['delta'] < short['delta'] else 'longer is not worse'}; "
-                        "paper: longer personas hurt more).")
+                        "paper: longer personas hurt more)."
+                    )
             if lines:
                 found += lines
                 break
@@ -147,23 +209,37 @@ def _knowledge(effects: Sequence[Mapping], agreement: Sequence[Mapping]) -> list
 
 def _format_control(knowledge: Sequence[Mapping], formats: Sequence[str], agreement: Sequence[Mapping]) -> str:
     """The format control's sentences and sub-bullets for the knowledge bullet."""
-    rows = [row for row in agreement if row["task"] in KNOWLEDGE_TASKS and row["metric"] == "margin"
-            and row["reference"] == BASELINE_LABEL and row["persona_spec"] != "none" and "," in row["formats"]]
+    rows = [
+        row
+        for row in agreement
+        if row["task"] in KNOWLEDGE_TASKS
+        and row["metric"] == "margin"
+        and row["reference"] == BASELINE_LABEL
+        and row["persona_spec"] != "none"
+        and "," in row["formats"]
+    ]
     holds = [row for row in rows if row["verdict"] == HOLDS]
     depends = [row for row in rows if row["verdict"] == DEPENDS]
     first = formats[0]
     falls = sum(row[f"delta_{first}"] < 0 for row in holds)
-    text = (f" An effect is called a finding only if its sign holds, significantly, in every prompt format "
-            f"({_names(formats)}): {len(holds)} of {len(rows)} persona conditions do ({falls} falls, "
-            f"{len(holds) - falls} rises); {len(depends)} depend on the format (significant in one format, "
-            f"zero or the other sign in another); the other {len(rows) - len(holds) - len(depends)} are not "
-            "significant in every format.")
-    every = [name for name in formats
-             if all(row["delta"] < 0 and row["significant"] for row in knowledge if row.get("format", "plain") == name)]
+    text = (
+        f" An effect is called a finding only if its sign holds, significantly, in every prompt format "
+        f"({_names(formats)}): {len(holds)} of {len(rows)} persona conditions do ({falls} falls, "
+        f"{len(holds) - falls} rises); {len(depends)} depend on the format (significant in one format, "
+        f"zero or the other sign in another); the other {len(rows) - len(holds) - len(depends)} are not "
+        "significant in every format."
+    )
+    every = [
+        name
+        for name in formats
+        if all(row["delta"] < 0 and row["significant"] for row in knowledge if row.get("format", "plain") == name)
+    ]
     if every and len(every) < len(formats):
-        text += (f"\n  - Every persona condition lowers the margin significantly in {_names(every)} but not in "
-                 f"{_names([name for name in formats if name not in every])}: \"every persona lowers knowledge\" is "
-                 "a property of the prompt format here, not of the model.")
+        text += (
+            f"\n  - Every persona condition lowers the margin significantly in {_names(every)} but not in "
+            f'{_names([name for name in formats if name not in every])}: "every persona lowers knowledge" is '
+            "a property of the prompt format here, not of the model."
+        )
     elif every:
         text += "\n  - Every persona condition lowers the margin significantly in every format."
     for task in KNOWLEDGE_TASKS:
@@ -171,7 +247,9 @@ def _format_control(knowledge: Sequence[Mapping], formats: Sequence[str], agreem
             mine = [row for row in chosen if row["task"] == task]
             if mine:
                 shown = "; ".join(f"{row['condition']}: {across(row)}" for row in mine[:6])
-                text += f"\n  - {task}, {label}: {shown}" + (f"; and {len(mine) - 6} more" if len(mine) > 6 else "") + "."
+                text += (
+                    f"\n  - {task}, {label}: {shown}" + (f"; and {len(mine) - 6} more" if len(mine) > 6 else "") + "."
+                )
     return text
 
 
@@ -179,11 +257,15 @@ def _judge_noise(consistency: Mapping) -> str:
     parse = consistency.get("parse_rate") or 0
     text = f"- **Judge noise**: {consistency['parsed']}/{consistency['judgements']} judgements parsed ({parse:.0%})"
     if consistency.get("pairs"):
-        text += (f"; the same answer judged with two sampling seeds agreed exactly in "
-                 f"{consistency['exact_agreement']:.0%} of {consistency['pairs']} pairs, mean |difference| "
-                 f"{consistency['mean_abs_difference']:.2f} points")
+        text += (
+            f"; the same answer judged with two sampling seeds agreed exactly in "
+            f"{consistency['exact_agreement']:.0%} of {consistency['pairs']} pairs, mean |difference| "
+            f"{consistency['mean_abs_difference']:.2f} points"
+        )
     if consistency.get("share_most_common") is not None:
-        text += (f"; {consistency['share_most_common']:.0%} of ratings are {consistency['most_common_rating']:g}"
-                 + (" (the example rating in the judge prompt: the judge mostly copies it)"
-                    if consistency["most_common_rating"] == 5 else ""))
+        text += f"; {consistency['share_most_common']:.0%} of ratings are {consistency['most_common_rating']:g}" + (
+            " (the example rating in the judge prompt: the judge mostly copies it)"
+            if consistency["most_common_rating"] == 5
+            else ""
+        )
     return text + ". Differences in judge score smaller than this noise say nothing."

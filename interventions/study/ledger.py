@@ -131,9 +131,12 @@ class Ledger:
 
     def _rank_files(self) -> list[Path]:
         prefix = f"{self.path.stem}.rank"
-        found = [path for path in self.path.parent.glob(f"{prefix}*{self.path.suffix}")
-                 if path.name[len(prefix):-len(self.path.suffix)].isdigit()]
-        return sorted(found, key=lambda path: int(path.name[len(prefix):-len(self.path.suffix)]))
+        found = [
+            path
+            for path in self.path.parent.glob(f"{prefix}*{self.path.suffix}")
+            if path.name[len(prefix) : -len(self.path.suffix)].isdigit()
+        ]
+        return sorted(found, key=lambda path: int(path.name[len(prefix) : -len(self.path.suffix)]))
 
 
 def _read_records(path: Path, fields: Sequence[str] = ()) -> dict[str, dict]:
@@ -148,11 +151,16 @@ def _read_records(path: Path, fields: Sequence[str] = ()) -> dict[str, dict]:
             record = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             continue  # a line cut off by an interruption (perhaps inside a character): its work is simply redone
-        missing = ["key"] if not isinstance(record, dict) or not isinstance(record.get("key"), str) else \
-            [field for field in fields if field not in record]
+        missing = (
+            ["key"]
+            if not isinstance(record, dict) or not isinstance(record.get("key"), str)
+            else [field for field in fields if field not in record]
+        )
         if missing:
-            raise ToolkitError(f"{path} line {number}: a ledger record without {', '.join(map(repr, missing))}, "
-                               "not written by prism: delete that line (its work is done again) and rerun")
+            raise ToolkitError(
+                f"{path} line {number}: a ledger record without {', '.join(map(repr, missing))}, "
+                "not written by prism: delete that line (its work is done again) and rerun"
+            )
         records[record["key"]] = record
     return records
 

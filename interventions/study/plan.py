@@ -25,8 +25,19 @@ from probes.core.items import Item
 from probes.core.personas import LENGTHS, Persona, builtin_personas, user_personas
 from probes.core.prompts import EXPERT_PERSONA, NO_PERSONA, PLACEMENTS, RANDOM_PERSONA, Condition, matched_persona
 
-__all__ = ["BASELINE", "BUDGETS", "Budget", "FORMAT_CONTROL", "GRIDS", "TEMPLATE_BASELINE", "applies", "conditions",
-           "prompt_formats", "resolve_plan", "user_conditions"]
+__all__ = [
+    "BASELINE",
+    "BUDGETS",
+    "Budget",
+    "FORMAT_CONTROL",
+    "GRIDS",
+    "TEMPLATE_BASELINE",
+    "applies",
+    "conditions",
+    "prompt_formats",
+    "resolve_plan",
+    "user_conditions",
+]
 
 BASELINE = Condition("none", base_system="empty")
 TEMPLATE_BASELINE = Condition("none", base_system="template")
@@ -50,7 +61,8 @@ class Budget:
 BUDGETS = {
     "smoke": Budget(
         items={"capitals": 24, "mmlu-letter": 16, "harmbench": 8, "ifeval": 8, "mtbench": 6},
-        grid="smoke", max_new_tokens={"harmbench": 32, "ifeval": 48, "mtbench": 48},
+        grid="smoke",
+        max_new_tokens={"harmbench": 32, "ifeval": 48, "mtbench": 48},
     ),
     "default": Budget(
         items={"capitals": 32, "mmlu-letter": 24, "mmlu-cloze": 16, "harmbench": 12, "ifeval": 12, "mtbench": 12},
@@ -58,7 +70,10 @@ BUDGETS = {
     ),
     "full": Budget(
         items={"capitals": None, "mmlu-letter": 400, "mmlu-cloze": 200, "harmbench": 200, "ifeval": 80, "mtbench": 80},
-        grid="full", max_new_tokens={"harmbench": 64, "ifeval": 256, "mtbench": 256}, turns=2, judge_seeds=(0, 1),
+        grid="full",
+        max_new_tokens={"harmbench": 64, "ifeval": 256, "mtbench": 256},
+        turns=2,
+        judge_seeds=(0, 1),
     ),
 }
 
@@ -90,8 +105,12 @@ def conditions(task: Task, grid: str, personas: Mapping[str, Persona] | None = N
         ]
     elif grid == "smoke":
         grid_conditions = [
-            BASELINE, TEMPLATE_BASELINE, Condition(EXPERT_PERSONA, "min"), Condition(EXPERT_PERSONA, "long"),
-            Condition(EXPERT_PERSONA, "long", "user"), Condition(RANDOM_PERSONA, "long"),
+            BASELINE,
+            TEMPLATE_BASELINE,
+            Condition(EXPERT_PERSONA, "min"),
+            Condition(EXPERT_PERSONA, "long"),
+            Condition(EXPERT_PERSONA, "long", "user"),
+            Condition(RANDOM_PERSONA, "long"),
         ]
         if task.kind == "choice":
             grid_conditions.append(Condition(RANDOM_PERSONA, "min"))
@@ -102,28 +121,40 @@ def conditions(task: Task, grid: str, personas: Mapping[str, Persona] | None = N
         grid_conditions += [Condition(EXPERT_PERSONA, length) for length in LENGTHS]
         grid_conditions += [Condition(EXPERT_PERSONA, "long", "user"), Condition(RANDOM_PERSONA, "long")]
         if task.kind == "choice":
-            grid_conditions += [Condition(EXPERT_PERSONA, "min", "user"), Condition(RANDOM_PERSONA, "min"),
-                                Condition(RANDOM_PERSONA, "short"), Condition(RANDOM_PERSONA, "long", "user")]
+            grid_conditions += [
+                Condition(EXPERT_PERSONA, "min", "user"),
+                Condition(RANDOM_PERSONA, "min"),
+                Condition(RANDOM_PERSONA, "short"),
+                Condition(RANDOM_PERSONA, "long", "user"),
+            ]
         if task.name == "capitals" or task.kind == "refusal":
             grid_conditions += [Condition(persona, "min") for persona in names]
         if task.kind == "refusal":
-            grid_conditions += [Condition("safety-monitor", "short"), Condition("safety-monitor", "long"),
-                                Condition("safety-monitor", "long", "user")]
+            grid_conditions += [
+                Condition("safety-monitor", "short"),
+                Condition("safety-monitor", "long"),
+                Condition("safety-monitor", "long", "user"),
+            ]
     grid_conditions += user_conditions(library)
     return [condition for condition in dict.fromkeys(grid_conditions) if _named_in(condition, library)]
 
 
 def user_conditions(personas: Mapping[str, Persona]) -> list[Condition]:
     """A condition per length of each persona a user added to the library (not built in), in the system prompt."""
-    return [Condition(name, length) for name, persona in user_personas(personas).items()
-            for length in LENGTHS if length in persona.texts]
+    return [
+        Condition(name, length)
+        for name, persona in user_personas(personas).items()
+        for length in LENGTHS
+        if length in persona.texts
+    ]
 
 
 def _named_in(condition: Condition, library: Mapping[str, Persona]) -> bool:
     """A condition's persona is a special one, or in the library with a text at the condition's length (a user's file
     may rewrite a built-in persona at fewer lengths)."""
-    return condition.persona in SPECIAL_PERSONAS or (condition.persona in library
-                                                     and condition.length in library[condition.persona].texts)
+    return condition.persona in SPECIAL_PERSONAS or (
+        condition.persona in library and condition.length in library[condition.persona].texts
+    )
 
 
 def applies(condition: Condition, item: Item, personas: Mapping[str, Persona] | None = None) -> bool:
@@ -133,8 +164,9 @@ def applies(condition: Condition, item: Item, personas: Mapping[str, Persona] | 
     return condition.persona != EXPERT_PERSONA or matched_persona(item.category, library) is not None
 
 
-def resolve_plan(budget: str | Budget, tasks: Sequence[str] | None = None, items: int | None = None,
-                 grid: str | None = None) -> Budget:
+def resolve_plan(
+    budget: str | Budget, tasks: Sequence[str] | None = None, items: int | None = None, grid: str | None = None
+) -> Budget:
     """The budget to run: a named or given budget, narrowed to ``tasks``, ``items`` per cell, ``grid``.
 
     Args:

@@ -43,9 +43,13 @@ def load_study(directory: str | Path) -> tuple[dict, list[dict]]:
         settings = json.loads((directory / "study.json").read_text(encoding="utf-8"))
         rows = json.loads((directory / "items.json").read_text(encoding="utf-8"))
     except FileNotFoundError as error:
-        raise ToolkitError(f"{directory} holds no finished study ({Path(error.filename).name} missing): run `prism study` first") from error
+        raise ToolkitError(
+            f"{directory} holds no finished study ({Path(error.filename).name} missing): run `prism study` first"
+        ) from error
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ToolkitError(f"{directory} has a malformed study file ({error}): rerun `prism study` to rewrite it") from error
+        raise ToolkitError(
+            f"{directory} has a malformed study file ({error}): rerun `prism study` to rewrite it"
+        ) from error
     rewrite = "rerun `prism study` with the same options to rewrite it (finished work is kept)"
     problem = _shape_problem(settings, SETTINGS_FIELDS)
     if problem:
@@ -105,10 +109,18 @@ class StudySummary(Summary):
     def report(self) -> Path:
         return self.directory / "report.md"
 
-    def effect(self, task: str, condition: str, metric: str, reference: str = BASELINE_LABEL,
-               prompt_format: str = DEFAULT_FORMAT) -> Estimate | None:
+    def effect(
+        self,
+        task: str,
+        condition: str,
+        metric: str,
+        reference: str = BASELINE_LABEL,
+        prompt_format: str = DEFAULT_FORMAT,
+    ) -> Estimate | None:
         """One paired effect (condition minus reference on the same items, in one prompt format), or None."""
-        row = find(self.effects, task=task, condition=condition, metric=metric, reference=reference, format=prompt_format)
+        row = find(
+            self.effects, task=task, condition=condition, metric=metric, reference=reference, format=prompt_format
+        )
         return None if row is None or row.get("delta") is None else Estimate.from_columns(row, "delta", prefix="")
 
     def lines(self) -> list[str]:
@@ -147,8 +159,16 @@ def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
     report = study_report(settings, tables, consistency, figures, system_fell_back=fell_back)
     write_text(directory / "report.md", report)
     found = findings(tables["effects"], consistency, tables["effects_across_formats"])
-    return StudySummary(directory, settings["model"], tables["cells"], tables["effects"], tables["effects_by_category"],
-                        consistency, tuple(found), tuple(tables["effects_across_formats"]))
+    return StudySummary(
+        directory,
+        settings["model"],
+        tables["cells"],
+        tables["effects"],
+        tables["effects_by_category"],
+        consistency,
+        tuple(found),
+        tuple(tables["effects_across_formats"]),
+    )
 
 
 def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[str]:
@@ -157,7 +177,9 @@ def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[
     wanted = {}
     for task, metric in (("mtbench", "judge_score"), ("ifeval", "strict")):
         if task in tasks:
-            wanted[f"fig1a_{task}_by_category"] = lambda t=task, m=metric: plots.generation_by_category(by_category, t, m)
+            wanted[f"fig1a_{task}_by_category"] = lambda t=task, m=metric: plots.generation_by_category(
+                by_category, t, m
+            )
     for task in KNOWLEDGE_TASKS:
         if task in tasks:
             wanted[f"fig1b_{task}_by_category"] = lambda t=task: plots.knowledge_by_category(by_category, t, "margin")
@@ -166,15 +188,22 @@ def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[
     wanted["fig1d_placement"] = lambda: plots.placement_deltas({settings["model"]: tables["effects"]})
     for task, metric in (("capitals", "margin"), ("harmbench", "refusal_rate")):
         if task in tasks:
-            wanted[f"fig2_{task}_persona_heatmap"] = lambda t=task, m=metric: plots.persona_lift_heatmap(by_category, t, m)
+            wanted[f"fig2_{task}_persona_heatmap"] = lambda t=task, m=metric: plots.persona_lift_heatmap(
+                by_category, t, m
+            )
     for task, metric in (("ifeval", "strict"), ("mtbench", "judge_score"), ("mmlu-letter", "margin")):
         if task in tasks:
             wanted[f"fig2_{task}_expert_bars"] = lambda t=task, m=metric: plots.expert_lift_bars(by_category, t, m)
     for task in KNOWLEDGE_TASKS:
         if len({row.get("format") for row in cells if row["task"] == task}) > 1:
-            verdicts = {row["condition"]: row["verdict"] for row in tables["effects_across_formats"]
-                        if row["task"] == task and row["metric"] == "margin" and row["reference"] == BASELINE_LABEL}
-            wanted[f"fig3_{task}_formats"] = lambda t=task, v=verdicts: plots.format_effects(tables["effects"], t, "margin", v)
+            verdicts = {
+                row["condition"]: row["verdict"]
+                for row in tables["effects_across_formats"]
+                if row["task"] == task and row["metric"] == "margin" and row["reference"] == BASELINE_LABEL
+            }
+            wanted[f"fig3_{task}_formats"] = lambda t=task, v=verdicts: plots.format_effects(
+                tables["effects"], t, "margin", v
+            )
     written = []
     for name, make in wanted.items():
         save_figure(make(), directory / f"{name}.png")
@@ -207,8 +236,9 @@ def compare_models(directories: Sequence[str | Path], out: str | Path) -> Path:
 # --- the report ------------------------------------------------------------------------------
 
 
-def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figures: Sequence[str],
-                 system_fell_back: bool = False) -> str:
+def study_report(
+    settings: Mapping, tables: Mapping, consistency: Mapping, figures: Sequence[str], system_fell_back: bool = False
+) -> str:
     """The Markdown report: settings, baselines, findings, every effect, the format control and the figures.
 
     Args:
@@ -232,12 +262,16 @@ def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figur
         "",
     ]
     if len(formats) > 1:
-        lines += [
-            "Prompt formats: the knowledge tasks ran every condition under each format below, each against the "
-            "baseline of its own format. An effect is called a finding only if its sign holds, significantly, in "
-            "every format; otherwise the report says it depends on the format.",
-            "",
-        ] + [f"- `{name}`: {FORMATS[name].description}" for name in formats if name in FORMATS] + [""]
+        lines += (
+            [
+                "Prompt formats: the knowledge tasks ran every condition under each format below, each against the "
+                "baseline of its own format. An effect is called a finding only if its sign holds, significantly, in "
+                "every format; otherwise the report says it depends on the format.",
+                "",
+            ]
+            + [f"- `{name}`: {FORMATS[name].description}" for name in formats if name in FORMATS]
+            + [""]
+        )
     if system_fell_back:
         lines += [
             "This model's prompt format has no system role, so personas meant for the system prompt were "
@@ -253,35 +287,62 @@ def study_report(settings: Mapping, tables: Mapping, consistency: Mapping, figur
     ]
     for row in cells:
         if row["condition"] == BASELINE_LABEL:
-            template = find(cells, task=row["task"], format=row.get("format"), metric=row["metric"],
-                            condition="none[template]")
+            template = find(
+                cells, task=row["task"], format=row.get("format"), metric=row["metric"], condition="none[template]"
+            )
             chance = f"{row['chance']:.2f}" if row.get("chance") is not None else "—"
-            lines.append(f"| {row['task']} | {row.get('format')} | {row['metric']} | {fmt(row)} | {fmt(template)} | {chance} |")
+            lines.append(
+                f"| {row['task']} | {row.get('format')} | {row['metric']} | {fmt(row)} | {fmt(template)} | {chance} |"
+            )
     lines += ["", "## Findings, set against the paper", ""]
     lines += findings(effects, consistency, agreement)
-    lines += ["", "## Every effect", "",
-              "| task | format | condition | metric | Δ vs no persona | Δ vs random persona | across formats |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Every effect",
+        "",
+        "| task | format | condition | metric | Δ vs no persona | Δ vs random persona | across formats |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in effects:
         if row["reference"] != BASELINE_LABEL:
             continue
-        versus_random = find(effects, task=row["task"], format=row.get("format"), condition=row["condition"],
-                             metric=row["metric"], reference=row["condition"].replace("expert/", "random/", 1))
+        versus_random = find(
+            effects,
+            task=row["task"],
+            format=row.get("format"),
+            condition=row["condition"],
+            metric=row["metric"],
+            reference=row["condition"].replace("expert/", "random/", 1),
+        )
         if row["persona_spec"] != "expert":
             versus_random = None
-        agreed = find(agreement, task=row["task"], condition=row["condition"], metric=row["metric"],
-                      reference=BASELINE_LABEL)
-        lines.append(f"| {row['task']} | {row.get('format')} | {row['condition']} | {row['metric']} | "
-                     f"{fmt(row, 'delta', True)} | {fmt(versus_random, 'delta', True)} | "
-                     f"{agreed['verdict'] if agreed else '—'} |")
-    several = [row for row in agreement if "," in row["formats"] and row["reference"] == BASELINE_LABEL
-               and row["persona_spec"] != "none"]
+        agreed = find(
+            agreement, task=row["task"], condition=row["condition"], metric=row["metric"], reference=BASELINE_LABEL
+        )
+        lines.append(
+            f"| {row['task']} | {row.get('format')} | {row['condition']} | {row['metric']} | "
+            f"{fmt(row, 'delta', True)} | {fmt(versus_random, 'delta', True)} | "
+            f"{agreed['verdict'] if agreed else '—'} |"
+        )
+    several = [
+        row
+        for row in agreement
+        if "," in row["formats"] and row["reference"] == BASELINE_LABEL and row["persona_spec"] != "none"
+    ]
     if several:
-        lines += ["", "## Across prompt formats", "",
-                  "Each persona effect (vs no persona in the same format) side by side; a finding holds its sign, "
-                  "significantly, in every format.", "",
-                  "| task | condition | metric | effect per format | verdict |", "|---|---|---|---|---|"]
-        lines += [f"| {row['task']} | {row['condition']} | {row['metric']} | {across(row)} | {row['verdict']} |"
-                  for row in several]
+        lines += [
+            "",
+            "## Across prompt formats",
+            "",
+            "Each persona effect (vs no persona in the same format) side by side; a finding holds its sign, "
+            "significantly, in every format.",
+            "",
+            "| task | condition | metric | effect per format | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['task']} | {row['condition']} | {row['metric']} | {across(row)} | {row['verdict']} |"
+            for row in several
+        ]
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

@@ -54,11 +54,16 @@ def run_study(
     grid: str | None = None,
     formats: Sequence[str] | None = None,
     personas: Mapping[str, Persona] | None = None,
-    judge_url: str | None = None, judge_model: str | None = None, judge_api_key_env: str | None = None,
-    judge_concurrency: int = 8, judge_timeout: float = 120.0,
+    judge_url: str | None = None,
+    judge_model: str | None = None,
+    judge_api_key_env: str | None = None,
+    judge_concurrency: int = 8,
+    judge_timeout: float = 120.0,
     seed: int = 0,
     batch_size: int = 8,
-    device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    device_map: str | None = None,
     progress: bool = True,
     engine: EngineSpec | None = None,
 ) -> list[dict]:
@@ -100,22 +105,32 @@ def run_study(
     prompt_formats(formats, chat_template=True)  # unknown names fail before the model loads
     judge_options = dict(api_key_env=judge_api_key_env, concurrency=judge_concurrency, deadline=judge_timeout)
     # an endpoint judge is checked (URL, key) before the model loads
-    judge = make_judge(judge_url, judge_model, **judge_options) if judge_url or judge_model or judge_api_key_env else None
+    judge = (
+        make_judge(judge_url, judge_model, **judge_options) if judge_url or judge_model or judge_api_key_env else None
+    )
     out = Path(out)
     (engine or EngineSpec()).check()  # no vLLM to run fails before the model loads
     model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     knowledge_formats = prompt_formats(formats, chat_template=bool(getattr(tokenizer, "chat_template", None)))
     settings = {
-        "model": model.cfg.model_name, "model_name": model_name, **precision(model), "seed": seed,
-        "grid": plan.grid, "formats": list(knowledge_formats), "items": dict(plan.items),
-        "max_new_tokens": dict(plan.max_new_tokens), "turns": plan.turns, "judge_seeds": list(plan.judge_seeds),
+        "model": model.cfg.model_name,
+        "model_name": model_name,
+        **precision(model),
+        "seed": seed,
+        "grid": plan.grid,
+        "formats": list(knowledge_formats),
+        "items": dict(plan.items),
+        "max_new_tokens": dict(plan.max_new_tokens),
+        "turns": plan.turns,
+        "judge_seeds": list(plan.judge_seeds),
         "judge": f"endpoint:{judge.model}@{judge.url}" if isinstance(judge, EndpointJudge) else "self",
         "user_personas": {name: persona.source for name, persona in user_personas(personas or {}).items()},
     }
     _check_same_model(out, settings["model"])
     with open_engine(engine, model_name, tokenizer, model, device=device, dtype=dtype) as generator:
-        judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, engine=generator,
-                                    **judge_options)
+        judge = judge or make_judge(
+            model=model, tokenizer=tokenizer, batch_size=batch_size, engine=generator, **judge_options
+        )
         group = world()
         if group.is_main:
             write_record(out / "study.json", settings)
@@ -126,8 +141,10 @@ def run_study(
             task_items = task.load_items(n, seed)
             task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
             grid = conditions(task, plan.grid, personas)
-            log.info(f"{name}: {len(task_items)} items x {len(grid)} conditions"
-                     + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else ""))
+            log.info(
+                f"{name}: {len(task_items)} items x {len(grid)} conditions"
+                + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else "")
+            )
             rows += runner.run(task, task_items, grid, plan, judge, task_formats)
         if group.is_main:
             write_json(out / "items.json", rows)
@@ -154,9 +171,18 @@ class _Runner:
     ledger file, and after each step rank 0 merges the files and every rank reads the merged ledger.
     """
 
-    def __init__(self, model: TransformerBridge, tokenizer, ledger_dir: Path, seed: int, batch_size: int, progress: bool,
-                 group: World = World(), personas: Mapping[str, Persona] | None = None,
-                 engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        tokenizer,
+        ledger_dir: Path,
+        seed: int,
+        batch_size: int,
+        progress: bool,
+        group: World = World(),
+        personas: Mapping[str, Persona] | None = None,
+        engine: Engine | None = None,
+    ) -> None:
         self.model, self.tokenizer, self.engine = model, tokenizer, engine
         self.ledger_dir, self.seed, self.batch_size, self.progress = ledger_dir, seed, batch_size, progress
         self.group, self.personas = group, personas
@@ -164,8 +190,15 @@ class _Runner:
     def _ledger(self, name: str, fields: Sequence[str]) -> Ledger:
         return Ledger(self.ledger_dir / name, world=self.group, fields=fields)
 
-    def run(self, task: Task, items: list[Item], grid: list[Condition], plan: Budget, judge,
-            formats: Sequence[str] = (DEFAULT_FORMAT,)) -> list[dict]:
+    def run(
+        self,
+        task: Task,
+        items: list[Item],
+        grid: list[Condition],
+        plan: Budget,
+        judge,
+        formats: Sequence[str] = (DEFAULT_FORMAT,),
+    ) -> list[dict]:
         ledger = self._ledger(f"{task.name}.jsonl", task.record_fields)
         cells = []  # (condition, item, prompt, key)
         too_long = 0
@@ -173,15 +206,19 @@ class _Runner:
             chosen = [item for item in items if applies(condition, item, self.personas)]
             if not chosen:
                 continue
-            prompts = task.render(self.tokenizer, chosen, condition, personas=self.personas, seed=self.seed, prompt_format=prompt_format)
+            prompts = task.render(
+                self.tokenizer, chosen, condition, personas=self.personas, seed=self.seed, prompt_format=prompt_format
+            )
             for item, prompt in zip(chosen, prompts):
                 if self._fits(task, item, prompt, plan):
                     cells.append((condition, item, prompt, self._key(task, item, prompt, plan)))
                 else:
                     too_long += 1
         if too_long:
-            log.warning(f"{task.name}: left out {too_long} prompts longer than the model's context "
-                        f"({self.model.cfg.n_ctx} tokens, with room for the answer)")
+            log.warning(
+                f"{task.name}: left out {too_long} prompts longer than the model's context "
+                f"({self.model.cfg.n_ctx} tokens, with room for the answer)"
+            )
         self._compute(task, {key: (item, prompt) for _, item, prompt, key in cells}, ledger, plan)
         if task.kind == "judged" and plan.turns == 2:
             self._second_turns(task, cells, ledger, plan)
@@ -191,18 +228,25 @@ class _Runner:
         return rows
 
     def _fits(self, task: Task, item: Item, prompt: RenderedPrompt, plan: Budget) -> bool:
-        room = task.answer_room(self.tokenizer, item, None if task.is_choice else plan.max_new_tokens[task.name] * plan.turns)
+        room = task.answer_room(
+            self.tokenizer, item, None if task.is_choice else plan.max_new_tokens[task.name] * plan.turns
+        )
         return len(encode(self.tokenizer, prompt)) + room <= self.model.cfg.n_ctx
 
     def _key(self, task: Task, item: Item, prompt: RenderedPrompt, plan: Budget) -> str:
         if task.is_choice:
             return work_key(text=prompt.text, options=task.options(item), normalise=task.normalise)
-        return work_key(text=prompt.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy",
-                        **engine_key(self.engine))
+        return work_key(
+            text=prompt.text,
+            max_new_tokens=plan.max_new_tokens[task.name],
+            decoding="greedy",
+            **engine_key(self.engine),
+        )
 
     def _compute(self, task: Task, work: dict, ledger: Ledger, plan: Budget) -> None:
         """Measure what ``ledger`` lacks of ``work`` (key -> (item, prompt)), a chunk with anything missing measured whole
         (``Ledger.unfinished``): a prompt lost to an interruption gets the batches it had at first, so the same bytes."""
+
         def order(key: str) -> tuple:
             prompt = work[key][1]
             # scoring: a cell's prompts together, so each batch shares its persona prefix;
@@ -215,12 +259,20 @@ class _Runner:
             return
         mine = self.group.share(chunks)
         verb = "scoring" if task.is_choice else "generating"
-        with tqdm(total=sum(map(len, mine)), desc=f"{task.name}: {verb}", unit="prompt", disable=not self.progress) as bar:
+        with tqdm(
+            total=sum(map(len, mine)), desc=f"{task.name}: {verb}", unit="prompt", disable=not self.progress
+        ) as bar:
+
             def measure(batch: list[str]) -> list[dict]:
                 records = task.measure(
-                    self.model, self.tokenizer, [work[key][0] for key in batch], [work[key][1] for key in batch],
+                    self.model,
+                    self.tokenizer,
+                    [work[key][0] for key in batch],
+                    [work[key][1] for key in batch],
                     max_new_tokens=None if task.is_choice else plan.max_new_tokens[task.name],
-                    batch_size=self.batch_size, seed=self.seed, engine=self.engine,
+                    batch_size=self.batch_size,
+                    seed=self.seed,
+                    engine=self.engine,
                 )
                 bar.update(len(batch))
                 return [{"key": key, **record} for key, record in zip(batch, records) if key not in ledger]
@@ -232,13 +284,15 @@ class _Runner:
         for condition, item, prompt, key in cells:
             if len(item.turns) < 2:
                 continue
-            follow_up = render_conversation(
-                self.tokenizer, prompt, ledger[key]["response"], item.turns[1]
-            )
+            follow_up = render_conversation(self.tokenizer, prompt, ledger[key]["response"], item.turns[1])
             if len(encode(self.tokenizer, follow_up)) + plan.max_new_tokens[task.name] > self.model.cfg.n_ctx:
                 continue  # the conversation outgrew the context: this item keeps its first turn only
-            turn_key = work_key(text=follow_up.text, max_new_tokens=plan.max_new_tokens[task.name], decoding="greedy",
-                                **engine_key(self.engine))
+            turn_key = work_key(
+                text=follow_up.text,
+                max_new_tokens=plan.max_new_tokens[task.name],
+                decoding="greedy",
+                **engine_key(self.engine),
+            )
             second[key] = turn_key
             follow_ups[turn_key] = (item, follow_up)
         self._compute(task, follow_ups, ledger, plan)
@@ -247,12 +301,17 @@ class _Runner:
 
     def _row(self, task: Task, condition: Condition, item: Item, prompt: RenderedPrompt, record: dict) -> dict:
         row = {
-            "task": task.name, "format": prompt.prompt_format, "condition": condition.label,
+            "task": task.name,
+            "format": prompt.prompt_format,
+            "condition": condition.label,
             "persona_spec": condition.persona,
             "length": condition.length if condition.persona != "none" else None,
             "placement": condition.placement if condition.persona != "none" else None,
-            "base_system": condition.base_system, "item_id": item.id, "category": item.category,
-            "persona": prompt.persona, "placement_used": prompt.placement,
+            "base_system": condition.base_system,
+            "item_id": item.id,
+            "category": item.category,
+            "persona": prompt.persona,
+            "placement_used": prompt.placement,
         }
         if not task.is_choice:
             row["response"] = record["response"]
@@ -275,15 +334,19 @@ class _Runner:
             row["_requests"] = []
             for turn, request in enumerate(turns, start=1):
                 for judge_seed in plan.judge_seeds:
-                    key = work_key(judge=judge.name, questions=request.questions, answers=request.answers, seed=judge_seed)
+                    key = work_key(
+                        judge=judge.name, questions=request.questions, answers=request.answers, seed=judge_seed
+                    )
                     row["_requests"].append((turn, judge_seed, key))
                     requests[key] = (request, judge_seed)
         # a model judging in batches judges a chunk whole, as the first time; an endpoint is asked only what it lacks
         whole = not isinstance(judge, EndpointJudge)
         chunks = ledger.unfinished_keys(list(requests), 32)
         mine = self.group.share(chunks)
-        with tqdm(total=sum(map(len, mine)), desc="mtbench: judging", unit="judgement",
-                  disable=not self.progress or not mine) as bar:
+        with tqdm(
+            total=sum(map(len, mine)), desc="mtbench: judging", unit="judgement", disable=not self.progress or not mine
+        ) as bar:
+
             def judge_chunk(chunk: list[str]) -> list[dict]:
                 records = []
                 for judge_seed in plan.judge_seeds:
@@ -291,8 +354,11 @@ class _Runner:
                     if batch:
                         texts = judge.judge([requests[key][0] for key in batch], seed=judge_seed)
                         # an unanswered request is not recorded: it counts as unparseable now, a rerun asks again
-                        records += [{"key": key, "judgement": text} for key, text in zip(batch, texts)
-                                    if text is not None and key not in ledger]
+                        records += [
+                            {"key": key, "judgement": text}
+                            for key, text in zip(batch, texts)
+                            if text is not None and key not in ledger
+                        ]
                         bar.update(len(batch))
                 return records
 
@@ -300,12 +366,17 @@ class _Runner:
         unanswered = sum(key not in ledger for key in requests)
         if unanswered and self.group.is_main:
             reasons = ", ".join(f"{n} {reason}" for reason, n in getattr(judge, "failures", {}).items())
-            log.warning(f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
-                        + (f" ({reasons})" if reasons else "") + "; counted unparseable, a rerun asks again")
+            log.warning(
+                f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
+                + (f" ({reasons})" if reasons else "")
+                + "; counted unparseable, a rerun asks again"
+            )
         for row in rows:
             ratings = {}
             for turn, judge_seed, key in row.pop("_requests"):
-                ratings[f"turn{turn}_seed{judge_seed}"] = parse_rating(ledger[key]["judgement"]) if key in ledger else None
+                ratings[f"turn{turn}_seed{judge_seed}"] = (
+                    parse_rating(ledger[key]["judgement"]) if key in ledger else None
+                )
             row["ratings"] = ratings
             parsed = [value for name, value in ratings.items() if name.startswith("turn1") and value is not None]
             row["judge_score"] = sum(parsed) / len(parsed) if parsed else math.nan

@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING
 
 from probes.core.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "prism.cli.command": ("Command",),
-    "prism.cli.demo": ("run_demo",),
-    "prism.cli.shell": ("COMMANDS", "build_parser", "load_command", "main"),
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "prism.cli.command": ("Command",),
+        "prism.cli.demo": ("run_demo",),
+        "prism.cli.shell": ("COMMANDS", "build_parser", "load_command", "main"),
+    },
+)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
     from prism.cli.command import Command

@@ -48,12 +48,21 @@ log = logging.getLogger(__name__)
 PROBE_TARGETS = ("knowledge-vs-generation/mean", "knowledge-vs-generation/last", "harmful-vs-benign/mean")
 DEMO_SYSTEMS = tuple(s for s in SYSTEMS if s not in ("MiniLM -> LoRA", "self-classify -> LoRA"))  # the time budget
 DEMO_QUERIES_PER_PERSONA = 2
-FULL_RECIPE = ("prism bootstrap --queries-per-persona 32; prism train --labels intents --teacher-length long "
-               "(README: Gated LoRA)")
+FULL_RECIPE = (
+    "prism bootstrap --queries-per-persona 32; prism train --labels intents --teacher-length long (README: Gated LoRA)"
+)
 
 
-def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu", dtype: str = "float32",
-             device_map: str | None = None, progress: bool = True, engine: EngineSpec | None = None) -> Path:
+def run_demo(
+    out: str | Path,
+    *,
+    model_name: str = "default",
+    device: str = "cpu",
+    dtype: str = "float32",
+    device_map: str | None = None,
+    progress: bool = True,
+    engine: EngineSpec | None = None,
+) -> Path:
     """Run the story into ``out`` and print each step's findings (progress goes to stderr).
 
     Args:
@@ -79,41 +88,74 @@ def run_demo(out: str | Path, *, model_name: str = "default", device: str = "cpu
     model, tokenizer = load_model(model_name, **where)  # the probe and causal steps share one model
     with _step("2. probes and persona directions, short run (prism probe --per-intent 48 ...)"):
         probe = run_probe_study(
-            out / "probe", model, tokenizer, per_intent=48, kinds=("logistic", "diff-means"),
-            personas=("math", "writing", "safety-monitor", "roleplay"), persona_lengths=("min", "long"), persona_queries=12,
+            out / "probe",
+            model,
+            tokenizer,
+            per_intent=48,
+            kinds=("logistic", "diff-means"),
+            personas=("math", "writing", "safety-monitor", "roleplay"),
+            persona_lengths=("min", "long"),
+            persona_queries=12,
             progress=progress,
         )
         print(probe.format(PROBE_TARGETS))
-        print(f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}")
+        print(
+            f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}"
+        )
 
     with _step("3. causal tests on knowledge items, short run (prism intervene --placement user -n 24 ...)"):
         # the study's strongest knowledge effect: a long persona in the user message
-        causal = run_interventions(out / "intervene", model, tokenizer, persona=Condition("random", "long", "user"),
-                                   n_items=24, layers=_spread_layers(model_name), multiples=(0.0, 1.0, 2.0), refusal_items=8,
-                                   progress=progress)
+        causal = run_interventions(
+            out / "intervene",
+            model,
+            tokenizer,
+            persona=Condition("random", "long", "user"),
+            n_items=24,
+            layers=_spread_layers(model_name),
+            multiples=(0.0, 1.0, 2.0),
+            refusal_items=8,
+            progress=progress,
+        )
         print(causal.format())
         print(f"patching heatmap: {causal.directory / 'figures' / 'patching_heatmap.png'}; report: {causal.report}")
 
-    with _step(f"4. PRISM, short run (prism bootstrap --queries-per-persona {DEMO_QUERIES_PER_PERSONA}; prism train "
-               "--labels intents --per-source 6 --teacher-length long; prism compare --budget smoke)"):
+    with _step(
+        f"4. PRISM, short run (prism bootstrap --queries-per-persona {DEMO_QUERIES_PER_PERSONA}; prism train "
+        "--labels intents --per-source 6 --teacher-length long; prism compare --budget smoke)"
+    ):
         prism_dir = out / "prism"
-        verdicts = pipeline.bootstrap(prism_dir, model_name=model_name,
-                                      config=BootstrapConfig(queries_per_persona=DEMO_QUERIES_PER_PERSONA),
-                                      progress=progress, engine=engine, **where)
+        verdicts = pipeline.bootstrap(
+            prism_dir,
+            model_name=model_name,
+            config=BootstrapConfig(queries_per_persona=DEMO_QUERIES_PER_PERSONA),
+            progress=progress,
+            engine=engine,
+            **where,
+        )
         print(f"bootstrap: {verdicts.headline()} (a judge that follows position agrees on 0%)")
         teacher = DistillConfig(epochs=2, persona_length="long")
-        trained = pipeline.train(prism_dir, labels="intents", per_source=6, compare_budget="smoke",
-                                 distill_config=teacher, progress=progress, **where)
+        trained = pipeline.train(
+            prism_dir,
+            labels="intents",
+            per_source=6,
+            compare_budget="smoke",
+            distill_config=teacher,
+            progress=progress,
+            **where,
+        )
         print(trained.format())
-        compared = pipeline.compare(prism_dir, budget="smoke", systems=DEMO_SYSTEMS, progress=progress, engine=engine,
-                                    **where)
+        compared = pipeline.compare(
+            prism_dir, budget="smoke", systems=DEMO_SYSTEMS, progress=progress, engine=engine, **where
+        )
         print(compared.format())
         print(f"PRISM report: {compared.report}")
         print("\nWhat the comparison shows (smoke budget; differences vs base with 95% CIs):")
         print("\n".join(compared.trade_off()))
-        print(f"The demo's adapter is distilled from {DEMO_QUERIES_PER_PERSONA} queries per persona to fit its time "
-              "budget; the recipe that carries the long persona beyond what every long persona shares needs 32 "
-              f"per persona (the bootstrap alone about 26 minutes): {FULL_RECIPE}.")
+        print(
+            f"The demo's adapter is distilled from {DEMO_QUERIES_PER_PERSONA} queries per persona to fit its time "
+            "budget; the recipe that carries the long persona beyond what every long persona shares needs 32 "
+            f"per persona (the bootstrap alone about 26 minutes): {FULL_RECIPE}."
+        )
     log.info(f"results in {out}")
     return out
 
@@ -132,7 +174,6 @@ def _spread_layers(model_name: str, count: int = 6) -> list[int]:
     return spread_layers(AutoConfig.from_pretrained(resolve_model_directory(model_name)[0]).num_hidden_layers, count)
 
 
-
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism demo``'s options."""
     add_out(parser, "output directory (default: runs/demo)", Path("runs/demo"))
@@ -143,8 +184,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo_command(args: argparse.Namespace) -> Summary | None:
     """``prism demo``: ``run_demo`` with the command's options."""
-    run_demo(args.out, model_name=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
-             progress=args.progress, engine=engine_spec(args))
+    run_demo(
+        args.out,
+        model_name=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        progress=args.progress,
+        engine=engine_spec(args),
+    )
     return None
 
 

@@ -31,10 +31,18 @@ def add_intervene_arguments(parser: argparse.ArgumentParser) -> None:
     add_persona_options(parser, PERSONA)
     parser.add_argument("-n", type=int, default=48, help="capital-city items (default: 48)")
     parser.add_argument("--layers", help="comma-separated blocks to patch (default: eight spread over the model)")
-    parser.add_argument("--refusal-items", type=int, default=12,
-                        help="HarmBench requests for refusal under steering; 0 skips it (default: 12)")
-    parser.add_argument("--steer-layer", type=int, help="block after which to steer and ablate (default: the earliest "
-                                                        "block where patching recovers a majority of the effect)")
+    parser.add_argument(
+        "--refusal-items",
+        type=int,
+        default=12,
+        help="HarmBench requests for refusal under steering; 0 skips it (default: 12)",
+    )
+    parser.add_argument(
+        "--steer-layer",
+        type=int,
+        help="block after which to steer and ablate (default: the earliest "
+        "block where patching recovers a majority of the effect)",
+    )
     add_seed(parser)
     add_batch_size(parser)
     add_out(parser, "output directory (default: runs/intervene)", Path("runs/intervene"))
@@ -51,8 +59,17 @@ def run_intervene(args: argparse.Namespace) -> Summary | None:
     check_persona(args.condition, args.library)  # before the model loads
     model, tokenizer = load_timed(args)
     summary = run_interventions(
-        args.out, model, tokenizer, persona=args.condition, personas=args.library, n_items=args.n, layers=layers,
-        steer_layer=args.steer_layer, refusal_items=args.refusal_items, seed=args.seed, batch_size=args.batch_size,
+        args.out,
+        model,
+        tokenizer,
+        persona=args.condition,
+        personas=args.library,
+        n_items=args.n,
+        layers=layers,
+        steer_layer=args.steer_layer,
+        refusal_items=args.refusal_items,
+        seed=args.seed,
+        batch_size=args.batch_size,
         progress=args.progress,
     )
     return summary

@@ -29,8 +29,13 @@ def add_verbosity(parser: argparse.ArgumentParser, *, top: bool = False) -> None
     command's, where they default to what was given before the command's name."""
     group = parser.add_mutually_exclusive_group()
     default = False if top else argparse.SUPPRESS
-    group.add_argument("-q", "--quiet", action="store_true", default=default,
-                       help="warnings and errors only, no progress bars (results are still printed)")
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="warnings and errors only, no progress bars (results are still printed)",
+    )
     group.add_argument("-v", "--verbose", action="store_true", default=default, help="also print debugging lines")
 
 

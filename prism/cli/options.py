@@ -48,8 +48,13 @@ def add_model(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> N
     """``--model``: a string, default ``default``; with ``repeatable``, ``args.models`` collects
     every ``--model`` given (None when none is: the caller uses ``["default"]``)."""
     if repeatable:
-        parser.add_argument("--model", action="append", dest="models", metavar="MODEL",
-                            help=f"{MODEL_HELP}; repeat --model to run several models (default: default)")
+        parser.add_argument(
+            "--model",
+            action="append",
+            dest="models",
+            metavar="MODEL",
+            help=f"{MODEL_HELP}; repeat --model to run several models (default: default)",
+        )
     else:
         parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     add_precision(parser)
@@ -58,22 +63,35 @@ def add_model(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> N
 def add_precision(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--dtype`` and ``--device-map``: where and in what precision the model runs (``auto`` by
     default), and whether its blocks spread over several devices."""
-    parser.add_argument("--device", default="auto",
-                        help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="the weights' precision; auto = bfloat16 on a GPU, float32 on a CPU (default: auto)")
-    parser.add_argument("--device-map", default=None, choices=DEVICE_MAPS, type=str.lower,
-                        help="auto: spread a model larger than one device over every GPU (accelerate's device map; "
-                             "with --device auto); balanced, balanced_low_0 and sequential are accelerate's other "
-                             "strategies (default: one device)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: auto)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="the weights' precision; auto = bfloat16 on a GPU, float32 on a CPU (default: auto)",
+    )
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        choices=DEVICE_MAPS,
+        type=str.lower,
+        help="auto: spread a model larger than one device over every GPU (accelerate's device map; "
+        "with --device auto); balanced, balanced_low_0 and sequential are accelerate's other "
+        "strategies (default: one device)",
+    )
 
 
 def add_wandb(parser: argparse.ArgumentParser) -> None:
     """``--wandb PROJECT``: once the command succeeds, log its options, tables and figures to Weights & Biases
     (``prism.cli.tracking``). The package is checked before the command runs."""
-    parser.add_argument("--wandb", metavar="PROJECT",
-                        help="log the run's options, tables (CSV) and figures (PNG) to this Weights & Biases project once "
-                             "it succeeds (needs `pip install wandb`; WANDB_MODE=offline keeps the run on disk)")
+    parser.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="log the run's options, tables (CSV) and figures (PNG) to this Weights & Biases project once "
+        "it succeeds (needs `pip install wandb`; WANDB_MODE=offline keeps the run on disk)",
+    )
     add_check(parser, lambda args: args.wandb is None or wandb_installed())
 
 
@@ -88,20 +106,46 @@ def add_engine(parser: argparse.ArgumentParser, hooked: str | None = None) -> No
     command's work needs hooks and so runs on the hooked model whatever the engine."""
     note = f"; {hooked} need hooks and run on the hooked model whatever the engine" if hooked else ""
     group = parser.add_argument_group("engine", "what generates text without hooks (see the README: Engines)")
-    group.add_argument("--engine", default="hf", choices=ENGINES, help="hf: the hooked model; vllm: a vLLM server the "
-                       f"toolkit starts on the model's directory (`pip install vllm`){note} (default: hf)")
-    group.add_argument("--engine-url", metavar="URL",
-                       help="with --engine vllm: the OpenAI-compatible base URL of a vLLM server already running this "
-                            "model, e.g. http://localhost:8000/v1 (default: the toolkit starts one)")
-    group.add_argument("--engine-concurrency", type=positive_int, default=16, metavar="N",
-                       help="with --engine vllm: requests in flight at most (default: 16)")
-    for size, what in (("tensor", "GPUs each layer is split over"), ("pipeline", "pipeline stages (GPUs or nodes)"),
-                       ("data", "replicas of the model")):
-        group.add_argument(f"--{size}-parallel-size", type=positive_int, default=1, metavar="N",
-                           help=f"with --engine vllm: {what}, passed to vLLM (default: 1)")
-    group.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
-                       help="with --engine vllm: one more argument for the server as vLLM takes it, e.g. "
-                            "--vllm-arg=--gpu-memory-utilization=0.85 (repeatable)")
+    group.add_argument(
+        "--engine",
+        default="hf",
+        choices=ENGINES,
+        help="hf: the hooked model; vllm: a vLLM server the "
+        f"toolkit starts on the model's directory (`pip install vllm`){note} (default: hf)",
+    )
+    group.add_argument(
+        "--engine-url",
+        metavar="URL",
+        help="with --engine vllm: the OpenAI-compatible base URL of a vLLM server already running this "
+        "model, e.g. http://localhost:8000/v1 (default: the toolkit starts one)",
+    )
+    group.add_argument(
+        "--engine-concurrency",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="with --engine vllm: requests in flight at most (default: 16)",
+    )
+    for size, what in (
+        ("tensor", "GPUs each layer is split over"),
+        ("pipeline", "pipeline stages (GPUs or nodes)"),
+        ("data", "replicas of the model"),
+    ):
+        group.add_argument(
+            f"--{size}-parallel-size",
+            type=positive_int,
+            default=1,
+            metavar="N",
+            help=f"with --engine vllm: {what}, passed to vLLM (default: 1)",
+        )
+    group.add_argument(
+        "--vllm-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="with --engine vllm: one more argument for the server as vLLM takes it, e.g. "
+        "--vllm-arg=--gpu-memory-utilization=0.85 (repeatable)",
+    )
     add_check(parser, lambda args: engine_spec(args).check())
 
 
@@ -110,8 +154,12 @@ def engine_spec(args: argparse.Namespace) -> EngineSpec:
     sizes = (args.tensor_parallel_size, args.pipeline_parallel_size, args.data_parallel_size)
     if args.engine != "vllm" and (args.engine_url or args.vllm_arg or max(sizes) > 1):
         raise ToolkitError("--engine-url, --vllm-arg and the parallel sizes are vLLM's: add --engine vllm")
-    settings = VllmSettings(tensor_parallel_size=sizes[0], pipeline_parallel_size=sizes[1],
-                            data_parallel_size=sizes[2], extra_args=tuple(args.vllm_arg))
+    settings = VllmSettings(
+        tensor_parallel_size=sizes[0],
+        pipeline_parallel_size=sizes[1],
+        data_parallel_size=sizes[2],
+        extra_args=tuple(args.vllm_arg),
+    )
     return EngineSpec(args.engine, url=args.engine_url, settings=settings, concurrency=args.engine_concurrency)
 
 
@@ -122,7 +170,9 @@ def add_seed(parser: argparse.ArgumentParser, what: str = "sampling seed") -> No
 
 def add_batch_size(parser: argparse.ArgumentParser, default: int = 8) -> None:
     """``--batch-size``: prompts per forward pass."""
-    parser.add_argument("--batch-size", type=positive_int, default=default, help=f"prompts per forward pass (default: {default})")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=default, help=f"prompts per forward pass (default: {default})"
+    )
 
 
 def positive_int(text: str) -> int:
@@ -136,8 +186,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_out(parser: argparse.ArgumentParser, help: str, default: Path | None = None, *, required: bool = False,
-            kind: str = "directory", lock: bool = True) -> None:
+def add_out(
+    parser: argparse.ArgumentParser,
+    help: str,
+    default: Path | None = None,
+    *,
+    required: bool = False,
+    kind: str = "directory",
+    lock: bool = True,
+) -> None:
     """``--out``, a path; what it holds, its default and whether it is required are the command's. Before the command
     runs, the path is checked to be one the command can write (``kind``: a ``directory`` or a ``file``); a directory
     the command writes into (``lock``) is held by this process while it runs: the shell locks the directories that
@@ -156,21 +213,39 @@ def out_directory(args: argparse.Namespace) -> list[Path]:
 def add_judge_options(parser: argparse.ArgumentParser) -> None:
     """``--judge-url``, ``--judge-model``, ``--judge-api-key-env``, ``--judge-concurrency`` and ``--judge-timeout``: the
     MT-Bench judge (``interventions.measure.judge.make_judge``; default: the model judges itself)."""
-    parser.add_argument("--judge-url", help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
-                                            "(default: the studied model judges itself)")
+    parser.add_argument(
+        "--judge-url",
+        help="OpenAI-compatible endpoint for the MT-Bench judge, e.g. http://localhost:8000/v1 "
+        "(default: the studied model judges itself)",
+    )
     parser.add_argument("--judge-model", help="model name at --judge-url")
-    parser.add_argument("--judge-api-key-env", metavar="NAME",
-                        help="environment variable holding the key for --judge-url (default: OPENAI_API_KEY when set); "
-                             "sent over https, or plain http to this machine only")
-    parser.add_argument("--judge-concurrency", type=int, default=8, metavar="N", help="judge requests in flight at most (default: 8)")
-    parser.add_argument("--judge-timeout", type=float, default=120.0, metavar="SECONDS",
-                        help="seconds one judge request may take in all, retries included (default: 120)")
+    parser.add_argument(
+        "--judge-api-key-env",
+        metavar="NAME",
+        help="environment variable holding the key for --judge-url (default: OPENAI_API_KEY when set); "
+        "sent over https, or plain http to this machine only",
+    )
+    parser.add_argument(
+        "--judge-concurrency", type=int, default=8, metavar="N", help="judge requests in flight at most (default: 8)"
+    )
+    parser.add_argument(
+        "--judge-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="seconds one judge request may take in all, retries included (default: 120)",
+    )
 
 
 def judge_settings(args: argparse.Namespace) -> dict:
     """The judge options as ``make_judge``'s keyword arguments."""
-    return {"url": args.judge_url, "judge_model": args.judge_model, "api_key_env": args.judge_api_key_env,
-            "concurrency": args.judge_concurrency, "deadline": args.judge_timeout}
+    return {
+        "url": args.judge_url,
+        "judge_model": args.judge_model,
+        "api_key_env": args.judge_api_key_env,
+        "concurrency": args.judge_concurrency,
+        "deadline": args.judge_timeout,
+    }
 
 
 def add_check(parser: argparse.ArgumentParser, check) -> None:
@@ -194,16 +269,20 @@ def add_items(parser: argparse.ArgumentParser) -> None:
 
 def add_personas_file(parser, more: str = "") -> None:
     """``--personas-file`` on a parser or an argument group; ``more`` ends its help with what the command does with it."""
-    parser.add_argument("--personas-file", type=Path,
-                        help=f"JSON file of extra personas (same schema as the built-in library){more}")
+    parser.add_argument(
+        "--personas-file", type=Path, help=f"JSON file of extra personas (same schema as the built-in library){more}"
+    )
 
 
 def add_persona_names(parser: argparse.ArgumentParser, what: str, more: str = "") -> None:
     """``--personas`` (comma-separated names of the personas ``what`` is about) and ``--personas-file``, whose personas
     they may name (``more`` ends its help). Before the command runs, the file is read into ``args.library`` (built-in
     personas plus the file's), so a bad file fails before any model loads; the command checks the names."""
-    parser.add_argument("--personas", help=f"comma-separated personas {what} (default: every persona in the library: "
-                                           "the 12 built-in ones and those of --personas-file)")
+    parser.add_argument(
+        "--personas",
+        help=f"comma-separated personas {what} (default: every persona in the library: "
+        "the 12 built-in ones and those of --personas-file)",
+    )
     add_personas_file(parser, more)
     add_check(parser, read_library)
 
@@ -230,13 +309,22 @@ def add_persona_options(parser: argparse.ArgumentParser, options: PersonaOptions
     group = parser.add_argument_group("persona condition")
     accepted = ["persona name"] + [SPECIAL_PERSONAS[name] for name in options.specials]
     listed = ", ".join(accepted[:-1]) + " or " + accepted[-1]
-    group.add_argument("--persona", default=options.default,
-                       help=f"{listed}; see `prism personas` (default: {options.default})")
-    group.add_argument("--length", default=options.length, choices=LENGTHS, help=f"persona length (default: {options.length})")
-    group.add_argument("--placement", default="system", choices=PLACEMENTS, help="where the persona goes (default: system)")
+    group.add_argument(
+        "--persona", default=options.default, help=f"{listed}; see `prism personas` (default: {options.default})"
+    )
+    group.add_argument(
+        "--length", default=options.length, choices=LENGTHS, help=f"persona length (default: {options.length})"
+    )
+    group.add_argument(
+        "--placement", default="system", choices=PLACEMENTS, help="where the persona goes (default: system)"
+    )
     if options.base_system:
-        group.add_argument("--base-system", default="empty", choices=BASE_SYSTEMS,
-                           help="system slot when it holds no persona: an explicit empty message (default) or the template's own default")
+        group.add_argument(
+            "--base-system",
+            default="empty",
+            choices=BASE_SYSTEMS,
+            help="system slot when it holds no persona: an explicit empty message (default) or the template's own default",
+        )
     add_personas_file(group, "; --persona may name them")
     # the shell runs a parser's ``checks`` after parsing, before the command (so before any model loads)
     parser.set_defaults(persona_options=options)
@@ -259,8 +347,9 @@ def resolve_persona(args: argparse.Namespace) -> None:
     if args.persona in SPECIAL_PERSONAS:
         if args.persona not in options.specials:
             allowed = " or ".join(repr(name) for name in options.specials)
-            raise ToolkitError(f"--persona {args.persona} does not apply here: give a persona name or {allowed} "
-                               "(see `prism personas`)")
+            raise ToolkitError(
+                f"--persona {args.persona} does not apply here: give a persona name or {allowed} (see `prism personas`)"
+            )
     else:
         get_persona(args.persona, args.library)
     args.condition = Condition(args.persona, args.length, args.placement, getattr(args, "base_system", "empty"))
@@ -290,11 +379,14 @@ def load_timed(args: argparse.Namespace):
     """``load_model`` with ``--model``, ``--device``, ``--dtype`` and ``--device-map`` (SDPA attention), saying on
     stderr what was loaded and how long it took."""
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype,
-                                  device_map=getattr(args, "device_map", None))
+    model, tokenizer = load_model(
+        args.model, device=args.device, dtype=args.dtype, device_map=getattr(args, "device_map", None)
+    )
     where = precision(model)
     spread = f", device map {args.device_map}" if getattr(args, "device_map", None) else ""
-    log.info(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, {where['dtype']} on "
-             f"{where['device']}{spread}, {where['attention']} attention) "
-             f"in {time.perf_counter() - start:.1f}s")
+    log.info(
+        f"loaded {model.cfg.model_name} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, {where['dtype']} on "
+        f"{where['device']}{spread}, {where['attention']} attention) "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
     return model, tokenizer

@@ -46,8 +46,14 @@ def reference_markdown(width: int = WIDTH) -> str:
     Returns:
         Markdown, each command under a ``## prism NAME`` heading with its help in a ``text`` block.
     """
-    lines = ["```text", top_help(width).rstrip(), "```", "",
-             "| command | what it does | data-parallel under torchrun |", "|---|---|---|"]
+    lines = [
+        "```text",
+        top_help(width).rstrip(),
+        "```",
+        "",
+        "| command | what it does | data-parallel under torchrun |",
+        "|---|---|---|",
+    ]
     for name, registered in COMMANDS.items():
         help_line = registered.help.replace("|", "\\|")
         lines.append(f"| [`prism {name}`](#prism-{name}) | {help_line} | {'yes' if registered.parallel else ''} |")

@@ -48,29 +48,60 @@ class Registered:
 
 
 COMMANDS: dict[str, Registered] = {
-    "demo": Registered("prism.cli.demo", "run the toolkit's story end to end on the embedded model and print a summary"),
-    "evaluate": Registered("prism.cli.study", "score one persona condition on a data set; write per-item JSON with a 95% CI"),
+    "demo": Registered(
+        "prism.cli.demo", "run the toolkit's story end to end on the embedded model and print a summary"
+    ),
+    "evaluate": Registered(
+        "prism.cli.study", "score one persona condition on a data set; write per-item JSON with a 95% CI"
+    ),
     "personas": Registered("prism.cli.study", "list the persona library (built-in and from a file)"),
-    "study": Registered("prism.cli.study", "the persona-effect study: every task under a grid of persona conditions, with "
-                                           "tables, figures and a report (resumable)", parallel=True),
-    "report": Registered("prism.cli.study", "rewrite the tables, figures and report of finished study directories "
-                                            "(and compare models)"),
-    "record": Registered("prism.cli.probes", "record activations under a persona condition into a resumable on-disk store", parallel=True),
-    "probe": Registered("prism.cli.probes", "probes and directions: where intent and persona live, layer by layer, with "
-                                            "controls; saves directions and probes", parallel=True),
-    "intervene": Registered("prism.cli.interventions", "causal tests on knowledge items: activation patching, steering, "
-                                                       "directional ablation, logit lens"),
-    "bootstrap": Registered("prism.cli.router", "PRISM stages 1-3: the model writes queries per persona, answers with "
-                                                "and without it, and judges both orders", parallel=True),
-    "train": Registered("prism.cli.router", "PRISM: fit the probe gate (read-out chosen by how it routes sources it "
-                                            "never saw), distil the gated and ungated LoRA adapters, fit the baseline "
-                                            "routers"),
-    "route": Registered("prism.cli.router", "answer prompts with PRISM routing, showing the gate's probability and "
-                                            "decision for each"),
-    "compare": Registered("prism.cli.router", "PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, "
-                                              "probe-routed prompt and steering, baseline routers", parallel=True),
-    "serve": Registered("prism.cli.serve", "serve PRISM over HTTP: an OpenAI-compatible endpoint that routes each "
-                                           "request inside the model and batches requests that arrive together"),
+    "study": Registered(
+        "prism.cli.study",
+        "the persona-effect study: every task under a grid of persona conditions, with "
+        "tables, figures and a report (resumable)",
+        parallel=True,
+    ),
+    "report": Registered(
+        "prism.cli.study", "rewrite the tables, figures and report of finished study directories (and compare models)"
+    ),
+    "record": Registered(
+        "prism.cli.probes", "record activations under a persona condition into a resumable on-disk store", parallel=True
+    ),
+    "probe": Registered(
+        "prism.cli.probes",
+        "probes and directions: where intent and persona live, layer by layer, with "
+        "controls; saves directions and probes",
+        parallel=True,
+    ),
+    "intervene": Registered(
+        "prism.cli.interventions",
+        "causal tests on knowledge items: activation patching, steering, directional ablation, logit lens",
+    ),
+    "bootstrap": Registered(
+        "prism.cli.router",
+        "PRISM stages 1-3: the model writes queries per persona, answers with and without it, and judges both orders",
+        parallel=True,
+    ),
+    "train": Registered(
+        "prism.cli.router",
+        "PRISM: fit the probe gate (read-out chosen by how it routes sources it "
+        "never saw), distil the gated and ungated LoRA adapters, fit the baseline "
+        "routers",
+    ),
+    "route": Registered(
+        "prism.cli.router", "answer prompts with PRISM routing, showing the gate's probability and decision for each"
+    ),
+    "compare": Registered(
+        "prism.cli.router",
+        "PRISM's Table-1 evaluation: base, expert prompt, ungated LoRA, PRISM, "
+        "probe-routed prompt and steering, baseline routers",
+        parallel=True,
+    ),
+    "serve": Registered(
+        "prism.cli.serve",
+        "serve PRISM over HTTP: an OpenAI-compatible endpoint that routes each "
+        "request inside the model and batches requests that arrive together",
+    ),
 }
 
 
@@ -125,8 +156,12 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """
     names = list(COMMANDS) if names is None else names
     parser = OneLineParser(prog="prism", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {version()}",
-                        help="print the toolkit's version and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{DISTRIBUTION} {version()}",
+        help="print the toolkit's version and exit",
+    )
     add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, registered in COMMANDS.items():
@@ -161,21 +196,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as error:  # a command group's optional dependency, e.g. the server's web stack
         extra = EXTRAS.get((error.name or "").split(".")[0])
         hint = f"pip install 'prism-toolkit[{extra}]'" if extra else f"pip install {error.name}"
-        print(f"prism {chosen[0] if chosen else ''}: error: the package {error.name!r} is not installed: {hint}", file=sys.stderr)
+        print(
+            f"prism {chosen[0] if chosen else ''}: error: the package {error.name!r} is not installed: {hint}",
+            file=sys.stderr,
+        )
         return 2
     rank = os.environ.get("RANK", "0")  # under torchrun rank 0 speaks for the run; the others only report errors
     name = f"prism {args.command}" if rank == "0" else f"prism {args.command} (rank {rank})"
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and not COMMANDS[args.command].parallel:
         shared = ", ".join(command for command, registered in COMMANDS.items() if registered.parallel)
-        print(f"{name}: error: {args.command} does not share its work among processes; run it without torchrun "
-              f"(data-parallel commands: {shared})", file=sys.stderr)
+        print(
+            f"{name}: error: {args.command} does not share its work among processes; run it without torchrun "
+            f"(data-parallel commands: {shared})",
+            file=sys.stderr,
+        )
         return 2
     if args.quiet and args.verbose:  # one before the command's name, the other after it
         parser.error("--quiet and --verbose cannot be used together")
     args.progress = not args.quiet and rank == "0"  # what commands pass on as ``progress``: bars off with --quiet
     try:
-        with _speaking(rank == "0"), running_command(["prism", *argv]), \
-                toolkit_logging(log_level(args.quiet, args.verbose)), download_progress(show=not args.quiet):
+        with (
+            _speaking(rank == "0"),
+            running_command(["prism", *argv]),
+            toolkit_logging(log_level(args.quiet, args.verbose)),
+            download_progress(show=not args.quiet),
+        ):
             _run(args, rank == "0")
         return 0
     except ToolkitError as error:

@@ -42,11 +42,22 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     add_model(parser)
     add_items(parser)
     add_persona_options(parser)
-    parser.add_argument("--scoring", default="letter", choices=("letter", "cloze"), help="multiple-choice scoring (default: letter)")
-    parser.add_argument("--answer-prefix", default="Answer:", help="text that opens the assistant turn when scoring (default: 'Answer:')")
-    parser.add_argument("--normalise", choices=("none", "tokens", "chars"),
-                        help="cloze score normalisation (default: none for letter, tokens for cloze)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length for open questions (default: 64)")
+    parser.add_argument(
+        "--scoring", default="letter", choices=("letter", "cloze"), help="multiple-choice scoring (default: letter)"
+    )
+    parser.add_argument(
+        "--answer-prefix",
+        default="Answer:",
+        help="text that opens the assistant turn when scoring (default: 'Answer:')",
+    )
+    parser.add_argument(
+        "--normalise",
+        choices=("none", "tokens", "chars"),
+        help="cloze score normalisation (default: none for letter, tokens for cloze)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, help="generation length for open questions (default: 64)"
+    )
     add_out(parser, "output JSON (default: runs/evaluate/<dataset>_<condition>.json)", kind="file")
     add_engine(parser, "multiple-choice items (scored on the hooked model)")
 
@@ -63,16 +74,28 @@ def run_evaluate(args: argparse.Namespace) -> Summary | None:
         spec = EngineSpec()  # scoring reads the hooked model's log-probabilities; nothing to generate
     with open_engine(spec, args.model, tokenizer, model, device=args.device, dtype=args.dtype) as engine:
         result = evaluate(
-            model, tokenizer, items, args.condition, scoring=args.scoring, answer_prefix=args.answer_prefix,
-            normalise=args.normalise, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            personas=args.library, seed=args.seed, progress=args.progress, engine=engine,
+            model,
+            tokenizer,
+            items,
+            args.condition,
+            scoring=args.scoring,
+            answer_prefix=args.answer_prefix,
+            normalise=args.normalise,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            personas=args.library,
+            seed=args.seed,
+            progress=args.progress,
+            engine=engine,
         )
     result["dataset"] = args.dataset
     write_record(out, result)
     summary = result["summary"]
     chance = f" (chance {result['chance']:.2f})" if "chance" in result else ""
-    print(f"{args.dataset} {args.condition.label}: {result['metric']} {summary['mean']:.3f} "
-          f"[95% CI {summary['low']:.3f}, {summary['high']:.3f}], n={summary['n']}{chance}")
+    print(
+        f"{args.dataset} {args.condition.label}: {result['metric']} {summary['mean']:.3f} "
+        f"[95% CI {summary['low']:.3f}, {summary['high']:.3f}], n={summary['n']}{chance}"
+    )
     print(f"wrote {out}")
     return None
 
@@ -94,20 +117,34 @@ def run_personas(args: argparse.Namespace) -> Summary | None:
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism study``'s options."""
     add_model(parser, repeatable=True)
-    parser.add_argument("--budget", default="default", choices=("smoke", "default", "full"),
-                        help="items per cell and grid: smoke (~4 min), default (~20 min on 2 cores), full (hours)")
-    parser.add_argument("--grid", choices=("smoke", "default", "full"),
-                        help="persona conditions; 'full' = all 12 personas, expert and random at every length and placement")
+    parser.add_argument(
+        "--budget",
+        default="default",
+        choices=("smoke", "default", "full"),
+        help="items per cell and grid: smoke (~4 min), default (~20 min on 2 cores), full (hours)",
+    )
+    parser.add_argument(
+        "--grid",
+        choices=("smoke", "default", "full"),
+        help="persona conditions; 'full' = all 12 personas, expert and random at every length and placement",
+    )
     parser.add_argument("--items", type=int, help="items per cell for every task (overrides the budget)")
     parser.add_argument("--tasks", help=f"comma-separated subset of: {', '.join(TASKS)}")
-    parser.add_argument("--formats", help="comma-separated prompt formats of the knowledge tasks: plain, qa "
-                                          "(default: plain,qa without a chat template, plain with one)")
+    parser.add_argument(
+        "--formats",
+        help="comma-separated prompt formats of the knowledge tasks: plain, qa "
+        "(default: plain,qa without a chat template, plain with one)",
+    )
     add_personas_file(parser, " (each of them is also run on every task, at each length it has)")
     add_judge_options(parser)
     add_seed(parser)
     add_batch_size(parser)
     add_engine(parser, "multiple-choice tasks (scored on the hooked model)")
-    add_out(parser, "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)", Path("runs/study"))
+    add_out(
+        parser,
+        "results directory; each model gets a subdirectory (default: runs/study; rerun to resume)",
+        Path("runs/study"),
+    )
     add_wandb(parser)
     parser.set_defaults(locked=study_directories)
 
@@ -128,12 +165,28 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
     directories = []
     for name, directory in zip(args.models or ["default"], study_directories(args)):
         start = time.perf_counter()
-        run_study(directory, model_name=name, budget=args.budget, tasks=tasks, items=args.items, grid=args.grid,
-                  formats=formats, personas=personas, judge_url=args.judge_url, judge_model=args.judge_model,
-                  judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
-                  judge_timeout=args.judge_timeout, seed=args.seed,
-                  batch_size=args.batch_size, device=args.device, dtype=args.dtype, device_map=args.device_map,
-                  progress=args.progress, engine=engine_spec(args))
+        run_study(
+            directory,
+            model_name=name,
+            budget=args.budget,
+            tasks=tasks,
+            items=args.items,
+            grid=args.grid,
+            formats=formats,
+            personas=personas,
+            judge_url=args.judge_url,
+            judge_model=args.judge_model,
+            judge_api_key_env=args.judge_api_key_env,
+            judge_concurrency=args.judge_concurrency,
+            judge_timeout=args.judge_timeout,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            device_map=args.device_map,
+            progress=args.progress,
+            engine=engine_spec(args),
+        )
         directories.append(directory)
         if not world().is_main:
             continue  # under torchrun rank 0 writes the tables, figures and report
@@ -147,8 +200,12 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``prism report``'s options."""
     parser.add_argument("directories", nargs="+", type=Path, help="study directories (one per model)")
-    parser.add_argument("--compare", type=Path, help="also write the cross-model placement figure here; the suffix picks the "
-                        "format (.png, which also writes a .pdf beside it, .pdf or .svg)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="also write the cross-model placement figure here; the suffix picks the "
+        "format (.png, which also writes a .pdf beside it, .pdf or .svg)",
+    )
 
 
 def run_report(args: argparse.Namespace) -> Summary | None:

@@ -47,17 +47,25 @@ def track_run(args: argparse.Namespace, *, since: float | None = None) -> str:
     tables, figures = written_files(out, since)
     try:
         settings = wandb.Settings(console="off", silent=bool(getattr(args, "quiet", False)))
-        with wandb.init(project=args.wandb, job_type=args.command, name=f"{args.command} {out}", config=run_config(args),
-                        settings=settings) as run:
-            logged: dict[str, Any] = {key: wandb.Table(*read_csv(path), allow_mixed_types=True) for key, path in tables.items()}
+        with wandb.init(
+            project=args.wandb,
+            job_type=args.command,
+            name=f"{args.command} {out}",
+            config=run_config(args),
+            settings=settings,
+        ) as run:
+            logged: dict[str, Any] = {
+                key: wandb.Table(*read_csv(path), allow_mixed_types=True) for key, path in tables.items()
+            }
             logged.update({key: wandb.Image(str(path)) for key, path in figures.items()})
             if logged:
                 run.log(logged)
             where = run.url or str(Path(run.dir).parent)
     except Exception as error:  # wandb's own errors (no key, no network, a refused project) take many types
         first = (str(error).strip().splitlines() or [""])[0][:200]
-        raise ToolkitError(f"could not log to Weights & Biases ({type(error).__name__}: {first}); "
-                           f"the results are in {out}") from error
+        raise ToolkitError(
+            f"could not log to Weights & Biases ({type(error).__name__}: {first}); the results are in {out}"
+        ) from error
     return where
 
 
@@ -86,11 +94,15 @@ def written_files(out: Path, since: float | None = None) -> tuple[dict[str, Path
     Returns:
         (tables, figures): each a key (the path inside ``out``, posix) -> the file.
     """
-    files = [out] if out.is_file() else sorted(path for path in out.rglob("*") if path.is_file()) if out.is_dir() else []
+    files = (
+        [out] if out.is_file() else sorted(path for path in out.rglob("*") if path.is_file()) if out.is_dir() else []
+    )
     fresh = [path for path in files if since is None or path.stat().st_mtime >= since - CLOCK_SLACK_S]
     keyed = {(path.name if path == out else path.relative_to(out).as_posix()): path for path in fresh}
-    return ({key: path for key, path in keyed.items() if path.suffix == ".csv"},
-            {key: path for key, path in keyed.items() if path.suffix == ".png"})
+    return (
+        {key: path for key, path in keyed.items() if path.suffix == ".csv"},
+        {key: path for key, path in keyed.items() if path.suffix == ".png"},
+    )
 
 
 def read_csv(path: Path) -> tuple[list[str], list[list[Any]]]:

@@ -24,18 +24,21 @@ from typing import TYPE_CHECKING
 
 from probes.core.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "prism.server.app": ("ServerConfig", "create_app"),
-    "prism.server.decoding": ("BatchDecoder", "Sampling"),
-    "prism.server.engine": ("Engine", "Job", "Overloaded"),
-    "prism.server.limits": ("Limits",),
-    "prism.server.launch": ("ServerThread", "build_app", "serve", "served_files"),
-    "prism.server.metrics": ("Metrics",),
-    "prism.server.modes": ("MODES", "Modes", "PrismFiles"),
-    "prism.server.prompts": ("Budget",),
-    "prism.server.protocol": ("ApiError",),
-    "prism.server.text": ("TextStream",),
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "prism.server.app": ("ServerConfig", "create_app"),
+        "prism.server.decoding": ("BatchDecoder", "Sampling"),
+        "prism.server.engine": ("Engine", "Job", "Overloaded"),
+        "prism.server.limits": ("Limits",),
+        "prism.server.launch": ("ServerThread", "build_app", "serve", "served_files"),
+        "prism.server.metrics": ("Metrics",),
+        "prism.server.modes": ("MODES", "Modes", "PrismFiles"),
+        "prism.server.prompts": ("Budget",),
+        "prism.server.protocol": ("ApiError",),
+        "prism.server.text": ("TextStream",),
+    },
+)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_layering.py keeps it equal to the lazy map
     from prism.server.app import ServerConfig, create_app

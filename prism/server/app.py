@@ -39,8 +39,9 @@ try:
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from starlette.exceptions import HTTPException
 except ModuleNotFoundError as missing:  # an optional dependency: say which extra brings it
-    raise ModuleNotFoundError(f"prism serve needs {missing.name}: pip install 'prism-toolkit[serve]'",
-                              name=missing.name) from None
+    raise ModuleNotFoundError(
+        f"prism serve needs {missing.name}: pip install 'prism-toolkit[serve]'", name=missing.name
+    ) from None
 
 from prism.server.checks import Checks
 from prism.server.decoding import Sampling
@@ -53,8 +54,16 @@ from prism.server.streaming import EventStream, sse_lines
 
 __all__ = ["ServerConfig", "create_app"]
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenizer_info",
-             "/tokenize", "/detokenize")
+ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/health",
+    "/metrics",
+    "/tokenizer_info",
+    "/tokenize",
+    "/detokenize",
+)
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
 
 
@@ -97,9 +106,12 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="PRISM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.limits = config.limits  # the connection limits uvicorn enforces (``prism.server.launch``)
-    app.add_middleware(BodyLimit, max_bytes=config.limits.max_body_bytes, timeout=config.limits.body_timeout,
-                       refused=lambda path, status: metrics.request(path if path in ENDPOINTS else "other", None,
-                                                                    status))
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=config.limits.max_body_bytes,
+        timeout=config.limits.body_timeout,
+        refused=lambda path, status: metrics.request(path if path in ENDPOINTS else "other", None, status),
+    )
 
     def refuse(request: Request, error: ApiError) -> JSONResponse:
         path = request.url.path
@@ -114,8 +126,9 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         kind = "not_found" if error.status_code == 404 else "method_not_allowed" if error.status_code == 405 else None
-        return refuse(request, ApiError(error.status_code, f"{request.method} {request.url.path}: {error.detail}",
-                                        code=kind))
+        return refuse(
+            request, ApiError(error.status_code, f"{request.method} {request.url.path}: {error.detail}", code=kind)
+        )
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception) -> JSONResponse:
@@ -126,13 +139,19 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send it as 'Authorization: Bearer KEY'",
-                           code="invalid_api_key")
+            raise ApiError(
+                401, "missing or wrong API key: send it as 'Authorization: Bearer KEY'", code="invalid_api_key"
+            )
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        body = {"status": "ok" if engine.alive else "stopped", "model": config.model_name, "modes": modes.available,
-                "default_mode": config.default_mode, "waiting": engine.waiting}
+        body = {
+            "status": "ok" if engine.alive else "stopped",
+            "model": config.model_name,
+            "modes": modes.available,
+            "default_mode": config.default_mode,
+            "waiting": engine.waiting,
+        }
         return JSONResponse(body, status_code=200 if engine.alive else 503)
 
     @app.get("/metrics")
@@ -143,17 +162,37 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
     async def models(request: Request) -> JSONResponse:
         authorize(request)
         served = [config.default_mode] + [mode for mode in modes.available if mode != config.default_mode]
-        return JSONResponse({"object": "list", "data": [
-            {"id": mode, "object": "model", "created": 0, "owned_by": "prism-toolkit", "description": MODES[mode],
-             "root": config.model_name} for mode in served]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": mode,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "prism-toolkit",
+                        "description": MODES[mode],
+                        "root": config.model_name,
+                    }
+                    for mode in served
+                ],
+            }
+        )
 
     @app.get("/tokenizer_info")
     async def tokenizer_info(request: Request) -> JSONResponse:
         authorize(request)
-        return JSONResponse({"tokenizer_class": type(tokenizer).__name__, "eos_token": tokenizer.eos_token,
-                             "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token,
-                             "chat_template": getattr(tokenizer, "chat_template", None), "model_max_length": n_ctx,
-                             "vocab_size": len(tokenizer)})
+        return JSONResponse(
+            {
+                "tokenizer_class": type(tokenizer).__name__,
+                "eos_token": tokenizer.eos_token,
+                "bos_token": tokenizer.bos_token,
+                "pad_token": tokenizer.pad_token,
+                "chat_template": getattr(tokenizer, "chat_template", None),
+                "model_max_length": n_ctx,
+                "vocab_size": len(tokenizer),
+            }
+        )
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> JSONResponse:
@@ -190,15 +229,31 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         asked, mode, prompts = await checks.run(checks.request, await request.body(), chat)
         seed = asked.seed if asked.seed is not None else secrets.randbits(63)
         param = "messages" if chat else "prompt"
-        samplings = [Sampling(fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx, param),
-                              asked.temperature, asked.top_p, seed, asked.stop, asked.logprobs, asked.echo)
-                     for ids, _ in prompts]
+        samplings = [
+            Sampling(
+                fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx, param),
+                asked.temperature,
+                asked.top_p,
+                seed,
+                asked.stop,
+                asked.logprobs,
+                asked.echo,
+            )
+            for ids, _ in prompts
+        ]
         loop = asyncio.get_running_loop()
         jobs, queues = [], []
         for (ids, _), sampling in zip(prompts, samplings):
             events: asyncio.Queue = asyncio.Queue()
-            jobs.append(Job(ids, sampling, mode, lambda event, events=events: loop.call_soon_threadsafe(
-                events.put_nowait, event), strip=chat))
+            jobs.append(
+                Job(
+                    ids,
+                    sampling,
+                    mode,
+                    lambda event, events=events: loop.call_soon_threadsafe(events.put_nowait, event),
+                    strip=chat,
+                )
+            )
             queues.append(events)
         try:
             for job in jobs:
@@ -206,17 +261,24 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         except Overloaded as error:
             for job in jobs:
                 engine.cancel(job)
-            raise ApiError(503, f"the server is busy: {error}; retry shortly", type="server_overloaded",
-                           code="queue_full") from None
+            raise ApiError(
+                503, f"the server is busy: {error}; retry shortly", type="server_overloaded", code="queue_full"
+            ) from None
         ident = new_id(chat)
         if asked.stream:
             kind, *routing = await next_event(queues[0], request, jobs[0], None)
             if kind in ("error", "unavailable"):
                 raise failure(kind, routing[0])
             prism, headers = _route(mode, seed, *routing)
-            lines = sse_lines(queues[0], chat, ident, mode, prism, asked.include_usage,
-                              lambda status: metrics.request(endpoint, prism["route"], status,
-                                                             time.monotonic() - start))
+            lines = sse_lines(
+                queues[0],
+                chat,
+                ident,
+                mode,
+                prism,
+                asked.include_usage,
+                lambda status: metrics.request(endpoint, prism["route"], status, time.monotonic() - start),
+            )
             return EventStream(lines, engine, jobs[0], headers=headers, media_type="text/event-stream")
         try:
             outcomes = await asyncio.gather(*(collect(events, request, job) for events, job in zip(queues, jobs)))
@@ -233,8 +295,15 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             raise error
         choices = await checks.run(checks.choices, chat, prompts, outcomes, [prism for prism, _ in prisms], asked)
         metrics.request(endpoint, route, 200, time.monotonic() - start)
-        body = answer(chat, ident, mode, choices, sum(outcome["n_prompt"] for outcome in outcomes),
-                      sum(outcome["n_completion"] for outcome in outcomes), prisms[0][0])
+        body = answer(
+            chat,
+            ident,
+            mode,
+            choices,
+            sum(outcome["n_prompt"] for outcome in outcomes),
+            sum(outcome["n_completion"] for outcome in outcomes),
+            prisms[0][0],
+        )
         return JSONResponse(body, headers=prisms[0][1])
 
     async def collect(events: asyncio.Queue, request: Request, job: Job) -> dict:
@@ -254,8 +323,12 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             elif kind in ("error", "unavailable"):
                 return outcome | {"error": (kind, rest[0])}
             else:
-                return outcome | {"text": "".join(pieces), "finish": rest[0], "n_prompt": rest[1],
-                                  "n_completion": rest[2]}
+                return outcome | {
+                    "text": "".join(pieces),
+                    "finish": rest[0],
+                    "n_prompt": rest[1],
+                    "n_completion": rest[2],
+                }
 
     async def next_event(events: asyncio.Queue, request: Request, job: Job, route: str | None) -> tuple:
         """The job's next event; if the client goes away meanwhile, the job is cancelled (``_ClientGone``)."""
@@ -277,8 +350,12 @@ def _route(mode: str, seed: int, probability: float | None, route: str | None) -
     """The ``prism`` field and the ``X-Prism-*`` headers of an answer's route (None before the route was read)."""
     if route is None:
         return None, {}
-    prism = {"mode": mode, "route": route, "seed": seed,
-             "gate_probability": None if probability is None else round(probability, 6)}
+    prism = {
+        "mode": mode,
+        "route": route,
+        "seed": seed,
+        "gate_probability": None if probability is None else round(probability, 6),
+    }
     headers = {"X-Prism-Route": route, "X-Prism-Mode": mode}
     if probability is not None:
         headers["X-Prism-Gate-Probability"] = f"{probability:.6f}"

@@ -65,19 +65,28 @@ class Checks:
         asked = settings(body, chat)
         mode = asked.model if asked.model in MODES else self.default_mode
         if mode not in self.available:
-            raise ApiError(404, f"mode {mode!r} is not served here: use one of {', '.join(self.available)}",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"mode {mode!r} is not served here: use one of {', '.join(self.available)}",
+                param="model",
+                code="model_not_found",
+            )
         if chat:
             prompts = [(chat_prompt(self.tokenizer, body, self.budget), None)]
         else:
             prompts = completion_prompts(self.tokenizer, body, self.budget)
         if asked.stream and len(prompts) > 1:
-            raise ApiError(400, "stream takes one prompt: send a batch of prompts without stream", param="stream",
-                           code="unsupported_parameter")
+            raise ApiError(
+                400,
+                "stream takes one prompt: send a batch of prompts without stream",
+                param="stream",
+                code="unsupported_parameter",
+            )
         return asked, mode, prompts
 
-    def choices(self, chat: bool, prompts: list, outcomes: list[dict], prisms: list[dict],
-                asked: Settings) -> list[dict]:
+    def choices(
+        self, chat: bool, prompts: list, outcomes: list[dict], prisms: list[dict], asked: Settings
+    ) -> list[dict]:
         """An answer's choices, one per prompt, with their log-probabilities formatted (each token decoded)."""
         made = []
         for index, ((ids, text), outcome, prism) in enumerate(zip(prompts, outcomes, prisms)):
@@ -85,8 +94,9 @@ class Checks:
             if asked.logprobs is not None and chat:
                 logprobs = chat_logprobs(self.tokenizer, outcome["tokens"])
             elif asked.logprobs is not None:
-                logprobs = completion_logprobs(self.tokenizer, ids if asked.echo else None, outcome["prompt"],
-                                               outcome["tokens"])
+                logprobs = completion_logprobs(
+                    self.tokenizer, ids if asked.echo else None, outcome["prompt"], outcome["tokens"]
+                )
             shown = outcome["text"]
             if asked.echo:
                 shown = (text if text is not None else self.tokenizer.decode(ids)) + shown
@@ -101,12 +111,17 @@ class Checks:
             return chat_prompt(self.tokenizer, body, replace(self.budget, n_ctx=max(self.budget.n_ctx, 2**31)))
         prompt, special = body.get("prompt"), body.get("add_special_tokens", True)
         if not isinstance(prompt, str) or not isinstance(special, bool):
-            raise ApiError(400, "send a prompt (a string, with add_special_tokens true or false) or messages",
-                           param="prompt")
+            raise ApiError(
+                400, "send a prompt (a string, with add_special_tokens true or false) or messages", param="prompt"
+            )
         limit = self.budget.limits.max_message_chars
         if len(prompt) > limit:
-            raise ApiError(400, f"prompt has {len(prompt)} characters, above this server's limit of {limit} "
-                                "(--max-message-chars)", param="prompt", code="string_above_max_length")
+            raise ApiError(
+                400,
+                f"prompt has {len(prompt)} characters, above this server's limit of {limit} (--max-message-chars)",
+                param="prompt",
+                code="string_above_max_length",
+            )
         return self.tokenizer(prompt, add_special_tokens=special)["input_ids"]
 
     def detokenize(self, raw: bytes) -> str:

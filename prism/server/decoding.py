@@ -71,8 +71,9 @@ class Sampling:
     echo: bool = False
 
 
-def next_tokens(logits: Float[torch.Tensor, "batch vocab"], samplings: Sequence[Sampling],
-                generators: Sequence[torch.Generator]) -> list[int]:
+def next_tokens(
+    logits: Float[torch.Tensor, "batch vocab"], samplings: Sequence[Sampling], generators: Sequence[torch.Generator]
+) -> list[int]:
     """Each row's next token from its own logits, settings and generator (see the module docstring).
 
     Args:
@@ -91,15 +92,16 @@ def next_tokens(logits: Float[torch.Tensor, "batch vocab"], samplings: Sequence[
     scores = scores / torch.tensor([[samplings[row].temperature] for row in sampled], dtype=torch.float32)
     if any(samplings[row].top_p < 1 for row in sampled):
         # as transformers' TopPLogitsWarper: drop the least likely tokens whose mass stays within 1 - top_p
-        cut = torch.tensor([[1 - samplings[row].top_p if samplings[row].top_p < 1 else -1.0] for row in sampled],
-                           dtype=torch.float32)
+        cut = torch.tensor(
+            [[1 - samplings[row].top_p if samplings[row].top_p < 1 else -1.0] for row in sampled], dtype=torch.float32
+        )
         ordered, order = torch.sort(scores, descending=False)
         drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= cut
         drop[:, -1] = False
         scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
     probabilities = scores.softmax(dim=-1)
     for index, row in enumerate(sampled):
-        chosen[row] = int(torch.multinomial(probabilities[index:index + 1], 1, generator=generators[row]))
+        chosen[row] = int(torch.multinomial(probabilities[index : index + 1], 1, generator=generators[row]))
     return chosen
 
 
@@ -109,8 +111,10 @@ def token_logprobs(logprobs: Float[torch.Tensor, "n vocab"], tokens: Sequence[in
     if top <= 0:
         return [(token, value, ()) for token, value in zip(tokens, chosen)]
     values, ids = logprobs.topk(top, dim=-1)
-    return [(token, value, tuple(zip(row_ids, row_values)))
-            for token, value, row_ids, row_values in zip(tokens, chosen, ids.tolist(), values.tolist())]
+    return [
+        (token, value, tuple(zip(row_ids, row_values)))
+        for token, value, row_ids, row_values in zip(tokens, chosen, ids.tolist(), values.tolist())
+    ]
 
 
 def prefill_groups(lengths: Sequence[int], slack: float = 0.25, allowance: int = 16) -> list[list[int]]:
@@ -150,8 +154,15 @@ class BatchDecoder:
             as they leave (``Routed.routes``, ``Routed.resume``).
     """
 
-    def __init__(self, hf_model: torch.nn.Module, prompts: Sequence[Sequence[int]], samplings: Sequence[Sampling], *,
-                 pad_id: int, routed: Routed | None = None) -> None:
+    def __init__(
+        self,
+        hf_model: torch.nn.Module,
+        prompts: Sequence[Sequence[int]],
+        samplings: Sequence[Sampling],
+        *,
+        pad_id: int,
+        routed: Routed | None = None,
+    ) -> None:
         self.hf, self.routed, self.pad_id = hf_model, routed, pad_id
         self.device = model_device(hf_model)
         self.prompts = [list(prompt) for prompt in prompts]
@@ -163,19 +174,34 @@ class BatchDecoder:
         self.logprobs: dict[int, TokenLogprob] = {}  # rows with logprobs: the token each was just given
 
     @torch.inference_mode()
-    def _forward(self, cache: DynamicCache, ids: Int[torch.Tensor, "batch seq"], mask: Int[torch.Tensor, "batch seq"],
-                 positions: Int[torch.Tensor, "batch seq"], rows: Sequence[int], prefill: bool = False) -> list[int]:
+    def _forward(
+        self,
+        cache: DynamicCache,
+        ids: Int[torch.Tensor, "batch seq"],
+        mask: Int[torch.Tensor, "batch seq"],
+        positions: Int[torch.Tensor, "batch seq"],
+        rows: Sequence[int],
+        prefill: bool = False,
+    ) -> list[int]:
         echo = [index for index, row in enumerate(rows) if self.samplings[row].echo] if prefill else []
         if echo:  # the hidden states of every position, unembedded a slice at a time for the echoed rows
-            hidden = self.hf.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                                   use_cache=True).last_hidden_state
+            hidden = self.hf.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            ).last_hidden_state
             logits = self._unembed(hidden[:, -1:])[:, -1]
             for index in echo:
-                self.prompt_logprobs[rows[index]] = self._prompt_logprobs(hidden[index], ids[index], mask[index],
-                                                                          self.samplings[rows[index]].logprobs or 0)
+                self.prompt_logprobs[rows[index]] = self._prompt_logprobs(
+                    hidden[index], ids[index], mask[index], self.samplings[rows[index]].logprobs or 0
+                )
         else:
-            logits = self.hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = self.hf(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
         self.passes += 1
         tokens = next_tokens(logits, [self.samplings[row] for row in rows], [self.generators[row] for row in rows])
         asked = [index for index, row in enumerate(rows) if self.samplings[row].logprobs is not None]
@@ -183,7 +209,7 @@ class BatchDecoder:
             top = max(self.samplings[rows[index]].logprobs for index in asked)
             reported = token_logprobs(logits[asked].float().log_softmax(-1), [tokens[index] for index in asked], top)
             for index, (token, value, best) in zip(asked, reported):
-                self.logprobs[rows[index]] = (token, value, best[:self.samplings[rows[index]].logprobs])
+                self.logprobs[rows[index]] = (token, value, best[: self.samplings[rows[index]].logprobs])
         return tokens
 
     def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -192,8 +218,13 @@ class BatchDecoder:
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def _prompt_logprobs(self, hidden: Float[torch.Tensor, "seq d"], ids: Int[torch.Tensor, "seq"],
-                         mask: Int[torch.Tensor, "seq"], top: int) -> list[TokenLogprob | None]:
+    def _prompt_logprobs(
+        self,
+        hidden: Float[torch.Tensor, "seq d"],
+        ids: Int[torch.Tensor, "seq"],
+        mask: Int[torch.Tensor, "seq"],
+        top: int,
+    ) -> list[TokenLogprob | None]:
         """Each real prompt token's log-probability given the tokens before it (None for the first)."""
         real = mask.bool().nonzero()[:, 0]
         hidden, ids = hidden[real], ids[real].tolist()
@@ -201,7 +232,7 @@ class BatchDecoder:
         for start in range(0, len(ids) - 1, LOGIT_SLICE):
             end = min(start + LOGIT_SLICE, len(ids) - 1)
             logprobs = self._unembed(hidden[start:end]).float().log_softmax(-1)
-            reported += token_logprobs(logprobs, ids[start + 1:end + 1], top)
+            reported += token_logprobs(logprobs, ids[start + 1 : end + 1], top)
         return reported
 
     def start(self) -> dict[int, int]:
@@ -210,7 +241,9 @@ class BatchDecoder:
         groups = prefill_groups([len(p) for p in self.prompts]) if plain else [list(range(len(self.prompts)))]
         tokens, parts = {}, []
         for group in groups:
-            ids, mask = (tensor.to(self.device) for tensor in left_pad([self.prompts[row] for row in group], self.pad_id))
+            ids, mask = (
+                tensor.to(self.device) for tensor in left_pad([self.prompts[row] for row in group], self.pad_id)
+            )
             positions, cache = positions_from_mask(mask), DynamicCache(config=self.hf.config)
             tokens.update(zip(group, self._forward(cache, ids, mask, positions, group, prefill=True)))
             parts.append((cache, mask, positions[:, -1], self.routed.routes if self.routed is not None else None))
@@ -220,7 +253,9 @@ class BatchDecoder:
             for index, layer in enumerate(self._cache.layers):
                 joined = [part[0].layers[index] for part in parts]
                 layer.keys = torch.cat([pad(piece.keys, (0, 0, width - piece.keys.shape[-2], 0)) for piece in joined])
-                layer.values = torch.cat([pad(piece.values, (0, 0, width - piece.values.shape[-2], 0)) for piece in joined])
+                layer.values = torch.cat(
+                    [pad(piece.values, (0, 0, width - piece.values.shape[-2], 0)) for piece in joined]
+                )
         self._mask = torch.cat([pad(mask, (width - mask.shape[1], 0)) for _, mask, _, _ in parts])
         self._last = torch.cat([last for _, _, last, _ in parts])
         if self.routed is not None:

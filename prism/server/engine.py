@@ -80,8 +80,17 @@ class Engine:
         metrics: where batch sizes, tokens and cancellations are counted.
     """
 
-    def __init__(self, model: TransformerBridge, tokenizer, modes: Modes, *, max_batch_size: int = 16, batch_wait_ms: float = 10.0,
-                 max_queue: int = 256, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        tokenizer,
+        modes: Modes,
+        *,
+        max_batch_size: int = 16,
+        batch_wait_ms: float = 10.0,
+        max_queue: int = 256,
+        metrics: Metrics | None = None,
+    ) -> None:
         if max_batch_size < 1 or max_queue < 1 or batch_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be at least 1, batch_wait_ms at least 0")
         self.model, self.tokenizer, self.modes = model, tokenizer, modes
@@ -187,8 +196,13 @@ class Engine:
         streams = [TextStream(self.tokenizer, job.sampling.stop, strip=job.strip) for job in jobs]
         counts = [0] * len(jobs)
         with self.modes.routing(mode) as routed:
-            decoder = BatchDecoder(self.model.original_model, [job.ids for job in jobs], [job.sampling for job in jobs],
-                                   pad_id=self.pad_id, routed=routed)
+            decoder = BatchDecoder(
+                self.model.original_model,
+                [job.ids for job in jobs],
+                [job.sampling for job in jobs],
+                pad_id=self.pad_id,
+                routed=routed,
+            )
             tokens = decoder.start()
             for row, job in enumerate(jobs):
                 probability, routes = routed.decision(job.ids) if routed is not None else (None, False)

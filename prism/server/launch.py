@@ -1,11 +1,11 @@
 """Starting a PRISM server: which files and model, the app over them, and uvicorn (in the foreground or a thread).
 
-    from prism.server import ServerThread, build_app, served_files
+from prism.server import ServerThread, build_app, served_files
 
-    model_name, files = served_files("runs/prism")
-    model, tokenizer = load_model(model_name)
-    with ServerThread(build_app(model, tokenizer, files, model_name=model_name)) as server:
-        print(server.url)  # http://127.0.0.1:PORT, a free port
+model_name, files = served_files("runs/prism")
+model, tokenizer = load_model(model_name)
+with ServerThread(build_app(model, tokenizer, files, model_name=model_name)) as server:
+    print(server.url)  # http://127.0.0.1:PORT, a free port
 """
 
 from __future__ import annotations
@@ -35,9 +35,15 @@ if TYPE_CHECKING:
 __all__ = ["ServerThread", "build_app", "serve", "served_files"]
 
 
-def served_files(out: str | Path, *, model_name: str | None = None, gate: str | Path | None = None,
-                 adapter: str | Path | None = None, ungated: str | Path | None = None,
-                 steering: str | Path | None = None) -> tuple[str, PrismFiles]:
+def served_files(
+    out: str | Path,
+    *,
+    model_name: str | None = None,
+    gate: str | Path | None = None,
+    adapter: str | Path | None = None,
+    ungated: str | Path | None = None,
+    steering: str | Path | None = None,
+) -> tuple[str, PrismFiles]:
     """The model and trained files to serve: those of the PRISM working directory ``out``, each replaceable by a file.
 
     Args:
@@ -61,14 +67,28 @@ def served_files(out: str | Path, *, model_name: str | None = None, gate: str | 
     gate_path = Path(gate) if gate is not None else work.require_gate()
     if not gate_path.is_file():
         raise ToolkitError(f"no gate file at {gate_path}")
-    return model_name, PrismFiles(gate=gate_path, adapter=Path(adapter) if adapter else work.adapter(GATED),
-                                  ungated=Path(ungated) if ungated else work.adapter(UNGATED),
-                                  steering=Path(steering) if steering else work.steering)
+    return model_name, PrismFiles(
+        gate=gate_path,
+        adapter=Path(adapter) if adapter else work.adapter(GATED),
+        ungated=Path(ungated) if ungated else work.adapter(UNGATED),
+        steering=Path(steering) if steering else work.steering,
+    )
 
 
-def build_app(model: TransformerBridge, tokenizer, files: PrismFiles, *, model_name: str, mode: str = "prism", max_batch_size: int = 16,
-              batch_wait_ms: float = 10.0, max_queue: int = 256, max_tokens: int = 256,
-              api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+def build_app(
+    model: TransformerBridge,
+    tokenizer,
+    files: PrismFiles,
+    *,
+    model_name: str,
+    mode: str = "prism",
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 10.0,
+    max_queue: int = 256,
+    max_tokens: int = 256,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+) -> FastAPI:
     """The OpenAI-compatible app over ``model`` with the trained ``files`` (``prism.server.app``).
 
     Args:
@@ -86,13 +106,23 @@ def build_app(model: TransformerBridge, tokenizer, files: PrismFiles, *, model_n
         ToolkitError: a default mode not served by these files, bad batching numbers, or unreadable files.
     """
     if min(max_batch_size, max_queue, max_tokens) < 1 or batch_wait_ms < 0:
-        raise ToolkitError("--max-batch-size, --max-queue and --max-tokens must be at least 1, --batch-wait-ms at least 0")
+        raise ToolkitError(
+            "--max-batch-size, --max-queue and --max-tokens must be at least 1, --batch-wait-ms at least 0"
+        )
     modes = Modes(model, files)
     modes.check(mode)
-    engine = Engine(model, tokenizer, modes, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                    max_queue=max_queue, metrics=Metrics())
-    config = ServerConfig(model_name=model_name, default_mode=mode, max_tokens=max_tokens, api_key=api_key,
-                          limits=limits or Limits())
+    engine = Engine(
+        model,
+        tokenizer,
+        modes,
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
+        max_queue=max_queue,
+        metrics=Metrics(),
+    )
+    config = ServerConfig(
+        model_name=model_name, default_mode=mode, max_tokens=max_tokens, api_key=api_key, limits=limits or Limits()
+    )
     return create_app(engine, copy.deepcopy(tokenizer), config)
 
 
@@ -100,8 +130,13 @@ def uvicorn_config(app: FastAPI, **options) -> uvicorn.Config:
     """uvicorn's settings for ``app``: its connection limits (``app.state.limits``, from ``build_app``) on the h11
     protocol that also times a request's head (``prism.server.limits.HeadDeadline``)."""
     limits = getattr(app.state, "limits", None) or Limits()
-    return uvicorn.Config(app, http=HeadDeadline, limit_concurrency=limits.max_connections,
-                          timeout_keep_alive=limits.keep_alive_timeout, **options)
+    return uvicorn.Config(
+        app,
+        http=HeadDeadline,
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=limits.keep_alive_timeout,
+        **options,
+    )
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
@@ -120,16 +155,24 @@ class ServerThread:
         start_timeout: seconds to wait for the server to listen.
     """
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
-                 start_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        log_level: str = "warning",
+        start_timeout: float = 120.0,
+    ) -> None:
         self.host, self.start_timeout = host, start_timeout
         self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port = self._socket.getsockname()[1]
         self.server = uvicorn.Server(uvicorn_config(app, log_level=log_level, timeout_graceful_shutdown=5))
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
-                                        name="prism-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._socket]}, name="prism-http", daemon=True
+        )
 
     @property
     def url(self) -> str:

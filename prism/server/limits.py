@@ -59,8 +59,9 @@ class Limits:
 
 
 def _error(status: int, message: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
+    return json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    ).encode()
 
 
 class BodyLimit:
@@ -73,8 +74,9 @@ class BodyLimit:
         refused: called with ``(path, status)`` for each request refused here (for the metrics).
     """
 
-    def __init__(self, app, *, max_bytes: int, timeout: float,
-                 refused: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self, app, *, max_bytes: int, timeout: float, refused: Callable[[str, int], None] | None = None
+    ) -> None:
         self.app, self.max_bytes, self.timeout, self.refused = app, max_bytes, timeout, refused
 
     async def __call__(self, scope, receive, send) -> None:
@@ -83,8 +85,14 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send, 413, f"the request body has {int(declared)} bytes, above this server's "
-                                                 f"limit of {self.max_bytes} (--max-body-bytes)", "body_too_large")
+            await self._refuse(
+                scope,
+                send,
+                413,
+                f"the request body has {int(declared)} bytes, above this server's "
+                f"limit of {self.max_bytes} (--max-body-bytes)",
+                "body_too_large",
+            )
             return
         chunks: list[bytes] = []
         size = 0
@@ -98,17 +106,27 @@ class BodyLimit:
                     size += len(body)
                     if size > self.max_bytes:
                         chunks.clear()
-                        await self._refuse(scope, send, 413, f"the request body is above this server's limit of "
-                                                             f"{self.max_bytes} bytes (--max-body-bytes)",
-                                           "body_too_large")
+                        await self._refuse(
+                            scope,
+                            send,
+                            413,
+                            f"the request body is above this server's limit of "
+                            f"{self.max_bytes} bytes (--max-body-bytes)",
+                            "body_too_large",
+                        )
                         return
                     chunks.append(body)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
             chunks.clear()
-            await self._refuse(scope, send, 408, f"the request body did not arrive within {self.timeout:g} seconds "
-                                                 "(--body-timeout)", "request_timeout")
+            await self._refuse(
+                scope,
+                send,
+                408,
+                f"the request body did not arrive within {self.timeout:g} seconds (--body-timeout)",
+                "request_timeout",
+            )
             return
         whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         chunks.clear()
@@ -127,9 +145,17 @@ class BodyLimit:
         if self.refused is not None:
             self.refused(scope.get("path", ""), status)
         content = _error(status, message, code)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(content)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
 

@@ -31,14 +31,16 @@ def _texts(tokenizer, ids: Sequence[int]) -> dict[int, str]:
     return dict(zip(unique, tokenizer.batch_decode([[token] for token in unique], skip_special_tokens=False)))
 
 
-def completion_logprobs(tokenizer, prompt_ids: Sequence[int] | None, prompt: Sequence[Reported | None] | None,
-                        generated: Sequence[Reported]) -> dict:
+def completion_logprobs(
+    tokenizer, prompt_ids: Sequence[int] | None, prompt: Sequence[Reported | None] | None, generated: Sequence[Reported]
+) -> dict:
     """The completions API's ``logprobs`` of a choice: the echoed prompt's tokens (``prompt_ids``, and ``prompt`` as the
     decoder reported them; both None without echo), then the ``generated`` ones (see the module docstring)."""
     rows = [(prompt_ids[0], None, None), *prompt[1:]] if prompt is not None else []
     rows += list(generated)
-    texts = _texts(tokenizer, [token for token, _, _ in rows]
-                   + [other for _, _, best in rows for other, _ in best or ()])
+    texts = _texts(
+        tokenizer, [token for token, _, _ in rows] + [other for _, _, best in rows for other, _ in best or ()]
+    )
     tokens, values, tops, offsets, offset = [], [], [], [], 0
     for token, value, best in rows:
         tokens.append(texts[token])
@@ -61,5 +63,10 @@ def chat_logprobs(tokenizer, generated: Sequence[Reported]) -> dict:
     def item(token: int, value: float) -> dict:
         return {"token": texts[token], "logprob": value, "bytes": list(texts[token].encode("utf-8"))}
 
-    return {"content": [item(token, value) | {"top_logprobs": [item(other, other_value) for other, other_value in best]}
-                        for token, value, best in generated], "refusal": None}
+    return {
+        "content": [
+            item(token, value) | {"top_logprobs": [item(other, other_value) for other, other_value in best]}
+            for token, value, best in generated
+        ],
+        "refusal": None,
+    }

@@ -81,30 +81,46 @@ class Metrics:
     def count(self, endpoint: str | None = None, route: str | None = None, status: int | None = None) -> int:
         """Requests counted so far, optionally of one endpoint, route and status."""
         with self._lock:
-            return sum(n for (e, r, s), n in self._requests.items()
-                       if endpoint in (None, e) and route in (None, r) and status in (None, s))
+            return sum(
+                n
+                for (e, r, s), n in self._requests.items()
+                if endpoint in (None, e) and route in (None, r) and status in (None, s)
+            )
 
     def render(self) -> str:
         """Everything, in the Prometheus text format."""
         with self._lock:
             persona = sum(n for (_, route, _), n in self._requests.items() if route == "persona")
             routed = persona + sum(n for (_, route, _), n in self._requests.items() if route == "base")
-            lines = ["# HELP prism_requests_total Requests answered, by endpoint, route and HTTP status.",
-                     "# TYPE prism_requests_total counter"]
-            lines += [f'prism_requests_total{{endpoint="{e}",route="{r}",status="{s}"}} {n}'
-                      for (e, r, s), n in sorted(self._requests.items())]
-            lines += ["# HELP prism_routed_share Share of routed requests that took the persona path.",
-                      "# TYPE prism_routed_share gauge", f"prism_routed_share {persona / routed if routed else 0:.6f}",
-                      "# HELP prism_request_duration_seconds Seconds from a request's arrival to its last byte.",
-                      "# TYPE prism_request_duration_seconds histogram", *self._latency.lines("prism_request_duration_seconds"),
-                      "# HELP prism_batch_size Requests decoded together in one batch.",
-                      "# TYPE prism_batch_size histogram", *self._batches.lines("prism_batch_size"),
-                      "# HELP prism_generated_tokens_total Tokens generated for answers.",
-                      "# TYPE prism_generated_tokens_total counter", f"prism_generated_tokens_total {self._tokens}",
-                      "# HELP prism_cancelled_total Requests whose client went away before the answer ended.",
-                      "# TYPE prism_cancelled_total counter", f"prism_cancelled_total {self._cancelled}",
-                      "# HELP prism_queue_waiting Requests waiting for a batch.",
-                      "# TYPE prism_queue_waiting gauge", f"prism_queue_waiting {self._waiting}",
-                      "# HELP prism_running Requests in the batch the model is decoding.",
-                      "# TYPE prism_running gauge", f"prism_running {self._running}"]
+            lines = [
+                "# HELP prism_requests_total Requests answered, by endpoint, route and HTTP status.",
+                "# TYPE prism_requests_total counter",
+            ]
+            lines += [
+                f'prism_requests_total{{endpoint="{e}",route="{r}",status="{s}"}} {n}'
+                for (e, r, s), n in sorted(self._requests.items())
+            ]
+            lines += [
+                "# HELP prism_routed_share Share of routed requests that took the persona path.",
+                "# TYPE prism_routed_share gauge",
+                f"prism_routed_share {persona / routed if routed else 0:.6f}",
+                "# HELP prism_request_duration_seconds Seconds from a request's arrival to its last byte.",
+                "# TYPE prism_request_duration_seconds histogram",
+                *self._latency.lines("prism_request_duration_seconds"),
+                "# HELP prism_batch_size Requests decoded together in one batch.",
+                "# TYPE prism_batch_size histogram",
+                *self._batches.lines("prism_batch_size"),
+                "# HELP prism_generated_tokens_total Tokens generated for answers.",
+                "# TYPE prism_generated_tokens_total counter",
+                f"prism_generated_tokens_total {self._tokens}",
+                "# HELP prism_cancelled_total Requests whose client went away before the answer ended.",
+                "# TYPE prism_cancelled_total counter",
+                f"prism_cancelled_total {self._cancelled}",
+                "# HELP prism_queue_waiting Requests waiting for a batch.",
+                "# TYPE prism_queue_waiting gauge",
+                f"prism_queue_waiting {self._waiting}",
+                "# HELP prism_running Requests in the batch the model is decoding.",
+                "# TYPE prism_running gauge",
+                f"prism_running {self._running}",
+            ]
         return "\n".join(lines) + "\n"

@@ -86,8 +86,9 @@ class Modes:
         if mode not in MODES:
             raise ToolkitError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if mode not in self.available:
-            raise ToolkitError(f"mode {mode!r} needs trained files this server was not given: it serves "
-                               f"{', '.join(self.available)}")
+            raise ToolkitError(
+                f"mode {mode!r} needs trained files this server was not given: it serves {', '.join(self.available)}"
+            )
         return mode
 
     @contextmanager

@@ -84,11 +84,12 @@ def encode_within(tokenizer, text: str, budget: Budget, *, add_special_tokens: b
     """
     n_ctx = budget.n_ctx
     if len(text) > budget.max_chars:
-        raise _too_long(f"the prompt has {len(text)} characters, more than the model's context of {n_ctx} tokens can "
-                        "hold", param)
+        raise _too_long(
+            f"the prompt has {len(text)} characters, more than the model's context of {n_ctx} tokens can hold", param
+        )
     window = 8 * (n_ctx + 1)
     while len(text) > window:
-        prefix = text[:_cut(text, window)]
+        prefix = text[: _cut(text, window)]
         if len(tokenizer(prefix, add_special_tokens=add_special_tokens)["input_ids"]) > n_ctx:
             raise _too_long(f"the prompt has more than {n_ctx} tokens, the model's context", param)
         window *= 2
@@ -104,15 +105,21 @@ def _content(message: Any, index: int, max_chars: int) -> tuple[str, str]:
         raise bad(f"{where}.role must be one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}", f"{where}.role")
     content = message.get("content")
     if isinstance(content, list):  # content parts: text only
-        if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-                   for part in content):
+        if not all(
+            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            for part in content
+        ):
             raise bad(f"{where}.content may only hold text parts", f"{where}.content")
         content = "".join(part["text"] for part in content)
     if not isinstance(content, str) or (role != "system" and role != "developer" and not content.strip()):
         raise bad(f"{where}.content must be a non-empty string", f"{where}.content")
     if len(content) > max_chars:
-        raise bad(f"{where}.content has {len(content)} characters, above this server's limit of {max_chars} "
-                  "(--max-message-chars)", f"{where}.content", "string_above_max_length")
+        raise bad(
+            f"{where}.content has {len(content)} characters, above this server's limit of {max_chars} "
+            "(--max-message-chars)",
+            f"{where}.content",
+            "string_above_max_length",
+        )
     return ("system" if role == "developer" else role), content
 
 
@@ -127,24 +134,35 @@ def chat_prompt(tokenizer, body: dict, budget: Budget | None = None) -> list[int
     budget = budget or Budget.of(tokenizer, tokenizer.model_max_length)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise bad("messages must be a non-empty list of {role, content} objects", "messages",
-                  "missing_required_parameter" if messages is None else "invalid_value")
+        raise bad(
+            "messages must be a non-empty list of {role, content} objects",
+            "messages",
+            "missing_required_parameter" if messages is None else "invalid_value",
+        )
     limit = budget.limits.max_messages
     if len(messages) > limit:
-        raise bad(f"messages has {len(messages)} entries, above this server's limit of {limit} (--max-messages)",
-                  "messages", "array_above_max_length")
+        raise bad(
+            f"messages has {len(messages)} entries, above this server's limit of {limit} (--max-messages)",
+            "messages",
+            "array_above_max_length",
+        )
     turns = [_content(message, index, budget.limits.max_message_chars) for index, message in enumerate(messages)]
     system = turns[0][1] if turns[0][0] == "system" else ""
     turns = turns[1:] if turns[0][0] == "system" else turns
     roles = [role for role, _ in turns]
     if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
         shown = ", ".join(roles[:8]) + (f", ... ({len(roles)} in all)" if len(roles) > 8 else "")
-        raise bad("after an optional system message, messages must alternate user and assistant and end with a user "
-                  f"message, got roles {shown or 'none'}", "messages")
+        raise bad(
+            "after an optional system message, messages must alternate user and assistant and end with a user "
+            f"message, got roles {shown or 'none'}",
+            "messages",
+        )
     chars = len(system) + sum(len(content) for _, content in turns)
     if chars > budget.max_chars:
-        raise _too_long(f"the messages have {chars} characters, more than the model's context of {budget.n_ctx} "
-                        "tokens can hold", "messages")
+        raise _too_long(
+            f"the messages have {chars} characters, more than the model's context of {budget.n_ctx} tokens can hold",
+            "messages",
+        )
     try:
         prompt = render_messages(tokenizer, system, turns[0][1])
         if len(turns) > 1:
@@ -167,23 +185,31 @@ def completion_prompts(tokenizer, body: dict, budget: Budget | None = None) -> l
     """
     budget = budget or Budget.of(tokenizer, tokenizer.model_max_length)
     prompt = body.get("prompt")
-    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)
-                                   and not isinstance(prompt[0], bool)):
+    if isinstance(prompt, str) or (
+        isinstance(prompt, list) and prompt and isinstance(prompt[0], int) and not isinstance(prompt[0], bool)
+    ):
         prompt = [prompt]
-    shape = ("prompt must be a non-empty string, a list of them, a list of token ids or a list of token-id lists")
+    shape = "prompt must be a non-empty string, a list of them, a list of token ids or a list of token-id lists"
     if not isinstance(prompt, list) or not prompt:
         raise bad(shape, "prompt", "missing_required_parameter" if prompt is None else "invalid_value")
     limit = budget.limits.max_messages
     if len(prompt) > limit:
-        raise bad(f"prompt has {len(prompt)} prompts, above this server's limit of {limit} (--max-messages)", "prompt",
-                  "array_above_max_length")
+        raise bad(
+            f"prompt has {len(prompt)} prompts, above this server's limit of {limit} (--max-messages)",
+            "prompt",
+            "array_above_max_length",
+        )
     vocabulary, prompts = len(tokenizer), []
     for index, one in enumerate(prompt):
         where = f"prompt[{index}]" if len(prompt) > 1 else "prompt"
         if isinstance(one, str) and one.strip():
             if len(one) > budget.limits.max_message_chars:
-                raise bad(f"{where} has {len(one)} characters, above this server's limit of "
-                          f"{budget.limits.max_message_chars} (--max-message-chars)", where, "string_above_max_length")
+                raise bad(
+                    f"{where} has {len(one)} characters, above this server's limit of "
+                    f"{budget.limits.max_message_chars} (--max-message-chars)",
+                    where,
+                    "string_above_max_length",
+                )
             prompts.append((encode_within(tokenizer, one, budget, add_special_tokens=True, param="prompt"), one))
         elif isinstance(one, list) and one and all(type(token) is int for token in one):
             if not all(0 <= token < vocabulary for token in one):
@@ -205,6 +231,11 @@ def fit_context(n_prompt: int, max_tokens: int | None, default: int, n_ctx: int,
         return min(default, room)
     if max_tokens is None or max_tokens > room:
         asked = f" plus max_tokens {max_tokens}" if max_tokens is not None else ""
-        raise ApiError(400, f"the prompt has {n_prompt} tokens{asked} but the model's context is {n_ctx} tokens: "
-                            f"shorten the {param} or lower max_tokens", param=param, code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"the prompt has {n_prompt} tokens{asked} but the model's context is {n_ctx} tokens: "
+            f"shorten the {param} or lower max_tokens",
+            param=param,
+            code="context_length_exceeded",
+        )
     return max_tokens

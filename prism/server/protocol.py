@@ -15,13 +15,30 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ApiError", "MAX_LOGPROBS", "Settings", "answer", "bad", "choice", "chunk", "new_id", "parse_body",
-           "settings"]
+__all__ = [
+    "ApiError",
+    "MAX_LOGPROBS",
+    "Settings",
+    "answer",
+    "bad",
+    "choice",
+    "chunk",
+    "new_id",
+    "parse_body",
+    "settings",
+]
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 # parameters this server cannot honour, with the value that asks for nothing
-UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "tools": [], "functions": [],
-               "best_of": 1, "suffix": ""}
+UNSUPPORTED = {
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "logit_bias": {},
+    "tools": [],
+    "functions": [],
+    "best_of": 1,
+    "suffix": "",
+}
 MAX_LOGPROBS = 20  # most likely tokens reported per position at most (OpenAI's and vLLM's default bound)
 
 
@@ -36,8 +53,15 @@ def failure(kind: str, message: str) -> "ApiError":
 class ApiError(Exception):
     """A request the server refuses: the HTTP status and OpenAI's error fields."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -171,7 +195,9 @@ def settings(body: dict, chat: bool = True) -> Settings:
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise bad(f"seed must be a 64-bit integer, got {seed}", "seed")
     stop = body.get("stop")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list) else () if stop is None else None
+    stops = (
+        (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list) else () if stop is None else None
+    )
     if stops is None or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise bad("stop must be a non-empty string or a list of at most 4 non-empty strings", "stop")
     stream = body.get("stream", False)
@@ -181,15 +207,24 @@ def settings(body: dict, chat: bool = True) -> Settings:
         if body.get(name) not in (None, default):
             raise bad(f"{name} is not supported by this server: leave it out", name, "unsupported_parameter")
     if stream and (logprobs is not None or echo):
-        raise bad("logprobs and echo are not supported with stream: leave stream out", "stream",
-                  "unsupported_parameter")
+        raise bad(
+            "logprobs and echo are not supported with stream: leave stream out", "stream", "unsupported_parameter"
+        )
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad("stream_options must be an object", "stream_options", "invalid_type")
-    return Settings(model=model, max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-                    top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True), stop=stops, seed=seed,
-                    stream=bool(stream), include_usage=bool(options.get("include_usage", False)), logprobs=logprobs,
-                    echo=echo)
+    return Settings(
+        model=model,
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        stop=stops,
+        seed=seed,
+        stream=bool(stream),
+        include_usage=bool(options.get("include_usage", False)),
+        logprobs=logprobs,
+        echo=echo,
+    )
 
 
 def _usage(n_prompt: int, n_completion: int) -> dict:
@@ -201,35 +236,63 @@ def new_id(chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
 
-def choice(chat: bool, index: int, text: str, finish: str, logprobs: dict | None = None,
-           prism: dict | None = None) -> dict:
+def choice(
+    chat: bool, index: int, text: str, finish: str, logprobs: dict | None = None, prism: dict | None = None
+) -> dict:
     """One choice of a whole answer: the chat message or the completion's text, its log-probabilities (or None) and,
     for a completion, its prompt's ``prism`` route."""
     if chat:
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                "finish_reason": finish}
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        }
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish} | (
-        {"prism": prism} if prism is not None else {})
+        {"prism": prism} if prism is not None else {}
+    )
 
 
-def answer(chat: bool, ident: str, model: str, choices: list[dict], n_prompt: int, n_completion: int,
-           prism: dict) -> dict:
+def answer(
+    chat: bool, ident: str, model: str, choices: list[dict], n_prompt: int, n_completion: int, prism: dict
+) -> dict:
     """A whole answer: a chat completion or a text completion (one choice per prompt), with the ``prism`` route field
     (a batch of prompts: the first one's; each choice has its own)."""
-    return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": choices, "usage": _usage(n_prompt, n_completion), "prism": prism}
+    return {
+        "id": ident,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": _usage(n_prompt, n_completion),
+        "prism": prism,
+    }
 
 
-def chunk(chat: bool, ident: str, model: str, *, text: str | None = None, first: bool = False, finish: str | None = None,
-          prism: dict | None = None, usage: tuple[int, int] | None = None) -> dict:
+def chunk(
+    chat: bool,
+    ident: str,
+    model: str,
+    *,
+    text: str | None = None,
+    first: bool = False,
+    finish: str | None = None,
+    prism: dict | None = None,
+    usage: tuple[int, int] | None = None,
+) -> dict:
     """One streamed chunk: the role (``first``), a piece of text, the finish reason, or (no choices) the usage."""
     if chat:
         delta = ({"role": "assistant", "content": ""} if first else {}) | ({"content": text} if text else {})
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     else:
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-    body = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": [] if usage is not None else [choice]}
+    body = {
+        "id": ident,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [] if usage is not None else [choice],
+    }
     if prism is not None:
         body["prism"] = prism
     if usage is not None:

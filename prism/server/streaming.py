@@ -15,8 +15,9 @@ from prism.server.protocol import chunk, failure
 __all__ = ["EventStream", "sse_lines"]
 
 
-async def sse_lines(events: asyncio.Queue, chat: bool, ident: str, mode: str, prism: dict, usage: bool,
-                    finished: Callable[[int], None]) -> AsyncIterator[str]:
+async def sse_lines(
+    events: asyncio.Queue, chat: bool, ident: str, mode: str, prism: dict, usage: bool, finished: Callable[[int], None]
+) -> AsyncIterator[str]:
     """A streamed answer's server-sent events from its job's events (after the route): the role (chat), each piece of
     text, the finish reason with the ``prism`` route, the usage (``usage``), then ``data: [DONE]``; ``finished`` gets
     the status (499 when the client went away first)."""

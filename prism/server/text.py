@@ -37,7 +37,7 @@ class TextStream:
         cuts = [text.find(stop) for stop in self.stop if stop in text]
         if cuts:
             self.stopped = True
-            text = text[:min(cuts)]
+            text = text[: min(cuts)]
         return text
 
     @property
@@ -54,7 +54,7 @@ class TextStream:
         if not self.stopped:
             text = text.rstrip("\ufffd")  # an incomplete UTF-8 character
             held = max((n for stop in self.stop for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
-            text = text[:len(text) - held]
+            text = text[: len(text) - held]
             text = text.rstrip() if self.strip else text
         return self._show(text), self.stopped
 
@@ -65,5 +65,5 @@ class TextStream:
     def _show(self, text: str) -> str:
         if not text.startswith(self.shown) or len(text) <= len(self.shown):
             return ""
-        new, self.shown = text[len(self.shown):], text
+        new, self.shown = text[len(self.shown) :], text
         return new

@@ -72,9 +72,19 @@ class VllmServeEngine:
         stop_on_close: stop ``process`` when the app stops (False: someone else owns it).
     """
 
-    def __init__(self, model: TransformerBridge, tokenizer, modes: VllmModes, *, process: VllmProcess | None = None,
-                 url: str | None = None, max_concurrency: int = 64, max_queue: int = 256,
-                 metrics: Metrics | None = None, stop_on_close: bool = True) -> None:
+    def __init__(
+        self,
+        model: TransformerBridge,
+        tokenizer,
+        modes: VllmModes,
+        *,
+        process: VllmProcess | None = None,
+        url: str | None = None,
+        max_concurrency: int = 64,
+        max_queue: int = 256,
+        metrics: Metrics | None = None,
+        stop_on_close: bool = True,
+    ) -> None:
         if (process is None) == (url is None):
             raise ToolkitError("the vLLM serving engine needs a server to start or the URL of a running one")
         self.model, self.tokenizer, self.modes, self.process = model, tokenizer, modes, process
@@ -98,8 +108,10 @@ class VllmServeEngine:
         self._served_name: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="prism-vllm")
         # a stream silent for READ_TIMEOUT_S is a hung engine: the request gets 503, the watcher restarts the server
-        self._client = httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT_S, connect=5.0, pool=None),
-                                    limits=httpx.Limits(max_connections=max_concurrency))
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=5.0, pool=None),
+            limits=httpx.Limits(max_connections=max_concurrency),
+        )
         self._watcher = threading.Thread(target=self._watch, name="prism-vllm-watch", daemon=True)
         self.gate_seconds = 0.0  # time spent in gate passes, for the cost share ``bench/serve_load.py`` reports
         self.answer_seconds = 0.0
@@ -129,8 +141,11 @@ class VllmServeEngine:
     def submit(self, job: Job) -> None:
         """Take ``job``; ``Overloaded`` (a 503 with ``Retry-After``) when vLLM is not ready or the queue is full."""
         if job.sampling.logprobs is not None or job.sampling.echo:
-            raise ApiError(400, "logprobs and echo need prism serve --engine hf: with --engine vllm it answers text only",
-                           param="logprobs")
+            raise ApiError(
+                400,
+                "logprobs and echo need prism serve --engine hf: with --engine vllm it answers text only",
+                param="logprobs",
+            )
         if self._closed:
             raise Overloaded("the server is shutting down")
         if not self._ready:
@@ -189,8 +204,17 @@ class VllmServeEngine:
     def _stream(self, job: Job, module: str | None) -> None:
         start = time.perf_counter()
         s = job.sampling
-        body = {**completion_body(job.ids, model=module or self._served_name, max_new_tokens=s.max_tokens,
-                                  temperature=s.temperature, top_p=s.top_p, seed=s.seed), "stream": True}
+        body = {
+            **completion_body(
+                job.ids,
+                model=module or self._served_name,
+                max_new_tokens=s.max_tokens,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                seed=s.seed,
+            ),
+            "stream": True,
+        }
         stream, count, finish = TextStream(self.tokenizer, s.stop, strip=job.strip), 0, None
         with self._client.stream("POST", f"{self.url}/completions", json=body) as response:
             if response.status_code >= 500:
@@ -263,8 +287,11 @@ class VllmServeEngine:
 
     def _ask_name(self) -> str | None:
         try:
-            return next(m["id"] for m in self._client.get(f"{self.url}/models", timeout=5.0).json()["data"]
-                        if not m.get("parent"))
+            return next(
+                m["id"]
+                for m in self._client.get(f"{self.url}/models", timeout=5.0).json()["data"]
+                if not m.get("parent")
+            )
         except (httpx.HTTPError, ValueError, KeyError, StopIteration):
             return None
 
@@ -278,4 +305,3 @@ def _send(job: Job, event: tuple) -> None:
         job.deliver(event)
     except RuntimeError:  # the request's event loop is gone (shutdown)
         pass
-

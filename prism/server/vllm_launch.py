@@ -1,8 +1,8 @@
 """Starting ``prism serve --engine vllm``: the vLLM server's settings (LoRA modules for the adapters) and the app.
 
-    model_name, files = served_files("runs/prism")
-    model, tokenizer = load_model(model_name)
-    app = build_vllm_app(model, tokenizer, files, model_name=model_name, spec=EngineSpec("vllm"))
+model_name, files = served_files("runs/prism")
+model, tokenizer = load_model(model_name)
+app = build_vllm_app(model, tokenizer, files, model_name=model_name, spec=EngineSpec("vllm"))
 """
 
 from __future__ import annotations
@@ -32,10 +32,24 @@ if TYPE_CHECKING:
 __all__ = ["build_vllm_app"]
 
 
-def build_vllm_app(model: TransformerBridge, tokenizer, files: PrismFiles, *, model_name: str, spec: EngineSpec, mode: str = "prism",
-                   max_concurrency: int = 64, max_queue: int = 256, max_tokens: int = 256, api_key: str | None = None,
-                   device: str = "cpu", dtype: str = "float32", log: str | Path | None = None,
-                   process: VllmProcess | None = None, limits: Limits | None = None) -> FastAPI:
+def build_vllm_app(
+    model: TransformerBridge,
+    tokenizer,
+    files: PrismFiles,
+    *,
+    model_name: str,
+    spec: EngineSpec,
+    mode: str = "prism",
+    max_concurrency: int = 64,
+    max_queue: int = 256,
+    max_tokens: int = 256,
+    api_key: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    log: str | Path | None = None,
+    process: VllmProcess | None = None,
+    limits: Limits | None = None,
+) -> FastAPI:
     """The OpenAI-compatible app over a vLLM server on ``model_name``'s weights, with the gate read here.
 
     Args:
@@ -63,14 +77,27 @@ def build_vllm_app(model: TransformerBridge, tokenizer, files: PrismFiles, *, mo
         directory, label = resolve_model_directory(model_name)
         modules = VllmModes.lora_modules(files, modes.available)
         precision = str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
-        settings = replace(spec.settings, lora_modules=modules, max_lora_rank=_rank(modules.values()),
-                           dtype=precision if spec.settings.dtype == "auto" else spec.settings.dtype)
+        settings = replace(
+            spec.settings,
+            lora_modules=modules,
+            max_lora_rank=_rank(modules.values()),
+            dtype=precision if spec.settings.dtype == "auto" else spec.settings.dtype,
+        )
         process = VllmProcess(directory, served_name=label, settings=leave_room(settings), log=log)
-    engine = VllmServeEngine(model, tokenizer, modes, process=process, url=None if process else spec.url,
-                             max_concurrency=max_concurrency, max_queue=max_queue, metrics=Metrics(),
-                             stop_on_close=owned)
-    config = ServerConfig(model_name=model_name, default_mode=mode, max_tokens=max_tokens, api_key=api_key,
-                          limits=limits or Limits())
+    engine = VllmServeEngine(
+        model,
+        tokenizer,
+        modes,
+        process=process,
+        url=None if process else spec.url,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        metrics=Metrics(),
+        stop_on_close=owned,
+    )
+    config = ServerConfig(
+        model_name=model_name, default_mode=mode, max_tokens=max_tokens, api_key=api_key, limits=limits or Limits()
+    )
     return create_app(engine, copy.deepcopy(tokenizer), config)  # type: ignore[arg-type]
 
 

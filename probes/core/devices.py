@@ -46,8 +46,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
         raise ToolkitError(f"unknown device {device!r}: use {', '.join(DEVICES)}")
     if kind == "cuda" and (not torch.cuda.is_available() or int(index or 0) >= torch.cuda.device_count()):
-        raise ToolkitError(f"device {text!r} is not available here ({torch.cuda.device_count()} CUDA devices): "
-                           "use --device cpu or auto")
+        raise ToolkitError(
+            f"device {text!r} is not available here ({torch.cuda.device_count()} CUDA devices): "
+            "use --device cpu or auto"
+        )
     if kind == "mps" and not _mps_available():
         raise ToolkitError("device 'mps' is not available here: use --device cpu or auto")
     return torch.device(text)
@@ -78,8 +80,9 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device = torc
     return DTYPES[text]
 
 
-def resolve_device_map(device_map: str | Mapping[str, str | int] | None,
-                       device: str | torch.device | None = None) -> str | dict[str, str | int] | None:
+def resolve_device_map(
+    device_map: str | Mapping[str, str | int] | None, device: str | torch.device | None = None
+) -> str | dict[str, str | int] | None:
     """A device map as ``from_pretrained`` takes it, checked once.
 
     Args:
@@ -102,12 +105,15 @@ def resolve_device_map(device_map: str | Mapping[str, str | int] | None,
     if isinstance(device_map, str):
         text = device_map.strip().lower()
         if text not in DEVICE_MAPS:
-            raise ToolkitError(f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAPS)} "
-                               "(or, from Python, a {module name: device} dict)")
+            raise ToolkitError(
+                f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAPS)} "
+                "(or, from Python, a {module name: device} dict)"
+            )
         return text
     if not isinstance(device_map, Mapping) or not device_map:
-        raise ToolkitError(f"a device map is {', '.join(DEVICE_MAPS)} or a non-empty {{module name: device}} dict, "
-                           f"got {device_map!r}")
+        raise ToolkitError(
+            f"a device map is {', '.join(DEVICE_MAPS)} or a non-empty {{module name: device}} dict, got {device_map!r}"
+        )
     placed: dict[str, str | int] = {}
     for module, where in device_map.items():
         if isinstance(where, int) and not isinstance(where, bool):
@@ -146,7 +152,9 @@ def precision(model: torch.nn.Module) -> dict[str, str | dict[str, str]]:
         record["attention"] = attention
     placed = getattr(getattr(model, "cfg", None), "device_map", None)
     if placed:
-        record["device_map"] = placed if isinstance(placed, str) else {module: str(where) for module, where in placed.items()}
+        record["device_map"] = (
+            placed if isinstance(placed, str) else {module: str(where) for module, where in placed.items()}
+        )
     return record
 
 

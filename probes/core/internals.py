@@ -31,8 +31,17 @@ if TYPE_CHECKING:
     from peft.tuners.lora import LoraLayer
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["WRAPPED", "attention_bridges", "attention_kernel", "decoder", "hand_attention_over", "hands_over",
-           "lora_update", "plain_module_name", "take_attention_back"]
+__all__ = [
+    "WRAPPED",
+    "attention_bridges",
+    "attention_kernel",
+    "decoder",
+    "hand_attention_over",
+    "hands_over",
+    "lora_update",
+    "plain_module_name",
+    "take_attention_back",
+]
 
 WRAPPED = "._original_component"  # how the TransformerLens bridge nests the modules it wraps
 # Bridges whose forward is the step-by-step one that SDPA may replace with the wrapped module's

@@ -73,8 +73,9 @@ def _acquire(directory: Path) -> int | None:
         except BlockingIOError:
             holder = _holder(handle)
             os.close(handle)
-            raise ToolkitError(f"{directory} is in use by another prism process{holder}; "
-                               "wait for it or use another --out") from None
+            raise ToolkitError(
+                f"{directory} is in use by another prism process{holder}; wait for it or use another --out"
+            ) from None
         if _same_file(handle, path):
             os.ftruncate(handle, 0)
             os.write(handle, f"{os.getpid()}\n".encode())

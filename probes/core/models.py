@@ -58,8 +58,12 @@ ATTENTION = ("auto", "sdpa", "eager")
 
 
 def load_model(
-    name: str = DEFAULT_MODEL, *, device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
-    attention: str = "auto", device_map: str | Mapping[str, str | int] | None = None,
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = torch.float32,
+    attention: str = "auto",
+    device_map: str | Mapping[str, str | int] | None = None,
 ) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
     """Load a model as a TransformerLens bridge, with its tokenizer, in eval mode.
 
@@ -98,8 +102,13 @@ def load_model(
     directory, label = resolve_model_directory(name)
     bridge, tokenizer = _bridge_from_directory(directory, label, precision, where, placement)
     set_attention(bridge, attention)
-    note_model(bridge, name.strip(), directory, cache=cache_dir(),  # what every record says made it
-               source=SMOLLM2_GGUF.requirement if name.strip() == DEFAULT_MODEL else None)
+    note_model(
+        bridge,
+        name.strip(),
+        directory,
+        cache=cache_dir(),  # what every record says made it
+        source=SMOLLM2_GGUF.requirement if name.strip() == DEFAULT_MODEL else None,
+    )
     return bridge, tokenizer
 
 
@@ -129,7 +138,9 @@ def set_attention(model: TransformerBridge, implementation: str = "auto") -> str
                 hand_attention_over(bridge)
             return "sdpa"
         if implementation == "sdpa":
-            raise ToolkitError(f"{model.cfg.model_name}: SDPA cannot be used ({refused}); use attention 'auto' or 'eager'")
+            raise ToolkitError(
+                f"{model.cfg.model_name}: SDPA cannot be used ({refused}); use attention 'auto' or 'eager'"
+            )
     for bridge in bridges:
         take_attention_back(bridge)
     hf.set_attn_implementation("eager")
@@ -208,7 +219,9 @@ def _bridge_from_directory(
     placement = {} if device_map is None else {"device_map": device_map}
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="eager", **placement)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=dtype, attn_implementation="eager", **placement
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ToolkitError(f"could not load model {label!r} ({reason[:200]}); use {VALID_FORMS}") from error
@@ -221,10 +234,13 @@ def _bridge_from_directory(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            bridge = TransformerBridge.boot_transformers(directory, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
-                                                         device=str(device))
+            bridge = TransformerBridge.boot_transformers(
+                directory, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, device=str(device)
+            )
         except (ValueError, KeyError, NotImplementedError) as error:
-            raise ToolkitError(f"TransformerLens cannot wrap {label!r} (architecture {architecture}): {error}") from error
+            raise ToolkitError(
+                f"TransformerLens cannot wrap {label!r} (architecture {architecture}): {error}"
+            ) from error
     bridge.cfg.model_name = label  # what every output records as the model
     if device_map is not None:  # accelerate records a placement only when it spans several devices
         bridge.cfg.device_map = getattr(hf_model, "hf_device_map", None) or device_map

@@ -37,9 +37,7 @@ class Persona:
     def text(self, length: str) -> str:
         check_length(length)
         if length not in self.texts:
-            raise ToolkitError(
-                f"persona {self.name!r} has no {length!r} text; it has: {', '.join(self.texts)}"
-            )
+            raise ToolkitError(f"persona {self.name!r} has no {length!r} text; it has: {', '.join(self.texts)}")
         return self.texts[length]
 
     def to_dict(self) -> dict:
@@ -130,7 +128,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 def _category(value: object, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
-        raise ToolkitError(f"{where}: 'category' must be a string (an MT-Bench category) or null, got {type(value).__name__}")
+        raise ToolkitError(
+            f"{where}: 'category' must be a string (an MT-Bench category) or null, got {type(value).__name__}"
+        )
     return value
 
 
@@ -161,8 +161,10 @@ def parse_personas(payload: object, origin: str) -> dict[str, Persona]:
         if name in ("none", "random", "expert") or name in library:
             raise ToolkitError(f"{where}: name {name!r} is reserved or repeated")
         if not NAME.fullmatch(name):  # names become file and folder names
-            raise ToolkitError(f"{where}: name {name!r} may hold only letters, digits, '_' and '-' (at most 64, "
-                               "starting with a letter or digit)")
+            raise ToolkitError(
+                f"{where}: name {name!r} may hold only letters, digits, '_' and '-' (at most 64, "
+                "starting with a letter or digit)"
+            )
         texts = {length: entry[length] for length in LENGTHS if length in entry}
         if not texts:
             raise ToolkitError(f"{where} ({name}) has none of the texts {', '.join(LENGTHS)}")

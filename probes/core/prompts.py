@@ -165,9 +165,16 @@ def render(
         persona_span = (start, start + len(persona_text))
     query_start = text.index(query, persona_span[1] if persona_span else 0)
     return RenderedPrompt(
-        text=text, condition=condition, persona=persona.name if persona else None, placement=placement,
-        persona_span=persona_span, query_span=(query_start, query_start + len(query)), add_special_tokens=special,
-        item_id=item_id, messages=messages, prompt_format=layout.name,
+        text=text,
+        condition=condition,
+        persona=persona.name if persona else None,
+        placement=placement,
+        persona_span=persona_span,
+        query_span=(query_start, query_start + len(query)),
+        add_special_tokens=special,
+        item_id=item_id,
+        messages=messages,
+        prompt_format=layout.name,
     )
 
 
@@ -183,8 +190,14 @@ def render_messages(
     text, special = _apply_template(tokenizer, messages)
     start = text.index(user)
     return RenderedPrompt(
-        text=text + answer_prefix, condition=Condition(), persona=None, placement=None,
-        persona_span=None, query_span=(start, start + len(user)), add_special_tokens=special, messages=messages,
+        text=text + answer_prefix,
+        condition=Condition(),
+        persona=None,
+        placement=None,
+        persona_span=None,
+        query_span=(start, start + len(user)),
+        add_special_tokens=special,
+        messages=messages,
     )
 
 
@@ -207,7 +220,9 @@ def _resolve_persona(
     matched = matched_persona(category, library)
     if condition.persona == EXPERT_PERSONA:
         if matched is None:
-            raise ToolkitError(f"no expert persona matches category {category!r}{f' (item {item_id})' if item_id else ''}")
+            raise ToolkitError(
+                f"no expert persona matches category {category!r}{f' (item {item_id})' if item_id else ''}"
+            )
         return library[matched]
     if condition.persona != RANDOM_PERSONA:
         return get_persona(condition.persona, library)
@@ -226,8 +241,9 @@ def _messages(system: str | None, user: str) -> tuple[tuple[str, str], ...]:
     return ((("system", system),) if system is not None else ()) + (("user", user),)
 
 
-def _apply_template(tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]],
-                    end: str = "\n\n") -> tuple[str, bool]:
+def _apply_template(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]], end: str = "\n\n"
+) -> tuple[str, bool]:
     if not getattr(tokenizer, "chat_template", None):
         # A base model without a chat template: plain text (``end`` after the last message), the tokenizer adds BOS.
         return "\n\n".join(content for _, content in messages if content) + end, True
@@ -247,8 +263,13 @@ def render_conversation(
     messages = tuple(first.messages) + tuple(m for pair in exchanges for m in zip(("assistant", "user"), pair))
     text, special = _apply_template(tokenizer, messages)
     start = text.rindex(exchanges[-1][1])
-    return replace(first, text=text, query_span=(start, start + len(exchanges[-1][1])), add_special_tokens=special,
-                   messages=messages)
+    return replace(
+        first,
+        text=text,
+        query_span=(start, start + len(exchanges[-1][1])),
+        add_special_tokens=special,
+        messages=messages,
+    )
 
 
 def supports_system_role(tokenizer: PreTrainedTokenizerBase) -> bool:

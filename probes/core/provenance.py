@@ -61,8 +61,18 @@ from huggingface_hub import try_to_load_from_cache
 from probes.core.commandline import command_scope, current_command
 from probes.core.devices import precision
 
-__all__ = ["PACKAGES", "SAVED_DIGEST_BYTES", "WEIGHT_SUFFIXES", "file_sha256", "git_state", "note_engine", "note_model",
-           "package_versions", "provenance", "toolkit_version"]
+__all__ = [
+    "PACKAGES",
+    "SAVED_DIGEST_BYTES",
+    "WEIGHT_SUFFIXES",
+    "file_sha256",
+    "git_state",
+    "note_engine",
+    "note_model",
+    "package_versions",
+    "provenance",
+    "toolkit_version",
+]
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "scikit-learn", "numpy")
 SAVED_DIGEST_BYTES = 64 * 2**20
@@ -115,8 +125,14 @@ def note_engine(name: str, version: str | None) -> None:
     _engines.append(({"name": name, "version": version}, command_scope()))
 
 
-def note_model(model: torch.nn.Module, name: str, directory: str | os.PathLike, *, cache: str | os.PathLike | None = None,
-               source: str | None = None) -> None:
+def note_model(
+    model: torch.nn.Module,
+    name: str,
+    directory: str | os.PathLike,
+    *,
+    cache: str | os.PathLike | None = None,
+    source: str | None = None,
+) -> None:
     """Remember a loaded model for the records this process writes (``load_model`` calls it).
 
     Args:
@@ -133,8 +149,11 @@ def note_model(model: torch.nn.Module, name: str, directory: str | os.PathLike, 
     folder = Path(directory)
     weights: dict[Path, Path | None] = {}
     if folder.is_dir():
-        weights = {path: _saved_digest(path, cache) for path in sorted(folder.iterdir())
-                   if path.suffix in WEIGHT_SUFFIXES and path.is_file()}
+        weights = {
+            path: _saved_digest(path, cache)
+            for path in sorted(folder.iterdir())
+            if path.suffix in WEIGHT_SUFFIXES and path.is_file()
+        }
     else:
         entry["revision"] = _hub_commit(str(directory))
     if source is not None:
@@ -144,8 +163,9 @@ def note_model(model: torch.nn.Module, name: str, directory: str | os.PathLike, 
     _models.append(_Loaded(entry, tuple(weights.items()), command_scope()))
 
 
-def file_sha256(path: str | os.PathLike, saved: str | os.PathLike | None = None, *,
-                save_from: int = SAVED_DIGEST_BYTES) -> str:
+def file_sha256(
+    path: str | os.PathLike, saved: str | os.PathLike | None = None, *, save_from: int = SAVED_DIGEST_BYTES
+) -> str:
     """The SHA-256 of a file's content, computed once per process.
 
     Args:
@@ -205,8 +225,14 @@ def git_state() -> dict | None:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
 
     def git(*arguments: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), "--no-optional-locks", *arguments], capture_output=True,
-                              text=True, timeout=30, env=environment, check=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "--no-optional-locks", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=environment,
+            check=True,
+        ).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()

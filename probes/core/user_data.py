@@ -126,7 +126,11 @@ def _user_item(row: dict, line: int, path: Path) -> Item:
         choices=tuple(choices) if choices else None,
         answer=answer,
         turns=(prompt, *turns),
-        meta={key: value for key, value in row.items() if key not in {"id", "prompt", "question", "category", "choices", "answer", "turns"}},
+        meta={
+            key: value
+            for key, value in row.items()
+            if key not in {"id", "prompt", "question", "category", "choices", "answer", "turns"}
+        },
     )
 
 

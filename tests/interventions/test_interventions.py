@@ -23,8 +23,12 @@ from probes.readouts import capture_residuals, logits_at, residual_norms
 @pytest.fixture(scope="module")
 def batch(tiny):
     model, tokenizer = tiny
-    tokens = torch.tensor([tokenizer("The capital of France is Paris, a city")["input_ids"][:8],
-                           tokenizer("Write a short poem about the sea and")["input_ids"][:8]])
+    tokens = torch.tensor(
+        [
+            tokenizer("The capital of France is Paris, a city")["input_ids"][:8],
+            tokenizer("Write a short poem about the sea and")["input_ids"][:8],
+        ]
+    )
     return model, tokens
 
 
@@ -41,8 +45,10 @@ def test_adding_then_subtracting_a_direction_restores_the_logits(batch):
     with AddDirection(model, direction, scale=3.0, layers=[1], norms=norms) as steer:
         steered = _logits(model, tokens)
     assert (steered - clean).abs().max() > 1e-3  # it did something
-    with AddDirection(model, direction, scale=3.0, layers=[1], norms=norms), \
-            AddDirection(model, direction, scale=-3.0, layers=[1], norms=norms):
+    with (
+        AddDirection(model, direction, scale=3.0, layers=[1], norms=norms),
+        AddDirection(model, direction, scale=-3.0, layers=[1], norms=norms),
+    ):
         restored = _logits(model, tokens)
     assert torch.allclose(restored, clean, atol=1e-4)
     record = steer.record()
@@ -135,21 +141,47 @@ def test_logits_at_fires_the_bridges_hooks(batch):  # across architectures: test
 
 def test_intervene_writes_tables_figures_and_report(tiny, tmp_path):
     out = tmp_path / "intervene"
-    summary = run_interventions(out, *tiny, n_items=8, layers=[0, 2], multiples=(0.0, 1.0),
-                                refusal_items=4, refusal_multiples=(1.0,), progress=False)
+    summary = run_interventions(
+        out,
+        *tiny,
+        n_items=8,
+        layers=[0, 2],
+        multiples=(0.0, 1.0),
+        refusal_items=4,
+        refusal_multiples=(1.0,),
+        progress=False,
+    )
     patching = json.loads((out / "patching.json").read_text())
-    assert {(r["layer"], r["group"]) for r in patching} == {(l, g) for l in (0, 2) for g in ("query", "after_query", "final")}
+    assert {(r["layer"], r["group"]) for r in patching} == {
+        (l, g) for l in (0, 2) for g in ("query", "after_query", "final")
+    }
     final = next(r for r in patching if r["layer"] == 2 and r["group"] == "final")
     assert final["fraction"] == pytest.approx(1.0, abs=1e-3)  # the last block's final token decides the logits
     steering = json.loads((out / "steering.json").read_text())
     assert all(r["fraction"] == 0 for r in steering if r["multiple"] == 0.0)
-    assert summary.n > 0 and summary.report == out / "report.md" and summary.report.read_text().startswith("# Why personas hurt")
+    assert (
+        summary.n > 0
+        and summary.report == out / "report.md"
+        and summary.report.read_text().startswith("# Why personas hurt")
+    )
     attention = json.loads((out / "attention.json").read_text())
     assert [r["layer"] for r in attention] == [0, 1, 2] and all(0 < r["attention"] < 1 for r in attention)
     refusal = json.loads((out / "refusal.json").read_text())
-    assert [r["condition"] for r in refusal] == ["no persona", "persona prompt", "persona direction", "random direction"]
+    assert [r["condition"] for r in refusal] == [
+        "no persona",
+        "persona prompt",
+        "persona direction",
+        "random direction",
+    ]
     assert all(r["n"] == 4 for r in refusal)
-    for name in ("patching_heatmap", "steering_dose_response", "ablation", "logit_lens", "attention", "refusal_steering"):
+    for name in (
+        "patching_heatmap",
+        "steering_dose_response",
+        "ablation",
+        "logit_lens",
+        "attention",
+        "refusal_steering",
+    ):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
         assert (out / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
@@ -169,8 +201,10 @@ def test_patching_after_a_cached_prefix_equals_patching_whole_prompts(paired):
         for group in GROUPS:
             expected = []
             for start in range(0, len(items), 4):
-                chosen = items[start:start + 4]
-                source = capture_residuals(model, right_pad([p.source for p in chosen], tokenizer.pad_token_id), [layer])
+                chosen = items[start : start + 4]
+                source = capture_residuals(
+                    model, right_pad([p.source for p in chosen], tokenizer.pad_token_id), [layer]
+                )
                 with PatchActivations(model, source, [p.pairs(group) for p in chosen]):
                     expected.append(margins(model, tokenizer, [p.target for p in chosen], chosen))
             assert np.allclose(sweep[(layer, group)], np.concatenate(expected), atol=1e-4), (layer, group)
@@ -216,8 +250,11 @@ def test_mean_ablation_sets_the_projection_to_the_baseline(batch):
 def test_left_padded_margins_equal_right_padded_and_reach_the_answer_position(paired):
     model, tokenizer, items = paired
     sources = [p.source for p in items]
-    assert np.allclose(margins(model, tokenizer, sources, items), margins(model, tokenizer, sources, items, left_padded=True),
-                       atol=1e-4)
+    assert np.allclose(
+        margins(model, tokenizer, sources, items),
+        margins(model, tokenizer, sources, items, left_padded=True),
+        atol=1e-4,
+    )
     direction = torch.randn(model.cfg.d_model)
     with AddDirection(model, direction, scale=5.0, layers=[2], positions=[-1]):
         steered = margins(model, tokenizer, sources, items, left_padded=True)
@@ -228,7 +265,9 @@ def test_left_padded_margins_equal_right_padded_and_reach_the_answer_position(pa
 
 def test_intervene_takes_a_users_persona_from_a_personas_file(tiny_llama_directory, tmp_path, monkeypatch):
     mine = tmp_path / "mine.json"
-    mine.write_text(json.dumps({"personas": [{"name": "pirate", "long": "Arr, you are a pirate captain of the seven seas."}]}))
+    mine.write_text(
+        json.dumps({"personas": [{"name": "pirate", "long": "Arr, you are a pirate captain of the seven seas."}]})
+    )
     rendered = []
 
     def spy(*args, **kwargs):
@@ -238,8 +277,31 @@ def test_intervene_takes_a_users_persona_from_a_personas_file(tiny_llama_directo
 
     monkeypatch.setattr(probes.core.rendering, "render", spy)  # every item the command renders
     out = tmp_path / "intervene"
-    assert main(["intervene", "--model", tiny_llama_directory, "--persona", "pirate", "--personas-file", str(mine), "-n", "8",
-                 "--layers", "0", "--refusal-items", "2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "intervene",
+                "--model",
+                tiny_llama_directory,
+                "--persona",
+                "pirate",
+                "--personas-file",
+                str(mine),
+                "-n",
+                "8",
+                "--layers",
+                "0",
+                "--refusal-items",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["persona"].startswith("pirate")
     with_persona = [text for text in rendered if "pirate captain of the seven seas" in text]
-    assert with_persona and len(with_persona) == len(rendered) // 2  # the capital items and refusal requests, with and without
+    assert (
+        with_persona and len(with_persona) == len(rendered) // 2
+    )  # the capital items and refusal requests, with and without

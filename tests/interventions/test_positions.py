@@ -16,10 +16,18 @@ from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition, render
 from probes.positions import PassTracker, prompts
 
-QUERIES = ["What is the capital of France?", "Name a prime number.", "Which ocean is the largest on Earth?",
-           "Who wrote Hamlet?", "What is two plus two?", "Say hello.", "What colour is the sky on a clear day?",
-           "How many legs does a spider have?", "What is the boiling point of water at sea level in Celsius?",
-           "Name a planet."]
+QUERIES = [
+    "What is the capital of France?",
+    "Name a prime number.",
+    "Which ocean is the largest on Earth?",
+    "Who wrote Hamlet?",
+    "What is two plus two?",
+    "Say hello.",
+    "What colour is the sky on a clear day?",
+    "How many legs does a spider have?",
+    "What is the boiling point of water at sea level in Celsius?",
+    "Name a planet.",
+]
 OPTIONS = [[" Paris is the answer", " Lyon"], [" seven", " eight or nine"]] * 5
 
 

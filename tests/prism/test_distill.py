@@ -19,16 +19,27 @@ from probes.core.errors import ToolkitError
 from probes.core.models import load_model
 
 # queries and answers of different lengths, so that every padded batch pads
-SAMPLES = [Sample(f"s{i}", persona, query, "It is.", answer, True, True, (1.0, 1.0)) for i, (persona, query, answer) in enumerate([
-    ("math", "What is 2 plus 3?", "The sum is 5."),
-    ("math", "Explain why the square root of two is irrational, in a few steps.",
-     "Suppose it were a ratio p/q in lowest terms; then p squared is twice q squared, so p is even, and then q is too."),
-    ("humanities", "Who wrote Hamlet?", "Shakespeare wrote it, around 1600."),
-    ("humanities", "Summarise the causes of the French Revolution.",
-     "Debt, bread prices and a rigid estate system; the Enlightenment gave the grievances a language."),
-    ("math", "Is 91 prime?", "No: 91 is 7 times 13."),
-    ("humanities", "Name a Roman poet.", "Virgil, who wrote the Aeneid."),
-])]
+SAMPLES = [
+    Sample(f"s{i}", persona, query, "It is.", answer, True, True, (1.0, 1.0))
+    for i, (persona, query, answer) in enumerate(
+        [
+            ("math", "What is 2 plus 3?", "The sum is 5."),
+            (
+                "math",
+                "Explain why the square root of two is irrational, in a few steps.",
+                "Suppose it were a ratio p/q in lowest terms; then p squared is twice q squared, so p is even, and then q is too.",
+            ),
+            ("humanities", "Who wrote Hamlet?", "Shakespeare wrote it, around 1600."),
+            (
+                "humanities",
+                "Summarise the causes of the French Revolution.",
+                "Debt, bread prices and a rigid estate system; the Enlightenment gave the grievances a language.",
+            ),
+            ("math", "Is 91 prime?", "No: 91 is 7 times 13."),
+            ("humanities", "Name a Roman poet.", "Virgil, who wrote the Aeneid."),
+        ]
+    )
+]
 
 
 @pytest.fixture()
@@ -38,7 +49,10 @@ def tiny_model(tiny_llama_directory):
 
 
 def _lora(model, name: str) -> dict[str, torch.Tensor]:
-    return {key: value.detach().clone() for key, value in get_peft_model_state_dict(model.original_model, adapter_name=name).items()}
+    return {
+        key: value.detach().clone()
+        for key, value in get_peft_model_state_dict(model.original_model, adapter_name=name).items()
+    }
 
 
 def test_a_padded_batch_gives_each_sequence_its_unpadded_logits(tiny_model):
@@ -102,8 +116,9 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_switched_off_aft
 def test_distillation_with_checkpointing_trains_the_same_adapter(tiny_model):
     model, tokenizer = tiny_model
     plain = distill(model, tokenizer, SAMPLES, "plain", DistillConfig(epochs=1), progress=False)["losses"]
-    checkpointed = distill(model, tokenizer, SAMPLES, "checkpointed", DistillConfig(epochs=1, gradient_checkpointing=True),
-                           progress=False)["losses"]
+    checkpointed = distill(
+        model, tokenizer, SAMPLES, "checkpointed", DistillConfig(epochs=1, gradient_checkpointing=True), progress=False
+    )["losses"]
     assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
     assert_close(_lora(model, "checkpointed"), _lora(model, "plain"), atol=1e-6, rtol=1e-5)
 
@@ -129,9 +144,20 @@ def test_fidelity_is_zero_for_an_untrained_adapter_and_grows_with_distillation(t
     untrained = adapter_fidelity(model, tokenizer, SAMPLES, "fresh")
     assert untrained.persona_effect.mean > 0 and untrained.share.mean == pytest.approx(0.0, abs=1e-6)
     assert untrained.remaining.mean == pytest.approx(untrained.persona_effect.mean, rel=1e-5)
-    distill(model, tokenizer, SAMPLES, "trained", DistillConfig(epochs=6, learning_rate=5e-3, temperature=1.0), progress=False)
+    distill(
+        model,
+        tokenizer,
+        SAMPLES,
+        "trained",
+        DistillConfig(epochs=6, learning_rate=5e-3, temperature=1.0),
+        progress=False,
+    )
     trained = adapter_fidelity(model, tokenizer, SAMPLES, "trained")
-    assert trained.share.n == len(SAMPLES) and trained.share.low > 0 and trained.remaining.mean < trained.persona_effect.mean
+    assert (
+        trained.share.n == len(SAMPLES)
+        and trained.share.low > 0
+        and trained.remaining.mean < trained.persona_effect.mean
+    )
     assert set(trained.to_dict()) >= {"fidelity", "fidelity_low", "fidelity_high", "n", "kl_teacher_base"}
 
 
@@ -205,7 +231,9 @@ def test_a_negative_retain_weight_is_refused():
 
 
 def test_held_out_samples_keep_a_share_of_each_persona_and_training_for_every_persona():
-    samples = [Sample(f"{p}-{i}", p, f"q{i}", "a", "b", True, True, (1.0, 1.0)) for p in ("math", "writing") for i in range(8)]
+    samples = [
+        Sample(f"{p}-{i}", p, f"q{i}", "a", "b", True, True, (1.0, 1.0)) for p in ("math", "writing") for i in range(8)
+    ]
     samples += [Sample("coding-0", "coding", "q", "a", "b", True, True, (1.0, 1.0))]
     training, held = held_out_samples(samples, 0.25, seed=3)
     assert {s.id for s in training}.isdisjoint(s.id for s in held) and len(training) + len(held) == len(samples)

@@ -32,8 +32,19 @@ from tests.gate_queries import QUERIES
 
 
 def _samples(n: int = 6) -> list[Sample]:
-    return [Sample(f"math-{i}", "math", f"What is {i} plus {i + 1}? Explain why.", "It is.",
-                   f"The sum is {2 * i + 1}, since adding one more gives it.", True, True, (1.0, 1.0)) for i in range(n)]
+    return [
+        Sample(
+            f"math-{i}",
+            "math",
+            f"What is {i} plus {i + 1}? Explain why.",
+            "It is.",
+            f"The sum is {2 * i + 1}, since adding one more gives it.",
+            True,
+            True,
+            (1.0, 1.0),
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +66,9 @@ def test_the_teacher_keeps_its_persona_and_distillation_closes_the_gap(tiny_llam
     model, tokenizer = load_model(tiny_llama_directory)
     sample = _samples(1)[0]
     config = DistillConfig(epochs=6, learning_rate=2e-3)
-    attach_adapter(model, "probe", rank=config.rank, alpha=config.alpha, first_block=config.first_block, seed=config.seed)  # untrained: lora_B starts at zero, the student is the plain model
+    attach_adapter(
+        model, "probe", rank=config.rank, alpha=config.alpha, first_block=config.first_block, seed=config.seed
+    )  # untrained: lora_B starts at zero, the student is the plain model
     with active_adapter(model, "probe"):
         untrained = distillation_loss(model, tokenizer, sample, config)
     assert untrained > 1e-6  # the teacher saw the persona; the student did not (a tiny random model: small KLs)
@@ -85,11 +98,15 @@ def test_adapters_round_trip_and_load_onto_the_plain_model(trained, tiny_llama_d
         assert torch.equal(fresh.original_model(ids).logits, plain_logits)
     with active_adapter(fresh, "prism"), torch.no_grad():
         assert torch.equal(fresh.original_model(ids).logits, adapted)
-        plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_directory), tmp_path / "adapter")
+        plain = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_llama_directory), tmp_path / "adapter"
+        )
         assert torch.allclose(plain(ids).logits, adapted, atol=1e-4)
 
 
-def test_damaged_or_mismatched_adapters_fail_with_one_line(trained, tiny_llama_directory, tiny_gemma_directory, tmp_path):
+def test_damaged_or_mismatched_adapters_fail_with_one_line(
+    trained, tiny_llama_directory, tiny_gemma_directory, tmp_path
+):
     model, _, _, info = trained
     directory = save_adapter(model, "prism", tmp_path / "adapter", info["peft_config"])
     (directory / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
@@ -125,7 +142,9 @@ def test_the_gate_read_in_the_answering_pass_matches_a_separate_partial_pass(tra
     prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
     separate = route_probabilities(model, tokenizer, gate, QUERIES)
     with Routed(model, gate, adapter="prism") as routed:
-        generate(model, tokenizer, prompts, max_new_tokens=3, batch_size=6, progress=False)  # left-padded, mixed lengths
+        generate(
+            model, tokenizer, prompts, max_new_tokens=3, batch_size=6, progress=False
+        )  # left-padded, mixed lengths
     in_pass = np.array([routed.decision(encode(tokenizer, prompt))[0] for prompt in prompts])
     assert np.allclose(in_pass, separate, atol=1e-5)
     routes = [routed.decision(encode(tokenizer, prompt))[1] for prompt in prompts]
@@ -138,8 +157,9 @@ def test_a_mixed_batch_gives_each_sequence_the_logits_of_its_own_route(trained):
     prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
     options = [[" yes", " no and more"]] * len(prompts)
     with Routed(model, gate, adapter="prism") as routed:
-        mixed = score_choices(model, tokenizer, prompts, options, [0] * len(prompts), batch_size=6, share_prefix=False,
-                              progress=False)
+        mixed = score_choices(
+            model, tokenizer, prompts, options, [0] * len(prompts), batch_size=6, share_prefix=False, progress=False
+        )
     for prompt, result in zip(prompts, mixed):
         with active_adapter(model, "prism" if routed.decision(encode(tokenizer, prompt))[1] else None):
             alone = score_choices(model, tokenizer, [prompt], options[:1], [0], batch_size=1, progress=False)[0]
@@ -147,8 +167,10 @@ def test_a_mixed_batch_gives_each_sequence_the_logits_of_its_own_route(trained):
 
 
 def _adapter_state(model) -> list:
-    return [(layer.active_adapters, layer.disable_adapters, [p.requires_grad for p in layer.parameters()])
-            for layer in adapter_layers(model)]
+    return [
+        (layer.active_adapters, layer.disable_adapters, [p.requires_grad for p in layer.parameters()])
+        for layer in adapter_layers(model)
+    ]
 
 
 def test_active_adapter_restores_the_previous_state_even_when_the_block_raises(trained):
@@ -183,7 +205,9 @@ def test_routed_steering_only_moves_routed_rows(trained):
     plain = score_choices(model, tokenizer, prompts, options, [0] * len(prompts), share_prefix=False, progress=False)
     vector = torch.randn(model.cfg.d_model) * 5
     with Routed(model, gate, steering=(1, vector)) as routed:
-        steered = score_choices(model, tokenizer, prompts, options, [0] * len(prompts), share_prefix=False, progress=False)
+        steered = score_choices(
+            model, tokenizer, prompts, options, [0] * len(prompts), share_prefix=False, progress=False
+        )
     for prompt, before, after in zip(prompts, plain, steered):
         moved = not np.allclose(before.logprobs, after.logprobs, atol=1e-5)
         assert moved == routed.decision(encode(tokenizer, prompt))[1]
@@ -200,8 +224,13 @@ def test_routing_refuses_an_adapter_that_reaches_the_gates_block(trained):
 
 
 def test_bootstrap_labels_need_both_orders_and_queries_are_cleaned():
-    assert clean_query("1. What is the tallest mountain on Earth?\nMore text") == "What is the tallest mountain on Earth?"
-    assert clean_query('Question: "How do vaccines train the immune system?"') == "How do vaccines train the immune system?"
+    assert (
+        clean_query("1. What is the tallest mountain on Earth?\nMore text") == "What is the tallest mountain on Earth?"
+    )
+    assert (
+        clean_query('Question: "How do vaccines train the immune system?"')
+        == "How do vaccines train the immune system?"
+    )
     assert clean_query("Hi?") is None
     first_only = Sample("a", "math", "q", "p", "x", True, False, (1.0, -1.0))
     both = Sample("b", "math", "q", "p", "x", True, True, (1.0, 1.0))
@@ -229,13 +258,29 @@ def test_given_decisions_route_rows_without_the_gates_verdict(trained):
 def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path):
     out = tmp_path / "prism"
     config = BootstrapConfig(queries_per_persona=2, query_tokens=12, answer_tokens=8)
-    summary = pipeline.bootstrap(out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "critic"],
-                                 progress=False)
+    summary = pipeline.bootstrap(
+        out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "critic"], progress=False
+    )
     assert summary.overall.win_rate.n >= 3 and (out / "bootstrap" / "samples.jsonl").is_file()
-    budget = CompareBudget(capitals=4, harmbench=2, mtbench=2, refusal_tokens=4, answer_tokens=4, continents=3, currencies=3,
-                           city_countries=3)
-    trained = pipeline.train(out, labels="intents", per_intent=12, compare_budget=budget, max_block=1,
-                             distill_config=DistillConfig(epochs=1, persona_length="long"), progress=False)
+    budget = CompareBudget(
+        capitals=4,
+        harmbench=2,
+        mtbench=2,
+        refusal_tokens=4,
+        answer_tokens=4,
+        continents=3,
+        currencies=3,
+        city_countries=3,
+    )
+    trained = pipeline.train(
+        out,
+        labels="intents",
+        per_intent=12,
+        compare_budget=budget,
+        max_block=1,
+        distill_config=DistillConfig(epochs=1, persona_length="long"),
+        progress=False,
+    )
     assert trained.layer <= 1 and (out / "adapters" / "prism" / "adapter_config.json").is_file()
     assert PrismDirectory(out).teacher_length() == "long"
     # the gate never saw a source that asks what the comparison's knowledge sets ask
@@ -243,7 +288,10 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
     assert not {row["source"] for row in trained.sources} & set(trained.record["excluded_sources"])
     assert {"geo:language", "mtbench"} <= {row["source"] for row in trained.sources}
     assert set(trained.record["routing_quality"]) >= {"gate", "embedding", "self_classify"}
-    assert set(trained.routers) == {"embedding", "self_classify"} and trained.auc.n == trained.record["routing_quality"]["n_test"]
+    assert (
+        set(trained.routers) == {"embedding", "self_classify"}
+        and trained.auc.n == trained.record["routing_quality"]["n_test"]
+    )
     compared = pipeline.compare(out, budget=budget, progress=False)
     assert [row["system"] for row in compared.table] == list(pipeline.SYSTEMS)
     assert (out / "compare" / "report.md").read_text().startswith("# PRISM compared")
@@ -253,7 +301,10 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
     assert {(r["source"], r["system"]) for r in knowledge} == {(d, s) for d in KNOWLEDGE for s in pipeline.SYSTEMS}
     assert {r["n"] for r in knowledge if r["source"] == "currencies"} == {3}
     assert "margin_vs_base" in next(r for r in knowledge if r["system"] == "PRISM" and r["source"] == "city-countries")
-    assert len(compared.record["router_rates"]) == 3 * len(DATASETS) and compared.record["excluded_sources"] == trained.record["excluded_sources"]
+    assert (
+        len(compared.record["router_rates"]) == 3 * len(DATASETS)
+        and compared.record["excluded_sources"] == trained.record["excluded_sources"]
+    )
     assert "knowledge sources" in compared.report.read_text()
     rows = {row["system"]: row for row in compared.table}
     assert rows["PRISM"]["teacher_length"] == "long" and "teacher_length" not in rows["expert prompt (long)"]
@@ -277,8 +328,14 @@ def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path
 def test_mean_read_outs_in_the_answering_pass_match_the_partial_pass(trained, position, tmp_path):
     model, tokenizer, _, _ = trained
     x = gate_features(model, tokenizer, QUERIES, [0], position, tmp_path, progress=False)[0]
-    gate, _ = fit_gate(x, np.array([0, 1, 0, 1, 0, 1]), Split(np.arange(6), np.arange(6)), layer=0, position=position,
-                       template=template_tokens(tokenizer))
+    gate, _ = fit_gate(
+        x,
+        np.array([0, 1, 0, 1, 0, 1]),
+        Split(np.arange(6), np.arange(6)),
+        layer=0,
+        position=position,
+        template=template_tokens(tokenizer),
+    )
     prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES]
     with Routed(model, gate, adapter="prism") as routed:
         generate(model, tokenizer, prompts, max_new_tokens=2, batch_size=6, progress=False)
@@ -292,11 +349,19 @@ def test_mean_read_outs_in_the_answering_pass_match_the_partial_pass(trained, po
 
 def test_extra_knowledge_queries_join_the_intent_labels(tmp_path):
     extra = tmp_path / "facts.jsonl"
-    rows = [{"id": f"f{i}", "prompt": f"What is the capital of country number {i}?", "category": "knowledge",
-             "subcategory": f"country-{i}"} for i in range(40)]
+    rows = [
+        {
+            "id": f"f{i}",
+            "prompt": f"What is the capital of country number {i}?",
+            "category": "knowledge",
+            "subcategory": f"country-{i}",
+        }
+        for i in range(40)
+    ]
     extra.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    labelled = labelled_prompts("intents", [], per_intent=30, extra=[str(extra)],
-                                exclude={"What is the capital of country number 0?"})
+    labelled = labelled_prompts(
+        "intents", [], per_intent=30, extra=[str(extra)], exclude={"What is the capital of country number 0?"}
+    )
     added = [q for q in labelled.queries if q.startswith("What is the capital of country number")]
     assert added and "What is the capital of country number 0?" not in added
     assert all(label == 0 for q, label in zip(labelled.queries, labelled.labels) if q in added)
@@ -316,7 +381,9 @@ def test_a_resumed_bootstrap_samples_each_lost_chunk_with_the_seed_and_prompts_i
     config = BootstrapConfig(batch_size=2)  # chunks of 4 prompts
 
     def run(path):
-        return prism.bootstrap._generate_once(_Sampled(), prompts, keys, Ledger(path), config, 8, 1.0, 7, "queries", False)
+        return prism.bootstrap._generate_once(
+            _Sampled(), prompts, keys, Ledger(path), config, 8, 1.0, 7, "queries", False
+        )
 
     whole = run(tmp_path / "whole.jsonl")
     run(tmp_path / "cut.jsonl")
@@ -329,8 +396,11 @@ def test_a_resumed_bootstrap_samples_each_lost_chunk_with_the_seed_and_prompts_i
     lines = ledger.read_text().splitlines(keepends=True)
     ledger.write_text("".join(lines[:2]) + '{"key": "k2", "answer": "by hand"}\n' + "".join(lines[3:]))
     before = ledger.read_bytes()
-    with pytest.raises(ToolkitError, match=r"edited.jsonl: the record 'k2' has no valid 'text', so prism did not write it: "
-                                           r"delete that line \(its work is done again\) and rerun"):
+    with pytest.raises(
+        ToolkitError,
+        match=r"edited.jsonl: the record 'k2' has no valid 'text', so prism did not write it: "
+        r"delete that line \(its work is done again\) and rerun",
+    ):
         run(ledger)
     assert ledger.read_bytes() == before
 
@@ -339,14 +409,23 @@ PIRATE = "Arr, you are a pirate captain of the seven seas."
 MONITOR = "You are my own safety monitor, who declines what could hurt."
 
 
-def test_a_users_personas_are_bootstrapped_and_the_directory_keeps_them_for_train_and_compare(tiny_llama_directory, tmp_path,
-                                                                                                monkeypatch):
+def test_a_users_personas_are_bootstrapped_and_the_directory_keeps_them_for_train_and_compare(
+    tiny_llama_directory, tmp_path, monkeypatch
+):
     mine = tmp_path / "mine.json"  # a new persona, and the user's own text for one the comparison's expert prompt uses
-    mine.write_text(json.dumps({"personas": [{"name": "pirate", "min": PIRATE}, {"name": "safety-monitor", "min": MONITOR}]}))
+    mine.write_text(
+        json.dumps({"personas": [{"name": "pirate", "min": PIRATE}, {"name": "safety-monitor", "min": MONITOR}]})
+    )
     out = tmp_path / "prism"
     config = BootstrapConfig(queries_per_persona=2, query_tokens=12, answer_tokens=8)
-    pipeline.bootstrap(out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "pirate"],
-                       library=persona_library(mine), progress=False)
+    pipeline.bootstrap(
+        out,
+        model_name=tiny_llama_directory,
+        config=config,
+        personas=["math", "writing", "pirate"],
+        library=persona_library(mine),
+        progress=False,
+    )
     samples = load_samples(out)
     assert {sample.persona for sample in samples} == {"math", "writing", "pirate"}
     rendered = []  # every prompt rendered from now on: none is given the personas file again
@@ -358,18 +437,37 @@ def test_a_users_personas_are_bootstrapped_and_the_directory_keeps_them_for_trai
 
     for module in (prism.pairs, probes.core.rendering):
         monkeypatch.setattr(module, "render", spy)
-    budget = CompareBudget(capitals=2, harmbench=2, mtbench=2, refusal_tokens=2, answer_tokens=2, continents=2, currencies=2,
-                           city_countries=2)
-    pipeline.train(out, labels="intents", per_intent=12, compare_budget=budget, max_block=1,
-                   distill_config=DistillConfig(epochs=1), progress=False)
+    budget = CompareBudget(
+        capitals=2,
+        harmbench=2,
+        mtbench=2,
+        refusal_tokens=2,
+        answer_tokens=2,
+        continents=2,
+        currencies=2,
+        city_countries=2,
+    )
+    pipeline.train(
+        out,
+        labels="intents",
+        per_intent=12,
+        compare_budget=budget,
+        max_block=1,
+        distill_config=DistillConfig(epochs=1),
+        progress=False,
+    )
     assert any(PIRATE in text for text in rendered)  # the teacher's prompt of the pirate's samples
     rendered.clear()
     pipeline.compare(out, budget=budget, systems=["expert prompt"], progress=False)
     assert any(MONITOR in text for text in rendered)  # HarmBench's expert prompt: the user's safety monitor
     assert not any(builtin_personas()["safety-monitor"].text("min") in text for text in rendered)
     assert len(pipeline.route(out, ["Tell me about ships."], via="prompt", persona="pirate", max_new_tokens=2)) == 1
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("a model loaded before the personas were checked"))
+    monkeypatch.setattr(
+        pipeline, "load_model", lambda *a, **k: pytest.fail("a model loaded before the personas were checked")
+    )
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"personas": [{"name": "pirate", "min": "You are a quiet pirate."}]}))
-    with pytest.raises(ToolkitError, match="bootstrapped with user personas safety-monitor, pirate .* not user personas pirate"):
+    with pytest.raises(
+        ToolkitError, match="bootstrapped with user personas safety-monitor, pirate .* not user personas pirate"
+    ):
         pipeline.bootstrap(out, library=persona_library(other), progress=False)

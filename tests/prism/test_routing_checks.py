@@ -11,20 +11,33 @@ from prism.routing import Routed, route_probabilities
 from probes.core.errors import ToolkitError
 from probes.core.prompts import Condition, encode, render
 
-QUERIES = ["What is two plus two?", "Write a poem about the sea and the ships that sail on it at night.", "Hi",
-           "Name the capital of France.", "Explain, step by step, why the sky looks blue on a clear day."]
+QUERIES = [
+    "What is two plus two?",
+    "Write a poem about the sea and the ships that sail on it at night.",
+    "Hi",
+    "Name the capital of France.",
+    "Explain, step by step, why the sky looks blue on a clear day.",
+]
 
 
 def _gate(width: int, layer: int = 0) -> Gate:
-    return Gate("logistic", layer, "last", {"weight": torch.zeros(width, dtype=torch.float64), "bias": torch.tensor(0.0)},
-                0.5, {"model": "SomeOther-7B"})
+    return Gate(
+        "logistic",
+        layer,
+        "last",
+        {"weight": torch.zeros(width, dtype=torch.float64), "bias": torch.tensor(0.0)},
+        0.5,
+        {"model": "SomeOther-7B"},
+    )
 
 
 def test_a_gate_from_a_wider_model_is_refused_with_one_line(tiny):
     model, tokenizer = tiny
     gate = _gate(model.cfg.d_model + 64)
-    for attempt in (lambda: route_probabilities(model, tokenizer, gate, ["What is two plus two?"]),
-                    lambda: Routed(model, gate, adapter="prism")):
+    for attempt in (
+        lambda: route_probabilities(model, tokenizer, gate, ["What is two plus two?"]),
+        lambda: Routed(model, gate, adapter="prism"),
+    ):
         with pytest.raises(ToolkitError, match=f"{model.cfg.d_model + 64}-wide residuals .*SomeOther-7B") as caught:
             attempt()
         assert "\n" not in str(caught.value)
@@ -50,13 +63,18 @@ def _reference(model, tokenizer, gate: Gate, queries) -> np.ndarray:
         with torch.inference_mode():
             _, cache = model.run_with_cache(tokens)
         residual = cache[f"blocks.{gate.layer}.hook_out"][0].double()
-        picked = {"last": residual[-1], "mean": residual.mean(0),
-                  "query": residual[before: max(before + 1, residual.shape[0] - after)].mean(0)}[gate.position]
+        picked = {
+            "last": residual[-1],
+            "mean": residual.mean(0),
+            "query": residual[before : max(before + 1, residual.shape[0] - after)].mean(0),
+        }[gate.position]
         rows.append(picked.numpy())
     return gate.probability(np.stack(rows))
 
 
-@pytest.mark.parametrize("layer", [0, 1, 2])  # 0, 1: the bridge's stop_at_layer; 2, the last block: a hook ends the pass
+@pytest.mark.parametrize(
+    "layer", [0, 1, 2]
+)  # 0, 1: the bridge's stop_at_layer; 2, the last block: a hook ends the pass
 @pytest.mark.parametrize("position", ["last", "mean", "query"])
 def test_the_partial_pass_gives_the_probabilities_of_a_full_pass_and_writes_nothing(tiny, monkeypatch, layer, position):
     model, tokenizer = tiny
@@ -67,6 +85,7 @@ def test_the_partial_pass_gives_the_probabilities_of_a_full_pass_and_writes_noth
 
     def no_files(*args, **kwargs):
         raise AssertionError("the gate's pass wrote a file")
+
     for name in ("save_file", "write_json", "record_activations"):
         monkeypatch.setattr(recording, name, no_files)
     monkeypatch.setattr("prism.gate.record_activations", no_files)

@@ -29,8 +29,14 @@ def test_every_query_is_scored_by_a_fit_that_never_saw_its_source():
 
 
 def test_the_table_calibrates_each_sources_threshold_on_the_others_and_says_what_fails():
-    scores = np.concatenate([np.linspace(0.0, 0.2, 10), np.linspace(0.55, 0.7, 10),  # geo:city sits among the persona side
-                             np.linspace(0.6, 0.9, 10), np.linspace(0.8, 1.0, 10)])
+    scores = np.concatenate(
+        [
+            np.linspace(0.0, 0.2, 10),
+            np.linspace(0.55, 0.7, 10),  # geo:city sits among the persona side
+            np.linspace(0.6, 0.9, 10),
+            np.linspace(0.8, 1.0, 10),
+        ]
+    )
     rows = {row["source"]: row for row in source_table(scores, LABELS, SOURCES)}
     assert rows["mmlu"]["route"] == "base" and rows["mmlu"]["route_rate"] == 0 and rows["mmlu"]["passes"]
     assert rows["geo:city"]["route_rate"] > 0.5 and rows["geo:city"]["passes"] is False
@@ -44,7 +50,9 @@ def test_the_read_out_with_fewer_misses_on_unseen_sources_is_chosen():
     rng = np.random.default_rng(0)
     signal = rng.standard_normal((40, 8)) + 3 * LABELS[:, None]
     noise = rng.standard_normal((40, 8))
-    chosen, candidates = choose_read_out({(0, "last"): noise, (1, "last"): signal}, LABELS, SOURCES, kinds=("logistic",))
+    chosen, candidates = choose_read_out(
+        {(0, "last"): noise, (1, "last"): signal}, LABELS, SOURCES, kinds=("logistic",)
+    )
     assert (chosen["layer"], chosen["position"], chosen["kind"]) == (1, "last", "logistic")
     assert chosen["result"]["summary"]["worst_miss"] == 0 and chosen["result"]["summary"]["passing"] == 4
     assert len(candidates) == 2 + 2 and "result" not in candidates[0] and "worst_miss" in candidates[0]
@@ -55,12 +63,38 @@ def test_the_read_out_with_fewer_misses_on_unseen_sources_is_chosen():
 def test_the_train_summary_prints_the_table_and_reads_each_routers_route_rate():
     from_row = {"source": "geo:city", "route": "base", "n": 24}
     for name, rate, passes in (("gate", 0.04, True), ("embedding", 0.5, False), ("self_classify", 0.2, False)):
-        from_row |= {f"{name}_route_rate": rate, f"{name}_route_rate_low": 0.0, f"{name}_route_rate_high": rate + 0.1,
-                     f"{name}_passes": passes}
-    summary = TrainSummary(2, "last", "logistic", 0.5, 0.4, Estimate(0.9, 0.8, 0.95, 50),
-                           {"embedding": Estimate(0.8, 0.7, 0.9, 50)}, (from_row,))
+        from_row |= {
+            f"{name}_route_rate": rate,
+            f"{name}_route_rate_low": 0.0,
+            f"{name}_route_rate_high": rate + 0.1,
+            f"{name}_passes": passes,
+        }
+    summary = TrainSummary(
+        2,
+        "last",
+        "logistic",
+        0.5,
+        0.4,
+        Estimate(0.9, 0.8, 0.95, 50),
+        {"embedding": Estimate(0.8, 0.7, 0.9, 50)},
+        (from_row,),
+    )
     assert summary.route_rate_of("geo:city", "embedding") == Estimate(0.5, 0.0, 0.6, 24)
     lines = summary.lines()
     assert "unseen sources within target: gate 1, MiniLM 0, self-classify 0 of 1" in lines
-    assert lines[-1].split() == ["geo:city", "base", "24", "0.04", "[0.00,", "0.14]", "0.50", "[0.00,", "0.60]", "x",
-                                 "0.20", "[0.00,", "0.30]", "x"]
+    assert lines[-1].split() == [
+        "geo:city",
+        "base",
+        "24",
+        "0.04",
+        "[0.00,",
+        "0.14]",
+        "0.50",
+        "[0.00,",
+        "0.60]",
+        "x",
+        "0.20",
+        "[0.00,",
+        "0.30]",
+        "x",
+    ]

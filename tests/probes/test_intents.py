@@ -29,7 +29,9 @@ def test_per_source_draws_every_source_and_keeps_the_benchmark_default():
     assert {q.intent for q in queries if q.source.startswith("geo:")} == {"knowledge"}
     assert {q.intent for q in queries if q.source.startswith("write:")} == {"generation"}
     left_out = {q.item.prompt for q in queries[:5]}
-    assert not left_out & {q.item.prompt for q in intent_queries(None, per_source=6, sources=ALL_SOURCES, exclude=left_out, seed=1)}
+    assert not left_out & {
+        q.item.prompt for q in intent_queries(None, per_source=6, sources=ALL_SOURCES, exclude=left_out, seed=1)
+    }
     assert queries == intent_queries(None, per_source=6, sources=ALL_SOURCES, seed=1)
     default = intent_queries(30)
     assert {q.source for q in default} == {"mmlu", "mtbench", "harmbench"} and len(default) == 90

@@ -80,7 +80,11 @@ def test_held_out_splits_never_share_a_group_and_keep_every_class_on_both_sides(
         train_groups = {groups[i] for i in split.train}
         test_groups = {groups[i] for i in split.test}
         assert not train_groups & test_groups and test_groups == set(split.test_groups)
-        assert {labels[i] for i in split.train} == {labels[i] for i in split.test} == {"knowledge", "generation", "harmful"}
+        assert (
+            {labels[i] for i in split.train}
+            == {labels[i] for i in split.test}
+            == {"knowledge", "generation", "harmful"}
+        )
         split.check_disjoint(groups)
         inside = in_distribution_split(labels, split.train, seed=seed)
         assert set(inside.train) | set(inside.test) == set(split.train) and not set(inside.train) & set(inside.test)
@@ -93,7 +97,13 @@ def test_held_out_splits_never_share_a_group_and_keep_every_class_on_both_sides(
 
 def test_saved_directions_and_probes_reload_bit_exactly(tmp_path):
     directions = torch.randn(5, 32, dtype=torch.float64)
-    metadata = {"model": "m", "hook": "blocks.3.hook_out", "layers": [0, 1, 2, 3, 4], "positions": "last", "data": "abc"}
+    metadata = {
+        "model": "m",
+        "hook": "blocks.3.hook_out",
+        "layers": [0, 1, 2, 3, 4],
+        "positions": "last",
+        "data": "abc",
+    }
     path = save_tensors(tmp_path / "d.safetensors", {"directions": directions}, metadata)
     tensors, meta = load_tensors(path)
     made_by = meta.pop("provenance")  # what made the file: versions, command line, the model when one was loaded
@@ -135,14 +145,34 @@ def test_persona_direction_statistics():
 def test_probe_study_end_to_end_on_a_tiny_model(tiny, tmp_path):
     out = tmp_path / "probe"
     mine = tmp_path / "mine.json"  # a user's persona, named next to a built-in one
-    mine.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr, you are a pirate captain.",
-                                              "long": "Arr, you are a pirate captain who has sailed every sea."}]}))
+    mine.write_text(
+        json.dumps(
+            {
+                "personas": [
+                    {
+                        "name": "pirate",
+                        "min": "Arr, you are a pirate captain.",
+                        "long": "Arr, you are a pirate captain who has sailed every sea.",
+                    }
+                ]
+            }
+        )
+    )
     library = persona_library(mine)
-    summary = run_probe_study(out, *tiny, per_intent=24, personas=["math", "pirate"],
-                              library=library, persona_lengths=["min", "long"], persona_queries=6,
-                              kinds=["logistic", "diff-means"], progress=False)
-    assert set(summary.earliest) == {f"{t}/{p}" for t in ("intent", "knowledge-vs-generation", "harmful-vs-benign")
-                                        for p in ("last", "mean")}
+    summary = run_probe_study(
+        out,
+        *tiny,
+        per_intent=24,
+        personas=["math", "pirate"],
+        library=library,
+        persona_lengths=["min", "long"],
+        persona_queries=6,
+        kinds=["logistic", "diff-means"],
+        progress=False,
+    )
+    assert set(summary.earliest) == {
+        f"{t}/{p}" for t in ("intent", "knowledge-vs-generation", "harmful-vs-benign") for p in ("last", "mean")
+    }
     tensors, meta = load_tensors(out / "directions" / "intent_knowledge-vs-generation_mean.safetensors")
     assert tensors["directions"].shape == (4, 64)  # embeddings + 3 blocks
     assert meta["layers"] == [-1, 0, 1, 2] and meta["positions"] == "mean" and meta["data"] == summary.data
@@ -156,8 +186,17 @@ def test_probe_study_end_to_end_on_a_tiny_model(tiny, tmp_path):
     for name in ("probe_intent_last.png", "projection_intents.png", "pca_early_late.png", "cosine_personas.png"):
         assert (out / "figures" / name).stat().st_size > 1000
     first = (out / "directions" / "persona_last.safetensors").read_bytes()
-    run_probe_study(out, *tiny, per_intent=24, personas=["math", "pirate"], library=library,
-                    persona_lengths=["min", "long"], persona_queries=6, kinds=["logistic", "diff-means"], progress=False)
+    run_probe_study(
+        out,
+        *tiny,
+        per_intent=24,
+        personas=["math", "pirate"],
+        library=library,
+        persona_lengths=["min", "long"],
+        persona_queries=6,
+        kinds=["logistic", "diff-means"],
+        progress=False,
+    )
     assert (out / "directions" / "persona_last.safetensors").read_bytes() == first  # resumed, same result
 
 

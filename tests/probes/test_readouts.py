@@ -41,8 +41,13 @@ def test_the_logit_lens_reads_every_block_through_the_models_own_final_norm_and_
         residual = cache[f"blocks.{layer}.hook_out"][rows, torch.tensor(positions)]
         expected = _reference(model, residual)
         chosen = expected[rows, torch.tensor(targets)]
-        torch.testing.assert_close(logprobs[layer], expected.log_softmax(-1)[rows, torch.tensor(targets)], atol=1e-5,
-                                   rtol=1e-5, msg=f"{architecture} block {layer}")
+        torch.testing.assert_close(
+            logprobs[layer],
+            expected.log_softmax(-1)[rows, torch.tensor(targets)],
+            atol=1e-5,
+            rtol=1e-5,
+            msg=f"{architecture} block {layer}",
+        )
         assert ranks[layer].tolist() == (expected > chosen[:, None]).sum(-1).float().tolist()
     own = logits.float().log_softmax(-1)[rows, torch.tensor(positions)][rows, torch.tensor(targets)]
     torch.testing.assert_close(logprobs[-1], own, atol=1e-5, rtol=1e-5)  # after the last block: the model itself
@@ -53,17 +58,27 @@ def test_logits_at_chosen_positions_equal_the_full_forward(bridged):
     _, model, tokens, positions = bridged
     with torch.inference_mode():
         full = model(tokens).float()
-    torch.testing.assert_close(logits_at(model, tokens, positions), full[torch.arange(2), torch.tensor(positions)],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        logits_at(model, tokens, positions), full[torch.arange(2), torch.tensor(positions)], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_a_soft_capped_model_is_read_with_its_cap(tmp_path, smol_directory):
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(1)
-    config = Gemma3TextConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                              sliding_window=32, final_logit_softcapping=0.05)  # small enough to bend random logits
+    config = Gemma3TextConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=32,
+        final_logit_softcapping=0.05,
+    )  # small enough to bend random logits
     Gemma3ForCausalLM(config).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(smol_directory).save_pretrained(tmp_path)
     model, tokenizer = load_model(str(tmp_path))

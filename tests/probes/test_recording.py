@@ -30,8 +30,17 @@ def test_recorded_positions_match_a_direct_forward(tiny, tmp_path, hooks):
     bridge, tokenizer = tiny
     prompts = _prompts(tokenizer)
     stores = {
-        positions: record_activations(bridge, tokenizer, prompts, tmp_path / positions, hooks=hooks,
-                                      positions=positions, batch_size=4, shard_size=5, progress=False)
+        positions: record_activations(
+            bridge,
+            tokenizer,
+            prompts,
+            tmp_path / positions,
+            hooks=hooks,
+            positions=positions,
+            batch_size=4,
+            shard_size=5,
+            progress=False,
+        )
         for positions in ("last", "mean", "all")
     }
     offsets = stores["all"].offsets()
@@ -43,25 +52,50 @@ def test_recorded_positions_match_a_direct_forward(tiny, tmp_path, hooks):
             full = cache[hook][0]
             torch.testing.assert_close(stores["last"].load(hook)[index], full[-1], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(stores["mean"].load(hook)[index], full.mean(0), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(stores["all"].load(hook)[offsets[index]:offsets[index + 1]], full, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                stores["all"].load(hook)[offsets[index] : offsets[index + 1]], full, atol=1e-5, rtol=1e-5
+            )
     manifest = stores["last"].manifest
     assert manifest["hooks"] == hooks and manifest["positions"] == "last"
     assert [p["sha256"] for p in manifest["prompts"]] == [p.sha256 for p in prompts]
     assert [p["text"] for p in manifest["prompts"]] == [p.text for p in prompts]  # the prompt itself, beside its hash
     assert manifest["prompts"][0]["condition"]["persona"] == "math" and manifest["prompts"][3]["item_id"] == "q3"
-    assert [s["file"] for s in manifest["shards"]] == ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
+    assert [s["file"] for s in manifest["shards"]] == [
+        "shard_00000.safetensors",
+        "shard_00001.safetensors",
+        "shard_00002.safetensors",
+    ]
 
 
-@pytest.mark.parametrize("hooks", [["blocks.1.hook_out"], ["blocks.2.hook_out"], ["blocks.0.hook_out", "blocks.1.hook_out"],
-                                   ["blocks.0.attn.hook_out"]])
+@pytest.mark.parametrize(
+    "hooks",
+    [
+        ["blocks.1.hook_out"],
+        ["blocks.2.hook_out"],
+        ["blocks.0.hook_out", "blocks.1.hook_out"],
+        ["blocks.0.attn.hook_out"],
+    ],
+)
 def test_activations_read_in_memory_equal_the_recorded_ones_and_write_nothing(tiny, tmp_path, monkeypatch, hooks):
     bridge, tokenizer = tiny
     prompts = _prompts(tokenizer)
-    stores = {positions: record_activations(bridge, tokenizer, prompts, tmp_path / positions, hooks=hooks, positions=positions,
-                                            batch_size=4, progress=False) for positions in ("last", "mean", "all")}
+    stores = {
+        positions: record_activations(
+            bridge,
+            tokenizer,
+            prompts,
+            tmp_path / positions,
+            hooks=hooks,
+            positions=positions,
+            batch_size=4,
+            progress=False,
+        )
+        for positions in ("last", "mean", "all")
+    }
 
     def no_files(*args, **kwargs):
         raise AssertionError("reading activations in memory wrote a file")
+
     monkeypatch.setattr(recording, "save_file", no_files)
     monkeypatch.setattr(recording, "write_json", no_files)
     for positions, store in stores.items():
@@ -80,8 +114,10 @@ def test_activations_read_in_memory_equal_the_recorded_ones_and_write_nothing(ti
 def test_a_single_block_output_is_read_by_a_pass_that_stops_after_its_block(tiny):
     bridge, tokenizer = tiny
     finished = []
-    handles = [block.register_forward_hook(lambda module, args, output, index=index: finished.append(index))
-               for index, block in enumerate(bridge.blocks)]
+    handles = [
+        block.register_forward_hook(lambda module, args, output, index=index: finished.append(index))
+        for index, block in enumerate(bridge.blocks)
+    ]
     try:
         read_activations(bridge, tokenizer, _prompts(tokenizer)[:3], hooks=["blocks.0.hook_out"], batch_size=2)
         assert finished == [0, 0]  # two batches; blocks 1 and 2 never finish
@@ -103,7 +139,9 @@ def test_default_hooks_are_every_residual_output(tiny, tmp_path):
 def test_interrupted_recording_resumes_to_an_identical_store(tiny, tmp_path):
     bridge, tokenizer = tiny
     prompts = _prompts(tokenizer)
-    kwargs = dict(hooks=["blocks.1.hook_out", "blocks.0.hook_out"], positions="mean", batch_size=3, shard_size=4, progress=False)
+    kwargs = dict(
+        hooks=["blocks.1.hook_out", "blocks.0.hook_out"], positions="mean", batch_size=3, shard_size=4, progress=False
+    )
     record_activations(bridge, tokenizer, prompts, tmp_path / "whole", **kwargs)
 
     calls = {"n": 0}
@@ -114,7 +152,14 @@ def test_interrupted_recording_resumes_to_an_identical_store(tiny, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        record_activations(bridge, tokenizer, prompts, tmp_path / "resumed", extra_hooks=[("blocks.0.hook_out", crash_on_fourth_batch)], **kwargs)
+        record_activations(
+            bridge,
+            tokenizer,
+            prompts,
+            tmp_path / "resumed",
+            extra_hooks=[("blocks.0.hook_out", crash_on_fourth_batch)],
+            **kwargs,
+        )
     partial = ActivationStore(tmp_path / "resumed")
     assert not partial.complete and len(partial.manifest["shards"]) == 1
     with pytest.raises(ToolkitError, match="unfinished"):
@@ -138,23 +183,35 @@ def test_a_store_with_other_settings_is_never_overwritten_silently(tiny, tmp_pat
     with pytest.raises(ToolkitError, match="different hooks"):
         record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.1.hook_out"], progress=False)
     assert _digest(tmp_path / "s") == before
-    replaced = record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.1.hook_out"], overwrite=True, progress=False)
+    replaced = record_activations(
+        bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.1.hook_out"], overwrite=True, progress=False
+    )
     assert replaced.hooks == ["blocks.1.hook_out"]
 
 
 def test_aliased_hook_names_are_recorded_under_the_requested_name(tiny, tmp_path):
     bridge, tokenizer = tiny
     prompts = _prompts(tokenizer)[:2]
-    alias = record_activations(bridge, tokenizer, prompts, tmp_path / "a", hooks=["blocks.1.hook_resid_post"], progress=False)
-    canonical = record_activations(bridge, tokenizer, prompts, tmp_path / "c", hooks=["blocks.1.hook_out"], progress=False)
+    alias = record_activations(
+        bridge, tokenizer, prompts, tmp_path / "a", hooks=["blocks.1.hook_resid_post"], progress=False
+    )
+    canonical = record_activations(
+        bridge, tokenizer, prompts, tmp_path / "c", hooks=["blocks.1.hook_out"], progress=False
+    )
     assert torch.equal(alias.load("blocks.1.hook_resid_post"), canonical.load("blocks.1.hook_out"))
 
 
 def test_a_hook_that_never_fires_is_an_error(tiny, tmp_path):
     bridge, tokenizer = tiny
     with pytest.raises(HookDidNotFire, match="blocks.0.attn.hook_hidden_states"):
-        record_activations(bridge, tokenizer, _prompts(tokenizer)[:2], tmp_path / "s",
-                           hooks=["blocks.0.attn.hook_hidden_states"], progress=False)
+        record_activations(
+            bridge,
+            tokenizer,
+            _prompts(tokenizer)[:2],
+            tmp_path / "s",
+            hooks=["blocks.0.attn.hook_hidden_states"],
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize(
@@ -167,8 +224,14 @@ def test_a_hook_that_never_fires_is_an_error(tiny, tmp_path):
         (dict(positions="first"), "unknown positions"),
         (dict(batch_size=0), "batch size"),
         # refused only once the first batch shows its shape: what was written for it is removed again
-        (dict(hooks=["blocks.0.attn.hook_pattern"]), re.escape("blocks.0.attn.hook_pattern gives activations of shape (2, 4,")),
-        (dict(hooks=["blocks.0.hook_out", "blocks.1.attn.hook_attn_scores"], positions="all"), "hook_attn_scores gives"),
+        (
+            dict(hooks=["blocks.0.attn.hook_pattern"]),
+            re.escape("blocks.0.attn.hook_pattern gives activations of shape (2, 4,"),
+        ),
+        (
+            dict(hooks=["blocks.0.hook_out", "blocks.1.attn.hook_attn_scores"], positions="all"),
+            "hook_attn_scores gives",
+        ),
     ],
 )
 def test_bad_recording_requests_leave_nothing_behind(tiny, tmp_path, kwargs, message):
@@ -197,7 +260,9 @@ def test_a_directory_that_is_not_a_store_is_left_alone(tiny, tmp_path):
     (tmp_path / "s" / "notes.txt").write_text("mine")
     for overwrite in (False, True):
         with pytest.raises(ToolkitError, match="not an activation store"):
-            record_activations(bridge, tokenizer, _prompts(tokenizer)[:1], tmp_path / "s", overwrite=overwrite, progress=False)
+            record_activations(
+                bridge, tokenizer, _prompts(tokenizer)[:1], tmp_path / "s", overwrite=overwrite, progress=False
+            )
         assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
 
 
@@ -217,10 +282,13 @@ def test_overwrite_deletes_nothing_but_a_store_the_toolkit_wrote(tiny, tmp_path)
 def test_overwrite_replaces_the_store_and_keeps_other_files_beside_it(tiny, tmp_path):
     bridge, tokenizer = tiny
     prompts = _prompts(tokenizer)[:3]
-    record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False)
+    record_activations(
+        bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False
+    )
     (tmp_path / "s" / "notes.txt").write_text("mine")
-    replaced = record_activations(bridge, tokenizer, prompts[:1], tmp_path / "s", hooks=["blocks.1.hook_out"], overwrite=True,
-                                  progress=False)
+    replaced = record_activations(
+        bridge, tokenizer, prompts[:1], tmp_path / "s", hooks=["blocks.1.hook_out"], overwrite=True, progress=False
+    )
     assert replaced.hooks == ["blocks.1.hook_out"] and (tmp_path / "s" / "notes.txt").read_text() == "mine"
     assert sorted(path.name for path in (tmp_path / "s").glob("shard_*")) == ["shard_00000.safetensors"]
 
@@ -228,12 +296,16 @@ def test_overwrite_replaces_the_store_and_keeps_other_files_beside_it(tiny, tmp_
 def test_a_damaged_shard_is_recorded_again_on_resume_and_reading_one_fails_in_one_line(tiny, tmp_path):
     bridge, tokenizer = tiny
     prompts = _prompts(tokenizer)[:3]
-    store = record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False)
+    store = record_activations(
+        bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False
+    )
     whole = store.load("blocks.0.hook_out")
     damaged = tmp_path / "s" / "shard_00001.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:-40])
     with pytest.raises(ToolkitError, match="shard_00001.safetensors is damaged") as caught:
         store.load("blocks.0.hook_out")
     assert "\n" not in str(caught.value)
-    resumed = record_activations(bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False)
+    resumed = record_activations(
+        bridge, tokenizer, prompts, tmp_path / "s", hooks=["blocks.0.hook_out"], shard_size=1, progress=False
+    )
     assert torch.equal(resumed.load("blocks.0.hook_out"), whole)

@@ -29,7 +29,9 @@ def ask(endpoint: ChatEndpoint, *texts: str):
 def test_good_replies_come_back_in_request_order_with_the_options_sent(server):
     endpoint = ChatEndpoint(server.url("good"), "judge-model", **FAST)
     replies = ask(endpoint, "one", "three", "seven!")
-    assert [reply.text for reply in replies] == [f"Rating: [[{len(t) % 9 + 1}]]. You said {t!r}" for t in ("one", "three", "seven!")]
+    assert [reply.text for reply in replies] == [
+        f"Rating: [[{len(t) % 9 + 1}]]. You said {t!r}" for t in ("one", "three", "seven!")
+    ]
     assert all(reply.failure is None and reply.attempts == 1 for reply in replies)
     sent = json.loads(server.requests[0][3])
     assert sent["model"] == "judge-model" and sent["temperature"] == 0.0 and sent["messages"][0]["role"] == "user"
@@ -84,11 +86,14 @@ def test_other_4xx_are_not_retried(server):
     assert (reply.text, reply.failure, reply.attempts, server.seen["unauthorised"]) == (None, "HTTP 401", 1, 1)
 
 
-@pytest.mark.parametrize("mode, failure", [
-    ("garbage", "reply not JSON"),
-    ("latin1", "reply not UTF-8"),
-    ("empty", "reply without choices[0].message.content"),
-])
+@pytest.mark.parametrize(
+    "mode, failure",
+    [
+        ("garbage", "reply not JSON"),
+        ("latin1", "reply not UTF-8"),
+        ("empty", "reply without choices[0].message.content"),
+    ],
+)
 def test_malformed_replies_are_failures_not_tracebacks_and_are_not_retried(server, mode, failure):
     endpoint = ChatEndpoint(server.url(mode), "m", **FAST)
     replies = ask(endpoint, "a", "b")
@@ -139,14 +144,17 @@ def test_unreachable_endpoints_fail_per_request_after_bounded_retries():
     assert reply.text is None and reply.attempts == 3 and reply.failure.startswith("connection failed (ConnectError)")
 
 
-@pytest.mark.parametrize("url, message", [
-    ("http://alice:s3cr3t-pw@127.0.0.1:9/v1", "holds credentials"),
-    ("https://s3cr3t-pw@api.example.com/v1", "holds credentials"),
-    ("alice:s3cr3t-pw@host:8000/v1", "not http(s)"),
-    ("localhost:8000", "not http(s)"),
-    ("ftp://example.com/v1", "not http(s)"),
-    ("http:///v1", "not http(s)"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://alice:s3cr3t-pw@127.0.0.1:9/v1", "holds credentials"),
+        ("https://s3cr3t-pw@api.example.com/v1", "holds credentials"),
+        ("alice:s3cr3t-pw@host:8000/v1", "not http(s)"),
+        ("localhost:8000", "not http(s)"),
+        ("ftp://example.com/v1", "not http(s)"),
+        ("http:///v1", "not http(s)"),
+    ],
+)
 def test_bad_urls_fail_in_one_line_without_echoing_secrets(url, message):
     with pytest.raises(ToolkitError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
         ChatEndpoint(url, "m")
@@ -158,7 +166,12 @@ def test_a_key_is_refused_over_plain_http_to_another_machine_only(monkeypatch):
     with pytest.raises(ToolkitError, match="over plain http to judge.example.com") as error:
         ChatEndpoint("http://judge.example.com/v1", "m", api_key_env="JUDGE_TEST_KEY")
     assert KEY not in str(error.value)
-    for url in ("http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1", "https://judge.example.com/v1"):
+    for url in (
+        "http://127.0.0.1:8000/v1",
+        "http://localhost:8000/v1",
+        "http://[::1]:8000/v1",
+        "https://judge.example.com/v1",
+    ):
         ChatEndpoint(url, "m", api_key_env="JUDGE_TEST_KEY")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert ChatEndpoint("http://judge.example.com/v1/", "m").endpoint == "http://judge.example.com/v1/chat/completions"
@@ -171,14 +184,19 @@ def test_a_key_is_refused_over_plain_http_to_another_machine_only(monkeypatch):
     with pytest.raises(ToolkitError, match="holds spaces") as error:
         ChatEndpoint("https://judge.example.com/v1", "m", api_key_env="JUDGE_TEST_KEY")
     assert "with a space" not in str(error.value)
-    assert is_loopback("127.0.0.2") and is_loopback("LOCALHOST") and not is_loopback("10.0.0.1") and not is_loopback(None)
+    assert (
+        is_loopback("127.0.0.2") and is_loopback("LOCALHOST") and not is_loopback("10.0.0.1") and not is_loopback(None)
+    )
 
 
-@pytest.mark.parametrize("option, message", [
-    (dict(concurrency=0), "concurrency must be at least 1"),
-    (dict(deadline=0), "timeouts must be positive"),
-    (dict(retries=-1), "cannot be negative"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (dict(concurrency=0), "concurrency must be at least 1"),
+        (dict(deadline=0), "timeouts must be positive"),
+        (dict(retries=-1), "cannot be negative"),
+    ],
+)
 def test_settings_out_of_range_fail_in_one_line(option, message):
     with pytest.raises(ToolkitError, match=message):
         ChatEndpoint("http://127.0.0.1:9/v1", "m", **option)

@@ -19,8 +19,10 @@ def test_batched_greedy_generation_matches_hugging_face_generate(smol, smol_hf):
     for prompt, response in zip(prompts, responses):
         tokens = torch.tensor([encode(tokenizer, prompt)])
         with torch.inference_mode():
-            output = smol_hf.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=20, do_sample=False)
-        expected = tokenizer.decode(output[0, tokens.shape[1]:], skip_special_tokens=True).strip()
+            output = smol_hf.generate(
+                tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=20, do_sample=False
+            )
+        expected = tokenizer.decode(output[0, tokens.shape[1] :], skip_special_tokens=True).strip()
         assert response == expected
     assert "Paris" in responses[0]
 

@@ -45,7 +45,11 @@ def test_endpoint_judge_speaks_the_openai_chat_protocol(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeChatServer() as server:
         judge = EndpointJudge(server.url("good"), "judge-model", temperature=0.3, concurrency=2)
-        requests = [JudgeRequest(("Q?",), ("A.",)), JudgeRequest(("Q1", "Q2"), ("A1", "A2")), JudgeRequest(("Q",), ("B",))]
+        requests = [
+            JudgeRequest(("Q?",), ("A.",)),
+            JudgeRequest(("Q1", "Q2"), ("A1", "A2")),
+            JudgeRequest(("Q",), ("B",)),
+        ]
         texts = judge.judge(requests, seed=7)
         assert all(parse_rating(text) is not None for text in texts) and judge.name == "endpoint:judge-model"
         sent = [json.loads(body) for _, _, _, body in server.requests]

@@ -21,8 +21,14 @@ def _hf_continuation_logprob(model, context, continuation):
 
 
 ITEMS = [
-    Item("q1", "test", "Which planet is known as the red planet?", "space",
-         choices=("Mars", "Venus", "Jupiter", "Saturn"), answer=0),
+    Item(
+        "q1",
+        "test",
+        "Which planet is known as the red planet?",
+        "space",
+        choices=("Mars", "Venus", "Jupiter", "Saturn"),
+        answer=0,
+    ),
     Item("q2", "test", "What do bees make?", "nature", choices=("Honey", "Silk thread", "Milk"), answer=0),
     Item("q3", "test", "Which is a primary colour?", "art", choices=("Blue", "Pink", "Brown", "Grey"), answer=0),
 ]
@@ -32,12 +38,17 @@ ITEMS = [
 def test_choice_logprobs_equal_a_direct_hugging_face_computation(tiny, tiny_llama_directory, mode):
     bridge, tokenizer = tiny
     reference = AutoModelForCausalLM.from_pretrained(tiny_llama_directory).eval()
-    prompts = [render(tokenizer, question_text(item, mode), Condition("stem"), answer_prefix="Answer:") for item in ITEMS]
+    prompts = [
+        render(tokenizer, question_text(item, mode), Condition("stem"), answer_prefix="Answer:") for item in ITEMS
+    ]
     options = [continuations(item, mode) for item in ITEMS]
     results = score_choices(bridge, tokenizer, prompts, options, [0, 0, 0], batch_size=2, progress=False)
     for prompt, texts, result in zip(prompts, options, results):
         context = encode(tokenizer, prompt)
-        expected = [_hf_continuation_logprob(reference, context, tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        expected = [
+            _hf_continuation_logprob(reference, context, tokenizer(t, add_special_tokens=False)["input_ids"])
+            for t in texts
+        ]
         assert result.logprobs == pytest.approx(expected, abs=1e-3)
         assert result.predicted == max(range(len(expected)), key=expected.__getitem__)
 
@@ -67,7 +78,14 @@ def test_normalisation_and_margin(tiny):
 
 def test_embedded_model_knows_an_easy_fact(smol):
     bridge, tokenizer = smol
-    item = Item("paris", "test", "What is the capital of France?", "geo", choices=("Berlin", "Madrid", "Paris", "Rome"), answer=2)
+    item = Item(
+        "paris",
+        "test",
+        "What is the capital of France?",
+        "geo",
+        choices=("Berlin", "Madrid", "Paris", "Rome"),
+        answer=2,
+    )
     prompt = render(tokenizer, item.prompt, Condition(), answer_prefix="The capital of France is")
     (result,) = score_choices(bridge, tokenizer, [prompt], [continuations(item, "cloze")], [2], progress=False)
     assert result.correct and result.margin > 1.0
@@ -111,15 +129,22 @@ def test_shared_context_scoring_matches_full_sequences_with_a_sliding_window(tin
     for prompt, texts, result in zip(prompts, options, results):
         context = encode(tokenizer, prompt)
         assert len(context) > 32
-        expected = [_hf_continuation_logprob(reference, context, tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        expected = [
+            _hf_continuation_logprob(reference, context, tokenizer(t, add_special_tokens=False)["input_ids"])
+            for t in texts
+        ]
         assert result.logprobs == pytest.approx(expected, abs=1e-3)
 
 
 def test_shared_persona_prefix_runs_once_and_changes_no_score(smol, monkeypatch):
     bridge, tokenizer = smol
     items = load_dataset("capitals")[:6]
-    prompts = [render(tokenizer, item.prompt, Condition("humanities", "long", "system"),
-                      answer_prefix=item.meta["answer_stem"]) for item in items]
+    prompts = [
+        render(
+            tokenizer, item.prompt, Condition("humanities", "long", "system"), answer_prefix=item.meta["answer_stem"]
+        )
+        for item in items
+    ]
     options = [continuations(item, "cloze") for item in items]
     answers = [item.answer for item in items]
     contexts = [encode(tokenizer, prompt) for prompt in prompts]

@@ -11,15 +11,40 @@ from probes.core.items import Item
 from probes.core.prompts import Condition
 from probes.core.rendering import continuations
 
-CAPITALS = [Item("c1", "test", "What is the capital of France?", "Europe", choices=("Lyon", "Paris", "Nice"), answer=1,
-                 meta={"answer_stem": "The capital of France is"}),
-            Item("c2", "test", "What is the capital of Peru?", "South America", choices=("Lima", "Cusco"), answer=0,
-                 meta={"answer_stem": "The capital of Peru is"})]
+CAPITALS = [
+    Item(
+        "c1",
+        "test",
+        "What is the capital of France?",
+        "Europe",
+        choices=("Lyon", "Paris", "Nice"),
+        answer=1,
+        meta={"answer_stem": "The capital of France is"},
+    ),
+    Item(
+        "c2",
+        "test",
+        "What is the capital of Peru?",
+        "South America",
+        choices=("Lima", "Cusco"),
+        answer=0,
+        meta={"answer_stem": "The capital of Peru is"},
+    ),
+]
 
 
 def test_every_task_is_registered_once_with_its_settings():
-    assert list(TASKS) == ["capitals", "continents", "currencies", "city-countries", "mmlu-letter", "mmlu-cloze", "harmbench",
-                           "ifeval", "mtbench"]
+    assert list(TASKS) == [
+        "capitals",
+        "continents",
+        "currencies",
+        "city-countries",
+        "mmlu-letter",
+        "mmlu-cloze",
+        "harmbench",
+        "ifeval",
+        "mtbench",
+    ]
     for name, task in TASKS.items():
         assert task.name == name and task.kind in KINDS and task.dataset and task.metrics
         assert (task.scoring is not None) == task.is_choice
@@ -51,15 +76,27 @@ def test_records_become_metrics_with_one_margin(tiny):
     prompts = task.render(tokenizer, CAPITALS, Condition("none"))
     assert all(prompt.text.rstrip().endswith(item.meta["answer_stem"]) for prompt, item in zip(prompts, CAPITALS))
     records = task.measure(bridge, tokenizer, CAPITALS, prompts, batch_size=2)
-    direct = score_choices(bridge, tokenizer, prompts, [continuations(item, "cloze") for item in CAPITALS], [1, 0],
-                           batch_size=2, progress=False)
+    direct = score_choices(
+        bridge,
+        tokenizer,
+        prompts,
+        [continuations(item, "cloze") for item in CAPITALS],
+        [1, 0],
+        batch_size=2,
+        progress=False,
+    )
     for item, record, result in zip(CAPITALS, records, direct):
-        assert record == {"logprobs": list(result.logprobs), "scores": list(result.scores), "predicted": result.predicted}
+        assert record == {
+            "logprobs": list(result.logprobs),
+            "scores": list(result.scores),
+            "predicted": result.predicted,
+        }
         assert choice_result(item, record) == result
         metrics = task.item_metrics(item, record)
         assert metrics == {"accuracy": float(result.correct), "margin": result.margin, "chance": 1 / len(item.choices)}
-        assert task.answer_room(tokenizer, item) == max(len(tokenizer(t, add_special_tokens=False)["input_ids"])
-                                                        for t in task.options(item))
+        assert task.answer_room(tokenizer, item) == max(
+            len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in task.options(item)
+        )
 
 
 def test_generation_tasks_answer_and_score_refusals(tiny):

@@ -39,7 +39,9 @@ def _gap(model, tokenizer, prompt_ids: list[int], ours: list[int], theirs: list[
 def test_greedy_texts_match_hf_but_for_near_ties(smol, engines):
     model, tokenizer = smol
     hf, vllm = engines
-    queries = [item.prompt for item in load_dataset("mtbench")[:24]] + [item.prompt for item in load_dataset("capitals")[:8]]
+    queries = [item.prompt for item in load_dataset("mtbench")[:24]] + [
+        item.prompt for item in load_dataset("capitals")[:8]
+    ]
     prompts = [render(tokenizer, query, Condition("none")) for query in queries]
     assert len(prompts) == 32
     ours = hf.generate(prompts, max_new_tokens=TOKENS, progress=False)
@@ -51,9 +53,13 @@ def test_greedy_texts_match_hf_but_for_near_ties(smol, engines):
         body = vllm.sampling(ids, max_new_tokens=TOKENS, temperature=0.0)
         their_ids = vllm.complete([body])[0]["token_ids"]
         with torch.inference_mode():
-            out = model.original_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                                 max_new_tokens=TOKENS, do_sample=False)
-        our_ids = out[0, len(ids):].tolist()
+            out = model.original_model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=TOKENS,
+                do_sample=False,
+            )
+        our_ids = out[0, len(ids) :].tolist()
         ties.append((i, round(_gap(model, tokenizer, ids, our_ids, their_ids), 4)))
     print(f"\ngreedy texts identical on {32 - len(differ)}/32; near-ties (prompt, gap in nats): {ties}")
     assert len(differ) <= 3, f"texts differ on {len(differ)}/32 prompts: {ties}"
@@ -63,8 +69,10 @@ def test_greedy_texts_match_hf_but_for_near_ties(smol, engines):
 def test_option_logprobs_match_hf(smol, engines):
     _, tokenizer = smol
     hf, vllm = engines
-    prompts = [render(tokenizer, item.prompt, Condition("none"), answer_prefix="The answer is")
-               for item in load_dataset("capitals")[:6]]
+    prompts = [
+        render(tokenizer, item.prompt, Condition("none"), answer_prefix="The answer is")
+        for item in load_dataset("capitals")[:6]
+    ]
     options = [[" Paris", " Berlin and", " A"]] * len(prompts)
     ours, theirs = hf.option_logprobs(prompts, options), vllm.option_logprobs(prompts, options)
     worst = max(abs(a - b) for row_a, row_b in zip(ours, theirs) for a, b in zip(row_a, row_b))
@@ -75,17 +83,27 @@ def test_bootstrap_labels_match_hf_but_for_near_ties(smol, engines, tmp_path):
     model, tokenizer = smol
     hf, vllm = engines
     # greedy queries and answers, so both engines should write the same texts and judge them the same way
-    config = BootstrapConfig(queries_per_persona=1, query_temperature=0.0, answer_temperature=0.0, query_tokens=32,
-                             answer_tokens=32, max_rounds=1)
+    config = BootstrapConfig(
+        queries_per_persona=1,
+        query_temperature=0.0,
+        answer_temperature=0.0,
+        query_tokens=32,
+        answer_tokens=32,
+        max_rounds=1,
+    )
     personas = ["math", "writing", "safety-monitor", "roleplay", "coding", "stem", "reasoning", "extraction"]
     ours = run_bootstrap(tmp_path / "hf", model, tokenizer, config=config, personas=personas, progress=False)
-    theirs = run_bootstrap(tmp_path / "vllm", None, tokenizer, config=config, personas=personas, progress=False,
-                           engine=vllm)
+    theirs = run_bootstrap(
+        tmp_path / "vllm", None, tokenizer, config=config, personas=personas, progress=False, engine=vllm
+    )
     assert len(ours) == len(theirs) >= 4
     differ = []
     for a, b in zip(ours, theirs):
         same_texts = (a.query, a.answer_plain, a.answer_persona) == (b.query, b.answer_plain, b.answer_persona)
-        if (a.persona_first_wins, a.persona_second_wins) != (b.persona_first_wins, b.persona_second_wins) or not same_texts:
+        if (a.persona_first_wins, a.persona_second_wins) != (
+            b.persona_first_wins,
+            b.persona_second_wins,
+        ) or not same_texts:
             differ.append((a.id, same_texts, a.margins, b.margins))
     print(f"\nbootstrap: {len(ours) - len(differ)}/{len(ours)} samples identical; differing: {differ}")
     for _, same_texts, mine, other in differ:

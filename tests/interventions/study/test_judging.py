@@ -16,14 +16,18 @@ from probes.core.items import Item
 from tests.chat_server import FakeChatServer
 
 KEY = "sk-test-study-91c3e5"
-ITEMS = [Item(id=f"mtbench/{i}", source="mtbench", prompt=f"Question {i}?", category="writing", turns=(f"Question {i}?",))
-         for i in range(3)]
+ITEMS = [
+    Item(id=f"mtbench/{i}", source="mtbench", prompt=f"Question {i}?", category="writing", turns=(f"Question {i}?",))
+    for i in range(3)
+]
 
 
 def judge_rows(tmp_path, judge) -> list[dict]:
     rows = [{"item_id": item.id, "response": f"An answer to question {n}."} for n, item in enumerate(ITEMS)]
     plan = Budget(items={"mtbench": 3}, grid="smoke", turns=1, judge_seeds=(0, 1))
-    _Runner(None, None, tmp_path / "ledger", 0, 8, False)._judge(rows, ITEMS, judge, plan, Ledger(tmp_path / "turns.jsonl"))
+    _Runner(None, None, tmp_path / "ledger", 0, 8, False)._judge(
+        rows, ITEMS, judge, plan, Ledger(tmp_path / "turns.jsonl")
+    )
     return rows
 
 
@@ -65,19 +69,39 @@ def test_a_reply_without_a_rating_is_recorded_and_stays_unparseable(server, tmp_
 
 def test_a_url_with_credentials_is_refused_before_the_model_loads(tmp_path):
     with pytest.raises(ToolkitError, match="holds credentials") as error:
-        run_study(tmp_path / "s", model_name="no such model", judge_url="http://alice:s3cr3t@127.0.0.1:9/v1",
-                  judge_model="m", progress=False)
+        run_study(
+            tmp_path / "s",
+            model_name="no such model",
+            judge_url="http://alice:s3cr3t@127.0.0.1:9/v1",
+            judge_model="m",
+            progress=False,
+        )
     assert "s3cr3t" not in str(error.value) and not (tmp_path / "s").exists()
     with pytest.raises(ToolkitError, match="concurrency must be at least 1"):
-        run_study(tmp_path / "s", model_name="no such model", judge_url="http://127.0.0.1:9/v1", judge_model="m",
-                  judge_concurrency=0, progress=False)
+        run_study(
+            tmp_path / "s",
+            model_name="no such model",
+            judge_url="http://127.0.0.1:9/v1",
+            judge_model="m",
+            judge_concurrency=0,
+            progress=False,
+        )
 
 
 def test_a_study_judged_by_an_endpoint_records_it_without_the_key(server, tiny_llama_directory, tmp_path, monkeypatch):
     monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
-    rows = run_study(tmp_path / "s", model_name=tiny_llama_directory, budget="smoke", tasks=["mtbench"], items=2,
-                     judge_url=server.url("good"), judge_model="judge-model", judge_api_key_env="JUDGE_TEST_KEY",
-                     judge_concurrency=2, progress=False)
+    rows = run_study(
+        tmp_path / "s",
+        model_name=tiny_llama_directory,
+        budget="smoke",
+        tasks=["mtbench"],
+        items=2,
+        judge_url=server.url("good"),
+        judge_model="judge-model",
+        judge_api_key_env="JUDGE_TEST_KEY",
+        judge_concurrency=2,
+        progress=False,
+    )
     assert rows and all(None not in row["ratings"].values() for row in rows)
     settings = json.loads((tmp_path / "s" / "study.json").read_text())
     assert settings["judge"] == f"endpoint:judge-model@{server.url('good')}"

@@ -37,8 +37,10 @@ def test_cut_lines_anywhere_are_redone_and_a_record_missing_a_field_is_refused_w
         with pytest.raises(ToolkitError) as caught:
             Ledger(path, fields=("response",))
         missing = "'response'" if line == '{"key": "e"}' else "'key'"
-        assert str(caught.value) == (f"{path} line 5: a ledger record without {missing}, not written by prism: "
-                                     "delete that line (its work is done again) and rerun")
+        assert str(caught.value) == (
+            f"{path} line 5: a ledger record without {missing}, not written by prism: "
+            "delete that line (its work is done again) and rerun"
+        )
 
 
 def test_unfinished_chunks_are_cut_the_same_way_whatever_is_on_record(tmp_path):

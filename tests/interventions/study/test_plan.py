@@ -27,7 +27,9 @@ def test_plans_narrow_a_budget_to_tasks_items_and_grid():
     plan = resolve_plan("smoke", tasks=["capitals", "mmlu-cloze"], items=3, grid="default")
     assert dict(plan.items) == {"capitals": 3, "mmlu-cloze": 3} and plan.grid == "default"
     assert plan.max_new_tokens == {**BUDGETS["default"].max_new_tokens, **BUDGETS["smoke"].max_new_tokens}
-    assert dict(resolve_plan("smoke", tasks=["mmlu-cloze"]).items) == {"mmlu-cloze": BUDGETS["default"].items["mmlu-cloze"]}
+    assert dict(resolve_plan("smoke", tasks=["mmlu-cloze"]).items) == {
+        "mmlu-cloze": BUDGETS["default"].items["mmlu-cloze"]
+    }
     assert dict(resolve_plan("default", tasks=["currencies", "capitals"]).items) == {"currencies": 32, "capitals": 32}
     with pytest.raises(ToolkitError, match="unknown budget"):
         resolve_plan("huge")
@@ -40,11 +42,21 @@ def user_library(tmp_path):
     """The built-in personas plus a user's: a pirate at two lengths, an Africa expert, and a safety monitor of their own
     at one length."""
     path = tmp_path / "mine.json"
-    path.write_text(json.dumps({"personas": [
-        {"name": "pirate", "min": "You are a pirate.", "long": "You are a pirate who has sailed every sea."},
-        {"name": "africanist", "short": "You are a historian of Africa.", "category": "Africa"},
-        {"name": "safety-monitor", "long": "You watch for harm."},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "personas": [
+                    {
+                        "name": "pirate",
+                        "min": "You are a pirate.",
+                        "long": "You are a pirate who has sailed every sea.",
+                    },
+                    {"name": "africanist", "short": "You are a historian of Africa.", "category": "Africa"},
+                    {"name": "safety-monitor", "long": "You watch for harm."},
+                ]
+            }
+        )
+    )
     return persona_library(path)
 
 

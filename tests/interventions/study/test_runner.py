@@ -16,8 +16,13 @@ from probes.core.personas import persona_library
 
 def test_study_resumes_without_redoing_finished_work(tiny_llama_directory, tmp_path):
     out = tmp_path / "study"
-    options = dict(model_name=tiny_llama_directory, budget="smoke", tasks=["capitals", "harmbench", "mtbench"],
-                   items=2, progress=False)
+    options = dict(
+        model_name=tiny_llama_directory,
+        budget="smoke",
+        tasks=["capitals", "harmbench", "mtbench"],
+        items=2,
+        progress=False,
+    )
     rows = run_study(out, **options)
     ledgers = {path.name: path.read_text() for path in (out / "ledger").glob("*.jsonl")}
     assert set(ledgers) == {"capitals.jsonl", "harmbench.jsonl", "mtbench.jsonl", "judge.jsonl"}
@@ -61,8 +66,9 @@ def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny_llama_
 
 def test_a_second_format_only_adds_work_and_each_format_has_its_rows(tiny_llama_directory, tmp_path):
     out = tmp_path / "study"
-    options = dict(model_name=tiny_llama_directory, budget="smoke", tasks=["capitals", "harmbench"], items=2,
-                   progress=False)
+    options = dict(
+        model_name=tiny_llama_directory, budget="smoke", tasks=["capitals", "harmbench"], items=2, progress=False
+    )
     plain = run_study(out, formats=["plain"], **options)  # a chat model's default: plain alone
     assert {row["format"] for row in plain} == {"plain"}
     before = (out / "ledger" / "capitals.jsonl").read_text().splitlines()
@@ -84,7 +90,9 @@ def test_a_model_without_a_chat_template_gets_the_format_control_by_default(tiny
     base = tmp_path / "base-model"
     shutil.copytree(tiny_llama_directory, base)
     (base / "chat_template.jinja").unlink(missing_ok=True)
-    rows = run_study(tmp_path / "study", model_name=str(base), budget="smoke", tasks=["capitals"], items=2, progress=False)
+    rows = run_study(
+        tmp_path / "study", model_name=str(base), budget="smoke", tasks=["capitals"], items=2, progress=False
+    )
     assert {row["format"] for row in rows} == {"plain", "qa"}
     summary = summarise_study(tmp_path / "study")
     assert "(`plain`, `qa`)" in summary.findings[0] and (tmp_path / "study" / "effects_across_formats.csv").is_file()
@@ -94,8 +102,15 @@ def test_a_users_personas_are_studied_and_the_report_shows_them(tiny_llama_direc
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr, you are a pirate captain."}]}))
     out = tmp_path / "study"
-    rows = run_study(out, model_name=tiny_llama_directory, budget="smoke", tasks=["capitals"], items=2,
-                     personas=persona_library(path), progress=False)
+    rows = run_study(
+        out,
+        model_name=tiny_llama_directory,
+        budget="smoke",
+        tasks=["capitals"],
+        items=2,
+        personas=persona_library(path),
+        progress=False,
+    )
     mine = [row for row in rows if row["persona_spec"] == "pirate"]
     assert len(mine) == 2 and all(row["persona"] == "pirate" and row["length"] == "min" for row in mine)
     assert json.loads((out / "study.json").read_text())["user_personas"] == {"pirate": str(path)}
@@ -103,12 +118,19 @@ def test_a_users_personas_are_studied_and_the_report_shows_them(tiny_llama_direc
     assert "pirate" in (out / "effects.csv").read_text()
 
 
-def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterrupted_run(tiny_llama_directory, tmp_path,
-                                                                                         monkeypatch):
+def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterrupted_run(
+    tiny_llama_directory, tmp_path, monkeypatch
+):
     measured = []  # the prompts of every measure call: the chunks, whose batches measure forms
     real_measure = Task.measure
-    monkeypatch.setattr(Task, "measure", lambda task, model, tokenizer, items, prompts, **options: measured.append(
-        (task.name, tuple(prompt.text for prompt in prompts))) or real_measure(task, model, tokenizer, items, prompts, **options))
+    monkeypatch.setattr(
+        Task,
+        "measure",
+        lambda task, model, tokenizer, items, prompts, **options: (
+            measured.append((task.name, tuple(prompt.text for prompt in prompts)))
+            or real_measure(task, model, tokenizer, items, prompts, **options)
+        ),
+    )
     budget = Budget(items={"capitals": 3, "harmbench": 3}, grid="smoke", max_new_tokens={"harmbench": 6})
     options = dict(model_name=tiny_llama_directory, budget=budget, batch_size=2, progress=False)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
@@ -133,6 +155,8 @@ def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterru
     before = {path.name: path.read_bytes() for path in (resumed / "ledger").iterdir()}
     with pytest.raises(ToolkitError) as caught:
         run_study(resumed, **options)
-    assert str(caught.value) == (f"{ledger} line 4: a ledger record without 'logprobs', 'scores', 'predicted', not written "
-                                 "by prism: delete that line (its work is done again) and rerun")
+    assert str(caught.value) == (
+        f"{ledger} line 4: a ledger record without 'logprobs', 'scores', 'predicted', not written "
+        "by prism: delete that line (its work is done again) and rerun"
+    )
     assert {path.name: path.read_bytes() for path in (resumed / "ledger").iterdir()} == before

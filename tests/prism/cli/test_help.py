@@ -64,7 +64,9 @@ def test_a_missing_optional_package_names_the_extra_in_one_line(monkeypatch, cap
             raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
         return real_import(name, *args, **kwargs)
 
-    for module in [m for m in sys.modules if m == "fastapi" or m.startswith(("fastapi.", "prism.server", "prism.cli.serve"))]:
+    for module in [
+        m for m in sys.modules if m == "fastapi" or m.startswith(("fastapi.", "prism.server", "prism.cli.serve"))
+    ]:
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setattr(builtins, "__import__", without_fastapi)
     assert main(["serve", "--help"]) == 2

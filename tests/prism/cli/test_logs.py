@@ -29,23 +29,33 @@ def spoken(monkeypatch):
         logger.info("an info line")
         logger.warning("a warning line")
         print("the result")
-        seen.update(progress=args.progress, downloads=not huggingface_hub.utils.are_progress_bars_disabled(),
-                    loading=transformers.utils.logging.is_progress_bar_enabled())
+        seen.update(
+            progress=args.progress,
+            downloads=not huggingface_hub.utils.are_progress_bars_disabled(),
+            loading=transformers.utils.logging.is_progress_bar_enabled(),
+        )
 
     monkeypatch.setattr(shell, "load_command", lambda name: Command(name, lambda parser: None, run))
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     return seen
 
 
-@pytest.mark.parametrize("argv, lines", [
-    (["personas"], ["an info line", "a warning line"]),
-    (["personas", "--quiet"], ["a warning line"]),
-    (["-q", "personas"], ["a warning line"]),
-    (["personas", "--verbose"], [f"DEBUG {LOGGER}: a debugging line", f"INFO {LOGGER}: an info line",
-                                 f"WARNING {LOGGER}: a warning line"]),
-    (["--verbose", "personas"], [f"DEBUG {LOGGER}: a debugging line", f"INFO {LOGGER}: an info line",
-                                 f"WARNING {LOGGER}: a warning line"]),
-])
+@pytest.mark.parametrize(
+    "argv, lines",
+    [
+        (["personas"], ["an info line", "a warning line"]),
+        (["personas", "--quiet"], ["a warning line"]),
+        (["-q", "personas"], ["a warning line"]),
+        (
+            ["personas", "--verbose"],
+            [f"DEBUG {LOGGER}: a debugging line", f"INFO {LOGGER}: an info line", f"WARNING {LOGGER}: a warning line"],
+        ),
+        (
+            ["--verbose", "personas"],
+            [f"DEBUG {LOGGER}: a debugging line", f"INFO {LOGGER}: an info line", f"WARNING {LOGGER}: a warning line"],
+        ),
+    ],
+)
 def test_the_level_follows_quiet_and_verbose_and_results_are_always_printed(argv, lines, spoken, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr()
@@ -81,7 +91,9 @@ def test_downloads_show_progress_unless_quiet_and_everything_comes_back_after(sp
     assert spoken["downloads"] and not spoken["loading"] and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
     assert main(["personas", "--quiet"]) == 0
     assert not spoken["downloads"] and not spoken["loading"]
-    assert not huggingface_hub.utils.are_progress_bars_disabled() and transformers.utils.logging.is_progress_bar_enabled()
+    assert (
+        not huggingface_hub.utils.are_progress_bars_disabled() and transformers.utils.logging.is_progress_bar_enabled()
+    )
 
 
 def test_the_shell_leaves_no_handler_or_level_behind(spoken):
@@ -91,9 +103,11 @@ def test_the_shell_leaves_no_handler_or_level_behind(spoken):
 
 
 def test_the_library_alone_prints_warnings_but_not_info_lines():
-    code = ("import logging, interventions.study.runner as runner, prism.train, probes.study, prism.cli.demo; "
-            "runner.log.info('an info line'); runner.log.warning('a warning line'); "
-            f"assert all(not logging.getLogger(name).handlers for name in {TOOLKIT_LOGGERS!r})")
+    code = (
+        "import logging, interventions.study.runner as runner, prism.train, probes.study, prism.cli.demo; "
+        "runner.log.info('an info line'); runner.log.warning('a warning line'); "
+        f"assert all(not logging.getLogger(name).handlers for name in {TOOLKIT_LOGGERS!r})"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.splitlines() == ["a warning line"] and done.stdout == ""

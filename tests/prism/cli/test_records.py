@@ -27,8 +27,9 @@ def is_plain(path: Path) -> bool:
 def checkout_commit() -> str | None:
     if not (ROOT / ".git").exists():
         return None
-    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def check_block(block: dict, command: list[str], model_directory: str | None) -> None:
@@ -69,15 +70,26 @@ def check_folder(folder: Path, command: list[str], model_directory: str | None) 
     return records
 
 
-def test_every_record_of_the_reading_and_measuring_commands_says_what_made_it(tiny_llama_directory, tmp_path,
-                                                                              capsys):
+def test_every_record_of_the_reading_and_measuring_commands_says_what_made_it(tiny_llama_directory, tmp_path, capsys):
     model = ["--model", tiny_llama_directory]
     commands = {
         "evaluate.json": ["evaluate", *model, "--dataset", "capitals", "-n", "3", "--persona", "math"],
         "record": ["record", *model, "--dataset", "capitals", "-n", "5", "--layers", "0,2", "--shard-size", "2"],
         "study": ["study", *model, "--budget", "smoke", "--tasks", "capitals", "--items", "3"],
-        "probe": ["probe", *model, "--per-intent", "12", "--personas", "math,writing", "--persona-lengths", "min",
-                  "--persona-queries", "4", "--probes", "logistic,diff-means"],
+        "probe": [
+            "probe",
+            *model,
+            "--per-intent",
+            "12",
+            "--personas",
+            "math,writing",
+            "--persona-lengths",
+            "min",
+            "--persona-queries",
+            "4",
+            "--probes",
+            "logistic,diff-means",
+        ],
         "intervene": ["intervene", *model, "-n", "6", "--layers", "0,2", "--refusal-items", "0"],
     }
     found = {}
@@ -100,7 +112,9 @@ def test_every_record_of_the_reading_and_measuring_commands_says_what_made_it(ti
     (study,) = [Path(path) for path in found["study"] if path.endswith("study.json")]
     assert "judge_consistency.json" in {Path(path).name for path in found["study"]}
     assert "summary.json" in found["probe"] and any(path.endswith("/manifest.json") for path in found["probe"])
-    assert any(path.startswith("probes/") for path in found["probe"]) and any("directions/" in p for p in found["probe"])
+    assert any(path.startswith("probes/") for path in found["probe"]) and any(
+        "directions/" in p for p in found["probe"]
+    )
     assert found["intervene"] == ["summary.json"]
 
     # prism report loads no model: its records say so, and name the command that rewrote them
@@ -112,9 +126,25 @@ def test_every_record_of_the_reading_and_measuring_commands_says_what_made_it(ti
 
 def test_a_secret_on_the_command_line_never_reaches_a_record(tiny_llama_directory, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PRISM_TEST_KEY", "sk-provenance-test-000000000000")
-    command = ["study", "--model", tiny_llama_directory, "--budget", "smoke", "--tasks", "capitals", "--items", "2",
-               "--judge-url", "http://127.0.0.1:9/v1?token=t0ken", "--judge-model", "m",
-               "--judge-api-key-env", "PRISM_TEST_KEY", "--out", str(tmp_path / "s")]
+    command = [
+        "study",
+        "--model",
+        tiny_llama_directory,
+        "--budget",
+        "smoke",
+        "--tasks",
+        "capitals",
+        "--items",
+        "2",
+        "--judge-url",
+        "http://127.0.0.1:9/v1?token=t0ken",
+        "--judge-model",
+        "m",
+        "--judge-api-key-env",
+        "PRISM_TEST_KEY",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     assert main(command) == 0, capsys.readouterr().err[-2000:]
     (settings,) = (tmp_path / "s").glob("*/study.json")
     text = settings.read_text()

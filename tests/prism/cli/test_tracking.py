@@ -55,16 +55,27 @@ def _results(out: Path) -> None:
 def _logged(run: Path) -> tuple[bytes, list[str]]:
     """An offline run's records (config and history, as bytes) and its media files' paths."""
     records = b"".join(path.read_bytes() for path in run.glob("run-*.wandb"))
-    media = sorted(path.relative_to(run / "files" / "media").as_posix() for path in (run / "files" / "media").rglob("*.*"))
+    media = sorted(
+        path.relative_to(run / "files" / "media").as_posix() for path in (run / "files" / "media").rglob("*.*")
+    )
     return records, media
 
 
 def test_a_run_holds_the_options_with_secrets_masked_and_every_table_and_figure(offline, tmp_path):
     out = tmp_path / "out"
     _results(out)
-    args = argparse.Namespace(command="probe", wandb="prism-tests", out=out, seed=3, layers=[0, 3], quiet=False,
-                              judge_api_key_env="MY_KEY_VARIABLE", judge_url=f"http://alice:pw@127.0.0.1/v1?key={SECRET}",
-                              checks=(print,), library={"math": object()})
+    args = argparse.Namespace(
+        command="probe",
+        wandb="prism-tests",
+        out=out,
+        seed=3,
+        layers=[0, 3],
+        quiet=False,
+        judge_api_key_env="MY_KEY_VARIABLE",
+        judge_url=f"http://alice:pw@127.0.0.1/v1?key={SECRET}",
+        checks=(print,),
+        library={"math": object()},
+    )
     where = track_run(args)
     (run,) = offline()
     assert Path(where) == run
@@ -79,8 +90,16 @@ def test_a_run_holds_the_options_with_secrets_masked_and_every_table_and_figure(
 
 
 def test_the_config_keeps_plain_values_and_masks_secrets():
-    args = argparse.Namespace(command="study", out=Path("runs/x"), models=["a", Path("b")], hf_token="t0ken",
-                              judge_url="https://u:p@host/v1", checks=(print,), condition=object(), items=None)
+    args = argparse.Namespace(
+        command="study",
+        out=Path("runs/x"),
+        models=["a", Path("b")],
+        hf_token="t0ken",
+        judge_url="https://u:p@host/v1",
+        checks=(print,),
+        condition=object(),
+        items=None,
+    )
     config = run_config(args)
     assert config["out"] == "runs/x" and config["models"] == ["a", "b"] and config["items"] is None
     assert config["hf_token"] == "***" and config["judge_url"] == "https://host/v1"
@@ -106,10 +125,27 @@ def test_prism_study_wandb_logs_what_the_study_wrote(offline, tmp_path, monkeypa
         _results(directory)
 
     monkeypatch.setattr(prism.cli.study, "run_study", fake_study)
-    monkeypatch.setattr(prism.cli.study, "summarise_study", lambda directory, **_: SimpleNamespace(report=directory / "report.md"))
+    monkeypatch.setattr(
+        prism.cli.study, "summarise_study", lambda directory, **_: SimpleNamespace(report=directory / "report.md")
+    )
     out = tmp_path / "study"
-    assert main(["study", "--tasks", "capitals", "--personas-file", str(personas), "--out", str(out), "--quiet",
-                 "--wandb", "prism-tests"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "study",
+                "--tasks",
+                "capitals",
+                "--personas-file",
+                str(personas),
+                "--out",
+                str(out),
+                "--quiet",
+                "--wandb",
+                "prism-tests",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert "pirate" in seen["personas"] and seen["progress"] is False
     (run,) = offline()
     records, media = _logged(run)
@@ -125,4 +161,5 @@ def test_a_missing_wandb_is_one_line_before_the_command_runs(tmp_path, monkeypat
     monkeypatch.setattr(prism.cli.study, "run_study", lambda *a, **k: pytest.fail("the study ran without wandb"))
     assert main(["study", "--out", str(tmp_path / "s"), "--wandb", "p"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "prism study: error: --wandb needs the package 'wandb', which is not installed: pip install wandb"]
+        "prism study: error: --wandb needs the package 'wandb', which is not installed: pip install wandb"
+    ]

@@ -40,8 +40,19 @@ from tests.gate_queries import QUERIES
 
 
 def _samples(n: int = 4) -> list[Sample]:
-    return [Sample(f"writing-{i}", "writing", f"Write {i + 2} lines about rain on a roof.", "Rain falls.",
-                   f"Rain drums {i + 2} times on the tin, and the night listens.", True, True, (1.0, 1.0)) for i in range(n)]
+    return [
+        Sample(
+            f"writing-{i}",
+            "writing",
+            f"Write {i + 2} lines about rain on a roof.",
+            "Rain falls.",
+            f"Rain drums {i + 2} times on the tin, and the night listens.",
+            True,
+            True,
+            (1.0, 1.0),
+        )
+        for i in range(n)
+    ]
 
 
 def make_prism_directory(model_directory: str, out, *, epochs: int = 2) -> PrismDirectory:
@@ -88,9 +99,17 @@ def served_scores(model, tokenizer, gate, prompts, options, mode: str) -> tuple[
 @pytest.fixture(scope="session")
 def tiny_model_directory(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-                         architectures=["LlamaForCausalLM"])
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        architectures=["LlamaForCausalLM"],
+    )
     directory = tmp_path_factory.mktemp("tiny-serve-llama")
     LlamaForCausalLM(config).save_pretrained(directory)
     AutoTokenizer.from_pretrained(resolve_model_directory("default")[0]).save_pretrained(directory)

@@ -30,16 +30,26 @@ def _hugging_face_draw(row: torch.Tensor, sampling: Sampling, generator: torch.G
 def test_each_row_is_drawn_as_hugging_face_draws_it_with_its_own_generator():
     torch.manual_seed(0)
     logits = torch.randn(5, 300) * 3
-    settings = [Sampling(temperature=0.7, top_p=0.9, seed=1), Sampling(), Sampling(temperature=1.3, seed=2),
-                Sampling(temperature=0.2, top_p=0.5, seed=3), Sampling(temperature=1.0, top_p=1.0, seed=4)]
+    settings = [
+        Sampling(temperature=0.7, top_p=0.9, seed=1),
+        Sampling(),
+        Sampling(temperature=1.3, seed=2),
+        Sampling(temperature=0.2, top_p=0.5, seed=3),
+        Sampling(temperature=1.0, top_p=1.0, seed=4),
+    ]
     for step in range(20):
         generators = [torch.Generator().manual_seed(s.seed + step) for s in settings]
-        expected = [int(logits[row].argmax()) if s.temperature == 0 else
-                    _hugging_face_draw(logits[row], s, torch.Generator().manual_seed(s.seed + step))
-                    for row, s in enumerate(settings)]
+        expected = [
+            int(logits[row].argmax())
+            if s.temperature == 0
+            else _hugging_face_draw(logits[row], s, torch.Generator().manual_seed(s.seed + step))
+            for row, s in enumerate(settings)
+        ]
         assert next_tokens(logits, settings, generators) == expected
-        alone = [next_tokens(logits[row:row + 1], [s], [torch.Generator().manual_seed(s.seed + step)])[0]
-                 for row, s in enumerate(settings)]
+        alone = [
+            next_tokens(logits[row : row + 1], [s], [torch.Generator().manual_seed(s.seed + step)])[0]
+            for row, s in enumerate(settings)
+        ]
         assert alone == expected  # a row's draw does not depend on the other rows
         logits = logits.roll(7, dims=1)
 
@@ -68,11 +78,15 @@ def test_a_routed_batch_with_mixed_settings_gives_each_row_the_text_it_gets_alon
     model, tokenizer = load_model(tiny_prism.model_name())
     load_adapter(model, GATED, tiny_prism.adapter(GATED))
     gate = Gate.load(tiny_prism.gate)
-    long = "Explain, step by step and with an example for each step, how " + "a river carves a canyon and " * 20 + "why."
+    long = (
+        "Explain, step by step and with an example for each step, how " + "a river carves a canyon and " * 20 + "why."
+    )
     rendered = [render(tokenizer, query, Condition("none")) for query in [*queries, long]]
     prompts = [encode(tokenizer, prompt) for prompt in rendered]
-    samplings = [Sampling(max_tokens=3 + row, temperature=0.0 if row % 2 else 0.9, top_p=0.8 if row % 3 else 1.0, seed=row)
-                 for row in range(len(prompts))]
+    samplings = [
+        Sampling(max_tokens=3 + row, temperature=0.0 if row % 2 else 0.9, top_p=0.8 if row % 3 else 1.0, seed=row)
+        for row in range(len(prompts))
+    ]
     groups = prefill_groups([len(ids) for ids in prompts])
     assert len(groups) == 2 and groups[1] == [len(prompts) - 1]  # the long prompt is prefilled on its own
     with Routed(model, gate, adapter=GATED) as routed:
@@ -81,8 +95,16 @@ def test_a_routed_batch_with_mixed_settings_gives_each_row_the_text_it_gets_alon
     assert 0 < sum(routes) < len(routes)  # a mixed batch, whose rows leave at different steps
     for prompt, ids, sampling, text in zip(rendered, prompts, samplings, batched):
         with Routed(model, gate, adapter=GATED) as alone:
-            reference = generate(model, tokenizer, [prompt], max_new_tokens=sampling.max_tokens,
-                                 temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed, progress=False)
+            reference = generate(
+                model,
+                tokenizer,
+                [prompt],
+                max_new_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=sampling.seed,
+                progress=False,
+            )
             assert _decode(model, tokenizer, [ids], [sampling], alone) == [text]
         assert reference == [text]  # the toolkit's generate, alone, with the same seed
 
@@ -125,13 +147,16 @@ def _stream(tokenizer, text: str, stop=(), strip=True) -> tuple[list[str], TextS
     return pieces, stream
 
 
-@pytest.mark.parametrize("text, stop, strip, final", [
-    ("  Paris is the capital.  \n", (), True, "Paris is the capital."),
-    ("  Paris is the capital.  \n", (), False, "  Paris is the capital.  \n"),
-    ("One. Two. END three", ("END",), True, "One. Two."),
-    ("a b c\n\nQuestion: next", ("\n\nQuestion:", "zzz"), True, "a b c"),
-    ("Caf\u00e9 \U0001F600 ok", (), True, "Caf\u00e9 \U0001F600 ok"),
-])
+@pytest.mark.parametrize(
+    "text, stop, strip, final",
+    [
+        ("  Paris is the capital.  \n", (), True, "Paris is the capital."),
+        ("  Paris is the capital.  \n", (), False, "  Paris is the capital.  \n"),
+        ("One. Two. END three", ("END",), True, "One. Two."),
+        ("a b c\n\nQuestion: next", ("\n\nQuestion:", "zzz"), True, "a b c"),
+        ("Caf\u00e9 \U0001f600 ok", (), True, "Caf\u00e9 \U0001f600 ok"),
+    ],
+)
 def test_streamed_pieces_join_into_the_final_text(tokenizer, text, stop, strip, final):
     pieces, stream = _stream(tokenizer, text, stop, strip)
     assert "".join(pieces) == stream.text == final

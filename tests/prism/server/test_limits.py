@@ -21,8 +21,12 @@ from prism.server.limits import Limits
 from prism.server.prompts import Budget, chat_prompt
 
 CHAT = "/v1/chat/completions"
-NORMAL = {"model": "prism", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 2,
-          "temperature": 0}
+NORMAL = {
+    "model": "prism",
+    "messages": [{"role": "user", "content": "Name a colour."}],
+    "max_tokens": 2,
+    "temperature": 0,
+}
 LIMITS = Limits(body_timeout=1.5, keep_alive_timeout=1.0, max_connections=400)
 
 
@@ -85,8 +89,9 @@ def _send_by_hand(port: int, head: bytes, chunks, timeout: float = 30.0) -> tupl
             received += piece
             head_end = received.find(b"\r\n\r\n")
             if head_end >= 0:
-                length = [line for line in received[:head_end].split(b"\r\n")
-                          if line.lower().startswith(b"content-length")]
+                length = [
+                    line for line in received[:head_end].split(b"\r\n") if line.lower().startswith(b"content-length")
+                ]
                 if length and len(received) >= head_end + 4 + int(length[0].split(b":")[1]):
                     break
     except ConnectionResetError:
@@ -104,14 +109,18 @@ def test_a_50_mb_body_gets_413_while_it_arrives_and_the_memory_comes_back(server
     before = _rss_mb()
     piece = b"x" * 65536
     body = (piece for _ in range(50 * 1024 * 1024 // len(piece)))
-    declared = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 52428800\r\n\r\n")
+    declared = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 52428800\r\n\r\n"
+    )
     status, text, elapsed = _send_by_hand(server.port, declared, body)
     _refused((status, text), 413, "above this server's limit of 4194304")
     assert elapsed < 2, elapsed  # refused from its Content-Length, before the body is read
     body = (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(50 * 1024 * 1024 // len(piece)))
-    chunked = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-               b"Transfer-Encoding: chunked\r\n\r\n")
+    chunked = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     status, text, elapsed = _send_by_hand(server.port, chunked, body)
     _refused((status, text), 413, "above this server's limit of 4194304 bytes (--max-body-bytes)")
     assert elapsed < 5, elapsed  # refused once 4 MiB had arrived
@@ -120,8 +129,9 @@ def test_a_50_mb_body_gets_413_while_it_arrives_and_the_memory_comes_back(server
     assert _normal(server) < 5
 
 
-def test_many_messages_are_refused_before_rendering_and_long_conversations_render_in_linear_time(server,
-                                                                                               tiny_model_directory):
+def test_many_messages_are_refused_before_rendering_and_long_conversations_render_in_linear_time(
+    server, tiny_model_directory
+):
     turns = [{"role": ("user", "assistant")[index % 2], "content": "hi"} for index in range(10_001)]
     response, elapsed = _post(server, json.dumps({"messages": turns}).encode())
     error = _refused(response, 400, "messages has 10001 entries, above this server's limit of 2048")
@@ -142,8 +152,11 @@ def test_many_messages_are_refused_before_rendering_and_long_conversations_rende
     budget = Budget(n_ctx=10**9, longest_token=81, limits=Limits(max_messages=20_001))
 
     def rendering(n: int) -> float:
-        body = {"messages": [{"role": ("user", "assistant")[index % 2], "content": f"turn {index}"}
-                             for index in range(n + 1 - n % 2)]}
+        body = {
+            "messages": [
+                {"role": ("user", "assistant")[index % 2], "content": f"turn {index}"} for index in range(n + 1 - n % 2)
+            ]
+        }
         times = []
         for _ in range(3):  # the fastest of three: the machine's other work only ever adds time
             start = time.monotonic()
@@ -194,8 +207,9 @@ print(sent)
 
 def test_a_normal_request_does_not_wait_on_bad_ones(server):
     alone = statistics.median(_normal(server) for _ in range(7))
-    attacker = subprocess.Popen([sys.executable, "-c", ATTACK, server.url + CHAT, "6"], stdout=subprocess.PIPE,
-                                text=True)
+    attacker = subprocess.Popen(
+        [sys.executable, "-c", ATTACK, server.url + CHAT, "6"], stdout=subprocess.PIPE, text=True
+    )
     try:
         time.sleep(1.0)
         together = statistics.median(_normal(server) for _ in range(7))
@@ -206,8 +220,10 @@ def test_a_normal_request_does_not_wait_on_bad_ones(server):
 
 
 def test_stalled_bodies_get_408_and_their_connections_are_closed(server):
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n{")
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
     start = time.monotonic()
     stalled = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
     for connection in stalled:
@@ -223,8 +239,11 @@ def test_stalled_bodies_get_408_and_their_connections_are_closed(server):
     elapsed = time.monotonic() - start
     for received in answers:
         status, _, rest = received.partition(b"\r\n")
-        _refused((int(status.split()[1]), rest.partition(b"\r\n\r\n")[2].decode()), 408,
-                 "the request body did not arrive within 1.5 seconds (--body-timeout)")
+        _refused(
+            (int(status.split()[1]), rest.partition(b"\r\n\r\n")[2].decode()),
+            408,
+            "the request body did not arrive within 1.5 seconds (--body-timeout)",
+        )
     assert elapsed < 1.5 + 5, elapsed
     _normal(server)
 

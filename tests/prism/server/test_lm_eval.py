@@ -22,8 +22,16 @@ from probes.core.models import load_model
 from probes.core.prompts import Condition, render
 from probes.core.rendering import continuations
 
-CAPITALS = [("France", "Paris"), ("Peru", "Lima"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"),
-            ("Egypt", "Cairo"), ("Norway", "Oslo"), ("Canada", "Ottawa")]
+CAPITALS = [
+    ("France", "Paris"),
+    ("Peru", "Lima"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Chile", "Santiago"),
+    ("Egypt", "Cairo"),
+    ("Norway", "Oslo"),
+    ("Canada", "Ottawa"),
+]
 MULTIPLE_CHOICE = """task: prism_capitals
 dataset_path: json
 dataset_kwargs:
@@ -65,10 +73,18 @@ def _items() -> list[Item]:
     names = [city for _, city in CAPITALS]
     items = []
     for index, (country, city) in enumerate(CAPITALS):
-        choices = (city, *[name for name in names if name != city][index % 5:][:3])
+        choices = (city, *[name for name in names if name != city][index % 5 :][:3])
         order = sorted(range(4), key=lambda k: (k * 7 + index) % 4)
-        items.append(Item(f"capitals/{country}", "capitals", f"What is the capital of {country}?", "geography",
-                          choices=tuple(choices[k] for k in order), answer=order.index(0)))
+        items.append(
+            Item(
+                f"capitals/{country}",
+                "capitals",
+                f"What is the capital of {country}?",
+                "geography",
+                choices=tuple(choices[k] for k in order),
+                answer=order.index(0),
+            )
+        )
     return items
 
 
@@ -81,8 +97,10 @@ def reference(tiny_prism):
 
 
 def _task_files(tmp_path, items, prompts, queries) -> str:
-    rows = [{"prompt": prompt, "options": continuations(item, "cloze"), "answer": item.answer}
-            for item, prompt in zip(items, prompts)]
+    rows = [
+        {"prompt": prompt, "options": continuations(item, "cloze"), "answer": item.answer}
+        for item, prompt in zip(items, prompts)
+    ]
     (tmp_path / "capitals.json").write_text(json.dumps(rows))
     (tmp_path / "haiku.json").write_text(json.dumps([{"prompt": prompt} for prompt in queries]))
     (tmp_path / "capitals.yaml").write_text(MULTIPLE_CHOICE.format(data=tmp_path / "capitals.json"))
@@ -91,8 +109,9 @@ def _task_files(tmp_path, items, prompts, queries) -> str:
 
 
 @pytest.mark.parametrize("mode", ["base", "prism"])
-def test_lm_eval_on_prism_serve_scores_as_the_toolkit(tiny_server, reference, queries, tmp_path, mode,
-                                                      scores_as_served):
+def test_lm_eval_on_prism_serve_scores_as_the_toolkit(
+    tiny_server, reference, queries, tmp_path, mode, scores_as_served
+):
     model, tokenizer, gate = reference
     items = _items()
     own = evaluate(model, tokenizer, items, Condition("none"), scoring="cloze", normalise="none", progress=False)
@@ -118,10 +137,23 @@ def test_lm_eval_on_prism_serve_scores_as_the_toolkit(tiny_server, reference, qu
     include = _task_files(tmp_path, items, prompts, [prompt.text for prompt in generation_prompts])
     results = simple_evaluate(
         model="local-completions",
-        model_args={"base_url": tiny_server.url + "/v1/completions", "model": mode, "num_concurrent": 4,
-                    "max_retries": 1, "max_length": 500, "batch_size": 2, "seed": 1234},
-        tasks=["prism_capitals", "prism_haiku"], task_manager=TaskManager(include_path=include), log_samples=True,
-        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+        model_args={
+            "base_url": tiny_server.url + "/v1/completions",
+            "model": mode,
+            "num_concurrent": 4,
+            "max_retries": 1,
+            "max_length": 500,
+            "batch_size": 2,
+            "seed": 1234,
+        },
+        tasks=["prism_capitals", "prism_haiku"],
+        task_manager=TaskManager(include_path=include),
+        log_samples=True,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+    )
     assert results["results"]["prism_capitals"]["acc,none"] == pytest.approx(accuracy)
     samples = sorted(results["samples"]["prism_capitals"], key=lambda sample: sample["doc_id"])
     for sample, values in zip(samples, scores):

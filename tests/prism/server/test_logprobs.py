@@ -35,16 +35,28 @@ def _post(server, path: str, body: dict) -> httpx.Response:
 
 def _echo(server, prompts: list[list[int]], mode: str) -> list[dict]:
     """lm-eval's loglikelihood request for a batch of token-id prompts: the choices, in order."""
-    response = _post(server, "/v1/completions", {"model": mode, "prompt": prompts, "temperature": 0, "max_tokens": 1,
-                                                 "logprobs": 1, "echo": True, "seed": 1234})
+    response = _post(
+        server,
+        "/v1/completions",
+        {
+            "model": mode,
+            "prompt": prompts,
+            "temperature": 0,
+            "max_tokens": 1,
+            "logprobs": 1,
+            "echo": True,
+            "seed": 1234,
+        },
+    )
     assert response.status_code == 200, response.text
     choices = response.json()["choices"]
     assert [choice["index"] for choice in choices] == list(range(len(prompts)))
     return choices
 
 
-def test_echoed_logprobs_equal_the_toolkits_scores_alone_batched_and_concurrent(tiny_server, reference, queries,
-                                                                               scores_as_served):
+def test_echoed_logprobs_equal_the_toolkits_scores_alone_batched_and_concurrent(
+    tiny_server, reference, queries, scores_as_served
+):
     model, tokenizer, gate = reference
     prompts = [render(tokenizer, query, Condition("none"), answer_prefix="Answer:") for query in queries]
     contexts = [encode(tokenizer, prompt) for prompt in prompts]
@@ -52,7 +64,7 @@ def test_echoed_logprobs_equal_the_toolkits_scores_alone_batched_and_concurrent(
     full = [contexts[p] + tokenizer(OPTIONS[o], add_special_tokens=False)["input_ids"] for p, o in pairs]
 
     def summed(choice: dict, p: int) -> float:
-        return sum(choice["logprobs"]["token_logprobs"][len(contexts[p]):-1])
+        return sum(choice["logprobs"]["token_logprobs"][len(contexts[p]) : -1])
 
     for mode in ("base", "prism"):
         scores, routes = scores_as_served(model, tokenizer, gate, prompts, [OPTIONS] * len(prompts), mode)
@@ -74,13 +86,19 @@ def test_echoed_logprobs_equal_the_toolkits_scores_alone_batched_and_concurrent(
 def test_lm_evals_parser_reads_the_answers(tiny_server, reference):
     _, tokenizer, _ = reference
     context = tokenizer("The capital of France is")["input_ids"]
-    greedy = _post(tiny_server, "/v1/completions", {"model": "base", "prompt": [context], "max_tokens": 1,
-                                                     "temperature": 0, "logprobs": 1})
+    greedy = _post(
+        tiny_server,
+        "/v1/completions",
+        {"model": "base", "prompt": [context], "max_tokens": 1, "temperature": 0, "logprobs": 1},
+    )
     token = greedy.json()["choices"][0]["logprobs"]["tokens"][0]
     continuation = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(token)) if token else []
     prompts = [context + continuation, context + tokenizer(" zebra", add_special_tokens=False)["input_ids"]]
-    response = _post(tiny_server, "/v1/completions", {"model": "base", "prompt": prompts, "temperature": 0,
-                                                       "max_tokens": 1, "logprobs": 1, "echo": True})
+    response = _post(
+        tiny_server,
+        "/v1/completions",
+        {"model": "base", "prompt": prompts, "temperature": 0, "max_tokens": 1, "logprobs": 1, "echo": True},
+    )
     parsed = LocalCompletionsAPI.parse_logprobs(response.json(), ctxlens=[len(context)] * 2)
     assert parsed[0][1] is True  # the server's own greedy continuation is greedy
     assert all(value < 0 for value, _ in parsed)
@@ -90,19 +108,26 @@ def test_completions_as_openai_and_vllm_define_them(tiny_server, reference):
     _, tokenizer, _ = reference
     text = "Once upon a time"
     ids = tokenizer(text)["input_ids"]
-    one = _post(tiny_server, "/v1/completions", {"model": "base", "prompt": text, "max_tokens": 3, "temperature": 0,
-                                                  "logprobs": 3}).json()["choices"][0]
+    one = _post(
+        tiny_server,
+        "/v1/completions",
+        {"model": "base", "prompt": text, "max_tokens": 3, "temperature": 0, "logprobs": 3},
+    ).json()["choices"][0]
     assert len(one["logprobs"]["tokens"]) == 3 and "".join(one["logprobs"]["tokens"]) == one["text"]
     for value, top in zip(one["logprobs"]["token_logprobs"], one["logprobs"]["top_logprobs"]):
         assert value == max(top.values()) and 3 <= len(top) <= 4  # greedy: the token is the most likely one
     offsets = one["logprobs"]["text_offset"]
     assert offsets[0] == 0 and offsets == sorted(offsets)
-    echoed = _post(tiny_server, "/v1/completions", {"model": "base", "prompt": [text, ids], "max_tokens": 3,
-                                                     "temperature": 0, "echo": True}).json()
+    echoed = _post(
+        tiny_server,
+        "/v1/completions",
+        {"model": "base", "prompt": [text, ids], "max_tokens": 3, "temperature": 0, "echo": True},
+    ).json()
     assert [choice["text"] for choice in echoed["choices"]] == [text + one["text"]] * 2
     assert echoed["usage"]["prompt_tokens"] == 2 * len(ids)
-    prompt_only = _post(tiny_server, "/v1/completions", {"model": "base", "prompt": ids, "max_tokens": 0, "echo": True,
-                                                          "logprobs": 0}).json()
+    prompt_only = _post(
+        tiny_server, "/v1/completions", {"model": "base", "prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 0}
+    ).json()
     choice = prompt_only["choices"][0]
     assert choice["text"] == text and prompt_only["usage"]["completion_tokens"] == 0
     assert len(choice["logprobs"]["token_logprobs"]) == len(ids) and choice["finish_reason"] == "length"
@@ -111,16 +136,23 @@ def test_completions_as_openai_and_vllm_define_them(tiny_server, reference):
 
 def test_chat_logprobs_in_openais_chat_format(tiny_server, openai_client):
     client = openai_client(tiny_server)
-    answer = client.chat.completions.create(model="prism", messages=[{"role": "user", "content": "Name a colour."}],
-                                            max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    answer = client.chat.completions.create(
+        model="prism",
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
     content = answer.choices[0].logprobs.content
     assert 1 <= len(content) <= 5
     for token in content:
         assert len(token.top_logprobs) == 2 and token.logprob == token.top_logprobs[0].logprob
         assert bytes(token.bytes).decode("utf-8", "replace") == token.token
     assert "".join(token.token for token in content).strip().startswith(answer.choices[0].message.content[:3])
-    plain = client.chat.completions.create(model="prism", messages=[{"role": "user", "content": "Name a colour."}],
-                                           max_tokens=5, temperature=0)
+    plain = client.chat.completions.create(
+        model="prism", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=5, temperature=0
+    )
     assert plain.choices[0].logprobs is None and plain.choices[0].message.content == answer.choices[0].message.content
 
 
@@ -136,15 +168,18 @@ def test_the_tokenizer_endpoints_answer_as_vllms(tiny_server, reference):
     assert _post(tiny_server, "/detokenize", {"tokens": [-1]}).status_code == 400
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"prompt": "hi", "logprobs": 21}, r"logprobs must be in [0, 20], got 21"),
-    ({"prompt": "hi", "logprobs": "all"}, "logprobs must be an integer"),
-    ({"prompt": "hi", "max_tokens": 0}, "max_tokens must be at least 1 (0 only with echo)"),
-    ({"prompt": list(range(600)), "echo": True, "max_tokens": 0, "logprobs": 1}, "the prompt has 600 tokens"),
-    ({"prompt": "word " * 600, "echo": True, "max_tokens": 1, "logprobs": 1}, "the model's context is 512 tokens"),
-    ({"prompt": [[1, 2], "text"], "stream": True}, "stream takes one prompt"),
-    ({"prompt": [[1, 99999999]]}, "outside the vocabulary"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"prompt": "hi", "logprobs": 21}, r"logprobs must be in [0, 20], got 21"),
+        ({"prompt": "hi", "logprobs": "all"}, "logprobs must be an integer"),
+        ({"prompt": "hi", "max_tokens": 0}, "max_tokens must be at least 1 (0 only with echo)"),
+        ({"prompt": list(range(600)), "echo": True, "max_tokens": 0, "logprobs": 1}, "the prompt has 600 tokens"),
+        ({"prompt": "word " * 600, "echo": True, "max_tokens": 1, "logprobs": 1}, "the model's context is 512 tokens"),
+        ({"prompt": [[1, 2], "text"], "stream": True}, "stream takes one prompt"),
+        ({"prompt": [[1, 99999999]]}, "outside the vocabulary"),
+    ],
+)
 def test_bad_logprobs_and_echo_requests_get_one_line_400s(tiny_server, body, message):
     response = _post(tiny_server, "/v1/completions", {"model": "base", **body})
     assert response.status_code == 400, response.text

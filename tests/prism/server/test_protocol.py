@@ -28,73 +28,102 @@ def test_system_messages_and_conversations_go_through_the_chat_template(tokenize
     system = {"role": "system", "content": "You are terse."}
     ids = chat_prompt(tokenizer, {"messages": [system, {"role": "user", "content": "Hi?"}]})
     assert ids == encode(tokenizer, render_messages(tokenizer, "You are terse.", "Hi?"))
-    developer = chat_prompt(tokenizer, {"messages": [{**system, "role": "developer"}, {"role": "user", "content": "Hi?"}]})
+    developer = chat_prompt(
+        tokenizer, {"messages": [{**system, "role": "developer"}, {"role": "user", "content": "Hi?"}]}
+    )
     assert developer == ids
-    turns = [system, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
-             {"role": "user", "content": "Name a river."}]
-    expected = render_conversation(tokenizer, render_messages(tokenizer, "You are terse.", "Hi?"), "Hello.", "Name a river.")
+    turns = [
+        system,
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Name a river."},
+    ]
+    expected = render_conversation(
+        tokenizer, render_messages(tokenizer, "You are terse.", "Hi?"), "Hello.", "Name a river."
+    )
     assert chat_prompt(tokenizer, {"messages": turns}) == encode(tokenizer, expected)
     text = tokenizer.decode(chat_prompt(tokenizer, {"messages": turns}))
     assert text.index("Hi?") < text.index("Hello.") < text.index("Name a river.")
 
 
-@pytest.mark.parametrize("messages, param, message", [
-    (None, "messages", "messages must be a non-empty list"),
-    ([], "messages", "messages must be a non-empty list"),
-    ("hello", "messages", "messages must be a non-empty list"),
-    ([{"role": "wizard", "content": "hi"}], "messages[0].role", "must be one of system, developer, user, assistant"),
-    ([{"role": "user", "content": "   "}], "messages[0].content", "must be a non-empty string"),
-    ([{"role": "user"}], "messages[0].content", "must be a non-empty string"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "messages[0].content", "only hold text"),
-    (["hi"], "messages[0]", "must be an object"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "messages", "must alternate"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "messages", "end with a user message"),
-])
+@pytest.mark.parametrize(
+    "messages, param, message",
+    [
+        (None, "messages", "messages must be a non-empty list"),
+        ([], "messages", "messages must be a non-empty list"),
+        ("hello", "messages", "messages must be a non-empty list"),
+        (
+            [{"role": "wizard", "content": "hi"}],
+            "messages[0].role",
+            "must be one of system, developer, user, assistant",
+        ),
+        ([{"role": "user", "content": "   "}], "messages[0].content", "must be a non-empty string"),
+        ([{"role": "user"}], "messages[0].content", "must be a non-empty string"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+            "messages[0].content",
+            "only hold text",
+        ),
+        (["hi"], "messages[0]", "must be an object"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "messages", "must alternate"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+            "messages",
+            "end with a user message",
+        ),
+    ],
+)
 def test_bad_messages_are_refused_naming_the_parameter(tokenizer, messages, param, message):
     with pytest.raises(ApiError, match=message) as refused:
         chat_prompt(tokenizer, {"messages": messages} if messages is not None else {})
     assert refused.value.status == 400 and refused.value.param == param and "\n" not in refused.value.message
 
 
-@pytest.mark.parametrize("body, param, message", [
-    ({"temperature": -0.1}, "temperature", r"temperature must be in \[0, 2\], got -0.1"),
-    ({"temperature": 2.5}, "temperature", "temperature must be in"),
-    ({"temperature": "hot"}, "temperature", "temperature must be a number"),
-    ({"top_p": 0}, "top_p", r"top_p must be in \(0, 1\], got 0"),
-    ({"top_p": 1.5}, "top_p", "top_p must be in"),
-    ({"max_tokens": 0}, "max_tokens", r"max_tokens must be at least 1 \(0 only with echo\), got 0"),
-    ({"max_tokens": 2.5}, "max_tokens", "max_tokens must be an integer"),
-    ({"max_completion_tokens": -3}, "max_completion_tokens", "must be at least 1"),
-    ({"n": 2}, "n", "n must be 1"),
-    ({"seed": 2**70}, "seed", "seed must be a 64-bit integer"),
-    ({"seed": True}, "seed", "seed must be an integer"),
-    ({"stop": ["a", ""]}, "stop", "stop must be"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
-    ({"stream": "yes"}, "stream", "stream must be true or false"),
-    ({"model": 3}, "model", "model must be a string"),
-    ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty is not supported by this server"),
-    ({"logprobs": 1}, "logprobs", "logprobs must be true or false"),
-    ({"top_logprobs": 3}, "top_logprobs", "top_logprobs needs logprobs: true"),
-    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", r"top_logprobs must be in \[0, 20\]"),
-    ({"logprobs": True, "stream": True}, "stream", "not supported with stream"),
-    ({"tools": [{"type": "function"}]}, "tools", "tools is not supported"),
-])
+@pytest.mark.parametrize(
+    "body, param, message",
+    [
+        ({"temperature": -0.1}, "temperature", r"temperature must be in \[0, 2\], got -0.1"),
+        ({"temperature": 2.5}, "temperature", "temperature must be in"),
+        ({"temperature": "hot"}, "temperature", "temperature must be a number"),
+        ({"top_p": 0}, "top_p", r"top_p must be in \(0, 1\], got 0"),
+        ({"top_p": 1.5}, "top_p", "top_p must be in"),
+        ({"max_tokens": 0}, "max_tokens", r"max_tokens must be at least 1 \(0 only with echo\), got 0"),
+        ({"max_tokens": 2.5}, "max_tokens", "max_tokens must be an integer"),
+        ({"max_completion_tokens": -3}, "max_completion_tokens", "must be at least 1"),
+        ({"n": 2}, "n", "n must be 1"),
+        ({"seed": 2**70}, "seed", "seed must be a 64-bit integer"),
+        ({"seed": True}, "seed", "seed must be an integer"),
+        ({"stop": ["a", ""]}, "stop", "stop must be"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+        ({"stream": "yes"}, "stream", "stream must be true or false"),
+        ({"model": 3}, "model", "model must be a string"),
+        ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty is not supported by this server"),
+        ({"logprobs": 1}, "logprobs", "logprobs must be true or false"),
+        ({"top_logprobs": 3}, "top_logprobs", "top_logprobs needs logprobs: true"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", r"top_logprobs must be in \[0, 20\]"),
+        ({"logprobs": True, "stream": True}, "stream", "not supported with stream"),
+        ({"tools": [{"type": "function"}]}, "tools", "tools is not supported"),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_parameter(body, param, message):
     with pytest.raises(ApiError, match=message) as refused:
         settings(body)
     assert refused.value.status == 400 and refused.value.param == param
 
 
-@pytest.mark.parametrize("body, param, message", [
-    ({"logprobs": 21}, "logprobs", r"logprobs must be in \[0, 20\], got 21"),
-    ({"logprobs": -1}, "logprobs", "logprobs must be in"),
-    ({"logprobs": True}, "logprobs", "logprobs must be an integer"),
-    ({"logprobs": "5"}, "logprobs", "logprobs must be an integer"),
-    ({"echo": "yes"}, "echo", "echo must be true or false"),
-    ({"max_tokens": 0}, "max_tokens", "0 only with echo"),
-    ({"echo": True, "max_tokens": -1}, "max_tokens", "must be at least 1"),
-    ({"echo": True, "stream": True}, "stream", "not supported with stream"),
-])
+@pytest.mark.parametrize(
+    "body, param, message",
+    [
+        ({"logprobs": 21}, "logprobs", r"logprobs must be in \[0, 20\], got 21"),
+        ({"logprobs": -1}, "logprobs", "logprobs must be in"),
+        ({"logprobs": True}, "logprobs", "logprobs must be an integer"),
+        ({"logprobs": "5"}, "logprobs", "logprobs must be an integer"),
+        ({"echo": "yes"}, "echo", "echo must be true or false"),
+        ({"max_tokens": 0}, "max_tokens", "0 only with echo"),
+        ({"echo": True, "max_tokens": -1}, "max_tokens", "must be at least 1"),
+        ({"echo": True, "stream": True}, "stream", "not supported with stream"),
+    ],
+)
 def test_bad_completion_logprobs_are_refused_naming_the_parameter(body, param, message):
     with pytest.raises(ApiError, match=message) as refused:
         settings(body, chat=False)
@@ -111,12 +140,39 @@ def test_completions_take_logprobs_echo_and_max_tokens_0():
 def test_settings_default_as_openai_does_and_read_what_is_given():
     default = settings({})
     assert (default.temperature, default.top_p, default.max_tokens, default.seed, default.stop, default.stream) == (
-        1.0, 1.0, None, None, (), False)
-    given = settings({"temperature": 0, "top_p": 0.5, "max_tokens": 7, "seed": -4, "stop": "\n", "stream": True,
-                      "stream_options": {"include_usage": True}, "model": "base", "presence_penalty": 0, "logprobs": False,
-                      "tools": [], "user": "someone"})  # what asks for nothing, and what is only a label, is fine
-    assert (given.temperature, given.top_p, given.max_tokens, given.seed, given.stop, given.stream, given.include_usage,
-            given.model) == (0.0, 0.5, 7, -4, ("\n",), True, True, "base")
+        1.0,
+        1.0,
+        None,
+        None,
+        (),
+        False,
+    )
+    given = settings(
+        {
+            "temperature": 0,
+            "top_p": 0.5,
+            "max_tokens": 7,
+            "seed": -4,
+            "stop": "\n",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "model": "base",
+            "presence_penalty": 0,
+            "logprobs": False,
+            "tools": [],
+            "user": "someone",
+        }
+    )  # what asks for nothing, and what is only a label, is fine
+    assert (
+        given.temperature,
+        given.top_p,
+        given.max_tokens,
+        given.seed,
+        given.stop,
+        given.stream,
+        given.include_usage,
+        given.model,
+    ) == (0.0, 0.5, 7, -4, ("\n",), True, True, "base")
 
 
 def test_malformed_bodies_prompts_and_contexts_are_refused(tokenizer):
@@ -129,14 +185,23 @@ def test_malformed_bodies_prompts_and_contexts_are_refused(tokenizer):
     assert completion_prompts(tokenizer, {"prompt": ["Once upon", "a"]})[0] == (ids, "Once upon")
     assert completion_prompts(tokenizer, {"prompt": ids}) == [(ids, None)]
     assert completion_prompts(tokenizer, {"prompt": [ids, [5]]}) == [(ids, None), ([5], None)]
-    for body in ({}, {"prompt": ""}, {"prompt": ["a", ""]}, {"prompt": 5}, {"prompt": [[1], "a", []]}, {"prompt": []},
-                 {"prompt": [True]}):
+    for body in (
+        {},
+        {"prompt": ""},
+        {"prompt": ["a", ""]},
+        {"prompt": 5},
+        {"prompt": [[1], "a", []]},
+        {"prompt": []},
+        {"prompt": [True]},
+    ):
         with pytest.raises(ApiError, match="prompt must be a non-empty string, a list of them"):
             completion_prompts(tokenizer, body)
     with pytest.raises(ApiError, match="outside the vocabulary"):
         completion_prompts(tokenizer, {"prompt": [[1, len(tokenizer)]]})
     assert fit_context(10, None, 256, 100) == 90 and fit_context(10, 50, 256, 100) == 50
-    with pytest.raises(ApiError, match="the prompt has 10 tokens plus max_tokens 91 but the model's context is 100") as refused:
+    with pytest.raises(
+        ApiError, match="the prompt has 10 tokens plus max_tokens 91 but the model's context is 100"
+    ) as refused:
         fit_context(10, 91, 256, 100)
     assert refused.value.code == "context_length_exceeded"
     with pytest.raises(ApiError, match="the prompt has 120 tokens but"):
@@ -153,5 +218,10 @@ def test_a_prompt_is_tokenised_only_as_far_as_the_context_needs(tokenizer):
         encode_within(tokenizer, "word " * 2000, Budget.of(tokenizer, 200), add_special_tokens=True, param="prompt")
     assert refused.value.code == "context_length_exceeded" and refused.value.param == "prompt"
     with pytest.raises(ApiError, match="more than the model's context of 2 tokens can hold"):
-        encode_within(tokenizer, "x" * (2 * fits.longest_token + 1), Budget.of(tokenizer, 2), add_special_tokens=True,
-                      param="prompt")
+        encode_within(
+            tokenizer,
+            "x" * (2 * fits.longest_token + 1),
+            Budget.of(tokenizer, 2),
+            add_special_tokens=True,
+            param="prompt",
+        )

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[3]
 def _ask(client, query: str, **options):
     """A chat request for one user message: (text, prism field, headers, whole answer)."""
     raw = client.chat.completions.with_raw_response.create(
-        model=options.pop("model", "prism"), messages=[{"role": "user", "content": query}], **options)
+        model=options.pop("model", "prism"), messages=[{"role": "user", "content": query}], **options
+    )
     answer = raw.parse()
     return answer.choices[0].message.content, answer.model_extra["prism"], raw.headers, answer
 
@@ -66,39 +67,68 @@ def test_routed_and_unrouted_requests_get_the_text_of_prism_route(tiny_server, t
             assert float(headers["x-prism-gate-probability"]) == pytest.approx(row["probability"], abs=1e-5)
             assert answer.model == mode == headers["x-prism-mode"] and answer.usage.completion_tokens <= 6
             base, base_prism, _, _ = _ask(client, row["prompt"], model="base", temperature=0, max_tokens=6)
-            assert base_prism["route"] == "base" and base_prism["gate_probability"] == pytest.approx(prism["gate_probability"])
+            assert base_prism["route"] == "base" and base_prism["gate_probability"] == pytest.approx(
+                prism["gate_probability"]
+            )
             if not row["routed"]:
                 assert base == text  # unrouted: the base model's answer
     routed = [row for row in expected if row["routed"]]
-    assert any(_ask(client, row["prompt"], model="base", temperature=0, max_tokens=6)[0] != row["answer"] for row in routed)
+    assert any(
+        _ask(client, row["prompt"], model="base", temperature=0, max_tokens=6)[0] != row["answer"] for row in routed
+    )
     always = _ask(client, queries[0], model="always", temperature=0, max_tokens=6)[1]
     assert always["route"] == "persona" and always["mode"] == "always"
 
 
 def test_streaming_gives_the_same_text_as_a_whole_answer(tiny_server, queries, openai_client):
     client = openai_client(tiny_server)
-    for options in ({"temperature": 0}, {"temperature": 0.9, "top_p": 0.9, "seed": 11}, {"temperature": 1.2, "seed": 3}):
+    for options in (
+        {"temperature": 0},
+        {"temperature": 0.9, "top_p": 0.9, "seed": 11},
+        {"temperature": 1.2, "seed": 3},
+    ):
         for query in queries[:3]:
             messages = [{"role": "user", "content": query}]
             whole = client.chat.completions.create(model="prism", messages=messages, max_tokens=12, **options)
-            chunks = list(client.chat.completions.create(model="prism", messages=messages, max_tokens=12, stream=True,
-                                                         stream_options={"include_usage": True}, **options))
-            routes = [{**answer.model_extra["prism"], "seed": None} for answer in (chunks[0], whole)]  # drawn when not given
+            chunks = list(
+                client.chat.completions.create(
+                    model="prism",
+                    messages=messages,
+                    max_tokens=12,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **options,
+                )
+            )
+            routes = [
+                {**answer.model_extra["prism"], "seed": None} for answer in (chunks[0], whole)
+            ]  # drawn when not given
             assert chunks[0].choices[0].delta.role == "assistant" and routes[0] == routes[1]
-            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+            assert (
+                "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                == whole.choices[0].message.content
+            )
             assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
             assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
         whole = client.completions.create(model="prism", prompt="Once upon a time", max_tokens=10, **options)
-        streamed = client.completions.create(model="prism", prompt="Once upon a time", max_tokens=10, stream=True, **options)
-        assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text and whole.model_extra["prism"]["route"]
+        streamed = client.completions.create(
+            model="prism", prompt="Once upon a time", max_tokens=10, stream=True, **options
+        )
+        assert (
+            "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+            and whole.model_extra["prism"]["route"]
+        )
     messages = [{"role": "user", "content": queries[3]}]
     full = client.chat.completions.create(model="prism", messages=messages, max_tokens=16, temperature=0)
     stop = full.choices[0].message.content[6:9]
     expected = full.choices[0].message.content.split(stop)[0].rstrip()
-    cut = client.chat.completions.create(model="prism", messages=messages, max_tokens=16, temperature=0, stop=[stop, "zzz"])
+    cut = client.chat.completions.create(
+        model="prism", messages=messages, max_tokens=16, temperature=0, stop=[stop, "zzz"]
+    )
     assert cut.choices[0].message.content == expected and cut.choices[0].finish_reason == "stop"
-    streamed = client.chat.completions.create(model="prism", messages=messages, max_tokens=16, temperature=0, stop=stop,
-                                              stream=True)
+    streamed = client.chat.completions.create(
+        model="prism", messages=messages, max_tokens=16, temperature=0, stop=stop, stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
     body = {"model": "prism", "messages": [{"role": "user", "content": queries[0]}], "max_tokens": 4, "stream": True}
     with httpx.stream("POST", tiny_server.url + "/v1/chat/completions", json=body, timeout=120) as response:
@@ -127,10 +157,16 @@ BAD = [
 
 
 @pytest.mark.parametrize("body, message", BAD, ids=[message for _, message in BAD])
-def test_bad_input_gets_400_with_a_clear_message_and_the_server_keeps_serving(tiny_server, openai_client, body, message):
+def test_bad_input_gets_400_with_a_clear_message_and_the_server_keeps_serving(
+    tiny_server, openai_client, body, message
+):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = httpx.post(tiny_server.url + "/v1/chat/completions", content=content,
-                          headers={"content-type": "application/json"}, timeout=60)
+    response = httpx.post(
+        tiny_server.url + "/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert message in error["message"] and set(error) == {"message", "type", "param", "code"}
@@ -152,8 +188,16 @@ def test_the_official_client_sees_openai_errors(tiny_server, openai_client):
 
 def test_concurrent_requests_each_get_their_own_answer(tiny_server, queries, openai_client):
     client = openai_client(tiny_server)
-    asks = [dict(query=query, model=("prism", "base")[index % 2], max_tokens=4 + index % 5, seed=index,
-                 temperature=(0.0, 0.8, 1.3)[index % 3]) for index, query in enumerate(queries * 2)]
+    asks = [
+        dict(
+            query=query,
+            model=("prism", "base")[index % 2],
+            max_tokens=4 + index % 5,
+            seed=index,
+            temperature=(0.0, 0.8, 1.3)[index % 3],
+        )
+        for index, query in enumerate(queries * 2)
+    ]
 
     def send(ask: dict):
         ask = dict(ask)
@@ -183,12 +227,19 @@ def test_health_models_and_metrics(tiny_server, queries, openai_client):
     assert httpx.get(tiny_server.url + "/scan/me/42").json()["error"]["code"] == "not_found"
     text = httpx.get(tiny_server.url + "/metrics").text
     assert 'endpoint="other",route="none",status="404"' in text and "/scan/me" not in text
-    assert re.search(r'^prism_requests_total\{endpoint="/v1/chat/completions",route="(persona|base)",status="200"\} \d+$',
-                     text, flags=re.M)
-    assert re.search(r'^prism_requests_total\{endpoint="/v1/chat/completions",route="none",status="400"\} \d+$', text, flags=re.M)
+    assert re.search(
+        r'^prism_requests_total\{endpoint="/v1/chat/completions",route="(persona|base)",status="200"\} \d+$',
+        text,
+        flags=re.M,
+    )
+    assert re.search(
+        r'^prism_requests_total\{endpoint="/v1/chat/completions",route="none",status="400"\} \d+$', text, flags=re.M
+    )
     share = _metric(tiny_server, "prism_routed_share")
     assert 0 < share < 1
-    buckets = [float(n) for n in re.findall(r'^prism_request_duration_seconds_bucket\{le="[^"]+"\} (\d+)$', text, flags=re.M)]
+    buckets = [
+        float(n) for n in re.findall(r'^prism_request_duration_seconds_bucket\{le="[^"]+"\} (\d+)$', text, flags=re.M)
+    ]
     assert buckets == sorted(buckets) and buckets[-1] == _metric(tiny_server, "prism_request_duration_seconds_count")
     for kind in ("counter", "gauge", "histogram"):
         assert f" {kind}\n" in text
@@ -197,30 +248,47 @@ def test_health_models_and_metrics(tiny_server, queries, openai_client):
 @pytest.fixture(scope="module")
 def narrow_server(tiny_prism, server_over):
     """One request at a time, one waiting, and no steering vector or ungated adapter."""
-    with server_over(tiny_prism, max_batch_size=1, max_queue=1, batch_wait_ms=0, without=("steering", "ungated")) as server:
+    with server_over(
+        tiny_prism, max_batch_size=1, max_queue=1, batch_wait_ms=0, without=("steering", "ungated")
+    ) as server:
         yield server
 
 
 def test_a_full_queue_gets_503_and_clients_that_go_away_free_their_slots(narrow_server, queries, openai_client):
     client = openai_client(narrow_server)
-    long = {"model": "prism", "messages": [{"role": "user", "content": queries[1]}], "max_tokens": 480, "temperature": 0.7,
-            "seed": 1, "stream": True}
+    long = {
+        "model": "prism",
+        "messages": [{"role": "user", "content": queries[1]}],
+        "max_tokens": 480,
+        "temperature": 0.7,
+        "seed": 1,
+        "stream": True,
+    }
     with httpx.stream("POST", narrow_server.url + "/v1/chat/completions", json=long, timeout=120) as running:
         lines = running.iter_lines()  # held: a finished iterator would close the stream
         assert next(lines).startswith("data: ")  # it runs
         waiting = socket.create_connection(("127.0.0.1", narrow_server.port))
         body = json.dumps({**long, "stream": False}).encode()
-        waiting.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        waiting.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         _until(lambda: httpx.get(narrow_server.url + "/health").json()["waiting"] == 1)
         with pytest.raises(openai.APIStatusError, match="busy") as refused:
             _ask(client, "hi", max_tokens=2)
         assert refused.value.status_code == 503 and refused.value.body["code"] == "queue_full"
         assert refused.value.response.headers["retry-after"] == "1"
         waiting.close()  # the waiting client goes away: its place in the queue is free
-        _until(lambda: _metric(narrow_server, "prism_cancelled_total") == 1 and _metric(narrow_server, "prism_queue_waiting") == 0)
+        _until(
+            lambda: (
+                _metric(narrow_server, "prism_cancelled_total") == 1
+                and _metric(narrow_server, "prism_queue_waiting") == 0
+            )
+        )
         assert _metric(narrow_server, "prism_running") == 1
-    _until(lambda: _metric(narrow_server, "prism_cancelled_total") == 2 and _metric(narrow_server, "prism_running") == 0)
+    _until(
+        lambda: _metric(narrow_server, "prism_cancelled_total") == 2 and _metric(narrow_server, "prism_running") == 0
+    )
     assert _metric(narrow_server, "prism_generated_tokens_total") == 0  # neither ran to its end
     assert _ask(client, "hi", temperature=0, max_tokens=2)[1]["mode"] == "prism"
     with pytest.raises(openai.NotFoundError, match="mode 'steering' is not served here: use one of prism, base"):
@@ -237,12 +305,30 @@ def _free_port() -> int:
 def test_the_cli_serves_behind_an_api_key_that_never_reaches_the_logs(tiny_prism):
     key, port = "sk-prism-test-7f3a9c", _free_port()
     env = {**os.environ, "PRISM_TEST_KEY": key, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "prism.cli", "serve", "--out", str(tiny_prism), "--port", str(port), "--device", "cpu",
-               "--api-key-env", "PRISM_TEST_KEY", "--log-level", "debug", "--mode", "base",
-               "--max-body-bytes", "100000"]
+    command = [
+        sys.executable,
+        "-m",
+        "prism.cli",
+        "serve",
+        "--out",
+        str(tiny_prism),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--api-key-env",
+        "PRISM_TEST_KEY",
+        "--log-level",
+        "debug",
+        "--mode",
+        "base",
+        "--max-body-bytes",
+        "100000",
+    ]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             assert server.poll() is None, server.stdout.read()
             try:
@@ -256,10 +342,13 @@ def test_the_cli_serves_behind_an_api_key_that_never_reaches_the_logs(tiny_prism
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-        answer = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        answer = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
         assert answer.model_extra["prism"]["mode"] == "base"
-        large = httpx.post(url + "/v1/chat/completions", content=b" " * 100_001,
-                           headers={"authorization": f"Bearer {key}"})
+        large = httpx.post(
+            url + "/v1/chat/completions", content=b" " * 100_001, headers={"authorization": f"Bearer {key}"}
+        )
         assert large.status_code == 413 and "(--max-body-bytes)" in large.json()["error"]["message"]
     finally:
         server.terminate()
@@ -268,12 +357,18 @@ def test_the_cli_serves_behind_an_api_key_that_never_reaches_the_logs(tiny_prism
     assert key not in output
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--api-key-env", "PRISM_UNSET_KEY_VARIABLE"], "--api-key-env PRISM_UNSET_KEY_VARIABLE: that environment variable is not set"),
-    (["--port", "70000"], "--port must be in 0..65535"),
-    (["--body-timeout", "0"], "--body-timeout must be above 0 seconds"),
-    (["--gate", "missing.safetensors", "--model", "default"], "no gate file at missing.safetensors"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--api-key-env", "PRISM_UNSET_KEY_VARIABLE"],
+            "--api-key-env PRISM_UNSET_KEY_VARIABLE: that environment variable is not set",
+        ),
+        (["--port", "70000"], "--port must be in 0..65535"),
+        (["--body-timeout", "0"], "--body-timeout must be above 0 seconds"),
+        (["--gate", "missing.safetensors", "--model", "default"], "no gate file at missing.safetensors"),
+    ],
+)
 def test_bad_serve_options_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, argv, message):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")

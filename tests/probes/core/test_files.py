@@ -55,7 +55,9 @@ def test_an_unknown_suffix_is_refused_in_one_line_and_nothing_is_written(tmp_pat
     with pytest.raises(ToolkitError) as error:
         save_figure(fig, tmp_path / name)
     message = str(error.value)
-    assert "\n" not in message and all(suffix in message for suffix in (".png", ".pdf", ".svg")) and repr(name) in message
+    assert (
+        "\n" not in message and all(suffix in message for suffix in (".png", ".pdf", ".svg")) and repr(name) in message
+    )
     assert list(tmp_path.iterdir()) == [] and not plt.fignum_exists(fig.number)
     with pytest.raises(ToolkitError):
         figure_format(name)

@@ -38,8 +38,13 @@ def seen(tiny):
     def see(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("past_key_values")
-        calls.append((*ids.shape, kwargs.get("attention_mask") is not None,
-                      int(cache.get_seq_length()) if cache is not None else 0))
+        calls.append(
+            (
+                *ids.shape,
+                kwargs.get("attention_mask") is not None,
+                int(cache.get_seq_length()) if cache is not None else 0,
+            )
+        )
 
     handle = decoder(model).register_forward_pre_hook(see, with_kwargs=True)
     yield calls
@@ -52,10 +57,16 @@ def test_every_kind_of_forward_pass_runs_through_the_decoder_with_keyword_inputs
     with torch.inference_mode():
         model(tokens)
         assert seen[-1][:2] == tuple(tokens.shape), f"the bridge's forward bypassed the decoder ({VERSIONS})"
-        model.original_model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=3,
-                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        model.original_model.generate(
+            input_ids=tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         assert [call[3] for call in seen[-3:]] == [0, tokens.shape[1], tokens.shape[1] + 1], (
-            f"generate's passes do not show their cache length to the decoder ({VERSIONS})")
+            f"generate's passes do not show their cache length to the decoder ({VERSIONS})"
+        )
         logits_at(model, tokens, [-1])
     prompts = [render(tokenizer, query, Condition("math")) for query in ("What is 2 + 2?", "Name a prime number.")]
     score_choices(model, tokenizer, prompts, [[" 4", " 5"], [" 7", " 8"]], [0, 0], progress=False)
@@ -82,8 +93,11 @@ def test_a_hook_on_the_lora_update_scales_the_update_alone(tiny_llama_directory)
         base = model(tokens)
         with active_adapter(model, name):
             adapted = model(tokens)
-            handles = [lora_update(layer, name).register_forward_hook(lambda module, inputs, output: output * 0)
-                       for layer in adapter_layers(model) if name in layer.lora_B]
+            handles = [
+                lora_update(layer, name).register_forward_hook(lambda module, inputs, output: output * 0)
+                for layer in adapter_layers(model)
+                if name in layer.lora_B
+            ]
             try:
                 silenced = model(tokens)
             finally:

@@ -21,8 +21,9 @@ def test_a_second_process_is_refused_in_one_line_naming_the_holder(tmp_path):
         with pytest.raises(ToolkitError) as caught:
             with directory_lock(out):
                 pytest.fail("the directory was entered while another process held it")
-        assert str(caught.value) == (f"{out} is in use by another prism process (pid {holder.pid}); "
-                                     "wait for it or use another --out")
+        assert str(caught.value) == (
+            f"{out} is in use by another prism process (pid {holder.pid}); wait for it or use another --out"
+        )
         assert snapshot(out) == before and before[LOCK_NAME] == f"{holder.pid}\n".encode()
 
 

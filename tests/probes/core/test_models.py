@@ -66,7 +66,10 @@ def test_default_model_is_cached_as_safetensors(smol):
         ("", "empty model name"),
         ("not a model!", "unknown model 'not a model!'"),
         ("/no/such/file.gguf", "no GGUF file"),
-        ("someone/no-such-model-xyz", "'someone/no-such-model-xyz' is not in the local Hugging Face cache and HF_HUB_OFFLINE"),
+        (
+            "someone/no-such-model-xyz",
+            "'someone/no-such-model-xyz' is not in the local Hugging Face cache and HF_HUB_OFFLINE",
+        ),
     ],
 )
 def test_bad_model_names_give_one_line_listing_valid_forms(name, expected):
@@ -116,13 +119,19 @@ def closed_port() -> int:
 def test_an_unknown_hub_id_fails_at_once_in_one_line_when_the_hub_cannot_be_reached(hub, closed_port, tmp_path, capsys):
     hub(f"http://127.0.0.1:{closed_port}")
     start = time.perf_counter()
-    assert main(["evaluate", "--dataset", "mtbench", "--model", "someone/no-such-model", "--out", str(tmp_path / "r.json")]) == 2
+    assert (
+        main(
+            ["evaluate", "--dataset", "mtbench", "--model", "someone/no-such-model", "--out", str(tmp_path / "r.json")]
+        )
+        == 2
+    )
     assert time.perf_counter() - start < HUB_PROBE_SECONDS + 2  # not a minute of retries
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 1 and errors[0].startswith(
         f"prism evaluate: error: model 'someone/no-such-model' is not in the local Hugging Face cache and "
         f"http://127.0.0.1:{closed_port} cannot be reached: connect to the network (or set HF_ENDPOINT to a mirror); "
-        "or use 'default'"), errors
+        "or use 'default'"
+    ), errors
     assert hub_constants.is_offline_mode() and not (tmp_path / "r.json").exists()  # later lookups: the cache at once
 
 

@@ -17,8 +17,18 @@ QUERY = "What is the boiling point of water at sea level?"
 def test_library_has_twelve_personas_at_three_lengths():
     library = builtin_personas()
     assert list(library) == [
-        "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
-        "critic", "safety-monitor", "helpful", "compliant",
+        "writing",
+        "roleplay",
+        "reasoning",
+        "math",
+        "coding",
+        "extraction",
+        "stem",
+        "humanities",
+        "critic",
+        "safety-monitor",
+        "helpful",
+        "compliant",
     ]
     bounds = {"min": (3, 7), "short": (45, 65), "long": (140, 190)}
     for persona in library.values():
@@ -131,7 +141,9 @@ def test_unknown_persona_and_empty_prompt_are_refused(smol):
 def test_user_personas_from_a_file(tmp_path, smol):
     _, tokenizer = smol
     path = tmp_path / "mine.json"
-    path.write_text(json.dumps({"personas": [{"name": "chemist", "category": "chemistry", "min": "You are a chemist."}]}))
+    path.write_text(
+        json.dumps({"personas": [{"name": "chemist", "category": "chemistry", "min": "You are a chemist."}]})
+    )
     library = persona_library(path)
     assert len(library) == 13 and library["chemist"].source == str(path)
     prompt = render(tokenizer, QUERY, Condition("chemist"), personas=library)

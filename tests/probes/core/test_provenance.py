@@ -23,15 +23,56 @@ BLOCK = "import json; from probes.core.provenance import provenance; print(json.
 
 
 def test_secrets_on_a_command_line_are_masked_and_nothing_else():
-    argv = ["prism", "study", "--judge-api-key-env", "MY_KEY", "--hf-token=hf_abcdefghijklmnopqrstuv", "--password",
-            "hunter2", "--apikey", "k", "--secret-file=/run/s", "--judge-url", "https://bob:pw@host:8/v1?api_key=abc&x=1",
-            "--max-new-tokens", "48", "--answer-tokens", "8", "--model", "default", "sk-abcdefghijklmnopqrstuvwx",
-            "--keys-from", "-", "--out", "runs/a"]
+    argv = [
+        "prism",
+        "study",
+        "--judge-api-key-env",
+        "MY_KEY",
+        "--hf-token=hf_abcdefghijklmnopqrstuv",
+        "--password",
+        "hunter2",
+        "--apikey",
+        "k",
+        "--secret-file=/run/s",
+        "--judge-url",
+        "https://bob:pw@host:8/v1?api_key=abc&x=1",
+        "--max-new-tokens",
+        "48",
+        "--answer-tokens",
+        "8",
+        "--model",
+        "default",
+        "sk-abcdefghijklmnopqrstuvwx",
+        "--keys-from",
+        "-",
+        "--out",
+        "runs/a",
+    ]
     assert command_line(argv) == [
-        "prism", "study", "--judge-api-key-env", MASK, f"--hf-token={MASK}", "--password", MASK, "--apikey", MASK,
-        f"--secret-file={MASK}", "--judge-url", f"https://host:8/v1?api_key={MASK}&x=1",
-        "--max-new-tokens", "48", "--answer-tokens", "8", "--model", "default", MASK,
-        "--keys-from", "-", "--out", "runs/a"]  # "-" reads as an option, not a value: left as it is
+        "prism",
+        "study",
+        "--judge-api-key-env",
+        MASK,
+        f"--hf-token={MASK}",
+        "--password",
+        MASK,
+        "--apikey",
+        MASK,
+        f"--secret-file={MASK}",
+        "--judge-url",
+        f"https://host:8/v1?api_key={MASK}&x=1",
+        "--max-new-tokens",
+        "48",
+        "--answer-tokens",
+        "8",
+        "--model",
+        "default",
+        MASK,
+        "--keys-from",
+        "-",
+        "--out",
+        "runs/a",
+    ]  # "-" reads as an option, not a value: left as it is
     assert command_line(["x", "--note=see https://u:p@example.org/a"]) == ["x", "--note=see https://example.org/a"]
 
 
@@ -54,8 +95,12 @@ def test_versions_and_the_commit_of_the_checkout_it_runs_from():
     assert block["python"] == ".".join(map(str, sys.version_info[:3]))
     if shutil.which("git") and (ROOT / ".git").exists():
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert block["git"] == git_state() == {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
@@ -63,13 +108,20 @@ def test_without_a_checkout_or_without_git_the_block_just_has_no_commit(tmp_path
     shutil.copytree(ROOT / "probes", tmp_path / "copy" / "probes", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "copy" / "pyproject.toml").write_text('[project]\nname = "prism-toolkit"\nversion = "9.9.9"\n')
     environment = {**os.environ, "PYTHONPATH": str(tmp_path / "copy")}
-    installed = subprocess.run([sys.executable, "-c", BLOCK], env=environment, capture_output=True, text=True,
-                               check=True, cwd=tmp_path)
+    installed = subprocess.run(
+        [sys.executable, "-c", BLOCK], env=environment, capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     block = json.loads(installed.stdout)
     assert "git" not in block and block["toolkit"] and block["packages"]["numpy"]
     if (ROOT / ".git").exists():  # the checkout itself, with no git to run
-        no_git = subprocess.run([sys.executable, "-c", BLOCK], env={**os.environ, "PATH": str(tmp_path / "nothing")},
-                                capture_output=True, text=True, check=True, cwd=ROOT)
+        no_git = subprocess.run(
+            [sys.executable, "-c", BLOCK],
+            env={**os.environ, "PATH": str(tmp_path / "nothing")},
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         assert "git" not in json.loads(no_git.stdout) and not no_git.stderr.strip()
 
 
@@ -95,9 +147,19 @@ def test_a_loaded_model_is_described_by_its_weights_hash_device_and_dtype(tiny_l
     model, _ = load_model(tiny_llama_directory, dtype="bfloat16")
     digest = hashlib.sha256((Path(tiny_llama_directory) / "model.safetensors").read_bytes()).hexdigest()
     described = provenance()["model"]
-    assert described == provenance(tiny_llama_directory)["model"] == {
-        "id": tiny_llama_directory, "name": tiny_llama_directory, "revision": f"sha256:{digest}",
-        "weights": {"model.safetensors": digest}, "device": "cpu", "dtype": "bfloat16", "attention": "sdpa"}
+    assert (
+        described
+        == provenance(tiny_llama_directory)["model"]
+        == {
+            "id": tiny_llama_directory,
+            "name": tiny_llama_directory,
+            "revision": f"sha256:{digest}",
+            "weights": {"model.safetensors": digest},
+            "device": "cpu",
+            "dtype": "bfloat16",
+            "attention": "sdpa",
+        }
+    )
     assert "model" not in provenance("a model this process never loaded")
     with running_command(["prism", "report", "somewhere"]):
         assert "model" not in provenance()  # a command's records name only the models it loaded itself
@@ -109,10 +171,11 @@ def test_a_model_from_the_hub_cache_is_described_by_its_commit(tiny_llama_direct
     shutil.copytree(tiny_llama_directory, repository / "snapshots" / commit)
     (repository / "refs").mkdir()
     (repository / "refs" / "main").write_text(commit)
-    code = ("import json; from probes.core.models import load_model; from probes.core.provenance import provenance\n"
-            "load_model('prism-test/tiny'); print(json.dumps(provenance()['model']))")
-    environment = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
-                   "PYTHONPATH": str(ROOT)}
+    code = (
+        "import json; from probes.core.models import load_model; from probes.core.provenance import provenance\n"
+        "load_model('prism-test/tiny'); print(json.dumps(provenance()['model']))"
+    )
+    environment = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     shown = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
     described = json.loads(shown.stdout.strip().splitlines()[-1])

@@ -43,14 +43,28 @@ def test_quizzes_give_the_same_items_whatever_the_global_random_state():
 def test_the_quizzes_hold_known_facts():
     continents, currencies, cities = (load_quiz(name) for name in ("continents", "currencies", "city-countries"))
     assert [_answer(continents, key) for key in ("FR", "JP", "BR", "EG", "AU", "MX")] == [
-        "Europe", "Asia", "South America", "Africa", "Oceania", "North America"]
-    assert [_answer(currencies, key) for key in ("JP", "FR", "IN", "GB", "US")] == ["Yen", "Euro", "Rupee", "Pound", "Dollar"]
+        "Europe",
+        "Asia",
+        "South America",
+        "Africa",
+        "Oceania",
+        "North America",
+    ]
+    assert [_answer(currencies, key) for key in ("JP", "FR", "IN", "GB", "US")] == [
+        "Yen",
+        "Euro",
+        "Rupee",
+        "Pound",
+        "Dollar",
+    ]
     by_city = {item.prompt: item.choices[item.answer] for item in cities}
     assert by_city["Which country is the city of Osaka in?"] == "Japan"
     assert by_city["Which country is the city of Berlin in?"] == "Germany"
     assert by_city["Which country is the city of São Paulo in?"] == "Brazil"
     japan = next(item for item in currencies if item.id == "currencies/JP")
-    assert japan.prompt == "What is the currency of Japan?" and japan.meta["answer_stem"] == "The currency of Japan is the"
+    assert (
+        japan.prompt == "What is the currency of Japan?" and japan.meta["answer_stem"] == "The currency of Japan is the"
+    )
     assert next(item for item in continents if item.id == "continents/FR").category == "Europe"
 
 
@@ -85,5 +99,8 @@ def test_cloze_options_continue_the_stem_without_merging_tokens():
             stem = item.meta["answer_stem"]
             for option in TASKS[name].options(item):
                 assert option.startswith(" ") and not option.endswith(" ")
-                apart = tokenizer(stem, add_special_tokens=False)["input_ids"] + tokenizer(option, add_special_tokens=False)["input_ids"]
+                apart = (
+                    tokenizer(stem, add_special_tokens=False)["input_ids"]
+                    + tokenizer(option, add_special_tokens=False)["input_ids"]
+                )
                 assert tokenizer(stem + option, add_special_tokens=False)["input_ids"] == apart, (stem, option)

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 
@@ -73,10 +72,17 @@ def test_estimate_formats_mean_and_interval():
     assert Estimate(float("nan"), float("nan"), float("nan"), 0).format() == "nan [nan, nan]"
 
 
-@pytest.mark.parametrize("low, high, n, significant", [
-    (0.1, 0.5, 5, True), (-0.5, -0.1, 5, True), (0.0, 0.5, 5, False), (-0.5, 0.0, 5, False),
-    (-0.1, 0.5, 100, False), (0.1, 0.5, 4, False),
-])
+@pytest.mark.parametrize(
+    "low, high, n, significant",
+    [
+        (0.1, 0.5, 5, True),
+        (-0.5, -0.1, 5, True),
+        (0.0, 0.5, 5, False),
+        (-0.5, 0.0, 5, False),
+        (-0.1, 0.5, 100, False),
+        (0.1, 0.5, 4, False),
+    ],
+)
 def test_significance_needs_an_interval_clear_of_zero_and_five_values(low, high, n, significant):
     estimate = Estimate((low + high) / 2, low, high, n)
     assert estimate.significant is significant
@@ -97,7 +103,9 @@ def test_bootstrap_mean_is_the_mean_with_the_seeded_percentile_interval():
     values = np.random.default_rng(1).normal(size=30)
     means = values[np.random.default_rng(4).integers(0, 30, size=(200, 30))].mean(axis=1)
     low, high = np.quantile(means, [(1 - 0.9) / 2, 1 - (1 - 0.9) / 2])
-    assert bootstrap_mean(values, n_resamples=200, confidence=0.9, seed=4) == Estimate(values.mean(), low, high, 30, 0.9)
+    assert bootstrap_mean(values, n_resamples=200, confidence=0.9, seed=4) == Estimate(
+        values.mean(), low, high, 30, 0.9
+    )
     assert central_quantiles(0.95)[1] == 0.975
 
 
@@ -114,7 +122,9 @@ def test_ratio_of_means_keeps_pairs_together_and_is_undefined_over_zero():
     rng = np.random.default_rng(0)
     denominator = rng.normal(2, 0.1, size=50)
     ratio = bootstrap_ratio(0.5 * denominator, denominator)
-    assert ratio.mean == pytest.approx(0.5) and ratio.high - ratio.low < 1e-9 and ratio.n == 50  # exact in every resample
+    assert (
+        ratio.mean == pytest.approx(0.5) and ratio.high - ratio.low < 1e-9 and ratio.n == 50
+    )  # exact in every resample
     assert np.isnan(bootstrap_ratio(np.ones(4), np.zeros(4)).mean)
     auc = bootstrap_auc(np.array([False, False, True, True]), np.array([0.1, 0.2, 0.3, 0.4]), n_resamples=200)
     assert (auc.mean, auc.n) == (1.0, 4) and auc.dropped > MAX_UNDEFINED  # 2/16 of 4-item resamples miss a class

@@ -284,13 +284,14 @@ def distillation(model, tokenizer, args, device) -> None:
     )
     autocast = device.type == "cuda" and next(model.parameters()).dtype == torch.float32
     print(
-        f"  {len(samples)} samples, LoRA rank {batched.rank} on blocks {batched.first_block}.., steps of {batched.batch_size}, "
+        f"  {len(samples)} samples, LoRA rank {batched.rank} on blocks {batched.first_block}.., steps of "
+        f"{batched.batch_size}, "
         f"one epoch (teacher pass included), a fresh adapter each round{', bfloat16 autocast' if autocast else ''}"
     )
     print(f"  distillation one sample per forward pass: {len(samples) / seconds['per-sample']:,.2f} samples/s")
     print(
-        f"  distillation in padded batches of {batched.batch_size}: {len(samples) / seconds['batched']:,.2f} samples/s, "
-        f"{seconds['per-sample'] / seconds['batched']:.2f}x one sample at a time"
+        f"  distillation in padded batches of {batched.batch_size}: {len(samples) / seconds['batched']:,.2f} "
+        f"samples/s, {seconds['per-sample'] / seconds['batched']:.2f}x one sample at a time"
     )
 
 
@@ -357,7 +358,8 @@ def main() -> None:
         print(
             f"shape {args.shape}: {n_parameters / 1e6:,.1f}M parameters, d_model {model.cfg.d_model}, "
             f"{model.cfg.n_layers} blocks, on {device} ({name}) in {dtype_name(dtype)}; "
-            f"built, saved and loaded in {time.perf_counter() - start:.1f}s; medians of {args.repeats} interleaved repeats"
+            f"built, saved and loaded in {time.perf_counter() - start:.1f}s; medians of {args.repeats} interleaved "
+            "repeats"
         )
         prompts = workload(tokenizer, args.prompts, args.tokens)
         section("forward and recording", lambda: forward_and_recording(model, tokenizer, prompts, args, device), device)

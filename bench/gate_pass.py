@@ -57,7 +57,8 @@ def main() -> None:
 
     assert np.array_equal(through_store(queries), in_memory(queries)), "the two passes disagree"
     print(
-        f"gate on block {args.layer} ({args.position}), {model.cfg.n_layers} blocks, torch threads {torch.get_num_threads()}"
+        f"gate on block {args.layer} ({args.position}), {model.cfg.n_layers} blocks, torch threads "
+        f"{torch.get_num_threads()}"
     )
     for label, batch in (("1 query", queries[:1]), (f"{args.queries} queries", queries)):
         times: dict[str, list[float]] = {"store": [], "memory": []}

@@ -77,7 +77,8 @@ def main() -> None:
         for batch in length_sorted_batches([len(ids) for ids in encoded], args.batch_size)
     ]
     print(
-        f"workload: {len(prompts)} prompts, {n_tokens} tokens, batch size {args.batch_size}, torch threads {torch.get_num_threads()}"
+        f"workload: {len(prompts)} prompts, {n_tokens} tokens, batch size {args.batch_size}, torch threads "
+        f"{torch.get_num_threads()}"
     )
 
     def bare_forward() -> float:
@@ -101,10 +102,12 @@ def main() -> None:
         hf_seconds, record_seconds = bare_forward(), recording()
         ratios.append(hf_seconds / record_seconds)
         print(
-            f"  repeat {repeat}: bare HF {n_tokens / hf_seconds:.0f} tok/s, recording {n_tokens / record_seconds:.0f} tok/s, ratio {ratios[-1]:.2f}"
+            f"  repeat {repeat}: bare HF {n_tokens / hf_seconds:.0f} tok/s, recording "
+            f"{n_tokens / record_seconds:.0f} tok/s, ratio {ratios[-1]:.2f}"
         )
     print(
-        f"recording throughput / bare HF forward: {statistics.median(ratios):.2f}x (median of {args.repeats}; target >= 0.9)"
+        f"recording throughput / bare HF forward: {statistics.median(ratios):.2f}x (median of {args.repeats}; "
+        "target >= 0.9)"
     )
 
 

@@ -240,8 +240,8 @@ def main() -> None:
         )
         threads = args.threads or "torch's default"
         print(
-            f"{os.cpu_count()} CPU cores (shared with whatever else runs here), server threads: {threads}; {len(queries)} prompts, "
-            f"{args.max_tokens} tokens each at most, greedy; {args.duration:.0f}s per phase",
+            f"{os.cpu_count()} CPU cores (shared with whatever else runs here), server threads: {threads}; "
+            f"{len(queries)} prompts, {args.max_tokens} tokens each at most, greedy; {args.duration:.0f}s per phase",
             flush=True,
         )
         answers: dict[str, set[str]] = {}
@@ -281,8 +281,8 @@ def main() -> None:
                 throughput[(f"engine {e}", args.compare_clients)] for e in ("hf", "vllm")
             )
             print(
-                f"{args.compare_clients} clients: hf {hf:.1f} tokens/s (p50 {hf50:.2f}s, p95 {hf95:.2f}s), vllm {vl:.1f} "
-                f"tokens/s (p50 {vl50:.2f}s, p95 {vl95:.2f}s); vllm / hf {vl / hf:.2f}x"
+                f"{args.compare_clients} clients: hf {hf:.1f} tokens/s (p50 {hf50:.2f}s, p95 {hf95:.2f}s), vllm "
+                f"{vl:.1f} tokens/s (p50 {vl50:.2f}s, p95 {vl95:.2f}s); vllm / hf {vl / hf:.2f}x"
             )
             print(gate_share(Path(out), queries, throughput[("engine vllm", 1)][1]))
         differing = sum(1 for texts in answers.values() if len(texts) > 1)

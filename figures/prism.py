@@ -286,7 +286,8 @@ SOURCE_ROUTERS = (
 
 def route_by_source(table: Sequence[Mapping], limits: tuple[float, float] = (0.1, 0.9)) -> Figure:
     """Share of each unseen source routed to the persona path (leave one source out), per router, with 95% CIs;
-    base-path sources on the left (target: at most ``limits[0]``), persona-path ones on the right (at least ``limits[1]``)."""
+    base-path sources on the left (target: at most ``limits[0]``), persona-path ones on the right (at least
+    ``limits[1]``)."""
     rows = sorted(table, key=lambda r: (r["route"] != "base", r["route"] == "mixed"))
     routers = [r for r in SOURCE_ROUTERS if f"{r[0]}_route_rate" in (rows[0] if rows else {})]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.62 * len(rows) + 2.5), 4.6))

@@ -1,4 +1,5 @@
-"""``prism intervene``: causal experiments on knowledge items (``run_interventions``; metric in ``interventions.causal``)."""
+"""``prism intervene``: causal experiments on knowledge items (``run_interventions``; metric in
+``interventions.causal``)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def run_interventions(
     activation patching, steering, mean ablation, attention to the persona, refusal under steering and the logit lens.
 
     Args:
-        out: the output directory (CSV + JSON tables, ``logit_lens.json``, ``figures/``, ``report.md``, ``summary.json``).
+        out: the output directory (CSV + JSON tables, ``logit_lens.json``, ``figures/``, ``report.md``,
+            ``summary.json``).
         model, tokenizer: the bridged model and its tokenizer (``load_model``).
         persona: the persona condition, not ``"none"`` (default: a long persona in the system prompt, random per item,
             as in the study's strongest knowledge effect).

@@ -55,21 +55,22 @@ def write_report(out: Path, summary, patching, steering, ablation, curves, figur
         "of the correct option's first token over the best wrong one at the answer position. Fractions are ratios "
         "of means with bootstrap 95% CIs.",
         "",
-        f"- The persona's effect on the margin: {effect['mean']:+.2f} nats [{effect['low']:+.2f}, {effect['high']:+.2f}] "
-        f"(without {summary['margin_without']:.2f}, with {summary['margin_with']:.2f})."
+        f"- The persona's effect on the margin: {effect['mean']:+.2f} nats [{effect['low']:+.2f}, "
+        f"{effect['high']:+.2f}] (without {summary['margin_without']:.2f}, with {summary['margin_with']:.2f})."
         + (
             " The CI includes 0: there is little effect to explain, so the fractions below are unstable."
             if effect["low"] <= 0 <= effect["high"]
             else ""
         ),
         f"- Patching: the earliest patch that recovers a majority of the effect (CI lower bound >= 0.5) is after block "
-        f"{best['layer']}, {best['group']} tokens: {_ci(best)} (the largest recovery is not the headline: patching late "
-        "blocks recovers everything trivially, since the final token's residual there is the output).",
+        f"{best['layer']}, {best['group']} tokens: {_ci(best)} (the largest recovery is not the headline: patching "
+        "late blocks recovers everything trivially, since the final token's residual there is the output).",
     ]
     if one and control:
         lines.append(
             f"- Steering no-persona runs at the answer position with the persona direction (its mean shift there, "
-            f"after block {one['layer']}: the earliest block where patching that position alone recovers a majority; its own size, "
+            f"after block {one['layer']}: the earliest block where patching that position alone recovers a "
+            "majority; its own size, "
             f"{summary['natural_scale']:.3f} x the residual norm) reproduces {_ci(one)} of the effect; a random "
             f"direction of the same size {_ci(control)}."
         )
@@ -86,7 +87,8 @@ def write_report(out: Path, summary, patching, steering, ablation, curves, figur
             f"on average over blocks (the persona is {attention['uniform_share']:.2f} of the prompt's tokens). "
             f"Where attention best predicts the margin an item loses (block {strongest['layer']}), Pearson r = "
             f"{Estimate.from_columns(strongest, 'pearson', prefix='').format(signed=True)}; the persona's share "
-            f"of the tokens alone gives r = {Estimate.from_columns(share, 'share_pearson', prefix='share_').format(signed=True)}"
+            "of the tokens alone gives r = "
+            f"{Estimate.from_columns(share, 'share_pearson', prefix='share_').format(signed=True)}"
             " (the strongest of many blocks is picked after the fact: read it as exploratory)."
         )
     for row in summary.get("refusal", []):

@@ -247,7 +247,8 @@ def load_adapter(model: TransformerBridge, name: str, directory: str | Path) -> 
         module, _, leaf = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
         if module not in targets:
             raise ToolkitError(
-                f"{directory} holds weights for {module!r}, which this model does not have: it was trained on another model"
+                f"{directory} holds weights for {module!r}, which this model does not have: it was trained on "
+                "another model"
             )
         state[f"{targets[module]}.lora_{leaf}"] = value
     expected = {key for key in get_peft_model_state_dict(model.original_model, adapter_name=name)}

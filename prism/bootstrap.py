@@ -1,4 +1,5 @@
-"""PRISM stages 1-3: the model writes its own queries, answers them with and without the matched persona, and judges the pair.
+"""PRISM stages 1-3: the model writes its own queries, answers them with and without the matched persona, and judges the
+pair.
 
 1. Queries: for each persona, sampled requests that persona would answer well (T=0.9; the first line is kept, lines
    under ``MIN_QUERY_CHARS`` and duplicates are dropped; sampling rounds repeat until each persona has its quota or

@@ -354,15 +354,16 @@ def run_compare(
 
 
 def _engine_field(engine: str | None) -> dict:
-    """A cell's ``engine`` field: only for a cell an inference engine generated (cells of the hooked model have none)."""
+    """A cell's ``engine`` field: only for a cell an inference engine generated (cells of the hooked model have
+    none)."""
     return {} if engine is None else {"engine": engine}
 
 
 def _cached(
     path: Path, plan: CompareBudget, seed: int, trained: str, judge: str | None, engine: str | None = None
 ) -> list[dict] | None:
-    """A saved cell's rows, when it was computed with this budget, seed, trained artefacts, judge and engine; a damaged cell
-    (cut off, not the toolkit's shape) is computed again."""
+    """A saved cell's rows, when it was computed with this budget, seed, trained artefacts, judge and engine; a damaged
+    cell (cut off, not the toolkit's shape) is computed again."""
     if not path.is_file():
         return None
     try:

@@ -330,7 +330,8 @@ def _report(work: PrismDirectory, summary: dict, plan, figures: Sequence[str]) -
                     else rates.get(("PRISM", dataset), float("nan"))
                 )
                 lines.append(
-                    f"- {label}: PRISM - base {diff.format(digits)}{' (significant)' if diff.excludes_zero else ' (not significant)'}"
+                    f"- {label}: PRISM - base "
+                    f"{diff.format(digits)}{' (significant)' if diff.excludes_zero else ' (not significant)'}"
                     + (
                         f"; expert prompt - base {Estimate.from_columns(expert, f'{key}_vs_base').format(digits)}"
                         if f"{key}_vs_base" in expert

@@ -34,8 +34,8 @@ __all__ = [
 
 KNOWLEDGE = ("capitals", "continents", "currencies", "city-countries")  # registered tasks, in the tables' order
 # a query the router leaves on the base path is scored by another batching (no shared prefix, the routing hooks) and
-# its margin may differ from base's by arithmetic alone (float32 on the embedded model: up to ~3e-5 nats an item): a change
-# whose CI reaches above -NUMERICAL_NOISE nats is not called a fall
+# its margin may differ from base's by arithmetic alone (float32 on the embedded model: up to ~3e-5 nats an item): a
+# change whose CI reaches above -NUMERICAL_NOISE nats is not called a fall
 NUMERICAL_NOISE = 1e-3
 KNOWLEDGE_SOURCES: dict[str, tuple[str, ...]] = {
     name: tuple(filter(None, [FACT_SOURCE.get(name)])) for name in KNOWLEDGE
@@ -205,8 +205,8 @@ def source_findings(knowledge: Sequence[Mapping], excluded: Sequence[str] | None
         below += [row["source"]] if row["below_base"] else []
         routed = Estimate.from_columns(row, "route_rate")
         lines.append(
-            f"- {row['source']} ({training}): {system} - base margin {diff.format(2, signed=True)} nats (n={row['n']}), "
-            f"{'significantly below base' if row['below_base'] else 'not significantly below base'}; "
+            f"- {row['source']} ({training}): {system} - base margin {diff.format(2, signed=True)} nats "
+            f"(n={row['n']}), {'significantly below base' if row['below_base'] else 'not significantly below base'}; "
             f"{system} routed {routed.mean:.0%} [{routed.low:.0%}, {routed.high:.0%}] of its queries."
         )
     sources = f"{len(mine)} knowledge source{'s' if len(mine) != 1 else ''}"

@@ -190,7 +190,8 @@ def _train(
     progress: bool,
     retain: tuple[list[DistillationPair], list[_Target]],
 ) -> list[float]:
-    """The distillation steps on the adapter's weights (the trainable ones); returns the losses (retain term included)."""
+    """The distillation steps on the adapter's weights (the trainable ones); returns the losses (retain term
+    included)."""
     parameters = [p for p in model.original_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate)
     order = list(range(len(pairs)))
@@ -282,7 +283,8 @@ def _teacher_targets(
 def _kl(
     model: TransformerBridge, pairs: Sequence[DistillationPair], targets: Sequence[_Target], config: DistillConfig
 ) -> torch.Tensor:
-    """Each pair's KL(teacher || student) over the teacher's top-k, averaged over its answer tokens, times T^2: [n_pairs]."""
+    """Each pair's KL(teacher || student) over the teacher's top-k, averaged over its answer tokens, times T^2:
+    [n_pairs]."""
     n_answers = [pair.n_answer for pair in pairs]
     teacher_logprobs = torch.cat([target.logprobs for target in targets])
     indices = torch.cat([target.indices for target in targets])

@@ -62,7 +62,8 @@ def retain_pair(tokenizer, query: str) -> DistillationPair:
 def answer_logits(
     model: TransformerBridge, sequences: Sequence[Sequence[int]], n_answers: Sequence[int]
 ) -> Float[torch.Tensor, "answers vocab"]:
-    """float32 logits at the positions that predict each sequence's answer tokens, rows after rows: [sum(n_answers), vocab].
+    """float32 logits at the positions that predict each sequence's answer tokens, rows after rows:
+    [sum(n_answers), vocab].
 
     The sequences run as one right-padded batch with an attention mask; a real token keeps the position it has
     alone (positions count from the row's start), so each row's logits are those of its unpadded sequence.

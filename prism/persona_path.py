@@ -116,8 +116,8 @@ def train_adapters(
     report = {}
     for name, chosen in ((GATED, training), (UNGATED, [s for s in samples if s.id not in held_ids])):
         log.info(
-            f"distilling adapter {name!r} on {len(chosen)} samples (blocks {config.first_block}..{model.cfg.n_layers - 1}); "
-            f"{len(held)} persona-path samples held out"
+            f"distilling adapter {name!r} on {len(chosen)} samples (blocks "
+            f"{config.first_block}..{model.cfg.n_layers - 1}); {len(held)} persona-path samples held out"
         )
         info = distill(model, tokenizer, chosen, name, config, retain=retain, personas=personas, progress=progress)
         fidelity = (

@@ -124,8 +124,9 @@ def train(
     """Train the gate, the adapters, the steering vector and the baseline routers in ``out`` (``prism train``).
 
     The comparison's evaluation queries (of ``compare_budget`` and ``seed``) are left out of the gate's data, and so
-    are, whole, the intent sources that ask the kinds of fact its knowledge sets ask (``prism.compare.excluded_sources``:
-    ``geo:continent``, ``geo:currency``, ``geo:city``), so that every knowledge set it scores is one the gate never saw.
+    are, whole, the intent sources that ask the kinds of fact its knowledge sets ask
+    (``prism.compare.excluded_sources``: ``geo:continent``, ``geo:currency``, ``geo:city``), so that every knowledge set
+    it scores is one the gate never saw.
 
     Args:
         out: the PRISM working directory, bootstrapped.

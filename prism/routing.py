@@ -179,7 +179,8 @@ class Routed:
 
     @property
     def routes(self) -> Float[torch.Tensor, "batch"] | None:
-        """The routes of the batch the next continuing pass runs: one per row (1 routed, 0 not); None before a prefill."""
+        """The routes of the batch the next continuing pass runs: one per row (1 routed, 0 not); None before a
+        prefill."""
         return self._routes
 
     def resume(self, routes: Float[torch.Tensor, "batch"]) -> None:

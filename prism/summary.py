@@ -78,11 +78,13 @@ class TrainSummary(Summary):
     Args:
         layer, position, kind: the gate's block, read position and kind.
         threshold: the gate's threshold, calibrated on out-of-source scores.
-        route_rate: the share of all queries, each scored by a gate that never saw its source, routed to the persona path.
+        route_rate: the share of all queries, each scored by a gate that never saw its source, routed to the persona
+            path.
         auc: the gate's out-of-source AUC over every query (with its 95% CI and n).
         routers: ``embedding`` and ``self_classify`` -> that baseline router's out-of-source AUC on the same queries.
         sources: the leave-one-source-out table: one row per source (``source``, ``route``, ``n`` and, per router,
-            ``{router}_route_rate`` with ``_low``/``_high``, ``{router}_auc`` with ``_low``/``_high``, ``{router}_passes``).
+            ``{router}_route_rate`` with ``_low``/``_high``, ``{router}_auc`` with ``_low``/``_high``,
+            ``{router}_passes``).
         record: the full training record.
     """
 
@@ -127,8 +129,8 @@ class TrainSummary(Summary):
 
     def lines(self) -> list[str]:
         lines = [
-            f"gate: block {self.layer}, {self.position} token(s), {self.kind}; AUC on unseen sources {self.auc.format(2, n=True)}; "
-            f"threshold {self.threshold:.3f} routes {self.route_rate:.0%}"
+            f"gate: block {self.layer}, {self.position} token(s), {self.kind}; AUC on unseen sources "
+            f"{self.auc.format(2, n=True)}; threshold {self.threshold:.3f} routes {self.route_rate:.0%}"
         ] + [
             f"{name.replace('_', '-')} router on the same sources: AUC {auc.format(2)}"
             for name, auc in self.routers.items()
@@ -143,12 +145,14 @@ class TrainSummary(Summary):
                 f"self-classify {passing['self_classify']} of {len(self.sources)}"
             )
             lines.append(
-                "share routed to the persona path per unseen source [95% CI] (target: base <= 10%, persona >= 90%; x: missed)"
+                "share routed to the persona path per unseen source [95% CI] (target: base <= 10%, persona >= 90%; "
+                "x: missed)"
             )
             lines.append(f"  {'source':22s} {'route':7s} {'n':>4s}  {'gate':19s} {'MiniLM':19s} {'self-classify':19s}")
             for row in self.sources:
                 cells = [
-                    f"{self.route_rate_of(row['source'], name).format(2)}{'' if row.get(f'{name}_passes') is not False else ' x'}"
+                    f"{self.route_rate_of(row['source'], name).format(2)}"
+                    f"{'' if row.get(f'{name}_passes') is not False else ' x'}"
                     for name in ("gate", "embedding", "self_classify")
                 ]
                 lines.append(
@@ -160,8 +164,8 @@ class TrainSummary(Summary):
                 control = self.other_persona_fidelity(name)
                 teacher = f"{adapter['teacher_length']} " if adapter.get("teacher_length") else ""
                 lines.append(
-                    f"adapter {name!r}: fidelity to the {teacher}persona {self.fidelity(name).format(2, n=True)} on held-out "
-                    f"persona-path samples (persona effect {fidelity['kl_teacher_base']:.3f} nats/token, "
+                    f"adapter {name!r}: fidelity to the {teacher}persona {self.fidelity(name).format(2, n=True)} "
+                    f"on held-out persona-path samples (persona effect {fidelity['kl_teacher_base']:.3f} nats/token, "
                     f"{fidelity['kl_teacher_student']:.3f} left"
                     + (f"; another persona's prompt: {control.format(2)}" if control else "")
                     + ")"
@@ -169,7 +173,8 @@ class TrainSummary(Summary):
         return lines
 
     def fidelity(self, adapter: str = "prism") -> Estimate:
-        """The share of the persona's effect ``adapter`` reproduces on held-out persona-path samples (``prism.fidelity``)."""
+        """The share of the persona's effect ``adapter`` reproduces on held-out persona-path samples
+        (``prism.fidelity``)."""
         return Estimate.from_columns(self.record["adapters"][adapter]["fidelity"], "fidelity")
 
     def other_persona_fidelity(self, adapter: str = "prism") -> Estimate | None:
@@ -208,7 +213,8 @@ class CompareSummary(Summary):
         return Estimate.from_columns(next(row for row in self.table if row["system"] == system), column)
 
     def knowledge(self, source: str, system: str = "PRISM", column: str = "margin_vs_base") -> Estimate:
-        """``column`` (accuracy, margin, route_rate, accuracy_vs_base, margin_vs_base) of ``system`` on one knowledge source."""
+        """``column`` (accuracy, margin, route_rate, accuracy_vs_base, margin_vs_base) of ``system`` on one knowledge
+        source."""
         return Estimate.from_columns(
             next(r for r in self.record["knowledge"] if r["source"] == source and r["system"] == system), column
         )

@@ -83,7 +83,8 @@ def labelled_prompts(
     exclude: set[str] = frozenset(),
     exclude_sources: Collection[str] = frozenset(),
 ) -> LabelledPrompts:
-    """Gate training data without the queries in ``exclude`` (the evaluation's) or, for intents, the ``exclude_sources``.
+    """Gate training data without the queries in ``exclude`` (the evaluation's) or, for intents, the
+    ``exclude_sources``.
 
     ``bootstrap``: the self-verdicts under ``verdict`` (group and source = persona). ``intents``: every built-in
     source of ``probes.intents`` plus the bootstrapped queries as a generation source (``bootstrap``), up to
@@ -272,7 +273,8 @@ def run_training(
     gate.metadata.update(report=gate_report)
     gate.save(work.gate)
     log.info(
-        f"gate: block {gate.layer}, {gate.position} token(s), {gate.kind} (C={chosen['regularisation']}); on unseen sources "
+        f"gate: block {gate.layer}, {gate.position} token(s), {gate.kind} (C={chosen['regularisation']}); on "
+        "unseen sources "
         f"AUC {gate_report['auc']:.2f}, {gate_report['passing']} of {gate_report['sources']} within target"
     )
 
@@ -385,8 +387,8 @@ def _routers(
     seed: int,
 ) -> dict[str, dict]:
     """Leave-one-source-out results (``prism.unseen.evaluate``) of the gate, the MiniLM router, self-classification (the
-    first ``SELF_CLASSIFY_PER_SOURCE`` of each source), a probe on the prompt's length alone and the chosen gate fitted to
-    shuffled labels. Baseline routers are saved refitted on every source, thresholds calibrated out of source."""
+    first ``SELF_CLASSIFY_PER_SOURCE`` of each source), a probe on the prompt's length alone and the chosen gate fitted
+    to shuffled labels. Baseline routers are saved refitted on every source, thresholds calibrated out of source."""
     y, sources = labelled.labels, labelled.sources
     embedding = EmbeddingRouter()
     embedded = embedding.encoder.encode(labelled.queries)

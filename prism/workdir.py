@@ -110,7 +110,8 @@ class PrismDirectory:
         return recorded
 
     def persona_library(self, requested: Mapping[str, Persona] | None = None) -> dict[str, Persona]:
-        """The personas the directory was bootstrapped with: the built-in ones and the user's recorded in ``prism.json``.
+        """The personas the directory was bootstrapped with: the built-in ones and the user's recorded in
+        ``prism.json``.
 
         Args:
             requested: the library the caller asks for (None: whichever is recorded). Once the directory has a model,

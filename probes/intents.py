@@ -137,7 +137,8 @@ def intent_queries(
             of a built-in one); source = the path, group = ``"{path}:{subcategory or category}"``.
         exclude: query texts never drawn (e.g. an evaluation's items), left out before sampling.
         exclude_sources: sources left out whole (built-in ones, or those of ``added`` queries or ``extra`` files), e.g.
-            the sources that ask the same kind of fact as an evaluation set, so that the evaluation is off their distribution.
+            the sources that ask the same kind of fact as an evaluation set, so that the evaluation is off their
+            distribution.
         seed: the sampling seed.
 
     Returns:

@@ -74,7 +74,8 @@ def final_residuals(
 def residual_norms(
     model: TransformerBridge, tokens: torch.Tensor, lengths: Sequence[int] | None = None
 ) -> dict[int, float]:
-    """Mean L2 norm of the residual stream after every block over real (unpadded) positions: the unit of steering strength.
+    """Mean L2 norm of the residual stream after every block over real (unpadded) positions: the unit of steering
+    strength.
 
     Args:
         model: the bridged model.

@@ -2,8 +2,8 @@
 
 ``record_activations`` runs prompts through the bridge in length-sorted, right-padded batches
 (``probes.passes.read_batches``), keeps only the requested positions of each requested hook, and
-writes shards of a fixed number of prompts. Re-running the same call resumes an interrupted store and yields the same files as
-an uninterrupted run. A requested hook that does not fire is an error, never a silent gap.
+writes shards of a fixed number of prompts. Re-running the same call resumes an interrupted store and yields the same
+files as an uninterrupted run. A requested hook that does not fire is an error, never a silent gap.
 """
 
 from __future__ import annotations

@@ -151,7 +151,8 @@ def _report(rows, persona, summary, hooks, middle, early_layer, figures) -> str:
         "",
         "Earliest layer whose AUC CI lies above both controls' CIs (shuffled labels; one random direction).",
         "",
-        "| target | position | earliest layer | AUC [95% CI] | shuffled-label AUC | random-direction AUC | in-distribution AUC, same layer |",
+        "| target | position | earliest layer | AUC [95% CI] | shuffled-label AUC | random-direction AUC | "
+        "in-distribution AUC, same layer |",
         "|---|---|---|---|---|---|---|",
     ]
     lines += _earliest_rows(rows, summary)

@@ -118,7 +118,8 @@ class Task:
         seed: int = 0,
         prompt_format: str = DEFAULT_FORMAT,
     ) -> list[RenderedPrompt]:
-        """The items' prompts under ``condition``, with the task's scoring mode and answer prefix, in ``prompt_format``."""
+        """The items' prompts under ``condition``, with the task's scoring mode and answer prefix, in
+        ``prompt_format``."""
         return render_items(
             tokenizer,
             items,

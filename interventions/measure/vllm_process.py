@@ -6,13 +6,14 @@ the toolkit's, and a crash of its engine must not take the toolkit's process wit
 package-metadata lookup), waits until ``/health`` answers, and can tell whether the engine is still alive and restart
 it. The interpreter is found by ``vllm_python``: ``$PRISM_VLLM_PYTHON``, else this interpreter when it imports vLLM
 (``pip install vllm`` on a GPU machine), else ``.venv-vllm/bin/python`` in the working directory, the toolkit's
-checkout or beside the toolkit's own environment (``.ci/setup-vllm`` builds it on x86-64 Linux). Without one, ``--engine vllm`` ends in one line naming the
-install command.
+checkout or beside the toolkit's own environment (``.ci/setup-vllm`` builds it on x86-64 Linux). Without one, ``--engine
+vllm`` ends in one line naming the install command.
 
 Parallelism is vLLM's own: ``tensor_parallel_size``, ``pipeline_parallel_size`` and ``data_parallel_size`` pass
 straight to it, so one command line serves a model over eight GPUs. When the toolkit's own process holds GPU memory
-(the hooked model beside the engine), vLLM's share of each GPU is cut to what is free (``leave_room``). On a CPU the server's threads are capped
-(``VLLM_CPU_OMP_THREADS_BIND``, ``VLLM_CPU_KVCACHE_SPACE``) unless the caller's environment sets them.
+(the hooked model beside the engine), vLLM's share of each GPU is cut to what is free (``leave_room``). On a CPU the
+server's threads are capped (``VLLM_CPU_OMP_THREADS_BIND``, ``VLLM_CPU_KVCACHE_SPACE``) unless the caller's environment
+sets them.
 """
 
 from __future__ import annotations

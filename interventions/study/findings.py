@@ -113,8 +113,13 @@ def findings(effects: Sequence[Mapping], consistency: Mapping, agreement: Sequen
         )
         if versus:
             found.append(
-                f"  - expert over a random persona of the same length: {fmt(versus, 'delta', True)} "
-                f"({'expertise matters' if versus['significant'] else 'no evidence that expertise, rather than any persona, matters'})."
+                f"  - expert over a random persona of the same length: {fmt(versus, 'delta', True)} ("
+                + (
+                    "expertise matters"
+                    if versus["significant"]
+                    else "no evidence that expertise, rather than any persona, matters"
+                )
+                + ")."
             )
     if consistency.get("judgements"):
         found.append(_judge_noise(consistency))
@@ -198,7 +203,8 @@ def _knowledge(effects: Sequence[Mapping], agreement: Sequence[Mapping]) -> list
                         f"  - {task}, {spec} persona{f' (`{name}`)' if len(formats) > 1 else ''}: min "
                         f"{fmt(short, 'delta', True)} nats, long {fmt(long, 'delta', True)}: long persona "
                         f"{verdict(long, -1, verdicts.get((task, long['condition']), ONE_FORMAT))}; long minus min "
-                        f"{long['delta'] - short['delta']:+.2f} nats ({'longer is worse' if long['delta'] < short['delta'] else 'longer is not worse'}; "
+                        f"{long['delta'] - short['delta']:+.2f} nats "
+                        f"({'longer is worse' if long['delta'] < short['delta'] else 'longer is not worse'}; "
                         "paper: longer personas hurt more)."
                     )
             if lines:

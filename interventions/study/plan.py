@@ -205,7 +205,8 @@ def prompt_formats(requested: Sequence[str] | None, chat_template: bool) -> tupl
         chat_template: whether the model has a chat template.
 
     Returns:
-        the distinct formats in order: ``requested``, or ``FORMAT_CONTROL`` without a chat template and ``plain`` with one.
+        the distinct formats in order: ``requested``, or ``FORMAT_CONTROL`` without a chat template and ``plain`` with
+        one.
 
     Raises:
         ToolkitError: an unknown format.

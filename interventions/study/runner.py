@@ -89,7 +89,8 @@ def run_study(
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
         engine: what generates the generation tasks' answers and the self-judge's ratings (default: ``hf``, the
-            hooked model; ``vllm``: ``interventions.measure.engines``). Multiple-choice scoring runs on the hooked model.
+            hooked model; ``vllm``: ``interventions.measure.engines``). Multiple-choice scoring runs on the hooked
+            model.
 
     Returns:
         the tidy per-item rows (also written to ``items.json``): one per (task, format, condition, item) that applies
@@ -244,8 +245,9 @@ class _Runner:
         )
 
     def _compute(self, task: Task, work: dict, ledger: Ledger, plan: Budget) -> None:
-        """Measure what ``ledger`` lacks of ``work`` (key -> (item, prompt)), a chunk with anything missing measured whole
-        (``Ledger.unfinished``): a prompt lost to an interruption gets the batches it had at first, so the same bytes."""
+        """Measure what ``ledger`` lacks of ``work`` (key -> (item, prompt)), a chunk with anything missing measured
+        whole (``Ledger.unfinished``): a prompt lost to an interruption gets the batches it had at first, so the same
+        bytes."""
 
         def order(key: str) -> tuple:
             prompt = work[key][1]

@@ -100,7 +100,8 @@ def run_demo(
         )
         print(probe.format(PROBE_TARGETS))
         print(
-            f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: {probe.report}"
+            f"layer curves: {probe.directory / 'figures' / 'probe_knowledge-vs-generation_mean.png'}; report: "
+            f"{probe.report}"
         )
 
     with _step("3. causal tests on knowledge items, short run (prism intervene --placement user -n 24 ...)"):

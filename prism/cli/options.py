@@ -268,7 +268,8 @@ def add_items(parser: argparse.ArgumentParser) -> None:
 
 
 def add_personas_file(parser, more: str = "") -> None:
-    """``--personas-file`` on a parser or an argument group; ``more`` ends its help with what the command does with it."""
+    """``--personas-file`` on a parser or an argument group; ``more`` ends its help with what the command does with
+    it."""
     parser.add_argument(
         "--personas-file", type=Path, help=f"JSON file of extra personas (same schema as the built-in library){more}"
     )
@@ -323,7 +324,10 @@ def add_persona_options(parser: argparse.ArgumentParser, options: PersonaOptions
             "--base-system",
             default="empty",
             choices=BASE_SYSTEMS,
-            help="system slot when it holds no persona: an explicit empty message (default) or the template's own default",
+            help=(
+                "system slot when it holds no persona: an explicit empty message (default) or the template's own "
+                "default"
+            ),
         )
     add_personas_file(group, "; --persona may name them")
     # the shell runs a parser's ``checks`` after parsing, before the command (so before any model loads)

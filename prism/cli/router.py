@@ -255,7 +255,8 @@ def run_route(args: argparse.Namespace) -> Summary | None:
     ):
         sign = ">=" if row["routed"] else "<"
         print(
-            f"[gate p={row['probability']:.3f} {sign} {row['threshold']:.3f} -> {row['via']}] {row['prompt']}\n{row['answer']}\n"
+            f"[gate p={row['probability']:.3f} {sign} {row['threshold']:.3f} -> {row['via']}] "
+            f"{row['prompt']}\n{row['answer']}\n"
         )
     return None
 

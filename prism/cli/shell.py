@@ -272,5 +272,6 @@ def _speaking(speaks: bool) -> Iterator[None]:
 
 
 def _quiet_transformers() -> None:
-    """transformers' warnings off, as the library reads them when it loads (its progress bars: ``download_progress``)."""
+    """transformers' warnings off, as the library reads them when it loads (its progress bars:
+    ``download_progress``)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -19,8 +19,8 @@ headers carry it.
 Errors are OpenAI's error body with the status: 400 bad input (``protocol``), 401 a missing or
 wrong API key (only with one set; ``/health`` and ``/metrics`` need none), 404 an unknown path or
 a mode not served, 408 a body that did not arrive in time and 413 one too large (``limits``), 503
-a full queue or an inference engine not ready (with ``Retry-After``), 500 a failure inside the model. Requests are parsed, checked,
-rendered and tokenised, and answers' log-probabilities formatted, in ``checks``' threads with
+a full queue or an inference engine not ready (with ``Retry-After``), 500 a failure inside the model. Requests are
+parsed, checked, rendered and tokenised, and answers' log-probabilities formatted, in ``checks``' threads with
 their own copies of the tokenizer given here (the engine's worker owns the model's): neither the
 event loop nor the model's worker waits while a large or bad request is looked at.
 """

@@ -103,7 +103,8 @@ def command_line(argv: Sequence[str]) -> list[str]:
 
 
 def names_secret(option: str) -> bool:
-    """Whether option ``option`` (``--hf-token``) takes a secret: a word of its name ends with one of ``SECRET_WORDS``."""
+    """Whether option ``option`` (``--hf-token``) takes a secret: a word of its name ends with one of
+    ``SECRET_WORDS``."""
     words = re.split(r"[-_.]+", option.lstrip("-").lower())
     return any(word.endswith(secret) for word in words for secret in SECRET_WORDS)
 

@@ -170,7 +170,8 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | np.ndarr
         path: the ``.safetensors`` file to write (its folder is created).
         tensors: name -> tensor or array (arrays become tensors of the same dtype).
         metadata: anything ``json.dumps`` accepts; stored sorted, so files are reproducible, with a ``provenance``
-            block added (``probes.core.provenance``; for the model ``metadata["model"]`` names, else the one loaded last).
+            block added (``probes.core.provenance``; for the model ``metadata["model"]`` names, else the one loaded
+            last).
 
     Returns:
         ``path``, as a ``Path``.

@@ -35,8 +35,8 @@ class Condition:
             (a domain persona other than the matched one, chosen per item).
         length: the persona text's length: ``min``, ``short`` or ``long``.
         placement: ``system`` (the system message) or ``user`` (before the query in the user message).
-        base_system: ``empty`` sends an explicit empty system message (the paper's No-Sys baseline), ``template`` none (so
-            a template such as SmolLM2's inserts its own default); it also fills the system slot of user placement.
+        base_system: ``empty`` sends an explicit empty system message (the paper's No-Sys baseline), ``template`` none
+            (so a template such as SmolLM2's inserts its own default); it also fills the system slot of user placement.
 
     Raises:
         ToolkitError: an unknown length, placement or base system.
@@ -135,7 +135,8 @@ def render(
         the ``RenderedPrompt`` (its ``placement`` says where the persona went after any fallback).
 
     Raises:
-        ToolkitError: an empty query, an unknown persona, length or format, no expert for ``item_category`` or random persona.
+        ToolkitError: an empty query, an unknown persona, length or format, no expert for ``item_category`` or random
+            persona.
     """
     if not isinstance(query, str) or not query.strip():
         raise ToolkitError(f"empty prompt{f' (item {item_id})' if item_id else ''}: every query needs text")

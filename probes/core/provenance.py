@@ -22,8 +22,8 @@ rows, a comparison's cells, the ledgers): the record in their folder says what m
 ``model`` is the model the record names in its own ``model`` field (a label such as
 ``SmolLM2-135M-Instruct`` or the name it was loaded by), else the model this process loaded last
 through ``load_model`` (within a ``prism`` command: that the command loaded); it is left out when
-none was loaded (``prism report``) or the record names a model ``load_model`` did not load. ``revision`` is the hub commit of a model read
-from the hub cache, and ``sha256:...`` for one read from disk (the embedded model, a GGUF file's
+none was loaded (``prism report``) or the record names a model ``load_model`` did not load. ``revision`` is the hub
+commit of a model read from the hub cache, and ``sha256:...`` for one read from disk (the embedded model, a GGUF file's
 dequantised weights, a local directory): one weight file's SHA-256, as ``sha256sum`` prints it, or
 for several the SHA-256 of their ``sha256sum`` listing (``weights`` gives each file's).
 ``dirty`` means tracked files differ from the commit (untracked files are not looked at).
@@ -31,8 +31,8 @@ for several the SHA-256 of their ``sha256sum`` listing (``weights`` gives each f
 Nothing in the block changes between runs of one command on one machine and checkout: no
 timestamps, host names or process ids. ``command`` is ``prism`` and the arguments after it, the
 same under the ``prism`` script, ``python -m prism.cli`` and ``torchrun -m prism.cli``; outside the
-command line it is ``sys.argv`` (``probes.core.commandline``, which also masks the secrets). A resumed run and a data-parallel run thus still write the bytes
-of one uninterrupted process run the same way.
+command line it is ``sys.argv`` (``probes.core.commandline``, which also masks the secrets). A resumed run and a
+data-parallel run thus still write the bytes of one uninterrupted process run the same way.
 
 Cost, once per process: two short ``git`` commands (about 10 ms), package metadata, and each
 weight file's hash, computed when a record first needs it. Hashing the embedded model's 538 MB

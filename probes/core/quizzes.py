@@ -98,7 +98,8 @@ def load_continents() -> list[Item]:
 
 def load_currencies() -> list[Item]:
     """A country's currency (GeoNames' short name: "Yen", "Euro"); the wrong options are other countries' currencies.
-    A currency named like its country ("Zimbabwe Gold", "Afghani") is left out: the question would give its answer away."""
+    A currency named like its country ("Zimbabwe Gold", "Afghani") is left out: the question would give its answer
+    away."""
     rows = [row for row in _countries() if row.get("currencyname") and not _overlap(row["currencyname"], row["name"])]
     names = sorted({row["currencyname"] for row in rows})
     return [

@@ -13,7 +13,8 @@ from probes.core.models import load_model
 
 @pytest.fixture()
 def adapted(tiny_llama_directory):
-    """The tiny model with an adapter 'prism' on blocks 1..2 whose weights are not zero (so that it changes the logits)."""
+    """The tiny model with an adapter 'prism' on blocks 1..2 whose weights are not zero (so that it changes the
+    logits)."""
     model, tokenizer = load_model(tiny_llama_directory)
     config = attach_adapter(model, "prism", rank=4, alpha=8, first_block=1, seed=0)
     generator = torch.Generator().manual_seed(1)

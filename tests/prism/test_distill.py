@@ -27,7 +27,8 @@ SAMPLES = [
             (
                 "math",
                 "Explain why the square root of two is irrational, in a few steps.",
-                "Suppose it were a ratio p/q in lowest terms; then p squared is twice q squared, so p is even, and then q is too.",
+                "Suppose it were a ratio p/q in lowest terms; then p squared is twice q squared, so p is even, and "
+                "then q is too.",
             ),
             ("humanities", "Who wrote Hamlet?", "Shakespeare wrote it, around 1600."),
             (

@@ -384,7 +384,8 @@ def summaries(tmp_path: Path) -> dict:
             [],
             {},
             (
-                "- **Placement**: the long persona moved the metric more from the system prompt in 2 of 3 task-metric pairs.",
+                "- **Placement**: the long persona moved the metric more from the system prompt in 2 of 3 "
+                "task-metric pairs.",
                 "  - capitals, expert persona: min -0.10 [-0.30, +0.05] (n=8) nats.",
             ),
         ),
@@ -442,7 +443,8 @@ def test_typed_summaries_format_into_the_printed_lines(tmp_path):
         "  math            n=  2  win rate 50% [0%, 100%]",
     ]
     assert made["train"].lines() == [
-        "gate: block 1, last token(s), logistic; AUC on unseen sources 0.90 [0.80, 0.97] (n=30); threshold 0.512 routes 45%",
+        "gate: block 1, last token(s), logistic; AUC on unseen sources 0.90 [0.80, 0.97] (n=30); threshold 0.512 "
+        "routes 45%",
         "embedding router on the same sources: AUC 0.85 [0.70, 0.95]",
         "self-classify router on the same sources: AUC 0.50 [0.30, 0.70]",
     ]
@@ -622,7 +624,8 @@ def test_prism_help_imports_no_command_group_and_no_torch():
     code = (
         "import sys; from prism.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [name for name in ('torch', 'transformers', 'transformer_lens', 'prism.cli.study') if name in sys.modules]\n"
+        "heavy = [name for name in ('torch', 'transformers', 'transformer_lens', 'prism.cli.study') if name in "
+        "sys.modules]\n"
         "print('loaded:', heavy)"
     )
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

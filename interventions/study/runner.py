@@ -8,8 +8,7 @@ batch ends; identical prompts met in different cells are computed once, and a re
 work on record. The knowledge tasks run every condition under each prompt format of the study
 (``plan.prompt_formats``); a format's prompts are new text, so adding one to a study only adds work.
 Generation tasks and the self-judge run on an engine (``interventions.measure.engines``: the hooked model or vLLM);
-a non-``hf`` engine's ledger keys name it. The module is longer than 300 lines only because of ``run_study``'s API
-docstring.
+a non-``hf`` engine's ledger keys name it.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from interventions.measure.engines import Engine, EngineSpec, engine_key, open_engine
-from interventions.measure.judge import EndpointJudge, make_judge, parse_rating
+from interventions.measure.engines import Engine, HFEngine, engine_key
+from interventions.measure.judge import EndpointJudge, Judge, make_judge, parse_rating
 from interventions.measure.tasks import TASKS, Task, judge_request
 from interventions.study.ledger import Ledger, work_key
 from interventions.study.plan import BUDGETS, GRIDS, Budget, applies, conditions, prompt_formats, resolve_plan
@@ -32,13 +31,13 @@ from probes.core.errors import ToolkitError
 from probes.core.files import write_json, write_record
 from probes.core.formats import DEFAULT_FORMAT
 from probes.core.items import Item
-from probes.core.models import load_model
 from probes.core.parallel import World, world
 from probes.core.personas import Persona, user_personas
 from probes.core.prompts import Condition, RenderedPrompt, encode, render_conversation
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 __all__ = ["BUDGETS", "GRIDS", "TASKS", "Budget", "applies", "conditions", "run_study"]
@@ -46,32 +45,26 @@ __all__ = ["BUDGETS", "GRIDS", "TASKS", "Budget", "applies", "conditions", "run_
 
 def run_study(
     out: str | Path,
+    model: TransformerBridge,
+    tokenizer: PreTrainedTokenizerBase,
     *,
-    model_name: str = "default",
     budget: str | Budget = "default",
     tasks: Sequence[str] | None = None,
     items: int | None = None,
     grid: str | None = None,
     formats: Sequence[str] | None = None,
     personas: Mapping[str, Persona] | None = None,
-    judge_url: str | None = None,
-    judge_model: str | None = None,
-    judge_api_key_env: str | None = None,
-    judge_concurrency: int = 8,
-    judge_timeout: float = 120.0,
+    judge: Judge | None = None,
     seed: int = 0,
     batch_size: int = 8,
-    device: str = "cpu",
-    dtype: str = "float32",
-    device_map: str | None = None,
     progress: bool = True,
-    engine: EngineSpec | None = None,
+    engine: Engine | None = None,
 ) -> list[dict]:
     """Run (or resume) the study into ``out``.
 
     Args:
         out: the study directory (``study.json``, ``ledger/``, ``items.json``).
-        model_name: a model name or directory (``load_model``).
+        model, tokenizer: the bridged model and its tokenizer (``load_model``).
         budget: ``smoke``, ``default``, ``full`` or a ``Budget``.
         tasks: registered task names to run (default: the budget's).
         items: items per cell for every task (overrides the budget).
@@ -80,17 +73,13 @@ def run_study(
             template, ``plain`` for a chat model; see ``plan.prompt_formats``).
         personas: the library of the grid's named, matched-expert and random personas (default: the built-in ones);
             those a user added (``persona_library``) run on every task (``plan.conditions``).
-        judge_url, judge_model: an OpenAI-compatible judge endpoint (default: the model judges).
-        judge_api_key_env, judge_concurrency, judge_timeout: the environment variable holding the endpoint's key
-            (default: ``OPENAI_API_KEY`` when set), requests in flight at most, and seconds each may take in all
-            (``make_judge``). A judgement the endpoint never gives counts as unparseable; a rerun asks again.
+        judge: the MT-Bench judge, e.g. an OpenAI-compatible endpoint (``make_judge``; a judgement the endpoint never
+            gives counts as unparseable and a rerun asks again); default: the model judges itself on ``engine``.
         seed: the sampling, generation and random-persona seed.
         batch_size: prompts per forward pass.
-        device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
-        engine: what generates the generation tasks' answers and the self-judge's ratings (default: ``hf``, the
-            hooked model; ``vllm``: ``interventions.measure.engines``). Multiple-choice scoring runs on the hooked
-            model.
+        engine: an open engine that generates the generation tasks' answers and the self-judge's ratings (default:
+            the hooked model; ``open_engine`` gives ``vllm``'s). Multiple-choice scoring runs on the hooked model.
 
     Returns:
         the tidy per-item rows (also written to ``items.json``): one per (task, format, condition, item) that applies
@@ -98,24 +87,14 @@ def run_study(
         (and any response and judge ratings).
 
     Raises:
-        ToolkitError: an unknown budget, task, grid or format, ``items`` below 1, ``judge_url`` without
-            ``judge_model`` (or a URL or key ``make_judge`` refuses), an ``out`` directory holding a study of another
-            model, or a model that cannot be loaded.
+        ToolkitError: an unknown budget, task, grid or format, ``items`` below 1, or an ``out`` directory holding a
+            study of another model.
     """
     plan = resolve_plan(budget, tasks, items, grid)
-    prompt_formats(formats, chat_template=True)  # unknown names fail before the model loads
-    judge_options = dict(api_key_env=judge_api_key_env, concurrency=judge_concurrency, deadline=judge_timeout)
-    # an endpoint judge is checked (URL, key) before the model loads
-    judge = (
-        make_judge(judge_url, judge_model, **judge_options) if judge_url or judge_model or judge_api_key_env else None
-    )
     out = Path(out)
-    (engine or EngineSpec()).check()  # no vLLM to run fails before the model loads
-    model, tokenizer = load_model(model_name, device=device, dtype=dtype, device_map=device_map)
     knowledge_formats = prompt_formats(formats, chat_template=bool(getattr(tokenizer, "chat_template", None)))
     settings = {
         "model": model.cfg.model_name,
-        "model_name": model_name,
         **precision(model),
         "seed": seed,
         "grid": plan.grid,
@@ -128,29 +107,27 @@ def run_study(
         "user_personas": {name: persona.source for name, persona in user_personas(personas or {}).items()},
     }
     _check_same_model(out, settings["model"])
-    with open_engine(engine, model_name, tokenizer, model, device=device, dtype=dtype) as generator:
-        judge = judge or make_judge(
-            model=model, tokenizer=tokenizer, batch_size=batch_size, engine=generator, **judge_options
+    generator = engine or HFEngine(model, tokenizer)
+    judge = judge or make_judge(model=model, tokenizer=tokenizer, batch_size=batch_size, engine=generator)
+    group = world()
+    if group.is_main:
+        write_record(out / "study.json", settings)
+    runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group, personas, generator)
+    rows: list[dict] = []
+    for name, n in plan.items.items():
+        task = TASKS[name]
+        task_items = task.load_items(n, seed)
+        task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
+        grid = conditions(task, plan.grid, personas)
+        log.info(
+            f"{name}: {len(task_items)} items x {len(grid)} conditions"
+            + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else "")
         )
-        group = world()
-        if group.is_main:
-            write_record(out / "study.json", settings)
-        runner = _Runner(model, tokenizer, out / "ledger", seed, batch_size, progress, group, personas, generator)
-        rows: list[dict] = []
-        for name, n in plan.items.items():
-            task = TASKS[name]
-            task_items = task.load_items(n, seed)
-            task_formats = knowledge_formats if task.is_choice else (DEFAULT_FORMAT,)
-            grid = conditions(task, plan.grid, personas)
-            log.info(
-                f"{name}: {len(task_items)} items x {len(grid)} conditions"
-                + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else "")
-            )
-            rows += runner.run(task, task_items, grid, plan, judge, task_formats)
-        if group.is_main:
-            write_json(out / "items.json", rows)
-        group.barrier()
-        return rows
+        rows += runner.run(task, task_items, grid, plan, judge, task_formats)
+    if group.is_main:
+        write_json(out / "items.json", rows)
+    group.barrier()
+    return rows
 
 
 def _check_same_model(out: Path, model: str) -> None:

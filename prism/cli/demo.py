@@ -29,7 +29,7 @@ from typing import Iterator
 from transformers import AutoConfig
 
 from interventions.intervene import run_interventions, spread_layers
-from interventions.measure.engines import EngineSpec
+from interventions.measure.engines import EngineSpec, open_engine
 from interventions.study.report import summarise_study
 from interventions.study.runner import run_study
 from prism import pipeline
@@ -79,13 +79,15 @@ def run_demo(
     """
     out = Path(out)
     where = {"device": device, "dtype": dtype, "device_map": device_map}
+    (engine or EngineSpec()).check()  # no vLLM to run fails before the model loads
+    model, tokenizer = load_model(model_name, **where)  # the study, probe and causal steps share one model
     with _step("1. the persona-effect study, smoke budget (prism study --budget smoke)"):
         study_dir = out / "study" / model_slug(model_name)
-        run_study(study_dir, model_name=model_name, budget="smoke", progress=progress, engine=engine, **where)
+        with open_engine(engine, model_name, tokenizer, model, device=device, dtype=dtype) as generator:
+            run_study(study_dir, model, tokenizer, budget="smoke", progress=progress, engine=generator)
         study = summarise_study(study_dir)
         print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
 
-    model, tokenizer = load_model(model_name, **where)  # the probe and causal steps share one model
     with _step("2. probes and persona directions, short run (prism probe --per-intent 48 ...)"):
         probe = run_probe_study(
             out / "probe",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from interventions.measure.engines import EngineSpec, open_engine
 from interventions.measure.evaluate import evaluate
+from interventions.measure.judge import make_judge
 from interventions.measure.tasks import TASKS
-from interventions.study.plan import prompt_formats
+from interventions.study.plan import prompt_formats, resolve_plan
 from interventions.study.report import compare_models, summarise_study
 from interventions.study.runner import run_study
 from prism.cli.command import Command
@@ -160,33 +161,37 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
     figures and report; with several models, also the cross-model placement figure."""
     tasks = csv_list(args.tasks)
     formats = csv_list(args.formats)
-    prompt_formats(formats, chat_template=True)  # an unknown format fails before any model loads
-    personas = persona_library(args.personas_file)  # and so does a bad personas file
+    # what can be refused is refused before any model loads: the plan, formats, personas file, judge and engine
+    resolve_plan(args.budget, tasks, args.items, args.grid)
+    prompt_formats(formats, chat_template=True)
+    personas = persona_library(args.personas_file)
+    options = dict(api_key_env=args.judge_api_key_env, concurrency=args.judge_concurrency, deadline=args.judge_timeout)
+    asked = args.judge_url or args.judge_model or args.judge_api_key_env
+    judge = make_judge(args.judge_url, args.judge_model, **options) if asked else None
+    spec = engine_spec(args)
+    spec.check()
     directories = []
     for name, directory in zip(args.models or ["default"], study_directories(args)):
         start = time.perf_counter()
-        run_study(
-            directory,
-            model_name=name,
-            budget=args.budget,
-            tasks=tasks,
-            items=args.items,
-            grid=args.grid,
-            formats=formats,
-            personas=personas,
-            judge_url=args.judge_url,
-            judge_model=args.judge_model,
-            judge_api_key_env=args.judge_api_key_env,
-            judge_concurrency=args.judge_concurrency,
-            judge_timeout=args.judge_timeout,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=args.device,
-            dtype=args.dtype,
-            device_map=args.device_map,
-            progress=args.progress,
-            engine=engine_spec(args),
-        )
+        args.model = name
+        model, tokenizer = load_timed(args)
+        with open_engine(spec, name, tokenizer, model, device=args.device, dtype=args.dtype) as engine:
+            run_study(
+                directory,
+                model,
+                tokenizer,
+                budget=args.budget,
+                tasks=tasks,
+                items=args.items,
+                grid=args.grid,
+                formats=formats,
+                personas=personas,
+                judge=judge,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                progress=args.progress,
+                engine=engine,
+            )
         directories.append(directory)
         if not world().is_main:
             continue  # under torchrun rank 0 writes the tables, figures and report

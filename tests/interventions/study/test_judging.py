@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from interventions.measure.judge import EndpointJudge
+from interventions.measure.judge import EndpointJudge, make_judge
 from interventions.study.ledger import Ledger
 from interventions.study.plan import Budget
 from interventions.study.report import summarise_study
@@ -67,41 +67,19 @@ def test_a_reply_without_a_rating_is_recorded_and_stays_unparseable(server, tmp_
     assert len((tmp_path / "ledger" / "judge.jsonl").read_text().splitlines()) == 6  # answered: not asked again
 
 
-def test_a_url_with_credentials_is_refused_before_the_model_loads(tmp_path):
+def test_a_url_with_credentials_or_no_concurrency_is_refused_in_one_line():
+    """What ``prism study`` checks before its model loads (``run_study_command`` makes the judge first)."""
     with pytest.raises(ToolkitError, match="holds credentials") as error:
-        run_study(
-            tmp_path / "s",
-            model_name="no such model",
-            judge_url="http://alice:s3cr3t@127.0.0.1:9/v1",
-            judge_model="m",
-            progress=False,
-        )
-    assert "s3cr3t" not in str(error.value) and not (tmp_path / "s").exists()
+        make_judge("http://alice:s3cr3t@127.0.0.1:9/v1", "m")
+    assert "s3cr3t" not in str(error.value)
     with pytest.raises(ToolkitError, match="concurrency must be at least 1"):
-        run_study(
-            tmp_path / "s",
-            model_name="no such model",
-            judge_url="http://127.0.0.1:9/v1",
-            judge_model="m",
-            judge_concurrency=0,
-            progress=False,
-        )
+        make_judge("http://127.0.0.1:9/v1", "m", concurrency=0)
 
 
-def test_a_study_judged_by_an_endpoint_records_it_without_the_key(server, tiny_llama_directory, tmp_path, monkeypatch):
+def test_a_study_judged_by_an_endpoint_records_it_without_the_key(server, tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
-    rows = run_study(
-        tmp_path / "s",
-        model_name=tiny_llama_directory,
-        budget="smoke",
-        tasks=["mtbench"],
-        items=2,
-        judge_url=server.url("good"),
-        judge_model="judge-model",
-        judge_api_key_env="JUDGE_TEST_KEY",
-        judge_concurrency=2,
-        progress=False,
-    )
+    judge = make_judge(server.url("good"), "judge-model", api_key_env="JUDGE_TEST_KEY", concurrency=2)
+    rows = run_study(tmp_path / "s", *tiny, budget="smoke", tasks=["mtbench"], items=2, judge=judge, progress=False)
     assert rows and all(None not in row["ratings"].values() for row in rows)
     settings = json.loads((tmp_path / "s" / "study.json").read_text())
     assert settings["judge"] == f"endpoint:judge-model@{server.url('good')}"

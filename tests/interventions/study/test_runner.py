@@ -11,25 +11,25 @@ from interventions.measure.tasks import Task
 from interventions.study.report import summarise_study
 from interventions.study.runner import Budget, run_study
 from probes.core.errors import ToolkitError
+from probes.core.models import load_model
 from probes.core.personas import persona_library
 
 
-def test_study_resumes_without_redoing_finished_work(tiny_llama_directory, tmp_path):
+def test_study_resumes_without_redoing_finished_work(tiny, tmp_path):
     out = tmp_path / "study"
     options = dict(
-        model_name=tiny_llama_directory,
         budget="smoke",
         tasks=["capitals", "harmbench", "mtbench"],
         items=2,
         progress=False,
     )
-    rows = run_study(out, **options)
+    rows = run_study(out, *tiny, **options)
     ledgers = {path.name: path.read_text() for path in (out / "ledger").glob("*.jsonl")}
     assert set(ledgers) == {"capitals.jsonl", "harmbench.jsonl", "mtbench.jsonl", "judge.jsonl"}
     # drop the last finished record of one task, as if the run had been killed there
     lines = ledgers["harmbench.jsonl"].splitlines()
     (out / "ledger" / "harmbench.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    again = run_study(out, **options)
+    again = run_study(out, *tiny, **options)
     assert (out / "ledger" / "capitals.jsonl").read_text() == ledgers["capitals.jsonl"]  # nothing redone
     assert len((out / "ledger" / "harmbench.jsonl").read_text().splitlines()) == len(lines)  # only the lost one
     assert [json.dumps(r, sort_keys=True) for r in again] == [json.dumps(r, sort_keys=True) for r in rows]
@@ -51,12 +51,12 @@ def test_study_resumes_without_redoing_finished_work(tiny_llama_directory, tmp_p
 
     with pytest.raises(ToolkitError, match="holds a study of"):
         (out / "study.json").write_text(json.dumps({"model": "another-model"}))
-        run_study(out, **options)
+        run_study(out, *tiny, **options)
 
 
-def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny_llama_directory, tmp_path):
+def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny, tmp_path):
     budget = Budget(items={"mtbench": 2}, grid="smoke", max_new_tokens={"mtbench": 4}, turns=2, judge_seeds=(0,))
-    rows = run_study(tmp_path / "s", model_name=tiny_llama_directory, budget=budget, progress=False)
+    rows = run_study(tmp_path / "s", *tiny, budget=budget, progress=False)
     two_turns = [row for row in rows if "turn2_key" in row]
     assert two_turns and all(set(row["ratings"]) == {"turn1_seed0", "turn2_seed0"} for row in two_turns)
     answers = [json.loads(line) for line in (tmp_path / "s" / "ledger" / "mtbench.jsonl").read_text().splitlines()]
@@ -64,16 +64,14 @@ def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny_llama_
     assert second_keys <= {a["key"] for a in answers} and len({a["key"] for a in answers}) == len(answers)
 
 
-def test_a_second_format_only_adds_work_and_each_format_has_its_rows(tiny_llama_directory, tmp_path):
+def test_a_second_format_only_adds_work_and_each_format_has_its_rows(tiny, tmp_path):
     out = tmp_path / "study"
-    options = dict(
-        model_name=tiny_llama_directory, budget="smoke", tasks=["capitals", "harmbench"], items=2, progress=False
-    )
-    plain = run_study(out, formats=["plain"], **options)  # a chat model's default: plain alone
+    options = dict(budget="smoke", tasks=["capitals", "harmbench"], items=2, progress=False)
+    plain = run_study(out, *tiny, formats=["plain"], **options)  # a chat model's default: plain alone
     assert {row["format"] for row in plain} == {"plain"}
     before = (out / "ledger" / "capitals.jsonl").read_text().splitlines()
     refusals = (out / "ledger" / "harmbench.jsonl").read_text()
-    rows = run_study(out, formats=["plain", "qa"], **options)
+    rows = run_study(out, *tiny, formats=["plain", "qa"], **options)
     after = (out / "ledger" / "capitals.jsonl").read_text().splitlines()
     assert after[: len(before)] == before and len(after) == 2 * len(before)  # plain kept, qa prompts added
     assert (out / "ledger" / "harmbench.jsonl").read_text() == refusals  # generation tasks stay plain
@@ -83,7 +81,7 @@ def test_a_second_format_only_adds_work_and_each_format_has_its_rows(tiny_llama_
     assert {row["format"] for row in rows if row["task"] == "harmbench"} == {"plain"}
     assert json.loads((out / "study.json").read_text())["formats"] == ["plain", "qa"]
     with pytest.raises(ToolkitError, match="unknown prompt format 'xml'"):
-        run_study(out, formats=["xml"], **options)
+        run_study(out, *tiny, formats=["xml"], **options)
 
 
 def test_a_model_without_a_chat_template_gets_the_format_control_by_default(tiny_llama_directory, tmp_path):
@@ -91,20 +89,20 @@ def test_a_model_without_a_chat_template_gets_the_format_control_by_default(tiny
     shutil.copytree(tiny_llama_directory, base)
     (base / "chat_template.jinja").unlink(missing_ok=True)
     rows = run_study(
-        tmp_path / "study", model_name=str(base), budget="smoke", tasks=["capitals"], items=2, progress=False
+        tmp_path / "study", *load_model(str(base)), budget="smoke", tasks=["capitals"], items=2, progress=False
     )
     assert {row["format"] for row in rows} == {"plain", "qa"}
     summary = summarise_study(tmp_path / "study")
     assert "(`plain`, `qa`)" in summary.findings[0] and (tmp_path / "study" / "effects_across_formats.csv").is_file()
 
 
-def test_a_users_personas_are_studied_and_the_report_shows_them(tiny_llama_directory, tmp_path):
+def test_a_users_personas_are_studied_and_the_report_shows_them(tiny, tmp_path):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"personas": [{"name": "pirate", "min": "Arr, you are a pirate captain."}]}))
     out = tmp_path / "study"
     rows = run_study(
         out,
-        model_name=tiny_llama_directory,
+        *tiny,
         budget="smoke",
         tasks=["capitals"],
         items=2,
@@ -118,9 +116,7 @@ def test_a_users_personas_are_studied_and_the_report_shows_them(tiny_llama_direc
     assert "pirate" in (out / "effects.csv").read_text()
 
 
-def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterrupted_run(
-    tiny_llama_directory, tmp_path, monkeypatch
-):
+def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
     measured = []  # the prompts of every measure call: the chunks, whose batches measure forms
     real_measure = Task.measure
     monkeypatch.setattr(
@@ -132,18 +128,18 @@ def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterru
         ),
     )
     budget = Budget(items={"capitals": 3, "harmbench": 3}, grid="smoke", max_new_tokens={"harmbench": 6})
-    options = dict(model_name=tiny_llama_directory, budget=budget, batch_size=2, progress=False)
+    options = dict(budget=budget, batch_size=2, progress=False)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    run_study(whole, **options)
+    run_study(whole, *tiny, **options)
     summarise_study(whole)
     uninterrupted = set(measured)
-    run_study(resumed, **options)
+    run_study(resumed, *tiny, **options)
     for name in ("capitals.jsonl", "harmbench.jsonl"):  # killed while writing a record: its chunk and the rest lost
         ledger = resumed / "ledger" / name
         data = ledger.read_bytes()
         ledger.write_bytes(data[: data.index(b'", "', len(data) // 2)])
     measured.clear()
-    run_study(resumed, **options)
+    run_study(resumed, *tiny, **options)
     summarise_study(resumed)
     assert {task for task, _ in measured} == {"capitals", "harmbench"} and set(measured) <= uninterrupted
     for name in ("items.json", "effects.csv", "cells.csv"):
@@ -154,7 +150,7 @@ def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterru
     ledger.write_text("".join(lines[:3]) + '{"key": "edited by hand"}\n' + "".join(lines[3:]))
     before = {path.name: path.read_bytes() for path in (resumed / "ledger").iterdir()}
     with pytest.raises(ToolkitError) as caught:
-        run_study(resumed, **options)
+        run_study(resumed, *tiny, **options)
     assert str(caught.value) == (
         f"{ledger} line 4: a ledger record without 'logprobs', 'scores', 'predicted', not written "
         "by prism: delete that line (its work is done again) and rerun"

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 
-import interventions.intervene
-import interventions.study.runner
 import prism.cli.demo
 import prism.cli.interventions
 import prism.cli.options
@@ -280,7 +278,7 @@ def no_model_loads(monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were checked")
 
-    for module in (probes.core.models, prism.cli.options, interventions.study.runner, prism.pipeline):
+    for module in (probes.core.models, prism.cli.options, prism.pipeline):
         monkeypatch.setattr(module, "load_model", no_model)
 
 

@@ -120,7 +120,7 @@ def test_prism_study_wandb_logs_what_the_study_wrote(offline, tmp_path, monkeypa
     personas.write_text(json.dumps({"personas": [{"name": "pirate", "min": "You are a pirate."}]}))
     seen = {}
 
-    def fake_study(directory, **options):
+    def fake_study(directory, model, tokenizer, **options):
         seen.update(options)
         _results(directory)
 

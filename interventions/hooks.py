@@ -255,13 +255,14 @@ class PatchActivations(Intervention):
         return sum(int(target.numel()) for target, _ in self._columns(mask.device))
 
     def _columns(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per row, the columns of this pass that hold a target position, and their source positions."""
-        positions = self.layout.positions.to(device)
+        """Per row, the columns of this pass that hold a target position, and their source positions: found where the
+        pass's positions are (its inputs' device), then moved to ``device`` (the activation's)."""
+        positions = self.layout.positions
         columns = []
         for row, pairs in enumerate(self.pairs):
-            targets = torch.tensor([t for t, _ in pairs], dtype=torch.long, device=device)
-            sources = torch.tensor([s for _, s in pairs], dtype=torch.long, device=device)
+            targets = torch.tensor([t for t, _ in pairs], dtype=torch.long, device=positions.device)
+            sources = torch.tensor([s for _, s in pairs], dtype=torch.long, device=positions.device)
             hits = positions[row][None, :] == targets[:, None]  # [pairs, seq]
             present = hits.any(1)
-            columns.append((hits.long().argmax(1)[present], sources[present]))
+            columns.append((hits.long().argmax(1)[present].to(device), sources[present].to(device)))
         return columns

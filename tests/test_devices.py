@@ -263,6 +263,7 @@ def test_tensors_meeting_an_activation_follow_it_to_its_device(tiny_fresh):
         AblateDirection(model, torch.randn(d), layers=[1], baseline={1: 0.5}),
         PatchActivations(model, source, [[(0, 0), (1, 1)], [(2, 2)]]),
     ):
+        intervention._tracker._see(None, (), {"input_ids": torch.zeros(2, 5, dtype=torch.long)})  # the pass's inputs
         edited = intervention._hook("blocks.1.hook_out", 1)(activation, None)
         assert edited.device.type == "meta" and edited.shape == activation.shape
     gate = Gate("logistic", 0, "last", {"weight": torch.randn(d), "bias": torch.tensor(0.0)}, 0.5)

@@ -194,14 +194,16 @@ def test_bootstrap_and_compare_under_torchrun_give_the_samples_and_table_of_one_
         progress=False,
     )
     shutil.copytree(one / "work", three / "work")
-    compare = ["compare", "--budget", "smoke", "--out", "work"]
+    # the long expert prompt does not fit the tiny model's context of 512 tokens
+    systems = [system for system in pipeline.SYSTEMS if system != "expert prompt (long)"]
+    compare = ["compare", "--budget", "smoke", "--out", "work", "--systems", ",".join(systems)]
     alone = prism(*compare, cwd=one)
     together = prism(*compare, processes=2, cwd=three)
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert together.returncode == 0, together.stderr[-2000:]
     assert together.stdout.count("PRISM") == alone.stdout.count("PRISM") > 0  # one table, printed by rank 0
     cells = sorted(path.name for path in (one / "work" / "compare" / "cells").iterdir())
-    assert len(cells) == len(DATASETS) * len(pipeline.SYSTEMS)
+    assert len(cells) == len(DATASETS) * len(systems)
     for name in cells:
         assert (one / "work" / "compare" / "cells" / name).read_bytes() == (
             three / "work" / "compare" / "cells" / name

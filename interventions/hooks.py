@@ -240,6 +240,7 @@ class PatchActivations(Intervention):
     ) -> None:
         super().__init__(model, sorted(source), positions="all")
         self.source, self.pairs = source, pairs
+        self._found: tuple | None = None  # (layout, device, columns) of the pass in progress
 
     def edit(self, activation, layer, mask):
         if activation.shape[0] != len(self.pairs):
@@ -256,7 +257,9 @@ class PatchActivations(Intervention):
 
     def _columns(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per row, the columns of this pass that hold a target position, and their source positions: found where the
-        pass's positions are (its inputs' device), then moved to ``device`` (the activation's)."""
+        pass's positions are (its inputs' device), then moved to ``device`` (the activation's); found once a pass."""
+        if self._found is not None and self._found[0] is self.layout and self._found[1] == device:
+            return self._found[2]
         positions = self.layout.positions
         columns = []
         for row, pairs in enumerate(self.pairs):
@@ -265,4 +268,5 @@ class PatchActivations(Intervention):
             hits = positions[row][None, :] == targets[:, None]  # [pairs, seq]
             present = hits.any(1)
             columns.append((hits.long().argmax(1)[present].to(device), sources[present].to(device)))
+        self._found = (self.layout, device, columns)
         return columns

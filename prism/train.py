@@ -40,6 +40,7 @@ from prism.distill import DistillConfig
 from prism.gate import (
     GATE_KINDS,
     READ_POSITIONS,
+    Gate,
     LabelledPrompts,
     choose,
     gate_features,
@@ -61,6 +62,7 @@ from probes.core.stats import Estimate
 from probes.intents import ALL_SOURCES, LabelledQuery, intent_queries
 
 if TYPE_CHECKING:
+    import torch
     from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
@@ -185,18 +187,7 @@ def run_training(
     samples = load_samples(work)
     library = work.persona_library()  # the samples' personas: built in, or a user's recorded by the bootstrap
     n_layers = model.cfg.n_layers
-    if not 0 <= max_block < n_layers - 1:
-        raise ToolkitError(
-            f"the gate must read a block in 0..{n_layers - 2} (the adapter needs blocks after it), got {max_block}"
-        )
-    if layer is not None and not 0 <= layer <= max_block:
-        raise ToolkitError(f"--layer {layer} is outside the swept blocks 0..{max_block}")
-    if position is not None and position not in READ_POSITIONS:
-        raise ToolkitError(f"unknown read position {position!r}: use one of {', '.join(READ_POSITIONS)}")
-    if gate_kind is not None and gate_kind not in GATE_KINDS:
-        raise ToolkitError(f"unknown gate kind {gate_kind!r}: use one of {', '.join(GATE_KINDS)}")
-    if extra and labels != "intents":
-        raise ToolkitError("--extra adds intent-labelled queries: use it with --labels intents")
+    _check_options(n_layers, max_block, layer, position, gate_kind, labels, extra)
     labelled = labelled_prompts(
         labels,
         samples,
@@ -222,15 +213,138 @@ def run_training(
         f"({labelled.labels.mean():.0%} persona path); evaluated leave-one-source-out"
     )
 
-    features = {}
-    for read in READ_POSITIONS:
-        for block, x in gate_features(
-            model, tokenizer, labelled.queries, list(range(max_block + 1)), read, work.gate_features, progress=progress
-        ).items():
-            features[(block, read)] = x
+    features = _read_outs(model, tokenizer, labelled.queries, max_block, work, progress)
     lengths = [len(encode(tokenizer, render(tokenizer, query, Condition("none")))) for query in labelled.queries]
     rows = sweep(features, labelled, split, seed=seed, lengths=lengths, progress=progress)
     write_table(work.gate_sweep, rows)
+    gate, chosen, candidates, gate_report = _fit_gate(
+        model, tokenizer, features, labelled, layer, position, gate_kind, labels, work, seed
+    )
+
+    routers = _routers(model, tokenizer, labelled, chosen["result"], features, lengths, chosen, work, seed)
+    table = _source_table(routers)
+    write_table(work.gate_directory / "sources.csv", table)
+    save_figure(plots.gate_sweep(rows, None), work.gate_sweep_figure)
+    save_figure(plots.route_by_source(table, (BASE_LIMIT, PERSONA_LIMIT)), work.gate_directory / "sources.png")
+
+    routes = _persona_path_routes(model, tokenizer, samples, gate, labels, verdict, work, progress)
+    base_path = [
+        query for query, label in zip(labelled.queries, labelled.labels) if not label
+    ]  # kept as the base model has them
+    adapters = train_adapters(
+        model,
+        tokenizer,
+        samples,
+        routes,
+        gate.layer,
+        distill_config,
+        work,
+        retain=base_path,
+        personas=library,
+        seed=seed,
+        progress=progress,
+    )
+    steering_layer, vector = _steering_vector(
+        model, tokenizer, samples, routes, gate.layer, steering_layer, distill_config, library, work
+    )
+    summary = {
+        "labels": labelled.source,
+        "split": "leave one source out",
+        "n_gate_queries": len(labelled.queries),
+        "gate_label_share": float(labelled.labels.mean()),
+        "excluded_sources": sorted(exclude_sources),
+        "gate": {
+            "layer": gate.layer,
+            "position": gate.position,
+            "kind": gate.kind,
+            "regularisation": chosen["regularisation"],
+            "threshold": gate.threshold,
+            "parameters": gate.n_parameters,
+            **gate_report,
+        },
+        "leave_one_source_out": {
+            "limits": {"base": BASE_LIMIT, "persona": PERSONA_LIMIT},
+            "table": table,
+            "routers": {name: {"threshold": r["threshold"], **r["summary"]} for name, r in routers.items()},
+            "candidates": candidates,
+        },
+        "sweep_best": choose([r for r in rows if r["layer"] >= 0]),
+        "held_out_groups_split": split_kind,
+        "length_only": next(r for r in rows if r["position"] == "length only"),
+        "routing_quality": {
+            "n_test": len(labelled.queries),
+            **{
+                name: Estimate.from_columns(r["summary"], "auc", prefix="auc_").columns(
+                    "auc", prefix="", n=True
+                )  # with its share of undefined resamples and note
+                for name, r in routers.items()
+            },
+        },
+        "bootstrap_labels": {
+            "n": len(samples),
+            "persona_wins": float(np.mean([s.label for s in samples])),
+            "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
+            "distilled": int(routes.sum()),
+            "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples])),
+        },
+        "adapters": adapters,
+        "steering": {"layer": steering_layer, "norm": float(vector.norm())},
+    }
+    write_record(work.train_summary, summary)
+    return summary
+
+
+def _check_options(
+    n_layers: int,
+    max_block: int,
+    layer: int | None,
+    position: str | None,
+    gate_kind: str | None,
+    labels: str,
+    extra: Sequence[str],
+) -> None:
+    """One line for a read-out sweep, a fixed read-out or a gate kind the model or the toolkit cannot give."""
+    if not 0 <= max_block < n_layers - 1:
+        raise ToolkitError(
+            f"the gate must read a block in 0..{n_layers - 2} (the adapter needs blocks after it), got {max_block}"
+        )
+    if layer is not None and not 0 <= layer <= max_block:
+        raise ToolkitError(f"--layer {layer} is outside the swept blocks 0..{max_block}")
+    if position is not None and position not in READ_POSITIONS:
+        raise ToolkitError(f"unknown read position {position!r}: use one of {', '.join(READ_POSITIONS)}")
+    if gate_kind is not None and gate_kind not in GATE_KINDS:
+        raise ToolkitError(f"unknown gate kind {gate_kind!r}: use one of {', '.join(GATE_KINDS)}")
+    if extra and labels != "intents":
+        raise ToolkitError("--extra adds intent-labelled queries: use it with --labels intents")
+
+
+def _read_outs(
+    model: TransformerBridge, tokenizer, queries: Sequence[str], max_block: int, work: PrismDirectory, progress: bool
+) -> dict[tuple[int, str], np.ndarray]:
+    """(block, read position) -> the gate's features of every query, for blocks 0..``max_block``."""
+    features = {}
+    for read in READ_POSITIONS:
+        for block, x in gate_features(
+            model, tokenizer, queries, list(range(max_block + 1)), read, work.gate_features, progress=progress
+        ).items():
+            features[(block, read)] = x
+    return features
+
+
+def _fit_gate(
+    model: TransformerBridge,
+    tokenizer,
+    features: dict,
+    labelled: LabelledPrompts,
+    layer: int | None,
+    position: str | None,
+    gate_kind: str | None,
+    labels: str,
+    work: PrismDirectory,
+    seed: int,
+) -> tuple[Gate, dict, list[dict], dict]:
+    """The read-out and kind chosen by how they route unseen sources, the gate fitted on every query and saved with
+    its calibrated threshold: (gate, the choice, every candidate's summary, the gate's report)."""
     allowed = {
         key: x
         for key, x in features.items()
@@ -278,14 +392,23 @@ def run_training(
         f"AUC {gate_report['auc']:.2f}, {gate_report['passing']} of {gate_report['sources']} within target"
     )
 
-    routers = _routers(model, tokenizer, labelled, result, features, lengths, chosen, work, seed)
-    table = _source_table(routers)
-    write_table(work.gate_directory / "sources.csv", table)
-    save_figure(plots.gate_sweep(rows, None), work.gate_sweep_figure)
-    save_figure(plots.route_by_source(table, (BASE_LIMIT, PERSONA_LIMIT)), work.gate_directory / "sources.png")
+    return gate, chosen, candidates, gate_report
 
+
+def _persona_path_routes(
+    model: TransformerBridge,
+    tokenizer,
+    samples: Sequence[Sample],
+    gate: Gate,
+    labels: str,
+    verdict: str,
+    work: PrismDirectory,
+    progress: bool,
+) -> np.ndarray:
+    """Which bootstrapped samples the adapters learn from: the self-verdicts, or the samples the intent gate sends
+    to the persona path."""
     if labels == "bootstrap":
-        routes = np.array([s.verdict(verdict) for s in samples])
+        return np.array([s.verdict(verdict) for s in samples])
     else:  # the samples the intent gate sends to the persona path are the ones to distil
         sample_x = gate_features(
             model,
@@ -297,25 +420,26 @@ def run_training(
             progress=progress,
         )[gate.layer]
         routes = gate.route(sample_x).astype(int)
-    base_path = [
-        query for query, label in zip(labelled.queries, labelled.labels) if not label
-    ]  # kept as the base model has them
-    adapters = train_adapters(
-        model,
-        tokenizer,
-        samples,
-        routes,
-        gate.layer,
-        distill_config,
-        work,
-        retain=base_path,
-        personas=library,
-        seed=seed,
-        progress=progress,
-    )
-    steering_layer = max(gate.layer + 1, n_layers // 2) if steering_layer is None else steering_layer
-    if not gate.layer < steering_layer < n_layers:
-        raise ToolkitError(f"the steering block must lie after the gate's block {gate.layer} and below {n_layers}")
+    return routes
+
+
+def _steering_vector(
+    model: TransformerBridge,
+    tokenizer,
+    samples: Sequence[Sample],
+    routes: np.ndarray,
+    gate_layer: int,
+    steering_layer: int | None,
+    distill_config: DistillConfig,
+    library,
+    work: PrismDirectory,
+) -> tuple[int, torch.Tensor]:
+    """The persona's mean shift over the persona-path samples, after ``steering_layer`` (default: after the gate,
+    mid-model), saved: (its block, the vector)."""
+    n_layers = model.cfg.n_layers
+    steering_layer = max(gate_layer + 1, n_layers // 2) if steering_layer is None else steering_layer
+    if not gate_layer < steering_layer < n_layers:
+        raise ToolkitError(f"the steering block must lie after the gate's block {gate_layer} and below {n_layers}")
     persona_path = [s for s, route in zip(samples, routes) if route]
     vector = persona_shift(
         model, tokenizer, persona_path, steering_layer, distill_config.persona_length, personas=library
@@ -325,51 +449,7 @@ def run_training(
         {"vector": vector},
         {"kind": "persona-steering", "layer": steering_layer, "model": model.cfg.model_name, "n": len(persona_path)},
     )
-    summary = {
-        "labels": labelled.source,
-        "split": "leave one source out",
-        "n_gate_queries": len(labelled.queries),
-        "gate_label_share": float(labelled.labels.mean()),
-        "excluded_sources": sorted(exclude_sources),
-        "gate": {
-            "layer": gate.layer,
-            "position": gate.position,
-            "kind": gate.kind,
-            "regularisation": chosen["regularisation"],
-            "threshold": gate.threshold,
-            "parameters": gate.n_parameters,
-            **gate_report,
-        },
-        "leave_one_source_out": {
-            "limits": {"base": BASE_LIMIT, "persona": PERSONA_LIMIT},
-            "table": table,
-            "routers": {name: {"threshold": r["threshold"], **r["summary"]} for name, r in routers.items()},
-            "candidates": candidates,
-        },
-        "sweep_best": choose([r for r in rows if r["layer"] >= 0]),
-        "held_out_groups_split": split_kind,
-        "length_only": next(r for r in rows if r["position"] == "length only"),
-        "routing_quality": {
-            "n_test": len(labelled.queries),
-            **{
-                name: Estimate.from_columns(r["summary"], "auc", prefix="auc_").columns(
-                    "auc", prefix="", n=True
-                )  # with its share of undefined resamples and note
-                for name, r in routers.items()
-            },
-        },
-        "bootstrap_labels": {
-            "n": len(samples),
-            "persona_wins": float(np.mean([s.label for s in samples])),
-            "debiased_persona_wins": float(np.mean([s.debiased_label for s in samples])),
-            "distilled": int(routes.sum()),
-            "order_agreement": float(np.mean([s.persona_first_wins == s.persona_second_wins for s in samples])),
-        },
-        "adapters": adapters,
-        "steering": {"layer": steering_layer, "norm": float(vector.norm())},
-    }
-    write_record(work.train_summary, summary)
-    return summary
+    return steering_layer, vector
 
 
 ROUTERS, SELF_CLASSIFY_PER_SOURCE = ("gate", "embedding", "self_classify", "length_only", "shuffled_labels"), 8

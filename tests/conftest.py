@@ -2,7 +2,7 @@
 
 Every test that uses the real embedded model (``smol``, ``smol_hf``, ``smol_directory``) is
 marked ``slow``; ``pytest -m "not slow"`` runs the rest (tiny random models and pure functions)
-in under two minutes. CI runs everything.
+and CI runs everything (times: docs/results.md).
 """
 
 from __future__ import annotations

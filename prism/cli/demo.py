@@ -46,7 +46,8 @@ from probes.study import run_probe_study
 log = logging.getLogger(__name__)
 
 PROBE_TARGETS = ("knowledge-vs-generation/mean", "knowledge-vs-generation/last", "harmful-vs-benign/mean")
-DEMO_SYSTEMS = tuple(s for s in SYSTEMS if s not in ("MiniLM -> LoRA", "self-classify -> LoRA"))  # the time budget
+# the time budget: the baseline routers' LoRA rows and routed steering are left to `prism compare`
+DEMO_SYSTEMS = tuple(s for s in SYSTEMS if s not in ("MiniLM -> LoRA", "self-classify -> LoRA", "probe -> steering"))
 DEMO_QUERIES_PER_PERSONA = 2
 FULL_RECIPE = (
     "prism bootstrap --queries-per-persona 32; prism train --labels intents --teacher-length long (README: Gated LoRA)"

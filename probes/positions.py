@@ -60,7 +60,6 @@ class PassLayout:
 
     positions: Int[torch.Tensor, "batch seq"]
     prompt_lengths: tuple[tuple[int, ...], ...] | None
-    cached: bool
 
     def select(self, chosen: str | Sequence[int]) -> Bool[torch.Tensor, "batch seq"]:
         """The columns to edit: ``"all"`` real tokens, the ``"prompt"``, what is ``"generated"`` after it, or
@@ -176,7 +175,7 @@ class PassTracker:
             self._started = lengths = tuple((int(n),) for n in (positions >= 0).sum(1).tolist())
         else:  # a cached pass continues the sequences the last uncached pass started
             lengths = self._started if self._started is not None and len(self._started) == batch else None
-        self._layout = PassLayout(positions, lengths, cached=past > 0)
+        self._layout = PassLayout(positions, lengths)
 
 
 def _declared_rows(declared: tuple[int, ...], batch: int) -> tuple[tuple[int, ...], ...]:

@@ -21,6 +21,14 @@ from probes.core.prompts import RenderedPrompt, encode
 from probes.positions import prompts as declare_prompts
 
 
+def check_sampling(max_new_tokens: int, temperature: float) -> None:
+    """One line for a generation length below 1 or a negative temperature (every engine's ``generate`` checks it)."""
+    if max_new_tokens < 1:
+        raise ToolkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ToolkitError(f"temperature must be >= 0, got {temperature}")
+
+
 @torch.inference_mode()
 def generate(
     model: TransformerBridge,
@@ -53,10 +61,7 @@ def generate(
         ToolkitError: ``max_new_tokens`` below 1, a negative temperature, or a prompt that with ``max_new_tokens``
             exceeds the model's context.
     """
-    if max_new_tokens < 1:
-        raise ToolkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ToolkitError(f"temperature must be >= 0, got {temperature}")
+    check_sampling(max_new_tokens, temperature)
     encoded = [encode(tokenizer, prompt) for prompt in prompts]
     lengths = [len(ids) for ids in encoded]
     check_context([n + max_new_tokens for n in lengths], model.cfg.n_ctx, [f"#{i}" for i in range(len(encoded))])

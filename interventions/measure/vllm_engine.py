@@ -26,6 +26,7 @@ import httpx
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from interventions.measure.generation import check_sampling
 from interventions.measure.vllm_process import VllmProcess
 from probes.core.errors import ToolkitError
 from probes.core.prompts import RenderedPrompt, encode
@@ -120,10 +121,7 @@ class VllmEngine:
         batch_size: int = 8,
         progress: bool = True,
     ) -> list[str]:
-        if max_new_tokens < 1:
-            raise ToolkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ToolkitError(f"temperature must be >= 0, got {temperature}")
+        check_sampling(max_new_tokens, temperature)
         encoded = [encode(self.tokenizer, prompt) for prompt in prompts]
         self._check_context([len(ids) + max_new_tokens for ids in encoded])
         bodies = [

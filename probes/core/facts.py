@@ -281,18 +281,7 @@ def load_facts(source: str) -> list[Item]:
     items = []
     for key, name in _entities(source):
         index = random.Random(f"{source}:{key}").randrange(len(templates))
-        prompt = templates[index].format(name=name)
-        prompt = prompt[0].upper() + prompt[1:]
-        items.append(
-            Item(
-                id=f"{source}/{key}",
-                source=source,
-                prompt=prompt,
-                category=source,
-                subcategory=f"template{index}",
-                turns=(prompt,),
-            )
-        )
+        items.append(_question(source, key, templates[index].format(name=name), f"template{index}"))
     return items
 
 
@@ -329,16 +318,13 @@ def _exam_items(source: str) -> list[Item]:
                     "other": other,
                     "other_value": "{:.3g} {}".format(*scipy.constants.physical_constants[other][:2]).strip(),
                 }
-            prompt = templates[index].format(name=name, **facts)
-            prompt = prompt[0].upper() + prompt[1:]
-            items.append(
-                Item(
-                    id=f"{source}/{key}",
-                    source=source,
-                    prompt=prompt,
-                    category=source,
-                    subcategory=f"{kind}{index}",
-                    turns=(prompt,),
-                )
-            )
+            items.append(_question(source, key, templates[index].format(name=name, **facts), f"{kind}{index}"))
     return items
+
+
+def _question(source: str, key: str, text: str, subcategory: str) -> Item:
+    """One generated question of ``source`` as an item, its first letter capitalised."""
+    prompt = text[0].upper() + text[1:]
+    return Item(
+        id=f"{source}/{key}", source=source, prompt=prompt, category=source, subcategory=subcategory, turns=(prompt,)
+    )

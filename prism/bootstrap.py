@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from interventions.measure.engines import Engine, HFEngine, engine_key
 from interventions.study.ledger import Ledger, work_key
 from prism.samples import Sample, write_samples
+from prism.summary import BootstrapSummary
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.parallel import world
@@ -88,7 +89,7 @@ def run_bootstrap(
     library: Mapping[str, Persona] | None = None,
     progress: bool = True,
     engine: Engine | None = None,
-) -> list[Sample]:
+) -> BootstrapSummary:
     """Stages 1-3 for ``personas``, resumable.
 
     Args:
@@ -103,7 +104,8 @@ def run_bootstrap(
         engine: what generates and scores (default: ``model``, ``HFEngine``).
 
     Returns:
-        the samples, one per kept query.
+        the ``BootstrapSummary`` (win rates overall and per persona, as in ``summary.json``) with ``samples``, one per
+        kept query.
 
     Raises:
         ToolkitError: an unknown persona or persona length, ``queries_per_persona`` below 1, or no usable query.
@@ -119,10 +121,9 @@ def run_bootstrap(
     engine = engine or HFEngine(model, tokenizer)
     queries = _queries(engine, tokenizer, [library[name] for name in chosen], config, ledger, progress)
     samples = _answers_and_verdicts(engine, tokenizer, queries, library, config, ledger, progress)
-    group.on_main(
-        lambda: write_samples(work, samples, {"config": asdict(config)})
-    )  # every rank has every sample; rank 0 writes them
-    return samples
+    # every rank has every sample; rank 0 writes them
+    summary = group.on_main(lambda: write_samples(work, samples, {"config": asdict(config)}, seed=config.seed))
+    return BootstrapSummary.from_record(summary, samples)
 
 
 def chosen_personas(personas: Sequence[str] | None, library: Mapping[str, Persona], length: str) -> list[str]:

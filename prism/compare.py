@@ -55,6 +55,7 @@ from prism.compare_sources import KNOWLEDGE
 from prism.gate import Gate
 from prism.persona_path import GATED, UNGATED
 from prism.routing import Routed, check_gate_fits, route_probabilities
+from prism.summary import CompareSummary
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import load_tensors, write_json
@@ -268,7 +269,7 @@ def run_compare(
     judge: Judge | None = None,
     progress: bool = True,
     engine: Engine | None = None,
-) -> dict:
+) -> CompareSummary:
     """Run every (system, data set) cell not yet saved, then write the tables, figures and report.
 
     Args:
@@ -286,9 +287,10 @@ def run_compare(
             A cell records the engine that generated it, and one of another engine is computed again.
 
     Returns:
-        the summary (``compare_report.summarise``): the table, route rates, knowledge per source and route rates per
-        router and data set (``compare_sources``), router agreement, per-category routing and its correlation with the
-        persona's effect, and the intent sources the gate's data left out (``excluded_sources``, from ``train.json``).
+        the ``CompareSummary``; its ``record`` (``compare_report.summarise``, ``compare/summary.json``) holds the
+        table, route rates, knowledge per source and route rates per router and data set (``compare_sources``), router
+        agreement, per-category routing and its correlation with the persona's effect, and the intent sources the
+        gate's data left out (``excluded_sources``, from ``train.json``).
 
     Raises:
         ToolkitError: an unknown budget or system, a directory missing a trained artefact (gate, adapters, steering
@@ -348,7 +350,7 @@ def run_compare(
             "excluded_sources"
         )  # None: not recorded (trained before the quizzes)
         write_outputs(work, summary, plan)
-        return summary
+        return CompareSummary(work.compare, tuple(summary["table"]), summary)
 
     return group.on_main(summarise_cells)
 

@@ -22,7 +22,6 @@ from prism.distill import DistillConfig
 from prism.gate import Gate
 from prism.persona_path import GATED
 from prism.routing import Routed, route_probabilities
-from prism.samples import summarise
 from prism.summary import BootstrapSummary, CompareSummary, TrainSummary
 from prism.train import run_training
 from prism.workdir import PrismDirectory
@@ -94,10 +93,9 @@ def bootstrap(
         model, tokenizer = None, load_tokenizer(name)
     with open_engine(engine, name, tokenizer, model, device=device, dtype=dtype) as generator:
         work.record_model(name, library)  # only a model that loaded claims the directory
-        samples = run_bootstrap(
+        return run_bootstrap(
             out, model, tokenizer, config=config, personas=chosen, library=library, progress=progress, engine=generator
         )
-    return BootstrapSummary.from_record(summarise(samples, config.seed))
 
 
 def train(
@@ -154,7 +152,7 @@ def train(
     out = Path(out)
     plan = resolve_budget(compare_budget)
     model, tokenizer = _load(_model_for(out, model_name), device, dtype, device_map)
-    record = run_training(
+    return run_training(
         out,
         model,
         tokenizer,
@@ -173,7 +171,6 @@ def train(
         seed=seed,
         progress=progress,
     )
-    return TrainSummary.from_record(record)
 
 
 def compare(
@@ -224,7 +221,7 @@ def compare(
     name = _model_for(out, model_name)
     model, tokenizer = _load(name, device, dtype, device_map)
     with open_engine(engine, name, tokenizer, model, device=device, dtype=dtype) as generator:
-        record = run_compare(
+        return run_compare(
             out,
             model,
             tokenizer,
@@ -236,7 +233,6 @@ def compare(
             progress=progress,
             engine=generator,
         )
-    return CompareSummary(PrismDirectory(out).compare, tuple(record["table"]), record)
 
 
 def route(

@@ -59,15 +59,16 @@ class Sample:
         return self.label if rule == "both" else self.debiased_label
 
 
-def write_samples(work: PrismDirectory, samples: Sequence[Sample], facts: Mapping) -> None:
-    """Write the samples, their summary (win rates, with ``facts`` such as the bootstrap's settings) and the
-    per-persona win-rate table into ``work``'s bootstrap folder."""
+def write_samples(work: PrismDirectory, samples: Sequence[Sample], facts: Mapping, seed: int = 0) -> dict:
+    """Write the samples, their summary (win rates with CIs of bootstrap ``seed``, with ``facts`` such as the
+    bootstrap's settings) and the per-persona win-rate table into ``work``'s bootstrap folder; returns the summary."""
     write_text(
         work.samples, "".join(json.dumps({**asdict(s), "label": s.label}, ensure_ascii=False) + "\n" for s in samples)
     )
-    summary = summarise(samples)
-    write_record(work.bootstrap_summary, {**facts, **summary})
+    summary = {**facts, **summarise(samples, seed)}
+    write_record(work.bootstrap_summary, summary)
     write_table(work.win_rates, summary["by_persona"])
+    return summary
 
 
 def load_samples(source: str | Path | PrismDirectory) -> list[Sample]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from prism.compare_findings import trade_off
 from prism.compare_report import format_table
 from prism.compare_sources import format_sources
+from prism.samples import Sample
 from probes.core.stats import Estimate
 from probes.core.summary import Summary
 
@@ -43,17 +44,19 @@ class BootstrapSummary(Summary):
     Args:
         overall: the ``WinRate`` over every sample.
         by_persona: persona name -> its ``WinRate``.
-        record: the full summary record (``prism.bootstrap.summarise``).
+        record: the full summary record (``bootstrap/summary.json``).
+        samples: the samples it summarises, one per kept query (``bootstrap/samples.jsonl``).
     """
 
     overall: WinRate
     by_persona: Mapping[str, WinRate]
     record: Mapping = field(default_factory=dict, repr=False, compare=False)
+    samples: tuple[Sample, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
-    def from_record(cls, record: Mapping) -> BootstrapSummary:
+    def from_record(cls, record: Mapping, samples: Sequence[Sample] = ()) -> BootstrapSummary:
         by_persona = {row["persona"]: WinRate.from_record(row) for row in record["by_persona"]}
-        return cls(WinRate.from_record(record["overall"]), by_persona, record)
+        return cls(WinRate.from_record(record["overall"]), by_persona, record, tuple(samples))
 
     def headline(self) -> str:
         win = self.overall.win_rate

@@ -51,6 +51,7 @@ from prism.gate import (
 )
 from prism.persona_path import persona_shift, train_adapters
 from prism.samples import Sample, load_samples
+from prism.summary import TrainSummary
 from prism.unseen import BASE_LIMIT, PERSONA_LIMIT, choose_read_out, evaluate, logistic_scorer, probe_scorer
 from prism.workdir import PrismDirectory
 from probes.core.devices import precision
@@ -151,7 +152,7 @@ def run_training(
     exclude_sources: Collection[str] = frozenset(),
     seed: int = 0,
     progress: bool = True,
-) -> dict:
+) -> TrainSummary:
     """Train the gate, the adapters, the steering vector and the baseline routers.
 
     Args:
@@ -173,9 +174,10 @@ def run_training(
         progress: show progress bars.
 
     Returns:
-        the training record written to ``train.json``: the gate, the leave-one-source-out table of the gate, the
-        baseline routers and the controls, the candidates' summaries, the held-out-groups sweep's best read-out,
-        routing quality (out-of-source AUCs with CIs), bootstrap label statistics, adapters and steering vector.
+        the ``TrainSummary``; its ``record`` is what ``train.json`` holds: the gate, the leave-one-source-out table of
+        the gate, the baseline routers and the controls, the candidates' summaries, the held-out-groups sweep's best
+        read-out, routing quality (out-of-source AUCs with CIs), bootstrap label statistics, adapters and steering
+        vector.
 
     Raises:
         ToolkitError: no bootstrap samples, a ``max_block``, ``layer``, ``position``, label source, verdict rule,
@@ -291,7 +293,7 @@ def run_training(
         "steering": {"layer": steering_layer, "norm": float(vector.norm())},
     }
     write_record(work.train_summary, summary)
-    return summary
+    return TrainSummary.from_record(summary)
 
 
 def _check_options(

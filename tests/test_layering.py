@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from probes.core.summary import Summary
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("probes", "interventions", "prism", "figures")
 LAYERS = (("probes.core", 1), ("probes", 2), ("interventions", 3), ("prism.cli", 5), ("prism", 4))
@@ -178,3 +180,20 @@ def test_type_checkers_see_the_same_names_the_package_exports_lazily(package):
     assert sorted(seen) == facade.__all__
     for name, module in seen.items():
         assert getattr(importlib.import_module(module), name) is getattr(facade, name), f"{package}.{name}"
+
+
+def test_every_run_entry_point_takes_a_model_and_tokenizer_and_returns_its_summary():
+    found = {}
+    for name, path in source_modules().items():
+        if name.startswith("prism.cli"):
+            continue  # the shell's run_* take parsed arguments
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("run_"):
+                found[f"{name}.{node.name}"] = node
+    assert len(found) >= 6, sorted(found)
+    for qualified, node in found.items():
+        module = importlib.import_module(qualified.rsplit(".", 1)[0])
+        positional = [argument.arg for argument in node.args.args]
+        assert positional[1:3] == ["model", "tokenizer"], f"{qualified} takes {positional}"
+        returned = getattr(module, ast.unparse(node.returns), None)
+        assert isinstance(returned, type) and issubclass(returned, Summary), f"{qualified} returns {returned}"

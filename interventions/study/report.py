@@ -10,7 +10,7 @@ returns a ``StudySummary``. The findings' wording is in ``interventions.study.fi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -94,6 +94,7 @@ class StudySummary(Summary):
         findings: the report's "Findings, set against the paper" bullets (Markdown; every number
             a mean with its 95% CI and n).
         agreement: each effect across prompt formats, with its verdict (``effects_across_formats.csv``).
+        items: the tidy per-item rows the tables come from (``items.json``).
     """
 
     directory: Path
@@ -104,6 +105,7 @@ class StudySummary(Summary):
     consistency: dict
     findings: tuple[str, ...]
     agreement: tuple[dict, ...] = ()
+    items: tuple[dict, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def report(self) -> Path:
@@ -168,6 +170,7 @@ def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
         consistency,
         tuple(found),
         tuple(tables["effects_across_formats"]),
+        tuple(rows),
     )
 
 

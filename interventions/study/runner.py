@@ -26,6 +26,7 @@ from interventions.measure.judge import EndpointJudge, Judge, make_judge, parse_
 from interventions.measure.tasks import TASKS, Task, judge_request
 from interventions.study.ledger import Ledger, work_key
 from interventions.study.plan import BUDGETS, GRIDS, Budget, applies, conditions, prompt_formats, resolve_plan
+from interventions.study.report import StudySummary, summarise_study
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import write_json, write_record
@@ -59,8 +60,8 @@ def run_study(
     batch_size: int = 8,
     progress: bool = True,
     engine: Engine | None = None,
-) -> list[dict]:
-    """Run (or resume) the study into ``out``.
+) -> StudySummary:
+    """Run (or resume) the study into ``out``, then write its tables, figures and report (``summarise_study``).
 
     Args:
         out: the study directory (``study.json``, ``ledger/``, ``items.json``).
@@ -82,8 +83,9 @@ def run_study(
             the hooked model; ``open_engine`` gives ``vllm``'s). Multiple-choice scoring runs on the hooked model.
 
     Returns:
-        the tidy per-item rows (also written to ``items.json``): one per (task, format, condition, item) that applies
-        and fits the context, with the condition, the prompt format, the persona and placement used, the item's metrics
+        the ``StudySummary`` (on every rank under ``torchrun``; rank 0 writes): the tables, the report's findings and
+        ``items``, the tidy per-item rows of ``items.json``: one per (task, format, condition, item) that applies and
+        fits the context, with the condition, the prompt format, the persona and placement used, the item's metrics
         (and any response and judge ratings).
 
     Raises:
@@ -124,10 +126,12 @@ def run_study(
             + (f" x {len(task_formats)} formats ({', '.join(task_formats)})" if len(task_formats) > 1 else "")
         )
         rows += runner.run(task, task_items, grid, plan, judge, task_formats)
-    if group.is_main:
+
+    def summarise() -> StudySummary:
         write_json(out / "items.json", rows)
-    group.barrier()
-    return rows
+        return summarise_study(out, seed=seed)
+
+    return group.on_main(summarise)
 
 
 def _check_same_model(out: Path, model: str) -> None:

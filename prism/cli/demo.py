@@ -30,7 +30,6 @@ from transformers import AutoConfig
 
 from interventions.intervene import run_interventions, spread_layers
 from interventions.measure.engines import EngineSpec, open_engine
-from interventions.study.report import summarise_study
 from interventions.study.runner import run_study
 from prism import pipeline
 from prism.bootstrap import BootstrapConfig
@@ -85,8 +84,7 @@ def run_demo(
     with _step("1. the persona-effect study, smoke budget (prism study --budget smoke)"):
         study_dir = out / "study" / model_slug(model_name)
         with open_engine(engine, model_name, tokenizer, model, device=device, dtype=dtype) as generator:
-            run_study(study_dir, model, tokenizer, budget="smoke", progress=progress, engine=generator)
-        study = summarise_study(study_dir)
+            study = run_study(study_dir, model, tokenizer, budget="smoke", progress=progress, engine=generator)
         print(f"Findings on {model_name} (smoke budget; full report: {study.report}):\n{study.format()}\n")
 
     with _step("2. probes and persona directions, short run (prism probe --per-intent 48 ...)"):

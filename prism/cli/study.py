@@ -176,7 +176,7 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
         args.model = name
         model, tokenizer = load_timed(args)
         with open_engine(spec, name, tokenizer, model, device=args.device, dtype=args.dtype) as engine:
-            run_study(
+            summary = run_study(
                 directory,
                 model,
                 tokenizer,
@@ -194,8 +194,7 @@ def run_study_command(args: argparse.Namespace) -> Summary | None:
             )
         directories.append(directory)
         if not world().is_main:
-            continue  # under torchrun rank 0 writes the tables, figures and report
-        summary = summarise_study(directory, seed=args.seed)
+            continue  # under torchrun rank 0 speaks
         print(f"{name}: study finished in {time.perf_counter() - start:.0f}s; report: {summary.report}")
     if len(directories) > 1 and world().is_main:
         print(f"compared models: {compare_models(directories, args.out / 'fig1d_placement_models.png')}")

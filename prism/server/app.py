@@ -49,7 +49,7 @@ from prism.server.engine import Engine, Job, Overloaded
 from prism.server.limits import BodyLimit, Limits
 from prism.server.modes import MODES
 from prism.server.prompts import Budget, fit_context
-from prism.server.protocol import ApiError, answer, failure, new_id
+from prism.server.protocol import ApiError, Settings, answer, failure, new_id
 from prism.server.streaming import EventStream, sse_lines
 
 __all__ = ["ServerConfig", "create_app"]
@@ -94,94 +94,113 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
         tokenizer: the app's own copy of the model's tokenizer.
         config: names, defaults and the API key.
     """
-    metrics, modes, n_ctx = engine.metrics, engine.modes, engine.model.cfg.n_ctx
-    checks = Checks(tokenizer, Budget.of(tokenizer, n_ctx, config.limits), modes.available, config.default_mode)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        engine.start()
-        yield
-        checks.close()
-        await asyncio.get_running_loop().run_in_executor(None, engine.close)
-
-    app = FastAPI(title="PRISM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    service = _Service(engine, tokenizer, config)
+    app = FastAPI(
+        title="PRISM", lifespan=asynccontextmanager(service.lifespan), docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.limits = config.limits  # the connection limits uvicorn enforces (``prism.server.launch``)
     app.add_middleware(
         BodyLimit,
         max_bytes=config.limits.max_body_bytes,
         timeout=config.limits.body_timeout,
-        refused=lambda path, status: metrics.request(path if path in ENDPOINTS else "other", None, status),
+        refused=lambda path, status: service.metrics.request(path if path in ENDPOINTS else "other", None, status),
     )
+    app.exception_handler(ApiError)(service.api_error)
+    app.exception_handler(HTTPException)(service.http_error)
+    app.exception_handler(Exception)(service.server_error)
+    app.get("/health")(service.health)
+    app.get("/metrics")(service.prometheus)
+    app.get("/v1/models")(service.models)
+    app.get("/tokenizer_info")(service.tokenizer_info)
+    app.post("/tokenize")(service.tokenize)
+    app.post("/detokenize")(service.detokenize)
+    app.post("/v1/chat/completions")(service.chat_completions)
+    app.post("/v1/completions")(service.completions)
+    return app
 
-    def refuse(request: Request, error: ApiError) -> JSONResponse:
+
+class _Service:
+    """The app's handlers over one engine; ``create_app`` gives each its path."""
+
+    def __init__(self, engine: Engine, tokenizer, config: ServerConfig) -> None:
+        self.engine, self.tokenizer, self.config = engine, tokenizer, config
+        self.metrics, self.modes, self.n_ctx = engine.metrics, engine.modes, engine.model.cfg.n_ctx
+        self.checks = Checks(
+            tokenizer, Budget.of(tokenizer, self.n_ctx, config.limits), self.modes.available, config.default_mode
+        )
+
+    async def lifespan(self, app: FastAPI):
+        self.engine.start()
+        yield
+        self.checks.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+
+    # -- errors and the API key
+
+    def refuse(self, request: Request, error: ApiError) -> JSONResponse:
         path = request.url.path
-        metrics.request(path if path in ENDPOINTS else "other", None, error.status)  # bounded labels, whatever is asked
+        self.metrics.request(path if path in ENDPOINTS else "other", None, error.status)  # bounded labels
         headers = {"Retry-After": "1"} if error.status == 503 else None
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return refuse(request, error)
+    async def api_error(self, request: Request, error: ApiError) -> JSONResponse:
+        return self.refuse(request, error)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        kind = "not_found" if error.status_code == 404 else "method_not_allowed" if error.status_code == 405 else None
-        return refuse(
+    async def http_error(self, request: Request, error: HTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+        return self.refuse(
             request, ApiError(error.status_code, f"{request.method} {request.url.path}: {error.detail}", code=kind)
         )
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, error: Exception) -> JSONResponse:
-        return refuse(request, ApiError(500, f"internal error: {type(error).__name__}", type="server_error"))
+    async def server_error(self, request: Request, error: Exception) -> JSONResponse:
+        return self.refuse(request, ApiError(500, f"internal error: {type(error).__name__}", type="server_error"))
 
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
+    def authorize(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
             raise ApiError(
                 401, "missing or wrong API key: send it as 'Authorization: Bearer KEY'", code="invalid_api_key"
             )
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
+    # -- what the server is and serves
+
+    async def health(self) -> JSONResponse:
+        alive = self.engine.alive
         body = {
-            "status": "ok" if engine.alive else "stopped",
-            "model": config.model_name,
-            "modes": modes.available,
-            "default_mode": config.default_mode,
-            "waiting": engine.waiting,
+            "status": "ok" if alive else "stopped",
+            "model": self.config.model_name,
+            "modes": self.modes.available,
+            "default_mode": self.config.default_mode,
+            "waiting": self.engine.waiting,
         }
-        return JSONResponse(body, status_code=200 if engine.alive else 503)
+        return JSONResponse(body, status_code=200 if alive else 503)
 
-    @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    async def prometheus(self) -> PlainTextResponse:
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
-        authorize(request)
-        served = [config.default_mode] + [mode for mode in modes.available if mode != config.default_mode]
-        return JSONResponse(
+    async def models(self, request: Request) -> JSONResponse:
+        self.authorize(request)
+        default = self.config.default_mode
+        served = [default] + [mode for mode in self.modes.available if mode != default]
+        entries = [
             {
-                "object": "list",
-                "data": [
-                    {
-                        "id": mode,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "prism-toolkit",
-                        "description": MODES[mode],
-                        "root": config.model_name,
-                    }
-                    for mode in served
-                ],
+                "id": mode,
+                "object": "model",
+                "created": 0,
+                "owned_by": "prism-toolkit",
+                "description": MODES[mode],
+                "root": self.config.model_name,
             }
-        )
+            for mode in served
+        ]
+        return JSONResponse({"object": "list", "data": entries})
 
-    @app.get("/tokenizer_info")
-    async def tokenizer_info(request: Request) -> JSONResponse:
-        authorize(request)
+    async def tokenizer_info(self, request: Request) -> JSONResponse:
+        self.authorize(request)
+        tokenizer = self.tokenizer
         return JSONResponse(
             {
                 "tokenizer_class": type(tokenizer).__name__,
@@ -189,129 +208,127 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
                 "bos_token": tokenizer.bos_token,
                 "pad_token": tokenizer.pad_token,
                 "chat_template": getattr(tokenizer, "chat_template", None),
-                "model_max_length": n_ctx,
+                "model_max_length": self.n_ctx,
                 "vocab_size": len(tokenizer),
             }
         )
 
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> JSONResponse:
-        authorize(request)
-        ids = await checks.run(checks.tokenize, await request.body())
-        metrics.request("/tokenize", None, 200)
-        return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": n_ctx})
+    async def tokenize(self, request: Request) -> JSONResponse:
+        self.authorize(request)
+        ids = await self.checks.run(self.checks.tokenize, await request.body())
+        self.metrics.request("/tokenize", None, 200)
+        return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": self.n_ctx})
 
-    @app.post("/detokenize")
-    async def detokenize(request: Request) -> JSONResponse:
-        authorize(request)
-        text = await checks.run(checks.detokenize, await request.body())
-        metrics.request("/detokenize", None, 200)
+    async def detokenize(self, request: Request) -> JSONResponse:
+        self.authorize(request)
+        text = await self.checks.run(self.checks.detokenize, await request.body())
+        self.metrics.request("/detokenize", None, 200)
         return JSONResponse({"prompt": text})
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await generate(request, chat=True)
+    # -- completions
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await generate(request, chat=False)
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.generate(request, chat=True)
 
-    async def generate(request: Request, chat: bool) -> Response:
+    async def completions(self, request: Request) -> Response:
+        return await self.generate(request, chat=False)
+
+    async def generate(self, request: Request, chat: bool) -> Response:
+        """One completion request: checked, submitted (one job per prompt), answered whole or streamed."""
+        start = time.monotonic()
         try:
-            return await answer_request(request, chat)
+            self.authorize(request)
+            asked, mode, prompts = await self.checks.run(self.checks.request, await request.body(), chat)
+            seed = asked.seed if asked.seed is not None else secrets.randbits(63)
+            call = _Call(request, chat, asked, mode, seed, prompts, start)
+            jobs, queues = self.submit(call)
+            if asked.stream:
+                return await self.stream(call, jobs[0], queues[0])
+            return await self.whole(call, jobs, queues)
         except _ClientGone as gone:
-            metrics.request(request.url.path, gone.route, 499)
+            self.metrics.request(request.url.path, gone.route, 499)
             return Response(status_code=499)
 
-    async def answer_request(request: Request, chat: bool) -> Response:
-        start, endpoint = time.monotonic(), request.url.path
-        authorize(request)
-        asked, mode, prompts = await checks.run(checks.request, await request.body(), chat)
-        seed = asked.seed if asked.seed is not None else secrets.randbits(63)
-        param = "messages" if chat else "prompt"
-        samplings = [
-            Sampling(
-                fit_context(len(ids), asked.max_tokens, config.max_tokens, n_ctx, param),
+    def submit(self, call: _Call) -> tuple[list[Job], list[asyncio.Queue]]:
+        """One job per prompt on the engine's queue, each with the queue its events arrive on; a full queue is 503."""
+        asked, param = call.asked, "messages" if call.chat else "prompt"
+        loop = asyncio.get_running_loop()
+        jobs, queues = [], []
+        for ids, _ in call.prompts:
+            sampling = Sampling(
+                fit_context(len(ids), asked.max_tokens, self.config.max_tokens, self.n_ctx, param),
                 asked.temperature,
                 asked.top_p,
-                seed,
+                call.seed,
                 asked.stop,
                 asked.logprobs,
                 asked.echo,
             )
-            for ids, _ in prompts
-        ]
-        loop = asyncio.get_running_loop()
-        jobs, queues = [], []
-        for (ids, _), sampling in zip(prompts, samplings):
             events: asyncio.Queue = asyncio.Queue()
-            jobs.append(
-                Job(
-                    ids,
-                    sampling,
-                    mode,
-                    lambda event, events=events: loop.call_soon_threadsafe(events.put_nowait, event),
-                    strip=chat,
-                )
-            )
+            deliver = lambda event, events=events: loop.call_soon_threadsafe(events.put_nowait, event)  # noqa: E731
+            jobs.append(Job(ids, sampling, call.mode, deliver, strip=call.chat))
             queues.append(events)
         try:
             for job in jobs:
-                engine.submit(job)
+                self.engine.submit(job)
         except Overloaded as error:
             for job in jobs:
-                engine.cancel(job)
+                self.engine.cancel(job)
             raise ApiError(
                 503, f"the server is busy: {error}; retry shortly", type="server_overloaded", code="queue_full"
             ) from None
-        ident = new_id(chat)
-        if asked.stream:
-            kind, *routing = await next_event(queues[0], request, jobs[0], None)
-            if kind in ("error", "unavailable"):
-                raise failure(kind, routing[0])
-            prism, headers = _route(mode, seed, *routing)
-            lines = sse_lines(
-                queues[0],
-                chat,
-                ident,
-                mode,
-                prism,
-                asked.include_usage,
-                lambda status: metrics.request(endpoint, prism["route"], status, time.monotonic() - start),
-            )
-            return EventStream(lines, engine, jobs[0], headers=headers, media_type="text/event-stream")
+        return jobs, queues
+
+    async def stream(self, call: _Call, job: Job, events: asyncio.Queue) -> Response:
+        """Server-sent events of one prompt's answer, once its route is known (so the headers carry it)."""
+        kind, *routing = await self.next_event(events, call.request, job, None)
+        if kind in ("error", "unavailable"):
+            raise failure(kind, routing[0])
+        prism, headers = _route(call.mode, call.seed, *routing)
+        lines = sse_lines(
+            events,
+            call.chat,
+            new_id(call.chat),
+            call.mode,
+            prism,
+            call.asked.include_usage,
+            lambda status: self.count(call, prism["route"], status),
+        )
+        return EventStream(lines, self.engine, job, headers=headers, media_type="text/event-stream")
+
+    async def whole(self, call: _Call, jobs: list[Job], queues: list[asyncio.Queue]) -> JSONResponse:
+        """Every prompt's whole answer in one body (the first prompt's route in the headers)."""
         try:
-            outcomes = await asyncio.gather(*(collect(events, request, job) for events, job in zip(queues, jobs)))
+            outcomes = await asyncio.gather(*(self.collect(q, call.request, job) for q, job in zip(queues, jobs)))
         except BaseException:
             for job in jobs:
-                engine.cancel(job)
+                self.engine.cancel(job)
             raise
-        prisms = [_route(mode, seed, outcome["probability"], outcome["route"]) for outcome in outcomes]
+        prisms = [_route(call.mode, call.seed, outcome["probability"], outcome["route"]) for outcome in outcomes]
         failed = next((outcome["error"] for outcome in outcomes if outcome["error"] is not None), None)
         route = prisms[0][0]["route"] if prisms[0][0] is not None else None
         if failed is not None:
             error = failure(*failed)
-            metrics.request(endpoint, route, error.status, time.monotonic() - start)
+            self.count(call, route, error.status)
             raise error
-        choices = await checks.run(checks.choices, chat, prompts, outcomes, [prism for prism, _ in prisms], asked)
-        metrics.request(endpoint, route, 200, time.monotonic() - start)
-        body = answer(
-            chat,
-            ident,
-            mode,
-            choices,
-            sum(outcome["n_prompt"] for outcome in outcomes),
-            sum(outcome["n_completion"] for outcome in outcomes),
-            prisms[0][0],
-        )
+        routes = [prism for prism, _ in prisms]
+        choices = await self.checks.run(self.checks.choices, call.chat, call.prompts, outcomes, routes, call.asked)
+        self.count(call, route, 200)
+        n_prompt = sum(outcome["n_prompt"] for outcome in outcomes)
+        n_completion = sum(outcome["n_completion"] for outcome in outcomes)
+        body = answer(call.chat, new_id(call.chat), call.mode, choices, n_prompt, n_completion, prisms[0][0])
         return JSONResponse(body, headers=prisms[0][1])
 
-    async def collect(events: asyncio.Queue, request: Request, job: Job) -> dict:
+    def count(self, call: _Call, route: str | None, status: int) -> None:
+        """One finished request in the metrics, with its time since it arrived."""
+        self.metrics.request(call.request.url.path, route, status, time.monotonic() - call.start)
+
+    async def collect(self, events: asyncio.Queue, request: Request, job: Job) -> dict:
         """Everything the worker sends about ``job`` until it is done (``error``: (kind, message) if it failed)."""
         outcome = {"route": None, "probability": None, "prompt": None, "tokens": [], "error": None}
         pieces = []
         while True:
-            kind, *rest = await next_event(events, request, job, outcome["route"])
+            kind, *rest = await self.next_event(events, request, job, outcome["route"])
             if kind == "route":
                 outcome["probability"], outcome["route"] = rest
             elif kind == "prompt":
@@ -323,27 +340,22 @@ def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
             elif kind in ("error", "unavailable"):
                 return outcome | {"error": (kind, rest[0])}
             else:
-                return outcome | {
-                    "text": "".join(pieces),
-                    "finish": rest[0],
-                    "n_prompt": rest[1],
-                    "n_completion": rest[2],
-                }
+                finish, n_prompt, n_completion = rest
+                text = "".join(pieces)
+                return outcome | {"text": text, "finish": finish, "n_prompt": n_prompt, "n_completion": n_completion}
 
-    async def next_event(events: asyncio.Queue, request: Request, job: Job, route: str | None) -> tuple:
+    async def next_event(self, events: asyncio.Queue, request: Request, job: Job, route: str | None) -> tuple:
         """The job's next event; if the client goes away meanwhile, the job is cancelled (``_ClientGone``)."""
         while True:
             try:
                 return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
-                    engine.cancel(job)
+                    self.engine.cancel(job)
                     raise _ClientGone(route) from None
             except asyncio.CancelledError:
-                engine.cancel(job)
+                self.engine.cancel(job)
                 raise
-
-    return app
 
 
 def _route(mode: str, seed: int, probability: float | None, route: str | None) -> tuple[dict | None, dict]:
@@ -360,6 +372,19 @@ def _route(mode: str, seed: int, probability: float | None, route: str | None) -
     if probability is not None:
         headers["X-Prism-Gate-Probability"] = f"{probability:.6f}"
     return prism, headers
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One completion request, checked: what it asked, its mode and seed, its tokenised prompts, when it arrived."""
+
+    request: Request
+    chat: bool
+    asked: Settings
+    mode: str
+    seed: int
+    prompts: list
+    start: float
 
 
 class _ClientGone(Exception):

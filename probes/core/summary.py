@@ -1,6 +1,7 @@
 """The base of the typed results that runs return and commands print.
 
-``run_probe_study``, ``run_interventions``, ``summarise_study`` and the PRISM pipeline each
+Every ``run_*`` entry point (``run_probe_study``, ``run_interventions``, ``run_study``,
+``run_bootstrap``, ``run_training``, ``run_compare``), ``summarise_study`` and the PRISM pipeline
 return a frozen dataclass deriving from ``Summary``: its fields are the numbers (every one with
 a CI an ``Estimate``), its ``lines()`` what the command and the demo print, one line each.
 """

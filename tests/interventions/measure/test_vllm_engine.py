@@ -92,10 +92,10 @@ def test_bootstrap_labels_match_hf_but_for_near_ties(smol, engines, tmp_path):
         max_rounds=1,
     )
     personas = ["math", "writing", "safety-monitor", "roleplay", "coding", "stem", "reasoning", "extraction"]
-    ours = run_bootstrap(tmp_path / "hf", model, tokenizer, config=config, personas=personas, progress=False)
+    ours = run_bootstrap(tmp_path / "hf", model, tokenizer, config=config, personas=personas, progress=False).samples
     theirs = run_bootstrap(
         tmp_path / "vllm", None, tokenizer, config=config, personas=personas, progress=False, engine=vllm
-    )
+    ).samples
     assert len(ours) == len(theirs) >= 4
     differ = []
     for a, b in zip(ours, theirs):

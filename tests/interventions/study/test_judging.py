@@ -9,7 +9,6 @@ import pytest
 from interventions.measure.judge import EndpointJudge, make_judge
 from interventions.study.ledger import Ledger
 from interventions.study.plan import Budget
-from interventions.study.report import summarise_study
 from interventions.study.runner import _Runner, run_study
 from probes.core.errors import ToolkitError
 from probes.core.items import Item
@@ -79,11 +78,12 @@ def test_a_url_with_credentials_or_no_concurrency_is_refused_in_one_line():
 def test_a_study_judged_by_an_endpoint_records_it_without_the_key(server, tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
     judge = make_judge(server.url("good"), "judge-model", api_key_env="JUDGE_TEST_KEY", concurrency=2)
-    rows = run_study(tmp_path / "s", *tiny, budget="smoke", tasks=["mtbench"], items=2, judge=judge, progress=False)
+    rows = run_study(
+        tmp_path / "s", *tiny, budget="smoke", tasks=["mtbench"], items=2, judge=judge, progress=False
+    ).items
     assert rows and all(None not in row["ratings"].values() for row in rows)
     settings = json.loads((tmp_path / "s" / "study.json").read_text())
     assert settings["judge"] == f"endpoint:judge-model@{server.url('good')}"
     assert 0 < server.seen["good"] <= sum(len(row["ratings"]) for row in rows)  # identical answers are judged once
-    summarise_study(tmp_path / "s")
     written = "".join(path.read_text(errors="replace") for path in (tmp_path / "s").rglob("*") if path.is_file())
     assert "judge-model" in written and KEY not in written

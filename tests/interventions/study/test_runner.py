@@ -23,18 +23,18 @@ def test_study_resumes_without_redoing_finished_work(tiny, tmp_path):
         items=2,
         progress=False,
     )
-    rows = run_study(out, *tiny, **options)
+    rows = run_study(out, *tiny, **options).items
     ledgers = {path.name: path.read_text() for path in (out / "ledger").glob("*.jsonl")}
     assert set(ledgers) == {"capitals.jsonl", "harmbench.jsonl", "mtbench.jsonl", "judge.jsonl"}
     # drop the last finished record of one task, as if the run had been killed there
     lines = ledgers["harmbench.jsonl"].splitlines()
     (out / "ledger" / "harmbench.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    again = run_study(out, *tiny, **options)
+    summary = run_study(out, *tiny, **options)
+    again = summary.items
     assert (out / "ledger" / "capitals.jsonl").read_text() == ledgers["capitals.jsonl"]  # nothing redone
     assert len((out / "ledger" / "harmbench.jsonl").read_text().splitlines()) == len(lines)  # only the lost one
     assert [json.dumps(r, sort_keys=True) for r in again] == [json.dumps(r, sort_keys=True) for r in rows]
-
-    summary = summarise_study(out)
+    assert summarise_study(out) == summary  # what the run returns is what its directory gives
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "n=" in report
     for name in ("cells.csv", "effects.csv", "effects_by_category.csv", "judge_consistency.json"):
@@ -56,7 +56,7 @@ def test_study_resumes_without_redoing_finished_work(tiny, tmp_path):
 
 def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny, tmp_path):
     budget = Budget(items={"mtbench": 2}, grid="smoke", max_new_tokens={"mtbench": 4}, turns=2, judge_seeds=(0,))
-    rows = run_study(tmp_path / "s", *tiny, budget=budget, progress=False)
+    rows = run_study(tmp_path / "s", *tiny, budget=budget, progress=False).items
     two_turns = [row for row in rows if "turn2_key" in row]
     assert two_turns and all(set(row["ratings"]) == {"turn1_seed0", "turn2_seed0"} for row in two_turns)
     answers = [json.loads(line) for line in (tmp_path / "s" / "ledger" / "mtbench.jsonl").read_text().splitlines()]
@@ -67,11 +67,11 @@ def test_second_turns_are_answered_and_judged_when_the_budget_allows(tiny, tmp_p
 def test_a_second_format_only_adds_work_and_each_format_has_its_rows(tiny, tmp_path):
     out = tmp_path / "study"
     options = dict(budget="smoke", tasks=["capitals", "harmbench"], items=2, progress=False)
-    plain = run_study(out, *tiny, formats=["plain"], **options)  # a chat model's default: plain alone
+    plain = run_study(out, *tiny, formats=["plain"], **options).items  # a chat model's default: plain alone
     assert {row["format"] for row in plain} == {"plain"}
     before = (out / "ledger" / "capitals.jsonl").read_text().splitlines()
     refusals = (out / "ledger" / "harmbench.jsonl").read_text()
-    rows = run_study(out, *tiny, formats=["plain", "qa"], **options)
+    rows = run_study(out, *tiny, formats=["plain", "qa"], **options).items
     after = (out / "ledger" / "capitals.jsonl").read_text().splitlines()
     assert after[: len(before)] == before and len(after) == 2 * len(before)  # plain kept, qa prompts added
     assert (out / "ledger" / "harmbench.jsonl").read_text() == refusals  # generation tasks stay plain
@@ -88,11 +88,10 @@ def test_a_model_without_a_chat_template_gets_the_format_control_by_default(tiny
     base = tmp_path / "base-model"
     shutil.copytree(tiny_llama_directory, base)
     (base / "chat_template.jinja").unlink(missing_ok=True)
-    rows = run_study(
+    summary = run_study(
         tmp_path / "study", *load_model(str(base)), budget="smoke", tasks=["capitals"], items=2, progress=False
     )
-    assert {row["format"] for row in rows} == {"plain", "qa"}
-    summary = summarise_study(tmp_path / "study")
+    assert {row["format"] for row in summary.items} == {"plain", "qa"}
     assert "(`plain`, `qa`)" in summary.findings[0] and (tmp_path / "study" / "effects_across_formats.csv").is_file()
 
 
@@ -108,11 +107,10 @@ def test_a_users_personas_are_studied_and_the_report_shows_them(tiny, tmp_path):
         items=2,
         personas=persona_library(path),
         progress=False,
-    )
+    ).items
     mine = [row for row in rows if row["persona_spec"] == "pirate"]
     assert len(mine) == 2 and all(row["persona"] == "pirate" and row["length"] == "min" for row in mine)
     assert json.loads((out / "study.json").read_text())["user_personas"] == {"pirate": str(path)}
-    summarise_study(out)
     assert "pirate" in (out / "effects.csv").read_text()
 
 
@@ -131,7 +129,6 @@ def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterru
     options = dict(budget=budget, batch_size=2, progress=False)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     run_study(whole, *tiny, **options)
-    summarise_study(whole)
     uninterrupted = set(measured)
     run_study(resumed, *tiny, **options)
     for name in ("capitals.jsonl", "harmbench.jsonl"):  # killed while writing a record: its chunk and the rest lost
@@ -140,7 +137,6 @@ def test_a_study_resumed_after_a_cut_ledger_line_gives_the_bytes_of_an_uninterru
         ledger.write_bytes(data[: data.index(b'", "', len(data) // 2)])
     measured.clear()
     run_study(resumed, *tiny, **options)
-    summarise_study(resumed)
     assert {task for task, _ in measured} == {"capitals", "harmbench"} and set(measured) <= uninterrupted
     for name in ("items.json", "effects.csv", "cells.csv"):
         assert (resumed / name).read_bytes() == (whole / name).read_bytes(), name

@@ -503,8 +503,7 @@ def test_summaries_read_back_the_records_written_to_disk(tmp_path):
 def test_the_demo_prints_each_step_through_its_summary(tmp_path, monkeypatch, capsys):
     made = summaries(tmp_path)
     steps = {
-        "run_study": lambda *a, **k: [],
-        "summarise_study": lambda *a, **k: made["study"],
+        "run_study": lambda *a, **k: made["study"],
         "run_probe_study": lambda *a, **k: made["probe"],
         "run_interventions": lambda *a, **k: made["intervene"],
         "_spread_layers": lambda *a, **k: [0, 1],

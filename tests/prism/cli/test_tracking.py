@@ -123,11 +123,9 @@ def test_prism_study_wandb_logs_what_the_study_wrote(offline, tmp_path, monkeypa
     def fake_study(directory, model, tokenizer, **options):
         seen.update(options)
         _results(directory)
+        return SimpleNamespace(report=directory / "report.md")
 
     monkeypatch.setattr(prism.cli.study, "run_study", fake_study)
-    monkeypatch.setattr(
-        prism.cli.study, "summarise_study", lambda directory, **_: SimpleNamespace(report=directory / "report.md")
-    )
     out = tmp_path / "study"
     assert (
         main(

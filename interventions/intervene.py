@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -24,7 +25,7 @@ from probes.core.errors import ToolkitError
 from probes.core.files import write_record, write_table, write_text
 from probes.core.personas import Persona, get_persona
 from probes.core.prompts import EXPERT_PERSONA, RANDOM_PERSONA, Condition
-from probes.core.stats import bootstrap_mean, paired_difference
+from probes.core.stats import Estimate, bootstrap_mean, paired_difference
 from probes.readouts import residual_norms
 
 if TYPE_CHECKING:
@@ -83,14 +84,13 @@ def run_interventions(
     """
     out = Path(out)
     check_persona(persona, personas)
-    n_layers = model.cfg.n_layers
-    layers = sorted(set(spread_layers(n_layers) if layers is None else layers))
-    for layer in layers + ([steer_layer] if steer_layer is not None else []):
-        if not 0 <= layer < n_layers:
-            raise ToolkitError(f"layer {layer} does not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
+    layers = _checked_layers(layers, steer_layer, model.cfg.n_layers)
     items = causal.paired_items(tokenizer, TASKS["capitals"].load_items(n_items, seed), persona, seed, personas)
     log.info(f"{len(items)} capital-city items, persona {persona.label}, {len(layers)} layers")
-    with_persona, without = causal.baseline_margins(model, tokenizer, items, batch_size)
+    paired = _Paired(
+        model, tokenizer, items, *causal.baseline_margins(model, tokenizer, items, batch_size), seed, batch_size
+    )
+    with_persona, without = paired.with_persona, paired.without
     effect = with_persona - without
     summary = {
         "model": model.cfg.model_name,
@@ -102,21 +102,9 @@ def run_interventions(
         "effect": causal.fraction(effect, np.ones_like(effect)).to_dict(),
     }
 
-    sweep = causal.patching_sweep(model, tokenizer, items, layers, batch_size=batch_size, progress=progress)
-    patching = []
-    for (layer, group), patched in sweep.items():
-        estimate = causal.fraction(patched - with_persona, without - with_persona, seed=seed)
-        patching.append(
-            {
-                "layer": layer,
-                "group": group,
-                **estimate.columns("fraction", prefix="", n=True),
-                "margin": float(patched.mean()),
-            }
-        )
+    patching = _patching(paired, layers, progress)
     write_table(out / "patching.csv", patching)
-    best = decisive_patch(patching)
-    summary["best_patch"] = best
+    summary["best_patch"] = decisive_patch(patching)
 
     steer_layer = answer_position_layer(patching) if steer_layer is None else steer_layer
     direction, plain_mean = causal.persona_direction(model, tokenizer, items, steer_layer, batch_size)
@@ -127,36 +115,10 @@ def run_interventions(
     natural = float(direction.norm()) / norms[steer_layer]  # the persona's own shift, in residual-norm units
     generator = torch.Generator().manual_seed(seed)
     random_direction = torch.randn(direction.shape, generator=generator).to(direction.device)
-    steering = []
-    for multiple in multiples:
-        for name, vector in (("persona direction", direction), ("random direction", random_direction)):
-            margins = (
-                causal.steering_margins(
-                    model, tokenizer, items, vector, steer_layer, multiple * natural, norms, batch_size
-                )
-                if multiple
-                else without
-            )
-            estimate = causal.fraction(margins - without, with_persona - without, seed=seed)
-            steering.append(
-                {
-                    "direction": name,
-                    "multiple": multiple,
-                    "layer": steer_layer,
-                    "scale": multiple * natural,
-                    **estimate.columns("fraction", prefix="", n=True),
-                }
-            )
+    directions = {"persona direction": direction, "random direction": random_direction}
+    steering = _steering(paired, directions, steer_layer, natural, norms, multiples)
     write_table(out / "steering.csv", steering)
-
-    ablation = []
-    for name, vector in (("persona direction", direction), ("random direction", random_direction)):
-        unit = vector / vector.norm()
-        ablated = causal.ablation_margins(
-            model, tokenizer, items, vector, steer_layer, float(plain_mean @ unit), batch_size
-        )
-        estimate = causal.fraction(ablated - with_persona, without - with_persona, seed=seed)
-        ablation.append({"direction": name, "layer": steer_layer, **estimate.columns("fraction", prefix="", n=True)})
+    ablation = _ablation(paired, directions, steer_layer, plain_mean)
     write_table(out / "ablation.csv", ablation)
 
     attention = _attention_rows(
@@ -193,6 +155,108 @@ def run_interventions(
     write_report(out, summary, patching, steering, ablation, curves, figures)
     write_record(out / "summary.json", summary)
     return InterventionSummary.from_record(out, summary)
+
+
+@dataclass(frozen=True)
+class _Paired:
+    """The causal tests' items, each with and without the persona, and their answer margins (nats) both ways."""
+
+    model: TransformerBridge
+    tokenizer: PreTrainedTokenizerBase
+    items: list
+    with_persona: np.ndarray
+    without: np.ndarray
+    seed: int
+    batch_size: int
+
+    def recovered(self, margins: np.ndarray, start: np.ndarray, end: np.ndarray) -> Estimate:
+        """The share of the way from ``start`` to ``end`` that ``margins`` went, item by item (``causal.fraction``)."""
+        return causal.fraction(margins - start, end - start, seed=self.seed)
+
+
+def _patching(paired: _Paired, layers: Sequence[int], progress: bool) -> list[dict]:
+    """Per (block, position group): the share of the persona's effect that patching in the plain run's activations
+    undoes."""
+    sweep = causal.patching_sweep(
+        paired.model, paired.tokenizer, paired.items, layers, batch_size=paired.batch_size, progress=progress
+    )
+    rows = []
+    for (layer, group), patched in sweep.items():
+        estimate = paired.recovered(patched, paired.with_persona, paired.without)
+        rows.append(
+            {
+                "layer": layer,
+                "group": group,
+                **estimate.columns("fraction", prefix="", n=True),
+                "margin": float(patched.mean()),
+            }
+        )
+    return rows
+
+
+def _steering(
+    paired: _Paired,
+    directions: Mapping[str, torch.Tensor],
+    layer: int,
+    natural: float,
+    norms: Sequence[float],
+    multiples: Sequence[float],
+) -> list[dict]:
+    """Per multiple of the persona's own shift and direction: the share of the persona's effect that adding the
+    direction to the plain run reproduces (0: the plain margins)."""
+    rows = []
+    for multiple in multiples:
+        for name, vector in directions.items():
+            margins = (
+                causal.steering_margins(
+                    paired.model,
+                    paired.tokenizer,
+                    paired.items,
+                    vector,
+                    layer,
+                    multiple * natural,
+                    norms,
+                    paired.batch_size,
+                )
+                if multiple
+                else paired.without
+            )
+            estimate = paired.recovered(margins, paired.without, paired.with_persona)
+            rows.append(
+                {
+                    "direction": name,
+                    "multiple": multiple,
+                    "layer": layer,
+                    "scale": multiple * natural,
+                    **estimate.columns("fraction", prefix="", n=True),
+                }
+            )
+    return rows
+
+
+def _ablation(
+    paired: _Paired, directions: Mapping[str, torch.Tensor], layer: int, plain_mean: torch.Tensor
+) -> list[dict]:
+    """Per direction: the share of the persona's effect undone by setting the persona run's component along it to the
+    plain runs' mean."""
+    rows = []
+    for name, vector in directions.items():
+        unit = vector / vector.norm()
+        ablated = causal.ablation_margins(
+            paired.model, paired.tokenizer, paired.items, vector, layer, float(plain_mean @ unit), paired.batch_size
+        )
+        estimate = paired.recovered(ablated, paired.with_persona, paired.without)
+        rows.append({"direction": name, "layer": layer, **estimate.columns("fraction", prefix="", n=True)})
+    return rows
+
+
+def _checked_layers(layers: Sequence[int] | None, steer_layer: int | None, n_layers: int) -> list[int]:
+    """The patching sweep's blocks (default: ``spread_layers``), sorted; a block the model lacks is refused."""
+    chosen = sorted(set(spread_layers(n_layers) if layers is None else layers))
+    for layer in chosen + ([steer_layer] if steer_layer is not None else []):
+        if not 0 <= layer < n_layers:
+            raise ToolkitError(f"layer {layer} does not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
+    return chosen
 
 
 def check_persona(persona: Condition, personas: Mapping[str, Persona] | None = None) -> None:

@@ -125,29 +125,9 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int, 
         row = {"system": system}
         draws: dict[str, dict[str, np.ndarray]] = {"score": {}, "vs_base": {}, "margin": {}, "margin_vs_base": {}}
         for dataset in DATASETS:
-            values = _values(cells[(system, dataset)], dataset)
-            finite = values[np.isfinite(values)]
-            row.update(bootstrap_mean(finite if finite.size else [np.nan], seed=seed).columns(dataset, n=True))
-            index = resample_indices(len(values), 1000, rng)
-            draws["score"][dataset] = np.nanmean(values[index], axis=1)
-            compared = dataset in base and system != "base"
-            if compared and (both := np.isfinite(values) & np.isfinite(base[dataset])).any():  # e.g. no rating parsed
-                row.update(
-                    paired_difference(values[both], base[dataset][both], seed=seed).columns(f"{dataset}_vs_base")
-                )
-                draws["vs_base"][dataset] = np.nanmean((values - base[dataset])[index], axis=1)
-            if dataset in KNOWLEDGE:
-                margins = np.array([r["margin"] for r in cells[(system, dataset)]])
-                row.update(bootstrap_mean(margins, seed=seed).columns(f"{dataset}_margin"))
-                draws["margin"][dataset] = margins[index].mean(axis=1)
-                if compared:
-                    row.update(
-                        paired_difference(margins, base_margins[dataset], seed=seed).columns(
-                            f"{dataset}_margin_vs_base"
-                        )
-                    )
-                    draws["margin_vs_base"][dataset] = (margins - base_margins[dataset])[index].mean(axis=1)
-            routed = [r["routed"] for r in cells[(system, dataset)]]
+            rows = cells[(system, dataset)]
+            _dataset_columns(row, draws, rows, dataset, base, base_margins, seed, rng)
+            routed = [r["routed"] for r in rows]
             rates.append(
                 {
                     "system": system,
@@ -156,64 +136,97 @@ def _summarise(cells, systems, items, routes: dict[str, np.ndarray], seed: int, 
                     "n": len(routed),
                 }
             )
-        n_knowledge = sum(len(cells[(system, d)]) for d in KNOWLEDGE)
-        for name, key, suffix in (
-            ("knowledge", "score", ""),
-            ("knowledge_vs_base", "vs_base", "_vs_base"),
-            ("knowledge_margin", "margin", "_margin"),
-            ("knowledge_margin_vs_base", "margin_vs_base", "_margin_vs_base"),
-        ):
-            if all(d in draws[key] for d in KNOWLEDGE):
-                points = [row[f"{d}{suffix}"] for d in KNOWLEDGE]
-                row.update(_mean_of(points, [draws[key][d] for d in KNOWLEDGE], n_knowledge).columns(name, n=True))
-        for suffix in ("", "_vs_base"):  # the capitals margin under the name it had before the quizzes
-            if f"capitals_margin{suffix}" in row:
-                row.update(Estimate.from_columns(row, f"capitals_margin{suffix}").columns(f"margin{suffix}"))
+        _knowledge_columns(row, draws, sum(len(cells[(system, d)]) for d in KNOWLEDGE))
         # Overall: the unweighted mean of knowledge (itself the mean of the knowledge sets), refusal and judge
         others = [d for d in DATASETS if d not in KNOWLEDGE]
         part_draws = [np.mean([draws["score"][d] for d in KNOWLEDGE], axis=0)] + [draws["score"][d] for d in others]
-        row.update(
-            _mean_of(
-                [row["knowledge"]] + [row[d] for d in others],
-                part_draws,
-                sum(len(cells[(system, d)]) for d in DATASETS),
-            ).columns("overall")
+        overall = _mean_of(
+            [row["knowledge"]] + [row[d] for d in others], part_draws, sum(len(cells[(system, d)]) for d in DATASETS)
         )
+        row.update(overall.columns("overall"))
         row.update(_carried(adapters.get(ADAPTER_OF.get(system))))
         table.append(row)
-    agreement = []
-    for i, a in enumerate(ROUTERS):
-        for b in ROUTERS[i + 1 :]:
-            agreement.append(
-                {
-                    "a": a,
-                    "b": b,
-                    "agreement": float((routes[a] == routes[b]).mean()),
-                    "kappa": float(cohen_kappa_score(routes[a], routes[b]))
-                    if len(set(routes[a])) > 1 or len(set(routes[b])) > 1
-                    else float("nan"),
-                    "n": int(len(routes[a])),
-                }
-            )
     teacher = (adapters.get("prism") or {}).get("teacher_length") or "min"
     expert = next((s for s in (f"expert prompt ({teacher})", "expert prompt") if s in systems), None)
     categories = _category_routing(cells, items, expert) if "PRISM" in systems and expert else []
-    correlation = {}
-    if len(categories) >= 3:
-        share = [c["route_share"] for c in categories]
-        effect = [c["persona_effect"] for c in categories]
-        correlation = {
-            method: bootstrap_correlation(share, effect, method=method, seed=seed).to_dict()
-            for method in ("pearson", "spearman")
-        }
     return {
         "table": table,
         "route_rates": rates,
         "knowledge": knowledge_by_source(cells, systems, seed),
         "router_rates": router_rates(routes, items, DATASETS, seed),
-        "agreement": agreement,
+        "agreement": _router_agreement(routes),
         "categories": categories,
-        "correlation": correlation,
+        "correlation": _category_correlation(categories, seed),
+    }
+
+
+def _dataset_columns(
+    row: dict, draws: dict, rows: list[dict], dataset: str, base: dict, base_margins: dict, seed: int, rng
+) -> None:
+    """One system's columns on one data set (score, and for knowledge sets the margin; each also against base on the
+    same items), and their resampled means in ``draws`` (one resampling of the items, drawn from ``rng``)."""
+    values = _values(rows, dataset)
+    finite = values[np.isfinite(values)]
+    row.update(bootstrap_mean(finite if finite.size else [np.nan], seed=seed).columns(dataset, n=True))
+    index = resample_indices(len(values), 1000, rng)
+    draws["score"][dataset] = np.nanmean(values[index], axis=1)
+    compared = dataset in base and row["system"] != "base"
+    if compared and (both := np.isfinite(values) & np.isfinite(base[dataset])).any():  # e.g. no rating parsed
+        row.update(paired_difference(values[both], base[dataset][both], seed=seed).columns(f"{dataset}_vs_base"))
+        draws["vs_base"][dataset] = np.nanmean((values - base[dataset])[index], axis=1)
+    if dataset in KNOWLEDGE:
+        margins = np.array([r["margin"] for r in rows])
+        row.update(bootstrap_mean(margins, seed=seed).columns(f"{dataset}_margin"))
+        draws["margin"][dataset] = margins[index].mean(axis=1)
+        if compared:
+            difference = paired_difference(margins, base_margins[dataset], seed=seed)
+            row.update(difference.columns(f"{dataset}_margin_vs_base"))
+            draws["margin_vs_base"][dataset] = (margins - base_margins[dataset])[index].mean(axis=1)
+
+
+def _knowledge_columns(row: dict, draws: dict, n_knowledge: int) -> None:
+    """The knowledge columns: each the unweighted mean over the knowledge sets, where every set has it."""
+    for name, key, suffix in (
+        ("knowledge", "score", ""),
+        ("knowledge_vs_base", "vs_base", "_vs_base"),
+        ("knowledge_margin", "margin", "_margin"),
+        ("knowledge_margin_vs_base", "margin_vs_base", "_margin_vs_base"),
+    ):
+        if all(d in draws[key] for d in KNOWLEDGE):
+            points = [row[f"{d}{suffix}"] for d in KNOWLEDGE]
+            row.update(_mean_of(points, [draws[key][d] for d in KNOWLEDGE], n_knowledge).columns(name, n=True))
+    for suffix in ("", "_vs_base"):  # the capitals margin under the name it had before the quizzes
+        if f"capitals_margin{suffix}" in row:
+            row.update(Estimate.from_columns(row, f"capitals_margin{suffix}").columns(f"margin{suffix}"))
+
+
+def _router_agreement(routes: dict[str, np.ndarray]) -> list[dict]:
+    """Each pair of routers: how often they route alike, and Cohen's kappa (NaN where both route one way)."""
+    agreement = []
+    for i, a in enumerate(ROUTERS):
+        for b in ROUTERS[i + 1 :]:
+            varied = len(set(routes[a])) > 1 or len(set(routes[b])) > 1
+            agreement.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "agreement": float((routes[a] == routes[b]).mean()),
+                    "kappa": float(cohen_kappa_score(routes[a], routes[b])) if varied else float("nan"),
+                    "n": int(len(routes[a])),
+                }
+            )
+    return agreement
+
+
+def _category_correlation(categories: list[dict], seed: int) -> dict:
+    """Pearson's and Spearman's correlation of the share routed with the persona's effect over the categories."""
+    if len(categories) < 3:
+        return {}
+    share = [c["route_share"] for c in categories]
+    effect = [c["persona_effect"] for c in categories]
+    return {
+        method: bootstrap_correlation(share, effect, method=method, seed=seed).to_dict()
+        for method in ("pearson", "spearman")
     }
 
 

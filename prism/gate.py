@@ -72,7 +72,7 @@ class Gate:
     metadata: dict = field(default_factory=dict)
     template: tuple[int, int] = (0, 0)  # fixed template tokens before and after the query ("query" read-out)
 
-    def logit(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n"]:
+    def logit(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, " n"]:
         x = x.to(torch.float64)
         t = {name: value.to(device=x.device, dtype=torch.float64) for name, value in self.tensors.items()}
         if self.kind == "logistic":

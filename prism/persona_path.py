@@ -150,7 +150,7 @@ def persona_shift(
     length: str = "min",
     batch_size: int = 8,
     personas: Mapping[str, Persona] | None = None,
-) -> Float[torch.Tensor, "d_model"]:
+) -> Float[torch.Tensor, " d_model"]:
     """Mean over samples of (persona prompt - plain prompt) residual after ``layer`` at the last token; the samples'
     personas are read from ``personas`` (default: the built-in library)."""
     shifts = []

@@ -178,12 +178,12 @@ class Routed:
         return activation + self._routes.to(device=activation.device, dtype=activation.dtype)[:, None, None] * vector
 
     @property
-    def routes(self) -> Float[torch.Tensor, "batch"] | None:
+    def routes(self) -> Float[torch.Tensor, " batch"] | None:
         """The routes of the batch the next continuing pass runs: one per row (1 routed, 0 not); None before a
         prefill."""
         return self._routes
 
-    def resume(self, routes: Float[torch.Tensor, "batch"]) -> None:
+    def resume(self, routes: Float[torch.Tensor, " batch"]) -> None:
         """Continue a batch whose rows have these routes (taken from ``routes`` after their prefills inside the block):
         a decoding loop that drops finished rows, or joins rows prefilled in separate passes, passes their routes on."""
         if self._routes is None:

@@ -148,16 +148,7 @@ def intent_queries(
         ToolkitError: ``per_intent`` or ``per_source`` below 2, an unknown source (drawn or left out), or an ``extra``
             file that is missing or malformed.
     """
-    for name, value in (("queries per intent", per_intent), ("queries per source", per_source)):
-        if value is not None and value < 2:
-            raise ToolkitError(f"need at least 2 {name}, got {value}")
-    unknown = [name for name in sources if name not in SOURCES]
-    if unknown:
-        raise ToolkitError(f"unknown intent source {unknown[0]!r}: use one of {', '.join(ALL_SOURCES)}")
-    known = set(SOURCES) | {query.source for query in added} | {str(path) for path in extra}
-    unknown = [name for name in exclude_sources if name not in known]
-    if unknown:
-        raise ToolkitError(f"unknown intent source to leave out {unknown[0]!r}: use one of {', '.join(ALL_SOURCES)}")
+    _check_sources(per_intent, per_source, sources, added, extra, exclude_sources)
     queries = [query for name in dict.fromkeys(sources) if name not in exclude_sources for query in SOURCES[name]()]
     queries += list(added)
     for path in extra:
@@ -183,6 +174,27 @@ def intent_queries(
         quota = _quotas({name: len(pool) for name, pool in intent.items()}, size)
         chosen += [query for name, pool in intent.items() for query in _spread(pool, quota[name], seed)]
     return chosen
+
+
+def _check_sources(
+    per_intent: int | None,
+    per_source: int | None,
+    sources: Sequence[str],
+    added: Sequence[LabelledQuery],
+    extra: Sequence[str],
+    exclude_sources: Collection[str],
+) -> None:
+    """``intent_queries``' refusals: caps below 2, an unknown source to draw or to leave out."""
+    for name, value in (("queries per intent", per_intent), ("queries per source", per_source)):
+        if value is not None and value < 2:
+            raise ToolkitError(f"need at least 2 {name}, got {value}")
+    unknown = [name for name in sources if name not in SOURCES]
+    if unknown:
+        raise ToolkitError(f"unknown intent source {unknown[0]!r}: use one of {', '.join(ALL_SOURCES)}")
+    known = set(SOURCES) | {query.source for query in added} | {str(path) for path in extra}
+    unknown = [name for name in exclude_sources if name not in known]
+    if unknown:
+        raise ToolkitError(f"unknown intent source to leave out {unknown[0]!r}: use one of {', '.join(ALL_SOURCES)}")
 
 
 def _quotas(sizes: dict[str, int], total: int | None) -> dict[str, int]:

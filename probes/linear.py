@@ -43,7 +43,7 @@ class LinearProbe:
     kind: str
     classes: tuple[str, ...]
     weights: Float[np.ndarray, "k d"]  # k = 1 for two classes (positive class = classes[1])
-    bias: Float[np.ndarray, "k"]
+    bias: Float[np.ndarray, " k"]
 
     def decision(self, x: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n k"]:
         return np.asarray(x, dtype=np.float64) @ self.weights.T + self.bias
@@ -55,7 +55,7 @@ class LinearProbe:
         return np.array(self.classes)[scores.argmax(axis=1)]
 
     @property
-    def direction(self) -> Float[np.ndarray, "d"]:
+    def direction(self) -> Float[np.ndarray, " d"]:
         """Unit vector of a binary probe (towards ``classes[1]``)."""
         if len(self.classes) != 2:
             raise ToolkitError("a multi-class probe has one direction per class: use .weights")

@@ -23,6 +23,13 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+CANNED = {  # mode -> the status and body every request of it gets
+    "unauthorised": (401, b'{"error": "bad key"}'),
+    "garbage": (200, b"<html>Rating: [[7]] but not JSON</html>"),
+    "latin1": (200, '{"choices": [{"message": {"content": "Bewertung: [[5]] \u00e9"}}]}'.encode("latin-1")),
+    "empty": (200, b'{"choices": []}'),
+}
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -46,18 +53,11 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "reset" and seen == 1:
             self.close_connection = True
             return
-        if mode == "unauthorised":
-            return self._send(401, b'{"error": "bad key"}')
+        if mode in CANNED:
+            status, data = CANNED[mode]
+            return self._send(status, data)
         if mode == "redirect":
             return self._send(302, b"", {"Location": self.server.redirect_to + self.path})
-        if mode == "garbage":
-            return self._send(200, b"<html>Rating: [[7]] but not JSON</html>")
-        if mode == "latin1":
-            return self._send(
-                200, '{"choices": [{"message": {"content": "Bewertung: [[5]] \u00e9"}}]}'.encode("latin-1")
-            )
-        if mode == "empty":
-            return self._send(200, b'{"choices": []}')
         if mode == "trickle":
             return self._trickle(_completion("Rating: [[6]]"))
         message = json.loads(body)["messages"][-1]["content"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from figures import study as plots
 from interventions.study.agreement import format_agreement
@@ -175,8 +175,24 @@ def summarise_study(directory: str | Path, seed: int = 0) -> StudySummary:
 
 
 def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[str]:
+    """Every figure the study's tasks allow, written into ``directory``; their paths relative to the study."""
+    tasks = {row["task"] for row in tables["cells"]}
+    wanted = {
+        **_category_figures(tables, tasks),
+        "fig1d_placement": lambda: plots.placement_deltas({settings["model"]: tables["effects"]}),
+        **_persona_figures(tables, tasks),
+        **_format_figures(tables),
+    }
+    written = []
+    for name, make in wanted.items():
+        save_figure(make(), directory / f"{name}.png")
+        written.append(f"figures/{name}.png")
+    return written
+
+
+def _category_figures(tables: Mapping, tasks: set[str]) -> dict[str, Callable]:
+    """Figure 1a-c: generation and knowledge per category, refusal with the safety persona."""
     by_category, cells = tables["effects_by_category"], tables["cells"]
-    tasks = {row["task"] for row in cells}
     wanted = {}
     for task, metric in (("mtbench", "judge_score"), ("ifeval", "strict")):
         if task in tasks:
@@ -188,7 +204,13 @@ def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[
             wanted[f"fig1b_{task}_by_category"] = lambda t=task: plots.knowledge_by_category(by_category, t, "margin")
     if "harmbench" in tasks:
         wanted["fig1c_refusal_safety_persona"] = lambda: plots.refusal_with_safety_persona(cells)
-    wanted["fig1d_placement"] = lambda: plots.placement_deltas({settings["model"]: tables["effects"]})
+    return wanted
+
+
+def _persona_figures(tables: Mapping, tasks: set[str]) -> dict[str, Callable]:
+    """Figure 2: each persona's lift per category, and the matched experts' lifts."""
+    by_category = tables["effects_by_category"]
+    wanted = {}
     for task, metric in (("capitals", "margin"), ("harmbench", "refusal_rate")):
         if task in tasks:
             wanted[f"fig2_{task}_persona_heatmap"] = lambda t=task, m=metric: plots.persona_lift_heatmap(
@@ -197,8 +219,14 @@ def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[
     for task, metric in (("ifeval", "strict"), ("mtbench", "judge_score"), ("mmlu-letter", "margin")):
         if task in tasks:
             wanted[f"fig2_{task}_expert_bars"] = lambda t=task, m=metric: plots.expert_lift_bars(by_category, t, m)
+    return wanted
+
+
+def _format_figures(tables: Mapping) -> dict[str, Callable]:
+    """Figure 3: each knowledge task's effects across prompt formats, where it ran in more than one."""
+    wanted = {}
     for task in KNOWLEDGE_TASKS:
-        if len({row.get("format") for row in cells if row["task"] == task}) > 1:
+        if len({row.get("format") for row in tables["cells"] if row["task"] == task}) > 1:
             verdicts = {
                 row["condition"]: row["verdict"]
                 for row in tables["effects_across_formats"]
@@ -207,11 +235,7 @@ def _write_figures(directory: Path, tables: Mapping, settings: Mapping) -> list[
             wanted[f"fig3_{task}_formats"] = lambda t=task, v=verdicts: plots.format_effects(
                 tables["effects"], t, "margin", v
             )
-    written = []
-    for name, make in wanted.items():
-        save_figure(make(), directory / f"{name}.png")
-        written.append(f"figures/{name}.png")
-    return written
+    return wanted
 
 
 def compare_models(directories: Sequence[str | Path], out: str | Path) -> Path:

@@ -134,6 +134,39 @@ def run_study(
     return group.on_main(summarise)
 
 
+def _judge_requests(rows: list[dict], items: list[Item], judge, plan: Budget, turn_ledger: Ledger) -> dict:
+    """Ledger key -> (judge request, judge seed) of every turn of every row, once per judge seed; each row keeps its
+    keys in ``_requests`` as (turn, judge seed, key)."""
+    by_id = {item.id: item for item in items}
+    requests = {}
+    for row in rows:
+        item = by_id[row["item_id"]]
+        turns = [judge_request(item, (row["response"],))]
+        if plan.turns == 2 and "turn2_key" in row and row["turn2_key"] in turn_ledger:
+            second = turn_ledger[row["turn2_key"]]["response"]
+            turns.append(judge_request(item, (row["response"], second)))
+        row["_requests"] = []
+        for turn, request in enumerate(turns, start=1):
+            for judge_seed in plan.judge_seeds:
+                key = work_key(judge=judge.name, questions=request.questions, answers=request.answers, seed=judge_seed)
+                row["_requests"].append((turn, judge_seed, key))
+                requests[key] = (request, judge_seed)
+    return requests
+
+
+def _rate(row: dict, ledger: Ledger) -> None:
+    """A judged row's ratings per turn and judge seed (None: unparseable or unanswered) and its mean scores."""
+    ratings = {}
+    for turn, judge_seed, key in row.pop("_requests"):
+        ratings[f"turn{turn}_seed{judge_seed}"] = parse_rating(ledger[key]["judgement"]) if key in ledger else None
+    row["ratings"] = ratings
+    parsed = [value for name, value in ratings.items() if name.startswith("turn1") and value is not None]
+    row["judge_score"] = sum(parsed) / len(parsed) if parsed else math.nan
+    second = [value for name, value in ratings.items() if name.startswith("turn2") and value is not None]
+    if second:
+        row["judge_score_turn2"] = sum(second) / len(second)
+
+
 def _check_same_model(out: Path, model: str) -> None:
     previous = out / "study.json"
     if previous.is_file():
@@ -306,33 +339,31 @@ class _Runner:
     def _judge(self, rows: list[dict], items: list[Item], judge, plan: Budget, turn_ledger: Ledger) -> None:
         """Judge every answer once per judge seed; ``turn_ledger`` holds the answers themselves."""
         ledger = self._ledger("judge.jsonl", ("judgement",))
-        by_id = {item.id: item for item in items}
-        requests = {}
+        requests = _judge_requests(rows, items, judge, plan, turn_ledger)
+        self._ask_judge(ledger, requests, judge, plan.judge_seeds)
+        unanswered = sum(key not in ledger for key in requests)
+        if unanswered and self.group.is_main:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in getattr(judge, "failures", {}).items())
+            log.warning(
+                f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
+                + (f" ({reasons})" if reasons else "")
+                + "; counted unparseable, a rerun asks again"
+            )
         for row in rows:
-            item = by_id[row["item_id"]]
-            turns = [judge_request(item, (row["response"],))]
-            if plan.turns == 2 and "turn2_key" in row and row["turn2_key"] in turn_ledger:
-                second = turn_ledger[row["turn2_key"]]["response"]
-                turns.append(judge_request(item, (row["response"], second)))
-            row["_requests"] = []
-            for turn, request in enumerate(turns, start=1):
-                for judge_seed in plan.judge_seeds:
-                    key = work_key(
-                        judge=judge.name, questions=request.questions, answers=request.answers, seed=judge_seed
-                    )
-                    row["_requests"].append((turn, judge_seed, key))
-                    requests[key] = (request, judge_seed)
+            _rate(row, ledger)
+
+    def _ask_judge(self, ledger: Ledger, requests: dict, judge, judge_seeds: Sequence[int]) -> None:
+        """Ask ``judge`` every request the ledger lacks, in chunks shared among the ranks."""
         # a model judging in batches judges a chunk whole, as the first time; an endpoint is asked only what it lacks
         whole = not isinstance(judge, EndpointJudge)
         chunks = ledger.unfinished_keys(list(requests), 32)
         mine = self.group.share(chunks)
-        with tqdm(
-            total=sum(map(len, mine)), desc="mtbench: judging", unit="judgement", disable=not self.progress or not mine
-        ) as bar:
+        total = sum(map(len, mine))
+        with tqdm(total=total, desc="mtbench: judging", unit="judgement", disable=not self.progress or not mine) as bar:
 
             def judge_chunk(chunk: list[str]) -> list[dict]:
                 records = []
-                for judge_seed in plan.judge_seeds:
+                for judge_seed in judge_seeds:
                     batch = [key for key in chunk if requests[key][1] == judge_seed and (whole or key not in ledger)]
                     if batch:
                         texts = judge.judge([requests[key][0] for key in batch], seed=judge_seed)
@@ -346,23 +377,3 @@ class _Runner:
                 return records
 
             ledger.fill(chunks, judge_chunk)
-        unanswered = sum(key not in ledger for key in requests)
-        if unanswered and self.group.is_main:
-            reasons = ", ".join(f"{n} {reason}" for reason, n in getattr(judge, "failures", {}).items())
-            log.warning(
-                f"mtbench: the judge gave no answer to {unanswered} of {len(requests)} requests"
-                + (f" ({reasons})" if reasons else "")
-                + "; counted unparseable, a rerun asks again"
-            )
-        for row in rows:
-            ratings = {}
-            for turn, judge_seed, key in row.pop("_requests"):
-                ratings[f"turn{turn}_seed{judge_seed}"] = (
-                    parse_rating(ledger[key]["judgement"]) if key in ledger else None
-                )
-            row["ratings"] = ratings
-            parsed = [value for name, value in ratings.items() if name.startswith("turn1") and value is not None]
-            row["judge_score"] = sum(parsed) / len(parsed) if parsed else math.nan
-            second = [value for name, value in ratings.items() if name.startswith("turn2") and value is not None]
-            if second:
-                row["judge_score_turn2"] = sum(second) / len(second)

@@ -221,8 +221,8 @@ class BatchDecoder:
     def _prompt_logprobs(
         self,
         hidden: Float[torch.Tensor, "seq d"],
-        ids: Int[torch.Tensor, "seq"],
-        mask: Int[torch.Tensor, "seq"],
+        ids: Int[torch.Tensor, " seq"],
+        mask: Int[torch.Tensor, " seq"],
         top: int,
     ) -> list[TokenLogprob | None]:
         """Each real prompt token's log-probability given the tokens before it (None for the first)."""

@@ -193,8 +193,7 @@ class Engine:
         self.metrics.batch(len(jobs))
         self.metrics.running(len(jobs))
         mode = jobs[0].mode
-        streams = [TextStream(self.tokenizer, job.sampling.stop, strip=job.strip) for job in jobs]
-        counts = [0] * len(jobs)
+        answers = [_Answer(job, TextStream(self.tokenizer, job.sampling.stop, strip=job.strip)) for job in jobs]
         with self.modes.routing(mode) as routed:
             decoder = BatchDecoder(
                 self.model.original_model,
@@ -204,43 +203,59 @@ class Engine:
                 routed=routed,
             )
             tokens = decoder.start()
-            for row, job in enumerate(jobs):
-                probability, routes = routed.decision(job.ids) if routed is not None else (None, False)
-                _send(job, ("route", probability, self.modes.route(mode, routes)))
-                if job.sampling.echo:
-                    _send(job, ("prompt", decoder.prompt_logprobs[row]))
-                if job.sampling.max_tokens == 0 and not job.cancelled:
-                    _send(job, ("done", "length", len(job.ids), 0))
+            self._after_prefill(jobs, decoder, routed, mode)
             while tokens:
-                fed = {}
-                for row, token in tokens.items():
-                    job, stream = jobs[row], streams[row]
-                    if job.cancelled:
-                        self.metrics.cancelled()
-                        if self._closed:
-                            _send(job, ("error", SHUTDOWN))
-                        continue
-                    if job.sampling.max_tokens == 0:
-                        continue  # answered after the prefill
-                    if job.sampling.logprobs is not None:
-                        _send(job, ("token", decoder.logprobs[row]))
-                    finish = "stop" if token in self.eos else None
-                    if finish is None:
-                        counts[row] += 1
-                        delta, stopped = stream.push(token)
-                        if delta:
-                            _send(job, ("delta", delta))
-                        finish = "stop" if stopped else "length" if counts[row] >= job.sampling.max_tokens else None
-                    if finish is None:
-                        fed[row] = token
-                        continue
-                    rest = stream.finish()
-                    if rest:
-                        _send(job, ("delta", rest))
-                    _send(job, ("done", finish, len(job.ids), counts[row]))
-                    self.metrics.tokens(counts[row])
+                fed = {row: token for row, token in tokens.items() if self._emit(answers[row], token, decoder, row)}
                 tokens = decoder.advance(fed)
                 self.metrics.running(len(tokens))
+
+    def _after_prefill(self, jobs: list[Job], decoder: BatchDecoder, routed, mode: str) -> None:
+        """Each job's route, its prompt's log-probabilities (with ``echo``), and the end of a ``max_tokens`` 0 job."""
+        for row, job in enumerate(jobs):
+            probability, routes = routed.decision(job.ids) if routed is not None else (None, False)
+            _send(job, ("route", probability, self.modes.route(mode, routes)))
+            if job.sampling.echo:
+                _send(job, ("prompt", decoder.prompt_logprobs[row]))
+            if job.sampling.max_tokens == 0 and not job.cancelled:
+                _send(job, ("done", "length", len(job.ids), 0))
+
+    def _emit(self, answer: _Answer, token: int, decoder: BatchDecoder, row: int) -> bool:
+        """Send ``token``, row's new token, to its job (its log-probabilities, its text, or the end); True if the row
+        goes on."""
+        job, stream = answer.job, answer.stream
+        if job.cancelled:
+            self.metrics.cancelled()
+            if self._closed:
+                _send(job, ("error", SHUTDOWN))
+            return False
+        if job.sampling.max_tokens == 0:
+            return False  # answered after the prefill
+        if job.sampling.logprobs is not None:
+            _send(job, ("token", decoder.logprobs[row]))
+        finish = "stop" if token in self.eos else None
+        if finish is None:
+            answer.generated += 1
+            delta, stopped = stream.push(token)
+            if delta:
+                _send(job, ("delta", delta))
+            finish = "stop" if stopped else "length" if answer.generated >= job.sampling.max_tokens else None
+        if finish is None:
+            return True
+        rest = stream.finish()
+        if rest:
+            _send(job, ("delta", rest))
+        _send(job, ("done", finish, len(job.ids), answer.generated))
+        self.metrics.tokens(answer.generated)
+        return False
+
+
+@dataclass
+class _Answer:
+    """One job of a running batch: its text so far and how many tokens it was given."""
+
+    job: Job
+    stream: TextStream
+    generated: int = 0
 
 
 def _send(job: Job, event: tuple) -> None:

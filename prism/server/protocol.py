@@ -194,12 +194,6 @@ def settings(body: dict, chat: bool = True) -> Settings:
     seed = _integer(body, "seed")
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise bad(f"seed must be a 64-bit integer, got {seed}", "seed")
-    stop = body.get("stop")
-    stops = (
-        (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list) else () if stop is None else None
-    )
-    if stops is None or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
-        raise bad("stop must be a non-empty string or a list of at most 4 non-empty strings", "stop")
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise bad("stream must be true or false", "stream", "invalid_type")
@@ -218,13 +212,23 @@ def settings(body: dict, chat: bool = True) -> Settings:
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        stop=stops,
+        stop=_stops(body.get("stop")),
         seed=seed,
         stream=bool(stream),
         include_usage=bool(options.get("include_usage", False)),
         logprobs=logprobs,
         echo=echo,
     )
+
+
+def _stops(stop: object) -> tuple[str, ...]:
+    """A request's ``stop``: a string or a list of at most 4 non-empty strings (400 otherwise)."""
+    stops = (
+        (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list) else () if stop is None else None
+    )
+    if stops is None or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise bad("stop must be a non-empty string or a list of at most 4 non-empty strings", "stop")
+    return stops
 
 
 def _usage(n_prompt: int, n_completion: int) -> dict:

@@ -28,7 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import httpx
 import torch
@@ -217,28 +217,10 @@ class VllmServeEngine:
         }
         stream, count, finish = TextStream(self.tokenizer, s.stop, strip=job.strip), 0, None
         with self._client.stream("POST", f"{self.url}/completions", json=body) as response:
-            if response.status_code >= 500:
-                raise _Unavailable(response.status_code)
-            if response.status_code >= 400:
-                response.read()
-                raise ToolkitError(f"vLLM refused the request: HTTP {response.status_code} {response.text[:200]}")
-            for line in response.iter_lines():
-                if job.cancelled:
-                    break  # leaving the block closes the connection: vLLM aborts the request
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                choice = json.loads(line[6:])["choices"][0]
-                for token in choice.get("token_ids") or []:
-                    if token in self.eos:
-                        finish = "stop"
-                        break
-                    count += 1
-                    delta, stopped = stream.push(token)
-                    if delta:
-                        _send(job, ("delta", delta))
-                    if stopped:
-                        finish = "stop"
-                        break
+            _check_status(response)
+            for choice in _choices(response, job):  # a cancelled job leaves the block: vLLM aborts the request
+                taken, finish = self._take(job, stream, choice.get("token_ids") or [])
+                count += taken
                 if finish is None and choice.get("finish_reason"):
                     finish = "length" if choice["finish_reason"] == "length" or count >= s.max_tokens else "stop"
                 if finish is not None:
@@ -253,6 +235,21 @@ class VllmServeEngine:
         _send(job, ("done", finish, len(job.ids), count))
         self.metrics.tokens(count)
         self.answer_seconds += time.perf_counter() - start
+
+    def _take(self, job: Job, stream: TextStream, tokens: list[int]) -> tuple[int, str | None]:
+        """Send the text of ``tokens`` up to an end-of-sequence token or a stop string; how many it took, and
+        ``"stop"`` if it ended there."""
+        taken = 0
+        for token in tokens:
+            if token in self.eos:
+                return taken, "stop"
+            taken += 1
+            delta, stopped = stream.push(token)
+            if delta:
+                _send(job, ("delta", delta))
+            if stopped:
+                return taken, "stop"
+        return taken, None
 
     # --- the watcher -------------------------------------------------------------------------------------------
 
@@ -298,6 +295,24 @@ class VllmServeEngine:
 
 class _Unavailable(Exception):
     """vLLM dropped or refused a request for want of an engine (5xx, a stream cut short)."""
+
+
+def _check_status(response: httpx.Response) -> None:
+    """A 5xx is an engine not there (``_Unavailable``); a 4xx a request vLLM refused."""
+    if response.status_code >= 500:
+        raise _Unavailable(response.status_code)
+    if response.status_code >= 400:
+        response.read()
+        raise ToolkitError(f"vLLM refused the request: HTTP {response.status_code} {response.text[:200]}")
+
+
+def _choices(response: httpx.Response, job: Job) -> Iterator[dict]:
+    """The streamed completion's choices, one per server-sent event, until the stream ends or ``job`` is cancelled."""
+    for line in response.iter_lines():
+        if job.cancelled:
+            return
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line[6:])["choices"][0]
 
 
 def _send(job: Job, event: tuple) -> None:

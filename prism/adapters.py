@@ -17,6 +17,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
+from weakref import WeakKeyDictionary
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -110,11 +111,24 @@ def _inject(config: LoraConfig, hf_model: torch.nn.Module, name: str) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # several adapters are intended
         inject_adapter_in_model(config, hf_model, adapter_name=name)
+    _FOUND.pop(hf_model, None)  # the model has new LoRA layers: look again
+
+
+_FOUND: WeakKeyDictionary = WeakKeyDictionary()  # Hugging Face model -> its LoRA layers by module name
+
+
+def named_adapter_layers(model: TransformerBridge) -> dict[str, LoraLayer]:
+    """Every LoRA layer of the bridged model by its module name; found once per model (walking its modules takes
+    tens of milliseconds) and again after ``attach_adapter`` or ``load_adapter`` adds layers."""
+    hf = model.original_model
+    if hf not in _FOUND:
+        _FOUND[hf] = {name: module for name, module in hf.named_modules() if isinstance(module, LoraLayer)}
+    return _FOUND[hf]
 
 
 def adapter_layers(model: TransformerBridge) -> list[LoraLayer]:
     """Every LoRA layer of the bridged model."""
-    return [module for module in model.original_model.modules() if isinstance(module, LoraLayer)]
+    return list(named_adapter_layers(model).values())
 
 
 @contextmanager

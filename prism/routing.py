@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from prism.adapters import active_adapter, adapter_layers
+from prism.adapters import named_adapter_layers
 from prism.gate import Gate, gate_features
 from probes.core.errors import ToolkitError
-from probes.core.internals import decoder, lora_update
+from probes.core.internals import decoder, lora_state, lora_update, set_lora_state
 from probes.passes import HookDidNotFire
 
 if TYPE_CHECKING:
@@ -84,34 +84,29 @@ class Routed:
         self._mask: torch.Tensor | None = None
         self._ids: torch.Tensor | None = None
         self._fresh = False
+        self._adapting = False  # the adapter's LoRA layers are on
+        self._handles: dict = {}  # the hooks on now: "gate", "steer", "rows" (a list)
         self._stack: ExitStack | None = None
         self.passes = 0
 
     def __enter__(self) -> "Routed":
-        stack = ExitStack()
-        hf = self.model.original_model
-        stack.callback(self._reset)
-        handle = decoder(self.model).register_forward_pre_hook(self._see_inputs, with_kwargs=True)
-        stack.callback(handle.remove)
-        hooks = [(self.gate.hook, self._decide)]
+        hook_points = self.model.hook_dict
+        self._gate_point = hook_points[self.gate.hook]
         if self.adapter is not None:
-            layers = [m for m in adapter_layers(self.model) if self.adapter in m.lora_B]
-            if not layers:
-                raise ToolkitError(f"the model carries no adapter {self.adapter!r}: load it first")
-            for name, module in hf.named_modules():
-                if module in layers and _block_of(name) <= self.gate.layer:
-                    raise ToolkitError(
-                        f"adapter {self.adapter!r} changes block {_block_of(name)}, at or before the gate's "
-                        f"block {self.gate.layer}: the gate would read adapted activations"
-                    )
-            stack.enter_context(active_adapter(self.model, self.adapter))
-            for module in layers:
-                stack.callback(lora_update(module, self.adapter).register_forward_hook(self._gate_update).remove)
+            self._layers = self._adapter_layers()  # checked before anything is switched or hooked
         else:
-            layer, vector = self.steering
-            hooks.append((f"blocks.{layer}.hook_out", self._steer))
-        stack.enter_context(self.model.hooks(fwd_hooks=hooks))
-        self._stack = stack
+            self._steer_point = hook_points[f"blocks.{self.steering[0]}.hook_out"]
+        with ExitStack() as stack:
+            stack.callback(self._reset)
+            handle = decoder(self.model).register_forward_pre_hook(self._see_inputs, with_kwargs=True)
+            stack.callback(handle.remove)
+            if self.adapter is not None:
+                saved = [lora_state(layer) for layer in self._layers]
+                stack.callback(lambda: [set_lora_state(layer, *state) for layer, state in zip(self._layers, saved)])
+                for layer in self._layers:
+                    set_lora_state(layer, self.adapter, False)  # on only while a routed row is in the batch
+            stack.callback(self._unhook)
+            self._stack = stack.pop_all()  # kept open until __exit__; closed here if entering failed
         return self
 
     def __exit__(self, *exc) -> None:
@@ -121,6 +116,21 @@ class Routed:
         if exc[0] is None and self.passes and not self.decisions:
             raise HookDidNotFire(f"the gate's hook {self.gate.hook} never fired: run the model inside the block")
 
+    def _adapter_layers(self) -> list:
+        """The adapter's LoRA layers, each checked to come after the gate's block."""
+        found = {
+            name: layer for name, layer in named_adapter_layers(self.model).items() if self.adapter in layer.lora_B
+        }
+        if not found:
+            raise ToolkitError(f"the model carries no adapter {self.adapter!r}: load it first")
+        early = min(_block_of(name) for name in found)
+        if early <= self.gate.layer:
+            raise ToolkitError(
+                f"adapter {self.adapter!r} changes block {early}, at or before the gate's "
+                f"block {self.gate.layer}: the gate would read adapted activations"
+            )
+        return list(found.values())
+
     def _reset(self) -> None:
         self._routes = self._mask = self._ids = None
 
@@ -128,17 +138,24 @@ class Routed:
         cache = kwargs.get("past_key_values")
         self._fresh = cache is None or cache.get_seq_length() == 0
         self.passes += 1
-        if self._fresh:
-            self._ids = kwargs.get("input_ids", args[0] if args else None)
-            mask = kwargs.get("attention_mask")
-            self._mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
-        return None
-
-    def _decide(self, activation: torch.Tensor, hook) -> None:
         if not self._fresh:
             if self._routes is None:
                 raise ToolkitError("a routed pass continued sequences whose prefill was not routed")
             return None
+        self._ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        self._mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+        if "gate" not in self._handles:  # the gate reads fresh passes only, before any other hook there edits them
+            self._handles["gate"] = self._gate_point.register_forward_hook(self._read_gate, prepend=True)
+        return None
+
+    def _read_gate(self, module, inputs, activation: torch.Tensor) -> None:
+        self._handles.pop("gate").remove()
+        routes = self._decide(activation)
+        self._follow(routes)
+
+    def _decide(self, activation: torch.Tensor) -> torch.Tensor:
+        """Each row's route (1 routed, 0 not), from the gate on ``activation`` or from the given decisions."""
         batch, seq = activation.shape[:2]
         mask = (
             self._mask[:, -seq:]
@@ -155,25 +172,54 @@ class Routed:
             features = (activation * weights).sum(1) / weights.sum(1)
         probability = torch.sigmoid(self.gate.logit(features.detach()))
         routes = probability >= self.gate.threshold
+        keys = (
+            [tuple(self._ids[row][mask[row].to(self._ids.device)].tolist()) for row in range(batch)]
+            if self._ids is not None
+            else None
+        )
         if self.given is not None:
-            if self._ids is None:
+            if keys is None:
                 raise ToolkitError("given decisions need the prompts' token ids: pass input_ids to the model")
-            keys = [tuple(self._ids[row][mask[row].to(self._ids.device)].tolist()) for row in range(batch)]
             missing = [key for key in keys if key not in self.given]
             if missing:
                 raise ToolkitError(f"no routing decision was given for a prompt of {len(missing[0])} tokens")
             routes = torch.tensor([bool(self.given[key]) for key in keys], device=activation.device)
-        self._routes = routes.to(activation.dtype)
-        if self._ids is not None:
-            for row in range(batch):
-                ids = tuple(self._ids[row][mask[row].to(self._ids.device)].tolist())
-                self.decisions[ids] = (float(probability[row]), bool(routes[row]))
-        return None
+        for row, key in enumerate(keys or ()):
+            self.decisions[key] = (float(probability[row]), bool(routes[row]))
+        return routes.to(activation.dtype)
 
-    def _gate_update(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
+    def _follow(self, routes: torch.Tensor) -> None:
+        """Make the passes that follow run the routed rows' intervention, with hooks only where a row needs them:
+        none while no row is routed; the adapter (or steering) alone while every row is; per-row scaling in a mix."""
+        self._routes = routes
+        any_routed, mixed = bool(routes.any()), bool(routes.any()) and not bool(routes.all())
+        if self.adapter is not None:
+            if any_routed != self._adapting:
+                for layer in self._layers:
+                    set_lora_state(layer, self.adapter, any_routed)
+                self._adapting = any_routed
+            if mixed and "rows" not in self._handles:
+                self._handles["rows"] = [
+                    lora_update(layer, self.adapter).register_forward_hook(self._scale_update) for layer in self._layers
+                ]
+            elif not mixed and "rows" in self._handles:
+                for handle in self._handles.pop("rows"):
+                    handle.remove()
+        elif any_routed and "steer" not in self._handles:
+            self._handles["steer"] = self._steer_point.register_forward_hook(self._steer)
+        elif not any_routed and "steer" in self._handles:
+            self._handles.pop("steer").remove()
+
+    def _unhook(self) -> None:
+        for handles in self._handles.values():
+            for handle in handles if isinstance(handles, list) else [handles]:
+                handle.remove()
+        self._handles, self._adapting = {}, False
+
+    def _scale_update(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
         return output * self._routes.to(device=output.device, dtype=output.dtype)[:, None, None]
 
-    def _steer(self, activation: torch.Tensor, hook) -> torch.Tensor:
+    def _steer(self, module, inputs, activation: torch.Tensor) -> torch.Tensor:
         vector = self.steering[1].to(device=activation.device, dtype=activation.dtype)
         return activation + self._routes.to(device=activation.device, dtype=activation.dtype)[:, None, None] * vector
 
@@ -188,7 +234,7 @@ class Routed:
         a decoding loop that drops finished rows, or joins rows prefilled in separate passes, passes their routes on."""
         if self._routes is None:
             raise ToolkitError("no routed sequences to resume: prefill them inside the block first")
-        self._routes = routes.to(device=self._routes.device, dtype=self._routes.dtype)
+        self._follow(routes.to(device=self._routes.device, dtype=self._routes.dtype))
 
     def decision(self, ids: Sequence[int]) -> tuple[float, bool]:
         """(gate probability, routed) recorded for the prompt with these token ids."""

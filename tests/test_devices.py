@@ -269,7 +269,7 @@ def test_tensors_meeting_an_activation_follow_it_to_its_device(tiny_fresh):
     gate = Gate("logistic", 0, "last", {"weight": torch.randn(d), "bias": torch.tensor(0.0)}, 0.5)
     routed = Routed(model, gate, steering=(1, torch.randn(d)))
     routed._routes = torch.tensor([1.0, 0.0])  # decided on the gate block's device
-    assert routed._steer(activation, None).device.type == "meta"
-    assert routed._gate_update(None, (), torch.zeros(2, 5, 8, device="meta")).device.type == "meta"
+    assert routed._steer(None, (), activation).device.type == "meta"
+    assert routed._scale_update(None, (), torch.zeros(2, 5, 8, device="meta")).device.type == "meta"
     with pytest.raises(RuntimeError, match="device"):
         activation + torch.ones(d)  # what the checks above rely on

@@ -10,6 +10,10 @@ instead of somewhere downstream with a wrong number:
 - ``plain_module_name``: the bridge nests each module it wraps under ``._original_component``.
 - ``lora_update``: peft's LoRA layer computes its update through ``lora_B[adapter]``, whose output is
   added to the base projection's, so a forward hook there scales the update alone.
+- ``lora_state`` / ``set_lora_state``: peft's LoRA layer reads its active adapters
+  (``_active_adapter``) and its ``disable_adapters`` flag (``_disable_adapters``) on every call, so
+  setting them picks the adapter and turns its update on or off for the next pass, at the cost of
+  two attributes (peft's ``set_adapter`` also walks every adapter's weights to mark them trainable).
 - ``hand_attention_over`` / ``take_attention_back``: TransformerLens's attention bridges re-implement
   attention step by step; ``AttentionBridge.forward`` hands it to the wrapped Hugging Face module
   (and so to SDPA) with the same hooks around it.
@@ -40,6 +44,8 @@ __all__ = [
     "hands_over",
     "lora_update",
     "plain_module_name",
+    "lora_state",
+    "set_lora_state",
     "take_attention_back",
 ]
 
@@ -62,6 +68,20 @@ def plain_module_name(name: str) -> str:
 def lora_update(layer: LoraLayer, adapter: str) -> torch.nn.Module:
     """The module whose output is ``adapter``'s update in a peft LoRA layer (before it is added to the base's)."""
     return layer.lora_B[adapter]
+
+
+def lora_state(layer: LoraLayer) -> tuple[str | list[str], bool]:
+    """A peft LoRA layer's active adapter(s), and whether its update is on."""
+    attributes = layer.__dict__
+    return attributes["_active_adapter"], not attributes["_disable_adapters"]
+
+
+def set_lora_state(layer: LoraLayer, active: str | list[str], on: bool) -> None:
+    """Make ``active`` the layer's active adapter(s) and turn its update on or off for the passes that follow,
+    touching nothing else (which weights train stays as it was; see the module docstring)."""
+    attributes = layer.__dict__  # plain attributes: nn.Module's __setattr__ checks would take most of the time
+    attributes["_active_adapter"] = active
+    attributes["_disable_adapters"] = not on
 
 
 def attention_bridges(model: TransformerBridge) -> list[AttentionBridge]:

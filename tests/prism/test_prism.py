@@ -24,6 +24,7 @@ from prism.train import labelled_prompts
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors
+from probes.core.internals import lora_update
 from probes.core.models import load_model
 from probes.core.personas import builtin_personas, persona_library
 from probes.core.prompts import Condition, encode, render
@@ -253,6 +254,32 @@ def test_given_decisions_route_rows_without_the_gates_verdict(trained):
     with pytest.raises(ToolkitError, match="no routing decision was given"):
         with Routed(model, gate, adapter="prism", decisions={keys[0]: True}):
             score_choices(model, tokenizer, prompts[1:2], [[" yes", " no"]], [0], share_prefix=False, progress=False)
+
+
+def test_routing_hooks_run_only_while_a_routed_row_needs_them(trained):
+    model, tokenizer, gate, _ = trained
+    prompts = [render(tokenizer, query, Condition("none")) for query in QUERIES[:2]]
+    keys = [tuple(encode(tokenizer, prompt)) for prompt in prompts]
+    layers = [layer for layer in adapter_layers(model) if "prism" in layer.lora_B]
+    gate_point = model.hook_dict[gate.hook]
+
+    def state() -> tuple[int, set[bool], int]:  # hooks on the LoRA updates, LoRA on, hooks on the gate's block
+        hooks = sum(len(lora_update(layer, "prism")._forward_hooks) for layer in layers)
+        return hooks, {not layer.disable_adapters for layer in layers}, len(gate_point._forward_hooks)
+
+    before = state()
+    for routes, hooks, on in (((False, False), 0, False), ((True, True), 0, True), ((True, False), len(layers), True)):
+        with Routed(model, gate, adapter="prism", decisions=dict(zip(keys, routes))):
+            score_choices(model, tokenizer, prompts, [[" yes", " no"]] * 2, [0, 0], share_prefix=False, progress=False)
+            assert state() == (hooks, {on}, 0), routes  # the gate's hook is gone once it has read the prefill
+    assert state() == before
+    vector = torch.randn(model.cfg.d_model)
+    steer_point = model.hook_dict["blocks.1.hook_out"]
+    for routes, hooks in (((False, False), 0), ((True, False), 1)):
+        with Routed(model, gate, steering=(1, vector), decisions=dict(zip(keys, routes))):
+            score_choices(model, tokenizer, prompts, [[" yes", " no"]] * 2, [0, 0], share_prefix=False, progress=False)
+            assert len(steer_point._forward_hooks) == hooks, routes
+    assert len(steer_point._forward_hooks) == 0
 
 
 def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path):

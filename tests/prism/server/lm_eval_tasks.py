@@ -5,7 +5,15 @@ task of given prompts."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
+from typing import Sequence
 
+from lm_eval import simple_evaluate
+from lm_eval.tasks import TaskManager
+
+from interventions.measure.generation import generate
+from prism.persona_path import GATED
+from prism.routing import Routed
 from probes.core.items import Item
 from probes.core.rendering import continuations
 
@@ -88,3 +96,40 @@ def write_tasks(tmp_path, items, prompts, queries) -> str:
     (tmp_path / "capitals.yaml").write_text(MULTIPLE_CHOICE.format(data=tmp_path / "capitals.json"))
     (tmp_path / "haiku.yaml").write_text(GENERATION.format(data=tmp_path / "haiku.json"))
     return str(tmp_path)
+
+
+def run_local_completions(url: str, mode: str, include: str, tasks: Sequence[str], **model_args) -> dict:
+    """lm-eval's ``local-completions`` against the server at ``url`` in ``mode``: four requests at a time, samples
+    logged, every seed fixed; ``model_args`` add to or replace its defaults."""
+    return simple_evaluate(
+        model="local-completions",
+        model_args={
+            "base_url": url + "/v1/completions",
+            "model": mode,
+            "num_concurrent": 4,
+            "max_retries": 1,
+            "max_length": 500,
+            "batch_size": 2,
+            "seed": 1234,
+            **model_args,
+        },
+        tasks=list(tasks),
+        task_manager=TaskManager(include_path=include),
+        log_samples=True,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+    )
+
+
+def logged(results: dict, task: str) -> list[dict]:
+    """A task's logged samples in document order."""
+    return sorted(results["samples"][task], key=lambda sample: sample["doc_id"])
+
+
+def greedy_answers(model, tokenizer, gate, prompts, mode: str) -> list[str]:
+    """The toolkit's own greedy answers (8 tokens) to ``prompts`` as ``prism serve`` gives them in ``mode``: in mode
+    prism inside ``Routed`` with the gated adapter (``model`` carries it)."""
+    with Routed(model, gate, adapter=GATED) if mode == "prism" else nullcontext():
+        return generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=1, progress=False)

@@ -5,20 +5,16 @@ accuracy and answers equal the toolkit's own on the same prompt text."""
 from __future__ import annotations
 
 import pytest
-from lm_eval import simple_evaluate
-from lm_eval.tasks import TaskManager
 
 from interventions.measure.evaluate import evaluate
-from interventions.measure.generation import generate
 from prism.adapters import load_adapter
 from prism.gate import Gate
 from prism.persona_path import GATED
-from prism.routing import Routed
 from prism.server.launch import served_files
 from probes.core.models import load_model
 from probes.core.prompts import Condition, render
 from probes.core.rendering import continuations
-from tests.prism.server.lm_eval_tasks import capital_items, write_tasks
+from tests.prism.server.lm_eval_tasks import capital_items, greedy_answers, logged, run_local_completions, write_tasks
 
 
 @pytest.fixture(scope="module")
@@ -49,36 +45,11 @@ def test_lm_eval_on_prism_serve_scores_as_the_toolkit(
     else:
         assert any(routed for option in routes for _, routed in option)  # the adapter answered some requests
     generation_prompts = [render(tokenizer, query, Condition("none")) for query in queries[:4]]
-    if mode == "prism":
-        with Routed(model, gate, adapter=GATED):
-            answers = generate(model, tokenizer, generation_prompts, max_new_tokens=8, batch_size=1, progress=False)
-    else:
-        answers = generate(model, tokenizer, generation_prompts, max_new_tokens=8, batch_size=1, progress=False)
-
+    answers = greedy_answers(model, tokenizer, gate, generation_prompts, mode)
     include = write_tasks(tmp_path, items, prompts, [prompt.text for prompt in generation_prompts])
-    results = simple_evaluate(
-        model="local-completions",
-        model_args={
-            "base_url": tiny_server.url + "/v1/completions",
-            "model": mode,
-            "num_concurrent": 4,
-            "max_retries": 1,
-            "max_length": 500,
-            "batch_size": 2,
-            "seed": 1234,
-        },
-        tasks=["prism_capitals", "prism_haiku"],
-        task_manager=TaskManager(include_path=include),
-        log_samples=True,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
-    )
+    results = run_local_completions(tiny_server.url, mode, include, ["prism_capitals", "prism_haiku"])
     assert results["results"]["prism_capitals"]["acc,none"] == pytest.approx(accuracy)
-    samples = sorted(results["samples"]["prism_capitals"], key=lambda sample: sample["doc_id"])
-    for sample, values in zip(samples, scores):
+    for sample, values in zip(logged(results, "prism_capitals"), scores):
         logprobs = [resp[0][0] for resp in sample["resps"]]
         assert logprobs == pytest.approx(values, abs=1e-4)
-    generated = sorted(results["samples"]["prism_haiku"], key=lambda sample: sample["doc_id"])
-    assert [sample["resps"][0][0].strip() for sample in generated] == answers
+    assert [sample["resps"][0][0].strip() for sample in logged(results, "prism_haiku")] == answers

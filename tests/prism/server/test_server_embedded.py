@@ -76,9 +76,6 @@ def test_the_serving_page_client_example_runs_against_a_server(embedded, capsys)
 def test_lm_eval_on_the_embedded_model_scores_as_the_toolkit(embedded, tmp_path, scores_as_served):
     """lm-eval's local-completions on the embedded model in mode prism: its accuracy is the toolkit's, option by
     option routed as the server routes each request."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     from prism.adapters import load_adapter
     from prism.gate import Gate
     from prism.persona_path import GATED
@@ -86,36 +83,23 @@ def test_lm_eval_on_the_embedded_model_scores_as_the_toolkit(embedded, tmp_path,
     from probes.core.models import load_model
     from probes.core.prompts import Condition, render
     from probes.core.rendering import continuations
-    from tests.prism.server.test_lm_eval import _items, _task_files
+    from tests.prism.server.lm_eval_tasks import capital_items, logged, run_local_completions, write_tasks
 
     work, server = embedded
     model_name, files = served_files(work)
     model, tokenizer = load_model(model_name)
     load_adapter(model, GATED, files.adapter)
-    items = _items()
+    items = capital_items()
     prompts = [render(tokenizer, item.prompt, Condition("none"), answer_prefix="Answer:") for item in items]
     scores, routes = scores_as_served(
         model, tokenizer, Gate.load(files.gate), prompts, [continuations(item, "cloze") for item in items], "prism"
     )
     predicted = [max(range(4), key=values.__getitem__) for values in scores]
     accuracy = sum(choice == item.answer for choice, item in zip(predicted, items)) / len(items)
-    include = _task_files(tmp_path, items, [prompt.text for prompt in prompts], ["Write a haiku about rain."])
-    results = simple_evaluate(
-        model="local-completions",
-        tasks=["prism_capitals"],
-        task_manager=TaskManager(include_path=include),
-        model_args={
-            "base_url": server.url + "/v1/completions",
-            "model": "prism",
-            "num_concurrent": 4,
-            "max_retries": 1,
-            "max_length": 8000,
-        },
-        log_samples=True,
-    )
+    include = write_tasks(tmp_path, items, [prompt.text for prompt in prompts], ["Write a haiku about rain."])
+    results = run_local_completions(server.url, "prism", include, ["prism_capitals"], max_length=8000, batch_size=1)
     assert results["results"]["prism_capitals"]["acc,none"] == pytest.approx(accuracy)
-    samples = sorted(results["samples"]["prism_capitals"], key=lambda sample: sample["doc_id"])
-    for sample, values in zip(samples, scores):
+    for sample, values in zip(logged(results, "prism_capitals"), scores):
         assert [resp[0][0] for resp in sample["resps"]] == pytest.approx(values, abs=1e-4)
     print(
         f"lm-eval accuracy {accuracy:.3f} on {len(items)} items; routed options "

@@ -12,16 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from lm_eval import simple_evaluate
-from lm_eval.tasks import TaskManager
 
 from interventions.measure.engines import EngineSpec
-from interventions.measure.generation import generate
 from prism import pipeline
 from prism.adapters import load_adapter
 from prism.gate import Gate
 from prism.persona_path import GATED
-from prism.routing import Routed
 from prism.server.launch import ServerThread, served_files
 from prism.server.vllm_launch import build_vllm_app
 from prism.server.vllm_modes import OneModuleAtATime
@@ -31,7 +27,7 @@ from probes.core.models import load_model
 from probes.core.prompts import Condition, render
 from probes.core.rendering import continuations
 from tests.prism.server.conftest import client
-from tests.prism.server.lm_eval_tasks import capital_items, write_tasks
+from tests.prism.server.lm_eval_tasks import capital_items, greedy_answers, logged, run_local_completions, write_tasks
 
 NEAR_TIE = 0.05  # nats: two float32 engines may order options this close either way
 
@@ -148,34 +144,12 @@ def test_lm_eval_on_the_vllm_engine_scores_as_the_toolkit_but_for_near_ties(
     if mode == "prism":
         assert any(routed for option in routes for _, routed in option)  # the adapter answers some requests
     generation_prompts = [render(tokenizer, query, Condition("none")) for query in queries[:4]]
-    if mode == "prism":
-        with Routed(model, gate, adapter=GATED):
-            own_answers = generate(model, tokenizer, generation_prompts, max_new_tokens=8, batch_size=1, progress=False)
-    else:
-        own_answers = generate(model, tokenizer, generation_prompts, max_new_tokens=8, batch_size=1, progress=False)
+    own_answers = greedy_answers(model, tokenizer, gate, generation_prompts, mode)
     include = write_tasks(
         tmp_path, items, [prompt.text for prompt in rendered], [prompt.text for prompt in generation_prompts]
     )
-    results = simple_evaluate(
-        model="local-completions",
-        model_args={
-            "base_url": server.url + "/v1/completions",
-            "model": mode,
-            "num_concurrent": 4,
-            "max_retries": 3,
-            "max_length": 500,
-            "batch_size": 2,
-            "seed": 1234,
-        },
-        tasks=["prism_capitals", "prism_haiku"],
-        task_manager=TaskManager(include_path=include),
-        log_samples=True,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
-    )
-    samples = sorted(results["samples"]["prism_capitals"], key=lambda sample: sample["doc_id"])
+    results = run_local_completions(server.url, mode, include, ["prism_capitals", "prism_haiku"], max_retries=3)
+    samples = logged(results, "prism_capitals")
     gaps = []
     for sample, own in zip(samples, scores):
         theirs = [resp[0][0] for resp in sample["resps"]]
@@ -187,8 +161,7 @@ def test_lm_eval_on_the_vllm_engine_scores_as_the_toolkit_but_for_near_ties(
     assert max(gaps) < 1e-4  # float32 on both sides: measured 2.3e-5 (base) and 2.6e-5 (prism) on a CPU
     own_accuracy = sum(own.index(max(own)) == item.answer for own, item in zip(scores, items)) / len(items)
     assert results["results"]["prism_capitals"]["acc,none"] == pytest.approx(own_accuracy)
-    generated = sorted(results["samples"]["prism_haiku"], key=lambda sample: sample["doc_id"])
-    answers = [sample["resps"][0][0].strip() for sample in generated]
+    answers = [sample["resps"][0][0].strip() for sample in logged(results, "prism_haiku")]
     assert sum(a == b for a, b in zip(answers, own_answers)) >= 3, (answers, own_answers)  # greedy: but near-ties
 
 

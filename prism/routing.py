@@ -17,6 +17,12 @@ Routes are made on the gate block's device and follow each activation they meet 
 blocks may sit on different devices (a device map).
 The adapter must not touch the gate's block or any before it, so the gate reads the same
 activations whatever the route. Every decision is recorded by the prompt's tokens.
+
+Routing costs nothing once decided: each hook runs only while a row needs it. The gate's hook is
+added for a prefill and removed once it has read; the adapter's LoRA layers are on, and the
+steering hook is there, only while a routed row is in the batch; the per-row scaling of the
+adapter's update only while a batch mixes routes. Entering and leaving switch the adapter through
+two attributes per LoRA layer (``probes.core.internals.set_lora_state``), not by walking the model.
 """
 
 from __future__ import annotations

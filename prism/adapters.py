@@ -106,7 +106,7 @@ def attach_adapter(
 
 
 def _inject(config: LoraConfig, hf_model: torch.nn.Module, name: str) -> None:
-    if any(name in module.lora_A for module in hf_model.modules() if isinstance(module, LoraLayer)):
+    if any(name in module.lora_A for module in _lora_layers(hf_model).values()):
         raise ToolkitError(f"the model already carries an adapter named {name!r}: load it under another name")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # several adapters are intended
@@ -120,10 +120,13 @@ _FOUND: WeakKeyDictionary = WeakKeyDictionary()  # Hugging Face model -> its LoR
 def named_adapter_layers(model: TransformerBridge) -> dict[str, LoraLayer]:
     """Every LoRA layer of the bridged model by its module name; found once per model (walking its modules takes
     tens of milliseconds) and again after ``attach_adapter`` or ``load_adapter`` adds layers."""
-    hf = model.original_model
-    if hf not in _FOUND:
-        _FOUND[hf] = {name: module for name, module in hf.named_modules() if isinstance(module, LoraLayer)}
-    return _FOUND[hf]
+    return _lora_layers(model.original_model)
+
+
+def _lora_layers(hf_model: torch.nn.Module) -> dict[str, LoraLayer]:
+    if hf_model not in _FOUND:
+        _FOUND[hf_model] = {name: module for name, module in hf_model.named_modules() if isinstance(module, LoraLayer)}
+    return _FOUND[hf_model]
 
 
 def adapter_layers(model: TransformerBridge) -> list[LoraLayer]:

@@ -198,7 +198,8 @@ class Routed:
         """Make the passes that follow run the routed rows' intervention, with hooks only where a row needs them:
         none while no row is routed; the adapter (or steering) alone while every row is; per-row scaling in a mix."""
         self._routes = routes
-        any_routed, mixed = bool(routes.any()), bool(routes.any()) and not bool(routes.all())
+        any_routed = bool(routes.any())
+        mixed = any_routed and not bool(routes.all())
         if self.adapter is not None:
             if any_routed != self._adapting:
                 for layer in self._layers:

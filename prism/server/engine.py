@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Collection
 
 from prism.server.decoding import BatchDecoder, Sampling
 from prism.server.metrics import Metrics
@@ -32,7 +32,7 @@ from prism.server.text import TextStream
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["Engine", "Job", "Overloaded"]
+__all__ = ["Answer", "Engine", "Job", "Overloaded"]
 
 log = logging.getLogger("prism.serve")
 SHUTDOWN = "the server is shutting down"
@@ -66,6 +66,13 @@ class Job:
     strip: bool = True
     cancelled: bool = False
     arrived: float = field(default_factory=time.monotonic)
+
+    def send(self, event: tuple) -> None:
+        """``deliver(event)``; dropped when the request's event loop is gone (shutdown): nobody is listening."""
+        try:
+            self.deliver(event)
+        except RuntimeError:
+            pass
 
 
 class Engine:
@@ -121,7 +128,7 @@ class Engine:
                 job.cancelled = True
             self._wake.notify_all()
         for job in waiting:
-            _send(job, ("error", SHUTDOWN))
+            job.send(("error", SHUTDOWN))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -165,7 +172,7 @@ class Engine:
             except Exception as error:  # the batch fails, the server goes on
                 log.exception("a batch of %d requests failed", len(batch))
                 for job in batch:
-                    _send(job, ("error", f"the model failed on this batch: {type(error).__name__}: {error}"))
+                    job.send(("error", f"the model failed on this batch: {type(error).__name__}: {error}"))
             finally:
                 self._running = []
                 self.metrics.running(0)
@@ -193,7 +200,7 @@ class Engine:
         self.metrics.batch(len(jobs))
         self.metrics.running(len(jobs))
         mode = jobs[0].mode
-        answers = [_Answer(job, TextStream(self.tokenizer, job.sampling.stop, strip=job.strip)) for job in jobs]
+        answers = [Answer(job, TextStream(self.tokenizer, job.sampling.stop, strip=job.strip)) for job in jobs]
         with self.modes.routing(mode) as routed:
             decoder = BatchDecoder(
                 self.model.original_model,
@@ -213,53 +220,58 @@ class Engine:
         """Each job's route, its prompt's log-probabilities (with ``echo``), and the end of a ``max_tokens`` 0 job."""
         for row, job in enumerate(jobs):
             probability, routes = routed.decision(job.ids) if routed is not None else (None, False)
-            _send(job, ("route", probability, self.modes.route(mode, routes)))
+            job.send(("route", probability, self.modes.route(mode, routes)))
             if job.sampling.echo:
-                _send(job, ("prompt", decoder.prompt_logprobs[row]))
+                job.send(("prompt", decoder.prompt_logprobs[row]))
             if job.sampling.max_tokens == 0 and not job.cancelled:
-                _send(job, ("done", "length", len(job.ids), 0))
+                job.send(("done", "length", len(job.ids), 0))
 
-    def _emit(self, answer: _Answer, token: int, decoder: BatchDecoder, row: int) -> bool:
+    def _emit(self, answer: Answer, token: int, decoder: BatchDecoder, row: int) -> bool:
         """Send ``token``, row's new token, to its job (its log-probabilities, its text, or the end); True if the row
         goes on."""
-        job, stream = answer.job, answer.stream
+        job = answer.job
         if job.cancelled:
             self.metrics.cancelled()
             if self._closed:
-                _send(job, ("error", SHUTDOWN))
+                job.send(("error", SHUTDOWN))
             return False
         if job.sampling.max_tokens == 0:
             return False  # answered after the prefill
         if job.sampling.logprobs is not None:
-            _send(job, ("token", decoder.logprobs[row]))
-        finish = "stop" if token in self.eos else None
-        if finish is None:
-            answer.generated += 1
-            delta, stopped = stream.push(token)
-            if delta:
-                _send(job, ("delta", delta))
-            finish = "stop" if stopped else "length" if answer.generated >= job.sampling.max_tokens else None
-        if finish is None:
+            job.send(("token", decoder.logprobs[row]))
+        if answer.push(token, self.eos):
+            finish = "stop"
+        elif answer.generated >= job.sampling.max_tokens:
+            finish = "length"
+        else:
             return True
-        rest = stream.finish()
-        if rest:
-            _send(job, ("delta", rest))
-        _send(job, ("done", finish, len(job.ids), answer.generated))
+        answer.finish(finish)
         self.metrics.tokens(answer.generated)
         return False
 
 
 @dataclass
-class _Answer:
-    """One job of a running batch: its text so far and how many tokens it was given."""
+class Answer:
+    """One job's answer in progress (either engine's): its text so far and how many tokens it was given."""
 
     job: Job
     stream: TextStream
     generated: int = 0
 
+    def push(self, token: int, eos: Collection[int]) -> bool:
+        """Give the answer ``token``, its text to the job; True if the answer ends there (at an end-of-sequence token,
+        not counted, or a stop string)."""
+        if token in eos:
+            return True
+        self.generated += 1
+        delta, stopped = self.stream.push(token)
+        if delta:
+            self.job.send(("delta", delta))
+        return stopped
 
-def _send(job: Job, event: tuple) -> None:
-    try:
-        job.deliver(event)
-    except RuntimeError:  # the request's event loop is gone (shutdown): nobody is listening
-        pass
+    def finish(self, reason: str) -> None:
+        """The answer's last text, then its end with the prompt's and answer's token counts."""
+        rest = self.stream.finish()
+        if rest:
+            self.job.send(("delta", rest))
+        self.job.send(("done", reason, len(self.job.ids), self.generated))

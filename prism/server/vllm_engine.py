@@ -38,7 +38,7 @@ import torch
 from interventions.measure.vllm_engine import completion_body
 from interventions.measure.vllm_process import VllmProcess
 from prism.routing import Routed
-from prism.server.engine import Job, Overloaded
+from prism.server.engine import Answer, Job, Overloaded
 from prism.server.metrics import Metrics
 from prism.server.text import TextStream
 from prism.server.vllm_modes import GATED_MODULE, UNGATED_MODULE, OneModuleAtATime, VllmModes
@@ -185,7 +185,7 @@ class VllmServeEngine:
                 return
             probability, routed = self.decide(job.ids)
             route = self.modes.route(job.mode, routed)
-            _send(job, ("route", probability, route))
+            job.send(("route", probability, route))
             name = {"always": UNGATED_MODULE, "prism": GATED_MODULE if routed else None}.get(job.mode)
             with self._modules.using(name) if self._modules is not None else nullcontext():
                 if job.sampling.logprobs is not None or job.sampling.echo:
@@ -194,10 +194,10 @@ class VllmServeEngine:
                 else:
                     self._stream(job, name)
         except (httpx.HTTPError, _Unavailable) as error:
-            _send(job, ("unavailable", f"the vLLM engine did not answer ({type(error).__name__}); retry shortly"))
+            job.send(("unavailable", f"the vLLM engine did not answer ({type(error).__name__}); retry shortly"))
         except Exception as error:  # the request fails, the server goes on
             log.exception("a request failed")
-            _send(job, ("error", f"the request failed: {type(error).__name__}: {error}"))
+            job.send(("error", f"the request failed: {type(error).__name__}: {error}"))
         finally:
             with self._state_lock:
                 self._pending -= 1
@@ -216,21 +216,21 @@ class VllmServeEngine:
             ),
             "stream": True,
         }
-        stream, count, finish = TextStream(self.tokenizer, s.stop, strip=job.strip), 0, None
+        answer, finish = Answer(job, TextStream(self.tokenizer, s.stop, strip=job.strip)), None
         with self._client.stream("POST", f"{self.url}/completions", json=body) as response:
             _check_status(response)
             for choice in _choices(response, job):  # a cancelled job leaves the block: vLLM aborts the request
-                taken, finish = self._take(job, stream, choice.get("token_ids") or [])
-                count += taken
+                finish = self._take(answer, choice.get("token_ids") or [])
                 if finish is None and choice.get("finish_reason"):
-                    finish = "length" if choice["finish_reason"] == "length" or count >= s.max_tokens else "stop"
+                    done = choice["finish_reason"] == "length" or answer.generated >= s.max_tokens
+                    finish = "length" if done else "stop"
                 if finish is not None:
                     break
         if job.cancelled:
             return
         if finish is None:
             raise _Unavailable("the stream ended without a finish")
-        self._finish(job, stream, finish, count, start)
+        self._finish(answer, finish, start)
 
     def _complete(self, job: Job, module: str | None) -> None:
         """A request for log-probabilities (``logprobs``, ``echo``): one whole vLLM completion that reports them by
@@ -255,44 +255,34 @@ class VllmServeEngine:
         choice = response.json()["choices"][0]
         reported = _reported(choice["logprobs"], top)
         if s.echo:
-            _send(job, ("prompt", [None, *reported[1 : len(job.ids)]]))
+            job.send(("prompt", [None, *reported[1 : len(job.ids)]]))
             reported = reported[len(job.ids) :]
-        stream, count, finish = TextStream(self.tokenizer, s.stop, strip=job.strip), 0, None
+        answer, finish = Answer(job, TextStream(self.tokenizer, s.stop, strip=job.strip)), None
         for entry in reported[: s.max_tokens]:
             if job.cancelled:
                 return
-            _send(job, ("token", entry))
-            taken, finish = self._take(job, stream, [entry[0]])
-            count += taken
+            job.send(("token", entry))
+            finish = self._take(answer, [entry[0]])
             if finish is not None:
                 break
         if finish is None:
-            finish = "length" if count >= s.max_tokens or choice.get("finish_reason") == "length" else "stop"
-        self._finish(job, stream, finish, count, start)
+            done = answer.generated >= s.max_tokens or choice.get("finish_reason") == "length"
+            finish = "length" if done else "stop"
+        self._finish(answer, finish, start)
 
-    def _finish(self, job: Job, stream: TextStream, finish: str, count: int, start: float) -> None:
+    def _finish(self, answer: Answer, finish: str, start: float) -> None:
         """The answer's last text and its end; the tokens and seconds it took, counted."""
-        rest = stream.finish()
-        if rest:
-            _send(job, ("delta", rest))
-        _send(job, ("done", finish, len(job.ids), count))
-        self.metrics.tokens(count)
+        answer.finish(finish)
+        self.metrics.tokens(answer.generated)
         self.answer_seconds += time.perf_counter() - start
 
-    def _take(self, job: Job, stream: TextStream, tokens: list[int]) -> tuple[int, str | None]:
-        """Send the text of ``tokens`` up to an end-of-sequence token or a stop string; how many it took, and
-        ``"stop"`` if it ended there."""
-        taken = 0
+    def _take(self, answer: Answer, tokens: list[int]) -> str | None:
+        """Give ``answer`` the ``tokens`` up to an end-of-sequence token or a stop string; ``"stop"`` if it ended
+        there."""
         for token in tokens:
-            if token in self.eos:
-                return taken, "stop"
-            taken += 1
-            delta, stopped = stream.push(token)
-            if delta:
-                _send(job, ("delta", delta))
-            if stopped:
-                return taken, "stop"
-        return taken, None
+            if answer.push(token, self.eos):
+                return "stop"
+        return None
 
     # --- the watcher -------------------------------------------------------------------------------------------
 
@@ -370,10 +360,3 @@ def _choices(response: httpx.Response, job: Job) -> Iterator[dict]:
             return
         if line.startswith("data: ") and line != "data: [DONE]":
             yield json.loads(line[6:])["choices"][0]
-
-
-def _send(job: Job, event: tuple) -> None:
-    try:
-        job.deliver(event)
-    except RuntimeError:  # the request's event loop is gone (shutdown)
-        pass

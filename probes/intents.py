@@ -184,7 +184,7 @@ def intent_queries(
     chosen = []
     for intent in pools.values():
         quota = _quotas({name: len(pool) for name, pool in intent.items()}, size)
-        chosen += [query for name, pool in intent.items() for query in _spread(pool, quota[name], seed)]
+        chosen += [query for name, pool in intent.items() if quota[name] for query in _spread(pool, quota[name], seed)]
     return chosen
 
 

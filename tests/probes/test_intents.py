@@ -37,6 +37,8 @@ def test_per_source_draws_every_source_and_keeps_the_benchmark_default():
     assert {q.source for q in default} == {"mmlu", "mtbench", "harmbench"} and len(default) == 90
     capped = Counter(q.source for q in intent_queries(22, per_source=6, sources=ALL_SOURCES) if q.intent == "knowledge")
     assert sum(capped.values()) == 22 and max(capped.values()) - min(capped.values()) <= 1
+    few = Counter(q.source for q in intent_queries(4, per_source=6, sources=ALL_SOURCES) if q.intent == "knowledge")
+    assert sum(few.values()) == 4 and set(few.values()) == {1}  # a cap below the sources' count: one from each of 4
     with pytest.raises(ToolkitError, match="unknown intent source 'wiki'"):
         intent_queries(10, sources=["wiki"])
     with pytest.raises(ToolkitError, match="at least 2 queries per source"):

@@ -9,8 +9,9 @@ data), and a source's queries fall into *groups* (the finer unit a held-out spli
   ``geo:population``, ``geo:area``, ``geo:neighbours``, ``geo:dialling-code``, ``geo:us-state``,
   ``science:constant``, and the exam-form ``exam:`` sources; several templates each; group =
   source), and the questions on WordNet's concepts of ``probes.core.lexicon`` (``lexicon:define``,
-  ``exam:lexicon``; group = the concept's WordNet lexicographer file, e.g. ``noun.person``). No
-  source asks for capital cities: they are an evaluation set.
+  ``lexicon:term``, ``lexicon:kind``, ``exam:lexicon``, ``exam:lexicon-passage``; group = the
+  concept's WordNet lexicographer file, e.g. ``noun.person``). No source asks for capital cities:
+  they are an evaluation set.
 - ``generation``: ``mtbench``, MT-Bench user turns, first and second (group = category), and the
   writing requests of ``probes.core.facts`` about the same entities as the factual questions
   (``write:poem``, ``write:story``, ``write:letter``, ``write:explain``; group = source) and about

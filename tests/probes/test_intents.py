@@ -58,6 +58,20 @@ def test_exam_sources_ask_facts_in_exam_form_and_none_the_comparison_asks():
     assert any("True or false" in p for p in exam["exam:science"])
     assert any(p.startswith("This question refers to the following information.") for p in exam["exam:passage"])
     assert any(p.endswith("EXCEPT:") for p in exam["exam:list"]) and any("\nII. " in p for p in exam["exam:list"])
+    assert any(p.startswith("_______ ") for p in exam["exam:vignette"])
     queries = intent_queries(None, per_source=4, sources=EXAM_SOURCES, seed=0)
     assert {q.intent for q in queries} == {"knowledge"}
     assert Counter(q.source for q in queries) == dict.fromkeys(EXAM_SOURCES, 4)
+
+
+def test_long_sources_on_both_routes_are_paragraphs_that_differ_in_their_request():
+    """``exam:vignette`` (knowledge) and ``write:brief`` (generation) are about as long as each other, so
+    length cannot tell the routes apart; only the briefs ask for writing."""
+    vignettes, briefs = load_facts("exam:vignette"), load_facts("write:brief")
+    assert "write:brief" in WRITING_SOURCES and "exam:vignette" in FACT_SOURCES
+    words = {name: sorted(len(i.prompt.split()) for i in items) for name, items in (("v", vignettes), ("b", briefs))}
+    assert 25 <= words["v"][len(vignettes) // 2] <= 60 and 25 <= words["b"][len(briefs) // 2] <= 60
+    assert all(" Write " in i.prompt or " Rewrite " in i.prompt for i in briefs)
+    assert not any(" Write " in i.prompt or " Rewrite " in i.prompt for i in vignettes)
+    assert {i.prompt.split(" ")[0] for i in vignettes} & {"A", "This", "During", "Two", "In"}  # narratives, passages
+    assert not {i.prompt for i in vignettes} & {i.prompt for i in briefs}

@@ -284,7 +284,7 @@ def test_routing_hooks_run_only_while_a_routed_row_needs_them(trained):
 
 def test_the_pipeline_runs_end_to_end_and_resumes(tiny_llama_directory, tmp_path):
     out = tmp_path / "prism"
-    config = BootstrapConfig(queries_per_persona=2, query_tokens=12, answer_tokens=8)
+    config = BootstrapConfig(queries_per_persona=3, query_tokens=12, answer_tokens=8)
     summary = pipeline.bootstrap(
         out, model_name=tiny_llama_directory, config=config, personas=["math", "writing", "critic"], progress=False
     )

@@ -130,11 +130,8 @@ def rank_key(result: dict, layer: int = 0, position_rank: int = 0) -> tuple:
     )
 
 
-REGULARISATIONS = (
-    0.01,
-    0.1,
-    1.0,
-)  # the logistic gate's shrinkage C tried on the best read-out (0.1: fit_probe's default)
+SWEPT_REGULARISATIONS = (0.01, 0.1)  # the logistic gate's shrinkage C tried on every read-out (0.1: fit_probe's)
+REGULARISATIONS = (*SWEPT_REGULARISATIONS, 1.0)  # and on the best read-out of the sweep
 
 
 def probe_scorer(
@@ -173,8 +170,10 @@ def choose_read_out(
 ) -> tuple[dict, list[dict]]:
     """The gate's read-out and regulariser that route unseen sources best (``rank_key``).
 
-    Every (block, position) in ``features`` is evaluated as a logistic gate at C = 0.1; on the best read-out, the
-    other shrinkages of ``REGULARISATIONS`` (logistic) and the MLP are tried too, as ``kinds`` allow.
+    Every (block, position) in ``features`` is evaluated as a logistic gate at each C of ``SWEPT_REGULARISATIONS``
+    (how much a read-out's gate generalises depends on its shrinkage, so read-outs are compared each at its own
+    best); on the best read-out, the other shrinkages of ``REGULARISATIONS`` and the MLP are tried too, as
+    ``kinds`` allow.
 
     Returns:
         ``(chosen, candidates)``: the chosen candidate (``layer``, ``position``, ``kind``, ``regularisation`` and its
@@ -199,12 +198,14 @@ def choose_read_out(
         return rank_key(row["result"], row["layer"], READ_POSITIONS.index(row["position"]))
 
     first = kinds[0] if "logistic" not in kinds else "logistic"
+    swept = SWEPT_REGULARISATIONS if first == "logistic" else (0.1,)
     for layer, position in sorted(features):
-        add(layer, position, first, 0.1)
+        for regularisation in swept:
+            add(layer, position, first, regularisation)
     best = min(candidates, key=key)
     for kind in kinds:
         for regularisation in REGULARISATIONS if kind == "logistic" else (0.1,):
-            if (kind, regularisation) != (first, 0.1):
+            if not (kind == first and regularisation in swept):
                 add(best["layer"], best["position"], kind, regularisation)
     chosen = min(candidates, key=key)
     return chosen, [

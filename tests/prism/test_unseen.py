@@ -55,7 +55,14 @@ def test_the_read_out_with_fewer_misses_on_unseen_sources_is_chosen():
     )
     assert (chosen["layer"], chosen["position"], chosen["kind"]) == (1, "last", "logistic")
     assert chosen["result"]["summary"]["worst_miss"] == 0 and chosen["result"]["summary"]["passing"] == 4
-    assert len(candidates) == 2 + 2 and "result" not in candidates[0] and "worst_miss" in candidates[0]
+    assert len(candidates) == 2 * 2 + 1 and "result" not in candidates[0] and "worst_miss" in candidates[0]
+    assert {(c["layer"], c["regularisation"]) for c in candidates} == {
+        (0, 0.01),
+        (0, 0.1),
+        (1, 0.01),
+        (1, 0.1),
+        (1, 1.0),
+    }
     result = evaluate(logistic_scorer(signal, LABELS), LABELS, SOURCES)
     assert result["summary"]["auc"] > 0.95 and 0 < result["threshold"] < 1
 

@@ -1,4 +1,4 @@
-"""Short factual questions and writing requests built from reference data that ships in
+"""Factual questions and writing requests built from reference data that ships in
 installed packages: queries of many forms, one source per kind, for intent labels
 (``probes.intents``). The ``geo:`` and ``science:`` sources ask facts (knowledge); the ``write:``
 sources ask for writing about the same entities (generation), so that a router must read what a

@@ -1,5 +1,6 @@
 """Intent data: many sources per intent, each query with its source, drawn evenly and seeded."""
 
+import statistics
 from collections import Counter
 
 import pytest
@@ -69,8 +70,8 @@ def test_long_sources_on_both_routes_are_paragraphs_that_differ_in_their_request
     length cannot tell the routes apart; only the briefs ask for writing."""
     vignettes, briefs = load_facts("exam:vignette"), load_facts("write:brief")
     assert "write:brief" in WRITING_SOURCES and "exam:vignette" in FACT_SOURCES
-    words = {name: sorted(len(i.prompt.split()) for i in items) for name, items in (("v", vignettes), ("b", briefs))}
-    assert 25 <= words["v"][len(vignettes) // 2] <= 60 and 25 <= words["b"][len(briefs) // 2] <= 60
+    for items in (vignettes, briefs):
+        assert 25 <= statistics.median_high(len(item.prompt.split()) for item in items) <= 60
     assert all(" Write " in i.prompt or " Rewrite " in i.prompt for i in briefs)
     assert not any(" Write " in i.prompt or " Rewrite " in i.prompt for i in vignettes)
     assert {i.prompt.split(" ")[0] for i in vignettes} & {"A", "This", "During", "Two", "In"}  # narratives, passages

@@ -135,8 +135,8 @@ REGULARISATIONS = (SWEPT_REGULARISATION, 0.1, 1.0)  # and on the best read-out o
 
 
 def shrinkages(kind: str) -> tuple[float, ...]:
-    """The C values ``choose_read_out`` tries for a gate of ``kind`` on the best read-out (the MLP has its own
-    fixed penalty: one fit)."""
+    """The C values ``choose_read_out`` tries for a gate of ``kind``: the first on every read-out when ``kind`` is
+    the swept one, the others on the best read-out (the MLP has its own fixed penalty: one fit)."""
     return REGULARISATIONS if kind == "logistic" else (0.1,)
 
 

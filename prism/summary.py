@@ -161,6 +161,15 @@ class TrainSummary(Summary):
                 lines.append(
                     f"  {row['source']:22s} {row['route']:7s} {row['n']:4d}  " + " ".join(f"{c:19s}" for c in cells)
                 )
+        exam = self.record.get("exam_check")
+        if exam:
+            unseen = Estimate.from_columns(exam, "unseen_route_rate")
+            deployed = Estimate.from_columns(exam, "deployed_route_rate")
+            lines.append(
+                f"exam check: {exam['n']} {exam['source']} stems outside the gate's data routed {unseen.format(2)} by "
+                f"the gate fitted without {exam['source']}, {deployed.format(2)} by the deployed gate "
+                f"(target <= {exam['limit']:.0%})"
+            )
         for name, adapter in self.record.get("adapters", {}).items():
             fidelity = adapter.get("fidelity")
             if fidelity:

@@ -22,7 +22,9 @@ In a PRISM working directory (``prism.workdir``) that ``prism bootstrap`` filled
 - ``baselines/``: the MiniLM + logistic router (same labels, same split) and the
   self-classification router's calibrated threshold.
 - ``train.json``: the leave-one-source-out table and routing quality (AUCs and route rates with
-  CIs), label noise, losses.
+  CIs), label noise, losses; with intent labels, the exam check: MMLU question stems outside
+  the gate's data (and outside ``exclude``), routed by the gate fitted without MMLU (its
+  leave-one-source-out row, on more stems) and by the deployed gate.
 """
 
 from __future__ import annotations
@@ -52,14 +54,22 @@ from prism.gate import (
 from prism.persona_path import persona_shift, train_adapters
 from prism.samples import Sample, load_samples
 from prism.summary import TrainSummary
-from prism.unseen import BASE_LIMIT, PERSONA_LIMIT, choose_read_out, evaluate, logistic_scorer, probe_scorer
+from prism.unseen import (
+    BASE_LIMIT,
+    PERSONA_LIMIT,
+    choose_read_out,
+    evaluate,
+    held_out_rate,
+    logistic_scorer,
+    probe_scorer,
+)
 from prism.workdir import PrismDirectory
 from probes.core.devices import precision
 from probes.core.errors import ToolkitError
 from probes.core.files import save_figure, save_tensors, write_record, write_table
 from probes.core.items import Item
 from probes.core.prompts import Condition, encode, render
-from probes.core.stats import Estimate
+from probes.core.stats import Estimate, bootstrap_mean
 from probes.intents import ALL_SOURCES, LabelledQuery, intent_queries
 
 if TYPE_CHECKING:
@@ -72,6 +82,7 @@ LABEL_SOURCES = ("bootstrap", "intents")
 
 
 MIN_PER_ROUTE = 4
+EXAM_SOURCE = "mmlu"  # the exam check's source: knowledge asked as exam questions, the gate's hardest
 
 
 def labelled_prompts(
@@ -150,6 +161,7 @@ def run_training(
     steering_layer: int | None = None,
     exclude: set[str] = frozenset(),
     exclude_sources: Collection[str] = frozenset(),
+    exam_stems: int = 200,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainSummary:
@@ -170,6 +182,8 @@ def run_training(
         steering_layer: the steering vector's block (default: after the gate, mid-model).
         exclude: queries left out of the gate's data (the comparison's items).
         exclude_sources: intent sources left out whole (``prism.compare.excluded_sources``); recorded in ``train.json``.
+        exam_stems: with intent labels, how many MMLU stems outside the gate's data (and ``exclude``) the exam check
+            routes (0: no check).
         seed: split, fitting and sampling seed.
         progress: show progress bars.
 
@@ -223,6 +237,7 @@ def run_training(
         model, tokenizer, features, labelled, layer, position, gate_kind, labels, work, seed
     )
 
+    exam = _exam_check(model, tokenizer, labelled, features, chosen, gate, exclude, exam_stems, seed)
     routers = _routers(model, tokenizer, labelled, chosen["result"], features, lengths, chosen, work, seed)
     table = _source_table(routers)
     write_table(work.gate_directory / "sources.csv", table)
@@ -270,6 +285,7 @@ def run_training(
             "routers": {name: {"threshold": r["threshold"], **r["summary"]} for name, r in routers.items()},
             "candidates": candidates,
         },
+        "exam_check": exam,
         "sweep_best": choose([r for r in rows if r["layer"] >= 0]),
         "held_out_groups_split": split_kind,
         "length_only": next(r for r in rows if r["position"] == "length only"),
@@ -395,6 +411,57 @@ def _fit_gate(
     )
 
     return gate, chosen, candidates, gate_report
+
+
+def _exam_stems(labelled: LabelledPrompts, exclude: Collection[str], stems: int, seed: int) -> list[str]:
+    """Up to ``stems`` MMLU question stems, spread over its subjects, none in the gate's data or ``exclude``."""
+    drawn = intent_queries(
+        None, per_source=stems, sources=[EXAM_SOURCE], exclude={*exclude, *labelled.queries}, seed=seed
+    )
+    return [query.item.prompt for query in drawn]
+
+
+def _exam_check(
+    model: TransformerBridge,
+    tokenizer,
+    labelled: LabelledPrompts,
+    features: dict,
+    chosen: dict,
+    gate: Gate,
+    exclude: Collection[str],
+    stems: int,
+    seed: int,
+) -> dict | None:
+    """MMLU stems outside the gate's data and ``exclude``, routed by the gate fitted without MMLU at its
+    out-of-source threshold (``held_out_rate``: the leave-one-source-out row on more stems) and by the deployed gate;
+    None without intent labels, MMLU in the data, or ``stems``."""
+    if not stems or labelled.source != "intents" or EXAM_SOURCE not in labelled.sources:
+        return None
+    drawn = _exam_stems(labelled, exclude, stems, seed)
+    more = gate_features(model, tokenizer, drawn, [gate.layer], gate.position, None, progress=False)[gate.layer]
+    unseen = held_out_rate(
+        features[(chosen["layer"], chosen["position"])],
+        labelled.labels,
+        labelled.sources,
+        chosen["result"]["scores"],
+        EXAM_SOURCE,
+        more,
+        kind=chosen["kind"],
+        regularisation=chosen["regularisation"],
+        seed=seed,
+    )
+    deployed = bootstrap_mean(gate.route(more).astype(float), seed=seed)
+    log.info(
+        f"exam check: {len(drawn)} {EXAM_SOURCE} stems outside the gate's data; routed {unseen.format(2)} by the gate "
+        f"without {EXAM_SOURCE}, {deployed.format(2)} by the deployed gate (target <= {BASE_LIMIT:.0%})"
+    )
+    return {
+        "source": EXAM_SOURCE,
+        "n": len(drawn),
+        "limit": BASE_LIMIT,
+        **unseen.columns("unseen_route_rate"),
+        **deployed.columns("deployed_route_rate"),
+    }
 
 
 def _persona_path_routes(

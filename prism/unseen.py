@@ -15,6 +15,8 @@ that never saw its source. Per source, the table gives:
   ``passes``: at most 10% of a base-path source routed, at least 90% of a persona-path one.
 
 The deployed threshold is calibrated the same way on every source's out-of-source scores.
+``held_out_rate`` gives a source's route rate on more of its queries than the table holds (the
+table's n per source is small: 24 queries give a 95% CI about 0.25 wide).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from prism.baselines import balanced_threshold
 from prism.gate import GATE_KINDS, READ_POSITIONS, train_gate
 from probes.core.errors import ToolkitError
-from probes.core.stats import bootstrap_auc, bootstrap_mean
+from probes.core.stats import Estimate, bootstrap_auc, bootstrap_mean
 
 BASE_LIMIT, PERSONA_LIMIT = 0.10, 0.90  # the most of a base-path source routed, the least of a persona-path one
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train indices, test indices) -> scores of the test queries
@@ -114,6 +116,40 @@ def evaluate(scorer: Scorer, labels: np.ndarray, sources: Sequence[str], *, seed
         "rows": rows,
         "summary": summary(rows, scores, labels, seed=seed),
     }
+
+
+def held_out_rate(
+    x: np.ndarray,
+    labels: np.ndarray,
+    sources: Sequence[str],
+    scores: np.ndarray,
+    source: str,
+    more: np.ndarray,
+    *,
+    kind: str = "logistic",
+    regularisation: float = 0.1,
+    seed: int = 0,
+) -> Estimate:
+    """The share of ``more`` queries of ``source`` routed as its leave-one-source-out row routes: by the gate fitted
+    on every other source, at the threshold calibrated on the other sources' out-of-source ``scores``.
+
+    Args:
+        x, labels, sources: the gate's data (features ``[n, d]``, 0/1 routes, each query's source).
+        scores: every query's out-of-source score (``evaluate(...)["scores"]``).
+        source: the held-out source.
+        more: features ``[m, d]`` of more queries of ``source``, none of them in the gate's data.
+        kind, regularisation, seed: the gate's (as in ``probe_scorer``).
+
+    Raises:
+        ToolkitError: ``source`` is not in ``sources``, or ``more`` holds no query.
+    """
+    labels, sources = np.asarray(labels).astype(int), np.asarray(sources)
+    others = np.flatnonzero(sources != source)
+    if len(others) == len(sources) or not len(more):
+        raise ToolkitError(f"no held-out rate for {source!r}: it needs queries of that source in the data and more")
+    gate = train_gate(x, labels, others, layer=0, position="last", kind=kind, regularisation=regularisation, seed=seed)
+    threshold = balanced_threshold(np.asarray(scores, dtype=float)[others], labels[others])
+    return bootstrap_mean((gate.probability(more) >= threshold).astype(float), seed=seed)
 
 
 def rank_key(result: dict, layer: int = 0, position_rank: int = 0) -> tuple:

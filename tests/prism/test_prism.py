@@ -17,10 +17,11 @@ from prism.adapters import active_adapter, adapter_layers, attach_adapter, load_
 from prism.bootstrap import BootstrapConfig, clean_query
 from prism.compare import DATASETS, KNOWLEDGE, CompareBudget
 from prism.distill import DistillConfig, distill, distillation_loss
-from prism.gate import Gate, fit_gate, gate_features, template_tokens
+from prism.gate import Gate, fit_gate, gate_features, template_tokens, train_gate
 from prism.routing import Routed, route_probabilities
 from prism.samples import Sample, load_samples, summarise
-from prism.train import labelled_prompts
+from prism.train import _exam_check, _exam_stems, labelled_prompts
+from prism.unseen import evaluate, held_out_rate, probe_scorer
 from prism.workdir import PrismDirectory
 from probes.core.errors import ToolkitError
 from probes.core.files import save_tensors
@@ -392,6 +393,26 @@ def test_extra_knowledge_queries_join_the_intent_labels(tmp_path):
     added = [q for q in labelled.queries if q.startswith("What is the capital of country number")]
     assert added and "What is the capital of country number 0?" not in added
     assert all(label == 0 for q, label in zip(labelled.queries, labelled.labels) if q in added)
+
+
+def test_the_exam_check_routes_mmlu_stems_that_neither_the_gate_nor_the_comparison_uses(tiny):
+    model, tokenizer = tiny
+    labelled = labelled_prompts("intents", [], per_source=3)
+    x = gate_features(model, tokenizer, labelled.queries, [0], "last", None, progress=False)[0]
+    result = evaluate(probe_scorer(x, labelled.labels), labelled.labels, labelled.sources)
+    chosen = {"layer": 0, "position": "last", "kind": "logistic", "regularisation": 0.1, "result": result}
+    gate = train_gate(x, labelled.labels, np.arange(len(x)), layer=0, position="last")
+    gate.threshold = result["threshold"]
+    compared = set(_exam_stems(labelled, set(), 5, seed=0))  # stems the comparison would score
+    stems = _exam_stems(labelled, compared, 20, seed=0)
+    assert len(stems) == 20 and not set(stems) & (compared | set(labelled.queries))
+    exam = _exam_check(model, tokenizer, labelled, {(0, "last"): x}, chosen, gate, compared, 20, 0)
+    more = gate_features(model, tokenizer, stems, [0], "last", None, progress=False)[0]
+    assert exam["source"] == "mmlu" and exam["n"] == 20
+    assert exam["deployed_route_rate"] == gate.route(more).mean()
+    unseen = held_out_rate(x, labelled.labels, labelled.sources, result["scores"], "mmlu", more)
+    assert exam["unseen_route_rate"] == unseen.mean and exam["unseen_route_rate_high"] == unseen.high
+    assert _exam_check(model, tokenizer, labelled, {(0, "last"): x}, chosen, gate, compared, 0, 0) is None
 
 
 class _Sampled:

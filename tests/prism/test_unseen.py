@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from prism.summary import TrainSummary
-from prism.unseen import choose_read_out, evaluate, logistic_scorer, out_of_source_scores, source_table
+from prism.unseen import (
+    choose_read_out,
+    evaluate,
+    held_out_rate,
+    logistic_scorer,
+    out_of_source_scores,
+    probe_scorer,
+    source_table,
+)
 from probes.core.errors import ToolkitError
 from probes.core.stats import Estimate
 
@@ -62,6 +70,20 @@ def test_the_read_out_with_fewer_misses_on_unseen_sources_is_chosen():
     assert result["summary"]["auc"] > 0.95 and 0 < result["threshold"] < 1
 
 
+def test_more_queries_of_a_held_out_source_are_routed_as_its_row_routes_them():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 6)) + 2 * LABELS[:, None]
+    x[:10, 0] += 1.5  # mmlu leans towards the persona side
+    result = evaluate(probe_scorer(x, LABELS, regularisation=0.1), LABELS, SOURCES)
+    row = next(row for row in result["rows"] if row["source"] == "mmlu")
+    own = held_out_rate(x, LABELS, SOURCES, result["scores"], "mmlu", x[:10], regularisation=0.1)
+    assert own.n == 10 and own.mean == row["route_rate"]  # the same fit and threshold as the row's
+    persona_like = rng.standard_normal((30, 6)) + 2
+    assert held_out_rate(x, LABELS, SOURCES, result["scores"], "mmlu", persona_like, regularisation=0.1).mean > 0.8
+    with pytest.raises(ToolkitError, match="no held-out rate for 'arc'"):
+        held_out_rate(x, LABELS, SOURCES, result["scores"], "arc", x[:10])
+
+
 def test_the_train_summary_prints_the_table_and_reads_each_routers_route_rate():
     from_row = {"source": "geo:city", "route": "base", "n": 24}
     for name, rate, passes in (("gate", 0.04, True), ("embedding", 0.5, False), ("self_classify", 0.2, False)):
@@ -80,11 +102,20 @@ def test_the_train_summary_prints_the_table_and_reads_each_routers_route_rate():
         Estimate(0.9, 0.8, 0.95, 50),
         {"embedding": Estimate(0.8, 0.7, 0.9, 50)},
         (from_row,),
+        {
+            "exam_check": {"source": "mmlu", "n": 200, "limit": 0.1}
+            | Estimate(0.13, 0.09, 0.16, 200).columns("unseen_route_rate")
+            | Estimate(0.07, 0.04, 0.1, 200).columns("deployed_route_rate")
+        },
     )
     assert summary.route_rate_of("geo:city", "embedding") == Estimate(0.5, 0.0, 0.6, 24)
     lines = summary.lines()
     assert "unseen sources within target: gate 1, MiniLM 0, self-classify 0 of 1" in lines
-    assert lines[-1].split() == [
+    assert lines[-1] == (
+        "exam check: 200 mmlu stems outside the gate's data routed 0.13 [0.09, 0.16] by the gate fitted without mmlu, "
+        "0.07 [0.04, 0.10] by the deployed gate (target <= 10%)"
+    )
+    assert lines[-2].split() == [
         "geo:city",
         "base",
         "24",

